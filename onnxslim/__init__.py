@@ -1,0 +1,22 @@
+"""onnxslim: compress ONNX models (clean-up, int8, pruning, clustering), validated on ONNX Runtime."""
+
+from __future__ import annotations
+
+from onnxslim.api import OptimizeResult, optimize, save
+from onnxslim.errors import (
+    DataError,
+    GateFailed,
+    ModelLoadError,
+    OnnxSlimError,
+    PassFailed,
+    UsageError,
+)
+from onnxslim.io import load
+from onnxslim.pipeline import Pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError", "GateFailed", "ModelLoadError", "OnnxSlimError", "OptimizeResult", "PassFailed",
+    "Pipeline", "UsageError", "load", "optimize", "save", "__version__",
+]

@@ -1,0 +1,74 @@
+"""The Python API: what the CLI does, as functions that return results and never print."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxslim import io
+from onnxslim.calibration import iter_npz
+from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
+from onnxslim.registry import DEFAULT_OPTIMIZE
+
+ModelSource = ir.Model | str | os.PathLike[str]
+
+
+@dataclass
+class OptimizeResult:
+    model: ir.Model
+    pipeline: Pipeline
+    result: PipelineResult
+    verified_on: str  # "generated inputs", "DATA (N feeds)", or "not verified"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def as_model(source: ModelSource) -> ir.Model:
+    """Load `source` if it is a path; models are used as given."""
+    return source if isinstance(source, ir.Model) else io.load(source)
+
+
+def validation_feeds(model: ir.Model, data: str | os.PathLike[str] | None, *, count: int = 4,
+                     seed: int = 0) -> tuple[list[Feed], str]:
+    """Feeds to check parity on: the user's data when given, generated inputs otherwise."""
+    if data is not None:
+        feeds = list(islice(iter_npz(data), count))
+        return feeds, f"{data} ({len(feeds)} feeds)"
+    return generate_feeds(input_specs(model), count, seed=seed), f"generated inputs ({count} feeds)"
+
+
+def default_optimize_pipeline() -> Pipeline:
+    """The lossless clean-up `onnxslim optimize` runs when no recipe is given."""
+    return Pipeline.from_names(DEFAULT_OPTIMIZE)
+
+
+def optimize(
+    source: ModelSource,
+    *,
+    pipeline: Pipeline | None = None,
+    verify: bool = True,
+    data: str | os.PathLike[str] | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+) -> OptimizeResult:
+    """Run the lossless clean-up (or `pipeline`) with each pass guarded on ORT."""
+    model = as_model(source)
+    pipeline = pipeline or default_optimize_pipeline()
+    guard = None
+    verified_on = "not verified"
+    if verify:
+        feeds, verified_on = validation_feeds(model, data)
+        guard = Guard(feeds, atol=atol, rtol=rtol)
+    result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
+    return OptimizeResult(result.model, pipeline, result, verified_on)
+
+
+def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
+         overwrite: bool = False) -> Path:
+    """Save atomically; refuses to write over `source` unless `overwrite`."""
+    return io.save(model, path, source=source, overwrite=overwrite)

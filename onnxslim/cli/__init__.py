@@ -1,0 +1,49 @@
+"""Command-line entry point: dispatch to the command modules, map errors to exit codes.
+
+Exit codes: 0 ok, 1 a quality gate or parity check failed, 2 bad usage or input,
+3 a pass failed. Errors are one line on stderr; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from onnxslim.cli import optimize as _optimize  # noqa: F401  (registers commands)
+from onnxslim.cli import passes as _passes  # noqa: F401
+from onnxslim.cli._app import app, err
+from onnxslim.errors import OnnxSlimError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns (and exits with) the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        # Standalone mode: Typer itself prints usage errors (exit 2) and --help, then exits.
+        app(args=args, prog_name="onnxslim")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except OnnxSlimError as exc:
+        code = exc.exit_code
+        _report(f"error: {exc}", debug)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    except MemoryError:
+        _report("error: out of memory", debug)
+        code = 3
+    except Exception as exc:  # a bug: still one line unless --debug
+        _report(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                "(run with --debug for the traceback)", debug)
+        code = 3
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _report(message: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    sys.stderr.write(message.rstrip() + "\n")

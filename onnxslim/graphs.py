@@ -1,0 +1,52 @@
+"""Walk every graph, node and tensor of a model, subgraphs and functions included.
+
+Passes, inspection and the external-data policy all need "everything in the model",
+not just the main graph; this module is the one place that knows how to reach it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx_ir as ir
+
+
+def iter_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
+    """The main graph, every subgraph (If/Loop/Scan bodies, nested) and local functions."""
+    yield model.graph
+    yield from model.graph.subgraphs()
+    for function in model.functions.values():
+        yield function
+        yield from function.subgraphs()
+
+
+def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Every node of every graph and function, subgraph nodes included."""
+    for graph in iter_graphs(model):
+        yield from graph
+
+
+def iter_tensors(model: ir.Model) -> Iterator[tuple[str, ir.TensorProtocol]]:
+    """(name, tensor) for each initializer and each tensor-valued attribute."""
+    for graph in iter_graphs(model):
+        if isinstance(graph, ir.Graph):
+            for name, value in graph.initializers.items():
+                if value.const_value is not None:
+                    yield name, value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR:
+                    yield f"{node.name or node.op_type}.{attr.name}", attr.as_tensor()
+                elif attr.type == ir.AttributeType.TENSORS:
+                    for i, tensor in enumerate(attr.as_tensors()):
+                        yield f"{node.name or node.op_type}.{attr.name}[{i}]", tensor
+
+
+def tensor_bytes(model: ir.Model) -> int:
+    """Bytes held by initializers and constant attributes: what dominates a model file."""
+    return sum(tensor.nbytes for _, tensor in iter_tensors(model))
+
+
+def node_count(model: ir.Model) -> int:
+    """Number of nodes, subgraphs and functions included."""
+    return sum(1 for _ in iter_nodes(model))

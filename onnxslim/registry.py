@@ -1,0 +1,102 @@
+"""The pass registry: recipe names to pass classes, written out in code.
+
+Third-party passes join through the `onnxslim.passes` entry-point group; nothing
+registers itself by being imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxslim.errors import UsageError
+from onnxslim.passes import cleanup
+
+PassClass = type[ir.passes.PassBase]
+
+BUILTIN_PASSES: dict[str, PassClass] = {
+    "remove-dead-code": cleanup.RemoveDeadCode,
+    "eliminate-identity": cleanup.EliminateIdentity,
+    "deduplicate-initializers": cleanup.DeduplicateInitializers,
+    "eliminate-common-subexpressions": cleanup.EliminateCommonSubexpressions,
+}
+
+# The lossless clean-up that `onnxslim optimize` runs by default, in order.
+DEFAULT_OPTIMIZE = (
+    "eliminate-identity",
+    "deduplicate-initializers",
+    "eliminate-common-subexpressions",
+    "remove-dead-code",
+)
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    name: str
+    type: str
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    name: str
+    summary: str
+    lossless: bool
+    options: tuple[OptionInfo, ...]
+
+
+def available_passes() -> dict[str, PassClass]:
+    """Built-in passes plus those installed through the entry-point group."""
+    passes = dict(BUILTIN_PASSES)
+    for entry in entry_points(group="onnxslim.passes"):
+        passes.setdefault(entry.name, entry.load())
+    return passes
+
+
+def pass_class(name: str) -> PassClass:
+    passes = available_passes()
+    if name not in passes:
+        raise UsageError(f"unknown pass {name!r}; `onnxslim passes` lists them")
+    return passes[name]
+
+
+def pass_name(instance: ir.passes.PassBase) -> str:
+    """The recipe name of a pass instance (its class name if unregistered)."""
+    for name, cls in available_passes().items():
+        if type(instance) is cls:
+            return name
+    return type(instance).__name__
+
+
+def describe(name: str, cls: PassClass) -> PassInfo:
+    """Name, one-line summary and options (with help) of a pass class."""
+    summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+    options = tuple(
+        OptionInfo(f.name, _type_name(f.type), f.default, f.metadata.get("help", ""))
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.init and not f.metadata.get("internal")
+    )
+    return PassInfo(name, summary, bool(getattr(cls, "lossless", False)), options)
+
+
+def make_pass(name: str, options: dict[str, Any]) -> ir.passes.PassBase:
+    """Build a pass from its recipe name and options, with a clear error for bad options."""
+    cls = pass_class(name)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"pass {name!r}: unknown option(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known)) or 'none'}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"pass {name!r}: {exc}") from exc
+
+
+def _type_name(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,137 @@
+"""Run an in-memory model on ONNX Runtime's CPU execution provider.
+
+The model is never written to disk for this: large main-graph weights are handed
+to ORT as OrtValues sharing numpy's (often memory-mapped) buffers, and only the
+graph skeleton is serialized. That keeps models over 2 GB runnable and avoids
+holding every weight twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxslim.errors import ModelLoadError, RuntimeFailure
+
+# Tensors at least this large go to ORT as in-memory external initializers.
+_OFFLOAD_BYTES = 1024
+_MEMORY_LOCATION = "__onnxslim_in_memory__"
+_OFFLOADABLE = {
+    ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8,
+    ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
+    ir.DataType.INT64, ir.DataType.UINT32, ir.DataType.UINT64, ir.DataType.BOOL,
+}
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionConfig:
+    """How to build an ORT session; the defaults are what a deployed model gets."""
+
+    threads: int = 1
+    optimization: str = "all"
+    optimized_model_path: str | None = None
+    profile: bool = False
+
+
+class Session:
+    """An ORT CPU session over an ir.Model or a model file."""
+
+    def __init__(self, model: ir.Model | str | os.PathLike[str], config: SessionConfig | None = None):
+        config = config or SessionConfig()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = _OPTIMIZATION[config.optimization]
+        options.log_severity_level = 3
+        if config.optimized_model_path:
+            options.optimized_model_filepath = config.optimized_model_path
+        if config.profile:
+            options.enable_profiling = True
+        self._keep_alive: list[object] = []
+        try:
+            if isinstance(model, ir.Model):
+                payload = self._serialize(model, options)
+                self._session = ort.InferenceSession(
+                    payload, options, providers=["CPUExecutionProvider"]
+                )
+            else:
+                self._session = ort.InferenceSession(
+                    str(Path(model)), options, providers=["CPUExecutionProvider"]
+                )
+        except Exception as exc:
+            message = _first_line(exc)
+            if _is_model_problem(message):
+                raise ModelLoadError(f"ONNX Runtime cannot load the model: {message}") from exc
+            raise RuntimeFailure(f"ONNX Runtime session failed: {message}") from exc
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def ort_session(self) -> ort.InferenceSession:
+        return self._session
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run once; returns output name -> array."""
+        names = list(outputs) if outputs is not None else self.output_names
+        try:
+            values = self._session.run(names, {k: feeds[k] for k in self.input_names})
+        except KeyError as exc:
+            raise ModelLoadError(f"feed is missing model input {exc.args[0]!r}") from exc
+        except Exception as exc:
+            raise RuntimeFailure(f"ONNX Runtime run failed: {_first_line(exc)}") from exc
+        return dict(zip(names, values))
+
+    def end_profiling(self) -> str:
+        return self._session.end_profiling()
+
+    def _serialize(self, model: ir.Model, options: ort.SessionOptions) -> bytes:
+        """Serialize the graph with big main-graph weights replaced by in-memory references."""
+        swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+        names: list[str] = []
+        values: list[ort.OrtValue] = []
+        try:
+            for name, value in model.graph.initializers.items():
+                tensor = value.const_value
+                if tensor is None or tensor.nbytes < _OFFLOAD_BYTES or tensor.dtype not in _OFFLOADABLE:
+                    continue
+                array = np.ascontiguousarray(tensor.numpy())
+                ort_value = ort.OrtValue.ortvalue_from_numpy(array)
+                self._keep_alive.append(array)
+                names.append(name)
+                values.append(ort_value)
+                swapped.append((value, tensor))
+                value.const_value = ir.ExternalTensor(
+                    _MEMORY_LOCATION, offset=0, length=tensor.nbytes,
+                    dtype=tensor.dtype, shape=tensor.shape, name=name,
+                )
+            proto = ir.serde.serialize_model(model)
+        finally:
+            for value, tensor in swapped:
+                value.const_value = tensor
+        if names:
+            self._keep_alive.extend(values)
+            options.add_external_initializers(names, values)
+        return proto.SerializeToString()
+
+
+def _is_model_problem(message: str) -> bool:
+    markers = ("INVALID_GRAPH", "INVALID_PROTOBUF", "NOT_IMPLEMENTED", "domain", "Unsupported model IR",
+               "opset", "Could not find an implementation", "Load model")
+    return any(m in message for m in markers)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
