@@ -1,0 +1,242 @@
+"""Accuracy-aware quantization: rank layers by sensitivity, return the worst to float.
+
+The loop needs two callables and nothing else, so it serves the CLI (a labelled
+.npz, top-1), the API (any metric) and the benchmark alike:
+
+  quantize(excluded) -> ir.Model   the int8 model with the `excluded` layers left
+                                   float (calibration is done once by the caller,
+                                   so each call only re-inserts Q/DQ);
+  metric(model) -> float           higher is better (accuracy, agreement, ...).
+
+Ranking: each layer's sensitivity is the metric gained by keeping only that layer
+float in the otherwise fully int8 model ("leave one out"), not the metric lost by
+quantizing only that layer ("one in"). Both cost one evaluation per layer, but
+leave-one-out measures each layer in the context the fallback loop works in (all
+other layers int8, errors interacting), whereas one-in drops are mostly below the
+evaluation set's resolution (0 or 1 sample) and cannot tell layers apart.
+
+Fallback: layers are returned to float in order of decreasing gain, re-evaluating
+after each, until `float_metric - metric <= max_drop`. The best model seen is
+always kept: on a miss the caller still gets it, with the table, and the CLI
+writes both and exits 1 (never "ran every trial and saved nothing").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.errors import DataError
+
+QuantizeFn = Callable[[frozenset[str]], ir.Model]
+MetricFn = Callable[[ir.Model], float]
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """The metric with `layer` alone kept float, and its gain over the all-int8 model."""
+
+    layer: str
+    metric: float
+    gain: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "metric": self.metric, "gain": self.gain}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fallback step: the layers kept float so far and the metric reached."""
+
+    excluded: tuple[str, ...]
+    metric: float
+
+
+@dataclass
+class AccuracyAwareResult:
+    """The best model found, whether it met the target, and how it got there."""
+
+    model: ir.Model
+    metric: float
+    float_metric: float
+    int8_metric: float
+    max_drop: float
+    excluded: tuple[str, ...]
+    table: list[LayerSensitivity] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
+    evaluations: int = 0
+    seconds: float = 0.0
+
+    @property
+    def drop(self) -> float:
+        return self.float_metric - self.metric
+
+    @property
+    def met(self) -> bool:
+        return self.drop <= self.max_drop + 1e-12
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"met": self.met, "metric": self.metric, "float_metric": self.float_metric,
+                "int8_metric": self.int8_metric, "drop": self.drop, "max_drop": self.max_drop,
+                "float_layers": list(self.excluded), "evaluations": self.evaluations,
+                "seconds": self.seconds, "sensitivity": [row.to_dict() for row in self.table],
+                "trials": [{"float_layers": len(t.excluded), "metric": t.metric} for t in self.trials]}
+
+    def table_text(self) -> str:
+        """The per-layer table as aligned text, for files and logs."""
+        lines = [f"{'layer':<40} {'metric if float':>15} {'gain':>8} {'float?':>6}"]
+        kept = set(self.excluded)
+        for row in self.table:
+            lines.append(f"{row.layer:<40} {row.metric:>15.4f} {row.gain:>+8.4f} {'yes' if row.layer in kept else '':>6}")
+        return "\n".join(lines)
+
+
+def rank_sensitivity(quantize: QuantizeFn, metric: MetricFn, layers: Sequence[str], *,
+                     base_metric: float | None = None, on_step: ProgressFn | None = None) -> list[LayerSensitivity]:
+    """Leave-one-out sensitivity of each layer, most sensitive (largest gain) first."""
+    if base_metric is None:
+        base_metric = metric(quantize(frozenset()))
+    rows = []
+    for i, layer in enumerate(layers):
+        if on_step is not None:
+            on_step(layer, i, len(layers))
+        value = metric(quantize(frozenset({layer})))
+        rows.append(LayerSensitivity(layer, value, value - base_metric))
+    # Stable order: by gain, ties kept in graph order (earlier layers first).
+    return sorted(rows, key=lambda r: -r.gain)
+
+
+def accuracy_aware(quantize: QuantizeFn, metric: MetricFn, layers: Sequence[str], *, max_drop: float,
+                   float_metric: float | None = None, float_model: ir.Model | None = None,
+                   max_trials: int | None = None, on_step: ProgressFn | None = None) -> AccuracyAwareResult:
+    """Quantize everything, then return the most sensitive layers to float until the drop is met.
+
+    `float_metric` (or `float_model`, to measure it) is the reference. `max_trials`
+    bounds the fallback evaluations (all layers by default). Never raises for a
+    missed target: check `.met`.
+    """
+    start = time.perf_counter()
+    if max_drop < 0:
+        raise ValueError("max_drop must be >= 0")
+    evaluations = 0
+
+    def evaluate(model: ir.Model) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        return float(metric(model))
+
+    if float_metric is None:
+        if float_model is None:
+            raise ValueError("give float_metric or float_model")
+        float_metric = evaluate(float_model)
+    full = quantize(frozenset())
+    int8_metric = evaluate(full)
+    best = AccuracyAwareResult(full, int8_metric, float_metric, int8_metric, max_drop, ())
+    if best.met or not layers:
+        return _finish(best, evaluations, start)
+    table = rank_sensitivity(quantize, evaluate, list(layers), base_metric=int8_metric, on_step=on_step)
+    best.table = table
+    # A single layer that already meets the target (fewest float layers) wins outright.
+    single = [row for row in table if float_metric - row.metric <= max_drop + 1e-12]
+    if single:
+        row = single[0]
+        best.model, best.metric, best.excluded = quantize(frozenset({row.layer})), row.metric, (row.layer,)
+        best.trials.append(Trial(best.excluded, row.metric))
+        return _finish(best, evaluations, start)
+    excluded: list[str] = []
+    budget = len(table) if max_trials is None else max_trials
+    for row in table[:budget]:
+        excluded.append(row.layer)
+        if len(excluded) == 1:
+            value = row.metric  # measured while ranking
+            model = None
+        else:
+            model = quantize(frozenset(excluded))
+            value = evaluate(model)
+        best.trials.append(Trial(tuple(excluded), value))
+        if value > best.metric:
+            best.model = model if model is not None else quantize(frozenset(excluded))
+            best.metric, best.excluded = value, tuple(excluded)
+        if best.met:
+            break
+    return _finish(best, evaluations, start)
+
+
+def _finish(result: AccuracyAwareResult, evaluations: int, start: float) -> AccuracyAwareResult:
+    result.evaluations = evaluations
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+def load_labelled(path: str | Path, input_names: Iterable[str], *, limit: int | None = None
+                  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Feeds and labels from an .npz holding the model inputs (stacked) and a `labels` array."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: evaluation file not found")
+    names = list(input_names)
+    try:
+        archive = np.load(path)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable .npz ({exc})") from exc
+    with archive:
+        if "labels" not in archive.files:
+            raise DataError(f"{path}: no `labels` array (found {', '.join(archive.files)})")
+        missing = [n for n in names if n not in archive.files]
+        if missing:
+            raise DataError(f"{path}: no array for model input(s) {', '.join(missing)}")
+        labels = np.asarray(archive["labels"])
+        arrays = {n: archive[n] for n in names}
+    count = len(labels) if limit is None else min(limit, len(labels))
+    if any(len(a) < count for a in arrays.values()):
+        raise DataError(f"{path}: input arrays hold fewer samples than `labels`")
+    feeds = [{n: arrays[n][i] for n in names} for i in range(count)]
+    return feeds, labels[:count]
+
+
+def top1_metric(path: str | Path, input_names: Iterable[str], *, limit: int | None = None,
+                output: int = 0) -> MetricFn:
+    """Top-1 accuracy of the model's `output`-th output against the .npz's `labels`."""
+    feeds, labels = load_labelled(path, input_names, limit=limit)
+
+    def metric(model: ir.Model) -> float:
+        predictions = [np.argmax(np.asarray(o).reshape(-1, np.asarray(o).shape[-1]), axis=-1)
+                       for o in run_outputs(model, feeds, output)]
+        predicted = np.concatenate(predictions)
+        truth = labels.reshape(-1)
+        if predicted.size != truth.size:
+            raise DataError(f"{path}: model gives {predicted.size} predictions for {truth.size} labels")
+        return float(np.mean(predicted == truth))
+
+    return metric
+
+
+def agreement_metric(reference: ir.Model, feeds: Sequence[dict[str, np.ndarray]], *, output: int = 0) -> MetricFn:
+    """Top-1 agreement with `reference` (for data without labels), by the last axis of `output`."""
+    ref = [np.argmax(np.asarray(o), axis=-1) for o in run_outputs(reference, feeds, output)]
+
+    def metric(model: ir.Model) -> float:
+        got = [np.argmax(np.asarray(o), axis=-1) for o in run_outputs(model, feeds, output)]
+        hits = sum(int(np.count_nonzero(a == b)) for a, b in zip(ref, got))
+        return hits / max(1, sum(a.size for a in ref))
+
+    return metric
+
+
+def run_outputs(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], output: int = 0) -> list[np.ndarray]:
+    """The `output`-th output of `model` on each feed (single-threaded ORT, all optimizations)."""
+    from onnxslim.runtime import Session
+
+    session = Session(model)
+    name = session.output_names[output]
+    return [session.run(feed, outputs=[name])[name] for feed in islice(feeds, None)]
