@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from onnxslim.api import OptimizeResult, optimize, save
+from onnxslim.api import (
+    ModelSummary,
+    OptimizeResult,
+    ValidationReport,
+    inspect,
+    optimize,
+    run,
+    save,
+    validate,
+)
 from onnxslim.errors import (
     DataError,
     GateFailed,
@@ -19,4 +28,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError", "GateFailed", "ModelLoadError", "OnnxSlimError", "OptimizeResult", "PassFailed",
     "Pipeline", "UsageError", "load", "optimize", "save", "__version__",
+    "ModelSummary", "ValidationReport", "inspect", "run", "validate",
 ]

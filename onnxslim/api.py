@@ -13,8 +13,10 @@ import onnx_ir as ir
 from onnxslim import io
 from onnxslim.calibration import iter_npz
 from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.inspection import ModelSummary, inspect_model
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
+from onnxslim.validation import ValidationReport, run_model, validate
 
 ModelSource = ir.Model | str | os.PathLike[str]
 
@@ -72,3 +74,9 @@ def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.Path
          overwrite: bool = False) -> Path:
     """Save atomically; refuses to write over `source` unless `overwrite`."""
     return io.save(model, path, source=source, overwrite=overwrite)
+
+
+# `onnxslim validate`, `onnxslim inspect` and running a model, on a path or an ir.Model
+# (defined beside their reports; re-exported here so the API mirrors the CLI).
+inspect = inspect_model
+run = run_model

@@ -102,15 +102,29 @@ def compare_outputs(
         raise ValueError("reference and candidate were run on different numbers of feeds")
     if not reference:
         return []
-    names = list(reference[0])
-    missing = [n for n in names if n not in candidate[0]]
-    if missing:
-        raise ValueError(f"candidate model lacks output(s) {', '.join(missing)}")
-    accumulators = {n: _Accumulator(n, atol, rtol) for n in names}
+    comparer = OutputComparer(list(reference[0]), atol=atol, rtol=rtol)
     for ref_outputs, cand_outputs in zip(reference, candidate):
-        for name in names:
-            accumulators[name].add(np.asarray(ref_outputs[name]), np.asarray(cand_outputs[name]))
-    return [acc.result() for acc in accumulators.values()]
+        comparer.add(ref_outputs, cand_outputs)
+    return comparer.results()
+
+
+class OutputComparer:
+    """compare_outputs one feed at a time, so a long validation need not keep every output."""
+
+    def __init__(self, names: Sequence[str], *, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+        self.names = list(names)
+        self._accumulators = {n: _Accumulator(n, atol, rtol) for n in self.names}
+
+    def add(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> None:
+        """Fold one feed's outputs in; raises ValueError on a missing output or a shape change."""
+        missing = [n for n in self.names if n not in candidate]
+        if missing:
+            raise ValueError(f"candidate model lacks output(s) {', '.join(missing)}")
+        for name in self.names:
+            self._accumulators[name].add(np.asarray(reference[name]), np.asarray(candidate[name]))
+
+    def results(self) -> list[OutputParity]:
+        return [acc.result() for acc in self._accumulators.values()]
 
 
 def _json_float(value: object) -> object:

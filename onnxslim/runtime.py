@@ -128,7 +128,7 @@ class Session:
 
 def _is_model_problem(message: str) -> bool:
     markers = ("INVALID_GRAPH", "INVALID_PROTOBUF", "NOT_IMPLEMENTED", "domain", "Unsupported model IR",
-               "opset", "Could not find an implementation", "Load model")
+               "opset", "Could not find an implementation", "Load model", "is not a registered function/op")
     return any(m in message for m in markers)
 
 

@@ -6,11 +6,14 @@ Exit codes: 0 ok, 1 a quality gate or parity check failed, 2 bad usage or input,
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 
+from onnxslim.cli import inspect_cmd as _inspect  # noqa: F401
 from onnxslim.cli import optimize as _optimize  # noqa: F401  (registers commands)
 from onnxslim.cli import passes as _passes  # noqa: F401
+from onnxslim.cli import validate as _validate  # noqa: F401
 from onnxslim.cli._app import app, err
 from onnxslim.errors import OnnxSlimError
 
@@ -19,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and exits with) the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, not only before the command
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    _configure_logging(debug)
     try:
         # Standalone mode: Typer itself prints usage errors (exit 2) and --help, then exits.
         app(args=args, prog_name="onnxslim")
@@ -47,3 +53,37 @@ def _report(message: str, debug: bool) -> None:
     if debug:
         traceback.print_exc()
     sys.stderr.write(message.rstrip() + "\n")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (pytest and rich swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
+def _configure_logging(debug: bool) -> None:
+    """Library chatter (onnx_ir's "Skipped deduplication of initializer ...", ORT warnings)
+    stays off stderr unless --debug; errors still show."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    for name in ("onnx_ir", "onnxscript", "onnx", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.ERROR)
+    logging.getLogger("onnxslim").setLevel(logging.DEBUG if debug else logging.WARNING)
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(1 if debug else 3)
+    except Exception:  # logging setup must never stop the CLI
+        pass
