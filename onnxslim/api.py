@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
 from onnxslim import io
-from onnxslim.calibration import iter_npz
+from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.inspection import ModelSummary, inspect_model
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
@@ -35,12 +34,20 @@ def as_model(source: ModelSource) -> ir.Model:
     return source if isinstance(source, ir.Model) else io.load(source)
 
 
-def validation_feeds(model: ir.Model, data: str | os.PathLike[str] | None, *, count: int = 4,
-                     seed: int = 0) -> tuple[list[Feed], str]:
-    """Feeds to check parity on: the user's data when given, generated inputs otherwise."""
+def validation_feeds(model: ir.Model, data: FeedSource | None, *, count: int = 4, seed: int = 0,
+                     image_preprocessing: ImagePreprocessing | str | None = None
+                     ) -> tuple[list[Feed], str]:
+    """Feeds to check parity on: the user's data when given, generated inputs otherwise.
+
+    `data` is anything `open_feeds` reads (.npz, folder, reader, iterable); each
+    feed is checked against the model's inputs, and arrays that are not inputs
+    (an eval file's `labels`) are dropped.
+    """
     if data is not None:
-        feeds = list(islice(iter_npz(data), count))
-        return feeds, f"{data} ({len(feeds)} feeds)"
+        stream = open_feeds(data, model, limit=count, image_preprocessing=image_preprocessing,
+                            extra="ignore")
+        feeds = list(stream)
+        return feeds, f"{stream.description} ({len(feeds)} feeds)"
     return generate_feeds(input_specs(model), count, seed=seed), f"generated inputs ({count} feeds)"
 
 

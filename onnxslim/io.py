@@ -3,7 +3,9 @@
 Loading goes through onnx_ir, which memory-maps external weights instead of reading
 them, so a 5 GB model costs address space, not RAM. Saving writes into a temporary
 folder beside the target and renames into place, so a crash never leaves a
-half-written model, and a model over protobuf's 2 GB cap goes to external data.
+half-written model; weights already on disk are copied file-to-file by the kernel
+(onnx_ir uses copy_file_range), so saving never holds them in memory either, and a
+model over protobuf's 2 GB cap goes to external data.
 """
 
 from __future__ import annotations
@@ -11,19 +13,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnxslim.errors import ModelLoadError, UsageError
-from onnxslim.graphs import iter_tensors, tensor_bytes
+from onnxslim.graphs import iter_graphs, iter_tensors, tensor_bytes
 
 # Protobuf refuses messages over 2 GiB; leave headroom for the graph itself.
 PROTOBUF_SAFE_BYTES = 1_800_000_000
+# A file this large cannot be one protobuf message: its weights must be external.
+PROTOBUF_LIMIT_BYTES = 2**31
 # Tensors smaller than this stay inside the .onnx file even when saving external data.
 EXTERNAL_THRESHOLD_BYTES = 1024
+# Where load() records the file a model came from (not serialized; clones drop it).
+SOURCE_META_KEY = "onnxslim.source"
 
 PathLike = str | os.PathLike[str]
 
@@ -34,15 +42,26 @@ def load(path: PathLike) -> ir.Model:
     External data must live inside the model's folder: absolute locations, `..`
     and symbolic links leading out are refused, because a model file from the
     internet must not make us read (and later copy into an artifact) arbitrary files.
+    Weights stay on disk, memory-mapped on first use.
     """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a folder, expected an .onnx file")
     if not path.is_file():
-        raise ModelLoadError(f"{path}: not a file")
+        raise ModelLoadError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    if size >= PROTOBUF_LIMIT_BYTES:
+        raise ModelLoadError(
+            f"{path}: {size / 1e9:.1f} GB in one file; protobuf cannot parse files over 2 GB, "
+            "so weights this large must be stored as external data"
+        )
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as exc:
+    except (DecodeError, RuntimeError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"{path}: not an ONNX model ({_first_line(exc)})") from exc
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
@@ -53,37 +72,66 @@ def load(path: PathLike) -> ir.Model:
     except Exception as exc:  # deserialize raises many types on malformed protos
         raise ModelLoadError(f"{path}: malformed ONNX model ({_first_line(exc)})") from exc
     del proto
-    ir.external_data.set_base_dir(model.graph, path.parent)
-    check_external_data(model, path.parent)
+    base_dir = path.parent.absolute()
+    for _, tensor in iter_tensors(model):
+        # onnx_ir's set_base_dir skips local functions; every tensor needs it, or
+        # its data would be looked up relative to the current directory.
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.base_dir = base_dir
+    check_external_data(model, base_dir)
     check_domains(model, path)
+    model.meta[SOURCE_META_KEY] = str(path.absolute())
     return model
 
 
 def check_external_data(model: ir.Model, base_dir: Path) -> None:
-    """Refuse external data outside `base_dir`, missing, or shorter than declared."""
-    root = base_dir.resolve()
+    """Refuse external data outside `base_dir`, missing, hard-linked or shorter than declared.
+
+    onnx_ir makes the same containment checks, but only when a tensor is first
+    read, deep inside a pass; checking here turns them into one clear load error.
+    """
+    root = Path(os.path.realpath(base_dir))
     for name, tensor in iter_tensors(model):
         if not isinstance(tensor, ir.ExternalTensor):
             continue
-        location = tensor.location
-        if os.path.isabs(location):
+        location = os.fspath(tensor.location)
+        where = f"tensor {name!r}: external data {location!r}"
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:3]:
             raise ModelLoadError(
-                f"tensor {name!r}: external data location {location!r} is absolute; "
-                "only files inside the model's folder are accepted"
+                f"{where} is an absolute path; only files inside the model's folder are accepted"
             )
-        target = (root / location).resolve()
-        if target != root and root not in target.parents:
+        lexical = os.path.normpath(location)
+        if lexical == ".." or lexical.startswith(".." + os.sep):
+            raise ModelLoadError(f"{where} points outside the model's folder {root} (`..`)")
+        try:
+            target = Path(os.path.realpath(root / location))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{where}: unusable location ({exc})") from exc
+        if root not in target.parents:
             raise ModelLoadError(
-                f"tensor {name!r}: external data {location!r} points outside the model's "
-                f"folder {root}"
+                f"{where} is a link leading outside the model's folder {root} (to {target})"
             )
+        try:
+            info = target.stat()
+        except (OSError, ValueError):
+            raise ModelLoadError(f"{where}: file not found beside the model") from None
         if not target.is_file():
-            raise ModelLoadError(f"tensor {name!r}: external data file {location!r} not found")
-        end = (tensor.offset or 0) + (tensor.length or 0)
-        if end > target.stat().st_size:
+            raise ModelLoadError(f"{where}: not a regular file")
+        if info.st_nlink > 1:
             raise ModelLoadError(
-                f"tensor {name!r}: external data {location!r} is truncated "
-                f"(needs {end} bytes, file has {target.stat().st_size})"
+                f"{where}: file has {info.st_nlink} hard links; a hard link can lead outside "
+                "the model's folder, so it is refused (copy the file instead)"
+            )
+        offset = tensor.offset or 0
+        if tensor.length is not None and tensor.length != tensor.nbytes:
+            raise ModelLoadError(
+                f"{where}: declares {tensor.length} bytes but {tensor.dtype} "
+                f"{list(tensor.shape)} needs {tensor.nbytes}"
+            )
+        end = offset + tensor.nbytes
+        if end > info.st_size:
+            raise ModelLoadError(
+                f"{where} is truncated (needs bytes up to {end}, file has {info.st_size})"
             )
 
 
@@ -111,40 +159,220 @@ def save(
     overwrite: bool = False,
     external_data: bool | None = None,
 ) -> Path:
-    """Write `model` atomically to `path` and return it.
+    """Write `model` atomically to `path` (plus `<name>.data` for external data) and return it.
 
-    `source` is the file the model was loaded from: writing onto it is refused
-    unless `overwrite` is set. `external_data=None` chooses external data when the
-    model already had some or would not fit in one protobuf message.
+    Writing onto a file the model was read from (`source`, the file `load` read, or
+    any external data file its tensors live in) is refused unless `overwrite` is
+    set. `external_data=None` chooses external data when the model already had some
+    or would not fit in one protobuf message.
+
+    When overwriting replaces the data file the model's own tensors are mapped
+    from, those tensors are re-pointed at the new file, so the in-memory model
+    stays valid after the save.
     """
     path = Path(path)
-    if source is not None and same_file(source, path) and not overwrite:
-        raise UsageError(f"{path}: output is the input model; pass --overwrite to replace it")
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise UsageError(f"{path}: is a folder, expected a file name")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: output folder does not exist")
     if external_data is None:
         external_data = _has_external_data(model) or tensor_bytes(model) > PROTOBUF_SAFE_BYTES
+    elif not external_data and tensor_bytes(model) > PROTOBUF_SAFE_BYTES:
+        raise UsageError(
+            f"{path}: {tensor_bytes(model) / 1e9:.1f} GB of weights do not fit in one protobuf "
+            "message (2 GB cap); save with external data"
+        )
     data_name = f"{path.name}.data"
+    data_path = path.parent / data_name
+    targets = [path, data_path] if external_data else [path]
+    if not overwrite:
+        _refuse_overwriting_inputs(model, targets, source)
+
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         staged = staging / path.name
         if external_data:
-            ir.save(
-                model,
-                staged,
-                external_data=data_name,
-                size_threshold_bytes=EXTERNAL_THRESHOLD_BYTES,
-            )
-            if (staging / data_name).exists():
-                os.replace(staging / data_name, path.parent / data_name)
+            rebind = _write_external(model, staged, data_name, data_path)
         else:
-            ir.save(model, staged)
-        os.replace(staged, path)
+            with _in_memory_tensors(model):
+                ir.save(model, staged)
+            rebind = None
+        _commit(staging, staged, path, data_name if external_data else None)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if rebind is not None:
+        rebind(path.parent.absolute())
     return path
+
+
+def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Path):
+    """Save with external data into the staging folder; return how to re-point tensors.
+
+    Tensors mapped from `data_path` (only when overwriting) keep reading the old
+    file's inode until the rename; afterwards they must read the new file at its new
+    offsets, which the save callback records.
+    """
+    replaced: list[tuple[ir.Value, ir.ExternalTensor]] = []
+    for graph in iter_graphs(model):
+        if not isinstance(graph, ir.Graph):
+            continue
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor) and same_file(tensor.path, data_path):
+                if tensor.nbytes <= EXTERNAL_THRESHOLD_BYTES:
+                    # Stays inline in the proto: keep a private copy of its bytes.
+                    value.const_value = ir.Tensor(np.array(tensor.numpy()), name=tensor.name)
+                else:
+                    replaced.append((value, tensor))
+    offsets: dict[int, int] = {}
+
+    def record(tensor: ir.TensorProtocol, info: ir.external_data.CallbackInfo) -> None:
+        offsets[id(tensor)] = info.offset
+
+    with _in_memory_attribute_tensors(model):
+        ir.save(
+            model,
+            staged,
+            external_data=data_name,
+            size_threshold_bytes=EXTERNAL_THRESHOLD_BYTES,
+            callback=record if replaced else None,
+        )
+
+    def rebind(folder: Path) -> None:
+        for value, old in replaced:
+            value.const_value = ir.ExternalTensor(
+                data_name, offsets[id(old)], old.nbytes, old.dtype,
+                shape=old.shape, name=old.name, base_dir=folder,
+            )
+            old.release()
+
+    return rebind
+
+
+def _commit(staging: Path, staged: Path, path: Path, data_name: str | None) -> None:
+    """Rename the staged files into place: data first, then the model.
+
+    If the model's rename fails after the data's, the previous data file (kept
+    through a hard link made before) is put back, so the previous output stays a
+    consistent pair.
+    """
+    _copy_mode(path, staged)
+    if data_name is None:
+        os.replace(staged, path)
+        return
+    new_data = staging / data_name
+    data_path = path.parent / data_name
+    backup = None
+    if new_data.exists():
+        _copy_mode(data_path, new_data)
+        if data_path.is_file() and not data_path.is_symlink():
+            backup = staging / f"{data_name}.previous"
+            try:
+                os.link(data_path, backup)
+            except OSError:
+                backup = None
+        os.replace(new_data, data_path)
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, data_path)
+        raise
+
+
+def _refuse_overwriting_inputs(model: ir.Model, targets: list[Path], source: PathLike | None) -> None:
+    inputs: list[tuple[str, str]] = []
+    if source is not None:
+        inputs.append((str(source), "the input model"))
+    recorded = model.meta.get(SOURCE_META_KEY)
+    if recorded:
+        inputs.append((recorded, "the input model"))
+    seen = set()
+    for name, tensor in iter_tensors(model):
+        if isinstance(tensor, ir.ExternalTensor) and tensor.path not in seen:
+            seen.add(tensor.path)
+            inputs.append((tensor.path, f"external data of the input model (tensor {name!r})"))
+    for target in targets:
+        for used, what in inputs:
+            if same_file(used, target):
+                raise UsageError(
+                    f"{target}: output would replace {what}; pass --overwrite to replace it"
+                )
+
+
+class _swap:
+    """Temporarily replace tensors (values or attributes) and put them back on exit."""
+
+    def __init__(self) -> None:
+        self._undo: list = []
+
+    def value(self, value: ir.Value, tensor: ir.TensorProtocol) -> None:
+        self._undo.append((value, "const_value", value.const_value))
+        value.const_value = tensor
+
+    def attribute(self, node: ir.Node, name: str, attr: ir.Attr) -> None:
+        self._undo.append((node.attributes, name, node.attributes[name]))
+        node.attributes[name] = attr
+
+    def __enter__(self) -> _swap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, key, old in reversed(self._undo):
+            if key == "const_value":
+                owner.const_value = old
+            else:
+                owner[key] = old
+
+
+def _in_memory_attribute_tensors(model: ir.Model) -> _swap:
+    """onnx_ir only externalizes initializers: attribute tensors mapped from a file
+    would be written as references to a file the output folder may not have."""
+    swap = _swap()
+    for graph in iter_graphs(model):
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.is_ref():
+                    continue
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    swap.attribute(node, name, ir.AttrTensor(name, _to_memory(attr.value)))
+                elif attr.type == ir.AttributeType.TENSORS and any(
+                    isinstance(t, ir.ExternalTensor) for t in attr.value
+                ):
+                    swap.attribute(node, name, ir.AttrTensors(name, [_to_memory(t) for t in attr.value]))
+    return swap
+
+
+class _in_memory_tensors(_swap):
+    """Every external tensor read (mapped) for an inline save, put back afterwards."""
+
+    def __init__(self, model: ir.Model) -> None:
+        super().__init__()
+        self._attributes = _in_memory_attribute_tensors(model)
+        for graph in iter_graphs(model):
+            if isinstance(graph, ir.Graph):
+                for value in graph.initializers.values():
+                    if isinstance(value.const_value, ir.ExternalTensor):
+                        self.value(value, _to_memory(value.const_value))
+
+    def __exit__(self, *exc: object) -> None:
+        self._attributes.__exit__(*exc)
+        super().__exit__(*exc)
+
+
+def _to_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
+    return ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+
+
+def _copy_mode(existing: Path, new: Path) -> None:
+    """Keep the permissions of the file being replaced."""
+    try:
+        if existing.is_file():
+            shutil.copymode(existing, new)
+    except OSError:
+        pass
 
 
 def model_to_bytes(model: ir.Model) -> bytes:
@@ -152,16 +380,23 @@ def model_to_bytes(model: ir.Model) -> bytes:
     return ir.serde.serialize_model(model).SerializeToString()
 
 
+def external_tensors(model: ir.Model) -> Iterator[tuple[str, ir.ExternalTensor]]:
+    """(name, tensor) for each tensor whose data lives in a file."""
+    for name, tensor in iter_tensors(model):
+        if isinstance(tensor, ir.ExternalTensor):
+            yield name, tensor
+
+
 def _has_external_data(model: ir.Model) -> bool:
-    return any(isinstance(t, ir.ExternalTensor) for _, t in iter_tensors(model))
+    return any(True for _ in external_tensors(model))
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:
     """True when `a` and `b` name the same file (links resolved)."""
     a, b = Path(a), Path(b)
     try:
-        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
-    except OSError:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except (OSError, ValueError):
         return False
 
 

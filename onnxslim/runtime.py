@@ -22,6 +22,8 @@ from onnxslim.errors import ModelLoadError, RuntimeFailure
 # Tensors at least this large go to ORT as in-memory external initializers.
 _OFFLOAD_BYTES = 1024
 _MEMORY_LOCATION = "__onnxslim_in_memory__"
+# Where ORT looks for external data files of a model given as bytes.
+_EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 _OFFLOADABLE = {
     ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8,
     ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
@@ -97,14 +99,24 @@ class Session:
         return self._session.end_profiling()
 
     def _serialize(self, model: ir.Model, options: ort.SessionOptions) -> bytes:
-        """Serialize the graph with big main-graph weights replaced by in-memory references."""
+        """Serialize the graph with big main-graph weights replaced by in-memory references.
+
+        Weights still in their external data files stay file references: ORT maps
+        them itself from their folder, lazily and without a copy (OrtValues given
+        to add_external_initializers are copied by ORT 1.32).
+        """
         swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
         names: list[str] = []
         values: list[ort.OrtValue] = []
+        folder = _external_data_folder(model)
+        if folder is not None:
+            options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, folder)
         try:
             for name, value in model.graph.initializers.items():
                 tensor = value.const_value
                 if tensor is None or tensor.nbytes < _OFFLOAD_BYTES or tensor.dtype not in _OFFLOADABLE:
+                    continue
+                if isinstance(tensor, ir.ExternalTensor) and _folder_of(tensor) == folder:
                     continue
                 array = np.ascontiguousarray(tensor.numpy())
                 ort_value = ort.OrtValue.ortvalue_from_numpy(array)
@@ -124,6 +136,21 @@ class Session:
             self._keep_alive.extend(values)
             options.add_external_initializers(names, values)
         return proto.SerializeToString()
+
+
+def _folder_of(tensor: ir.ExternalTensor) -> str:
+    return os.path.abspath(os.fspath(tensor.base_dir) or ".")
+
+
+def _external_data_folder(model: ir.Model) -> str | None:
+    """The folder holding most external weight bytes of the main graph, if any."""
+    sizes: dict[str, int] = {}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and not os.path.isabs(os.fspath(tensor.location)):
+            folder = _folder_of(tensor)
+            sizes[folder] = sizes.get(folder, 0) + tensor.nbytes
+    return max(sizes, key=sizes.__getitem__) if sizes else None
 
 
 def _is_model_problem(message: str) -> bool:
