@@ -1,0 +1,340 @@
+"""The `quantize-static` pass: calibrated int8 QDQ that ONNX Runtime runs on integer kernels.
+
+Steps (each in its own module):
+  1. prepare    fold BatchNorm/constants, Div -> Mul, unique names, types (prepare.py);
+  2. plan       which nodes and tensors to quantize, for the target CPU (policy.py);
+  3. calibrate  stream the calibration feeds through ORT once, keeping running
+                min/max and histograms of the planned tensors (collect.py, ranges.py);
+  4. protect    tensors one int8 scale cannot carry stay float: mask constants,
+                mixed-range joins, probability outputs (protect.py); re-plan;
+  5. insert     Q/DQ pairs, int8 weights, int32 biases (qdq.py);
+  6. check      ask ORT for its optimized graph (written to a temporary folder) and
+                put back to float every node ORT did not fuse into an int8 kernel:
+                there its Q/DQ would only cost time; repeat until all fuse.
+The result and a report (model.meta[REPORT_KEY]) are what the API and CLI show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxslim.errors import DataError, UsageError
+from onnxslim.passes._options import check_choice, option
+
+from .collect import CollectConfig, FeedSource, collect_stats
+from .policy import (
+    PolicyConfig,
+    QuantPlan,
+    Target,
+    make_plan,
+    quantized_ops_in,
+    resolve_target,
+)
+from .prepare import prepare
+from .qdq import InsertReport, QParams, insert_qdq, tensor_params
+from .ranges import METHODS, Range, TensorStats, compute_range
+
+REPORT_KEY = "onnxslim.quantize_report"
+ACTIVATION_TYPES = ("auto", "uint8", "int8")
+# progress(stage, done, total): stage is "calibrate" (runs over the data) or "check".
+StageProgress = Callable[[str, int, int | None], None]
+_INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul",
+                 "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid",
+                 "QLinearLeakyRelu", "DynamicQuantizeMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits",
+                 "DynamicQuantizeLSTM")
+_NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
+
+
+@dataclass
+class QuantizeReport:
+    """What a quantization run decided and measured (JSON-ready through `to_dict`)."""
+
+    mode: str
+    target: str = ""
+    activation_type: str = ""
+    weight_type: str = "int8"
+    reduce_range: bool = False
+    per_channel: bool = True
+    method: str = ""
+    samples: int = 0
+    quantized_nodes: list[str] = field(default_factory=list)
+    quantized_ops: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    protections: list[dict[str, Any]] = field(default_factory=list)
+    int8_kernels: dict[str, int] = field(default_factory=dict)  # ORT's optimized graph
+    weight_bytes_before: int = 0
+    weight_bytes_after: int = 0
+    prepare_steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _data_field(help: str) -> Any:
+    """The calibration data: a path in recipes, or any feed source through the API."""
+    return dataclasses.field(default=None, compare=False, hash=False,
+                             metadata={"help": help, "data": True})
+
+
+def _internal(default: Any = None) -> Any:
+    return dataclasses.field(default=default, compare=False, hash=False, repr=False,
+                             metadata={"internal": True, "help": ""})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuantizeStatic(ir.passes.InPlacePass):
+    """Static int8 quantization (QDQ) calibrated on data, fused by ORT into integer kernels."""
+
+    lossless: ClassVar[bool] = False
+
+    calib: Any = _data_field("Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
+                             "ORT CalibrationDataReader through the API.")
+    method: str = option("percentile", "Calibration method.", choices=METHODS)
+    percentile: float = option(99.99, "Percentile kept by --method percentile (each tail).")
+    target: str = option("auto", "CPU the int8 types are chosen for.", choices=("auto", "x86-avx2", "x86-vnni", "arm64"))
+    activation_type: str = option("auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES)
+    per_channel: bool = option(True, "Per-channel weight scales (else per tensor).")
+    reduce_range: bool | None = option(None, "7-bit weights for x86 without VNNI (None: from the target).")
+    exclude: tuple[str, ...] = option((), "Keep these float: node names, op types or regular expressions.")
+    keep_float_outputs: bool = option(False, "Nodes producing graph outputs stay float.")
+    quantize_depthwise: bool = option(False, "Quantize depthwise Conv too (slower than float on ORT CPU).")
+    max_samples: int | None = option(None, "Use at most this many calibration feeds.")
+    protect: bool = option(True, "Keep float the tensors one int8 scale cannot carry (masks, mixed ranges).")
+    check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
+    force: bool = option(False, "Quantize even if the model already holds quantized ops.")
+    progress: Any = _internal()
+
+    def __post_init__(self) -> None:
+        for name in ("method", "target", "activation_type"):
+            check_choice(self, name)
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.max_samples is not None and self.max_samples <= 0:
+            raise ValueError("max_samples must be positive")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.calib is None:
+            raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
+        quantized, report = quantize_static(model, self.calib, self, progress=self.progress)
+        replace_contents(model, quantized)
+        model.meta[REPORT_KEY] = report
+        return ir.passes.PassResult(model, modified=bool(report.quantized_nodes))
+
+
+def replace_contents(model: ir.Model, source: ir.Model) -> None:
+    """Make `model` hold `source`'s graph (in-place passes must modify the model given)."""
+    model.graph = source.graph
+    model.ir_version = max(model.ir_version, source.ir_version)
+    model.opset_imports.clear()
+    model.opset_imports.update(source.opset_imports)
+    model.functions.clear()
+    model.functions.update(source.functions)
+
+
+def refuse_quantized(model: ir.Model, force: bool) -> None:
+    ops = quantized_ops_in(model)
+    if ops and not force:
+        raise UsageError(f"model is already quantized (it holds {', '.join(ops[:4])}); "
+                         "quantizing it again would only lose accuracy (force to override)")
+
+
+def resolve_types(options: QuantizeStatic) -> tuple[Target, str, bool]:
+    target = resolve_target(options.target)
+    activation = target.activation_type if options.activation_type == "auto" else options.activation_type
+    reduce_range = target.reduce_range if options.reduce_range is None else bool(options.reduce_range)
+    return target, activation, reduce_range
+
+
+def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic | None = None, *,
+                    progress: StageProgress | None = None) -> tuple[ir.Model, QuantizeReport]:
+    """A new static-int8 model of `model` (left untouched), and the report."""
+    options = options or QuantizeStatic()
+    refuse_quantized(model, options.force)
+    target, activation, reduce_range = resolve_types(options)
+    report = QuantizeReport("static", target=target.name, activation_type=activation, reduce_range=reduce_range,
+                            per_channel=options.per_channel, method=options.method)
+    act_dtype = np.uint8 if activation == "uint8" else np.int8
+    policy = PolicyConfig(activation_type=activation, per_channel=options.per_channel, reduce_range=reduce_range,
+                          exclude=tuple(options.exclude), keep_float_outputs=options.keep_float_outputs,
+                          quantize_depthwise=options.quantize_depthwise)
+    clock = time.perf_counter()
+    prepared, prep = prepare(model)
+    report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
+    report.seconds["prepare"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    widest = make_plan(prepared, policy)
+    wanted = sorted(set(widest.range_tensors()) | _extra_tensors(prepared, widest))
+    stats: dict[str, TensorStats] = {}
+    if wanted:
+        stats, report.samples = _calibrate(prepared, calib, wanted, options, progress)
+    report.seconds["calibrate"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    float_tensors = {name for name, s in stats.items() if s.extreme or not s.observed}
+    float_nodes: dict[str, str] = {}
+    if options.protect:
+        from .protect import find_protections
+        from .protect import float_nodes as protected_nodes
+        from .protect import float_tensors as protected_tensors
+
+        protections = find_protections(prepared, stats)
+        report.protections = [p.to_dict() for p in protections]
+        float_tensors |= protected_tensors(protections)
+        for name in protected_nodes(protections):
+            float_nodes[name] = "protected: range cannot share one int8 scale"
+    plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
+    ranges = _ranges(plan, stats, options)
+    missing = [n for n in plan.range_tensors() if n not in ranges]
+    if missing:  # a re-plan asked for a tensor the first pass did not watch
+        more, _ = _calibrate(prepared, calib, missing, options, progress)
+        stats.update(more)
+        ranges = _ranges(plan, stats, options)
+    result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
+    report.seconds["insert"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    if options.check_fusion and plan.nodes:
+        for _ in range(4):
+            unfused, kernels = find_unfused(result, plan, insert_report)
+            report.int8_kernels = kernels
+            if not unfused:
+                break
+            float_nodes.update({name: _NOT_FUSED for name in unfused})
+            plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
+            ranges = _ranges(plan, stats, options)
+            missing = [n for n in plan.range_tensors() if n not in ranges]
+            if missing:
+                more, _ = _calibrate(prepared, calib, missing, options, progress)
+                stats.update(more)
+                ranges = _ranges(plan, stats, options)
+            result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
+    report.seconds["check"] = time.perf_counter() - clock
+
+    members = {n: p for n, p in plan.nodes.items() if p.role in ("compute", "island", "embedding", "shared")}
+    report.quantized_nodes = sorted(members)
+    report.quantized_ops = dict(Counter(p.op_type for p in members.values()))
+    report.skipped = dict(sorted(plan.skipped.items()))
+    report.weight_bytes_before = insert_report.weight_bytes_before
+    report.weight_bytes_after = insert_report.weight_bytes_after
+    return result, report
+
+
+def _apply(prepared: ir.Model, plan: QuantPlan, ranges: Mapping[str, Range], act_dtype: type,
+           reduce_range: bool) -> tuple[ir.Model, InsertReport]:
+    params: dict[str, QParams] = tensor_params(plan, ranges, act_dtype)
+    trial = prepared.clone()
+    insert_report = insert_qdq(trial, plan, params, reduce_range=reduce_range, activation_dtype=act_dtype)
+    return trial, insert_report
+
+
+def _ranges(plan: QuantPlan, stats: Mapping[str, TensorStats], options: QuantizeStatic) -> dict[str, Range]:
+    ranges: dict[str, Range] = {}
+    for name in plan.range_tensors():
+        s = stats.get(name)
+        if s is None or not s.observed:
+            continue
+        ranges[name] = compute_range(s, options.method, percentile=options.percentile)
+    return ranges
+
+
+def _calibrate(model: ir.Model, calib: FeedSource, names: list[str], options: QuantizeStatic,
+               progress: StageProgress | None) -> tuple[dict[str, TensorStats], int]:
+    def report(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress("calibrate", done, total)
+
+    stats, count = collect_stats(model, _feeds(calib, model), names, histogram=options.method != "minmax",
+                                 progress=report, config=CollectConfig(limit=options.max_samples))
+    if count == 0:
+        raise DataError("calibration data holds no feeds")
+    return stats, count
+
+
+def _feeds(calib: FeedSource, model: ir.Model) -> Any:
+    """Checked feeds through the engine's readers when they are available."""
+    from onnxslim import calibration
+
+    opener = getattr(calibration, "open_feeds", None)
+    if opener is None or callable(calib) and not hasattr(calib, "__iter__") and not hasattr(calib, "get_next"):
+        return calib
+    return opener(calib, model, extra="ignore")
+
+
+def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
+    """Tensors watched besides the plan's: inputs of absorbed activations, of joins (protections)."""
+    names: set[str] = set()
+    by_name = {n.name: n for n in model.graph.all_nodes()} if hasattr(model.graph, "all_nodes") else {}
+    for name, node_plan in plan.nodes.items():
+        node = by_name.get(name)
+        if node is None:
+            continue
+        if node_plan.role == "absorbed" and node.inputs[0] is not None:
+            names.add(node.inputs[0].name or "")
+    for node in model.graph:
+        if node.op_type in ("Concat", "Add") and node.domain in ("", "ai.onnx"):
+            for value in node.inputs:
+                if value is not None and value.name and value.const_value is None and \
+                        value.dtype == ir.DataType.FLOAT and not value.is_graph_input():
+                    names.add(value.name)
+            out = node.outputs[0]
+            if out.dtype == ir.DataType.FLOAT and out.name:
+                names.add(out.name)
+    names.discard("")
+    return names
+
+
+def find_unfused(model: ir.Model, plan: QuantPlan, report: InsertReport) -> tuple[set[str], dict[str, int]]:
+    """Nodes of the plan that ORT's optimized graph still runs in float, and its int8 kernel counts."""
+    from onnxslim.runtime import Session, SessionConfig
+
+    with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as folder:
+        path = Path(folder) / "optimized.onnx"
+        Session(model, SessionConfig(optimization="all", optimized_model_path=str(path)))
+        optimized = onnx.load(str(path), load_external_data=False)
+    graphs = list(_proto_graphs(optimized.graph))
+    kernels = Counter(n.op_type for g in graphs for n in g.node if n.op_type in _INT8_KERNELS)
+    producers = {out: n for g in graphs for n in g.node for out in n.output}
+    dq_sources = {n.input[0] for g in graphs for n in g.node if n.op_type == "DequantizeLinear"}
+    unfused: set[str] = set()
+    # (a) A weight still behind a DequantizeLinear: its readers were not fused.
+    still = {q for q in report.weights if q in dq_sources}
+    if still:
+        for node in model.graph.all_nodes():
+            if node.op_type == "DequantizeLinear" and node.inputs[0] is not None and node.inputs[0].name in still:
+                for user, _ in node.outputs[0].uses():
+                    if user.name in plan.nodes:
+                        unfused.add(user.name or "")
+    # (b) A planned node still there under its own name and op type, reading a DequantizeLinear.
+    for g in graphs:
+        for n in g.node:
+            node_plan = plan.nodes.get(n.name)
+            if node_plan is None or node_plan.role in ("embedding", "absorbed") or n.op_type != node_plan.op_type:
+                continue
+            if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+                unfused.add(n.name)
+    return unfused, dict(sorted(kernels.items()))
+
+
+def _proto_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _proto_graphs(sub)
