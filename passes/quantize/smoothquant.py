@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -108,32 +108,37 @@ def smooth_graph(graph: ir.Graph, act_absmax: Mapping[str, np.ndarray], *, alpha
     return report
 
 
-def channel_absmax(model: ir.Model, feeds: Iterable[Feed], names: list[str]) -> dict[str, np.ndarray]:
+def channel_absmax(model: ir.Model, feeds: Any, names: list[str]) -> dict[str, np.ndarray]:
     """Per-last-axis-channel max|x| of the named tensors over `feeds`, streamed.
 
-    Runs a clone whose outputs are extended with the tensors; one feed at a time, so
-    memory does not grow with the number of samples.
+    `feeds` is anything `collect.stream_tensors` reads (a list, an iterator, a path);
+    one feed's tensors are held at a time, so memory does not grow with the samples.
     """
-    from onnxslim.runtime import Session  # local: keeps the module importable without ORT
+    from onnxslim.passes.quantize.collect import stream_tensors
 
     if not names:
         return {}
-    probe = model.clone()
-    by_name = {v.name: v for node in probe.graph for v in node.outputs}
-    wanted = [n for n in names if n in by_name]
-    existing = {v.name for v in probe.graph.outputs}
-    for n in wanted:
-        if n not in existing:
-            probe.graph.outputs.append(by_name[n])
-    session = Session(probe)
     result: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        values = session.run(feed, outputs=wanted)
-        for n, array in values.items():
+
+    def consume(_: int, arrays: dict[str, np.ndarray]) -> None:
+        for n, array in arrays.items():
             a = np.abs(np.asarray(array, dtype=np.float32))
             current = a.reshape(-1, a.shape[-1]).max(axis=0) if a.ndim else a.reshape(1)
             result[n] = current if n not in result else np.maximum(result[n], current)
+
+    stream_tensors(_typed(model, names), feeds, names, consume)
     return result
+
+
+def _typed(model: ir.Model, names: list[str]) -> ir.Model:
+    """`model`, or a shape-inferred clone when a wanted tensor has no declared type
+    (the collector fetches only tensors it knows to be float)."""
+    wanted = set(names)
+    if all(v.dtype is not None for node in model.graph for v in node.outputs if v.name in wanted):
+        return model
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    return ShapeInferencePass()(model.clone()).model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
