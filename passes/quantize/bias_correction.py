@@ -341,3 +341,29 @@ def _add_bias(t: _Target, shift: np.ndarray, model: ir.Model) -> str | None:
         node.resize_inputs(3)
     node.replace_input_with(2, dq.outputs[0])
     return None
+
+
+# --- the hook the static pass calls ---------------------------------------------------------------
+
+REPORT_KEY = "onnxslim.bias_correction"
+DEFAULT_SAMPLES = 64
+
+
+def static_hook(quantized: ir.Model, prepared: ir.Model, feeds: Any, options: Any, report: Any) -> None:
+    """Run bias correction on the static pass's final model, unless `options.bias_correction` is off.
+
+    `prepared` is the float model the plan was made on (same node names as `quantized`).
+    The per-layer figures go to `quantized.meta[REPORT_KEY]` and the time to
+    `report.seconds["bias_correction"]`.
+    """
+    import time
+
+    if not getattr(options, "bias_correction", True) or feeds is None:
+        return
+    start = time.perf_counter()
+    limit = getattr(options, "max_samples", None) or DEFAULT_SAMPLES
+    result = correct_biases(quantized, prepared, feeds, samples=min(limit, DEFAULT_SAMPLES))
+    quantized.meta[REPORT_KEY] = result
+    seconds = getattr(report, "seconds", None)
+    if isinstance(seconds, dict):
+        seconds["bias_correction"] = time.perf_counter() - start

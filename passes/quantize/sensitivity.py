@@ -240,3 +240,73 @@ def run_outputs(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], output:
     session = Session(model)
     name = session.output_names[output]
     return [session.run(feed, outputs=[name])[name] for feed in islice(feeds, None)]
+
+
+# --- glue over the static quantizer ---------------------------------------------------------------
+
+def static_quantizer(model: ir.Model, calib: Any, options: Any = None
+                     ) -> tuple[QuantizeFn, list[str], ir.Model]:
+    """A `quantize(excluded)` callable over `quantize_static`, the layers it may return to
+    float (the quantized compute nodes of the all-int8 model, in graph order), and that model.
+
+    The calibration feeds are read once and kept in memory, so trials do not re-read the
+    data source (they still re-collect ranges: the static pass owns calibration).
+    """
+    import dataclasses as _dc
+    import re
+
+    from onnxslim.calibration import open_feeds
+
+    from .static import QuantizeStatic, quantize_static
+
+    options = options or QuantizeStatic()
+    limit = options.max_samples
+    feeds = [dict(f) for f in islice(iter(open_feeds(calib, model, extra="ignore")), limit)]
+    if not feeds:
+        raise DataError("calibration data holds no feeds")
+    cache: dict[frozenset[str], ir.Model] = {}
+
+    def quantize(excluded: frozenset[str]) -> ir.Model:
+        if excluded not in cache:
+            patterns = tuple(options.exclude) + tuple(re.escape(name) for name in sorted(excluded))
+            trial = _dc.replace(options, exclude=patterns, calib=None)
+            cache.clear()  # keep one model alive: trials can be large
+            cache[excluded] = quantize_static(model, feeds, trial)[0]
+        return cache[excluded]
+
+    full = quantize(frozenset())
+    layers = [n.name for n in full.graph if n.name and n.op_type in _LAYER_OPS and _reads_dequantized_weight(n)]
+    return quantize, layers, full
+
+
+_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM", "GRU", "Attention"}
+
+
+def _reads_dequantized_weight(node: ir.Node) -> bool:
+    """True for a node reading a DequantizeLinear (a quantized layer in QDQ form)."""
+    for value in node.inputs:
+        producer = value.producer() if value is not None else None
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            return True
+    return False
+
+
+def quantize_accuracy_aware(model: ir.Model, calib: Any, *, max_drop: float, metric: MetricFn | None = None,
+                            eval_data: str | Path | None = None, eval_limit: int | None = None,
+                            options: Any = None, max_trials: int | None = None,
+                            on_step: ProgressFn | None = None) -> AccuracyAwareResult:
+    """Static int8 with the most sensitive layers returned to float until `max_drop` holds.
+
+    The metric is `metric(model)` (higher is better) or top-1 accuracy on `eval_data`
+    (an .npz with the model inputs and `labels`). Never raises for a missed target:
+    the result holds the best model found and `.met` says whether it is good enough.
+    """
+    if (metric is None) == (eval_data is None):
+        raise ValueError("give exactly one of metric= or eval_data=")
+    if metric is None:
+        from onnxslim.feeds import input_specs
+
+        metric = top1_metric(eval_data, [s.name for s in input_specs(model)], limit=eval_limit)  # type: ignore[arg-type]
+    quantize, layers, _ = static_quantizer(model, calib, options)
+    return accuracy_aware(quantize, metric, layers, max_drop=max_drop, float_model=model,
+                          max_trials=max_trials, on_step=on_step)

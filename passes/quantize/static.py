@@ -32,6 +32,7 @@ import onnx_ir as ir
 from onnxslim.errors import DataError, UsageError
 from onnxslim.passes._options import check_choice, option
 
+from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
 from .policy import (
     PolicyConfig,
@@ -223,6 +224,7 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
                 ranges = _ranges(plan, stats, options)
             result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["check"] = time.perf_counter() - clock
+    bias_correction_hook(result, prepared, _feeds(calib, prepared), options, report)  # bias_correction.py
 
     members = {n: p for n, p in plan.nodes.items() if p.role in ("compute", "island", "embedding", "shared")}
     report.quantized_nodes = sorted(members)
