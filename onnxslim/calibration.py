@@ -309,23 +309,27 @@ def _open_path(path: Path, specs: list[InputSpec] | None,
 def _open_folder(folder: Path, specs: list[InputSpec] | None,
                  image_preprocessing: ImagePreprocessing | str | None,
                  common: dict[str, Any]) -> FeedStream:
-    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")),
-                   key=_natural_key)
-    arrays = [p for p in files if p.suffix.lower() in ARRAY_SUFFIXES]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    # File names only (str, not Path: the listing is the one thing that grows with the
+    # number of samples), in natural order so sample_2 comes before sample_10.
+    with os.scandir(folder) as entries:
+        names = [e.name for e in entries if not e.name.startswith(".") and e.is_file()]
+    arrays = sorted((n for n in names if n.lower().endswith(ARRAY_SUFFIXES)), key=_natural_key)
+    images = sorted((n for n in names if n.lower().endswith(IMAGE_SUFFIXES)), key=_natural_key)
+    del names
     if arrays and images:
         raise DataError(
-            f"{folder}: holds both array files ({arrays[0].name}, ...) and images "
-            f"({images[0].name}, ...); keep one kind per folder"
+            f"{folder}: holds both array files ({arrays[0]}, ...) and images "
+            f"({images[0]}, ...); keep one kind per folder"
         )
     if arrays:
         single = None
-        if any(p.suffix.lower() == ".npy" for p in arrays):
+        if any(n.lower().endswith(".npy") for n in arrays):
             single = _single_input(specs, folder)
 
         def read() -> Iterator[Mapping[str, Any]]:
-            for file in arrays:
-                yield _OriginFeed(_read_array_file(file, single), f"{file}")
+            for name in arrays:
+                file = folder / name
+                yield _OriginFeed(_read_array_file(file, single), str(file))
 
         return FeedStream(read, description=str(folder), count=len(arrays), once=False, **common)
     if images:
@@ -366,9 +370,9 @@ def _read_array_file(file: Path, single_input: str | None) -> dict[str, np.ndarr
         raise DataError(f"{file}: cannot read ({_first_line(exc)})") from exc
 
 
-def _natural_key(path: Path) -> list[Any]:
+def _natural_key(name: str) -> tuple[Any, ...]:
     """sample_2 before sample_10."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
 
 
 @dataclass
@@ -641,7 +645,7 @@ def _fraction(text: str) -> float:
 @dataclass
 class _ImageReader:
     folder: Path
-    files: list[Path]
+    files: list[str]  # names inside `folder`
     specs: list[InputSpec] | None
     given: ImagePreprocessing | str | None
     preprocessing: ImagePreprocessing = field(init=False)
@@ -666,7 +670,8 @@ class _ImageReader:
         self.preprocessing = _resolve(given or ImagePreprocessing(), self.spec, self.folder)
 
     def iterate(self) -> Iterator[Mapping[str, np.ndarray]]:
-        for file in self.files:
+        for name in self.files:
+            file = self.folder / name
             yield _OriginFeed({self.spec.name: self.load(file)}, str(file))
 
     def load(self, file: Path) -> np.ndarray:
