@@ -29,10 +29,20 @@ ModelSource = ir.Model | str | os.PathLike[str]
 Dim = int | str | None
 
 # Ops whose presence means the model already carries quantized arithmetic.
-_QUANT_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-    "MatMulIntegerToFloat", "MatMulNBits", "QGemm", "QAttention", "GatherBlockQuantized",
-})
+_QUANT_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+        "QGemm",
+        "QAttention",
+        "GatherBlockQuantized",
+    }
+)
 _QUANT_PREFIXES = ("QLinear", "DynamicQuantize", "QOrdered")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -65,24 +75,24 @@ class ModelSummary:
     """The answer of `onnxslim inspect`; `to_dict()` is its JSON form."""
 
     path: str | None
-    file_bytes: int | None        # the .onnx file plus its external data files
+    file_bytes: int | None  # the .onnx file plus its external data files
     ir_version: int
     producer: str
     opset_imports: dict[str, int]
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    nodes: int                    # every graph and function
+    nodes: int  # every graph and function
     main_graph_nodes: int
-    subgraphs: int                # If/Loop/Scan bodies, nested ones included
+    subgraphs: int  # If/Loop/Scan bodies, nested ones included
     functions: int
     op_histogram: dict[str, int]  # "Op" for the default domain, "domain::Op" otherwise
     parameters: dict[str, DtypeStats]
-    macs: int | None              # None when no counted op had known shapes
+    macs: int | None  # None when no counted op had known shapes
     macs_by_op: dict[str, int]
     macs_notes: list[str] = field(default_factory=list)
     quantized: bool = False
     quantization_ops: dict[str, int] = field(default_factory=dict)
-    initializer_inputs: int = 0   # initializers also listed as graph inputs (IR < 4 style)
+    initializer_inputs: int = 0  # initializers also listed as graph inputs (IR < 4 style)
 
     @property
     def parameter_count(self) -> int:
@@ -99,7 +109,9 @@ class ModelSummary:
         return data
 
 
-def inspect_model(source: ModelSource, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelSummary:
+def inspect_model(
+    source: ModelSource, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> ModelSummary:
     """Summarise `source` (a path or an ir.Model); never modifies it.
 
     `input_shapes` pins free input dimensions for the MAC estimate; dimensions
@@ -116,7 +128,9 @@ def inspect_model(source: ModelSource, *, input_shapes: Mapping[str, tuple[int, 
         file_bytes=_file_bytes(model, path) if path else None,
         ir_version=model.ir_version,
         producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
-        opset_imports={domain or "ai.onnx": version for domain, version in model.opset_imports.items()},
+        opset_imports={
+            domain or "ai.onnx": version for domain, version in model.opset_imports.items()
+        },
         inputs=[_tensor_info(v) for v in model.graph.inputs if v.name not in initializer_names],
         outputs=[_tensor_info(v) for v in model.graph.outputs],
         nodes=sum(histogram.values()),
@@ -134,8 +148,9 @@ def inspect_model(source: ModelSource, *, input_shapes: Mapping[str, tuple[int, 
     )
 
 
-def estimate_macs(model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]] | None = None
-                  ) -> tuple[int | None, dict[str, int], list[str]]:
+def estimate_macs(
+    model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[int | None, dict[str, int], list[str]]:
     """(total, per op type, notes): multiply-accumulates of Conv, ConvTranspose, MatMul,
     Gemm, their integer/QLinear forms and LSTM/GRU/RNN, from inferred shapes.
 
@@ -151,9 +166,15 @@ def estimate_macs(model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]] |
         ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(clone)
     finally:
         shape_logger.setLevel(level)
-    counted = [(graph, node, rule) for graph in [clone.graph, *clone.graph.subgraphs()] for node in graph
-               if (rule := _MAC_RULES.get((_domain(node), node.op_type))) is not None]
-    unresolved = [node for graph, node, rule in counted if graph is clone.graph and rule(node) is None]
+    counted = [
+        (graph, node, rule)
+        for graph in [clone.graph, *clone.graph.subgraphs()]
+        for node in graph
+        if (rule := _MAC_RULES.get((_domain(node), node.op_type))) is not None
+    ]
+    unresolved = [
+        node for graph, node, rule in counted if graph is clone.graph and rule(node) is None
+    ]
     if unresolved:
         notes.extend(_measure_shapes(clone, unresolved, input_shapes or {}))
     per_op: Counter[str] = Counter()
@@ -167,8 +188,10 @@ def estimate_macs(model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]] |
         per_op[node.op_type] += macs
         in_subgraphs += graph is not clone.graph
     if unknown:
-        notes.append("not counted, shapes unknown: "
-                     + ", ".join(f"{n} {op}" for op, n in sorted(unknown.items())))
+        notes.append(
+            "not counted, shapes unknown: "
+            + ", ".join(f"{n} {op}" for op, n in sorted(unknown.items()))
+        )
     if in_subgraphs:
         notes.append(f"{in_subgraphs} counted node(s) sit in subgraphs, counted once each")
     if clone.functions:
@@ -177,19 +200,25 @@ def estimate_macs(model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]] |
     return total, dict(per_op.most_common()), notes
 
 
-def _measure_shapes(model: ir.Model, nodes: list[ir.Node], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+def _measure_shapes(
+    model: ir.Model, nodes: list[ir.Node], shapes: Mapping[str, tuple[int, ...]]
+) -> list[str]:
     """Fill in shapes inference could not (shapes computed by ops it cannot fold, such as
     Reshape/Transpose feeding Pad) by running the model once on ORT with generated inputs."""
     from onnxslim.feeds import generate_feeds, input_specs
     from onnxslim.runtime import Session, SessionConfig
 
     outputs = set(model.graph.outputs)
-    wanted = {}
+    wanted: dict[str, ir.Value] = {}
     for node in nodes:
         for value in (*node.inputs, *node.outputs):
-            if (value is not None and value.producer() is not None and value not in outputs
-                    and _dims(value) is None):
-                wanted[value.name] = value
+            if (
+                value is not None
+                and value.producer() is not None
+                and value not in outputs
+                and _dims(value) is None
+            ):
+                wanted[value.name or ""] = value
     if not wanted:
         return []
     model.graph.outputs.extend(wanted.values())
@@ -212,15 +241,19 @@ def _pin_free_dims(model: ir.Model, shapes: Mapping[str, tuple[int, ...]]) -> li
     """Give every graph input of the clone a concrete shape; notes say what was assumed."""
     pinned = []
     for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
+        name = value.name or ""
+        if name in model.graph.initializers:
             continue
-        if value.name in shapes:
-            value.shape = ir.Shape(shapes[value.name])
+        if name in shapes:
+            value.shape = ir.Shape(shapes[name])
             continue
         if value.shape is None:
             continue
-        free = [str(d) if not isinstance(d, int) and d.value else f"{value.name}[{i}]"
-                for i, d in enumerate(value.shape) if not isinstance(d, int)]
+        free = [
+            str(d) if not isinstance(d, int) and d.value else f"{value.name}[{i}]"
+            for i, d in enumerate(value.shape)
+            if not isinstance(d, int)
+        ]
         if free:
             value.shape = ir.Shape([d if isinstance(d, int) else 1 for d in value.shape])
             pinned.extend(free)
@@ -245,6 +278,7 @@ def _conv(weight_index: int) -> Any:
         if out is None or weight is None or len(weight) < 2:
             return None
         return math.prod(out) * math.prod(weight[1:])  # each output element: C/group * kernel MACs
+
     return count
 
 
@@ -316,8 +350,10 @@ def _tensor_info(value: ir.Value) -> TensorInfo:
     dtype = _dtype_name(value.dtype) if value.dtype is not None else "?"
     shape: list[Dim] | None = None
     if value.shape is not None:
-        shape = [d if isinstance(d, int) else (str(d.value) if d.value is not None else None)
-                 for d in value.shape]
+        shape = [
+            d if isinstance(d, int) else (str(d.value) if d.value is not None else None)
+            for d in value.shape
+        ]
     return TensorInfo(value.name or "", dtype, shape)
 
 

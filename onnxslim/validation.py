@@ -34,14 +34,16 @@ import onnxruntime as ort
 
 from onnxslim import io
 from onnxslim.calibration import check_feed, open_feeds
-from onnxslim.errors import DataError, OnnxSlimError, UsageError
+from onnxslim.errors import DataError, ModelLoadError, OnnxSlimError, RuntimeFailure, UsageError
 from onnxslim.feeds import Feed, InputSpec, generate_feeds, input_specs
 from onnxslim.parity import OutputComparer, OutputParity
 from onnxslim.runtime import Session, SessionConfig
 
 ModelSource = ir.Model | str | os.PathLike[str]
 # None: generated inputs; a path: a data file; else feed dicts (one, a list, or any iterable).
-FeedsArg = None | str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
+FeedsArg = (
+    None | str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
+)
 # progress(stage, done, total); stages are "parity", "latency" and "memory".
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -65,8 +67,15 @@ class LatencyStats:
     @classmethod
     def from_seconds(cls, samples: Sequence[float], *, warmup: int, threads: int) -> LatencyStats:
         ms = np.asarray(samples, dtype=np.float64) * 1e3
-        return cls(float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.mean()),
-                   float(ms.min()), len(ms), warmup, threads)
+        return cls(
+            float(np.median(ms)),
+            float(np.percentile(ms, 90)),
+            float(ms.mean()),
+            float(ms.min()),
+            len(ms),
+            warmup,
+            threads,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,9 +85,9 @@ class LatencyStats:
 class MemoryStats:
     """Peak resident memory of a child process that loaded the model and ran one feed."""
 
-    peak_bytes: int      # high-water mark of the whole child process
+    peak_bytes: int  # high-water mark of the whole child process
     baseline_bytes: int  # its high-water mark after importing numpy and onnxruntime
-    method: str          # "VmHWM" (Linux /proc) or "ru_maxrss"
+    method: str  # "VmHWM" (Linux /proc) or "ru_maxrss"
 
     @property
     def model_bytes(self) -> int:
@@ -95,17 +104,17 @@ class ValidationReport:
 
     reference: str
     candidate: str
-    feeds: str                      # "generated inputs (8 feeds)" or "DATA (N feeds)"
+    feeds: str  # "generated inputs (8 feeds)" or "DATA (N feeds)"
     generated_inputs: bool
     feed_count: int
     atol: float
     rtol: float
     threads: int
     outputs: list[OutputParity]
-    latency: dict[str, LatencyStats] = field(default_factory=dict)       # "reference"/"candidate"
+    latency: dict[str, LatencyStats] = field(default_factory=dict)  # "reference"/"candidate"
     memory: dict[str, MemoryStats | None] = field(default_factory=dict)  # absent when not measured
     problems: list[str] = field(default_factory=list)  # failures that are not tolerance figures
-    notes: list[str] = field(default_factory=list)     # remarks that do not fail the check
+    notes: list[str] = field(default_factory=list)  # remarks that do not fail the check
     provider: str = PROVIDER
     onnxruntime_version: str = ort.__version__
 
@@ -131,8 +140,10 @@ class ValidationReport:
         if self.passed:
             return f"passed: all {len(self.outputs)} output(s) within {tolerance} on {self.feeds}"
         failed = [o.name for o in self.failed_outputs]
-        return (f"parity check failed: {len(failed)} of {len(self.outputs)} output(s) outside "
-                f"{tolerance} on {self.feeds} ({', '.join(failed)})")
+        return (
+            f"parity check failed: {len(failed)} of {len(self.outputs)} output(s) outside "
+            f"{tolerance} on {self.feeds} ({', '.join(failed)})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         speedup = self.speedup
@@ -141,8 +152,11 @@ class ValidationReport:
             "candidate": self.candidate,
             "provider": self.provider,
             "onnxruntime": self.onnxruntime_version,
-            "feeds": {"description": self.feeds, "generated": self.generated_inputs,
-                      "count": self.feed_count},
+            "feeds": {
+                "description": self.feeds,
+                "generated": self.generated_inputs,
+                "count": self.feed_count,
+            },
             "tolerance": {"atol": self.atol, "rtol": self.rtol},
             "threads": self.threads,
             "outputs": [o.to_dict() for o in self.outputs],
@@ -189,28 +203,60 @@ def validate(
     ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
     output_names, notes = _check_interfaces(ref_model, cand_model, ref_specs, cand_specs)
     feed_list, description, generated = resolve_feeds(
-        ref_model, feeds, count=count, seed=seed, shapes=input_shapes)
+        ref_model, feeds, count=count, seed=seed, shapes=input_shapes
+    )
     check_feeds(feed_list, ref_specs, description)
     check_feeds(feed_list, cand_specs, description)
 
     config = SessionConfig(threads=threads)
-    sessions = {"reference": Session(ref_model, config), "candidate": Session(cand_model, config)}
+    sessions = {
+        "reference": _session(ref_model, ref_label, config),
+        "candidate": _session(cand_model, cand_label, config),
+    }
     outputs, problems = _compare(sessions, feed_list, output_names, atol, rtol, notify)
-    report = ValidationReport(ref_label, cand_label, description, generated, len(feed_list), atol, rtol,
-                              threads, outputs, problems=problems, notes=notes)
+    report = ValidationReport(
+        ref_label,
+        cand_label,
+        description,
+        generated,
+        len(feed_list),
+        atol,
+        rtol,
+        threads,
+        outputs,
+        problems=problems,
+        notes=notes,
+    )
     if runs:
-        report.latency = _time_interleaved(sessions, feed_list, output_names, runs=runs, warmup=warmup,
-                                           threads=threads, notify=notify)
+        report.latency = _time_interleaved(
+            sessions,
+            feed_list,
+            output_names,
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            notify=notify,
+        )
     del sessions
     if measure_memory:
-        report.memory = _measure_memory({"reference": (reference, ref_model),
-                                         "candidate": (candidate, cand_model)},
-                                        feed_list[0], threads, report.notes, notify)
+        report.memory = _measure_memory(
+            {"reference": (reference, ref_model), "candidate": (candidate, cand_model)},
+            feed_list[0],
+            threads,
+            report.notes,
+            notify,
+        )
     return report
 
 
-def run_model(model: ModelSource, feeds: FeedsArg, *, count: int | None = None, threads: int = 1,
-              optimization: str = "all") -> list[dict[str, np.ndarray]]:
+def run_model(
+    model: ModelSource,
+    feeds: FeedsArg,
+    *,
+    count: int | None = None,
+    threads: int = 1,
+    optimization: str = "all",
+) -> list[dict[str, np.ndarray]]:
     """Run `model` on ORT CPU on each feed; returns one {output name: array} per feed.
 
     `feeds` is a feed dict, feed dicts, or a data file (`count` caps how many are
@@ -228,8 +274,14 @@ def run_model(model: ModelSource, feeds: FeedsArg, *, count: int | None = None, 
     return [session.run(feed) for feed in feed_list]
 
 
-def resolve_feeds(model: ir.Model, feeds: FeedsArg, *, count: int | None = None, seed: int = 0,
-                  shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[list[Feed], str, bool]:
+def resolve_feeds(
+    model: ir.Model,
+    feeds: FeedsArg,
+    *,
+    count: int | None = None,
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> tuple[list[Feed], str, bool]:
     """(feeds, description, generated?) for `feeds` as accepted by validate().
 
     Data goes through calibration.open_feeds, which checks every feed against the
@@ -262,36 +314,70 @@ def _open(source: ModelSource) -> tuple[ir.Model, str]:
     return io.load(source), str(source)
 
 
+def _session(model: ir.Model, label: str, config: SessionConfig) -> Session:
+    """A session whose load errors say which of the two models failed."""
+    try:
+        return Session(model, config)
+    except (ModelLoadError, RuntimeFailure) as exc:
+        raise type(exc)(f"{label}: {exc}") from exc
+
+
 def _check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
 
 
-def _check_interfaces(ref: ir.Model, cand: ir.Model, ref_specs: list[InputSpec],
-                      cand_specs: list[InputSpec]) -> tuple[list[str], list[str]]:
+def _check_interfaces(
+    ref: ir.Model, cand: ir.Model, ref_specs: list[InputSpec], cand_specs: list[InputSpec]
+) -> tuple[list[str], list[str]]:
     """The outputs to compare, and notes; UsageError when the two cannot be compared."""
     ref_inputs = {s.name: s for s in ref_specs}
     cand_inputs = {s.name: s for s in cand_specs}
     if set(ref_inputs) != set(cand_inputs):
-        raise UsageError("REF and CAND take different inputs (REF: "
-                         f"{', '.join(ref_inputs) or '-'}; CAND: {', '.join(cand_inputs) or '-'})")
+        raise UsageError(
+            "REF and CAND take different inputs (REF: "
+            f"{', '.join(ref_inputs) or '-'}; CAND: {', '.join(cand_inputs) or '-'})"
+        )
     for name, spec in ref_inputs.items():
-        if cand_inputs[name].dtype != spec.dtype:
-            raise UsageError(f"input {name!r} is {spec.dtype} in REF but {cand_inputs[name].dtype} in CAND")
+        other = cand_inputs[name]
+        if other.dtype != spec.dtype:
+            raise UsageError(f"input {name!r} is {spec.dtype} in REF but {other.dtype} in CAND")
+        if (
+            spec.shape is not None
+            and other.shape is not None
+            and (
+                len(spec.shape) != len(other.shape)
+                or any(
+                    isinstance(a, int) and isinstance(b, int) and a != b
+                    for a, b in zip(spec.shape, other.shape, strict=True)
+                )
+            )
+        ):
+            raise UsageError(
+                f"input {name!r} is {spec.describe()} in REF but {other.describe()} in CAND"
+            )
     ref_outputs = [v.name or "" for v in ref.graph.outputs]
     cand_outputs = [v.name or "" for v in cand.graph.outputs]
     missing = [n for n in ref_outputs if n not in cand_outputs]
     if missing:
-        raise UsageError(f"CAND lacks output(s) {', '.join(missing)} of REF "
-                         f"(CAND outputs: {', '.join(cand_outputs) or '-'})")
+        raise UsageError(
+            f"CAND lacks output(s) {', '.join(missing)} of REF "
+            f"(CAND outputs: {', '.join(cand_outputs) or '-'})"
+        )
     extra = [n for n in cand_outputs if n not in ref_outputs]
     notes = [f"CAND has extra output(s) {', '.join(extra)}, not compared"] if extra else []
     return ref_outputs, notes
 
 
-def _compare(sessions: Mapping[str, Session], feeds: list[Feed], names: list[str], atol: float,
-             rtol: float, notify: ProgressCallback) -> tuple[list[OutputParity], list[str]]:
+def _compare(
+    sessions: Mapping[str, Session],
+    feeds: list[Feed],
+    names: list[str],
+    atol: float,
+    rtol: float,
+    notify: ProgressCallback,
+) -> tuple[list[OutputParity], list[str]]:
     """Per-output parity over every feed; a shape change fails that output with a reason."""
     comparers = {n: OutputComparer([n], atol=atol, rtol=rtol) for n in names}
     problems: dict[str, str] = {}
@@ -304,23 +390,34 @@ def _compare(sessions: Mapping[str, Session], feeds: list[Feed], names: list[str
                 continue
             ref_value, cand_value = np.asarray(ref_out[name]), np.asarray(cand_out[name])
             if ref_value.shape != cand_value.shape:
-                problems[name] = (f"output {name!r}: shape {list(cand_value.shape)} differs from the "
-                                  f"reference {list(ref_value.shape)} (feed {index})")
+                problems[name] = (
+                    f"output {name!r}: shape {list(cand_value.shape)} differs from the "
+                    f"reference {list(ref_value.shape)} (feed {index})"
+                )
                 continue
             comparers[name].add({name: ref_value}, {name: cand_value})
         notify("parity", index + 1, len(feeds))
     results = []
     for name in names:
         if name in problems:
-            results.append(OutputParity(name, math.inf, math.inf, math.nan, math.nan, None, 0, 0, False))
+            results.append(
+                OutputParity(name, math.inf, math.inf, math.nan, math.nan, None, 0, 0, False)
+            )
         else:
             results.extend(comparers[name].results())
     return results, list(problems.values())
 
 
-def _time_interleaved(sessions: Mapping[str, Session], feeds: list[Feed], names: list[str], *,
-                      runs: int, warmup: int, threads: int,
-                      notify: ProgressCallback) -> dict[str, LatencyStats]:
+def _time_interleaved(
+    sessions: Mapping[str, Session],
+    feeds: list[Feed],
+    names: list[str],
+    *,
+    runs: int,
+    warmup: int,
+    threads: int,
+    notify: ProgressCallback,
+) -> dict[str, LatencyStats]:
     """Alternate the models run by run (and which goes first), so noise falls on both alike."""
     order = list(sessions)
     samples: dict[str, list[float]] = {label: [] for label in order}
@@ -328,15 +425,17 @@ def _time_interleaved(sessions: Mapping[str, Session], feeds: list[Feed], names:
     notify("latency", 0, total)
     for step in range(total):
         feed = feeds[step % len(feeds)]
-        for label in (order if step % 2 == 0 else order[::-1]):
+        for label in order if step % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             sessions[label].run(feed, names)
             elapsed = time.perf_counter() - start
             if step >= warmup:
                 samples[label].append(elapsed)
         notify("latency", step + 1, total)
-    return {label: LatencyStats.from_seconds(samples[label], warmup=warmup, threads=threads)
-            for label in order}
+    return {
+        label: LatencyStats.from_seconds(samples[label], warmup=warmup, threads=threads)
+        for label in order
+    }
 
 
 _MEMORY_PROBE = r"""
@@ -359,7 +458,7 @@ def high_water():
 model, feed_path, names, threads, runs = sys.argv[1:6]
 names = json.loads(names)
 with np.load(feed_path) as archive:
-    feed = {name: archive["a%d" % i] for i, name in enumerate(names)}
+    feed = {name: archive["arr_%d" % i] for i, name in enumerate(names)}
 baseline, _ = high_water()
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(threads)
@@ -373,15 +472,20 @@ print(json.dumps({"peak_bytes": peak, "baseline_bytes": baseline, "method": meth
 """
 
 
-def _measure_memory(models: Mapping[str, tuple[ModelSource, ir.Model]], feed: Feed, threads: int,
-                    notes: list[str], notify: ProgressCallback) -> dict[str, MemoryStats | None]:
+def _measure_memory(
+    models: Mapping[str, tuple[ModelSource, ir.Model]],
+    feed: Feed,
+    threads: int,
+    notes: list[str],
+    notify: ProgressCallback,
+) -> dict[str, MemoryStats | None]:
     """Peak memory per model, each in its own child process; failures become notes."""
     results: dict[str, MemoryStats | None] = {}
     notify("memory", 0, len(models))
     with tempfile.TemporaryDirectory(prefix="onnxslim-memory-") as folder:
         feed_path = Path(folder) / "feed.npz"
         names = list(feed)
-        np.savez(feed_path, **{f"a{i}": feed[n] for i, n in enumerate(names)})
+        np.savez(feed_path, *(feed[n] for n in names))  # arr_0, arr_1, ... in input order
         for done, (label, (source, model)) in enumerate(models.items(), start=1):
             if isinstance(source, ir.Model):
                 path = io.save(model, Path(folder) / f"{label}.onnx")
@@ -397,15 +501,25 @@ def _measure_memory(models: Mapping[str, tuple[ModelSource, ir.Model]], feed: Fe
 
 
 def _probe(model_path: Path, feed_path: Path, names: list[str], threads: int) -> MemoryStats:
-    command = [sys.executable, "-c", _MEMORY_PROBE, str(model_path), str(feed_path), json.dumps(names),
-               str(threads), str(_MEMORY_PROBE_RUNS)]
+    command = [
+        sys.executable,
+        "-c",
+        _MEMORY_PROBE,
+        str(model_path),
+        str(feed_path),
+        json.dumps(names),
+        str(threads),
+        str(_MEMORY_PROBE_RUNS),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"child exited with {done.returncode}")
     try:
         figures = json.loads(done.stdout.strip().splitlines()[-1])
-        return MemoryStats(int(figures["peak_bytes"]), int(figures["baseline_bytes"]), str(figures["method"]))
+        return MemoryStats(
+            int(figures["peak_bytes"]), int(figures["baseline_bytes"]), str(figures["method"])
+        )
     except (ValueError, KeyError, IndexError) as exc:
         raise RuntimeError(f"unreadable child output ({_first_line(exc)})") from exc
 

@@ -11,11 +11,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from test_validation import make_if_model
 
 from onnxslim import inspect, io
 from onnxslim.inspection import inspect_model
-
-from test_validation import make_if_model
 
 
 def test_mlp_summary(mlp_path: Path) -> None:
@@ -37,7 +36,9 @@ def test_mlp_summary(mlp_path: Path) -> None:
     assert summary.parameter_bytes == sum(w.nbytes for w in weights)
     # N counted as 1: each MatMul does (rows=1) * K * M multiply-accumulates.
     by_name = {t.name: numpy_helper.to_array(t).shape for t in proto.graph.initializer}
-    expected = sum(math.prod(by_name[n.input[1]]) for n in proto.graph.node if n.op_type == "MatMul")
+    expected = sum(
+        math.prod(by_name[n.input[1]]) for n in proto.graph.node if n.op_type == "MatMul"
+    )
     assert summary.macs == expected
     assert any("N" in note and "as 1" in note for note in summary.macs_notes)
     assert not summary.quantized and summary.subgraphs == 0
@@ -69,15 +70,20 @@ def _conv_model(path: Path) -> tuple[Path, int]:
         helper.make_node("Gemm", ["flat", "w_fc"], ["y"], transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in
-                     ((w_conv, "w_conv"), (w_dw, "w_dw"), (w_up, "w_up"), (w_fc, "w_fc"))])
+        initializer=[
+            numpy_helper.from_array(a, n)
+            for a, n in ((w_conv, "w_conv"), (w_dw, "w_dw"), (w_up, "w_up"), (w_fc, "w_fc"))
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
-    conv = (1 * 4 * 8 * 8) * (3 * 3 * 3)       # output elements * (C_in / group) * kernel
+    conv = (1 * 4 * 8 * 8) * (3 * 3 * 3)  # output elements * (C_in / group) * kernel
     depthwise = (1 * 4 * 8 * 8) * (1 * 3 * 3)  # group = C: one input channel per output
     transpose = (1 * 4 * 8 * 8) * (2 * 2 * 2)  # input elements * (C_out / group) * kernel
     gemm = 1 * 5 * 512
@@ -105,8 +111,13 @@ def test_if_subgraph_ops_and_tensors_are_counted(tmp_path: Path) -> None:
     assert sum(summary.op_histogram.values()) == summary.nodes
     assert summary.op_histogram["Sub"] == 1 and summary.op_histogram["If"] == 1
     # The then-branch weight is a Constant inside the subgraph: still a parameter.
-    branch_constants = sum(numpy_helper.to_array(a.t).size for b in branches for n in b.node
-                           for a in n.attribute if n.op_type == "Constant")
+    branch_constants = sum(
+        numpy_helper.to_array(a.t).size
+        for b in branches
+        for n in b.node
+        for a in n.attribute
+        if n.op_type == "Constant"
+    )
     main = sum(numpy_helper.to_array(t).size for t in proto.graph.initializer)
     assert summary.parameter_count == main + branch_constants
     assert summary.macs_by_op.get("MatMul", 0) > 0
@@ -116,8 +127,13 @@ def test_if_subgraph_ops_and_tensors_are_counted(tmp_path: Path) -> None:
 
 def test_custom_domains_functions_and_quantization_are_reported(tmp_path: Path) -> None:
     function = helper.make_function(
-        "mylib", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-        opset_imports=[helper.make_opsetid("", 17)])
+        "mylib",
+        "Twice",
+        ["a"],
+        ["b"],
+        [helper.make_node("Add", ["a", "a"], ["b"])],
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     nodes = [
         helper.make_node("Gelu", ["x"], ["g"], domain="com.microsoft"),
         helper.make_node("Twice", ["g"], ["t"], domain="mylib"),
@@ -125,18 +141,35 @@ def test_custom_domains_functions_and_quantization_are_reported(tmp_path: Path) 
         helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        nodes,
+        "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
-        initializer=[numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
-                     numpy_helper.from_array(np.array(0, np.uint8), "zero")])
-    model = helper.make_model(graph, functions=[function], opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1), helper.make_opsetid("mylib", 1)])
+        initializer=[
+            numpy_helper.from_array(np.array(0.1, np.float32), "scale"),
+            numpy_helper.from_array(np.array(0, np.uint8), "zero"),
+        ],
+    )
+    model = helper.make_model(
+        graph,
+        functions=[function],
+        opset_imports=[
+            helper.make_opsetid("", 17),
+            helper.make_opsetid("com.microsoft", 1),
+            helper.make_opsetid("mylib", 1),
+        ],
+    )
     model.ir_version = 8
     path = tmp_path / "q.onnx"
     onnx.save(model, str(path))
     summary = inspect(path)
-    assert summary.op_histogram == {"com.microsoft::Gelu": 1, "mylib::Twice": 1, "QuantizeLinear": 1,
-                                    "DequantizeLinear": 1, "Add": 1}
+    assert summary.op_histogram == {
+        "com.microsoft::Gelu": 1,
+        "mylib::Twice": 1,
+        "QuantizeLinear": 1,
+        "DequantizeLinear": 1,
+        "Add": 1,
+    }
     assert summary.functions == 1 and summary.nodes == 5 and summary.main_graph_nodes == 4
     assert summary.quantized
     assert summary.quantization_ops == {"DequantizeLinear": 1, "QuantizeLinear": 1}
@@ -148,8 +181,14 @@ def test_file_size_includes_external_data(mlp_path: Path, tmp_path: Path) -> Non
     folder = tmp_path / "ext"
     folder.mkdir()
     target = folder / "mlp.onnx"
-    onnx.save_model(onnx.load(str(mlp_path)), str(target), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="mlp.onnx.data", size_threshold=0)
+    onnx.save_model(
+        onnx.load(str(mlp_path)),
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="mlp.onnx.data",
+        size_threshold=0,
+    )
     data = folder / "mlp.onnx.data"
     assert data.stat().st_size > 0
     summary = inspect(target)
@@ -159,9 +198,11 @@ def test_file_size_includes_external_data(mlp_path: Path, tmp_path: Path) -> Non
 
 def test_symbolic_and_unknown_dims_are_kept(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "dims",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "dims",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", None, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     summary = inspect_model(ir.serde.deserialize_model(model))
     assert summary.inputs[0].shape == ["batch", None, 3]

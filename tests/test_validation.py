@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
 from onnxslim import inspect, io, run, validate
 from onnxslim.errors import DataError, UsageError
 from onnxslim.feeds import generate_feeds, input_specs
@@ -30,30 +30,50 @@ def make_if_model(path: Path, *, then_scale: float = 1.0) -> Path:
     w_then = (rng.standard_normal((10, 10)) * then_scale).astype(np.float32)
     w_else = rng.standard_normal((10, 10)).astype(np.float32)
     then_graph = helper.make_graph(
-        [helper.make_node("Constant", [], ["w_then"], value=numpy_helper.from_array(w_then)),
-         helper.make_node("Add", ["x", "y"], ["s"]),
-         helper.make_node("MatMul", ["s", "w_then"], ["then_out"])],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, ["N", 10])])
+        [
+            helper.make_node("Constant", [], ["w_then"], value=numpy_helper.from_array(w_then)),
+            helper.make_node("Add", ["x", "y"], ["s"]),
+            helper.make_node("MatMul", ["s", "w_then"], ["then_out"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, ["N", 10])],
+    )
     else_graph = helper.make_graph(
-        [helper.make_node("Sub", ["x", "y"], ["d"]),
-         helper.make_node("MatMul", ["d", "w_else"], ["else_out"])],
-        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, ["N", 10])])
+        [
+            helper.make_node("Sub", ["x", "y"], ["d"]),
+            helper.make_node("MatMul", ["d", "w_else"], ["else_out"]),
+        ],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, ["N", 10])],
+    )
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
         helper.make_node("Greater", ["total", "zero"], ["cond"]),
-        helper.make_node("If", ["cond"], ["logits"], then_branch=then_graph, else_branch=else_graph),
+        helper.make_node(
+            "If", ["cond"], ["logits"], then_branch=then_graph, else_branch=else_graph
+        ),
         helper.make_node("ReduceMax", ["logits"], ["score"], axes=[1], keepdims=0),
         helper.make_node("ArgMax", ["logits"], ["cls"], axis=1, keepdims=0),
     ]
     graph = helper.make_graph(
-        nodes, "branchy",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10]),
-         helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
-         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"])],
-        initializer=[numpy_helper.from_array(w_else, "w_else"),
-                     numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+        nodes,
+        "branchy",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10]),
+        ],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info("cls", TensorProto.INT64, ["N"]),
+        ],
+        initializer=[
+            numpy_helper.from_array(w_else, "w_else"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
@@ -65,7 +85,11 @@ def scaled_copy(source: Path, target: Path, initializer: str, factor: float) -> 
     model = onnx.load(str(source))
     for tensor in model.graph.initializer:
         if tensor.name == initializer:
-            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(factor), tensor.name))
+            tensor.CopyFrom(
+                numpy_helper.from_array(
+                    numpy_helper.to_array(tensor) * np.float32(factor), tensor.name
+                )
+            )
     onnx.save(model, str(target))
     return target
 
@@ -73,7 +97,7 @@ def scaled_copy(source: Path, target: Path, initializer: str, factor: float) -> 
 def ort_outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(None, feed))) for feed in feeds]
+    return [dict(zip(names, session.run(None, feed), strict=True)) for feed in feeds]
 
 
 def generated(path: Path, count: int = 8) -> list[dict[str, np.ndarray]]:
@@ -86,7 +110,11 @@ def test_model_against_itself_passes_exactly(mlp_path: Path) -> None:
     assert report.generated_inputs and report.feeds == "generated inputs (8 feeds)"
     assert report.feed_count == 8 and report.provider == "CPUExecutionProvider"
     [output] = report.outputs
-    assert output.name == "y" and output.max_abs == 0.0 and output.cosine == pytest.approx(1.0, abs=1e-12)
+    assert (
+        output.name == "y"
+        and output.max_abs == 0.0
+        and output.cosine == pytest.approx(1.0, abs=1e-12)
+    )
     assert output.mismatched == 0 and output.elements == 8 * 4
     for label in ("reference", "candidate"):
         latency = report.latency[label]
@@ -96,7 +124,9 @@ def test_model_against_itself_passes_exactly(mlp_path: Path) -> None:
     assert report.memory == {}
 
 
-def test_perturbed_weights_fail_with_figures_from_an_independent_run(mlp_path: Path, tmp_path: Path) -> None:
+def test_perturbed_weights_fail_with_figures_from_an_independent_run(
+    mlp_path: Path, tmp_path: Path
+) -> None:
     candidate = scaled_copy(mlp_path, tmp_path / "scaled.onnx", "w2", 1.01)
     report = validate(mlp_path, candidate, runs=0, measure_memory=False)
     assert not report.passed and "parity check failed" in report.summary()
@@ -108,9 +138,11 @@ def test_perturbed_weights_fail_with_figures_from_an_independent_run(mlp_path: P
     assert output.max_rel == pytest.approx(np.abs(ref - cand).max() / np.abs(ref).max(), rel=1e-9)
     cosine = (ref * cand).sum() / np.sqrt((ref * ref).sum() * (cand * cand).sum())
     assert output.cosine == pytest.approx(cosine, abs=1e-12)
-    snr = 10 * np.log10((ref ** 2).sum() / ((ref - cand) ** 2).sum())
+    snr = 10 * np.log10((ref**2).sum() / ((ref - cand) ** 2).sum())
     assert output.snr_db == pytest.approx(snr, rel=1e-9)  # a 1% scale is an SNR of 40 dB
-    assert output.mismatched == int(np.count_nonzero(np.abs(ref - cand) > 1e-5 + 1e-5 * np.abs(ref)))
+    assert output.mismatched == int(
+        np.count_nonzero(np.abs(ref - cand) > 1e-5 + 1e-5 * np.abs(ref))
+    )
     assert report.latency == {}
     data = json.loads(json.dumps(report.to_dict()))
     assert data["passed"] is False and data["outputs"][0]["passed"] is False
@@ -137,9 +169,10 @@ def test_if_subgraph_with_two_inputs_and_three_outputs(tmp_path: Path) -> None:
     figures = {o.name: o for o in failed.outputs}
     assert not figures["logits"].passed and figures["logits"].max_abs > 0
     ref, cand = ort_outputs(reference, feeds), ort_outputs(candidate, feeds)
-    expected = max(float(np.abs(r["logits"] - c["logits"]).max()) for r, c in zip(ref, cand))
+    pairs = list(zip(ref, cand, strict=True))
+    expected = max(float(np.abs(r["logits"] - c["logits"]).max()) for r, c in pairs)
     assert figures["logits"].max_abs == pytest.approx(expected, rel=1e-6)
-    agree = np.mean([np.array_equal(r["cls"], c["cls"]) for r, c in zip(ref, cand)])
+    agree = np.mean([np.array_equal(r["cls"], c["cls"]) for r, c in pairs])
     assert figures["logits"].top1_agreement == pytest.approx(agree)
 
 
@@ -194,13 +227,21 @@ def test_data_file_feeds_and_extra_arrays(mlp_path: Path, tmp_path: Path) -> Non
     assert capped.feed_count == 2
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"input": np.zeros((2, 1, 8), np.float32)}, "'x'.*'input'"),  # names what is missing and what came
-    ({"x": np.zeros((2, 1, 8), np.float64)}, "float64"),
-    ({"x": np.zeros((2, 1, 7), np.float32)}, r"\[1, 7\]"),
-    ({"x": np.zeros((2, 8), np.float32)}, "rank 1"),
-])
-def test_data_that_does_not_fit_is_a_data_error(mlp_path: Path, tmp_path: Path, arrays, message) -> None:
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (
+            {"input": np.zeros((2, 1, 8), np.float32)},
+            "'x'.*'input'",
+        ),  # names what is missing and what came
+        ({"x": np.zeros((2, 1, 8), np.float64)}, "float64"),
+        ({"x": np.zeros((2, 1, 7), np.float32)}, r"\[1, 7\]"),
+        ({"x": np.zeros((2, 8), np.float32)}, "rank 1"),
+    ],
+)
+def test_data_that_does_not_fit_is_a_data_error(
+    mlp_path: Path, tmp_path: Path, arrays, message
+) -> None:
     data = tmp_path / "bad.npz"
     np.savez(data, **arrays)
     with pytest.raises(DataError, match=message):
@@ -221,7 +262,7 @@ def test_run_matches_onnxruntime(mlp_path: Path) -> None:
     expected = ort_outputs(mlp_path, feeds)
     results = run(mlp_path, feeds)
     assert len(results) == 3
-    for got, want in zip(results, expected):
+    for got, want in zip(results, expected, strict=True):
         np.testing.assert_array_equal(got["y"], want["y"])
     [single] = run(io.load(mlp_path), feeds[0])
     np.testing.assert_array_equal(single["y"], expected[0]["y"])
@@ -251,8 +292,10 @@ def test_devmodel_inspect_and_validate_against_itself(entry: dict) -> None:
     assert summary.parameter_count >= entry["initializer_elements"]
     assert summary.quantized == entry["id"].endswith("_int8")
     assert summary.macs is not None and summary.macs > 0
-    report = validate(path, path, feeds=devmodel_feeds(entry["id"], 2), runs=1, warmup=0,
-                      measure_memory=False)
+    model = io.load(path)  # loaded once, run by two sessions
+    report = validate(
+        model, model, feeds=devmodel_feeds(entry["id"], 2), runs=1, warmup=0, measure_memory=False
+    )
     assert report.passed, report.summary()
     assert all(o.max_abs == 0 and o.mismatched == 0 for o in report.outputs)
     assert [o.name for o in report.outputs] == [o["name"] for o in entry["outputs"]]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from onnxslim.cli import inspect_cmd as _inspect  # noqa: F401
 from onnxslim.cli import optimize as _optimize  # noqa: F401  (registers commands)
@@ -24,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(a for a in args if a != "--debug")]
-    _configure_logging(debug)
     try:
         # Standalone mode: Typer itself prints usage errors (exit 2) and --help, then exits.
-        app(args=args, prog_name="onnxslim")
+        with cli_logging(debug):
+            app(args=args, prog_name="onnxslim")
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
@@ -55,35 +57,47 @@ def _report(message: str, debug: bool) -> None:
     sys.stderr.write(message.rstrip() + "\n")
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.Handler):
     """Writes to whatever sys.stderr is at the time (pytest and rich swap it)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: ANN201
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # logging must never break a command
+            self.handleError(record)
 
 
-def _configure_logging(debug: bool) -> None:
-    """Library chatter (onnx_ir's "Skipped deduplication of initializer ...", ORT warnings)
-    stays off stderr unless --debug; errors still show."""
+_LIBRARY_LOGGERS = ("onnx_ir", "onnxscript", "onnx", "onnxruntime")
+
+
+@contextmanager
+def cli_logging(debug: bool) -> Iterator[None]:
+    """While a command runs: library chatter (onnx_ir's "Skipped deduplication of
+    initializer ...", ORT warnings) stays off stderr unless --debug; errors still show.
+    Everything is put back afterwards, so calling main() from Python leaves no trace."""
     root = logging.getLogger()
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    for name in ("onnx_ir", "onnxscript", "onnx", "onnxruntime"):
-        logging.getLogger(name).setLevel(logging.INFO if debug else logging.ERROR)
-    logging.getLogger("onnxslim").setLevel(logging.DEBUG if debug else logging.WARNING)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in (*_LIBRARY_LOGGERS, "onnxslim")]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers[:-1]:
+        lg.setLevel(logging.INFO if debug else logging.ERROR)
+    loggers[-1].setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.addHandler(handler)
+    _ort_severity(1 if debug else 3)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for lg, level in saved:
+            lg.setLevel(level)
+        _ort_severity(2)  # onnxruntime's default: warnings
+
+
+def _ort_severity(level: int) -> None:
     try:
         import onnxruntime
 
-        onnxruntime.set_default_logger_severity(1 if debug else 3)
+        onnxruntime.set_default_logger_severity(level)
     except Exception:  # logging setup must never stop the CLI
         pass

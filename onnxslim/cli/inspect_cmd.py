@@ -1,4 +1,7 @@
-"""`onnxslim inspect`: what a model is made of (named inspect_cmd to keep clear of stdlib inspect)."""
+"""`onnxslim inspect`: what a model is made of.
+
+(The module is named inspect_cmd to keep clear of the standard library's inspect.)
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,15 @@ from onnxslim.inspection import ModelSummary
 @app.command("inspect")
 def inspect_command(
     model: Path = typer.Argument(..., help="ONNX model to describe (never modified)."),
-    input_shape: list[str] | None = typer.Option(None, "--input-shape", help="NAME:D1,D2,... to pin free input dimensions for the MAC estimate (repeatable); free dimensions count as 1 otherwise."),
-    top: int = typer.Option(0, "--top", min=0, help="Show only the N most frequent ops in the histogram (0: all)."),
+    input_shape: list[str] | None = typer.Option(
+        None,
+        "--input-shape",
+        help="NAME:D1,D2,... to pin free input dimensions for the MAC estimate (repeatable); "
+        "free dimensions count as 1 otherwise.",
+    ),
+    top: int = typer.Option(
+        0, "--top", min=0, help="Show only the N most frequent ops in the histogram (0: all)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Describe MODEL: opsets, inputs/outputs, op histogram, parameters, MACs, size.
@@ -38,13 +48,25 @@ def render(summary: ModelSummary, *, top: int = 0) -> None:
     overview.add_column("what", style="bold")
     overview.add_column("value")
     if summary.file_bytes is not None:
-        overview.add_row("file size", f"{human_bytes(summary.file_bytes)} ({summary.file_bytes} bytes, external data included)")
+        overview.add_row(
+            "file size",
+            f"{human_bytes(summary.file_bytes)} "
+            f"({summary.file_bytes} bytes, external data included)",
+        )
     overview.add_row("IR version", str(summary.ir_version))
     overview.add_row("producer", escape(summary.producer) or "-")
-    overview.add_row("opset imports", escape(", ".join(f"{d} {v}" for d, v in summary.opset_imports.items())))
-    graphs = f"{summary.main_graph_nodes} in the main graph, {summary.subgraphs} subgraph(s), {summary.functions} function(s)"
+    overview.add_row(
+        "opset imports", escape(", ".join(f"{d} {v}" for d, v in summary.opset_imports.items()))
+    )
+    graphs = (
+        f"{summary.main_graph_nodes} in the main graph, {summary.subgraphs} subgraph(s), "
+        f"{summary.functions} function(s)"
+    )
     overview.add_row("nodes", f"{summary.nodes} ({graphs})")
-    overview.add_row("parameters", f"{summary.parameter_count:,} elements, {human_bytes(summary.parameter_bytes)}")
+    overview.add_row(
+        "parameters",
+        f"{summary.parameter_count:,} elements, {human_bytes(summary.parameter_bytes)}",
+    )
     by_op = ", ".join(f"{op} {_count(n)}" for op, n in summary.macs_by_op.items())
     macs = "unknown" if summary.macs is None else f"{_count(summary.macs)} ({by_op})"
     overview.add_row("estimated MACs", macs)

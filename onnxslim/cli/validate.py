@@ -8,8 +8,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from onnxslim import api
@@ -19,7 +26,11 @@ from onnxslim.errors import GateFailed
 from onnxslim.feeds import parse_input_shapes
 from onnxslim.validation import ProgressCallback, ValidationReport
 
-_STAGES = {"parity": "comparing outputs", "latency": "timing (interleaved)", "memory": "peak memory"}
+_STAGES = {
+    "parity": "comparing outputs",
+    "latency": "timing (interleaved)",
+    "memory": "peak memory",
+}
 
 
 @contextmanager
@@ -28,9 +39,16 @@ def progress_bar() -> Iterator[ProgressCallback]:
 
     Transient, and silent when stderr is not a terminal, so logs and pipes stay clean.
     """
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
-    tasks: dict[str, int] = {}
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    tasks: dict[str, TaskID] = {}
 
     def update(stage: str, done: int, total: int) -> None:
         if stage not in tasks:
@@ -45,15 +63,42 @@ def progress_bar() -> Iterator[ProgressCallback]:
 def validate_command(
     reference: Path = typer.Argument(..., help="Reference model, usually the original."),
     candidate: Path = typer.Argument(..., help="Candidate model, usually the compressed one."),
-    data: Path | None = typer.Option(None, "--data", help="Feeds (.npz of stacked samples); generated inputs when absent."),
-    count: int | None = typer.Option(None, "--count", min=1, help="Use at most this many feeds from --data; number of generated feeds otherwise (default 8)."),
-    input_shape: list[str] | None = typer.Option(None, "--input-shape", help="NAME:D1,D2,... shape of a generated input with free dimensions (repeatable)."),
-    atol: float = typer.Option(1e-5, "--atol", min=0.0, help="Absolute tolerance: |cand - ref| <= atol + rtol * |ref| elementwise."),
-    rtol: float = typer.Option(1e-5, "--rtol", min=0.0, help="Relative tolerance of the same rule."),
-    runs: int = typer.Option(20, "--runs", min=0, help="Timed runs per model after warm-up (0 skips latency)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Feeds (.npz of stacked samples); generated inputs when absent."
+    ),
+    count: int | None = typer.Option(
+        None,
+        "--count",
+        min=1,
+        help="Use at most this many feeds from --data; "
+        "number of generated feeds otherwise (default 8).",
+    ),
+    input_shape: list[str] | None = typer.Option(
+        None,
+        "--input-shape",
+        help="NAME:D1,D2,... shape of a generated input with free dimensions (repeatable).",
+    ),
+    atol: float = typer.Option(
+        1e-5,
+        "--atol",
+        min=0.0,
+        help="Absolute tolerance: |cand - ref| <= atol + rtol * |ref| elementwise.",
+    ),
+    rtol: float = typer.Option(
+        1e-5, "--rtol", min=0.0, help="Relative tolerance of the same rule."
+    ),
+    runs: int = typer.Option(
+        20, "--runs", min=0, help="Timed runs per model after warm-up (0 skips latency)."
+    ),
     warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed runs per model before timing."),
-    threads: int = typer.Option(1, "--threads", min=1, help="ONNX Runtime intra-op threads for both models."),
-    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure each model's peak memory in a child process (loads each model once more)."),
+    threads: int = typer.Option(
+        1, "--threads", min=1, help="ONNX Runtime intra-op threads for both models."
+    ),
+    memory: bool = typer.Option(
+        True,
+        "--memory/--no-memory",
+        help="Measure each model's peak memory in a child process (loads each model once more).",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Compare CAND with REF on ONNX Runtime: output parity, latency, peak memory.
@@ -63,10 +108,20 @@ def validate_command(
     outputs. Exits 1 when an output is out of tolerance.
     """
     with progress_bar() as progress:
-        report = api.validate(reference, candidate, feeds=data, count=count,
-                              input_shapes=parse_input_shapes(input_shape), atol=atol, rtol=rtol,
-                              runs=runs, warmup=warmup, threads=threads, measure_memory=memory,
-                              progress=progress)
+        report = api.validate(
+            reference,
+            candidate,
+            feeds=data,
+            count=count,
+            input_shapes=parse_input_shapes(input_shape),
+            atol=atol,
+            rtol=rtol,
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            measure_memory=memory,
+            progress=progress,
+        )
     if json_output:
         print_json(report.to_dict())
     else:
@@ -79,8 +134,10 @@ def render(report: ValidationReport) -> None:
     """Parity table, performance table, notes and the verdict."""
     out.print(f"[bold]validate[/] {escape(report.candidate)} against {escape(report.reference)}")
     generated = " (no --data given)" if report.generated_inputs else ""
-    out.print(f"feeds: {escape(report.feeds)}{generated}; {report.provider}, onnxruntime "
-              f"{report.onnxruntime_version}, {report.threads} thread(s)")
+    out.print(
+        f"feeds: {escape(report.feeds)}{generated}; {report.provider}, onnxruntime "
+        f"{report.onnxruntime_version}, {report.threads} thread(s)"
+    )
     table = Table(title=f"outputs (atol={report.atol:g}, rtol={report.rtol:g})")
     table.add_column("output", overflow="fold", min_width=12)
     for column in ("max abs", "max rel", "cosine", "SNR dB", "top-1", "out of tol.", "result"):
@@ -88,8 +145,16 @@ def render(report: ValidationReport) -> None:
     for o in report.outputs:
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
         verdict = "[green]pass[/]" if o.passed else "[red]FAIL[/]"
-        table.add_row(escape(o.name), _num(o.max_abs), _num(o.max_rel), _num(o.cosine, ".6f"), _num(o.snr_db, ".1f"),
-                      top1, f"{o.mismatched}/{o.elements}", verdict)
+        table.add_row(
+            escape(o.name),
+            _num(o.max_abs),
+            _num(o.max_rel),
+            _num(o.cosine, ".6f"),
+            _num(o.snr_db, ".1f"),
+            top1,
+            f"{o.mismatched}/{o.elements}",
+            verdict,
+        )
     out.print(table)
     if report.latency or report.memory:
         out.print(_performance_table(report))
@@ -104,18 +169,23 @@ def _performance_table(report: ValidationReport) -> Table:
     first = next(iter(report.latency.values()), None)
     title = "performance"
     if first is not None:
-        title += f" ({first.runs} interleaved runs after {first.warmup} warm-up, {first.threads} thread(s))"
+        title += (
+            f" ({first.runs} interleaved runs after {first.warmup} warm-up, "
+            f"{first.threads} thread(s))"
+        )
     table = Table(title=title)
     for column in ("model", "median ms", "p90 ms", "peak memory", "model memory"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for label in ("reference", "candidate"):
         latency = report.latency.get(label)
         memory = report.memory.get(label)
-        table.add_row(label,
-                      f"{latency.median_ms:.3f}" if latency else "-",
-                      f"{latency.p90_ms:.3f}" if latency else "-",
-                      human_bytes(memory.peak_bytes) if memory else "-",
-                      human_bytes(memory.model_bytes) if memory else "-")
+        table.add_row(
+            label,
+            f"{latency.median_ms:.3f}" if latency else "-",
+            f"{latency.p90_ms:.3f}" if latency else "-",
+            human_bytes(memory.peak_bytes) if memory else "-",
+            human_bytes(memory.model_bytes) if memory else "-",
+        )
     if report.speedup is not None:
         table.caption = f"candidate speed-up (median): {report.speedup:.2f}x"
     return table
@@ -127,4 +197,3 @@ def _num(value: float, spec: str = ".3g") -> str:
     if math.isinf(value):
         return "inf"
     return format(value, spec)
-
