@@ -1,0 +1,203 @@
+"""Accuracy protections of static int8: bias correction, mixed-range protection, accuracy-aware mode.
+
+Every check runs the float and the int8 model on ONNX Runtime. models/digits_cnn.onnx
+and models/digits_detector.onnx are used when present (trained weights); otherwise
+a CNN / detector head built here stands in, so the checks always run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.passes.quantize import static
+from onnxslim.passes.quantize.bias_correction import REPORT_KEY, correct_biases
+from onnxslim.passes.quantize.collect import collect_stats, float_values
+from onnxslim.passes.quantize.protect import find_protections
+from onnxslim.passes.quantize.sensitivity import accuracy_aware, quantize_accuracy_aware, static_quantizer
+from onnxslim.runtime import Session
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def _built_cnn() -> ir.Model:
+    """x[1,1,16,16] -> 3 x (Conv3x3 + Relu), one without bias -> GAP -> Gemm(10)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x, c = [], [], "x", 1
+    for i, (cout, bias) in enumerate([(8, True), (16, False), (16, True)]):
+        w = (rng.standard_normal((cout, c, 3, 3)) / np.sqrt(c * 9)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        inputs = [x, f"w{i}"]
+        if bias:
+            inits.append(numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"b{i}"))
+            inputs.append(f"b{i}")
+        nodes += [helper.make_node("Conv", inputs, [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        x, c = f"r{i}", cout
+    inits += [numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.5).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc")]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def _cnn_case() -> tuple[ir.Model, list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], np.ndarray | None]:
+    """(model, calibration feeds, evaluation feeds, labels or None) from models/ or built here."""
+    path = MODELS / "digits_cnn.onnx"
+    if path.is_file() and (MODELS / "digits_cnn.eval.npz").is_file():
+        model = ir.load(path)
+        name = model.graph.inputs[0].name
+        with np.load(MODELS / "digits_cnn.calib.npz") as data:
+            calib = [{name: a} for a in data[name][:64]]
+        with np.load(MODELS / "digits_cnn.eval.npz") as data:
+            evals = [{name: a} for a in data[name][:200]]
+            labels = data["labels"][:200]
+        return model, calib, evals, labels
+    rng = np.random.default_rng(1)
+    feeds = [{"x": (rng.random((1, 1, 16, 16)) * 2).astype(np.float32)} for _ in range(96)]
+    return _built_cnn(), feeds[:48], feeds[48:], None
+
+
+def _outputs(model: ir.Model, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    session = Session(model)
+    return np.concatenate([session.run(f)[session.output_names[0]] for f in feeds])
+
+
+def test_bias_correction_reduces_output_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, calib, evals, _ = _cnn_case()
+    monkeypatch.setattr(static, "bias_correction_hook", lambda *args: None)
+    quantized, _ = static.quantize_static(model, calib)
+    prepared, _ = static.prepare(model)
+    reference = _outputs(model, evals)
+    error_before = _outputs(quantized, evals) - reference
+    report = correct_biases(quantized, prepared, calib)
+    assert report.corrected, report.skipped
+    error_after = _outputs(quantized, evals) - reference
+    # Measured on held-out feeds: the mean (systematic) error and the squared error both fall.
+    assert np.abs(error_after.mean(0)).mean() < 0.7 * np.abs(error_before.mean(0)).mean()
+    assert np.mean(error_after**2) < np.mean(error_before**2)
+
+
+def test_static_pass_applies_bias_correction() -> None:
+    model, calib, _, _ = _cnn_case()
+    quantized, report = static.quantize_static(model, calib)
+    assert quantized.meta[REPORT_KEY].corrected
+    assert "bias_correction" in report.seconds
+
+
+def _detector_head() -> ir.Model:
+    """A YOLO-style head: boxes in pixels (0-320) and sigmoid class scores meet in one Concat."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 4, 1, 1)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32), "wb"),
+             numpy_helper.from_array((rng.standard_normal((3, 8, 1, 1)) * 0.5).astype(np.float32), "wc"),
+             numpy_helper.from_array(np.array(320.0, np.float32), "stride")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="stem"),
+             helper.make_node("Relu", ["h"], ["hr"], name="stem_relu"),
+             helper.make_node("Conv", ["hr", "wb"], ["braw"], name="box_conv"),
+             helper.make_node("Sigmoid", ["braw"], ["bsig"], name="box_sigmoid"),
+             helper.make_node("Mul", ["bsig", "stride"], ["boxes"], name="to_pixels"),
+             helper.make_node("Conv", ["hr", "wc"], ["craw"], name="cls_conv"),
+             helper.make_node("Sigmoid", ["craw"], ["scores"], name="cls_sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["det4"], name="head_concat", axis=1),
+             helper.make_node("Reshape", ["det4", "shape"], ["detections"], name="head_reshape")]
+    inits.append(numpy_helper.from_array(np.array([1, 7, 64], np.int64), "shape"))
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, 7, 64])],
+                              initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def _detector_case() -> tuple[ir.Model, list[dict[str, np.ndarray]]]:
+    path = MODELS / "digits_detector.onnx"
+    if path.is_file() and (MODELS / "digits_detector.calib.npz").is_file():
+        model = ir.load(path)
+        name = model.graph.inputs[0].name
+        with np.load(MODELS / "digits_detector.calib.npz") as data:
+            return model, [{name: a} for a in data[name][:32]]
+    rng = np.random.default_rng(3)
+    return _detector_head(), [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(32)]
+
+
+def test_protect_finds_the_detector_concat_and_keeps_scores() -> None:
+    model, calib = _detector_case()
+    prepared, _ = static.prepare(model)
+    names = list(float_values(prepared))
+    stats, _ = collect_stats(prepared, calib, names, histogram=False)
+    protections = find_protections(prepared, stats)
+    rules = {p.rule for p in protections}
+    assert "mixed-join" in rules, protections
+    concat = next(p for p in protections if p.rule == "mixed-join")
+    assert "Concat" in concat.reason and "apart" in concat.reason
+    # End to end: the class scores keep their resolution (one scale over 0-320 would give
+    # steps of 1.25, rounding every score to 0 or 1.25).
+    reference = _outputs(model, calib)
+    protected, report = static.quantize_static(model, calib)
+    assert any(p["rule"] == "mixed-join" for p in report.protections)
+    channels = reference.shape[1]
+    scores = slice(channels - 3, channels) if model.graph.name == "det" else slice(4, channels)
+    assert np.abs(_outputs(protected, calib)[:, scores] - reference[:, scores]).max() < 0.05
+
+
+def _labelled_cnn() -> tuple[ir.Model, list[dict[str, np.ndarray]], object]:
+    model, calib, evals, labels = _cnn_case()
+    if labels is None:  # built model: its own float predictions are the labels
+        labels = _outputs(model, evals).argmax(-1)
+
+    def metric(candidate: ir.Model) -> float:
+        return float(np.mean(_outputs(candidate, evals).argmax(-1) == labels))
+
+    return model, calib, metric
+
+
+def test_accuracy_aware_falls_back_until_the_drop_is_met() -> None:
+    model, calib, metric = _labelled_cnn()
+    quantize, layers, _ = static_quantizer(model, calib)
+    assert len(layers) >= 3
+    float_metric = metric(model)
+    # A metric that rewards each float layer forces the loop to fall back, in the ranked order.
+    penalty = {name: 0.01 * (i + 1) for i, name in enumerate(layers)}
+
+    def strict(candidate: ir.Model) -> float:
+        quantized = {n.name for n in candidate.graph if n.name in penalty and any(
+            v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+            for v in n.inputs)}
+        return metric(candidate) - sum(penalty[n] for n in quantized)
+
+    result = accuracy_aware(quantize, strict, layers, max_drop=0.035, float_metric=float_metric)
+    assert result.table and len(result.table) == len(layers)
+    assert result.table[0].gain >= result.table[-1].gain
+    assert result.met and result.excluded, result.to_dict()
+    assert result.drop <= 0.035 + 1e-9
+    assert any(n.op_type == "DequantizeLinear" for n in result.model.graph)
+
+
+def _quantized_layers(model: ir.Model) -> int:
+    return sum(1 for n in model.graph if n.op_type in ("Conv", "Gemm") and any(
+        v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+        for v in n.inputs[1:2]))
+
+
+def test_accuracy_aware_miss_returns_best_model_and_table() -> None:
+    model, calib, metric = _labelled_cnn()
+    # Every int8 layer costs 0.1: with one fallback trial allowed, 0 drop is out of reach.
+    result = quantize_accuracy_aware(model, calib, max_drop=0.0, max_trials=1,
+                                     metric=lambda m: metric(m) - 0.1 * _quantized_layers(m))
+    assert not result.met
+    assert result.model is not None and result.table and len(result.trials) == 1
+    assert result.metric == max([result.int8_metric] + [t.metric for t in result.trials])
+    assert result.metric >= max(row.metric for row in result.table)
+    assert _quantized_layers(result.model) == _quantized_layers(static_quantizer(model, calib)[2]) - 1
+    text = result.table_text()
+    assert all(row.layer in text for row in result.table)
