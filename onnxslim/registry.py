@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes import cleanup
+from onnxslim.passes import fuse
 
 PassClass = type[ir.passes.PassBase]
 
@@ -23,11 +24,25 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "eliminate-identity": cleanup.EliminateIdentity,
     "deduplicate-initializers": cleanup.DeduplicateInitializers,
     "eliminate-common-subexpressions": cleanup.EliminateCommonSubexpressions,
+    "fuse-conv-bn": fuse.FuseConvBatchNorm,
+    "fuse-conv-affine": fuse.FuseConvAffine,
+    "fuse-pad": fuse.FusePad,
+    "fuse-matmul-add-gemm": fuse.FuseMatMulAddGemm,
+    "fuse-gelu": fuse.FuseGelu,
+    "fuse-layernorm": fuse.FuseLayerNorm,
+    "fuse-layout-chains": fuse.FuseLayoutChains,
 }
 
 # The lossless clean-up that `onnxslim optimize` runs by default, in order.
 DEFAULT_OPTIMIZE = (
     "eliminate-identity",
+    "fuse-conv-bn",
+    "fuse-conv-affine",
+    "fuse-pad",
+    "fuse-matmul-add-gemm",
+    "fuse-gelu",
+    "fuse-layernorm",
+    "fuse-layout-chains",
     "deduplicate-initializers",
     "eliminate-common-subexpressions",
     "remove-dead-code",

@@ -1,0 +1,130 @@
+"""Lossless fusions: fewer nodes computing the same outputs (within float rounding).
+
+One pass per family, each a thin shell over a rewrite in a `fuse_*` module, so a
+recipe can run, skip or order them one by one and the pipeline guard checks each
+on its own. Every pass rewrites the main graph, If/Loop/Scan bodies (nested) and
+local functions, repeats until nothing more matches, and refuses any rewrite that
+would change a weight another node also reads (see fuse_common).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
+
+import onnx_ir as ir
+
+from onnxslim.passes._options import option
+from onnxslim.passes.fuse_common import Namer, Scope, fixpoint, opset_version, scopes
+from onnxslim.passes.fuse_conv import fuse_conv_affine, fuse_conv_batchnorm, fuse_pad
+from onnxslim.passes.fuse_layout import fuse_layout_chains
+from onnxslim.passes.fuse_linear import fuse_matmul_add
+from onnxslim.passes.fuse_norm import fuse_gelu, fuse_layernorm
+
+Rewrite = Callable[[Scope, Namer], int]
+
+
+def run_rewrite(model: ir.Model, rewrite: Rewrite) -> ir.passes.PassResult:
+    """Apply `rewrite` everywhere until it stops matching; drop initializers it orphaned."""
+    unused_before = _unused_initializers(model)
+    namer = Namer(model)
+    count = fixpoint(model, lambda scope: rewrite(scope, namer))
+    if count:
+        for graph, name in _unused_initializers(model) - unused_before:
+            graph.initializers.pop(name, None)
+    return ir.passes.PassResult(model, bool(count))
+
+
+def _unused_initializers(model: ir.Model) -> set[tuple[ir.Graph, str]]:
+    found = set()
+    for scope in scopes(model):
+        if isinstance(scope, ir.Graph):
+            for name, value in scope.initializers.items():
+                if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                    found.add((scope, name))
+    return found
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseConvBatchNorm(ir.passes.InPlacePass):
+    """Fold BatchNormalization into the Conv or ConvTranspose before it."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return run_rewrite(model, fuse_conv_batchnorm)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseConvAffine(ir.passes.InPlacePass):
+    """Fold per-channel Mul/Div/Add/Sub by constants into the Conv before (or after) them."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return run_rewrite(model, fuse_conv_affine)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseMatMulAddGemm(ir.passes.InPlacePass):
+    """Turn MatMul + Add of a constant into Gemm where both operands are matrices."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return run_rewrite(model, fuse_matmul_add)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseLayoutChains(ir.passes.InPlacePass):
+    """Merge or cancel chains of Transpose, Reshape, Squeeze, Unsqueeze and widening Cast."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return run_rewrite(model, fuse_layout_chains)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FusePad(ir.passes.InPlacePass):
+    """Fold constant zero Pad into the pads of the Conv, AveragePool or MaxPool after it."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return run_rewrite(model, fuse_pad)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseGelu(ir.passes.InPlacePass):
+    """Replace written-out GELU (erf or tanh form) with the Gelu op (opset 20+)."""
+
+    lossless: ClassVar[bool] = True
+    contrib: bool = option(False, "Below opset 20, emit onnxruntime's com.microsoft Gelu/FastGelu "
+                                  "(not in every runtime build, e.g. ORT Mobile).")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if opset_version(model) >= 20:
+            domain = ""
+        elif self.contrib:
+            domain = "com.microsoft"
+        else:
+            return ir.passes.PassResult(model, False)
+        result = run_rewrite(model, lambda scope, namer: fuse_gelu(scope, namer, domain=domain))
+        if result.modified and domain:
+            model.opset_imports.setdefault(domain, 1)
+            model.graph.opset_imports.setdefault(domain, 1)
+        return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseLayerNorm(ir.passes.InPlacePass):
+    """Replace written-out layer normalization with LayerNormalization (opset 17+)."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if opset_version(model) < 17:
+            return ir.passes.PassResult(model, False)
+        return run_rewrite(model, fuse_layernorm)
