@@ -87,3 +87,30 @@ def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.Path
 # (defined beside their reports; re-exported here so the API mirrors the CLI).
 inspect = inspect_model
 run = run_model
+
+
+def prune(source: ModelSource, *, method: str = "magnitude", sparsity: float = 0.5, calib: Any = None,
+          eval_data: Any = None, storage: str = "packed", validate: bool = True, max_drop: float | None = None,
+          runs: int = 50, **options: Any) -> Any:
+    """Prune a trained model with nothing but the model and some data; returns a PruneResult.
+
+    `method`: "magnitude" (unstructured; `sparsity` is the fraction zeroed), "nm"
+    (N:M, options `n`, `m`), or "channels" (structured; `sparsity` is the fraction
+    of channels removed per group). `calib`: calibration data (anything
+    `open_feeds` reads); with it, layers are refit by least squares unless
+    `reconstruct=False`. `eval_data` with a `labels` array adds top-1 accuracy.
+    `storage="packed"` writes sparse weights as values + bitmask so the file
+    shrinks without zip. `options` are the fields of the method's pass
+    (MagnitudePruning, NMSparsity, ChannelPruning). `max_drop` (points) fills
+    `result.gate`; the API reports it, the CLI exits 1 on failure.
+    """
+    from onnxslim.passes.prune.run import prune_model
+
+    if method == "channels":
+        options.setdefault("ratio", sparsity)
+    elif method == "magnitude":
+        options.setdefault("sparsity", sparsity)
+    if calib is not None:
+        options["calib"] = calib
+    return prune_model(as_model(source), method=method, storage=storage, eval_data=eval_data,
+                       validate_result=validate, runs=runs, max_drop=max_drop, **options)

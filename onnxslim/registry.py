@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnxslim.errors import UsageError
 from onnxslim.passes import cleanup
 from onnxslim.passes import fuse
+from onnxslim.passes import prune
 
 PassClass = type[ir.passes.PassBase]
 
@@ -31,6 +32,11 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "fuse-gelu": fuse.FuseGelu,
     "fuse-layernorm": fuse.FuseLayerNorm,
     "fuse-layout-chains": fuse.FuseLayoutChains,
+    "prune-magnitude": prune.MagnitudePruning,
+    "prune-nm": prune.NMSparsity,
+    "prune-channels": prune.ChannelPruning,
+    "pack-sparse": prune.PackSparseWeights,
+    "unpack-sparse": prune.UnpackSparseWeights,
 }
 
 # The lossless clean-up that `onnxslim optimize` runs by default, in order.

@@ -1,0 +1,405 @@
+"""Capture what a layer sees and produces on ONNX Runtime, for training-free refitting.
+
+Pruning reconstruction and cluster-palette refinement both solve least-squares
+problems of the form  min ||X W^T + b - Y||  where X are a layer's input rows (a
+Conv's unfolded patches, a MatMul's input vectors) and Y the outputs it should
+produce. This module gets X and Y from ORT on calibration feeds:
+
+- `layer_geometry(node)` says how a Conv / Gemm / MatMul input becomes rows whose
+  columns line up with the flattened weight `W.reshape(out, -1)` (grouped convs
+  split into per-group column blocks).
+- `capture_layer_io(model, nodes, feeds, max_rows=...)` returns subsampled rows
+  {node: LayerIO(X, Y)} for small problems and for inspection.
+- `accumulate_normal_equations(...)` streams X^T X and X^T Y per layer (and per
+  group), so memory stays flat however many feeds there are. X may come from one
+  model (say, the pruned one) and Y from another (the original, the teacher), at
+  the same sampled positions; that is what sequential reconstruction needs.
+- `channel_mean_squares(...)` gives E[x_c^2] per channel of chosen values.
+
+Feeds whose inputs all have a free leading dimension are concatenated into
+batches, so ORT runs few large batches instead of many single samples.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from numpy.lib.stride_tricks import sliding_window_view
+
+from onnxslim.errors import DataError
+from onnxslim.feeds import Feed, input_specs
+from onnxslim.runtime import Session, SessionConfig
+
+DEFAULT_BATCH = 32
+# Tapping runs at the deployed level: ORT keeps any value that is a graph output.
+TAP_CONFIG = SessionConfig(threads=1, optimization="all")
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """How a layer's input tensor turns into rows that multiply W.reshape(out, -1).T."""
+
+    node_name: str
+    op_type: str
+    input_name: str
+    output_name: str
+    groups: int = 1
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] | None = None  # begin..., end...; None with auto_pad
+    auto_pad: str = "NOTSET"
+    trans_a: bool = False
+
+    def row_count(self, x: np.ndarray) -> int:
+        """Number of rows (output positions) this input yields."""
+        if self.op_type == "Conv":
+            return int(x.shape[0] * math.prod(self._conv_out(x.shape)[0]))
+        if self.op_type == "Gemm":
+            return int(x.shape[1] if self.trans_a else x.shape[0])
+        return int(math.prod(x.shape[:-1])) if x.ndim > 1 else 1
+
+    def rows(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Input rows at `positions` (indices into the flattened output positions): [R, K]."""
+        if self.op_type == "Conv":
+            return self._conv_rows(x, positions)
+        if self.op_type == "Gemm":
+            matrix = x.T if self.trans_a else x
+            return np.asarray(matrix)[positions]
+        return np.asarray(x).reshape(-1, x.shape[-1])[positions]
+
+    def targets(self, y: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Output rows at `positions`: [R, out]."""
+        if self.op_type == "Conv":
+            return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[positions]
+        return np.asarray(y).reshape(-1, y.shape[-1])[positions]
+
+    def _conv_out(self, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Output spatial shape and (begin, end) pads for an input of `shape`."""
+        spatial = tuple(shape[2:])
+        nd = len(spatial)
+        effective = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+        if self.pads is not None and self.auto_pad in ("NOTSET", ""):
+            begin, end = self.pads[:nd], self.pads[nd:]
+        elif self.auto_pad == "VALID":
+            begin = end = (0,) * nd
+        else:
+            begin_l, end_l = [], []
+            for size, s, e in zip(spatial, self.strides, effective):
+                out = -(-size // s)
+                total = max((out - 1) * s + e - size, 0)
+                small, large = total // 2, total - total // 2
+                begin_l.append(small if self.auto_pad == "SAME_UPPER" else large)
+                end_l.append(large if self.auto_pad == "SAME_UPPER" else small)
+            begin, end = tuple(begin_l), tuple(end_l)
+        out_spatial = tuple((size + b + e - eff) // s + 1
+                            for size, b, e, eff, s in zip(spatial, begin, end, effective, self.strides))
+        return out_spatial, tuple(begin), tuple(end)
+
+    def _conv_rows(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        out_spatial, begin, end = self._conv_out(x.shape)
+        nd = len(out_spatial)
+        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
+        effective = tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
+        windows = sliding_window_view(padded, effective, axis=tuple(range(2, 2 + nd)))
+        index = np.unravel_index(positions, (x.shape[0], *out_spatial))
+        starts = tuple(index[1 + i] * self.strides[i] for i in range(nd))
+        # Advanced indices split by a slice: the sampled-row axis comes first -> [R, C, *effective].
+        patches = windows[(index[0], slice(None), *starts)]
+        patches = patches[(slice(None), slice(None)) + tuple(slice(None, None, d) for d in self.dilations)]
+        return patches.reshape(len(positions), -1)
+
+
+def layer_geometry(node: ir.Node, output_name: str | None = None) -> LayerGeometry | None:
+    """The row geometry of a Conv, Gemm or MatMul node; None for anything else.
+
+    `output_name` overrides where targets are read (for example the Add that
+    carries a MatMul's bias).
+    """
+    if node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+        return None
+    x = node.inputs[0]
+    out = output_name or node.outputs[0].name
+    name = node.name or out
+    if node.op_type == "Conv":
+        weight = node.inputs[1]
+        shape = _static_shape(weight)
+        if shape is None or len(shape) < 3:
+            return None
+        nd = len(shape) - 2
+        attrs = node.attributes
+        kernel = tuple(attrs.get_ints("kernel_shape", None) or shape[2:])
+        pads = attrs.get_ints("pads", None)
+        auto_pad = attrs.get_string("auto_pad", "NOTSET") or "NOTSET"
+        return LayerGeometry(
+            node_name=name, op_type="Conv", input_name=x.name, output_name=out,
+            groups=attrs.get_int("group", 1), kernel=kernel,
+            strides=tuple(attrs.get_ints("strides", None) or (1,) * nd),
+            dilations=tuple(attrs.get_ints("dilations", None) or (1,) * nd),
+            pads=tuple(pads) if pads is not None else (None if auto_pad not in ("NOTSET", "") else (0,) * (2 * nd)),
+            auto_pad=auto_pad,
+        )
+    if node.op_type == "Gemm":
+        return LayerGeometry(node_name=name, op_type="Gemm", input_name=x.name, output_name=out,
+                             trans_a=bool(node.attributes.get_int("transA", 0)))
+    if node.op_type == "MatMul":
+        return LayerGeometry(node_name=name, op_type="MatMul", input_name=x.name, output_name=out)
+    return None
+
+
+@dataclass
+class LayerIO:
+    """Sampled input rows X [R, K] and output rows Y [R, out] of one layer."""
+
+    X: np.ndarray
+    Y: np.ndarray
+
+
+@dataclass
+class NormalEquations:
+    """Streaming sums for ridge least squares, per group: [X 1]^T [X 1] and [X 1]^T Y.
+
+    `gram[g]` is (K_g + 1) x (K_g + 1) and `cross[g]` is (K_g + 1) x O_g; the last
+    row/column is the intercept. Accumulated in float64.
+    """
+
+    groups: int
+    gram: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    rows: int = 0
+    target_sq: np.ndarray | None = field(default=None)  # per output column sum of Y^2
+
+    def add(self, X: np.ndarray, Y: np.ndarray) -> None:
+        if len(X) == 0:
+            return
+        g = self.groups
+        X = np.asarray(X, dtype=np.float64).reshape(len(X), g, -1)
+        Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), g, -1)
+        ones = np.ones((len(X), g, 1))
+        Xa = np.concatenate([X, ones], axis=2).transpose(1, 0, 2)  # [g, R, K+1]
+        Yg = Y.transpose(1, 0, 2)  # [g, R, O_g]
+        gram = np.matmul(Xa.transpose(0, 2, 1), Xa)
+        cross = np.matmul(Xa.transpose(0, 2, 1), Yg)
+        if self.gram is None:
+            self.gram, self.cross = gram, cross
+            self.target_sq = np.sum(Y * Y, axis=0)
+        else:
+            self.gram += gram
+            self.cross += cross
+            self.target_sq += np.sum(Y * Y, axis=0)
+        self.rows += len(X)
+
+
+def coalesce_feeds(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH) -> list[Feed]:
+    """Concatenate feeds along the leading axis when every input's leading dim is free.
+
+    Models with a fixed batch, inputs of other ranks, or feeds of unequal shapes are
+    returned feed by feed.
+    """
+    feeds = list(feeds)
+    if max_batch <= 1 or len(feeds) <= 1:
+        return feeds
+    specs = input_specs(model)
+    if not specs or any(s.shape is None or not s.shape or isinstance(s.shape[0], int) for s in specs):
+        return feeds
+    first = feeds[0]
+    for feed in feeds:
+        for spec in specs:
+            a = feed.get(spec.name)
+            if a is None or np.ndim(a) != len(spec.shape) or np.shape(a)[1:] != np.shape(first[spec.name])[1:]:
+                return feeds
+    out = []
+    for start in range(0, len(feeds), max_batch):
+        chunk = feeds[start:start + max_batch]
+        out.append({s.name: np.concatenate([np.asarray(f[s.name]) for f in chunk], axis=0) for s in specs})
+    return out
+
+
+class Tap:
+    """An ORT session over `model` that also returns the named intermediate values.
+
+    The model is only borrowed: the extra outputs are removed again once the
+    session is built.
+    """
+
+    def __init__(self, model: ir.Model, names: Sequence[str], config: SessionConfig = TAP_CONFIG) -> None:
+        graph = model.graph
+        values = _values_by_name(graph)
+        inputs = {v.name for v in graph.inputs}
+        missing = [n for n in names if n not in values and n not in inputs]
+        if missing:
+            raise KeyError(f"no value named {missing[0]!r} in the model")
+        self.from_feed = [n for n in names if n in inputs]
+        existing = {v.name for v in graph.outputs}
+        added = [values[n] for n in dict.fromkeys(names) if n not in inputs and n not in existing]
+        graph.outputs.extend(added)
+        try:
+            self.session = Session(model, config)
+        finally:
+            for _ in added:
+                graph.outputs.pop()
+        self.names = [n for n in names if n not in inputs]
+
+    def run(self, feed: Feed, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The tapped values (or the subset `names`) on one feed."""
+        wanted = self.names if names is None else [n for n in names if n not in self.from_feed]
+        result = self.session.run(feed, wanted) if wanted else {}
+        for name in self.from_feed:
+            if names is None or name in names:
+                result[name] = np.asarray(feed[name])
+        return result
+
+
+def iter_batches(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH) -> list[Feed]:
+    """Feeds ready to run: checked for the model's inputs, then coalesced."""
+    feeds = list(feeds)
+    if not feeds:
+        raise DataError("no calibration feeds")
+    names = [s.name for s in input_specs(model)]
+    for feed in feeds[:1]:
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise DataError(f"calibration data lacks model input {missing[0]!r} "
+                            f"(it has {', '.join(sorted(feed)) or 'nothing'})")
+    return coalesce_feeds(model, feeds, max_batch)
+
+
+def sample_positions(total: int, count: int, seed: int, batch_index: int, key: str) -> np.ndarray:
+    """Sorted row positions to keep from one batch: the same for every model run on it."""
+    if total <= count:
+        return np.arange(total)
+    rng = np.random.default_rng([seed, batch_index, zlib.crc32(key.encode())])
+    return np.sort(rng.choice(total, size=count, replace=False))
+
+
+def _nodes_by_name(model: ir.Model) -> dict[str, ir.Node]:
+    return {n.name: n for n in model.graph if n.name}
+
+
+def geometries(model: ir.Model, node_names: Sequence[str],
+               outputs: Mapping[str, str] | None = None) -> dict[str, LayerGeometry]:
+    """Row geometry of each named node; KeyError/ValueError when one is missing or not a layer."""
+    nodes = _nodes_by_name(model)
+    result = {}
+    for name in node_names:
+        if name not in nodes:
+            raise KeyError(f"no node named {name!r}")
+        geometry = layer_geometry(nodes[name], (outputs or {}).get(name))
+        if geometry is None:
+            raise ValueError(f"node {name!r} ({nodes[name].op_type}) is not a Conv, Gemm or MatMul with static weight shape")
+        result[name] = geometry
+    return result
+
+
+def capture_layer_io(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed], *,
+                     max_rows: int = 4096, seed: int = 0, max_batch: int = DEFAULT_BATCH,
+                     outputs: Mapping[str, str] | None = None,
+                     target_model: ir.Model | Tap | None = None,
+                     target_columns: Mapping[str, np.ndarray] | None = None) -> dict[str, LayerIO]:
+    """Sampled input rows and output rows of each layer, at most `max_rows` per layer.
+
+    X comes from `model`; Y from `target_model` (default: the same model; a Tap
+    built once may be passed to avoid rebuilding its session) at the same
+    positions, restricted to `target_columns[node]` when given (the original
+    channels a pruned layer still produces). Rows are spread evenly over batches.
+    """
+    result: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in node_names}
+    for name, X, Y in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
+                                 max_batch=max_batch, outputs=outputs, target_model=target_model,
+                                 target_columns=target_columns):
+        result[name][0].append(X)
+        result[name][1].append(Y)
+    return {n: LayerIO(np.concatenate(xs) if xs else np.zeros((0, 0), np.float32),
+                       np.concatenate(ys) if ys else np.zeros((0, 0), np.float32))
+            for n, (xs, ys) in result.items()}
+
+
+def accumulate_normal_equations(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed], *,
+                                target_model: ir.Model | Tap | None = None, max_rows: int = 8192,
+                                seed: int = 0, max_batch: int = DEFAULT_BATCH,
+                                outputs: Mapping[str, str] | None = None,
+                                target_columns: Mapping[str, np.ndarray] | None = None,
+                                ) -> dict[str, NormalEquations]:
+    """Streaming X^T X and X^T Y per layer (and group), X from `model`, Y from `target_model`.
+
+    Same arguments as `capture_layer_io`; at most `max_rows` rows per layer are
+    folded in, spread over the batches, so the cost is bounded for any data size.
+    """
+    layers = geometries(model, node_names, outputs)
+    sums = {n: NormalEquations(groups=layers[n].groups if layers[n].op_type == "Conv" else 1) for n in node_names}
+    for name, X, Y in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
+                                 max_batch=max_batch, outputs=outputs, target_model=target_model,
+                                 target_columns=target_columns):
+        sums[name].add(X, Y)
+    return sums
+
+
+def _iter_rows(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed], *, max_rows: int,
+               seed: int, max_batch: int, outputs: Mapping[str, str] | None,
+               target_model: ir.Model | Tap | None,
+               target_columns: Mapping[str, np.ndarray] | None = None,
+               ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    layers = geometries(model, node_names, outputs)
+    batches = iter_batches(model, feeds, max_batch)
+    per_batch = max(1, -(-max_rows // len(batches)))
+    x_names = [g.input_name for g in layers.values()]
+    y_names = [g.output_name for g in layers.values()]
+    if target_model is None:
+        x_tap, y_tap = Tap(model, x_names + y_names), None
+    else:
+        x_tap = Tap(model, x_names)
+        y_tap = target_model if isinstance(target_model, Tap) else Tap(target_model, y_names)
+    columns = target_columns or {}
+    for index, batch in enumerate(batches):
+        xs = x_tap.run(batch)
+        ys = y_tap.run(batch, y_names) if y_tap is not None else xs
+        for name, geometry in layers.items():
+            x = xs[geometry.input_name]
+            total = geometry.row_count(x)
+            positions = sample_positions(total, per_batch, seed, index, name)
+            X = geometry.rows(x, positions)
+            Y = geometry.targets(ys[geometry.output_name], positions)
+            if name in columns:
+                Y = Y[:, columns[name]]
+            yield name, X, Y
+
+
+def channel_mean_squares(model: ir.Model, axes: Mapping[str, int], feeds: Sequence[Feed], *,
+                         max_batch: int = DEFAULT_BATCH) -> dict[str, np.ndarray]:
+    """E[x_c^2] per channel of each named value, `axes[name]` being its channel axis."""
+    batches = iter_batches(model, feeds, max_batch)
+    tap = Tap(model, list(axes))
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for batch in batches:
+        values = tap.run(batch)
+        for name, axis in axes.items():
+            x = np.moveaxis(np.asarray(values[name], dtype=np.float64), axis, -1)
+            x = x.reshape(-1, x.shape[-1])
+            sums[name] = sums.get(name, 0.0) + np.sum(x * x, axis=0)
+            counts[name] = counts.get(name, 0) + len(x)
+    return {n: sums[n] / max(counts[n], 1) for n in axes}
+
+
+def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return tuple(value.const_value.shape)
+    if value.shape is not None and all(isinstance(d, int) for d in value.shape):
+        return tuple(int(d) for d in value.shape)  # type: ignore[arg-type]
+    return None
+
+
+def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {}
+    for node in graph:
+        for out in node.outputs:
+            if out.name:
+                values[out.name] = out
+    return values

@@ -1,0 +1,104 @@
+"""Unstructured magnitude pruning of Conv / Gemm / MatMul weights, with optional refit.
+
+How much each layer loses:
+- scope "per-layer", allocation "uniform": every eligible layer to `sparsity`;
+- scope "per-layer", allocation "sensitivity": per-layer sparsities measured on
+  the calibration data (passes/prune/allocation.py), meeting `sparsity` over all
+  eligible weights;
+- scope "global": one magnitude threshold over all eligible weights.
+No layer loses more than `max_layer_sparsity`. Layers under `min_elements` or
+matching `exclude` (fnmatch patterns on node or weight names) stay dense.
+
+With calibration data, the surviving weights and the bias are then refit by
+least squares so each layer reproduces the original model's outputs
+(passes/prune/reconstruct.py); zeros stay zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.errors import UsageError
+from onnxslim.passes._options import check_choice, option
+from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes, store_summary
+from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
+from onnxslim.passes.prune.layers import Layer, find_layers, lift_constants, sparsity
+from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
+from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MagnitudePruning(ir.passes.InPlacePass):
+    """Zero the smallest-magnitude weights of Conv/Gemm/MatMul layers to a target sparsity."""
+
+    sparsity: float = option(0.5, "Fraction of eligible weights set to zero.")
+    scope: str = option("per-layer", "per-layer: each layer its own threshold; global: one threshold for all.",
+                        choices=("per-layer", "global"))
+    allocation: str = option("uniform", "uniform: every layer at `sparsity`; sensitivity: measured per layer "
+                             "on calib (needs calib).", choices=("uniform", "sensitivity"))
+    min_elements: int = option(1024, "Leave weights with fewer elements dense.")
+    exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
+    max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
+    reconstruct: bool | None = option(None, "Refit kept weights on calib by least squares (default: on with calib).")
+    calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
+    calib_count: int = option(256, "Calibration samples used.")
+    ridge: float = option(1e-3, "Ridge strength of the refit, relative to the mean input energy.")
+    max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
+
+    def __post_init__(self) -> None:
+        check_choice(self, "scope")
+        check_choice(self, "allocation")
+        check_fraction("sparsity", self.sparsity)
+        check_fraction("max_layer_sparsity", self.max_layer_sparsity, high=1.0 + 1e-12)
+        if self.scope == "global" and self.allocation == "sensitivity":
+            raise ValueError("allocation=sensitivity applies to scope=per-layer")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        feeds = load_feeds(self.calib, self.calib_count, model)
+        refit = self.reconstruct if self.reconstruct is not None else feeds is not None
+        if refit and feeds is None:
+            raise UsageError("reconstruction needs calibration data (calib)")
+        if self.allocation == "sensitivity" and feeds is None:
+            raise UsageError("allocation=sensitivity needs calibration data (calib)")
+        lift_constants(model)
+        name_nodes(model)
+        layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)
+        unique = list({id(layer.weight): layer for layer in layers}.values())
+        if not unique or self.sparsity == 0:
+            store_summary(model, method="magnitude", targets={}, skipped=[s.__dict__ for s in skipped], refit=[])
+            return ir.passes.PassResult(model, False)
+        original = model.clone() if refit else None
+        masks, sensitivity = self._masks(model, unique, feeds)
+        for layer, mask in zip(unique, masks):
+            w = layer.array()
+            layer.set_weight(np.where(mask, w, 0))
+        records = []
+        if refit and original is not None and feeds is not None:
+            requests = [RefitRequest(layer.name, keep_zeros=True) for layer in layers]
+            records = reconstruct(original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows)
+        store_summary(model, method="magnitude",
+                      targets={layer.name: sparsity(layer.array()) for layer in layers},
+                      sensitivity=sensitivity, skipped=[s.__dict__ for s in skipped],
+                      refit=[r.to_dict() for r in records])
+        return ir.passes.PassResult(model, True)
+
+    def _masks(self, model: ir.Model, layers: list[Layer],
+               feeds: list | None) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
+        """Keep-mask per unique weight, and the measured sensitivities when allocation used them."""
+        arrays = [layer.array() for layer in layers]
+        cap = self.max_layer_sparsity
+        if self.scope == "global":
+            counts = global_counts(arrays, self.sparsity, cap)
+            return [count_mask(w, c) for w, c in zip(arrays, counts)], {}
+        if self.allocation == "sensitivity":
+            assert feeds is not None
+            errors = measure_sensitivity(model, layers, feeds)
+            levels = allocate([w.size for w in arrays], errors, self.sparsity, cap=cap)
+            info = {layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
+                    for layer, level, row in zip(layers, levels, errors)}
+            return [magnitude_mask(w, s) for w, s in zip(arrays, levels)], info
+        return [magnitude_mask(w, min(self.sparsity, cap)) for w in arrays], {}

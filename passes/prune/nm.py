@@ -1,0 +1,84 @@
+"""N:M semi-structured sparsity: at most N non-zeros in every M consecutive input channels.
+
+The groups run along the input-channel axis (Conv weight axis 1, the K axis of a
+Gemm/MatMul weight), for each output channel and kernel position: the layout
+sparse tensor cores and N:M CPU kernels consume. Layers whose input channels per
+group are not a multiple of M (a 3-channel stem, a depthwise Conv) stay dense and
+are reported. With calibration data the kept weights are refit (zeros stay
+zeros, so the N:M pattern holds after the refit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.errors import UsageError
+from onnxslim.passes._options import option
+from onnxslim.passes.prune._common import load_feeds, name_nodes, store_summary
+from onnxslim.passes.prune.layers import Skipped, find_layers, lift_constants, sparsity
+from onnxslim.passes.prune.masks import nm_mask
+from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NMSparsity(ir.passes.InPlacePass):
+    """Keep the N largest of every M consecutive input-channel weights (2:4, 4:8)."""
+
+    n: int = option(2, "Weights kept per group.")
+    m: int = option(4, "Group length along the input-channel axis.")
+    min_elements: int = option(1024, "Leave weights with fewer elements dense.")
+    exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
+    reconstruct: bool | None = option(None, "Refit kept weights on calib by least squares (default: on with calib).")
+    calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
+    calib_count: int = option(256, "Calibration samples used.")
+    ridge: float = option(1e-3, "Ridge strength of the refit, relative to the mean input energy.")
+    max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
+
+    def __post_init__(self) -> None:
+        if not (0 < self.n < self.m):
+            raise ValueError(f"n={self.n}, m={self.m}: expected 0 < n < m")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        feeds = load_feeds(self.calib, self.calib_count, model)
+        refit = self.reconstruct if self.reconstruct is not None else feeds is not None
+        if refit and feeds is None:
+            raise UsageError("reconstruction needs calibration data (calib)")
+        lift_constants(model)
+        name_nodes(model)
+        layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)
+        eligible = []
+        for layer in layers:
+            view = layer.input_channel_view(layer.array())
+            channels = view.shape[-1]
+            if layer.groups > 1 and layer.op_type == "Conv" and channels == 1:
+                skipped.append(Skipped(layer.name, layer.op_type, "depthwise: one input channel per group"))
+            elif channels % self.m:
+                skipped.append(Skipped(layer.name, layer.op_type,
+                                       f"{channels} input channels not a multiple of {self.m}"))
+            else:
+                eligible.append(layer)
+        if not eligible:
+            store_summary(model, method=f"{self.n}:{self.m}", targets={}, skipped=[s.__dict__ for s in skipped],
+                          refit=[])
+            return ir.passes.PassResult(model, False)
+        original = model.clone() if refit else None
+        done: set[int] = set()
+        for layer in eligible:
+            if id(layer.weight) in done:
+                continue
+            done.add(id(layer.weight))
+            view = layer.input_channel_view(layer.array())
+            kept = np.where(nm_mask(view, self.n, self.m), view, 0)
+            layer.set_weight(layer.from_input_channel_view(kept))
+        records = []
+        if refit and original is not None and feeds is not None:
+            requests = [RefitRequest(layer.name, keep_zeros=True) for layer in eligible]
+            records = reconstruct(original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows)
+        store_summary(model, method=f"{self.n}:{self.m}",
+                      targets={layer.name: sparsity(layer.array()) for layer in eligible},
+                      skipped=[s.__dict__ for s in skipped], refit=[r.to_dict() for r in records])
+        return ir.passes.PassResult(model, True)

@@ -1,0 +1,179 @@
+"""Layer-wise reconstruction: refit pruned layers so they reproduce the original model.
+
+Training-free distillation with the original model as teacher. Layers are refit
+in dependency order, level by level: the inputs X of a layer are taken from the
+pruned model *after* the layers before it were refit, and the targets Y from the
+original model, so each refit also absorbs the error accumulated upstream. Each
+level costs one ORT pass of the calibration feeds over the current pruned model;
+the original model's session is built once.
+
+Per layer, onnxslim.activations streams X^T X and X^T Y (memory flat in the
+number of feeds) and passes/prune/lstsq solves a ridge problem on the weights the
+pruning kept: zeros stay zeros (so sparsity and N:M patterns survive), removed
+channels stay removed. The bias is refit too (a zero bias is added to a Conv or
+Gemm that had none), which absorbs the mean shift pruning causes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from threadpoolctl import threadpool_limits
+
+from onnxslim.activations import Tap, accumulate_normal_equations, layer_geometry
+from onnxslim.feeds import Feed
+from onnxslim.passes.prune.layers import Layer, find_layers
+from onnxslim.passes.prune.lstsq import solve
+
+REFIT_OPS = ("Conv", "Gemm", "MatMul")
+MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB
+
+
+@dataclass(frozen=True)
+class RefitRequest:
+    """One layer to refit. `out_index`: the original output channels it still produces."""
+
+    node_name: str
+    keep_zeros: bool = True
+    out_index: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RefitRecord:
+    name: str
+    op_type: str
+    rows: int
+    error_before: float  # relative squared error of the layer output vs the original, before refit
+    error_after: float
+    skipped: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "op_type": self.op_type, "rows": self.rows,
+                "error_before": self.error_before, "error_after": self.error_after, "skipped": self.skipped}
+
+
+def reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
+                ridge: float, max_rows: int, seed: int = 0, blas_threads: int = 1) -> list[RefitRecord]:
+    """Refit `requests` in `pruned` (modified in place) against `original` on `feeds`.
+
+    numpy's BLAS is held to `blas_threads` meanwhile: the systems are small and
+    many, and spinning up BLAS threads for each cost 10x on a loaded machine.
+    """
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _reconstruct(original, pruned, requests, feeds, ridge=ridge, max_rows=max_rows, seed=seed)
+
+
+def _reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
+                 ridge: float, max_rows: int, seed: int) -> list[RefitRecord]:
+    layers = {layer.name: layer for layer in find_layers(pruned, ops=REFIT_OPS)[0]}
+    records: list[RefitRecord] = []
+    ready: dict[str, RefitRequest] = {}
+    for request in requests:
+        layer = layers.get(request.node_name)
+        reason = _cannot_refit(layer, original) if layer is not None else "not a Conv/Gemm/MatMul with constant weight"
+        if reason:
+            records.append(RefitRecord(request.node_name, layer.op_type if layer else "?", 0, float("nan"),
+                                       float("nan"), reason))
+            continue
+        ready[request.node_name] = request
+    if not ready:
+        return records
+    for name in ready:  # a bias to refit, where the layer can take one
+        layer = layers[name]
+        if layer.bias is None and layer.can_have_bias():
+            layer.set_bias(np.zeros(layer.out_channels, dtype=np.float32))
+    outputs = {name: layers[name].output.name for name in ready}
+    target = Tap(original, list(dict.fromkeys(outputs.values())))
+    columns = {n: r.out_index for n, r in ready.items() if r.out_index is not None}
+    for level in _levels(pruned, list(ready)):
+        sums = accumulate_normal_equations(pruned, level, feeds, target_model=target, max_rows=max_rows,
+                                           seed=seed, outputs={n: outputs[n] for n in level},
+                                           target_columns={n: columns[n] for n in level if n in columns})
+        for name in level:
+            records.append(_refit(layers[name], sums[name], ready[name], ridge))
+    return records
+
+
+def _cannot_refit(layer: Layer, original: ir.Model) -> str:
+    if layer.op_type not in REFIT_OPS:
+        return f"{layer.op_type} is not refit"
+    if layer.shared:
+        return f"weight shared by {layer.uses} nodes"
+    if layer_geometry(layer.node) is None:
+        return "no static weight shape"
+    w = layer.weight.const_value
+    assert w is not None
+    columns = int(np.prod(w.shape[1:])) if layer.op_type == "Conv" else int(w.size // layer.out_channels)
+    if columns + 1 > MAX_COLUMNS:
+        return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
+    if layer.op_type == "Gemm":
+        c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
+        if c is not None and (layer.bias is None or layer.bias.const_value is None
+                              or layer.bias.const_value.size != layer.out_channels):
+            return "Gemm C is not a per-output bias"
+    if layer.output.name not in _value_names(original):
+        return f"output {layer.output.name!r} not in the original model"
+    return ""
+
+
+def _refit(layer: Layer, sums, request: RefitRequest, ridge: float) -> RefitRecord:
+    w = layer.array()
+    matrix = layer.to_matrix(w).astype(np.float64)
+    alpha = layer.node.attributes.get_float("alpha", 1.0) if layer.op_type == "Gemm" else 1.0
+    beta = layer.node.attributes.get_float("beta", 1.0) if layer.op_type == "Gemm" else 1.0
+    bias = layer.bias_array()
+    intercept = bias is not None
+    b = bias.reshape(-1).astype(np.float64) * beta if bias is not None else None
+    matrix = matrix * alpha
+    groups = sums.groups
+    out_per_group = matrix.shape[0] // groups
+    new_w = np.empty_like(matrix)
+    new_b = np.empty(matrix.shape[0]) if intercept else None
+    before = after = 0.0
+    energy_total = float(np.sum(sums.target_sq)) if sums.target_sq is not None else 0.0
+    if sums.rows == 0 or sums.gram is None:
+        return RefitRecord(layer.name, layer.op_type, 0, float("nan"), float("nan"), "no calibration rows")
+    for g in range(groups):
+        rows = slice(g * out_per_group, (g + 1) * out_per_group)
+        w0 = matrix[rows]
+        mask = (w0 != 0) if request.keep_zeros else None
+        fit = solve(sums.gram[g], sums.cross[g], sums.target_sq[g], w0, b[rows] if b is not None else None,
+                    mask, ridge=ridge, intercept=intercept)
+        new_w[rows] = fit.weight
+        if new_b is not None and fit.bias is not None:
+            new_b[rows] = fit.bias
+        share = float(np.sum(sums.target_sq[g])) / energy_total if energy_total > 0 else 0.0
+        before += fit.error_before * share
+        after += fit.error_after * share
+    layer.set_weight(layer.from_matrix(new_w / alpha, w.shape))
+    if new_b is not None:
+        layer.set_bias(new_b / beta)
+    return RefitRecord(layer.name, layer.op_type, sums.rows, before, after)
+
+
+def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
+    """Group layers so none depends on another of the same group; groups in graph order."""
+    wanted = set(names)
+    depth: dict[str, int] = {}
+    level_of: dict[str, int] = {}
+    for node in model.graph:
+        d = max((depth.get(v.name, 0) for v in node.inputs if v is not None), default=0)
+        if node.name in wanted:
+            d += 1
+            level_of[node.name] = d
+        for out in node.outputs:
+            depth[out.name] = d
+    levels: dict[int, list[str]] = {}
+    for name in names:
+        levels.setdefault(level_of[name], []).append(name)
+    return [levels[k] for k in sorted(levels)]
+
+
+def _value_names(model: ir.Model) -> set[str]:
+    names = {v.name for v in model.graph.inputs}
+    for node in model.graph:
+        names.update(o.name for o in node.outputs)
+    return names
