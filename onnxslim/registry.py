@@ -17,6 +17,8 @@ from onnxslim.errors import UsageError
 from onnxslim.passes import cleanup
 from onnxslim.passes import fuse
 from onnxslim.passes import prune
+from onnxslim.passes.quantize import equalize as quantize_equalize
+from onnxslim.passes.quantize import smoothquant as quantize_smoothquant
 
 PassClass = type[ir.passes.PassBase]
 
@@ -37,6 +39,8 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "prune-channels": prune.ChannelPruning,
     "pack-sparse": prune.PackSparseWeights,
     "unpack-sparse": prune.UnpackSparseWeights,
+    "cross-layer-equalization": quantize_equalize.CrossLayerEqualization,
+    "smooth-quant": quantize_smoothquant.SmoothQuant,
 }
 
 # The lossless clean-up that `onnxslim optimize` runs by default, in order.
