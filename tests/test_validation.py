@@ -299,3 +299,58 @@ def test_devmodel_inspect_and_validate_against_itself(entry: dict) -> None:
     assert report.passed, report.summary()
     assert all(o.max_abs == 0 and o.mismatched == 0 for o in report.outputs)
     assert [o.name for o in report.outputs] == [o["name"] for o in entry["outputs"]]
+
+
+def make_loop_model(path: Path, *, scale: float = 1.0) -> Path:
+    """x [N,4] and an int64 trip count: Loop body does acc = tanh(acc @ W) + x, W outer-scope."""
+    w = (np.random.default_rng(4).standard_normal((4, 4)) * scale).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["acc_in", "w"], ["mm"]),
+            helper.make_node("Tanh", ["mm"], ["t"]),
+            helper.make_node("Add", ["t", "x"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["N", 4]),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["steps", "go", "x"], ["acc"], body=body)],
+        "looped",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("steps", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("acc", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array(True), "go"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_loop_subgraph_with_trip_count_input(tmp_path: Path) -> None:
+    reference = make_loop_model(tmp_path / "loop.onnx")
+    assert validate(reference, reference, **FAST).passed
+    feeds = generated(reference)
+    assert any(int(f["steps"]) > 0 for f in feeds), "some generated feeds must run the body"
+    candidate = make_loop_model(tmp_path / "loop_scaled.onnx", scale=1.1)
+    report = validate(reference, candidate, **FAST)
+    ref, cand = ort_outputs(reference, feeds), ort_outputs(candidate, feeds)
+    expected = max(float(np.abs(r["acc"] - c["acc"]).max()) for r, c in zip(ref, cand, strict=True))
+    assert not report.passed and report.outputs[0].max_abs == pytest.approx(expected, rel=1e-6)
+    summary = inspect(reference)
+    assert summary.subgraphs == 1 and summary.nodes == 5 and summary.op_histogram["Loop"] == 1

@@ -19,7 +19,9 @@ from onnxslim.inspection import ModelSummary
 
 @app.command("inspect")
 def inspect_command(
-    model: Path = typer.Argument(..., help="ONNX model to describe (never modified)."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="ONNX model to describe (never modified)."
+    ),
     input_shape: list[str] | None = typer.Option(
         None,
         "--input-shape",

@@ -61,10 +61,17 @@ def progress_bar() -> Iterator[ProgressCallback]:
 
 @app.command("validate")
 def validate_command(
-    reference: Path = typer.Argument(..., help="Reference model, usually the original."),
-    candidate: Path = typer.Argument(..., help="Candidate model, usually the compressed one."),
+    reference: Path = typer.Argument(
+        ..., metavar="REF", help="Reference model, usually the original."
+    ),
+    candidate: Path = typer.Argument(
+        ..., metavar="CAND", help="Candidate model, usually the compressed one."
+    ),
     data: Path | None = typer.Option(
-        None, "--data", help="Feeds (.npz of stacked samples); generated inputs when absent."
+        None,
+        "--data",
+        help="Feeds: an .npz of samples stacked on axis 0, an .npy, or a folder of "
+        ".npz/.npy files or images; generated inputs when absent.",
     ),
     count: int | None = typer.Option(
         None,
@@ -133,7 +140,7 @@ def validate_command(
 def render(report: ValidationReport) -> None:
     """Parity table, performance table, notes and the verdict."""
     out.print(f"[bold]validate[/] {escape(report.candidate)} against {escape(report.reference)}")
-    generated = " (no --data given)" if report.generated_inputs else ""
+    generated = ", no --data given" if report.generated_inputs else ""
     out.print(
         f"feeds: {escape(report.feeds)}{generated}; {report.provider}, onnxruntime "
         f"{report.onnxruntime_version}, {report.threads} thread(s)"
