@@ -11,6 +11,7 @@ model over protobuf's 2 GB cap goes to external data.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ EXTERNAL_THRESHOLD_BYTES = 1024
 SOURCE_META_KEY = "onnxslim.source"
 
 PathLike = str | os.PathLike[str]
+# A Windows drive (`C:\\...`, `C:/...`): absolute on Windows even when read on Linux.
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 def load(path: PathLike) -> ir.Model:
@@ -96,7 +99,7 @@ def check_external_data(model: ir.Model, base_dir: Path) -> None:
             continue
         location = os.fspath(tensor.location)
         where = f"tensor {name!r}: external data {location!r}"
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location[:3]:
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or _DRIVE.match(location):
             raise ModelLoadError(
                 f"{where} is an absolute path; only files inside the model's folder are accepted"
             )
