@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> int:
     if args.worker.startswith("onnxslim"):
         from onnxslim.cli import main as cli_main
 
-        code = cli_main(["quantize", args.model, "-o", args.out, "--data", args.calib_file, *args.extra])
+        code = cli_main(["quantize", args.model, "-o", args.out, "--calib", args.calib_file, "--no-verify", *args.extra])
         if code not in (0, 1) or not Path(args.out).is_file():
             raise SystemExit(f"onnxslim quantize exited {code}")
         note = "" if code == 0 else "gate missed (exit 1), best model written"

@@ -22,6 +22,8 @@ from onnxslim.passes.quantize.sensitivity import accuracy_aware, quantize_accura
 from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
+# Trials of the accuracy-aware loop skip ORT's fusion check (tested with the static pass).
+FAST = static.QuantizeStatic(check_fusion=False)
 
 
 def _built_cnn() -> ir.Model:
@@ -57,10 +59,10 @@ def _cnn_case() -> tuple[ir.Model, list[dict[str, np.ndarray]], list[dict[str, n
         model = ir.load(path)
         name = model.graph.inputs[0].name
         with np.load(MODELS / "digits_cnn.calib.npz") as data:
-            calib = [{name: a} for a in data[name][:64]]
+            calib = [{name: a} for a in data[name][:32]]
         with np.load(MODELS / "digits_cnn.eval.npz") as data:
-            evals = [{name: a} for a in data[name][:200]]
-            labels = data["labels"][:200]
+            evals = [{name: a} for a in data[name][:120]]
+            labels = data["labels"][:120]
         return model, calib, evals, labels
     rng = np.random.default_rng(1)
     feeds = [{"x": (rng.random((1, 1, 16, 16)) * 2).astype(np.float32)} for _ in range(96)]
@@ -83,8 +85,8 @@ def test_bias_correction_reduces_output_error(monkeypatch: pytest.MonkeyPatch) -
     assert report.corrected, report.skipped
     error_after = _outputs(quantized, evals) - reference
     # Measured on held-out feeds: the mean (systematic) error and the squared error both fall.
-    assert np.abs(error_after.mean(0)).mean() < 0.7 * np.abs(error_before.mean(0)).mean()
-    assert np.mean(error_after**2) < np.mean(error_before**2)
+    assert np.abs(error_after.mean(0)).mean() < 0.5 * np.abs(error_before.mean(0)).mean()
+    assert np.mean(error_after**2) < 0.8 * np.mean(error_before**2)
 
 
 def test_static_pass_applies_bias_correction() -> None:
@@ -161,19 +163,23 @@ def _labelled_cnn() -> tuple[ir.Model, list[dict[str, np.ndarray]], object]:
     return model, calib, metric
 
 
+def _quantized_layers(model: ir.Model) -> set[str]:
+    """Conv/Gemm nodes whose weight comes through DequantizeLinear."""
+    return {n.name for n in model.graph if n.op_type in ("Conv", "Gemm") and any(
+        v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+        for v in n.inputs[1:2])}
+
+
 def test_accuracy_aware_falls_back_until_the_drop_is_met() -> None:
     model, calib, metric = _labelled_cnn()
-    quantize, layers, _ = static_quantizer(model, calib)
+    quantize, layers, _ = static_quantizer(model, calib, FAST)
     assert len(layers) >= 3
     float_metric = metric(model)
     # A metric that rewards each float layer forces the loop to fall back, in the ranked order.
     penalty = {name: 0.01 * (i + 1) for i, name in enumerate(layers)}
 
     def strict(candidate: ir.Model) -> float:
-        quantized = {n.name for n in candidate.graph if n.name in penalty and any(
-            v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
-            for v in n.inputs)}
-        return metric(candidate) - sum(penalty[n] for n in quantized)
+        return metric(candidate) - sum(penalty[n] for n in _quantized_layers(candidate))
 
     result = accuracy_aware(quantize, strict, layers, max_drop=0.035, float_metric=float_metric)
     assert result.table and len(result.table) == len(layers)
@@ -183,21 +189,15 @@ def test_accuracy_aware_falls_back_until_the_drop_is_met() -> None:
     assert any(n.op_type == "DequantizeLinear" for n in result.model.graph)
 
 
-def _quantized_layers(model: ir.Model) -> int:
-    return sum(1 for n in model.graph if n.op_type in ("Conv", "Gemm") and any(
-        v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
-        for v in n.inputs[1:2]))
-
-
 def test_accuracy_aware_miss_returns_best_model_and_table() -> None:
     model, calib, metric = _labelled_cnn()
     # Every int8 layer costs 0.1: with one fallback trial allowed, 0 drop is out of reach.
-    result = quantize_accuracy_aware(model, calib, max_drop=0.0, max_trials=1,
-                                     metric=lambda m: metric(m) - 0.1 * _quantized_layers(m))
+    result = quantize_accuracy_aware(model, calib, max_drop=0.0, max_trials=1, options=FAST,
+                                     metric=lambda m: metric(m) - 0.1 * len(_quantized_layers(m)))
     assert not result.met
     assert result.model is not None and result.table and len(result.trials) == 1
     assert result.metric == max([result.int8_metric] + [t.metric for t in result.trials])
     assert result.metric >= max(row.metric for row in result.table)
-    assert _quantized_layers(result.model) == _quantized_layers(static_quantizer(model, calib)[2]) - 1
+    assert len(_quantized_layers(result.model)) == len(_quantized_layers(static_quantizer(model, calib, FAST)[2])) - 1
     text = result.table_text()
     assert all(row.layer in text for row in result.table)

@@ -58,6 +58,7 @@ class BiasCorrectionReport:
     corrected: list[LayerCorrection] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     samples: int = 0
+    final_layers: list[str] = field(default_factory=list)  # also corrected end to end
 
 
 @dataclass
@@ -83,8 +84,13 @@ class _BiasSlot:
 
 
 def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[Feed], *,
-                   layers: set[str] | None = None, samples: int = 64) -> BiasCorrectionReport:
-    """Measure every quantized layer's own mean error and fold it into its bias (in place)."""
+                   layers: set[str] | None = None, samples: int = 64,
+                   final_layers: bool = True) -> BiasCorrectionReport:
+    """Measure every quantized layer's own mean error and fold it into its bias (in place).
+
+    With `final_layers`, layers that produce graph outputs then get a second, end-to-end
+    correction (one more run of both models over the same feeds).
+    """
     from onnxslim.runtime import Session
 
     report = BiasCorrectionReport()
@@ -104,14 +110,13 @@ def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[F
             targets.append(found)
     if not targets:
         return report
+    feeds_list = [dict(f) for _, f in zip(range(samples), feeds)]
     probe = _probe(float_model, targets)
     session = Session(probe, _session_config())
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     names = [name for t in targets for name in (t.output_name, t.probe_output)]
-    for i, feed in enumerate(feeds):
-        if i >= samples:
-            break
+    for feed in feeds_list:
         out = session.run(feed, outputs=names)
         report.samples += 1
         for k, t in enumerate(targets):
@@ -129,9 +134,58 @@ def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[F
         if isinstance(applied, str):
             report.skipped.append((t.node.name or t.node.op_type, applied))
             continue
+        if added:  # later steps must see the bias just added, not add another
+            t.bias = _bias_slot(t.node)  # type: ignore[assignment]
         report.corrected.append(LayerCorrection(t.node.name or t.node.op_type, int(shift.size),
                                                 float(np.mean(np.abs(shift))), float(np.max(np.abs(shift))), added))
+    if final_layers:
+        _correct_final_layers(quantized, float_model, [t for t in targets if not isinstance(t.bias, str)],
+                              feeds_list, samples, report)
     return report
+
+
+def _correct_final_layers(quantized: ir.Model, float_model: ir.Model, targets: list[_Target],
+                          feeds: list[Feed], samples: int, report: BiasCorrectionReport) -> None:
+    """Layers whose output is a graph output (through Q/DQ at most): cancel the mean error
+    the whole model leaves there, which includes what earlier layers' rounding passed on.
+
+    Exact for the mean of that output, because nothing nonlinear follows the bias.
+    """
+    from onnxslim.runtime import Session
+
+    outputs = {v.name: v for v in quantized.graph.outputs}
+    finals: list[tuple[_Target, str]] = []
+    for t in targets:
+        value = t.node.outputs[0]
+        for _ in range(3):
+            if value.name in outputs and value.is_graph_output():
+                finals.append((t, value.name or ""))
+                break
+            users = list(value.uses())
+            if len(users) != 1 or users[0][0].op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                break
+            value = users[0][0].outputs[0]
+    float_outputs = {v.name for v in float_model.graph.outputs}
+    finals = [(t, name) for t, name in finals if name in float_outputs]
+    if not finals or not feeds:
+        return
+    names = [name for _, name in finals]
+    q_session, f_session = Session(quantized, _session_config()), Session(float_model, _session_config())
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    axis_of = {name: t.axis for t, name in finals}
+    for feed in feeds[:samples]:
+        q_out, f_out = q_session.run(feed, outputs=names), f_session.run(feed, outputs=names)
+        for name in names:
+            diff = np.asarray(q_out[name], np.float64) - np.asarray(f_out[name], np.float64)
+            axis = axis_of[name] % diff.ndim
+            per_channel = np.moveaxis(diff, axis, 0).reshape(diff.shape[axis], -1)
+            sums[name] = sums.get(name, 0.0) + per_channel.sum(axis=1)
+            counts[name] = counts.get(name, 0) + per_channel.shape[1]
+    for t, name in finals:
+        shift = sums[name] / max(counts[name], 1)
+        if _apply(t, shift, quantized) is None:
+            report.final_layers.append(t.node.name or t.node.op_type)
 
 
 def _session_config():  # noqa: ANN202 - avoids importing runtime at module import

@@ -283,10 +283,12 @@ _LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather", "LSTM", "GRU"
 
 
 def _reads_dequantized_weight(node: ir.Node) -> bool:
-    """True for a node reading a DequantizeLinear (a quantized layer in QDQ form)."""
-    for value in node.inputs:
+    """True for a layer whose weight (a constant) reaches it through DequantizeLinear: a
+    quantized layer in QDQ form. A float layer may still read a dequantized activation."""
+    for value in node.inputs[:2] if node.op_type != "Gather" else node.inputs[:1]:
         producer = value.producer() if value is not None else None
-        if producer is not None and producer.op_type == "DequantizeLinear":
+        if producer is not None and producer.op_type == "DequantizeLinear" and \
+                producer.inputs[0] is not None and producer.inputs[0].const_value is not None:
             return True
     return False
 
