@@ -7,6 +7,7 @@ registers itself by being imported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -78,9 +79,16 @@ class PassInfo:
 def available_passes() -> dict[str, PassClass]:
     """Built-in passes plus those installed through the entry-point group."""
     passes = dict(BUILTIN_PASSES)
-    for entry in entry_points(group="onnxslim.passes"):
+    for entry in _installed_entry_points():
         passes.setdefault(entry.name, entry.load())
     return passes
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_entry_points() -> tuple[Any, ...]:
+    """Scanned once per process: listing entry points reads every installed package's
+    metadata (~0.1 s), and pass_name() is called for every pass of every run."""
+    return tuple(entry_points(group="onnxslim.passes"))
 
 
 def pass_class(name: str) -> PassClass:

@@ -213,7 +213,8 @@ def can_replace(old: ir.Value, new: ir.Value, scope: Scope) -> bool:
 
 def replace_value(old: ir.Value, new: ir.Value) -> None:
     """Point every user of `old` (graph outputs included) at `new`; `new` inherits a returned name."""
-    if old.is_graph_output():
+    if old.is_graph_output() or (new.name is None and new.producer() is not None):
+        # A new node's output takes over the old name: unique, and readable in the result.
         name = old.name
         old.name = None
         new.name = name

@@ -10,6 +10,13 @@ Cases:
    transB.
 3. Add(Gemm(A, B), C) where the Gemm has no C of its own: the constant becomes its C
    (beta applies to C, so only beta == 1 qualifies).
+4. A of rank > 2 (a transformer's [batch, seq, K] activations) with a constant B [K, N]
+   and a bias along N: Reshape(A, [-1, K]) -> Gemm -> Reshape back. That adds a node
+   per MatMul, so it is done only where the Reshapes vanish into their neighbours and
+   the count drops: MatMuls that read the same A share one Reshape, a Reshape that
+   produces A is replaced by the new one, and a Reshape that reads the result takes
+   the Gemm output directly. Decided per group of MatMuls sharing A; the Reshape back
+   needs the static leading dimensions unless a Reshape reads the result.
 
 No weight is modified (B and C are used as they are), so a weight shared with other
 nodes stays shared: nothing is copied.
@@ -27,19 +34,23 @@ from onnxslim.passes.fuse_common import (
     const_array,
     in_scope,
     is_internal,
+    add_constant,
+    int_list,
     is_op,
     new_node,
     rank_of,
     remove_dead,
     replace_value,
+    set_constant,
+    sole_user,
+    static_shape,
 )
 
 _GEMM_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 
 
 def fuse_matmul_add(scope: Scope, namer: Namer) -> int:
-    del namer
-    count = 0
+    count = _fuse_batched(scope, namer)
     for add in list(scope):
         if not in_scope(add, scope) or not is_op(add, "Add") or len(add.inputs) != 2:
             continue
@@ -148,3 +159,103 @@ def _gemm_take_bias(scope: Scope, gemm: ir.Node, add: ir.Node, bias: ir.Value, c
     replace_value(add.outputs[0], out)
     scope.remove(add, safe=True)
     return True
+
+
+# --------------------------------------------------------------------------- case 4
+
+class _Batched:
+    """One Add(MatMul(A, W), c) with A of rank > 2, and what converting it costs."""
+
+    def __init__(self, add: ir.Node, matmul: ir.Node, bias: ir.Value, c: np.ndarray, weight: np.ndarray):
+        self.add, self.matmul, self.bias, self.c, self.weight = add, matmul, bias, c, weight
+        consumer = sole_user(add.outputs[0])
+        shape = int_list(consumer.inputs[1]) if is_op(consumer, "Reshape") and len(consumer.inputs) > 1 else None  # type: ignore[union-attr]
+        self.consumer = consumer if shape is not None and (0 not in shape or consumer.attributes.get_int("allowzero", 0)) else None  # type: ignore[union-attr]
+        a_shape = static_shape(matmul.inputs[0])
+        self.out_shape = None if a_shape is None else [*a_shape[:-1], int(weight.shape[1])]
+
+    @property
+    def post_cost(self) -> int:
+        return 0 if self.consumer is not None else 1
+
+
+def _batched_candidate(add: ir.Node) -> _Batched | None:
+    if not is_op(add, "Add") or len(add.inputs) != 2:
+        return None
+    for side in (0, 1):
+        product, bias = add.inputs[side], add.inputs[1 - side]
+        matmul = product.producer() if product is not None else None
+        if not is_op(matmul, "MatMul") or not is_internal(product, add):  # type: ignore[arg-type]
+            continue
+        a, b = matmul.inputs  # type: ignore[union-attr]
+        weight, c = const_array(b), const_array(bias)
+        rank = rank_of(a)
+        if weight is None or c is None or weight.ndim != 2 or rank is None or rank < 3:
+            continue
+        if weight.dtype.kind != "f" or c.dtype != weight.dtype or (a.dtype is not None and a.dtype not in _GEMM_TYPES):  # type: ignore[union-attr]
+            continue
+        n = int(weight.shape[1])
+        if c.ndim > rank or any(d != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, n)):
+            continue
+        if c.ndim > 1 and sole_user(bias) is not add:  # type: ignore[arg-type]
+            continue  # would need a flattened copy of a bias others read
+        candidate = _Batched(add, matmul, bias, c, weight)  # type: ignore[arg-type]
+        if candidate.consumer is None and candidate.out_shape is None:
+            continue
+        return candidate
+    return None
+
+
+def _fuse_batched(scope: Scope, namer: Namer) -> int:
+    groups: dict[int, list[_Batched]] = {}
+    for node in list(scope):
+        candidate = _batched_candidate(node)
+        if candidate is not None:
+            groups.setdefault(id(candidate.matmul.inputs[0]), []).append(candidate)
+    count = 0
+    for group in groups.values():
+        a = group[0].matmul.inputs[0]
+        assert a is not None
+        inner = a.producer()
+        readers = {id(use.node) for use in a.uses()}
+        merges_pre = (is_op(inner, "Reshape") and not a.is_graph_output()
+                      and readers == {id(c.matmul) for c in group} and inner.inputs[0] is not None)  # type: ignore[union-attr]
+        cost = len(group) + (0 if merges_pre else 1) + sum(c.post_cost for c in group)
+        if cost >= 2 * len(group):
+            continue
+        source = inner.inputs[0] if merges_pre else a  # type: ignore[union-attr]
+        k = int(group[0].weight.shape[0])
+        target = add_constant(scope, np.array([-1, k], np.int64), namer.fresh(f"{a.name or 'matmul'}_2d_shape"),
+                              before=group[0].matmul)
+        flat = ir.Node("", "Reshape", [source, target], num_outputs=1)
+        flat.outputs[0].name = namer.fresh(f"{a.name or 'matmul'}_2d")
+        scope.insert_before(group[0].matmul, flat)
+        for candidate in group:
+            count += _convert_batched(scope, namer, candidate, flat.outputs[0])
+        if merges_pre:
+            remove_dead(scope, [inner])  # type: ignore[list-item]
+    return count
+
+
+def _convert_batched(scope: Scope, namer: Namer, cand: _Batched, flat: ir.Value) -> int:
+    if cand.c.ndim > 1:
+        set_constant(cand.bias, cand.c.reshape(-1))
+    gemm = new_node("Gemm", [flat, cand.matmul.inputs[1], cand.bias], name=cand.matmul.name or None)
+    gemm.outputs[0].name = namer.fresh(f"{cand.add.outputs[0].name or 'gemm'}_2d")
+    scope.insert_before(cand.add, gemm)
+    out = cand.add.outputs[0]
+    if cand.consumer is not None:
+        cand.consumer.replace_input_with(0, gemm.outputs[0])
+    else:
+        assert cand.out_shape is not None
+        shape = add_constant(scope, np.array(cand.out_shape, np.int64), namer.fresh(f"{out.name or 'gemm'}_shape"),
+                             before=cand.add)
+        back = ir.Node("", "Reshape", [gemm.outputs[0], shape], num_outputs=1)
+        scope.insert_before(cand.add, back)
+        back.outputs[0].shape, back.outputs[0].type = out.shape, out.type
+        if not can_replace(out, back.outputs[0], scope):  # returned by a graph and not renamable: keep the Add
+            raise AssertionError("unreachable: the Reshape is in this scope")
+        replace_value(out, back.outputs[0])
+    scope.remove(cand.add, safe=True)
+    remove_dead(scope, [cand.matmul])
+    return 1

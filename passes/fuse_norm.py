@@ -336,7 +336,7 @@ def _trailing_axis(axes: list[int], rank: int | None) -> int | None:
 
 def _layernorm_at(mean_node: ir.Node):  # type: ignore[no-untyped-def]
     x = mean_node.inputs[0]
-    if x is None or (x.dtype is not None and x.dtype not in _FLOATS):
+    if x is None or x.dtype not in _FLOATS:  # the scale and bias are made in x's dtype
         return None
     axes = _reduce_axes(mean_node)
     rank = len(x.shape) if x.shape is not None else None

@@ -392,3 +392,20 @@ def test_layernorm_not_on_a_leading_axis():
                   [init("eps", np.array(1e-5, np.float32))], opset=17)
     _, modified, _, _ = apply(fuse.FuseLayerNorm(), model)
     assert not modified
+
+
+def test_batched_matmul_add_becomes_gemm_when_reshapes_vanish():
+    # Three projections of one [2,3,8] activation, each viewed as heads: q/k/v in attention.
+    nodes = []
+    outputs = []
+    for i in range(3):
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+                  helper.make_node("Reshape", [f"a{i}", "heads"], [f"y{i}"])]
+        outputs.append(vi(f"y{i}", [2, 3, 2, 2]))
+    inits = [init("heads", np.array([2, 3, 2, 2], np.int64))]
+    inits += [init(f"w{i}", arr(8, 4)) for i in range(3)] + [init(f"b{i}", arr(4)) for i in range(3)]
+    model = build(nodes, [vi("x", [2, 3, 8])], outputs, inits)
+    fused, modified, before, after = apply(fuse.FuseMatMulAddGemm(), model)
+    assert modified and (before, after) == (9, 7)  # one shared Reshape in, three Gemms, three Reshapes
+    assert ops(fused).count("Gemm") == 3
