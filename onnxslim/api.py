@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ import onnx_ir as ir
 
 from onnxslim import io
 from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
-from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.errors import DataError
+from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.inspection import ModelSummary, inspect_model
+from onnxslim.passes.fold import FixInputShapes, resolved_input_shapes
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.validation import ValidationReport, run_model, validate
@@ -27,6 +30,11 @@ class OptimizeResult:
     result: PipelineResult
     verified_on: str  # "generated inputs", "DATA (N feeds)", or "not verified"
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """False when the result's outputs moved beyond tolerance from the original's."""
+        return self.result.passed
 
 
 def as_model(source: ModelSource) -> ir.Model:
@@ -62,19 +70,55 @@ def optimize(
     pipeline: Pipeline | None = None,
     verify: bool = True,
     data: str | os.PathLike[str] | None = None,
+    feeds: Sequence[Feed] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    feed_count: int = 4,
     atol: float = 1e-5,
     rtol: float = 1e-5,
 ) -> OptimizeResult:
-    """Run the lossless clean-up (or `pipeline`) with each pass guarded on ORT."""
+    """Run the lossless clean-up (or `pipeline`) with each pass guarded on ORT.
+
+    Validation feeds are `feeds` when given, else the first `feed_count` of `data`,
+    else generated. `input_shapes` ({"x": (1, 3, 224, 224)} or ["x:1,3,224,224"])
+    fixes dynamic input dimensions first (the fix-input-shapes pass) so shapes
+    propagate and fold; generated feeds then take those shapes, and given feeds
+    must have them. `result.passed` is False when the final model's outputs moved
+    beyond tolerance from the original's (the CLI then writes nothing, exit 1).
+    """
     model = as_model(source)
     pipeline = pipeline or default_optimize_pipeline()
+    shape_texts = _shape_texts(input_shapes)
+    generation_shapes = None
+    if shape_texts:
+        generation_shapes = resolved_input_shapes(model, parse_input_shapes(list(shape_texts)))
+        pipeline = Pipeline((FixInputShapes(shapes=shape_texts), *pipeline.passes))
     guard = None
     verified_on = "not verified"
     if verify:
-        feeds, verified_on = validation_feeds(model, data)
-        guard = Guard(feeds, atol=atol, rtol=rtol)
+        if feeds is not None:
+            feeds = list(feeds)
+            verified_on = f"given feeds ({len(feeds)})"
+        elif data is not None:
+            feeds, verified_on = validation_feeds(model, data, count=feed_count)
+        else:
+            feeds = generate_feeds(input_specs(model), feed_count, shapes=generation_shapes)
+            verified_on = f"generated inputs ({feed_count} feeds)"
+        for feed in feeds if generation_shapes else ():
+            for name, shape in generation_shapes.items():  # type: ignore[union-attr]
+                if name in feed and tuple(feed[name].shape) != tuple(shape):
+                    raise DataError(f"validation feed {name!r} has shape {list(feed[name].shape)}, "
+                                    f"but --input-shape fixes it to {list(shape)}")
+        guard = Guard(list(feeds), atol=atol, rtol=rtol)
     result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
     return OptimizeResult(result.model, pipeline, result, verified_on)
+
+
+def _shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple[str, ...]:
+    if not shapes:
+        return ()
+    if isinstance(shapes, Mapping):
+        return tuple(f"{name}:{','.join(str(int(d)) for d in dims)}" for name, dims in shapes.items())
+    return tuple(shapes)
 
 
 def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,

@@ -6,6 +6,11 @@ folder beside the target and renames into place, so a crash never leaves a
 half-written model; weights already on disk are copied file-to-file by the kernel
 (onnx_ir uses copy_file_range), so saving never holds them in memory either, and a
 model over protobuf's 2 GB cap goes to external data.
+
+What atomic means here: an exception or a killed process leaves either the previous
+output or the new one, never a mix (the data file is renamed first, then the model;
+if the second rename fails the previous data file is put back). Files are not
+fsynced, so a power cut right after a save may still lose it, as with onnx.save.
 """
 
 from __future__ import annotations

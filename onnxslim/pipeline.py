@@ -10,6 +10,7 @@ on ONNX Runtime against the model that went into it and rolled back on a mismatc
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from onnxslim.graphs import node_count, tensor_bytes
 from onnxslim.parity import OutputParity, compare_outputs
 from onnxslim.registry import make_pass, pass_name
 from onnxslim.runtime import Session, SessionConfig
+
+logger = logging.getLogger("onnxslim")
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,6 +117,13 @@ class PassRecord:
 class PipelineResult:
     model: ir.Model
     records: list[PassRecord] = field(default_factory=list)
+    # With a guard: the final model against the original, output by output.
+    parity: list[OutputParity] | None = None
+
+    @property
+    def passed(self) -> bool:
+        """False when the final check found an output beyond tolerance."""
+        return self.parity is None or all(p.passed for p in self.parity)
 
     @property
     def rolled_back(self) -> list[PassRecord]:
@@ -153,52 +163,144 @@ def run_pipeline(
 
     A pass that raises is rolled back and recorded when `rollback_failures` is set,
     and raised as PassFailed otherwise. With a `guard`, a lossless pass whose
-    outputs moved beyond tolerance is rolled back and recorded with its parity.
+    outputs moved beyond tolerance is rolled back, recorded with its parity and
+    logged as a warning naming the outputs that moved.
+
+    Consecutive lossless passes are checked together first: one ORT session for
+    the lot instead of one per pass (a session on a large model costs seconds).
+    Only when that check fails are they re-run one at a time, each checked against
+    the model that went into it, so the pass at fault is found and rolled back.
+    At the end, `result.parity` compares the final model with the original.
     """
     result = PipelineResult(model)
     reference = guard.outputs(model) if guard is not None else None
-    total = len(pipeline.passes)
-    for index, instance in enumerate(pipeline.passes):
+    original = reference
+    passes = list(pipeline.passes)
+    total = len(passes)
+    index = 0
+    while index < total:
+        if guard is not None and _is_lossless(passes[index]):
+            end = index
+            while end < total and _is_lossless(passes[end]):
+                end += 1
+            reference = _run_lossless_run(result, passes, index, end, guard, reference,
+                                          rollback_failures, on_pass)
+            index = end
+        else:
+            reference = _run_checked(result, passes[index], index, total, guard, reference,
+                                     rollback_failures, on_pass)
+            index += 1
+    if guard is not None and original is not None and reference is not None:
+        result.parity = compare_outputs(original, reference, atol=guard.atol, rtol=guard.rtol)
+    return result
+
+
+def _is_lossless(instance: ir.passes.PassBase) -> bool:
+    return bool(getattr(instance, "lossless", False))
+
+
+def _run_lossless_run(result: PipelineResult, passes: list[ir.passes.PassBase], begin: int, end: int,
+                      guard: Guard, reference: list[dict[str, Any]] | None,
+                      rollback_failures: bool, on_pass: ProgressCallback | None
+                      ) -> list[dict[str, Any]] | None:
+    """passes[begin:end] unchecked, one check at the end; one check per pass if that fails."""
+    trial, records = _try_in_place(result.model, passes[begin:end], begin, len(passes), on_pass)
+    if trial is not None:
+        modified = [r for r in records if r.status == "changed"]
+        if not modified or reference is None:
+            result.model = trial
+            result.records.extend(records)
+            return reference
+        try:
+            parity, outputs = guard.check(reference, trial)
+        except OnnxSlimError:
+            parity, outputs = None, None
+        if parity is not None and all(p.passed for p in parity):
+            for record in modified:
+                record.parity = parity
+            result.model = trial
+            result.records.extend(records)
+            return outputs
+        logger.info("lossless passes %s changed outputs together; checking them one by one",
+                    ", ".join(r.name for r in modified))
+    for index in range(begin, end):
+        reference = _run_checked(result, passes[index], index, len(passes), guard, reference,
+                                 rollback_failures, on_pass)
+    return reference
+
+
+def _try_in_place(model: ir.Model, passes: list[ir.passes.PassBase], offset: int, total: int,
+                  on_pass: ProgressCallback | None) -> tuple[ir.Model | None, list[PassRecord]]:
+    """Run `passes` one after the other on one clone; (None, []) if any of them raises."""
+    candidate = model.clone()
+    records = []
+    bytes_now, nodes_now = tensor_bytes(candidate), node_count(candidate)
+    for index, instance in enumerate(passes, offset):
         name = pass_name(instance)
         if on_pass is not None:
             on_pass(name, index, total)
-        current = result.model
-        bytes_before, nodes_before = tensor_bytes(current), node_count(current)
-        candidate = current.clone()
         start = time.perf_counter()
         try:
             modified = instance(candidate).modified
-        except OnnxSlimError:
-            raise
-        except Exception as exc:
-            seconds = time.perf_counter() - start
-            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            if not rollback_failures:
-                raise PassFailed(f"pass {name!r} failed: {reason}") from exc
-            result.records.append(PassRecord(name, "failed", seconds, bytes_before, bytes_before,
-                                             nodes_before, nodes_before, reason))
-            continue
+        except Exception:  # the one-by-one run reports (or raises) it properly
+            return None, []
         seconds = time.perf_counter() - start
-        record = PassRecord(name, "changed" if modified else "unchanged", seconds, bytes_before,
-                            tensor_bytes(candidate), nodes_before, node_count(candidate))
-        if guard is not None and reference is not None and modified:
-            try:
-                parity, outputs = guard.check(reference, candidate)
-            except OnnxSlimError as exc:
-                parity, outputs = None, None
-                record.status, record.reason = "rolled back", f"result does not run on ONNX Runtime: {exc}"
-            else:
-                record.parity = parity
-                lossless = bool(getattr(instance, "lossless", False))
-                failed = [p.name for p in parity if not p.passed]
-                if lossless and failed:
-                    record.status = "rolled back"
-                    record.reason = f"outputs changed beyond tolerance: {', '.join(failed)}"
-            if record.status == "rolled back":
-                record.bytes_after, record.nodes_after = bytes_before, nodes_before
-            else:
-                reference = outputs
-        if record.status != "rolled back":
-            result.model = candidate
-        result.records.append(record)
-    return result
+        bytes_before, nodes_before = bytes_now, nodes_now
+        if modified:
+            bytes_now, nodes_now = tensor_bytes(candidate), node_count(candidate)
+        records.append(PassRecord(name, "changed" if modified else "unchanged", seconds,
+                                  bytes_before, bytes_now, nodes_before, nodes_now))
+    return candidate, records
+
+
+def _run_checked(result: PipelineResult, instance: ir.passes.PassBase, index: int, total: int,
+                 guard: Guard | None, reference: list[dict[str, Any]] | None,
+                 rollback_failures: bool, on_pass: ProgressCallback | None
+                 ) -> list[dict[str, Any]] | None:
+    """Run one pass on a clone of result.model; with a guard, check it against `reference`."""
+    name = pass_name(instance)
+    if on_pass is not None:
+        on_pass(name, index, total)
+    current = result.model
+    bytes_before, nodes_before = tensor_bytes(current), node_count(current)
+    candidate = current.clone()
+    start = time.perf_counter()
+    try:
+        modified = instance(candidate).modified
+    except OnnxSlimError:
+        raise
+    except Exception as exc:
+        seconds = time.perf_counter() - start
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        if not rollback_failures:
+            raise PassFailed(f"pass {name!r} failed: {reason}") from exc
+        logger.warning("pass %s failed and was skipped: %s", name, reason)
+        result.records.append(PassRecord(name, "failed", seconds, bytes_before, bytes_before,
+                                         nodes_before, nodes_before, reason))
+        return reference
+    seconds = time.perf_counter() - start
+    record = PassRecord(name, "changed" if modified else "unchanged", seconds, bytes_before,
+                        tensor_bytes(candidate), nodes_before, node_count(candidate))
+    if guard is not None and reference is not None and modified:
+        try:
+            parity, outputs = guard.check(reference, candidate)
+        except OnnxSlimError as exc:
+            parity, outputs = None, None
+            record.status, record.reason = "rolled back", f"result does not run on ONNX Runtime: {exc}"
+        else:
+            record.parity = parity
+            failed = [p for p in parity if not p.passed]
+            if _is_lossless(instance) and failed:
+                record.status = "rolled back"
+                record.reason = "outputs changed beyond tolerance: " + ", ".join(
+                    f"{p.name} (max abs {p.max_abs:.3g}, {p.mismatched}/{p.elements} elements)"
+                    for p in failed)
+        if record.status == "rolled back":
+            record.bytes_after, record.nodes_after = bytes_before, nodes_before
+            logger.warning("pass %s rolled back: %s", name, record.reason)
+        else:
+            reference = outputs
+    if record.status != "rolled back":
+        result.model = candidate
+    result.records.append(record)
+    return reference

@@ -15,7 +15,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
-from onnxslim.passes import cleanup
+from onnxslim.passes import cleanup, eliminate, fold
 from onnxslim.passes import fuse
 from onnxslim.passes import prune
 from onnxslim.passes.quantize import equalize as quantize_equalize
@@ -24,8 +24,12 @@ from onnxslim.passes.quantize import smoothquant as quantize_smoothquant
 PassClass = type[ir.passes.PassBase]
 
 BUILTIN_PASSES: dict[str, PassClass] = {
-    "remove-dead-code": cleanup.RemoveDeadCode,
-    "eliminate-identity": cleanup.EliminateIdentity,
+    "fix-input-shapes": fold.FixInputShapes,
+    "fold-constants": fold.FoldConstants,
+    "remove-initializer-inputs": eliminate.RemoveInitializerInputs,
+    "eliminate-identity": eliminate.EliminateIdentity,
+    "eliminate-no-ops": eliminate.EliminateNoOps,
+    "remove-unused": eliminate.RemoveUnused,
     "deduplicate-initializers": cleanup.DeduplicateInitializers,
     "eliminate-common-subexpressions": cleanup.EliminateCommonSubexpressions,
     "fuse-conv-bn": fuse.FuseConvBatchNorm,
@@ -44,9 +48,14 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "smooth-quant": quantize_smoothquant.SmoothQuant,
 }
 
-# The lossless clean-up that `onnxslim optimize` runs by default, in order.
+# The lossless clean-up that `onnxslim optimize` runs by default, in order. Folding
+# first gives every value a type and shape (the no-op rules read them); fusions go
+# after the no-ops are gone, and merging duplicates last catches what they exposed.
+# `--input-shape` puts fix-input-shapes in front.
 DEFAULT_OPTIMIZE = (
-    "eliminate-identity",
+    "remove-initializer-inputs",
+    "fold-constants",
+    "eliminate-no-ops",
     "fuse-conv-bn",
     "fuse-conv-affine",
     "fuse-pad",
@@ -56,7 +65,7 @@ DEFAULT_OPTIMIZE = (
     "fuse-layout-chains",
     "deduplicate-initializers",
     "eliminate-common-subexpressions",
-    "remove-dead-code",
+    "remove-unused",
 )
 
 

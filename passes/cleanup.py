@@ -1,54 +1,42 @@
-"""Lossless clean-up: passes that leave outputs bit-identical.
+"""Merging duplicates: identical initializers and nodes that compute the same thing.
 
-The first clean-up composes what onnx_ir ships (dead code, identity elimination,
-initializer deduplication, common subexpressions) so `onnxslim optimize` does real
-work on any model; the richer folding and fusion passes sit beside it.
+Both passes cover the main graph, If / Loop / Scan bodies and local functions
+(onnx_ir's own CSE looks at the main graph only).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import ClassVar
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
+from onnxslim.passes.fold import quiet_onnxscript
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RemoveDeadCode(ir.passes.InPlacePass):
-    """Remove nodes, initializers and functions that no output depends on."""
-
-    lossless: ClassVar[bool] = True
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = False
-        for inner in (common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
-                      common.RemoveUnusedOpsetsPass()):
-            modified |= inner(model).modified
-        return ir.passes.PassResult(model, modified)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class EliminateIdentity(ir.passes.InPlacePass):
-    """Bypass Identity nodes, keeping graph output names intact."""
-
-    lossless: ClassVar[bool] = True
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.IdentityEliminationPass()(model)
+# Never merged: two draws of a random op are different values.
+_NON_DETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike",
+                                "RandomNormalLike", "Multinomial", "Bernoulli", "Dropout"})
+# Inputs may be reordered before comparing (IEEE addition and multiplication commute).
+_COMMUTATIVE = frozenset({"Add", "Mul", "Sum", "Max", "Min", "Mean", "And", "Or", "Xor", "Equal",
+                          "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
+# Tensor attributes (Constant values) larger than this are compared by digest.
+_INLINE_TENSOR_BYTES = 4096
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DeduplicateInitializers(ir.passes.InPlacePass):
-    """Merge initializers with identical dtype, shape and contents."""
+    """Merge initializers with identical dtype, shape and contents (each graph on its own)."""
 
     lossless: ClassVar[bool] = True
-    size_limit: int = option(1 << 30, "Skip tensors larger than this many bytes (hashing cost).")
+    size_limit: int = option(1 << 30, "Skip tensors with more elements than this (hashing cost).")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.DeduplicateHashedInitializersPass(size_limit=self.size_limit)(model)
+        with quiet_onnxscript():
+            return common.DeduplicateHashedInitializersPass(size_limit=self.size_limit)(model)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,4 +46,80 @@ class EliminateCommonSubexpressions(ir.passes.InPlacePass):
     lossless: ClassVar[bool] = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.CommonSubexpressionEliminationPass()(model)
+        modified = False
+        for graph in list(iter_graphs(model)):
+            modified |= _eliminate_in(graph)
+        return ir.passes.PassResult(model, modified)
+
+
+def _eliminate_in(graph: ir.Graph | ir.Function) -> bool:
+    seen: dict[tuple, ir.Node] = {}
+    modified = False
+    for node in list(graph):
+        key = _node_key(node)
+        if key is None:
+            continue
+        existing = seen.get(key)
+        if existing is None:
+            seen[key] = node
+            continue
+        _merge(graph, node, existing)
+        modified = True
+    return modified
+
+
+def _node_key(node: ir.Node) -> tuple | None:
+    """What makes two nodes interchangeable, or None when a node must stay unique."""
+    if node.op_type in _NON_DETERMINISTIC and node.domain in ("", "ai.onnx"):
+        return None
+    attributes = []
+    for name, attr in sorted(node.attributes.items()):
+        if attr.is_ref():
+            attributes.append((name, "ref", attr.ref_attr_name))
+            continue
+        if attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            return None  # bodies are not compared
+        value = attr.value
+        if attr.type in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
+            value = tuple(value)
+        elif attr.type == ir.AttributeType.TENSOR:
+            value = _tensor_key(value)
+        elif attr.type == ir.AttributeType.TENSORS:
+            value = tuple(_tensor_key(t) for t in value)
+        elif attr.type in (ir.AttributeType.TYPE_PROTO, ir.AttributeType.TYPE_PROTOS,
+                           ir.AttributeType.SPARSE_TENSOR, ir.AttributeType.SPARSE_TENSORS):
+            return None
+        attributes.append((name, attr.type, value))
+    inputs = tuple(id(v) for v in node.inputs)
+    if node.op_type in _COMMUTATIVE and node.domain in ("", "ai.onnx"):
+        inputs = tuple(sorted(inputs))
+    return (node.domain, node.op_type, node.overload, node.version, len(node.outputs), inputs,
+            tuple(attributes))
+
+
+def _tensor_key(tensor: ir.TensorProtocol) -> tuple:
+    data = tensor.tobytes()
+    digest = data if len(data) <= _INLINE_TENSOR_BYTES else hashlib.sha256(data).digest()
+    return (tensor.dtype, tuple(tensor.shape.dims), len(data), digest)
+
+
+def _merge(graph: ir.Graph | ir.Function, node: ir.Node, existing: ir.Node) -> None:
+    """Point `node`'s users at `existing`'s outputs, keeping graph output names."""
+    for old, new in zip(node.outputs, existing.outputs):
+        if not old.is_graph_output():
+            continue
+        for index, output in enumerate(graph.outputs):
+            if output is not old:
+                continue
+            if new.is_graph_output() or new.is_graph_input():
+                # The surviving value already carries another output's name: copy it.
+                identity = ir.Node("", "Identity", [new])
+                identity.outputs[0].name = old.name
+                identity.outputs[0].type, identity.outputs[0].shape = old.type, old.shape
+                graph.insert_before(node, identity)
+                graph.outputs[index] = identity.outputs[0]
+            else:
+                graph.outputs[index] = new
+                new.name = old.name
+    ir.convenience.replace_all_uses_with(list(node.outputs), list(existing.outputs))
+    graph.remove(node, safe=True)

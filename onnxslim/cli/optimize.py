@@ -9,6 +9,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.errors import GateFailed
 from onnxslim.pipeline import Pipeline
 
 
@@ -18,10 +19,12 @@ def optimize_command(
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the optimized model."),
     recipe: Path | None = typer.Option(None, "--recipe", help="TOML recipe of [[pass]] tables to run instead of the default clean-up."),
     passes: str | None = typer.Option(None, "--passes", help="Comma-separated pass names to run instead of the default."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each pass on ONNX Runtime and roll back those that change outputs."),
+    input_shape: list[str] | None = typer.Option(None, "--input-shape", help="Fix an input's dynamic dimensions, NAME:1,3,224,224 (repeatable); shapes then propagate and fold."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the passes on ONNX Runtime, roll back any that changes outputs, and check the result against the input model."),
     data: Path | None = typer.Option(None, "--data", help="Validation feeds (.npz or folder); generated inputs otherwise."),
-    atol: float = typer.Option(1e-5, help="Absolute tolerance of the per-pass check."),
-    rtol: float = typer.Option(1e-5, help="Relative tolerance of the per-pass check."),
+    atol: float = typer.Option(1e-5, help="Absolute tolerance of the checks."),
+    rtol: float = typer.Option(1e-5, help="Relative tolerance of the checks."),
+    force: bool = typer.Option(False, "--force", help="Write the result even when the final check fails (the exit code is still 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow the output to replace the input file."),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the pipeline as a TOML recipe and exit."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -39,20 +42,42 @@ def optimize_command(
         return
     if io.same_file(model, output) and not overwrite:
         raise typer.BadParameter("output is the input model; pass --overwrite to replace it", param_hint="-o")
-    result = api.optimize(model, pipeline=pipeline, verify=verify, data=data, atol=atol, rtol=rtol)
-    api.save(result.model, output, source=model, overwrite=overwrite)
+    result = api.optimize(model, pipeline=pipeline, verify=verify, data=data, atol=atol, rtol=rtol,
+                          input_shapes=input_shape or None)
+    final = result.result.parity
+    failed = [p for p in final or [] if not p.passed]
+    if not failed or force:
+        api.save(result.model, output, source=model, overwrite=overwrite)
     records = result.result.records
     if json_output:
-        print_json({"input": str(model), "output": str(output), "verified_on": result.verified_on,
+        print_json({"input": str(model), "output": str(output) if not failed or force else None,
+                    "verified_on": result.verified_on, "passed": not failed,
+                    "rolled_back": [r.name for r in result.result.rolled_back],
+                    "parity": [p.to_dict() for p in final] if final is not None else None,
                     "passes": [r.to_dict() for r in records]})
-        return
+    else:
+        _print_table(model, result)
+    for r in result.result.rolled_back:
+        err.print(f"[yellow]rolled back[/] {r.name}: {r.reason}", markup=True, highlight=False)
+    if failed:
+        moved = ", ".join(f"{p.name} (max abs {p.max_abs:.3g})" for p in failed)
+        where = f"written anyway to {output} (--force)" if force else "nothing written"
+        raise GateFailed(f"the optimized model's outputs differ from the input model's beyond "
+                         f"tolerance: {moved}; {where}")
+    if not json_output:
+        out.print(f"wrote {output}")
+
+
+def _print_table(model: Path, result: api.OptimizeResult) -> None:
     table = Table(title=f"optimize {model.name} (checked on {result.verified_on})")
     for column in ("pass", "status", "nodes", "bytes", "seconds", "note"):
         table.add_column(column)
-    for r in records:
+    for r in result.result.records:
         table.add_row(r.name, r.status, f"{r.nodes_before} -> {r.nodes_after}",
                       f"{r.bytes_before} -> {r.bytes_after}", f"{r.seconds:.3f}", r.reason)
     out.print(table)
-    for r in result.result.rolled_back:
-        err.print(f"[yellow]rolled back[/] {r.name}: {r.reason}")
-    out.print(f"wrote {output}")
+    final = result.result.parity
+    if final is not None:
+        worst = max((p.max_rel for p in final), default=0.0)
+        verdict = "[green]match[/]" if result.passed else "[red]DIFFER[/]"
+        out.print(f"outputs vs input model: {verdict} (largest relative error {worst:.3g})")

@@ -1,0 +1,599 @@
+"""Elimination: nodes that do nothing, chains that collapse, and everything unused.
+
+Each pass covers the main graph, every If / Loop / Scan body (nested) and local
+functions. The no-op rules are numbered; the code refers back to them.
+
+No-op rules (`eliminate-no-ops`): the node's first output equals its first input,
+so its users read the input instead (through Identity elimination, which keeps
+graph output names).
+
+ 1. Dropout at inference: opset 7-11 always; opset 12+ without `training_mode`,
+    with `training_mode` constant False, or with ratio constant 0. Its mask output
+    must be unused.
+ 2. Cast / CastLike to the type the input already has.
+ 3. Reshape to the same shape: same rank, and each target entry is the input's own
+    dimension (a number equal to it, 0 without allowzero) with at most one -1 left.
+ 4. Flatten to the same shape (rank-2 input flattened at axis 1, or static shapes).
+ 5. Transpose with the identity permutation.
+ 6. Pad by zero on every side.
+ 7. Slice of the full range on every sliced axis: step 1, start 0, end at least the
+    dimension (or at least 2**31-1 when the dimension is symbolic).
+ 8. Expand to a shape that broadcasts to the input's own shape (every target
+    dimension 1 or equal to the input's).
+ 9. Concat, Sum, Max, Min, Mean of a single input; Split into a single output.
+10. Tile with all repeats 1.
+11. Add / Sub of exact zeros, Mul / Div / Pow by exact ones, when the constant does
+    not broadcast the input to a bigger shape.
+12. Cast(Cast(x, A), B) reads x directly when x -> A is exact (a widening: every
+    value of x's type is a value of A), e.g. float16 -> float32 -> int32; when B is
+    x's own type the pair then disappears under rule 2.
+
+onnxscript's rewrite rules add the chain collapses: Reshape(Reshape(x)),
+Transpose(Transpose(x)) (identity or one Transpose), Unsqueeze(Unsqueeze(x)),
+Reshape(Squeeze(x), [-1]) of 1-D x, and Cast(Cast(x, float32), float16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnxscript.rewriter import RewriteRuleSet
+from onnxscript.rewriter.rules import common as rules
+
+from onnxslim.graphs import iter_graphs
+from onnxslim.passes.fold import quiet_onnxscript
+
+_INT32_MAX = 2**31 - 1
+_MAX_SWEEPS = 4
+
+GraphLike = ir.Graph | ir.Function
+
+
+def _chain_rules() -> RewriteRuleSet:
+    return RewriteRuleSet([rules.reshape_reshape_rule, rules.transpose_transpose_rule,
+                           rules.unsqueeze_unsqueeze_rule, rules.squeeze_reshape_1d_rule,
+                           rules.cast_cast_rule])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EliminateNoOps(ir.passes.InPlacePass):
+    """Remove nodes that do nothing (Identity, Dropout, same-type Cast, ...) and collapse chains."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        opset = model.opset_imports.get("", 1)
+        with quiet_onnxscript():
+            for _ in range(_MAX_SWEEPS):
+                changed = False
+                for graph in list(iter_graphs(model)):
+                    _propagate_constants(graph)
+                    for node in list(graph):
+                        changed |= _apply_rules(graph, node, opset)
+                changed |= bool(_chain_rules().apply_to_model(model))
+                changed |= common.IdentityEliminationPass()(model).modified
+                if not changed:
+                    break
+                modified = True
+                common.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EliminateIdentity(ir.passes.InPlacePass):
+    """Bypass Identity nodes, keeping graph output names intact."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return common.IdentityEliminationPass()(model)
+
+
+def _apply_rules(graph: GraphLike, node: ir.Node, opset: int) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.graph is None:
+        return False
+    if node.op_type == "Cast" and _skip_exact_widening(node):  # rule 12
+        return True
+    rule = _NO_OPS.get(node.op_type)
+    if rule is None or not node.inputs or node.inputs[0] is None:
+        return False
+    if any(out.uses() or out.is_graph_output() for out in node.outputs[1:]):
+        return False
+    version = node.version or opset
+    try:
+        if not rule(node, version):
+            return False
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return False
+    _replace_with_identity(graph, node)
+    return True
+
+
+def _replace_with_identity(graph: GraphLike, node: ir.Node) -> None:
+    """Turn `node` into Identity(input 0); Identity elimination then bypasses it."""
+    identity = ir.Node("", "Identity", [node.inputs[0]], name=node.name)
+    ir.convenience.replace_nodes_and_values(graph, node, [node], [identity],
+                                            [node.outputs[0]], [identity.outputs[0]])
+
+
+# ---------------------------------------------------------------- helpers
+
+def _const(node: ir.Node, index: int) -> np.ndarray | None:
+    if index >= len(node.inputs) or node.inputs[index] is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(node.inputs[index])  # type: ignore[arg-type]
+    if tensor is None:
+        return None
+    return tensor.numpy()
+
+
+def _dims(value: ir.Value | None) -> tuple[int | ir.SymbolicDim, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    return tuple(value.shape.dims)
+
+
+def _same_dim(a: int | ir.SymbolicDim, b: int | ir.SymbolicDim) -> bool:
+    """Dimensions known to be equal: equal numbers, or the same named symbol."""
+    if isinstance(a, int) or isinstance(b, int):
+        return isinstance(a, int) and isinstance(b, int) and a == b
+    return a.value is not None and a.value == b.value
+
+
+def _propagate_constants(graph: GraphLike) -> None:
+    """Give Constant node outputs their const_value (onnxscript's rules read it)."""
+    from onnxscript.optimizer import basic_constant_propagation
+
+    basic_constant_propagation(graph)
+
+
+# ---------------------------------------------------------------- rules 1-11
+
+def _dropout(node: ir.Node, version: int) -> bool:  # rule 1
+    if version < 7:
+        return node.attributes.get_int("is_test", 0) == 1
+    if version < 12:
+        return True
+    training = _const(node, 2)
+    if len(node.inputs) < 3 or node.inputs[2] is None or (training is not None and not training.any()):
+        return True
+    ratio = _const(node, 1)
+    return ratio is not None and ratio.size == 1 and float(ratio.reshape(-1)[0]) == 0.0
+
+
+def _cast(node: ir.Node, version: int) -> bool:  # rule 2
+    source = node.inputs[0].dtype  # type: ignore[union-attr]
+    target = node.attributes.get_int("to")
+    return source is not None and target is not None and int(source) == target
+
+
+def _cast_like(node: ir.Node, version: int) -> bool:  # rule 2
+    source, target = node.inputs[0].dtype, node.inputs[1].dtype  # type: ignore[union-attr]
+    return source is not None and source == target
+
+
+def _reshape(node: ir.Node, version: int) -> bool:  # rule 3
+    dims, target = _dims(node.inputs[0]), _const(node, 1)
+    if dims is None or target is None or target.ndim != 1 or len(dims) != target.size:
+        return False
+    allowzero = node.attributes.get_int("allowzero", 0) == 1
+    free = 0
+    for dim, entry in zip(dims, target.tolist()):
+        if entry == -1:
+            free += 1
+        elif entry == 0 and not allowzero:
+            continue
+        elif not (isinstance(dim, int) and dim == entry):
+            return False
+    return free <= 1
+
+
+def _flatten(node: ir.Node, version: int) -> bool:  # rule 4
+    dims = _dims(node.inputs[0])
+    if dims is None:
+        return False
+    axis = node.attributes.get_int("axis", 1)
+    axis = axis + len(dims) if axis < 0 else axis
+    if len(dims) == 2 and axis == 1:
+        return True
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    outer = int(np.prod(dims[:axis], dtype=np.int64))
+    inner = int(np.prod(dims[axis:], dtype=np.int64))
+    return tuple(dims) == (outer, inner)
+
+
+def _transpose(node: ir.Node, version: int) -> bool:  # rule 5
+    perm = node.attributes.get_ints("perm")
+    if perm is None:
+        dims = _dims(node.inputs[0])
+        return dims is not None and len(dims) <= 1
+    return list(perm) == list(range(len(perm)))
+
+
+def _pad(node: ir.Node, version: int) -> bool:  # rule 6
+    pads = node.attributes.get_ints("pads") if version < 11 else _const(node, 1)
+    return pads is not None and not np.any(np.asarray(pads))
+
+
+def _slice(node: ir.Node, version: int) -> bool:  # rule 7
+    dims = _dims(node.inputs[0])
+    if dims is None:
+        return False
+    if version < 10:
+        starts = node.attributes.get_ints("starts")
+        ends = node.attributes.get_ints("ends")
+        axes = node.attributes.get_ints("axes")
+        steps = None
+    else:
+        starts, ends, axes, steps = _const(node, 1), _const(node, 2), None, None
+        if len(node.inputs) > 3 and node.inputs[3] is not None:
+            axes = _const(node, 3)
+            if axes is None:
+                return False
+        if len(node.inputs) > 4 and node.inputs[4] is not None:
+            steps = _const(node, 4)
+            if steps is None:
+                return False
+    if starts is None or ends is None:
+        return False
+    starts_l, ends_l = np.asarray(starts).reshape(-1).tolist(), np.asarray(ends).reshape(-1).tolist()
+    axes_l = list(range(len(starts_l))) if axes is None else np.asarray(axes).reshape(-1).tolist()
+    steps_l = [1] * len(starts_l) if steps is None else np.asarray(steps).reshape(-1).tolist()
+    if not len(starts_l) == len(ends_l) == len(axes_l) == len(steps_l):
+        return False
+    for start, end, axis, step in zip(starts_l, ends_l, axes_l, steps_l):
+        if step != 1:
+            return False
+        dim = dims[axis]
+        if isinstance(dim, int):
+            if not (start == 0 or start <= -dim) or end < dim:
+                return False
+        elif start != 0 or end < _INT32_MAX:
+            return False
+    return True
+
+
+def _expand(node: ir.Node, version: int) -> bool:  # rule 8
+    dims, target = _dims(node.inputs[0]), _const(node, 1)
+    if dims is None or target is None or target.ndim != 1 or target.size > len(dims):
+        return False
+    aligned = dims[len(dims) - target.size:]
+    return all(t == 1 or (isinstance(d, int) and d == t) for d, t in zip(aligned, target.tolist()))
+
+
+def _single_input(node: ir.Node, version: int) -> bool:  # rule 9
+    return len([v for v in node.inputs]) == 1
+
+
+def _split(node: ir.Node, version: int) -> bool:  # rule 9
+    return len(node.outputs) == 1
+
+
+def _tile(node: ir.Node, version: int) -> bool:  # rule 10
+    repeats = _const(node, 1)
+    return repeats is not None and bool(np.all(repeats == 1))
+
+
+def _neutral(value: float, commutative: bool) -> Callable[[ir.Node, int], bool]:  # rule 11
+    def rule(node: ir.Node, version: int) -> bool:
+        if len(node.inputs) != 2:
+            return False
+        candidates = [(0, 1), (1, 0)] if commutative else [(0, 1)]
+        for keep, other in candidates:
+            constant = _const(node, other)
+            data = node.inputs[keep]
+            if constant is None or data is None or constant.size == 0:
+                continue
+            if constant.dtype.kind not in "fiub" or not np.all(constant == value):
+                continue
+            if data.dtype is not None and node.inputs[other].dtype not in (None, data.dtype):  # type: ignore[union-attr]
+                continue
+            if _broadcast_keeps_shape(_dims(data), constant.shape):
+                if keep == 1:  # forward input 1: move it to position 0 first
+                    _swap_inputs(node)
+                return True
+        return False
+    return rule
+
+
+def _broadcast_keeps_shape(dims: tuple[int | ir.SymbolicDim, ...] | None, shape: tuple[int, ...]) -> bool:
+    if dims is None or len(shape) > len(dims):
+        return False
+    aligned = dims[len(dims) - len(shape):]
+    return all(s == 1 or (isinstance(d, int) and d == s) for d, s in zip(aligned, shape))
+
+
+def _swap_inputs(node: ir.Node) -> None:
+    a, b = node.inputs[0], node.inputs[1]
+    node.replace_input_with(0, b)
+    node.replace_input_with(1, a)
+
+
+_NO_OPS: dict[str, Callable[[ir.Node, int], bool]] = {
+    "Dropout": _dropout,
+    "Cast": _cast,
+    "CastLike": _cast_like,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "Transpose": _transpose,
+    "Pad": _pad,
+    "Slice": _slice,
+    "Expand": _expand,
+    "Concat": _single_input,
+    "Sum": _single_input,
+    "Max": _single_input,
+    "Min": _single_input,
+    "Mean": _single_input,
+    "Split": _split,
+    "Tile": _tile,
+    "Add": _neutral(0, commutative=True),
+    "Sub": _neutral(0, commutative=False),
+    "Mul": _neutral(1, commutative=True),
+    "Div": _neutral(1, commutative=False),
+    "Pow": _neutral(1, commutative=False),
+}
+
+
+# ---------------------------------------------------------------- rule 12
+
+_D = ir.DataType
+_EXACT_WIDENING: dict[ir.DataType, frozenset[ir.DataType]] = {
+    _D.BOOL: frozenset({_D.INT8, _D.UINT8, _D.INT16, _D.UINT16, _D.INT32, _D.UINT32, _D.INT64,
+                        _D.UINT64, _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}),
+    _D.UINT8: frozenset({_D.INT16, _D.UINT16, _D.INT32, _D.UINT32, _D.INT64, _D.UINT64,
+                         _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}),
+    _D.INT8: frozenset({_D.INT16, _D.INT32, _D.INT64, _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}),
+    _D.UINT16: frozenset({_D.INT32, _D.UINT32, _D.INT64, _D.UINT64, _D.FLOAT, _D.DOUBLE}),
+    _D.INT16: frozenset({_D.INT32, _D.INT64, _D.FLOAT, _D.DOUBLE}),
+    _D.UINT32: frozenset({_D.INT64, _D.UINT64, _D.DOUBLE}),
+    _D.INT32: frozenset({_D.INT64, _D.DOUBLE}),
+    _D.FLOAT16: frozenset({_D.FLOAT, _D.DOUBLE}),
+    _D.BFLOAT16: frozenset({_D.FLOAT, _D.DOUBLE}),
+    _D.FLOAT: frozenset({_D.DOUBLE}),
+}
+
+
+def _skip_exact_widening(node: ir.Node) -> bool:
+    """Rule 12: make Cast(Cast(x, A), B) read x when x -> A loses nothing."""
+    inner_out = node.inputs[0] if node.inputs else None
+    inner = inner_out.producer() if inner_out is not None else None
+    if inner is None or inner.op_type != "Cast" or inner.domain != "" or inner.graph is not node.graph:
+        return False
+    source = inner.inputs[0]
+    middle = inner.attributes.get_int("to")
+    if source is None or source.dtype is None or middle is None:
+        return False
+    if ir.DataType(middle) not in _EXACT_WIDENING.get(source.dtype, frozenset()):
+        return False
+    node.replace_input_with(0, source)
+    return True
+
+
+# ---------------------------------------------------------------- unused
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RemoveUnused(ir.passes.InPlacePass):
+    """Remove dead nodes, unused initializers, functions, opsets and subgraph inputs/outputs.
+
+    Besides what onnx_ir's dead-code pass does (nodes no output depends on, main
+    graph initializers, unused optional outputs), this removes unused initializers
+    of subgraphs and the control-flow values nothing reads:
+      - an If output nobody uses, with both branches' matching output;
+      - a Loop / Scan output nobody uses: a scan output goes with its body output;
+        a loop-carried (state) value also goes with its initial value and its body
+        input, when the body needs that input for nothing else;
+      - a Scan input the body never reads (one scan input is always kept).
+    """
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        for _ in range(_MAX_SWEEPS):
+            changed = common.RemoveUnusedNodesPass()(model).modified
+            changed |= _remove_unused_subgraph_initializers(model)
+            changed |= _remove_unused_control_flow_values(model)
+            if not changed:
+                break
+            modified = True
+        modified |= common.RemoveUnusedFunctionsPass()(model).modified
+        modified |= common.RemoveUnusedOpsetsPass()(model).modified
+        return ir.passes.PassResult(model, modified)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RemoveInitializerInputs(ir.passes.InPlacePass):
+    """Stop listing weights as graph inputs (IR >= 4), so they can be folded as constants.
+
+    Legacy exporters list every initializer as a graph input too. ONNX Runtime then
+    treats each weight as an input the caller may override and folds none of them
+    (it warns and points to its own remove_initializer_from_input tool). Dropping
+    them from the input list keeps every data input and output as it was; what is
+    lost is overriding a weight at run time, which deployed models do not do.
+    Models below IR 4 require the listing and are left alone.
+    """
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if model.ir_version < 4:
+            return ir.passes.PassResult(model, False)
+        graph = model.graph
+        kept = [v for v in graph.inputs if v.name not in graph.initializers]
+        if len(kept) == len(graph.inputs):
+            return ir.passes.PassResult(model, False)
+        graph.inputs.clear()
+        graph.inputs.extend(kept)
+        return ir.passes.PassResult(model, True)
+
+
+def _remove_unused_subgraph_initializers(model: ir.Model) -> bool:
+    changed = False
+    for graph in iter_graphs(model):
+        if graph is model.graph or not isinstance(graph, ir.Graph):
+            continue
+        for name, value in list(graph.initializers.items()):
+            if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+                del graph.initializers[name]
+                changed = True
+    return changed
+
+
+def _remove_unused_control_flow_values(model: ir.Model) -> bool:
+    changed = False
+    for graph in list(iter_graphs(model)):
+        for node in list(graph):
+            if node.domain != "" or node.graph is None:
+                continue
+            if node.op_type == "If":
+                changed |= _trim_if(graph, node)
+            elif node.op_type == "Loop":
+                changed |= _trim_loop(graph, node)
+            elif node.op_type == "Scan" and (node.version or model.opset_imports.get("", 1)) >= 9:
+                changed |= _trim_scan(graph, node)
+    return changed
+
+
+def _unused(value: ir.Value) -> bool:
+    return not value.uses() and not value.is_graph_output()
+
+
+def _body(node: ir.Node, name: str) -> ir.Graph | None:
+    attr = node.attributes.get(name)
+    if attr is None or attr.is_ref() or attr.type != ir.AttributeType.GRAPH:
+        return None
+    return attr.as_graph()
+
+
+def _live_values(body: ir.Graph, outputs: list[ir.Value]) -> set[ir.Value]:
+    """Values the given body outputs depend on (nested subgraphs' reads included)."""
+    live: set[ir.Value] = set()
+    stack = list(outputs)
+    while stack:
+        value = stack.pop()
+        if value in live:
+            continue
+        live.add(value)
+        producer = value.producer()
+        if producer is None or producer.graph is not body:
+            continue
+        stack.extend(v for v in producer.inputs if v is not None)
+        for attr in producer.attributes.values():
+            if attr.is_ref() or attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            graphs = [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else list(attr.as_graphs())
+            for sub in graphs:
+                for inner in ir.traversal.RecursiveGraphIterator(sub):
+                    stack.extend(v for v in inner.inputs if v is not None)
+    return live
+
+
+def _trim_if(graph: GraphLike, node: ir.Node) -> bool:
+    branches = [_body(node, "then_branch"), _body(node, "else_branch")]
+    if any(b is None for b in branches):
+        return False
+    drop = [i for i, out in enumerate(node.outputs) if _unused(out)]
+    if not drop or len(drop) == len(node.outputs):
+        return False  # an If with no outputs at all is not valid; dead code removes it whole
+    for branch in branches:
+        _remove_positions(branch.outputs, drop)  # type: ignore[union-attr]
+    _rebuild(graph, node, list(node.inputs), drop_outputs=drop)
+    return True
+
+
+def _trim_loop(graph: GraphLike, node: ir.Node) -> bool:
+    body = _body(node, "body")
+    if body is None:
+        return False
+    carried = len(node.inputs) - 2
+    if carried < 0 or len(body.inputs) != carried + 2 or len(body.outputs) != len(node.outputs) + 1:
+        return False
+    drop_outputs = [i for i in range(carried, len(node.outputs)) if _unused(node.outputs[i])]
+    drop_carried = _removable_states(body, node, carried, input_offset=2, output_offset=1)
+    if not drop_outputs and not drop_carried:
+        return False
+    _remove_positions(body.outputs, [1 + i for i in sorted(drop_carried + drop_outputs)])
+    _remove_positions(body.inputs, [2 + i for i in drop_carried])
+    inputs = [v for i, v in enumerate(node.inputs) if i - 2 not in drop_carried]
+    _rebuild(graph, node, inputs, drop_outputs=sorted(drop_carried + drop_outputs))
+    return True
+
+
+def _trim_scan(graph: GraphLike, node: ir.Node) -> bool:
+    body = _body(node, "body")
+    scan_inputs = node.attributes.get_int("num_scan_inputs")
+    if body is None or scan_inputs is None:
+        return False
+    states = len(node.inputs) - scan_inputs
+    if states < 0 or len(body.inputs) != len(node.inputs) or len(body.outputs) != len(node.outputs):
+        return False
+    drop_outputs = [i for i in range(states, len(node.outputs)) if _unused(node.outputs[i])]
+    drop_states = _removable_states(body, node, states, input_offset=0, output_offset=0)
+    drop_inputs = [i for i in range(scan_inputs) if not body.inputs[states + i].uses()]
+    if len(drop_inputs) == scan_inputs:
+        drop_inputs = drop_inputs[1:]
+    if not (drop_outputs or drop_states or drop_inputs):
+        return False
+    attributes = dict(node.attributes)
+    _drop_attr_entries(attributes, "scan_output_axes", [i - states for i in drop_outputs])
+    _drop_attr_entries(attributes, "scan_output_directions", [i - states for i in drop_outputs])
+    _drop_attr_entries(attributes, "scan_input_axes", drop_inputs)
+    _drop_attr_entries(attributes, "scan_input_directions", drop_inputs)
+    attributes["num_scan_inputs"] = ir.AttrInt64("num_scan_inputs", scan_inputs - len(drop_inputs))
+    dropped_in = sorted(drop_states + [states + i for i in drop_inputs])
+    dropped_out = sorted(drop_states + drop_outputs)
+    _remove_positions(body.outputs, dropped_out)
+    _remove_positions(body.inputs, dropped_in)
+    inputs = [v for i, v in enumerate(node.inputs) if i not in dropped_in]
+    _rebuild(graph, node, inputs, drop_outputs=dropped_out, attributes=list(attributes.values()))
+    return True
+
+
+def _removable_states(body: ir.Graph, node: ir.Node, count: int, *, input_offset: int,
+                      output_offset: int) -> list[int]:
+    """State k goes when its final value is unused and the body reads it only to update it."""
+    candidates = [k for k in range(count) if _unused(node.outputs[k])]
+    if not candidates:
+        return []
+    drop = set(candidates)
+    kept_outputs = [v for i, v in enumerate(body.outputs) if i - output_offset not in drop]
+    live = _live_values(body, kept_outputs)
+    return [k for k in candidates if body.inputs[input_offset + k] not in live]
+
+
+def _remove_positions(values: list[ir.Value] | object, positions: list[int]) -> None:
+    for index in sorted(set(positions), reverse=True):
+        values.pop(index)  # type: ignore[attr-defined]
+
+
+def _drop_attr_entries(attributes: dict[str, ir.Attr], name: str, positions: list[int]) -> None:
+    attr = attributes.get(name)
+    if attr is None or not positions or attr.is_ref():
+        return
+    entries = [v for i, v in enumerate(attr.as_ints()) if i not in set(positions)]
+    attributes[name] = ir.AttrInt64s(name, entries)
+
+
+def _rebuild(graph: GraphLike, node: ir.Node, inputs: list[ir.Value | None], *,
+             drop_outputs: list[int], attributes: list[ir.Attr] | None = None) -> ir.Node:
+    """Replace `node` by a copy with other inputs, fewer outputs and maybe other attributes."""
+    kept = [out for i, out in enumerate(node.outputs) if i not in set(drop_outputs)]
+    new = ir.Node(node.domain, node.op_type, inputs,
+                  attributes if attributes is not None else list(node.attributes.values()),
+                  num_outputs=len(kept), version=node.version, name=node.name,
+                  doc_string=node.doc_string, metadata_props=dict(node.metadata_props))
+    graph.insert_before(node, new)
+    for old, fresh in zip(kept, new.outputs):
+        fresh.type, fresh.shape = old.type, old.shape
+    ir.convenience.replace_all_uses_with(kept, list(new.outputs), replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    for old, fresh in zip(kept, new.outputs):
+        fresh.name = old.name
+    return new
