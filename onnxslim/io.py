@@ -7,10 +7,12 @@ half-written model; weights already on disk are copied file-to-file by the kerne
 (onnx_ir uses copy_file_range), so saving never holds them in memory either, and a
 model over protobuf's 2 GB cap goes to external data.
 
-What atomic means here: an exception or a killed process leaves either the previous
-output or the new one, never a mix (the data file is renamed first, then the model;
-if the second rename fails the previous data file is put back). Files are not
-fsynced, so a power cut right after a save may still lose it, as with onnx.save.
+What atomic means here: a failure while writing leaves the previous output as it
+was, and no temporary files. With external data two files are renamed, data first,
+then the model; if the second rename fails the previous data file is put back, but a
+process killed between the two renames (a window of microseconds) leaves the new data
+beside the previous model. Files are not fsynced, as with onnx.save, so a power cut
+right after a save may lose it.
 """
 
 from __future__ import annotations
