@@ -256,7 +256,10 @@ def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Pa
                 data_name, offsets[id(old)], old.nbytes, old.dtype,
                 shape=old.shape, name=old.name, base_dir=folder,
             )
-            old.release()
+            try:
+                old.release()  # unmap the replaced file's old inode
+            except BufferError:
+                pass  # arrays viewing it are still alive elsewhere; it unmaps when they go
 
     return rebind
 

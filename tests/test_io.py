@@ -393,8 +393,9 @@ def test_overwrite_replaces_in_place_and_model_stays_valid(ext_model: Path, tmp_
     """Overwriting rewrites the data file the model's own tensors are mapped from."""
     expected = ort_run(ext_model, X)
     model = io.load(ext_model)
-    for value in model.graph.initializers.values():
-        value.const_value.numpy()  # mapped from the data file about to be replaced
+    # Mapped from the data file about to be replaced, and a view of it still held.
+    held = model.graph.initializers["w2"].const_value.numpy()
+    held_copy = held.copy()
     clean(model)  # removes `dead`, which sat between w1 and b1: offsets shift
     old_size = (ext_model.parent / "model.onnx.data").stat().st_size
     io.save(model, ext_model, source=ext_model, overwrite=True)
@@ -406,6 +407,7 @@ def test_overwrite_replaces_in_place_and_model_stays_valid(ext_model: Path, tmp_
     # ... and can be saved again elsewhere, correctly.
     again = io.save(model, tmp_path / "again.onnx")
     np.testing.assert_array_equal(ort_run(again, X), expected)
+    np.testing.assert_array_equal(held, held_copy)  # old views still read the old bytes
     # Overwriting the same file once more without --overwrite is refused.
     with pytest.raises(UsageError, match="--overwrite"):
         io.save(model, ext_model)
