@@ -25,11 +25,11 @@ from onnxslim.passes.fuse_norm import fuse_gelu, fuse_layernorm
 Rewrite = Callable[[Scope, Namer], int]
 
 
-def run_rewrite(model: ir.Model, rewrite: Rewrite) -> ir.passes.PassResult:
+def run_rewrite(model: ir.Model, rewrite: Rewrite, max_rounds: int = 8) -> ir.passes.PassResult:
     """Apply `rewrite` everywhere until it stops matching; drop initializers it orphaned."""
     unused_before = _unused_initializers(model)
     namer = Namer(model)
-    count = fixpoint(model, lambda scope: rewrite(scope, namer))
+    count = fixpoint(model, lambda scope: rewrite(scope, namer), max_rounds=max_rounds)
     if count:
         for graph, name in _unused_initializers(model) - unused_before:
             graph.initializers.pop(name, None)
@@ -83,7 +83,7 @@ class FuseLayoutChains(ir.passes.InPlacePass):
     lossless: ClassVar[bool] = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return run_rewrite(model, fuse_layout_chains)
+        return run_rewrite(model, fuse_layout_chains, max_rounds=32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

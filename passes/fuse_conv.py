@@ -16,8 +16,10 @@ Numbered cases (the code refers back to them):
 4. Conv(Pad(x)) -> Conv(x, pads=conv pads + pad amounts) when the Pad is constant
    mode, value 0, spatial axes only, non-negative. Pooling takes it too:
    AveragePool with count_include_pad=1 (or no pads of its own, then it becomes 1),
-   MaxPool when the pad value is -inf. ceil_mode must be 0: with it, the output
-   size depends on where the padding sits.
+   MaxPool when the pad value is -inf, or when the Pad is edge mode narrower than the
+   kernel (dilation 1): every window reaching into the padding then also holds the
+   border element the padding repeats, so its maximum is unchanged. ceil_mode must
+   be 0: with it, the output size depends on where the padding sits.
 
 Arithmetic is done in float64 and stored in the weight's dtype, so the fused
 weights are within float rounding of the original computation. Every case needs
@@ -292,9 +294,10 @@ def fuse_pad(scope: Scope, namer: Namer) -> int:
     return count
 
 
-def _pad_spec(pad: ir.Node) -> tuple[list[int], float] | None:
-    """(pads in [begin..., end...] form over every axis, pad value) of a constant-mode Pad."""
-    if pad.attributes.get_string("mode", "constant") != "constant":
+def _pad_spec(pad: ir.Node) -> tuple[list[int], float | str] | None:
+    """(pads in [begin..., end...] form over every axis, pad value or "edge") of a Pad."""
+    mode = pad.attributes.get_string("mode", "constant")
+    if mode not in ("constant", "edge"):
         return None
     rank = len(pad.inputs[0].shape) if pad.inputs[0].shape is not None else None
     if len(pad.inputs) > 1:  # opset >= 11: pads, constant_value, axes are inputs
@@ -316,6 +319,8 @@ def _pad_spec(pad: ir.Node) -> tuple[list[int], float] | None:
         axes = None
     if pads is None or len(pads) % 2:
         return None
+    if mode == "edge":
+        value = "edge"  # type: ignore[assignment]
     if axes is None:
         return pads, value
     if rank is None:
@@ -327,7 +332,7 @@ def _pad_spec(pad: ir.Node) -> tuple[list[int], float] | None:
     return full, value
 
 
-def _pad_target(node: ir.Node, amounts: list[int], value: float) -> list[ir.Attr] | None:
+def _pad_target(node: ir.Node, amounts: list[int], value: float | str) -> list[ir.Attr] | None:
     """The attributes `node` needs to absorb the padding, or None when it cannot."""
     if not is_op(node, "Conv", "AveragePool", "MaxPool") or any(a < 0 for a in amounts):
         return None
@@ -348,7 +353,19 @@ def _pad_target(node: ir.Node, amounts: list[int], value: float) -> list[ir.Attr
     if node.attributes.get_int("ceil_mode", 0):
         return None
     if node.op_type == "MaxPool":
-        return attrs if value == float("-inf") and len(node.outputs) == 1 else None
+        if len(node.outputs) != 1:
+            return None
+        if value == float("-inf"):
+            return attrs
+        # Edge padding repeats the border element, which every window that reaches into
+        # the padding also contains when the padding is narrower than the (undilated) kernel.
+        kernel = list(node.attributes.get_ints("kernel_shape", []) or [])
+        dilations = list(node.attributes.get_ints("dilations", []) or []) or [1] * len(kernel)
+        rank = len(spatial) // 2
+        if value == "edge" and len(kernel) == rank and all(d == 1 for d in dilations) and not any(own) \
+                and all(spatial[i] < kernel[i] and spatial[i + rank] < kernel[i] for i in range(rank)):
+            return attrs
+        return None
     if value != 0.0:
         return None
     if node.attributes.get_int("count_include_pad", 0):

@@ -20,6 +20,9 @@ Numbered cases:
    same numbers); no Cast at all when T2 is x's own type. A Cast to x's own type goes.
    Narrowing chains (float32 -> float16 -> float32) round, and are kept.
 
+6. Transposes move down through elementwise ops and reductions (fuse_transpose) until
+   they meet their inverse and cancel by case 1.
+
 Axes given as negative numbers are used only when the rank is known. An inner node
 read by other nodes stays for them; the outer node is rewired to x either way, so
 the count of nodes never grows.
@@ -45,6 +48,8 @@ from onnxslim.passes.fuse_common import (
     replace_value,
 )
 
+from onnxslim.passes.fuse_transpose import sink_transpose
+
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
@@ -61,6 +66,8 @@ def fuse_layout_chains(scope: Scope, namer: Namer) -> int:
         if not in_scope(node, scope) or node.domain not in ("", "ai.onnx") or node.op_type not in rules:
             continue
         if node.inputs and node.inputs[0] is not None and rules[node.op_type](scope, namer, node):
+            count += 1
+        elif node.op_type == "Transpose" and in_scope(node, scope) and sink_transpose(scope, namer, node):
             count += 1
     return count
 

@@ -409,3 +409,42 @@ def test_batched_matmul_add_becomes_gemm_when_reshapes_vanish():
     fused, modified, before, after = apply(fuse.FuseMatMulAddGemm(), model)
     assert modified and (before, after) == (9, 7)  # one shared Reshape in, three Gemms, three Reshapes
     assert ops(fused).count("Gemm") == 3
+
+
+def test_channels_last_wrappers_cancel_and_affine_folds_into_conv():
+    # A converter's NHWC graph: every Conv between Transposes, bias and BN as Add/Mul on [C].
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["xt", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Transpose", ["c1"], ["c1t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Add", ["c1t", "bias"], ["a1"]),
+        helper.make_node("Mul", ["a1", "scale"], ["m1"]),
+        helper.make_node("Relu", ["m1"], ["r1"]),
+        helper.make_node("Transpose", ["r1"], ["r1t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["r1t", "w2"], ["c2"]),
+        helper.make_node("Transpose", ["c2"], ["c2t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Add", ["c2t", "r1"], ["s"]),  # residual, both sides channels-last
+        helper.make_node("ReduceMean", ["s"], ["y"], axes=[1, 2], keepdims=0),
+    ]
+    model = build(nodes, [vi("x", [1, 6, 6, 3])], [vi("y", [1, 4])],
+                  [init("w1", arr(4, 3, 3, 3)), init("w2", arr(4, 4, 1, 1)), init("bias", arr(4)),
+                   init("scale", arr(4, low=0.5, high=1.5))], opset=17)
+    fused = model.clone()
+    assert fuse.FuseLayoutChains()(fused).modified
+    assert ops(fused).count("Transpose") == 1  # only the input's NHWC -> NCHW remains
+    fused, modified, before, after = apply(fuse.FuseConvAffine(), fused)
+    assert modified and (before, after) == (8, 6)
+    assert ops(fused) == ["Add", "Conv", "Conv", "ReduceMean", "Relu", "Transpose"]
+    # The whole thing still computes what the original did.
+    for seed in (1, 2):
+        f = feeds_for(model, seed)
+        np.testing.assert_allclose(run(fused, f)["y"], run(model, f)["y"], rtol=RTOL, atol=ATOL)
+
+
+def test_edge_pad_folds_into_max_pool():
+    nodes = [helper.make_node("Pad", ["x", "pads"], ["p"], mode="edge"),
+             helper.make_node("MaxPool", ["p"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    model = build(nodes, [vi("x", [1, 2, 7, 7])], [vi("y", [1, 2, 4, 4])],
+                  [init("pads", np.array([0, 0, 0, 0, 0, 0, 2, 2], np.int64))])
+    fused, modified, before, after = apply(fuse.FusePad(), model)
+    assert modified and (before, after) == (2, 1)
