@@ -161,38 +161,82 @@ class LayerIO:
 
 
 @dataclass
+class GramSums:
+    """[X 1]^T [X 1], [X 1]^T Y and sum(Y^2) per group, over some rows (float64)."""
+
+    gram: np.ndarray  # [g, K+1, K+1]
+    cross: np.ndarray  # [g, K+1, O_g]
+    target_sq: np.ndarray  # [g, O_g]
+    rows: int = 0
+
+    @classmethod
+    def of(cls, Xa: np.ndarray, Yg: np.ndarray) -> GramSums:
+        """From rows already split per group: Xa [g, R, K+1] (ones column last), Yg [g, R, O_g]."""
+        Xt = Xa.transpose(0, 2, 1)
+        return cls(np.matmul(Xt, Xa), np.matmul(Xt, Yg), np.sum(Yg * Yg, axis=1), Xa.shape[1])
+
+    def __iadd__(self, other: GramSums) -> GramSums:
+        self.gram += other.gram
+        self.cross += other.cross
+        self.target_sq += other.target_sq
+        self.rows += other.rows
+        return self
+
+    def __sub__(self, other: GramSums) -> GramSums:
+        return GramSums(self.gram - other.gram, self.cross - other.cross, self.target_sq - other.target_sq,
+                        self.rows - other.rows)
+
+
+@dataclass
 class NormalEquations:
     """Streaming sums for ridge least squares, per group: [X 1]^T [X 1] and [X 1]^T Y.
 
     `gram[g]` is (K_g + 1) x (K_g + 1) and `cross[g]` is (K_g + 1) x O_g; the last
-    row/column is the intercept. Accumulated in float64.
+    row/column is the intercept. `holdout` holds the same sums over the rows of
+    held-out samples (a subset of all rows, whole samples, never split), so a
+    solver can pick its regularisation on data it did not fit.
     """
 
     groups: int
-    gram: np.ndarray | None = None
-    cross: np.ndarray | None = None
-    rows: int = 0
-    target_sq: np.ndarray | None = field(default=None)  # per output column sum of Y^2
+    total: GramSums | None = None
+    holdout: GramSums | None = None
 
-    def add(self, X: np.ndarray, Y: np.ndarray) -> None:
+    @property
+    def gram(self) -> np.ndarray | None:
+        return self.total.gram if self.total is not None else None
+
+    @property
+    def cross(self) -> np.ndarray | None:
+        return self.total.cross if self.total is not None else None
+
+    @property
+    def target_sq(self) -> np.ndarray | None:
+        return self.total.target_sq if self.total is not None else None
+
+    @property
+    def rows(self) -> int:
+        return self.total.rows if self.total is not None else 0
+
+    def add(self, X: np.ndarray, Y: np.ndarray, holdout: np.ndarray | None = None) -> None:
+        """Fold rows in; `holdout` marks rows of held-out samples (boolean per row)."""
         if len(X) == 0:
             return
         g = self.groups
         X = np.asarray(X, dtype=np.float64).reshape(len(X), g, -1)
         Y = np.asarray(Y, dtype=np.float64).reshape(len(Y), g, -1)
-        ones = np.ones((len(X), g, 1))
-        Xa = np.concatenate([X, ones], axis=2).transpose(1, 0, 2)  # [g, R, K+1]
+        Xa = np.concatenate([X, np.ones((len(X), g, 1))], axis=2).transpose(1, 0, 2)  # [g, R, K+1]
         Yg = Y.transpose(1, 0, 2)  # [g, R, O_g]
-        gram = np.matmul(Xa.transpose(0, 2, 1), Xa)
-        cross = np.matmul(Xa.transpose(0, 2, 1), Yg)
-        if self.gram is None:
-            self.gram, self.cross = gram, cross
-            self.target_sq = np.sum(Y * Y, axis=0)
+        sums = GramSums.of(Xa, Yg)
+        if self.total is None:
+            self.total = sums
         else:
-            self.gram += gram
-            self.cross += cross
-            self.target_sq += np.sum(Y * Y, axis=0)
-        self.rows += len(X)
+            self.total += sums
+        if holdout is not None:
+            held = GramSums.of(Xa[:, holdout], Yg[:, holdout])
+            if self.holdout is None:
+                self.holdout = held
+            else:
+                self.holdout += held
 
 
 def coalesce_feeds(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH) -> list[Feed]:
@@ -309,9 +353,9 @@ def capture_layer_io(model: ir.Model, node_names: Sequence[str], feeds: Sequence
     channels a pruned layer still produces). Rows are spread evenly over batches.
     """
     result: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in node_names}
-    for name, X, Y in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
-                                 max_batch=max_batch, outputs=outputs, target_model=target_model,
-                                 target_columns=target_columns):
+    for name, X, Y, _ in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
+                                    max_batch=max_batch, outputs=outputs, target_model=target_model,
+                                    target_columns=target_columns):
         result[name][0].append(X)
         result[name][1].append(Y)
     return {n: LayerIO(np.concatenate(xs) if xs else np.zeros((0, 0), np.float32),
@@ -324,18 +368,20 @@ def accumulate_normal_equations(model: ir.Model, node_names: Sequence[str], feed
                                 seed: int = 0, max_batch: int = DEFAULT_BATCH,
                                 outputs: Mapping[str, str] | None = None,
                                 target_columns: Mapping[str, np.ndarray] | None = None,
+                                holdout_every: int = 5,
                                 ) -> dict[str, NormalEquations]:
     """Streaming X^T X and X^T Y per layer (and group), X from `model`, Y from `target_model`.
 
     Same arguments as `capture_layer_io`; at most `max_rows` rows per layer are
     folded in, spread over the batches, so the cost is bounded for any data size.
+    Every `holdout_every`-th sample (0: none) is also summed apart as held-out data.
     """
     layers = geometries(model, node_names, outputs)
     sums = {n: NormalEquations(groups=layers[n].groups if layers[n].op_type == "Conv" else 1) for n in node_names}
-    for name, X, Y in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
-                                 max_batch=max_batch, outputs=outputs, target_model=target_model,
-                                 target_columns=target_columns):
-        sums[name].add(X, Y)
+    for name, X, Y, samples in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
+                                          max_batch=max_batch, outputs=outputs, target_model=target_model,
+                                          target_columns=target_columns):
+        sums[name].add(X, Y, samples % holdout_every == holdout_every - 1 if holdout_every else None)
     return sums
 
 
@@ -343,7 +389,8 @@ def _iter_rows(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed]
                seed: int, max_batch: int, outputs: Mapping[str, str] | None,
                target_model: ir.Model | Tap | None,
                target_columns: Mapping[str, np.ndarray] | None = None,
-               ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+               ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(layer, X rows, Y rows, sample index of each row) for every batch and layer."""
     layers = geometries(model, node_names, outputs)
     batches = iter_batches(model, feeds, max_batch)
     per_batch = max(1, -(-max_rows // len(batches)))
@@ -355,18 +402,22 @@ def _iter_rows(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed]
         x_tap = Tap(model, x_names)
         y_tap = target_model if isinstance(target_model, Tap) else Tap(target_model, y_names)
     columns = target_columns or {}
+    offset = 0
     for index, batch in enumerate(batches):
         xs = x_tap.run(batch)
         ys = y_tap.run(batch, y_names) if y_tap is not None else xs
+        batch_samples = 1
         for name, geometry in layers.items():
             x = xs[geometry.input_name]
             total = geometry.row_count(x)
+            batch_samples = int(x.shape[0]) if x.ndim > 1 else 1
             positions = sample_positions(total, per_batch, seed, index, name)
             X = geometry.rows(x, positions)
             Y = geometry.targets(ys[geometry.output_name], positions)
             if name in columns:
                 Y = Y[:, columns[name]]
-            yield name, X, Y
+            yield name, X, Y, offset + positions // max(1, total // batch_samples)
+        offset += batch_samples
 
 
 def channel_mean_squares(model: ir.Model, axes: Mapping[str, int], feeds: Sequence[Feed], *,

@@ -13,7 +13,8 @@ Reshape sizes. Each unfrozen group keeps its most important channels:
   consumer's weights reading channel c, summed over consumers: the energy the
   channel feeds forward, measured on calibration data.
 
-Kept counts are rounded to a multiple of `multiple` channels: ORT's NCHWc conv
+Kept counts are rounded up to a multiple of `multiple` channels (so at most
+`ratio` of a group goes): ORT's NCHWc conv
 kernels need input channels in blocks of 8 (AVX2) or 16 (AVX-512), and a conv
 that falls off that path can be slower with fewer channels. The default (0)
 uses this machine's block.
@@ -56,7 +57,8 @@ def nchwc_block() -> int:
 class ChannelPruning(ir.passes.InPlacePass):
     """Remove whole output channels of Conv/Gemm/MatMul and rewrite every consumer."""
 
-    ratio: float = option(0.25, "Fraction of each prunable channel group removed.")
+    ratio: float = option(0.25, "Fraction of each prunable channel group removed (at most: counts round "
+                          "up to the channel multiple).")
     importance: str = option("l2", "Channel importance: l1 / l2 weight norms (BN-scaled) or activation "
                              "(needs calib).", choices=("l1", "l2", "activation"))
     multiple: int = option(0, "Keep channel counts a multiple of this (0: ORT's NCHWc block on this CPU).")
@@ -65,7 +67,8 @@ class ChannelPruning(ir.passes.InPlacePass):
                                       "(default: on with calib).")
     calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
     calib_count: int = option(256, "Calibration samples used.")
-    ridge: float = option(1e-3, "Ridge strength of the refit, relative to the mean input energy.")
+    ridge: float | None = option(None, "Ridge strength of the refit relative to the mean input energy "
+                                 "(None: chosen per layer on held-out calibration samples).")
     max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
@@ -122,7 +125,7 @@ class ChannelPruning(ir.passes.InPlacePass):
 def _keep_count(size: int, ratio: float, multiple: int) -> int:
     if size <= multiple:
         return size
-    keep = int(round(size * (1 - ratio) / multiple)) * multiple
+    keep = int(np.ceil(size * (1 - ratio) / multiple - 1e-9)) * multiple  # remove at most `ratio`
     return min(size, max(multiple, keep))
 
 

@@ -523,11 +523,12 @@ def _reshape(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     rank = len(dims)
     position = rank + x.axis
     tail = dims[position + 1:]
-    allow_zero = node.attributes.get_int("allowzero", 0) == 0
+    copies_zero = node.attributes.get_int("allowzero", 0) == 0  # a 0 in the target copies the input dim
     flatten_like = (position == 1 and len(target) == 2 and all(d is not None for d in tail)
-                    and (target[0] in (0, -1) or (dims[0] is not None and target[0] == dims[0]))
+                    and (target[0] == -1 or (target[0] == 0 and copies_zero)
+                         or (dims[0] is not None and target[0] == dims[0]))
                     and (target[1] == -1 or target[1] == x.width * math.prod(tail))  # type: ignore[arg-type]
-                    and allow_zero and not (target[0] == -1 and target[1] == -1))
+                    and not (target[0] == -1 and target[1] == -1))
     if not flatten_like:
         cg.freeze(x, f"Reshape to {target} splits or moves the channels")
         return

@@ -6,15 +6,23 @@ For one output column o with kept input set S_o (plus the intercept), solve
 
 where G = [X 1]^T [X 1] and c = [X 1]^T y come from the calibration rows and w0
 is the current (pruned) weight: the ridge term pulls towards what pruning left,
-not towards zero, so a layer with few rows changes little. lam is `ridge` times
-the mean diagonal of G, which makes it independent of the activation scale.
+not towards zero, so a layer with few rows changes little. lam is a relative
+strength times the mean diagonal of G, which makes it independent of the
+activation scale.
+
+The relative strength matters: a Gemm after global pooling sees one row per
+sample, as many rows as it has weights per output, and overfits without it,
+while a Conv sees thousands of rows per sample. So by default it is chosen per
+layer: fitted on all but the held-out samples for each value of a grid, scored
+on the held-out samples, and the best one refit on everything.
 
 Columns that share a support (channel pruning, dense layers) are solved in one
 multi-right-hand-side solve. Distinct supports (unstructured, N:M) are solved
 exactly, one padded system per column in one batched call, when that is cheap,
 and otherwise by preconditioned conjugate gradients run on all columns at once
 (each iteration is one G @ P product, warm-started from the pruned weights),
-which scales to 4096-wide layers.
+which scales to 4096-wide layers. The ridge grid search scores the dense
+(unmasked) problem held to the support, a proxy that costs one solve per value.
 """
 
 from __future__ import annotations
@@ -27,6 +35,18 @@ DIRECT_FLOPS = 4e9  # above this, per-column exact solves give way to batched PC
 BATCH_BYTES = 256 << 20  # memory for one batch of padded per-column systems
 PCG_ITERATIONS = 60  # warm-started from the pruned weights; most of the gain comes early
 PCG_TOLERANCE = 1e-5
+RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+FALLBACK_RIDGE = 1e-2  # when there is nothing held out to choose on
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Normal-equation sums of one group: gram [K+1, K+1], cross [K+1, O], target_sq [O]."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    target_sq: np.ndarray
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -35,46 +55,75 @@ class Fit:
     bias: np.ndarray | None  # [O]
     error_before: float  # squared error on the calibration rows / target energy
     error_after: float
+    ridge: float  # the relative strength used
 
 
-def solve(gram: np.ndarray, cross: np.ndarray, target_sq: np.ndarray, w0: np.ndarray,
-          b0: np.ndarray | None, mask: np.ndarray | None, *, ridge: float, intercept: bool) -> Fit:
-    """Refit one group: gram [K+1, K+1], cross [K+1, O], w0 [O, K], b0 [O] or None, mask [O, K]."""
+def solve(total: Stats, holdout: Stats | None, w0: np.ndarray, b0: np.ndarray | None, mask: np.ndarray | None,
+          *, ridge: float | None, intercept: bool) -> Fit:
+    """Refit one group: w0 [O, K], b0 [O] or None, mask [O, K] (None: all weights free)."""
     K = w0.shape[1]
-    if not intercept:
-        gram, cross = gram[:K, :K], cross[:K]
-    size = gram.shape[0]
-    scale = float(np.mean(np.diag(gram)[:K])) if K else 1.0
-    lam = ridge * scale if scale > 0 else 1e-12
     start = np.concatenate([w0, (b0 if b0 is not None else np.zeros(len(w0)))[:, None]], axis=1) \
         if intercept else w0.copy()
     start = start.astype(np.float64)
+    full = np.ones(start.shape, dtype=bool)
+    if mask is not None:
+        full[:, :K] = mask
+    masked = not full.all()
+    if ridge is None:
+        ridge = _choose_ridge(total, holdout, start, full, K, intercept, masked)
+    W = _solve(total, start, full, K, intercept, ridge, masked)
+    before = _error(total, start, K, intercept)
+    after = _error(total, W, K, intercept)
+    if after > before:  # never hand back something worse on the rows we fitted
+        W, after = start, before
+    return Fit(W[:, :K], W[:, K] if intercept else None, before, after, ridge)
+
+
+def _system(stats: Stats, start: np.ndarray, K: int, intercept: bool, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    size = K + 1 if intercept else K
+    gram, cross = stats.gram[:size, :size], stats.cross[:size]
+    scale = float(np.mean(np.diag(gram)[:K])) if K else 1.0
+    lam = ridge * scale if scale > 0 else 1e-12
     regular = np.full(size, lam)
     if intercept:
         regular[K] = lam * 1e-6
-    A = gram + np.diag(regular)
-    B = cross + regular[:, None] * start.T
-    full = np.ones((len(w0), size), dtype=bool)
-    if mask is not None:
-        full[:, :K] = mask
-    if full.all():
-        W = np.linalg.solve(A, B).T
-    else:
-        W = _masked(A, B, full, start)
-    before = _error(gram, cross, target_sq, start)
-    after = _error(gram, cross, target_sq, W)
-    if after > before:  # never hand back something worse on the rows we fitted
-        W, after = start, before
-    weight = W[:, :K]
-    bias = W[:, K] if intercept else None
-    return Fit(weight, bias, before, after)
+    return gram + np.diag(regular), cross + regular[:, None] * start.T
+
+
+def _solve(stats: Stats, start: np.ndarray, mask: np.ndarray, K: int, intercept: bool, ridge: float,
+           masked: bool) -> np.ndarray:
+    A, B = _system(stats, start, K, intercept, ridge)
+    if not masked:
+        return np.linalg.solve(A, B).T
+    return _masked(A, B, mask, start)
+
+
+def _choose_ridge(total: Stats, holdout: Stats | None, start: np.ndarray, mask: np.ndarray, K: int,
+                  intercept: bool, masked: bool) -> float:
+    """The grid value whose fit on the other samples scores best on the held-out ones."""
+    if holdout is None or holdout.rows == 0 or holdout.rows == total.rows:
+        return FALLBACK_RIDGE
+    train = Stats(total.gram - holdout.gram, total.cross - holdout.cross, total.target_sq - holdout.target_sq,
+                  total.rows - holdout.rows)
+    best, best_error = FALLBACK_RIDGE, np.inf
+    for ridge in RIDGE_GRID:
+        W = _solve(train, start, mask, K, intercept, ridge, False)
+        if masked:
+            W = W * mask  # the dense proxy, held to the support when scored
+        error = _error(holdout, W, K, intercept)
+        if error < best_error:
+            best, best_error = ridge, error
+    return best
+
+
+def _direct_cost(mask: np.ndarray) -> float:
+    return len(mask) * float(mask.sum(axis=1).max()) ** 3 / 3
 
 
 def _masked(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -> np.ndarray:
     """Exact solves on each column's support (one batched call) when cheap, else batched PCG."""
-    counts = mask.sum(axis=1)
-    width = int(counts.max())
-    if len(mask) * float(width) ** 3 / 3 > DIRECT_FLOPS:
+    width = int(mask.sum(axis=1).max())
+    if _direct_cost(mask) > DIRECT_FLOPS:
         return _pcg(A, B, mask, start)
     W = np.zeros_like(start)
     chunk = max(1, int(BATCH_BYTES // (8 * width * width)))
@@ -122,9 +171,11 @@ def _pcg(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -> n
     return X.T
 
 
-def _error(gram: np.ndarray, cross: np.ndarray, target_sq: np.ndarray, W: np.ndarray) -> float:
-    """Squared error over the fitted rows, relative to the targets' energy."""
+def _error(stats: Stats, W: np.ndarray, K: int, intercept: bool) -> float:
+    """Squared error over the rows of `stats`, relative to the targets' energy."""
+    size = K + 1 if intercept else K
+    gram, cross = stats.gram[:size, :size], stats.cross[:size]
     quad = float(np.sum((W @ gram) * W))
     lin = 2 * float(np.sum(W * cross.T))
-    energy = float(np.sum(target_sq))
+    energy = float(np.sum(stats.target_sq))
     return float(max(quad - lin + energy, 0.0) / energy) if energy > 0 else 0.0

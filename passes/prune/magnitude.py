@@ -46,7 +46,8 @@ class MagnitudePruning(ir.passes.InPlacePass):
     reconstruct: bool | None = option(None, "Refit kept weights on calib by least squares (default: on with calib).")
     calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
     calib_count: int = option(256, "Calibration samples used.")
-    ridge: float = option(1e-3, "Ridge strength of the refit, relative to the mean input energy.")
+    ridge: float | None = option(None, "Ridge strength of the refit relative to the mean input energy "
+                                 "(None: chosen per layer on held-out calibration samples).")
     max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:

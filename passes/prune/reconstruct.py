@@ -23,10 +23,10 @@ import numpy as np
 import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
-from onnxslim.activations import Tap, accumulate_normal_equations, layer_geometry
+from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
 from onnxslim.feeds import Feed
 from onnxslim.passes.prune.layers import Layer, find_layers
-from onnxslim.passes.prune.lstsq import solve
+from onnxslim.passes.prune.lstsq import Stats, solve
 
 REFIT_OPS = ("Conv", "Gemm", "MatMul")
 MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB
@@ -49,14 +49,15 @@ class RefitRecord:
     error_before: float  # relative squared error of the layer output vs the original, before refit
     error_after: float
     skipped: str = ""
+    ridge: float | None = None  # relative ridge strength used (chosen on held-out samples by default)
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "op_type": self.op_type, "rows": self.rows,
-                "error_before": self.error_before, "error_after": self.error_after, "skipped": self.skipped}
+        return {"name": self.name, "op_type": self.op_type, "rows": self.rows, "error_before": self.error_before,
+                "error_after": self.error_after, "skipped": self.skipped, "ridge": self.ridge}
 
 
 def reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
-                ridge: float, max_rows: int, seed: int = 0, blas_threads: int = 1) -> list[RefitRecord]:
+                ridge: float | None, max_rows: int, seed: int = 0, blas_threads: int = 1) -> list[RefitRecord]:
     """Refit `requests` in `pruned` (modified in place) against `original` on `feeds`.
 
     numpy's BLAS is held to `blas_threads` meanwhile: the systems are small and
@@ -67,7 +68,7 @@ def reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRe
 
 
 def _reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
-                 ridge: float, max_rows: int, seed: int) -> list[RefitRecord]:
+                 ridge: float | None, max_rows: int, seed: int) -> list[RefitRecord]:
     layers = {layer.name: layer for layer in find_layers(pruned, ops=REFIT_OPS)[0]}
     records: list[RefitRecord] = []
     ready: dict[str, RefitRequest] = {}
@@ -119,39 +120,41 @@ def _cannot_refit(layer: Layer, original: ir.Model) -> str:
     return ""
 
 
-def _refit(layer: Layer, sums, request: RefitRequest, ridge: float) -> RefitRecord:
+def _refit(layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: float | None) -> RefitRecord:
+    if sums.total is None or sums.rows == 0:
+        return RefitRecord(layer.name, layer.op_type, 0, float("nan"), float("nan"), "no calibration rows")
     w = layer.array()
-    matrix = layer.to_matrix(w).astype(np.float64)
     alpha = layer.node.attributes.get_float("alpha", 1.0) if layer.op_type == "Gemm" else 1.0
     beta = layer.node.attributes.get_float("beta", 1.0) if layer.op_type == "Gemm" else 1.0
+    matrix = layer.to_matrix(w).astype(np.float64) * alpha  # the effective weight: alpha * W
     bias = layer.bias_array()
-    intercept = bias is not None
     b = bias.reshape(-1).astype(np.float64) * beta if bias is not None else None
-    matrix = matrix * alpha
     groups = sums.groups
-    out_per_group = matrix.shape[0] // groups
+    per_group = matrix.shape[0] // groups
     new_w = np.empty_like(matrix)
-    new_b = np.empty(matrix.shape[0]) if intercept else None
+    new_b = np.empty(matrix.shape[0]) if b is not None else None
+    total, held = sums.total, sums.holdout
+    energy = float(np.sum(total.target_sq))
     before = after = 0.0
-    energy_total = float(np.sum(sums.target_sq)) if sums.target_sq is not None else 0.0
-    if sums.rows == 0 or sums.gram is None:
-        return RefitRecord(layer.name, layer.op_type, 0, float("nan"), float("nan"), "no calibration rows")
+    ridges = []
     for g in range(groups):
-        rows = slice(g * out_per_group, (g + 1) * out_per_group)
+        rows = slice(g * per_group, (g + 1) * per_group)
         w0 = matrix[rows]
-        mask = (w0 != 0) if request.keep_zeros else None
-        fit = solve(sums.gram[g], sums.cross[g], sums.target_sq[g], w0, b[rows] if b is not None else None,
-                    mask, ridge=ridge, intercept=intercept)
+        fit = solve(Stats(total.gram[g], total.cross[g], total.target_sq[g], total.rows),
+                    Stats(held.gram[g], held.cross[g], held.target_sq[g], held.rows) if held is not None else None,
+                    w0, b[rows] if b is not None else None, (w0 != 0) if request.keep_zeros else None,
+                    ridge=ridge, intercept=b is not None)
         new_w[rows] = fit.weight
         if new_b is not None and fit.bias is not None:
             new_b[rows] = fit.bias
-        share = float(np.sum(sums.target_sq[g])) / energy_total if energy_total > 0 else 0.0
+        share = float(np.sum(total.target_sq[g])) / energy if energy > 0 else 0.0
         before += fit.error_before * share
         after += fit.error_after * share
+        ridges.append(fit.ridge)
     layer.set_weight(layer.from_matrix(new_w / alpha, w.shape))
     if new_b is not None:
         layer.set_bias(new_b / beta)
-    return RefitRecord(layer.name, layer.op_type, sums.rows, before, after)
+    return RefitRecord(layer.name, layer.op_type, sums.rows, before, after, ridge=float(np.median(ridges)))
 
 
 def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
