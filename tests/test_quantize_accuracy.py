@@ -7,6 +7,7 @@ a CNN / detector head built here stands in, so the checks always run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,52 @@ def test_accuracy_aware_miss_returns_best_model_and_table() -> None:
     assert len(_quantized_layers(result.model)) == len(_quantized_layers(static_quantizer(model, calib, FAST)[2])) - 1
     text = result.table_text()
     assert all(row.layer in text for row in result.table)
+
+
+def _cli_has_max_drop() -> bool:
+    try:
+        from onnxslim.cli import quantize as quantize_cli
+    except ImportError:
+        return False
+    import inspect
+
+    return "max_drop" in inspect.signature(quantize_cli.quantize_command).parameters
+
+
+@pytest.mark.skipif(not _cli_has_max_drop(), reason="`onnxslim quantize --max-drop` not wired yet")
+def test_cli_missed_target_writes_model_and_table_and_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxslim.cli import main
+    from onnxslim.passes.quantize import sensitivity
+
+    # The small built CNN (4 layers) keeps the full ranking + every fallback trial quick.
+    model = _built_cnn()
+    rng = np.random.default_rng(4)
+    feeds = [{"x": (rng.random((1, 1, 16, 16)) * 2).astype(np.float32)} for _ in range(48)]
+    calib, evals, labels = feeds[:16], feeds[16:], None
+    model_path, out = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    ir.save(model, model_path)
+    name = model.graph.inputs[0].name
+    np.savez(tmp_path / "calib.npz", **{name: np.stack([f[name] for f in calib])})
+    if labels is None:
+        labels = _outputs(model, evals).argmax(-1)
+    np.savez(tmp_path / "eval.npz", **{name: np.stack([f[name] for f in evals]), "labels": labels})
+    real = sensitivity.top1_metric
+    calls: list[int] = []
+
+    def harsh(*args: object, **kwargs: object) -> object:
+        metric = real(*args, **kwargs)  # type: ignore[arg-type]
+
+        def score(candidate: ir.Model) -> float:
+            calls.append(1)  # the loop scores the float model first; every int8 model loses 0.5
+            return metric(candidate) - (0.0 if len(calls) == 1 else 0.5)
+
+        return score
+
+    monkeypatch.setattr(sensitivity, "top1_metric", harsh)
+    code = main(["quantize", str(model_path), "-o", str(out), "--calib", str(tmp_path / "calib.npz"),
+                 "--eval", str(tmp_path / "eval.npz"), "--max-drop", "0.01", "--max-samples", "16", "--no-verify"])
+    assert code == 1
+    assert out.is_file()
+    table = json.loads((tmp_path / "int8.onnx.sensitivity.json").read_text())
+    assert table["met"] is False and table["sensitivity"]
+    assert Session(ir.load(out)).run(evals[0])  # the best model found runs

@@ -24,11 +24,14 @@ def table_path(output: Path) -> Path:
 
 
 def run(model: Path, output: Path, *, calib: str | None, eval_data: str | None, max_drop: float,
-        options: dict[str, Any], overwrite: bool, json_output: bool, progress: Any = None) -> None:
+        options: dict[str, Any], overwrite: bool, json_output: bool, progress: Any = None,
+        mode: str = "static") -> None:
     """Quantize with fallback to float until the top-1 drop on `eval_data` is at most `max_drop`."""
     from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
     from onnxslim.passes.quantize.static import QuantizeStatic
 
+    if mode != "static":
+        raise UsageError(f"--max-drop works with --mode static, not {mode}")
     if calib is None:
         raise UsageError("--max-drop needs calibration data (--calib)")
     if eval_data is None:
