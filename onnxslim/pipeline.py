@@ -73,7 +73,12 @@ class Pipeline:
         return cls.from_toml(path.read_text(encoding="utf-8"))
 
     def to_toml(self) -> str:
-        return tomli_w.dumps({"pass": [pass_table(p) for p in self.passes]})
+        """The recipe as `[[pass]]` tables (tomli_w formats each value)."""
+        tables = []
+        for table in map(pass_table, self.passes):
+            lines = ["[[pass]]"] + [tomli_w.dumps({k: v}).rstrip("\n") for k, v in table.items()]
+            tables.append("\n".join(lines) + "\n")
+        return "\n".join(tables)
 
 
 def pass_table(instance: ir.passes.PassBase) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from rich.table import Table
 from onnxslim import api
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli.inspect_cmd import human_bytes
+from onnxslim.cross_target import TargetReport, validate_on_targets
 from onnxslim.errors import GateFailed
 from onnxslim.feeds import parse_input_shapes
-from onnxslim.validation import ProgressCallback, ValidationReport
+from onnxslim.validation import ProgressCallback, ValidationReport, resolve_feeds
 
 _STAGES = {
     "parity": "comparing outputs",
@@ -106,6 +107,15 @@ def validate_command(
         "--memory/--no-memory",
         help="Measure each model's peak memory in a child process (loads each model once more).",
     ),
+    target: list[str] | None = typer.Option(
+        None,
+        "--target",
+        help="Also run both models on an emulated CPU (arm64, x86-avx2; repeatable); "
+        "see `onnxslim targets setup`.",
+    ),
+    target_feeds: int = typer.Option(
+        4, "--target-feeds", min=1, help="Feeds to run on each target (emulation is slow)."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Compare CAND with REF on ONNX Runtime: output parity, latency, peak memory.
@@ -129,12 +139,44 @@ def validate_command(
             measure_memory=memory,
             progress=progress,
         )
+    target_reports = []
+    if target:
+        feeds, _, _ = resolve_feeds(
+            api.as_model(reference), data, count=target_feeds, seed=0,
+            shapes=parse_input_shapes(input_shape),
+        )
+        err.print(f"running on {', '.join(target)} under QEMU ({len(feeds)} feeds)...")
+        target_reports = validate_on_targets(
+            reference, candidate, target, feeds, atol=atol, rtol=rtol
+        )
     if json_output:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "targets": [t.to_dict() for t in target_reports]})
     else:
         render(report)
+        for target_report in target_reports:
+            render_target(target_report)
     if not report.passed:
         raise GateFailed(report.summary(), report)
+    failed = [t.target for t in target_reports if not t.passed]
+    if failed:
+        raise GateFailed(f"parity check failed on target(s) {', '.join(failed)}", target_reports)
+
+
+def render_target(report: TargetReport) -> None:
+    """Per output: parity of CAND vs REF on the target, and CAND host vs target."""
+    table = Table(title=f"target {report.target}: {escape(report.detail)} ({report.feeds} feeds)")
+    table.add_column("output", overflow="fold", min_width=12)
+    for column in ("max abs (on target)", "cosine", "top-1", "result", "CAND host vs target"):
+        table.add_column(column, justify="right")
+    for on_target, host in zip(report.on_target, report.candidate_host_vs_target):
+        top1 = "-" if on_target.top1_agreement is None else f"{on_target.top1_agreement:.2%}"
+        same = "identical" if host.max_abs == 0 else f"differs (max abs {_num(host.max_abs)})"
+        verdict = "[green]pass[/]" if on_target.passed else "[red]FAIL[/]"
+        table.add_row(escape(on_target.name), _num(on_target.max_abs),
+                      _num(on_target.cosine, ".6f"), top1, verdict, same)
+    out.print(table)
+    if report.candidate_differs_from_host:
+        out.print(f"note: the candidate computes differently on {report.target} than on this machine")
 
 
 def render(report: ValidationReport) -> None:

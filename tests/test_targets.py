@@ -1,0 +1,80 @@
+"""Cross-target validation under QEMU: a quantized example on arm64 and x86-avx2 kernels.
+
+Skipped, with the reason, only where QEMU user-mode emulation is not installed
+(.ci/run installs Debian's qemu-user-static). Targets are built into the cache once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxslim import targets
+from onnxslim.cli import main
+
+from conftest import MODELS
+
+CNN = MODELS / "digits_cnn.onnx"
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-aarch64-static") is None or shutil.which("qemu-x86_64-static") is None,
+    reason="QEMU user-mode emulation not installed (apt-get install qemu-user-static)",
+)
+
+
+def test_unknown_target_is_usage_error(capsys) -> None:
+    assert main(["targets", "setup", "riscv"]) == 2
+    assert "unknown target" in capsys.readouterr().err
+
+
+def test_missing_qemu_is_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    monkeypatch.setenv("ONNXSLIM_CACHE", str(Path("/nonexistent-onnxslim-cache")))
+    assert main(["targets", "setup", "x86-avx2"]) == 2
+    assert "qemu-user-static" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def quantized_cnn(tmp_path_factory) -> Path:
+    if not CNN.is_file():
+        pytest.skip("models/ not generated")
+    from onnxslim import api
+
+    out = tmp_path_factory.mktemp("q") / "cnn_int8.onnx"
+    result = api.quantize(CNN, calib=MODELS / "digits_cnn.calib.npz")
+    api.save(result.model, out)
+    return out
+
+
+@needs_qemu
+def test_quantized_cnn_on_arm64_and_avx2(quantized_cnn: Path, capsys) -> None:
+    for name in targets.TARGET_NAMES:
+        if not targets.status(name).ready:
+            try:
+                targets.setup(name)
+            except targets.TargetUnavailable as exc:  # package registry unreachable
+                pytest.skip(f"target {name} cannot be built here: {exc}")
+    assert main(["targets", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert all(t["ready"] for t in listed)
+    with np.load(MODELS / "digits_cnn.eval.npz") as data:
+        sample = {"input": data["input"][:3]}
+    feeds = Path(quantized_cnn.parent / "feeds.npz")
+    np.savez(feeds, **sample)
+    code = main(["validate", str(CNN), str(quantized_cnn), "--data", str(feeds), "--target", "arm64",
+                 "--target", "x86-avx2", "--target-feeds", "3", "--atol", "0.5", "--rtol", "0.1",
+                 "--runs", "0", "--no-memory", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    by_target = {t["target"]: t for t in report["targets"]}
+    assert set(by_target) == {"arm64", "x86-avx2"}
+    for t in by_target.values():
+        assert t["feeds"] == 3
+        logits = t["on_target"][0]
+        assert logits["top1_agreement"] == 1.0 and logits["cosine"] > 0.99
+        # The float reference is the same on every CPU up to float rounding.
+        assert t["reference_host_vs_target"][0]["max_abs"] < 1e-3
+        assert isinstance(t["candidate_differs_from_host"], bool)
