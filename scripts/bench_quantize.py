@@ -76,14 +76,15 @@ def worker(args: argparse.Namespace) -> int:
 def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) -> str:
     """What `onnxslim quantize --no-verify` runs: load, quantize_static (or the accuracy-aware
     loop when `extra` is ["--eval", DATA, "--max-drop", X]), save."""
-    from onnxslim import io
     from onnxslim.passes.quantize.static import quantize_static
+
+    from onnxslim import io
 
     model = io.load(model_path)
     if extra:
         from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 
-        options = dict(zip(extra[::2], extra[1::2]))
+        options = dict(zip(extra[::2], extra[1::2], strict=True))
         result = quantize_accuracy_aware(model, calib, max_drop=float(options["--max-drop"]),
                                          eval_data=options["--eval"])
         io.save(result.model, out)
@@ -103,7 +104,12 @@ def _stacked_feeds(calib: str, input_names: list[str]) -> list[dict[str, np.ndar
 
 def _ort_quantize(model: str, calib: str, out: str) -> str:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     names = [i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()]
@@ -338,7 +344,7 @@ def evaluate(case: Case, path: Path, metrics: Any) -> tuple[float, float]:
     if case.labelled:
         return float(metrics.score(case.name, np.concatenate(outputs, axis=0), case.eval_arrays)), cosine
     hits = total = 0
-    for r, g in zip(case.float_outputs, outputs):
+    for r, g in zip(case.float_outputs, outputs, strict=True):
         hits += int(np.count_nonzero(np.argmax(r, -1) == np.argmax(g, -1)))
         total += int(np.argmax(r, -1).size)
     return hits / max(total, 1), cosine

@@ -7,8 +7,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxslim.passes.quantize.equalize import (
+    CrossLayerEqualization,
+    equalize_graph,
+    iter_equalized_ranges,
+)
 
-from onnxslim.passes.quantize.equalize import CrossLayerEqualization, equalize_graph, iter_equalized_ranges
 from onnxslim.runtime import Session
 
 
@@ -21,7 +25,7 @@ def _separable_model(activation: str = "Relu", *, shared: bool = False) -> ir.Mo
     wd = (rng.standard_normal((8, 1, 3, 3)) / channel_gain[:, None, None, None] ** 0.5).astype(np.float32)
     bd = rng.standard_normal(8).astype(np.float32)
     wp = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
-    act_nodes, inits = [], []
+    inits: list = []
     if activation == "Clip":
         inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
                   numpy_helper.from_array(np.array(6, np.float32), "hi")]

@@ -6,8 +6,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxslim.passes.quantize.smoothquant import (
+    SmoothQuant,
+    channel_absmax,
+    find_targets,
+    smooth_graph,
+)
 
-from onnxslim.passes.quantize.smoothquant import SmoothQuant, channel_absmax, find_targets, smooth_graph
 from onnxslim.runtime import Session
 
 K = 16
@@ -64,7 +69,7 @@ def test_outputs_equal_and_outliers_flattened(kind: str) -> None:
     after_stats = channel_absmax(model, feeds, ["h"])
     assert after_stats["h"].max() / np.median(after_stats["h"]) < spread_before / 3
     session = Session(model)
-    for feed, ref in zip(feeds, before):
+    for feed, ref in zip(feeds, before, strict=True):
         got = session.run(feed)["y"]
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * float(np.abs(ref).max()))
 
@@ -82,7 +87,7 @@ def test_pass_with_generated_inputs_keeps_outputs() -> None:
     before = [Session(model).run(f)["y"] for f in feeds]
     result = SmoothQuant(alpha=0.6, samples=8)(model)
     assert result.modified
-    for feed, ref in zip(feeds, before):
+    for feed, ref in zip(feeds, before, strict=True):
         np.testing.assert_allclose(Session(result.model).run(feed)["y"], ref, rtol=1e-4,
                                    atol=1e-5 * float(np.abs(ref).max()))
     with pytest.raises(ValueError):

@@ -29,6 +29,7 @@ match are reported as skipped.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +111,7 @@ def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[F
             targets.append(found)
     if not targets:
         return report
-    feeds_list = [dict(f) for _, f in zip(range(samples), feeds)]
+    feeds_list = [dict(f) for f in islice(iter(feeds), samples)]
     probe = _probe(float_model, targets)
     session = Session(probe, _session_config())
     sums: dict[int, np.ndarray] = {}
@@ -337,7 +338,7 @@ def _copy_closure(node: ir.Node, source: str, float_value: ir.Value, graph: ir.G
     attributes = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
     clone = ir.Node(node.domain, node.op_type, inputs, attributes=attributes, num_outputs=len(node.outputs),
                     name=f"{prefix}{node.name}", version=node.version)
-    for out, original in zip(clone.outputs, node.outputs):
+    for out, original in zip(clone.outputs, node.outputs, strict=True):
         out.name = f"{prefix}{original.name}"
     graph.append(clone)
     return clone

@@ -34,7 +34,6 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes._options import option
 
 _HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}

@@ -6,10 +6,13 @@ and one uint8 scale of 2.5 pixels per step rounds every score to 0. A quantizer
 that keeps accuracy must notice such tensors before it inserts Q/DQ. Rules
 (numbered; the reasons quote them):
 
-  (1) mixed join: a Concat (or Add) whose non-constant inputs' ranges differ in
-      width by more than `ratio` (default 64x, i.e. the narrow input would get
-      fewer than 4 of 256 levels). Its output stays float; each input keeps its own
-      Q/DQ pair and hence its own range ("own ranges").
+  (1) mixed join: a Concat whose non-constant inputs' ranges differ in width by
+      more than `ratio` (default 16x: the narrow input would get fewer than 16 of
+      256 levels; a 32-pixel detector's boxes (0-31) beside its scores (0-1) are
+      30x apart and leave the scores 8 levels, enough to tie class scores), or an
+      Add whose inputs differ by more than 4 * `ratio` (an Add's output only needs
+      the precision of its wider input, so it tolerates more). The output stays
+      float; each input keeps its own Q/DQ pair and hence its own range.
   (2) probability output: a graph output reached from Sigmoid/Softmax through
       layout-only ops (Reshape, Transpose, Concat, Slice, ...). Those tensors stay
       float: scores near a threshold are what a detector's or classifier's
@@ -32,7 +35,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-DEFAULT_RATIO = 64.0
+DEFAULT_RATIO = 16.0
+ADD_RATIO_FACTOR = 4.0
 EXTREME_MAGNITUDE = 1e30
 _JOINS = {"Concat", "Add"}
 _PROBABILITY = {"Sigmoid", "Softmax", "LogSoftmax", "HardSigmoid"}
@@ -90,7 +94,8 @@ def find_protections(model: ir.Model, ranges: Mapping[str, Any], *, ratio: float
         if len(positive) < 2:
             continue
         wide, narrow = max(positive), min(positive)
-        if wide[0] > ratio * narrow[0]:
+        limit = ratio * (ADD_RATIO_FACTOR if node.op_type == "Add" else 1.0)
+        if wide[0] > limit * narrow[0]:
             add(Protection(node.outputs[0].name or "", "mixed-join", (node.name or "",),
                            f"(1) {node.op_type} joins {wide[1]} {_fmt(wide[2])} with {narrow[1]} "
                            f"{_fmt(narrow[2])}, {wide[0] / narrow[0]:.0f}x apart: output kept float, "

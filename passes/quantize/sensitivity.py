@@ -227,7 +227,7 @@ def agreement_metric(reference: ir.Model, feeds: Sequence[dict[str, np.ndarray]]
 
     def metric(model: ir.Model) -> float:
         got = [np.argmax(np.asarray(o), axis=-1) for o in run_outputs(model, feeds, output)]
-        hits = sum(int(np.count_nonzero(a == b)) for a, b in zip(ref, got))
+        hits = sum(int(np.count_nonzero(a == b)) for a, b in zip(ref, got, strict=True))
         return hits / max(1, sum(a.size for a in ref))
 
     return metric

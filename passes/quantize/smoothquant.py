@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
+from onnxslim.passes._options import option
 
 from onnxslim.feeds import Feed
-from onnxslim.passes._options import option
 
 
 @dataclass
