@@ -301,9 +301,10 @@ def fuse_layernorm(scope: Scope, namer: Namer) -> int:
             continue
         dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
         base = namer.fresh(f"{root.name or 'layernorm'}")
-        inputs = [x, add_constant(scope, scale.astype(dtype), f"{base}_scale", before=root)]
+        inputs = [x, _reuse(nodes, scale, dtype) or add_constant(scope, scale.astype(dtype), f"{base}_scale", before=root)]
         if bias is not None:
-            inputs.append(add_constant(scope, bias.astype(dtype), f"{base}_bias", before=root))
+            inputs.append(_reuse(nodes, bias, dtype)
+                          or add_constant(scope, bias.astype(dtype), f"{base}_bias", before=root))
         attrs = [ir.AttrInt64("axis", axis), ir.AttrFloat32("epsilon", eps)]
         fused = new_node("LayerNormalization", inputs, attrs, name=root.name or None)
         if _replace_root(scope, root, fused, nodes):
@@ -311,6 +312,19 @@ def fuse_layernorm(scope: Scope, namer: Namer) -> int:
         else:
             remove_dead(scope, [v.producer() for v in inputs[1:] if v.producer() is not None])  # type: ignore[misc]
     return count
+
+
+def _reuse(nodes: list[ir.Node], array: np.ndarray, dtype: np.dtype) -> ir.Value | None:
+    """A constant the match already reads that holds exactly `array` (a shared gamma stays
+    shared instead of being copied once per LayerNorm)."""
+    wanted = array.astype(dtype)
+    for node in nodes:
+        for value in node.inputs:
+            found = const_array(value)
+            if found is not None and found.dtype == wanted.dtype and found.shape == wanted.shape \
+                    and np.array_equal(found, wanted):
+                return value
+    return None
 
 
 def _reduce_axes(node: ir.Node) -> list[int] | None:

@@ -381,6 +381,8 @@ def test_layernorm_written_out(opset):
     fused, modified, before, after = apply(fuse.FuseLayerNorm(), model)
     assert modified and (before, after) == (9, 1)
     assert ops(fused) == ["LayerNormalization"]
+    # gamma and beta are read as they are, not copied
+    assert [v.name for v in fused.graph.node(0).inputs] == ["x", "gamma", "beta"]
 
 
 def test_layernorm_not_on_a_leading_axis():
