@@ -39,7 +39,7 @@ def test_pack_round_trip_in_numpy() -> None:
         w = rng.standard_normal(shape).astype(np.float32) * (rng.random(shape) < 0.4)
         values, mask = pack(w)
         assert values[-1] == 0 and len(values) == np.count_nonzero(w) + 1
-        np.testing.assert_array_equal(densify(values, mask, shape), w)
+        np.testing.assert_array_equal(densify(values, mask, w.size).reshape(shape), w)
 
 
 @pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -60,8 +60,9 @@ def test_packed_file_is_smaller_raw_and_runs_bit_identical(pruned, tmp_path, lev
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_array_equal(a, b)
-    reloaded = io.load(path)  # our own loader accepts it (domain imported, function local)
-    assert any(n.domain == DOMAIN for n in reloaded.graph)
+    reloaded = io.load(path)  # standard ops only: any ONNX tool reads it
+    assert any((n.name or "").startswith(DOMAIN + "/") for n in reloaded.graph)
+    assert all(n.domain == "" for n in reloaded.graph) and not reloaded.functions
 
 
 def test_ort_folds_the_expansion_at_session_start(pruned, tmp_path) -> None:
@@ -75,7 +76,7 @@ def test_ort_folds_the_expansion_at_session_start(pruned, tmp_path) -> None:
     options.optimized_model_filepath = str(optimized)
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in onnx.load(str(optimized)).graph.node}
-    assert not ops & {"Densify", "CumSum", "BitShift", "Gather"}, ops  # nothing left to run per inference
+    assert not ops & {"CumSum", "BitShift", "Gather", "Split"}, ops  # nothing left to run per inference
 
 
 def test_unpack_restores_the_dense_initializers(pruned) -> None:
@@ -83,7 +84,8 @@ def test_unpack_restores_the_dense_initializers(pruned) -> None:
     packed = model.clone()
     PackSparseWeights(min_elements=100)(packed)
     assert UnpackSparseWeights()(packed).modified
-    assert not packed.functions and DOMAIN not in packed.opset_imports
+    assert not any((n.name or "").startswith(DOMAIN) for n in packed.graph)
+    assert not any(name.startswith(DOMAIN) for name in packed.graph.initializers)
     for name, value in model.graph.initializers.items():
         np.testing.assert_array_equal(packed.graph.initializers[name].const_value.numpy(),
                                       value.const_value.numpy())
