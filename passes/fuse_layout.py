@@ -88,6 +88,8 @@ def _drop(scope: Scope, node: ir.Node, replacement: ir.Value) -> bool:
         node.replace_input_with(0, replacement)
         node.resize_inputs(1)
         node.op_type = "Identity"
+        for use in list(node.outputs[0].uses()):  # only the returned name needs the Identity
+            use.node.replace_input_with(use.idx, replacement)
         remove_dead(scope, feeders)
         return True
     replace_value(node.outputs[0], replacement)
