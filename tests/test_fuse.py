@@ -450,3 +450,13 @@ def test_edge_pad_folds_into_max_pool():
                   [init("pads", np.array([0, 0, 0, 0, 0, 0, 2, 2], np.int64))])
     fused, modified, before, after = apply(fuse.FusePad(), model)
     assert modified and (before, after) == (2, 1)
+
+
+def test_gelu_inside_scan_body():
+    body = helper.make_graph(
+        erf_gelu_nodes("row", "out") + [helper.make_node("Add", ["acc", "out"], ["acc_out"])],
+        "body", [vi("acc", [8]), vi("row", [8])], [vi("acc_out", [8]), vi("out", [8])])
+    nodes = [helper.make_node("Scan", ["init", "x"], ["total", "rows"], body=body, num_scan_inputs=1)]
+    model = build(nodes, [vi("init", [8]), vi("x", [3, 8])], [vi("total", [8]), vi("rows", [3, 8])], GELU_INITS)
+    fused, modified, before, after = apply(fuse.FuseGelu(), model)
+    assert modified and (before, after) == (7, 3)  # Scan, Gelu, Add
