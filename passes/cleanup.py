@@ -72,6 +72,8 @@ def _node_key(node: ir.Node) -> tuple | None:
     """What makes two nodes interchangeable, or None when a node must stay unique."""
     if node.op_type in _NON_DETERMINISTIC and node.domain in ("", "ai.onnx"):
         return None
+    if node.op_type == "Identity" and any(v.is_graph_output() for v in node.outputs):
+        return None  # merging would only put another Identity in its place
     attributes = []
     for name, attr in sorted(node.attributes.items()):
         if attr.is_ref():

@@ -77,11 +77,13 @@ class EliminateNoOps(ir.passes.InPlacePass):
                     for node in list(graph):
                         changed |= _apply_rules(graph, node, opset)
                 changed |= bool(_chain_rules().apply_to_model(model))
-                changed |= common.IdentityEliminationPass()(model).modified
+                changed |= eliminate_identities(model)
                 if not changed:
                     break
                 modified = True
                 common.RemoveUnusedNodesPass()(model)
+            if modified:  # chain rules build their new axes/shapes as Constant nodes
+                common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         return ir.passes.PassResult(model, modified)
 
 
@@ -92,7 +94,44 @@ class EliminateIdentity(ir.passes.InPlacePass):
     lossless: ClassVar[bool] = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return common.IdentityEliminationPass()(model)
+        return ir.passes.PassResult(model, eliminate_identities(model))
+
+
+def eliminate_identities(model: ir.Model) -> bool:
+    """onnx_ir's identity elimination, minus its one unsafe case.
+
+    y = Identity(x): users of y read x. When y is a graph output, x takes y's name,
+    so x must not be a graph input, initializer or another graph output (onnx_ir
+    renames x then, and the graph ends with one value listed twice, the other
+    output's name lost).
+    """
+    modified = False
+    for graph in list(iter_graphs(model)):
+        for node in list(graph):
+            if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1:
+                continue
+            source, output = node.inputs[0], node.outputs[0]
+            if source is None:
+                continue
+            was_output = output.is_graph_output()
+            if was_output and (source.is_graph_input() or source.is_graph_output() or source.is_initializer()
+                               or source.producer() is None or source.producer().graph is not node.graph):
+                # The node stays to carry the output's name (an outer-scope value cannot
+                # take it either); the other readers of y can still read x.
+                for use in list(output.uses()):
+                    use.node.replace_input_with(use.idx, source)
+                    modified = True
+                continue
+            if source.type is None:
+                source.type = output.type
+            if source.shape is None:
+                source.shape = output.shape
+            ir.convenience.replace_all_uses_with(output, source, replace_graph_outputs=True)
+            if was_output:
+                source.name = output.name
+            graph.remove(node, safe=True)
+            modified = True
+    return modified
 
 
 def _apply_rules(graph: GraphLike, node: ir.Node, opset: int) -> bool:
@@ -304,6 +343,8 @@ def _neutral(value: float, commutative: bool) -> Callable[[ir.Node, int], bool]:
 
 
 def _broadcast_keeps_shape(dims: tuple[int | ir.SymbolicDim, ...] | None, shape: tuple[int, ...]) -> bool:
+    if not shape:
+        return True  # a scalar never changes the other operand's shape
     if dims is None or len(shape) > len(dims):
         return False
     aligned = dims[len(dims) - len(shape):]

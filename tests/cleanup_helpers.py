@@ -61,7 +61,7 @@ def assert_exact(reference: list[dict[str, np.ndarray]], candidate: list[dict[st
     """
     assert len(reference) == len(candidate)
     for ref, cand in zip(reference, candidate):
-        assert list(ref) == list(cand)
+        assert list(ref) == list(cand), (list(ref), list(cand))
         for name in ref:
             assert ref[name].dtype == cand[name].dtype, name
             assert ref[name].shape == cand[name].shape, name
