@@ -366,7 +366,9 @@ def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> t
     return F.cross_entropy(forward(x), y, label_smoothing=0.05)
 
 
-def detector_targets(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def detector_targets(
+    boxes: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre sampling: anchors within 1.5 cells of the box centre (and inside it) are
     positive. Returns positive mask [n, A], target side distances [n, 4, A], labels."""
     side = CANVAS // DETECTOR_STRIDE
@@ -394,8 +396,9 @@ def detector_loss(
     # IoU loss on side distances (boxes share the anchor point) plus a small L1 term.
     pred_area = (distances[:, 0] + distances[:, 2]) * (distances[:, 1] + distances[:, 3])
     true_area = (sides[:, 0] + sides[:, 2]) * (sides[:, 1] + sides[:, 3])
-    inter_w = torch.minimum(distances[:, 0], sides[:, 0]) + torch.minimum(distances[:, 2], sides[:, 2])
-    inter_h = torch.minimum(distances[:, 1], sides[:, 1]) + torch.minimum(distances[:, 3], sides[:, 3])
+    overlap = torch.minimum(distances, sides)  # per side, from the shared anchor point
+    inter_w = overlap[:, 0] + overlap[:, 2]
+    inter_h = overlap[:, 1] + overlap[:, 3]
     inter = inter_w.clamp(min=0) * inter_h.clamp(min=0)
     iou = inter / (pred_area + true_area - inter + 1e-6)
     box_loss = ((1 - iou) * positive).sum() / npos
@@ -407,7 +410,9 @@ def detector_loss(
 
 
 # The onnxscript rewrite rules torch's exporter applies, except these (kept for onnxslim).
-KEPT_FOR_ONNXSLIM = {"FuseBatchNormIntoConv", "FuseBatchNormIntoConvTranspose", "FuseBatchNormIntoGemm"}
+KEPT_FOR_ONNXSLIM = {
+    "FuseBatchNormIntoConv", "FuseBatchNormIntoConvTranspose", "FuseBatchNormIntoGemm"
+}
 # Node metadata the exporter records that holds this machine's file paths.
 MACHINE_SPECIFIC_METADATA = ("pkg.torch.onnx.stack_trace",)
 

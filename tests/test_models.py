@@ -51,9 +51,11 @@ def _eval_arrays(name: str) -> dict[str, np.ndarray]:
 
 
 def _run_eval(name: str, batch_one_only: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    session = Session(io.load(MODELS / f"{name}.onnx"))
+    model = io.load(MODELS / f"{name}.onnx")
+    inputs_needed = [spec.name for spec in input_specs(model)]
+    session = Session(model)
     arrays = _eval_arrays(name)
-    inputs = {spec.name: arrays[spec.name] for spec in input_specs(io.load(MODELS / f"{name}.onnx"))}
+    inputs = {input_name: arrays[input_name] for input_name in inputs_needed}
     count = len(arrays["labels"])
     output = session.output_names[0]
     if batch_one_only:
@@ -86,7 +88,7 @@ def test_npz_files_feed_the_model(name: str, records: dict) -> None:
             assert stacked.dtype == spec.dtype
             sample = stacked[0]
             assert spec.shape is not None and len(sample.shape) == len(spec.shape)
-            for dim, declared in zip(sample.shape, spec.shape):
+            for dim, declared in zip(sample.shape, spec.shape, strict=True):
                 assert dim == (declared if isinstance(declared, int) else 1)
         assert len(calib_arrays[spec.name]) == 256
         assert len(arrays[spec.name]) == count
