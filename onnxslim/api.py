@@ -15,7 +15,8 @@ from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.inspection import ModelSummary, inspect_model
-from onnxslim.passes.fold import FixInputShapes, resolved_input_shapes
+from onnxslim.passes.fold import (FixInputShapes, drop_added_annotations, remember_annotations,
+                                  resolved_input_shapes)
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.validation import ValidationReport, run_model, validate
@@ -109,7 +110,9 @@ def optimize(
                     raise DataError(f"validation feed {name!r} has shape {list(feed[name].shape)}, "
                                     f"but --input-shape fixes it to {list(shape)}")
         guard = Guard(list(feeds), atol=atol, rtol=rtol)
+    remember_annotations(model)
     result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
+    drop_added_annotations(result.model)  # inferred value_info would only grow the file
     return OptimizeResult(result.model, pipeline, result, verified_on)
 
 

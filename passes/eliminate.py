@@ -27,6 +27,9 @@ graph output names).
 12. Cast(Cast(x, A), B) reads x directly when x -> A is exact (a widening: every
     value of x's type is a value of A), e.g. float16 -> float32 -> int32; when B is
     x's own type the pair then disappears under rule 2.
+13. RNN / GRU / LSTM inputs that hold their default, all zeros (bias, initial_h,
+    initial_c, peepholes), are dropped: exporters build zero states from the batch
+    size (Shape -> Concat -> Expand), a computation that then goes away.
 
 onnxscript's rewrite rules add the chain collapses: Reshape(Reshape(x)),
 Transpose(Transpose(x)) (identity or one Transpose), Unsqueeze(Unsqueeze(x)),
@@ -139,6 +142,8 @@ def _apply_rules(graph: GraphLike, node: ir.Node, opset: int) -> bool:
         return False
     if node.op_type == "Cast" and _skip_exact_widening(node):  # rule 12
         return True
+    if node.op_type in _RNN_ZERO_DEFAULTS:  # rule 13
+        return _drop_zero_defaults(node)
     rule = _NO_OPS.get(node.op_type)
     if rule is None or not node.inputs or node.inputs[0] is None:
         return False
@@ -638,3 +643,46 @@ def _rebuild(graph: GraphLike, node: ir.Node, inputs: list[ir.Value | None], *,
     for old, fresh in zip(kept, new.outputs):
         fresh.name = old.name
     return new
+
+
+# ---------------------------------------------------------------- rule 13
+
+# Optional inputs whose default is all zeros: B, initial_h, (initial_c, P for LSTM).
+_RNN_ZERO_DEFAULTS = {"RNN": (3, 5), "GRU": (3, 5), "LSTM": (3, 5, 6, 7)}
+# Ops whose output is all zeros when their data input (0) is, whatever the other inputs.
+_ZERO_PRESERVING = frozenset({"Expand", "Tile", "Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                              "Identity", "Flatten", "Cast", "Gather", "Pad"})
+
+
+def _drop_zero_defaults(node: ir.Node) -> bool:
+    changed = False
+    for index in _RNN_ZERO_DEFAULTS[node.op_type]:
+        if index < len(node.inputs) and node.inputs[index] is not None and _all_zeros(node.inputs[index]):
+            node.replace_input_with(index, None)
+            changed = True
+    return changed
+
+
+def _all_zeros(value: ir.Value, depth: int = 8) -> bool:
+    """True when `value` is known to hold only zeros (a constant, or built from one)."""
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        array = tensor.numpy()
+        return array.size > 0 and array.dtype.kind in "fiub" and not np.any(array)
+    producer = value.producer()
+    if producer is None or depth == 0 or producer.domain != "":
+        return False
+    if producer.op_type == "ConstantOfShape":
+        attr = producer.attributes.get("value")
+        return attr is None or (not attr.is_ref() and not np.any(attr.as_tensor().numpy()))
+    if producer.op_type == "Pad":
+        fill = producer.inputs[2] if len(producer.inputs) > 2 else None
+        if fill is not None and not _all_zeros(fill, depth - 1):
+            return False
+        if producer.attributes.get_string("mode", "constant") != "constant":
+            return False
+    if producer.op_type == "Concat":
+        return all(v is not None and _all_zeros(v, depth - 1) for v in producer.inputs)
+    if producer.op_type in _ZERO_PRESERVING and producer.inputs and producer.inputs[0] is not None:
+        return _all_zeros(producer.inputs[0], depth - 1)
+    return False

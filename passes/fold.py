@@ -479,3 +479,32 @@ def quiet_onnxscript() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+# ------------------------------------------------ annotations the input did not have
+# Folding infers a type and shape for every value; the no-op rules and fusions use
+# them. Saved, they become value_info entries the input did not carry (tens of KB on a
+# large graph), so a whole-model run drops the ones it added.
+
+_ANNOTATED = "onnxslim.annotated_in_input"
+
+
+def remember_annotations(model: ir.Model) -> None:
+    """Mark the values that carry a type or shape in the model as given."""
+    for value in _graph_values(model):
+        if value.type is not None or value.shape is not None:
+            value.meta[_ANNOTATED] = True
+
+
+def drop_added_annotations(model: ir.Model) -> int:
+    """Clear type and shape of intermediate values not marked by remember_annotations."""
+    dropped = 0
+    for value in _graph_values(model):
+        if value.is_graph_input() or value.is_graph_output() or value.const_value is not None:
+            continue
+        if value.meta.get(_ANNOTATED) or (value.type is None and value.shape is None):
+            continue
+        value.type = None
+        value.shape = None
+        dropped += 1
+    return dropped

@@ -318,3 +318,22 @@ def test_duplicate_initializers_merge() -> None:
               [init("w1", w), init("w2", w.copy())])
     out, _, _ = apply_and_compare(DeduplicateInitializers(), m, [rng_feed({"x": (1, 4)})])
     assert len(out.graph.initializers) == 1
+
+
+def test_zero_initial_state_of_gru_is_dropped_with_its_computation() -> None:
+    """GRU initial_h = Expand(0.0, [2, batch, 4]) with batch from Shape(x): the default."""
+    rng = np.random.default_rng(0)
+    w, r = rng.standard_normal((2, 12, 3)).astype(np.float32), rng.standard_normal((2, 12, 4)).astype(np.float32)
+    m = model([helper.make_node("Shape", ["x"], ["s"]),
+               helper.make_node("Slice", ["s", "one", "two"], ["batch"]),
+               helper.make_node("Concat", ["dirs", "batch", "hidden"], ["hshape"], axis=0),
+               helper.make_node("Expand", ["zero", "hshape"], ["h0"]),
+               helper.make_node("GRU", ["x", "w", "r", "b", "", "h0"], ["y", "yh"], hidden_size=4,
+                                direction="bidirectional")],
+              [vi("x", ["T", "B", 3])], [vi("y", ["T", 2, "B", 4]), vi("yh", [2, "B", 4])],
+              [init("w", w), init("r", r), init("b", np.zeros((2, 24), np.float32)),
+               init("one", np.int64([1])), init("two", np.int64([2])), init("dirs", np.int64([2])),
+               init("hidden", np.int64([4])), init("zero", np.float32([0.0]))])
+    feeds = [rng_feed({"x": (5, 3, 3)})]
+    out, before, after = apply_and_compare(EliminateNoOps(), m, feeds)
+    assert op_types(out) == ["GRU"] and len(out.graph.node(0).inputs) == 3, "B, initial_h dropped"
