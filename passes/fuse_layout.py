@@ -20,7 +20,9 @@ Numbered cases:
    same numbers); no Cast at all when T2 is x's own type. A Cast to x's own type goes.
    Narrowing chains (float32 -> float16 -> float32) round, and are kept.
 
-6. Transposes move down through elementwise ops and reductions (fuse_transpose) until
+6. Concat(..., Concat(a, b), ...) on the same axis -> Concat(..., a, b, ...) when
+   only the outer Concat reads the inner one.
+7. Transposes move down through elementwise ops and reductions (fuse_transpose) until
    they meet their inverse and cancel by case 1.
 
 Axes given as negative numbers are used only when the rank is known. An inner node
@@ -60,6 +62,7 @@ def fuse_layout_chains(scope: Scope, namer: Namer) -> int:
         "Unsqueeze": _unsqueeze,
         "Squeeze": _squeeze,
         "Cast": _cast,
+        "Concat": _concat,
     }
     count = 0
     for node in list(scope):
@@ -338,3 +341,38 @@ def _cast(scope: Scope, namer: Namer, node: ir.Node) -> bool:
         return _drop(scope, node, inner.inputs[0])  # type: ignore[union-attr, arg-type]
     _rewire(scope, node, inner.inputs[0])  # type: ignore[union-attr]
     return True
+
+
+# --------------------------------------------------------------------------- case 6
+
+def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
+    del namer
+    axis = node.attributes.get_int("axis", None)
+    if axis is None:
+        return False
+    rank = _rank(node.outputs[0])
+    merged: list[ir.Value | None] = []
+    inner_nodes = []
+    for value in node.inputs:
+        inner = value.producer() if value is not None else None
+        if is_op(inner, "Concat") and is_internal(value, node) and _same_axis(  # type: ignore[arg-type]
+                inner.attributes.get_int("axis", None), axis, rank):  # type: ignore[union-attr]
+            merged.extend(inner.inputs)  # type: ignore[union-attr]
+            inner_nodes.append(inner)
+        else:
+            merged.append(value)
+    if not inner_nodes:
+        return False
+    node.resize_inputs(len(merged))
+    for i, value in enumerate(merged):
+        node.replace_input_with(i, value)
+    remove_dead(scope, inner_nodes)  # type: ignore[arg-type]
+    return True
+
+
+def _same_axis(a: int | None, b: int, rank: int | None) -> bool:
+    if a is None:
+        return False
+    if a == b:
+        return True
+    return rank is not None and (a % rank) == (b % rank)

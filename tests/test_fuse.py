@@ -460,3 +460,16 @@ def test_gelu_inside_scan_body():
     model = build(nodes, [vi("init", [8]), vi("x", [3, 8])], [vi("total", [8]), vi("rows", [3, 8])], GELU_INITS)
     fused, modified, before, after = apply(fuse.FuseGelu(), model)
     assert modified and (before, after) == (7, 3)  # Scan, Gelu, Add
+
+
+def test_nested_concats_on_one_axis_merge():
+    nodes = [helper.make_node("Concat", ["a", "b"], ["ab"], axis=1),
+             helper.make_node("Concat", ["ab", "c"], ["y"], axis=-1)]  # -1 is axis 1 at rank 2
+    model = build(nodes, [vi("a", [2, 3]), vi("b", [2, 4]), vi("c", [2, 5])], [vi("y", [2, 12])])
+    fused, modified, before, after = apply(fuse.FuseLayoutChains(), model)
+    assert modified and (before, after) == (2, 1)
+    other_axis = build([helper.make_node("Concat", ["a", "b"], ["ab"], axis=0),
+                        helper.make_node("Concat", ["ab", "c"], ["y"], axis=1)],
+                       [vi("a", [2, 3]), vi("b", [2, 3]), vi("c", [4, 2])], [vi("y", [4, 5])])
+    _, modified, _, _ = apply(fuse.FuseLayoutChains(), other_axis)
+    assert not modified
