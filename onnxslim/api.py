@@ -136,6 +136,22 @@ inspect = inspect_model
 run = run_model
 
 
+def quantize(source: ModelSource, *, mode: str = "static", calib: Any = None, data: Any = None,
+             validate: bool = True, progress: Any = None, **options: Any) -> Any:
+    """Quantize a float model (static int8 calibrated on `calib`, dynamic, or weight-only).
+
+    `calib` / `data`: anything `open_feeds` reads (a path, a folder, an ORT
+    CalibrationDataReader, an iterable of feeds). `options` are the fields of
+    the mode's pass (QuantizeStatic, QuantizeDynamic, QuantizeWeightOnly). Returns
+    a QuantizeResult: the model, the pass report and the validation against the
+    float model (parity, latency ratio, accuracy when `data` carries labels).
+    """
+    from onnxslim.passes.quantize.run import quantize_model
+
+    return quantize_model(as_model(source), mode=mode, calib=calib, data=data, validate=validate,
+                          progress=progress, **options)
+
+
 def prune(source: ModelSource, *, method: str = "magnitude", sparsity: float = 0.5, calib: Any = None,
           eval_data: Any = None, storage: str = "packed", validate: bool = True, max_drop: float | None = None,
           runs: int = 50, **options: Any) -> Any:

@@ -20,6 +20,9 @@ from onnxslim.passes import fuse
 from onnxslim.passes import prune
 from onnxslim.passes.quantize import equalize as quantize_equalize
 from onnxslim.passes.quantize import smoothquant as quantize_smoothquant
+from onnxslim.passes.quantize import dynamic as quantize_dynamic
+from onnxslim.passes.quantize import static as quantize_static
+from onnxslim.passes.quantize import weight_only as quantize_weight_only
 
 PassClass = type[ir.passes.PassBase]
 
@@ -46,6 +49,9 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "unpack-sparse": prune.UnpackSparseWeights,
     "cross-layer-equalization": quantize_equalize.CrossLayerEqualization,
     "smooth-quant": quantize_smoothquant.SmoothQuant,
+    "quantize-static": quantize_static.QuantizeStatic,
+    "quantize-dynamic": quantize_dynamic.QuantizeDynamic,
+    "quantize-weight-only": quantize_weight_only.QuantizeWeightOnly,
 }
 
 # The lossless clean-up that `onnxslim optimize` runs by default, in order. Folding

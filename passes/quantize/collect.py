@@ -216,7 +216,7 @@ def _feed_factory(feeds: FeedSource, model: ir.Model, limit: int | None
         return (lambda: iter([dict(feeds)])), None
     if callable(feeds) and not hasattr(feeds, "__iter__"):
         return (lambda: _limited(iter(feeds()), limit)), None  # type: ignore[operator]
-    if isinstance(feeds, Iterator) or iter(feeds) is feeds:  # type: ignore[arg-type]
+    if isinstance(feeds, Iterator) or getattr(feeds, "_once", False):  # a generator, or a FeedStream over one
         return None, _limited(iter(feeds), limit)  # type: ignore[arg-type]
     return (lambda: _limited(iter(feeds), limit)), None  # type: ignore[arg-type]
 

@@ -30,8 +30,10 @@ Roles of the nodes that get quantized:
 Everything else stays float: Softmax and LayerNormalization (QLinearSoftmax is 3x
 slower than float; Q/DQ inside LayerNorm blocks its fusion), recurrent ops
 (`--mode dynamic` handles them), ConvTranspose (ORT's CPU provider has no int8
-ConvTranspose: its Q/DQ would only add time), depthwise Conv unless asked (int8
-depthwise kernels are 1.4-2.4x slower than float).
+ConvTranspose: its Q/DQ would only add time), and depthwise Conv next to a float
+op (int8 depthwise kernels are 1.4-2.4x slower than float). A depthwise Conv between
+two int8 neighbours is quantized here, per channel: ORT 1.32 would otherwise
+quantize it itself at session start, per tensor, which costs accuracy.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ class PolicyConfig:
     reduce_range: bool = False
     exclude: tuple[str, ...] = ()
     keep_float_outputs: bool = False
-    quantize_depthwise: bool = False
+    quantize_depthwise: bool = False  # False: only between int8 neighbours
     quantize_activation_matmul: bool = False  # attention-style MatMul of two activations
     op_types: frozenset[str] | None = None  # restrict to these op types (None: all known)
 
@@ -139,6 +141,9 @@ class NodePlan:
     activations: list[int] = field(default_factory=list)  # input indices quantized as activations
     constants: list[int] = field(default_factory=list)  # constant inputs quantized like activations
     output_quantized: bool = False
+    # Quantize only between int8 neighbours (depthwise Conv: its int8 kernel is slower than
+    # float, but ORT quantizes a float Conv sitting between DQ and Q itself, per tensor).
+    sandwiched: bool = False
 
 
 @dataclass
@@ -336,10 +341,9 @@ def _compute_candidate(node: ir.Node, config: PolicyConfig, keep_float: set[str]
         if weight is None or weight.dtype != np.float32:
             return "weight is not a float32 constant"
         group = node.attributes.get_int("group", 1)
-        if group > 1 and group == weight.shape[0] and weight.shape[1] == 1 and not config.quantize_depthwise:
-            return "depthwise Conv: int8 kernels are slower than float (--quantize-depthwise to force)"
+        depthwise = group > 1 and group == weight.shape[0] and weight.shape[1] == 1
         plan = NodePlan(name, op, "compute", weights={1: 0 if config.per_channel else None}, activations=[0],
-                        output_quantized=True)
+                        output_quantized=True, sandwiched=depthwise and not config.quantize_depthwise)
         if b is not None:
             if const_array(b) is None:
                 return "bias is not constant"
@@ -432,6 +436,8 @@ def _violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], b
     if plan.role == "compute":
         if node.op_type == "Conv" and (outputs[0].name or "") in keep_float:
             return "its output must stay float"
+        if plan.sandwiched:
+            return _sandwich_violation(plan, node, members, graph_outputs, keep_float)
         return ""
     if plan.role == "embedding":
         return ""
@@ -472,6 +478,25 @@ def _violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], b
                 return "a consumer stays float"
             if members[cname].role == "compute" and not _takes_activation(members[cname], consumer, out):
                 return "used as a weight"
+    return ""
+
+
+def _sandwich_violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], graph_outputs: set[int],
+                        keep_float: set[str]) -> str:
+    """A depthwise Conv is quantized only when its input and every reader are int8 anyway."""
+    value = node.inputs[0]
+    producer = value.producer() if value is not None else None
+    if producer is None or (producer.name or "") not in members or not _output_quantized(
+            producer, members[producer.name or ""], members, graph_outputs, keep_float):
+        return "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
+    out = node.outputs[0]
+    consumers = _consumers(out)
+    if id(out) in graph_outputs or not consumers:
+        return "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
+    for consumer in consumers:
+        cplan = members.get(consumer.name or "")
+        if cplan is None or cplan.role == "embedding":
+            return "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
     return ""
 
 

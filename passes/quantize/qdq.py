@@ -189,14 +189,15 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, params: Mapping[str, QParams], 
         report.quantized_nodes.append(name)
 
     # 3. Activation Q/DQ pairs.
-    values = _values_by_name([g for g in iter_graphs(model) if isinstance(g, ir.Graph)])
+    graphs = [g for g in iter_graphs(model) if isinstance(g, ir.Graph)]
+    values = _values_by_name(graphs)
     for key in plan.tensors:
         value = values.get(key)
         if value is None:
             continue
         root = plan.root(key)
         qp = params[root.name]
-        _insert_pair(model, value, qp, namer)
+        _insert_pair(model, value, qp, namer, graphs)
         report.quantized_tensors += 1
     _remove_unused_constants(model)
     return report
@@ -273,7 +274,7 @@ def _graph_of(value: ir.Value, model: ir.Model) -> ir.Graph:
     return model.graph
 
 
-def _insert_pair(model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer) -> None:
+def _insert_pair(model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer, all_graphs: list[ir.Graph]) -> None:
     """Q(value) where it is produced; each graph reading it gets its own DQ."""
     home = _graph_of(value, model)
     base = value.name or "tensor"
@@ -297,7 +298,7 @@ def _insert_pair(model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer) -
         assert isinstance(graph, ir.Graph)
         readers.setdefault(id(graph), []).append((user, index))
         reader_graphs[id(graph)] = graph
-    output_graphs = [g for g in iter_graphs(model) if isinstance(g, ir.Graph) and any(o is value for o in g.outputs)]
+    output_graphs = [g for g in all_graphs if any(o is value for o in g.outputs)]
     for graph in output_graphs:
         reader_graphs.setdefault(id(graph), graph)
         readers.setdefault(id(graph), [])
@@ -471,3 +472,49 @@ def _remove_unused_constants(model: ir.Model) -> None:
         for node in list(graph):
             if node.op_type == "Constant" and all(not o.uses() and not o.is_graph_output() for o in node.outputs):
                 graph.remove(node, safe=True)
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by the dynamic and weight-only modes
+
+
+class WeightQuantizer:
+    """Int8 weights behind DequantizeLinear, each (weight, axis, graph) quantized once."""
+
+    def __init__(self, model: ir.Model, *, reduce_range: bool = False) -> None:
+        self.namer = _Namer(model)
+        self.cache: dict[tuple[int, int | None, int], tuple[ir.Value, QParams]] = {}
+        self.reduce_range = reduce_range
+        self.report = InsertReport()
+        self._empty_plan = QuantPlan({}, {}, {})
+
+    def weight(self, node: ir.Node, index: int, axis: int | None) -> QParams | None:
+        """Replace input `index` of `node` by DQ(int8 weight)."""
+        plan = NodePlan(node.name or "", node.op_type, "weight-only")
+        return _quantize_weight(node, index, axis, plan, self._empty_plan, {}, self.cache, self.namer,
+                                self.reduce_range, self.report)
+
+    def embedding(self, node: ir.Node) -> None:
+        """Gather on an int8 table, then DQ of the rows taken."""
+        _quantize_embedding(node, self.namer, self.report)
+
+    def initializer(self, graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+        return _initializer(graph, self.namer(base), array)
+
+    def finish(self, model: ir.Model) -> None:
+        _remove_unused_constants(model)
+
+
+def replace_node(old: ir.Node, new_nodes: list[ir.Node], new_outputs: list[ir.Value]) -> None:
+    """Insert `new_nodes` before `old`; `old`'s outputs (uses, names) move to `new_outputs`."""
+    graph = old.graph
+    assert isinstance(graph, ir.Graph)
+    if new_nodes:
+        graph.insert_before(old, new_nodes)
+    for out, new in zip(old.outputs, new_outputs):
+        name = out.name
+        new.type, new.shape = out.type, out.shape
+        out.replace_all_uses_with(new, replace_graph_outputs=True)
+        out.name = None
+        new.name = name
+    graph.remove(old, safe=True)

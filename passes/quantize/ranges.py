@@ -37,6 +37,10 @@ DEFAULT_BINS = 2048
 # histogram stops (its range would otherwise swallow every bin).
 EXTREME_MAGNITUDE = 1e30
 METHODS = ("minmax", "percentile", "entropy", "mse")
+# Histograms of larger tensors count an evenly strided subset (min/max stay exact):
+# 2^16 values per tensor and feed (millions over a calibration set) pin the 99.99th
+# percentile to about a bin, at a quarter of the cost of counting every value.
+SAMPLE_ELEMENTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -78,19 +82,33 @@ class StreamingHistogram:
     def centers(self) -> np.ndarray:
         return self.lo + self.width * (np.arange(self.bins, dtype=np.float64) + 0.5)
 
-    def add(self, values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> None:
-        """Count finite `values` (any shape); `vmin`/`vmax` may be passed if already known."""
+    def add(self, values: np.ndarray, vmin: float | None = None, vmax: float | None = None,
+            sample: int | None = SAMPLE_ELEMENTS) -> None:
+        """Count finite `values` (any shape); `vmin`/`vmax` may be passed if already known.
+
+        Above `sample` elements, an evenly strided subset is counted, each value
+        weighted by the stride (an odd stride, so it cycles through power-of-two
+        channel and spatial sizes instead of aliasing with them).
+        """
         flat = values.reshape(-1)
         if flat.size == 0:
             return
         if vmin is None or vmax is None:
             vmin, vmax = float(flat.min()), float(flat.max())
         self._cover(vmin, vmax)
+        weight = 1
+        if sample is not None and flat.size > sample:
+            weight = (flat.size + sample - 1) // sample | 1
+            flat = flat[::weight]
         scale = 1.0 / self.width
-        index = (flat.astype(np.float64, copy=False) - self.lo) * scale if flat.dtype == np.float64 \
-            else (flat - np.float32(self.lo)) * np.float32(scale)
+        if flat.dtype == np.float64:
+            index = (flat - self.lo) * scale
+        else:
+            index = np.multiply(flat, np.float32(scale))
+            index -= np.float32(self.lo * scale)
         index = np.clip(index, 0, self.bins - 1, out=index).astype(np.intp)
-        self.counts += np.bincount(index, minlength=self.bins)[: self.bins]
+        counts = np.bincount(index, minlength=self.bins)[: self.bins]
+        self.counts += counts * weight if weight > 1 else counts
 
     def _cover(self, vmin: float, vmax: float) -> None:
         """Grow (by exact merging) so that [vmin, vmax] lies inside the bins."""

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim.errors import DataError, UsageError
+from onnxslim.errors import DataError, PassFailed, UsageError
 from onnxslim.passes._options import check_choice, option
 
 from .bias_correction import static_hook as bias_correction_hook
@@ -137,10 +137,8 @@ class QuantizeStatic(ir.passes.InPlacePass):
 
 def replace_contents(model: ir.Model, source: ir.Model) -> None:
     """Make `model` hold `source`'s graph (in-place passes must modify the model given)."""
-    model.graph = source.graph
+    model.graph = source.graph  # the opset imports live on the graph
     model.ir_version = max(model.ir_version, source.ir_version)
-    model.opset_imports.clear()
-    model.opset_imports.update(source.opset_imports)
     model.functions.clear()
     model.functions.update(source.functions)
 
@@ -176,12 +174,16 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
     report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
     report.seconds["prepare"] = time.perf_counter() - clock
 
+    source = _feeds(calib, prepared)
+    reservoir = _Reservoir(source, keep=64) if _one_shot(source) else None
+    if reservoir is not None:
+        source = reservoir
     clock = time.perf_counter()
     widest = make_plan(prepared, policy)
     wanted = sorted(set(widest.range_tensors()) | _extra_tensors(prepared, widest))
     stats: dict[str, TensorStats] = {}
     if wanted:
-        stats, report.samples = _calibrate(prepared, calib, wanted, options, progress)
+        stats, report.samples = _calibrate(prepared, source, wanted, options, progress)
     report.seconds["calibrate"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -197,13 +199,8 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
         float_tensors |= protected_tensors(protections)
         for name in protected_nodes(protections):
             float_nodes[name] = "protected: range cannot share one int8 scale"
-    plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
-    ranges = _ranges(plan, stats, options)
-    missing = [n for n in plan.range_tensors() if n not in ranges]
-    if missing:  # a re-plan asked for a tensor the first pass did not watch
-        more, _ = _calibrate(prepared, calib, missing, options, progress)
-        stats.update(more)
-        ranges = _ranges(plan, stats, options)
+    plan, ranges = _plan_with_ranges(prepared, policy, float_nodes, float_tensors, stats, source, options, progress,
+                                     report)
     result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["insert"] = time.perf_counter() - clock
 
@@ -215,16 +212,13 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
             if not unfused:
                 break
             float_nodes.update({name: _NOT_FUSED for name in unfused})
-            plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
-            ranges = _ranges(plan, stats, options)
-            missing = [n for n in plan.range_tensors() if n not in ranges]
-            if missing:
-                more, _ = _calibrate(prepared, calib, missing, options, progress)
-                stats.update(more)
-                ranges = _ranges(plan, stats, options)
+            plan, ranges = _plan_with_ranges(prepared, policy, float_nodes, float_tensors, stats, source, options,
+                                             progress, report)
             result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["check"] = time.perf_counter() - clock
-    bias_correction_hook(result, prepared, _feeds(calib, prepared), options, report)  # bias_correction.py
+    # One-shot sources (generators, readers) cannot be read again: reuse the first feeds kept.
+    reusable = reservoir.kept if reservoir is not None else source
+    bias_correction_hook(result, prepared, reusable, options, report)  # bias_correction.py
 
     members = {n: p for n, p in plan.nodes.items() if p.role in ("compute", "island", "embedding", "shared")}
     report.quantized_nodes = sorted(members)
@@ -233,6 +227,34 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
     report.weight_bytes_before = insert_report.weight_bytes_before
     report.weight_bytes_after = insert_report.weight_bytes_after
     return result, report
+
+
+def _plan_with_ranges(prepared: ir.Model, policy: PolicyConfig, float_nodes: dict[str, str], float_tensors: set[str],
+                      stats: dict[str, TensorStats], calib: FeedSource, options: QuantizeStatic,
+                      progress: StageProgress | None, report: QuantizeReport) -> tuple[QuantPlan, dict[str, Range]]:
+    """A plan under the current constraints, with a range for each of its tensors.
+
+    A re-plan may need a tensor the first calibration pass did not watch: it is
+    calibrated now, or, when the data can be read only once, kept float.
+    """
+    for _ in range(8):
+        plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
+        ranges = _ranges(plan, stats, options)
+        needed = plan.range_tensors()
+        absent = [n for n in needed if n not in stats]
+        if absent:
+            try:
+                more, _ = _calibrate(prepared, calib, absent, options, progress)
+                stats.update(more)
+            except DataError as exc:
+                report.warnings.append(f"{len(absent)} tensor(s) left float: {exc}")
+                float_tensors.update(absent)
+            continue
+        unobserved = [n for n in needed if n not in ranges]
+        if not unobserved:
+            return plan, ranges
+        float_tensors.update(unobserved)  # never seen (a branch no feed took): keep float
+    raise PassFailed("quantize-static: could not settle on a plan with calibrated ranges")
 
 
 def _apply(prepared: ir.Model, plan: QuantPlan, ranges: Mapping[str, Range], act_dtype: type,
@@ -259,7 +281,7 @@ def _calibrate(model: ir.Model, calib: FeedSource, names: list[str], options: Qu
         if progress is not None:
             progress("calibrate", done, total)
 
-    stats, count = collect_stats(model, _feeds(calib, model), names, histogram=options.method != "minmax",
+    stats, count = collect_stats(model, calib, names, histogram=options.method != "minmax",
                                  progress=report, config=CollectConfig(limit=options.max_samples))
     if count == 0:
         raise DataError("calibration data holds no feeds")
@@ -276,6 +298,34 @@ def _feeds(calib: FeedSource, model: ir.Model) -> Any:
     return opener(calib, model, extra="ignore")
 
 
+def _one_shot(source: Any) -> bool:
+    """True for sources that can be read only once (generators, readers without rewind)."""
+    from collections.abc import Iterator
+
+    return isinstance(source, Iterator) or bool(getattr(source, "_once", False))
+
+
+class _Reservoir:
+    """A one-shot feed source that keeps its first `keep` feeds for the steps after calibration."""
+
+    def __init__(self, source: Any, keep: int) -> None:
+        self._source = source
+        self._keep = keep
+        self._read = False
+        self._once = True  # collect.py reads it in one pass
+        self.kept: list[dict[str, np.ndarray]] = []
+
+    def __iter__(self) -> Any:
+        if self._read:
+            raise DataError("the calibration data can be read only once (an iterator or a reader); "
+                            "pass a list, a file or a folder to read it more than once")
+        self._read = True
+        for feed in self._source:
+            if len(self.kept) < self._keep:
+                self.kept.append(feed)
+            yield feed
+
+
 def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
     """Tensors watched besides the plan's: inputs of absorbed activations, of joins (protections)."""
     names: set[str] = set()
@@ -286,6 +336,8 @@ def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
             continue
         if node_plan.role == "absorbed" and node.inputs[0] is not None:
             names.add(node.inputs[0].name or "")
+        if node_plan.role == "shared":  # needs its own range if the op ends up float
+            names.update(o.name for o in node.outputs if o.name)
     for node in model.graph:
         if node.op_type in ("Concat", "Add") and node.domain in ("", "ai.onnx"):
             for value in node.inputs:

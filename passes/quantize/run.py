@@ -1,0 +1,183 @@
+"""Quantize a model in one of three modes and validate the result against the float model.
+
+This is what `onnxslim quantize` and `onnxslim.api.quantize` do: choose the pass for
+the mode, run it on a copy (the input is never modified), then run both models on
+ONNX Runtime on the same feeds (the --data feeds, else calibration feeds, else
+generated ones) for parity (cosine, top-1 agreement), latency (single thread,
+interleaved) and, when the data carries a `labels` array, top-1 accuracy of both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.errors import UsageError
+from onnxslim.graphs import node_count, tensor_bytes
+
+from .dynamic import QuantizeDynamic
+from .static import REPORT_KEY, QuantizeReport, QuantizeStatic
+from .weight_only import QuantizeWeightOnly
+
+MODES = ("static", "dynamic", "weight-only")
+StageProgress = Callable[[str, int, int | None], None]
+LABEL_KEYS = ("labels", "label", "y")
+
+
+@dataclass
+class QuantizeResult:
+    """The quantized model, what the pass decided, and how it compares with the float model."""
+
+    model: ir.Model
+    report: QuantizeReport
+    validation: Any | None  # onnxslim.validation.ValidationReport
+    bytes_before: int
+    bytes_after: int
+    nodes_before: int
+    nodes_after: int
+    seconds: float
+    accuracy: dict[str, float] | None = None  # {"float": .., "quantized": .., "samples": n}
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """Quantized median latency over float (below 1: faster)."""
+        speedup = getattr(self.validation, "speedup", None) if self.validation is not None else None
+        return 1.0 / speedup if speedup else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report": self.report.to_dict(),
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "size_ratio": self.size_ratio,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "latency_ratio": self.latency_ratio,
+            "accuracy": self.accuracy,
+            "validation": self.validation.to_dict() if self.validation is not None else None,
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+        }
+
+
+def make_quantize_pass(mode: str = "static", **options: Any) -> ir.passes.PassBase:
+    """The pass for `mode` configured with `options` (unknown options are a UsageError)."""
+    classes = {"static": QuantizeStatic, "dynamic": QuantizeDynamic, "weight-only": QuantizeWeightOnly}
+    if mode not in classes:
+        raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    cls = classes[mode]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
+    if unknown:
+        raise UsageError(f"--mode {mode} does not take {', '.join(unknown)}")
+    try:
+        return cls(**{k: v for k, v in options.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def quantize_model(
+    model: ir.Model,
+    *,
+    mode: str = "static",
+    calib: Any = None,
+    data: Any = None,
+    validate: bool = True,
+    validation_samples: int = 32,
+    runs: int = 20,
+    threads: int = 1,
+    progress: StageProgress | None = None,
+    **options: Any,
+) -> QuantizeResult:
+    """Quantize (a copy of) `model` and validate it; `options` are the pass's fields."""
+    if mode == "static":
+        if calib is None:
+            raise UsageError("static quantization needs calibration data (--calib)")
+        options["calib"] = calib
+        options["progress"] = progress
+    elif calib is not None and data is None:
+        data = calib  # dynamic and weight-only need no calibration; use it to validate
+    quantize_pass = make_quantize_pass(mode, **options)
+    start = time.perf_counter()
+    quantized = model.clone()
+    quantize_pass(quantized)
+    seconds = time.perf_counter() - start
+    report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
+    result = QuantizeResult(quantized, report, None, tensor_bytes(model), tensor_bytes(quantized),
+                            node_count(model), node_count(quantized), seconds, warnings=list(report.warnings))
+    if not report.quantized_nodes:
+        result.warnings.append("nothing was quantized: no op of this model has a faster or smaller int8 form here")
+    if result.bytes_after > result.bytes_before:
+        result.warnings.append(f"the result holds more weight bytes than the input "
+                               f"({result.bytes_after} > {result.bytes_before})")
+    if validate:
+        feeds_source = data if data is not None else calib
+        result.validation, result.accuracy = _validate(model, quantized, feeds_source, validation_samples,
+                                                       runs, threads, progress)
+    return result
+
+
+def _validate(reference: ir.Model, candidate: ir.Model, source: Any, count: int, runs: int, threads: int,
+              progress: StageProgress | None) -> tuple[Any, dict[str, float] | None]:
+    from onnxslim.calibration import open_feeds
+    from onnxslim.validation import validate
+
+    feeds = None
+    has_labels = False
+    if source is not None:
+        inputs = {v.name for v in reference.graph.inputs}
+        feeds = []
+        for feed in open_feeds(source, reference, limit=count, extra="keep"):
+            has_labels = has_labels or any(k in feed and k not in inputs for k in LABEL_KEYS)
+            feeds.append({k: v for k, v in feed.items() if k in inputs})
+
+    def notify(stage: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(stage, done, total)
+
+    report = validate(reference, candidate, feeds=feeds, count=None if feeds else 8, runs=runs, threads=threads,
+                      measure_memory=False, atol=1e-2, rtol=1e-2, progress=notify)
+    accuracy = accuracy_on(reference, candidate, source, progress=progress) if has_labels else None
+    return report, accuracy
+
+
+def accuracy_on(reference: ir.Model, candidate: ir.Model, source: Any, *, limit: int | None = None,
+                progress: StageProgress | None = None) -> dict[str, float]:
+    """Top-1 accuracy of the first output of both models over labelled data, streamed."""
+    from onnxslim.calibration import open_feeds
+    from onnxslim.runtime import Session
+
+    inputs = {v.name for v in reference.graph.inputs}
+    sessions = {"float": Session(reference), "quantized": Session(candidate)}
+    hits = dict.fromkeys(sessions, 0)
+    total = 0
+    stream = open_feeds(source, reference, limit=limit, extra="keep")
+    expected = getattr(stream, "count", None)
+    for index, feed in enumerate(stream):
+        label = next((feed[k] for k in LABEL_KEYS if k in feed and k not in inputs), None)
+        if label is None:
+            continue
+        truth = np.asarray(label).reshape(-1)
+        feed = {k: v for k, v in feed.items() if k in inputs}
+        for key, session in sessions.items():
+            output = np.asarray(session.run(feed)[session.output_names[0]])
+            predicted = output.reshape(-1, output.shape[-1]).argmax(-1) if output.ndim > 1 else output.reshape(-1)
+            n = min(len(predicted), len(truth))
+            hits[key] += int(np.count_nonzero(predicted[:n] == truth[:n]))
+        total += min(len(truth), len(truth))
+        if progress is not None:
+            progress("accuracy", index + 1, expected)
+    scores = {key: hits[key] / total if total else float("nan") for key in sessions}
+    scores["samples"] = float(total)
+    return scores

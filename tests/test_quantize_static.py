@@ -1,0 +1,191 @@
+"""quantize-static on ORT for real: int8 kernels in the optimized graph, parity, size, subgraphs,
+exclusions, mask trap, flat memory, no files in the working directory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onnxslim.errors import UsageError
+from onnxslim.graphs import iter_nodes, tensor_bytes
+from onnxslim.passes.quantize.collect import collect_stats
+from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
+from onnxslim.runtime import Session, SessionConfig
+from quantize_fixtures import cnn, conv_in_if, feeds_for, masked_attention, mlp
+
+
+def optimized_ops(model: ir.Model) -> list[str]:
+    """Op types of ORT's optimized graph, subgraphs included."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "opt.onnx"
+        Session(model, SessionConfig(optimized_model_path=str(path)))
+        proto = onnx.load(str(path))
+
+    def walk(graph: onnx.GraphProto) -> Iterator[str]:
+        for node in graph.node:
+            yield node.op_type
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from walk(attr.g)
+
+    return list(walk(proto.graph))
+
+
+def outputs(model: ir.Model, feeds: list[dict]) -> list[dict]:
+    session = Session(model)
+    return [session.run(f) for f in feeds]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_cnn_runs_on_qlinearconv_and_qgemm_with_parity():
+    model = cnn()
+    calib = feeds_for(model, 16, seed=1)
+    quantized, report = quantize_static(model, calib)
+    ops = optimized_ops(quantized)
+    assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1, ops
+    assert "QLinearGlobalAveragePool" in ops
+    assert "Conv" not in ops and "Relu" not in ops  # Relu folded into the Q clamp
+    assert report.int8_kernels.get("QLinearConv") == 2
+    test = feeds_for(model, 8, seed=2)
+    ref, got = outputs(model, test), outputs(quantized, test)
+    for r, g in zip(ref, got):
+        assert cosine(r["y"], g["y"]) > 0.995
+        assert np.array_equal(r["y"].argmax(-1), g["y"].argmax(-1)) or cosine(r["y"], g["y"]) > 0.999
+    assert not any(n.op_type == "Conv" and n.inputs[1].const_value is not None for n in iter_nodes(quantized))
+
+
+@pytest.mark.parametrize("activation_type", ["uint8", "int8"])
+def test_weight_dominated_model_shrinks_4x_and_fuses_matmul(activation_type):
+    model = mlp(hidden=512, features=128)
+    calib = feeds_for(model, 8, seed=3)
+    quantized, report = quantize_static(model, calib, QuantizeStatic(activation_type=activation_type))
+    before, after = tensor_bytes(model), tensor_bytes(quantized)
+    assert after <= before / 3.5, (before, after)
+    ops = optimized_ops(quantized)
+    assert ops.count("QGemm") + ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") == 2, ops
+    assert "MatMul" not in ops
+    q_types = {n.outputs[0].dtype for n in iter_nodes(quantized) if n.op_type == "QuantizeLinear"}
+    assert q_types == {ir.DataType.UINT8 if activation_type == "uint8" else ir.DataType.INT8}
+    test = feeds_for(model, 4, seed=4)
+    for r, g in zip(outputs(model, test), outputs(quantized, test)):
+        assert cosine(r["y"], g["y"]) > 0.999
+
+
+def test_result_is_never_larger_even_without_weights():
+    model = conv_in_if()
+    quantized, report = quantize_static(model, [{"x": np.ones((1, 3, 8, 8), np.float32), "flag": np.array(False)}])
+    assert tensor_bytes(quantized) <= tensor_bytes(model)
+
+
+def test_if_branch_is_calibrated_and_quantized_inside():
+    model = conv_in_if()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(i % 2 == 0)} for i in range(8)]
+    quantized, report = quantize_static(model, calib, QuantizeStatic(method="minmax"))
+    assert {"then_conv1", "then_conv2"} <= set(report.quantized_nodes)
+    ops = optimized_ops(quantized)
+    assert ops.count("QLinearConv") == 2, ops
+    test = [{"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32), "flag": np.array(True)}]
+    ref, got = outputs(model, test)[0]["y"], outputs(quantized, test)[0]["y"]
+    assert cosine(ref, got) > 0.995
+
+
+def test_exclusions_by_name_op_type_and_regex():
+    model = cnn()
+    calib = feeds_for(model, 4)
+    for pattern, kept in (("conv1", {"conv1"}), ("Gemm", {"fc"}), ("conv[12]", {"conv1", "conv2"})):
+        _, report = quantize_static(model, calib, QuantizeStatic(exclude=(pattern,), check_fusion=False))
+        assert kept.isdisjoint(report.quantized_nodes), (pattern, report.quantized_nodes)
+        assert all(report.skipped[name] == "excluded" for name in kept)
+
+
+def test_keep_float_outputs_leaves_the_last_layer_float():
+    model = cnn()
+    quantized, report = quantize_static(model, feeds_for(model, 4), QuantizeStatic(keep_float_outputs=True))
+    assert "fc" not in report.quantized_nodes and "conv2" in report.quantized_nodes
+    gemm = next(n for n in iter_nodes(quantized) if n.op_type == "Gemm")
+    assert gemm.inputs[1].const_value is not None and gemm.inputs[1].const_value.dtype == ir.DataType.FLOAT
+
+
+def test_mask_constants_stay_float_and_div_becomes_mul():
+    model = masked_attention()
+    rng = np.random.default_rng(5)
+    calib = []
+    for length in (3, 7, 5, 9):  # variable-length feeds with padding
+        mask = np.ones((1, length), np.float32)
+        mask[0, length // 2:] = 0
+        calib.append({"x": rng.standard_normal((1, length, 32)).astype(np.float32), "mask": mask})
+    for method in ("percentile", "entropy", "mse"):
+        quantized, report = quantize_static(model, calib, QuantizeStatic(method=method))
+        assert not any(n.op_type == "Div" for n in iter_nodes(quantized))
+        assert any(n.op_type == "Mul" and n.name.endswith("_as_Mul") for n in iter_nodes(quantized))
+        quantized_inputs = {n.inputs[0].name for n in iter_nodes(quantized) if n.op_type == "QuantizeLinear"}
+        assert not quantized_inputs & {"s2", "bias", "bias3"}, quantized_inputs
+        assert {"q_proj", "o_proj"} <= set(report.quantized_nodes)
+        test = calib[:2]
+        for r, g in zip(outputs(model, test), outputs(quantized, test)):
+            assert cosine(r["y"], g["y"]) > 0.99, method
+
+
+def test_already_quantized_model_is_refused_unless_forced():
+    model = cnn()
+    quantized, _ = quantize_static(model, feeds_for(model, 2))
+    with pytest.raises(UsageError, match="already quantized"):
+        quantize_static(quantized, feeds_for(model, 2))
+
+
+def test_pass_in_place_and_missing_data():
+    model = cnn()
+    with pytest.raises(UsageError):
+        QuantizeStatic()(model.clone())
+    target = model.clone()
+    result = QuantizeStatic(calib=feeds_for(model, 4))(target)
+    assert result.modified and any(n.op_type == "QuantizeLinear" for n in iter_nodes(target))
+
+
+def test_no_file_is_written_into_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = conv_in_if()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(True)} for _ in range(3)]
+    quantize_static(model, calib, QuantizeStatic(method="entropy"))
+    assert os.listdir(tmp_path) == []
+
+
+def _generator(count: int, shape: tuple[int, ...]) -> Iterator[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(7)
+    for _ in range(count):
+        yield {"x": rng.standard_normal(shape).astype(np.float32)}
+
+
+def test_calibration_memory_is_flat_in_the_number_of_samples():
+    model = cnn(channels=4)
+    prepared = model.clone()
+    names = ["c1", "p1", "c2", "g", "y"]
+    peaks = {}
+    for count in (100, 1000):
+        tracemalloc.start()
+        stats, seen = collect_stats(prepared, _generator(count, (1, 3, 16, 16)), names)
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert seen == count and stats["c1"].count == count * 4 * 16 * 16
+    # Ten times the data (1000 feeds would hold 3 MB of inputs alone), the same peak.
+    assert peaks[1000] < peaks[100] * 1.2 + 128 * 1024, peaks
+
+
+def test_whole_pass_streams_a_one_shot_generator():
+    model = cnn(channels=4)
+    quantized, report = quantize_static(model, _generator(300, (1, 3, 16, 16)), QuantizeStatic(check_fusion=False))
+    assert report.samples == 300 and "conv1" in report.quantized_nodes
