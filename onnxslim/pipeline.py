@@ -204,8 +204,8 @@ def _is_lossless(instance: ir.passes.PassBase) -> bool:
     return bool(getattr(instance, "lossless", False))
 
 
-def _run_lossless_run(result: PipelineResult, passes: list[ir.passes.PassBase], begin: int, end: int,
-                      guard: Guard, reference: list[dict[str, Any]] | None,
+def _run_lossless_run(result: PipelineResult, passes: list[ir.passes.PassBase], begin: int,
+                      end: int, guard: Guard, reference: list[dict[str, Any]] | None,
                       rollback_failures: bool, on_pass: ProgressCallback | None
                       ) -> list[dict[str, Any]] | None:
     """passes[begin:end] unchecked, one check at the end; one check per pass if that fails."""

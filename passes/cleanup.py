@@ -12,17 +12,41 @@ from typing import ClassVar
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-
-from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
 from onnxslim.passes.fold import quiet_onnxscript
 
+from onnxslim.graphs import iter_graphs
+
 # Never merged: two draws of a random op are different values.
-_NON_DETERMINISTIC = frozenset({"RandomUniform", "RandomNormal", "RandomUniformLike",
-                                "RandomNormalLike", "Multinomial", "Bernoulli", "Dropout"})
+_NON_DETERMINISTIC = frozenset(
+    {
+        "RandomUniform",
+        "RandomNormal",
+        "RandomUniformLike",
+        "RandomNormalLike",
+        "Multinomial",
+        "Bernoulli",
+        "Dropout",
+    }
+)
 # Inputs may be reordered before comparing (IEEE addition and multiplication commute).
-_COMMUTATIVE = frozenset({"Add", "Mul", "Sum", "Max", "Min", "Mean", "And", "Or", "Xor", "Equal",
-                          "BitwiseAnd", "BitwiseOr", "BitwiseXor"})
+_COMMUTATIVE = frozenset(
+    {
+        "Add",
+        "Mul",
+        "Sum",
+        "Max",
+        "Min",
+        "Mean",
+        "And",
+        "Or",
+        "Xor",
+        "Equal",
+        "BitwiseAnd",
+        "BitwiseOr",
+        "BitwiseXor",
+    }
+)
 # Tensor attributes (Constant values) larger than this are compared by digest.
 _INLINE_TENSOR_BYTES = 4096
 
@@ -88,15 +112,26 @@ def _node_key(node: ir.Node) -> tuple | None:
             value = _tensor_key(value)
         elif attr.type == ir.AttributeType.TENSORS:
             value = tuple(_tensor_key(t) for t in value)
-        elif attr.type in (ir.AttributeType.TYPE_PROTO, ir.AttributeType.TYPE_PROTOS,
-                           ir.AttributeType.SPARSE_TENSOR, ir.AttributeType.SPARSE_TENSORS):
+        elif attr.type in (
+            ir.AttributeType.TYPE_PROTO,
+            ir.AttributeType.TYPE_PROTOS,
+            ir.AttributeType.SPARSE_TENSOR,
+            ir.AttributeType.SPARSE_TENSORS,
+        ):
             return None
         attributes.append((name, attr.type, value))
     inputs = tuple(id(v) for v in node.inputs)
     if node.op_type in _COMMUTATIVE and node.domain in ("", "ai.onnx"):
         inputs = tuple(sorted(inputs))
-    return (node.domain, node.op_type, node.overload, node.version, len(node.outputs), inputs,
-            tuple(attributes))
+    return (
+        node.domain,
+        node.op_type,
+        node.overload,
+        node.version,
+        len(node.outputs),
+        inputs,
+        tuple(attributes),
+    )
 
 
 def _tensor_key(tensor: ir.TensorProtocol) -> tuple:
@@ -107,7 +142,7 @@ def _tensor_key(tensor: ir.TensorProtocol) -> tuple:
 
 def _merge(graph: ir.Graph | ir.Function, node: ir.Node, existing: ir.Node) -> None:
     """Point `node`'s users at `existing`'s outputs, keeping graph output names."""
-    for old, new in zip(node.outputs, existing.outputs):
+    for old, new in zip(node.outputs, existing.outputs, strict=True):
         if not old.is_graph_output():
             continue
         for index, output in enumerate(graph.outputs):

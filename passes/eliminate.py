@@ -40,16 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.rewriter import RewriteRuleSet
-from onnxscript.rewriter.rules import common as rules
+from onnxslim.passes.fold import quiet_onnxscript
 
 from onnxslim.graphs import iter_graphs
-from onnxslim.passes.fold import quiet_onnxscript
 
 _INT32_MAX = 2**31 - 1
 _MAX_SWEEPS = 4
@@ -57,10 +55,20 @@ _MAX_SWEEPS = 4
 GraphLike = ir.Graph | ir.Function
 
 
-def _chain_rules() -> RewriteRuleSet:
-    return RewriteRuleSet([rules.reshape_reshape_rule, rules.transpose_transpose_rule,
-                           rules.unsqueeze_unsqueeze_rule, rules.squeeze_reshape_1d_rule,
-                           rules.cast_cast_rule])
+def _chain_rules() -> Any:
+    """onnxscript's chain rules (imported on first use: onnxscript takes a while to import)."""
+    from onnxscript.rewriter import RewriteRuleSet
+    from onnxscript.rewriter.rules import common as rules
+
+    return RewriteRuleSet(
+        [
+            rules.reshape_reshape_rule,
+            rules.transpose_transpose_rule,
+            rules.unsqueeze_unsqueeze_rule,
+            rules.squeeze_reshape_1d_rule,
+            rules.cast_cast_rule,
+        ]
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,8 +125,13 @@ def eliminate_identities(model: ir.Model) -> bool:
             if source is None:
                 continue
             was_output = output.is_graph_output()
-            if was_output and (source.is_graph_input() or source.is_graph_output() or source.is_initializer()
-                               or source.producer() is None or source.producer().graph is not node.graph):
+            if was_output and (
+                source.is_graph_input()
+                or source.is_graph_output()
+                or source.is_initializer()
+                or source.producer() is None
+                or source.producer().graph is not node.graph
+            ):
                 # The node stays to carry the output's name (an outer-scope value cannot
                 # take it either); the other readers of y can still read x.
                 for use in list(output.uses()):
@@ -162,11 +175,13 @@ def _apply_rules(graph: GraphLike, node: ir.Node, opset: int) -> bool:
 def _replace_with_identity(graph: GraphLike, node: ir.Node) -> None:
     """Turn `node` into Identity(input 0); Identity elimination then bypasses it."""
     identity = ir.Node("", "Identity", [node.inputs[0]], name=node.name)
-    ir.convenience.replace_nodes_and_values(graph, node, [node], [identity],
-                                            [node.outputs[0]], [identity.outputs[0]])
+    ir.convenience.replace_nodes_and_values(
+        graph, node, [node], [identity], [node.outputs[0]], [identity.outputs[0]]
+    )
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _const(node: ir.Node, index: int) -> np.ndarray | None:
     if index >= len(node.inputs) or node.inputs[index] is None:
@@ -192,12 +207,13 @@ def _same_dim(a: int | ir.SymbolicDim, b: int | ir.SymbolicDim) -> bool:
 
 def _propagate_constants(graph: GraphLike) -> None:
     """Give Constant node outputs their const_value (onnxscript's rules read it)."""
-    from onnxscript.optimizer import basic_constant_propagation
+    from onnxscript.optimizer._constant_folding import basic_constant_propagation
 
     basic_constant_propagation(graph)
 
 
 # ---------------------------------------------------------------- rules 1-11
+
 
 def _dropout(node: ir.Node, version: int) -> bool:  # rule 1
     if version < 7:
@@ -205,7 +221,11 @@ def _dropout(node: ir.Node, version: int) -> bool:  # rule 1
     if version < 12:
         return True
     training = _const(node, 2)
-    if len(node.inputs) < 3 or node.inputs[2] is None or (training is not None and not training.any()):
+    if (
+        len(node.inputs) < 3
+        or node.inputs[2] is None
+        or (training is not None and not training.any())
+    ):
         return True
     ratio = _const(node, 1)
     return ratio is not None and ratio.size == 1 and float(ratio.reshape(-1)[0]) == 0.0
@@ -228,7 +248,7 @@ def _reshape(node: ir.Node, version: int) -> bool:  # rule 3
         return False
     allowzero = node.attributes.get_int("allowzero", 0) == 1
     free = 0
-    for dim, entry in zip(dims, target.tolist()):
+    for dim, entry in zip(dims, target.tolist(), strict=True):
         if entry == -1:
             free += 1
         elif entry == 0 and not allowzero:
@@ -287,12 +307,15 @@ def _slice(node: ir.Node, version: int) -> bool:  # rule 7
                 return False
     if starts is None or ends is None:
         return False
-    starts_l, ends_l = np.asarray(starts).reshape(-1).tolist(), np.asarray(ends).reshape(-1).tolist()
+    starts_l, ends_l = (
+        np.asarray(starts).reshape(-1).tolist(),
+        np.asarray(ends).reshape(-1).tolist(),
+    )
     axes_l = list(range(len(starts_l))) if axes is None else np.asarray(axes).reshape(-1).tolist()
     steps_l = [1] * len(starts_l) if steps is None else np.asarray(steps).reshape(-1).tolist()
     if not len(starts_l) == len(ends_l) == len(axes_l) == len(steps_l):
         return False
-    for start, end, axis, step in zip(starts_l, ends_l, axes_l, steps_l):
+    for start, end, axis, step in zip(starts_l, ends_l, axes_l, steps_l, strict=True):
         if step != 1:
             return False
         dim = dims[axis]
@@ -308,8 +331,11 @@ def _expand(node: ir.Node, version: int) -> bool:  # rule 8
     dims, target = _dims(node.inputs[0]), _const(node, 1)
     if dims is None or target is None or target.ndim != 1 or target.size > len(dims):
         return False
-    aligned = dims[len(dims) - target.size:]
-    return all(t == 1 or (isinstance(d, int) and d == t) for d, t in zip(aligned, target.tolist()))
+    aligned = dims[len(dims) - target.size :]
+    return all(
+        t == 1 or (isinstance(d, int) and d == t)
+        for d, t in zip(aligned, target.tolist(), strict=True)
+    )
 
 
 def _single_input(node: ir.Node, version: int) -> bool:  # rule 9
@@ -344,16 +370,21 @@ def _neutral(value: float, commutative: bool) -> Callable[[ir.Node, int], bool]:
                     _swap_inputs(node)
                 return True
         return False
+
     return rule
 
 
-def _broadcast_keeps_shape(dims: tuple[int | ir.SymbolicDim, ...] | None, shape: tuple[int, ...]) -> bool:
+def _broadcast_keeps_shape(
+    dims: tuple[int | ir.SymbolicDim, ...] | None, shape: tuple[int, ...]
+) -> bool:
     if not shape:
         return True  # a scalar never changes the other operand's shape
     if dims is None or len(shape) > len(dims):
         return False
-    aligned = dims[len(dims) - len(shape):]
-    return all(s == 1 or (isinstance(d, int) and d == s) for d, s in zip(aligned, shape))
+    aligned = dims[len(dims) - len(shape) :]
+    return all(
+        s == 1 or (isinstance(d, int) and d == s) for d, s in zip(aligned, shape, strict=True)
+    )
 
 
 def _swap_inputs(node: ir.Node) -> None:
@@ -391,11 +422,39 @@ _NO_OPS: dict[str, Callable[[ir.Node, int], bool]] = {
 
 _D = ir.DataType
 _EXACT_WIDENING: dict[ir.DataType, frozenset[ir.DataType]] = {
-    _D.BOOL: frozenset({_D.INT8, _D.UINT8, _D.INT16, _D.UINT16, _D.INT32, _D.UINT32, _D.INT64,
-                        _D.UINT64, _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}),
-    _D.UINT8: frozenset({_D.INT16, _D.UINT16, _D.INT32, _D.UINT32, _D.INT64, _D.UINT64,
-                         _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}),
-    _D.INT8: frozenset({_D.INT16, _D.INT32, _D.INT64, _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}),
+    _D.BOOL: frozenset(
+        {
+            _D.INT8,
+            _D.UINT8,
+            _D.INT16,
+            _D.UINT16,
+            _D.INT32,
+            _D.UINT32,
+            _D.INT64,
+            _D.UINT64,
+            _D.FLOAT16,
+            _D.BFLOAT16,
+            _D.FLOAT,
+            _D.DOUBLE,
+        }
+    ),
+    _D.UINT8: frozenset(
+        {
+            _D.INT16,
+            _D.UINT16,
+            _D.INT32,
+            _D.UINT32,
+            _D.INT64,
+            _D.UINT64,
+            _D.FLOAT16,
+            _D.BFLOAT16,
+            _D.FLOAT,
+            _D.DOUBLE,
+        }
+    ),
+    _D.INT8: frozenset(
+        {_D.INT16, _D.INT32, _D.INT64, _D.FLOAT16, _D.BFLOAT16, _D.FLOAT, _D.DOUBLE}
+    ),
     _D.UINT16: frozenset({_D.INT32, _D.UINT32, _D.INT64, _D.UINT64, _D.FLOAT, _D.DOUBLE}),
     _D.INT16: frozenset({_D.INT32, _D.INT64, _D.FLOAT, _D.DOUBLE}),
     _D.UINT32: frozenset({_D.INT64, _D.UINT64, _D.DOUBLE}),
@@ -410,7 +469,12 @@ def _skip_exact_widening(node: ir.Node) -> bool:
     """Rule 12: make Cast(Cast(x, A), B) read x when x -> A loses nothing."""
     inner_out = node.inputs[0] if node.inputs else None
     inner = inner_out.producer() if inner_out is not None else None
-    if inner is None or inner.op_type != "Cast" or inner.domain != "" or inner.graph is not node.graph:
+    if (
+        inner is None
+        or inner.op_type != "Cast"
+        or inner.domain != ""
+        or inner.graph is not node.graph
+    ):
         return False
     source = inner.inputs[0]
     middle = inner.attributes.get_int("to")
@@ -423,6 +487,7 @@ def _skip_exact_widening(node: ir.Node) -> bool:
 
 
 # ---------------------------------------------------------------- unused
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RemoveUnused(ir.passes.InPlacePass):
@@ -534,7 +599,9 @@ def _live_values(body: ir.Graph, outputs: list[ir.Value]) -> set[ir.Value]:
         for attr in producer.attributes.values():
             if attr.is_ref() or attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
                 continue
-            graphs = [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else list(attr.as_graphs())
+            graphs = (
+                [attr.as_graph()] if attr.type == ir.AttributeType.GRAPH else list(attr.as_graphs())
+            )
             for sub in graphs:
                 for inner in ir.traversal.RecursiveGraphIterator(sub):
                     stack.extend(v for v in inner.inputs if v is not None)
@@ -602,8 +669,9 @@ def _trim_scan(graph: GraphLike, node: ir.Node) -> bool:
     return True
 
 
-def _removable_states(body: ir.Graph, node: ir.Node, count: int, *, input_offset: int,
-                      output_offset: int) -> list[int]:
+def _removable_states(
+    body: ir.Graph, node: ir.Node, count: int, *, input_offset: int, output_offset: int
+) -> list[int]:
     """State k goes when its final value is unused and the body reads it only to update it."""
     candidates = [k for k in range(count) if _unused(node.outputs[k])]
     if not candidates:
@@ -627,20 +695,33 @@ def _drop_attr_entries(attributes: dict[str, ir.Attr], name: str, positions: lis
     attributes[name] = ir.AttrInt64s(name, entries)
 
 
-def _rebuild(graph: GraphLike, node: ir.Node, inputs: list[ir.Value | None], *,
-             drop_outputs: list[int], attributes: list[ir.Attr] | None = None) -> ir.Node:
+def _rebuild(
+    graph: GraphLike,
+    node: ir.Node,
+    inputs: list[ir.Value | None],
+    *,
+    drop_outputs: list[int],
+    attributes: list[ir.Attr] | None = None,
+) -> ir.Node:
     """Replace `node` by a copy with other inputs, fewer outputs and maybe other attributes."""
     kept = [out for i, out in enumerate(node.outputs) if i not in set(drop_outputs)]
-    new = ir.Node(node.domain, node.op_type, inputs,
-                  attributes if attributes is not None else list(node.attributes.values()),
-                  num_outputs=len(kept), version=node.version, name=node.name,
-                  doc_string=node.doc_string, metadata_props=dict(node.metadata_props))
+    new = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attributes if attributes is not None else list(node.attributes.values()),
+        num_outputs=len(kept),
+        version=node.version,
+        name=node.name,
+        doc_string=node.doc_string,
+        metadata_props=dict(node.metadata_props),
+    )
     graph.insert_before(node, new)
-    for old, fresh in zip(kept, new.outputs):
+    for old, fresh in zip(kept, new.outputs, strict=True):
         fresh.type, fresh.shape = old.type, old.shape
     ir.convenience.replace_all_uses_with(kept, list(new.outputs), replace_graph_outputs=True)
     graph.remove(node, safe=True)
-    for old, fresh in zip(kept, new.outputs):
+    for old, fresh in zip(kept, new.outputs, strict=True):
         fresh.name = old.name
     return new
 
@@ -650,14 +731,32 @@ def _rebuild(graph: GraphLike, node: ir.Node, inputs: list[ir.Value | None], *,
 # Optional inputs whose default is all zeros: B, initial_h, (initial_c, P for LSTM).
 _RNN_ZERO_DEFAULTS = {"RNN": (3, 5), "GRU": (3, 5), "LSTM": (3, 5, 6, 7)}
 # Ops whose output is all zeros when their data input (0) is, whatever the other inputs.
-_ZERO_PRESERVING = frozenset({"Expand", "Tile", "Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
-                              "Identity", "Flatten", "Cast", "Gather", "Pad"})
+_ZERO_PRESERVING = frozenset(
+    {
+        "Expand",
+        "Tile",
+        "Slice",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Flatten",
+        "Cast",
+        "Gather",
+        "Pad",
+    }
+)
 
 
 def _drop_zero_defaults(node: ir.Node) -> bool:
     changed = False
     for index in _RNN_ZERO_DEFAULTS[node.op_type]:
-        if index < len(node.inputs) and node.inputs[index] is not None and _all_zeros(node.inputs[index]):
+        if (
+            index < len(node.inputs)
+            and node.inputs[index] is not None
+            and _all_zeros(node.inputs[index])
+        ):
             node.replace_input_with(index, None)
             changed = True
     return changed

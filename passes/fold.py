@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import sys
@@ -32,17 +33,17 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.optimizer import _constant_folding
+from onnxslim.passes._options import option
 
 from onnxslim.errors import UsageError
 from onnxslim.feeds import parse_input_shapes
 from onnxslim.graphs import iter_graphs
-from onnxslim.passes._options import option
 
 # Ops whose result is much bigger than their inputs: folded only when the output
 # size is known before evaluation.
-_GENERATORS = frozenset({"ConstantOfShape", "Tile", "Expand", "Range", "Resize", "Upsample",
-                         "OneHot", "EyeLike", "Pad"})
+_GENERATORS = frozenset(
+    {"ConstantOfShape", "Tile", "Expand", "Range", "Resize", "Upsample", "OneHot", "EyeLike", "Pad"}
+)
 # Folding these would undo quantization.
 _NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 _MAX_SWEEPS = 3
@@ -58,7 +59,9 @@ class FixInputShapes(ir.passes.InPlacePass):
     """
 
     lossless: ClassVar[bool] = True
-    shapes: tuple[str, ...] = option((), "Input shapes as NAME:D1,D2,... (what --input-shape takes).")
+    shapes: tuple[str, ...] = option(
+        (), "Input shapes as NAME:D1,D2,... (what --input-shape takes)."
+    )
 
     def __post_init__(self) -> None:
         parse_input_shapes(list(self.shapes))  # raises UsageError on bad text
@@ -77,8 +80,10 @@ class FixInputShapes(ir.passes.InPlacePass):
             for value in _graph_values(model):
                 if value.shape is None:
                     continue
-                dims = [named.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d
-                        for d in value.shape.dims]
+                dims = [
+                    named.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d
+                    for d in value.shape.dims
+                ]
                 if tuple(dims) != tuple(value.shape.dims):
                     value.shape = ir.Shape(dims)
                     modified = True
@@ -96,27 +101,36 @@ def check_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> d
     for name, dims in shapes.items():
         value = inputs.get(name)
         if value is None:
-            raise UsageError(f"--input-shape {name}: the model has no input {name!r} "
-                             f"(inputs: {', '.join(map(str, inputs)) or 'none'})")
+            raise UsageError(
+                f"--input-shape {name}: the model has no input {name!r} "
+                f"(inputs: {', '.join(map(str, inputs)) or 'none'})"
+            )
         if value.shape is None:
             continue
         if len(value.shape) != len(dims):
-            raise UsageError(f"--input-shape {name}: rank {len(dims)} given, the model declares "
-                             f"rank {len(value.shape)} {_shape_text(value.shape)}")
-        for axis, (declared, size) in enumerate(zip(value.shape.dims, dims)):
+            raise UsageError(
+                f"--input-shape {name}: rank {len(dims)} given, the model declares "
+                f"rank {len(value.shape)} {_shape_text(value.shape)}"
+            )
+        for axis, (declared, size) in enumerate(zip(value.shape.dims, dims, strict=True)):
             if isinstance(declared, int):
                 if declared != size:
-                    raise UsageError(f"--input-shape {name}: dimension {axis} is fixed to {declared} "
-                                     f"in the model, {size} given")
+                    raise UsageError(
+                        f"--input-shape {name}: dimension {axis} is fixed to {declared} "
+                        f"in the model, {size} given"
+                    )
             elif declared.value is not None:
                 if named.setdefault(declared.value, size) != size:
-                    raise UsageError(f"--input-shape: dimension {declared.value!r} given both "
-                                     f"{named[declared.value]} and {size}")
+                    raise UsageError(
+                        f"--input-shape: dimension {declared.value!r} given both "
+                        f"{named[declared.value]} and {size}"
+                    )
     return named
 
 
-def resolved_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]],
-                          free_dim: int = 1) -> dict[str, tuple[int, ...]]:
+def resolved_input_shapes(
+    model: ir.Model, shapes: dict[str, tuple[int, ...]], free_dim: int = 1
+) -> dict[str, tuple[int, ...]]:
     """Every input's runnable shape once `shapes` are fixed (checked like FixInputShapes does).
 
     Inputs not named in `shapes` but sharing a named dimension with one that is
@@ -132,7 +146,8 @@ def resolved_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]],
             continue
         resolved[value.name] = tuple(
             d if isinstance(d, int) else named.get(d.value, free_dim) if d.value else free_dim
-            for d in value.shape.dims)
+            for d in value.shape.dims
+        )
     return resolved
 
 
@@ -147,8 +162,11 @@ class FoldConstants(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = True
     size_limit: int = option(1 << 20, "Largest folded constant, in bytes.")
-    growth_limit: int = option(1024, "Bytes a folded constant may exceed the constants it frees by "
-                                     "(room for shape vectors and scalars).")
+    growth_limit: int = option(
+        1024,
+        "Bytes a folded constant may exceed the constants it frees by "
+        "(room for shape vectors and scalars).",
+    )
 
     def __post_init__(self) -> None:
         if self.size_limit < 0 or self.growth_limit < 0:
@@ -158,58 +176,76 @@ class FoldConstants(ir.passes.InPlacePass):
         modified = False
         with quiet_onnxscript():
             for _ in range(_MAX_SWEEPS):
-                result = _BoundedFolder(self.size_limit, self.growth_limit)(model)
+                result = _folder_class()(self.size_limit, self.growth_limit)(model)
                 merged = merge_equal_shape_values(model, result.symbolic_value_map)  # type: ignore[attr-defined]
                 if not (result.modified or merged):
                     break
                 modified = True
-            modified |= common.LiftConstantsToInitializersPass(lift_all_constants=True,
-                                                               size_limit=0)(model).modified
+            modified |= common.LiftConstantsToInitializersPass(
+                lift_all_constants=True, size_limit=0
+            )(model).modified
             if modified:
                 common.RemoveUnusedNodesPass()(model)
         _drop_folding_metadata(model)
         return ir.passes.PassResult(model, modified)
 
 
-class _BoundedFolder(_constant_folding.FoldConstantsPass):
-    """onnxscript's folder with the byte rule of this module's docstring."""
+@functools.cache
+def _folder_class() -> type:
+    """onnxscript's folder, subclassed on first use (importing onnxscript takes a while)."""
+    from onnxscript.optimizer import _constant_folding
 
-    def __init__(self, size_limit: int, growth_limit: int) -> None:
-        super().__init__(shape_inference=True, input_size_limit=sys.maxsize,
-                         output_size_limit=sys.maxsize, should_fold=self._should_fold)
-        self.size_limit = size_limit
-        self.growth_limit = growth_limit
+    class BoundedFolder(_constant_folding.FoldConstantsPass):
+        """onnxscript's folder with the byte rule of this module's docstring."""
 
-    def acceptable(self, out_bytes: int, node: ir.Node) -> bool:
-        """Rule 1 and 2: small enough, and not bigger than what it frees plus the allowance."""
-        return out_bytes <= self.size_limit and out_bytes <= freed_bytes(node) + self.growth_limit
+        def __init__(self, size_limit: int, growth_limit: int) -> None:
+            super().__init__(
+                shape_inference=True,
+                input_size_limit=sys.maxsize,
+                output_size_limit=sys.maxsize,
+                should_fold=self._should_fold,
+            )
+            self.size_limit = size_limit
+            self.growth_limit = growth_limit
 
-    def _should_fold(self, node: ir.Node) -> bool:
-        if node.op_type in _NEVER_FOLD:
-            return False
-        predicted = predicted_output_bytes(node)
-        if predicted is None:
-            if node.op_type in _GENERATORS:
+        def acceptable(self, out_bytes: int, node: ir.Node) -> bool:
+            """Rule 1 and 2: small enough, and not bigger than what it frees plus the allowance."""
+            return (
+                out_bytes <= self.size_limit and out_bytes <= freed_bytes(node) + self.growth_limit
+            )
+
+        def _should_fold(self, node: ir.Node) -> bool:
+            if node.op_type in _NEVER_FOLD:
                 return False
-            inputs = sum(v.const_value.nbytes for v in node.inputs
-                         if v is not None and v.const_value is not None)
-            return inputs <= self.size_limit  # bounded work; the result is checked again
-        return self.acceptable(predicted, node)
+            predicted = predicted_output_bytes(node)
+            if predicted is None:
+                if node.op_type in _GENERATORS:
+                    return False
+                inputs = sum(
+                    v.const_value.nbytes
+                    for v in node.inputs
+                    if v is not None and v.const_value is not None
+                )
+                return inputs <= self.size_limit  # bounded work; the result is checked again
+            return self.acceptable(predicted, node)
 
-    def process_node(self, node: ir.Node, is_function: bool) -> _constant_folding.Replacement | None:
-        replacement = super().process_node(node, is_function)
-        if replacement is None and node.domain == "" and node.graph is not None:
-            evaluate = _SHAPE_EVALUATORS.get(node.op_type)
-            if evaluate is not None:
-                replacement = evaluate(node, self._state)
-        return replacement
+        def process_node(self, node: ir.Node, is_function: bool) -> Replacement | None:
+            replacement = super().process_node(node, is_function)
+            if replacement is None and node.domain == "" and node.graph is not None:
+                evaluate = _SHAPE_EVALUATORS.get(node.op_type)
+                if evaluate is not None:
+                    replacement = evaluate(node, self._state)
+            return replacement
 
-    def _prepare_folded_tensor(self, node: ir.Node, output_name: str,
-                               output_array: np.ndarray | Any) -> ir.Tensor | None:
-        tensor = super()._prepare_folded_tensor(node, output_name, output_array)
-        if tensor is None or not self.acceptable(int(tensor.nbytes), node):
-            return None
-        return tensor
+        def _prepare_folded_tensor(
+            self, node: ir.Node, output_name: str, output_array: np.ndarray | Any
+        ) -> ir.Tensor | None:
+            tensor = super()._prepare_folded_tensor(node, output_name, output_array)
+            if tensor is None or not self.acceptable(int(tensor.nbytes), node):
+                return None
+            return tensor
+
+    return BoundedFolder
 
 
 # ------------------------------------------------ shape computations onnxscript leaves alone
@@ -219,11 +255,13 @@ class _BoundedFolder(_constant_folding.FoldConstantsPass):
 # Slice of a shape; a fully numeric result becomes a constant, and a Reshape whose
 # target is known gets its output shape, so later Shape ops fold or resolve too.
 
-State = _constant_folding.OptimizerState
-Replacement = _constant_folding.Replacement
+State = Any  # onnxscript.optimizer._constant_folding.OptimizerState
+Replacement = Any  # onnxscript.optimizer._constant_folding.Replacement
 
 
 def _int_constant(values: list[int], *, scalar: bool) -> Replacement:
+    from onnxscript.optimizer._constant_folding import Replacement
+
     array = np.array(values[0] if scalar else values, dtype=np.int64)
     node = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(array))])
     return Replacement([node.outputs[0]], [node])
@@ -272,9 +310,16 @@ def _slice_shape(node: ir.Node, state: State) -> Replacement | None:
     if dims is None or _rank(node.inputs[0]) != 1 or len(node.inputs) < 3:
         return None
     starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
-    axes = _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else [0]
-    steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
-    if None in (starts, ends, axes, steps) or not len(starts) == len(ends) == len(axes) == len(steps) == 1:
+    axes = (
+        _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else [0]
+    )
+    steps = (
+        _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
+    )
+    if (
+        None in (starts, ends, axes, steps)
+        or not len(starts) == len(ends) == len(axes) == len(steps) == 1
+    ):
         return None
     if axes[0] not in (0, -1) or steps[0] == 0:  # type: ignore[index]
         return None
@@ -312,13 +357,15 @@ def _reshape_output_shape(node: ir.Node, state: State) -> Replacement | None:
     output = node.outputs[0]
     current = output.shape
     if current is not None and len(current) == len(dims):
-        dims = [_better_dim(c, d) for c, d in zip(current.dims, dims)]
+        dims = [_better_dim(c, d) for c, d in zip(current.dims, dims, strict=True)]
     if current is None or tuple(current.dims) != tuple(dims):
         output.shape = ir.Shape(dims)
     return None
 
 
-def _better_dim(current: int | ir.SymbolicDim, computed: int | ir.SymbolicDim) -> int | ir.SymbolicDim:
+def _better_dim(
+    current: int | ir.SymbolicDim, computed: int | ir.SymbolicDim
+) -> int | ir.SymbolicDim:
     """A number beats a name, a name traced from the inputs beats an unknown."""
     if isinstance(current, int):
         return current
@@ -355,7 +402,10 @@ def merge_equal_shape_values(model: ir.Model, symbolic: dict[ir.Value, Any]) -> 
                     continue
                 if any(isinstance(d, ir.SymbolicDim) and d.value is None for d in content.dims):
                     continue
-                key = (rank, tuple(d if isinstance(d, int) else ("sym", d.value) for d in content.dims))
+                key = (
+                    rank,
+                    tuple(d if isinstance(d, int) else ("sym", d.value) for d in content.dims),
+                )
                 earlier = first.setdefault(key, value)
                 if earlier is value or value.is_graph_output():
                     continue
@@ -401,6 +451,7 @@ def predicted_output_bytes(node: ir.Node) -> int | None:
 
 def _generator_dims(node: ir.Node) -> list[int] | None:
     """Output dimensions of size-generating ops whose inputs are constants."""
+
     def const(index: int) -> np.ndarray | None:
         if index >= len(node.inputs) or node.inputs[index] is None:
             return None
@@ -422,7 +473,7 @@ def _generator_dims(node: ir.Node) -> list[int] | None:
             data, repeats = static_shape(0), const(1)
             if data is None or repeats is None:
                 return None
-            return [d * int(r) for d, r in zip(data, repeats.reshape(-1))]
+            return [d * int(r) for d, r in zip(data, repeats.reshape(-1), strict=True)]
         if op == "Expand":
             data, shape = static_shape(0), const(1)
             if data is None or shape is None:
@@ -450,7 +501,8 @@ def _graph_values(model: ir.Model) -> Iterator[ir.Value]:
 
 def _drop_folding_metadata(model: ir.Model) -> None:
     """onnxscript records which values a constant was folded from; that is noise in the file."""
-    key = _constant_folding.FOLDED_FROM_KEY
+    from onnxscript.optimizer._constant_folding import FOLDED_FROM_KEY as key
+
     for graph in iter_graphs(model):
         values: list[ir.Value] = list(graph.inputs)
         if isinstance(graph, ir.Graph):
@@ -463,21 +515,26 @@ def _drop_folding_metadata(model: ir.Model) -> None:
 
 
 def _shape_text(shape: ir.Shape) -> str:
-    return "[" + ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape.dims) + "]"
+    return (
+        "[" + ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape.dims) + "]"
+    )
 
 
 @contextlib.contextmanager
 def quiet_onnxscript() -> Iterator[None]:
     """onnxscript logs every refused evaluation as a warning; our report says what changed."""
-    loggers = [lg for lg in map(logging.getLogger, ("onnxscript", "onnx_ir"))
-               if lg.getEffectiveLevel() > logging.INFO]  # --debug still sees everything
+    loggers = [
+        lg
+        for lg in map(logging.getLogger, ("onnxscript", "onnx_ir"))
+        if lg.getEffectiveLevel() > logging.INFO
+    ]  # --debug still sees everything
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 

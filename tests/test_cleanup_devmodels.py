@@ -48,9 +48,12 @@ def test_default_optimize_on_real_model(entry: dict, tmp_path: Path) -> None:
             assert ref[name].dtype == got[name].dtype and ref[name].shape == got[name].shape, name
             if ref[name].dtype.kind in "fc":
                 scale = float(np.max(np.abs(ref[name]), initial=0.0))
-                np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=RTOL * max(scale, 1e-30),
-                                           err_msg=name)
+                np.testing.assert_allclose(
+                    got[name], ref[name], rtol=0, atol=RTOL * max(scale, 1e-30), err_msg=name
+                )
             else:
                 np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
-    print(f"{entry['id']}: {nodes_before} -> {node_count(optimized)} nodes, "
-          f"{source.stat().st_size} -> {target.stat().st_size} bytes")
+    print(
+        f"{entry['id']}: {nodes_before} -> {node_count(optimized)} nodes, "
+        f"{source.stat().st_size} -> {target.stat().st_size} bytes"
+    )

@@ -32,7 +32,9 @@ class Builder:
     draw: st.DrawFn
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inits: list[onnx.TensorProto] = field(default_factory=list)
-    values: list[tuple[str, tuple[int, ...], int]] = field(default_factory=list)  # name, shape, elem
+    values: list[tuple[str, tuple[int, ...], int]] = field(
+        default_factory=list
+    )  # name, shape, elem
     constants: int = 0
 
     def fresh(self, shape: tuple[int, ...], elem: int = TensorProto.FLOAT) -> str:
@@ -50,7 +52,9 @@ class Builder:
         else:
             array = np.random.default_rng(len(self.inits)).standard_normal(shape).astype(np.float32)
         if self.draw(st.booleans()):
-            self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array)))
+            self.nodes.append(
+                helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array))
+            )
         else:
             self.inits.append(numpy_helper.from_array(array, name))
         return name
@@ -61,8 +65,23 @@ class Builder:
         return self.draw(st.sampled_from(pool))
 
     def step(self) -> None:
-        kind = self.draw(st.sampled_from(("unary", "binary", "const-binary", "cast", "reshape", "transpose",
-                                          "concat", "expand", "slice", "dropout", "shape-reshape")))
+        kind = self.draw(
+            st.sampled_from(
+                (
+                    "unary",
+                    "binary",
+                    "const-binary",
+                    "cast",
+                    "reshape",
+                    "transpose",
+                    "concat",
+                    "expand",
+                    "slice",
+                    "dropout",
+                    "shape-reshape",
+                )
+            )
+        )
         src, shape = self.pick()
         if kind == "unary":
             op = self.draw(st.sampled_from(UNARY))
@@ -78,11 +97,17 @@ class Builder:
             operands = [src, c] if self.draw(st.booleans()) else [c, src]
             self.nodes.append(helper.make_node(op, operands, [self.fresh(shape)]))
         elif kind == "cast":
-            to = self.draw(st.sampled_from((TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT32)))
+            to = self.draw(
+                st.sampled_from(
+                    (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT32)
+                )
+            )
             mid = self.fresh(shape, to) if to != TensorProto.FLOAT else self.fresh(shape)
             self.nodes.append(helper.make_node("Cast", [src], [mid], to=to))
             if to != TensorProto.FLOAT:
-                self.nodes.append(helper.make_node("Cast", [mid], [self.fresh(shape)], to=TensorProto.FLOAT))
+                self.nodes.append(
+                    helper.make_node("Cast", [mid], [self.fresh(shape)], to=TensorProto.FLOAT)
+                )
         elif kind == "reshape":
             target = self.draw(st.sampled_from(((2, 3, 4), (0, -1, 4), (6, 4), (-1,))))
             t = f"s{len(self.inits)}"
@@ -97,7 +122,11 @@ class Builder:
             perm = self.draw(st.sampled_from(((0, 1, 2), (0, 2, 1), (1, 0, 2))))
             mid = self.fresh(tuple(shape[p] for p in perm))
             self.nodes.append(helper.make_node("Transpose", [src], [mid], perm=list(perm)))
-            self.nodes.append(helper.make_node("Transpose", [mid], [self.fresh(shape)], perm=list(np.argsort(perm))))
+            self.nodes.append(
+                helper.make_node(
+                    "Transpose", [mid], [self.fresh(shape)], perm=list(np.argsort(perm))
+                )
+            )
         elif kind == "concat":
             operands = [src] if self.draw(st.booleans()) else [src, self.pick()[0]]
             out_shape = (shape[0] * len(operands), *shape[1:])
@@ -105,18 +134,31 @@ class Builder:
             self.nodes.append(helper.make_node("Concat", operands, [mid], axis=0))
             if len(operands) == 2:
                 starts, ends = f"s{len(self.inits)}", f"s{len(self.inits) + 1}"
-                self.inits += [numpy_helper.from_array(np.int64([2]), starts), numpy_helper.from_array(np.int64([4]), ends)]
-                self.nodes.append(helper.make_node("Slice", [mid, starts, ends], [self.fresh(shape)]))
+                self.inits += [
+                    numpy_helper.from_array(np.int64([2]), starts),
+                    numpy_helper.from_array(np.int64([4]), ends),
+                ]
+                self.nodes.append(
+                    helper.make_node("Slice", [mid, starts, ends], [self.fresh(shape)])
+                )
         elif kind == "expand":
             t = f"s{len(self.inits)}"
-            self.inits.append(numpy_helper.from_array(np.int64(self.draw(st.sampled_from(([1, 4], [3, 1], [2, 3, 4])))), t))
+            self.inits.append(
+                numpy_helper.from_array(
+                    np.int64(self.draw(st.sampled_from(([1, 4], [3, 1], [2, 3, 4])))), t
+                )
+            )
             self.nodes.append(helper.make_node("Expand", [src, t], [self.fresh(shape)]))
         elif kind == "slice":
             starts, ends, axes = (f"s{len(self.inits) + i}" for i in range(3))
-            self.inits += [numpy_helper.from_array(np.int64([0]), starts),
-                           numpy_helper.from_array(np.int64([np.iinfo(np.int64).max]), ends),
-                           numpy_helper.from_array(np.int64([self.draw(st.integers(0, 2))]), axes)]
-            self.nodes.append(helper.make_node("Slice", [src, starts, ends, axes], [self.fresh(shape)]))
+            self.inits += [
+                numpy_helper.from_array(np.int64([0]), starts),
+                numpy_helper.from_array(np.int64([np.iinfo(np.int64).max]), ends),
+                numpy_helper.from_array(np.int64([self.draw(st.integers(0, 2))]), axes),
+            ]
+            self.nodes.append(
+                helper.make_node("Slice", [src, starts, ends, axes], [self.fresh(shape)])
+            )
         elif kind == "dropout":
             self.nodes.append(helper.make_node("Dropout", [src], [self.fresh(shape)]))
         else:  # Reshape(src, Shape(other)): a shape computation that folds
@@ -137,16 +179,23 @@ def graphs(draw: st.DrawFn) -> ir.Model:
     extra = draw(st.sampled_from(floats))
     if extra not in outputs:
         outputs.append(extra)
-    graph = helper.make_graph(builder.nodes, "random", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, SHAPE) for o in outputs],
-                              initializer=builder.inits)
+    graph = helper.make_graph(
+        builder.nodes,
+        "random",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, SHAPE) for o in outputs],
+        initializer=builder.inits,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     onnx.checker.check_model(proto, full_check=True)
     return ir.serde.deserialize_model(proto)
 
 
-FEEDS = [{"x": np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32) * 3} for seed in range(2)]
+FEEDS = [
+    {"x": np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32) * 3}
+    for seed in range(2)
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,10 +17,10 @@ import onnx_ir as ir
 import pytest
 from cleanup_helpers import assert_exact, init, model, run, vi
 from onnx import helper
+from onnxslim.passes.eliminate import EliminateNoOps, RemoveUnused
 
 from onnxslim import api, registry
 from onnxslim.cli import main
-from onnxslim.passes.eliminate import EliminateNoOps, RemoveUnused
 from onnxslim.pipeline import Pipeline
 
 
@@ -50,12 +50,18 @@ class Crash(ir.passes.InPlacePass):
 
 def _model() -> ir.Model:
     """y = Identity(x) * k with k = 1000 (outputs up to a few thousand)."""
-    return model([helper.make_node("Identity", ["x"], ["xi"]), helper.make_node("Mul", ["xi", "k"], ["y"])],
-                 [vi("x", ["N", 8])], [vi("y", ["N", 8])], [init("k", np.float32(1000))])
+    return model(
+        [helper.make_node("Identity", ["x"], ["xi"]), helper.make_node("Mul", ["xi", "k"], ["y"])],
+        [vi("x", ["N", 8])],
+        [vi("y", ["N", 8])],
+        [init("k", np.float32(1000))],
+    )
 
 
 def _feeds() -> list[dict[str, np.ndarray]]:
-    return [{"x": np.random.default_rng(s).standard_normal((4, 8)).astype(np.float32)} for s in range(2)]
+    return [
+        {"x": np.random.default_rng(s).standard_normal((4, 8)).astype(np.float32)} for s in range(2)
+    ]
 
 
 def test_broken_pass_is_rolled_back_named_and_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -64,10 +70,16 @@ def test_broken_pass_is_rolled_back_named_and_logged(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="onnxslim"):
         result = api.optimize(m, pipeline=pipeline, feed_count=2)
     statuses = {r.name: r.status for r in result.result.records}
-    assert statuses == {"eliminate-no-ops": "changed", "ScaleConstant": "rolled back", "remove-unused": "unchanged"}
+    assert statuses == {
+        "eliminate-no-ops": "changed",
+        "ScaleConstant": "rolled back",
+        "remove-unused": "unchanged",
+    }
     rolled = result.result.rolled_back
     assert [r.name for r in rolled] == ["ScaleConstant"] and "y" in rolled[0].reason
-    assert any("ScaleConstant" in rec.getMessage() and "y" in rec.getMessage() for rec in caplog.records)
+    assert any(
+        "ScaleConstant" in rec.getMessage() and "y" in rec.getMessage() for rec in caplog.records
+    )
     assert result.passed and all(p.passed for p in result.result.parity)
     assert_exact(run(m, _feeds()), run(result.model, _feeds()))
     assert [n.op_type for n in result.model.graph] == ["Mul"], "the good pass before it was kept"
@@ -82,7 +94,17 @@ def faulty_passes(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cli_report_names_the_rolled_back_pass(tmp_path: Path, faulty_passes, capsys) -> None:
     source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
     ir.save(_model(), source)
-    code = main(["optimize", str(source), "-o", str(out), "--passes", "eliminate-no-ops,scale-k,crash", "--json"])
+    code = main(
+        [
+            "optimize",
+            str(source),
+            "-o",
+            str(out),
+            "--passes",
+            "eliminate-no-ops,scale-k,crash",
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     report = json.loads(captured.out)
@@ -93,7 +115,9 @@ def test_cli_report_names_the_rolled_back_pass(tmp_path: Path, faulty_passes, ca
     assert "scale-k" in captured.err and "crash" in captured.err
     assert_exact(run(_model(), _feeds()), run(ir.load(out), _feeds()))
     # The table form says the same.
-    assert main(["optimize", str(source), "-o", str(tmp_path / "t.onnx"), "--passes", "scale-k"]) == 0
+    assert (
+        main(["optimize", str(source), "-o", str(tmp_path / "t.onnx"), "--passes", "scale-k"]) == 0
+    )
     captured = capsys.readouterr()
     assert "rolled back" in captured.out and "scale-k" in captured.err
 
@@ -101,7 +125,21 @@ def test_cli_report_names_the_rolled_back_pass(tmp_path: Path, faulty_passes, ca
 def test_no_verify_skips_the_checks(tmp_path: Path, faulty_passes, capsys) -> None:
     source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
     ir.save(_model(), source)
-    assert main(["optimize", str(source), "-o", str(out), "--passes", "scale-k", "--no-verify", "--json"]) == 0
+    assert (
+        main(
+            [
+                "optimize",
+                str(source),
+                "-o",
+                str(out),
+                "--passes",
+                "scale-k",
+                "--no-verify",
+                "--json",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["passes"][0]["status"] == "changed" and report["passes"][0]["parity"] is None
     assert report["parity"] is None and report["verified_on"] == "not verified"
@@ -109,19 +147,25 @@ def test_no_verify_skips_the_checks(tmp_path: Path, faulty_passes, capsys) -> No
     np.testing.assert_allclose(got, run(_model(), _feeds())[0]["y"] * 1.1, rtol=1e-6)
 
 
-def test_failed_final_check_exits_1_and_writes_nothing(tmp_path: Path, faulty_passes, capsys) -> None:
+def test_failed_final_check_exits_1_and_writes_nothing(
+    tmp_path: Path, faulty_passes, capsys
+) -> None:
     """Two nudges each within tolerance on their own add up to more than the tolerance."""
     source, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
     ir.save(_model(), source)
     recipe = tmp_path / "nudge.toml"
-    recipe.write_text('[[pass]]\nname = "scale-k"\nfactor = 1.000008\n\n'
-                      '[[pass]]\nname = "scale-k"\nfactor = 1.000008\n')
+    recipe.write_text(
+        '[[pass]]\nname = "scale-k"\nfactor = 1.000008\n\n'
+        '[[pass]]\nname = "scale-k"\nfactor = 1.000008\n'
+    )
     code = main(["optimize", str(source), "-o", str(out), "--recipe", str(recipe), "--json"])
     captured = capsys.readouterr()
     assert code == 1 and not out.exists()
     report = json.loads(captured.out)
     assert not report["passed"] and report["output"] is None
-    assert [p["status"] for p in report["passes"]] == ["changed", "changed"], "each nudge passed alone"
+    assert [p["status"] for p in report["passes"]] == ["changed", "changed"], (
+        "each nudge passed alone"
+    )
     assert "differ from the input model" in captured.err and "nothing written" in captured.err
     assert main(["optimize", str(source), "-o", str(out), "--recipe", str(recipe), "--force"]) == 1
     assert out.exists() and "--force" in capsys.readouterr().err
