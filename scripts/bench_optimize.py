@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -214,6 +213,10 @@ def devmodels_models(selected: set[str]) -> list[Model]:
 
 # --------------------------------------------------------------------------- running
 
+def output_names(path: Path) -> list[str]:
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
 def run_outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -224,29 +227,32 @@ def run_outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[list[np.
     return [session.run(None, {n: f[n] for n in names}) for f in feeds]
 
 
-def max_relative_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    """max |cand - ref| / max |ref| over every output and feed (exact for integers)."""
+def max_relative_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
+                       names: list[str]) -> tuple[float, str]:
+    """(max |cand - ref| / max |ref| over every output and feed, why it is infinite if it is).
+
+    Integer and boolean outputs must match exactly."""
     worst = 0.0
     for ref_outputs, cand_outputs in zip(reference, candidate):
         if len(ref_outputs) != len(cand_outputs):
-            return float("inf")
-        for ref, cand in zip(ref_outputs, cand_outputs):
+            return float("inf"), f"{len(cand_outputs)} outputs instead of {len(ref_outputs)}"
+        for name, ref, cand in zip(names, ref_outputs, cand_outputs):
             ref, cand = np.asarray(ref), np.asarray(cand)
             if ref.shape != cand.shape:
-                return float("inf")
+                return float("inf"), f"output {name!r} has shape {cand.shape}, expected {ref.shape}"
             if ref.dtype.kind not in "fc":
                 if not np.array_equal(ref, cand):
-                    return float("inf")
+                    return float("inf"), f"integer output {name!r} differs"
                 continue
             r, c = ref.astype(np.float64), cand.astype(np.float64)
             same = (np.isnan(r) & np.isnan(c)) | (np.isinf(r) & (r == c))
             diff = np.where(same, 0.0, np.abs(r - c))
             if np.isnan(diff).any():
-                return float("inf")
+                return float("inf"), f"output {name!r} has NaN where the original has a number (or inf)"
             scale = float(np.max(np.abs(np.where(np.isfinite(r), r, 0.0)), initial=0.0))
             err = float(np.max(diff, initial=0.0))
             worst = max(worst, err / scale if scale > 0 else (0.0 if err == 0 else float("inf")))
-    return worst
+    return worst, ""
 
 
 def run_tool(tool: str, model: Model, reference: list[list[np.ndarray]], work: Path,
@@ -266,12 +272,14 @@ def run_tool(tool: str, model: Model, reference: list[list[np.ndarray]], work: P
     try:
         result.nodes = count_nodes(onnx.load(str(out), load_external_data=False))
         result.bytes = file_bytes(out)
-        result.max_rel = max_relative_error(reference, run_outputs(out, model.feeds))
+        result.max_rel, result.message = max_relative_error(reference, run_outputs(out, model.feeds),
+                                                            output_names(model.path))
     except Exception as exc:  # a result ORT cannot run is a failure, not a benchmark crash
         result.status, result.message = "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         return result
     if not result.max_rel <= RTOL:
         result.status = "FAIL"
+        result.message = result.message or f"max relative error {result.max_rel:.1e}"
     return result
 
 
@@ -356,6 +364,10 @@ def summary(results: list[ModelResult], tools: list[str]) -> list[str]:
                              or [r.nodes_before]) for r in results)
         lines.append(f"total nodes: before {sum(r.nodes_before for r in results)}, ours {mine_total}, "
                      f"best peer per model {best_total}")
+    for r in results:
+        for tool in tools:
+            if r.tools[tool].status != "ok":
+                lines.append(f"{tool} on {r.name}: {r.tools[tool].status}: {r.tools[tool].message}")
     lines.append(f"CPU: {cpu_flags()}")
     return lines
 
