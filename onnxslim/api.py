@@ -89,10 +89,11 @@ def optimize(
     model = as_model(source)
     pipeline = pipeline or default_optimize_pipeline()
     shape_texts = _shape_texts(input_shapes)
-    generation_shapes = None
     if shape_texts:
-        generation_shapes = resolved_input_shapes(model, parse_input_shapes(list(shape_texts)))
         pipeline = Pipeline((FixInputShapes(shapes=shape_texts), *pipeline.passes))
+    # Feeds must have the shapes the model will be fixed to, wherever the fix comes from.
+    fixed = [t for p in pipeline.passes if isinstance(p, FixInputShapes) for t in p.shapes]
+    generation_shapes = resolved_input_shapes(model, parse_input_shapes(fixed)) if fixed else None
     guard = None
     verified_on = "not verified"
     if verify:

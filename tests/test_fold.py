@@ -477,3 +477,13 @@ def test_node_count_helper_counts_subgraphs() -> None:
         [vi("y", [3])],
     )
     assert node_count(m) == 7
+
+
+def test_recipe_with_fix_input_shapes_generates_matching_feeds(tmp_path: Path, capsys) -> None:
+    source, out, recipe = tmp_path / "dyn.onnx", tmp_path / "out.onnx", tmp_path / "r.toml"
+    ir.save(_dynamic_model(), source)
+    recipe.write_text('[[pass]]\nname = "fix-input-shapes"\nshapes = ["x:1,3,4,4"]\n\n'
+                      '[[pass]]\nname = "fold-constants"\n')
+    assert main(["optimize", str(source), "-o", str(out), "--recipe", str(recipe), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [p["status"] for p in report["passes"]] == ["changed", "changed"]

@@ -10,6 +10,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.errors import GateFailed
+from onnxslim.passes.fold import FixInputShapes
 from onnxslim.pipeline import Pipeline
 
 
@@ -38,7 +39,10 @@ def optimize_command(
     elif passes is not None:
         pipeline = Pipeline.from_names([p.strip() for p in passes.split(",") if p.strip()])
     if print_recipe:
-        out.print((pipeline or api.default_optimize_pipeline()).to_toml(), end="", markup=False)
+        shown = pipeline or api.default_optimize_pipeline()
+        if input_shape:
+            shown = Pipeline((FixInputShapes(shapes=tuple(input_shape)), *shown.passes))
+        out.print(shown.to_toml(), end="", markup=False)
         return
     if io.same_file(model, output) and not overwrite:
         raise typer.BadParameter("output is the input model; pass --overwrite to replace it", param_hint="-o")
