@@ -163,3 +163,47 @@ def test_ratio_rounds_to_the_channel_multiple() -> None:
 def test_bad_options(bad) -> None:
     with pytest.raises(ValueError):
         ChannelPruning(**bad)
+
+
+def _tied_ffn() -> onnx.ModelProto:
+    """One FFN (w1 -> Relu -> w2) applied twice with the same weights, the second time through
+    Identity nodes (as exporters write weight tying); a quarter of the hidden units are dead."""
+    rng = np.random.default_rng(5)
+    w1 = rng.standard_normal((8, 32)).astype(np.float32)
+    w2 = rng.standard_normal((32, 8)).astype(np.float32)
+    dead = rng.choice(32, 8, replace=False)
+    w1[:, dead] = 0
+    w2[dead] = 0
+    nodes = [
+        helper.make_node("Identity", ["w1"], ["w1_tied"], name="tie1"),
+        helper.make_node("Identity", ["w2"], ["w2_tied"], name="tie2"),
+    ]
+    x = "x"
+    for step, (a, b) in enumerate((("w1", "w2"), ("w1_tied", "w2_tied"))):
+        nodes += [
+            helper.make_node("MatMul", [x, a], [f"h{step}"], name=f"up{step}"),
+            helper.make_node("Relu", [f"h{step}"], [f"r{step}"], name=f"relu{step}"),
+            helper.make_node("MatMul", [f"r{step}", b], [f"o{step}"], name=f"down{step}"),
+            helper.make_node("Add", [x, f"o{step}"], [f"x{step}"], name=f"res{step}"),
+        ]
+        x = f"x{step}"
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])],
+                              initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_tied_weights_lose_the_same_channels_and_stay_shared() -> None:
+    base = ir.serde.deserialize_model(_tied_ffn())
+    groups = {tuple(sorted(g["producers"])): g for g in channel_groups(base)}
+    assert groups[("up0", "up1")]["prunable"]  # one group for both applications of w1
+    model = base.clone()
+    assert ChannelPruning(ratio=0.25, multiple=8)(model).modified
+    assert set(model.graph.initializers) == {"w1", "w2"}  # still one copy of each, now smaller
+    assert model.graph.initializers["w1"].const_value.shape == (8, 24)
+    assert model.graph.initializers["w2"].const_value.shape == (24, 8)
+    data = [{"x": np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)}]
+    parity = compare_outputs(_outputs(base, data), _outputs(model, data), atol=1e-5, rtol=1e-5)
+    assert all(p.passed for p in parity), parity

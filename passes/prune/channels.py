@@ -39,7 +39,7 @@ from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes, store_summary
-from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze
+from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze, readers
 from onnxslim.passes.prune.layers import find_layers, lift_constants, resolve_initializer
 from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitRequest, reconstruct
 
@@ -222,49 +222,87 @@ def _changed(cg: ChannelGraph, layout: Layout, kept: dict[int, np.ndarray]) -> b
     return any(cg.find(space) in kept for space, _ in layout.segments)
 
 
+@dataclasses.dataclass
+class _Slice:
+    """Take `index` along `axis` of the constant feeding input `input_index` of `node`."""
+
+    node: ir.Node
+    input_index: int
+    axis: int
+    index: np.ndarray
+
+
 def _apply(cg: ChannelGraph, kept: dict[int, np.ndarray]) -> list[ir.Node]:
     """Make every edit whose channels change; returns the rewritten consumers."""
-    consumers = []
+    consumers: list[ir.Node] = []
+    slices: list[_Slice] = []
+    reshapes: list[tuple[ir.Node, int]] = []
     for edit in cg.edits:
         if not _changed(cg, edit.layout, kept):
             continue
         index = _kept_of(cg, edit.layout, kept)
         node = edit.node
         if edit.kind == "producer":
-            _slice_producer(node, index)
+            slices += _producer_slices(node, index)
         elif edit.kind == "consumer":
-            _slice_consumer(node, index)
+            slices.append(_Slice(node, 1, _consumer_axis(node), index))
             consumers.append(node)
         elif edit.kind == "depthwise":
-            _slice_input(node, 1, index, 0)
+            slices.append(_Slice(node, 1, 0, index))
             if len(node.inputs) > 2 and node.inputs[2] is not None:
-                _slice_input(node, 2, index, 0)
+                slices.append(_Slice(node, 2, 0, index))
             node.attributes["group"] = ir.AttrInt64("group", len(index))
         elif edit.kind == "param":
-            _slice_input(node, edit.index, index, edit.axis)
+            slices.append(_Slice(node, edit.index, edit.axis, index))
         elif edit.kind == "reshape":
-            target = _array(node.inputs[1]).copy()
-            target[1] = len(index)
-            _write_input(node, 1, target)
+            reshapes.append((node, len(index)))
+    _make_slices(slices)
+    for node, width in reshapes:
+        target = _array(node.inputs[1]).copy()
+        target[1] = width
+        _write_input(node, 1, target, in_place=False)
     return consumers
 
 
-def _slice_producer(node: ir.Node, index: np.ndarray) -> None:
+def _producer_slices(node: ir.Node, index: np.ndarray) -> list[_Slice]:
     op = node.op_type
     trans_b = op == "Gemm" and node.attributes.get_int("transB", 0)
-    axis = {"Conv": 0, "ConvTranspose": 1}.get(op, 0 if trans_b else 1)
-    _slice_input(node, 1, index, axis)
+    result = [_Slice(node, 1, {"Conv": 0, "ConvTranspose": 1}.get(op, 0 if trans_b else 1), index)]
     if op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2] is not None:
         bias = _array(node.inputs[2])
         if bias.size > 1:
-            _slice_input(node, 2, index, bias.ndim - 1)
+            result.append(_Slice(node, 2, bias.ndim - 1, index))
+    return result
 
 
-def _slice_consumer(node: ir.Node, index: np.ndarray) -> None:
-    op = node.op_type
-    trans_b = op == "Gemm" and node.attributes.get_int("transB", 0)
-    axis = {"Conv": 1, "ConvTranspose": 0}.get(op, 1 if trans_b else 0)
-    _slice_input(node, 1, index, axis)
+def _consumer_axis(node: ir.Node) -> int:
+    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    return {"Conv": 1, "ConvTranspose": 0}.get(node.op_type, 1 if trans_b else 0)
+
+
+def _make_slices(slices: list[_Slice]) -> None:
+    """Slice every constant once where all its readers want the same cut, else copy per reader.
+
+    Tied weights (one initializer, several layers merged into one group) and
+    per-channel constants shared inside a group are sliced in place once, so the
+    sharing survives; a constant shared by nodes that want different cuts is
+    copied for each of them.
+    """
+    done: dict[tuple[int, int], np.ndarray] = {}
+    for position, cut in enumerate(slices):
+        source = resolve_initializer(cut.node.inputs[cut.input_index])
+        assert source is not None
+        key = (id(source), cut.axis)
+        if key in done and np.array_equal(done[key], cut.index):
+            continue  # already cut in place for every reader
+        wanted = {(id(other.node), other.input_index) for other in slices[position:]
+                  if other.axis == cut.axis and np.array_equal(other.index, cut.index)
+                  and resolve_initializer(other.node.inputs[other.input_index]) is source}
+        in_place = key not in done and all((id(n), i) in wanted for n, i in readers(source))
+        _write_input(cut.node, cut.input_index, np.take(_array(cut.node.inputs[cut.input_index]), cut.index,
+                                                         axis=cut.axis), in_place=in_place)
+        if in_place:
+            done[key] = cut.index
 
 
 def _array(value: ir.Value | None) -> np.ndarray:
@@ -273,30 +311,26 @@ def _array(value: ir.Value | None) -> np.ndarray:
     return source.const_value.numpy()
 
 
-def _slice_input(node: ir.Node, input_index: int, index: np.ndarray, axis: int) -> None:
-    _write_input(node, input_index, np.take(_array(node.inputs[input_index]), index, axis=axis))
-
-
-def _write_input(node: ir.Node, input_index: int, array: np.ndarray) -> None:
-    """Write a new constant for one input; a copy if other nodes share the old one."""
+def _write_input(node: ir.Node, input_index: int, array: np.ndarray, *, in_place: bool) -> None:
+    """Write a new constant for one input: into its initializer, or as a fresh copy for this node."""
     value = node.inputs[input_index]
     source = resolve_initializer(value)
     assert source is not None and source.const_value is not None
     dtype = source.const_value.dtype
     array = np.ascontiguousarray(array)
-    if len(source.uses()) > 1 or source is not value:
-        graph = node.graph
-        assert graph is not None
-        base, name, i = f"{source.name}_pruned", f"{source.name}_pruned", 1
-        while name in graph.initializers:
-            name, i = f"{base}_{i}", i + 1
-        fresh = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(dtype),
-                         const_value=ir.Tensor(array, name=name))
-        graph.register_initializer(fresh)
-        node.replace_input_with(input_index, fresh)
+    if in_place or (len(source.uses()) == 1 and source is value):
+        source.const_value = ir.Tensor(array, name=source.name)
+        source.shape = ir.Shape(array.shape)
         return
-    source.const_value = ir.Tensor(array, name=source.name)
-    source.shape = ir.Shape(array.shape)
+    graph = node.graph
+    assert graph is not None
+    base, name, i = f"{source.name}_pruned", f"{source.name}_pruned", 1
+    while name in graph.initializers:
+        name, i = f"{base}_{i}", i + 1
+    fresh = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(dtype),
+                     const_value=ir.Tensor(array, name=name))
+    graph.register_initializer(fresh)
+    node.replace_input_with(input_index, fresh)
 
 
 def _clear_shapes(model: ir.Model) -> None:

@@ -22,7 +22,9 @@ A space is *frozen* (left whole), with the reason kept for the report, when the
 channels reach a graph output, an op that mixes or reads across channels
 (LayerNormalization over them, Softmax over them, Split/Slice/Gather on them,
 Shape, a Reshape that splits them into heads), a grouped (non-depthwise) Conv,
-a weight shared by several nodes, a subgraph, or any op not listed here.
+a subgraph, or any op not listed here. Layers that share one weight (weight
+tying, unrolled recurrences) are merged, so they lose the same channels, when
+every reader is such a layer; otherwise the weight's spaces are frozen too.
 Frozen spaces merged with others freeze the whole group: refusing is always safe.
 """
 
@@ -100,6 +102,7 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     layouts: dict[ir.Value, Layout] = field(default_factory=dict)
     edits: list[Edit] = field(default_factory=list)
+    tied: dict[int, tuple[ir.Value, list[tuple[ir.Node, int, Layout | None]]]] = field(default_factory=dict)
 
     # union-find
     def find(self, i: int) -> int:
@@ -150,6 +153,7 @@ def analyze(model: ir.Model) -> ChannelGraph:
     cg = ChannelGraph()
     for node in model.graph:
         _visit(cg, node)
+    _resolve_ties(cg)
     for value, layout in list(cg.layouts.items()):
         if value.is_graph_output():
             cg.freeze(layout, f"reaches graph output {value.name!r}")
@@ -280,6 +284,24 @@ def _channel_axis_ok(layout: Layout, value: ir.Value | None) -> bool:
     return rank is not None and layout.factor == 1 and layout.axis == 1 - rank
 
 
+def readers(value: ir.Value) -> list[tuple[ir.Node, int]]:
+    """(node, input index) of everything reading `value`, looking through Identity nodes."""
+    found, stack = [], [value]
+    while stack:
+        current = stack.pop()
+        for node, index in current.uses():
+            if node.op_type == "Identity" and node.domain in ("", "ai.onnx"):
+                stack.append(node.outputs[0])
+            else:
+                found.append((node, index))
+    return found
+
+
+def _tie(cg: ChannelGraph, weight: ir.Value, node: ir.Node, space: int | None, layout: Layout | None) -> None:
+    """Note one reader of a weight several layers share (resolved in _resolve_ties)."""
+    cg.tied.setdefault(id(weight), (weight, []))[1].append((node, space, layout))
+
+
 def _conv(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0] if ins else None
     weight = resolve_initializer(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -290,26 +312,25 @@ def _conv(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     group = node.attributes.get_int("group", 1)
     out, per_group = int(shape[0]), int(shape[1])
     rank = len(shape)
-    shared = len(weight.uses()) > 1
-    bias = resolve_initializer(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    bias_shared = bias is not None and len(bias.uses()) > 1
+    shared = len(readers(weight)) > 1
     if group == 1:
+        consumer = None
         if x is not None:
-            if shared:
-                cg.freeze(x, f"Conv weight {weight.name!r} shared by {len(weight.uses())} nodes")
-            elif not _channel_axis_ok(x, node.inputs[0]):
+            if not _channel_axis_ok(x, node.inputs[0]):
                 cg.freeze(x, "Conv input channels are not on axis 1")
             else:
+                consumer = x
                 cg.edits.append(Edit("consumer", node, x))
-        reason = "weight shared" if shared or bias_shared else ""
-        space = cg.new_space(out, node, reason)
+        space = cg.new_space(out, node)
+        if shared:
+            _tie(cg, weight, node, space, consumer)
         cg.edits.append(Edit("producer", node, Layout(((space, out),), 1 - rank), space=space))
         _set(cg, node, Layout(((space, out),), 1 - rank))
         return
     if per_group == 1 and group == out and x is not None and x.channels == group and \
             _channel_axis_ok(x, node.inputs[0]):
-        if shared or bias_shared:
-            cg.freeze(x, f"depthwise weight {weight.name!r} shared")
+        if shared:
+            cg.freeze(x, f"depthwise weight {weight.name!r} shared by {len(readers(weight))} nodes")
         else:
             cg.edits.append(Edit("depthwise", node, x))
         _set(cg, node, x)
@@ -327,14 +348,17 @@ def _conv_transpose(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -
         cg.freeze(x, "ConvTranspose with groups, explicit output_shape or non-constant weight")
         return
     shape = tuple(weight.const_value.shape)
-    shared = len(weight.uses()) > 1
+    consumer = None
     if x is not None:
-        if shared or not _channel_axis_ok(x, node.inputs[0]):
-            cg.freeze(x, "ConvTranspose weight shared or input channels not on axis 1")
+        if not _channel_axis_ok(x, node.inputs[0]):
+            cg.freeze(x, "ConvTranspose input channels not on axis 1")
         else:
+            consumer = x
             cg.edits.append(Edit("consumer", node, x))
     out = int(shape[1])
-    space = cg.new_space(out, node, "weight shared" if shared else "")
+    space = cg.new_space(out, node)
+    if len(readers(weight)) > 1:
+        _tie(cg, weight, node, space, consumer)
     layout = Layout(((space, out),), 1 - len(shape))
     cg.edits.append(Edit("producer", node, layout, space=space))
     _set(cg, node, layout)
@@ -352,25 +376,59 @@ def _matmul_like(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> N
     shape = tuple(weight.const_value.shape)
     trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
     out = int(shape[0] if trans_b else shape[1])
-    shared = len(weight.uses()) > 1
-    bias = resolve_initializer(node.inputs[2]) if node.op_type == "Gemm" and len(node.inputs) > 2 else None
+    frozen = ""
     if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
         c_dims = _dims(node.inputs[2])
-        if c_dims is None or bias is None or (len(c_dims) == 2 and c_dims[0] != 1):
-            shared = True  # C is not a per-column bias we can slice
-        elif len(bias.uses()) > 1:
-            shared = True
+        if c_dims is None or resolve_initializer(node.inputs[2]) is None or (len(c_dims) == 2 and c_dims[0] != 1):
+            frozen = "Gemm C is not a per-column bias"
+    consumer = None
     if x is not None:
-        if shared:
-            cg.freeze(x, f"{node.op_type} weight {weight.name!r} shared or C not a bias")
-        elif x.axis != -1:
+        if x.axis != -1:
             cg.freeze(x, f"{node.op_type} contracts an axis other than the channels")
         else:
+            consumer = x
             cg.edits.append(Edit("consumer", node, x))
-    space = cg.new_space(out, node, f"{node.op_type} weight shared or C not a bias" if shared else "")
+    space = cg.new_space(out, node, frozen)
+    if len(readers(weight)) > 1:
+        _tie(cg, weight, node, space, consumer)
     layout = Layout(((space, out),), -1)
     cg.edits.append(Edit("producer", node, layout, space=space))
     _set(cg, node, layout)
+
+
+def _resolve_ties(cg: ChannelGraph) -> None:
+    """Layers sharing one weight must keep the same channels: merge their spaces, or freeze.
+
+    Tied output channels are merged (3 layers of one shared FFN lose the same
+    hidden channels); tied input channels must come from layouts that can be
+    merged too. A weight also read by anything that is not such a layer (or by
+    layers of different kinds) freezes every space it touches.
+    """
+    for weight, entries in cg.tied.values():
+        users = readers(weight)
+        kinds = {(n.op_type, n.attributes.get_int("group", 1), n.attributes.get_int("transB", 0))
+                 for n, _, _ in entries}
+        if len(entries) != len(users) or len(kinds) != 1 or any(i != 1 for _, i in users):
+            reason = f"weight {weight.name!r} shared by {len(users)} nodes not all alike"
+            for _, space, layout in entries:
+                cg.freeze_space(space, reason)
+                cg.freeze(layout, reason)
+            continue
+        spaces = [space for _, space, _ in entries]
+        for space in spaces[1:]:
+            cg.union(spaces[0], space)
+        layouts = [layout for _, _, layout in entries]
+        first = layouts[0]
+        if any(layout is None for layout in layouts) or any(
+                layout.sizes() != first.sizes() or layout.axis != first.axis or layout.factor != first.factor
+                for layout in layouts):
+            reason = f"weight {weight.name!r} shared by layers whose inputs differ"
+            for layout in layouts:
+                cg.freeze(layout, reason)
+            continue
+        for layout in layouts[1:]:
+            for (a, _), (b, _) in zip(first.segments, layout.segments):
+                cg.union(a, b)
 
 
 def _norm(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:

@@ -16,6 +16,7 @@ Gemm that had none), which absorbs the mean shift pruning causes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,10 +51,12 @@ class RefitRecord:
     error_after: float
     skipped: str = ""
     ridge: float | None = None  # relative ridge strength used (chosen on held-out samples by default)
+    seconds: float = 0.0  # solving time (the ORT passes are shared by a level and not counted here)
 
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "op_type": self.op_type, "rows": self.rows, "error_before": self.error_before,
-                "error_after": self.error_after, "skipped": self.skipped, "ridge": self.ridge}
+                "error_after": self.error_after, "skipped": self.skipped, "ridge": self.ridge,
+                "seconds": self.seconds}
 
 
 def reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
@@ -121,6 +124,7 @@ def _cannot_refit(layer: Layer, original: ir.Model) -> str:
 
 
 def _refit(layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: float | None) -> RefitRecord:
+    start = time.perf_counter()
     if sums.total is None or sums.rows == 0:
         return RefitRecord(layer.name, layer.op_type, 0, float("nan"), float("nan"), "no calibration rows")
     w = layer.array()
@@ -154,7 +158,8 @@ def _refit(layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: fl
     layer.set_weight(layer.from_matrix(new_w / alpha, w.shape))
     if new_b is not None:
         layer.set_bias(new_b / beta)
-    return RefitRecord(layer.name, layer.op_type, sums.rows, before, after, ridge=float(np.median(ridges)))
+    return RefitRecord(layer.name, layer.op_type, sums.rows, before, after, ridge=float(np.median(ridges)),
+                       seconds=time.perf_counter() - start)
 
 
 def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
