@@ -19,7 +19,7 @@ from onnxslim.activations import coalesce_feeds
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.io import model_to_bytes
-from onnxslim.passes.prune.layers import LAYER_OPS, find_layers
+from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
 from onnxslim.passes.prune.storage import packed_weights
 from onnxslim.runtime import Session
 
@@ -53,20 +53,21 @@ class Sizes:
 
 
 def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
-    """Per-layer figures, matched by node name (pruned weights unpacked first)."""
+    """Per-layer figures, layers matched by their output value (passes may name unnamed nodes;
+    they never rename values); packed weights are unpacked first."""
     packed = packed_weights(pruned)
     after: dict[str, np.ndarray] = {}
     for node in pruned.graph:
         if node.op_type in LAYER_OPS and len(node.inputs) > 1 and node.inputs[1] is not None:
-            weight = node.inputs[1]
-            if weight.name in packed:
-                after[node.name] = packed[weight.name]
-            elif weight.const_value is not None:
-                after[node.name] = weight.const_value.numpy()
+            source = resolve_initializer(node.inputs[1]) or node.inputs[1]
+            if source.name in packed:
+                after[node.outputs[0].name] = packed[source.name]
+            elif source.const_value is not None:
+                after[node.outputs[0].name] = source.const_value.numpy()
     rows = []
     for layer in find_layers(original)[0]:
         before = layer.array()
-        pruned_w = after.get(layer.name)
+        pruned_w = after.get(layer.node.outputs[0].name)
         if pruned_w is None:
             rows.append(LayerRow(layer.name, layer.op_type, tuple(before.shape), None, before.size, 0, 1.0, 1.0))
             continue
