@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import onnx_ir as ir
-
 from onnxslim.passes._options import option
 from onnxslim.passes.fuse_common import Namer, Scope, fixpoint, opset_version, scopes
 from onnxslim.passes.fuse_conv import fuse_conv_affine, fuse_conv_batchnorm, fuse_pad
@@ -101,8 +100,11 @@ class FuseGelu(ir.passes.InPlacePass):
     """Replace written-out GELU (erf or tanh form) with the Gelu op (opset 20+)."""
 
     lossless: ClassVar[bool] = True
-    contrib: bool = option(False, "Below opset 20, emit onnxruntime's com.microsoft Gelu/FastGelu "
-                                  "(not in every runtime build, e.g. ORT Mobile).")
+    contrib: bool = option(
+        False,
+        "Below opset 20, emit onnxruntime's com.microsoft Gelu/FastGelu "
+        "(not in every runtime build, e.g. ORT Mobile).",
+    )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if opset_version(model) >= 20:

@@ -62,6 +62,7 @@ def scopes(model: ir.Model) -> list[Scope]:
 
 # --------------------------------------------------------------------------- constants
 
+
 def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's contents when it is a constant (rule 1), else None."""
     if value is None or value.is_graph_input():
@@ -184,11 +185,15 @@ def _scope_values(scope: Scope) -> Iterator[ir.Value]:
 
 
 def add_constant(scope: Scope, array: np.ndarray, name: str, before: ir.Node) -> ir.Value:
-    """A new constant visible to `before`: an initializer of a graph, a Constant node in a function."""
+    """A new constant visible to `before`: a graph initializer, or a Constant node in a function."""
     tensor = ir.tensor(np.ascontiguousarray(array), name=name)
     if isinstance(scope, ir.Graph):
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
-                         const_value=tensor)
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(tensor.dtype),
+            const_value=tensor,
+        )
         scope.register_initializer(value)
         return value
     node = ir.Node("", "Constant", [], attributes=[ir.AttrTensor("value", tensor)], num_outputs=1)
@@ -202,17 +207,17 @@ def add_constant(scope: Scope, array: np.ndarray, name: str, before: ir.Node) ->
 
 # --------------------------------------------------------------------------- rewiring
 
+
 def can_replace(old: ir.Value, new: ir.Value, scope: Scope) -> bool:
     """Whether `old` can be swapped for `new` while every graph output keeps its name."""
     if not old.is_graph_output():
         return True
     node = new.producer()
-    return (in_scope(node, scope) and not new.is_graph_output()
-            and not new.is_graph_input())
+    return in_scope(node, scope) and not new.is_graph_output() and not new.is_graph_input()
 
 
 def replace_value(old: ir.Value, new: ir.Value) -> None:
-    """Point every user of `old` (graph outputs included) at `new`; `new` inherits a returned name."""
+    """Point every user of `old` (graph outputs included) at `new`, which inherits old's name."""
     if old.is_graph_output() or (new.name is None and new.producer() is not None):
         # A new node's output takes over the old name: unique, and readable in the result.
         name = old.name
@@ -230,7 +235,9 @@ def remove_dead(scope: Scope, nodes: Iterable[ir.Node]) -> None:
     pending = [n for n in nodes if in_scope(n, scope)]
     while pending:
         node = pending.pop()
-        if not in_scope(node, scope) or any(out.uses() or out.is_graph_output() for out in node.outputs):
+        if not in_scope(node, scope) or any(
+            out.uses() or out.is_graph_output() for out in node.outputs
+        ):
             continue
         feeders = [v.producer() for v in node.inputs if v is not None]
         scope.remove(node, safe=True)
@@ -239,9 +246,17 @@ def remove_dead(scope: Scope, nodes: Iterable[ir.Node]) -> None:
         pending.extend(n for n in nodes if in_scope(n, scope) and n not in pending)
 
 
-def new_node(op_type: str, inputs: Sequence[ir.Value | None], attributes: Sequence[ir.Attr] = (),
-             *, name: str | None = None, domain: str = "") -> ir.Node:
-    return ir.Node(domain, op_type, list(inputs), attributes=list(attributes), num_outputs=1, name=name)
+def new_node(
+    op_type: str,
+    inputs: Sequence[ir.Value | None],
+    attributes: Sequence[ir.Attr] = (),
+    *,
+    name: str | None = None,
+    domain: str = "",
+) -> ir.Node:
+    return ir.Node(
+        domain, op_type, list(inputs), attributes=list(attributes), num_outputs=1, name=name
+    )
 
 
 def rank_of(value: ir.Value | None) -> int | None:
@@ -258,7 +273,18 @@ def rank_of(value: ir.Value | None) -> int | None:
     if node.op_type == "Reshape":
         shape = int_list(node.inputs[1]) if len(node.inputs) > 1 else None
         return None if shape is None else len(shape)
-    if node.op_type in ("Relu", "Sigmoid", "Tanh", "Cast", "Identity", "Neg", "Abs", "Clip", "Gelu", "Erf"):
+    if node.op_type in (
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Cast",
+        "Identity",
+        "Neg",
+        "Abs",
+        "Clip",
+        "Gelu",
+        "Erf",
+    ):
         return rank_of(node.inputs[0])
     return None
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,
@@ -54,6 +53,7 @@ _CONVS = ("Conv", "ConvTranspose")
 
 # --------------------------------------------------------------------------- shared
 
+
 def _out_channels(conv: ir.Node, weight: np.ndarray) -> int:
     if conv.op_type == "Conv":
         return int(weight.shape[0])
@@ -62,7 +62,7 @@ def _out_channels(conv: ir.Node, weight: np.ndarray) -> int:
 
 
 def _scale_out_channels(conv: ir.Node, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """W * scale[o] along the output-channel axis (axis 0 for Conv, grouped axis 1 for ConvTranspose)."""
+    """W * scale[o] along the output-channel axis (Conv: axis 0, ConvTranspose: grouped axis 1)."""
     if conv.op_type == "Conv":
         return weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     group = conv.attributes.get_int("group", 1)
@@ -80,8 +80,12 @@ class _ConvWeights:
         self.weight = owned_constant(conv, 1)
         has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
         self.bias = owned_constant(conv, 2) if has_bias else None
-        self.ok = (self.weight is not None and self.weight.dtype.kind == "f" and self.weight.ndim >= 3
-                   and (not has_bias or self.bias is not None))
+        self.ok = (
+            self.weight is not None
+            and self.weight.dtype.kind == "f"
+            and self.weight.ndim >= 3
+            and (not has_bias or self.bias is not None)
+        )
         if self.ok and conv.op_type == "ConvTranspose":
             group = conv.attributes.get_int("group", 1)
             self.ok = group > 0 and self.weight.shape[0] % group == 0
@@ -91,10 +95,13 @@ class _ConvWeights:
 
     def current_bias(self) -> np.ndarray:
         assert self.weight is not None
-        return (self.bias if self.bias is not None
-                else np.zeros(self.channels, dtype=self.weight.dtype)).astype(np.float64)
+        return (
+            self.bias if self.bias is not None else np.zeros(self.channels, dtype=self.weight.dtype)
+        ).astype(np.float64)
 
-    def store(self, scope: Scope, namer: Namer, weight: np.ndarray | None, bias: np.ndarray) -> None:
+    def store(
+        self, scope: Scope, namer: Namer, weight: np.ndarray | None, bias: np.ndarray
+    ) -> None:
         assert self.weight is not None
         dtype = self.weight.dtype
         if weight is not None:
@@ -133,12 +140,17 @@ def _bypass(scope: Scope, node: ir.Node, replacement: ir.Value) -> bool:
 
 # --------------------------------------------------------------------------- case 1
 
+
 def fuse_conv_batchnorm(scope: Scope, namer: Namer) -> int:
     count = 0
     for bn in list(scope):
         if not in_scope(bn, scope) or not is_op(bn, "BatchNormalization") or len(bn.inputs) < 5:
             continue
-        if bn.attributes.get_int("training_mode", 0) or bn.attributes.get_int("spatial", 1) != 1 or any(o.uses() or o.is_graph_output() for o in bn.outputs[1:]):
+        if (
+            bn.attributes.get_int("training_mode", 0)
+            or bn.attributes.get_int("spatial", 1) != 1
+            or any(o.uses() or o.is_graph_output() for o in bn.outputs[1:])
+        ):
             continue
         conv = bn.inputs[0].producer() if bn.inputs[0] is not None else None
         if not is_op(conv, *_CONVS) or not is_internal(conv.outputs[0], bn):
@@ -163,10 +175,15 @@ def fuse_conv_batchnorm(scope: Scope, namer: Namer) -> int:
 
 # --------------------------------------------------------------------------- case 2
 
+
 def fuse_conv_affine(scope: Scope, namer: Namer) -> int:
     count = 0
     for node in list(scope):
-        if not in_scope(node, scope) or not is_op(node, "Mul", "Div", "Add", "Sub") or len(node.inputs) != 2:
+        if (
+            not in_scope(node, scope)
+            or not is_op(node, "Mul", "Div", "Add", "Sub")
+            or len(node.inputs) != 2
+        ):
             continue
         for conv_side in (0, 1):
             if conv_side == 1 and node.op_type in ("Div", "Sub"):
@@ -181,7 +198,9 @@ def fuse_conv_affine(scope: Scope, namer: Namer) -> int:
     return count
 
 
-def _fold_affine(scope: Scope, namer: Namer, conv: ir.Node, node: ir.Node, operand: ir.Value | None) -> bool:
+def _fold_affine(
+    scope: Scope, namer: Namer, conv: ir.Node, node: ir.Node, operand: ir.Value | None
+) -> bool:
     array = const_array(operand)
     weights = _ConvWeights(conv)
     if array is None or not weights.ok:
@@ -209,13 +228,18 @@ def _fold_affine(scope: Scope, namer: Namer, conv: ir.Node, node: ir.Node, opera
 
 # --------------------------------------------------------------------------- case 3
 
+
 def _fuse_input_affine(scope: Scope, namer: Namer) -> int:
     count = 0
     for conv in list(scope):
         if not in_scope(conv, scope) or not is_op(conv, "Conv") or conv.inputs[0] is None:
             continue
         pre = conv.inputs[0].producer()
-        if not is_op(pre, "Mul", "Add") or len(pre.inputs) != 2 or not is_internal(pre.outputs[0], conv):
+        if (
+            not is_op(pre, "Mul", "Add")
+            or len(pre.inputs) != 2
+            or not is_internal(pre.outputs[0], conv)
+        ):
             continue
         weights = _ConvWeights(conv)
         if not weights.ok:
@@ -238,7 +262,9 @@ def _fuse_input_affine(scope: Scope, namer: Namer) -> int:
             cout = weight.shape[0]
             # Input channel of W[o, i]: (o // (cout // group)) * cin_g + i.
             cin_g = weight.shape[1]
-            channel = (np.arange(cout)[:, None] // (cout // group)) * cin_g + np.arange(cin_g)[None, :]
+            channel = (np.arange(cout)[:, None] // (cout // group)) * cin_g + np.arange(cin_g)[
+                None, :
+            ]
             per_weight = c[channel].reshape((cout, cin_g) + (1,) * (weight.ndim - 2))
             if pre.op_type == "Mul":
                 set_constant(conv.inputs[1], (weight * per_weight).astype(weights.weight.dtype))  # type: ignore[union-attr]
@@ -249,7 +275,10 @@ def _fuse_input_affine(scope: Scope, namer: Namer) -> int:
                 weights.store(scope, namer, None, weights.current_bias() + shift)
             conv.replace_input_with(0, x)
             scope.remove(pre, safe=True)
-            remove_dead(scope, [v.producer() for v in pre.inputs if v is not None and v.producer() is not None])
+            remove_dead(
+                scope,
+                [v.producer() for v in pre.inputs if v is not None and v.producer() is not None],
+            )
             count += 1
             break
     return count
@@ -265,6 +294,7 @@ def _unpadded(conv: ir.Node) -> bool:
 
 
 # --------------------------------------------------------------------------- case 4
+
 
 def fuse_pad(scope: Scope, namer: Namer) -> int:
     del namer
@@ -283,11 +313,13 @@ def fuse_pad(scope: Scope, namer: Namer) -> int:
         updates = [_pad_target(user, amounts, value) for user in users]
         if any(u is None for u in updates):
             continue
-        for user, attrs in zip(users, updates):
+        for user, attrs in zip(users, updates, strict=False):
             for attr in attrs:  # type: ignore[union-attr]
                 user.attributes[attr.name] = attr
             user.replace_input_with(0, pad.inputs[0])
-        feeders = [v.producer() for v in pad.inputs[1:] if v is not None and v.producer() is not None]
+        feeders = [
+            v.producer() for v in pad.inputs[1:] if v is not None and v.producer() is not None
+        ]
         scope.remove(pad, safe=True)
         remove_dead(scope, feeders)
         count += 1
@@ -339,7 +371,7 @@ def _pad_target(node: ir.Node, amounts: list[int], value: float | str) -> list[i
     rank = len(amounts) // 2
     if rank < 3 or amounts[0] or amounts[1] or amounts[rank] or amounts[rank + 1]:
         return None
-    spatial = amounts[2:rank] + amounts[rank + 2:]
+    spatial = amounts[2:rank] + amounts[rank + 2 :]
     auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
     if auto_pad not in ("NOTSET", "VALID"):
         return None
@@ -347,7 +379,10 @@ def _pad_target(node: ir.Node, amounts: list[int], value: float | str) -> list[i
     own = own or [0] * len(spatial)
     if len(own) != len(spatial):
         return None
-    attrs = [ir.AttrInt64s("pads", [a + b for a, b in zip(own, spatial)]), ir.AttrString("auto_pad", "NOTSET")]
+    attrs = [
+        ir.AttrInt64s("pads", [a + b for a, b in zip(own, spatial, strict=False)]),
+        ir.AttrString("auto_pad", "NOTSET"),
+    ]
     if node.op_type == "Conv":
         return attrs if value == 0.0 else None
     if node.attributes.get_int("ceil_mode", 0):
@@ -362,8 +397,13 @@ def _pad_target(node: ir.Node, amounts: list[int], value: float | str) -> list[i
         kernel = list(node.attributes.get_ints("kernel_shape", []) or [])
         dilations = list(node.attributes.get_ints("dilations", []) or []) or [1] * len(kernel)
         rank = len(spatial) // 2
-        if value == "edge" and len(kernel) == rank and all(d == 1 for d in dilations) and not any(own) \
-                and all(spatial[i] < kernel[i] and spatial[i + rank] < kernel[i] for i in range(rank)):
+        if (
+            value == "edge"
+            and len(kernel) == rank
+            and all(d == 1 for d in dilations)
+            and not any(own)
+            and all(spatial[i] < kernel[i] and spatial[i + rank] < kernel[i] for i in range(rank))
+        ):
             return attrs
         return None
     if value != 0.0:

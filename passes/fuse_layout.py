@@ -36,7 +36,6 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,
@@ -49,7 +48,6 @@ from onnxslim.passes.fuse_common import (
     remove_dead,
     replace_value,
 )
-
 from onnxslim.passes.fuse_transpose import sink_transpose
 
 _SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -66,11 +64,19 @@ def fuse_layout_chains(scope: Scope, namer: Namer) -> int:
     }
     count = 0
     for node in list(scope):
-        if not in_scope(node, scope) or node.domain not in ("", "ai.onnx") or node.op_type not in rules:
+        if (
+            not in_scope(node, scope)
+            or node.domain not in ("", "ai.onnx")
+            or node.op_type not in rules
+        ):
             continue
         if node.inputs and node.inputs[0] is not None and rules[node.op_type](scope, namer, node):
             count += 1
-        elif node.op_type == "Transpose" and in_scope(node, scope) and sink_transpose(scope, namer, node):
+        elif (
+            node.op_type == "Transpose"
+            and in_scope(node, scope)
+            and sink_transpose(scope, namer, node)
+        ):
             count += 1
     return count
 
@@ -103,7 +109,7 @@ def _drop(scope: Scope, node: ir.Node, replacement: ir.Value) -> bool:
 
 
 def _rewire(scope: Scope, node: ir.Node, x: ir.Value) -> None:
-    """Make `node` read x instead of its current first input, dropping the bypassed producer if dead."""
+    """Make `node` read x instead of its first input; drop the bypassed producer if dead."""
     inner = node.inputs[0].producer()  # type: ignore[union-attr]
     node.replace_input_with(0, x)
     if inner is not None:
@@ -115,6 +121,7 @@ def _rank(value: ir.Value | None) -> int | None:
 
 
 # --------------------------------------------------------------------------- case 1
+
 
 def _perm(node: ir.Node) -> list[int] | None:
     perm = node.attributes.get_ints("perm", None)
@@ -148,6 +155,7 @@ def _transpose(scope: Scope, namer: Namer, node: ir.Node) -> bool:
 
 # --------------------------------------------------------------------------- case 2
 
+
 def _reshape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     del namer
     if len(node.inputs) < 2:
@@ -163,6 +171,7 @@ def _reshape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
 
 
 # --------------------------------------------------------------------------- case 3 and 4
+
 
 def _axes(node: ir.Node) -> list[int] | None:
     """The axes of a Squeeze/Unsqueeze (attribute before opset 13, input after)."""
@@ -185,8 +194,12 @@ def _set_axes(scope: Scope, namer: Namer, node: ir.Node, axes: list[int]) -> Non
     if "axes" in node.attributes or len(node.inputs) < 2:
         node.attributes["axes"] = ir.AttrInt64s("axes", axes)
         return
-    value = add_constant(scope, np.array(axes, dtype=np.int64), namer.fresh(f"{node.name or 'unsqueeze'}_axes"),
-                         before=node)
+    value = add_constant(
+        scope,
+        np.array(axes, dtype=np.int64),
+        namer.fresh(f"{node.name or 'unsqueeze'}_axes"),
+        before=node,
+    )
     old = node.inputs[1]
     node.replace_input_with(1, value)
     if old is not None and old.producer() is not None:
@@ -258,8 +271,9 @@ def _squeeze(scope: Scope, namer: Namer, node: ir.Node) -> bool:
         b_n = _normalized(b, len(shape))
         if b_n is None or any(shape[axis] != 1 for axis in b_n):
             return False
-        return _as_reshape(scope, namer, node, inner.inputs[0],
-                           [d for i, d in enumerate(shape) if i not in b_n])
+        return _as_reshape(
+            scope, namer, node, inner.inputs[0], [d for i, d in enumerate(shape) if i not in b_n]
+        )
     return False
 
 
@@ -267,8 +281,12 @@ def _as_reshape(scope: Scope, namer: Namer, node: ir.Node, x: ir.Value, shape: l
     """Replace `node` (a Squeeze/Unsqueeze of a Reshape) by one Reshape of x (case 4)."""
     if shape.count(-1) > 1:
         return False
-    target = add_constant(scope, np.array(shape, dtype=np.int64), namer.fresh(f"{node.name or 'reshape'}_shape"),
-                          before=node)
+    target = add_constant(
+        scope,
+        np.array(shape, dtype=np.int64),
+        namer.fresh(f"{node.name or 'reshape'}_shape"),
+        before=node,
+    )
     reshape = ir.Node("", "Reshape", [x, target], num_outputs=1, name=node.name or None)
     scope.insert_before(node, reshape)
     reshape.outputs[0].shape = node.outputs[0].shape
@@ -288,13 +306,20 @@ def _as_reshape(scope: Scope, namer: Namer, node: ir.Node, x: ir.Value, shape: l
 # --------------------------------------------------------------------------- case 5
 
 _INT_BITS = {
-    ir.DataType.INT8: (True, 8), ir.DataType.INT16: (True, 16), ir.DataType.INT32: (True, 32),
-    ir.DataType.INT64: (True, 64), ir.DataType.UINT8: (False, 8), ir.DataType.UINT16: (False, 16),
-    ir.DataType.UINT32: (False, 32), ir.DataType.UINT64: (False, 64),
+    ir.DataType.INT8: (True, 8),
+    ir.DataType.INT16: (True, 16),
+    ir.DataType.INT32: (True, 32),
+    ir.DataType.INT64: (True, 64),
+    ir.DataType.UINT8: (False, 8),
+    ir.DataType.UINT16: (False, 16),
+    ir.DataType.UINT32: (False, 32),
+    ir.DataType.UINT64: (False, 64),
 }
 # Significand bits (implicit bit included) and exponent range rank of each float type.
 _FLOAT_BITS = {
-    ir.DataType.FLOAT16: (11, 1), ir.DataType.BFLOAT16: (8, 2), ir.DataType.FLOAT: (24, 2),
+    ir.DataType.FLOAT16: (11, 1),
+    ir.DataType.BFLOAT16: (8, 2),
+    ir.DataType.FLOAT: (24, 2),
     ir.DataType.DOUBLE: (53, 3),
 }
 
@@ -345,6 +370,7 @@ def _cast(scope: Scope, namer: Namer, node: ir.Node) -> bool:
 
 # --------------------------------------------------------------------------- case 6
 
+
 def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     del namer
     axis = node.attributes.get_int("axis", None)
@@ -355,8 +381,13 @@ def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     inner_nodes = []
     for value in node.inputs:
         inner = value.producer() if value is not None else None
-        if is_op(inner, "Concat") and is_internal(value, node) and _same_axis(  # type: ignore[arg-type]
-                inner.attributes.get_int("axis", None), axis, rank):  # type: ignore[union-attr]
+        if (
+            is_op(inner, "Concat")
+            and is_internal(value, node)
+            and _same_axis(  # type: ignore[arg-type]
+                inner.attributes.get_int("axis", None), axis, rank
+            )
+        ):  # type: ignore[union-attr]
             merged.extend(inner.inputs)  # type: ignore[union-attr]
             inner_nodes.append(inner)
         else:

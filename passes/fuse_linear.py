@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,
+    add_constant,
     can_replace,
     const_array,
     in_scope,
-    is_internal,
-    add_constant,
     int_list,
+    is_internal,
     is_op,
     new_node,
     rank_of,
@@ -94,12 +93,16 @@ def _untransposed(value: ir.Value, matmul: ir.Node) -> tuple[ir.Value, int, ir.N
     node = value.producer()
     if is_op(node, "Transpose") and is_internal(value, matmul) and node.inputs[0] is not None:  # type: ignore[union-attr]
         perm = node.attributes.get_ints("perm", None)  # type: ignore[union-attr]
-        if (perm is not None and list(perm) == [1, 0]) or (perm is None and rank_of(node.inputs[0]) == 2):  # type: ignore[union-attr]
+        if (perm is not None and list(perm) == [1, 0]) or (
+            perm is None and rank_of(node.inputs[0]) == 2
+        ):  # type: ignore[union-attr]
             return node.inputs[0], 1, node  # type: ignore[union-attr, return-value]
     return value, 0, None
 
 
-def _matmul_to_gemm(scope: Scope, matmul: ir.Node, add: ir.Node, bias: ir.Value, c: np.ndarray) -> bool:
+def _matmul_to_gemm(
+    scope: Scope, matmul: ir.Node, add: ir.Node, bias: ir.Value, c: np.ndarray
+) -> bool:
     a, b = matmul.inputs
     if a is None or b is None or rank_of(a) != 2 or rank_of(b) != 2:
         return False
@@ -135,7 +138,9 @@ def _matmul_to_gemm(scope: Scope, matmul: ir.Node, add: ir.Node, bias: ir.Value,
     return True
 
 
-def _gemm_take_bias(scope: Scope, gemm: ir.Node, add: ir.Node, bias: ir.Value, c: np.ndarray) -> bool:
+def _gemm_take_bias(
+    scope: Scope, gemm: ir.Node, add: ir.Node, bias: ir.Value, c: np.ndarray
+) -> bool:
     if len(gemm.inputs) > 2 and gemm.inputs[2] is not None:
         return False
     if gemm.attributes.get_float("beta", 1.0) != 1.0:
@@ -163,14 +168,25 @@ def _gemm_take_bias(scope: Scope, gemm: ir.Node, add: ir.Node, bias: ir.Value, c
 
 # --------------------------------------------------------------------------- case 4
 
+
 class _Batched:
     """One Add(MatMul(A, W), c) with A of rank > 2, and what converting it costs."""
 
-    def __init__(self, add: ir.Node, matmul: ir.Node, bias: ir.Value, c: np.ndarray, weight: np.ndarray):
+    def __init__(
+        self, add: ir.Node, matmul: ir.Node, bias: ir.Value, c: np.ndarray, weight: np.ndarray
+    ):
         self.add, self.matmul, self.bias, self.c, self.weight = add, matmul, bias, c, weight
         consumer = sole_user(add.outputs[0])
-        shape = int_list(consumer.inputs[1]) if is_op(consumer, "Reshape") and len(consumer.inputs) > 1 else None  # type: ignore[union-attr]
-        self.consumer = consumer if shape is not None and (0 not in shape or consumer.attributes.get_int("allowzero", 0)) else None  # type: ignore[union-attr]
+        shape = (
+            int_list(consumer.inputs[1])
+            if is_op(consumer, "Reshape") and len(consumer.inputs) > 1
+            else None
+        )  # type: ignore[union-attr]
+        self.consumer = (
+            consumer
+            if shape is not None and (0 not in shape or consumer.attributes.get_int("allowzero", 0))
+            else None
+        )  # type: ignore[union-attr]
         a_shape = static_shape(matmul.inputs[0])
         self.out_shape = None if a_shape is None else [*a_shape[:-1], int(weight.shape[1])]
 
@@ -192,10 +208,18 @@ def _batched_candidate(add: ir.Node) -> _Batched | None:
         rank = rank_of(a)
         if weight is None or c is None or weight.ndim != 2 or rank is None or rank < 3:
             continue
-        if weight.dtype.kind != "f" or c.dtype != weight.dtype or (a.dtype is not None and a.dtype not in _GEMM_TYPES):  # type: ignore[union-attr]
+        if (
+            weight.dtype.kind != "f"
+            or c.dtype != weight.dtype
+            or (a.dtype is not None and a.dtype not in _GEMM_TYPES)
+        ):  # type: ignore[union-attr]
             continue
         n = int(weight.shape[1])
-        if c.ndim > rank or any(d != 1 for d in c.shape[:-1]) or (c.ndim and c.shape[-1] not in (1, n)):
+        if (
+            c.ndim > rank
+            or any(d != 1 for d in c.shape[:-1])
+            or (c.ndim and c.shape[-1] not in (1, n))
+        ):
             continue
         if c.ndim > 1 and sole_user(bias) is not add:  # type: ignore[arg-type]
             continue  # would need a flattened copy of a bias others read
@@ -218,15 +242,23 @@ def _fuse_batched(scope: Scope, namer: Namer) -> int:
         assert a is not None
         inner = a.producer()
         readers = {id(use.node) for use in a.uses()}
-        merges_pre = (is_op(inner, "Reshape") and not a.is_graph_output()
-                      and readers == {id(c.matmul) for c in group} and inner.inputs[0] is not None)  # type: ignore[union-attr]
+        merges_pre = (
+            is_op(inner, "Reshape")
+            and not a.is_graph_output()
+            and readers == {id(c.matmul) for c in group}
+            and inner.inputs[0] is not None
+        )  # type: ignore[union-attr]
         cost = len(group) + (0 if merges_pre else 1) + sum(c.post_cost for c in group)
         if cost >= 2 * len(group):
             continue
         source = inner.inputs[0] if merges_pre else a  # type: ignore[union-attr]
         k = int(group[0].weight.shape[0])
-        target = add_constant(scope, np.array([-1, k], np.int64), namer.fresh(f"{a.name or 'matmul'}_2d_shape"),
-                              before=group[0].matmul)
+        target = add_constant(
+            scope,
+            np.array([-1, k], np.int64),
+            namer.fresh(f"{a.name or 'matmul'}_2d_shape"),
+            before=group[0].matmul,
+        )
         flat = ir.Node("", "Reshape", [source, target], num_outputs=1)
         flat.outputs[0].name = namer.fresh(f"{a.name or 'matmul'}_2d")
         scope.insert_before(group[0].matmul, flat)
@@ -248,12 +280,18 @@ def _convert_batched(scope: Scope, namer: Namer, cand: _Batched, flat: ir.Value)
         cand.consumer.replace_input_with(0, gemm.outputs[0])
     else:
         assert cand.out_shape is not None
-        shape = add_constant(scope, np.array(cand.out_shape, np.int64), namer.fresh(f"{out.name or 'gemm'}_shape"),
-                             before=cand.add)
+        shape = add_constant(
+            scope,
+            np.array(cand.out_shape, np.int64),
+            namer.fresh(f"{out.name or 'gemm'}_shape"),
+            before=cand.add,
+        )
         back = ir.Node("", "Reshape", [gemm.outputs[0], shape], num_outputs=1)
         scope.insert_before(cand.add, back)
         back.outputs[0].shape, back.outputs[0].type = out.shape, out.type
-        if not can_replace(out, back.outputs[0], scope):  # returned by a graph and not renamable: keep the Add
+        if not can_replace(
+            out, back.outputs[0], scope
+        ):  # returned by a graph and not renamable: keep the Add
             raise AssertionError("unreachable: the Reshape is in this scope")
         replace_value(out, back.outputs[0])
     scope.remove(cand.add, safe=True)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,
@@ -54,6 +53,7 @@ _MAX_DEPTH = 12
 
 # --------------------------------------------------------------------------- algebra
 
+
 @dataclass
 class _Product:
     """coef * prod(var ** power), with the nodes it was read from."""
@@ -70,10 +70,14 @@ class _Product:
         return _Product(coef, {k: v for k, v in powers.items() if v != 0}, self.nodes + other.nodes)
 
     def power(self, exponent: float) -> _Product:
-        return _Product(self.coef ** exponent, {k: v * exponent for k, v in self.powers.items()}, list(self.nodes))
+        return _Product(
+            self.coef**exponent, {k: v * exponent for k, v in self.powers.items()}, list(self.nodes)
+        )
 
 
-def _product(value: ir.Value | None, variables: dict[int, ir.Value], depth: int = 0) -> _Product | None:
+def _product(
+    value: ir.Value | None, variables: dict[int, ir.Value], depth: int = 0
+) -> _Product | None:
     """Read `value` as coef * prod(variables ** p) through Mul/Div/Pow/Sqrt/Reciprocal nodes."""
     if value is None or depth > _MAX_DEPTH:
         return None
@@ -113,7 +117,9 @@ def _product(value: ir.Value | None, variables: dict[int, ir.Value], depth: int 
     return result
 
 
-def _polynomial(value: ir.Value | None, x: ir.Value, depth: int = 0) -> tuple[dict[float, float], list[ir.Node]] | None:
+def _polynomial(
+    value: ir.Value | None, x: ir.Value, depth: int = 0
+) -> tuple[dict[float, float], list[ir.Node]] | None:
     """Read `value` as sum(coef * x^power) through Add/Sub/Mul/Div-by-constant/Pow nodes."""
     if value is None or depth > _MAX_DEPTH:
         return None
@@ -213,7 +219,9 @@ def fuse_gelu(scope: Scope, namer: Namer, *, domain: str) -> int:
             attrs = [ir.AttrString("approximate", "tanh")] if approximate else []
             fused = new_node("Gelu", [x], attrs, name=root.name or None)
         else:
-            fused = new_node("FastGelu" if approximate else "Gelu", [x], name=root.name or None, domain=domain)
+            fused = new_node(
+                "FastGelu" if approximate else "Gelu", [x], name=root.name or None, domain=domain
+            )
         if _replace_root(scope, root, fused, nodes):
             count += 1
     return count
@@ -231,8 +239,11 @@ def _gelu_at(inner: ir.Node) -> tuple[ir.Value, ir.Node, list[ir.Node], bool] | 
             continue
         terms, arg_nodes = poly
         if tanh:
-            ok = (set(terms) == {1.0, 3.0} and close(terms[1.0], _SQRT_2_OVER_PI)
-                  and close(terms[3.0], _SQRT_2_OVER_PI * 0.044715))
+            ok = (
+                set(terms) == {1.0, 3.0}
+                and close(terms[1.0], _SQRT_2_OVER_PI)
+                and close(terms[3.0], _SQRT_2_OVER_PI * 0.044715)
+            )
         else:
             ok = set(terms) == {1.0} and close(terms[1.0], _SQRT_HALF)
         if not ok:
@@ -275,7 +286,11 @@ def _candidates(argument: ir.Value | None, tanh: bool) -> list[ir.Value]:
         if depth > 8 or not is_op(node, "Mul", "Div", "Add", "Sub", "Pow") or len(node.inputs) != 2:  # type: ignore[union-attr]
             continue
         a, b = node.inputs  # type: ignore[union-attr]
-        if (node.op_type == "Pow" or (node.op_type == "Mul" and a is b)) and a is not None and a not in found:  # type: ignore[union-attr]
+        if (
+            (node.op_type == "Pow" or (node.op_type == "Mul" and a is b))
+            and a is not None
+            and a not in found
+        ):  # type: ignore[union-attr]
             found.append(a)
         stack.extend((v, depth + 1) for v in (a, b) if v is not None and const_array(v) is None)
     return found
@@ -287,6 +302,7 @@ def _unique(nodes: list[ir.Node]) -> list[ir.Node]:
 
 
 # --------------------------------------------------------------------------- LayerNorm
+
 
 def fuse_layernorm(scope: Scope, namer: Namer) -> int:
     count = 0
@@ -301,10 +317,16 @@ def fuse_layernorm(scope: Scope, namer: Namer) -> int:
             continue
         dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
         base = namer.fresh(f"{root.name or 'layernorm'}")
-        inputs = [x, _reuse(nodes, scale, dtype) or add_constant(scope, scale.astype(dtype), f"{base}_scale", before=root)]
+        inputs = [
+            x,
+            _reuse(nodes, scale, dtype)
+            or add_constant(scope, scale.astype(dtype), f"{base}_scale", before=root),
+        ]
         if bias is not None:
-            inputs.append(_reuse(nodes, bias, dtype)
-                          or add_constant(scope, bias.astype(dtype), f"{base}_bias", before=root))
+            inputs.append(
+                _reuse(nodes, bias, dtype)
+                or add_constant(scope, bias.astype(dtype), f"{base}_bias", before=root)
+            )
         attrs = [ir.AttrInt64("axis", axis), ir.AttrFloat32("epsilon", eps)]
         fused = new_node("LayerNormalization", inputs, attrs, name=root.name or None)
         if _replace_root(scope, root, fused, nodes):
@@ -321,8 +343,12 @@ def _reuse(nodes: list[ir.Node], array: np.ndarray, dtype: np.dtype) -> ir.Value
     for node in nodes:
         for value in node.inputs:
             found = const_array(value)
-            if found is not None and found.dtype == wanted.dtype and found.shape == wanted.shape \
-                    and np.array_equal(found, wanted):
+            if (
+                found is not None
+                and found.dtype == wanted.dtype
+                and found.shape == wanted.shape
+                and np.array_equal(found, wanted)
+            ):
                 return value
     return None
 
@@ -360,15 +386,25 @@ def _layernorm_at(mean_node: ir.Node):  # type: ignore[no-untyped-def]
     mean = mean_node.outputs[0]
     # Every reader of the mean computes d = x - mean.
     centered = [use.node for use in mean.uses()]
-    if not centered or mean.is_graph_output() or any(
-            not is_op(n, "Sub") or n.inputs[0] is not x or n.inputs[1] is not mean for n in centered):
+    if (
+        not centered
+        or mean.is_graph_output()
+        or any(
+            not is_op(n, "Sub") or n.inputs[0] is not x or n.inputs[1] is not mean for n in centered
+        )
+    ):
         return None
     d_values = [n.outputs[0] for n in centered]
     for search in d_values:
         for use in search.uses():
             square = use.node
             sq = _product(square.outputs[0], {0: search}) if is_op(square, "Mul", "Pow") else None
-            if sq is None or sq.powers != {0: 2.0} or sq.coef.size != 1 or float(sq.coef.reshape(())) != 1.0:
+            if (
+                sq is None
+                or sq.powers != {0: 2.0}
+                or sq.coef.size != 1
+                or float(sq.coef.reshape(())) != 1.0
+            ):
                 continue
             var_node = sole_user(square.outputs[0])
             if not is_op(var_node, "ReduceMean") or _reduce_axes(var_node) is None:  # type: ignore[arg-type]
@@ -378,7 +414,9 @@ def _layernorm_at(mean_node: ir.Node):  # type: ignore[no-untyped-def]
             add_eps = sole_user(var_node.outputs[0])  # type: ignore[union-attr]
             if not is_op(add_eps, "Add") or len(add_eps.inputs) != 2:  # type: ignore[union-attr]
                 continue
-            eps_value = add_eps.inputs[1] if add_eps.inputs[0] is var_node.outputs[0] else add_eps.inputs[0]  # type: ignore[union-attr]
+            eps_value = (
+                add_eps.inputs[1] if add_eps.inputs[0] is var_node.outputs[0] else add_eps.inputs[0]
+            )  # type: ignore[union-attr]
             eps = scalar(eps_value)
             if eps is None or eps < 0:
                 continue
@@ -386,7 +424,9 @@ def _layernorm_at(mean_node: ir.Node):  # type: ignore[no-untyped-def]
             if found is None:
                 continue
             root, product, tail = found
-            nodes = _unique([mean_node, *centered, square, var_node, add_eps, *product.nodes, *tail])  # type: ignore[list-item]
+            nodes = _unique(
+                [mean_node, *centered, square, var_node, add_eps, *product.nodes, *tail]
+            )  # type: ignore[list-item]
             scale_bias = _scale_and_bias(product.coef, tail, x, axis)
             if scale_bias is None:
                 continue
@@ -406,7 +446,11 @@ def _normalized_root(d_values: list[ir.Value], var_eps: ir.Value):  # type: igno
                 product = _product(value, variables)
                 if product is not None:
                     d_power = sum(p for k, p in product.powers.items() if k < len(d_values))
-                    if d_power == 1.0 and product.powers.get(len(d_values)) == -0.5 and len(product.powers) == 2:
+                    if (
+                        d_power == 1.0
+                        and product.powers.get(len(d_values)) == -0.5
+                        and len(product.powers) == 2
+                    ):
                         best = (value.producer(), product)
                 user = sole_user(value)
                 if not is_op(user, "Mul", "Div", "Sqrt", "Reciprocal"):
@@ -424,8 +468,9 @@ def _normalized_root(d_values: list[ir.Value], var_eps: ir.Value):  # type: igno
     return None
 
 
-def _scale_and_bias(coef: np.ndarray, tail: list[ir.Node], x: ir.Value, axis: int
-                    ) -> tuple[np.ndarray, np.ndarray | None] | None:
+def _scale_and_bias(
+    coef: np.ndarray, tail: list[ir.Node], x: ir.Value, axis: int
+) -> tuple[np.ndarray, np.ndarray | None] | None:
     """Scale and bias as arrays of the normalized shape, or None if they vary elsewhere."""
     k = -axis
     shape = static_shape(x)
@@ -449,13 +494,15 @@ def _scale_and_bias(coef: np.ndarray, tail: list[ir.Node], x: ir.Value, axis: in
         if array is None:
             out.append(None)
             continue
-        if array.ndim > (len(shape) if shape is not None else k) and any(d != 1 for d in array.shape[:-k]):
+        if array.ndim > (len(shape) if shape is not None else k) and any(
+            d != 1 for d in array.shape[:-k]
+        ):
             return None
         lead = array.shape[:-k] if array.ndim > k else ()
         if any(d != 1 for d in lead):
             return None
         tail_shape = array.shape[-k:] if array.ndim >= k else (1,) * (k - array.ndim) + array.shape
-        if any(t not in (1, n) for t, n in zip(tail_shape, normalized)):
+        if any(t not in (1, n) for t, n in zip(tail_shape, normalized, strict=False)):
             return None
         out.append(np.broadcast_to(array.reshape(tail_shape), normalized).copy())
     return out[0], out[1]

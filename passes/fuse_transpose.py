@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,
@@ -45,14 +44,56 @@ from onnxslim.passes.fuse_common import (
     sole_user,
 )
 
-UNARY = frozenset({
-    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
-    "Softsign", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Erf",
-    "Not", "Sin", "Cos", "Cast", "Gelu", "Mish", "ThresholdedRelu", "IsNaN", "IsInf", "Clip",
-})
+UNARY = frozenset(
+    {
+        "Relu",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Elu",
+        "Selu",
+        "Celu",
+        "Softplus",
+        "Softsign",
+        "Exp",
+        "Log",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Reciprocal",
+        "Floor",
+        "Ceil",
+        "Round",
+        "Sign",
+        "Erf",
+        "Not",
+        "Sin",
+        "Cos",
+        "Cast",
+        "Gelu",
+        "Mish",
+        "ThresholdedRelu",
+        "IsNaN",
+        "IsInf",
+        "Clip",
+    }
+)
 BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "PRelu"})
-REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-                    "ReduceLogSumExp", "ReduceSumSquare"})
+REDUCE = frozenset(
+    {
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+    }
+)
 _COPY_LIMIT = 4096
 
 
@@ -94,7 +135,11 @@ def _sink_once(scope: Scope, namer: Namer, t: ir.Node) -> ir.Node | bool:
         return False
     op = u.op_type
     if op in UNARY and u.inputs[0] is t.outputs[0]:
-        if any(const_array(v) is None or const_array(v).size != 1 for v in u.inputs[1:] if v is not None):  # type: ignore[union-attr]
+        if any(
+            const_array(v) is None or const_array(v).size != 1
+            for v in u.inputs[1:]
+            if v is not None
+        ):  # type: ignore[union-attr]
             return False
         u.replace_input_with(0, x)
         return _move_below(scope, namer, t, u, perm)
@@ -104,8 +149,13 @@ def _sink_once(scope: Scope, namer: Namer, t: ir.Node) -> ir.Node | bool:
         if other is None:
             return False
         partner = other.producer()
-        if is_op(partner, "Transpose") and partner is not t and perm_of(partner) == perm and sole_user(other) is u \
-                and partner.inputs[0] is not None:  # type: ignore[union-attr]
+        if (
+            is_op(partner, "Transpose")
+            and partner is not t
+            and perm_of(partner) == perm
+            and sole_user(other) is u
+            and partner.inputs[0] is not None
+        ):  # type: ignore[union-attr]
             u.replace_input_with(side, x)
             u.replace_input_with(1 - side, partner.inputs[0])  # type: ignore[union-attr]
             scope.remove(partner, safe=True)  # type: ignore[arg-type]
@@ -117,7 +167,9 @@ def _sink_once(scope: Scope, namer: Namer, t: ir.Node) -> ir.Node | bool:
         if sole_user(other) is u and sum(1 for use in other.uses() if use.node is u) == 1:
             set_constant(other, moved)
         elif moved.size <= _COPY_LIMIT:
-            u.replace_input_with(1 - side, add_constant(scope, moved, namer.fresh(f"{other.name or 'const'}_t"), u))
+            u.replace_input_with(
+                1 - side, add_constant(scope, moved, namer.fresh(f"{other.name or 'const'}_t"), u)
+            )
         else:
             return False
         u.replace_input_with(side, x)
@@ -132,8 +184,14 @@ def _move_below(scope: Scope, namer: Namer, t: ir.Node, u: ir.Node, perm: list[i
     out = u.outputs[0]
     shape, out_type = out.shape, out.type
     uses = list(out.uses())
-    moved = ir.Node("", "Transpose", [out], attributes=[ir.AttrInt64s("perm", perm)], num_outputs=1,
-                    name=t.name or None)
+    moved = ir.Node(
+        "",
+        "Transpose",
+        [out],
+        attributes=[ir.AttrInt64s("perm", perm)],
+        num_outputs=1,
+        name=t.name or None,
+    )
     scope.insert_after(u, moved)
     new = moved.outputs[0]
     new.type = out_type
@@ -159,7 +217,9 @@ def _move_below(scope: Scope, namer: Namer, t: ir.Node, u: ir.Node, perm: list[i
     return moved
 
 
-def _absorb_into_reduce(scope: Scope, namer: Namer, t: ir.Node, u: ir.Node, perm: list[int]) -> bool:
+def _absorb_into_reduce(
+    scope: Scope, namer: Namer, t: ir.Node, u: ir.Node, perm: list[int]
+) -> bool:
     """Case 4: Reduce(Transpose(x, p), axes A, keepdims=0) -> Reduce(x, p[A]) when the kept
     axes keep their order (no Transpose needed after)."""
     if u.attributes.get_int("keepdims", 1) != 0 or u.inputs[0] is not t.outputs[0]:
@@ -182,7 +242,9 @@ def _absorb_into_reduce(scope: Scope, namer: Namer, t: ir.Node, u: ir.Node, perm
         u.attributes["axes"] = ir.AttrInt64s("axes", new_axes)
     else:
         old = u.inputs[1]
-        u.replace_input_with(1, add_constant(scope, np.array(new_axes, np.int64), namer.fresh("reduce_axes"), u))
+        u.replace_input_with(
+            1, add_constant(scope, np.array(new_axes, np.int64), namer.fresh("reduce_axes"), u)
+        )
         if old is not None and old.producer() is not None:
             remove_dead(scope, [old.producer()])  # type: ignore[list-item]
     u.replace_input_with(0, t.inputs[0])
@@ -210,7 +272,9 @@ def _hoist_over_pad(scope: Scope, namer: Namer, t: ir.Node, perm: list[int]) -> 
     if sole_user(pads_value) is pad:
         set_constant(pads_value, np.array(permuted, np.int64))  # type: ignore[arg-type]
     else:
-        pad.replace_input_with(1, add_constant(scope, np.array(permuted, np.int64), namer.fresh("pads_t"), pad))  # type: ignore[union-attr]
+        pad.replace_input_with(
+            1, add_constant(scope, np.array(permuted, np.int64), namer.fresh("pads_t"), pad)
+        )  # type: ignore[union-attr]
     # Rewire: t reads x, the Pad reads t, the Conv reads the Pad.
     reader_uses = list(t.outputs[0].uses())
     t.replace_input_with(0, x)

@@ -52,8 +52,10 @@ PEERS = {
 }
 TOOLS = ("ours", *PEERS)
 
-_OURS = ("import sys; from onnxslim.cli import main; "
-         "sys.exit(main(['optimize', sys.argv[1], '-o', sys.argv[2]]))")
+_OURS = (
+    "import sys; from onnxslim.cli import main; "
+    "sys.exit(main(['optimize', sys.argv[1], '-o', sys.argv[2]]))"
+)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class ModelResult:
 
 # --------------------------------------------------------------------------- environments
 
+
 def peer_command(tool: str) -> list[str]:
     """The peer's console script, creating its virtual environment on first use."""
     folder, requirements, script = PEERS[tool]
@@ -85,7 +88,9 @@ def peer_command(tool: str) -> list[str]:
     if not exe.is_file():
         print(f"creating {venv} ({' '.join(requirements)}) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *requirements], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *requirements], check=True
+        )
     return [str(exe)]
 
 
@@ -100,13 +105,29 @@ def cpu_flags() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or "unknown"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    wanted = [f for f in flags if f.startswith(("avx2", "avx512", "avx_vnni", "amx")) or f in ("fma", "f16c")]
-    return f"{model}; {os.cpu_count()} cpus; flags: {' '.join(sorted(set(wanted))) or 'none of avx2/avx512/vnni'}"
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in text.splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    wanted = [
+        f
+        for f in flags
+        if f.startswith(("avx2", "avx512", "avx_vnni", "amx")) or f in ("fma", "f16c")
+    ]
+    shown = " ".join(sorted(set(wanted))) or "none of avx2/avx512/vnni"
+    return f"{model}; {os.cpu_count()} cpus; flags: {shown}"
 
 
 # --------------------------------------------------------------------------- models and feeds
+
 
 @dataclass
 class Model:
@@ -120,15 +141,27 @@ def count_nodes(proto: onnx.ModelProto) -> int:
     """Nodes in the graph, every nested subgraph and every local function."""
 
     def in_graph(graph: onnx.GraphProto) -> int:
-        return sum(1 + sum(in_graph(g) for a in n.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH
-                                                                        else list(a.graphs)))
-                   for n in graph.node)
+        return sum(
+            1
+            + sum(
+                in_graph(g)
+                for a in n.attribute
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+            )
+            for n in graph.node
+        )
 
     total = in_graph(proto.graph)
     for function in proto.functions:
-        total += sum(1 + sum(in_graph(g) for a in n.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH
-                                                                         else list(a.graphs)))
-                     for n in function.node)
+        total += sum(
+            1
+            + sum(
+                in_graph(g)
+                for a in n.attribute
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+            )
+            for n in function.node
+        )
     return total
 
 
@@ -213,6 +246,7 @@ def devmodels_models(selected: set[str]) -> list[Model]:
 
 # --------------------------------------------------------------------------- running
 
+
 def output_names(path: Path) -> list[str]:
     return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
@@ -227,16 +261,17 @@ def run_outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> list[list[np.
     return [session.run(None, {n: f[n] for n in names}) for f in feeds]
 
 
-def max_relative_error(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
-                       names: list[str]) -> tuple[float, str]:
+def max_relative_error(
+    reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]], names: list[str]
+) -> tuple[float, str]:
     """(max |cand - ref| / max |ref| over every output and feed, why it is infinite if it is).
 
     Integer and boolean outputs must match exactly."""
     worst = 0.0
-    for ref_outputs, cand_outputs in zip(reference, candidate):
+    for ref_outputs, cand_outputs in zip(reference, candidate, strict=False):
         if len(ref_outputs) != len(cand_outputs):
             return float("inf"), f"{len(cand_outputs)} outputs instead of {len(ref_outputs)}"
-        for name, ref, cand in zip(names, ref_outputs, cand_outputs):
+        for name, ref, cand in zip(names, ref_outputs, cand_outputs, strict=False):
             ref, cand = np.asarray(ref), np.asarray(cand)
             if ref.shape != cand.shape:
                 return float("inf"), f"output {name!r} has shape {cand.shape}, expected {ref.shape}"
@@ -248,34 +283,47 @@ def max_relative_error(reference: list[list[np.ndarray]], candidate: list[list[n
             same = (np.isnan(r) & np.isnan(c)) | (np.isinf(r) & (r == c))
             diff = np.where(same, 0.0, np.abs(r - c))
             if np.isnan(diff).any():
-                return float("inf"), f"output {name!r} has NaN where the original has a number (or inf)"
+                return float(
+                    "inf"
+                ), f"output {name!r} has NaN where the original has a number (or inf)"
             scale = float(np.max(np.abs(np.where(np.isfinite(r), r, 0.0)), initial=0.0))
             err = float(np.max(diff, initial=0.0))
             worst = max(worst, err / scale if scale > 0 else (0.0 if err == 0 else float("inf")))
     return worst, ""
 
 
-def run_tool(tool: str, model: Model, reference: list[list[np.ndarray]], work: Path,
-             timeout: float) -> ToolResult:
+def run_tool(
+    tool: str, model: Model, reference: list[list[np.ndarray]], work: Path, timeout: float
+) -> ToolResult:
     out = work / f"{model.name}.{tool}.onnx"
     command = tool_command(tool, model.path, out)
     start = time.perf_counter()
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return ToolResult("timeout", seconds=time.perf_counter() - start, message=f"over {timeout:.0f}s")
+        return ToolResult(
+            "timeout", seconds=time.perf_counter() - start, message=f"over {timeout:.0f}s"
+        )
     seconds = time.perf_counter() - start
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()
-        return ToolResult("crash", seconds=seconds, message=(tail[-1] if tail else f"exit {proc.returncode}")[:200])
+        return ToolResult(
+            "crash",
+            seconds=seconds,
+            message=(tail[-1] if tail else f"exit {proc.returncode}")[:200],
+        )
     result = ToolResult(seconds=seconds)
     try:
         result.nodes = count_nodes(onnx.load(str(out), load_external_data=False))
         result.bytes = file_bytes(out)
-        result.max_rel, result.message = max_relative_error(reference, run_outputs(out, model.feeds),
-                                                            output_names(model.path))
+        result.max_rel, result.message = max_relative_error(
+            reference, run_outputs(out, model.feeds), output_names(model.path)
+        )
     except Exception as exc:  # a result ORT cannot run is a failure, not a benchmark crash
-        result.status, result.message = "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        result.status, result.message = (
+            "FAIL",
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+        )
         return result
     if not result.max_rel <= RTOL:
         result.status = "FAIL"
@@ -303,6 +351,7 @@ def bench(models: list[Model], tools: list[str], timeout: float) -> list[ModelRe
 
 # --------------------------------------------------------------------------- report
 
+
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -314,7 +363,8 @@ def _cell(r: ToolResult) -> str:
         return f"{r.status.upper():>6} {'':>9} {r.seconds or 0:6.1f}s {'':>9}"
     parity = "FAIL" if r.status == "FAIL" else "ok"
     rel = f"{r.max_rel:.0e}" if r.max_rel is not None and np.isfinite(r.max_rel) else "inf"
-    return f"{r.nodes if r.nodes is not None else '-':>6} {_size(r.bytes):>9} {r.seconds:6.1f}s {parity:>4} {rel:>5}"
+    nodes = r.nodes if r.nodes is not None else "-"
+    return f"{nodes:>6} {_size(r.bytes):>9} {r.seconds:6.1f}s {parity:>4} {rel:>5}"
 
 
 def header(tools: list[str]) -> str:
@@ -332,18 +382,31 @@ def summary(results: list[ModelResult], tools: list[str]) -> list[str]:
     for tool in tools:
         rs = [r.tools[tool] for r in results]
         ok = [r for r in rs if r.status == "ok"]
-        lines.append(f"{tool:9s} total {sum(r.seconds or 0 for r in rs):7.1f}s  ok {len(ok)}/{len(rs)}  "
-                     f"failures: {', '.join(f'{m.name} ({m.tools[tool].status})' for m in results if m.tools[tool].status != 'ok') or 'none'}")
+        failed = [
+            f"{m.name} ({m.tools[tool].status})" for m in results if m.tools[tool].status != "ok"
+        ]
+        lines.append(
+            f"{tool:9s} total {sum(r.seconds or 0 for r in rs):7.1f}s  ok {len(ok)}/{len(rs)}  "
+            f"failures: {', '.join(failed) or 'none'}"
+        )
     if "ours" in tools and "OnnxSlim" in tools:
         ours = sum(r.tools["ours"].seconds or 0 for r in results)
         slim = sum(r.tools["OnnxSlim"].seconds or 0 for r in results)
-        lines.append(f"wall time ours/OnnxSlim: {ours / slim:.2f}x" if slim else "wall time ours/OnnxSlim: n/a")
+        lines.append(
+            f"wall time ours/OnnxSlim: {ours / slim:.2f}x"
+            if slim
+            else "wall time ours/OnnxSlim: n/a"
+        )
     peers = [t for t in tools if t != "ours"]
     if "ours" in tools and peers:
         wins = ties = behind = 0
         behind_names = []
         for r in results:
-            counts = [r.tools[p].nodes for p in peers if r.tools[p].status == "ok" and r.tools[p].nodes is not None]
+            counts = [
+                r.tools[p].nodes
+                for p in peers
+                if r.tools[p].status == "ok" and r.tools[p].nodes is not None
+            ]
             mine = r.tools["ours"].nodes if r.tools["ours"].status == "ok" else None
             if mine is None:
                 behind += 1
@@ -357,13 +420,22 @@ def summary(results: list[ModelResult], tools: list[str]) -> list[str]:
             else:
                 behind += 1
                 behind_names.append(f"{r.name} ({mine} vs {best})")
-        lines.append(f"node count vs best working peer: fewer {wins}, equal {ties}, more {behind}"
-                     + (f": {', '.join(behind_names)}" if behind_names else ""))
+        lines.append(
+            f"node count vs best working peer: fewer {wins}, equal {ties}, more {behind}"
+            + (f": {', '.join(behind_names)}" if behind_names else "")
+        )
         mine_total = sum(r.tools["ours"].nodes or 0 for r in results)
-        best_total = sum(min([r.tools[p].nodes for p in peers if r.tools[p].status == "ok" and r.tools[p].nodes]
-                             or [r.nodes_before]) for r in results)
-        lines.append(f"total nodes: before {sum(r.nodes_before for r in results)}, ours {mine_total}, "
-                     f"best peer per model {best_total}")
+        best_total = sum(
+            min(
+                [r.tools[p].nodes for p in peers if r.tools[p].status == "ok" and r.tools[p].nodes]
+                or [r.nodes_before]
+            )
+            for r in results
+        )
+        lines.append(
+            f"total nodes: before {sum(r.nodes_before for r in results)}, ours {mine_total}, "
+            f"best peer per model {best_total}"
+        )
     for r in results:
         for tool in tools:
             if r.tools[tool].status != "ok":
@@ -375,9 +447,15 @@ def summary(results: list[ModelResult], tools: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated model names (default: all)")
-    parser.add_argument("--corpus", choices=("export", "devmodels", "all"), default="export",
-                        help="export: scripts/export_corpus.py output + models/; devmodels: the shared corpus")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated subset of {', '.join(TOOLS)}")
+    parser.add_argument(
+        "--corpus",
+        choices=("export", "devmodels", "all"),
+        default="export",
+        help="export: scripts/export_corpus.py output + models/; devmodels: the shared corpus",
+    )
+    parser.add_argument(
+        "--tools", default=",".join(TOOLS), help=f"comma-separated subset of {', '.join(TOOLS)}"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per tool per model")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -392,21 +470,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.corpus in ("devmodels", "all"):
         models += devmodels_models(selected)
     if not models:
-        print("no models found: run scripts/export_corpus.py (or fetch the devmodels)", file=sys.stderr)
+        print(
+            "no models found: run scripts/export_corpus.py (or fetch the devmodels)",
+            file=sys.stderr,
+        )
         return 2
     for tool in tools:
         if tool != "ours":
             peer_command(tool)
-    print(f"parity: ORT CPU, graph optimizations off, FAIL if max|diff|/max|ref| > {RTOL:g} or not runnable")
+    print(
+        f"parity: ORT CPU, graph optimizations off, "
+        f"FAIL if max|diff|/max|ref| > {RTOL:g} or not runnable"
+    )
     print(header(tools))
     results = bench(models, tools, args.timeout)
     lines = summary(results, tools)
     print("\n".join(lines))
     if args.out:
-        args.out.write_text(json.dumps({"cpu": cpu_flags(), "python": sys.version.split()[0],
-                                        "summary": lines,
-                                        "models": [{**asdict(r), "tools": {t: asdict(v) for t, v in r.tools.items()}}
-                                                   for r in results]}, indent=1, default=str))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "cpu": cpu_flags(),
+                    "python": sys.version.split()[0],
+                    "summary": lines,
+                    "models": [
+                        {**asdict(r), "tools": {t: asdict(v) for t, v in r.tools.items()}}
+                        for r in results
+                    ],
+                },
+                indent=1,
+                default=str,
+            )
+        )
     return 0
 
 

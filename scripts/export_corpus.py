@@ -40,9 +40,11 @@ DEFAULT_OUT = Path("~/.cache/onnxslim-bench/corpus").expanduser()
 
 # --------------------------------------------------------------------------- models
 
+
 def conv_bn(cin: int, cout: int, k: int = 3, s: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)
+    )
 
 
 class BasicBlock(nn.Module):
@@ -76,7 +78,9 @@ class ResNetMini(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int, act: type[nn.Module], se: bool):
+    def __init__(
+        self, cin: int, cout: int, stride: int, expand: int, act: type[nn.Module], se: bool
+    ):
         super().__init__()
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
@@ -85,8 +89,17 @@ class InvertedResidual(nn.Module):
             layers += [conv_bn(cin, hidden, 1), act()]
         layers += [conv_bn(hidden, hidden, 3, stride, groups=hidden), act()]
         self.body = nn.Sequential(*layers)
-        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, max(hidden // 4, 8), 1), nn.ReLU(),
-                                nn.Conv2d(max(hidden // 4, 8), hidden, 1), nn.Hardsigmoid()) if se else None
+        self.se = (
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(hidden, max(hidden // 4, 8), 1),
+                nn.ReLU(),
+                nn.Conv2d(max(hidden // 4, 8), hidden, 1),
+                nn.Hardsigmoid(),
+            )
+            if se
+            else None
+        )
         self.project = conv_bn(hidden, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,11 +116,19 @@ class MobileNetMini(nn.Module):
     def __init__(self, classes: int = 10):
         super().__init__()
         self.stem = nn.Sequential(conv_bn(3, 16, 3, 2), nn.Hardswish())
-        cfg = [(16, 16, 1, 1, nn.ReLU6, False), (16, 24, 2, 4, nn.ReLU6, False), (24, 24, 1, 4, nn.ReLU6, False),
-               (24, 40, 2, 4, nn.Hardswish, True), (40, 40, 1, 4, nn.Hardswish, True), (40, 64, 2, 4, nn.Hardswish, True)]
+        cfg = [
+            (16, 16, 1, 1, nn.ReLU6, False),
+            (16, 24, 2, 4, nn.ReLU6, False),
+            (24, 24, 1, 4, nn.ReLU6, False),
+            (24, 40, 2, 4, nn.Hardswish, True),
+            (40, 40, 1, 4, nn.Hardswish, True),
+            (40, 64, 2, 4, nn.Hardswish, True),
+        ]
         self.blocks = nn.Sequential(*[InvertedResidual(*c) for c in cfg])
         self.head = nn.Sequential(conv_bn(64, 128, 1), nn.Hardswish())
-        self.classifier = nn.Sequential(nn.Linear(128, 64), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(64, classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(128, 64), nn.Hardswish(), nn.Dropout(0.2), nn.Linear(64, classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
@@ -129,7 +150,9 @@ class YoloMini(nn.Module):
     def __init__(self, classes: int = 8, anchors: int = 3):
         super().__init__()
         self.classes, self.anchors = classes, anchors
-        self.b1 = nn.Sequential(ConvBnSiLU(3, 16, 3, 2), ConvBnSiLU(16, 32, 3, 2), ConvBnSiLU(32, 32))
+        self.b1 = nn.Sequential(
+            ConvBnSiLU(3, 16, 3, 2), ConvBnSiLU(16, 32, 3, 2), ConvBnSiLU(32, 32)
+        )
         self.b2 = nn.Sequential(ConvBnSiLU(32, 64, 3, 2), ConvBnSiLU(64, 64))
         self.b3 = nn.Sequential(ConvBnSiLU(64, 128, 3, 2), ConvBnSiLU(128, 128))
         self.lat3 = ConvBnSiLU(128, 64, 1)
@@ -148,11 +171,19 @@ class YoloMini(nn.Module):
         u2 = self.lat2(n2)
         n1 = self.fuse1(torch.cat([F.interpolate(u2, scale_factor=2.0, mode="nearest"), p1], 1))
         boxes, scores = [], []
-        for feature, head, stride in zip((n1, n2, p3), self.heads, self.strides):
+        for feature, head, stride in zip((n1, n2, p3), self.heads, self.strides, strict=False):
             b, _, h, w = feature.shape
-            y = head(feature).view(b, self.anchors, 5 + self.classes, h, w).permute(0, 1, 3, 4, 2).sigmoid()
-            gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                    indexing="ij")
+            y = (
+                head(feature)
+                .view(b, self.anchors, 5 + self.classes, h, w)
+                .permute(0, 1, 3, 4, 2)
+                .sigmoid()
+            )
+            gy, gx = torch.meshgrid(
+                torch.arange(h, dtype=torch.float32),
+                torch.arange(w, dtype=torch.float32),
+                indexing="ij",
+            )
             grid = torch.stack((gx, gy), -1).view(1, 1, h, w, 2)
             xy = (y[..., :2] * 2 - 0.5 + grid) * stride
             wh = (y[..., 2:4] * 2) ** 2 * stride
@@ -184,7 +215,11 @@ class HandLayerNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.weight, self.bias, self.eps = nn.Parameter(1 + 0.1 * torch.randn(dim)), nn.Parameter(0.1 * torch.randn(dim)), eps
+        self.weight, self.bias, self.eps = (
+            nn.Parameter(1 + 0.1 * torch.randn(dim)),
+            nn.Parameter(0.1 * torch.randn(dim)),
+            eps,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(-1, keepdim=True)
@@ -194,7 +229,9 @@ class HandLayerNorm(nn.Module):
 
 def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU, written out."""
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    return (
+        0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+    )
 
 
 def erf_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +240,9 @@ def erf_gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, hand_written: bool, gelu: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self, dim: int, heads: int, hand_written: bool, gelu: Callable[[torch.Tensor], torch.Tensor]
+    ):
         super().__init__()
         norm = HandLayerNorm if hand_written else nn.LayerNorm
         self.attn, self.n1, self.n2 = Attention(dim, heads), norm(dim), norm(dim)
@@ -217,17 +256,29 @@ class EncoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """BERT-like encoder: token+position embeddings, additive attention mask, mean pooling."""
 
-    def __init__(self, vocab: int = 1000, dim: int = 64, heads: int = 4, layers: int = 2, max_len: int = 64,
-                 hand_written: bool = False, gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu):
+    def __init__(
+        self,
+        vocab: int = 1000,
+        dim: int = 64,
+        heads: int = 4,
+        layers: int = 2,
+        max_len: int = 64,
+        hand_written: bool = False,
+        gelu: Callable[[torch.Tensor], torch.Tensor] = F.gelu,
+    ):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
         self.norm = HandLayerNorm(dim) if hand_written else nn.LayerNorm(dim)
-        self.layers = nn.ModuleList(EncoderLayer(dim, heads, hand_written, gelu) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            EncoderLayer(dim, heads, hand_written, gelu) for _ in range(layers)
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         t = input_ids.shape[1]
         x = self.norm(self.tok(input_ids) + self.pos(torch.arange(t).unsqueeze(0)))
-        bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
+        bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * torch.finfo(
+            torch.float32
+        ).min
         for layer in self.layers:
             x = layer(x, bias)
         mask = attention_mask.unsqueeze(-1).to(x.dtype)
@@ -266,7 +317,9 @@ class CondNet(nn.Module):
         super().__init__()
         self.features = nn.Sequential(conv_bn(3, 16), nn.ReLU(), conv_bn(16, 16, 3, 2), nn.ReLU())
         self.bright = nn.Sequential(conv_bn(16, 16), nn.ReLU(), nn.Conv2d(16, 4, 1))
-        self.dark = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Sigmoid(), nn.Conv2d(16, 4, 1))
+        self.dark = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Sigmoid(), nn.Conv2d(16, 4, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.features(x)
@@ -309,8 +362,12 @@ class UNetDecoder(nn.Module):
         self.e1 = nn.Sequential(conv_bn(3, 16), nn.ReLU())
         self.e2 = nn.Sequential(nn.MaxPool2d(2), conv_bn(16, 32), nn.ReLU())
         self.e3 = nn.Sequential(nn.MaxPool2d(2), conv_bn(32, 64), nn.ReLU())
-        self.u2 = nn.Sequential(nn.ConvTranspose2d(64, 32, 2, 2, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.d2 = nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(64, 32, 3), nn.BatchNorm2d(32), nn.ReLU())
+        self.u2 = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 2, 2, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
+        self.d2 = nn.Sequential(
+            nn.ZeroPad2d(1), nn.Conv2d(64, 32, 3), nn.BatchNorm2d(32), nn.ReLU()
+        )
         self.u1 = nn.Sequential(nn.ConvTranspose2d(32, 16, 2, 2), nn.BatchNorm2d(16), nn.ReLU())
         self.d1 = nn.Sequential(conv_bn(32, 16), nn.ReLU())
         self.head = nn.Conv2d(16, classes, 1)
@@ -325,6 +382,7 @@ class UNetDecoder(nn.Module):
 
 
 # --------------------------------------------------------------------------- corpus
+
 
 @dataclass
 class Entry:
@@ -346,44 +404,114 @@ def _ids(batch: int, length: int, vocab: int) -> torch.Tensor:
 
 def _mask(batch: int, length: int) -> torch.Tensor:
     mask = torch.ones(batch, length, dtype=torch.int64)
-    mask[0, length - 3:] = 0
+    mask[0, length - 3 :] = 0
     return mask
 
 
 ENTRIES = [
-    Entry("resnet_mini", "classification CNN (ResNet-18 layout, BN)", ResNetMini,
-          lambda: (torch.randn(1, 3, 64, 64),), ["image"], ["logits"]),
-    Entry("mobilenet_mini", "classification CNN (depthwise, ReLU6/Hardswish, SE)", MobileNetMini,
-          lambda: (torch.randn(1, 3, 64, 64),), ["image"], ["logits"]),
-    Entry("yolo_mini", "detector with decoded head (boxes, scores via Concat)", YoloMini,
-          lambda: (torch.randn(1, 3, 64, 64),), ["image"], ["boxes", "scores"]),
-    Entry("bert_mini", "transformer encoder (attention as MatMul/Softmax, additive mask)", TransformerEncoder,
-          lambda: (_ids(2, 16, 1000), _mask(2, 16)), ["input_ids", "attention_mask"], ["pooled"]),
-    Entry("gpt_style_handwritten", "transformer encoder, hand-written LayerNorm and tanh GELU",
-          lambda: TransformerEncoder(hand_written=True, gelu=tanh_gelu),
-          lambda: (_ids(2, 16, 1000), _mask(2, 16)), ["input_ids", "attention_mask"], ["pooled"]),
-    Entry("bert_torchscript", "transformer encoder, TorchScript exporter, hand-written erf GELU",
-          lambda: TransformerEncoder(gelu=erf_gelu),
-          lambda: (_ids(2, 16, 1000), _mask(2, 16)), ["input_ids", "attention_mask"], ["pooled"],
-          dynamo=False, note="legacy TorchScript exporter (dynamo=False), opset 17"),
-    Entry("lstm_tagger", "RNN tagger (embedding, 2-layer biLSTM, linear)", LSTMTagger,
-          lambda: (_ids(2, 12, 500),), ["tokens"], ["tag_logprobs"]),
-    Entry("gru_classifier", "sequence classifier (GRU, LayerNorm)", GRUClassifier,
-          lambda: (torch.randn(2, 10, 16),), ["features"], ["logits"]),
-    Entry("cond_cnn", "CNN with an If (torch.cond) head", CondNet,
-          lambda: (torch.randn(1, 3, 32, 32),), ["image"], ["logits"]),
-    Entry("loop_refiner", "MLP refined in a Loop (torch while_loop)", LoopNet,
-          lambda: (torch.randn(2, 32),), ["x"], ["y"]),
-    Entry("unet_decoder", "segmentation encoder-decoder (ConvTranspose+BN, Pad, skip concats)", UNetDecoder,
-          lambda: (torch.randn(1, 3, 32, 32),), ["image"], ["mask_logits"]),
+    Entry(
+        "resnet_mini",
+        "classification CNN (ResNet-18 layout, BN)",
+        ResNetMini,
+        lambda: (torch.randn(1, 3, 64, 64),),
+        ["image"],
+        ["logits"],
+    ),
+    Entry(
+        "mobilenet_mini",
+        "classification CNN (depthwise, ReLU6/Hardswish, SE)",
+        MobileNetMini,
+        lambda: (torch.randn(1, 3, 64, 64),),
+        ["image"],
+        ["logits"],
+    ),
+    Entry(
+        "yolo_mini",
+        "detector with decoded head (boxes, scores via Concat)",
+        YoloMini,
+        lambda: (torch.randn(1, 3, 64, 64),),
+        ["image"],
+        ["boxes", "scores"],
+    ),
+    Entry(
+        "bert_mini",
+        "transformer encoder (attention as MatMul/Softmax, additive mask)",
+        TransformerEncoder,
+        lambda: (_ids(2, 16, 1000), _mask(2, 16)),
+        ["input_ids", "attention_mask"],
+        ["pooled"],
+    ),
+    Entry(
+        "gpt_style_handwritten",
+        "transformer encoder, hand-written LayerNorm and tanh GELU",
+        lambda: TransformerEncoder(hand_written=True, gelu=tanh_gelu),
+        lambda: (_ids(2, 16, 1000), _mask(2, 16)),
+        ["input_ids", "attention_mask"],
+        ["pooled"],
+    ),
+    Entry(
+        "bert_torchscript",
+        "transformer encoder, TorchScript exporter, hand-written erf GELU",
+        lambda: TransformerEncoder(gelu=erf_gelu),
+        lambda: (_ids(2, 16, 1000), _mask(2, 16)),
+        ["input_ids", "attention_mask"],
+        ["pooled"],
+        dynamo=False,
+        note="legacy TorchScript exporter (dynamo=False), opset 17",
+    ),
+    Entry(
+        "lstm_tagger",
+        "RNN tagger (embedding, 2-layer biLSTM, linear)",
+        LSTMTagger,
+        lambda: (_ids(2, 12, 500),),
+        ["tokens"],
+        ["tag_logprobs"],
+    ),
+    Entry(
+        "gru_classifier",
+        "sequence classifier (GRU, LayerNorm)",
+        GRUClassifier,
+        lambda: (torch.randn(2, 10, 16),),
+        ["features"],
+        ["logits"],
+    ),
+    Entry(
+        "cond_cnn",
+        "CNN with an If (torch.cond) head",
+        CondNet,
+        lambda: (torch.randn(1, 3, 32, 32),),
+        ["image"],
+        ["logits"],
+    ),
+    Entry(
+        "loop_refiner",
+        "MLP refined in a Loop (torch while_loop)",
+        LoopNet,
+        lambda: (torch.randn(2, 32),),
+        ["x"],
+        ["y"],
+    ),
+    Entry(
+        "unet_decoder",
+        "segmentation encoder-decoder (ConvTranspose+BN, Pad, skip concats)",
+        UNetDecoder,
+        lambda: (torch.randn(1, 3, 32, 32),),
+        ["image"],
+        ["mask_logits"],
+    ),
 ]
 
 # The same CNNs exported without the exporter's optimizer (`optimize=False`): BatchNormalization,
 # Pad, Constant nodes and shape arithmetic left in, as older exporters and converters leave them.
 ENTRIES += [
-    dataclasses.replace(entry, name=f"{entry.name}_raw", optimize=False,
-                        note="dynamo=True, optimize=False: exporter's graph optimizer skipped")
-    for entry in ENTRIES if entry.name in ("resnet_mini", "mobilenet_mini", "yolo_mini", "unet_decoder")
+    dataclasses.replace(
+        entry,
+        name=f"{entry.name}_raw",
+        optimize=False,
+        note="dynamo=True, optimize=False: exporter's graph optimizer skipped",
+    )
+    for entry in ENTRIES
+    if entry.name in ("resnet_mini", "mobilenet_mini", "yolo_mini", "unet_decoder")
 ]
 
 
@@ -393,7 +521,9 @@ def _randomize_norms(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             with torch.no_grad():
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                module.running_mean.copy_(
+                    torch.randn(module.num_features, generator=generator) * 0.1
+                )
                 module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
@@ -409,29 +539,49 @@ def export(entry: Entry, out_dir: Path) -> dict[str, object]:
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         if entry.dynamo:
-            program = torch.onnx.export(model, args, input_names=entry.input_names,
-                                        output_names=entry.output_names, dynamo=True,
-                                        optimize=entry.optimize)
+            program = torch.onnx.export(
+                model,
+                args,
+                input_names=entry.input_names,
+                output_names=entry.output_names,
+                dynamo=True,
+                optimize=entry.optimize,
+            )
             program.save(str(path))
         else:
-            torch.onnx.export(model, args, str(path), input_names=entry.input_names,
-                              output_names=entry.output_names, dynamo=False, opset_version=17)
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                input_names=entry.input_names,
+                output_names=entry.output_names,
+                dynamo=False,
+                opset_version=17,
+            )
     seconds = time.perf_counter() - start
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     # The example inputs, stacked as one feed (`array[0]`), for the benchmark's parity check.
-    np.savez(out_dir / f"{entry.name}.feeds.npz",
-             **{n: a.numpy()[None] for n, a in zip(entry.input_names, args)})
+    np.savez(
+        out_dir / f"{entry.name}.feeds.npz",
+        **{n: a.numpy()[None] for n, a in zip(entry.input_names, args, strict=False)},
+    )
     return {
         "name": entry.name,
         "family": entry.family,
-        "exporter": (f"torch.onnx.export(dynamo=True{'' if entry.optimize else ', optimize=False'})"
-                     if entry.dynamo else "torch.onnx.export(dynamo=False)"),
+        "exporter": (
+            f"torch.onnx.export(dynamo=True{'' if entry.optimize else ', optimize=False'})"
+            if entry.dynamo
+            else "torch.onnx.export(dynamo=False)"
+        ),
         "note": entry.note,
         "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
         "nodes": len(proto.graph.node),
-        "feed_shapes": {n: list(a.shape) for n, a in zip(entry.input_names, args)},
-        "feed_dtypes": {n: str(a.dtype).replace("torch.", "") for n, a in zip(entry.input_names, args)},
+        "feed_shapes": {n: list(a.shape) for n, a in zip(entry.input_names, args, strict=False)},
+        "feed_dtypes": {
+            n: str(a.dtype).replace("torch.", "")
+            for n, a in zip(entry.input_names, args, strict=False)
+        },
         "export_seconds": round(seconds, 2),
         "torch": torch.__version__,
     }
@@ -439,7 +589,9 @@ def export(entry: Entry, out_dir: Path) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (outside the repository)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output folder (outside the repository)"
+    )
     parser.add_argument("--only", default="", help="comma-separated model names to export")
     args = parser.parse_args(argv)
     out_dir = args.out.expanduser()
@@ -455,11 +607,16 @@ def main(argv: list[str] | None = None) -> int:
             info = export(entry, out_dir)
         except Exception as exc:  # one failed export must not hide the others
             failures += 1
-            print(f"FAIL {entry.name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            print(
+                f"FAIL {entry.name}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            )
             continue
         manifest["models"][entry.name] = info
-        print(f"ok   {entry.name:24s} {info['nodes']:5d} nodes  opset {info['opset']}  "
-              f"{info['exporter']}  {info['export_seconds']}s")
+        print(
+            f"ok   {entry.name:24s} {info['nodes']:5d} nodes  opset {info['opset']}  "
+            f"{info['exporter']}  {info['export_seconds']}s"
+        )
     manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return 1 if failures else 0
 
