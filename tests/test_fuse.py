@@ -724,3 +724,14 @@ def test_nested_concats_on_one_axis_merge():
     )
     _, modified, _, _ = apply(fuse.FuseLayoutChains(), other_axis)
     assert not modified
+
+
+def test_transpose_sinks_to_a_graph_output_keeping_its_name():
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Add", ["t", "c"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    model = build(nodes, [vi("x", [2, 3, 4])], [vi("y", [2, 4, 3])], [init("c", arr(3))])
+    fused, modified, before, after = apply(fuse.FuseLayoutChains(), model)
+    assert modified and before == after == 3
+    assert fused.graph.outputs[0].name == "y"
+    assert fused.graph.outputs[0].producer().op_type == "Transpose"
