@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -79,39 +79,49 @@ class LayerGeometry:
             return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[positions]
         return np.asarray(y).reshape(-1, y.shape[-1])[positions]
 
-    def _conv_out(self, shape: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    def _conv_out(
+        self, shape: Sequence[int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Output spatial shape and (begin, end) pads for an input of `shape`."""
         spatial = tuple(shape[2:])
         nd = len(spatial)
-        effective = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+        effective = [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations, strict=False)]
         if self.pads is not None and self.auto_pad in ("NOTSET", ""):
             begin, end = self.pads[:nd], self.pads[nd:]
         elif self.auto_pad == "VALID":
             begin = end = (0,) * nd
         else:
             begin_l, end_l = [], []
-            for size, s, e in zip(spatial, self.strides, effective):
+            for size, s, e in zip(spatial, self.strides, effective, strict=False):
                 out = -(-size // s)
                 total = max((out - 1) * s + e - size, 0)
                 small, large = total // 2, total - total // 2
                 begin_l.append(small if self.auto_pad == "SAME_UPPER" else large)
                 end_l.append(large if self.auto_pad == "SAME_UPPER" else small)
             begin, end = tuple(begin_l), tuple(end_l)
-        out_spatial = tuple((size + b + e - eff) // s + 1
-                            for size, b, e, eff, s in zip(spatial, begin, end, effective, self.strides))
+        out_spatial = tuple(
+            (size + b + e - eff) // s + 1
+            for size, b, e, eff, s in zip(
+                spatial, begin, end, effective, self.strides, strict=False
+            )
+        )
         return out_spatial, tuple(begin), tuple(end)
 
     def _conv_rows(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         out_spatial, begin, end = self._conv_out(x.shape)
         nd = len(out_spatial)
-        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end)))
-        effective = tuple((k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations))
+        padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(begin, end, strict=False)))
+        effective = tuple(
+            (k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations, strict=False)
+        )
         windows = sliding_window_view(padded, effective, axis=tuple(range(2, 2 + nd)))
         index = np.unravel_index(positions, (x.shape[0], *out_spatial))
         starts = tuple(index[1 + i] * self.strides[i] for i in range(nd))
         # Advanced indices split by a slice: the sampled-row axis comes first -> [R, C, *effective].
         patches = windows[(index[0], slice(None), *starts)]
-        patches = patches[(slice(None), slice(None)) + tuple(slice(None, None, d) for d in self.dilations)]
+        patches = patches[
+            (slice(None), slice(None)) + tuple(slice(None, None, d) for d in self.dilations)
+        ]
         return patches.reshape(len(positions), -1)
 
 
@@ -137,16 +147,27 @@ def layer_geometry(node: ir.Node, output_name: str | None = None) -> LayerGeomet
         pads = attrs.get_ints("pads", None)
         auto_pad = attrs.get_string("auto_pad", "NOTSET") or "NOTSET"
         return LayerGeometry(
-            node_name=name, op_type="Conv", input_name=x.name, output_name=out,
-            groups=attrs.get_int("group", 1), kernel=kernel,
+            node_name=name,
+            op_type="Conv",
+            input_name=x.name,
+            output_name=out,
+            groups=attrs.get_int("group", 1),
+            kernel=kernel,
             strides=tuple(attrs.get_ints("strides", None) or (1,) * nd),
             dilations=tuple(attrs.get_ints("dilations", None) or (1,) * nd),
-            pads=tuple(pads) if pads is not None else (None if auto_pad not in ("NOTSET", "") else (0,) * (2 * nd)),
+            pads=tuple(pads)
+            if pads is not None
+            else (None if auto_pad not in ("NOTSET", "") else (0,) * (2 * nd)),
             auto_pad=auto_pad,
         )
     if node.op_type == "Gemm":
-        return LayerGeometry(node_name=name, op_type="Gemm", input_name=x.name, output_name=out,
-                             trans_a=bool(node.attributes.get_int("transA", 0)))
+        return LayerGeometry(
+            node_name=name,
+            op_type="Gemm",
+            input_name=x.name,
+            output_name=out,
+            trans_a=bool(node.attributes.get_int("transA", 0)),
+        )
     if node.op_type == "MatMul":
         return LayerGeometry(node_name=name, op_type="MatMul", input_name=x.name, output_name=out)
     return None
@@ -183,8 +204,12 @@ class GramSums:
         return self
 
     def __sub__(self, other: GramSums) -> GramSums:
-        return GramSums(self.gram - other.gram, self.cross - other.cross, self.target_sq - other.target_sq,
-                        self.rows - other.rows)
+        return GramSums(
+            self.gram - other.gram,
+            self.cross - other.cross,
+            self.target_sq - other.target_sq,
+            self.rows - other.rows,
+        )
 
 
 @dataclass
@@ -239,7 +264,9 @@ class NormalEquations:
                 self.holdout += held
 
 
-def coalesce_feeds(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH) -> list[Feed]:
+def coalesce_feeds(
+    model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH
+) -> list[Feed]:
     """Concatenate feeds along the leading axis when every input's leading dim is free.
 
     Models with a fixed batch, inputs of other ranks, or feeds of unequal shapes are
@@ -249,18 +276,26 @@ def coalesce_feeds(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFA
     if max_batch <= 1 or len(feeds) <= 1:
         return feeds
     specs = input_specs(model)
-    if not specs or any(s.shape is None or not s.shape or isinstance(s.shape[0], int) for s in specs):
+    if not specs or any(
+        s.shape is None or not s.shape or isinstance(s.shape[0], int) for s in specs
+    ):
         return feeds
     first = feeds[0]
     for feed in feeds:
         for spec in specs:
             a = feed.get(spec.name)
-            if a is None or np.ndim(a) != len(spec.shape) or np.shape(a)[1:] != np.shape(first[spec.name])[1:]:
+            if (
+                a is None
+                or np.ndim(a) != len(spec.shape)
+                or np.shape(a)[1:] != np.shape(first[spec.name])[1:]
+            ):
                 return feeds
     out = []
     for start in range(0, len(feeds), max_batch):
-        chunk = feeds[start:start + max_batch]
-        out.append({s.name: np.concatenate([np.asarray(f[s.name]) for f in chunk], axis=0) for s in specs})
+        chunk = feeds[start : start + max_batch]
+        out.append(
+            {s.name: np.concatenate([np.asarray(f[s.name]) for f in chunk], axis=0) for s in specs}
+        )
     return out
 
 
@@ -271,7 +306,9 @@ class Tap:
     session is built.
     """
 
-    def __init__(self, model: ir.Model, names: Sequence[str], config: SessionConfig = TAP_CONFIG) -> None:
+    def __init__(
+        self, model: ir.Model, names: Sequence[str], config: SessionConfig = TAP_CONFIG
+    ) -> None:
         graph = model.graph
         values = _values_by_name(graph)
         inputs = {v.name for v in graph.inputs}
@@ -299,7 +336,9 @@ class Tap:
         return result
 
 
-def iter_batches(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH) -> list[Feed]:
+def iter_batches(
+    model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH
+) -> list[Feed]:
     """Feeds ready to run: checked for the model's inputs, then coalesced."""
     feeds = list(feeds)
     if not feeds:
@@ -308,8 +347,10 @@ def iter_batches(model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAUL
     for feed in feeds[:1]:
         missing = [n for n in names if n not in feed]
         if missing:
-            raise DataError(f"calibration data lacks model input {missing[0]!r} "
-                            f"(it has {', '.join(sorted(feed)) or 'nothing'})")
+            raise DataError(
+                f"calibration data lacks model input {missing[0]!r} "
+                f"(it has {', '.join(sorted(feed)) or 'nothing'})"
+            )
     return coalesce_feeds(model, feeds, max_batch)
 
 
@@ -325,8 +366,9 @@ def _nodes_by_name(model: ir.Model) -> dict[str, ir.Node]:
     return {n.name: n for n in model.graph if n.name}
 
 
-def geometries(model: ir.Model, node_names: Sequence[str],
-               outputs: Mapping[str, str] | None = None) -> dict[str, LayerGeometry]:
+def geometries(
+    model: ir.Model, node_names: Sequence[str], outputs: Mapping[str, str] | None = None
+) -> dict[str, LayerGeometry]:
     """Row geometry of each named node; KeyError/ValueError when one is missing or not a layer."""
     nodes = _nodes_by_name(model)
     result = {}
@@ -335,16 +377,26 @@ def geometries(model: ir.Model, node_names: Sequence[str],
             raise KeyError(f"no node named {name!r}")
         geometry = layer_geometry(nodes[name], (outputs or {}).get(name))
         if geometry is None:
-            raise ValueError(f"node {name!r} ({nodes[name].op_type}) is not a Conv, Gemm or MatMul with static weight shape")
+            raise ValueError(
+                f"node {name!r} ({nodes[name].op_type}) is not a Conv, Gemm or MatMul "
+                "with a static weight shape"
+            )
         result[name] = geometry
     return result
 
 
-def capture_layer_io(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed], *,
-                     max_rows: int = 4096, seed: int = 0, max_batch: int = DEFAULT_BATCH,
-                     outputs: Mapping[str, str] | None = None,
-                     target_model: ir.Model | Tap | None = None,
-                     target_columns: Mapping[str, np.ndarray] | None = None) -> dict[str, LayerIO]:
+def capture_layer_io(
+    model: ir.Model,
+    node_names: Sequence[str],
+    feeds: Sequence[Feed],
+    *,
+    max_rows: int = 4096,
+    seed: int = 0,
+    max_batch: int = DEFAULT_BATCH,
+    outputs: Mapping[str, str] | None = None,
+    target_model: ir.Model | Tap | None = None,
+    target_columns: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, LayerIO]:
     """Sampled input rows and output rows of each layer, at most `max_rows` per layer.
 
     X comes from `model`; Y from `target_model` (default: the same model; a Tap
@@ -353,23 +405,41 @@ def capture_layer_io(model: ir.Model, node_names: Sequence[str], feeds: Sequence
     channels a pruned layer still produces). Rows are spread evenly over batches.
     """
     result: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in node_names}
-    for name, X, Y, _ in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
-                                    max_batch=max_batch, outputs=outputs, target_model=target_model,
-                                    target_columns=target_columns):
+    for name, X, Y, _ in _iter_rows(
+        model,
+        node_names,
+        feeds,
+        max_rows=max_rows,
+        seed=seed,
+        max_batch=max_batch,
+        outputs=outputs,
+        target_model=target_model,
+        target_columns=target_columns,
+    ):
         result[name][0].append(X)
         result[name][1].append(Y)
-    return {n: LayerIO(np.concatenate(xs) if xs else np.zeros((0, 0), np.float32),
-                       np.concatenate(ys) if ys else np.zeros((0, 0), np.float32))
-            for n, (xs, ys) in result.items()}
+    return {
+        n: LayerIO(
+            np.concatenate(xs) if xs else np.zeros((0, 0), np.float32),
+            np.concatenate(ys) if ys else np.zeros((0, 0), np.float32),
+        )
+        for n, (xs, ys) in result.items()
+    }
 
 
-def accumulate_normal_equations(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed], *,
-                                target_model: ir.Model | Tap | None = None, max_rows: int = 8192,
-                                seed: int = 0, max_batch: int = DEFAULT_BATCH,
-                                outputs: Mapping[str, str] | None = None,
-                                target_columns: Mapping[str, np.ndarray] | None = None,
-                                holdout_every: int = 5,
-                                ) -> dict[str, NormalEquations]:
+def accumulate_normal_equations(
+    model: ir.Model,
+    node_names: Sequence[str],
+    feeds: Sequence[Feed],
+    *,
+    target_model: ir.Model | Tap | None = None,
+    max_rows: int = 8192,
+    seed: int = 0,
+    max_batch: int = DEFAULT_BATCH,
+    outputs: Mapping[str, str] | None = None,
+    target_columns: Mapping[str, np.ndarray] | None = None,
+    holdout_every: int = 5,
+) -> dict[str, NormalEquations]:
     """Streaming X^T X and X^T Y per layer (and group), X from `model`, Y from `target_model`.
 
     Same arguments as `capture_layer_io`; at most `max_rows` rows per layer are
@@ -377,19 +447,39 @@ def accumulate_normal_equations(model: ir.Model, node_names: Sequence[str], feed
     Every `holdout_every`-th sample (0: none) is also summed apart as held-out data.
     """
     layers = geometries(model, node_names, outputs)
-    sums = {n: NormalEquations(groups=layers[n].groups if layers[n].op_type == "Conv" else 1) for n in node_names}
-    for name, X, Y, samples in _iter_rows(model, node_names, feeds, max_rows=max_rows, seed=seed,
-                                          max_batch=max_batch, outputs=outputs, target_model=target_model,
-                                          target_columns=target_columns):
-        sums[name].add(X, Y, samples % holdout_every == holdout_every - 1 if holdout_every else None)
+    sums = {
+        n: NormalEquations(groups=layers[n].groups if layers[n].op_type == "Conv" else 1)
+        for n in node_names
+    }
+    for name, X, Y, samples in _iter_rows(
+        model,
+        node_names,
+        feeds,
+        max_rows=max_rows,
+        seed=seed,
+        max_batch=max_batch,
+        outputs=outputs,
+        target_model=target_model,
+        target_columns=target_columns,
+    ):
+        sums[name].add(
+            X, Y, samples % holdout_every == holdout_every - 1 if holdout_every else None
+        )
     return sums
 
 
-def _iter_rows(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed], *, max_rows: int,
-               seed: int, max_batch: int, outputs: Mapping[str, str] | None,
-               target_model: ir.Model | Tap | None,
-               target_columns: Mapping[str, np.ndarray] | None = None,
-               ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+def _iter_rows(
+    model: ir.Model,
+    node_names: Sequence[str],
+    feeds: Sequence[Feed],
+    *,
+    max_rows: int,
+    seed: int,
+    max_batch: int,
+    outputs: Mapping[str, str] | None,
+    target_model: ir.Model | Tap | None,
+    target_columns: Mapping[str, np.ndarray] | None = None,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(layer, X rows, Y rows, sample index of each row) for every batch and layer."""
     layers = geometries(model, node_names, outputs)
     batches = iter_batches(model, feeds, max_batch)
@@ -420,8 +510,13 @@ def _iter_rows(model: ir.Model, node_names: Sequence[str], feeds: Sequence[Feed]
         offset += batch_samples
 
 
-def channel_mean_squares(model: ir.Model, axes: Mapping[str, int], feeds: Sequence[Feed], *,
-                         max_batch: int = DEFAULT_BATCH) -> dict[str, np.ndarray]:
+def channel_mean_squares(
+    model: ir.Model,
+    axes: Mapping[str, int],
+    feeds: Sequence[Feed],
+    *,
+    max_batch: int = DEFAULT_BATCH,
+) -> dict[str, np.ndarray]:
     """E[x_c^2] per channel of each named value, `axes[name]` being its channel axis."""
     batches = iter_batches(model, feeds, max_batch)
     tap = Tap(model, list(axes))

@@ -7,13 +7,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxslim.passes.prune import ChannelPruning
+from onnxslim.passes.prune._common import summary
+from onnxslim.passes.prune.channels import channel_groups
 from prune_fixtures import convnet, feeds, ffn
 
 from onnxslim import io
 from onnxslim.parity import compare_outputs
-from onnxslim.passes.prune import ChannelPruning
-from onnxslim.passes.prune._common import summary
-from onnxslim.passes.prune.channels import channel_groups
 from onnxslim.runtime import Session
 
 CHECK = feeds((3, 16, 16), 8, seed=2)
@@ -22,7 +22,9 @@ CHECK = feeds((3, 16, 16), 8, seed=2)
 def _set(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
     for i, init in enumerate(model.graph.initializer):
         if init.name == name:
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
+            model.graph.initializer[i].CopyFrom(
+                numpy_helper.from_array(array.astype(np.float32), name)
+            )
             return
     raise KeyError(name)
 
@@ -36,15 +38,27 @@ def convnet_with_dead_channels() -> onnx.ModelProto:
     weights) and produce nothing (zero producer weights): removing exactly those is lossless."""
     model = convnet()
     rng = np.random.default_rng(7)
-    dead = {name: np.sort(rng.choice(size, size // 2, replace=False))
-            for name, size in (("stem", 16), ("trunk", 32), ("res1", 32), ("side", 16), ("fc1", 64))}
-    producers = {"stem": ["stem.w"], "trunk": ["pw.w", "res2.w"], "res1": ["res1.w"], "side": ["side.w"]}
+    dead = {
+        name: np.sort(rng.choice(size, size // 2, replace=False))
+        for name, size in (("stem", 16), ("trunk", 32), ("res1", 32), ("side", 16), ("fc1", 64))
+    }
+    producers = {
+        "stem": ["stem.w"],
+        "trunk": ["pw.w", "res2.w"],
+        "res1": ["res1.w"],
+        "side": ["side.w"],
+    }
     for group, weights in producers.items():
         for name in weights:
             w = _get(model, name)
             w[dead[group]] = 0
             _set(model, name, w)
-    for name, group in (("pw.w", "stem"), ("res1.w", "trunk"), ("side.w", "trunk"), ("res2.w", "res1")):
+    for name, group in (
+        ("pw.w", "stem"),
+        ("res1.w", "trunk"),
+        ("side.w", "trunk"),
+        ("res2.w", "res1"),
+    ):
         w = _get(model, name)
         w[:, dead[group]] = 0
         _set(model, name, w)
@@ -64,16 +78,30 @@ def _outputs(model: ir.Model, data=CHECK) -> list[dict[str, np.ndarray]]:
     return [session.run(f) for f in data]
 
 
-def test_dead_channels_are_removed_losslessly_through_bn_depthwise_residual_concat_flatten(tmp_path) -> None:
+def test_dead_channels_are_removed_losslessly_through_bn_depthwise_residual_concat_flatten(
+    tmp_path,
+) -> None:
     base = ir.serde.deserialize_model(convnet_with_dead_channels())
     model = base.clone()
     assert ChannelPruning(ratio=0.5, multiple=8)(model).modified
     path = tmp_path / "pruned.onnx"
     io.save(model, path)
     onnx.checker.check_model(str(path), full_check=True)
-    shapes = {n.name: tuple(n.inputs[1].const_value.shape) for n in model.graph if n.op_type in ("Conv", "Gemm")}
-    assert shapes == {"stem": (8, 3, 3, 3), "dw": (8, 1, 3, 3), "pw": (16, 8, 1, 1), "res1": (16, 16, 3, 3),
-                      "res2": (16, 16, 3, 3), "side": (8, 16, 1, 1), "fc1": (24 * 16, 32), "fc2": (10, 32)}
+    shapes = {
+        n.name: tuple(n.inputs[1].const_value.shape)
+        for n in model.graph
+        if n.op_type in ("Conv", "Gemm")
+    }
+    assert shapes == {
+        "stem": (8, 3, 3, 3),
+        "dw": (8, 1, 3, 3),
+        "pw": (16, 8, 1, 1),
+        "res1": (16, 16, 3, 3),
+        "res2": (16, 16, 3, 3),
+        "side": (8, 16, 1, 1),
+        "fc1": (24 * 16, 32),
+        "fc2": (10, 32),
+    }
     dw = next(n for n in model.graph if n.name == "dw")
     assert dw.attributes.get_int("group") == 8
     bn = next(n for n in model.graph if n.name == "res2_bn")
@@ -114,10 +142,15 @@ def test_transformer_ffn_hidden_channels_go_and_frozen_ones_say_why() -> None:
 def _attention_like() -> onnx.ModelProto:
     """MatMul -> Reshape into heads; MatMul -> LayerNorm; MatMul -> Split; MatMul -> Shape."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), f"w{i}") for i in range(5)]
-    inits += [numpy_helper.from_array(np.array([0, 0, 4, 4], np.int64), "heads"),
-              numpy_helper.from_array(np.ones(16, np.float32), "g"),
-              numpy_helper.from_array(np.array([8, 8], np.int64), "halves")]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), f"w{i}")
+        for i in range(5)
+    ]
+    inits += [
+        numpy_helper.from_array(np.array([0, 0, 4, 4], np.int64), "heads"),
+        numpy_helper.from_array(np.ones(16, np.float32), "g"),
+        numpy_helper.from_array(np.array([8, 8], np.int64), "halves"),
+    ]
     nodes = [
         helper.make_node("MatMul", ["x", "w0"], ["q"], name="q"),
         helper.make_node("Reshape", ["q", "heads"], ["qh"], name="split_heads"),
@@ -131,10 +164,14 @@ def _attention_like() -> onnx.ModelProto:
         helper.make_node("Shape", ["t"], ["ts"], name="shape"),
         helper.make_node("MatMul", ["t", "w4"], ["u"], name="u"),
     ]
-    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s0", "nl", "pp", "u")]
-                              + [helper.make_tensor_value_info("ts", TensorProto.INT64, None)],
-                              initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "attn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s0", "nl", "pp", "u")]
+        + [helper.make_tensor_value_info("ts", TensorProto.INT64, None)],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     return model
@@ -156,7 +193,9 @@ def test_ratio_rounds_to_the_channel_multiple() -> None:
     model = ir.serde.deserialize_model(convnet(width=32))
     ChannelPruning(ratio=0.3, multiple=8)(model)
     kept = {tuple(g["producers"]): g["kept"] for g in summary(model)["groups"]}
-    assert kept[("res1",)] == 24 and kept[("stem",)] == 16  # keep 22.4 -> 24; keep 11.2 -> 16 (nothing cut)
+    assert (
+        kept[("res1",)] == 24 and kept[("stem",)] == 16
+    )  # keep 22.4 -> 24; keep 11.2 -> 16 (nothing cut)
 
 
 @pytest.mark.parametrize("bad", [{"ratio": 1.0}, {"importance": "taylor"}, {"multiple": -1}])
@@ -187,9 +226,13 @@ def _tied_ffn() -> onnx.ModelProto:
             helper.make_node("Add", [x, f"o{step}"], [f"x{step}"], name=f"res{step}"),
         ]
         x = f"x{step}"
-    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])],
-                              initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

@@ -35,15 +35,36 @@ def test_prune_reports_sparsity_sizes_latency_and_accuracy(convnet_files, tmp_pa
     model, calib, evaluation = convnet_files
     before = model.read_bytes()
     out = tmp_path / "pruned.onnx"
-    code = main(["prune", str(model), "-o", str(out), "--sparsity", "0.5", "--min-elements", "100",
-                 "--calib", str(calib), "--eval", str(evaluation), "--runs", "5", "--json"])
+    code = main(
+        [
+            "prune",
+            str(model),
+            "-o",
+            str(out),
+            "--sparsity",
+            "0.5",
+            "--min-elements",
+            "100",
+            "--calib",
+            str(calib),
+            "--eval",
+            str(evaluation),
+            "--runs",
+            "5",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert model.read_bytes() == before
     assert {row["name"]: round(row["sparsity"], 3) for row in report["layers"]} == dict.fromkeys(
-        ["stem", "dw", "pw", "res1", "res2", "side", "fc1", "fc2"], 0.5)
+        ["stem", "dw", "pw", "res1", "res2", "side", "fc1", "fc2"], 0.5
+    )
     size = report["size"]
-    assert size["after"]["raw"] < 0.65 * size["before"]["raw"] and size["after"]["gzip"] < size["before"]["gzip"]
+    assert (
+        size["after"]["raw"] < 0.65 * size["before"]["raw"]
+        and size["after"]["gzip"] < size["before"]["gzip"]
+    )
     assert out.stat().st_size == size["after"]["raw"]
     assert report["latency_ratio"] > 0 and report["session_ms"]["pruned"] > 0
     assert report["accuracy"]["original"] == 1.0 and report["accuracy"]["pruned"] >= 0.85
@@ -52,24 +73,46 @@ def test_prune_reports_sparsity_sizes_latency_and_accuracy(convnet_files, tmp_pa
     assert session.run(None, {"x": feeds((3, 16, 16), 1)[0]["x"]})[0].shape == (1, 10)
 
 
-def test_channel_pruning_table_and_gate_failure_still_writes(convnet_files, tmp_path, capsys) -> None:
+def test_channel_pruning_table_and_gate_failure_still_writes(
+    convnet_files, tmp_path, capsys
+) -> None:
     model, _, evaluation = convnet_files
     out = tmp_path / "channels.onnx"
-    code = main(["prune", str(model), "-o", str(out), "--method", "channels", "--sparsity", "0.5",
-                 "--no-reconstruct", "--eval", str(evaluation), "--runs", "3", "--max-drop", "0"])
+    code = main(
+        [
+            "prune",
+            str(model),
+            "-o",
+            str(out),
+            "--method",
+            "channels",
+            "--sparsity",
+            "0.5",
+            "--no-reconstruct",
+            "--eval",
+            str(evaluation),
+            "--runs",
+            "3",
+            "--max-drop",
+            "0",
+        ]
+    )
     printed = capsys.readouterr()
     assert code == 1 and out.is_file()
     assert "16x8x1x1" in printed.out and "gate --max-drop 0: FAILED" in printed.out
     assert "graph output" in printed.err  # fc2 kept whole, and said why
 
 
-@pytest.mark.parametrize("args", [
-    ["--nm", "2-4", "--method", "nm"],
-    ["--method", "lottery"],
-    ["--sparsity", "1.5"],
-    ["--calib", "missing.npz"],
-    ["--allocation", "sensitivity"],  # needs --calib
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--nm", "2-4", "--method", "nm"],
+        ["--method", "lottery"],
+        ["--sparsity", "1.5"],
+        ["--calib", "missing.npz"],
+        ["--allocation", "sensitivity"],  # needs --calib
+    ],
+)
 def test_bad_usage_exits_2_and_writes_nothing(convnet_files, tmp_path, args) -> None:
     model, _, _ = convnet_files
     out = tmp_path / "never.onnx"
@@ -101,7 +144,9 @@ def test_digits_cnn_half_sparse_with_reconstruction_within_one_point() -> None:
 
 def test_digits_cnn_channel_pruning_within_two_points() -> None:
     model, calib, evaluation = _digits("digits_cnn")
-    result = api.prune(model, method="channels", sparsity=0.5, calib=calib, eval_data=evaluation, runs=0)
+    result = api.prune(
+        model, method="channels", sparsity=0.5, calib=calib, eval_data=evaluation, runs=0
+    )
     shrunk = [r for r in result.layers if r.shape_after and r.shape_after != r.shape_before]
     assert len(shrunk) >= 5
     assert result.accuracy["drop_points"] <= 2.0, result.accuracy

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnxslim.passes.prune import MagnitudePruning, NMSparsity
+from onnxslim.passes.prune._common import summary
+from onnxslim.passes.prune.masks import satisfies_nm
 from prune_fixtures import convnet, feeds, ffn
 
 from onnxslim.errors import UsageError
 from onnxslim.parity import compare_outputs
-from onnxslim.passes.prune import MagnitudePruning, NMSparsity
-from onnxslim.passes.prune._common import summary
-from onnxslim.passes.prune.masks import satisfies_nm
 from onnxslim.runtime import Session
 
 CALIB = feeds((3, 16, 16), 48, seed=1)
@@ -19,8 +19,11 @@ CHECK = feeds((3, 16, 16), 24, seed=2)
 
 
 def _weights(model: ir.Model) -> dict[str, np.ndarray]:
-    return {n.name: n.inputs[1].const_value.numpy() for n in model.graph
-            if n.op_type in ("Conv", "Gemm", "MatMul") and n.inputs[1].const_value is not None}
+    return {
+        n.name: n.inputs[1].const_value.numpy()
+        for n in model.graph
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.inputs[1].const_value is not None
+    }
 
 
 def _snr(reference: ir.Model, candidate: ir.Model, data=CHECK) -> float:
@@ -40,7 +43,9 @@ def test_per_layer_sparsity_is_exact_and_small_or_excluded_layers_stay_dense(bas
     for name, w in after.items():
         expected = 0.6 if before[name].size >= 500 and name != "res2" else 0.0
         assert np.count_nonzero(w == 0) == round(expected * w.size), name
-        kept = w != 0  # the survivors are the largest-magnitude weights, unchanged (no calib: no refit)
+        kept = (
+            w != 0
+        )  # the survivors are the largest-magnitude weights, unchanged (no calib: no refit)
         np.testing.assert_array_equal(w[kept], before[name][kept])
         if expected:
             assert np.abs(before[name][~kept]).max() <= np.abs(before[name][kept]).min()
@@ -56,14 +61,17 @@ def test_global_threshold_meets_the_budget_and_caps_layers(base) -> None:
     assert zeros == round(0.7 * total)
     per_layer = {n: np.mean(w == 0) for n, w in after.items()}
     assert max(per_layer.values()) <= 0.9 + 1e-9
-    assert max(per_layer.values()) - min(per_layer.values()) > 0.1  # one threshold, not one sparsity
+    assert (
+        max(per_layer.values()) - min(per_layer.values()) > 0.1
+    )  # one threshold, not one sparsity
 
 
 def test_sensitivity_allocation_meets_the_budget_and_beats_uniform(base) -> None:
     uniform, sensitive = base.clone(), base.clone()
     MagnitudePruning(sparsity=0.5, min_elements=100, calib=CALIB, reconstruct=False)(uniform)
-    MagnitudePruning(sparsity=0.5, min_elements=100, calib=CALIB, reconstruct=False,
-                     allocation="sensitivity")(sensitive)
+    MagnitudePruning(
+        sparsity=0.5, min_elements=100, calib=CALIB, reconstruct=False, allocation="sensitivity"
+    )(sensitive)
     weights = _weights(sensitive)
     total = sum(w.size for w in weights.values())
     zeros = sum(np.count_nonzero(w == 0) for w in weights.values())
@@ -76,9 +84,13 @@ def test_sensitivity_allocation_meets_the_budget_and_beats_uniform(base) -> None
 def test_reconstruction_improves_parity_and_keeps_zeros(base) -> None:
     plain, refit = base.clone(), base.clone()
     MagnitudePruning(sparsity=0.5, min_elements=100)(plain)
-    MagnitudePruning(sparsity=0.5, min_elements=100, calib=CALIB)(refit)  # refit: on by default with calib
+    MagnitudePruning(sparsity=0.5, min_elements=100, calib=CALIB)(
+        refit
+    )  # refit: on by default with calib
     for name, w in _weights(plain).items():
-        np.testing.assert_array_equal(_weights(refit)[name] == 0, w == 0, err_msg=name)  # same support
+        np.testing.assert_array_equal(
+            _weights(refit)[name] == 0, w == 0, err_msg=name
+        )  # same support
     assert _snr(base, refit) > _snr(base, plain) + 3.0
     records = summary(refit)["refit"]
     assert records and all(r["error_after"] <= r["error_before"] for r in records)

@@ -7,12 +7,17 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from onnxslim.passes.prune import (
+    MagnitudePruning,
+    NMSparsity,
+    PackSparseWeights,
+    UnpackSparseWeights,
+)
+from onnxslim.passes.prune._common import summary
+from onnxslim.passes.prune.storage import DOMAIN, densify, pack
 from prune_fixtures import convnet, feeds
 
 from onnxslim import io
-from onnxslim.passes.prune import MagnitudePruning, NMSparsity, PackSparseWeights, UnpackSparseWeights
-from onnxslim.passes.prune._common import summary
-from onnxslim.passes.prune.storage import DOMAIN, densify, pack
 
 CHECK = feeds((3, 16, 16), 4, seed=2)
 
@@ -42,9 +47,14 @@ def test_pack_round_trip_in_numpy() -> None:
         np.testing.assert_array_equal(densify(values, mask, w.size).reshape(shape), w)
 
 
-@pytest.mark.parametrize("level", [ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                   ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   ort.GraphOptimizationLevel.ORT_ENABLE_ALL])
+@pytest.mark.parametrize(
+    "level",
+    [
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ],
+)
 def test_packed_file_is_smaller_raw_and_runs_bit_identical(pruned, tmp_path, level) -> None:
     model, dense_path = pruned
     packed = model.clone()
@@ -52,8 +62,10 @@ def test_packed_file_is_smaller_raw_and_runs_bit_identical(pruned, tmp_path, lev
     path = tmp_path / "packed.onnx"
     io.save(packed, path)
     onnx.checker.check_model(str(path), full_check=True)
-    assert path.stat().st_size < 0.65 * dense_path.stat().st_size  # 50% sparse: ~0.53 of the weight bytes
-    for a, b in zip(_run_file(dense_path, level), _run_file(path, level)):
+    assert (
+        path.stat().st_size < 0.65 * dense_path.stat().st_size
+    )  # 50% sparse: ~0.53 of the weight bytes
+    for a, b in zip(_run_file(dense_path, level), _run_file(path, level), strict=False):
         if level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL:
             # Unfolded, the weight is a computed tensor: ORT skips weight prepacking, so
             # the Conv kernel rounds differently; the values it multiplies are the same.
@@ -76,7 +88,9 @@ def test_ort_folds_the_expansion_at_session_start(pruned, tmp_path) -> None:
     options.optimized_model_filepath = str(optimized)
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = {n.op_type for n in onnx.load(str(optimized)).graph.node}
-    assert not ops & {"CumSum", "BitShift", "Gather", "Split"}, ops  # nothing left to run per inference
+    assert not ops & {"CumSum", "BitShift", "Gather", "Split"}, (
+        ops
+    )  # nothing left to run per inference
 
 
 def test_unpack_restores_the_dense_initializers(pruned) -> None:
@@ -87,8 +101,9 @@ def test_unpack_restores_the_dense_initializers(pruned) -> None:
     assert not any((n.name or "").startswith(DOMAIN) for n in packed.graph)
     assert not any(name.startswith(DOMAIN) for name in packed.graph.initializers)
     for name, value in model.graph.initializers.items():
-        np.testing.assert_array_equal(packed.graph.initializers[name].const_value.numpy(),
-                                      value.const_value.numpy())
+        np.testing.assert_array_equal(
+            packed.graph.initializers[name].const_value.numpy(), value.const_value.numpy()
+        )
 
 
 def test_dense_or_small_tensors_are_left_alone_and_old_opsets_refused() -> None:

@@ -27,37 +27,78 @@ def _parse_nm(text: str) -> tuple[int, int]:
 def prune_command(
     model: Path = typer.Argument(..., help="Trained ONNX model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the pruned model."),
-    sparsity: float = typer.Option(0.5, "--sparsity", help="magnitude: fraction of weights zeroed; channels: "
-                                   "fraction of channels removed per group."),
-    method: str = typer.Option("magnitude", "--method", help="magnitude (unstructured), nm (N:M) or channels."),
+    sparsity: float = typer.Option(
+        0.5,
+        "--sparsity",
+        help="magnitude: fraction of weights zeroed; channels: "
+        "fraction of channels removed per group.",
+    ),
+    method: str = typer.Option(
+        "magnitude", "--method", help="magnitude (unstructured), nm (N:M) or channels."
+    ),
     nm: str = typer.Option("2:4", "--nm", help="N:M pattern for --method nm."),
-    calib: str | None = typer.Option(None, "--calib", help="Calibration data (.npz of stacked samples, folder): "
-                                     "turns on least-squares reconstruction."),
-    eval_data: str | None = typer.Option(None, "--eval", help="Evaluation data; with a `labels` array the report "
-                                         "gives top-1 accuracy, else parity."),
-    reconstruct: bool | None = typer.Option(None, "--reconstruct/--no-reconstruct",
-                                            help="Refit kept weights on --calib (default: on with --calib)."),
-    exclude: list[str] | None = typer.Option(None, "--exclude", help="Node or weight name pattern to leave "
-                                             "unpruned (repeatable)."),
-    scope: str = typer.Option("per-layer", "--scope", help="magnitude: per-layer or global threshold."),
-    allocation: str = typer.Option("uniform", "--allocation", help="magnitude: uniform or sensitivity "
-                                   "(measured on --calib)."),
-    importance: str = typer.Option("l2", "--importance", help="channels: l1, l2 or activation (needs --calib)."),
-    multiple: int = typer.Option(0, "--multiple", help="channels: keep counts a multiple of this "
-                                 "(0: ORT's NCHWc block on this CPU)."),
+    calib: str | None = typer.Option(
+        None,
+        "--calib",
+        help="Calibration data (.npz of stacked samples, folder): "
+        "turns on least-squares reconstruction.",
+    ),
+    eval_data: str | None = typer.Option(
+        None,
+        "--eval",
+        help="Evaluation data; with a `labels` array the report gives top-1 accuracy, else parity.",
+    ),
+    reconstruct: bool | None = typer.Option(
+        None,
+        "--reconstruct/--no-reconstruct",
+        help="Refit kept weights on --calib (default: on with --calib).",
+    ),
+    exclude: list[str] | None = typer.Option(
+        None, "--exclude", help="Node or weight name pattern to leave unpruned (repeatable)."
+    ),
+    scope: str = typer.Option(
+        "per-layer", "--scope", help="magnitude: per-layer or global threshold."
+    ),
+    allocation: str = typer.Option(
+        "uniform", "--allocation", help="magnitude: uniform or sensitivity (measured on --calib)."
+    ),
+    importance: str = typer.Option(
+        "l2", "--importance", help="channels: l1, l2 or activation (needs --calib)."
+    ),
+    multiple: int = typer.Option(
+        0,
+        "--multiple",
+        help="channels: keep counts a multiple of this (0: ORT's NCHWc block on this CPU).",
+    ),
     min_elements: int = typer.Option(1024, "--min-elements", help="Leave smaller weights dense."),
-    storage: str = typer.Option("packed", "--storage", help="packed: sparse weights as values + bitmask (smaller "
-                                "file, ORT expands them at load); dense: plain initializers."),
-    max_drop: float | None = typer.Option(None, "--max-drop", help="Fail (exit 1) if accuracy drops by more than "
-                                          "this many points (top-1 disagreement without labels)."),
-    runs: int = typer.Option(50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Validate the result against the original on ORT."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow the output to replace the input file."),
+    storage: str = typer.Option(
+        "packed",
+        "--storage",
+        help="packed: sparse weights as values + bitmask (smaller "
+        "file, ORT expands them at load); dense: plain initializers.",
+    ),
+    max_drop: float | None = typer.Option(
+        None,
+        "--max-drop",
+        help="Fail (exit 1) if accuracy drops by more than "
+        "this many points (top-1 disagreement without labels).",
+    ),
+    runs: int = typer.Option(
+        50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."
+    ),
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Validate the result against the original on ORT."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Allow the output to replace the input file."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter("output is the input model; pass --overwrite to replace it", param_hint="-o")
+        raise typer.BadParameter(
+            "output is the input model; pass --overwrite to replace it", param_hint="-o"
+        )
     if not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
     options: dict[str, object] = {"exclude": tuple(exclude or ())}
@@ -71,18 +112,36 @@ def prune_command(
     elif method == "channels":
         options.update(importance=importance, multiple=multiple)
     else:
-        raise typer.BadParameter(f"{method!r}: expected magnitude, nm or channels", param_hint="--method")
-    with err.status("pruning and validating on ONNX Runtime", spinner="dots") if err.is_terminal else _null():
-        result = api.prune(model, method=method, sparsity=sparsity, calib=calib, eval_data=eval_data,
-                           storage=storage, validate=verify, max_drop=max_drop, runs=runs, **options)
+        raise typer.BadParameter(
+            f"{method!r}: expected magnitude, nm or channels", param_hint="--method"
+        )
+    with (
+        err.status("pruning and validating on ONNX Runtime", spinner="dots")
+        if err.is_terminal
+        else _null()
+    ):
+        result = api.prune(
+            model,
+            method=method,
+            sparsity=sparsity,
+            calib=calib,
+            eval_data=eval_data,
+            storage=storage,
+            validate=verify,
+            max_drop=max_drop,
+            runs=runs,
+            **options,
+        )
     api.save(result.model, output, source=model, overwrite=overwrite)
     if json_output:
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
         _print_report(result, model, output)
     if result.gate is not None and not result.gate["passed"]:
-        raise GateFailed(f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
-                         f"{result.gate['max_drop']:g} (the model was written to {output})")
+        raise GateFailed(
+            f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
+            f"{result.gate['max_drop']:g} (the model was written to {output})"
+        )
 
 
 class _null:
@@ -99,37 +158,63 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         table.add_column(column, justify="right" if column in ("sparsity", "removed") else "left")
     for row in result.layers:
         after = "x".join(map(str, row.shape_after)) if row.shape_after else "-"
-        table.add_row(escape(row.name), row.op_type, "x".join(map(str, row.shape_before)), after,
-                      f"{row.sparsity:.1%}", f"{row.reduction:.1%}")
+        table.add_row(
+            escape(row.name),
+            row.op_type,
+            "x".join(map(str, row.shape_before)),
+            after,
+            f"{row.sparsity:.1%}",
+            f"{row.reduction:.1%}",
+        )
     out.print(table)
     b, a = result.size_before, result.size_after
     out.print(f"weights removed or zeroed: {result.sparsity:.1%} of all layer weights")
     out.print(f"size raw  {b.raw:,} -> {a.raw:,} bytes ({a.raw / b.raw:.2f}x)")
     out.print(f"size gzip {b.gzip:,} -> {a.gzip:,} bytes ({a.gzip / b.gzip:.2f}x)")
     if result.session_ms:
-        out.print(f"session start {result.session_ms['original']:.1f} -> {result.session_ms['pruned']:.1f} ms")
+        out.print(
+            f"session start {result.session_ms['original']:.1f} -> "
+            f"{result.session_ms['pruned']:.1f} ms"
+        )
     if result.latency_ratio:
-        out.print(f"latency: pruned is {result.latency_ratio:.2f}x the speed of the original "
-                  "(1 thread, interleaved, ORT_ENABLE_ALL)")
+        out.print(
+            f"latency: pruned is {result.latency_ratio:.2f}x the speed of the original "
+            "(1 thread, interleaved, ORT_ENABLE_ALL)"
+        )
     if result.accuracy is not None:
         acc = result.accuracy
-        out.print(f"top-1 accuracy {acc['original']:.2%} -> {acc['pruned']:.2%} "
-                  f"({-acc['drop_points']:+.2f} points, {int(acc['samples'])} samples)")
+        out.print(
+            f"top-1 accuracy {acc['original']:.2%} -> {acc['pruned']:.2%} "
+            f"({-acc['drop_points']:+.2f} points, {int(acc['samples'])} samples)"
+        )
     if result.validation is not None:
         for o in result.validation.outputs:
-            agreement = f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
-            out.print(f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}")
+            agreement = (
+                f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
+            )
+            out.print(
+                f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}"
+            )
     refit = [r for r in result.details.get("refit", []) if not r["skipped"]]
     if refit:
         before = sum(r["error_before"] for r in refit) / len(refit)
         after = sum(r["error_after"] for r in refit) / len(refit)
-        out.print(f"reconstruction: {len(refit)} layers refit, mean layer error {before:.4f} -> {after:.4f}")
+        out.print(
+            f"reconstruction: {len(refit)} layers refit, "
+            f"mean layer error {before:.4f} -> {after:.4f}"
+        )
     for entry in result.details.get("groups", []):
         if entry["reason"] and entry["producers"]:
-            err.print(f"[dim]kept whole: {escape(', '.join(entry['producers']))} ({escape(entry['reason'])})[/]")
+            err.print(
+                f"[dim]kept whole: {escape(', '.join(entry['producers']))} "
+                f"({escape(entry['reason'])})[/]"
+            )
     for warning in result.warnings:
         err.print(f"[yellow]warning[/] {escape(warning)}")
     if result.gate is not None:
         verdict = "passed" if result.gate["passed"] else "FAILED"
-        out.print(f"gate --max-drop {result.gate['max_drop']:g}: {verdict} ({result.gate['drop_points']:.2f} points)")
+        out.print(
+            f"gate --max-drop {result.gate['max_drop']:g}: {verdict} "
+            f"({result.gate['drop_points']:.2f} points)"
+        )
     out.print(f"wrote {escape(str(output))}")

@@ -11,4 +11,10 @@ from onnxslim.passes.prune.magnitude import MagnitudePruning
 from onnxslim.passes.prune.nm import NMSparsity
 from onnxslim.passes.prune.storage import PackSparseWeights, UnpackSparseWeights
 
-__all__ = ["ChannelPruning", "MagnitudePruning", "NMSparsity", "PackSparseWeights", "UnpackSparseWeights"]
+__all__ = [
+    "ChannelPruning",
+    "MagnitudePruning",
+    "NMSparsity",
+    "PackSparseWeights",
+    "UnpackSparseWeights",
+]

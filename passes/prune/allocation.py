@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
+from onnxslim.passes.prune.layers import Layer
+from onnxslim.passes.prune.masks import magnitude_mask
 
 from onnxslim.activations import iter_batches
 from onnxslim.feeds import Feed
-from onnxslim.passes.prune.layers import Layer
-from onnxslim.passes.prune.masks import magnitude_mask
 from onnxslim.runtime import Session, SessionConfig
 
 PROBES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -33,8 +33,12 @@ STEP = 0.025
 MAX_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 
 
-def measure_sensitivity(model: ir.Model, layers: Sequence[Layer], feeds: Sequence[Feed],
-                        probes: Sequence[float] = PROBES) -> np.ndarray:
+def measure_sensitivity(
+    model: ir.Model,
+    layers: Sequence[Layer],
+    feeds: Sequence[Feed],
+    probes: Sequence[float] = PROBES,
+) -> np.ndarray:
     """errors[i, j]: output error with only layer i pruned to probes[j] (others dense)."""
     batches = iter_batches(model, list(feeds)[:MAX_FEEDS])
     weights = list(dict.fromkeys(layer.weight for layer in layers))
@@ -54,7 +58,7 @@ def measure_sensitivity(model: ir.Model, layers: Sequence[Layer], feeds: Sequenc
         raise RuntimeError(f"ORT does not let weight {missing[0]!r} be overridden")
 
     def run(feed: Feed) -> dict[str, np.ndarray]:
-        return dict(zip(names, ort_session.run(names, feed)))
+        return dict(zip(names, ort_session.run(names, feed), strict=False))
 
     references = [run(b) for b in batches]
     errors = np.zeros((len(layers), len(probes)))
@@ -63,7 +67,7 @@ def measure_sensitivity(model: ir.Model, layers: Sequence[Layer], feeds: Sequenc
         for j, s in enumerate(probes):
             pruned = np.where(magnitude_mask(w, s), w, 0).astype(w.dtype)
             num = den = 0.0
-            for batch, ref in zip(batches, references):
+            for batch, ref in zip(batches, references, strict=False):
                 out = run({**batch, layer.weight.name: pruned})
                 for name, r in ref.items():
                     if np.asarray(r).dtype.kind != "f":
@@ -75,8 +79,14 @@ def measure_sensitivity(model: ir.Model, layers: Sequence[Layer], feeds: Sequenc
     return errors
 
 
-def allocate(sizes: Sequence[int], errors: np.ndarray, target: float, *, cap: float,
-             probes: Sequence[float] = PROBES) -> list[float]:
+def allocate(
+    sizes: Sequence[int],
+    errors: np.ndarray,
+    target: float,
+    *,
+    cap: float,
+    probes: Sequence[float] = PROBES,
+) -> list[float]:
     """Per-layer sparsities meeting `target` over all weights with least summed error."""
     grid = np.array([0.0, *probes])
     total = float(sum(sizes))

@@ -34,14 +34,14 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-
-from onnxslim.activations import channel_mean_squares
-from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes, store_summary
 from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze, readers
 from onnxslim.passes.prune.layers import find_layers, lift_constants, resolve_initializer
 from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitRequest, reconstruct
+
+from onnxslim.activations import channel_mean_squares
+from onnxslim.errors import UsageError
 
 
 def nchwc_block() -> int:
@@ -57,18 +57,34 @@ def nchwc_block() -> int:
 class ChannelPruning(ir.passes.InPlacePass):
     """Remove whole output channels of Conv/Gemm/MatMul and rewrite every consumer."""
 
-    ratio: float = option(0.25, "Fraction of each prunable channel group removed (at most: counts round "
-                          "up to the channel multiple).")
-    importance: str = option("l2", "Channel importance: l1 / l2 weight norms (BN-scaled) or activation "
-                             "(needs calib).", choices=("l1", "l2", "activation"))
-    multiple: int = option(0, "Keep channel counts a multiple of this (0: ORT's NCHWc block on this CPU).")
-    exclude: tuple[str, ...] = option((), "Producer node names (fnmatch patterns) whose channels stay.")
-    reconstruct: bool | None = option(None, "Refit downstream layers on calib by least squares "
-                                      "(default: on with calib).")
-    calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
+    ratio: float = option(
+        0.25,
+        "Fraction of each prunable channel group removed (at most: counts round "
+        "up to the channel multiple).",
+    )
+    importance: str = option(
+        "l2",
+        "Channel importance: l1 / l2 weight norms (BN-scaled) or activation (needs calib).",
+        choices=("l1", "l2", "activation"),
+    )
+    multiple: int = option(
+        0, "Keep channel counts a multiple of this (0: ORT's NCHWc block on this CPU)."
+    )
+    exclude: tuple[str, ...] = option(
+        (), "Producer node names (fnmatch patterns) whose channels stay."
+    )
+    reconstruct: bool | None = option(
+        None, "Refit downstream layers on calib by least squares (default: on with calib)."
+    )
+    calib: Any = option(
+        None, "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
+    )
     calib_count: int = option(256, "Calibration samples used.")
-    ridge: float | None = option(None, "Ridge strength of the refit relative to the mean input energy "
-                                 "(None: chosen per layer on held-out calibration samples).")
+    ridge: float | None = option(
+        None,
+        "Ridge strength of the refit relative to the mean input energy "
+        "(None: chosen per layer on held-out calibration samples).",
+    )
     max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
@@ -81,14 +97,18 @@ class ChannelPruning(ir.passes.InPlacePass):
         feeds = load_feeds(self.calib, self.calib_count, model)
         refit = self.reconstruct if self.reconstruct is not None else feeds is not None
         if (refit or self.importance == "activation") and feeds is None:
-            raise UsageError("reconstruction and activation importance need calibration data (calib)")
+            raise UsageError(
+                "reconstruction and activation importance need calibration data (calib)"
+            )
         lift_constants(model)
         name_nodes(model)
         _infer_shapes(model)
         cg = analyze(model)
         for space in cg.spaces:
             producer = space.producer
-            if producer is not None and any(fnmatch.fnmatchcase(producer.name or "", p) for p in self.exclude):
+            if producer is not None and any(
+                fnmatch.fnmatchcase(producer.name or "", p) for p in self.exclude
+            ):
                 space.frozen = space.frozen or "excluded"
         multiple = self.multiple or nchwc_block()
         stats = _activation_stats(model, cg, feeds) if self.importance == "activation" else {}
@@ -96,12 +116,21 @@ class ChannelPruning(ir.passes.InPlacePass):
         report = []
         for root, members in cg.groups().items():
             size = cg.spaces[root].size
-            producers = [cg.spaces[m].producer.name for m in members if cg.spaces[m].producer is not None]
-            entry = {"producers": producers, "channels": size, "kept": size, "reason": cg.spaces[root].frozen}
+            producers = [
+                cg.spaces[m].producer.name for m in members if cg.spaces[m].producer is not None
+            ]
+            entry = {
+                "producers": producers,
+                "channels": size,
+                "kept": size,
+                "reason": cg.spaces[root].frozen,
+            }
             if not entry["reason"]:
                 keep = _keep_count(size, self.ratio, multiple)
                 if keep >= size:
-                    entry["reason"] = f"{size} channels: nothing to remove at a multiple of {multiple}"
+                    entry["reason"] = (
+                        f"{size} channels: nothing to remove at a multiple of {multiple}"
+                    )
                 else:
                     score = _importance(model, cg, root, self.importance, stats)
                     kept[root] = np.sort(np.argsort(-score, kind="stable")[:keep])
@@ -117,7 +146,9 @@ class ChannelPruning(ir.passes.InPlacePass):
         records = []
         if refit and original is not None and feeds is not None:
             requests = _refit_requests(model, cg, kept, consumers)
-            records = reconstruct(original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows)
+            records = reconstruct(
+                original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows
+            )
         store_summary(model, method="channels", groups=report, refit=[r.to_dict() for r in records])
         return ir.passes.PassResult(model, True)
 
@@ -130,6 +161,7 @@ def _keep_count(size: int, ratio: float, multiple: int) -> int:
 
 
 # ------------------------------------------------------------------ importance
+
 
 def _producer_scores(node: ir.Node, norm: str) -> np.ndarray:
     weight = resolve_initializer(node.inputs[1])
@@ -148,14 +180,22 @@ def _producer_scores(node: ir.Node, norm: str) -> np.ndarray:
     if len(uses) == 1 and uses[0][0].op_type == "BatchNormalization":
         bn = uses[0][0]
         scale, var = (resolve_initializer(bn.inputs[i]) for i in (1, 4))
-        if scale is not None and var is not None and scale.const_value is not None and var.const_value is not None:
+        if (
+            scale is not None
+            and var is not None
+            and scale.const_value is not None
+            and var.const_value is not None
+        ):
             eps = bn.attributes.get_float("epsilon", 1e-5)
-            score = score * np.abs(scale.const_value.numpy()) / np.sqrt(var.const_value.numpy() + eps)
+            score = (
+                score * np.abs(scale.const_value.numpy()) / np.sqrt(var.const_value.numpy() + eps)
+            )
     return score
 
 
-def _importance(model: ir.Model, cg: ChannelGraph, root: int, method: str,
-                stats: dict[str, np.ndarray]) -> np.ndarray:
+def _importance(
+    model: ir.Model, cg: ChannelGraph, root: int, method: str, stats: dict[str, np.ndarray]
+) -> np.ndarray:
     size = cg.spaces[root].size
     score = np.zeros(size)
     if method in ("l1", "l2"):
@@ -175,7 +215,7 @@ def _importance(model: ir.Model, cg: ChannelGraph, root: int, method: str,
         offset = 0
         for space, length in edit.layout.segments:
             if cg.find(space) == root:
-                score += per_channel[offset:offset + length]
+                score += per_channel[offset : offset + length]
             offset += length
     return score
 
@@ -190,11 +230,13 @@ def _consumer_row_energy(node: ir.Node) -> np.ndarray:
     if node.op_type == "ConvTranspose":
         return (w.reshape(w.shape[0], -1) ** 2).sum(1)
     if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
-        return (w ** 2).sum(0)
-    return (w ** 2).sum(1)
+        return (w**2).sum(0)
+    return (w**2).sum(1)
 
 
-def _activation_stats(model: ir.Model, cg: ChannelGraph, feeds: list | None) -> dict[str, np.ndarray]:
+def _activation_stats(
+    model: ir.Model, cg: ChannelGraph, feeds: list | None
+) -> dict[str, np.ndarray]:
     axes = {}
     for edit in cg.edits:
         if edit.kind == "consumer" and edit.node.inputs[0] is not None:
@@ -205,6 +247,7 @@ def _activation_stats(model: ir.Model, cg: ChannelGraph, feeds: list | None) -> 
 
 
 # ------------------------------------------------------------------ rewrite
+
 
 def _kept_of(cg: ChannelGraph, layout: Layout, kept: dict[int, np.ndarray]) -> np.ndarray:
     parts, offset = [], 0
@@ -268,7 +311,11 @@ def _producer_slices(node: ir.Node, index: np.ndarray) -> list[_Slice]:
     op = node.op_type
     trans_b = op == "Gemm" and node.attributes.get_int("transB", 0)
     result = [_Slice(node, 1, {"Conv": 0, "ConvTranspose": 1}.get(op, 0 if trans_b else 1), index)]
-    if op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and node.inputs[2] is not None:
+    if (
+        op in ("Conv", "ConvTranspose", "Gemm")
+        and len(node.inputs) > 2
+        and node.inputs[2] is not None
+    ):
         bias = _array(node.inputs[2])
         if bias.size > 1:
             result.append(_Slice(node, 2, bias.ndim - 1, index))
@@ -295,12 +342,20 @@ def _make_slices(slices: list[_Slice]) -> None:
         key = (id(source), cut.axis)
         if key in done and np.array_equal(done[key], cut.index):
             continue  # already cut in place for every reader
-        wanted = {(id(other.node), other.input_index) for other in slices[position:]
-                  if other.axis == cut.axis and np.array_equal(other.index, cut.index)
-                  and resolve_initializer(other.node.inputs[other.input_index]) is source}
+        wanted = {
+            (id(other.node), other.input_index)
+            for other in slices[position:]
+            if other.axis == cut.axis
+            and np.array_equal(other.index, cut.index)
+            and resolve_initializer(other.node.inputs[other.input_index]) is source
+        }
         in_place = key not in done and all((id(n), i) in wanted for n, i in readers(source))
-        _write_input(cut.node, cut.input_index, np.take(_array(cut.node.inputs[cut.input_index]), cut.index,
-                                                         axis=cut.axis), in_place=in_place)
+        _write_input(
+            cut.node,
+            cut.input_index,
+            np.take(_array(cut.node.inputs[cut.input_index]), cut.index, axis=cut.axis),
+            in_place=in_place,
+        )
         if in_place:
             done[key] = cut.index
 
@@ -312,7 +367,7 @@ def _array(value: ir.Value | None) -> np.ndarray:
 
 
 def _write_input(node: ir.Node, input_index: int, array: np.ndarray, *, in_place: bool) -> None:
-    """Write a new constant for one input: into its initializer, or as a fresh copy for this node."""
+    """Write a new constant for one input: into its initializer, or a fresh copy for this node."""
     value = node.inputs[input_index]
     source = resolve_initializer(value)
     assert source is not None and source.const_value is not None
@@ -327,8 +382,12 @@ def _write_input(node: ir.Node, input_index: int, array: np.ndarray, *, in_place
     base, name, i = f"{source.name}_pruned", f"{source.name}_pruned", 1
     while name in graph.initializers:
         name, i = f"{base}_{i}", i + 1
-    fresh = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(dtype),
-                     const_value=ir.Tensor(array, name=name))
+    fresh = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(dtype),
+        const_value=ir.Tensor(array, name=name),
+    )
     graph.register_initializer(fresh)
     node.replace_input_with(input_index, fresh)
 
@@ -350,8 +409,9 @@ def _infer_shapes(model: ir.Model) -> None:
         pass
 
 
-def _refit_requests(model: ir.Model, cg: ChannelGraph, kept: dict[int, np.ndarray],
-                    consumers: list[ir.Node]) -> list[RefitRequest]:
+def _refit_requests(
+    model: ir.Model, cg: ChannelGraph, kept: dict[int, np.ndarray], consumers: list[ir.Node]
+) -> list[RefitRequest]:
     """Every weighted layer from the rewritten consumers on, with the original outputs it keeps."""
     downstream: set[str] = set()
     queue = deque(consumers)
@@ -371,8 +431,11 @@ def _refit_requests(model: ir.Model, cg: ChannelGraph, kept: dict[int, np.ndarra
         if edit.kind in ("producer", "depthwise") and _changed(cg, edit.layout, kept):
             out_index[edit.node.name or ""] = _kept_of(cg, edit.layout, kept)
     layers = find_layers(model, ops=REFIT_OPS)[0]
-    return [RefitRequest(layer.name, keep_zeros=True, out_index=out_index.get(layer.name))
-            for layer in layers if layer.name in downstream]
+    return [
+        RefitRequest(layer.name, keep_zeros=True, out_index=out_index.get(layer.name))
+        for layer in layers
+        if layer.name in downstream
+    ]
 
 
 def channel_groups(model: ir.Model) -> list[dict[str, Any]]:
@@ -384,17 +447,21 @@ def channel_groups(model: ir.Model) -> list[dict[str, Any]]:
     cg = analyze(work)
     result = []
     for root, members in cg.groups().items():
-        producers = [cg.spaces[m].producer.name for m in members if cg.spaces[m].producer is not None]
+        producers = [
+            cg.spaces[m].producer.name for m in members if cg.spaces[m].producer is not None
+        ]
         if not producers:
             continue
         edits = [e for e in cg.edits if any(cg.find(s) == root for s, _ in e.layout.segments)]
-        result.append({
-            "producers": producers,
-            "channels": cg.spaces[root].size,
-            "prunable": not cg.spaces[root].frozen,
-            "reason": cg.spaces[root].frozen,
-            "rewrites": sorted({f"{e.kind}:{e.node.op_type}" for e in edits}),
-        })
+        result.append(
+            {
+                "producers": producers,
+                "channels": cg.spaces[root].size,
+                "prunable": not cg.spaces[root].frozen,
+                "reason": cg.spaces[root].frozen,
+                "rewrites": sorted({f"{e.kind}:{e.node.op_type}" for e in edits}),
+            }
+        )
     return result
 
 

@@ -36,22 +36,82 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes.prune.layers import resolve_initializer
 
 UNARY = {
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu", "Celu",
-    "Softplus", "Softsign", "Gelu", "Erf", "Identity", "Dropout", "Cast", "Neg", "Abs", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sin", "Cos", "Mish", "ThresholdedRelu", "Sign",
-    "Not", "IsNaN", "IsInf", "Swish", "CastLike",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Clip",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Erf",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sin",
+    "Cos",
+    "Mish",
+    "ThresholdedRelu",
+    "Sign",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Swish",
+    "CastLike",
 }
 ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Equal", "Greater",
-    "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod", "BitShift",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "PRelu",
+    "Where",
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Mod",
+    "BitShift",
 }
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
-REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
-          "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+REDUCE = {
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+}
 CHANNEL_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -102,7 +162,9 @@ class ChannelGraph:
     parent: list[int] = field(default_factory=list)
     layouts: dict[ir.Value, Layout] = field(default_factory=dict)
     edits: list[Edit] = field(default_factory=list)
-    tied: dict[int, tuple[ir.Value, list[tuple[ir.Node, int, Layout | None]]]] = field(default_factory=dict)
+    tied: dict[int, tuple[ir.Value, list[tuple[ir.Node, int, Layout | None]]]] = field(
+        default_factory=dict
+    )
 
     # union-find
     def find(self, i: int) -> int:
@@ -165,11 +227,14 @@ def analyze(model: ir.Model) -> ChannelGraph:
 
 # ---------------------------------------------------------------- node handlers
 
+
 def _visit(cg: ChannelGraph, node: ir.Node) -> None:
     ins = [cg.layouts.get(v) if v is not None else None for v in node.inputs]
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
-                                                  for a in node.attributes.values()):
+    if node.domain not in ("", "ai.onnx") or any(
+        a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+        for a in node.attributes.values()
+    ):
         _freeze_all(cg, ins, f"{node.domain + '.' if node.domain else ''}{op} is not understood")
         return
     handler = _HANDLERS.get(op)
@@ -222,7 +287,9 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return None
 
 
-def _set(cg: ChannelGraph, node: ir.Node, layout: Layout | None, outputs: Iterable[int] = (0,)) -> None:
+def _set(
+    cg: ChannelGraph, node: ir.Node, layout: Layout | None, outputs: Iterable[int] = (0,)
+) -> None:
     if layout is None:
         return
     for i in outputs:
@@ -257,9 +324,9 @@ def _elementwise(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> N
             _freeze_all(cg, carrying, f"{node.op_type} combines differently laid out channels")
             return
     for other in carrying[1:]:
-        for (a, _), (b, _) in zip(ref.segments, other.segments):
+        for (a, _), (b, _) in zip(ref.segments, other.segments, strict=False):
             cg.union(a, b)
-    for index, (value, layout) in enumerate(zip(node.inputs, ins)):
+    for index, (value, layout) in enumerate(zip(node.inputs, ins, strict=False)):
         if layout is not None or value is None:
             continue
         dims = _dims(value)
@@ -297,7 +364,9 @@ def readers(value: ir.Value) -> list[tuple[ir.Node, int]]:
     return found
 
 
-def _tie(cg: ChannelGraph, weight: ir.Value, node: ir.Node, space: int | None, layout: Layout | None) -> None:
+def _tie(
+    cg: ChannelGraph, weight: ir.Value, node: ir.Node, space: int | None, layout: Layout | None
+) -> None:
     """Note one reader of a weight several layers share (resolved in _resolve_ties)."""
     cg.tied.setdefault(id(weight), (weight, []))[1].append((node, space, layout))
 
@@ -327,8 +396,13 @@ def _conv(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
         cg.edits.append(Edit("producer", node, Layout(((space, out),), 1 - rank), space=space))
         _set(cg, node, Layout(((space, out),), 1 - rank))
         return
-    if per_group == 1 and group == out and x is not None and x.channels == group and \
-            _channel_axis_ok(x, node.inputs[0]):
+    if (
+        per_group == 1
+        and group == out
+        and x is not None
+        and x.channels == group
+        and _channel_axis_ok(x, node.inputs[0])
+    ):
         if shared:
             cg.freeze(x, f"depthwise weight {weight.name!r} shared by {len(readers(weight))} nodes")
         else:
@@ -336,15 +410,23 @@ def _conv(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
         _set(cg, node, x)
         return
     cg.freeze(x, f"grouped Conv (group={group}) keeps its channels")
-    _set(cg, node, Layout(((cg.new_space(out, node, f"grouped Conv (group={group}) output"), out),), 1 - rank))
+    _set(
+        cg,
+        node,
+        Layout(((cg.new_space(out, node, f"grouped Conv (group={group}) output"), out),), 1 - rank),
+    )
 
 
 def _conv_transpose(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0] if ins else None
     weight = resolve_initializer(node.inputs[1]) if len(node.inputs) > 1 else None
     group = node.attributes.get_int("group", 1)
-    if weight is None or weight.const_value is None or group != 1 or \
-            node.attributes.get_ints("output_shape", None) is not None:
+    if (
+        weight is None
+        or weight.const_value is None
+        or group != 1
+        or node.attributes.get_ints("output_shape", None) is not None
+    ):
         cg.freeze(x, "ConvTranspose with groups, explicit output_shape or non-constant weight")
         return
     shape = tuple(weight.const_value.shape)
@@ -367,8 +449,12 @@ def _conv_transpose(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -
 def _matmul_like(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     x = ins[0] if ins else None
     weight = resolve_initializer(node.inputs[1]) if len(node.inputs) > 1 else None
-    if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2 or \
-            (node.op_type == "Gemm" and node.attributes.get_int("transA", 0)):
+    if (
+        weight is None
+        or weight.const_value is None
+        or len(weight.const_value.shape) != 2
+        or (node.op_type == "Gemm" and node.attributes.get_int("transA", 0))
+    ):
         _freeze_all(cg, ins, f"{node.op_type} of two activations (or transA)")
         return
     if len(ins) > 1 and ins[1] is not None:
@@ -379,7 +465,11 @@ def _matmul_like(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> N
     frozen = ""
     if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
         c_dims = _dims(node.inputs[2])
-        if c_dims is None or resolve_initializer(node.inputs[2]) is None or (len(c_dims) == 2 and c_dims[0] != 1):
+        if (
+            c_dims is None
+            or resolve_initializer(node.inputs[2]) is None
+            or (len(c_dims) == 2 and c_dims[0] != 1)
+        ):
             frozen = "Gemm C is not a per-column bias"
     consumer = None
     if x is not None:
@@ -406,8 +496,10 @@ def _resolve_ties(cg: ChannelGraph) -> None:
     """
     for weight, entries in cg.tied.values():
         users = readers(weight)
-        kinds = {(n.op_type, n.attributes.get_int("group", 1), n.attributes.get_int("transB", 0))
-                 for n, _, _ in entries}
+        kinds = {
+            (n.op_type, n.attributes.get_int("group", 1), n.attributes.get_int("transB", 0))
+            for n, _, _ in entries
+        }
         if len(entries) != len(users) or len(kinds) != 1 or any(i != 1 for _, i in users):
             reason = f"weight {weight.name!r} shared by {len(users)} nodes not all alike"
             for _, space, layout in entries:
@@ -420,14 +512,17 @@ def _resolve_ties(cg: ChannelGraph) -> None:
         layouts = [layout for _, _, layout in entries]
         first = layouts[0]
         if any(layout is None for layout in layouts) or any(
-                layout.sizes() != first.sizes() or layout.axis != first.axis or layout.factor != first.factor
-                for layout in layouts):
+            layout.sizes() != first.sizes()
+            or layout.axis != first.axis
+            or layout.factor != first.factor
+            for layout in layouts
+        ):
             reason = f"weight {weight.name!r} shared by layers whose inputs differ"
             for layout in layouts:
                 cg.freeze(layout, reason)
             continue
         for layout in layouts[1:]:
-            for (a, _), (b, _) in zip(first.segments, layout.segments):
+            for (a, _), (b, _) in zip(first.segments, layout.segments, strict=False):
                 cg.union(a, b)
 
 
@@ -436,8 +531,11 @@ def _norm(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     if x is None:
         _freeze_all(cg, ins, f"{node.op_type} parameters carry channels")
         return
-    if not _channel_axis_ok(x, node.inputs[0]) or _extra_outputs_used(node) or \
-            any(layout is not None for layout in ins[1:]):
+    if (
+        not _channel_axis_ok(x, node.inputs[0])
+        or _extra_outputs_used(node)
+        or any(layout is not None for layout in ins[1:])
+    ):
         cg.freeze(x, f"{node.op_type} on channels it cannot follow")
         return
     for index in range(1, len(node.inputs)):
@@ -478,7 +576,8 @@ def _softmax(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     if rank is None:
         cg.freeze(x, f"{node.op_type} input of unknown rank")
         return
-    opset = node.version or 13
+    graph_opset = node.graph.opset_imports.get("", 13) if node.graph is not None else 13
+    opset = node.version or graph_opset
     axis = node.attributes.get_int("axis", -1 if opset >= 13 else 1) % rank
     position = rank + x.axis
     if position == axis or (opset < 13 and position >= axis):
@@ -498,7 +597,7 @@ def _pool(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
 
 
 def _axes(node: ir.Node, index: int) -> list[int] | None:
-    """Axes from the `axes` attribute or input `index` (opset-dependent); None if unknown/dynamic."""
+    """Axes from the `axes` attribute or input `index` (by opset); None if unknown or dynamic."""
     attr = node.attributes.get_ints("axes", None)
     if attr is not None:
         return list(attr)
@@ -559,7 +658,7 @@ def _flatten(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     rank = len(dims)
     axis %= rank if axis < 0 else rank + 1
     position = rank + x.axis
-    tail = dims[position + 1:]
+    tail = dims[position + 1 :]
     if position != axis or any(d is None for d in tail):
         cg.freeze(x, "Flatten mixes the channels with other axes")
         return
@@ -580,13 +679,22 @@ def _reshape(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     target = [int(t) for t in target.reshape(-1)]
     rank = len(dims)
     position = rank + x.axis
-    tail = dims[position + 1:]
-    copies_zero = node.attributes.get_int("allowzero", 0) == 0  # a 0 in the target copies the input dim
-    flatten_like = (position == 1 and len(target) == 2 and all(d is not None for d in tail)
-                    and (target[0] == -1 or (target[0] == 0 and copies_zero)
-                         or (dims[0] is not None and target[0] == dims[0]))
-                    and (target[1] == -1 or target[1] == x.width * math.prod(tail))  # type: ignore[arg-type]
-                    and not (target[0] == -1 and target[1] == -1))
+    tail = dims[position + 1 :]
+    copies_zero = (
+        node.attributes.get_int("allowzero", 0) == 0
+    )  # a 0 in the target copies the input dim
+    flatten_like = (
+        position == 1
+        and len(target) == 2
+        and all(d is not None for d in tail)
+        and (
+            target[0] == -1
+            or (target[0] == 0 and copies_zero)
+            or (dims[0] is not None and target[0] == dims[0])
+        )
+        and (target[1] == -1 or target[1] == x.width * math.prod(tail))  # type: ignore[arg-type]
+        and not (target[0] == -1 and target[1] == -1)
+    )
     if not flatten_like:
         cg.freeze(x, f"Reshape to {target} splits or moves the channels")
         return
@@ -643,7 +751,7 @@ def _concat(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
         _elementwise_strict(cg, node, ins)
         return
     segments: list[tuple[int, int]] = []
-    for value, layout in zip(node.inputs, ins):
+    for value, layout in zip(node.inputs, ins, strict=False):
         if layout is not None:
             if layout.axis != ref.axis or layout.factor != 1:
                 _freeze_all(cg, carrying, "Concat of differently laid out channels")
@@ -700,7 +808,10 @@ def _split_like(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> No
         else:
             axes = [a % rank for a in axes] or list(range(rank))
             half = len(pads) // 2
-            touched = any((pads[i] or pads[i + half]) and axes[i] == position for i in range(min(half, len(axes))))
+            touched = any(
+                (pads[i] or pads[i + half]) and axes[i] == position
+                for i in range(min(half, len(axes)))
+            )
     if touched:
         cg.freeze(x, f"{op} on the channel axis")
         return
@@ -717,8 +828,13 @@ def _resize(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     scales = _const(node.inputs[scale_index]) if len(node.inputs) > scale_index else None
     if node.op_type == "Upsample" and "scales" in node.attributes:
         scales = np.asarray(node.attributes.get_floats("scales"))
-    if rank is None or sizes is not None or scales is None or scales.size != rank or \
-            scales.reshape(-1)[rank + x.axis] != 1:
+    if (
+        rank is None
+        or sizes is not None
+        or scales is None
+        or scales.size != rank
+        or scales.reshape(-1)[rank + x.axis] != 1
+    ):
         cg.freeze(x, f"{node.op_type} with explicit sizes or a channel scale")
         return
     _set(cg, node, x)

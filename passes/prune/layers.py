@@ -42,7 +42,11 @@ class Layer:
 
     @property
     def groups(self) -> int:
-        return self.node.attributes.get_int("group", 1) if self.op_type in ("Conv", "ConvTranspose") else 1
+        return (
+            self.node.attributes.get_int("group", 1)
+            if self.op_type in ("Conv", "ConvTranspose")
+            else 1
+        )
 
     @property
     def trans_b(self) -> bool:
@@ -100,22 +104,33 @@ class Layer:
         """Replace the weight's contents (same initializer, so sharing is kept)."""
         old = self.weight.const_value
         assert old is not None
-        self.weight.const_value = ir.Tensor(np.ascontiguousarray(w.astype(old.dtype.numpy(), copy=False)),
-                                            name=self.weight.name)
+        self.weight.const_value = ir.Tensor(
+            np.ascontiguousarray(w.astype(old.dtype.numpy(), copy=False)), name=self.weight.name
+        )
         self.weight.shape = ir.Shape(w.shape)
 
     def set_bias(self, b: np.ndarray) -> None:
         """Replace the bias, adding one (Conv B, Gemm C) when the layer had none."""
         if self.bias is not None and self.bias.const_value is not None:
             old = self.bias.const_value
-            self.bias.const_value = ir.Tensor(b.reshape(old.shape).astype(old.dtype.numpy()), name=self.bias.name)
+            self.bias.const_value = ir.Tensor(
+                b.reshape(old.shape).astype(old.dtype.numpy()), name=self.bias.name
+            )
             return
         graph = self.node.graph
         assert graph is not None and self.op_type in ("Conv", "Gemm")
-        dtype = self.weight.const_value.dtype.numpy() if self.weight.const_value is not None else np.float32
+        dtype = (
+            self.weight.const_value.dtype.numpy()
+            if self.weight.const_value is not None
+            else np.float32
+        )
         name = _fresh_name(graph, f"{self.weight.name}_bias")
-        value = ir.Value(name=name, shape=ir.Shape(b.shape), type=ir.TensorType(ir.DataType.from_numpy(dtype)),
-                         const_value=ir.Tensor(b.astype(dtype), name=name))
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(b.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(dtype)),
+            const_value=ir.Tensor(b.astype(dtype), name=name),
+        )
         graph.register_initializer(value)
         if len(self.node.inputs) < 3:
             self.node.resize_inputs(3)
@@ -124,7 +139,10 @@ class Layer:
 
     def can_have_bias(self) -> bool:
         if self.bias is not None:
-            return self.bias.const_value is not None and self.bias.const_value.size == self.out_channels
+            return (
+                self.bias.const_value is not None
+                and self.bias.const_value.size == self.out_channels
+            )
         if self.op_type == "Gemm":
             return self.node.attributes.get_float("beta", 1.0) == 1.0
         return self.op_type == "Conv"
@@ -158,15 +176,24 @@ def resolve_initializer(value: ir.Value | None) -> ir.Value | None:
         if value.is_initializer() and value.const_value is not None:
             return value
         producer = value.producer()
-        if producer is None or producer.op_type != "Identity" or producer.domain not in ("", "ai.onnx"):
+        if (
+            producer is None
+            or producer.op_type != "Identity"
+            or producer.domain not in ("", "ai.onnx")
+        ):
             return None
         value = producer.inputs[0]
         seen += 1
     return None
 
 
-def find_layers(model: ir.Model, *, min_elements: int = 0, exclude: Iterable[str] = (),
-                ops: Iterable[str] = LAYER_OPS) -> tuple[list[Layer], list[Skipped]]:
+def find_layers(
+    model: ir.Model,
+    *,
+    min_elements: int = 0,
+    exclude: Iterable[str] = (),
+    ops: Iterable[str] = LAYER_OPS,
+) -> tuple[list[Layer], list[Skipped]]:
     """Weighted layers of the main graph, and the ones passed over with their reason."""
     patterns = tuple(exclude)
     wanted = set(ops)
@@ -184,10 +211,14 @@ def find_layers(model: ir.Model, *, min_elements: int = 0, exclude: Iterable[str
         tensor = weight.const_value
         assert tensor is not None
         if tensor.dtype not in FLOAT_TYPES:
-            skipped.append(Skipped(label, node.op_type, f"weight type {tensor.dtype.name} is not float"))
+            skipped.append(
+                Skipped(label, node.op_type, f"weight type {tensor.dtype.name} is not float")
+            )
             continue
         if node.op_type in ("Gemm", "MatMul") and len(tensor.shape) != 2:
-            skipped.append(Skipped(label, node.op_type, f"weight of rank {len(tensor.shape)} (only 2-D)"))
+            skipped.append(
+                Skipped(label, node.op_type, f"weight of rank {len(tensor.shape)} (only 2-D)")
+            )
             continue
         if node.op_type == "MatMul" and resolve_initializer(node.inputs[0]) is not None:
             skipped.append(Skipped(label, node.op_type, "constant first operand"))
@@ -199,7 +230,11 @@ def find_layers(model: ir.Model, *, min_elements: int = 0, exclude: Iterable[str
             skipped.append(Skipped(label, node.op_type, "excluded"))
             continue
         if tensor.size < min_elements:
-            skipped.append(Skipped(label, node.op_type, f"{tensor.size} elements < min_elements {min_elements}"))
+            skipped.append(
+                Skipped(
+                    label, node.op_type, f"{tensor.size} elements < min_elements {min_elements}"
+                )
+            )
             continue
         bias, bias_node, output = _bias_of(node)
         layers.append(Layer(node, weight, bias, bias_node, output, uses=len(weight.uses())))
@@ -217,16 +252,28 @@ def _bias_of(node: ir.Node) -> tuple[ir.Value | None, ir.Node | None, ir.Value]:
         add, index = uses[0]
         if add.op_type == "Add" and add.domain in ("", "ai.onnx") and len(add.inputs) == 2:
             other = resolve_initializer(add.inputs[1 - index])
-            n = node.inputs[1].shape[-1] if node.inputs[1] is not None and node.inputs[1].shape else None
-            if other is not None and other.const_value is not None and other.const_value.size == n \
-                    and other.const_value.shape[-1] == n and len(other.uses()) == 1:
+            n = (
+                node.inputs[1].shape[-1]
+                if node.inputs[1] is not None and node.inputs[1].shape
+                else None
+            )
+            if (
+                other is not None
+                and other.const_value is not None
+                and other.const_value.size == n
+                and other.const_value.shape[-1] == n
+                and len(other.uses()) == 1
+            ):
                 return other, add, add.outputs[0]
     return None, None, out
 
 
 def _fresh_name(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers) | {v.name for v in graph.inputs} | {
-        o.name for n in graph for o in n.outputs}
+    taken = (
+        set(graph.initializers)
+        | {v.name for v in graph.inputs}
+        | {o.name for n in graph for o in n.outputs}
+    )
     name, i = base, 1
     while name in taken:
         name, i = f"{base}_{i}", i + 1

@@ -36,7 +36,11 @@ BATCH_BYTES = 256 << 20  # memory for one batch of padded per-column systems
 PCG_ITERATIONS = 40  # warm-started from the pruned weights; most of the gain comes early
 PCG_TOLERANCE = 1e-5
 RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-WIDE_GRID = (1e-3, 1e-2, 1e-1)  # for layers over WIDE_COLUMNS inputs, where each solve costs seconds
+WIDE_GRID = (
+    1e-3,
+    1e-2,
+    1e-1,
+)  # for layers over WIDE_COLUMNS inputs, where each solve costs seconds
 WIDE_COLUMNS = 2048
 FALLBACK_RIDGE = 1e-2  # when there is nothing held out to choose on
 
@@ -60,12 +64,23 @@ class Fit:
     ridge: float  # the relative strength used
 
 
-def solve(total: Stats, holdout: Stats | None, w0: np.ndarray, b0: np.ndarray | None, mask: np.ndarray | None,
-          *, ridge: float | None, intercept: bool) -> Fit:
+def solve(
+    total: Stats,
+    holdout: Stats | None,
+    w0: np.ndarray,
+    b0: np.ndarray | None,
+    mask: np.ndarray | None,
+    *,
+    ridge: float | None,
+    intercept: bool,
+) -> Fit:
     """Refit one group: w0 [O, K], b0 [O] or None, mask [O, K] (None: all weights free)."""
     K = w0.shape[1]
-    start = np.concatenate([w0, (b0 if b0 is not None else np.zeros(len(w0)))[:, None]], axis=1) \
-        if intercept else w0.copy()
+    start = (
+        np.concatenate([w0, (b0 if b0 is not None else np.zeros(len(w0)))[:, None]], axis=1)
+        if intercept
+        else w0.copy()
+    )
     start = start.astype(np.float64)
     full = np.ones(start.shape, dtype=bool)
     if mask is not None:
@@ -81,7 +96,9 @@ def solve(total: Stats, holdout: Stats | None, w0: np.ndarray, b0: np.ndarray | 
     return Fit(W[:, :K], W[:, K] if intercept else None, before, after, ridge)
 
 
-def _system(stats: Stats, start: np.ndarray, K: int, intercept: bool, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+def _system(
+    stats: Stats, start: np.ndarray, K: int, intercept: bool, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
     size = K + 1 if intercept else K
     gram, cross = stats.gram[:size, :size], stats.cross[:size]
     scale = float(np.mean(np.diag(gram)[:K])) if K else 1.0
@@ -92,21 +109,39 @@ def _system(stats: Stats, start: np.ndarray, K: int, intercept: bool, ridge: flo
     return gram + np.diag(regular), cross + regular[:, None] * start.T
 
 
-def _solve(stats: Stats, start: np.ndarray, mask: np.ndarray, K: int, intercept: bool, ridge: float,
-           masked: bool) -> np.ndarray:
+def _solve(
+    stats: Stats,
+    start: np.ndarray,
+    mask: np.ndarray,
+    K: int,
+    intercept: bool,
+    ridge: float,
+    masked: bool,
+) -> np.ndarray:
     A, B = _system(stats, start, K, intercept, ridge)
     if not masked:
         return np.linalg.solve(A, B).T
     return _masked(A, B, mask, start)
 
 
-def _choose_ridge(total: Stats, holdout: Stats | None, start: np.ndarray, mask: np.ndarray, K: int,
-                  intercept: bool, masked: bool) -> float:
+def _choose_ridge(
+    total: Stats,
+    holdout: Stats | None,
+    start: np.ndarray,
+    mask: np.ndarray,
+    K: int,
+    intercept: bool,
+    masked: bool,
+) -> float:
     """The grid value whose fit on the other samples scores best on the held-out ones."""
     if holdout is None or holdout.rows == 0 or holdout.rows == total.rows:
         return FALLBACK_RIDGE
-    train = Stats(total.gram - holdout.gram, total.cross - holdout.cross, total.target_sq - holdout.target_sq,
-                  total.rows - holdout.rows)
+    train = Stats(
+        total.gram - holdout.gram,
+        total.cross - holdout.cross,
+        total.target_sq - holdout.target_sq,
+        total.rows - holdout.rows,
+    )
     best, best_error = FALLBACK_RIDGE, np.inf
     for ridge in RIDGE_GRID if K <= WIDE_COLUMNS else WIDE_GRID:
         W = _solve(train, start, mask, K, intercept, ridge, False)
@@ -143,7 +178,7 @@ def _masked(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -
             supports.append(support)
         solved = np.linalg.solve(systems, rhs)[..., 0]
         for j, o in enumerate(cols):
-            W[o, supports[j]] = solved[j, :len(supports[j])]
+            W[o, supports[j]] = solved[j, : len(supports[j])]
     return W
 
 
@@ -157,7 +192,9 @@ def _pcg(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -> n
     P = Z.copy()
     rz = np.sum(R * Z, axis=0)
     norm0 = np.sqrt(np.sum(B * B * M, axis=0)) + 1e-300
-    A32 = A.astype(np.float32)  # the G @ P products dominate; float32 halves them, sums stay float64
+    A32 = A.astype(
+        np.float32
+    )  # the G @ P products dominate; float32 halves them, sums stay float64
     for _ in range(PCG_ITERATIONS):
         AP = M * (A32 @ P.astype(np.float32)).astype(np.float64)
         denom = np.sum(P * AP, axis=0)

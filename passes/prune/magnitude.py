@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-
-from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
@@ -30,24 +28,40 @@ from onnxslim.passes.prune.layers import Layer, find_layers, lift_constants, spa
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
 
+from onnxslim.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MagnitudePruning(ir.passes.InPlacePass):
     """Zero the smallest-magnitude weights of Conv/Gemm/MatMul layers to a target sparsity."""
 
     sparsity: float = option(0.5, "Fraction of eligible weights set to zero.")
-    scope: str = option("per-layer", "per-layer: each layer its own threshold; global: one threshold for all.",
-                        choices=("per-layer", "global"))
-    allocation: str = option("uniform", "uniform: every layer at `sparsity`; sensitivity: measured per layer "
-                             "on calib (needs calib).", choices=("uniform", "sensitivity"))
+    scope: str = option(
+        "per-layer",
+        "per-layer: each layer its own threshold; global: one threshold for all.",
+        choices=("per-layer", "global"),
+    )
+    allocation: str = option(
+        "uniform",
+        "uniform: every layer at `sparsity`; sensitivity: measured per layer "
+        "on calib (needs calib).",
+        choices=("uniform", "sensitivity"),
+    )
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
-    reconstruct: bool | None = option(None, "Refit kept weights on calib by least squares (default: on with calib).")
-    calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
+    reconstruct: bool | None = option(
+        None, "Refit kept weights on calib by least squares (default: on with calib)."
+    )
+    calib: Any = option(
+        None, "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
+    )
     calib_count: int = option(256, "Calibration samples used.")
-    ridge: float | None = option(None, "Ridge strength of the refit relative to the mean input energy "
-                                 "(None: chosen per layer on held-out calibration samples).")
+    ridge: float | None = option(
+        None,
+        "Ridge strength of the refit relative to the mean input energy "
+        "(None: chosen per layer on held-out calibration samples).",
+    )
     max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
@@ -70,36 +84,51 @@ class MagnitudePruning(ir.passes.InPlacePass):
         layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)
         unique = list({id(layer.weight): layer for layer in layers}.values())
         if not unique or self.sparsity == 0:
-            store_summary(model, method="magnitude", targets={}, skipped=[s.__dict__ for s in skipped], refit=[])
+            store_summary(
+                model,
+                method="magnitude",
+                targets={},
+                skipped=[s.__dict__ for s in skipped],
+                refit=[],
+            )
             return ir.passes.PassResult(model, False)
         original = model.clone() if refit else None
         masks, sensitivity = self._masks(model, unique, feeds)
-        for layer, mask in zip(unique, masks):
+        for layer, mask in zip(unique, masks, strict=False):
             w = layer.array()
             layer.set_weight(np.where(mask, w, 0))
         records = []
         if refit and original is not None and feeds is not None:
             requests = [RefitRequest(layer.name, keep_zeros=True) for layer in layers]
-            records = reconstruct(original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows)
-        store_summary(model, method="magnitude",
-                      targets={layer.name: sparsity(layer.array()) for layer in layers},
-                      sensitivity=sensitivity, skipped=[s.__dict__ for s in skipped],
-                      refit=[r.to_dict() for r in records])
+            records = reconstruct(
+                original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows
+            )
+        store_summary(
+            model,
+            method="magnitude",
+            targets={layer.name: sparsity(layer.array()) for layer in layers},
+            sensitivity=sensitivity,
+            skipped=[s.__dict__ for s in skipped],
+            refit=[r.to_dict() for r in records],
+        )
         return ir.passes.PassResult(model, True)
 
-    def _masks(self, model: ir.Model, layers: list[Layer],
-               feeds: list | None) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
+    def _masks(
+        self, model: ir.Model, layers: list[Layer], feeds: list | None
+    ) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
         """Keep-mask per unique weight, and the measured sensitivities when allocation used them."""
         arrays = [layer.array() for layer in layers]
         cap = self.max_layer_sparsity
         if self.scope == "global":
             counts = global_counts(arrays, self.sparsity, cap)
-            return [count_mask(w, c) for w, c in zip(arrays, counts)], {}
+            return [count_mask(w, c) for w, c in zip(arrays, counts, strict=False)], {}
         if self.allocation == "sensitivity":
             assert feeds is not None
             errors = measure_sensitivity(model, layers, feeds)
             levels = allocate([w.size for w in arrays], errors, self.sparsity, cap=cap)
-            info = {layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
-                    for layer, level, row in zip(layers, levels, errors)}
-            return [magnitude_mask(w, s) for w, s in zip(arrays, levels)], info
+            info = {
+                layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
+                for layer, level, row in zip(layers, levels, errors, strict=False)
+            }
+            return [magnitude_mask(w, s) for w, s in zip(arrays, levels, strict=False)], info
         return [magnitude_mask(w, min(self.sparsity, cap)) for w in arrays], {}

@@ -35,7 +35,10 @@ def global_counts(weights: Sequence[np.ndarray], sparsity: float, cap: float) ->
     target = min(target, sum(caps))
 
     def counts(t: float) -> list[int]:
-        return [min(c, int(np.searchsorted(s, t, side="left"))) for s, c in zip(sorted_abs, caps)]
+        return [
+            min(c, int(np.searchsorted(s, t, side="left")))
+            for s, c in zip(sorted_abs, caps, strict=False)
+        ]
 
     lo, hi = 0.0, float(max((s[-1] for s in sorted_abs if len(s)), default=0.0)) * 2 + 1e-30
     for _ in range(100):
@@ -47,7 +50,7 @@ def global_counts(weights: Sequence[np.ndarray], sparsity: float, cap: float) ->
     result = counts(lo)
     # Hand out the remainder (ties at the threshold) to tensors below their cap, in order.
     missing = target - sum(result)
-    for i, s in enumerate(sorted_abs):
+    for i in range(len(sorted_abs)):
         if missing <= 0:
             break
         extra = min(missing, caps[i] - result[i])

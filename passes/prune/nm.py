@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-
-from onnxslim.errors import UsageError
 from onnxslim.passes._options import option
 from onnxslim.passes.prune._common import load_feeds, name_nodes, store_summary
 from onnxslim.passes.prune.layers import Skipped, find_layers, lift_constants, sparsity
 from onnxslim.passes.prune.masks import nm_mask
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+
+from onnxslim.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,11 +32,18 @@ class NMSparsity(ir.passes.InPlacePass):
     m: int = option(4, "Group length along the input-channel axis.")
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
-    reconstruct: bool | None = option(None, "Refit kept weights on calib by least squares (default: on with calib).")
-    calib: Any = option(None, "Calibration data: an .npz of stacked samples (API: also a list of feeds).")
+    reconstruct: bool | None = option(
+        None, "Refit kept weights on calib by least squares (default: on with calib)."
+    )
+    calib: Any = option(
+        None, "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
+    )
     calib_count: int = option(256, "Calibration samples used.")
-    ridge: float | None = option(None, "Ridge strength of the refit relative to the mean input energy "
-                                 "(None: chosen per layer on held-out calibration samples).")
+    ridge: float | None = option(
+        None,
+        "Ridge strength of the refit relative to the mean input energy "
+        "(None: chosen per layer on held-out calibration samples).",
+    )
     max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
@@ -56,15 +63,27 @@ class NMSparsity(ir.passes.InPlacePass):
             view = layer.input_channel_view(layer.array())
             channels = view.shape[-1]
             if layer.groups > 1 and layer.op_type == "Conv" and channels == 1:
-                skipped.append(Skipped(layer.name, layer.op_type, "depthwise: one input channel per group"))
+                skipped.append(
+                    Skipped(layer.name, layer.op_type, "depthwise: one input channel per group")
+                )
             elif channels % self.m:
-                skipped.append(Skipped(layer.name, layer.op_type,
-                                       f"{channels} input channels not a multiple of {self.m}"))
+                skipped.append(
+                    Skipped(
+                        layer.name,
+                        layer.op_type,
+                        f"{channels} input channels not a multiple of {self.m}",
+                    )
+                )
             else:
                 eligible.append(layer)
         if not eligible:
-            store_summary(model, method=f"{self.n}:{self.m}", targets={}, skipped=[s.__dict__ for s in skipped],
-                          refit=[])
+            store_summary(
+                model,
+                method=f"{self.n}:{self.m}",
+                targets={},
+                skipped=[s.__dict__ for s in skipped],
+                refit=[],
+            )
             return ir.passes.PassResult(model, False)
         original = model.clone() if refit else None
         done: set[int] = set()
@@ -78,8 +97,14 @@ class NMSparsity(ir.passes.InPlacePass):
         records = []
         if refit and original is not None and feeds is not None:
             requests = [RefitRequest(layer.name, keep_zeros=True) for layer in eligible]
-            records = reconstruct(original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows)
-        store_summary(model, method=f"{self.n}:{self.m}",
-                      targets={layer.name: sparsity(layer.array()) for layer in eligible},
-                      skipped=[s.__dict__ for s in skipped], refit=[r.to_dict() for r in records])
+            records = reconstruct(
+                original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows
+            )
+        store_summary(
+            model,
+            method=f"{self.n}:{self.m}",
+            targets={layer.name: sparsity(layer.array()) for layer in eligible},
+            skipped=[s.__dict__ for s in skipped],
+            refit=[r.to_dict() for r in records],
+        )
         return ir.passes.PassResult(model, True)

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+from onnxslim.passes.prune.layers import Layer, find_layers
+from onnxslim.passes.prune.lstsq import Stats, solve
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
 from onnxslim.feeds import Feed
-from onnxslim.passes.prune.layers import Layer, find_layers
-from onnxslim.passes.prune.lstsq import Stats, solve
 
 REFIT_OPS = ("Conv", "Gemm", "MatMul")
 MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB
@@ -50,37 +50,77 @@ class RefitRecord:
     error_before: float  # relative squared error of the layer output vs the original, before refit
     error_after: float
     skipped: str = ""
-    ridge: float | None = None  # relative ridge strength used (chosen on held-out samples by default)
+    ridge: float | None = (
+        None  # relative ridge strength used (chosen on held-out samples by default)
+    )
     seconds: float = 0.0  # solving time (the ORT passes are shared by a level and not counted here)
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "op_type": self.op_type, "rows": self.rows, "error_before": self.error_before,
-                "error_after": self.error_after, "skipped": self.skipped, "ridge": self.ridge,
-                "seconds": self.seconds}
+        return {
+            "name": self.name,
+            "op_type": self.op_type,
+            "rows": self.rows,
+            "error_before": self.error_before,
+            "error_after": self.error_after,
+            "skipped": self.skipped,
+            "ridge": self.ridge,
+            "seconds": self.seconds,
+        }
 
 
-def reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
-                ridge: float | None, max_rows: int, seed: int = 0, blas_threads: int = 1) -> list[RefitRecord]:
+def reconstruct(
+    original: ir.Model,
+    pruned: ir.Model,
+    requests: Sequence[RefitRequest],
+    feeds: Sequence[Feed],
+    *,
+    ridge: float | None,
+    max_rows: int,
+    seed: int = 0,
+    blas_threads: int = 1,
+) -> list[RefitRecord]:
     """Refit `requests` in `pruned` (modified in place) against `original` on `feeds`.
 
     numpy's BLAS is held to `blas_threads` meanwhile: the systems are small and
     many, and spinning up BLAS threads for each cost 10x on a loaded machine.
     """
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _reconstruct(original, pruned, requests, feeds, ridge=ridge, max_rows=max_rows, seed=seed)
+        return _reconstruct(
+            original, pruned, requests, feeds, ridge=ridge, max_rows=max_rows, seed=seed
+        )
 
 
-def _reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitRequest], feeds: Sequence[Feed], *,
-                 ridge: float | None, max_rows: int, seed: int) -> list[RefitRecord]:
+def _reconstruct(
+    original: ir.Model,
+    pruned: ir.Model,
+    requests: Sequence[RefitRequest],
+    feeds: Sequence[Feed],
+    *,
+    ridge: float | None,
+    max_rows: int,
+    seed: int,
+) -> list[RefitRecord]:
     layers = {layer.name: layer for layer in find_layers(pruned, ops=REFIT_OPS)[0]}
     records: list[RefitRecord] = []
     ready: dict[str, RefitRequest] = {}
     for request in requests:
         layer = layers.get(request.node_name)
-        reason = _cannot_refit(layer, original) if layer is not None else "not a Conv/Gemm/MatMul with constant weight"
+        reason = (
+            _cannot_refit(layer, original)
+            if layer is not None
+            else "not a Conv/Gemm/MatMul with constant weight"
+        )
         if reason:
-            records.append(RefitRecord(request.node_name, layer.op_type if layer else "?", 0, float("nan"),
-                                       float("nan"), reason))
+            records.append(
+                RefitRecord(
+                    request.node_name,
+                    layer.op_type if layer else "?",
+                    0,
+                    float("nan"),
+                    float("nan"),
+                    reason,
+                )
+            )
             continue
         ready[request.node_name] = request
     if not ready:
@@ -93,9 +133,16 @@ def _reconstruct(original: ir.Model, pruned: ir.Model, requests: Sequence[RefitR
     target = Tap(original, list(dict.fromkeys(outputs.values())))
     columns = {n: r.out_index for n, r in ready.items() if r.out_index is not None}
     for level in _levels(pruned, list(ready)):
-        sums = accumulate_normal_equations(pruned, level, feeds, target_model=target, max_rows=max_rows,
-                                           seed=seed, outputs={n: outputs[n] for n in level},
-                                           target_columns={n: columns[n] for n in level if n in columns})
+        sums = accumulate_normal_equations(
+            pruned,
+            level,
+            feeds,
+            target_model=target,
+            max_rows=max_rows,
+            seed=seed,
+            outputs={n: outputs[n] for n in level},
+            target_columns={n: columns[n] for n in level if n in columns},
+        )
         for name in level:
             records.append(_refit(layers[name], sums[name], ready[name], ridge))
     return records
@@ -110,23 +157,32 @@ def _cannot_refit(layer: Layer, original: ir.Model) -> str:
         return "no static weight shape"
     w = layer.weight.const_value
     assert w is not None
-    columns = int(np.prod(w.shape[1:])) if layer.op_type == "Conv" else int(w.size // layer.out_channels)
+    columns = (
+        int(np.prod(w.shape[1:])) if layer.op_type == "Conv" else int(w.size // layer.out_channels)
+    )
     if columns + 1 > MAX_COLUMNS:
         return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
     if layer.op_type == "Gemm":
         c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
-        if c is not None and (layer.bias is None or layer.bias.const_value is None
-                              or layer.bias.const_value.size != layer.out_channels):
+        if c is not None and (
+            layer.bias is None
+            or layer.bias.const_value is None
+            or layer.bias.const_value.size != layer.out_channels
+        ):
             return "Gemm C is not a per-output bias"
     if layer.output.name not in _value_names(original):
         return f"output {layer.output.name!r} not in the original model"
     return ""
 
 
-def _refit(layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: float | None) -> RefitRecord:
+def _refit(
+    layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: float | None
+) -> RefitRecord:
     start = time.perf_counter()
     if sums.total is None or sums.rows == 0:
-        return RefitRecord(layer.name, layer.op_type, 0, float("nan"), float("nan"), "no calibration rows")
+        return RefitRecord(
+            layer.name, layer.op_type, 0, float("nan"), float("nan"), "no calibration rows"
+        )
     w = layer.array()
     alpha = layer.node.attributes.get_float("alpha", 1.0) if layer.op_type == "Gemm" else 1.0
     beta = layer.node.attributes.get_float("beta", 1.0) if layer.op_type == "Gemm" else 1.0
@@ -144,10 +200,17 @@ def _refit(layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: fl
     for g in range(groups):
         rows = slice(g * per_group, (g + 1) * per_group)
         w0 = matrix[rows]
-        fit = solve(Stats(total.gram[g], total.cross[g], total.target_sq[g], total.rows),
-                    Stats(held.gram[g], held.cross[g], held.target_sq[g], held.rows) if held is not None else None,
-                    w0, b[rows] if b is not None else None, (w0 != 0) if request.keep_zeros else None,
-                    ridge=ridge, intercept=b is not None)
+        fit = solve(
+            Stats(total.gram[g], total.cross[g], total.target_sq[g], total.rows),
+            Stats(held.gram[g], held.cross[g], held.target_sq[g], held.rows)
+            if held is not None
+            else None,
+            w0,
+            b[rows] if b is not None else None,
+            (w0 != 0) if request.keep_zeros else None,
+            ridge=ridge,
+            intercept=b is not None,
+        )
         new_w[rows] = fit.weight
         if new_b is not None and fit.bias is not None:
             new_b[rows] = fit.bias
@@ -158,8 +221,15 @@ def _refit(layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: fl
     layer.set_weight(layer.from_matrix(new_w / alpha, w.shape))
     if new_b is not None:
         layer.set_bias(new_b / beta)
-    return RefitRecord(layer.name, layer.op_type, sums.rows, before, after, ridge=float(np.median(ridges)),
-                       seconds=time.perf_counter() - start)
+    return RefitRecord(
+        layer.name,
+        layer.op_type,
+        sums.rows,
+        before,
+        after,
+        ridge=float(np.median(ridges)),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
+from onnxslim.passes.prune.storage import packed_weights
 
 from onnxslim.activations import coalesce_feeds
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.io import model_to_bytes
-from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
-from onnxslim.passes.prune.storage import packed_weights
 from onnxslim.runtime import Session
 
 LABEL_KEYS = ("labels", "label")
@@ -69,14 +69,25 @@ def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
         before = layer.array()
         pruned_w = after.get(layer.node.outputs[0].name)
         if pruned_w is None:
-            rows.append(LayerRow(layer.name, layer.op_type, tuple(before.shape), None, before.size, 0, 1.0, 1.0))
+            rows.append(
+                LayerRow(
+                    layer.name, layer.op_type, tuple(before.shape), None, before.size, 0, 1.0, 1.0
+                )
+            )
             continue
         nonzero = int(np.count_nonzero(pruned_w))
-        rows.append(LayerRow(
-            layer.name, layer.op_type, tuple(before.shape), tuple(pruned_w.shape), int(before.size), nonzero,
-            1.0 - nonzero / pruned_w.size if pruned_w.size else 0.0,
-            1.0 - nonzero / before.size if before.size else 0.0,
-        ))
+        rows.append(
+            LayerRow(
+                layer.name,
+                layer.op_type,
+                tuple(before.shape),
+                tuple(pruned_w.shape),
+                int(before.size),
+                nonzero,
+                1.0 - nonzero / pruned_w.size if pruned_w.size else 0.0,
+                1.0 - nonzero / before.size if before.size else 0.0,
+            )
+        )
     return rows
 
 
@@ -93,8 +104,9 @@ def overall_sparsity(rows: Sequence[LayerRow]) -> float:
     return 1.0 - kept / total if total else 0.0
 
 
-def labelled(source: Any, model: ir.Model, limit: int | None = None) -> tuple[list[dict[str, np.ndarray]],
-                                                                                np.ndarray] | None:
+def labelled(
+    source: Any, model: ir.Model, limit: int | None = None
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray] | None:
     """(feeds, labels) from data carrying a `labels` array, or None when it carries none."""
     inputs = {v.name for v in model.graph.inputs}
     feeds, labels = [], []
@@ -109,7 +121,9 @@ def labelled(source: Any, model: ir.Model, limit: int | None = None) -> tuple[li
     return feeds, np.concatenate(labels)
 
 
-def top1(models: Iterable[ir.Model], feeds: Sequence[dict[str, np.ndarray]], labels: np.ndarray) -> list[float]:
+def top1(
+    models: Iterable[ir.Model], feeds: Sequence[dict[str, np.ndarray]], labels: np.ndarray
+) -> list[float]:
     """Top-1 accuracy of each model's first output over the labelled feeds (batched)."""
     results = []
     batches = None
@@ -120,9 +134,14 @@ def top1(models: Iterable[ir.Model], feeds: Sequence[dict[str, np.ndarray]], lab
         predictions = []
         for batch in batches:
             out = np.asarray(session.run(batch)[session.output_names[0]])
-            predictions.append(out.reshape(-1, out.shape[-1]).argmax(-1) if out.ndim > 1 else out.reshape(-1))
+            predictions.append(
+                out.reshape(-1, out.shape[-1]).argmax(-1) if out.ndim > 1 else out.reshape(-1)
+            )
         predicted = np.concatenate(predictions)
         if len(predicted) != len(labels):
-            raise DataError(f"{len(labels)} labels for {len(predicted)} predictions: one label per sample expected")
+            raise DataError(
+                f"{len(labels)} labels for {len(predicted)} predictions: "
+                "one label per sample expected"
+            )
         results.append(float(np.mean(predicted == labels)))
     return results

@@ -52,7 +52,9 @@ class PruneResult:
     session_ms: dict[str, float]
     validation: Any | None  # onnxslim.validation.ValidationReport
     accuracy: dict[str, float] | None  # {"original", "pruned", "drop_points", "samples"}
-    details: dict[str, Any]  # the passes' summary: refit errors, skipped layers, channel groups, storage
+    details: dict[
+        str, Any
+    ]  # the passes' summary: refit errors, skipped layers, channel groups, storage
     seconds: float
     gate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
@@ -64,7 +66,7 @@ class PruneResult:
 
     @property
     def drop_points(self) -> float | None:
-        """Accuracy lost, in points (labels), else top-1 disagreement with the original, in points."""
+        """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
         if self.accuracy is not None:
             return self.accuracy["drop_points"]
         if self.validation is not None and self.validation.outputs:
@@ -79,9 +81,12 @@ class PruneResult:
             "passes": [r.to_dict() for r in self.records],
             "layers": [r.to_dict() for r in self.layers],
             "sparsity": self.sparsity,
-            "size": {"before": self.size_before.to_dict(), "after": self.size_after.to_dict(),
-                     "raw_ratio": self.size_after.raw / self.size_before.raw,
-                     "gzip_ratio": self.size_after.gzip / self.size_before.gzip},
+            "size": {
+                "before": self.size_before.to_dict(),
+                "after": self.size_after.to_dict(),
+                "raw_ratio": self.size_after.raw / self.size_before.raw,
+                "gzip_ratio": self.size_after.gzip / self.size_before.gzip,
+            },
             "session_ms": self.session_ms,
             "latency_ratio": self.latency_ratio,
             "validation": self.validation.to_dict() if self.validation is not None else None,
@@ -95,7 +100,7 @@ class PruneResult:
 
 
 def make_prune_pass(method: str, **options: Any) -> ir.passes.PassBase:
-    """The pass for `method` with `options` (its dataclass fields); unknown options are a UsageError."""
+    """The pass for `method` with `options` (its dataclass fields); unknown ones: UsageError."""
     classes = {"magnitude": MagnitudePruning, "nm": NMSparsity, "channels": ChannelPruning}
     if method not in classes:
         raise UsageError(f"method {method!r}: expected one of {', '.join(METHODS)}")
@@ -103,17 +108,27 @@ def make_prune_pass(method: str, **options: Any) -> ir.passes.PassBase:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"prune --method {method}: option(s) {', '.join(unknown)} do not apply; "
-                         f"known: {', '.join(sorted(known))}")
+        raise UsageError(
+            f"prune --method {method}: option(s) {', '.join(unknown)} do not apply; "
+            f"known: {', '.join(sorted(known))}"
+        )
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"prune --method {method}: {exc}") from exc
 
 
-def prune_model(model: ir.Model, *, method: str = "magnitude", storage: str = "packed", eval_data: Any = None,
-                validate_result: bool = True, runs: int = 50, max_drop: float | None = None,
-                **options: Any) -> PruneResult:
+def prune_model(
+    model: ir.Model,
+    *,
+    method: str = "magnitude",
+    storage: str = "packed",
+    eval_data: Any = None,
+    validate_result: bool = True,
+    runs: int = 50,
+    max_drop: float | None = None,
+    **options: Any,
+) -> PruneResult:
     """Prune `model` (not modified) with `method`; see the module docstring for what is measured."""
     if storage not in STORAGE:
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGE)}")
@@ -133,26 +148,52 @@ def prune_model(model: ir.Model, *, method: str = "magnitude", storage: str = "p
     pruned = result.model
     rows = layer_table(model, pruned)
     report = PruneResult(
-        model=pruned, method=method, options=dict(options, storage=storage), records=result.records,
-        layers=rows, sparsity=overall_sparsity(rows), size_before=model_sizes(model),
-        size_after=model_sizes(pruned), session_ms={}, validation=None, accuracy=None, details=details,
+        model=pruned,
+        method=method,
+        options=dict(options, storage=storage),
+        records=result.records,
+        layers=rows,
+        sparsity=overall_sparsity(rows),
+        size_before=model_sizes(model),
+        size_after=model_sizes(pruned),
+        session_ms={},
+        validation=None,
+        accuracy=None,
+        details=details,
         seconds=0.0,
     )
     report.warnings += [f"{r.name}: {r.status} ({r.reason})" for r in result.rolled_back]
     if validate_result:
-        report.session_ms = {"original": session_start_ms(model), "pruned": session_start_ms(pruned)}
-        report.validation = validate(model, pruned, feeds=check_feeds, runs=runs, warmup=5,
-                                     measure_memory=False, atol=1e-3, rtol=1e-3)
+        report.session_ms = {
+            "original": session_start_ms(model),
+            "pruned": session_start_ms(pruned),
+        }
+        report.validation = validate(
+            model,
+            pruned,
+            feeds=check_feeds,
+            runs=runs,
+            warmup=5,
+            measure_memory=False,
+            atol=1e-3,
+            rtol=1e-3,
+        )
         if eval_data is not None:
             data = labelled(eval_data, model)
             if data is not None:
                 original_acc, pruned_acc = top1([model, pruned], *data)
-                report.accuracy = {"original": original_acc, "pruned": pruned_acc,
-                                   "drop_points": 100.0 * (original_acc - pruned_acc), "samples": float(len(data[1]))}
+                report.accuracy = {
+                    "original": original_acc,
+                    "pruned": pruned_acc,
+                    "drop_points": 100.0 * (original_acc - pruned_acc),
+                    "samples": float(len(data[1])),
+                }
     if max_drop is not None:
         drop = report.drop_points
         if drop is None:
-            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped first output")
+            raise UsageError(
+                "--max-drop needs labelled --eval data or a classifier-shaped first output"
+            )
         report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
     report.seconds = time.perf_counter() - start
     return report
@@ -177,7 +218,7 @@ def session_start_ms(model: ir.Model, repeats: int = 3) -> float:
 
 
 def _parity_feeds(model: ir.Model, eval_data: Any, calib: Any) -> list[Feed]:
-    """Feeds for the guard and the parity figures: eval data, else calibration data, else generated."""
+    """Feeds for the guard and parity figures: eval data, else calibration data, else generated."""
     source = eval_data if eval_data is not None else calib
     feeds, _, _ = resolve_feeds(model, source, count=PARITY_FEEDS if source is not None else 8)
     return feeds

@@ -40,7 +40,6 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes._options import option
 from onnxslim.passes.prune._common import store_summary
 
@@ -81,13 +80,21 @@ class PackSparseWeights(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = True
     min_elements: int = option(1024, "Leave tensors with fewer elements as they are.")
-    min_saving: float = option(0.1, "Pack a tensor only if that saves at least this fraction of its bytes.")
+    min_saving: float = option(
+        0.1, "Pack a tensor only if that saves at least this fraction of its bytes."
+    )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = default_opset(model)
         if opset < MIN_OPSET:
-            store_summary(model, storage={"packed": [], "reason": f"opset {opset} < {MIN_OPSET}: "
-                                          "BitShift/CumSum unavailable, weights stay dense"})
+            store_summary(
+                model,
+                storage={
+                    "packed": [],
+                    "reason": f"opset {opset} < {MIN_OPSET}: "
+                    "BitShift/CumSum unavailable, weights stay dense",
+                },
+            )
             return ir.passes.PassResult(model, False)
         graph = model.graph
         fixed = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
@@ -107,8 +114,10 @@ class PackSparseWeights(ir.passes.InPlacePass):
             for blob, members in enumerate(_blobs(weights)):
                 prefix = f"{DOMAIN}/{dtype.name.lower()}{blob}"
                 _emit_blob(graph, prefix, members, first, opset)
-                packed += [{"name": n, "dense_bytes": int(a.nbytes), "packed_bytes": packed_bytes(a)}
-                           for n, a in members]
+                packed += [
+                    {"name": n, "dense_bytes": int(a.nbytes), "packed_bytes": packed_bytes(a)}
+                    for n, a in members
+                ]
         store_summary(model, storage={"packed": packed, "reason": ""})
         return ir.passes.PassResult(model, bool(packed))
 
@@ -128,17 +137,31 @@ def _blobs(weights: list[tuple[str, np.ndarray]]) -> Iterator[list[tuple[str, np
 
 def _shared_constants(graph: ir.Graph) -> dict[str, ir.Value]:
     """The small constants every expansion uses, as initializers (cheaper than Constant nodes)."""
-    arrays = {"column": np.array([-1, 1], np.int64), "shifts": np.arange(8, dtype=np.uint8),
-              "seven": np.array(7, np.uint8), "flat": np.array([-1], np.int64), "axis": np.array(0, np.int64)}
+    arrays = {
+        "column": np.array([-1, 1], np.int64),
+        "shifts": np.arange(8, dtype=np.uint8),
+        "seven": np.array(7, np.uint8),
+        "flat": np.array([-1], np.int64),
+        "axis": np.array(0, np.int64),
+    }
     result = {}
     for key, array in arrays.items():
         name = f"{DOMAIN}.{key}"
-        result[key] = graph.initializers[name] if name in graph.initializers else _initializer(graph, name, array)
+        result[key] = (
+            graph.initializers[name]
+            if name in graph.initializers
+            else _initializer(graph, name, array)
+        )
     return result
 
 
-def _emit_blob(graph: ir.Graph, prefix: str, members: list[tuple[str, np.ndarray]], before: ir.Node | None,
-               opset: int) -> None:
+def _emit_blob(
+    graph: ir.Graph,
+    prefix: str,
+    members: list[tuple[str, np.ndarray]],
+    before: ir.Node | None,
+    opset: int,
+) -> None:
     """Replace `members` by the expansion, Split and Reshape nodes inserted before `before`."""
     flat = np.concatenate([a.reshape(-1) for _, a in members])
     values, mask = pack(flat)
@@ -153,8 +176,12 @@ def _emit_blob(graph: ir.Graph, prefix: str, members: list[tuple[str, np.ndarray
         return node.outputs[0]
 
     column = op("Reshape", [_initializer(graph, f"{prefix}.mask", mask), c["column"]], "column")
-    bits = op("BitShift", [op("BitShift", [column, c["shifts"]], "left", direction="LEFT"), c["seven"]], "right",
-              direction="RIGHT")
+    bits = op(
+        "BitShift",
+        [op("BitShift", [column, c["shifts"]], "left", direction="LEFT"), c["seven"]],
+        "right",
+        direction="RIGHT",
+    )
     on = op("Cast", [op("Reshape", [bits, c["flat"]], "bits")], "on", to=ir.DataType.INT64)
     before_count = op("CumSum", [on, c["axis"]], "cumsum", exclusive=1)
     index = op("Add", [op("Mul", [on, op("Sub", [before_count, nnz], "sub")], "mul"), nnz], "index")
@@ -166,9 +193,11 @@ def _emit_blob(graph: ir.Graph, prefix: str, members: list[tuple[str, np.ndarray
         split_inputs.append(_initializer(graph, f"{prefix}.split", np.array(sizes, np.int64)))
     else:
         attributes["split"] = sizes
-    split = ir.node("Split", split_inputs, attributes, num_outputs=len(sizes), name=f"{prefix}/split")
+    split = ir.node(
+        "Split", split_inputs, attributes, num_outputs=len(sizes), name=f"{prefix}/split"
+    )
     nodes.append(split)
-    for (name, array), part in zip(members, split.outputs):
+    for (name, array), part in zip(members, split.outputs, strict=False):
         shape = _initializer(graph, f"{prefix}.{name}.shape", np.array(array.shape, np.int64))
         reshape = ir.node("Reshape", [part, shape], name=f"{prefix}/{name}")
         old = graph.initializers[name]
@@ -188,28 +217,40 @@ def _emit_blob(graph: ir.Graph, prefix: str, members: list[tuple[str, np.ndarray
 def _expansions(graph: ir.Graph) -> Iterator[tuple[str, ir.Node]]:
     """(blob prefix, its Split node) for every packed blob of the graph."""
     for node in graph:
-        if node.op_type == "Split" and (node.name or "").startswith(DOMAIN + "/") and node.name.endswith("/split"):
+        if (
+            node.op_type == "Split"
+            and (node.name or "").startswith(DOMAIN + "/")
+            and node.name.endswith("/split")
+        ):
             yield node.name[: -len("/split")], node
 
 
-def _unpacked(graph: ir.Graph, prefix: str, split: ir.Node) -> dict[str, tuple[ir.Node, np.ndarray]] | None:
+def _unpacked(
+    graph: ir.Graph, prefix: str, split: ir.Node
+) -> dict[str, tuple[ir.Node, np.ndarray]] | None:
     """{weight name: (its Reshape node, dense array)} of one blob, from its initializers."""
     parts = [graph.initializers.get(f"{prefix}.{key}") for key in ("values", "mask")]
     if any(p is None or p.const_value is None for p in parts):
         return None
     flat = densify(parts[0].const_value.numpy(), parts[1].const_value.numpy())  # type: ignore[union-attr]
-    if len(split.inputs) > 1 and split.inputs[1] is not None and split.inputs[1].const_value is not None:
+    if (
+        len(split.inputs) > 1
+        and split.inputs[1] is not None
+        and split.inputs[1].const_value is not None
+    ):
         sizes = [int(s) for s in split.inputs[1].const_value.numpy()]
     else:
         sizes = list(split.attributes.get_ints("split", []))
     result = {}
     offset = 0
-    for size, part in zip(sizes, split.outputs):
+    for size, part in zip(sizes, split.outputs, strict=False):
         for reshape, _ in part.uses():
             shape = reshape.inputs[1].const_value if reshape.op_type == "Reshape" else None
             if shape is not None:
-                result[reshape.outputs[0].name] = (reshape, flat[offset:offset + size].reshape(
-                    [int(d) for d in shape.numpy()]))
+                result[reshape.outputs[0].name] = (
+                    reshape,
+                    flat[offset : offset + size].reshape([int(d) for d in shape.numpy()]),
+                )
         offset += size
     return result
 
@@ -230,8 +271,12 @@ class UnpackSparseWeights(ir.passes.InPlacePass):
             for name, (reshape, array) in weights.items():
                 out = reshape.outputs[0]
                 out.name = None
-                value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(
-                    out.dtype or ir.DataType.from_numpy(array.dtype)), const_value=ir.Tensor(array, name=name))
+                value = ir.Value(
+                    name=name,
+                    shape=ir.Shape(array.shape),
+                    type=ir.TensorType(out.dtype or ir.DataType.from_numpy(array.dtype)),
+                    const_value=ir.Tensor(array, name=name),
+                )
                 graph.register_initializer(value)
                 out.replace_all_uses_with(value)
             doomed = [n for n in graph if (n.name or "").startswith(prefix + "/")]
@@ -248,7 +293,12 @@ def packed_weights(model: ir.Model) -> dict[str, np.ndarray]:
     """Dense arrays of the weights packed in `model`, by weight name (for reports)."""
     result: dict[str, np.ndarray] = {}
     for prefix, split in _expansions(model.graph):
-        result.update({name: array for name, (_, array) in (_unpacked(model.graph, prefix, split) or {}).items()})
+        result.update(
+            {
+                name: array
+                for name, (_, array) in (_unpacked(model.graph, prefix, split) or {}).items()
+            }
+        )
     return result
 
 
@@ -256,7 +306,11 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     base, i = name, 1
     while name in graph.initializers:
         name, i = f"{base}_{i}", i + 1
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.Tensor(array, name=name))
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.Tensor(array, name=name),
+    )
     graph.register_initializer(value)
     return value
