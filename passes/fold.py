@@ -13,7 +13,8 @@ functions visited) and adds the size rule its element-count limits do not give:
    neither does a Mul on a weight that other nodes still need, which would store
    the weight twice (OnnxSlim #190: 500 MB in, 2.5 GB out).
 3. Quantize/Dequantize ops are never folded: folding DequantizeLinear on an int8
-   weight stores it as float again, four times the bytes and no longer int8.
+   weight stores it as float again, four times the bytes and no longer int8. Nor are
+   random ops (Bernoulli, training-mode Dropout, Random*): one draw is not the op.
 
 The rule is checked twice: before evaluating, from the shape the folder inferred
 (so a 4 GB ConstantOfShape is never even allocated), and after, on the real array.
@@ -44,8 +45,22 @@ from onnxslim.graphs import iter_graphs
 _GENERATORS = frozenset(
     {"ConstantOfShape", "Tile", "Expand", "Range", "Resize", "Upsample", "OneHot", "EyeLike", "Pad"}
 )
-# Folding these would undo quantization.
-_NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# Folding these would undo quantization, or bake one random draw into the model
+# (Dropout only reaches this check in training mode; at inference it becomes Identity).
+_NEVER_FOLD = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "Bernoulli",
+        "Dropout",
+        "RandomUniform",
+        "RandomNormal",
+        "RandomUniformLike",
+        "RandomNormalLike",
+        "Multinomial",
+    }
+)
 _MAX_SWEEPS = 3
 
 

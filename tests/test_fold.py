@@ -482,8 +482,32 @@ def test_node_count_helper_counts_subgraphs() -> None:
 def test_recipe_with_fix_input_shapes_generates_matching_feeds(tmp_path: Path, capsys) -> None:
     source, out, recipe = tmp_path / "dyn.onnx", tmp_path / "out.onnx", tmp_path / "r.toml"
     ir.save(_dynamic_model(), source)
-    recipe.write_text('[[pass]]\nname = "fix-input-shapes"\nshapes = ["x:1,3,4,4"]\n\n'
-                      '[[pass]]\nname = "fold-constants"\n')
+    recipe.write_text(
+        '[[pass]]\nname = "fix-input-shapes"\nshapes = ["x:1,3,4,4"]\n\n'
+        '[[pass]]\nname = "fold-constants"\n'
+    )
     assert main(["optimize", str(source), "-o", str(out), "--recipe", str(recipe), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [p["status"] for p in report["passes"]] == ["changed", "changed"]
+
+
+def test_random_ops_on_constants_are_not_folded() -> None:
+    m = model(
+        [
+            helper.make_node("Bernoulli", ["p"], ["mask"], seed=1.0),
+            helper.make_node("Dropout", ["w", "ratio", "train"], ["dropped"], seed=3),
+            helper.make_node("Add", ["mask", "dropped"], ["noise"]),
+            helper.make_node("Add", ["x", "noise"], ["y"]),
+        ],
+        [vi("x", [4])],
+        [vi("y", [4])],
+        [
+            init("p", np.float32([0.5] * 4)),
+            init("w", np.float32([1, 2, 3, 4])),
+            init("ratio", np.float32(0.5)),
+            init("train", np.array(True)),
+        ],
+    )
+    out = copy(m)
+    FoldConstants()(out)
+    assert {"Bernoulli", "Dropout"} <= set(op_types(out))
