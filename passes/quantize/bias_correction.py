@@ -85,7 +85,7 @@ class _BiasSlot:
 
 
 def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[Feed], *,
-                   layers: set[str] | None = None, samples: int = 64,
+                   layers: set[str] | None = None, samples: int = 32,
                    final_layers: bool = True) -> BiasCorrectionReport:
     """Measure every quantized layer's own mean error and fold it into its bias (in place).
 
@@ -299,10 +299,11 @@ def _probe(float_model: ir.Model, targets: list[_Target]) -> ir.Model:
     values = {v.name: v for n in graph for v in n.outputs}
     values.update({v.name: v for v in graph.inputs})
     existing_outputs = {v.name for v in graph.outputs}
+    constants: dict[int, ir.Value] = {}  # one copy per constant, however many layers share it
     for k, t in enumerate(targets):
         mapping: dict[int, ir.Value] = {}
         copy_of_layer = _copy_closure(t.node, t.input_name, values[t.float_input], graph, mapping,
-                                      f"{_PREFIX}{k}_")
+                                      f"{_PREFIX}{k}_", constants)
         t.probe_output = copy_of_layer.outputs[0].name or ""
         graph.outputs.append(copy_of_layer.outputs[0])
         if t.output_name not in existing_outputs:
@@ -312,7 +313,7 @@ def _probe(float_model: ir.Model, targets: list[_Target]) -> ir.Model:
 
 
 def _copy_closure(node: ir.Node, source: str, float_value: ir.Value, graph: ir.Graph,
-                  mapping: dict[int, ir.Value], prefix: str) -> ir.Node:
+                  mapping: dict[int, ir.Value], prefix: str, constants: dict[int, ir.Value]) -> ir.Node:
     """Copy `node` and its Q/DQ/constant inputs into `graph`; `source` becomes `float_value`."""
     inputs: list[ir.Value | None] = []
     for value in node.inputs:
@@ -323,16 +324,17 @@ def _copy_closure(node: ir.Node, source: str, float_value: ir.Value, graph: ir.G
         elif value.name == source:
             inputs.append(float_value)
         elif value.const_value is not None:
-            copy = ir.Value(name=f"{prefix}{value.name}", const_value=value.const_value,
-                            type=value.type, shape=value.shape)
-            graph.register_initializer(copy)
-            mapping[id(value)] = copy
-            inputs.append(copy)
+            if id(value) not in constants:
+                copy = ir.Value(name=f"{prefix}{value.name}", const_value=value.const_value,
+                                type=value.type, shape=value.shape)
+                graph.register_initializer(copy)
+                constants[id(value)] = copy
+            inputs.append(constants[id(value)])
         else:
             producer = value.producer()
             if producer is None or producer.op_type not in ("QuantizeLinear", "DequantizeLinear"):
                 raise ValueError(f"cannot copy {node.name}: input {value.name!r} is not a Q/DQ chain")
-            copied = _copy_closure(producer, source, float_value, graph, mapping, prefix)
+            copied = _copy_closure(producer, source, float_value, graph, mapping, prefix, constants)
             mapping[id(value)] = copied.outputs[value.index() or 0]
             inputs.append(mapping[id(value)])
     attributes = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
@@ -401,7 +403,7 @@ def _add_bias(t: _Target, shift: np.ndarray, model: ir.Model) -> str | None:
 # --- the hook the static pass calls ---------------------------------------------------------------
 
 REPORT_KEY = "onnxslim.bias_correction"
-DEFAULT_SAMPLES = 64
+DEFAULT_SAMPLES = 32
 
 
 def static_hook(quantized: ir.Model, prepared: ir.Model, feeds: Any, options: Any, report: Any) -> None:
