@@ -29,14 +29,15 @@ def run(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-@pytest.mark.parametrize("name", ["digits_cnn", "digits_transformer"])
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_transformer", "digits_lstm",
+                                  "digits_detector", "digits_gated"])
 def test_ort_format_loads_and_matches_original(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.ort"
     assert main(["export", str(MODELS / f"{name}.onnx"), "-o", str(out)]) == 0
     assert out.is_file() and (tmp_path / f"{name}.required_operators.config").is_file()
     config = (tmp_path / f"{name}.required_operators.config").read_text()
     assert "ai.onnx;" in config
-    feed = eval_inputs(name)
+    feed = eval_inputs(name, 1 if name == "digits_gated" else 16)  # gated routes per batch
     expected, got = run(MODELS / f"{name}.onnx", feed), run(out, feed)
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
 
