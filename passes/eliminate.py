@@ -524,23 +524,25 @@ class RemoveUnused(ir.passes.InPlacePass):
 class RemoveInitializerInputs(ir.passes.InPlacePass):
     """Stop listing weights as graph inputs (IR >= 4), so they can be folded as constants.
 
-    Legacy exporters list every initializer as a graph input too. ONNX Runtime then
-    treats each weight as an input the caller may override and folds none of them
-    (it warns and points to its own remove_initializer_from_input tool). Dropping
-    them from the input list keeps every data input and output as it was; what is
-    lost is overriding a weight at run time, which deployed models do not do.
-    Models below IR 4 require the listing and are left alone.
+    Legacy exporters (keep_initializers_as_inputs) list every initializer as a graph
+    input too. ONNX Runtime then treats each weight as an input the caller may
+    override and folds none of them (it warns and points to its own
+    remove_initializer_from_input tool). Only that signature is undone: when every
+    initializer is listed, none stays listed; the data inputs and outputs do not
+    change, and overriding a weight at run time, which deployed models do not do, is
+    what goes. When only some initializers are inputs, someone chose them as inputs
+    with defaults (a temperature, a threshold): they stay. Below IR 4 the listing is
+    required, and the model is left alone.
     """
 
     lossless: ClassVar[bool] = True
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if model.ir_version < 4:
-            return ir.passes.PassResult(model, False)
         graph = model.graph
-        kept = [v for v in graph.inputs if v.name not in graph.initializers]
-        if len(kept) == len(graph.inputs):
+        listed = [v for v in graph.inputs if v.name in graph.initializers]
+        if model.ir_version < 4 or not listed or len(listed) != len(graph.initializers):
             return ir.passes.PassResult(model, False)
+        kept = [v for v in graph.inputs if v.name not in graph.initializers]
         graph.inputs.clear()
         graph.inputs.extend(kept)
         return ir.passes.PassResult(model, True)

@@ -498,23 +498,33 @@ def test_unused_subgraph_initializer_goes() -> None:
 
 def test_initializers_listed_as_inputs_stop_being_inputs_from_ir4() -> None:
     w = init("w", np.float32([[1, 2], [3, 4]]))
-    m = model(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        [vi("x", [1, 2]), vi("w", [2, 2])],
+    b = init("b", np.float32([0.5, -0.5]))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["y"]),
+    ]
+    every = model(
+        nodes,
+        [vi("x", [1, 2]), vi("w", [2, 2]), vi("b", [2])],
         [vi("y", [1, 2])],
-        [w],
+        [w, b],
         ir_version=4,
         opset=9,
     )
     out, before, after = apply_and_compare(
-        RemoveInitializerInputs(), m, [{"x": np.float32([[1, -1]])}]
+        RemoveInitializerInputs(), every, [{"x": np.float32([[1, -1]])}]
     )
     assert [v.name for v in out.graph.inputs] == ["x"]
+    # Only `b` listed: a deliberate input with a default, kept.
+    chosen = model(
+        nodes, [vi("x", [1, 2]), vi("b", [2])], [vi("y", [1, 2])], [w, b], ir_version=4, opset=9
+    )
+    assert not RemoveInitializerInputs()(copy(chosen)).modified
     legacy = model(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        [vi("x", [1, 2]), vi("w", [2, 2])],
+        nodes,
+        [vi("x", [1, 2]), vi("w", [2, 2]), vi("b", [2])],
         [vi("y", [1, 2])],
-        [w],
+        [w, b],
         ir_version=3,
         opset=8,
     )
