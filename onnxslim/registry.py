@@ -17,7 +17,7 @@ import onnx_ir as ir
 from onnxslim.errors import UsageError
 from onnxslim.passes import cleanup, eliminate, fold
 from onnxslim.passes import fuse
-from onnxslim.passes import prune
+from onnxslim.passes import cluster, prune
 from onnxslim.passes.quantize import equalize as quantize_equalize
 from onnxslim.passes.quantize import smoothquant as quantize_smoothquant
 from onnxslim.passes.quantize import dynamic as quantize_dynamic
@@ -49,6 +49,9 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "unpack-sparse": prune.UnpackSparseWeights,
     "cross-layer-equalization": quantize_equalize.CrossLayerEqualization,
     "smooth-quant": quantize_smoothquant.SmoothQuant,
+    "cluster-weights": cluster.ClusterWeights,
+    "pack-palette": cluster.PackPalette,
+    "unpack-palette": cluster.UnpackPalette,
     "quantize-static": quantize_static.QuantizeStatic,
     "quantize-dynamic": quantize_dynamic.QuantizeDynamic,
     "quantize-weight-only": quantize_weight_only.QuantizeWeightOnly,

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from onnxslim.cli import export as _export  # noqa: F401
+from onnxslim.cli import cluster as _cluster  # noqa: F401
 from onnxslim.cli import inspect_cmd as _inspect  # noqa: F401
 from onnxslim.cli import optimize as _optimize  # noqa: F401  (registers commands)
 from onnxslim.cli import passes as _passes  # noqa: F401

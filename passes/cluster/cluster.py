@@ -1,0 +1,210 @@
+"""The `cluster-weights` pass: share weights through palettes of 2^bits values (palettization).
+
+Steps, each in its own module:
+  1. weights   which float initializers are layer weights, and their channel axis;
+  2. kmeans    cluster each tensor, or each group of `group_size` output channels,
+               into 2^bits values (optimal 1-D DP by default; zeros kept);
+  3. palette   optionally snap the palette onto the int8 grid the quantizer will
+               use, so `cluster` then `quantize` keeps both savings exactly;
+  4. refine    with calibration data, re-fit the palette values (and biases) by
+               least squares so each layer reproduces the original layer's
+               outputs, level by level;
+  5. storage   write packed indices + palettes that ORT expands at session start.
+What was done per weight (errors, sizes, skipped tensors with their reason) is left
+in model.meta[SUMMARY_KEY] for the report (the pipeline hands back this model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveInitializersFromInputsPass
+
+from onnxslim.errors import UsageError
+from onnxslim.passes._options import check_choice, option
+from onnxslim.passes.prune._common import load_feeds, name_nodes
+from onnxslim.passes.prune.layers import lift_constants
+
+from . import storage as palette_storage
+from .kmeans import EXACT_LIMIT, INITS
+from .palette import Palettized, cluster_tensor, reassign, snap_int8
+from .refine import refine_layers
+from .weights import Weight, find_weights
+
+SUMMARY_KEY = "onnxslim.cluster"
+GRANULARITIES = ("per-tensor", "per-channel-group")
+STORAGES = ("palette", "dense")
+_SNAP_ROUNDS = 4
+
+
+def _data_field(help: str) -> Any:
+    return dataclasses.field(default=None, compare=False, hash=False, metadata={"help": help, "data": True})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClusterWeights(ir.passes.InPlacePass):
+    """Cluster each layer weight into 2^bits shared values, stored as packed indices + palette."""
+
+    lossless: ClassVar[bool] = False
+
+    bits: int = option(4, "Bits per index: each palette holds 2^bits values (2..8).")
+    init: str = option("optimal", "optimal: exact 1-D k-means by dynamic programming; kmeans++, density, linear: "
+                       "Lloyd from that start.", choices=INITS)
+    granularity: str = option("per-tensor", "One palette per tensor, or per group of output channels.",
+                              choices=GRANULARITIES)
+    group_size: int = option(1, "Output channels sharing one palette (per-channel-group; 1: per channel).")
+    min_elements: int = option(256, "Leave weights with fewer elements as they are.")
+    exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave unclustered.")
+    keep_zero: bool | None = option(None, "Zero as a palette entry of its own (None: when > 1 % of the weight "
+                                    "is exactly zero, i.e. it was pruned).")
+    refine: bool | None = option(None, "Re-fit palettes by least squares on calib (default: on with calib).")
+    calib: Any = _data_field("Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds).")
+    calib_count: int = option(256, "Calibration samples used.")
+    max_rows: int = option(8192, "Calibration rows sampled per layer for refinement.")
+    ridge: float = option(1e-4, "Pull of the refit towards the k-means palette, relative to the input energy.")
+    int8_grid: bool = option(False, "Snap palette values onto the int8 grid `onnxslim quantize` will use "
+                             "(exact with per-channel palettes, group_size 1).")
+    reduce_range: bool | None = option(None, "With int8_grid: 7-bit grid (None: as the quantizer decides for "
+                                       "this CPU).")
+    storage: str = option("palette", "palette: packed indices + palette (small file); dense: plain float "
+                          "initializers holding the clustered values.", choices=STORAGES)
+    packing: str = option("auto", "Index packing: auto (UINT4/UINT2 where the opset has them, else bit planes), "
+                          "bits (always bit planes), uint8 (a byte per index).", choices=palette_storage.PACKINGS)
+    exact_limit: int = option(EXACT_LIMIT, "Unique values up to which the optimal DP runs on the values "
+                              "themselves (above: on a histogram of this many bins, then Lloyd).")
+    seed: int = option(0, "Seed of k-means++ and row sampling.")
+
+    def __post_init__(self) -> None:
+        for name in ("init", "granularity", "storage", "packing"):
+            check_choice(self, name)
+        if not 1 <= self.bits <= 8:
+            raise ValueError(f"bits must be in 1..8, got {self.bits}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {self.group_size}")
+        if self.exact_limit < 16:
+            raise ValueError("exact_limit must be at least 16")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        started = time.perf_counter()
+        feeds = load_feeds(self.calib, self.calib_count, model)
+        refine = self.refine if self.refine is not None else feeds is not None
+        if refine and feeds is None:
+            raise UsageError("palette refinement needs calibration data (calib)")
+        notes = _prepare(model)
+        weights, skipped = find_weights(model, min_elements=self.min_elements, exclude=self.exclude)
+        if not weights:
+            _store(model, self, rows=[], skipped=skipped, layers=[], notes=notes, seconds=time.perf_counter() - started)
+            return ir.passes.PassResult(model, bool(notes))
+        original = model.clone() if feeds is not None else None
+        qmax = self._qmax()
+        palettes: dict[str, Palettized] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        for weight in weights:
+            p, row = self._cluster(weight, qmax)
+            palettes[weight.name] = p
+            rows[weight.name] = row
+            weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
+        layers = []
+        if feeds is not None and original is not None:
+            layers, _ = refine_layers(original, model, palettes, feeds, ridge=self.ridge, max_rows=self.max_rows,
+                                      seed=self.seed, refit=refine, qmax=qmax)
+        opset = palette_storage.default_opset(model)
+        arrays = {w.name: w for w in weights}
+        for name, p in palettes.items():
+            row = rows[name]
+            row["weight_error"] = _relative_error(row.pop("_original"), p.dense())
+            size = palette_storage.stored_bytes(p, opset, self.packing)
+            if self.storage == "palette" and size < row["dense_bytes"]:
+                palette_storage.write(model.graph, model, arrays[name].value, p, packing=self.packing)
+                row["stored_bytes"], row["index_format"] = size, palette_storage.index_format(p.bits, opset,
+                                                                                             self.packing)
+            else:
+                row["stored_bytes"], row["index_format"] = row["dense_bytes"], "dense"
+                if self.storage == "palette":
+                    row["note"] = f"kept dense: indices + palettes ({size} bytes) are not smaller"
+        _store(model, self, rows=list(rows.values()), skipped=skipped, layers=[r.to_dict() for r in layers],
+               notes=notes, seconds=time.perf_counter() - started)
+        return ir.passes.PassResult(model, True)
+
+    def _qmax(self) -> int | None:
+        if not self.int8_grid:
+            return None
+        reduce_range = self.reduce_range
+        if reduce_range is None:
+            from onnxslim.passes.quantize.policy import resolve_target
+
+            reduce_range = resolve_target("auto").reduce_range
+        return 64 if reduce_range else 127
+
+    def _cluster(self, weight: Weight, qmax: int | None) -> tuple[Palettized, dict[str, Any]]:
+        tensor = weight.value.const_value
+        assert tensor is not None
+        array = tensor.numpy()
+        axis = weight.axis if self.granularity == "per-channel-group" else None
+        p, exact = cluster_tensor(array, self.bits, axis=axis, group_size=self.group_size, init=self.init,
+                                  seed=self.seed, keep_zero=self.keep_zero, exact_limit=self.exact_limit)
+        snapped = qmax is not None and p.dtype == np.float32
+        if snapped:
+            assert qmax is not None
+            for _ in range(_SNAP_ROUNDS):  # snapping moves values: re-assign, re-snap until stable
+                p = snap_int8(p, qmax)
+                moved = reassign(p, array)
+                if np.array_equal(moved.indices, p.indices):
+                    break
+                p = moved
+            p = snap_int8(p, qmax)
+        zeros = int(np.count_nonzero(array == 0))
+        row = {
+            "weight": weight.name, "readers": weight.readers, "ops": weight.ops, "shape": list(array.shape),
+            "elements": int(array.size), "bits": self.bits, "palette_size": p.k, "groups": p.groups,
+            "axis": axis, "exact": exact, "zero_kept": bool(zeros and np.all((p.dense() == 0) == (array == 0))),
+            "sparsity": zeros / array.size if array.size else 0.0, "int8_grid": snapped,
+            "dense_bytes": int(array.nbytes), "_original": array,
+        }
+        if qmax is not None and not snapped:
+            row["note"] = f"{p.dtype} weight: int8 grid applies to float32 only"
+        return p, row
+
+
+def _prepare(model: ir.Model) -> list[str]:
+    """Make weights plain initializers: expand earlier palettes and sparse packs, lift Constants."""
+    from onnxslim.passes.prune.storage import UnpackSparseWeights
+
+    notes = []
+    if RemoveInitializersFromInputsPass()(model).modified:
+        notes.append("weights listed as graph inputs made plain initializers (ORT folds only those)")
+    if palette_storage.UnpackPalette()(model).modified:
+        notes.append("palettized weights expanded before re-clustering")
+    if UnpackSparseWeights()(model).modified:
+        notes.append("sparse-packed weights expanded (zeros are kept as a palette entry)")
+    if lift_constants(model):
+        notes.append("Constant nodes made initializers")
+    name_nodes(model)
+    return notes
+
+
+def _relative_error(original: np.ndarray, clustered: np.ndarray) -> float:
+    """||W - Wc||^2 / ||W||^2."""
+    a = original.astype(np.float64)
+    energy = float(np.sum(a * a))
+    return float(np.sum((a - clustered.astype(np.float64)) ** 2) / energy) if energy > 0 else 0.0
+
+
+def _store(model: ir.Model, options: ClusterWeights, *, rows: list[dict[str, Any]], skipped: list, layers: list,
+           notes: list[str], seconds: float) -> None:
+    model.meta[SUMMARY_KEY] = {
+        "bits": options.bits, "init": options.init, "granularity": options.granularity,
+        "group_size": options.group_size if options.granularity == "per-channel-group" else None,
+        "refined": any(layer.get("refit") for layer in layers), "int8_grid": options.int8_grid,
+        "storage": options.storage, "weights": rows, "layers": layers,
+        "skipped": [s.to_dict() for s in skipped], "notes": notes, "seconds": seconds,
+    }
+
+
+def summary(model: ir.Model) -> dict[str, Any]:
+    """What the last cluster-weights run on `model` recorded (empty if none)."""
+    return dict(model.meta.get(SUMMARY_KEY, {}) or {})

@@ -1,0 +1,178 @@
+"""A palettized tensor: small integer indices into per-group palettes, and how to make one.
+
+`Palettized` is the one representation every step shares: the clustering fills
+it, refinement re-fits its palette values, int8 snapping moves them onto a grid,
+storage writes it into the graph, and `dense()` is the numpy mirror of what ONNX
+Runtime computes from the stored form (so tests compare the two bit for bit).
+
+Groups: with `axis` set, the channels along `axis` are split into runs of
+`group_size` channels (the last run may be shorter) and each run has its own
+palette, `palette[g]`. With `axis` None there is one palette for the tensor.
+
+Int8 grid: with `scale` set, every palette value is an integer (`palette`, int8)
+times its group's scale, so a symmetric int8 quantizer that picks scale =
+max|w| / qmax per channel recovers the same integers exactly (see `snap_int8`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .kmeans import EXACT_LIMIT, cluster_many
+
+
+@dataclass(frozen=True)
+class Palettized:
+    """indices (the tensor's shape, values < k) into palette [groups, k] (optionally times scale)."""
+
+    indices: np.ndarray
+    palette: np.ndarray  # [groups, k]: float (the tensor's dtype), or int8 with `scale`
+    bits: int
+    axis: int | None = None
+    group_size: int = 1
+    scale: np.ndarray | None = None  # float32 [groups]: palette values are palette * scale
+    dtype: np.dtype = np.dtype(np.float32)  # the dense tensor's dtype
+
+    @property
+    def k(self) -> int:
+        return int(self.palette.shape[1])
+
+    @property
+    def groups(self) -> int:
+        return int(self.palette.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.indices.shape)
+
+    def values(self) -> np.ndarray:
+        """The palette as values of the dense dtype, [groups, k]."""
+        if self.scale is None:
+            return self.palette.astype(self.dtype, copy=False)
+        product = self.palette.astype(np.float32) * self.scale.astype(np.float32)[:, None]
+        return product.astype(self.dtype, copy=False)
+
+    def group_of_element(self) -> np.ndarray:
+        """Group index of every element, broadcastable to the tensor's shape (int64)."""
+        return group_offsets(self.shape, self.axis, self.group_size, 1)
+
+    def dense(self) -> np.ndarray:
+        """The tensor the stored form expands to (numpy mirror of the ONNX expansion)."""
+        flat = self.values().reshape(-1)
+        index = self.indices.astype(np.int64) + self.k * self.group_of_element()
+        return flat[index]
+
+    def used(self) -> np.ndarray:
+        """[groups, k] bool: which entries some element refers to."""
+        flat = (self.indices.astype(np.int64) + self.k * self.group_of_element()).reshape(-1)
+        return (np.bincount(flat, minlength=self.groups * self.k) > 0).reshape(self.groups, self.k)
+
+    def with_values(self, values: np.ndarray) -> Palettized:
+        """The same indices with new float palette values [groups, k] (drops any int8 grid)."""
+        return replace(self, palette=np.asarray(values, dtype=self.dtype).reshape(self.groups, self.k), scale=None)
+
+
+def group_count(shape: tuple[int, ...], axis: int | None, group_size: int) -> int:
+    if axis is None:
+        return 1
+    return math.ceil(shape[axis] / group_size)
+
+
+def group_offsets(shape: tuple[int, ...], axis: int | None, group_size: int, step: int) -> np.ndarray:
+    """step x (group of each channel along `axis`), shaped to broadcast against `shape` (int64)."""
+    if axis is None:
+        return np.zeros((), np.int64)
+    channels = shape[axis]
+    offsets = (np.arange(channels, dtype=np.int64) // group_size) * step
+    return offsets.reshape((channels,) + (1,) * (len(shape) - axis - 1))
+
+
+def channel_slices(shape: tuple[int, ...], axis: int | None, group_size: int) -> list[tuple[slice, ...]]:
+    """Index tuples selecting each group's elements."""
+    if axis is None:
+        return [tuple(slice(None) for _ in shape)]
+    result = []
+    for start in range(0, shape[axis], group_size):
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(start, min(start + group_size, shape[axis]))
+        result.append(tuple(index))
+    return result
+
+
+def cluster_tensor(array: np.ndarray, bits: int, *, axis: int | None = None, group_size: int = 1,
+                   init: str = "optimal", seed: int = 0, keep_zero: bool | None = None,
+                   exact_limit: int = EXACT_LIMIT) -> tuple[Palettized, bool]:
+    """Cluster `array` into 2^bits values per group; (palettized, every group solved exactly)."""
+    k = 1 << bits
+    indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
+    slices = channel_slices(array.shape, axis, group_size)
+    palette = np.zeros((len(slices), k), dtype=np.float64)
+    results = cluster_many([array[where] for where in slices], k, init=init, seed=seed, exact_limit=exact_limit,
+                           keep_zero=keep_zero)
+    for g, (where, result) in enumerate(zip(slices, results)):
+        palette[g] = result.palette
+        indices[where] = result.indices
+    exact = all(result.exact for result in results)
+    dtype = np.dtype(array.dtype)
+    return Palettized(indices, palette.astype(dtype), bits, axis, group_size, dtype=dtype), exact
+
+
+def reassign(palettized: Palettized, array: np.ndarray) -> Palettized:
+    """Each element to the nearest value of its group's palette (after the palette moved)."""
+    values = palettized.values().astype(np.float64)
+    indices = np.empty_like(palettized.indices)
+    for g, where in enumerate(channel_slices(palettized.shape, palettized.axis, palettized.group_size)):
+        order = np.argsort(values[g], kind="stable")
+        ordered = values[g][order]
+        bounds = (ordered[1:] + ordered[:-1]) / 2
+        position = np.searchsorted(bounds, np.asarray(array[where], dtype=np.float64), side="left")
+        indices[where] = order[position]
+    return replace(palettized, indices=indices)
+
+
+def snap_int8(palettized: Palettized, qmax: int = 127) -> Palettized:
+    """Palette values onto the symmetric int8 grid of their group: p = q * s, s = max|used p| / qmax.
+
+    The largest used magnitude maps to exactly +-qmax, so a per-channel symmetric
+    quantizer (scale = max|w| / qmax over the channel) finds the same s and the
+    same integers q: quantizing the clustered weight adds no error. That holds
+    per channel when each group is one channel, and for the whole tensor when
+    there is one group and the quantizer is per-tensor.
+    """
+    values = palettized.values().astype(np.float64)
+    used = palettized.used()
+    magnitude = np.where(used, np.abs(values), 0.0).max(axis=1)
+    scale = np.where(magnitude > 0, magnitude / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint(values / scale.astype(np.float64)[:, None]), -qmax, qmax).astype(np.int8)
+    return replace(palettized, palette=q, scale=scale)
+
+
+def distinct(array: np.ndarray, axis: int | None, group_size: int, max_bits: int = 8) -> Palettized | None:
+    """The exact palettized form of `array` if each group holds at most 2^max_bits distinct values.
+
+    Lossless: every value keeps its bit pattern (compared as bytes, so -0.0 and
+    NaN payloads survive); bits is the fewest that index the largest group.
+    """
+    slices = channel_slices(array.shape, axis, group_size)
+    keys = np.ascontiguousarray(array).view(np.dtype(f"V{array.dtype.itemsize}")) if array.dtype.kind == "f" \
+        else array
+    uniques = []
+    for where in slices:
+        values, inverse = np.unique(keys[where].reshape(-1), return_inverse=True)
+        if len(values) > (1 << max_bits):
+            return None
+        uniques.append((values, inverse))
+    width = max(len(values) for values, _ in uniques)
+    bits = max(1, math.ceil(math.log2(width))) if width > 1 else 1
+    k = 1 << bits
+    palette = np.zeros((len(slices), k), dtype=array.dtype)
+    indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
+    for g, (where, (values, inverse)) in enumerate(zip(slices, uniques)):
+        as_values = values.view(array.dtype) if array.dtype.kind == "f" else values
+        palette[g, :len(values)] = as_values
+        palette[g, len(values):] = as_values[-1]
+        indices[where] = inverse.reshape(array[where].shape)
+    return Palettized(indices, palette, bits, axis, group_size, dtype=np.dtype(array.dtype))

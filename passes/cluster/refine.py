@@ -1,0 +1,335 @@
+"""Palette refinement: re-fit palette values so each layer reproduces the original outputs.
+
+A clustered layer's weight is W[o, j] = p[g(o), a[o, j]]: palette p, assignment a,
+g(o) the palette group of output channel o. The layer output on input rows X is
+X W^T + b, linear in p, so the palette that best reproduces the original
+layer's outputs Y on calibration rows is a small least-squares problem: one
+variable per palette entry (2^bits per group), however large the layer.
+
+With G = X^T X and c_o = X^T y_o (streamed by onnxslim.activations, per conv
+group) and the bias eliminated (b_o = (t_o - s^T w_o) / n, with s = X^T 1,
+t_o = 1^T y_o, n rows), the loss of row o is w_o^T G' w_o - 2 w_o^T c'_o + const,
+G' = G - s s^T / n, c'_o = c_o - s t_o / n. Writing w_o = Z_o p_g, Z_o the
+one-hot [K, k] matrix of row o's assignment, each group's normal equations are
+
+    (H_g + lam I) p_g = r_g + lam p0_g,   H_g = sum_o Z_o^T G' Z_o,   r_g = sum_o Z_o^T c'_o
+
+(lam = ridge x mean diag H_g pulls towards the k-means palette p0, which keeps
+entries no calibration row reaches where they were). H_g costs 2 K^2 k flops per
+row; above REFINE_FLOPS per layer the rows of each group are subsampled.
+
+Layers are refit in dependency order, level by level, with X taken from the
+clustered model after the levels before it were refit and Y from the original
+model, so each refit also absorbs the error accumulated upstream (the scheme of
+pruning's reconstruction, passes/prune/reconstruct.py). A refit that does not
+lower the layer's error on the calibration rows is discarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+from threadpoolctl import threadpool_limits
+
+from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
+from onnxslim.feeds import Feed
+from onnxslim.passes.prune.layers import Layer, find_layers
+
+from .palette import Palettized, snap_int8
+
+REFIT_OPS = ("Conv", "Gemm", "MatMul")
+MAX_COLUMNS = 4096  # (K+1)^2 float64 normal equations per conv group: 128 MiB at the limit
+REFINE_FLOPS = 4e9  # per layer, building H; rows are subsampled above it
+CHUNK_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Relative squared output error of one layer on calibration rows, before and after refit."""
+
+    name: str
+    weight: str
+    op_type: str
+    rows: int
+    error_before: float
+    error_after: float
+    refit: bool
+    skipped: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "weight": self.weight, "op_type": self.op_type, "rows": self.rows,
+                "error_before": self.error_before, "error_after": self.error_after, "refit": self.refit,
+                "skipped": self.skipped}
+
+
+@dataclass(frozen=True)
+class Fit:
+    values: np.ndarray  # [groups, k]
+    bias: np.ndarray | None  # [O]
+    error_before: float
+    error_after: float
+    improved: bool
+
+
+def fit_palette(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray,
+                bias: np.ndarray | None, *, intercept: bool, ridge: float = 1e-4,
+                snap: Callable[[np.ndarray], np.ndarray] | None = None, seed: int = 0) -> Fit:
+    """Least-squares palette for one layer.
+
+    assign [O, K] local palette indices of each weight row (matrix view), group_of_row
+    [O] its palette group, values [groups, k] the current palette, bias [O] or None.
+    `intercept`: refit the bias too. `snap` maps refit values onto a grid (int8).
+    """
+    O, K = assign.shape
+    groups, k = values.shape
+    values = values.astype(np.float64)
+    b0 = np.zeros(O) if bias is None else bias.astype(np.float64).reshape(-1)
+    conv_groups = sums.groups
+    per_conv = O // conv_groups
+    H = np.zeros((groups, k, k))
+    r = np.zeros((groups, k))
+    rows = _sample_rows(group_of_row, K, k, seed)
+    for gamma in range(conv_groups):
+        gram, cross = sums.gram[gamma], sums.cross[gamma]  # type: ignore[index]
+        G, C = _eliminate_bias(gram, cross, K, intercept)
+        mine = rows[(rows >= gamma * per_conv) & (rows < (gamma + 1) * per_conv)]
+        chunk = max(1, int(CHUNK_BYTES // (8 * K * k)))
+        for start in range(0, len(mine), chunk):
+            batch = mine[start:start + chunk]
+            Z = np.zeros((K, len(batch), k))
+            Z[np.arange(K)[:, None], np.arange(len(batch))[None, :], assign[batch].T] = 1.0
+            M = (G @ Z.reshape(K, -1)).reshape(K, len(batch), k)
+            blocks = np.matmul(Z.transpose(1, 2, 0), M.transpose(1, 0, 2))  # [R, k, k]
+            np.add.at(H, group_of_row[batch], blocks)
+            local = batch - gamma * per_conv
+            rhs = np.einsum("krc,kr->rc", Z, C[:, local])
+            np.add.at(r, group_of_row[batch], rhs)
+    new = values.copy()
+    for g in range(groups):
+        diagonal = np.diag(H[g])
+        if not np.any(diagonal > 0):
+            continue
+        lam = max(ridge * float(np.mean(diagonal[diagonal > 0])), 1e-300)
+        new[g] = np.linalg.solve(H[g] + lam * np.eye(k), r[g] + lam * values[g])
+    if snap is not None:
+        new = snap(new)
+    before = _error(sums, assign, group_of_row, values, b0)
+    new_bias = _best_bias(sums, assign, group_of_row, new) if intercept else (None if bias is None else b0)
+    after = _error(sums, assign, group_of_row, new, new_bias if new_bias is not None else np.zeros(O))
+    if not after < before:
+        return Fit(values, None if bias is None else b0, before, before, False)
+    return Fit(new, new_bias, before, after, True)
+
+
+def layer_error(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray,
+                bias: np.ndarray | None) -> float:
+    """Relative squared output error of the layer with this palette and bias on the summed rows."""
+    O = assign.shape[0]
+    b = np.zeros(O) if bias is None else bias.astype(np.float64).reshape(-1)
+    return _error(sums, assign, group_of_row, values.astype(np.float64), b)
+
+
+def refine_layers(original: ir.Model, current: ir.Model, palettes: dict[str, Palettized], feeds: Sequence[Feed], *,
+                  ridge: float, max_rows: int, seed: int = 0, refit: bool = True, qmax: int | None = None,
+                  blas_threads: int = 1) -> tuple[list[LayerError], list[str]]:
+    """Refit (or, with refit False, only measure) the palettes of `palettes` in `current`.
+
+    `palettes` maps weight names to their Palettized form and is updated in place;
+    the dense weights (and biases) of `current` are rewritten to match. Returns
+    per-layer errors and the names of weights whose refit was discarded or skipped.
+    """
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return _refine(original, current, palettes, feeds, ridge=ridge, max_rows=max_rows, seed=seed, refit=refit,
+                       qmax=qmax)
+
+
+def _refine(original: ir.Model, current: ir.Model, palettes: dict[str, Palettized], feeds: Sequence[Feed], *,
+            ridge: float, max_rows: int, seed: int, refit: bool, qmax: int | None
+            ) -> tuple[list[LayerError], list[str]]:
+    records: list[LayerError] = []
+    ready: dict[str, Layer] = {}
+    for layer in find_layers(current, ops=REFIT_OPS)[0]:
+        name = layer.weight.name or ""
+        if name not in palettes:
+            continue
+        reason = _cannot_refit(layer, palettes[name], original)
+        if reason:
+            records.append(LayerError(layer.name, name, layer.op_type, 0, float("nan"), float("nan"), False, reason))
+            continue
+        ready[layer.name] = layer
+    if not ready:
+        return records, []
+    if refit:
+        for layer in ready.values():
+            if layer.bias is None and layer.can_have_bias():
+                layer.set_bias(np.zeros(layer.out_channels, dtype=np.float32))
+    outputs = {name: layer.output.name or "" for name, layer in ready.items()}
+    target = Tap(original, list(dict.fromkeys(outputs.values())))
+    levels = _levels(current, list(ready)) if refit else [list(ready)]
+    for level in levels:
+        sums = accumulate_normal_equations(current, level, feeds, target_model=target, max_rows=max_rows,
+                                           seed=seed, outputs={n: outputs[n] for n in level})
+        for name in level:
+            records.append(_refit_layer(ready[name], sums[name], palettes, ridge=ridge, refit=refit, qmax=qmax,
+                                        seed=seed))
+    return records, []
+
+
+def _refit_layer(layer: Layer, sums: NormalEquations, palettes: dict[str, Palettized], *, ridge: float, refit: bool,
+                 qmax: int | None, seed: int) -> LayerError:
+    weight = layer.weight.name or ""
+    p = palettes[weight]
+    if sums.rows == 0 or sums.gram is None:
+        return LayerError(layer.name, weight, layer.op_type, 0, float("nan"), float("nan"), False,
+                          "no calibration rows")
+    assign = layer.to_matrix(p.indices).astype(np.int64)
+    O = assign.shape[0]
+    group_of_row = np.arange(O) // p.group_size if p.axis is not None else np.zeros(O, np.int64)
+    values = p.values().astype(np.float64)
+    bias = layer.bias_array()
+    if not refit:
+        error = layer_error(sums, assign, group_of_row, values, bias)
+        return LayerError(layer.name, weight, layer.op_type, sums.rows, error, error, False)
+    intercept = layer.bias is not None and layer.bias.const_value is not None
+    snap = None
+    if qmax is not None:
+        def snap(v: np.ndarray) -> np.ndarray:
+            return snap_int8(p.with_values(v), qmax).values().astype(np.float64)
+    fit = fit_palette(sums, assign, group_of_row, values, bias, intercept=intercept, ridge=ridge, snap=snap,
+                      seed=seed)
+    if fit.improved:
+        updated = p.with_values(fit.values)
+        if qmax is not None:
+            updated = snap_int8(updated, qmax)
+        palettes[weight] = updated
+        layer.set_weight(updated.dense())
+        if fit.bias is not None:
+            layer.set_bias(fit.bias.astype(np.float32))
+    return LayerError(layer.name, weight, layer.op_type, sums.rows, fit.error_before, fit.error_after, fit.improved)
+
+
+def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
+    if layer.shared:
+        return f"weight shared by {layer.uses} nodes"
+    if layer_geometry(layer.node) is None:
+        return "no static weight shape"
+    w = layer.weight.const_value
+    assert w is not None
+    columns = int(w.size // layer.out_channels) if layer.op_type != "Conv" else int(np.prod(w.shape[1:]))
+    if columns + 1 > MAX_COLUMNS:
+        return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
+    if layer.op_type == "Gemm":
+        attrs = layer.node.attributes
+        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
+            return "Gemm with alpha or beta other than 1"
+        c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
+        if c is not None and (layer.bias is None or layer.bias.const_value is None
+                              or layer.bias.const_value.size != layer.out_channels):
+            return "Gemm C is not a per-output bias"
+    if p.axis is not None:
+        expected = {"Conv": 0, "MatMul": len(w.shape) - 1, "Gemm": 0 if layer.trans_b else 1}[layer.op_type]
+        if p.axis != expected:
+            return "palette groups do not run along the output channels"
+    k = p.k
+    if p.groups * 2 * columns * columns * k > 8 * REFINE_FLOPS:
+        return f"one row per palette group already costs more than {8 * REFINE_FLOPS:.0e} flops"
+    if (layer.output.name or "") not in _value_names(original):
+        return f"output {layer.output.name!r} not in the original model"
+    return ""
+
+
+def _sample_rows(group_of_row: np.ndarray, K: int, k: int, seed: int) -> np.ndarray:
+    """Rows used to build H: all of them, or an even sample per group within REFINE_FLOPS."""
+    O = len(group_of_row)
+    groups = int(group_of_row.max()) + 1 if O else 0
+    per_row = 2.0 * K * K * k
+    if O * per_row <= REFINE_FLOPS or groups == 0:
+        return np.arange(O)
+    cap = max(1, int(REFINE_FLOPS // (per_row * groups)))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for g in range(groups):
+        members = np.flatnonzero(group_of_row == g)
+        chosen.append(members if len(members) <= cap else np.sort(rng.choice(members, cap, replace=False)))
+    return np.sort(np.concatenate(chosen))
+
+
+def _eliminate_bias(gram: np.ndarray, cross: np.ndarray, K: int, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+    """G', C' of the module docstring (the bias solved out), or the plain G, C without a bias."""
+    G, C = gram[:K, :K], cross[:K]
+    if not intercept:
+        return G, C
+    n = gram[K, K]
+    if n <= 0:
+        return G, C
+    s = gram[:K, K]
+    t = cross[K]
+    return G - np.outer(s, s) / n, C - np.outer(s, t) / n
+
+
+def _weights(assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return values[group_of_row[:, None], assign]
+
+
+def _best_bias(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """b_o = (t_o - s^T w_o) / n for every row."""
+    W = _weights(assign, group_of_row, values)
+    O, K = W.shape
+    per_conv = O // sums.groups
+    bias = np.zeros(O)
+    for gamma in range(sums.groups):
+        gram, cross = sums.gram[gamma], sums.cross[gamma]  # type: ignore[index]
+        rows = slice(gamma * per_conv, (gamma + 1) * per_conv)
+        n = gram[K, K]
+        if n > 0:
+            bias[rows] = (cross[K] - W[rows] @ gram[:K, K]) / n
+    return bias
+
+
+def _error(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray,
+           bias: np.ndarray) -> float:
+    W = _weights(assign, group_of_row, values)
+    O, K = W.shape
+    per_conv = O // sums.groups
+    total = energy = 0.0
+    for gamma in range(sums.groups):
+        gram, cross = sums.gram[gamma], sums.cross[gamma]  # type: ignore[index]
+        rows = slice(gamma * per_conv, (gamma + 1) * per_conv)
+        full = np.concatenate([W[rows], bias[rows, None]], axis=1)
+        total += float(np.sum((full @ gram) * full)) - 2 * float(np.sum(full * cross.T))
+        e = float(np.sum(sums.target_sq[gamma]))  # type: ignore[index]
+        total += e
+        energy += e
+    return max(total, 0.0) / energy if energy > 0 else 0.0
+
+
+def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
+    """Layers grouped so none depends on another of its group; groups in dependency order."""
+    wanted = set(names)
+    depth: dict[str, int] = {}
+    level_of: dict[str, int] = {}
+    for node in model.graph:
+        d = max((depth.get(v.name or "", 0) for v in node.inputs if v is not None), default=0)
+        if node.name in wanted:
+            d += 1
+            level_of[node.name or ""] = d
+        for out in node.outputs:
+            depth[out.name or ""] = d
+    levels: dict[int, list[str]] = {}
+    for name in names:
+        levels.setdefault(level_of[name], []).append(name)
+    return [levels[k] for k in sorted(levels)]
+
+
+def _value_names(model: ir.Model) -> set[str]:
+    names = {v.name or "" for v in model.graph.inputs}
+    for node in model.graph:
+        names.update(o.name or "" for o in node.outputs)
+    return names
+
+
+def errors_by_weight(records: Sequence[LayerError]) -> Mapping[str, LayerError]:
+    return {r.weight: r for r in records}

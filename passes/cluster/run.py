@@ -1,0 +1,213 @@
+"""Cluster a model and report what it cost and what it bought.
+
+What `onnxslim cluster` and `onnxslim.api.cluster` do: run the cluster-weights
+pass on a copy of the model (the input is never modified), optionally drop the
+exporter's debug metadata (see `strip_debug_metadata`), check the result with
+onnx.checker, then measure on ONNX Runtime against the original: per-weight and
+per-layer errors, file size raw and gzipped, session start time (where the
+palettes are expanded), latency (single thread, interleaved, ORT_ENABLE_ALL),
+parity, and top-1 accuracy of both models when the evaluation data has `labels`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnxslim.errors import UsageError
+from onnxslim.feeds import Feed
+from onnxslim.graphs import iter_graphs, tensor_bytes
+from onnxslim.pipeline import PassRecord, Pipeline, run_pipeline
+from onnxslim.validation import resolve_feeds, validate
+
+from .cluster import ClusterWeights, summary
+
+PARITY_FEEDS = 64
+CHECKER_LIMIT_BYTES = 1_500_000_000
+
+
+@dataclass
+class ClusterResult:
+    """The clustered model and its report."""
+
+    model: ir.Model
+    options: dict[str, Any]
+    records: list[PassRecord]
+    weights: list[dict[str, Any]]  # per clustered tensor: shape, groups, bits, errors, bytes
+    layers: list[dict[str, Any]]  # per layer: output error on calibration rows before/after refinement
+    skipped: list[dict[str, str]]
+    notes: list[str]
+    size_before: Any  # prune.report.Sizes (raw, gzip)
+    size_after: Any
+    size_before_stripped: Any | None  # the original without debug metadata, for a like-for-like ratio
+    session_ms: dict[str, float]
+    validation: Any | None  # onnxslim.validation.ValidationReport
+    accuracy: dict[str, float] | None  # {"original", "clustered", "drop_points", "samples"}
+    checker: str  # "ok" or onnx.checker's complaint
+    seconds: float
+    gate: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def bits(self) -> int:
+        return int(self.options["bits"])
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """Clustered median latency over the original's (1.0: same speed)."""
+        speedup = self.validation.speedup if self.validation is not None else None
+        return 1.0 / speedup if speedup else None
+
+    @property
+    def weight_ratio(self) -> float:
+        """Stored bytes of the clustered tensors over their float bytes."""
+        dense = sum(w["dense_bytes"] for w in self.weights)
+        return sum(w["stored_bytes"] for w in self.weights) / dense if dense else 1.0
+
+    @property
+    def drop_points(self) -> float | None:
+        """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
+        if self.accuracy is not None:
+            return self.accuracy["drop_points"]
+        if self.validation is not None and self.validation.outputs:
+            agreement = self.validation.outputs[0].top1_agreement
+            return None if agreement is None else 100.0 * (1.0 - agreement)
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        sizes = {"before": self.size_before.to_dict(), "after": self.size_after.to_dict(),
+                 "raw_ratio": self.size_after.raw / self.size_before.raw,
+                 "gzip_ratio": self.size_after.gzip / self.size_before.gzip,
+                 "weight_ratio": self.weight_ratio}
+        if self.size_before_stripped is not None:
+            sizes["before_stripped"] = self.size_before_stripped.to_dict()
+            sizes["raw_ratio_stripped"] = self.size_after.raw / self.size_before_stripped.raw
+        return {
+            "bits": self.bits,
+            "palette_size": 1 << self.bits,
+            "options": {k: v for k, v in self.options.items() if k != "calib"},
+            "passes": [r.to_dict() for r in self.records],
+            "weights": self.weights,
+            "layers": self.layers,
+            "skipped": self.skipped,
+            "notes": self.notes,
+            "size": sizes,
+            "session_ms": self.session_ms,
+            "latency_ratio": self.latency_ratio,
+            "validation": self.validation.to_dict() if self.validation is not None else None,
+            "accuracy": self.accuracy,
+            "drop_points": self.drop_points,
+            "checker": self.checker,
+            "gate": self.gate,
+            "seconds": self.seconds,
+            "warnings": list(self.warnings),
+        }
+
+
+def make_cluster_pass(**options: Any) -> ClusterWeights:
+    """ClusterWeights with `options` (its fields); unknown or bad options are a UsageError."""
+    known = {f.name for f in dataclasses.fields(ClusterWeights)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"cluster: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return ClusterWeights(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"cluster: {exc}") from exc
+
+
+def cluster_model(model: ir.Model, *, bits: int = 4, calib: Any = None, eval_data: Any = None,
+                  validate_result: bool = True, runs: int = 50, max_drop: float | None = None,
+                  strip_metadata: bool = True, **options: Any) -> ClusterResult:
+    """Cluster `model` (not modified); see the module docstring for what is measured."""
+    from onnxslim.passes.prune.report import labelled, model_sizes, top1
+    from onnxslim.passes.prune.run import session_start_ms
+
+    start = time.perf_counter()
+    cluster_pass = make_cluster_pass(bits=bits, calib=calib, **options)
+    result = run_pipeline(model, Pipeline((cluster_pass,)))
+    clustered = result.model
+    details = summary(clustered)
+    if strip_metadata:
+        strip_debug_metadata(clustered)
+        stripped_original = model.clone()
+        strip_debug_metadata(stripped_original)
+    report = ClusterResult(
+        model=clustered, options=dict(options, bits=bits, calib=calib, strip_metadata=strip_metadata),
+        records=result.records, weights=details.get("weights", []), layers=details.get("layers", []),
+        skipped=details.get("skipped", []), notes=details.get("notes", []), size_before=model_sizes(model),
+        size_after=model_sizes(clustered),
+        size_before_stripped=model_sizes(stripped_original) if strip_metadata else None,
+        session_ms={}, validation=None, accuracy=None, checker=check(clustered), seconds=0.0,
+    )
+    if report.checker not in ("ok", "skipped (over the 2 GB protobuf limit)"):
+        report.warnings.append(f"onnx.checker: {report.checker}")
+    if not report.weights:
+        report.warnings.append("nothing was clustered: no float layer weight of at least min_elements")
+    for row in report.weights:
+        if row.get("note"):
+            report.warnings.append(f"{row['weight']}: {row['note']}")
+    if validate_result:
+        feeds = _parity_feeds(model, eval_data, calib)
+        report.session_ms = {"original": session_start_ms(model), "clustered": session_start_ms(clustered)}
+        report.validation = validate(model, clustered, feeds=feeds, runs=runs, warmup=5, measure_memory=False,
+                                     atol=1e-3, rtol=1e-3)
+        if eval_data is not None:
+            data = labelled(eval_data, model)
+            if data is not None:
+                original_acc, clustered_acc = top1([model, clustered], *data)
+                report.accuracy = {"original": original_acc, "clustered": clustered_acc,
+                                   "drop_points": 100.0 * (original_acc - clustered_acc),
+                                   "samples": float(len(data[1]))}
+    if max_drop is not None:
+        drop = report.drop_points
+        if drop is None:
+            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped first output")
+        report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def strip_debug_metadata(model: ir.Model) -> None:
+    """Drop doc strings and node / value metadata (exporter stack traces, scope names).
+
+    Nothing at run time reads them; in a small exported model they can outweigh
+    the clustered weights (torch.onnx writes about 300 bytes per node). Model-level
+    metadata_props (labels, licences, authors) are kept.
+    """
+    model.doc_string = None
+    for graph in iter_graphs(model):
+        graph.doc_string = None
+        values = list(graph.inputs) + list(graph.outputs)
+        if isinstance(graph, ir.Graph):
+            values += list(graph.initializers.values())
+        for node in graph:
+            node.doc_string = None
+            node.metadata_props.clear()
+            values += list(node.outputs)
+        for value in values:
+            value.doc_string = None
+            value.metadata_props.clear()
+
+
+def check(model: ir.Model) -> str:
+    """onnx.checker's verdict on the model (full check, shape inference included)."""
+    if tensor_bytes(model) > CHECKER_LIMIT_BYTES:
+        return "skipped (over the 2 GB protobuf limit)"
+    try:
+        onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    except Exception as exc:  # the checker raises several types
+        return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return "ok"
+
+
+def _parity_feeds(model: ir.Model, eval_data: Any, calib: Any) -> list[Feed]:
+    """Feeds for the parity figures: eval data, else calibration data, else generated."""
+    source = eval_data if eval_data is not None else calib
+    feeds, _, _ = resolve_feeds(model, source, count=PARITY_FEEDS if source is not None else 8)
+    return feeds

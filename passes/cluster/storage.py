@@ -1,0 +1,440 @@
+"""Palettized storage that ONNX Runtime runs: packed indices + palette, expanded at session start.
+
+A palettized weight W (shape S, k = 2^bits entries per palette group) is stored as
+
+- its indices, packed to `bits` bits each, in one of two forms:
+  * native: an initializer of type UINT4 (bits 4, opset >= 21), UINT2 (bits 2,
+    opset >= 25) or UINT8 (bits 8; also any bits when packing is "uint8"), with
+    W's shape;
+  * bit planes: `bits` is split into planes of 4, 2 and 1 bits (7 = 4+2+1,
+    6 = 4+2, 5 = 4+1, 3 = 2+1; 4 or 2 alone where the opset lacks UINT4/UINT2),
+    each plane packed into bytes, first element in the high bits, and
+    `Unpack_<widths>(planes..., shape)` rebuilds int32 indices with BitShift,
+    Slice, Cast, Mul, Add (opset >= 11);
+- the palette: a flat float tensor [groups * k], or (int8 grid) int8 [groups, k]
+  with a float scale [groups, 1], made flat by `ScalePalette(q, scale)`
+  (Cast + Mul + Reshape: no DequantizeLinear, so the float model is not mistaken
+  for an already quantized one);
+- `Expand(indices, palette)`: Gather(palette, Cast<int32>(indices)), or
+  `ExpandGrouped(indices, palette, offsets)`, which first adds group x k to each
+  index; `offsets` is int32 [C, 1, ...] broadcasting along the channel axis.
+
+The functions are model-local, in the domain `onnxslim.palette`, written with
+standard ops only. Every input is an initializer, so ORT inlines them and its
+constant folding (optimization level basic and up, the default) replaces each
+expansion by a dense initializer once, when the session starts: inference then
+runs on ordinary float weights at float speed (the tests check ORT's optimized
+graph and the latency). The file holds bits/32 of the float weight plus the
+palettes: a float32 weight shrinks about 32/bits times, without zip.
+
+`packed_weights(model)` reads the dense weights back in numpy; `UnpackPalette`
+turns the storage back into plain initializers; `PackPalette` stores any
+initializer that already holds few distinct values (a model clustered elsewhere,
+or the int8 weights `onnxslim quantize` makes from a clustered model) this way,
+losslessly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.passes._options import check_choice, option
+
+from .palette import Palettized, distinct, group_offsets
+
+DOMAIN = "onnxslim.palette"
+PACKINGS = ("auto", "bits", "uint8")
+MIN_BITSHIFT_OPSET = 11
+_NATIVE = {4: (21, ir.DataType.UINT4, ml_dtypes.uint4), 2: (25, ir.DataType.UINT2, ml_dtypes.uint2)}
+_INTEGER_PALETTE = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16,
+                    ir.DataType.INT32)
+STORABLE = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16) + _INTEGER_PALETTE
+
+
+def plane_widths(bits: int) -> tuple[int, ...]:
+    """bits as a sum of 4, 2 and 1 (widths that tile a byte), largest first."""
+    widths = []
+    for width in (4, 2, 1):
+        while bits >= width:
+            widths.append(width)
+            bits -= width
+    return tuple(widths)
+
+
+def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
+    """uint8 bytes holding `values` (each < 2^width), 8/width per byte, first in the high bits."""
+    per_byte = 8 // width
+    flat = values.reshape(-1).astype(np.uint8)
+    padded = np.zeros(-(-flat.size // per_byte) * per_byte, np.uint8)
+    padded[:flat.size] = flat
+    fields = padded.reshape(-1, per_byte)
+    shifts = (8 - width * (np.arange(per_byte) + 1)).astype(np.uint8)
+    return np.bitwise_or.reduce(fields << shifts, axis=1).astype(np.uint8)
+
+
+def unpack_plane(packed: np.ndarray, width: int, count: int) -> np.ndarray:
+    """numpy mirror of the Unpack body for one plane."""
+    per_byte = 8 // width
+    shifts = (width * np.arange(per_byte)).astype(np.uint8)
+    left = (packed.reshape(-1, 1) << shifts).astype(np.uint8)
+    return (left >> np.uint8(8 - width)).reshape(-1)[:count]
+
+
+def index_format(bits: int, opset: int, packing: str = "auto") -> str:
+    """How indices of `bits` bits are stored at `opset`: "uint8", "uint4", "uint2" or "planes"."""
+    if bits == 8 or packing == "uint8" or opset < MIN_BITSHIFT_OPSET:
+        return "uint8"
+    if packing == "auto" and bits in _NATIVE and opset >= _NATIVE[bits][0]:
+        return f"uint{bits}"
+    return "planes"
+
+
+def stored_bytes(p: Palettized, opset: int, packing: str = "auto") -> int:
+    """Bytes the stored form of `p` takes (indices, palette, scale, offsets)."""
+    n = int(np.prod(p.shape))
+    kind = index_format(p.bits, opset, packing)
+    if kind == "uint8":
+        size = n
+    elif kind in ("uint4", "uint2"):
+        size = -(-n * p.bits // 8)
+    else:
+        size = sum(-(-n * w // 8) for w in plane_widths(p.bits))
+    size += p.palette.size * p.palette.dtype.itemsize
+    if p.scale is not None:
+        size += p.scale.size * 4
+    if p.groups > 1:
+        size += 4 * p.shape[p.axis]  # type: ignore[index]
+    return size
+
+
+def write(graph: ir.Graph, model: ir.Model, weight: ir.Value, p: Palettized, *, packing: str = "auto") -> ir.Value:
+    """Replace the initializer `weight` by the expansion of `p`; returns the value now carrying its name."""
+    opset = default_opset(model)
+    name = weight.name or "weight"
+    kind = index_format(p.bits, opset, packing)
+    nodes: list[ir.Node] = []
+    if kind == "planes":
+        planes, widths = [], plane_widths(p.bits)
+        remaining = p.bits
+        for width in widths:
+            remaining -= width
+            plane = (p.indices.astype(np.int64) >> remaining) & ((1 << width) - 1)
+            planes.append(_initializer(graph, f"{name}.indices{width}b", pack_plane(plane, width)))
+        shape = _initializer(graph, f"{name}.shape", np.array(p.shape, np.int64))
+        unpack = ir.node(_unpack_name(widths), [*planes, shape], domain=DOMAIN, name=f"unpack/{name}")
+        unpack.outputs[0].dtype = ir.DataType.INT32
+        unpack.outputs[0].shape = ir.Shape(p.shape)
+        unpack.outputs[0].name = _fresh(graph, f"{name}.indices")
+        nodes.append(unpack)
+        indices = unpack.outputs[0]
+    elif kind == "uint8":
+        indices = _initializer(graph, f"{name}.indices", p.indices.astype(np.uint8))
+    else:
+        _, dtype, np_type = _NATIVE[p.bits]
+        indices = _initializer(graph, f"{name}.indices", p.indices.astype(np_type), dtype=dtype)
+    if p.scale is not None:
+        q = _initializer(graph, f"{name}.palette_q", np.ascontiguousarray(p.palette))
+        scale = _initializer(graph, f"{name}.palette_scale", p.scale.astype(np.float32).reshape(-1, 1))
+        scaled = ir.node("ScalePalette", [q, scale], domain=DOMAIN, name=f"scale/{name}")
+        scaled.outputs[0].dtype = ir.DataType.FLOAT
+        scaled.outputs[0].shape = ir.Shape([p.palette.size])
+        scaled.outputs[0].name = _fresh(graph, f"{name}.palette")
+        nodes.append(scaled)
+        palette = scaled.outputs[0]
+    else:
+        palette = _initializer(graph, f"{name}.palette", np.ascontiguousarray(p.palette.reshape(-1)))
+    inputs = [indices, palette]
+    if p.groups > 1:
+        offsets = group_offsets(p.shape, p.axis, p.group_size, p.k).astype(np.int32)
+        inputs.append(_initializer(graph, f"{name}.offsets", offsets))
+    expand = ir.node("ExpandGrouped" if p.groups > 1 else "Expand", inputs, domain=DOMAIN, name=f"palette/{name}")
+    nodes.append(expand)
+    out = expand.outputs[0]
+    out.dtype = weight.dtype
+    out.shape = ir.Shape(p.shape)
+    _insert_front(graph, nodes)
+    weight.replace_all_uses_with(out)
+    graph.initializers.pop(name, None)
+    out.name = name
+    for node in nodes:
+        _ensure_function(model, node.op_type, opset)
+    model.opset_imports.setdefault(DOMAIN, 1)
+    return out
+
+
+def default_opset(model: ir.Model) -> int:
+    return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
+
+
+def expansion_nodes(model: ir.Model) -> list[ir.Node]:
+    """The Expand/ExpandGrouped nodes of the main graph."""
+    return [n for n in model.graph if n.domain == DOMAIN and n.op_type in ("Expand", "ExpandGrouped")]
+
+
+def read(node: ir.Node) -> np.ndarray | None:
+    """The dense tensor an Expand/ExpandGrouped node produces (numpy), None if its inputs are not constant."""
+    indices = _index_array(node.inputs[0])
+    palette = _palette_array(node.inputs[1])
+    if indices is None or palette is None:
+        return None
+    index = indices.astype(np.int64)
+    if node.op_type == "ExpandGrouped":
+        offsets = _const(node.inputs[2])
+        if offsets is None:
+            return None
+        index = index + offsets.astype(np.int64)
+    return palette.reshape(-1)[index]
+
+
+def packed_weights(model: ir.Model) -> dict[str, np.ndarray]:
+    """Dense arrays of the palettized weights of `model`, by weight name."""
+    result = {}
+    for node in expansion_nodes(model):
+        dense = read(node)
+        if dense is not None:
+            result[node.outputs[0].name or ""] = dense
+    return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PackPalette(ir.passes.InPlacePass):
+    """Store initializers holding few distinct values as packed indices + palette (lossless)."""
+
+    lossless: ClassVar[bool] = True
+    max_bits: int = option(6, "Pack tensors whose groups hold at most 2^max_bits distinct values.")
+    min_elements: int = option(1024, "Leave tensors with fewer elements as they are.")
+    min_saving: float = option(0.2, "Pack only when the file shrinks by at least this fraction of the tensor.")
+    packing: str = option("auto", "auto: UINT4/UINT2 where the opset has them, else bit planes; bits: always "
+                          "bit planes; uint8: one byte per index.", choices=PACKINGS)
+
+    def __post_init__(self) -> None:
+        check_choice(self, "packing")
+        if not 1 <= self.max_bits <= 8:
+            raise ValueError(f"max_bits must be in 1..8, got {self.max_bits}")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from .weights import channel_axes
+
+        graph = model.graph
+        opset = default_opset(model)
+        axes = channel_axes(model)
+        protected = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
+        changed = False
+        for name, value in list(graph.initializers.items()):
+            tensor = value.const_value
+            if tensor is None or tensor.dtype not in STORABLE or tensor.size < self.min_elements:
+                continue
+            if name in protected or not value.uses():
+                continue
+            array = tensor.numpy()
+            best = _best_form(array, axes.get(name), self.max_bits, opset, self.packing)
+            if best is None or stored_bytes(best, opset, self.packing) > (1 - self.min_saving) * array.nbytes:
+                continue
+            write(graph, model, value, best, packing=self.packing)
+            changed = True
+        return ir.passes.PassResult(model, changed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UnpackPalette(ir.passes.InPlacePass):
+    """Turn palettized weights (cluster-weights, pack-palette) back into plain initializers."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        changed = False
+        for node in expansion_nodes(model):
+            dense = read(node)
+            if dense is None:
+                continue
+            out = node.outputs[0]
+            name = out.name
+            helpers = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+            leaves = [v for v in node.inputs if v is not None]
+            for helper in helpers:
+                leaves.extend(v for v in helper.inputs if v is not None)  # type: ignore[union-attr]
+            out.name = None
+            value = ir.Value(name=name, shape=ir.Shape(dense.shape), type=ir.TensorType(out.dtype),
+                             const_value=ir.Tensor(dense, name=name))
+            graph.register_initializer(value)
+            out.replace_all_uses_with(value, replace_graph_outputs=True)
+            graph.remove(node, safe=True)
+            for helper in helpers:
+                if helper is not None and not any(o.uses() for o in helper.outputs):
+                    graph.remove(helper, safe=True)
+            for leaf in leaves:
+                if leaf.name in graph.initializers and not leaf.uses():
+                    graph.initializers.pop(leaf.name)
+            changed = True
+        drop_unused_functions(model)
+        return ir.passes.PassResult(model, changed)
+
+
+def drop_unused_functions(model: ir.Model) -> None:
+    """Remove the palette functions (and the domain import) nothing calls any more."""
+    called = {n.op_type for n in model.graph if n.domain == DOMAIN}
+    for key in [key for key in model.functions if key[0] == DOMAIN and key[1] not in called]:
+        del model.functions[key]
+    if not called:
+        model.opset_imports.pop(DOMAIN, None)
+
+
+# ---------------------------------------------------------------------------
+
+
+def _best_form(array: np.ndarray, axis: int | None, max_bits: int, opset: int, packing: str) -> Palettized | None:
+    """The smaller exact palettized form: one palette, or one per channel along `axis`."""
+    candidates = [distinct(array, None, 1, max_bits)]
+    if axis is not None and array.ndim:
+        candidates.append(distinct(array, axis, 1, max_bits))
+    found = [c for c in candidates if c is not None]
+    return min(found, key=lambda c: stored_bytes(c, opset, packing)) if found else None
+
+
+def _index_array(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return np.asarray(value.const_value.numpy()).astype(np.int64)
+    node = value.producer()
+    if node is None or node.domain != DOMAIN or not node.op_type.startswith("Unpack_"):
+        return None
+    widths = tuple(int(w) for w in node.op_type.split("_")[1:])
+    arrays = [_const(v) for v in node.inputs]
+    if any(a is None for a in arrays):
+        return None
+    shape = tuple(int(d) for d in arrays[-1])  # type: ignore[union-attr]
+    count = int(np.prod(shape))
+    index = np.zeros(count, np.int64)
+    for width, plane in zip(widths, arrays[:-1]):
+        index = (index << width) | unpack_plane(plane, width, count).astype(np.int64)  # type: ignore[arg-type]
+    return index.reshape(shape)
+
+
+def _palette_array(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    node = value.producer()
+    if node is None or node.domain != DOMAIN or node.op_type != "ScalePalette":
+        return None
+    q, scale = _const(node.inputs[0]), _const(node.inputs[1])
+    if q is None or scale is None:
+        return None
+    return (q.astype(np.float32) * scale.astype(np.float32)).reshape(-1)
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _fresh(graph: ir.Graph, base: str) -> str:
+    taken = set(graph.initializers) | {v.name for v in graph.inputs} | {o.name for n in graph for o in n.outputs}
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _initializer(graph: ir.Graph, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+    name = _fresh(graph, base)
+    tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.Tensor(array, name=name)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _insert_front(graph: ir.Graph, nodes: Sequence[ir.Node]) -> None:
+    first = next(iter(graph), None)
+    if first is None:
+        graph.extend(nodes)
+    else:
+        graph.insert_before(first, nodes)
+
+
+def _unpack_name(widths: Sequence[int]) -> str:
+    return "Unpack_" + "_".join(str(w) for w in widths)
+
+
+def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
+    key = (DOMAIN, op_type, "")
+    if key in model.functions:
+        return
+    if op_type == "Expand":
+        function = _function(op_type, ["indices", "palette"], _expand_body, opset)
+    elif op_type == "ExpandGrouped":
+        function = _function(op_type, ["indices", "palette", "offsets"], _expand_body, opset)
+    elif op_type == "ScalePalette":
+        function = _function(op_type, ["q", "scale"], _scale_body, opset)
+    else:
+        widths = tuple(int(w) for w in op_type.split("_")[1:])
+        names = [f"plane{w}_{i}" for i, w in enumerate(widths)] + ["shape"]
+        function = _function(op_type, names, lambda op, const, inputs: _unpack_body(op, const, inputs, widths),
+                             opset)
+    model.functions[key] = function
+
+
+def _function(name: str, input_names: list[str], body, opset: int) -> ir.Function:
+    inputs = [ir.Value(name=n) for n in input_names]
+    nodes: list[ir.Node] = []
+
+    def op(op_type: str, args: list[ir.Value], **attributes) -> ir.Value:
+        node = ir.node(op_type, args, attributes or None, version=None)
+        nodes.append(node)
+        return node.outputs[0]
+
+    def const(array: np.ndarray) -> ir.Value:
+        return op("Constant", [], value=ir.Tensor(array))
+
+    result = body(op, const, inputs)
+    result.name = "output"
+    for i, node in enumerate(nodes):
+        node.name = f"n{i}"
+        for j, out in enumerate(node.outputs):
+            if out is not result:
+                out.name = f"t{i}_{j}"
+    graph = ir.Graph(inputs, [result], nodes=nodes, opset_imports={"": opset})
+    return ir.Function(DOMAIN, name, graph=graph, attributes=[])
+
+
+def _expand_body(op, const, inputs: list[ir.Value]) -> ir.Value:
+    index = op("Cast", [inputs[0]], to=ir.DataType.INT32)
+    if len(inputs) > 2:
+        index = op("Add", [index, inputs[2]])
+    return op("Gather", [inputs[1], index], axis=0)
+
+
+def _scale_body(op, const, inputs: list[ir.Value]) -> ir.Value:
+    values = op("Mul", [op("Cast", [inputs[0]], to=ir.DataType.FLOAT), inputs[1]])
+    return op("Reshape", [values, const(np.array([-1], np.int64))])
+
+
+def _unpack_body(op, const, inputs: list[ir.Value], widths: tuple[int, ...]) -> ir.Value:
+    shape = inputs[-1]
+    count = op("ReduceProd", [shape], keepdims=1)
+    total: ir.Value | None = None
+    remaining = sum(widths)
+    for plane, width in zip(inputs[:-1], widths):
+        remaining -= width
+        per_byte = 8 // width
+        column = op("Reshape", [plane, const(np.array([-1, 1], np.int64))])
+        left = op("BitShift", [column, const((width * np.arange(per_byte)).astype(np.uint8))], direction="LEFT")
+        fields = op("BitShift", [left, const(np.array([8 - width], np.uint8))], direction="RIGHT")
+        flat = op("Reshape", [fields, const(np.array([-1], np.int64))])
+        cut = op("Slice", [flat, const(np.array([0], np.int64)), count])
+        value = op("Cast", [cut], to=ir.DataType.INT32)
+        if remaining:
+            value = op("Mul", [value, const(np.array(1 << remaining, np.int32))])
+        total = value if total is None else op("Add", [total, value])
+    assert total is not None
+    return op("Reshape", [total, shape])
