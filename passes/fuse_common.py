@@ -161,10 +161,23 @@ class Namer:
 
     def __init__(self, model: ir.Model):
         self._taken: set[str] = set()
+        self._nodes: set[str] = set()
         for scope in scopes(model):
             for value in _scope_values(scope):
                 if value.name:
                     self._taken.add(value.name)
+            self._nodes.update(node.name for node in scope if node.name)
+
+    def node(self, hint: str | None) -> str | None:
+        """A node name no other node has (ONNX Runtime refuses duplicates), or None."""
+        if not hint:
+            return None
+        name, i = hint, 1
+        while name in self._nodes:
+            name = f"{hint}_{i}"
+            i += 1
+        self._nodes.add(name)
+        return name
 
     def fresh(self, hint: str) -> str:
         hint = hint or "fused"

@@ -21,7 +21,8 @@ Numbered cases:
    Narrowing chains (float32 -> float16 -> float32) round, and are kept.
 
 6. Concat(..., Concat(a, b), ...) on the same axis -> Concat(..., a, b, ...) when
-   only the outer Concat reads the inner one.
+   only the outer Concat reads the inner one; a Concat of n Unsqueezes on its own
+   axis (stacking equal-shaped tensors) -> one Reshape of the Concat of the inputs.
 7. Transposes move down through elementwise ops and reductions (fuse_transpose) until
    they meet their inverse and cancel by case 1.
 
@@ -372,11 +373,12 @@ def _cast(scope: Scope, namer: Namer, node: ir.Node) -> bool:
 
 
 def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
-    del namer
     axis = node.attributes.get_int("axis", None)
     if axis is None:
         return False
     rank = _rank(node.outputs[0])
+    if _stack_as_reshape(scope, namer, node, axis):
+        return True
     merged: list[ir.Value | None] = []
     inner_nodes = []
     for value in node.inputs:
@@ -398,6 +400,61 @@ def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     for i, value in enumerate(merged):
         node.replace_input_with(i, value)
     remove_dead(scope, inner_nodes)  # type: ignore[arg-type]
+    return True
+
+
+def _stack_as_reshape(scope: Scope, namer: Namer, node: ir.Node, axis: int) -> bool:
+    """Case 6b: Concat(Unsqueeze(a1, k), ..., Unsqueeze(an, k), axis=k) stacks equal-shaped
+    tensors; Concat(a1, ..., an, axis=k) has the same elements in the same order, so one
+    Reshape to the stacked shape replaces the n Unsqueezes."""
+    inputs = list(node.inputs)
+    if len(inputs) < 2 or any(v is None for v in inputs):
+        return False
+    sources = []
+    for value in inputs:
+        inner = value.producer()  # type: ignore[union-attr]
+        if not is_op(inner, "Unsqueeze") or not is_internal(value, node) or inner.inputs[0] is None:  # type: ignore[arg-type, union-attr]
+            return False
+        sources.append((inner, inner.inputs[0]))  # type: ignore[union-attr]
+    shapes = {tuple(src.shape) if src.shape is not None else None for _, src in sources}
+    if len(shapes) != 1 or None in shapes:
+        return False
+    base = next(iter(shapes))
+    out_rank = len(base) + 1  # type: ignore[arg-type]
+    k = axis + out_rank if axis < 0 else axis
+    if not 0 <= k < len(base):  # type: ignore[arg-type]
+        return False  # stacking on a new last axis interleaves elements: not a Concat
+    for inner, _ in sources:
+        axes = _axes(inner)
+        if axes is None or _normalized(axes, out_rank) != [k]:
+            return False
+    dims = [d if isinstance(d, int) else -1 for d in base]  # type: ignore[union-attr]
+    target = dims[:k] + [len(sources)] + dims[k:]
+    if target.count(-1) > 1:
+        return False
+    concat = ir.Node(
+        "",
+        "Concat",
+        [src for _, src in sources],
+        attributes=[ir.AttrInt64("axis", k)],
+        num_outputs=1,
+        name=namer.node(node.name),
+    )
+    concat.outputs[0].name = namer.fresh(f"{node.outputs[0].name or 'concat'}_flat")
+    scope.insert_before(node, concat)
+    shape = add_constant(
+        scope,
+        np.array(target, np.int64),
+        namer.fresh(f"{node.outputs[0].name}_stacked"),
+        before=node,
+    )
+    # The Concat node becomes the Reshape, so its output (and name) stays where it is.
+    node.attributes.pop("axis", None)
+    node.resize_inputs(2)
+    node.replace_input_with(0, concat.outputs[0])
+    node.replace_input_with(1, shape)
+    node.op_type = "Reshape"
+    remove_dead(scope, [inner for inner, _ in sources])
     return True
 
 
