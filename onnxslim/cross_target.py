@@ -38,10 +38,16 @@ class TargetReport:
     def candidate_differs_from_host(self) -> bool:
         return any(p.max_abs > 0 for p in self.candidate_host_vs_target)
 
+    @property
+    def candidate_differs_beyond_rounding(self) -> bool:
+        """Different kernels, not just float summation order (int8 saturation, say)."""
+        return any(p.max_rel > 1e-5 for p in self.candidate_host_vs_target)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target, "detail": self.detail, "feeds": self.feeds, "passed": self.passed,
             "candidate_differs_from_host": self.candidate_differs_from_host,
+            "candidate_differs_beyond_rounding": self.candidate_differs_beyond_rounding,
             "on_target": [p.to_dict() for p in self.on_target],
             "candidate_host_vs_target": [p.to_dict() for p in self.candidate_host_vs_target],
             "reference_host_vs_target": [p.to_dict() for p in self.reference_host_vs_target],

@@ -175,8 +175,12 @@ def render_target(report: TargetReport) -> None:
         table.add_row(escape(on_target.name), _num(on_target.max_abs),
                       _num(on_target.cosine, ".6f"), top1, verdict, same)
     out.print(table)
-    if report.candidate_differs_from_host:
-        out.print(f"note: the candidate computes differently on {report.target} than on this machine")
+    if report.candidate_differs_beyond_rounding:
+        out.print(f"[yellow]note:[/] the candidate computes differently on {report.target} than on "
+                  "this machine, beyond float rounding: validate on the target's kernels")
+    elif report.candidate_differs_from_host:
+        out.print(f"note: on {report.target} the candidate differs from this machine only by float "
+                  "rounding")
 
 
 def render(report: ValidationReport) -> None:
