@@ -340,7 +340,7 @@ def _expand(node: ir.Node, version: int) -> bool:  # rule 8
 
 
 def _single_input(node: ir.Node, version: int) -> bool:  # rule 9
-    return len([v for v in node.inputs]) == 1
+    return len(node.inputs) == 1
 
 
 def _split(node: ir.Node, version: int) -> bool:  # rule 9
