@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from onnxslim import api, io
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._app import app, out, print_json
 from onnxslim.errors import GateFailed
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.pipeline import Pipeline
@@ -61,8 +61,7 @@ def optimize_command(
                     "passes": [r.to_dict() for r in records]})
     else:
         _print_table(model, result)
-    for r in result.result.rolled_back:
-        err.print(f"[yellow]rolled back[/] {r.name}: {r.reason}", markup=True, highlight=False)
+    # Rolled-back passes are already on stderr: the pipeline logs each one as a warning.
     if failed:
         moved = ", ".join(f"{p.name} (max abs {p.max_abs:.3g})" for p in failed)
         where = f"written anyway to {output} (--force)" if force else "nothing written"
