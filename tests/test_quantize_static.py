@@ -22,6 +22,12 @@ from onnxslim.runtime import Session, SessionConfig
 from quantize_fixtures import cnn, conv_in_if, feeds_for, masked_attention, mlp
 
 
+def Static(**options) -> QuantizeStatic:  # noqa: N802
+    """The pass without the latency guard: these tests check the int8 graph it builds, which
+    the guard (timing on a shared machine) could otherwise keep float."""
+    return QuantizeStatic(latency_guard=False, **options)
+
+
 def optimized_ops(model: ir.Model) -> list[str]:
     """Op types of ORT's optimized graph, subgraphs included."""
     with tempfile.TemporaryDirectory() as folder:
@@ -52,7 +58,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_cnn_runs_on_qlinearconv_and_qgemm_with_parity():
     model = cnn()
     calib = feeds_for(model, 16, seed=1)
-    quantized, report = quantize_static(model, calib)
+    quantized, report = quantize_static(model, calib, Static())
     ops = optimized_ops(quantized)
     assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1, ops
     assert "QLinearGlobalAveragePool" in ops
@@ -70,7 +76,7 @@ def test_cnn_runs_on_qlinearconv_and_qgemm_with_parity():
 def test_weight_dominated_model_shrinks_4x_and_fuses_matmul(activation_type):
     model = mlp(hidden=512, features=128)
     calib = feeds_for(model, 8, seed=3)
-    quantized, report = quantize_static(model, calib, QuantizeStatic(activation_type=activation_type))
+    quantized, report = quantize_static(model, calib, Static(activation_type=activation_type))
     before, after = tensor_bytes(model), tensor_bytes(quantized)
     assert after <= before / 3.5, (before, after)
     ops = optimized_ops(quantized)
@@ -85,7 +91,8 @@ def test_weight_dominated_model_shrinks_4x_and_fuses_matmul(activation_type):
 
 def test_result_is_never_larger_even_without_weights():
     model = conv_in_if()
-    quantized, report = quantize_static(model, [{"x": np.ones((1, 3, 8, 8), np.float32), "flag": np.array(False)}])
+    feed = {"x": np.ones((1, 3, 8, 8), np.float32), "flag": np.array(False)}
+    quantized, report = quantize_static(model, [feed], Static())
     assert tensor_bytes(quantized) <= tensor_bytes(model)
 
 
@@ -93,7 +100,7 @@ def test_if_branch_is_calibrated_and_quantized_inside():
     model = conv_in_if()
     rng = np.random.default_rng(0)
     calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(i % 2 == 0)} for i in range(8)]
-    quantized, report = quantize_static(model, calib, QuantizeStatic(method="minmax"))
+    quantized, report = quantize_static(model, calib, Static(method="minmax"))
     assert {"then_conv1", "then_conv2"} <= set(report.quantized_nodes)
     ops = optimized_ops(quantized)
     assert ops.count("QLinearConv") == 2, ops
@@ -106,14 +113,14 @@ def test_exclusions_by_name_op_type_and_regex():
     model = cnn()
     calib = feeds_for(model, 4)
     for pattern, kept in (("conv1", {"conv1"}), ("Gemm", {"fc"}), ("conv[12]", {"conv1", "conv2"})):
-        _, report = quantize_static(model, calib, QuantizeStatic(exclude=(pattern,), check_fusion=False))
+        _, report = quantize_static(model, calib, Static(exclude=(pattern,), check_fusion=False))
         assert kept.isdisjoint(report.quantized_nodes), (pattern, report.quantized_nodes)
         assert all(report.skipped[name] == "excluded" for name in kept)
 
 
 def test_keep_float_outputs_leaves_the_last_layer_float():
     model = cnn()
-    quantized, report = quantize_static(model, feeds_for(model, 4), QuantizeStatic(keep_float_outputs=True))
+    quantized, report = quantize_static(model, feeds_for(model, 4), Static(keep_float_outputs=True))
     assert "fc" not in report.quantized_nodes and "conv2" in report.quantized_nodes
     gemm = next(n for n in iter_nodes(quantized) if n.op_type == "Gemm")
     assert gemm.inputs[1].const_value is not None and gemm.inputs[1].const_value.dtype == ir.DataType.FLOAT
@@ -128,7 +135,7 @@ def test_mask_constants_stay_float_and_div_becomes_mul():
         mask[0, length // 2:] = 0
         calib.append({"x": rng.standard_normal((1, length, 32)).astype(np.float32), "mask": mask})
     for method in ("percentile", "entropy", "mse"):
-        quantized, report = quantize_static(model, calib, QuantizeStatic(method=method))
+        quantized, report = quantize_static(model, calib, Static(method=method))
         assert not any(n.op_type == "Div" for n in iter_nodes(quantized))
         assert any(n.op_type == "Mul" and n.name.endswith("_as_Mul") for n in iter_nodes(quantized))
         quantized_inputs = {n.inputs[0].name for n in iter_nodes(quantized) if n.op_type == "QuantizeLinear"}
@@ -141,9 +148,9 @@ def test_mask_constants_stay_float_and_div_becomes_mul():
 
 def test_already_quantized_model_is_refused_unless_forced():
     model = cnn()
-    quantized, _ = quantize_static(model, feeds_for(model, 2))
+    quantized, _ = quantize_static(model, feeds_for(model, 2), Static())
     with pytest.raises(UsageError, match="already quantized"):
-        quantize_static(quantized, feeds_for(model, 2))
+        quantize_static(quantized, feeds_for(model, 2), Static())
 
 
 def test_pass_in_place_and_missing_data():
@@ -151,7 +158,7 @@ def test_pass_in_place_and_missing_data():
     with pytest.raises(UsageError):
         QuantizeStatic()(model.clone())
     target = model.clone()
-    result = QuantizeStatic(calib=feeds_for(model, 4))(target)
+    result = Static(calib=feeds_for(model, 4))(target)
     assert result.modified and any(n.op_type == "QuantizeLinear" for n in iter_nodes(target))
 
 
@@ -160,7 +167,7 @@ def test_no_file_is_written_into_the_working_directory(tmp_path, monkeypatch):
     model = conv_in_if()
     rng = np.random.default_rng(0)
     calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(True)} for _ in range(3)]
-    quantize_static(model, calib, QuantizeStatic(method="entropy"))
+    quantize_static(model, calib, Static(method="entropy"))
     assert os.listdir(tmp_path) == []
 
 
@@ -171,21 +178,35 @@ def _generator(count: int, shape: tuple[int, ...]) -> Iterator[dict[str, np.ndar
 
 
 def test_calibration_memory_is_flat_in_the_number_of_samples():
-    model = cnn(channels=4)
-    prepared = model.clone()
-    names = ["c1", "p1", "c2", "g", "y"]
+    model = mlp(hidden=32, features=16)
+    names = ["h0", "h1", "h2", "h3", "y"]
     peaks = {}
     for count in (100, 1000):
         tracemalloc.start()
-        stats, seen = collect_stats(prepared, _generator(count, (1, 3, 16, 16)), names)
+        stats, seen = collect_stats(model, _generator(count, (4, 8, 16)), names)
         peaks[count] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert seen == count and stats["c1"].count == count * 4 * 16 * 16
-    # Ten times the data (1000 feeds would hold 3 MB of inputs alone), the same peak.
+        assert seen == count and stats["h0"].count == count * 4 * 8 * 32
+    # Ten times the data (1000 feeds hold 2 MB of inputs alone), the same peak.
     assert peaks[1000] < peaks[100] * 1.2 + 128 * 1024, peaks
 
 
 def test_whole_pass_streams_a_one_shot_generator():
     model = cnn(channels=4)
-    quantized, report = quantize_static(model, _generator(300, (1, 3, 16, 16)), QuantizeStatic(check_fusion=False))
+    quantized, report = quantize_static(model, _generator(300, (1, 3, 16, 16)), Static(check_fusion=False))
     assert report.samples == 300 and "conv1" in report.quantized_nodes
+
+
+def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch):
+    import onnxslim.passes.quantize.static as static
+
+    ratios = iter([1.4, 1.2, 0.95])  # all int8, then each step of the ladder
+    monkeypatch.setattr(static, "latency_ratio", lambda *args, **kwargs: next(ratios))
+    model = cnn()
+    quantized, report = quantize_static(model, feeds_for(model, 4), QuantizeStatic(check_fusion=False))
+    assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95]
+    # MACs per feed (batch 2): fc 640, conv1 221k, conv2 590k; the 2^18 step keeps conv2 only.
+    assert "conv2" in report.quantized_nodes
+    assert "fc" not in report.quantized_nodes and "conv1" not in report.quantized_nodes
+    assert report.skipped["conv1"].startswith("too small for int8")
+    assert not report.warnings

@@ -57,6 +57,9 @@ def quantize_command(
     keep_float_outputs: bool = typer.Option(False, "--keep-float-outputs", help="Nodes producing graph outputs stay float."),
     weight_bits: int = typer.Option(8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."),
     max_samples: int | None = typer.Option(None, "--max-samples", min=1, help="Calibrate on at most N feeds."),
+    latency_guard: bool = typer.Option(True, "--latency-guard/--no-latency-guard",
+                                       help="Static: keep the smallest layers float while int8 runs slower than "
+                                            "float here (--no-latency-guard forces int8 for size)."),
     data: str | None = typer.Option(None, "--data", help="Validation feeds (with `labels` for accuracy); default: --calib."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Validate the result against the float model on ORT."),
     force: bool = typer.Option(False, "--force", help="Quantize a model that already holds quantized ops."),
@@ -72,7 +75,8 @@ def quantize_command(
     if mode == "static":
         options.update(method=method, percentile=percentile, activation_type=activation_type,
                        per_channel=not per_tensor, reduce_range=reduce_range,
-                       keep_float_outputs=keep_float_outputs, max_samples=max_samples)
+                       keep_float_outputs=keep_float_outputs, max_samples=max_samples,
+                       latency_guard=latency_guard)
     elif mode == "dynamic":
         options.update(per_channel=not per_tensor, reduce_range=reduce_range)
     elif mode == "weight-only":

@@ -79,6 +79,7 @@ class QuantizeReport:
     prepare_steps: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    latency_checks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,6 +115,8 @@ class QuantizeStatic(ir.passes.InPlacePass):
     quantize_depthwise: bool = option(False, "Quantize depthwise Conv too (slower than float on ORT CPU).")
     max_samples: int | None = option(None, "Use at most this many calibration feeds.")
     protect: bool = option(True, "Keep float the tensors one int8 scale cannot carry (masks, mixed ranges).")
+    latency_guard: bool = option(True, "While the int8 model runs slower than float here, keep the smallest "
+                                       "layers float (timed interleaved, one thread).")
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
     progress: Any = _internal()
@@ -216,6 +219,18 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
                                              progress, report)
             result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["check"] = time.perf_counter() - clock
+
+    if options.latency_guard and plan.nodes:
+        clock = time.perf_counter()
+        guarded = _latency_guard(prepared, result, plan, stats, _sample_feeds(reservoir, source), policy,
+                                 float_nodes, float_tensors, options, act_dtype, reduce_range, progress, report)
+        if guarded is not None:
+            plan, ranges, result, insert_report = guarded
+            if plan.nodes and options.check_fusion:
+                report.int8_kernels = find_unfused(result, plan, insert_report)[1]
+            elif not plan.nodes:
+                report.int8_kernels = {}
+        report.seconds["latency_guard"] = time.perf_counter() - clock
     # One-shot sources (generators, readers) cannot be read again: reuse the first feeds kept.
     reusable = reservoir.kept if reservoir is not None else source
     bias_correction_hook(result, prepared, reusable, options, report)  # bias_correction.py
@@ -296,6 +311,121 @@ def _feeds(calib: FeedSource, model: ir.Model) -> Any:
     if opener is None or callable(calib) and not hasattr(calib, "__iter__") and not hasattr(calib, "get_next"):
         return calib
     return opener(calib, model, extra="ignore")
+
+
+# MAC counts below which layers are kept float, tried in turn while int8 is slower.
+_LADDER = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)
+_GUARD_FEEDS = 4
+
+
+def _sample_feeds(reservoir: _Reservoir | None, source: Any) -> list[dict[str, np.ndarray]]:
+    from itertools import islice
+
+    if reservoir is not None:
+        return reservoir.kept[:_GUARD_FEEDS]
+    try:
+        return list(islice(iter(source), _GUARD_FEEDS))
+    except DataError:
+        return []
+
+
+def latency_ratio(reference: ir.Model, candidate: ir.Model, feeds: list[dict[str, np.ndarray]], *,
+                  min_runs: int = 15, budget_seconds: float = 2.0) -> float:
+    """Median single-thread latency of `candidate` over `reference`, timed interleaved."""
+    from onnxslim.runtime import Session, SessionConfig
+
+    config = SessionConfig(threads=1)
+    sessions = [Session(reference, config), Session(candidate, config)]
+    for session in sessions:
+        for feed in feeds:
+            session.run(feed)
+    times: list[list[float]] = [[], []]
+    start = time.perf_counter()
+    runs = 0
+    while runs < min_runs or (time.perf_counter() - start < budget_seconds and runs < 200):
+        order = (0, 1) if runs % 2 == 0 else (1, 0)
+        feed = feeds[runs % len(feeds)]
+        for index in order:
+            tick = time.perf_counter()
+            sessions[index].run(feed)
+            times[index].append(time.perf_counter() - tick)
+        runs += 1
+        if runs >= min_runs and time.perf_counter() - start > budget_seconds:
+            break
+    return float(np.median(times[1]) / np.median(times[0]))
+
+
+def node_macs(model: ir.Model, plan: QuantPlan, stats: Mapping[str, TensorStats]) -> dict[str, int]:
+    """Multiply-accumulates per feed of each quantized Conv/MatMul/Gemm, from calibrated shapes."""
+    from .policy import const_array
+
+    macs: dict[str, int] = {}
+    for node in model.graph.all_nodes():
+        node_plan = plan.nodes.get(node.name or "")
+        if node_plan is None or node_plan.role != "compute" or node.inputs[0] is None:
+            continue
+        observed = stats.get(node.inputs[0].name or "")
+        shapes = observed.shapes if observed is not None else set()
+        if not shapes:
+            continue
+        shape = max(shapes, key=lambda sh: int(np.prod(sh)))
+        weight = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+        if weight is None:
+            continue
+        if node.op_type == "Conv" and len(shape) >= 3:
+            strides = node.attributes.get_ints("strides", None) or [1] * (len(shape) - 2)
+            positions = int(np.prod(shape)) // max(shape[1], 1) // max(int(np.prod(strides)), 1)
+            macs[node.name or ""] = positions * int(np.prod(weight.shape))
+        elif node.op_type == "Gemm" or node.op_type == "MatMul":
+            rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+            macs[node.name or ""] = rows * int(np.prod(weight.shape[-2:]))
+    return macs
+
+
+def _latency_guard(prepared: ir.Model, result: ir.Model, plan: QuantPlan, stats: dict[str, TensorStats],
+                   feeds: list[dict[str, np.ndarray]], policy: PolicyConfig, float_nodes: dict[str, str],
+                   float_tensors: set[str], options: QuantizeStatic, act_dtype: type, reduce_range: bool,
+                   progress: StageProgress | None, report: QuantizeReport
+                   ) -> tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None:
+    """Keep the smallest layers float, step by step, while the int8 model is slower than float.
+
+    Per-op overheads (QuantizeLinear, layout changes) do not shrink with the layer,
+    so small layers lose in int8; MAC thresholds rise until the model is not slower.
+    Returns the chosen configuration, or None when the first one is kept.
+    """
+    if not feeds:
+        return None
+    ratio = latency_ratio(prepared, result, feeds)
+    report.latency_checks = [{"threshold_macs": 0, "ratio": round(ratio, 3)}]
+    if ratio <= 1.0:
+        return None
+    macs = node_macs(prepared, plan, stats)
+    best: tuple[float, tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None] = (ratio, None)
+    previous: set[str] = set()
+    for step, threshold in enumerate(_LADDER):
+        small = {name for name, count in macs.items() if count < threshold}
+        if not small or small == previous:
+            continue
+        previous = small
+        trial_float = dict(float_nodes)
+        for name in small:
+            trial_float.setdefault(name, f"too small for int8 to pay here (< {threshold} MACs; int8 model was slower)")
+        trial_plan, trial_ranges = _plan_with_ranges(prepared, policy, trial_float, set(float_tensors), stats, [],
+                                                     options, progress, report)
+        trial, trial_report = _apply(prepared, trial_plan, trial_ranges, act_dtype, reduce_range)
+        ratio = latency_ratio(prepared, trial, feeds)
+        report.latency_checks.append({"threshold_macs": threshold, "ratio": round(ratio, 3),
+                                      "float_layers": len(small)})
+        if progress is not None:
+            progress("latency", step + 1, len(_LADDER))
+        if ratio < best[0]:
+            best = (ratio, (trial_plan, trial_ranges, trial, trial_report))
+        if ratio <= 1.0:
+            break
+    if best[0] > 1.0:
+        report.warnings.append(f"the int8 model runs {best[0]:.2f}x the float time on this CPU: its layers "
+                               "are too small for int8 kernels to pay for their overheads")
+    return best[1]
 
 
 def _one_shot(source: Any) -> bool:
