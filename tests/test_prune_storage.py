@@ -113,3 +113,20 @@ def test_dense_or_small_tensors_are_left_alone_and_old_opsets_refused() -> None:
     NMSparsity(min_elements=100)(old)
     assert not PackSparseWeights(min_elements=100)(old).modified
     assert "opset 10" in summary(old)["storage"]["reason"]
+
+
+def test_a_packed_model_prunes_again(pruned) -> None:
+    """Magnitude pruning, packed, then channel pruning and packing again: composes on ORT."""
+    from onnxslim.passes.prune import ChannelPruning
+
+    model, _ = pruned
+    packed = model.clone()
+    PackSparseWeights(min_elements=100)(packed)
+    assert ChannelPruning(ratio=0.5, multiple=8)(packed).modified
+    stem = next(n for n in packed.graph if n.name == "stem")
+    assert stem.inputs[1].const_value.shape == (8, 3, 3, 3)
+    assert np.mean(stem.inputs[1].const_value.numpy() == 0) > 0.3  # the zeros survived the cut
+    assert PackSparseWeights(min_elements=100)(packed).modified
+    from onnxslim.runtime import Session
+
+    assert Session(packed).run(CHECK[0])["y"].shape == (1, 10)

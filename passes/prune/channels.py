@@ -39,6 +39,7 @@ from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes
 from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze, readers
 from onnxslim.passes.prune.layers import find_layers, lift_constants, resolve_initializer
 from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitRequest, reconstruct
+from onnxslim.passes.prune.storage import UnpackSparseWeights
 
 from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
@@ -100,6 +101,7 @@ class ChannelPruning(ir.passes.InPlacePass):
             raise UsageError(
                 "reconstruction and activation importance need calibration data (calib)"
             )
+        UnpackSparseWeights()(model)  # a model pruned and packed before prunes again
         lift_constants(model)
         name_nodes(model)
         _infer_shapes(model)

@@ -27,6 +27,7 @@ from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, lift_constants, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+from onnxslim.passes.prune.storage import UnpackSparseWeights
 
 from onnxslim.errors import UsageError
 
@@ -79,6 +80,7 @@ class MagnitudePruning(ir.passes.InPlacePass):
             raise UsageError("reconstruction needs calibration data (calib)")
         if self.allocation == "sensitivity" and feeds is None:
             raise UsageError("allocation=sensitivity needs calibration data (calib)")
+        UnpackSparseWeights()(model)  # a model pruned and packed before prunes again
         lift_constants(model)
         name_nodes(model)
         layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)

@@ -20,6 +20,7 @@ from onnxslim.passes.prune._common import load_feeds, name_nodes, store_summary
 from onnxslim.passes.prune.layers import Skipped, find_layers, lift_constants, sparsity
 from onnxslim.passes.prune.masks import nm_mask
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+from onnxslim.passes.prune.storage import UnpackSparseWeights
 
 from onnxslim.errors import UsageError
 
@@ -55,6 +56,7 @@ class NMSparsity(ir.passes.InPlacePass):
         refit = self.reconstruct if self.reconstruct is not None else feeds is not None
         if refit and feeds is None:
             raise UsageError("reconstruction needs calibration data (calib)")
+        UnpackSparseWeights()(model)  # a model pruned and packed before prunes again
         lift_constants(model)
         name_nodes(model)
         layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)
