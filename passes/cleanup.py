@@ -11,9 +11,7 @@ import hashlib
 from typing import ClassVar
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 from onnxslim.passes._options import option
-from onnxslim.passes.fold import quiet_onnxscript
 
 from onnxslim.graphs import iter_graphs
 
@@ -59,8 +57,46 @@ class DeduplicateInitializers(ir.passes.InPlacePass):
     size_limit: int = option(1 << 30, "Skip tensors with more elements than this (hashing cost).")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        with quiet_onnxscript():
-            return common.DeduplicateHashedInitializersPass(size_limit=self.size_limit)(model)
+        modified = False
+        for graph in model.graphs():
+            modified |= _deduplicate_in(graph, self.size_limit)
+        return ir.passes.PassResult(model, modified)
+
+
+def _deduplicate_in(graph: ir.Graph, size_limit: int) -> bool:
+    """Hash only tensors that share dtype and shape with another one.
+
+    Reading a memory-mapped weight maps its pages into the process; most weights have
+    no twin of the same shape, so grouping first keeps a big model's RSS near its
+    graph's size (onnx_ir's pass hashes every initializer).
+    """
+    boundary = {v.name for v in graph.inputs} | {v.name for v in graph.outputs}
+    groups: dict[tuple, list[ir.Value]] = {}
+    for value in graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or value.name in boundary or tensor.size > size_limit:
+            continue
+        groups.setdefault((tensor.dtype, tuple(tensor.shape)), []).append(value)
+    modified = False
+    for values in groups.values():
+        if len(values) < 2:
+            continue
+        canonical: dict[bytes, ir.Value] = {}
+        for value in values:
+            tensor = value.const_value
+            assert tensor is not None
+            data = tensor.tobytes()
+            digest = hashlib.sha256(data).digest()
+            del data
+            if isinstance(tensor, ir.ExternalTensor):
+                tensor.release()  # unmap: the pages are page cache, not ours to keep
+            keep = canonical.setdefault(digest, value)
+            if keep is value:
+                continue
+            ir.convenience.replace_all_uses_with(value, keep)
+            graph.initializers.pop(value.name)  # type: ignore[arg-type]
+            modified = True
+    return modified
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
