@@ -42,6 +42,7 @@ from onnxslim.passes.fuse_common import (
     Scope,
     add_constant,
     can_replace,
+    const_array,
     in_scope,
     int_list,
     is_internal,
@@ -158,9 +159,10 @@ def _transpose(scope: Scope, namer: Namer, node: ir.Node) -> bool:
 
 
 def _reshape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
-    del namer
     if len(node.inputs) < 2:
         return False
+    if _own_dims_shape(scope, namer, node):
+        return True
     inner = node.inputs[0].producer()  # type: ignore[union-attr]
     if not is_op(inner, *_SHAPE_ONLY) or inner.inputs[0] is None:  # type: ignore[union-attr]
         return False
@@ -169,6 +171,84 @@ def _reshape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
         return False
     _rewire(scope, node, inner.inputs[0])  # type: ignore[union-attr]
     return True
+
+
+def _own_dims_shape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
+    """Case 2b: a target shape assembled at run time from the data's own dimensions.
+
+    Reshape(x, Concat(Unsqueeze(Gather(Shape(x), j)), ..., 12, 64)) is how exporters spell
+    "keep dims j, split the last": an entry that reads x's dimension j at position j
+    becomes 0 (copy that dimension), and a single entry left dynamic becomes -1 (the
+    one dimension Reshape infers, which is exactly that value since the original
+    reshape was valid). The shape becomes a constant and the Shape/Gather/Unsqueeze/
+    Concat arithmetic goes."""
+    x, target = node.inputs[0], node.inputs[1]
+    concat = target.producer() if target is not None else None
+    if x is None or not is_op(concat, "Concat") or concat.attributes.get_int("axis", 0) != 0:  # type: ignore[union-attr]
+        return False
+    if node.attributes.get_int("allowzero", 0):
+        return False
+    entries: list[int | tuple[ir.Value, int] | None] = []
+    for part in concat.inputs:  # type: ignore[union-attr]
+        values = int_list(part)
+        if values is not None:
+            entries.extend(values)
+            continue
+        dim = _dim_of(part)
+        if dim is None:
+            return False
+        entries.append(dim)
+    rank = _rank(x)
+    new: list[int | None] = []
+    for j, entry in enumerate(entries):
+        if isinstance(entry, int):
+            new.append(entry)
+            continue
+        source, index = entry  # type: ignore[misc]
+        if index < 0 and rank is not None:
+            index += rank
+        new.append(0 if source is x and index == j else None)
+    unknown = [j for j, v in enumerate(new) if v is None]
+    if len(unknown) > 1 or (unknown and -1 in new):
+        return False
+    if unknown:
+        new[unknown[0]] = -1
+    constant = add_constant(
+        scope, np.array(new, np.int64), namer.fresh(f"{target.name or 'shape'}_const"), before=node
+    )  # type: ignore[union-attr]
+    node.replace_input_with(1, constant)
+    remove_dead(scope, [concat])  # type: ignore[list-item]
+    return True
+
+
+def _dim_of(value: ir.Value | None) -> tuple[ir.Value, int] | None:
+    """(x, i) when `value` is the 1-element vector [x.shape[i]] built from Shape(x)."""
+    node = value.producer() if value is not None else None
+    if is_op(node, "Unsqueeze"):
+        axes = _axes(node)  # type: ignore[arg-type]
+        inner = node.inputs[0].producer() if node.inputs[0] is not None else None  # type: ignore[union-attr]
+        if axes not in ([0], [-1]) or not is_op(inner, "Gather"):
+            return None
+        index = const_array(inner.inputs[1])  # type: ignore[union-attr]
+        if index is None or index.ndim != 0:
+            return None
+        node = inner
+    elif is_op(node, "Gather"):
+        index = const_array(node.inputs[1])  # type: ignore[union-attr]
+        if index is None or index.shape != (1,):
+            return None
+    else:
+        return None
+    if node.attributes.get_int("axis", 0) != 0:  # type: ignore[union-attr]
+        return None
+    shape = node.inputs[0].producer() if node.inputs[0] is not None else None  # type: ignore[union-attr]
+    if not is_op(shape, "Shape") or shape.inputs[0] is None or "end" in shape.attributes:  # type: ignore[union-attr]
+        return None
+    start = shape.attributes.get_int("start", 0)  # type: ignore[union-attr]
+    position = int(index.reshape(-1)[0])
+    if start < 0 or (start > 0 and position < 0):
+        return None
+    return shape.inputs[0], position + start  # type: ignore[union-attr, return-value]
 
 
 # --------------------------------------------------------------------------- case 3 and 4

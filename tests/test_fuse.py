@@ -757,3 +757,44 @@ def test_stack_of_unsqueezes_becomes_one_reshape(axis):
         return
     assert modified and (before, after) == (n + 1, 2)
     assert ops(fused) == ["Concat", "Reshape"]
+
+
+def test_reshape_to_shape_built_from_own_dims_becomes_constant():
+    # y: x[B,T,8] -> [B, T, 2, 4] spelled with Shape/Gather/Unsqueeze/Concat: B, T become 0.
+    # z: x -> [N, 8] where N is read off another input: the one dynamic entry becomes -1.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+        helper.make_node("Gather", ["s", "i1"], ["t"], axis=0),
+        helper.make_node("Unsqueeze", ["b", "ax"], ["ub"]),
+        helper.make_node("Unsqueeze", ["t", "ax"], ["ut"]),
+        helper.make_node("Concat", ["ub", "ut", "heads"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+        helper.make_node("Shape", ["w"], ["sw"]),
+        helper.make_node("Gather", ["sw", "i0v"], ["n"], axis=0),
+        helper.make_node("Concat", ["n", "eight"], ["shape2"], axis=0),
+        helper.make_node("Reshape", ["x", "shape2"], ["z"]),
+    ]
+    model = build(
+        nodes,
+        [vi("x", ["B", "T", 8]), vi("w", ["N", 3])],
+        [vi("y", ["B", "T", 2, 4]), vi("z", ["N", 8])],
+        [
+            init("i0", np.array(0, np.int64)),
+            init("i1", np.array(1, np.int64)),
+            init("i0v", np.array([0], np.int64)),
+            init("ax", np.array([0], np.int64)),
+            init("heads", np.array([2, 4], np.int64)),
+            init("eight", np.array([8], np.int64)),
+        ],
+    )
+    rng = np.random.default_rng(1)
+    feeds = [
+        {
+            "x": rng.standard_normal((3, 5, 8)).astype(np.float32),
+            "w": rng.standard_normal((15, 3)).astype(np.float32),
+        }
+    ]
+    fused, modified, before, after = apply(fuse.FuseLayoutChains(), model, feeds)
+    assert modified and (before, after) == (11, 2)
+    assert ops(fused) == ["Reshape", "Reshape"]
