@@ -96,8 +96,8 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
     layers = {row["weight"]: row for row in result.layers}
     title = f"cluster {escape(model.name)}: {result.bits} bits, {1 << result.bits} values per palette"
     table = Table(title=title)
-    for column in ("weight", "op", "shape", "palettes", "weight SNR", "layer error", "bytes", "format"):
-        table.add_column(column, justify="right" if column in ("palettes", "weight SNR", "bytes") else "left")
+    for column in ("weight", "op", "shape", "palettes", "weight SNR", "layer error", "stored bytes"):
+        table.add_column(column, justify="left" if column in ("weight", "op", "shape", "layer error") else "right")
     for row in result.weights:
         layer = layers.get(row["weight"])
         if layer is None or layer.get("skipped"):
@@ -106,12 +106,14 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
             error = f"{layer['error_before']:.2e} -> {layer['error_after']:.2e}"
         else:
             error = f"{layer['error_before']:.2e}"
+        stored = f"{row['stored_bytes']:,} ({row['stored_bytes'] / row['dense_bytes']:.2f}x)"
         table.add_row(escape(row["weight"]), ",".join(row["ops"]), "x".join(map(str, row["shape"])),
-                      str(row["groups"]), _db(row["weight_error"]), escape(error),
-                      f"{row['dense_bytes']:,} -> {row['stored_bytes']:,}", row["index_format"])
+                      str(row["groups"]), _db(row["weight_error"]), escape(error), stored)
     out.print(table)
     b, a = result.size_before, result.size_after
-    out.print(f"clustered tensors: {len(result.weights)}, stored in {result.weight_ratio:.3f}x their float bytes")
+    formats = sorted({row["index_format"] for row in result.weights})
+    out.print(f"clustered tensors: {len(result.weights)}, stored in {result.weight_ratio:.3f}x their float bytes "
+              f"(indices: {', '.join(formats) or '-'})")
     out.print(f"size raw  {b.raw:,} -> {a.raw:,} bytes ({a.raw / b.raw:.3f}x, 1/{b.raw / a.raw:.1f})")
     out.print(f"size gzip {b.gzip:,} -> {a.gzip:,} bytes ({a.gzip / b.gzip:.3f}x)")
     if result.size_before_stripped is not None:
@@ -133,8 +135,12 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
             agreement = f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
             out.print(f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}")
     out.print(f"onnx.checker: {escape(result.checker)}")
+    by_reason: dict[str, list[str]] = {}
     for entry in result.skipped:
-        err.print(f"[dim]not clustered: {escape(entry['name'])} ({escape(entry['reason'])})[/]")
+        by_reason.setdefault(entry["reason"], []).append(entry["name"])
+    for reason, names in by_reason.items():
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        err.print(f"[dim]not clustered ({escape(reason)}): {escape(shown)}[/]")
     for note in result.notes:
         err.print(f"[dim]{escape(note)}[/]")
     for warning in result.warnings:
