@@ -181,7 +181,8 @@ def prune(source: ModelSource, *, method: str = "magnitude", sparsity: float = 0
 
 
 def cluster(source: ModelSource, *, bits: int = 4, calib: Any = None, eval_data: Any = None, validate: bool = True,
-            max_drop: float | None = None, runs: int = 50, strip_metadata: bool = True, **options: Any) -> Any:
+            max_drop: float | None = None, runs: int = 50, strip_metadata: bool = True, optimize: bool = True,
+            **options: Any) -> Any:
     """Cluster each weight into 2^bits shared values (palettization); returns a ClusterResult.
 
     The result stores packed indices + palettes that ONNX Runtime expands once at
@@ -190,10 +191,11 @@ def cluster(source: ModelSource, *, bits: int = 4, calib: Any = None, eval_data:
     `refine=False`; `eval_data` with a `labels` array adds top-1 accuracy.
     `options` are the fields of ClusterWeights (init, granularity, group_size,
     int8_grid, min_elements, exclude, packing, storage, ...). `strip_metadata`
-    drops exporter debug metadata (node stack traces). `max_drop` (points) fills
+    drops exporter debug metadata (node stack traces); `optimize` runs the lossless
+    clean-up first (BatchNorm folded into Conv). `max_drop` (points) fills
     `result.gate`; the API reports it, the CLI exits 1 on failure.
     """
     from onnxslim.passes.cluster.run import cluster_model
 
     return cluster_model(as_model(source), bits=bits, calib=calib, eval_data=eval_data, validate_result=validate,
-                         runs=runs, max_drop=max_drop, strip_metadata=strip_metadata, **options)
+                         runs=runs, max_drop=max_drop, strip_metadata=strip_metadata, optimize=optimize, **options)

@@ -43,6 +43,9 @@ def cluster_command(
                                 "planes), bits or uint8."),
     storage: str = typer.Option("palette", "--storage", help="palette: packed indices + palette (small file, "
                                 "ORT expands it at load); dense: plain float initializers."),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Run the lossless clean-up of `onnxslim "
+                                  "optimize` first (folds BatchNorm into Conv, so the palettes hold the final "
+                                  "weights)."),
     keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Keep exporter debug metadata (node "
                                        "stack traces, doc strings); by default it is dropped."),
     max_drop: float | None = typer.Option(None, "--max-drop", help="Fail (exit 1) if accuracy drops by more than "
@@ -66,7 +69,7 @@ def cluster_command(
         options["refine"] = refine
     with err.status("clustering and validating on ONNX Runtime", spinner="dots") if err.is_terminal else _null():
         result = api.cluster(model, bits=bits, calib=calib, eval_data=eval_data, validate=verify, runs=runs,
-                             max_drop=max_drop, strip_metadata=not keep_metadata, **options)
+                             max_drop=max_drop, strip_metadata=not keep_metadata, optimize=optimize, **options)
     api.save(result.model, output, source=model, overwrite=overwrite)
     if json_output:
         print_json({"input": str(model), "output": str(output), **result.to_dict()})

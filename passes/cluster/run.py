@@ -1,7 +1,9 @@
 """Cluster a model and report what it cost and what it bought.
 
-What `onnxslim cluster` and `onnxslim.api.cluster` do: run the cluster-weights
-pass on a copy of the model (the input is never modified), optionally drop the
+What `onnxslim cluster` and `onnxslim.api.cluster` do: run the lossless clean-up
+of `onnxslim optimize` (BatchNorm folded into Conv, constants folded; guarded on
+ORT), then the cluster-weights pass, on a copy of the model (the input is never
+modified), optionally drop the
 exporter's debug metadata (see `strip_debug_metadata`), check the result with
 onnx.checker, then measure on ONNX Runtime against the original: per-weight and
 per-layer errors, file size raw and gzipped, session start time (where the
@@ -123,22 +125,25 @@ def make_cluster_pass(**options: Any) -> ClusterWeights:
 
 def cluster_model(model: ir.Model, *, bits: int = 4, calib: Any = None, eval_data: Any = None,
                   validate_result: bool = True, runs: int = 50, max_drop: float | None = None,
-                  strip_metadata: bool = True, **options: Any) -> ClusterResult:
+                  strip_metadata: bool = True, optimize: bool = True, **options: Any) -> ClusterResult:
     """Cluster `model` (not modified); see the module docstring for what is measured."""
     from onnxslim.passes.prune.report import labelled, model_sizes, top1
     from onnxslim.passes.prune.run import session_start_ms
 
     start = time.perf_counter()
     cluster_pass = make_cluster_pass(bits=bits, calib=calib, **options)
-    result = run_pipeline(model, Pipeline((cluster_pass,)))
+    cleaned, cleanup_notes = _clean_up(model) if optimize else (model, [])
+    result = run_pipeline(cleaned, Pipeline((cluster_pass,)))
     clustered = result.model
     details = summary(clustered)
+    details["notes"] = cleanup_notes + list(details.get("notes", []))
     if strip_metadata:
         strip_debug_metadata(clustered)
         stripped_original = model.clone()
         strip_debug_metadata(stripped_original)
     report = ClusterResult(
-        model=clustered, options=dict(options, bits=bits, calib=calib, strip_metadata=strip_metadata),
+        model=clustered, options=dict(options, bits=bits, calib=calib, strip_metadata=strip_metadata,
+                                      optimize=optimize),
         records=result.records, weights=details.get("weights", []), layers=details.get("layers", []),
         skipped=details.get("skipped", []), notes=details.get("notes", []), size_before=model_sizes(model),
         size_after=model_sizes(clustered),
@@ -171,6 +176,24 @@ def cluster_model(model: ir.Model, *, bits: int = 4, calib: Any = None, eval_dat
         report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:
+    """The lossless clean-up of `onnxslim optimize` (guarded on ORT), so clustering sees final weights.
+
+    Folding BatchNormalization into its Conv first matters twice: the palettes then
+    describe the weights ORT actually multiplies with (it folds BatchNorm at load
+    anyway), and the BatchNorm parameter vectors leave the file.
+    """
+    from onnxslim import api
+
+    cleaned = api.optimize(model, verify=True)
+    changed = [r.name for r in cleaned.result.records if r.status == "changed"]
+    if not cleaned.passed:
+        return model, ["lossless clean-up skipped: its result moved the outputs"]
+    if not changed:
+        return model, []
+    return cleaned.model, [f"lossless clean-up first: {', '.join(changed)}"]
 
 
 def strip_debug_metadata(model: ir.Model) -> None:
