@@ -7,8 +7,9 @@ samples, each in its own subprocess (so wall time and peak RSS are that tool's
 alone; RSS comes from wait4 on the child):
   onnxslim        onnxslim's static quantizer with its defaults (what `onnxslim quantize
                   --calib DATA --no-verify` runs: load, quantize_static, save);
-  onnxslim+acc    the accuracy-aware mode (top-1 on the labelled eval set, max drop
-                  0.01), for models with a labelled evaluation set;
+  onnxslim+acc    the accuracy-aware mode (max drop 0.01) with the model's own metric
+                  (scripts/model_metrics.py) passed as a callable through the API,
+                  for models with a labelled evaluation set;
   ort             onnxruntime.quantization.quantize_static, QDQ, per_channel=True,
                   MinMax, after quant_pre_process (other settings at ORT's defaults);
   nncf            nncf.quantize on the ONNX model, run in its own virtual environment
@@ -85,14 +86,30 @@ def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) 
         from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 
         options = dict(zip(extra[::2], extra[1::2], strict=True))
-        result = quantize_accuracy_aware(model, calib, max_drop=float(options["--max-drop"]),
-                                         eval_data=options["--eval"])
+        metric = _eval_metric(Path(model_path).stem, options["--eval"])
+        result = quantize_accuracy_aware(model, calib, max_drop=float(options["--max-drop"]), metric=metric)
         io.save(result.model, out)
         return (f"{len(result.excluded)} layer(s) float: {', '.join(result.excluded)}; "
                 f"{result.evaluations} evaluations; {'met' if result.met else 'target MISSED'}")
     quantized, report = quantize_static(model, calib)
     io.save(quantized, out)
     return f"{len(report.quantized_nodes)} nodes int8, {len(report.protections)} protections"
+
+
+def _eval_metric(name: str, eval_path: str) -> Any:
+    """The model's own metric (scripts/model_metrics.py) on its eval set, as an API callable."""
+    from onnxslim.passes.quantize.sensitivity import run_outputs
+
+    metrics = _metrics_module()
+    with np.load(eval_path) as data:
+        arrays = {k: data[k] for k in data.files}
+    names = _input_names(Path(MODELS / f"{name}.onnx"))
+    feeds = [{n: arrays[n][i] for n in names} for i in range(len(arrays["labels"]))]
+
+    def metric(model: Any) -> float:
+        return float(metrics.score(name, np.concatenate(run_outputs(model, feeds), axis=0), arrays))
+
+    return metric
 
 
 def _stacked_feeds(calib: str, input_names: list[str]) -> list[dict[str, np.ndarray]]:
