@@ -1,8 +1,8 @@
 """Benchmark weight clustering (palettization): accuracy and file size at 2-8 bits, against int8.
 
-    python scripts/bench_cluster.py                          # every models/<name> with calib + eval data
+    python scripts/bench_cluster.py               # every models/<name> with calib + eval data
     python scripts/bench_cluster.py --models digits_cnn --bits 2,4,8 --runs 50
-    python scripts/bench_cluster.py --devmodels              # also the ~/.cache/devmodels corpus (4 bits)
+    python scripts/bench_cluster.py --devmodels   # also the ~/.cache/devmodels corpus (4 bits)
 
 Per example model (models/<name>.onnx with <name>.calib.npz and <name>.eval.npz):
   float                 the model as given;
@@ -67,11 +67,14 @@ def cpu_line() -> str:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
     shown = " ".join(f for f in wanted if f in flags) or "none of " + "/".join(wanted)
-    return f"CPU: {model}; {os.cpu_count()} logical cores; flags: {shown}; onnxruntime {ort.__version__}"
+    cores = os.cpu_count()
+    return f"CPU: {model}; {cores} logical cores; flags: {shown}; onnxruntime {ort.__version__}"
 
 
 def metrics_module() -> Any:
-    spec = importlib.util.spec_from_file_location("model_metrics", REPO / "scripts" / "model_metrics.py")
+    spec = importlib.util.spec_from_file_location(
+        "model_metrics", REPO / "scripts" / "model_metrics.py"
+    )
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -95,7 +98,9 @@ def start_ms(data: bytes) -> float:
     return best
 
 
-def time_interleaved(datas: dict[str, bytes], feed: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
+def time_interleaved(
+    datas: dict[str, bytes], feed: dict[str, np.ndarray], rounds: int
+) -> dict[str, float]:
     """Median over rounds of the mean time of a few runs, every model once per round (ms)."""
     sessions = {k: session(d) for k, d in datas.items()}
     for s in sessions.values():
@@ -131,10 +136,12 @@ def to_bytes(model: Any) -> bytes:
 
 # --- models/ ------------------------------------------------------------------------------------
 
+
 def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> list[dict[str, Any]]:
-    from onnxslim import api, io
     from onnxslim.passes.cluster.run import cluster_model, strip_debug_metadata
     from onnxslim.passes.cluster.storage import PackPalette
+
+    from onnxslim import api, io
 
     path = MODELS / f"{name}.onnx"
     calib, evaluation = MODELS / f"{name}.calib.npz", MODELS / f"{name}.eval.npz"
@@ -156,25 +163,53 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
 
     def add(label: str, data: bytes, seconds: float, extra: dict[str, Any] | None = None) -> None:
         raw, zipped = sizes(data)
-        rows.append({"model": name, "config": label, "metric": score(data), "raw": raw, "gzip": zipped,
-                     "raw_ratio": raw / len(float_bytes), "raw_ratio_stripped": raw / stripped_raw,
-                     "seconds": seconds, **(extra or {})})
+        rows.append(
+            {
+                "model": name,
+                "config": label,
+                "metric": score(data),
+                "raw": raw,
+                "gzip": zipped,
+                "raw_ratio": raw / len(float_bytes),
+                "raw_ratio_stripped": raw / stripped_raw,
+                "seconds": seconds,
+                **(extra or {}),
+            }
+        )
         candidates.append((label, data, seconds))
 
     raw, zipped = sizes(float_bytes)
-    rows.append({"model": name, "config": "float", "metric": float_score, "raw": raw, "gzip": zipped,
-                 "raw_ratio": 1.0, "raw_ratio_stripped": raw / stripped_raw, "seconds": 0.0})
+    rows.append(
+        {
+            "model": name,
+            "config": "float",
+            "metric": float_score,
+            "raw": raw,
+            "gzip": zipped,
+            "raw_ratio": 1.0,
+            "raw_ratio_stripped": raw / stripped_raw,
+            "seconds": 0.0,
+        }
+    )
     configs: list[tuple[str, dict[str, Any]]] = []
     for bits in bits_list:
         configs.append((f"cluster {bits}", {"bits": bits, "refine": False, "calib": None}))
         configs.append((f"cluster {bits} refined", {"bits": bits, "calib": str(calib)}))
-    configs.append(("cluster 4 per-ch refined", {"bits": 4, "calib": str(calib), "granularity": "per-channel-group",
-                                                 "group_size": 1}))
+    configs.append(
+        (
+            "cluster 4 per-ch refined",
+            {"bits": 4, "calib": str(calib), "granularity": "per-channel-group", "group_size": 1},
+        )
+    )
     for label, options in configs:
         t = time.perf_counter()
         result = cluster_model(model, validate_result=False, **options)
-        add(label, to_bytes(result.model), time.perf_counter() - t,
-            {"weight_ratio": result.weight_ratio, "checker": result.checker})
+        add(
+            label,
+            to_bytes(result.model),
+            time.perf_counter() - t,
+            {"weight_ratio": result.weight_ratio, "checker": result.checker},
+        )
     t = time.perf_counter()
     quantized = api.quantize(model, calib=str(calib), validate=False).model
     add("int8 (quantize defaults)", to_bytes(quantized), time.perf_counter() - t)
@@ -182,8 +217,15 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
     quantized = api.quantize(model, calib=str(calib), validate=False, latency_guard=False).model
     add("int8 (quantize, every layer)", to_bytes(quantized), time.perf_counter() - t)
     t = time.perf_counter()
-    grid = cluster_model(model, bits=4, calib=str(calib), granularity="per-channel-group", group_size=1,
-                         int8_grid=True, validate_result=False)
+    grid = cluster_model(
+        model,
+        bits=4,
+        calib=str(calib),
+        granularity="per-channel-group",
+        group_size=1,
+        int8_grid=True,
+        validate_result=False,
+    )
     both = api.quantize(grid.model, calib=str(calib), validate=False, latency_guard=False).model
     add("cluster 4 int8-grid -> int8 every layer", to_bytes(both), time.perf_counter() - t)
     PackPalette()(both)
@@ -201,20 +243,30 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
 
 
 def print_examples(rows: list[dict[str, Any]]) -> None:
-    header = (f"| {'model':<18} | {'config':<43} | {'metric':>7} | {'raw bytes':>10} | {'raw/float':>9} | "
-              f"{'vs stripped':>11} | {'gzip bytes':>10} | {'latency':>7} | {'start ms':>8} | {'time s':>6} |")
+    header = (
+        f"| {'model':<18} | {'config':<43} | {'metric':>7} | {'raw bytes':>10} | "
+        f"{'raw/float':>9} | "
+        f"{'vs stripped':>11} | {'gzip bytes':>10} | {'latency':>7} | {'start ms':>8} | "
+        f"{'time s':>6} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['model']:<18} | {r['config']:<43} | {r['metric']:7.4f} | {r['raw']:10,} | {r['raw_ratio']:9.3f} | "
-              f"{r['raw_ratio_stripped']:11.3f} | {r['gzip']:10,} | {r.get('latency_ratio', float('nan')):7.2f} | "
-              f"{r.get('start_ms', float('nan')):8.1f} | {r['seconds']:6.1f} |")
+        print(
+            f"| {r['model']:<18} | {r['config']:<43} | {r['metric']:7.4f} | {r['raw']:10,} | "
+            f"{r['raw_ratio']:9.3f} | "
+            f"{r['raw_ratio_stripped']:11.3f} | {r['gzip']:10,} | "
+            f"{r.get('latency_ratio', float('nan')):7.2f} | "
+            f"{r.get('start_ms', float('nan')):8.1f} | {r['seconds']:6.1f} |"
+        )
 
 
 # --- the corpus ---------------------------------------------------------------------------------
 
+
 def bench_devmodel(entry: dict[str, Any], bits: int, runs: int) -> dict[str, Any]:
     from onnxslim.passes.cluster.run import cluster_model
+
     from onnxslim import io
 
     if str(DEVMODELS_CODE) not in sys.path:
@@ -231,7 +283,7 @@ def bench_devmodel(entry: dict[str, Any], bits: int, runs: int) -> dict[str, Any
     ref = run_outputs(original, feeds)
     got = run_outputs(clustered, feeds)
     parity = []
-    for name, a, b in zip([o.name for o in session(original).get_outputs()], ref, got):
+    for name, a, b in zip([o.name for o in session(original).get_outputs()], ref, got, strict=True):
         if a.dtype.kind != "f":
             parity.append(f"{name}: {'exact' if np.array_equal(a, b) else 'DIFFERS'}")
             continue
@@ -239,47 +291,83 @@ def bench_devmodel(entry: dict[str, Any], bits: int, runs: int) -> dict[str, Any
         cosine = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
         text = f"{name}: cos {cosine:.4f}"
         if a.ndim >= 2 and a.shape[-1] > 1:
-            text += f", top-1 {np.mean(a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1)):.3f}"
+            width = a.shape[-1]
+            top1 = np.mean(a.reshape(-1, width).argmax(-1) == b.reshape(-1, width).argmax(-1))
+            text += f", top-1 {top1:.3f}"
         parity.append(text)
     times = time_interleaved({"float": original, "candidate": clustered}, feeds[0], runs)
-    reasons = Counter(s["reason"].split(":")[0] if s["reason"].startswith("already") else s["reason"].split(" (")[0]
-                      for s in result.skipped)
-    return {"model": model_id, "bits": bits, "raw_before": len(original), "raw_after": len(clustered),
-            "raw_ratio": len(clustered) / len(original), "weight_ratio": result.weight_ratio,
-            "clustered": len(result.weights), "skipped": dict(reasons), "parity": parity,
-            "start_ms": [start_ms(original), start_ms(clustered)],
-            "latency_ratio": times["candidate"] / times["float"], "checker": result.checker, "seconds": seconds}
+    reasons = Counter(
+        s["reason"].split(":")[0]
+        if s["reason"].startswith("already")
+        else s["reason"].split(" (")[0]
+        for s in result.skipped
+    )
+    return {
+        "model": model_id,
+        "bits": bits,
+        "raw_before": len(original),
+        "raw_after": len(clustered),
+        "raw_ratio": len(clustered) / len(original),
+        "weight_ratio": result.weight_ratio,
+        "clustered": len(result.weights),
+        "skipped": dict(reasons),
+        "parity": parity,
+        "start_ms": [start_ms(original), start_ms(clustered)],
+        "latency_ratio": times["candidate"] / times["float"],
+        "checker": result.checker,
+        "seconds": seconds,
+    }
 
 
 def print_devmodel(r: dict[str, Any]) -> None:
-    print(f"| {r['model']:<26} | {r['raw_before']:>11,} | {r['raw_after']:>11,} | {r['raw_ratio']:6.3f} | "
-          f"{r['weight_ratio']:6.3f} | {r['clustered']:>3} | {r['start_ms'][0]:7.0f} -> {r['start_ms'][1]:7.0f} | "
-          f"{r['latency_ratio']:5.2f} | {r['checker']:<4} | {r['seconds']:6.1f} | {'; '.join(r['parity'])} | "
-          f"{', '.join(f'{k} x{v}' for k, v in r['skipped'].items()) or '-'} |")
+    print(
+        f"| {r['model']:<26} | {r['raw_before']:>11,} | {r['raw_after']:>11,} | "
+        f"{r['raw_ratio']:6.3f} | "
+        f"{r['weight_ratio']:6.3f} | {r['clustered']:>3} | "
+        f"{r['start_ms'][0]:7.0f} -> {r['start_ms'][1]:7.0f} | "
+        f"{r['latency_ratio']:5.2f} | {r['checker']:<4} | {r['seconds']:6.1f} | "
+        f"{'; '.join(r['parity'])} | "
+        f"{', '.join(f'{k} x{v}' for k, v in r['skipped'].items()) or '-'} |"
+    )
 
 
 # --- main ---------------------------------------------------------------------------------------
 
+
 def default_models() -> list[str]:
-    return sorted(p.stem for p in MODELS.glob("*.onnx")
-                  if (MODELS / f"{p.stem}.calib.npz").is_file() and (MODELS / f"{p.stem}.eval.npz").is_file())
+    return sorted(
+        p.stem
+        for p in MODELS.glob("*.onnx")
+        if (MODELS / f"{p.stem}.calib.npz").is_file() and (MODELS / f"{p.stem}.eval.npz").is_file()
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=None, help="Comma-separated names in models/ (default: all with data).")
+    parser.add_argument(
+        "--models", default=None, help="Comma-separated names in models/ (default: all with data)."
+    )
     parser.add_argument("--bits", default="2,3,4,5,6,7,8", help="Bit widths to run.")
-    parser.add_argument("--runs", type=int, default=30, help="Interleaved timing rounds per model pair.")
-    parser.add_argument("--devmodels", action="store_true", help="Also run the ~/.cache/devmodels corpus.")
-    parser.add_argument("--only-devmodels", default=None, help="Comma-separated corpus ids (implies --devmodels).")
+    parser.add_argument(
+        "--runs", type=int, default=30, help="Interleaved timing rounds per model pair."
+    )
+    parser.add_argument(
+        "--devmodels", action="store_true", help="Also run the ~/.cache/devmodels corpus."
+    )
+    parser.add_argument(
+        "--only-devmodels", default=None, help="Comma-separated corpus ids (implies --devmodels)."
+    )
     parser.add_argument("--skip-examples", action="store_true", help="Only the corpus.")
     parser.add_argument("--json", default=None, help="Also write every row to this JSON file.")
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
 
     print(cpu_line())
-    print(f"python {platform.python_version()}; numpy BLAS held to 1 thread while clustering; latency: 1 intra-op "
-          "thread, ORT_ENABLE_ALL, interleaved")
+    print(
+        f"python {platform.python_version()}; numpy BLAS held to 1 thread while clustering; "
+        "latency: 1 intra-op "
+        "thread, ORT_ENABLE_ALL, interleaved"
+    )
     bits_list = [int(b) for b in args.bits.split(",")]
     report: dict[str, Any] = {"cpu": cpu_line(), "examples": [], "devmodels": []}
     with threadpool_limits(limits=1, user_api="blas"):
@@ -298,11 +386,21 @@ def main() -> int:
                 print("\ndevmodels: corpus not fetched (run ../shared/devmodels/fetch.py)")
             else:
                 wanted = set(args.only_devmodels.split(",")) if args.only_devmodels else None
-                entries = [m for m in json.loads(manifest.read_text())["models"]
-                           if (DEVMODELS / f"{m['id']}.onnx").is_file() and (wanted is None or m["id"] in wanted)]
-                print("\n## devmodels, 4 bits, one palette per tensor, no calibration (parity on generated feeds)")
-                print("| model | raw before | raw after | ratio | weights | n | session start ms | lat | chk | time s "
-                      "| parity per output | not clustered |")
+                entries = [
+                    m
+                    for m in json.loads(manifest.read_text())["models"]
+                    if (DEVMODELS / f"{m['id']}.onnx").is_file()
+                    and (wanted is None or m["id"] in wanted)
+                ]
+                print(
+                    "\n## devmodels, 4 bits, one palette per tensor, no calibration "
+                    "(parity on generated feeds)"
+                )
+                print(
+                    "| model | raw before | raw after | ratio | weights | n | session start ms "
+                    "| lat | chk | time s "
+                    "| parity per output | not clustered |"
+                )
                 print("|---|---:|---:|---:|---:|---:|---|---:|---|---:|---|---|")
                 for entry in entries:
                     row = bench_devmodel(entry, 4, max(5, args.runs // 3))
@@ -310,7 +408,9 @@ def main() -> int:
                     report["devmodels"].append(row)
                     sys.stdout.flush()
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        Path(args.json).write_text(
+            json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
+        )
     return 0
 
 

@@ -14,17 +14,39 @@ from onnxslim.cli import main
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CNN = MODELS / "digits_cnn.onnx"
-needs_cnn = pytest.mark.skipif(not (CNN.is_file() and (MODELS / "digits_cnn.calib.npz").is_file()
-                                    and (MODELS / "digits_cnn.eval.npz").is_file()),
-                               reason="models/digits_cnn* not built yet (scripts/make_models.py)")
+needs_cnn = pytest.mark.skipif(
+    not (
+        CNN.is_file()
+        and (MODELS / "digits_cnn.calib.npz").is_file()
+        and (MODELS / "digits_cnn.eval.npz").is_file()
+    ),
+    reason="models/digits_cnn* not built yet (scripts/make_models.py)",
+)
 
 
 @needs_cnn
 def test_digits_cnn_4_bits_within_one_point(tmp_path, capsys):
     before = CNN.read_bytes()
     out = tmp_path / "cnn4.onnx"
-    code = main(["cluster", str(CNN), "-o", str(out), "--bits", "4", "--calib", str(MODELS / "digits_cnn.calib.npz"),
-                 "--eval", str(MODELS / "digits_cnn.eval.npz"), "--runs", "3", "--max-drop", "1", "--json"])
+    code = main(
+        [
+            "cluster",
+            str(CNN),
+            "-o",
+            str(out),
+            "--bits",
+            "4",
+            "--calib",
+            str(MODELS / "digits_cnn.calib.npz"),
+            "--eval",
+            str(MODELS / "digits_cnn.eval.npz"),
+            "--runs",
+            "3",
+            "--max-drop",
+            "1",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert CNN.read_bytes() == before
@@ -33,9 +55,13 @@ def test_digits_cnn_4_bits_within_one_point(tmp_path, capsys):
     assert report["checker"] == "ok"
     assert out.stat().st_size == report["size"]["after"]["raw"]
     assert report["size"]["weight_ratio"] <= 0.14  # 4/32 plus the palettes
-    assert report["size"]["raw_ratio"] <= 1 / 6 and report["size"]["gzip_ratio"] < 0.2  # the 4-bit goal
+    assert (
+        report["size"]["raw_ratio"] <= 1 / 6 and report["size"]["gzip_ratio"] < 0.2
+    )  # the 4-bit goal
     assert "lossless clean-up first: fuse-conv-bn" in report["notes"]
-    assert report["layers"] and all(r["refit"] and r["error_after"] < r["error_before"] for r in report["layers"])
+    assert report["layers"] and all(
+        r["refit"] and r["error_after"] < r["error_before"] for r in report["layers"]
+    )
     assert {w["weight"] for w in report["weights"]} >= {"res1.weight", "res2.weight", "fc1.weight"}
     assert report["session_ms"]["clustered"] > 0 and report["latency_ratio"] > 0
     onnx.checker.check_model(str(out), full_check=True)
@@ -47,20 +73,47 @@ def test_digits_cnn_4_bits_within_one_point(tmp_path, capsys):
 @needs_cnn
 def test_table_and_summary_go_to_stdout(tmp_path, capsys):
     out = tmp_path / "cnn2.onnx"
-    code = main(["cluster", str(CNN), "-o", str(out), "--bits", "2", "--init", "kmeans++", "--per-channel-groups", "4",
-                 "--min-elements", "1000", "--runs", "0"])
+    code = main(
+        [
+            "cluster",
+            str(CNN),
+            "-o",
+            str(out),
+            "--bits",
+            "2",
+            "--init",
+            "kmeans++",
+            "--per-channel-groups",
+            "4",
+            "--min-elements",
+            "1000",
+            "--runs",
+            "0",
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
-    assert "2 bits, 4 values per palette" in captured.out and "fc1" in captured.out and "stem" not in captured.out
-    assert "size raw" in captured.out and "parity" in captured.out and "onnx.checker: ok" in captured.out
+    assert (
+        "2 bits, 4 values per palette" in captured.out
+        and "fc1" in captured.out
+        and "stem" not in captured.out
+    )
+    assert (
+        "size raw" in captured.out
+        and "parity" in captured.out
+        and "onnx.checker: ok" in captured.out
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--bits", "9"], "--bits"),
-    (["--init", "random"], "random"),
-    (["--packing", "zip"], "packing"),
-    (["--calib", "missing.npz"], "missing.npz"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--bits", "9"], "--bits"),
+        (["--init", "random"], "random"),
+        (["--packing", "zip"], "packing"),
+        (["--calib", "missing.npz"], "missing.npz"),
+    ],
+)
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
     model = tmp_path / "m.onnx"
     _tiny_model(model)
@@ -76,7 +129,10 @@ def test_missing_model_and_refine_without_data(tmp_path, capsys):
     assert main(["cluster", str(tmp_path / "absent.onnx"), "-o", str(tmp_path / "o.onnx")]) == 2
     model = tmp_path / "m.onnx"
     _tiny_model(model)
-    assert main(["cluster", str(model), "-o", str(tmp_path / "o.onnx"), "--refine", "--runs", "0"]) == 2
+    assert (
+        main(["cluster", str(model), "-o", str(tmp_path / "o.onnx"), "--refine", "--runs", "0"])
+        == 2
+    )
     assert "calibration" in capsys.readouterr().err
     assert not (tmp_path / "o.onnx").exists()
 
@@ -85,8 +141,11 @@ def _tiny_model(path: Path) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.random.default_rng(0).normal(size=(32, 32)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
-                              [numpy_helper.from_array(w, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(w, "w")],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)

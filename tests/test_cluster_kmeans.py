@@ -1,4 +1,4 @@
-"""1-D k-means (passes/cluster/kmeans.py): the DP is optimal, batching changes nothing, zeros stay zero."""
+"""1-D k-means (passes/cluster/kmeans.py): the DP is optimal, batching is neutral, zeros stay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 from onnxslim.passes.cluster.kmeans import (
     INITS,
     cluster_1d,
@@ -64,7 +63,7 @@ def test_batched_dp_equals_one_by_one():
     sets = [np.sort(rng.normal(size=n)) for n in (40, 7, 300, 18)]
     weights = [rng.integers(1, 5, size=len(s)).astype(np.float64) for s in sets]
     batched = optimal_centers_many(sets, weights, 6)
-    for points, w, centers in zip(sets, weights, batched):
+    for points, w, centers in zip(sets, weights, batched, strict=True):
         np.testing.assert_allclose(centers, optimal_centers(points, w, 6), rtol=1e-12, atol=1e-12)
 
 
@@ -113,7 +112,9 @@ def test_bad_values_and_k():
 def test_lloyd_reseeds_empty_clusters():
     points = np.array([0.0, 0.1, 0.2, 10.0, 10.1])
     centers = lloyd(points, np.ones(5), np.array([0.1, 50.0, 60.0]))
-    assert len(np.unique(centers)) == 3 and centers.max() <= 10.1  # no centre left at its far-away start
+    assert (
+        len(np.unique(centers)) == 3 and centers.max() <= 10.1
+    )  # no centre left at its far-away start
     assigned = centers[np.argmin(np.abs(points[:, None] - centers[None, :]), axis=1)]
     assert float(np.sum((points - assigned) ** 2)) < 0.03
 
@@ -124,10 +125,12 @@ def test_per_channel_palettes_and_int8_snap():
     p, exact = cluster_tensor(w, 3, axis=0, group_size=2)
     assert exact and p.groups == 3 and p.k == 8
     for g in range(3):  # each group of two channels uses only its own palette
-        np.testing.assert_array_equal(np.isin(p.dense()[2 * g:2 * g + 2], p.values()[g]), True)
+        np.testing.assert_array_equal(np.isin(p.dense()[2 * g : 2 * g + 2], p.values()[g]), True)
     single, _ = cluster_tensor(w, 3)
     assert np.sum((p.dense() - w) ** 2) <= np.sum((single.dense() - w) ** 2)
-    snapped = snap_int8(reassign(snap_int8(cluster_tensor(w, 3, axis=0, group_size=1)[0], 127), w), 127)
+    snapped = snap_int8(
+        reassign(snap_int8(cluster_tensor(w, 3, axis=0, group_size=1)[0], 127), w), 127
+    )
     dense = snapped.dense()
     for c in range(6):  # a per-channel symmetric int8 quantizer recovers the same integers exactly
         scale = np.float32(np.abs(dense[c]).max() / 127)
@@ -142,5 +145,7 @@ def test_distinct_is_lossless_and_minimal():
     w = values[rng.integers(0, 4, size=(10, 12))]
     p = distinct(w, None, 1)
     assert p is not None and p.bits == 2
-    np.testing.assert_array_equal(p.dense().view(np.uint32), w.view(np.uint32))  # -0.0 kept bit for bit
+    np.testing.assert_array_equal(
+        p.dense().view(np.uint32), w.view(np.uint32)
+    )  # -0.0 kept bit for bit
     assert distinct(rng.normal(size=600).astype(np.float32), None, 1, max_bits=8) is None

@@ -1,4 +1,4 @@
-"""The cluster-weights pass on ORT: which tensors, sharing, sparsity, int8 grid through `quantize`, devmodels."""
+"""cluster-weights on ORT: which tensors, sharing, sparsity, int8 grid via `quantize`, devmodels."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxslim.io import model_to_bytes
 from onnxslim.passes.cluster import storage
 from onnxslim.passes.cluster.cluster import ClusterWeights, summary
+
+from onnxslim.io import model_to_bytes
 from onnxslim.registry import make_pass
 from onnxslim.runtime import Session
 
-from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
-
 
 def mixed_model() -> ir.Model:
-    """Embedding Gather -> MatMul(w_shared) -> Add(bias) -> MatMul(w_shared) -> MatMul(DQ(int8)) -> MatMul(w_skip)."""
+    """Gather(table) -> MatMul(w_shared) -> Add(bias) -> MatMul(w_shared) -> MatMul(DQ(int8))
+    -> MatMul(w_skip)."""
     rng = np.random.default_rng(0)
     arrays = {
         "table": rng.normal(size=(50, 32)).astype(np.float32),
@@ -37,10 +37,16 @@ def mixed_model() -> ir.Model:
         helper.make_node("MatMul", ["m2", "w_deq"], ["m3"], name="mm3"),
         helper.make_node("MatMul", ["m3", "w_skip"], ["y"], name="mm_skip"),
     ]
-    graph = helper.make_graph(nodes, "mixed", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 32])],
-                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
-    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]))
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 32])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    return ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    )
 
 
 IDS = {"ids": np.random.default_rng(1).integers(0, 50, size=(3, 4)).astype(np.int64)}
@@ -49,7 +55,9 @@ IDS = {"ids": np.random.default_rng(1).integers(0, 50, size=(3, 4)).astype(np.in
 def test_weights_chosen_shared_once_and_skips_give_reasons():
     model = mixed_model()
     original = model.clone()
-    result = make_pass("cluster-weights", {"bits": 3, "min_elements": 64, "exclude": ("mm_skip",)})(model)
+    result = make_pass("cluster-weights", {"bits": 3, "min_elements": 64, "exclude": ("mm_skip",)})(
+        model
+    )
     assert result.modified
     info = summary(model)
     rows = {row["weight"]: row for row in info["weights"]}
@@ -79,25 +87,39 @@ def test_running_twice_reclusters_from_the_expanded_weights():
     ClusterWeights(bits=2, min_elements=64)(model)
     assert "palettized weights expanded before re-clustering" in summary(model)["notes"]
     assert all(row["palette_size"] == 4 for row in summary(model)["weights"])
-    assert sorted(n.outputs[0].name for n in storage.expansion_nodes(model)) == ["table", "w_shared", "w_skip"]
+    assert sorted(n.outputs[0].name for n in storage.expansion_nodes(model)) == [
+        "table",
+        "w_shared",
+        "w_skip",
+    ]
     Session(model).run(IDS)
 
 
 def mlp(seed: int = 0, width: int = 64, hidden: int = 128) -> ir.Model:
     """x[N,width] -> Gemm(transB, hidden) -> Relu -> MatMul(hidden x 32) -> Add -> y."""
     rng = np.random.default_rng(seed)
-    arrays = {"w1": rng.normal(size=(hidden, width)).astype(np.float32) * 0.2,
-              "b1": rng.normal(size=hidden).astype(np.float32) * 0.1,
-              "w2": rng.normal(size=(hidden, 32)).astype(np.float32) * 0.1,
-              "b2": rng.normal(size=32).astype(np.float32) * 0.1}
-    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
-             helper.make_node("Add", ["m", "b2"], ["y"], name="fc2_bias")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
-                              [numpy_helper.from_array(a, n) for n, a in arrays.items()])
-    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    arrays = {
+        "w1": rng.normal(size=(hidden, width)).astype(np.float32) * 0.2,
+        "b1": rng.normal(size=hidden).astype(np.float32) * 0.1,
+        "w2": rng.normal(size=(hidden, 32)).astype(np.float32) * 0.1,
+        "b2": rng.normal(size=32).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["m"], name="fc2"),
+        helper.make_node("Add", ["m", "b2"], ["y"], name="fc2_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    return ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
 
 
 def test_pruned_and_sparse_packed_model_keeps_its_zeros():
@@ -108,7 +130,10 @@ def test_pruned_and_sparse_packed_model_keeps_its_zeros():
     pruned = {n: model.graph.initializers[n].const_value.numpy().copy() for n in ("w1", "w2")}
     assert PackSparseWeights()(model).modified
     ClusterWeights(bits=3, min_elements=1024)(model)
-    assert "sparse-packed weights expanded (zeros are kept as a palette entry)" in summary(model)["notes"]
+    assert (
+        "sparse-packed weights expanded (zeros are kept as a palette entry)"
+        in summary(model)["notes"]
+    )
     clustered = storage.packed_weights(model)
     for name, before in pruned.items():
         np.testing.assert_array_equal(clustered[name] == 0, before == 0)
@@ -122,23 +147,36 @@ def test_int8_grid_survives_quantize_exactly_and_repacks():
     rng = np.random.default_rng(5)
     calib = [{"x": rng.normal(size=(8, 256)).astype(np.float32)} for _ in range(8)]
     clustered = mlp(1, width=256, hidden=256)
-    ClusterWeights(bits=4, granularity="per-channel-group", group_size=1, int8_grid=True, min_elements=1024,
-                   calib=calib)(clustered)
+    ClusterWeights(
+        bits=4,
+        granularity="per-channel-group",
+        group_size=1,
+        int8_grid=True,
+        min_elements=1024,
+        calib=calib,
+    )(clustered)
     dense = storage.packed_weights(clustered)
     result = api.quantize(clustered, calib=calib, validate=False, latency_guard=False)
     quantized = result.model
     assert result.report.quantized_nodes
     qmax = 64 if result.report.reduce_range else 127
-    int8 = {n: v.const_value.numpy() for n, v in quantized.graph.initializers.items()
-            if v.const_value is not None and v.const_value.dtype == ir.DataType.INT8 and v.const_value.size >= 1024}
+    int8 = {
+        n: v.const_value.numpy()
+        for n, v in quantized.graph.initializers.items()
+        if v.const_value is not None
+        and v.const_value.dtype == ir.DataType.INT8
+        and v.const_value.size >= 1024
+    }
     assert len(int8) == 2
     checked = 0
-    for name, q in int8.items():
+    for q in int8.values():
         source = "w1" if q.shape == (256, 256) else "w2"
         axis = 0 if source == "w1" else 1
         w = dense[source]
         scale = np.abs(w).max(axis=1 - axis, keepdims=True) / qmax
-        np.testing.assert_array_equal(q, np.rint(w / scale).astype(np.int8))  # the palette's own integers
+        np.testing.assert_array_equal(
+            q, np.rint(w / scale).astype(np.int8)
+        )  # the palette's own integers
         per_channel = [len(np.unique(np.take(q, c, axis=axis))) for c in range(q.shape[axis])]
         assert max(per_channel) <= 16 and np.abs(q).max() == qmax
         checked += 1
@@ -147,19 +185,23 @@ def test_int8_grid_survives_quantize_exactly_and_repacks():
     before = Session(quantized).run(x)["y"]
     size = len(model_to_bytes(quantized))
     assert storage.PackPalette()(quantized).modified  # the int8 weights hold 16 values per channel
-    assert len(model_to_bytes(quantized)) < 0.75 * size  # int8 weights as 4-bit indices + int8 palettes
+    assert (
+        len(model_to_bytes(quantized)) < 0.75 * size
+    )  # int8 weights as 4-bit indices + int8 palettes
     np.testing.assert_array_equal(Session(quantized).run(x)["y"], before)
 
 
-# Two small corpus models cover the float and the already-int8 case; scripts/bench_cluster.py runs them all.
+# Two small corpus models cover the float and the already-int8 case; bench_cluster runs them all.
 SMALL_CORPUS = ("name_romanizer_decoder", "tashkeel_ensemble_int8")
 
 
 @pytest.mark.devmodels
-@pytest.mark.parametrize("entry", [p for p in devmodel_params() if p.values[0] is None
-                                   or p.values[0]["id"] in SMALL_CORPUS])
+@pytest.mark.parametrize(
+    "entry",
+    [p for p in devmodel_params() if p.values[0] is None or p.values[0]["id"] in SMALL_CORPUS],
+)
 def test_devmodel_clusters_or_skips_cleanly(entry):
-    """A float corpus model keeps parity at 8 bits; an already-int8 one is left alone, with reasons."""
+    """A float corpus model keeps parity at 8 bits; an int8 one is left alone, with reasons."""
     from onnxslim import api
 
     feeds = devmodel_feeds(entry["id"], 2)
@@ -168,8 +210,10 @@ def test_devmodel_clusters_or_skips_cleanly(entry):
     if entry["id"] == "tashkeel_ensemble_int8":
         assert not result.weights
         reasons = {s["reason"] for s in result.skipped}
-        assert {"already INT8: quantized weights are not clustered",
-                "already UINT8: quantized weights are not clustered"} <= reasons
+        assert {
+            "already INT8: quantized weights are not clustered",
+            "already UINT8: quantized weights are not clustered",
+        } <= reasons
         assert all(o.passed for o in result.validation.outputs)
     else:
         assert len(result.weights) == 8 and result.weight_ratio < 0.26

@@ -1,4 +1,4 @@
-"""Palette refinement (passes/cluster/refine.py): the least-squares math, and layer errors on ORT."""
+"""Palette refinement (passes/cluster/refine.py): the least-squares math, layer errors on ORT."""
 
 from __future__ import annotations
 
@@ -6,38 +6,47 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxslim.activations import NormalEquations
 from onnxslim.passes.cluster.cluster import ClusterWeights, summary
 from onnxslim.passes.cluster.palette import cluster_tensor
 from onnxslim.passes.cluster.refine import fit_palette, layer_error
+
+from onnxslim.activations import NormalEquations
 from onnxslim.runtime import Session
 
 
 def test_fit_equals_explicit_least_squares():
     rng = np.random.default_rng(0)
-    R, K, O, k = 400, 12, 6, 4
+    R, K, n_out, k = 400, 12, 6, 4
     X = rng.normal(size=(R, K)) + 0.3
-    W = rng.normal(size=(O, K))
-    b = rng.normal(size=O)
-    Y = X @ W.T + b + 0.05 * rng.normal(size=(R, O))
+    W = rng.normal(size=(n_out, K))
+    b = rng.normal(size=n_out)
+    Y = X @ W.T + b + 0.05 * rng.normal(size=(R, n_out))
     p, _ = cluster_tensor(W, 2)
     assign = p.indices.astype(np.int64)
     sums = NormalEquations(groups=1)
     sums.add(X, Y)
-    fit = fit_palette(sums, assign, np.zeros(O, np.int64), p.values().astype(np.float64), b,
-                      intercept=True, ridge=1e-12)
-    # The same problem written out: unknowns (palette[k], bias[O]) over all R*O outputs.
-    A = np.zeros((R, O, k + O))
-    for o in range(O):
+    fit = fit_palette(
+        sums,
+        assign,
+        np.zeros(n_out, np.int64),
+        p.values().astype(np.float64),
+        b,
+        intercept=True,
+        ridge=1e-12,
+    )
+    # The same problem written out: unknowns (palette[k], bias[n_out]) over all R*n_out outputs.
+    A = np.zeros((R, n_out, k + n_out))
+    for o in range(n_out):
         for c in range(k):
             A[:, o, c] = X[:, assign[o] == c].sum(axis=1)
         A[:, o, k + o] = 1.0
-    solution = np.linalg.lstsq(A.reshape(R * O, -1), Y.reshape(-1), rcond=None)[0]
+    solution = np.linalg.lstsq(A.reshape(R * n_out, -1), Y.reshape(-1), rcond=None)[0]
     np.testing.assert_allclose(fit.values[0], solution[:k], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(fit.bias, solution[k:], rtol=1e-6, atol=1e-8)
     assert fit.improved and fit.error_after < fit.error_before
-    assert layer_error(sums, assign, np.zeros(O, np.int64), fit.values, fit.bias) == pytest.approx(fit.error_after)
+    assert layer_error(
+        sums, assign, np.zeros(n_out, np.int64), fit.values, fit.bias
+    ) == pytest.approx(fit.error_after)
 
 
 def test_fit_keeps_the_palette_when_nothing_improves():
@@ -48,8 +57,14 @@ def test_fit_keeps_the_palette_when_nothing_improves():
     p, _ = cluster_tensor(W, 1)
     sums = NormalEquations(groups=1)
     sums.add(X, Y)
-    fit = fit_palette(sums, p.indices.astype(np.int64), np.zeros(4, np.int64), p.values().astype(np.float64), None,
-                      intercept=False)
+    fit = fit_palette(
+        sums,
+        p.indices.astype(np.int64),
+        np.zeros(4, np.int64),
+        p.values().astype(np.float64),
+        None,
+        intercept=False,
+    )
     assert fit.error_before == pytest.approx(0.0, abs=1e-12)
     np.testing.assert_array_equal(fit.values, p.values())
 
@@ -63,24 +78,36 @@ def grouped_conv_model() -> ir.Model:
     w3 = rng.normal(size=(5, 8 * 4 * 4)).astype(np.float32) * 0.1
     b3 = rng.normal(size=5).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], group=2, pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node(
+            "Conv", ["x", "w1", "b1"], ["c1"], group=2, pads=[1, 1, 1, 1], name="conv1"
+        ),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node(
+            "Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1], name="conv2"
+        ),
         helper.make_node("Flatten", ["c2"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])],
-        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"), (b3, "b3"))])
-    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (w3, "w3"), (b3, "b3"))
+        ],
+    )
+    return ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
 
 
 def output_error(original: ir.Model, candidate: ir.Model, feeds) -> float:
     a, b = Session(original), Session(candidate)
     ref = np.concatenate([a.run(f)["y"] for f in feeds])
     got = np.concatenate([b.run(f)["y"] for f in feeds])
-    return float(np.sum((ref - got) ** 2) / np.sum(ref ** 2))
+    return float(np.sum((ref - got) ** 2) / np.sum(ref**2))
 
 
 @pytest.mark.parametrize("granularity", ["per-tensor", "per-channel-group"])
@@ -100,9 +127,15 @@ def test_refinement_lowers_layer_and_model_error(granularity):
         assert not row["skipped"] and row["rows"] > 0
         assert row["error_after"] <= row["error_before"]
         assert not measured[name]["refit"]
-    assert layers["conv1"]["error_after"] < layers["conv1"]["error_before"]  # the first layer sees exact inputs
-    assert layers["conv1"]["error_before"] == pytest.approx(measured["conv1"]["error_before"], rel=1e-6)
-    assert output_error(original, refined, held_out) < output_error(original, plain, held_out)  # on unseen data
+    assert (
+        layers["conv1"]["error_after"] < layers["conv1"]["error_before"]
+    )  # the first layer sees exact inputs
+    assert layers["conv1"]["error_before"] == pytest.approx(
+        measured["conv1"]["error_before"], rel=1e-6
+    )
+    assert output_error(original, refined, held_out) < output_error(
+        original, plain, held_out
+    )  # on unseen data
 
 
 def test_refinement_needs_calibration_data():

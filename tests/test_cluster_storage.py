@@ -1,4 +1,4 @@
-"""Palettized storage (passes/cluster/storage.py) on ONNX Runtime: exact expansion, folded at load, small file."""
+"""Palettized storage (passes/cluster/storage.py) on ORT: exact expansion, folded at load, small."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxslim.io import model_to_bytes
 from onnxslim.passes.cluster import storage
 from onnxslim.passes.cluster.palette import cluster_tensor, snap_int8
+
+from onnxslim.io import model_to_bytes
 from onnxslim.runtime import Session, SessionConfig
 
 RNG = np.random.default_rng(0)
@@ -27,23 +27,35 @@ def conv_matmul(opset: int, seed: int = 0) -> ir.Model:
     W = rng.normal(size=(8, 4, 3, 3)).astype(np.float32)
     M = rng.normal(size=(8 * 6 * 6, 10)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W"], ["c"]), helper.make_node("Reshape", ["c", "s"], ["r"]),
-         helper.make_node("MatMul", ["r", "M"], ["y"])], "g",
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"]),
+            helper.make_node("Reshape", ["c", "s"], ["r"]),
+            helper.make_node("MatMul", ["r", "M"], ["y"]),
+        ],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])],
-        [numpy_helper.from_array(W, "W"), numpy_helper.from_array(M, "M"),
-         numpy_helper.from_array(np.array([2, -1], np.int64), "s")])
+        [
+            numpy_helper.from_array(W, "W"),
+            numpy_helper.from_array(M, "M"),
+            numpy_helper.from_array(np.array([2, -1], np.int64), "s"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
     return ir.serde.deserialize_model(model)
 
 
-def palettize(model: ir.Model, bits: int, grouped: bool, int8: bool, packing: str = "auto") -> dict[str, np.ndarray]:
-    """Cluster W (axis 0) and M (axis 1) and store them; returns the dense weights they expand to."""
+def palettize(
+    model: ir.Model, bits: int, grouped: bool, int8: bool, packing: str = "auto"
+) -> dict[str, np.ndarray]:
+    """Cluster W (axis 0) and M (axis 1) and store them; returns the dense weights they make."""
     dense = {}
     for name, axis in (("W", 0), ("M", 1)):
         value = model.graph.initializers[name]
-        p, _ = cluster_tensor(value.const_value.numpy(), bits, axis=axis if grouped else None, group_size=3)
+        p, _ = cluster_tensor(
+            value.const_value.numpy(), bits, axis=axis if grouped else None, group_size=3
+        )
         if int8:
             p = snap_int8(p, 64)
         dense[name] = p.dense()
@@ -95,18 +107,25 @@ def test_file_shrinks_about_32_over_bits_on_a_weight_dominated_model():
     w1 = rng.normal(size=(256, 512)).astype(np.float32)
     w2 = rng.normal(size=(512, 16)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("MatMul", ["r", "w2"], ["y"])], "mlp",
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     float_bytes = len(model_to_bytes(ir.serde.deserialize_model(proto)))
     for bits in (2, 3, 4, 8):
         model = ir.serde.deserialize_model(proto)
         for name in ("w1", "w2"):
             value = model.graph.initializers[name]
-            storage.write(model.graph, model, value, cluster_tensor(value.const_value.numpy(), bits)[0])
+            storage.write(
+                model.graph, model, value, cluster_tensor(value.const_value.numpy(), bits)[0]
+            )
         ratio = len(model_to_bytes(model)) / float_bytes
         assert ratio <= bits / 32 * 1.03 + 0.004, (bits, ratio)
         if bits == 4:
@@ -116,7 +135,10 @@ def test_file_shrinks_about_32_over_bits_on_a_weight_dominated_model():
 def test_pack_palette_is_lossless_and_unpack_restores_the_initializers():
     model = conv_matmul(18, seed=3)
     originals = {}
-    for name, axis in (("W", 0), ("M", 1)):  # weights that already hold few values (clustered elsewhere)
+    for name, axis in (
+        ("W", 0),
+        ("M", 1),
+    ):  # weights that already hold few values (clustered elsewhere)
         value = model.graph.initializers[name]
         p, _ = cluster_tensor(value.const_value.numpy(), 3, axis=axis, group_size=1)
         value.const_value = ir.Tensor(p.dense(), name=name)

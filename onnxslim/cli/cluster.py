@@ -20,64 +20,143 @@ _INITS = ("optimal", "kmeans++", "density", "linear")
 def cluster_command(
     model: Path = typer.Argument(..., help="Trained ONNX model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the clustered model."),
-    bits: int = typer.Option(4, "--bits", min=1, max=8, help="Bits per weight index: 2^B shared values per "
-                             "palette (2-8)."),
-    calib: str | None = typer.Option(None, "--calib", help="Calibration data (.npz of stacked samples, folder): "
-                                     "turns on least-squares palette refinement."),
-    eval_data: str | None = typer.Option(None, "--eval", help="Evaluation data; with a `labels` array the report "
-                                         "gives top-1 accuracy, else parity."),
-    init: str = typer.Option("optimal", "--init", help="optimal (exact 1-D k-means by dynamic programming), "
-                             "kmeans++, density or linear (Lloyd from that start)."),
-    per_channel_groups: int | None = typer.Option(None, "--per-channel-groups", min=1, help="One palette per "
-                                                  "group of N output channels (1: per channel); default one "
-                                                  "palette per tensor."),
-    refine: bool | None = typer.Option(None, "--refine/--no-refine", help="Refit palettes on --calib "
-                                       "(default: on with --calib)."),
-    int8: bool = typer.Option(False, "--int8", help="Palette values on the int8 grid `onnxslim quantize` uses, "
-                              "so quantizing the result keeps the clusters exactly (implies per-channel "
-                              "palettes unless --per-channel-groups says otherwise)."),
-    min_elements: int = typer.Option(256, "--min-elements", help="Leave smaller weights as they are."),
-    exclude: list[str] | None = typer.Option(None, "--exclude", help="Node or weight name pattern to leave "
-                                             "unclustered (repeatable)."),
-    packing: str = typer.Option("auto", "--packing", help="auto (UINT4/UINT2 where the opset has them, else bit "
-                                "planes), bits or uint8."),
-    storage: str = typer.Option("palette", "--storage", help="palette: packed indices + palette (small file, "
-                                "ORT expands it at load); dense: plain float initializers."),
-    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Run the lossless clean-up of `onnxslim "
-                                  "optimize` first (folds BatchNorm into Conv, so the palettes hold the final "
-                                  "weights)."),
-    keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Keep exporter debug metadata (node "
-                                       "stack traces, doc strings); by default it is dropped."),
-    max_drop: float | None = typer.Option(None, "--max-drop", help="Fail (exit 1) if accuracy drops by more than "
-                                          "this many points (top-1 disagreement without labels)."),
-    runs: int = typer.Option(50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Validate the result against the original "
-                                "on ORT."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow the output to replace the input file."),
+    bits: int = typer.Option(
+        4,
+        "--bits",
+        min=1,
+        max=8,
+        help="Bits per weight index: 2^B shared values per palette (2-8).",
+    ),
+    calib: str | None = typer.Option(
+        None,
+        "--calib",
+        help="Calibration data (.npz of stacked samples, folder): "
+        "turns on least-squares palette refinement.",
+    ),
+    eval_data: str | None = typer.Option(
+        None,
+        "--eval",
+        help="Evaluation data; with a `labels` array the report gives top-1 accuracy, else parity.",
+    ),
+    init: str = typer.Option(
+        "optimal",
+        "--init",
+        help="optimal (exact 1-D k-means by dynamic programming), "
+        "kmeans++, density or linear (Lloyd from that start).",
+    ),
+    per_channel_groups: int | None = typer.Option(
+        None,
+        "--per-channel-groups",
+        min=1,
+        help="One palette per "
+        "group of N output channels (1: per channel); default one "
+        "palette per tensor.",
+    ),
+    refine: bool | None = typer.Option(
+        None, "--refine/--no-refine", help="Refit palettes on --calib (default: on with --calib)."
+    ),
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="Palette values on the int8 grid `onnxslim quantize` uses, "
+        "so quantizing the result keeps the clusters exactly (implies per-channel "
+        "palettes unless --per-channel-groups says otherwise).",
+    ),
+    min_elements: int = typer.Option(
+        256, "--min-elements", help="Leave smaller weights as they are."
+    ),
+    exclude: list[str] | None = typer.Option(
+        None, "--exclude", help="Node or weight name pattern to leave unclustered (repeatable)."
+    ),
+    packing: str = typer.Option(
+        "auto",
+        "--packing",
+        help="auto (UINT4/UINT2 where the opset has them, else bit planes), bits or uint8.",
+    ),
+    storage: str = typer.Option(
+        "palette",
+        "--storage",
+        help="palette: packed indices + palette (small file, "
+        "ORT expands it at load); dense: plain float initializers.",
+    ),
+    optimize: bool = typer.Option(
+        True,
+        "--optimize/--no-optimize",
+        help="Run the lossless clean-up of `onnxslim "
+        "optimize` first (folds BatchNorm into Conv, so the palettes hold the final "
+        "weights).",
+    ),
+    keep_metadata: bool = typer.Option(
+        False,
+        "--keep-metadata",
+        help="Keep exporter debug metadata (node "
+        "stack traces, doc strings); by default it is dropped.",
+    ),
+    max_drop: float | None = typer.Option(
+        None,
+        "--max-drop",
+        help="Fail (exit 1) if accuracy drops by more than "
+        "this many points (top-1 disagreement without labels).",
+    ),
+    runs: int = typer.Option(
+        50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."
+    ),
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Validate the result against the original on ORT."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Allow the output to replace the input file."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter("output is the input model; pass --overwrite to replace it", param_hint="-o")
+        raise typer.BadParameter(
+            "output is the input model; pass --overwrite to replace it", param_hint="-o"
+        )
     if init not in _INITS:
-        raise typer.BadParameter(f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init")
-    options: dict[str, object] = {"init": init, "min_elements": min_elements, "exclude": tuple(exclude or ()),
-                                  "packing": packing, "storage": storage, "int8_grid": int8}
+        raise typer.BadParameter(
+            f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init"
+        )
+    options: dict[str, object] = {
+        "init": init,
+        "min_elements": min_elements,
+        "exclude": tuple(exclude or ()),
+        "packing": packing,
+        "storage": storage,
+        "int8_grid": int8,
+    }
     if per_channel_groups is not None or int8:
         options.update(granularity="per-channel-group", group_size=per_channel_groups or 1)
     if refine is not None:
         options["refine"] = refine
-    with err.status("clustering and validating on ONNX Runtime", spinner="dots") if err.is_terminal else _null():
-        result = api.cluster(model, bits=bits, calib=calib, eval_data=eval_data, validate=verify, runs=runs,
-                             max_drop=max_drop, strip_metadata=not keep_metadata, optimize=optimize, **options)
+    with (
+        err.status("clustering and validating on ONNX Runtime", spinner="dots")
+        if err.is_terminal
+        else _null()
+    ):
+        result = api.cluster(
+            model,
+            bits=bits,
+            calib=calib,
+            eval_data=eval_data,
+            validate=verify,
+            runs=runs,
+            max_drop=max_drop,
+            strip_metadata=not keep_metadata,
+            optimize=optimize,
+            **options,
+        )
     api.save(result.model, output, source=model, overwrite=overwrite)
     if json_output:
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
         _print_report(result, model, output)
     if result.gate is not None and not result.gate["passed"]:
-        raise GateFailed(f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
-                         f"{result.gate['max_drop']:g} (the model was written to {output})")
+        raise GateFailed(
+            f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
+            f"{result.gate['max_drop']:g} (the model was written to {output})"
+        )
 
 
 class _null:
@@ -97,10 +176,23 @@ def _db(relative_error: float) -> str:
 
 def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no-untyped-def]
     layers = {row["weight"]: row for row in result.layers}
-    title = f"cluster {escape(model.name)}: {result.bits} bits, {1 << result.bits} values per palette"
+    title = (
+        f"cluster {escape(model.name)}: {result.bits} bits, {1 << result.bits} values per palette"
+    )
     table = Table(title=title)
-    for column in ("weight", "op", "shape", "palettes", "weight SNR", "layer error", "stored bytes"):
-        table.add_column(column, justify="left" if column in ("weight", "op", "shape", "layer error") else "right")
+    for column in (
+        "weight",
+        "op",
+        "shape",
+        "palettes",
+        "weight SNR",
+        "layer error",
+        "stored bytes",
+    ):
+        table.add_column(
+            column,
+            justify="left" if column in ("weight", "op", "shape", "layer error") else "right",
+        )
     for row in result.weights:
         layer = layers.get(row["weight"])
         if layer is None or layer.get("skipped"):
@@ -110,33 +202,58 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         else:
             error = f"{layer['error_before']:.2e}"
         stored = f"{row['stored_bytes']:,} ({row['stored_bytes'] / row['dense_bytes']:.2f}x)"
-        table.add_row(escape(row["weight"]), ",".join(row["ops"]), "x".join(map(str, row["shape"])),
-                      str(row["groups"]), _db(row["weight_error"]), escape(error), stored)
+        table.add_row(
+            escape(row["weight"]),
+            ",".join(row["ops"]),
+            "x".join(map(str, row["shape"])),
+            str(row["groups"]),
+            _db(row["weight_error"]),
+            escape(error),
+            stored,
+        )
     out.print(table)
     b, a = result.size_before, result.size_after
     formats = sorted({row["index_format"] for row in result.weights})
-    out.print(f"clustered tensors: {len(result.weights)}, stored in {result.weight_ratio:.3f}x their float bytes "
-              f"(indices: {', '.join(formats) or '-'})")
-    out.print(f"size raw  {b.raw:,} -> {a.raw:,} bytes ({a.raw / b.raw:.3f}x, 1/{b.raw / a.raw:.1f})")
+    out.print(
+        f"clustered tensors: {len(result.weights)}, "
+        f"stored in {result.weight_ratio:.3f}x their float bytes "
+        f"(indices: {', '.join(formats) or '-'})"
+    )
+    out.print(
+        f"size raw  {b.raw:,} -> {a.raw:,} bytes ({a.raw / b.raw:.3f}x, 1/{b.raw / a.raw:.1f})"
+    )
     out.print(f"size gzip {b.gzip:,} -> {a.gzip:,} bytes ({a.gzip / b.gzip:.3f}x)")
     if result.size_before_stripped is not None:
         s = result.size_before_stripped
-        out.print(f"  (debug metadata dropped; the original without it: {s.raw:,} bytes, ratio "
-                  f"{a.raw / s.raw:.3f}x)")
+        out.print(
+            f"  (debug metadata dropped; the original without it: {s.raw:,} bytes, ratio "
+            f"{a.raw / s.raw:.3f}x)"
+        )
     if result.session_ms:
-        out.print(f"session start {result.session_ms['original']:.1f} -> {result.session_ms['clustered']:.1f} ms "
-                  "(palettes expand here)")
+        out.print(
+            f"session start {result.session_ms['original']:.1f} -> "
+            f"{result.session_ms['clustered']:.1f} ms "
+            "(palettes expand here)"
+        )
     if result.latency_ratio:
-        out.print(f"latency: clustered / original = {result.latency_ratio:.2f} (1 thread, interleaved, "
-                  "ORT_ENABLE_ALL)")
+        out.print(
+            f"latency: clustered / original = {result.latency_ratio:.2f} (1 thread, interleaved, "
+            "ORT_ENABLE_ALL)"
+        )
     if result.accuracy is not None:
         acc = result.accuracy
-        out.print(f"top-1 accuracy {acc['original']:.2%} -> {acc['clustered']:.2%} "
-                  f"({-acc['drop_points']:+.2f} points, {int(acc['samples'])} samples)")
+        out.print(
+            f"top-1 accuracy {acc['original']:.2%} -> {acc['clustered']:.2%} "
+            f"({-acc['drop_points']:+.2f} points, {int(acc['samples'])} samples)"
+        )
     if result.validation is not None:
         for o in result.validation.outputs:
-            agreement = f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
-            out.print(f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}")
+            agreement = (
+                f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
+            )
+            out.print(
+                f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}"
+            )
     out.print(f"onnx.checker: {escape(result.checker)}")
     by_reason: dict[str, list[str]] = {}
     for entry in result.skipped:
@@ -150,5 +267,8 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         err.print(f"[yellow]warning[/] {escape(warning)}")
     if result.gate is not None:
         verdict = "passed" if result.gate["passed"] else "FAILED"
-        out.print(f"gate --max-drop {result.gate['max_drop']:g}: {verdict} ({result.gate['drop_points']:.2f} points)")
+        out.print(
+            f"gate --max-drop {result.gate['max_drop']:g}: {verdict} "
+            f"({result.gate['drop_points']:.2f} points)"
+        )
     out.print(f"wrote {escape(str(output))}")

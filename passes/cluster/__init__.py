@@ -1,4 +1,4 @@
-"""Weight clustering (palettization): each weight shares 2^bits values, stored as packed indices + palette.
+"""Weight clustering (palettization): 2^bits shared values per weight, as packed indices + palette.
 
 Modules, one job each:
   kmeans    1-D k-means: exact optimum by dynamic programming, k-means++ / density /

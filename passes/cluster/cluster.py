@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
-
-from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
+
+from onnxslim.errors import UsageError
 
 from . import storage as palette_storage
 from .kmeans import EXACT_LIMIT, INITS
@@ -42,7 +42,9 @@ _SNAP_ROUNDS = 4
 
 
 def _data_field(help: str) -> Any:
-    return dataclasses.field(default=None, compare=False, hash=False, metadata={"help": help, "data": True})
+    return dataclasses.field(
+        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,30 +54,65 @@ class ClusterWeights(ir.passes.InPlacePass):
     lossless: ClassVar[bool] = False
 
     bits: int = option(4, "Bits per index: each palette holds 2^bits values (2..8).")
-    init: str = option("optimal", "optimal: exact 1-D k-means by dynamic programming; kmeans++, density, linear: "
-                       "Lloyd from that start.", choices=INITS)
-    granularity: str = option("per-tensor", "One palette per tensor, or per group of output channels.",
-                              choices=GRANULARITIES)
-    group_size: int = option(1, "Output channels sharing one palette (per-channel-group; 1: per channel).")
+    init: str = option(
+        "optimal",
+        "optimal: exact 1-D k-means by dynamic programming; kmeans++, density, linear: "
+        "Lloyd from that start.",
+        choices=INITS,
+    )
+    granularity: str = option(
+        "per-tensor",
+        "One palette per tensor, or per group of output channels.",
+        choices=GRANULARITIES,
+    )
+    group_size: int = option(
+        1, "Output channels sharing one palette (per-channel-group; 1: per channel)."
+    )
     min_elements: int = option(256, "Leave weights with fewer elements as they are.")
-    exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave unclustered.")
-    keep_zero: bool | None = option(None, "Zero as a palette entry of its own (None: when > 1 % of the weight "
-                                    "is exactly zero, i.e. it was pruned).")
-    refine: bool | None = option(None, "Re-fit palettes by least squares on calib (default: on with calib).")
-    calib: Any = _data_field("Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds).")
+    exclude: tuple[str, ...] = option(
+        (), "Node or weight names (fnmatch patterns) to leave unclustered."
+    )
+    keep_zero: bool | None = option(
+        None,
+        "Zero as a palette entry of its own (None: when > 1 % of the weight "
+        "is exactly zero, i.e. it was pruned).",
+    )
+    refine: bool | None = option(
+        None, "Re-fit palettes by least squares on calib (default: on with calib)."
+    )
+    calib: Any = _data_field(
+        "Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds)."
+    )
     calib_count: int = option(256, "Calibration samples used.")
     max_rows: int = option(8192, "Calibration rows sampled per layer for refinement.")
-    ridge: float = option(1e-4, "Pull of the refit towards the k-means palette, relative to the input energy.")
-    int8_grid: bool = option(False, "Snap palette values onto the int8 grid `onnxslim quantize` will use "
-                             "(exact with per-channel palettes, group_size 1).")
-    reduce_range: bool | None = option(None, "With int8_grid: 7-bit grid (None: as the quantizer decides for "
-                                       "this CPU).")
-    storage: str = option("palette", "palette: packed indices + palette (small file); dense: plain float "
-                          "initializers holding the clustered values.", choices=STORAGES)
-    packing: str = option("auto", "Index packing: auto (UINT4/UINT2 where the opset has them, else bit planes), "
-                          "bits (always bit planes), uint8 (a byte per index).", choices=palette_storage.PACKINGS)
-    exact_limit: int = option(EXACT_LIMIT, "Unique values up to which the optimal DP runs on the values "
-                              "themselves (above: on a histogram of this many bins, then Lloyd).")
+    ridge: float = option(
+        1e-4, "Pull of the refit towards the k-means palette, relative to the input energy."
+    )
+    int8_grid: bool = option(
+        False,
+        "Snap palette values onto the int8 grid `onnxslim quantize` will use "
+        "(exact with per-channel palettes, group_size 1).",
+    )
+    reduce_range: bool | None = option(
+        None, "With int8_grid: 7-bit grid (None: as the quantizer decides for this CPU)."
+    )
+    storage: str = option(
+        "palette",
+        "palette: packed indices + palette (small file); dense: plain float "
+        "initializers holding the clustered values.",
+        choices=STORAGES,
+    )
+    packing: str = option(
+        "auto",
+        "Index packing: auto (UINT4/UINT2 where the opset has them, else bit planes), "
+        "bits (always bit planes), uint8 (a byte per index).",
+        choices=palette_storage.PACKINGS,
+    )
+    exact_limit: int = option(
+        EXACT_LIMIT,
+        "Unique values up to which the optimal DP runs on the values "
+        "themselves (above: on a histogram of this many bins, then Lloyd).",
+    )
     seed: int = option(0, "Seed of k-means++ and row sampling.")
 
     def __post_init__(self) -> None:
@@ -97,7 +134,15 @@ class ClusterWeights(ir.passes.InPlacePass):
         notes = _prepare(model)
         weights, skipped = find_weights(model, min_elements=self.min_elements, exclude=self.exclude)
         if not weights:
-            _store(model, self, rows=[], skipped=skipped, layers=[], notes=notes, seconds=time.perf_counter() - started)
+            _store(
+                model,
+                self,
+                rows=[],
+                skipped=skipped,
+                layers=[],
+                notes=notes,
+                seconds=time.perf_counter() - started,
+            )
             return ir.passes.PassResult(model, bool(notes))
         original = model.clone() if feeds is not None else None
         qmax = self._qmax()
@@ -110,8 +155,17 @@ class ClusterWeights(ir.passes.InPlacePass):
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
         if feeds is not None and original is not None:
-            layers, _ = refine_layers(original, model, palettes, feeds, ridge=self.ridge, max_rows=self.max_rows,
-                                      seed=self.seed, refit=refine, qmax=qmax)
+            layers, _ = refine_layers(
+                original,
+                model,
+                palettes,
+                feeds,
+                ridge=self.ridge,
+                max_rows=self.max_rows,
+                seed=self.seed,
+                refit=refine,
+                qmax=qmax,
+            )
         opset = palette_storage.default_opset(model)
         arrays = {w.name: w for w in weights}
         for name, p in palettes.items():
@@ -119,15 +173,26 @@ class ClusterWeights(ir.passes.InPlacePass):
             row["weight_error"] = _relative_error(row.pop("_original"), p.dense())
             size = palette_storage.stored_bytes(p, opset, self.packing)
             if self.storage == "palette" and size < row["dense_bytes"]:
-                palette_storage.write(model.graph, model, arrays[name].value, p, packing=self.packing)
-                row["stored_bytes"], row["index_format"] = size, palette_storage.index_format(p.bits, opset,
-                                                                                             self.packing)
+                palette_storage.write(
+                    model.graph, model, arrays[name].value, p, packing=self.packing
+                )
+                row["stored_bytes"], row["index_format"] = (
+                    size,
+                    palette_storage.index_format(p.bits, opset, self.packing),
+                )
             else:
                 row["stored_bytes"], row["index_format"] = row["dense_bytes"], "dense"
                 if self.storage == "palette":
                     row["note"] = f"kept dense: indices + palettes ({size} bytes) are not smaller"
-        _store(model, self, rows=list(rows.values()), skipped=skipped, layers=[r.to_dict() for r in layers],
-               notes=notes, seconds=time.perf_counter() - started)
+        _store(
+            model,
+            self,
+            rows=list(rows.values()),
+            skipped=skipped,
+            layers=[r.to_dict() for r in layers],
+            notes=notes,
+            seconds=time.perf_counter() - started,
+        )
         return ir.passes.PassResult(model, True)
 
     def _qmax(self) -> int | None:
@@ -145,8 +210,16 @@ class ClusterWeights(ir.passes.InPlacePass):
         assert tensor is not None
         array = tensor.numpy()
         axis = weight.axis if self.granularity == "per-channel-group" else None
-        p, exact = cluster_tensor(array, self.bits, axis=axis, group_size=self.group_size, init=self.init,
-                                  seed=self.seed, keep_zero=self.keep_zero, exact_limit=self.exact_limit)
+        p, exact = cluster_tensor(
+            array,
+            self.bits,
+            axis=axis,
+            group_size=self.group_size,
+            init=self.init,
+            seed=self.seed,
+            keep_zero=self.keep_zero,
+            exact_limit=self.exact_limit,
+        )
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:
             assert qmax is not None
@@ -159,11 +232,21 @@ class ClusterWeights(ir.passes.InPlacePass):
             p = snap_int8(p, qmax)
         zeros = int(np.count_nonzero(array == 0))
         row = {
-            "weight": weight.name, "readers": weight.readers, "ops": weight.ops, "shape": list(array.shape),
-            "elements": int(array.size), "bits": self.bits, "palette_size": p.k, "groups": p.groups,
-            "axis": axis, "exact": exact, "zero_kept": bool(zeros and np.all((p.dense() == 0) == (array == 0))),
-            "sparsity": zeros / array.size if array.size else 0.0, "int8_grid": snapped,
-            "dense_bytes": int(array.nbytes), "_original": array,
+            "weight": weight.name,
+            "readers": weight.readers,
+            "ops": weight.ops,
+            "shape": list(array.shape),
+            "elements": int(array.size),
+            "bits": self.bits,
+            "palette_size": p.k,
+            "groups": p.groups,
+            "axis": axis,
+            "exact": exact,
+            "zero_kept": bool(zeros and np.all((p.dense() == 0) == (array == 0))),
+            "sparsity": zeros / array.size if array.size else 0.0,
+            "int8_grid": snapped,
+            "dense_bytes": int(array.nbytes),
+            "_original": array,
         }
         if qmax is not None and not snapped:
             row["note"] = f"{p.dtype} weight: int8 grid applies to float32 only"
@@ -176,7 +259,9 @@ def _prepare(model: ir.Model) -> list[str]:
 
     notes = []
     if RemoveInitializersFromInputsPass()(model).modified:
-        notes.append("weights listed as graph inputs made plain initializers (ORT folds only those)")
+        notes.append(
+            "weights listed as graph inputs made plain initializers (ORT folds only those)"
+        )
     if palette_storage.UnpackPalette()(model).modified:
         notes.append("palettized weights expanded before re-clustering")
     if UnpackSparseWeights()(model).modified:
@@ -194,14 +279,29 @@ def _relative_error(original: np.ndarray, clustered: np.ndarray) -> float:
     return float(np.sum((a - clustered.astype(np.float64)) ** 2) / energy) if energy > 0 else 0.0
 
 
-def _store(model: ir.Model, options: ClusterWeights, *, rows: list[dict[str, Any]], skipped: list, layers: list,
-           notes: list[str], seconds: float) -> None:
+def _store(
+    model: ir.Model,
+    options: ClusterWeights,
+    *,
+    rows: list[dict[str, Any]],
+    skipped: list,
+    layers: list,
+    notes: list[str],
+    seconds: float,
+) -> None:
     model.meta[SUMMARY_KEY] = {
-        "bits": options.bits, "init": options.init, "granularity": options.granularity,
+        "bits": options.bits,
+        "init": options.init,
+        "granularity": options.granularity,
         "group_size": options.group_size if options.granularity == "per-channel-group" else None,
-        "refined": any(layer.get("refit") for layer in layers), "int8_grid": options.int8_grid,
-        "storage": options.storage, "weights": rows, "layers": layers,
-        "skipped": [s.to_dict() for s in skipped], "notes": notes, "seconds": seconds,
+        "refined": any(layer.get("refit") for layer in layers),
+        "int8_grid": options.int8_grid,
+        "storage": options.storage,
+        "weights": rows,
+        "layers": layers,
+        "skipped": [s.to_dict() for s in skipped],
+        "notes": notes,
+        "seconds": seconds,
     }
 
 

@@ -62,19 +62,35 @@ class Clustering:
         return self.palette[self.indices]
 
 
-def cluster_1d(values: np.ndarray, k: int, *, init: str = "optimal", seed: int = 0,
-               exact_limit: int = EXACT_LIMIT, keep_zero: bool | None = None) -> Clustering:
+def cluster_1d(
+    values: np.ndarray,
+    k: int,
+    *,
+    init: str = "optimal",
+    seed: int = 0,
+    exact_limit: int = EXACT_LIMIT,
+    keep_zero: bool | None = None,
+) -> Clustering:
     """Cluster `values` (any shape) into `k` shared values.
 
     `keep_zero`: zero as its own entry (None: when more than 1 % of the values are
     exactly zero). The palette always has k entries; when there are fewer distinct
     values than k, the extra entries repeat the last one and stay unused.
     """
-    return cluster_many([values], k, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero)[0]
+    return cluster_many(
+        [values], k, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero
+    )[0]
 
 
-def cluster_many(arrays: Sequence[np.ndarray], k: int, *, init: str = "optimal", seed: int = 0,
-                 exact_limit: int = EXACT_LIMIT, keep_zero: bool | None = None) -> list[Clustering]:
+def cluster_many(
+    arrays: Sequence[np.ndarray],
+    k: int,
+    *,
+    init: str = "optimal",
+    seed: int = 0,
+    exact_limit: int = EXACT_LIMIT,
+    keep_zero: bool | None = None,
+) -> list[Clustering]:
     """`cluster_1d` on each array (the palette groups of one tensor); the DPs run batched."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -86,7 +102,7 @@ def cluster_many(arrays: Sequence[np.ndarray], k: int, *, init: str = "optimal",
         for size in sorted({j.k for j in pending}):
             same = [j for j in pending if j.k == size]
             solved = optimal_centers_many([j.points for j in same], [j.weights for j in same], size)
-            for job, centers in zip(same, solved):
+            for job, centers in zip(same, solved, strict=True):
                 job.centers = centers
     else:
         for index, job in enumerate(pending):
@@ -95,7 +111,7 @@ def cluster_many(arrays: Sequence[np.ndarray], k: int, *, init: str = "optimal",
     for job in pending:
         if job.binned:  # Lloyd on the real values corrects the binning (it never raises the cost)
             job.centers = lloyd(job.unique, job.counts, job.centers, iterations=POLISH_ITERATIONS)
-    return [_finish(job, np.shape(a)) for job, a in zip(jobs, arrays)]
+    return [_finish(job, np.shape(a)) for job, a in zip(jobs, arrays, strict=True)]
 
 
 def nearest(palette: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -114,7 +130,7 @@ def sse(values: np.ndarray, clustering: Clustering) -> float:
 
 
 def dp_points(k: int, exact_limit: int = EXACT_LIMIT) -> int:
-    """How many points the DP takes for k clusters: `exact_limit`, fewer for large k (time ~ k x points)."""
+    """Points the DP takes for k clusters: `exact_limit`, fewer for large k (time ~ k x points)."""
     return int(min(exact_limit, max(1024, DP_BUDGET // k)))
 
 
@@ -188,8 +204,10 @@ def _histogram(points: np.ndarray, weights: np.ndarray, bins: int) -> tuple[np.n
     """
     half = max(bins // 2, 1)
     cdf = np.cumsum(weights) / np.sum(weights)
-    edges = np.union1d(np.linspace(points[0], points[-1], half + 1),
-                       np.interp(np.linspace(0, 1, half + 1), cdf, points))
+    edges = np.union1d(
+        np.linspace(points[0], points[-1], half + 1),
+        np.interp(np.linspace(0, 1, half + 1), cdf, points),
+    )
     which = np.clip(np.searchsorted(edges, points, side="right") - 1, 0, len(edges) - 2)
     mass = np.bincount(which, weights, len(edges) - 1)
     total = np.bincount(which, weights * points, len(edges) - 1)
@@ -217,9 +235,16 @@ def _initial(points: np.ndarray, weights: np.ndarray, k: int, init: str, seed: i
     return _pad(np.array(centers), k)
 
 
-def lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray, *, iterations: int = LLOYD_ITERATIONS,
-          seed: int = 0, tol: float = 1e-9) -> np.ndarray:
-    """Weighted Lloyd iterations on sorted 1-D points; an empty cluster moves to the worst-served point."""
+def lloyd(
+    points: np.ndarray,
+    weights: np.ndarray,
+    centers: np.ndarray,
+    *,
+    iterations: int = LLOYD_ITERATIONS,
+    seed: int = 0,
+    tol: float = 1e-9,
+) -> np.ndarray:
+    """Weighted Lloyd on sorted 1-D points; an empty cluster moves to the worst-served point."""
     centers = np.sort(np.asarray(centers, dtype=np.float64))
     k = len(centers)
     scale = max(float(points[-1] - points[0]), 1e-300)
@@ -231,7 +256,7 @@ def lloyd(points: np.ndarray, weights: np.ndarray, centers: np.ndarray, *, itera
         empty = np.flatnonzero(mass == 0)
         if len(empty):
             error = weights * (points - new[which]) ** 2
-            for index, point in zip(empty, np.argsort(error)[::-1][:len(empty)]):
+            for index, point in zip(empty, np.argsort(error)[::-1][: len(empty)], strict=False):
                 new[index] = points[point]
         new = np.sort(new)
         moved = float(np.max(np.abs(new - centers)))
@@ -246,8 +271,9 @@ def optimal_centers(points: np.ndarray, weights: np.ndarray, k: int) -> np.ndarr
     return optimal_centers_many([points], [weights], k)[0]
 
 
-def optimal_centers_many(point_sets: Sequence[np.ndarray], weight_sets: Sequence[np.ndarray],
-                         k: int) -> list[np.ndarray]:
+def optimal_centers_many(
+    point_sets: Sequence[np.ndarray], weight_sets: Sequence[np.ndarray], k: int
+) -> list[np.ndarray]:
     """`optimal_centers` of several independent sorted point sets, their DP rows run together.
 
     The sets are laid end to end with common prefix sums (each set centred on its
@@ -261,7 +287,7 @@ def optimal_centers_many(point_sets: Sequence[np.ndarray], weight_sets: Sequence
 
     def flush() -> None:
         solved = _dp([point_sets[i] for i in chunk], [weight_sets[i] for i in chunk], k)
-        for i, centers in zip(chunk, solved):
+        for i, centers in zip(chunk, solved, strict=True):
             result[i] = centers
 
     for index, points in enumerate(point_sets):
@@ -278,11 +304,14 @@ def optimal_centers_many(point_sets: Sequence[np.ndarray], weight_sets: Sequence
     return result
 
 
-def _dp(point_sets: Sequence[np.ndarray], weight_sets: Sequence[np.ndarray], k: int) -> list[np.ndarray]:
+def _dp(
+    point_sets: Sequence[np.ndarray], weight_sets: Sequence[np.ndarray], k: int
+) -> list[np.ndarray]:
     lengths = np.array([len(p) for p in point_sets])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     ends = starts + lengths  # exclusive
-    x = np.concatenate([p - np.average(p, weights=w) for p, w in zip(point_sets, weight_sets)])
+    pairs = zip(point_sets, weight_sets, strict=True)
+    x = np.concatenate([p - np.average(p, weights=w) for p, w in pairs])
     w = np.concatenate(weight_sets).astype(np.float64)
     N = len(x)
     W = np.concatenate([[0.0], np.cumsum(w)])
@@ -301,7 +330,7 @@ def _dp(point_sets: Sequence[np.ndarray], weight_sets: Sequence[np.ndarray], k: 
         _row(base, S, W, Q, current, table[c], starts + c, ends - 1, starts + c, ends - 1, N)
         previous = current
     result = []
-    for points, weights, start, end in zip(point_sets, weight_sets, starts, ends):
+    for points, weights, start, end in zip(point_sets, weight_sets, starts, ends, strict=True):
         bounds = []
         i = int(end) - 1
         for c in range(k - 1, 0, -1):
@@ -309,14 +338,24 @@ def _dp(point_sets: Sequence[np.ndarray], weight_sets: Sequence[np.ndarray], k: 
             bounds.append((j - start, i - start))
             i = j - 1
         bounds.append((0, i - start))
-        centers = [np.average(points[a:b + 1], weights=weights[a:b + 1]) for a, b in bounds]
+        centers = [np.average(points[a : b + 1], weights=weights[a : b + 1]) for a, b in bounds]
         result.append(np.sort(np.array(centers)))
     return result
 
 
-def _row(base: np.ndarray, S: np.ndarray, W: np.ndarray, Q: np.ndarray, current: np.ndarray,
-         argmin: np.ndarray, ilo: np.ndarray, ihi: np.ndarray, jlo: np.ndarray, jhi: np.ndarray,
-         sentinel: int) -> None:
+def _row(
+    base: np.ndarray,
+    S: np.ndarray,
+    W: np.ndarray,
+    Q: np.ndarray,
+    current: np.ndarray,
+    argmin: np.ndarray,
+    ilo: np.ndarray,
+    ihi: np.ndarray,
+    jlo: np.ndarray,
+    jhi: np.ndarray,
+    sentinel: int,
+) -> None:
     """One DP row by divide and conquer: every pending middle point of every set at once."""
     while len(ilo):
         mid = (ilo + ihi) // 2
@@ -327,7 +366,9 @@ def _row(base: np.ndarray, S: np.ndarray, W: np.ndarray, Q: np.ndarray, current:
         j = np.arange(int(offsets[-1] + lengths[-1])) + np.repeat(jlo - offsets, lengths)
         end = mid + 1
         diff = np.repeat(S[end], lengths) - S[j]
-        value = base[j] + np.repeat(Q[end], lengths) - diff * diff / (np.repeat(W[end], lengths) - W[j])
+        value = (
+            base[j] + np.repeat(Q[end], lengths) - diff * diff / (np.repeat(W[end], lengths) - W[j])
+        )
         best = np.minimum.reduceat(value, offsets)
         position = np.where(value == best[segment], j, sentinel)
         chosen = np.minimum.reduceat(position, offsets)
@@ -335,7 +376,9 @@ def _row(base: np.ndarray, S: np.ndarray, W: np.ndarray, Q: np.ndarray, current:
         argmin[mid] = chosen
         left = ilo < mid
         right = mid < ihi
-        ilo, ihi, jlo, jhi = (np.concatenate([ilo[left], end[right]]),
-                              np.concatenate([mid[left] - 1, ihi[right]]),
-                              np.concatenate([jlo[left], chosen[right]]),
-                              np.concatenate([chosen[left], jhi[right]]))
+        ilo, ihi, jlo, jhi = (
+            np.concatenate([ilo[left], end[right]]),
+            np.concatenate([mid[left] - 1, ihi[right]]),
+            np.concatenate([jlo[left], chosen[right]]),
+            np.concatenate([chosen[left], jhi[right]]),
+        )

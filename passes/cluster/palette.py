@@ -26,7 +26,7 @@ from .kmeans import EXACT_LIMIT, cluster_many
 
 @dataclass(frozen=True)
 class Palettized:
-    """indices (the tensor's shape, values < k) into palette [groups, k] (optionally times scale)."""
+    """indices (the tensor's shape, values < k) into palette [groups, k] (maybe times scale)."""
 
     indices: np.ndarray
     palette: np.ndarray  # [groups, k]: float (the tensor's dtype), or int8 with `scale`
@@ -72,7 +72,11 @@ class Palettized:
 
     def with_values(self, values: np.ndarray) -> Palettized:
         """The same indices with new float palette values [groups, k] (drops any int8 grid)."""
-        return replace(self, palette=np.asarray(values, dtype=self.dtype).reshape(self.groups, self.k), scale=None)
+        return replace(
+            self,
+            palette=np.asarray(values, dtype=self.dtype).reshape(self.groups, self.k),
+            scale=None,
+        )
 
 
 def group_count(shape: tuple[int, ...], axis: int | None, group_size: int) -> int:
@@ -81,7 +85,9 @@ def group_count(shape: tuple[int, ...], axis: int | None, group_size: int) -> in
     return math.ceil(shape[axis] / group_size)
 
 
-def group_offsets(shape: tuple[int, ...], axis: int | None, group_size: int, step: int) -> np.ndarray:
+def group_offsets(
+    shape: tuple[int, ...], axis: int | None, group_size: int, step: int
+) -> np.ndarray:
     """step x (group of each channel along `axis`), shaped to broadcast against `shape` (int64)."""
     if axis is None:
         return np.zeros((), np.int64)
@@ -90,7 +96,9 @@ def group_offsets(shape: tuple[int, ...], axis: int | None, group_size: int, ste
     return offsets.reshape((channels,) + (1,) * (len(shape) - axis - 1))
 
 
-def channel_slices(shape: tuple[int, ...], axis: int | None, group_size: int) -> list[tuple[slice, ...]]:
+def channel_slices(
+    shape: tuple[int, ...], axis: int | None, group_size: int
+) -> list[tuple[slice, ...]]:
     """Index tuples selecting each group's elements."""
     if axis is None:
         return [tuple(slice(None) for _ in shape)]
@@ -102,17 +110,31 @@ def channel_slices(shape: tuple[int, ...], axis: int | None, group_size: int) ->
     return result
 
 
-def cluster_tensor(array: np.ndarray, bits: int, *, axis: int | None = None, group_size: int = 1,
-                   init: str = "optimal", seed: int = 0, keep_zero: bool | None = None,
-                   exact_limit: int = EXACT_LIMIT) -> tuple[Palettized, bool]:
+def cluster_tensor(
+    array: np.ndarray,
+    bits: int,
+    *,
+    axis: int | None = None,
+    group_size: int = 1,
+    init: str = "optimal",
+    seed: int = 0,
+    keep_zero: bool | None = None,
+    exact_limit: int = EXACT_LIMIT,
+) -> tuple[Palettized, bool]:
     """Cluster `array` into 2^bits values per group; (palettized, every group solved exactly)."""
     k = 1 << bits
     indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
     slices = channel_slices(array.shape, axis, group_size)
     palette = np.zeros((len(slices), k), dtype=np.float64)
-    results = cluster_many([array[where] for where in slices], k, init=init, seed=seed, exact_limit=exact_limit,
-                           keep_zero=keep_zero)
-    for g, (where, result) in enumerate(zip(slices, results)):
+    results = cluster_many(
+        [array[where] for where in slices],
+        k,
+        init=init,
+        seed=seed,
+        exact_limit=exact_limit,
+        keep_zero=keep_zero,
+    )
+    for g, (where, result) in enumerate(zip(slices, results, strict=True)):
         palette[g] = result.palette
         indices[where] = result.indices
     exact = all(result.exact for result in results)
@@ -124,7 +146,9 @@ def reassign(palettized: Palettized, array: np.ndarray) -> Palettized:
     """Each element to the nearest value of its group's palette (after the palette moved)."""
     values = palettized.values().astype(np.float64)
     indices = np.empty_like(palettized.indices)
-    for g, where in enumerate(channel_slices(palettized.shape, palettized.axis, palettized.group_size)):
+    for g, where in enumerate(
+        channel_slices(palettized.shape, palettized.axis, palettized.group_size)
+    ):
         order = np.argsort(values[g], kind="stable")
         ordered = values[g][order]
         bounds = (ordered[1:] + ordered[:-1]) / 2
@@ -134,7 +158,7 @@ def reassign(palettized: Palettized, array: np.ndarray) -> Palettized:
 
 
 def snap_int8(palettized: Palettized, qmax: int = 127) -> Palettized:
-    """Palette values onto the symmetric int8 grid of their group: p = q * s, s = max|used p| / qmax.
+    """Palette values onto the symmetric int8 grid of their group: p = q s, s = max|used p| / qmax.
 
     The largest used magnitude maps to exactly +-qmax, so a per-channel symmetric
     quantizer (scale = max|w| / qmax over the channel) finds the same s and the
@@ -150,15 +174,20 @@ def snap_int8(palettized: Palettized, qmax: int = 127) -> Palettized:
     return replace(palettized, palette=q, scale=scale)
 
 
-def distinct(array: np.ndarray, axis: int | None, group_size: int, max_bits: int = 8) -> Palettized | None:
+def distinct(
+    array: np.ndarray, axis: int | None, group_size: int, max_bits: int = 8
+) -> Palettized | None:
     """The exact palettized form of `array` if each group holds at most 2^max_bits distinct values.
 
     Lossless: every value keeps its bit pattern (compared as bytes, so -0.0 and
     NaN payloads survive); bits is the fewest that index the largest group.
     """
     slices = channel_slices(array.shape, axis, group_size)
-    keys = np.ascontiguousarray(array).view(np.dtype(f"V{array.dtype.itemsize}")) if array.dtype.kind == "f" \
+    keys = (
+        np.ascontiguousarray(array).view(np.dtype(f"V{array.dtype.itemsize}"))
+        if array.dtype.kind == "f"
         else array
+    )
     uniques = []
     for where in slices:
         values, inverse = np.unique(keys[where].reshape(-1), return_inverse=True)
@@ -170,9 +199,9 @@ def distinct(array: np.ndarray, axis: int | None, group_size: int, max_bits: int
     k = 1 << bits
     palette = np.zeros((len(slices), k), dtype=array.dtype)
     indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
-    for g, (where, (values, inverse)) in enumerate(zip(slices, uniques)):
+    for g, (where, (values, inverse)) in enumerate(zip(slices, uniques, strict=True)):
         as_values = values.view(array.dtype) if array.dtype.kind == "f" else values
-        palette[g, :len(values)] = as_values
-        palette[g, len(values):] = as_values[-1]
+        palette[g, : len(values)] = as_values
+        palette[g, len(values) :] = as_values[-1]
         indices[where] = inverse.reshape(array[where].shape)
     return Palettized(indices, palette, bits, axis, group_size, dtype=np.dtype(array.dtype))

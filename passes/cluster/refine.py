@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+from onnxslim.passes.prune.layers import Layer, find_layers
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
 from onnxslim.feeds import Feed
-from onnxslim.passes.prune.layers import Layer, find_layers
 
 from .palette import Palettized, snap_int8
 
@@ -60,35 +60,51 @@ class LayerError:
     skipped: str = ""
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "weight": self.weight, "op_type": self.op_type, "rows": self.rows,
-                "error_before": self.error_before, "error_after": self.error_after, "refit": self.refit,
-                "skipped": self.skipped}
+        return {
+            "name": self.name,
+            "weight": self.weight,
+            "op_type": self.op_type,
+            "rows": self.rows,
+            "error_before": self.error_before,
+            "error_after": self.error_after,
+            "refit": self.refit,
+            "skipped": self.skipped,
+        }
 
 
 @dataclass(frozen=True)
 class Fit:
     values: np.ndarray  # [groups, k]
-    bias: np.ndarray | None  # [O]
+    bias: np.ndarray | None  # [n_out]
     error_before: float
     error_after: float
     improved: bool
 
 
-def fit_palette(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray,
-                bias: np.ndarray | None, *, intercept: bool, ridge: float = 1e-4,
-                snap: Callable[[np.ndarray], np.ndarray] | None = None, seed: int = 0) -> Fit:
+def fit_palette(
+    sums: NormalEquations,
+    assign: np.ndarray,
+    group_of_row: np.ndarray,
+    values: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    intercept: bool,
+    ridge: float = 1e-4,
+    snap: Callable[[np.ndarray], np.ndarray] | None = None,
+    seed: int = 0,
+) -> Fit:
     """Least-squares palette for one layer.
 
-    assign [O, K] local palette indices of each weight row (matrix view), group_of_row
-    [O] its palette group, values [groups, k] the current palette, bias [O] or None.
+    assign [n_out, K] local palette indices of each weight row (matrix view), group_of_row
+    [n_out] its palette group, values [groups, k] the current palette, bias [n_out] or None.
     `intercept`: refit the bias too. `snap` maps refit values onto a grid (int8).
     """
-    O, K = assign.shape
+    n_out, K = assign.shape
     groups, k = values.shape
     values = values.astype(np.float64)
-    b0 = np.zeros(O) if bias is None else bias.astype(np.float64).reshape(-1)
+    b0 = np.zeros(n_out) if bias is None else bias.astype(np.float64).reshape(-1)
     conv_groups = sums.groups
-    per_conv = O // conv_groups
+    per_conv = n_out // conv_groups
     H = np.zeros((groups, k, k))
     r = np.zeros((groups, k))
     rows = _sample_rows(group_of_row, K, k, seed)
@@ -98,7 +114,7 @@ def fit_palette(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndar
         mine = rows[(rows >= gamma * per_conv) & (rows < (gamma + 1) * per_conv)]
         chunk = max(1, int(CHUNK_BYTES // (8 * K * k)))
         for start in range(0, len(mine), chunk):
-            batch = mine[start:start + chunk]
+            batch = mine[start : start + chunk]
             Z = np.zeros((K, len(batch), k))
             Z[np.arange(K)[:, None], np.arange(len(batch))[None, :], assign[batch].T] = 1.0
             M = (G @ Z.reshape(K, -1)).reshape(K, len(batch), k)
@@ -117,24 +133,43 @@ def fit_palette(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndar
     if snap is not None:
         new = snap(new)
     before = _error(sums, assign, group_of_row, values, b0)
-    new_bias = _best_bias(sums, assign, group_of_row, new) if intercept else (None if bias is None else b0)
-    after = _error(sums, assign, group_of_row, new, new_bias if new_bias is not None else np.zeros(O))
+    new_bias = (
+        _best_bias(sums, assign, group_of_row, new) if intercept else (None if bias is None else b0)
+    )
+    after = _error(
+        sums, assign, group_of_row, new, new_bias if new_bias is not None else np.zeros(n_out)
+    )
     if not after < before:
         return Fit(values, None if bias is None else b0, before, before, False)
     return Fit(new, new_bias, before, after, True)
 
 
-def layer_error(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray,
-                bias: np.ndarray | None) -> float:
+def layer_error(
+    sums: NormalEquations,
+    assign: np.ndarray,
+    group_of_row: np.ndarray,
+    values: np.ndarray,
+    bias: np.ndarray | None,
+) -> float:
     """Relative squared output error of the layer with this palette and bias on the summed rows."""
-    O = assign.shape[0]
-    b = np.zeros(O) if bias is None else bias.astype(np.float64).reshape(-1)
+    n_out = assign.shape[0]
+    b = np.zeros(n_out) if bias is None else bias.astype(np.float64).reshape(-1)
     return _error(sums, assign, group_of_row, values.astype(np.float64), b)
 
 
-def refine_layers(original: ir.Model, current: ir.Model, palettes: dict[str, Palettized], feeds: Sequence[Feed], *,
-                  ridge: float, max_rows: int, seed: int = 0, refit: bool = True, qmax: int | None = None,
-                  blas_threads: int = 1) -> tuple[list[LayerError], list[str]]:
+def refine_layers(
+    original: ir.Model,
+    current: ir.Model,
+    palettes: dict[str, Palettized],
+    feeds: Sequence[Feed],
+    *,
+    ridge: float,
+    max_rows: int,
+    seed: int = 0,
+    refit: bool = True,
+    qmax: int | None = None,
+    blas_threads: int = 1,
+) -> tuple[list[LayerError], list[str]]:
     """Refit (or, with refit False, only measure) the palettes of `palettes` in `current`.
 
     `palettes` maps weight names to their Palettized form and is updated in place;
@@ -142,13 +177,31 @@ def refine_layers(original: ir.Model, current: ir.Model, palettes: dict[str, Pal
     per-layer errors and the names of weights whose refit was discarded or skipped.
     """
     with threadpool_limits(limits=blas_threads, user_api="blas"):
-        return _refine(original, current, palettes, feeds, ridge=ridge, max_rows=max_rows, seed=seed, refit=refit,
-                       qmax=qmax)
+        return _refine(
+            original,
+            current,
+            palettes,
+            feeds,
+            ridge=ridge,
+            max_rows=max_rows,
+            seed=seed,
+            refit=refit,
+            qmax=qmax,
+        )
 
 
-def _refine(original: ir.Model, current: ir.Model, palettes: dict[str, Palettized], feeds: Sequence[Feed], *,
-            ridge: float, max_rows: int, seed: int, refit: bool, qmax: int | None
-            ) -> tuple[list[LayerError], list[str]]:
+def _refine(
+    original: ir.Model,
+    current: ir.Model,
+    palettes: dict[str, Palettized],
+    feeds: Sequence[Feed],
+    *,
+    ridge: float,
+    max_rows: int,
+    seed: int,
+    refit: bool,
+    qmax: int | None,
+) -> tuple[list[LayerError], list[str]]:
     records: list[LayerError] = []
     ready: dict[str, Layer] = {}
     for layer in find_layers(current, ops=REFIT_OPS)[0]:
@@ -157,7 +210,11 @@ def _refine(original: ir.Model, current: ir.Model, palettes: dict[str, Palettize
             continue
         reason = _cannot_refit(layer, palettes[name], original)
         if reason:
-            records.append(LayerError(layer.name, name, layer.op_type, 0, float("nan"), float("nan"), False, reason))
+            records.append(
+                LayerError(
+                    layer.name, name, layer.op_type, 0, float("nan"), float("nan"), False, reason
+                )
+            )
             continue
         ready[layer.name] = layer
     if not ready:
@@ -170,24 +227,57 @@ def _refine(original: ir.Model, current: ir.Model, palettes: dict[str, Palettize
     target = Tap(original, list(dict.fromkeys(outputs.values())))
     levels = _levels(current, list(ready)) if refit else [list(ready)]
     for level in levels:
-        sums = accumulate_normal_equations(current, level, feeds, target_model=target, max_rows=max_rows,
-                                           seed=seed, outputs={n: outputs[n] for n in level})
+        sums = accumulate_normal_equations(
+            current,
+            level,
+            feeds,
+            target_model=target,
+            max_rows=max_rows,
+            seed=seed,
+            outputs={n: outputs[n] for n in level},
+        )
         for name in level:
-            records.append(_refit_layer(ready[name], sums[name], palettes, ridge=ridge, refit=refit, qmax=qmax,
-                                        seed=seed))
+            records.append(
+                _refit_layer(
+                    ready[name],
+                    sums[name],
+                    palettes,
+                    ridge=ridge,
+                    refit=refit,
+                    qmax=qmax,
+                    seed=seed,
+                )
+            )
     return records, []
 
 
-def _refit_layer(layer: Layer, sums: NormalEquations, palettes: dict[str, Palettized], *, ridge: float, refit: bool,
-                 qmax: int | None, seed: int) -> LayerError:
+def _refit_layer(
+    layer: Layer,
+    sums: NormalEquations,
+    palettes: dict[str, Palettized],
+    *,
+    ridge: float,
+    refit: bool,
+    qmax: int | None,
+    seed: int,
+) -> LayerError:
     weight = layer.weight.name or ""
     p = palettes[weight]
     if sums.rows == 0 or sums.gram is None:
-        return LayerError(layer.name, weight, layer.op_type, 0, float("nan"), float("nan"), False,
-                          "no calibration rows")
+        return LayerError(
+            layer.name,
+            weight,
+            layer.op_type,
+            0,
+            float("nan"),
+            float("nan"),
+            False,
+            "no calibration rows",
+        )
     assign = layer.to_matrix(p.indices).astype(np.int64)
-    O = assign.shape[0]
-    group_of_row = np.arange(O) // p.group_size if p.axis is not None else np.zeros(O, np.int64)
+    n_out = assign.shape[0]
+    grouped = p.axis is not None
+    group_of_row = np.arange(n_out) // p.group_size if grouped else np.zeros(n_out, np.int64)
     values = p.values().astype(np.float64)
     bias = layer.bias_array()
     if not refit:
@@ -196,10 +286,21 @@ def _refit_layer(layer: Layer, sums: NormalEquations, palettes: dict[str, Palett
     intercept = layer.bias is not None and layer.bias.const_value is not None
     snap = None
     if qmax is not None:
+
         def snap(v: np.ndarray) -> np.ndarray:
             return snap_int8(p.with_values(v), qmax).values().astype(np.float64)
-    fit = fit_palette(sums, assign, group_of_row, values, bias, intercept=intercept, ridge=ridge, snap=snap,
-                      seed=seed)
+
+    fit = fit_palette(
+        sums,
+        assign,
+        group_of_row,
+        values,
+        bias,
+        intercept=intercept,
+        ridge=ridge,
+        snap=snap,
+        seed=seed,
+    )
     if fit.improved:
         updated = p.with_values(fit.values)
         if qmax is not None:
@@ -208,7 +309,15 @@ def _refit_layer(layer: Layer, sums: NormalEquations, palettes: dict[str, Palett
         layer.set_weight(updated.dense())
         if fit.bias is not None:
             layer.set_bias(fit.bias.astype(np.float32))
-    return LayerError(layer.name, weight, layer.op_type, sums.rows, fit.error_before, fit.error_after, fit.improved)
+    return LayerError(
+        layer.name,
+        weight,
+        layer.op_type,
+        sums.rows,
+        fit.error_before,
+        fit.error_after,
+        fit.improved,
+    )
 
 
 def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
@@ -218,7 +327,9 @@ def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
         return "no static weight shape"
     w = layer.weight.const_value
     assert w is not None
-    columns = int(w.size // layer.out_channels) if layer.op_type != "Conv" else int(np.prod(w.shape[1:]))
+    columns = (
+        int(w.size // layer.out_channels) if layer.op_type != "Conv" else int(np.prod(w.shape[1:]))
+    )
     if columns + 1 > MAX_COLUMNS:
         return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
     if layer.op_type == "Gemm":
@@ -226,11 +337,16 @@ def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
         if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
             return "Gemm with alpha or beta other than 1"
         c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
-        if c is not None and (layer.bias is None or layer.bias.const_value is None
-                              or layer.bias.const_value.size != layer.out_channels):
+        if c is not None and (
+            layer.bias is None
+            or layer.bias.const_value is None
+            or layer.bias.const_value.size != layer.out_channels
+        ):
             return "Gemm C is not a per-output bias"
     if p.axis is not None:
-        expected = {"Conv": 0, "MatMul": len(w.shape) - 1, "Gemm": 0 if layer.trans_b else 1}[layer.op_type]
+        expected = {"Conv": 0, "MatMul": len(w.shape) - 1, "Gemm": 0 if layer.trans_b else 1}[
+            layer.op_type
+        ]
         if p.axis != expected:
             return "palette groups do not run along the output channels"
     k = p.k
@@ -243,21 +359,25 @@ def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
 
 def _sample_rows(group_of_row: np.ndarray, K: int, k: int, seed: int) -> np.ndarray:
     """Rows used to build H: all of them, or an even sample per group within REFINE_FLOPS."""
-    O = len(group_of_row)
-    groups = int(group_of_row.max()) + 1 if O else 0
+    n_out = len(group_of_row)
+    groups = int(group_of_row.max()) + 1 if n_out else 0
     per_row = 2.0 * K * K * k
-    if O * per_row <= REFINE_FLOPS or groups == 0:
-        return np.arange(O)
+    if n_out * per_row <= REFINE_FLOPS or groups == 0:
+        return np.arange(n_out)
     cap = max(1, int(REFINE_FLOPS // (per_row * groups)))
     rng = np.random.default_rng(seed)
     chosen = []
     for g in range(groups):
         members = np.flatnonzero(group_of_row == g)
-        chosen.append(members if len(members) <= cap else np.sort(rng.choice(members, cap, replace=False)))
+        chosen.append(
+            members if len(members) <= cap else np.sort(rng.choice(members, cap, replace=False))
+        )
     return np.sort(np.concatenate(chosen))
 
 
-def _eliminate_bias(gram: np.ndarray, cross: np.ndarray, K: int, intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+def _eliminate_bias(
+    gram: np.ndarray, cross: np.ndarray, K: int, intercept: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """G', C' of the module docstring (the bias solved out), or the plain G, C without a bias."""
     G, C = gram[:K, :K], cross[:K]
     if not intercept:
@@ -274,12 +394,14 @@ def _weights(assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray) -
     return values[group_of_row[:, None], assign]
 
 
-def _best_bias(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray) -> np.ndarray:
+def _best_bias(
+    sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray
+) -> np.ndarray:
     """b_o = (t_o - s^T w_o) / n for every row."""
     W = _weights(assign, group_of_row, values)
-    O, K = W.shape
-    per_conv = O // sums.groups
-    bias = np.zeros(O)
+    n_out, K = W.shape
+    per_conv = n_out // sums.groups
+    bias = np.zeros(n_out)
     for gamma in range(sums.groups):
         gram, cross = sums.gram[gamma], sums.cross[gamma]  # type: ignore[index]
         rows = slice(gamma * per_conv, (gamma + 1) * per_conv)
@@ -289,11 +411,16 @@ def _best_bias(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarr
     return bias
 
 
-def _error(sums: NormalEquations, assign: np.ndarray, group_of_row: np.ndarray, values: np.ndarray,
-           bias: np.ndarray) -> float:
+def _error(
+    sums: NormalEquations,
+    assign: np.ndarray,
+    group_of_row: np.ndarray,
+    values: np.ndarray,
+    bias: np.ndarray,
+) -> float:
     W = _weights(assign, group_of_row, values)
-    O, K = W.shape
-    per_conv = O // sums.groups
+    n_out, K = W.shape
+    per_conv = n_out // sums.groups
     total = energy = 0.0
     for gamma in range(sums.groups):
         gram, cross = sums.gram[gamma], sums.cross[gamma]  # type: ignore[index]

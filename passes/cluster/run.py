@@ -41,12 +41,16 @@ class ClusterResult:
     options: dict[str, Any]
     records: list[PassRecord]
     weights: list[dict[str, Any]]  # per clustered tensor: shape, groups, bits, errors, bytes
-    layers: list[dict[str, Any]]  # per layer: output error on calibration rows before/after refinement
+    layers: list[
+        dict[str, Any]
+    ]  # per layer: output error on calibration rows before/after refinement
     skipped: list[dict[str, str]]
     notes: list[str]
     size_before: Any  # prune.report.Sizes (raw, gzip)
     size_after: Any
-    size_before_stripped: Any | None  # the original without debug metadata, for a like-for-like ratio
+    size_before_stripped: (
+        Any | None
+    )  # the original without debug metadata, for a like-for-like ratio
     session_ms: dict[str, float]
     validation: Any | None  # onnxslim.validation.ValidationReport
     accuracy: dict[str, float] | None  # {"original", "clustered", "drop_points", "samples"}
@@ -82,10 +86,13 @@ class ClusterResult:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        sizes = {"before": self.size_before.to_dict(), "after": self.size_after.to_dict(),
-                 "raw_ratio": self.size_after.raw / self.size_before.raw,
-                 "gzip_ratio": self.size_after.gzip / self.size_before.gzip,
-                 "weight_ratio": self.weight_ratio}
+        sizes = {
+            "before": self.size_before.to_dict(),
+            "after": self.size_after.to_dict(),
+            "raw_ratio": self.size_after.raw / self.size_before.raw,
+            "gzip_ratio": self.size_after.gzip / self.size_before.gzip,
+            "weight_ratio": self.weight_ratio,
+        }
         if self.size_before_stripped is not None:
             sizes["before_stripped"] = self.size_before_stripped.to_dict()
             sizes["raw_ratio_stripped"] = self.size_after.raw / self.size_before_stripped.raw
@@ -116,16 +123,28 @@ def make_cluster_pass(**options: Any) -> ClusterWeights:
     known = {f.name for f in dataclasses.fields(ClusterWeights)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"cluster: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise UsageError(
+            f"cluster: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     try:
         return ClusterWeights(**options)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"cluster: {exc}") from exc
 
 
-def cluster_model(model: ir.Model, *, bits: int = 4, calib: Any = None, eval_data: Any = None,
-                  validate_result: bool = True, runs: int = 50, max_drop: float | None = None,
-                  strip_metadata: bool = True, optimize: bool = True, **options: Any) -> ClusterResult:
+def cluster_model(
+    model: ir.Model,
+    *,
+    bits: int = 4,
+    calib: Any = None,
+    eval_data: Any = None,
+    validate_result: bool = True,
+    runs: int = 50,
+    max_drop: float | None = None,
+    strip_metadata: bool = True,
+    optimize: bool = True,
+    **options: Any,
+) -> ClusterResult:
     """Cluster `model` (not modified); see the module docstring for what is measured."""
     from onnxslim.passes.prune.report import labelled, model_sizes, top1
     from onnxslim.passes.prune.run import session_start_ms
@@ -142,44 +161,72 @@ def cluster_model(model: ir.Model, *, bits: int = 4, calib: Any = None, eval_dat
         stripped_original = model.clone()
         strip_debug_metadata(stripped_original)
     report = ClusterResult(
-        model=clustered, options=dict(options, bits=bits, calib=calib, strip_metadata=strip_metadata,
-                                      optimize=optimize),
-        records=result.records, weights=details.get("weights", []), layers=details.get("layers", []),
-        skipped=details.get("skipped", []), notes=details.get("notes", []), size_before=model_sizes(model),
+        model=clustered,
+        options=dict(
+            options, bits=bits, calib=calib, strip_metadata=strip_metadata, optimize=optimize
+        ),
+        records=result.records,
+        weights=details.get("weights", []),
+        layers=details.get("layers", []),
+        skipped=details.get("skipped", []),
+        notes=details.get("notes", []),
+        size_before=model_sizes(model),
         size_after=model_sizes(clustered),
         size_before_stripped=model_sizes(stripped_original) if strip_metadata else None,
-        session_ms={}, validation=None, accuracy=None, checker=check(clustered), seconds=0.0,
+        session_ms={},
+        validation=None,
+        accuracy=None,
+        checker=check(clustered),
+        seconds=0.0,
     )
     if report.checker not in ("ok", "skipped (over the 2 GB protobuf limit)"):
         report.warnings.append(f"onnx.checker: {report.checker}")
     if not report.weights:
-        report.warnings.append("nothing was clustered: no float layer weight of at least min_elements")
+        report.warnings.append(
+            "nothing was clustered: no float layer weight of at least min_elements"
+        )
     for row in report.weights:
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
     if validate_result:
         feeds = _parity_feeds(model, eval_data, calib)
-        report.session_ms = {"original": session_start_ms(model), "clustered": session_start_ms(clustered)}
-        report.validation = validate(model, clustered, feeds=feeds, runs=runs, warmup=5, measure_memory=False,
-                                     atol=1e-3, rtol=1e-3)
+        report.session_ms = {
+            "original": session_start_ms(model),
+            "clustered": session_start_ms(clustered),
+        }
+        report.validation = validate(
+            model,
+            clustered,
+            feeds=feeds,
+            runs=runs,
+            warmup=5,
+            measure_memory=False,
+            atol=1e-3,
+            rtol=1e-3,
+        )
         if eval_data is not None:
             data = labelled(eval_data, model)
             if data is not None:
                 original_acc, clustered_acc = top1([model, clustered], *data)
-                report.accuracy = {"original": original_acc, "clustered": clustered_acc,
-                                   "drop_points": 100.0 * (original_acc - clustered_acc),
-                                   "samples": float(len(data[1]))}
+                report.accuracy = {
+                    "original": original_acc,
+                    "clustered": clustered_acc,
+                    "drop_points": 100.0 * (original_acc - clustered_acc),
+                    "samples": float(len(data[1])),
+                }
     if max_drop is not None:
         drop = report.drop_points
         if drop is None:
-            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped first output")
+            raise UsageError(
+                "--max-drop needs labelled --eval data or a classifier-shaped first output"
+            )
         report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:
-    """The lossless clean-up of `onnxslim optimize` (guarded on ORT), so clustering sees final weights.
+    """The lossless clean-up of `onnxslim optimize` (guarded on ORT): clustering sees final weights.
 
     Folding BatchNormalization into its Conv first matters twice: the palettes then
     describe the weights ORT actually multiplies with (it folds BatchNorm at load

@@ -43,7 +43,6 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-
 from onnxslim.passes._options import check_choice, option
 
 from .palette import Palettized, distinct, group_offsets
@@ -52,9 +51,19 @@ DOMAIN = "onnxslim.palette"
 PACKINGS = ("auto", "bits", "uint8")
 MIN_BITSHIFT_OPSET = 11
 _NATIVE = {4: (21, ir.DataType.UINT4, ml_dtypes.uint4), 2: (25, ir.DataType.UINT2, ml_dtypes.uint2)}
-_INTEGER_PALETTE = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16,
-                    ir.DataType.INT32)
-STORABLE = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16) + _INTEGER_PALETTE
+_INTEGER_PALETTE = (
+    ir.DataType.INT8,
+    ir.DataType.UINT8,
+    ir.DataType.INT16,
+    ir.DataType.UINT16,
+    ir.DataType.INT32,
+)
+STORABLE = (
+    ir.DataType.FLOAT,
+    ir.DataType.FLOAT16,
+    ir.DataType.DOUBLE,
+    ir.DataType.BFLOAT16,
+) + _INTEGER_PALETTE
 
 
 def plane_widths(bits: int) -> tuple[int, ...]:
@@ -72,7 +81,7 @@ def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
     per_byte = 8 // width
     flat = values.reshape(-1).astype(np.uint8)
     padded = np.zeros(-(-flat.size // per_byte) * per_byte, np.uint8)
-    padded[:flat.size] = flat
+    padded[: flat.size] = flat
     fields = padded.reshape(-1, per_byte)
     shifts = (8 - width * (np.arange(per_byte) + 1)).astype(np.uint8)
     return np.bitwise_or.reduce(fields << shifts, axis=1).astype(np.uint8)
@@ -113,8 +122,10 @@ def stored_bytes(p: Palettized, opset: int, packing: str = "auto") -> int:
     return size
 
 
-def write(graph: ir.Graph, model: ir.Model, weight: ir.Value, p: Palettized, *, packing: str = "auto") -> ir.Value:
-    """Replace the initializer `weight` by the expansion of `p`; returns the value now carrying its name."""
+def write(
+    graph: ir.Graph, model: ir.Model, weight: ir.Value, p: Palettized, *, packing: str = "auto"
+) -> ir.Value:
+    """Replace the initializer `weight` by the expansion of `p`; returns the value now named so."""
     opset = default_opset(model)
     name = weight.name or "weight"
     kind = index_format(p.bits, opset, packing)
@@ -127,7 +138,9 @@ def write(graph: ir.Graph, model: ir.Model, weight: ir.Value, p: Palettized, *, 
             plane = (p.indices.astype(np.int64) >> remaining) & ((1 << width) - 1)
             planes.append(_initializer(graph, f"{name}.indices{width}b", pack_plane(plane, width)))
         shape = _initializer(graph, f"{name}.shape", np.array(p.shape, np.int64))
-        unpack = ir.node(_unpack_name(widths), [*planes, shape], domain=DOMAIN, name=f"unpack/{name}")
+        unpack = ir.node(
+            _unpack_name(widths), [*planes, shape], domain=DOMAIN, name=f"unpack/{name}"
+        )
         unpack.outputs[0].dtype = ir.DataType.INT32
         unpack.outputs[0].shape = ir.Shape(p.shape)
         unpack.outputs[0].name = _fresh(graph, f"{name}.indices")
@@ -140,7 +153,9 @@ def write(graph: ir.Graph, model: ir.Model, weight: ir.Value, p: Palettized, *, 
         indices = _initializer(graph, f"{name}.indices", p.indices.astype(np_type), dtype=dtype)
     if p.scale is not None:
         q = _initializer(graph, f"{name}.palette_q", np.ascontiguousarray(p.palette))
-        scale = _initializer(graph, f"{name}.palette_scale", p.scale.astype(np.float32).reshape(-1, 1))
+        scale = _initializer(
+            graph, f"{name}.palette_scale", p.scale.astype(np.float32).reshape(-1, 1)
+        )
         scaled = ir.node("ScalePalette", [q, scale], domain=DOMAIN, name=f"scale/{name}")
         scaled.outputs[0].dtype = ir.DataType.FLOAT
         scaled.outputs[0].shape = ir.Shape([p.palette.size])
@@ -148,12 +163,16 @@ def write(graph: ir.Graph, model: ir.Model, weight: ir.Value, p: Palettized, *, 
         nodes.append(scaled)
         palette = scaled.outputs[0]
     else:
-        palette = _initializer(graph, f"{name}.palette", np.ascontiguousarray(p.palette.reshape(-1)))
+        palette = _initializer(
+            graph, f"{name}.palette", np.ascontiguousarray(p.palette.reshape(-1))
+        )
     inputs = [indices, palette]
     if p.groups > 1:
         offsets = group_offsets(p.shape, p.axis, p.group_size, p.k).astype(np.int32)
         inputs.append(_initializer(graph, f"{name}.offsets", offsets))
-    expand = ir.node("ExpandGrouped" if p.groups > 1 else "Expand", inputs, domain=DOMAIN, name=f"palette/{name}")
+    expand = ir.node(
+        "ExpandGrouped" if p.groups > 1 else "Expand", inputs, domain=DOMAIN, name=f"palette/{name}"
+    )
     nodes.append(expand)
     out = expand.outputs[0]
     out.dtype = weight.dtype
@@ -174,11 +193,13 @@ def default_opset(model: ir.Model) -> int:
 
 def expansion_nodes(model: ir.Model) -> list[ir.Node]:
     """The Expand/ExpandGrouped nodes of the main graph."""
-    return [n for n in model.graph if n.domain == DOMAIN and n.op_type in ("Expand", "ExpandGrouped")]
+    return [
+        n for n in model.graph if n.domain == DOMAIN and n.op_type in ("Expand", "ExpandGrouped")
+    ]
 
 
 def read(node: ir.Node) -> np.ndarray | None:
-    """The dense tensor an Expand/ExpandGrouped node produces (numpy), None if its inputs are not constant."""
+    """The dense tensor an Expand/ExpandGrouped node makes; None if an input is not constant."""
     indices = _index_array(node.inputs[0])
     palette = _palette_array(node.inputs[1])
     if indices is None or palette is None:
@@ -209,9 +230,15 @@ class PackPalette(ir.passes.InPlacePass):
     lossless: ClassVar[bool] = True
     max_bits: int = option(6, "Pack tensors whose groups hold at most 2^max_bits distinct values.")
     min_elements: int = option(1024, "Leave tensors with fewer elements as they are.")
-    min_saving: float = option(0.2, "Pack only when the file shrinks by at least this fraction of the tensor.")
-    packing: str = option("auto", "auto: UINT4/UINT2 where the opset has them, else bit planes; bits: always "
-                          "bit planes; uint8: one byte per index.", choices=PACKINGS)
+    min_saving: float = option(
+        0.2, "Pack only when the file shrinks by at least this fraction of the tensor."
+    )
+    packing: str = option(
+        "auto",
+        "auto: UINT4/UINT2 where the opset has them, else bit planes; bits: always "
+        "bit planes; uint8: one byte per index.",
+        choices=PACKINGS,
+    )
 
     def __post_init__(self) -> None:
         check_choice(self, "packing")
@@ -234,7 +261,10 @@ class PackPalette(ir.passes.InPlacePass):
                 continue
             array = tensor.numpy()
             best = _best_form(array, axes.get(name), self.max_bits, opset, self.packing)
-            if best is None or stored_bytes(best, opset, self.packing) > (1 - self.min_saving) * array.nbytes:
+            if (
+                best is None
+                or stored_bytes(best, opset, self.packing) > (1 - self.min_saving) * array.nbytes
+            ):
                 continue
             write(graph, model, value, best, packing=self.packing)
             changed = True
@@ -256,13 +286,19 @@ class UnpackPalette(ir.passes.InPlacePass):
                 continue
             out = node.outputs[0]
             name = out.name
-            helpers = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+            helpers = [
+                v.producer() for v in node.inputs if v is not None and v.producer() is not None
+            ]
             leaves = [v for v in node.inputs if v is not None]
             for helper in helpers:
                 leaves.extend(v for v in helper.inputs if v is not None)  # type: ignore[union-attr]
             out.name = None
-            value = ir.Value(name=name, shape=ir.Shape(dense.shape), type=ir.TensorType(out.dtype),
-                             const_value=ir.Tensor(dense, name=name))
+            value = ir.Value(
+                name=name,
+                shape=ir.Shape(dense.shape),
+                type=ir.TensorType(out.dtype),
+                const_value=ir.Tensor(dense, name=name),
+            )
             graph.register_initializer(value)
             out.replace_all_uses_with(value, replace_graph_outputs=True)
             graph.remove(node, safe=True)
@@ -289,7 +325,9 @@ def drop_unused_functions(model: ir.Model) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _best_form(array: np.ndarray, axis: int | None, max_bits: int, opset: int, packing: str) -> Palettized | None:
+def _best_form(
+    array: np.ndarray, axis: int | None, max_bits: int, opset: int, packing: str
+) -> Palettized | None:
     """The smaller exact palettized form: one palette, or one per channel along `axis`."""
     candidates = [distinct(array, None, 1, max_bits)]
     if axis is not None and array.ndim:
@@ -313,7 +351,7 @@ def _index_array(value: ir.Value | None) -> np.ndarray | None:
     shape = tuple(int(d) for d in arrays[-1])  # type: ignore[union-attr]
     count = int(np.prod(shape))
     index = np.zeros(count, np.int64)
-    for width, plane in zip(widths, arrays[:-1]):
+    for width, plane in zip(widths, arrays[:-1], strict=True):
         index = (index << width) | unpack_plane(plane, width, count).astype(np.int64)  # type: ignore[arg-type]
     return index.reshape(shape)
 
@@ -339,17 +377,29 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
 
 
 def _fresh(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers) | {v.name for v in graph.inputs} | {o.name for n in graph for o in n.outputs}
+    taken = (
+        set(graph.initializers)
+        | {v.name for v in graph.inputs}
+        | {o.name for n in graph for o in n.outputs}
+    )
     name, i = base, 1
     while name in taken:
         name, i = f"{base}_{i}", i + 1
     return name
 
 
-def _initializer(graph: ir.Graph, base: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+def _initializer(
+    graph: ir.Graph, base: str, array: np.ndarray, dtype: ir.DataType | None = None
+) -> ir.Value:
     name = _fresh(graph, base)
-    tensor = ir.Tensor(array, dtype=dtype, name=name) if dtype is not None else ir.Tensor(array, name=name)
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    tensor = (
+        ir.Tensor(array, dtype=dtype, name=name)
+        if dtype is not None
+        else ir.Tensor(array, name=name)
+    )
+    value = ir.Value(
+        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
     graph.register_initializer(value)
     return value
 
@@ -379,8 +429,9 @@ def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
     else:
         widths = tuple(int(w) for w in op_type.split("_")[1:])
         names = [f"plane{w}_{i}" for i, w in enumerate(widths)] + ["shape"]
-        function = _function(op_type, names, lambda op, const, inputs: _unpack_body(op, const, inputs, widths),
-                             opset)
+        function = _function(
+            op_type, names, lambda op, const, inputs: _unpack_body(op, const, inputs, widths), opset
+        )
     model.functions[key] = function
 
 
@@ -424,11 +475,15 @@ def _unpack_body(op, const, inputs: list[ir.Value], widths: tuple[int, ...]) -> 
     count = op("ReduceProd", [shape], keepdims=1)
     total: ir.Value | None = None
     remaining = sum(widths)
-    for plane, width in zip(inputs[:-1], widths):
+    for plane, width in zip(inputs[:-1], widths, strict=True):
         remaining -= width
         per_byte = 8 // width
         column = op("Reshape", [plane, const(np.array([-1, 1], np.int64))])
-        left = op("BitShift", [column, const((width * np.arange(per_byte)).astype(np.uint8))], direction="LEFT")
+        left = op(
+            "BitShift",
+            [column, const((width * np.arange(per_byte)).astype(np.uint8))],
+            direction="LEFT",
+        )
         fields = op("BitShift", [left, const(np.array([8 - width], np.uint8))], direction="RIGHT")
         flat = op("Reshape", [fields, const(np.array([-1], np.int64))])
         cut = op("Slice", [flat, const(np.array([0], np.int64)), count])

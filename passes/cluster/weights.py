@@ -19,12 +19,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
-
 from onnxslim.passes.prune.layers import resolve_initializer
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
-QUANTIZED_TYPES = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4, ir.DataType.INT2,
-                   ir.DataType.UINT2, ir.DataType.FLOAT8E4M3FN, ir.DataType.FLOAT8E5M2)
+QUANTIZED_TYPES = (
+    ir.DataType.INT8,
+    ir.DataType.UINT8,
+    ir.DataType.INT4,
+    ir.DataType.UINT4,
+    ir.DataType.INT2,
+    ir.DataType.UINT2,
+    ir.DataType.FLOAT8E4M3FN,
+    ir.DataType.FLOAT8E5M2,
+)
 
 
 def _slots(node: ir.Node, rank_of) -> dict[int, int | None]:  # type: ignore[no-untyped-def]
@@ -93,7 +100,11 @@ def weight_uses(model: ir.Model) -> dict[str, list[tuple[ir.Node, int | None]]]:
             source = resolve_initializer(node.inputs[index])
             if source is None or source.name is None:
                 continue
-            if node.op_type == "MatMul" and index == 0 and resolve_initializer(node.inputs[1]) is not None:
+            if (
+                node.op_type == "MatMul"
+                and index == 0
+                and resolve_initializer(node.inputs[1]) is not None
+            ):
                 continue  # both constant: not a layer
             if node.op_type == "Gather" and resolve_initializer(node.inputs[1]) is not None:
                 continue  # constant indices: folded anyway
@@ -115,7 +126,12 @@ def channel_axes(model: ir.Model) -> dict[str, int | None]:
         if node.op_type != "DequantizeLinear" or len(node.inputs) < 2:
             continue
         source, scale = node.inputs[0], node.inputs[1]
-        if source is None or not source.is_initializer() or scale is None or scale.const_value is None:
+        if (
+            source is None
+            or not source.is_initializer()
+            or scale is None
+            or scale.const_value is None
+        ):
             continue
         if scale.const_value.size > 1 and source.const_value is not None:
             rank = len(source.const_value.shape)
@@ -123,8 +139,9 @@ def channel_axes(model: ir.Model) -> dict[str, int | None]:
     return axes
 
 
-def find_weights(model: ir.Model, *, min_elements: int = 1024, exclude: Iterable[str] = ()
-                 ) -> tuple[list[Weight], list[Skipped]]:
+def find_weights(
+    model: ir.Model, *, min_elements: int = 1024, exclude: Iterable[str] = ()
+) -> tuple[list[Weight], list[Skipped]]:
     """The weights to cluster (in graph order) and every sizeable tensor left alone, with why."""
     patterns = tuple(exclude)
     graph = model.graph
@@ -138,7 +155,9 @@ def find_weights(model: ir.Model, *, min_elements: int = 1024, exclude: Iterable
             continue
         readers = uses.get(name, [])
         if tensor.dtype in QUANTIZED_TYPES:
-            skipped.append(Skipped(name, f"already {tensor.dtype.name}: quantized weights are not clustered"))
+            skipped.append(
+                Skipped(name, f"already {tensor.dtype.name}: quantized weights are not clustered")
+            )
             continue
         if tensor.dtype not in FLOAT_TYPES:
             skipped.append(Skipped(name, f"{tensor.dtype.name} tensor, not a float weight"))
