@@ -268,12 +268,12 @@ def _plan_groups(model: ir.Model, names: list[str], values: Mapping[str, ir.Valu
         for dim, size in zip(value.shape, np.shape(array)):
             if isinstance(dim, ir.SymbolicDim) and dim.value:
                 symbols[dim.value] = int(size)
-    fallback = max([int(s) for a in first.values() for s in np.shape(a)] or [1])
+    largest_input = max([int(np.size(a)) for a in first.values()] or [1])
     groups: list[list[str]] = []
     current: list[str] = []
     used = 0
     for name in names:
-        size = _estimate_bytes(values[name], symbols, fallback)
+        size = _estimate_bytes(values[name], symbols, largest_input)
         if current and used + size > budget:
             groups.append(current)
             current, used = [], 0
@@ -284,16 +284,18 @@ def _plan_groups(model: ir.Model, names: list[str], values: Mapping[str, ir.Valu
     return groups
 
 
-def _estimate_bytes(value: ir.Value, symbols: Mapping[str, int], fallback: int) -> int:
+def _estimate_bytes(value: ir.Value, symbols: Mapping[str, int], largest_input: int) -> int:
+    """Bytes of one fetched tensor: declared dims, the first feed's sizes for dims named
+    like an input's, 1 for other free dims; the largest input's size when no shape is known."""
     itemsize = value.dtype.itemsize if value.dtype is not None else 4
     if value.shape is None:
-        return itemsize * fallback**2
+        return itemsize * largest_input
     elements = 1
     for dim in value.shape:
         if isinstance(dim, int):
             elements *= max(dim, 1)
         else:
-            elements *= symbols.get(getattr(dim, "value", None) or "", fallback)
+            elements *= symbols.get(getattr(dim, "value", None) or "", 1)
     return int(math.ceil(itemsize * elements))
 
 
