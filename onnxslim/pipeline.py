@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -87,8 +88,12 @@ def pass_table(instance: ir.passes.PassBase) -> dict[str, Any]:
     if dataclasses.is_dataclass(instance):
         for f in dataclasses.fields(instance):
             value = getattr(instance, f.name)
-            if not f.init or f.metadata.get("internal") or value == f.default:
+            if not f.init or f.metadata.get("internal") or value is f.default or value == f.default:
                 continue
+            if f.metadata.get("data"):  # data options: a path has a recipe form, feeds in memory do not
+                if not isinstance(value, (str, os.PathLike)):
+                    continue
+                value = os.fspath(value)
             table[f.name] = list(value) if isinstance(value, (tuple, frozenset)) else value
     return table
 

@@ -210,3 +210,29 @@ def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch
     assert "fc" not in report.quantized_nodes and "conv1" not in report.quantized_nodes
     assert report.skipped["conv1"].startswith("too small for int8")
     assert not report.warnings
+
+
+def test_recipe_carries_the_calibration_path_but_not_feeds_in_memory():
+    from onnxslim.pipeline import Pipeline
+
+    recipe = Pipeline((QuantizeStatic(calib="data/calib.npz", method="entropy", exclude=("conv1",)),)).to_toml()
+    again = Pipeline.from_toml(recipe).passes[0]
+    assert (again.calib, again.method, again.exclude) == ("data/calib.npz", "entropy", ("conv1",))
+    in_memory = Pipeline((QuantizeStatic(calib=[{"x": np.zeros(3, np.float32)}]),)).to_toml()
+    assert "calib" not in in_memory and 'name = "quantize-static"' in in_memory
+
+
+def test_ort_calibration_data_reader_through_the_api():
+    from onnxslim import api
+
+    model = cnn()
+
+    class Reader:  # what onnxruntime.quantization.CalibrationDataReader offers
+        def __init__(self) -> None:
+            self.feeds = iter(feeds_for(model, 6, seed=9))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    result = api.quantize(model, calib=Reader(), validate=False, latency_guard=False)
+    assert result.report.samples == 6 and "conv2" in result.report.quantized_nodes
