@@ -137,3 +137,25 @@ def feeds_for(model: ir.Model, count: int, seed: int = 0, **shapes: tuple[int, .
             feed[value.name] = rng.standard_normal(shape).astype(np.float32)
         result.append(feed)
     return result
+
+
+def matmul_in_loop(seed: int = 0, dim: int = 32, trips: int = 3) -> ir.Model:
+    """Loop of `trips` steps over s = tanh(s @ W) with W a constant inside the body."""
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["s_in", "w"], ["h"], name="body_matmul"),
+         helper.make_node("Tanh", ["h"], ["s_out"], name="body_tanh"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", dim])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", dim])],
+        initializer=[_init((rng.standard_normal((dim, dim)) / np.sqrt(dim) * 1.5).astype(np.float32), "w")])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body, name="loop")], "looped",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])],
+        initializer=[_init(np.int64(trips), "trips")])
+    return to_ir(graph)

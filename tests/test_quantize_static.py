@@ -236,3 +236,18 @@ def test_ort_calibration_data_reader_through_the_api():
 
     result = api.quantize(model, calib=Reader(), validate=False, latency_guard=False)
     assert result.report.samples == 6 and "conv2" in result.report.quantized_nodes
+
+
+def test_loop_body_is_calibrated_and_quantized_inside():
+    from quantize_fixtures import matmul_in_loop
+
+    model = matmul_in_loop()
+    calib = feeds_for(model, 6, seed=11)
+    quantized, report = quantize_static(model, calib, Static())
+    assert "body_matmul" in report.quantized_nodes
+    body = next(n for n in iter_nodes(quantized) if n.op_type == "Loop").attributes["body"].as_graph()
+    assert any(n.op_type == "DequantizeLinear" for n in body)  # Q/DQ live in the body itself
+    assert sum(op in ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul") for op in optimized_ops(quantized)) == 1
+    test = feeds_for(model, 3, seed=12)
+    for r, g in zip(outputs(model, test), outputs(quantized, test)):
+        assert cosine(r["y"], g["y"]) > 0.999
