@@ -74,11 +74,23 @@ def test_outputs_equal_and_outliers_flattened(kind: str) -> None:
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5 * float(np.abs(ref).max()))
 
 
-def test_tensor_read_by_something_else_is_refused() -> None:
+def test_tensor_also_read_elsewhere_gets_an_inserted_mul() -> None:
+    """Post-LN transformers: the LayerNorm output also feeds the residual Add. Its gamma must
+    not change, so a Mul(X, 1/s) goes in front of the MatMuls only; every output is kept."""
     model = _block("layernorm", residual=True)
-    targets, skipped = find_targets(model.graph)
-    assert targets == []
-    assert skipped and "cannot absorb" in skipped[0][1]
+    feeds = _feeds()
+    before = [Session(model).run(f) for f in feeds]
+    targets, _ = find_targets(model.graph)
+    assert [t.insert_mul for t in targets] == [True]
+    report = smooth_graph(model.graph, channel_absmax(model, feeds, ["h"]), alpha=0.5)
+    assert report.smoothed == ["h"]
+    muls = [n for n in model.graph if n.op_type == "Mul"]
+    assert len(muls) == 1 and {u.name for u, _ in muls[0].outputs[0].uses()} == {"q_proj", "v_proj"}
+    session = Session(model)
+    for feed, ref in zip(feeds, before, strict=True):
+        got = session.run(feed)
+        np.testing.assert_array_equal(got["skip"], ref["skip"])
+        np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-4, atol=1e-5 * float(np.abs(ref["y"]).max()))
 
 
 def test_pass_with_generated_inputs_keeps_outputs() -> None:

@@ -13,9 +13,11 @@ so no op is added:
   (1) X = LayerNormalization(..., gamma, beta):      gamma /= s, beta /= s;
   (2) X = Mul(A, c) with constant c:                  c /= s (broadcast to [K]);
   (3) X = Add(Mul(A, g), b) with constants (the decomposed LayerNorm affine): g /= s, b /= s.
-Every consumer of X must be a MatMul (constant 2-D W, X as A) or Gemm (constant B,
-no transA); each weight's row j is multiplied by s_j. Anything else reading X (a
-residual Add, a graph output) would see the changed X, so such tensors are refused.
+  (4) anything else, or X also read by other nodes (the residual Add of a post-LN
+      BERT reads the LayerNorm output too): one Mul(X, 1/s) is inserted in front of
+      the MatMul/Gemm readers only, and the other readers keep the original X.
+Each MatMul (constant 2-D W, X as A) or Gemm (constant B, no transA) reading X has
+its weight's row j multiplied by s_j.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SmoothTarget:
     value: ir.Value
     folds: list[tuple[ir.Value, str]]  # constants that get divided by s ("gamma", "beta", "scale")
     weights: list[tuple[ir.Node, ir.Value]]  # (MatMul/Gemm, its constant weight)
+    insert_mul: bool = False  # case (4): no fold; a Mul(X, 1/s) feeds the weights' nodes
 
     @property
     def name(self) -> str:
@@ -101,6 +104,8 @@ def smooth_graph(graph: ir.Graph, act_absmax: Mapping[str, np.ndarray], *, alpha
         s = smooth_scales(stats, w_absmax, alpha)
         for const, _role in target.folds:
             _set(const, _divide_per_channel(const, s))
+        if target.insert_mul:
+            _insert_mul(graph, target, s)
         for node, weight in target.weights:
             _set(weight, _scale_rows(node, weight, s))
         report.smoothed.append(target.name)
@@ -191,22 +196,21 @@ def _weight_of(node: ir.Node) -> ir.Value | None:
 
 
 def _target(x: ir.Value) -> SmoothTarget | str:
-    if x.is_graph_output() or x.is_graph_input():
-        return "tensor is a graph input or output"
     weights: list[tuple[ir.Node, ir.Value]] = []
+    others = False
     for node, index in x.uses():
         weight = _weight_of(node) if node.op_type in ("MatMul", "Gemm") else None
         if index != 0 or weight is None:
-            return f"also read by {node.op_type} {node.name!r}, which cannot absorb the scale"
+            others = True
+            continue
         if len(list(weight.uses())) != 1:
             return f"weight {weight.name!r} is shared with another node"
         weights.append((node, weight))
-    folds = _folds(x)
-    if isinstance(folds, str):
-        return folds
-    for const, _ in folds:
-        if len(list(const.uses())) != 1:
-            return f"constant {const.name!r} is shared with another node"
+    if not weights:
+        return "no MatMul/Gemm with a constant weight reads it"
+    folds = _folds(x) if not (others or x.is_graph_output() or x.is_graph_input()) else "read by other nodes"
+    if isinstance(folds, str) or any(len(list(c.uses())) != 1 for c, _ in folds):
+        return SmoothTarget(x, [], weights, insert_mul=True)  # case (4)
     return SmoothTarget(x, folds, weights)
 
 
@@ -245,6 +249,26 @@ def _folds(x: ir.Value) -> list[tuple[ir.Value, str]] | str:
             return "Add is not the affine part of a decomposed LayerNorm"
         return [(gamma, "gamma"), (bias, "beta")]
     return f"producer {op} cannot absorb the division"
+
+
+def _insert_mul(graph: ir.Graph, target: SmoothTarget, s: np.ndarray) -> None:
+    """Case (4): X_s = X * (1/s) feeds the MatMul/Gemm readers; other readers keep X."""
+    x = target.value
+    dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
+    base = f"{x.name}_smooth"
+    inverse = ir.Value(name=f"{base}_inverse_scale", const_value=ir.tensor((1.0 / s).astype(dtype), name=f"{base}_inverse_scale"))
+    graph.register_initializer(inverse)
+    mul = ir.Node("", "Mul", [x, inverse], name=f"{base}_mul")
+    mul.outputs[0].name = base
+    if x.dtype is not None:
+        mul.outputs[0].dtype, mul.outputs[0].shape = x.dtype, x.shape
+    producer = x.producer()
+    if producer is not None and producer.graph is graph:
+        graph.insert_after(producer, mul)
+    else:  # a graph input: first node of the graph
+        graph.insert_before(next(iter(graph)), mul)
+    for node, _ in target.weights:
+        node.replace_input_with(0, mul.outputs[0])
 
 
 def _axis_is_last(node: ir.Node) -> bool:
