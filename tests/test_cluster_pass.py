@@ -219,3 +219,52 @@ def test_devmodel_clusters_or_skips_cleanly(entry):
         assert len(result.weights) == 8 and result.weight_ratio < 0.26
         assert result.size_after.raw < 0.3 * result.size_before.raw
         assert min(o.cosine for o in result.validation.outputs) > 0.9999
+
+
+def test_conv_transpose_and_lstm_weights_cluster_per_channel():
+    rng = np.random.default_rng(9)
+    arrays = {
+        "wt": rng.normal(size=(4, 6, 3, 3)).astype(
+            np.float32
+        ),  # ConvTranspose: output channels on axis 1
+        "W": rng.normal(size=(1, 32, 6)).astype(np.float32) * 0.3,  # LSTM [dirs, 4H, input]
+        "R": rng.normal(size=(1, 32, 8)).astype(np.float32) * 0.3,
+    }
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "wt"], ["ct"], name="deconv"),
+        helper.make_node("ReduceMean", ["ct"], ["m"], axes=[3], keepdims=0, name="mean"),
+        helper.make_node("Transpose", ["m"], ["seq"], perm=[2, 0, 1], name="to_seq"),
+        helper.make_node("LSTM", ["seq", "W", "R"], ["", "y"], hidden_size=8, name="lstm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = ir.serde.deserialize_model(proto)
+    ClusterWeights(bits=3, granularity="per-channel-group", group_size=2, min_elements=64)(model)
+    rows = {row["weight"]: row for row in summary(model)["weights"]}
+    assert rows["wt"]["axis"] == 1 and rows["wt"]["groups"] == 3
+    assert rows["W"]["axis"] == 1 and rows["W"]["groups"] == 16 and rows["R"]["groups"] == 16
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    dense = model.clone()
+    storage.UnpackPalette()(dense)
+    wt = dense.graph.initializers["wt"].const_value.numpy()
+    assert all(len(np.unique(wt[:, c : c + 2])) <= 8 for c in range(0, 6, 2))
+    x = {"x": rng.normal(size=(2, 4, 5, 5)).astype(np.float32)}
+    np.testing.assert_array_equal(Session(model).run(x)["y"], Session(dense).run(x)["y"])
+
+
+def test_recipe_round_trip():
+    from onnxslim.errors import UsageError
+    from onnxslim.pipeline import Pipeline
+
+    text = '[[pass]]\nname = "cluster-weights"\nbits = 3\ninit = "density"\n\n[[pass]]\nname = "pack-palette"\n'
+    pipeline = Pipeline.from_toml(text)
+    assert pipeline.passes[0] == ClusterWeights(bits=3, init="density")
+    assert Pipeline.from_toml(pipeline.to_toml()).passes == pipeline.passes
+    with pytest.raises(UsageError, match="bits"):
+        Pipeline.from_toml('[[pass]]\nname = "cluster-weights"\nbits = 12\n')
