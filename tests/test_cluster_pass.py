@@ -262,7 +262,10 @@ def test_recipe_round_trip():
     from onnxslim.errors import UsageError
     from onnxslim.pipeline import Pipeline
 
-    text = '[[pass]]\nname = "cluster-weights"\nbits = 3\ninit = "density"\n\n[[pass]]\nname = "pack-palette"\n'
+    text = (
+        '[[pass]]\nname = "cluster-weights"\nbits = 3\ninit = "density"\n\n'
+        '[[pass]]\nname = "pack-palette"\n'
+    )
     pipeline = Pipeline.from_toml(text)
     assert pipeline.passes[0] == ClusterWeights(bits=3, init="density")
     assert Pipeline.from_toml(pipeline.to_toml()).passes == pipeline.passes
