@@ -122,23 +122,27 @@ def mlp(seed: int = 0, width: int = 64, hidden: int = 128) -> ir.Model:
     )
 
 
-def test_pruned_and_sparse_packed_model_keeps_its_zeros():
+@pytest.mark.parametrize("refine", [False, True])
+def test_pruned_and_sparse_packed_model_keeps_its_zeros(refine):
     from onnxslim.passes.prune import MagnitudePruning, PackSparseWeights
 
     model = mlp()
     MagnitudePruning(sparsity=0.6, min_elements=1024)(model)
     pruned = {n: model.graph.initializers[n].const_value.numpy().copy() for n in ("w1", "w2")}
     assert PackSparseWeights()(model).modified
-    ClusterWeights(bits=3, min_elements=1024)(model)
-    assert (
-        "sparse-packed weights expanded (zeros are kept as a palette entry)"
-        in summary(model)["notes"]
+    rng = np.random.default_rng(8)
+    calib = (
+        [{"x": rng.normal(size=(8, 64)).astype(np.float32)} for _ in range(4)] if refine else None
     )
+    ClusterWeights(bits=3, min_elements=1024, calib=calib)(model)
+    info = summary(model)
+    assert "sparse-packed weights expanded (zeros are kept as a palette entry)" in info["notes"]
+    assert [layer["refit"] for layer in info["layers"]] == [True, True] * refine
     clustered = storage.packed_weights(model)
     for name, before in pruned.items():
         np.testing.assert_array_equal(clustered[name] == 0, before == 0)
         assert len(np.unique(clustered[name])) <= 8
-    assert all(row["zero_kept"] for row in summary(model)["weights"])
+    assert all(row["zero_kept"] for row in info["weights"])
 
 
 def test_int8_grid_survives_quantize_exactly_and_repacks():

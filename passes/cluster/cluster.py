@@ -155,7 +155,7 @@ class ClusterWeights(ir.passes.InPlacePass):
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
         if feeds is not None and original is not None:
-            layers, _ = refine_layers(
+            layers = refine_layers(
                 original,
                 model,
                 palettes,
@@ -165,6 +165,7 @@ class ClusterWeights(ir.passes.InPlacePass):
                 seed=self.seed,
                 refit=refine,
                 qmax=qmax,
+                pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
             )
         opset = palette_storage.default_opset(model)
         arrays = {w.name: w for w in weights}

@@ -91,6 +91,7 @@ def fit_palette(
     intercept: bool,
     ridge: float = 1e-4,
     snap: Callable[[np.ndarray], np.ndarray] | None = None,
+    fixed: np.ndarray | None = None,
     seed: int = 0,
 ) -> Fit:
     """Least-squares palette for one layer.
@@ -98,6 +99,7 @@ def fit_palette(
     assign [n_out, K] local palette indices of each weight row (matrix view), group_of_row
     [n_out] its palette group, values [groups, k] the current palette, bias [n_out] or None.
     `intercept`: refit the bias too. `snap` maps refit values onto a grid (int8).
+    `fixed` [groups, k] bool: entries that keep their value (the zero of a pruned weight).
     """
     n_out, K = assign.shape
     groups, k = values.shape
@@ -129,7 +131,16 @@ def fit_palette(
         if not np.any(diagonal > 0):
             continue
         lam = max(ridge * float(np.mean(diagonal[diagonal > 0])), 1e-300)
-        new[g] = np.linalg.solve(H[g] + lam * np.eye(k), r[g] + lam * values[g])
+        A = H[g] + lam * np.eye(k)
+        b = r[g] + lam * values[g]
+        if fixed is not None and fixed[g].any():  # move the pinned terms right, pin their rows
+            pinned = fixed[g]
+            b = b - A[:, pinned] @ values[g][pinned]
+            A[:, pinned] = 0.0
+            A[pinned, :] = 0.0
+            A[pinned, pinned] = 1.0
+            b[pinned] = values[g][pinned]
+        new[g] = np.linalg.solve(A, b)
     if snap is not None:
         new = snap(new)
     before = _error(sums, assign, group_of_row, values, b0)
@@ -168,13 +179,15 @@ def refine_layers(
     seed: int = 0,
     refit: bool = True,
     qmax: int | None = None,
+    pinned_zero: frozenset[str] = frozenset(),
     blas_threads: int = 1,
-) -> tuple[list[LayerError], list[str]]:
+) -> list[LayerError]:
     """Refit (or, with refit False, only measure) the palettes of `palettes` in `current`.
 
     `palettes` maps weight names to their Palettized form and is updated in place;
-    the dense weights (and biases) of `current` are rewritten to match. Returns
-    per-layer errors and the names of weights whose refit was discarded or skipped.
+    the dense weights (and biases) of `current` are rewritten to match. Weights in
+    `pinned_zero` keep their zero palette entries at zero (pruned weights stay sparse).
+    Returns the per-layer errors (skipped layers with their reason).
     """
     with threadpool_limits(limits=blas_threads, user_api="blas"):
         return _refine(
@@ -187,6 +200,7 @@ def refine_layers(
             seed=seed,
             refit=refit,
             qmax=qmax,
+            pinned_zero=pinned_zero,
         )
 
 
@@ -201,7 +215,8 @@ def _refine(
     seed: int,
     refit: bool,
     qmax: int | None,
-) -> tuple[list[LayerError], list[str]]:
+    pinned_zero: frozenset[str],
+) -> list[LayerError]:
     records: list[LayerError] = []
     ready: dict[str, Layer] = {}
     for layer in find_layers(current, ops=REFIT_OPS)[0]:
@@ -218,7 +233,7 @@ def _refine(
             continue
         ready[layer.name] = layer
     if not ready:
-        return records, []
+        return records
     if refit:
         for layer in ready.values():
             if layer.bias is None and layer.can_have_bias():
@@ -246,9 +261,10 @@ def _refine(
                     refit=refit,
                     qmax=qmax,
                     seed=seed,
+                    pin_zero=ready[name].weight.name in pinned_zero,
                 )
             )
-    return records, []
+    return records
 
 
 def _refit_layer(
@@ -260,6 +276,7 @@ def _refit_layer(
     refit: bool,
     qmax: int | None,
     seed: int,
+    pin_zero: bool = False,
 ) -> LayerError:
     weight = layer.weight.name or ""
     p = palettes[weight]
@@ -299,6 +316,7 @@ def _refit_layer(
         intercept=intercept,
         ridge=ridge,
         snap=snap,
+        fixed=(values == 0) if pin_zero else None,
         seed=seed,
     )
     if fit.improved:
