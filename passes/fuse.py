@@ -87,7 +87,7 @@ class FuseLayoutChains(ir.passes.InPlacePass):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FusePad(ir.passes.InPlacePass):
-    """Fold constant zero Pad into the pads of the Conv, AveragePool or MaxPool after it."""
+    """Fold a Pad into the pads of the next Conv or pooling (zero; -inf or narrow edge: MaxPool)."""
 
     lossless: ClassVar[bool] = True
 
