@@ -265,17 +265,27 @@ def static_quantizer(model: ir.Model, calib: Any, options: Any = None
     if not feeds:
         raise DataError("calibration data holds no feeds")
     cache: dict[frozenset[str], ir.Model] = {}
+    full = quantize_static(model, feeds, _dc.replace(options, calib=None))[0]
+    layers = [n.name for n in full.graph if n.name and n.op_type in _LAYER_OPS and _reads_dequantized_weight(n)]
+    # Trials keep every decision of the full run fixed (layers it left float stay float) and
+    # skip its latency guard: a trial must differ from the full model only in `excluded`,
+    # not in what timing noise on a busy machine decided.
+    kept_float = tuple(re.escape(n.name) for n in full.graph
+                       if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers))
+    trial_options = {"calib": None}
+    if "latency_guard" in getattr(options, "__dataclass_fields__", {}):
+        trial_options["latency_guard"] = False
 
     def quantize(excluded: frozenset[str]) -> ir.Model:
+        if not excluded:
+            return full
         if excluded not in cache:
-            patterns = tuple(options.exclude) + tuple(re.escape(name) for name in sorted(excluded))
-            trial = _dc.replace(options, exclude=patterns, calib=None)
+            patterns = tuple(options.exclude) + kept_float + tuple(re.escape(name) for name in sorted(excluded))
+            trial = _dc.replace(options, exclude=patterns, **trial_options)
             cache.clear()  # keep one model alive: trials can be large
             cache[excluded] = quantize_static(model, feeds, trial)[0]
         return cache[excluded]
 
-    full = quantize(frozenset())
-    layers = [n.name for n in full.graph if n.name and n.op_type in _LAYER_OPS and _reads_dequantized_weight(n)]
     return quantize, layers, full
 
 
