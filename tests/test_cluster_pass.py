@@ -275,3 +275,62 @@ def test_recipe_round_trip():
     assert Pipeline.from_toml(pipeline.to_toml()).passes == pipeline.passes
     with pytest.raises(UsageError, match="bits"):
         Pipeline.from_toml('[[pass]]\nname = "cluster-weights"\nbits = 12\n')
+
+
+def test_weights_read_in_if_branches_and_through_slices_are_clustered():
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(16, 16)).astype(np.float32)
+    v = rng.normal(size=(16, 16)).astype(np.float32)
+
+    def branch(name: str) -> onnx.GraphProto:  # reads the outer-scope weight w
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], [f"{name}_y"], name=f"{name}_mm")],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["n", 16])],
+        )
+
+    consts = {
+        "zero": np.array([0], np.int64),
+        "eight": np.array([8], np.int64),
+        "end": np.array([16], np.int64),
+    }
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0, name="sum"),
+        helper.make_node("ReduceSum", ["s"], ["t"], keepdims=0, name="total"),
+        helper.make_node("Greater", ["t", "zero_f"], ["c"], name="positive"),
+        helper.make_node(
+            "If", ["c"], ["b"], then_branch=branch("then"), else_branch=branch("else"), name="if"
+        ),
+        helper.make_node("Slice", ["v", "zero", "eight"], ["top"], name="top"),  # gate reorder
+        helper.make_node("Slice", ["v", "eight", "end"], ["bottom"], name="bottom"),
+        helper.make_node("Concat", ["bottom", "top"], ["v2"], axis=0, name="swap"),
+        helper.make_node("MatMul", ["b", "v2"], ["y"], name="mm"),
+    ]
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(v, "v"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero_f"),
+    ]
+    inits += [numpy_helper.from_array(a, n) for n, a in consts.items()]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        inits,
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    ClusterWeights(bits=2, granularity="per-channel-group", min_elements=64)(model)
+    rows = {row["weight"]: row for row in summary(model)["weights"]}
+    assert set(rows) == {"w", "v"}
+    assert sorted(rows["w"]["readers"]) == ["else_mm", "then_mm"] and rows["w"]["axis"] == 1
+    assert rows["v"]["axis"] is None  # reached through Slice/Concat: one palette
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    dense = model.clone()
+    storage.UnpackPalette()(dense)
+    x = {"x": rng.normal(size=(3, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(Session(model).run(x)["y"], Session(dense).run(x)["y"])
+    assert len(np.unique(dense.graph.initializers["v"].const_value.numpy())) <= 4

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
-from onnxslim.passes.prune.layers import resolve_initializer
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 QUANTIZED_TYPES = (
@@ -78,38 +77,94 @@ class Skipped:
 
 
 def weight_uses(model: ir.Model) -> dict[str, list[tuple[ir.Node, int | None]]]:
-    """Initializer name -> [(node, channel axis)] over every weight slot that reads it."""
+    """Initializer name -> [(node, channel axis)] over every weight slot that reads it.
+
+    Slots in If/Loop/Scan bodies count too (they read main-graph weights from the
+    outer scope). A weight reached through data-movement ops (Reshape, Transpose,
+    Slice, ...: exporters slice LSTM weights this way) counts with no channel axis,
+    since the ops may move it; clustering values survives any of them.
+    """
     found: dict[str, list[tuple[ir.Node, int | None]]] = {}
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         if node.domain not in ("", "ai.onnx"):
             continue
 
         def rank_of(index: int, node: ir.Node = node) -> int | None:
             value = node.inputs[index] if index < len(node.inputs) else None
-            tensor = value.const_value if value is not None else None
-            if tensor is None and value is not None:
-                source = resolve_initializer(value)
-                tensor = source.const_value if source is not None else None
-            if tensor is not None:
-                return len(tensor.shape)
-            return len(value.shape) if value is not None and value.shape is not None else None
+            if value is None:
+                return None
+            if value.shape is not None:
+                return len(value.shape)
+            source, _ = _weight_source(value)
+            tensor = source.const_value if source is not None else None
+            return len(tensor.shape) if tensor is not None else None
 
         for index, axis in _slots(node, rank_of).items():
             if index >= len(node.inputs):
                 continue
-            source = resolve_initializer(node.inputs[index])
-            if source is None or source.name is None:
-                continue
+            source, moved = _weight_source(node.inputs[index])
+            if source is None or model.graph.initializers.get(source.name or "") is not source:
+                continue  # not constant, or a subgraph's own initializer
             if (
                 node.op_type == "MatMul"
                 and index == 0
-                and resolve_initializer(node.inputs[1]) is not None
+                and _weight_source(node.inputs[1])[0] is not None
             ):
                 continue  # both constant: not a layer
-            if node.op_type == "Gather" and resolve_initializer(node.inputs[1]) is not None:
+            if node.op_type == "Gather" and _weight_source(node.inputs[1])[0] is not None:
                 continue  # constant indices: folded anyway
-            found.setdefault(source.name, []).append((node, axis))
+            found.setdefault(source.name, []).append((node, None if moved else axis))
     return found
+
+
+# Ops that only move or select elements of their first input (the rest are shapes/indices).
+_MOVEMENT = frozenset(
+    {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Flatten"}
+)
+
+
+def _weight_source(value: ir.Value | None) -> tuple[ir.Value | None, bool]:
+    """(the one initializer behind `value`, whether data-movement ops lie between), or
+    (None, False) when the value is not built from exactly one constant weight."""
+    sources, moved = _weight_sources(value, 12)
+    unique = {id(v): v for v in sources or []}
+    if len(unique) != 1:
+        return None, False
+    return next(iter(unique.values())), moved
+
+
+def _weight_sources(value: ir.Value | None, budget: int) -> tuple[list[ir.Value] | None, bool]:
+    """Initializers `value` is moved, sliced or concatenated from (None: other inputs feed it)."""
+    if value is None or budget <= 0:
+        return None, False
+    if value.is_initializer() and value.const_value is not None:
+        return [value], False
+    producer = value.producer()
+    if producer is None or producer.domain not in ("", "ai.onnx"):
+        return None, False
+    if producer.op_type == "Identity":
+        return _weight_sources(producer.inputs[0], budget - 1)
+    if producer.op_type in _MOVEMENT:
+        if any(v is not None and not _is_constant(v) for v in producer.inputs[1:]):
+            return None, False
+        sources, _ = _weight_sources(producer.inputs[0], budget - 1)
+        return sources, True
+    if producer.op_type == "Concat":  # exporters reorder LSTM gates by slicing and concatenating
+        found: list[ir.Value] = []
+        for part in producer.inputs:
+            sources, _ = _weight_sources(part, budget - 1)
+            if sources is None:
+                return None, False
+            found.extend(sources)
+        return found, True
+    return None, False
+
+
+def _is_constant(value: ir.Value) -> bool:
+    if value.const_value is not None:
+        return True
+    producer = value.producer()
+    return producer is not None and producer.op_type == "Constant"
 
 
 def channel_axes(model: ir.Model) -> dict[str, int | None]:
