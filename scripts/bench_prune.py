@@ -275,7 +275,7 @@ def storage(model, calib: Path, feeds, runs: int) -> None:
     )
 
 
-def bench_devmodels(runs: int) -> None:
+def bench_devmodels(runs: int, only: list[str] | None = None) -> None:
     sys.path.insert(0, str(REPO.parent / "shared" / "devmodels"))
     from inputs import make_feeds  # type: ignore[import-not-found]
 
@@ -289,7 +289,7 @@ def bench_devmodels(runs: int) -> None:
     )
     for entry in json.loads(manifest.read_text())["models"]:
         path = DEVMODELS / f"{entry['id']}.onnx"
-        if not path.is_file():
+        if not path.is_file() or (only and entry["id"] not in only):
             continue
         model = io.load(path)
         calib = make_feeds(entry["id"], DEV_CALIB, seed=0)
@@ -338,7 +338,7 @@ def bench_devmodels(runs: int) -> None:
                 if method == "channels"
                 else None
             )
-            extra = f" speed {speed:.2f}x" if speed else ""
+            extra = f" speed {speed[0]:.2f}x (best {speed[1]:.2f}x)" if speed else ""
             refit = [r for r in details.get("refit", []) if not r["skipped"]]
             skipped_refit = [r for r in details.get("refit", []) if r["skipped"]]
             print(
@@ -362,6 +362,7 @@ def main() -> None:
         "--devmodels", action="store_true", help="also run every pass on the devmodels corpus"
     )
     parser.add_argument("--only-devmodels", action="store_true")
+    parser.add_argument("--devmodel-ids", nargs="*", help="restrict --devmodels to these ids")
     args = parser.parse_args()
     print(cpu_line())
     if not args.only_devmodels:
@@ -371,7 +372,7 @@ def main() -> None:
                 continue
             bench_model(name, args.runs, args.sparsities)
     if args.devmodels or args.only_devmodels:
-        bench_devmodels(args.runs)
+        bench_devmodels(args.runs, args.devmodel_ids)
 
 
 if __name__ == "__main__":
