@@ -275,7 +275,9 @@ def storage(model, calib: Path, feeds, runs: int) -> None:
     )
 
 
-def bench_devmodels(runs: int, only: list[str] | None = None) -> None:
+def bench_devmodels(
+    runs: int, only: list[str] | None = None, rows: list[str] | None = None
+) -> None:
     sys.path.insert(0, str(REPO.parent / "shared" / "devmodels"))
     from inputs import make_feeds  # type: ignore[import-not-found]
 
@@ -304,16 +306,24 @@ def bench_devmodels(runs: int, only: list[str] | None = None) -> None:
         for reason, count in reasons.most_common(4):
             print(f"   kept whole x{count}: {reason}")
         reference = [Session(model).run(f) for f in check]
-        for label, method, options in (
+        for key, label, method, options in (
             (
+                "magnitude-refit",
                 "magnitude 0.5 refit",
                 "magnitude",
                 {"sparsity": 0.5, "calib": calib, "max_rows": 4096},
             ),
-            ("magnitude 0.5", "magnitude", {"sparsity": 0.5, "reconstruct": False}),
-            ("2:4 refit", "nm", {"calib": calib, "max_rows": 4096}),
-            ("channels 0.25 refit", "channels", {"ratio": 0.25, "calib": calib, "max_rows": 4096}),
+            ("magnitude", "magnitude 0.5", "magnitude", {"sparsity": 0.5, "reconstruct": False}),
+            ("nm-refit", "2:4 refit", "nm", {"calib": calib, "max_rows": 4096}),
+            (
+                "channels-refit",
+                "channels 0.25 refit",
+                "channels",
+                {"ratio": 0.25, "calib": calib, "max_rows": 4096},
+            ),
         ):
+            if rows and key not in rows:
+                continue
             start = time.perf_counter()
             try:
                 pruned, packed, details, _ = prune(model, method, **options)
@@ -363,6 +373,12 @@ def main() -> None:
     )
     parser.add_argument("--only-devmodels", action="store_true")
     parser.add_argument("--devmodel-ids", nargs="*", help="restrict --devmodels to these ids")
+    parser.add_argument(
+        "--devmodel-passes",
+        nargs="*",
+        help="restrict --devmodels to these rows "
+        "(magnitude-refit, magnitude, nm-refit, channels-refit)",
+    )
     args = parser.parse_args()
     print(cpu_line())
     if not args.only_devmodels:
@@ -372,7 +388,7 @@ def main() -> None:
                 continue
             bench_model(name, args.runs, args.sparsities)
     if args.devmodels or args.only_devmodels:
-        bench_devmodels(args.runs, args.devmodel_ids)
+        bench_devmodels(args.runs, args.devmodel_ids, args.devmodel_passes)
 
 
 if __name__ == "__main__":
