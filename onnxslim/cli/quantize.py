@@ -46,7 +46,7 @@ def quantize_command(
     calib: str | None = typer.Option(None, "--calib", help="Calibration data: .npz/.npy file, folder of samples or images."),
     mode: str = typer.Option("static", "--mode", help="static (calibrated int8), dynamic (int8 weights, run-time "
                              "activations: transformers, LSTMs) or weight-only."),
-    method: str = typer.Option("percentile", "--method", help="Calibration: minmax, percentile, entropy or mse."),
+    method: str = typer.Option("minmax", "--method", help="Calibration: minmax, percentile, entropy or mse."),
     percentile: float = typer.Option(99.99, "--percentile", help="Percentile kept by --method percentile."),
     activation_type: str = typer.Option("auto", "--activation-type", help="uint8, int8 or auto (from --target)."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="One scale per weight tensor instead of per channel."),

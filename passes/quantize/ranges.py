@@ -253,6 +253,11 @@ def _magnitude_histogram(stats: TensorStats, hist: StreamingHistogram) -> tuple[
 def _entropy_range(stats: TensorStats, hist: StreamingHistogram, levels: int) -> Range:
     counts, width = _magnitude_histogram(stats, hist)
     two_sided = stats.min < 0.0 < stats.max
+    if not two_sided:
+        # A one-sided tensor (after ReLU) holds a spike of exact zeros that every clip
+        # represents exactly; left in, it dominates P and drives KL to clip far too much.
+        counts = counts.copy()
+        counts[0] = 0
     target = max(levels // 2, 2) if two_sided else max(levels - 1, 2)
     threshold_bin = kl_threshold_bin(counts, target)
     threshold = threshold_bin * width

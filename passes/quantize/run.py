@@ -153,8 +153,9 @@ def _validate(reference: ir.Model, candidate: ir.Model, source: Any, count: int,
 
 
 def accuracy_on(reference: ir.Model, candidate: ir.Model, source: Any, *, limit: int | None = None,
-                progress: StageProgress | None = None) -> dict[str, float]:
-    """Top-1 accuracy of the first output of both models over labelled data, streamed."""
+                progress: StageProgress | None = None) -> dict[str, float] | None:
+    """Top-1 accuracy of both models over labelled data, streamed; None unless the first
+    output is a classifier's [batch, classes] scores with one label per sample."""
     from onnxslim.calibration import open_feeds
     from onnxslim.runtime import Session
 
@@ -172,10 +173,10 @@ def accuracy_on(reference: ir.Model, candidate: ir.Model, source: Any, *, limit:
         feed = {k: v for k, v in feed.items() if k in inputs}
         for key, session in sessions.items():
             output = np.asarray(session.run(feed)[session.output_names[0]])
-            predicted = output.reshape(-1, output.shape[-1]).argmax(-1) if output.ndim > 1 else output.reshape(-1)
-            n = min(len(predicted), len(truth))
-            hits[key] += int(np.count_nonzero(predicted[:n] == truth[:n]))
-        total += min(len(truth), len(truth))
+            if output.ndim != 2 or output.shape[0] != len(truth) or output.shape[1] < 2:
+                return None  # not a classifier's [batch, classes] scores: parity figures only
+            hits[key] += int(np.count_nonzero(output.argmax(-1) == truth))
+        total += len(truth)
         if progress is not None:
             progress("accuracy", index + 1, expected)
     scores = {key: hits[key] / total if total else float("nan") for key in sessions}

@@ -104,7 +104,8 @@ class QuantizeStatic(ir.passes.InPlacePass):
 
     calib: Any = _data_field("Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
                              "ORT CalibrationDataReader through the API.")
-    method: str = option("percentile", "Calibration method.", choices=METHODS)
+    method: str = option("minmax", "Calibration method: minmax keeps outliers (transformer activations need "
+                                   "them); percentile, mse and entropy clip the tails.", choices=METHODS)
     percentile: float = option(99.99, "Percentile kept by --method percentile (each tail).")
     target: str = option("auto", "CPU the int8 types are chosen for.", choices=("auto", "x86-avx2", "x86-vnni", "arm64"))
     activation_type: str = option("auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES)
@@ -115,6 +116,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     quantize_depthwise: bool = option(False, "Quantize depthwise Conv too (slower than float on ORT CPU).")
     max_samples: int | None = option(None, "Use at most this many calibration feeds.")
     protect: bool = option(True, "Keep float the tensors one int8 scale cannot carry (masks, mixed ranges).")
+    bias_correction: bool = option(True, "Correct each int8 layer's mean output shift (bias_correction.py).")
     latency_guard: bool = option(True, "While the int8 model runs slower than float here, keep the smallest "
                                        "layers float (timed interleaved, one thread).")
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
