@@ -25,7 +25,7 @@ import onnx_ir as ir
 from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import check_choice, option
 
-from .policy import MIN_EMBEDDING_ELEMENTS, TARGETS, const_array, is_constant, matches, resolve_target
+from .policy import MIN_EMBEDDING_ELEMENTS, TARGETS, const_array, constant_source, is_constant, matches, resolve_target
 from .qdq import QParams, WeightQuantizer, quantize_array, replace_node, weight_qparams
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
@@ -128,19 +128,25 @@ def _matmul(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce
             bias = np.broadcast_to(c.reshape(-1), (weight.shape[1],)).astype(np.float32)
     else:
         absorbed, bias = _bias_add(node, weight.shape[1])
-    q, qp = _weight_and_params(weight, 1 if per_channel else None, reduce_range)
     graph = node.graph
     assert isinstance(graph, ir.Graph)
     base = (b.name if b is not None and b.name else node.name) or "weight"
-    q_value = quantizer.initializer(graph, f"{base}_quantized", q)
-    scale = quantizer.initializer(graph, f"{base}_scale", qp.scale.astype(np.float32))
-    zero = quantizer.initializer(graph, f"{base}_zero_point", qp.zero_point)
+    transposed = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
+    key = (id(constant_source(b)), transposed, id(graph))
+    shared = quantizer.shared.get(key)  # tied weights (one tensor read by many nodes) quantized once
+    if shared is None:
+        q, qp = _weight_and_params(weight, 1 if per_channel else None, reduce_range)
+        shared = (quantizer.initializer(graph, f"{base}_quantized", q),
+                  quantizer.initializer(graph, f"{base}_scale", qp.scale.astype(np.float32)),
+                  quantizer.initializer(graph, f"{base}_zero_point", qp.zero_point))
+        quantizer.shared[key] = shared
+        quantizer.report.weight_bytes_before += weight.nbytes
+        quantizer.report.weight_bytes_after += q.nbytes
+    q_value, scale, zero = shared
     operands: list[ir.Value | None] = [a, q_value, scale, zero]
     if bias is not None:
         operands.append(quantizer.initializer(graph, f"{base}_bias", np.ascontiguousarray(bias, dtype=np.float32)))
     fused = ir.node("DynamicQuantizeMatMul", operands, domain=MS_DOMAIN, name=quantizer.namer(f"{node.name}_dynamic"))
-    quantizer.report.weight_bytes_before += weight.nbytes
-    quantizer.report.weight_bytes_after += q.nbytes
     if absorbed is not None:
         # MatMul + Add(bias): the Add's output becomes the fused node's output.
         graph.insert_before(node, fused)
@@ -180,6 +186,13 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
     operands: list[ir.Value | None] = [inputs[0]]
     params = []
     for array, label in ((w, "W"), (r, "R")):
+        source = inputs[1 if label == "W" else 2]
+        key = (id(constant_source(source)), "lstm", id(graph))
+        if key in quantizer.shared:
+            q_value, scale_value, zero_value = quantizer.shared[key]
+            operands.append(q_value)
+            params.append((scale_value, zero_value))
+            continue
         dirs, rows, cols = array.shape
         flat = array.reshape(dirs * rows, cols)
         qp = weight_qparams(flat, 0 if per_channel else None, reduce_range=reduce_range)
@@ -192,6 +205,7 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
         q_value = quantizer.initializer(graph, f"{base}_quantized", np.ascontiguousarray(q))
         params.append((quantizer.initializer(graph, f"{base}_scale", scale.astype(np.float32)),
                        quantizer.initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, np.int8))))
+        quantizer.shared[key] = (q_value, *params[-1])
         operands.append(q_value)
         quantizer.report.weight_bytes_before += array.nbytes
         quantizer.report.weight_bytes_after += q.nbytes

@@ -186,7 +186,20 @@ def quantized_ops_in(model: ir.Model) -> list[str]:
     return sorted({n.op_type for n in iter_nodes(model) if n.op_type in QUANTIZED_OPS})
 
 
+def constant_source(value: ir.Value | None) -> ir.Value | None:
+    """The value itself, or the constant an Identity chain passes on (exporters tie weights so)."""
+    seen = 0
+    while value is not None and value.const_value is None and seen < 16:
+        producer = value.producer()
+        if producer is None or producer.op_type != "Identity" or producer.domain not in ("", "ai.onnx"):
+            break
+        value = producer.inputs[0]
+        seen += 1
+    return value
+
+
 def const_array(value: ir.Value | None) -> np.ndarray | None:
+    value = constant_source(value)
     if value is None:
         return None
     tensor = value.const_value
@@ -201,6 +214,7 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
 
 def is_constant(value: ir.Value | None) -> bool:
+    value = constant_source(value)
     if value is None:
         return False
     if value.const_value is not None and not value.is_graph_input():

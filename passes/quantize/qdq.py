@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from onnxslim.graphs import iter_graphs
 
-from .policy import NodePlan, QuantPlan, TensorPlan, const_array
+from .policy import NodePlan, QuantPlan, TensorPlan, const_array, constant_source
 from .ranges import Range
 
 _INT32_MAX = 2**31 - 1
@@ -333,7 +333,7 @@ def _quantize_weight(node: ir.Node, index: int, axis: int | None, node_plan: Nod
         return None
     graph = node.graph
     assert isinstance(graph, ir.Graph)
-    key = (id(weight_value), axis, id(graph))
+    key = (id(constant_source(weight_value)), axis, id(graph))
     if key in cache:
         dequantized, qp = cache[key]
         node.replace_input_with(index, dequantized)
@@ -466,12 +466,13 @@ def _remove_unused_constants(model: ir.Model) -> None:
     for graph in iter_graphs(model):
         if not isinstance(graph, ir.Graph):
             continue
+        for node in reversed(list(graph)):  # Constant / Identity nodes that held or passed on a weight
+            if node.op_type in ("Constant", "Identity") and node.domain in ("", "ai.onnx") and \
+                    all(not o.uses() and not o.is_graph_output() for o in node.outputs):
+                graph.remove(node, safe=True)
         for name, value in list(graph.initializers.items()):
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                 del graph.initializers[name]
-        for node in list(graph):
-            if node.op_type == "Constant" and all(not o.uses() and not o.is_graph_output() for o in node.outputs):
-                graph.remove(node, safe=True)
 
 
 # ---------------------------------------------------------------------------
@@ -487,6 +488,8 @@ class WeightQuantizer:
         self.reduce_range = reduce_range
         self.report = InsertReport()
         self._empty_plan = QuantPlan({}, {}, {})
+        # Weights quantized in another layout (dynamic / int4 modes), by (id(weight), layout, id(graph)).
+        self.shared: dict[tuple[int, object, int], tuple[ir.Value, ...]] = {}
 
     def weight(self, node: ir.Node, index: int, axis: int | None) -> QParams | None:
         """Replace input `index` of `node` by DQ(int8 weight)."""

@@ -22,7 +22,7 @@ from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
 
 from .dynamic import MS_DOMAIN
-from .policy import MIN_EMBEDDING_ELEMENTS, const_array, is_constant, matches
+from .policy import MIN_EMBEDDING_ELEMENTS, const_array, constant_source, is_constant, matches
 from .qdq import WeightQuantizer, replace_node
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
@@ -130,18 +130,24 @@ def _matmul_nbits(node: ir.Node, quantizer: WeightQuantizer, block_size: int, mi
             if bias is None:
                 return "bias is not constant"
     k, n = weight.shape
-    blocks = (k + block_size - 1) // block_size
-    packed = np.zeros((n, blocks, block_size // 2), dtype=np.uint8)
-    scales = np.zeros((n, blocks), dtype=np.float32)
-    zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
-    padded = np.zeros((blocks * block_size, n), dtype=np.float32)
-    padded[:k] = weight
-    quantize_matmul_4bits(packed, padded, scales, zero_points, block_size, n, blocks * block_size, True)
     graph = node.graph
     assert isinstance(graph, ir.Graph)
     base = (inputs[1].name if inputs[1] is not None and inputs[1].name else node.name) or "weight"
-    packed_value = quantizer.initializer(graph, f"{base}_int4", packed)
-    scale_value = quantizer.initializer(graph, f"{base}_scales", scales.reshape(-1))
+    key = (id(constant_source(inputs[1])), ("int4", node.op_type == "Gemm" and node.attributes.get_int("transB", 0), block_size),
+           id(graph))
+    if key not in quantizer.shared:  # tied weights packed once
+        blocks = (k + block_size - 1) // block_size
+        packed = np.zeros((n, blocks, block_size // 2), dtype=np.uint8)
+        scales = np.zeros((n, blocks), dtype=np.float32)
+        zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
+        padded = np.zeros((blocks * block_size, n), dtype=np.float32)
+        padded[:k] = weight
+        quantize_matmul_4bits(packed, padded, scales, zero_points, block_size, n, blocks * block_size, True)
+        quantizer.shared[key] = (quantizer.initializer(graph, f"{base}_int4", packed),
+                                 quantizer.initializer(graph, f"{base}_scales", scales.reshape(-1)))
+        quantizer.report.weight_bytes_before += weight.nbytes
+        quantizer.report.weight_bytes_after += packed.nbytes + scales.nbytes
+    packed_value, scale_value = quantizer.shared[key]
     matmul = ir.node("MatMulNBits", [inputs[0], packed_value, scale_value], domain=MS_DOMAIN,
                      attributes={"K": k, "N": n, "bits": 4, "block_size": block_size,
                                  "accuracy_level": _ACCURACY_LEVEL},
@@ -154,7 +160,5 @@ def _matmul_nbits(node: ir.Node, quantizer: WeightQuantizer, block_size: int, mi
         add = ir.node("Add", [result, bias_value], name=quantizer.namer(f"{node.name}_bias"))
         new_nodes.append(add)
         result = add.outputs[0]
-    quantizer.report.weight_bytes_before += weight.nbytes
-    quantizer.report.weight_bytes_after += packed.nbytes + scales.nbytes
     replace_node(node, new_nodes, [result])
     return ""
