@@ -173,3 +173,23 @@ def test_bit_planes_round_trip_in_numpy(bits):
         assert plane.nbytes == -(-values.size * width // 8)
         index = (index << width) | storage.unpack_plane(plane, width, values.size)
     np.testing.assert_array_equal(index, values)
+
+
+def test_float16_palettes_widen_exactly_and_halve_palette_bytes():
+    model, reference = conv_matmul(17), conv_matmul(17)
+    for name, axis in (("W", 0), ("M", 1)):
+        value = model.graph.initializers[name]
+        p, _ = cluster_tensor(value.const_value.numpy(), 4, axis=axis, group_size=1)
+        narrow = p.narrowed(np.float16)
+        assert narrow.palette.dtype == np.float16 and narrow.dense().dtype == np.float32
+        assert storage.stored_bytes(narrow, 17) == storage.stored_bytes(p, 17) - p.palette.size * 2
+        reference.graph.initializers[name].const_value = ir.Tensor(narrow.dense(), name=name)
+        storage.write(model.graph, model, value, narrow)
+    assert any(n.op_type == "WidenPalette" for n in model.graph)
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+    np.testing.assert_array_equal(
+        Session(model).run({"x": X})["y"], Session(reference).run({"x": X})["y"]
+    )
+    for name, array in storage.packed_weights(model).items():
+        np.testing.assert_array_equal(array, reference.graph.initializers[name].const_value.numpy())
+    assert set(optimized_ops(model)) == set(optimized_ops(reference))

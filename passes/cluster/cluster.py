@@ -38,6 +38,7 @@ from .weights import Weight, find_weights
 SUMMARY_KEY = "onnxslim.cluster"
 GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
+PALETTE_DTYPES = ("auto", "float32", "float16")
 _SNAP_ROUNDS = 4
 
 
@@ -108,6 +109,12 @@ class ClusterWeights(ir.passes.InPlacePass):
         "bits (always bit planes), uint8 (a byte per index).",
         choices=palette_storage.PACKINGS,
     )
+    palette_dtype: str = option(
+        "auto",
+        "auto: float16 palettes when there is one per channel group (float32 weights), else "
+        "the weight's type; float32; float16.",
+        choices=PALETTE_DTYPES,
+    )
     exact_limit: int = option(
         EXACT_LIMIT,
         "Unique values up to which the optimal DP runs on the values "
@@ -116,7 +123,7 @@ class ClusterWeights(ir.passes.InPlacePass):
     seed: int = option(0, "Seed of k-means++ and row sampling.")
 
     def __post_init__(self) -> None:
-        for name in ("init", "granularity", "storage", "packing"):
+        for name in ("init", "granularity", "storage", "packing", "palette_dtype"):
             check_choice(self, name)
         if not 1 <= self.bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {self.bits}")
@@ -169,8 +176,11 @@ class ClusterWeights(ir.passes.InPlacePass):
             )
         opset = palette_storage.default_opset(model)
         arrays = {w.name: w for w in weights}
-        for name, p in palettes.items():
+        for name, p in list(palettes.items()):
+            p = palettes[name] = self._narrow(p)
             row = rows[name]
+            row["palette_dtype"] = str(p.palette.dtype)
+            arrays[name].value.const_value = ir.Tensor(p.dense(), name=name)
             row["weight_error"] = _relative_error(row.pop("_original"), p.dense())
             size = palette_storage.stored_bytes(p, opset, self.packing)
             if self.storage == "palette" and size < row["dense_bytes"]:
@@ -195,6 +205,14 @@ class ClusterWeights(ir.passes.InPlacePass):
             seconds=time.perf_counter() - started,
         )
         return ir.passes.PassResult(model, True)
+
+    def _narrow(self, p: Palettized) -> Palettized:
+        """The palette in the storage type `palette_dtype` asks for."""
+        if self.palette_dtype == "float16" or (
+            self.palette_dtype == "auto" and p.groups > 1 and p.dtype == np.float32
+        ):
+            return p.narrowed(np.float16) if p.dtype == np.float32 else p
+        return p
 
     def _qmax(self) -> int | None:
         if not self.int8_grid:

@@ -70,6 +70,12 @@ class Palettized:
         flat = (self.indices.astype(np.int64) + self.k * self.group_of_element()).reshape(-1)
         return (np.bincount(flat, minlength=self.groups * self.k) > 0).reshape(self.groups, self.k)
 
+    def narrowed(self, dtype: np.dtype | type) -> Palettized:
+        """The palette stored in a narrower float type (float16): values rounded once, here."""
+        if self.scale is not None or np.dtype(dtype) == self.palette.dtype:
+            return self
+        return replace(self, palette=self.values().astype(dtype))
+
     def with_values(self, values: np.ndarray) -> Palettized:
         """The same indices with new float palette values [groups, k] (drops any int8 grid)."""
         return replace(

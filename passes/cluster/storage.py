@@ -11,7 +11,9 @@ A palettized weight W (shape S, k = 2^bits entries per palette group) is stored 
     each plane packed into bytes, first element in the high bits, and
     `Unpack_<widths>(planes..., shape)` rebuilds int32 indices with BitShift,
     Slice, Cast, Mul, Add (opset >= 11);
-- the palette: a flat float tensor [groups * k], or (int8 grid) int8 [groups, k]
+- the palette: a flat float tensor [groups * k]; per-channel palettes of float32
+  weights as float16, widened by `WidenPalette` (a Cast; half the bytes, and the
+  rounding is far below the clustering error); or (int8 grid) int8 [groups, k]
   with a float scale [groups, 1], made flat by `ScalePalette(q, scale)`
   (Cast + Mul + Reshape: no DequantizeLinear, so the float model is not mistaken
   for an already quantized one);
@@ -162,9 +164,19 @@ def write(
         scaled.outputs[0].name = _fresh(graph, f"{name}.palette")
         nodes.append(scaled)
         palette = scaled.outputs[0]
+    elif p.palette.dtype == np.float16 and p.dtype == np.float32:
+        narrow = _initializer(
+            graph, f"{name}.palette16", np.ascontiguousarray(p.palette.reshape(-1))
+        )
+        widen = ir.node("WidenPalette", [narrow], domain=DOMAIN, name=f"widen/{name}")
+        widen.outputs[0].dtype = ir.DataType.FLOAT
+        widen.outputs[0].shape = ir.Shape([p.palette.size])
+        widen.outputs[0].name = _fresh(graph, f"{name}.palette")
+        nodes.append(widen)
+        palette = widen.outputs[0]
     else:
         palette = _initializer(
-            graph, f"{name}.palette", np.ascontiguousarray(p.palette.reshape(-1))
+            graph, f"{name}.palette", np.ascontiguousarray(p.palette.reshape(-1).astype(p.dtype))
         )
     inputs = [indices, palette]
     if p.groups > 1:
@@ -362,6 +374,9 @@ def _palette_array(value: ir.Value | None) -> np.ndarray | None:
     if value.const_value is not None:
         return value.const_value.numpy()
     node = value.producer()
+    if node is not None and node.domain == DOMAIN and node.op_type == "WidenPalette":
+        narrow = _const(node.inputs[0])
+        return None if narrow is None else narrow.astype(np.float32)
     if node is None or node.domain != DOMAIN or node.op_type != "ScalePalette":
         return None
     q, scale = _const(node.inputs[0]), _const(node.inputs[1])
@@ -426,6 +441,13 @@ def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
         function = _function(op_type, ["indices", "palette", "offsets"], _expand_body, opset)
     elif op_type == "ScalePalette":
         function = _function(op_type, ["q", "scale"], _scale_body, opset)
+    elif op_type == "WidenPalette":
+        function = _function(
+            op_type,
+            ["narrow"],
+            lambda op, const, inputs: op("Cast", inputs, to=ir.DataType.FLOAT),
+            opset,
+        )
     else:
         widths = tuple(int(w) for w in op_type.split("_")[1:])
         names = [f"plane{w}_{i}" for i, w in enumerate(widths)] + ["shape"]
