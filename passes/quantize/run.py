@@ -116,7 +116,7 @@ def quantize_model(
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
     result = QuantizeResult(quantized, report, None, tensor_bytes(model), tensor_bytes(quantized),
                             node_count(model), node_count(quantized), seconds, warnings=list(report.warnings))
-    if not report.quantized_nodes:
+    if not report.quantized_nodes and not any(w.startswith("kept float") for w in report.warnings):
         result.warnings.append("nothing was quantized: no op of this model has a faster or smaller int8 form here")
     if result.bytes_after > result.bytes_before:
         result.warnings.append(f"the result holds more weight bytes than the input "

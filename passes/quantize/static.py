@@ -424,10 +424,16 @@ def _latency_guard(prepared: ir.Model, result: ir.Model, plan: QuantPlan, stats:
             best = (ratio, (trial_plan, trial_ranges, trial, trial_report))
         if ratio <= 1.0:
             break
-    if best[0] > 1.0:
+    first = report.latency_checks[0]["ratio"]
+    chosen = best[1]
+    if chosen is not None and not any(p.role in ("compute", "embedding") for p in chosen[0].nodes.values()):
+        report.warnings.append(f"kept float: int8 ran {first:.2f}x the float time on this CPU, its layers are too "
+                               "small for int8 kernels to pay for their overheads (--no-latency-guard quantizes "
+                               "anyway, for size)")
+    elif best[0] > 1.0:
         report.warnings.append(f"the int8 model runs {best[0]:.2f}x the float time on this CPU: its layers "
                                "are too small for int8 kernels to pay for their overheads")
-    return best[1]
+    return chosen
 
 
 def _one_shot(source: Any) -> bool:
