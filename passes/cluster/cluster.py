@@ -17,6 +17,7 @@ in model.meta[SUMMARY_KEY] for the report (the pipeline hands back this model).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, ClassVar
 
@@ -40,6 +41,9 @@ GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
 _SNAP_ROUNDS = 4
+MIN_VALUES_PER_ENTRY = (
+    4  # per-channel-group palettes: channels merge until each group holds this x k
+)
 
 
 def _data_field(help: str) -> Any:
@@ -67,7 +71,9 @@ class ClusterWeights(ir.passes.InPlacePass):
         choices=GRANULARITIES,
     )
     group_size: int = option(
-        1, "Output channels sharing one palette (per-channel-group; 1: per channel)."
+        1,
+        "Output channels sharing one palette (per-channel-group; 1: per channel). Channels "
+        "with fewer than 4 x 2^bits values share with their neighbours (not with int8_grid).",
     )
     min_elements: int = option(256, "Leave weights with fewer elements as they are.")
     exclude: tuple[str, ...] = option(
@@ -229,11 +235,18 @@ class ClusterWeights(ir.passes.InPlacePass):
         assert tensor is not None
         array = tensor.numpy()
         axis = weight.axis if self.granularity == "per-channel-group" else None
+        group_size = self.group_size
+        if axis is not None and qmax is None and array.ndim:
+            # A palette should be backed by MIN_VALUES_PER_ENTRY values per entry on average:
+            # channels smaller than that (depthwise 3x3) share a palette with their neighbours.
+            per_channel = array.size // max(array.shape[axis], 1)
+            needed = math.ceil(MIN_VALUES_PER_ENTRY * (1 << self.bits) / max(per_channel, 1))
+            group_size = min(max(group_size, needed), array.shape[axis])
         p, exact = cluster_tensor(
             array,
             self.bits,
             axis=axis,
-            group_size=self.group_size,
+            group_size=group_size,
             init=self.init,
             seed=self.seed,
             keep_zero=self.keep_zero,
