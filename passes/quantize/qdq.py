@@ -170,12 +170,13 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, params: Mapping[str, QParams], 
 
     # 2. Weights, biases, embeddings and constants of quantized nodes.
     weight_cache: dict[tuple[int, int | None, int], tuple[ir.Value, QParams]] = {}
+    embedding_cache: dict = {}
     for name, node_plan in plan.nodes.items():
         node = nodes.get(name)
         if node is None or node_plan.role == "absorbed":
             continue
         if node_plan.role == "embedding":
-            _quantize_embedding(node, namer, report)
+            _quantize_embedding(node, namer, report, embedding_cache)
             report.quantized_nodes.append(name)
             continue
         weight_params: QParams | None = None
@@ -427,24 +428,42 @@ def _quantize_constant(node: ir.Node, index: int, namer: _Namer, dtype: np.dtype
     node.replace_input_with(index, dq.outputs[0])
 
 
-def _quantize_embedding(node: ir.Node, namer: _Namer, report: InsertReport) -> None:
-    """Gather(table, ids) -> DQ(Gather(int8 table, ids)), per-tensor symmetric."""
+def _quantize_embedding(node: ir.Node, namer: _Namer, report: InsertReport,
+                        cache: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value, int | None]] | None = None
+                        ) -> None:
+    """Gather(table, ids) -> DQ(Gather(int8 table, ids)).
+
+    A 2-D table gathered along axis 0 gets one scale per column (per hidden unit:
+    embedding outliers live in a few dimensions), which survives the Gather, so the
+    DequantizeLinear after it takes axis -1; other tables get one scale.
+    """
     table_value = node.inputs[0]
     table = const_array(table_value)
     graph = node.graph
     if table_value is None or table is None or not isinstance(graph, ir.Graph):
         return
-    qp = weight_qparams(table, None)
-    q = quantize_array(table, qp)
-    base = table_value.name or "table"
-    q_value = _initializer(graph, namer(f"{base}_quantized"), q)
-    scale, zero = _scale_zero(graph, base, qp, namer)
-    gather = ir.node("Gather", [q_value, node.inputs[1]], {"axis": node.attributes.get_int("axis", 0)},
-                     name=namer(f"{node.name}_int8"))
+    axis = node.attributes.get_int("axis", 0)
+    key = (id(constant_source(table_value)), id(graph))
+    if cache is not None and key in cache:
+        q_value, scale, zero, dq_axis = cache[key]
+    else:
+        per_column = table.ndim == 2 and axis == 0
+        qp = weight_qparams(table, 1 if per_column else None)
+        q = quantize_array(table, qp)
+        base = table_value.name or "table"
+        q_value = _initializer(graph, namer(f"{base}_quantized"), q)
+        scale, zero = _scale_zero(graph, base, qp, namer)
+        dq_axis = -1 if per_column else None
+        if cache is not None:
+            cache[key] = (q_value, scale, zero, dq_axis)
+        report.weights[q_value.name or ""] = base
+        report.weight_bytes_before += table.nbytes
+        report.weight_bytes_after += q.nbytes
+    gather = ir.node("Gather", [q_value, node.inputs[1]], {"axis": axis}, name=namer(f"{node.name}_int8"))
     gathered = gather.outputs[0]
     gathered.name = namer(f"{node.outputs[0].name}_quantized")
     gathered.dtype = ir.DataType.INT8
-    dq = _dq_node(gathered, scale, zero, None, namer(f"{node.name}_DequantizeLinear"),
+    dq = _dq_node(gathered, scale, zero, dq_axis, namer(f"{node.name}_DequantizeLinear"),
                   namer(f"{node.outputs[0].name}_dequantized"))
     graph.insert_before(node, [gather, dq])
     old = node.outputs[0]
@@ -456,9 +475,6 @@ def _quantize_embedding(node: ir.Node, namer: _Namer, report: InsertReport) -> N
         old.name = namer(f"{name}_float")
         dq.outputs[0].name = name
     graph.remove(node, safe=True)
-    report.weights[q_value.name or ""] = base
-    report.weight_bytes_before += table.nbytes
-    report.weight_bytes_after += q.nbytes
 
 
 def _remove_unused_constants(model: ir.Model) -> None:
@@ -490,6 +506,7 @@ class WeightQuantizer:
         self._empty_plan = QuantPlan({}, {}, {})
         # Weights quantized in another layout (dynamic / int4 modes), by (id(weight), layout, id(graph)).
         self.shared: dict[tuple[int, object, int], tuple[ir.Value, ...]] = {}
+        self.embeddings: dict = {}
 
     def weight(self, node: ir.Node, index: int, axis: int | None) -> QParams | None:
         """Replace input `index` of `node` by DQ(int8 weight)."""
@@ -499,7 +516,7 @@ class WeightQuantizer:
 
     def embedding(self, node: ir.Node) -> None:
         """Gather on an int8 table, then DQ of the rows taken."""
-        _quantize_embedding(node, self.namer, self.report)
+        _quantize_embedding(node, self.namer, self.report, self.embeddings)
 
     def initializer(self, graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
         return _initializer(graph, self.namer(base), array)

@@ -332,7 +332,7 @@ def _sample_feeds(reservoir: _Reservoir | None, source: Any) -> list[dict[str, n
 
 
 def latency_ratio(reference: ir.Model, candidate: ir.Model, feeds: list[dict[str, np.ndarray]], *,
-                  min_runs: int = 15, budget_seconds: float = 2.0) -> float:
+                  min_runs: int = 7, budget_seconds: float = 2.0) -> float:
     """Median single-thread latency of `candidate` over `reference`, timed interleaved."""
     from onnxslim.runtime import Session, SessionConfig
 
