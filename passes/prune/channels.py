@@ -35,11 +35,10 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes, store_summary
+from onnxslim.passes.prune._common import check_fraction, load_feeds, prepare, store_summary
 from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze, readers
-from onnxslim.passes.prune.layers import find_layers, lift_constants, resolve_initializer
+from onnxslim.passes.prune.layers import find_layers, resolve_initializer
 from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitRequest, reconstruct
-from onnxslim.passes.prune.storage import UnpackSparseWeights
 
 from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
@@ -101,9 +100,7 @@ class ChannelPruning(ir.passes.InPlacePass):
             raise UsageError(
                 "reconstruction and activation importance need calibration data (calib)"
             )
-        UnpackSparseWeights()(model)  # a model pruned and packed before prunes again
-        lift_constants(model)
-        name_nodes(model)
+        prepared = prepare(model)
         _infer_shapes(model)
         cg = analyze(model)
         for space in cg.spaces:
@@ -140,7 +137,7 @@ class ChannelPruning(ir.passes.InPlacePass):
             report.append(entry)
         if not kept:
             store_summary(model, method="channels", groups=report, refit=[])
-            return ir.passes.PassResult(model, False)
+            return ir.passes.PassResult(model, prepared)
         original = model.clone() if refit else None
         consumers = _apply(cg, kept)
         _clear_shapes(model)
@@ -443,8 +440,7 @@ def _refit_requests(
 def channel_groups(model: ir.Model) -> list[dict[str, Any]]:
     """What channel pruning could and could not rewrite on `model` (analysis only, no change)."""
     work = model.clone()
-    lift_constants(work)
-    name_nodes(work)
+    prepare(work)
     _infer_shapes(work)
     cg = analyze(work)
     result = []

@@ -22,12 +22,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes.prune._common import check_fraction, load_feeds, name_nodes, store_summary
+from onnxslim.passes.prune._common import check_fraction, load_feeds, prepare, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
-from onnxslim.passes.prune.layers import Layer, find_layers, lift_constants, sparsity
+from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
-from onnxslim.passes.prune.storage import UnpackSparseWeights
 
 from onnxslim.errors import UsageError
 
@@ -80,9 +79,7 @@ class MagnitudePruning(ir.passes.InPlacePass):
             raise UsageError("reconstruction needs calibration data (calib)")
         if self.allocation == "sensitivity" and feeds is None:
             raise UsageError("allocation=sensitivity needs calibration data (calib)")
-        UnpackSparseWeights()(model)  # a model pruned and packed before prunes again
-        lift_constants(model)
-        name_nodes(model)
+        prepared = prepare(model)
         layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)
         unique = list({id(layer.weight): layer for layer in layers}.values())
         if not unique or self.sparsity == 0:
@@ -93,7 +90,7 @@ class MagnitudePruning(ir.passes.InPlacePass):
                 skipped=[s.__dict__ for s in skipped],
                 refit=[],
             )
-            return ir.passes.PassResult(model, False)
+            return ir.passes.PassResult(model, prepared)
         original = model.clone() if refit else None
         masks, sensitivity = self._masks(model, unique, feeds)
         for layer, mask in zip(unique, masks, strict=False):

@@ -16,11 +16,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from onnxslim.passes._options import option
-from onnxslim.passes.prune._common import load_feeds, name_nodes, store_summary
-from onnxslim.passes.prune.layers import Skipped, find_layers, lift_constants, sparsity
+from onnxslim.passes.prune._common import load_feeds, prepare, store_summary
+from onnxslim.passes.prune.layers import Skipped, find_layers, sparsity
 from onnxslim.passes.prune.masks import nm_mask
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
-from onnxslim.passes.prune.storage import UnpackSparseWeights
 
 from onnxslim.errors import UsageError
 
@@ -56,9 +55,7 @@ class NMSparsity(ir.passes.InPlacePass):
         refit = self.reconstruct if self.reconstruct is not None else feeds is not None
         if refit and feeds is None:
             raise UsageError("reconstruction needs calibration data (calib)")
-        UnpackSparseWeights()(model)  # a model pruned and packed before prunes again
-        lift_constants(model)
-        name_nodes(model)
+        prepared = prepare(model)
         layers, skipped = find_layers(model, min_elements=self.min_elements, exclude=self.exclude)
         eligible = []
         for layer in layers:
@@ -86,7 +83,7 @@ class NMSparsity(ir.passes.InPlacePass):
                 skipped=[s.__dict__ for s in skipped],
                 refit=[],
             )
-            return ir.passes.PassResult(model, False)
+            return ir.passes.PassResult(model, prepared)
         original = model.clone() if refit else None
         done: set[int] = set()
         for layer in eligible:
