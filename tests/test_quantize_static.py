@@ -251,3 +251,32 @@ def test_loop_body_is_calibrated_and_quantized_inside():
     test = feeds_for(model, 3, seed=12)
     for r, g in zip(outputs(model, test), outputs(quantized, test)):
         assert cosine(r["y"], g["y"]) > 0.999
+
+
+def test_fusion_check_finds_what_ort_leaves_float():
+    """ORT's CPU provider has no int8 ConvTranspose: forced into the plan, the check reports it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxslim.passes.quantize.policy import NodePlan, QuantPlan, TensorPlan
+    from onnxslim.passes.quantize.qdq import activation_qparams, insert_qdq
+    from onnxslim.passes.quantize.ranges import Range
+    from onnxslim.passes.quantize.static import find_unfused
+    from quantize_fixtures import to_ir
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y0"], name="up"),
+         helper.make_node("Relu", ["y0"], ["y"], name="act")],
+        "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w")])
+    model = to_ir(graph)
+    plan = QuantPlan({"up": NodePlan("up", "ConvTranspose", "compute", weights={1: 1}, activations=[0])},
+                     {"x": TensorPlan("x", "x"), "y0": TensorPlan("y0", "y0")}, {})
+    params = {name: activation_qparams(Range(-3.0, 3.0)) for name in ("x", "y0")}
+    report = insert_qdq(model, plan, params)
+    unfused, kernels = find_unfused(model, plan, report)
+    assert unfused == {"up"} and "QLinearConv" not in kernels
+    # and the policy never plans it in the first place
+    _, static_report = quantize_static(to_ir(graph), [{"x": np.ones((1, 4, 8, 8), np.float32)}], Static())
+    assert "no int8 kernel" in static_report.skipped["up"]
