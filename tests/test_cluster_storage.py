@@ -71,12 +71,15 @@ def optimized_ops(model: ir.Model) -> collections.Counter:
 
 
 CASES = [  # (opset, bits, grouped, int8, packing, expected index format)
-    (13, 4, False, False, "auto", "planes"),
+    (13, 4, False, False, "auto", "lut"),
+    (13, 4, True, False, "auto", "planes"),
+    (17, 1, False, True, "auto", "lut"),
     (13, 3, True, True, "auto", "planes"),
     (17, 7, True, False, "auto", "planes"),
     (20, 8, False, True, "auto", "uint8"),
     (21, 4, True, False, "auto", "uint4"),
-    (21, 2, False, False, "auto", "planes"),
+    (21, 2, False, False, "auto", "lut"),
+    (21, 2, True, False, "bits", "planes"),
     (25, 2, True, True, "auto", "uint2"),
     (21, 4, False, False, "uint8", "uint8"),
     (21, 5, False, False, "bits", "planes"),
@@ -86,7 +89,7 @@ CASES = [  # (opset, bits, grouped, int8, packing, expected index format)
 @pytest.mark.parametrize("opset,bits,grouped,int8,packing,kind", CASES)
 def test_palettized_model_matches_dense_weights_exactly(opset, bits, grouped, int8, packing, kind):
     model = conv_matmul(opset)
-    assert storage.index_format(bits, opset, packing) == kind
+    assert storage.index_format(bits, opset, packing, grouped) == kind
     dense = palettize(model, bits, grouped, int8, packing)
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
     reference = conv_matmul(opset)

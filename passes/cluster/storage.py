@@ -2,14 +2,19 @@
 
 A palettized weight W (shape S, k = 2^bits entries per palette group) is stored as
 
-- its indices, packed to `bits` bits each, in one of two forms:
+- its indices, packed to `bits` bits each, in one of these forms:
   * native: an initializer of type UINT4 (bits 4, opset >= 21), UINT2 (bits 2,
     opset >= 25) or UINT8 (bits 8; also any bits when packing is "uint8"), with
     W's shape;
-  * bit planes: `bits` is split into planes of 4, 2 and 1 bits (7 = 4+2+1,
-    6 = 4+2, 5 = 4+1, 3 = 2+1; 4 or 2 alone where the opset lacks UINT4/UINT2),
-    each plane packed into bytes, first element in the high bits, and
-    `Unpack_<widths>(planes..., shape)` rebuilds int32 indices with BitShift,
+  * lut (one palette, bits 1, 2 or 4, where the opset lacks the native type):
+    bytes holding 8/bits indices each, first element in the high bits, and
+    `ExpandPacked<bits>(packed, palette, shape)` builds a [256, 8/bits] table of
+    palette values per byte value and gathers it by byte: twice as fast at
+    session start as unpacking bits (measured on an 11.7M-element tensor:
+    +0.26 s over a float initializer against +0.5 s);
+  * bit planes (the rest): `bits` is split into planes of 4, 2 and 1 bits
+    (7 = 4+2+1, 6 = 4+2, 5 = 4+1, 3 = 2+1), each packed into bytes like the above,
+    and `Unpack_<widths>(planes..., shape)` rebuilds int32 indices with BitShift,
     Slice, Cast, Mul, Add (opset >= 11);
 - the palette: a flat float tensor [groups * k]; per-channel palettes of float32
   weights as float16, widened by `WidenPalette` (a Cast; half the bytes, and the
@@ -17,7 +22,7 @@ A palettized weight W (shape S, k = 2^bits entries per palette group) is stored 
   with a float scale [groups, 1], made flat by `ScalePalette(q, scale)`
   (Cast + Mul + Reshape: no DequantizeLinear, so the float model is not mistaken
   for an already quantized one);
-- `Expand(indices, palette)`: Gather(palette, Cast<int32>(indices)), or
+- `Expand(indices, palette)` (all but lut): Gather(palette, Cast<int32>(indices)), or
   `ExpandGrouped(indices, palette, offsets)`, which first adds group x k to each
   index; `offsets` is int32 [C, 1, ...] broadcasting along the channel axis.
 
@@ -97,25 +102,27 @@ def unpack_plane(packed: np.ndarray, width: int, count: int) -> np.ndarray:
     return (left >> np.uint8(8 - width)).reshape(-1)[:count]
 
 
-def index_format(bits: int, opset: int, packing: str = "auto") -> str:
-    """How indices of `bits` bits are stored at `opset`: "uint8", "uint4", "uint2" or "planes"."""
+def index_format(bits: int, opset: int, packing: str = "auto", grouped: bool = False) -> str:
+    """How `bits`-bit indices are stored at `opset`: uint8, uint4, uint2, lut or planes."""
     if bits == 8 or packing == "uint8" or opset < MIN_BITSHIFT_OPSET:
         return "uint8"
     if packing == "auto" and bits in _NATIVE and opset >= _NATIVE[bits][0]:
         return f"uint{bits}"
+    if packing == "auto" and bits in (1, 2, 4) and not grouped:
+        return "lut"
     return "planes"
 
 
 def stored_bytes(p: Palettized, opset: int, packing: str = "auto") -> int:
     """Bytes the stored form of `p` takes (indices, palette, scale, offsets)."""
     n = int(np.prod(p.shape))
-    kind = index_format(p.bits, opset, packing)
+    kind = index_format(p.bits, opset, packing, p.groups > 1)
     if kind == "uint8":
         size = n
     elif kind in ("uint4", "uint2"):
         size = -(-n * p.bits // 8)
     else:
-        size = sum(-(-n * w // 8) for w in plane_widths(p.bits))
+        size = sum(-(-n * w // 8) for w in plane_widths(p.bits)) + 8 * len(p.shape)
     size += p.palette.size * p.palette.dtype.itemsize
     if p.scale is not None:
         size += p.scale.size * 4
@@ -130,8 +137,16 @@ def write(
     """Replace the initializer `weight` by the expansion of `p`; returns the value now named so."""
     opset = default_opset(model)
     name = weight.name or "weight"
-    kind = index_format(p.bits, opset, packing)
+    kind = index_format(p.bits, opset, packing, p.groups > 1)
     nodes: list[ir.Node] = []
+    palette = _palette_value(graph, name, p, nodes)
+    if kind == "lut":
+        packed = _initializer(graph, f"{name}.indices{p.bits}b", pack_plane(p.indices, p.bits))
+        shape = _initializer(graph, f"{name}.shape", np.array(p.shape, np.int64))
+        expand = ir.node(
+            f"ExpandPacked{p.bits}", [packed, palette, shape], domain=DOMAIN, name=f"palette/{name}"
+        )
+        return _finish_write(graph, model, weight, expand, nodes, p, opset)
     if kind == "planes":
         planes, widths = [], plane_widths(p.bits)
         remaining = p.bits
@@ -153,38 +168,49 @@ def write(
     else:
         _, dtype, np_type = _NATIVE[p.bits]
         indices = _initializer(graph, f"{name}.indices", p.indices.astype(np_type), dtype=dtype)
+    inputs = [indices, palette]
+    if p.groups > 1:
+        offsets = group_offsets(p.shape, p.axis, p.group_size, p.k).astype(np.int32)
+        inputs.append(_initializer(graph, f"{name}.offsets", offsets))
+    op_type = "ExpandGrouped" if p.groups > 1 else "Expand"
+    expand = ir.node(op_type, inputs, domain=DOMAIN, name=f"palette/{name}")
+    return _finish_write(graph, model, weight, expand, nodes, p, opset)
+
+
+def _palette_value(graph: ir.Graph, name: str, p: Palettized, nodes: list[ir.Node]) -> ir.Value:
+    """The flat palette: an initializer, or ScalePalette / WidenPalette of one (put in `nodes`)."""
     if p.scale is not None:
         q = _initializer(graph, f"{name}.palette_q", np.ascontiguousarray(p.palette))
         scale = _initializer(
             graph, f"{name}.palette_scale", p.scale.astype(np.float32).reshape(-1, 1)
         )
-        scaled = ir.node("ScalePalette", [q, scale], domain=DOMAIN, name=f"scale/{name}")
-        scaled.outputs[0].dtype = ir.DataType.FLOAT
-        scaled.outputs[0].shape = ir.Shape([p.palette.size])
-        scaled.outputs[0].name = _fresh(graph, f"{name}.palette")
-        nodes.append(scaled)
-        palette = scaled.outputs[0]
+        helper = ir.node("ScalePalette", [q, scale], domain=DOMAIN, name=f"scale/{name}")
     elif p.palette.dtype == np.float16 and p.dtype == np.float32:
         narrow = _initializer(
             graph, f"{name}.palette16", np.ascontiguousarray(p.palette.reshape(-1))
         )
-        widen = ir.node("WidenPalette", [narrow], domain=DOMAIN, name=f"widen/{name}")
-        widen.outputs[0].dtype = ir.DataType.FLOAT
-        widen.outputs[0].shape = ir.Shape([p.palette.size])
-        widen.outputs[0].name = _fresh(graph, f"{name}.palette")
-        nodes.append(widen)
-        palette = widen.outputs[0]
+        helper = ir.node("WidenPalette", [narrow], domain=DOMAIN, name=f"widen/{name}")
     else:
-        palette = _initializer(
-            graph, f"{name}.palette", np.ascontiguousarray(p.palette.reshape(-1).astype(p.dtype))
-        )
-    inputs = [indices, palette]
-    if p.groups > 1:
-        offsets = group_offsets(p.shape, p.axis, p.group_size, p.k).astype(np.int32)
-        inputs.append(_initializer(graph, f"{name}.offsets", offsets))
-    expand = ir.node(
-        "ExpandGrouped" if p.groups > 1 else "Expand", inputs, domain=DOMAIN, name=f"palette/{name}"
-    )
+        flat = np.ascontiguousarray(p.palette.reshape(-1).astype(p.dtype))
+        return _initializer(graph, f"{name}.palette", flat)
+    helper.outputs[0].dtype = ir.DataType.FLOAT
+    helper.outputs[0].shape = ir.Shape([p.palette.size])
+    helper.outputs[0].name = _fresh(graph, f"{name}.palette")
+    nodes.append(helper)
+    return helper.outputs[0]
+
+
+def _finish_write(
+    graph: ir.Graph,
+    model: ir.Model,
+    weight: ir.Value,
+    expand: ir.Node,
+    nodes: list[ir.Node],
+    p: Palettized,
+    opset: int,
+) -> ir.Value:
+    """Put `nodes` + `expand` in front of the graph and hand `weight`'s readers and name over."""
+    name = weight.name or "weight"
     nodes.append(expand)
     out = expand.outputs[0]
     out.dtype = weight.dtype
@@ -206,12 +232,27 @@ def default_opset(model: ir.Model) -> int:
 def expansion_nodes(model: ir.Model) -> list[ir.Node]:
     """The Expand/ExpandGrouped nodes of the main graph."""
     return [
-        n for n in model.graph if n.domain == DOMAIN and n.op_type in ("Expand", "ExpandGrouped")
+        n
+        for n in model.graph
+        if n.domain == DOMAIN
+        and (n.op_type in ("Expand", "ExpandGrouped") or n.op_type.startswith("ExpandPacked"))
     ]
 
 
 def read(node: ir.Node) -> np.ndarray | None:
-    """The dense tensor an Expand/ExpandGrouped node makes; None if an input is not constant."""
+    """The dense tensor an Expand* node makes; None if an input is not constant."""
+    if node.op_type.startswith("ExpandPacked"):
+        packed, palette, shape = (
+            _const(node.inputs[0]),
+            _palette_array(node.inputs[1]),
+            _const(node.inputs[2]),
+        )
+        if packed is None or palette is None or shape is None:
+            return None
+        dims = tuple(int(d) for d in shape)
+        width = int(node.op_type[len("ExpandPacked") :])
+        index = unpack_plane(packed, width, int(np.prod(dims))).astype(np.int64)
+        return palette.reshape(-1)[index].reshape(dims)
     indices = _index_array(node.inputs[0])
     palette = _palette_array(node.inputs[1])
     if indices is None or palette is None:
@@ -441,6 +482,14 @@ def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
         function = _function(op_type, ["indices", "palette", "offsets"], _expand_body, opset)
     elif op_type == "ScalePalette":
         function = _function(op_type, ["q", "scale"], _scale_body, opset)
+    elif op_type.startswith("ExpandPacked"):
+        width = int(op_type[len("ExpandPacked") :])
+        function = _function(
+            op_type,
+            ["packed", "palette", "shape"],
+            lambda op, const, inputs: _lut_body(op, const, inputs, width),
+            opset,
+        )
     elif op_type == "WidenPalette":
         function = _function(
             op_type,
@@ -490,6 +539,33 @@ def _expand_body(op, const, inputs: list[ir.Value]) -> ir.Value:
 def _scale_body(op, const, inputs: list[ir.Value]) -> ir.Value:
     values = op("Mul", [op("Cast", [inputs[0]], to=ir.DataType.FLOAT), inputs[1]])
     return op("Reshape", [values, const(np.array([-1], np.int64))])
+
+
+def _lut_body(op, const, inputs: list[ir.Value], width: int) -> ir.Value:
+    """Packed bytes straight to values: a [256, 8/width] table of palette values per byte value
+    (built from the palette by Range/Div/Mod/Gather), gathered by byte. About twice as fast
+    at session start as unpacking bits with BitShift, then gathering."""
+    packed, palette, shape = inputs
+    per_byte = 8 // width
+    byte_values = op(
+        "Range",
+        [
+            const(np.array(0, np.int32)),
+            const(np.array(256, np.int32)),
+            const(np.array(1, np.int32)),
+        ],
+    )
+    column = op("Reshape", [byte_values, const(np.array([-1, 1], np.int64))])
+    divisors = (2 ** (8 - width * (np.arange(per_byte) + 1))).astype(np.int32)
+    fields = op(
+        "Mod", [op("Div", [column, const(divisors)]), const(np.array(1 << width, np.int32))]
+    )
+    table = op("Gather", [palette, fields], axis=0)  # [256, per_byte]
+    values = op("Gather", [table, op("Cast", [packed], to=ir.DataType.INT32)], axis=0)
+    flat = op("Reshape", [values, const(np.array([-1], np.int64))])
+    count = op("ReduceProd", [shape], keepdims=1)
+    cut = op("Slice", [flat, const(np.array([0], np.int64)), count])
+    return op("Reshape", [cut, shape])
 
 
 def _unpack_body(op, const, inputs: list[ir.Value], widths: tuple[int, ...]) -> ir.Value:
