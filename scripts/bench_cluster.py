@@ -3,6 +3,7 @@
     python scripts/bench_cluster.py               # every models/<name> with calib + eval data
     python scripts/bench_cluster.py --models digits_cnn --bits 2,4,8 --runs 50
     python scripts/bench_cluster.py --devmodels   # also the ~/.cache/devmodels corpus (4 bits)
+    python scripts/bench_cluster.py --devmodels --devmodels-per-channel  # and per-channel palettes
 
 Per example model (models/<name>.onnx with <name>.calib.npz and <name>.eval.npz):
   float                 the model as given;
@@ -287,7 +288,7 @@ def print_examples(rows: list[dict[str, Any]]) -> None:
 # --- the corpus ---------------------------------------------------------------------------------
 
 
-def bench_devmodel(entry: dict[str, Any], bits: int, runs: int) -> dict[str, Any]:
+def bench_devmodel(entry: dict[str, Any], bits: int, runs: int, **options: Any) -> dict[str, Any]:
     from onnxslim.passes.cluster.run import cluster_model
 
     from onnxslim import api, io
@@ -300,23 +301,30 @@ def bench_devmodel(entry: dict[str, Any], bits: int, runs: int) -> dict[str, Any
     model = io.load(DEVMODELS / f"{model_id}.onnx")
     feeds = make_feeds(model_id, 4, seed=1)
     t = time.perf_counter()
-    result = cluster_model(model, bits=bits, validate_result=False)
+    result = cluster_model(model, bits=bits, validate_result=False, **options)
     seconds = time.perf_counter() - t
     original, clustered = to_bytes(model), to_bytes(result.model)
-    ref = run_outputs(original, feeds)
-    got = run_outputs(clustered, feeds)
+    names = [o.name for o in session(original).get_outputs()]
+    ref_session, got_session = session(original), session(clustered)
+    ref = [ref_session.run(names, f) for f in feeds]  # per feed: shapes may differ between feeds
+    got = [got_session.run(names, f) for f in feeds]
     parity = []
-    for name, a, b in zip([o.name for o in session(original).get_outputs()], ref, got, strict=True):
-        if a.dtype.kind != "f":
-            parity.append(f"{name}: {'exact' if np.array_equal(a, b) else 'DIFFERS'}")
+    for i, name in enumerate(names):
+        a_list, b_list = [r[i] for r in ref], [g[i] for g in got]
+        if a_list[0].dtype.kind != "f":
+            same = all(np.array_equal(a, b) for a, b in zip(a_list, b_list, strict=True))
+            parity.append(f"{name}: {'exact' if same else 'DIFFERS'}")
             continue
-        x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        x = np.concatenate([a.astype(np.float64).ravel() for a in a_list])
+        y = np.concatenate([b.astype(np.float64).ravel() for b in b_list])
         cosine = float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30))
         text = f"{name}: cos {cosine:.4f}"
-        if a.ndim >= 2 and a.shape[-1] > 1:
-            width = a.shape[-1]
-            top1 = np.mean(a.reshape(-1, width).argmax(-1) == b.reshape(-1, width).argmax(-1))
-            text += f", top-1 {top1:.3f}"
+        if a_list[0].ndim >= 2 and a_list[0].shape[-1] > 1:
+            hits = [
+                a.reshape(-1, a.shape[-1]).argmax(-1) == b.reshape(-1, b.shape[-1]).argmax(-1)
+                for a, b in zip(a_list, b_list, strict=True)
+            ]
+            text += f", top-1 {np.mean(np.concatenate(hits)):.3f}"
         parity.append(text)
     times = time_interleaved({"float": original, "candidate": clustered}, feeds[0], runs)
     reasons = Counter(
@@ -383,6 +391,11 @@ def main() -> int:
         "--only-devmodels", default=None, help="Comma-separated corpus ids (implies --devmodels)."
     )
     parser.add_argument("--skip-examples", action="store_true", help="Only the corpus.")
+    parser.add_argument(
+        "--devmodels-per-channel",
+        action="store_true",
+        help="Also cluster the corpus with one palette per output channel.",
+    )
     parser.add_argument("--json", default=None, help="Also write every row to this JSON file.")
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
@@ -417,21 +430,35 @@ def main() -> int:
                     if (DEVMODELS / f"{m['id']}.onnx").is_file()
                     and (wanted is None or m["id"] in wanted)
                 ]
-                print(
-                    "\n## devmodels, 4 bits, one palette per tensor, no calibration "
-                    "(parity on generated feeds)"
-                )
-                print(
-                    "| model | raw before | raw after | ratio | weights | n | session start ms "
-                    "| lat | ORT graph | chk | time s "
-                    "| parity per output | not clustered |"
-                )
-                print("|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---|---|")
-                for entry in entries:
-                    row = bench_devmodel(entry, 4, max(5, args.runs // 3))
-                    print_devmodel(row)
-                    report["devmodels"].append(row)
-                    sys.stdout.flush()
+                layouts = {
+                    "one palette per tensor": {},
+                    "one palette per output channel (float16 palettes)": {
+                        "granularity": "per-channel-group",
+                        "group_size": 1,
+                    },
+                }
+                for title, options in layouts.items():
+                    if (
+                        title.startswith("one palette per output")
+                        and not args.devmodels_per_channel
+                    ):
+                        continue
+                    print(
+                        f"\n## devmodels, 4 bits, {title}, no calibration "
+                        "(parity on generated feeds)"
+                    )
+                    print(
+                        "| model | raw before | raw after | ratio | weights | n | session start ms "
+                        "| lat | ORT graph | chk | time s "
+                        "| parity per output | not clustered |"
+                    )
+                    print("|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---|---|")
+                    for entry in entries:
+                        row = bench_devmodel(entry, 4, max(5, args.runs // 3), **options)
+                        row["layout"] = title
+                        print_devmodel(row)
+                        report["devmodels"].append(row)
+                        sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(
             json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8"
