@@ -181,6 +181,16 @@ class ClusterWeights(ir.passes.InPlacePass):
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
             )
         opset = palette_storage.default_opset(model)
+        if (
+            opset < palette_storage.MIN_BITSHIFT_OPSET
+            and self.bits < 8
+            and self.storage == "palette"
+        ):
+            notes.append(
+                f"opset {opset}: indices stored one per byte (packing {self.bits}-bit indices "
+                f"needs opset {palette_storage.MIN_BITSHIFT_OPSET}; "
+                "`onnxslim export --opset 13` converts)"
+            )
         arrays = {w.name: w for w in weights}
         for name, p in list(palettes.items()):
             p = palettes[name] = self._narrow(p)
