@@ -263,7 +263,7 @@ def test_cli_missed_target_writes_model_and_table_and_exits_1(tmp_path: Path, mo
 
     monkeypatch.setattr(sensitivity, "top1_metric", harsh)
     code = main(["quantize", str(model_path), "-o", str(out), "--calib", str(tmp_path / "calib.npz"),
-                 "--eval", str(tmp_path / "eval.npz"), "--max-drop", "0.01", "--max-samples", "16", "--no-verify"])
+                 "--eval", str(tmp_path / "eval.npz"), "--max-drop", "0.01", "--max-samples", "16", "--no-verify", "--no-latency-guard"])
     assert code == 1
     assert out.is_file()
     table = json.loads((tmp_path / "int8.onnx.sensitivity.json").read_text())
