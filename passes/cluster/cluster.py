@@ -189,7 +189,7 @@ class ClusterWeights(ir.passes.InPlacePass):
             notes.append(
                 f"opset {opset}: indices stored one per byte (packing {self.bits}-bit indices "
                 f"needs opset {palette_storage.MIN_BITSHIFT_OPSET}; "
-                "`onnxslim export --opset 13` converts)"
+                "`onnxslim export --opset 18` converts)"
             )
         arrays = {w.name: w for w in weights}
         for name, p in list(palettes.items()):
