@@ -26,7 +26,9 @@ def cnn(seed: int = 0, channels: int = 16) -> ir.Model:
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+        helper.make_node(
+            "MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"
+        ),
         helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
@@ -34,16 +36,24 @@ def cnn(seed: int = 0, channels: int = 16) -> ir.Model:
         helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-        initializer=[_init(w1, "w1"), _init(rng.standard_normal(channels).astype(np.float32) * 0.1, "b1"),
-                     _init(w2, "w2"), _init(rng.standard_normal(2 * channels).astype(np.float32) * 0.1, "b2"),
-                     _init(w3, "w3"), _init(rng.standard_normal(10).astype(np.float32) * 0.1, "b3")])
+        initializer=[
+            _init(w1, "w1"),
+            _init(rng.standard_normal(channels).astype(np.float32) * 0.1, "b1"),
+            _init(w2, "w2"),
+            _init(rng.standard_normal(2 * channels).astype(np.float32) * 0.1, "b2"),
+            _init(w3, "w3"),
+            _init(rng.standard_normal(10).astype(np.float32) * 0.1, "b3"),
+        ],
+    )
     return to_ir(graph)
 
 
 def mlp(seed: int = 0, hidden: int = 256, features: int = 64, classes: int = 10) -> ir.Model:
-    """x[N,T,F] -> MatMul+Add -> Relu -> MatMul+Add -> y: weight-dominated, free batch and length."""
+    """x[N,T,F] -> MatMul+Add -> Relu -> MatMul+Add -> y: weight-dominated, free N and T."""
     rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h0"], name="mm1"),
@@ -53,12 +63,22 @@ def mlp(seed: int = 0, hidden: int = 256, features: int = 64, classes: int = 10)
         helper.make_node("Add", ["h3", "b2"], ["y"], name="add2"),
     ]
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", features])],
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", classes])],
-        initializer=[_init((rng.standard_normal((features, hidden)) / np.sqrt(features)).astype(np.float32), "w1"),
-                     _init(rng.standard_normal(hidden).astype(np.float32) * 0.1, "b1"),
-                     _init((rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32), "w2"),
-                     _init(rng.standard_normal(classes).astype(np.float32) * 0.1, "b2")])
+        initializer=[
+            _init(
+                (rng.standard_normal((features, hidden)) / np.sqrt(features)).astype(np.float32),
+                "w1",
+            ),
+            _init(rng.standard_normal(hidden).astype(np.float32) * 0.1, "b1"),
+            _init(
+                (rng.standard_normal((hidden, classes)) / np.sqrt(hidden)).astype(np.float32), "w2"
+            ),
+            _init(rng.standard_normal(classes).astype(np.float32) * 0.1, "b2"),
+        ],
+    )
     return to_ir(graph)
 
 
@@ -66,26 +86,50 @@ def conv_in_if(seed: int = 0) -> ir.Model:
     """If(flag): then = Conv+Relu+Conv (weights inside the branch), else = Identity."""
     rng = np.random.default_rng(seed)
     then_graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "tw1"], ["t1"], pads=[1, 1, 1, 1], name="then_conv1"),
-         helper.make_node("Relu", ["t1"], ["t2"], name="then_relu"),
-         helper.make_node("Conv", ["t2", "tw2"], ["then_out"], pads=[1, 1, 1, 1], name="then_conv2")],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)],
-        initializer=[_init((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "tw1"),
-                     _init((rng.standard_normal((3, 8, 3, 3)) * 0.2).astype(np.float32), "tw2")])
-    else_graph = helper.make_graph([helper.make_node("Identity", ["x"], ["else_out"])], "else", [],
-                                   [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+        [
+            helper.make_node("Conv", ["x", "tw1"], ["t1"], pads=[1, 1, 1, 1], name="then_conv1"),
+            helper.make_node("Relu", ["t1"], ["t2"], name="then_relu"),
+            helper.make_node(
+                "Conv", ["t2", "tw2"], ["then_out"], pads=[1, 1, 1, 1], name="then_conv2"
+            ),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)],
+        initializer=[
+            _init((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "tw1"),
+            _init((rng.standard_normal((3, 8, 3, 3)) * 0.2).astype(np.float32), "tw2"),
+        ],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["else_out"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)],
+    )
     graph = helper.make_graph(
-        [helper.make_node("If", ["flag"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch")],
-        "cond", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
-                 helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        [
+            helper.make_node(
+                "If", ["flag"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch"
+            )
+        ],
+        "cond",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
     return to_ir(graph)
 
 
 def masked_attention(seed: int = 0, dim: int = 32) -> ir.Model:
     """q = x Wq, k = x Wk, scores = q k^T / c + mask (finfo.min on padding), Softmax, @ v, Wo."""
     rng = np.random.default_rng(seed)
-    weights = {n: (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32) for n in ("wq", "wk", "wv", "wo")}
+    weights = {
+        n: (rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32)
+        for n in ("wq", "wk", "wv", "wo")
+    }
     nodes = [
         helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
         helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
@@ -102,12 +146,21 @@ def masked_attention(seed: int = 0, dim: int = 32) -> ir.Model:
         helper.make_node("MatMul", ["ctx", "wo"], ["y"], name="o_proj"),
     ]
     graph = helper.make_graph(
-        nodes, "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", dim]),
-                        helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "T"])],
+        nodes,
+        "attn",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T", dim]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", "T"]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", dim])],
-        initializer=[_init(w, n) for n, w in weights.items()] + [
-            _init(np.float32(np.sqrt(dim)), "scale"), _init(np.float32(1.0), "one"),
-            _init(np.finfo(np.float32).min, "neg"), _init(np.array([1], np.int64), "axis1")])
+        initializer=[_init(w, n) for n, w in weights.items()]
+        + [
+            _init(np.float32(np.sqrt(dim)), "scale"),
+            _init(np.float32(1.0), "one"),
+            _init(np.finfo(np.float32).min, "neg"),
+            _init(np.array([1], np.int64), "axis1"),
+        ],
+    )
     return to_ir(graph)
 
 
@@ -117,14 +170,25 @@ def lstm_model(seed: int = 0, hidden: int = 32, features: int = 16) -> ir.Model:
     r = (rng.standard_normal((1, 4 * hidden, hidden)) * 0.2).astype(np.float32)
     b = (rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("LSTM", ["x", "w", "r", "b"], ["y", "yh"], hidden_size=hidden, name="lstm")],
-        "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("yh", TensorProto.FLOAT, None)],
-        initializer=[_init(w, "w"), _init(r, "r"), _init(b, "b")])
+        [
+            helper.make_node(
+                "LSTM", ["x", "w", "r", "b"], ["y", "yh"], hidden_size=hidden, name="lstm"
+            )
+        ],
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", features])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("yh", TensorProto.FLOAT, None),
+        ],
+        initializer=[_init(w, "w"), _init(r, "r"), _init(b, "b")],
+    )
     return to_ir(graph)
 
 
-def feeds_for(model: ir.Model, count: int, seed: int = 0, **shapes: tuple[int, ...]) -> list[dict[str, np.ndarray]]:
+def feeds_for(
+    model: ir.Model, count: int, seed: int = 0, **shapes: tuple[int, ...]
+) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     result = []
     for _ in range(count):
@@ -133,7 +197,9 @@ def feeds_for(model: ir.Model, count: int, seed: int = 0, **shapes: tuple[int, .
             if value.dtype == ir.DataType.BOOL:
                 feed[value.name] = np.array(True)
                 continue
-            shape = shapes.get(value.name) or tuple(d if isinstance(d, int) else 2 for d in value.shape)
+            shape = shapes.get(value.name) or tuple(
+                d if isinstance(d, int) else 2 for d in value.shape
+            )
             feed[value.name] = rng.standard_normal(shape).astype(np.float32)
         result.append(feed)
     return result
@@ -143,19 +209,30 @@ def matmul_in_loop(seed: int = 0, dim: int = 32, trips: int = 3) -> ir.Model:
     """Loop of `trips` steps over s = tanh(s @ W) with W a constant inside the body."""
     rng = np.random.default_rng(seed)
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["s_in", "w"], ["h"], name="body_matmul"),
-         helper.make_node("Tanh", ["h"], ["s_out"], name="body_tanh"),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")],
+        [
+            helper.make_node("MatMul", ["s_in", "w"], ["h"], name="body_matmul"),
+            helper.make_node("Tanh", ["h"], ["s_out"], name="body_tanh"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", dim])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", dim])],
-        initializer=[_init((rng.standard_normal((dim, dim)) / np.sqrt(dim) * 1.5).astype(np.float32), "w")])
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", dim]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", dim]),
+        ],
+        initializer=[
+            _init((rng.standard_normal((dim, dim)) / np.sqrt(dim) * 1.5).astype(np.float32), "w")
+        ],
+    )
     graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body, name="loop")], "looped",
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body, name="loop")],
+        "looped",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dim])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])],
-        initializer=[_init(np.int64(trips), "trips")])
+        initializer=[_init(np.int64(trips), "trips")],
+    )
     return to_ir(graph)

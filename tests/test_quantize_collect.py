@@ -9,9 +9,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxslim.passes.quantize.collect import (
+    CollectConfig,
+    collect_stats,
+    float_values,
+    stream_tensors,
+)
 
 from onnxslim.errors import DataError
-from onnxslim.passes.quantize.collect import CollectConfig, collect_stats, float_values, stream_tensors
 
 
 def _model(graph, opset=17) -> ir.Model:
@@ -28,69 +33,112 @@ def chain_model() -> ir.Model:
         helper.make_node("Add", ["r", "one"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1.0), "one")])
+        initializer=[
+            numpy_helper.from_array(np.float32(2.0), "two"),
+            numpy_helper.from_array(np.float32(1.0), "one"),
+        ],
+    )
     return _model(graph)
 
 
 def control_flow_model() -> ir.Model:
-    """If (on sum(x) > 0) whose then-branch holds t = x * 3; a Loop of 3 steps doing s = s * 0.5 + x."""
+    """If (sum(x) > 0) whose then-branch holds t = x * 3; a 3-step Loop of s = s * 0.5 + x."""
     then_graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "three"], ["t"]), helper.make_node("Neg", ["t"], ["then_out"])],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(np.float32(3.0), "three")])
+        [
+            helper.make_node("Mul", ["x", "three"], ["t"]),
+            helper.make_node("Neg", ["t"], ["then_out"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.float32(3.0), "three")],
+    )
     else_graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["else_out"])], "else", [],
-        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+        [helper.make_node("Identity", ["x"], ["else_out"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)],
+    )
     body = helper.make_graph(
-        [helper.make_node("Mul", ["s_in", "half"], ["scaled"]),
-         helper.make_node("Add", ["scaled", "x"], ["s_out"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        [
+            helper.make_node("Mul", ["s_in", "half"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "x"], ["s_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("s_out", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(np.float32(0.5), "half")])
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("s_out", TensorProto.FLOAT, None),
+        ],
+        initializer=[numpy_helper.from_array(np.float32(0.5), "half")],
+    )
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
         helper.make_node("Greater", ["total", "zero"], ["positive"]),
-        helper.make_node("If", ["positive"], ["branch"], then_branch=then_graph, else_branch=else_graph),
+        helper.make_node(
+            "If", ["positive"], ["branch"], then_branch=then_graph, else_branch=else_graph
+        ),
         helper.make_node("Loop", ["trips", "true", "x"], ["looped"], body=body),
         helper.make_node("Add", ["branch", "looped"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "cf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        nodes,
+        "cf",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(np.float32(0.0), "zero"), numpy_helper.from_array(np.int64(3), "trips"),
-                     numpy_helper.from_array(np.bool_(True), "true")])
+        initializer=[
+            numpy_helper.from_array(np.float32(0.0), "zero"),
+            numpy_helper.from_array(np.int64(3), "trips"),
+            numpy_helper.from_array(np.bool_(True), "true"),
+        ],
+    )
     return _model(graph)
 
 
 def scan_model() -> ir.Model:
     """Scan over rows of x: acc = acc + row * 2 (inner value `doubled`)."""
     body = helper.make_graph(
-        [helper.make_node("Mul", ["row", "two"], ["doubled"]), helper.make_node("Add", ["acc_in", "doubled"], ["acc_out"])],
+        [
+            helper.make_node("Mul", ["row", "two"], ["doubled"]),
+            helper.make_node("Add", ["acc_in", "doubled"], ["acc_out"]),
+        ],
         "scan_body",
-        [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [4]), helper.make_tensor_value_info("row", TensorProto.FLOAT, [4])],
+        [
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("row", TensorProto.FLOAT, [4]),
+        ],
         [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [4])],
-        initializer=[numpy_helper.from_array(np.float32(2.0), "two")])
+        initializer=[numpy_helper.from_array(np.float32(2.0), "two")],
+    )
     graph = helper.make_graph(
-        [helper.make_node("Scan", ["init", "x"], ["y"], body=body, num_scan_inputs=1)], "scan",
+        [helper.make_node("Scan", ["init", "x"], ["y"], body=body, num_scan_inputs=1)],
+        "scan",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-        initializer=[numpy_helper.from_array(np.zeros(4, np.float32), "init")])
+        initializer=[numpy_helper.from_array(np.zeros(4, np.float32), "init")],
+    )
     return _model(graph)
 
 
 def test_main_graph_values_and_inputs_are_collected_per_feed():
     model = chain_model()
     rng = np.random.default_rng(0)
-    feeds = [{"x": rng.standard_normal((n, 4)).astype(np.float32)} for n in (1, 3, 2)]  # different shapes
+    feeds = [
+        {"x": rng.standard_normal((n, 4)).astype(np.float32)} for n in (1, 3, 2)
+    ]  # different shapes
     seen: list[tuple[int, dict[str, np.ndarray]]] = []
-    count = stream_tensors(model, feeds, ["x", "h", "r", "y"], lambda i, arrays: seen.append((i, arrays)))
+    count = stream_tensors(
+        model, feeds, ["x", "h", "r", "y"], lambda i, arrays: seen.append((i, arrays))
+    )
     assert count == 3
     merged: dict[int, dict[str, np.ndarray]] = {}
     for i, arrays in seen:
@@ -108,8 +156,12 @@ def test_stats_over_groups_equal_single_pass_and_one_shot_iterators_work():
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.standard_normal((2, 4)).astype(np.float32)} for _ in range(5)]
     one, n1 = collect_stats(model, feeds, ["h", "r", "y"])
-    grouped, n2 = collect_stats(model, feeds, ["h", "r", "y"], config=CollectConfig(max_group_bytes=1))
-    one_shot, n3 = collect_stats(model, iter(feeds), ["h", "r", "y"], config=CollectConfig(max_group_bytes=1))
+    grouped, n2 = collect_stats(
+        model, feeds, ["h", "r", "y"], config=CollectConfig(max_group_bytes=1)
+    )
+    one_shot, n3 = collect_stats(
+        model, iter(feeds), ["h", "r", "y"], config=CollectConfig(max_group_bytes=1)
+    )
     assert n1 == n2 == n3 == 5
     for name in ("h", "r", "y"):
         for other in (grouped, one_shot):
@@ -124,14 +176,18 @@ def test_if_loop_bodies_are_threaded_out():
     assert {"t", "then_out", "scaled", "s_out", "s_in"} <= set(names)
     x_pos = np.array([[1.0, 2.0, -0.5, 0.25]], np.float32)
     x_neg = -x_pos
-    stats, count = collect_stats(model, [{"x": x_pos}, {"x": x_neg}], ["t", "scaled", "s_out", "y"], histogram=False)
+    stats, count = collect_stats(
+        model, [{"x": x_pos}, {"x": x_neg}], ["t", "scaled", "s_out", "y"], histogram=False
+    )
     assert count == 2
     # t exists only where the then-branch ran (x_pos): 3 * x_pos.
     assert stats["t"].min == pytest.approx(-1.5) and stats["t"].max == pytest.approx(6.0)
     assert stats["t"].count == 4
     # scaled = s * 0.5 over 3 iterations per feed: s0 = x, s1 = 1.5x, s2 = 1.75x.
     expected = np.concatenate([x * k for x in (x_pos, x_neg) for k in (0.5, 0.75, 0.875)])
-    assert stats["scaled"].min == pytest.approx(expected.min()) and stats["scaled"].max == pytest.approx(expected.max())
+    assert stats["scaled"].min == pytest.approx(expected.min()) and stats[
+        "scaled"
+    ].max == pytest.approx(expected.max())
     assert stats["scaled"].count == expected.size
 
 
@@ -139,7 +195,11 @@ def test_scan_body_values_are_threaded_out():
     model = scan_model()
     x = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
     stats, _ = collect_stats(model, [{"x": x}], ["doubled", "acc_out"], histogram=False)
-    assert stats["doubled"].min == -10.0 and stats["doubled"].max == 12.0 and stats["doubled"].count == 12
+    assert (
+        stats["doubled"].min == -10.0
+        and stats["doubled"].max == 12.0
+        and stats["doubled"].count == 12
+    )
     acc = np.cumsum(x * 2, axis=0)
     assert stats["acc_out"].min == acc.min() and stats["acc_out"].max == acc.max()
 
@@ -149,7 +209,9 @@ def test_progress_is_reported_and_no_file_is_written(tmp_path: Path, monkeypatch
     model = control_flow_model()
     calls = []
     feeds = [{"x": np.ones((1, 4), np.float32) * k} for k in range(4)]
-    collect_stats(model, feeds, ["t", "scaled"], progress=lambda done, total: calls.append((done, total)))
+    collect_stats(
+        model, feeds, ["t", "scaled"], progress=lambda done, total: calls.append((done, total))
+    )
     assert calls[-1] == (4, 4)
     assert os.listdir(tmp_path) == []
 

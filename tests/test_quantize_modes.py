@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnxslim.passes.quantize.dynamic import QuantizeDynamic
+from onnxslim.passes.quantize.policy import detect_target, resolve_target
+from onnxslim.passes.quantize.weight_only import QuantizeWeightOnly
+from quantize_fixtures import cnn, feeds_for, lstm_model, mlp
 
 from onnxslim import api, io
 from onnxslim.cli import main
 from onnxslim.graphs import iter_nodes, tensor_bytes
-from onnxslim.passes.quantize.dynamic import QuantizeDynamic
-from onnxslim.passes.quantize.policy import detect_target, resolve_target
-from onnxslim.passes.quantize.weight_only import QuantizeWeightOnly
 from onnxslim.runtime import Session
-from quantize_fixtures import cnn, feeds_for, lstm_model, mlp
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -55,7 +55,9 @@ def test_dynamic_lstm_and_gemm():
     classifier = cnn()
     quantized = classifier.clone()
     QuantizeDynamic()(quantized)
-    assert "DynamicQuantizeMatMul" in ops(quantized) and "Conv" in ops(quantized)  # Conv stays float
+    assert "DynamicQuantizeMatMul" in ops(quantized) and "Conv" in ops(
+        quantized
+    )  # Conv stays float
     assert parity(classifier, quantized, feeds_for(classifier, 2)) > 0.999
 
 
@@ -75,7 +77,10 @@ def test_targets_follow_cpu_flags():
     assert detect_target({"avx2", "fma"}, "x86_64") == "x86-avx2"
     assert detect_target({"avx2", "avx512_vnni"}, "x86_64") == "x86-vnni"
     assert detect_target(set(), "aarch64") == "arm64"
-    assert resolve_target("x86-avx2").reduce_range and resolve_target("x86-avx2").activation_type == "uint8"
+    assert (
+        resolve_target("x86-avx2").reduce_range
+        and resolve_target("x86-avx2").activation_type == "uint8"
+    )
     assert resolve_target("arm64").activation_type == "int8"
     assert resolve_target("auto").name in ("x86-avx2", "x86-vnni", "arm64")
 
@@ -94,8 +99,20 @@ def test_cli_static_end_to_end_with_labels(tmp_path, capsys):
     np.savez(tmp_path / "calib.npz", x=x[:16])
     np.savez(tmp_path / "eval.npz", x=x[16:], labels=labels[16:])
     out = tmp_path / "cnn.int8.onnx"
-    code = main(["quantize", str(path), "-o", str(out), "--calib", str(tmp_path / "calib.npz"),
-                 "--data", str(tmp_path / "eval.npz"), "--no-latency-guard", "--json"])
+    code = main(
+        [
+            "quantize",
+            str(path),
+            "-o",
+            str(out),
+            "--calib",
+            str(tmp_path / "calib.npz"),
+            "--data",
+            str(tmp_path / "eval.npz"),
+            "--no-latency-guard",
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["report"]["int8_kernels"]["QLinearConv"] == 2
@@ -110,16 +127,24 @@ def test_cli_refuses_quantized_model_and_bad_usage(tmp_path, capsys):
     path = _write(model, tmp_path / "mlp.onnx")
     out = tmp_path / "mlp.dyn.onnx"
     assert main(["quantize", str(path), "-o", str(out), "--mode", "dynamic", "--no-verify"]) == 0
-    assert main(["quantize", str(out), "-o", str(tmp_path / "again.onnx"), "--mode", "dynamic"]) == 2
+    assert (
+        main(["quantize", str(out), "-o", str(tmp_path / "again.onnx"), "--mode", "dynamic"]) == 2
+    )
     assert "already quantized" in capsys.readouterr().err
-    assert main(["quantize", str(path), "-o", str(tmp_path / "s.onnx")]) == 2  # static without --calib
+    assert (
+        main(["quantize", str(path), "-o", str(tmp_path / "s.onnx")]) == 2
+    )  # static without --calib
     assert main(["quantize", str(path), "-o", str(tmp_path / "s.onnx"), "--mode", "nope"]) == 2
     assert not (tmp_path / "s.onnx").exists() and not (tmp_path / "again.onnx").exists()
 
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_transformer"])
 def test_trained_example_models_keep_accuracy(name):
-    path, calib, evaluation = (MODELS / f"{name}.onnx", MODELS / f"{name}.calib.npz", MODELS / f"{name}.eval.npz")
+    path, calib, evaluation = (
+        MODELS / f"{name}.onnx",
+        MODELS / f"{name}.calib.npz",
+        MODELS / f"{name}.eval.npz",
+    )
     if not (path.is_file() and calib.is_file() and evaluation.is_file()):
         pytest.skip(f"models/{name} not produced yet")
     # The accuracy of the int8 model itself: no latency guard (these models are too small

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from onnxslim.passes.quantize.ranges import (
     METHODS,
     StreamingHistogram,

@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from onnxslim.passes.quantize.collect import collect_stats
+from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
+from quantize_fixtures import cnn, conv_in_if, feeds_for, masked_attention, mlp
 
 from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_nodes, tensor_bytes
-from onnxslim.passes.quantize.collect import collect_stats
-from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
 from onnxslim.runtime import Session, SessionConfig
-from quantize_fixtures import cnn, conv_in_if, feeds_for, masked_attention, mlp
 
 
 def Static(**options) -> QuantizeStatic:  # noqa: N802
@@ -66,10 +66,14 @@ def test_cnn_runs_on_qlinearconv_and_qgemm_with_parity():
     assert report.int8_kernels.get("QLinearConv") == 2
     test = feeds_for(model, 8, seed=2)
     ref, got = outputs(model, test), outputs(quantized, test)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         assert cosine(r["y"], g["y"]) > 0.995
-        assert np.array_equal(r["y"].argmax(-1), g["y"].argmax(-1)) or cosine(r["y"], g["y"]) > 0.999
-    assert not any(n.op_type == "Conv" and n.inputs[1].const_value is not None for n in iter_nodes(quantized))
+        assert (
+            np.array_equal(r["y"].argmax(-1), g["y"].argmax(-1)) or cosine(r["y"], g["y"]) > 0.999
+        )
+    assert not any(
+        n.op_type == "Conv" and n.inputs[1].const_value is not None for n in iter_nodes(quantized)
+    )
 
 
 @pytest.mark.parametrize("activation_type", ["uint8", "int8"])
@@ -80,12 +84,14 @@ def test_weight_dominated_model_shrinks_4x_and_fuses_matmul(activation_type):
     before, after = tensor_bytes(model), tensor_bytes(quantized)
     assert after <= before / 3.5, (before, after)
     ops = optimized_ops(quantized)
-    assert ops.count("QGemm") + ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") == 2, ops
+    assert (
+        ops.count("QGemm") + ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") == 2
+    ), ops
     assert "MatMul" not in ops
     q_types = {n.outputs[0].dtype for n in iter_nodes(quantized) if n.op_type == "QuantizeLinear"}
     assert q_types == {ir.DataType.UINT8 if activation_type == "uint8" else ir.DataType.INT8}
     test = feeds_for(model, 4, seed=4)
-    for r, g in zip(outputs(model, test), outputs(quantized, test)):
+    for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
         assert cosine(r["y"], g["y"]) > 0.999
 
 
@@ -99,7 +105,10 @@ def test_result_is_never_larger_even_without_weights():
 def test_if_branch_is_calibrated_and_quantized_inside():
     model = conv_in_if()
     rng = np.random.default_rng(0)
-    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(i % 2 == 0)} for i in range(8)]
+    calib = [
+        {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(i % 2 == 0)}
+        for i in range(8)
+    ]
     quantized, report = quantize_static(model, calib, Static(method="minmax"))
     assert {"then_conv1", "then_conv2"} <= set(report.quantized_nodes)
     ops = optimized_ops(quantized)
@@ -123,7 +132,10 @@ def test_keep_float_outputs_leaves_the_last_layer_float():
     quantized, report = quantize_static(model, feeds_for(model, 4), Static(keep_float_outputs=True))
     assert "fc" not in report.quantized_nodes and "conv2" in report.quantized_nodes
     gemm = next(n for n in iter_nodes(quantized) if n.op_type == "Gemm")
-    assert gemm.inputs[1].const_value is not None and gemm.inputs[1].const_value.dtype == ir.DataType.FLOAT
+    assert (
+        gemm.inputs[1].const_value is not None
+        and gemm.inputs[1].const_value.dtype == ir.DataType.FLOAT
+    )
 
 
 def test_mask_constants_stay_float_and_div_becomes_mul():
@@ -132,17 +144,19 @@ def test_mask_constants_stay_float_and_div_becomes_mul():
     calib = []
     for length in (3, 7, 5, 9):  # variable-length feeds with padding
         mask = np.ones((1, length), np.float32)
-        mask[0, length // 2:] = 0
+        mask[0, length // 2 :] = 0
         calib.append({"x": rng.standard_normal((1, length, 32)).astype(np.float32), "mask": mask})
     for method in ("percentile", "entropy", "mse"):
         quantized, report = quantize_static(model, calib, Static(method=method))
         assert not any(n.op_type == "Div" for n in iter_nodes(quantized))
         assert any(n.op_type == "Mul" and n.name.endswith("_as_Mul") for n in iter_nodes(quantized))
-        quantized_inputs = {n.inputs[0].name for n in iter_nodes(quantized) if n.op_type == "QuantizeLinear"}
+        quantized_inputs = {
+            n.inputs[0].name for n in iter_nodes(quantized) if n.op_type == "QuantizeLinear"
+        }
         assert not quantized_inputs & {"s2", "bias", "bias3"}, quantized_inputs
         assert {"q_proj", "o_proj"} <= set(report.quantized_nodes)
         test = calib[:2]
-        for r, g in zip(outputs(model, test), outputs(quantized, test)):
+        for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
             assert cosine(r["y"], g["y"]) > 0.99, method
 
 
@@ -166,7 +180,10 @@ def test_no_file_is_written_into_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = conv_in_if()
     rng = np.random.default_rng(0)
-    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(True)} for _ in range(3)]
+    calib = [
+        {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(True)}
+        for _ in range(3)
+    ]
     quantize_static(model, calib, Static(method="entropy"))
     assert os.listdir(tmp_path) == []
 
@@ -193,7 +210,9 @@ def test_calibration_memory_is_flat_in_the_number_of_samples():
 
 def test_whole_pass_streams_a_one_shot_generator():
     model = cnn(channels=4)
-    quantized, report = quantize_static(model, _generator(300, (1, 3, 16, 16)), Static(check_fusion=False))
+    quantized, report = quantize_static(
+        model, _generator(300, (1, 3, 16, 16)), Static(check_fusion=False)
+    )
     assert report.samples == 300 and "conv1" in report.quantized_nodes
 
 
@@ -203,7 +222,9 @@ def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch
     ratios = iter([1.4, 1.2, 0.95])  # all int8, then each step of the ladder
     monkeypatch.setattr(static, "latency_ratio", lambda *args, **kwargs: next(ratios))
     model = cnn()
-    quantized, report = quantize_static(model, feeds_for(model, 4), QuantizeStatic(check_fusion=False))
+    quantized, report = quantize_static(
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
+    )
     assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95]
     # MACs per feed (batch 2): fc 640, conv1 221k, conv2 590k; the 2^18 step keeps conv2 only.
     assert "conv2" in report.quantized_nodes
@@ -215,7 +236,9 @@ def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch
 def test_recipe_carries_the_calibration_path_but_not_feeds_in_memory():
     from onnxslim.pipeline import Pipeline
 
-    recipe = Pipeline((QuantizeStatic(calib="data/calib.npz", method="entropy", exclude=("conv1",)),)).to_toml()
+    recipe = Pipeline(
+        (QuantizeStatic(calib="data/calib.npz", method="entropy", exclude=("conv1",)),)
+    ).to_toml()
     again = Pipeline.from_toml(recipe).passes[0]
     assert (again.calib, again.method, again.exclude) == ("data/calib.npz", "entropy", ("conv1",))
     in_memory = Pipeline((QuantizeStatic(calib=[{"x": np.zeros(3, np.float32)}]),)).to_toml()
@@ -245,18 +268,25 @@ def test_loop_body_is_calibrated_and_quantized_inside():
     calib = feeds_for(model, 6, seed=11)
     quantized, report = quantize_static(model, calib, Static())
     assert "body_matmul" in report.quantized_nodes
-    body = next(n for n in iter_nodes(quantized) if n.op_type == "Loop").attributes["body"].as_graph()
+    body = (
+        next(n for n in iter_nodes(quantized) if n.op_type == "Loop").attributes["body"].as_graph()
+    )
     assert any(n.op_type == "DequantizeLinear" for n in body)  # Q/DQ live in the body itself
-    assert sum(op in ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul") for op in optimized_ops(quantized)) == 1
+    assert (
+        sum(
+            op in ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul")
+            for op in optimized_ops(quantized)
+        )
+        == 1
+    )
     test = feeds_for(model, 3, seed=12)
-    for r, g in zip(outputs(model, test), outputs(quantized, test)):
+    for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
         assert cosine(r["y"], g["y"]) > 0.999
 
 
 def test_fusion_check_finds_what_ort_leaves_float():
     """ORT's CPU provider has no int8 ConvTranspose: forced into the plan, the check reports it."""
     from onnx import TensorProto, helper, numpy_helper
-
     from onnxslim.passes.quantize.policy import NodePlan, QuantPlan, TensorPlan
     from onnxslim.passes.quantize.qdq import activation_qparams, insert_qdq
     from onnxslim.passes.quantize.ranges import Range
@@ -265,18 +295,29 @@ def test_fusion_check_finds_what_ort_leaves_float():
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
-        [helper.make_node("ConvTranspose", ["x", "w"], ["y0"], name="up"),
-         helper.make_node("Relu", ["y0"], ["y"], name="act")],
-        "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [
+            helper.make_node("ConvTranspose", ["x", "w"], ["y0"], name="up"),
+            helper.make_node("Relu", ["y0"], ["y"], name="act"),
+        ],
+        "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w")])
+        initializer=[
+            numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w")
+        ],
+    )
     model = to_ir(graph)
-    plan = QuantPlan({"up": NodePlan("up", "ConvTranspose", "compute", weights={1: 1}, activations=[0])},
-                     {"x": TensorPlan("x", "x"), "y0": TensorPlan("y0", "y0")}, {})
+    plan = QuantPlan(
+        {"up": NodePlan("up", "ConvTranspose", "compute", weights={1: 1}, activations=[0])},
+        {"x": TensorPlan("x", "x"), "y0": TensorPlan("y0", "y0")},
+        {},
+    )
     params = {name: activation_qparams(Range(-3.0, 3.0)) for name in ("x", "y0")}
     report = insert_qdq(model, plan, params)
     unfused, kernels = find_unfused(model, plan, report)
     assert unfused == {"up"} and "QLinearConv" not in kernels
     # and the policy never plans it in the first place
-    _, static_report = quantize_static(to_ir(graph), [{"x": np.ones((1, 4, 8, 8), np.float32)}], Static())
+    _, static_report = quantize_static(
+        to_ir(graph), [{"x": np.ones((1, 4, 8, 8), np.float32)}], Static()
+    )
     assert "no int8 kernel" in static_report.skipped["up"]

@@ -50,7 +50,9 @@ ProgressFn = Callable[[int, int | None], None]
 ConsumeFn = Callable[[int, dict[str, np.ndarray]], None]
 # Anything that yields feeds: a path to a data file or folder, a list, an iterable,
 # or a zero-argument factory returning a fresh iterator (re-iterable without a list).
-FeedSource = str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | Callable[[], Iterator[Feed]]
+FeedSource = (
+    str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | Callable[[], Iterator[Feed]]
+)
 
 DEFAULT_GROUP_BYTES = 1 << 30
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
@@ -109,7 +111,9 @@ def collect_stats(
     config: CollectConfig | None = None,
 ) -> tuple[dict[str, TensorStats], int]:
     """Streaming statistics of the named tensors over every feed, and the feed count."""
-    stats = {name: (TensorStats.with_histogram(bins) if histogram else TensorStats()) for name in names}
+    stats = {
+        name: (TensorStats.with_histogram(bins) if histogram else TensorStats()) for name in names
+    }
 
     def consume(_: int, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
@@ -167,7 +171,10 @@ def stream_tensors(
     done = 0
     if len(probes) <= 1 or factory is None:
         # One pass over the data; with several groups (one-shot source) all sessions stay open.
-        sessions = [(Session(probe, SessionConfig(threads=config.threads)), outputs) for probe, outputs in probes]
+        sessions = [
+            (Session(probe, SessionConfig(threads=config.threads)), outputs)
+            for probe, outputs in probes
+        ]
         count = 0
         for index, feed in enumerate(iterator):
             feed = _as_feed(feed)
@@ -206,8 +213,9 @@ def stream_tensors(
 # Feeds
 
 
-def _feed_factory(feeds: FeedSource, model: ir.Model, limit: int | None
-                  ) -> tuple[Callable[[], Iterator[Feed]] | None, Iterator[Feed] | None]:
+def _feed_factory(
+    feeds: FeedSource, model: ir.Model, limit: int | None
+) -> tuple[Callable[[], Iterator[Feed]] | None, Iterator[Feed] | None]:
     """A factory of fresh iterators when the source can be read again, else one iterator."""
     if isinstance(feeds, (str, os.PathLike)):
         path = Path(feeds)
@@ -216,7 +224,9 @@ def _feed_factory(feeds: FeedSource, model: ir.Model, limit: int | None
         return (lambda: iter([dict(feeds)])), None
     if callable(feeds) and not hasattr(feeds, "__iter__"):
         return (lambda: _limited(iter(feeds()), limit)), None  # type: ignore[operator]
-    if isinstance(feeds, Iterator) or getattr(feeds, "_once", False):  # a generator, or a FeedStream over one
+    if isinstance(feeds, Iterator) or getattr(
+        feeds, "_once", False
+    ):  # a generator, or a FeedStream over one
         return None, _limited(iter(feeds), limit)  # type: ignore[arg-type]
     return (lambda: _limited(iter(feeds), limit)), None  # type: ignore[arg-type]
 
@@ -250,7 +260,9 @@ def _length(feeds: FeedSource, limit: int | None) -> int | None:
 
 def _as_feed(feed: Mapping[str, np.ndarray]) -> Feed:
     if not isinstance(feed, Mapping):
-        raise DataError(f"a feed must be a mapping of input name to array, got {type(feed).__name__}")
+        raise DataError(
+            f"a feed must be a mapping of input name to array, got {type(feed).__name__}"
+        )
     return {k: np.asarray(v) for k, v in feed.items()}
 
 
@@ -258,14 +270,15 @@ def _as_feed(feed: Mapping[str, np.ndarray]) -> Feed:
 # Grouping by estimated size
 
 
-def _plan_groups(model: ir.Model, names: list[str], values: Mapping[str, ir.Value], first: Feed,
-                 budget: int) -> list[list[str]]:
+def _plan_groups(
+    model: ir.Model, names: list[str], values: Mapping[str, ir.Value], first: Feed, budget: int
+) -> list[list[str]]:
     symbols: dict[str, int] = {}
     for value in model.graph.inputs:
         array = first.get(value.name or "")
         if array is None or value.shape is None:
             continue
-        for dim, size in zip(value.shape, np.shape(array)):
+        for dim, size in zip(value.shape, np.shape(array), strict=False):
             if isinstance(dim, ir.SymbolicDim) and dim.value:
                 symbols[dim.value] = int(size)
     largest_input = max([int(np.size(a)) for a in first.values()] or [1])
@@ -396,7 +409,9 @@ def _flatten(graph: ir.Graph, value: ir.Value, counter: list[int]) -> ir.Value:
         graph.append(cast)
         source = cast.outputs[0]
         source.name = _fresh(counter)
-    shape = ir.node("Constant", [], {"value": ir.tensor(np.array([-1], dtype=np.int64))}, name=_fresh(counter))
+    shape = ir.node(
+        "Constant", [], {"value": ir.tensor(np.array([-1], dtype=np.int64))}, name=_fresh(counter)
+    )
     graph.append(shape)
     shape.outputs[0].name = _fresh(counter)
     reshape = ir.node("Reshape", [source, shape.outputs[0]], name=_fresh(counter))
@@ -409,7 +424,9 @@ def _flatten(graph: ir.Graph, value: ir.Value, counter: list[int]) -> ir.Value:
 
 
 def _empty(graph: ir.Graph, counter: list[int]) -> ir.Value:
-    node = ir.node("Constant", [], {"value": ir.tensor(np.zeros(0, dtype=np.float32))}, name=_fresh(counter))
+    node = ir.node(
+        "Constant", [], {"value": ir.tensor(np.zeros(0, dtype=np.float32))}, name=_fresh(counter)
+    )
     graph.append(node)
     out = node.outputs[0]
     out.name = _fresh(counter)
@@ -418,19 +435,31 @@ def _empty(graph: ir.Graph, counter: list[int]) -> ir.Value:
     return out
 
 
-def _thread_out(node: ir.Node, parent: ir.Graph, by_graph: Mapping[int, list[tuple[str, ir.Value]]],
-                graphs: Mapping[int, ir.Graph], owners: Mapping[int, tuple[ir.Node, ir.Graph]],
-                counter: list[int]) -> list[tuple[str, ir.Value]]:
+def _thread_out(
+    node: ir.Node,
+    parent: ir.Graph,
+    by_graph: Mapping[int, list[tuple[str, ir.Value]]],
+    graphs: Mapping[int, ir.Graph],
+    owners: Mapping[int, tuple[ir.Node, ir.Graph]],
+    counter: list[int],
+) -> list[tuple[str, ir.Value]]:
     """Make the wanted body values of `node` into (flattened) values of `parent`."""
     op = node.op_type
     if node.domain not in ("", "ai.onnx") or op not in ("If", "Loop", "Scan"):
         raise DataError(f"cannot calibrate inside the subgraph of {op} node {node.name!r}")
-    items = [(name, value, graphs[gid]) for gid, entries in by_graph.items() for name, value in entries]
+    items = [
+        (name, value, graphs[gid]) for gid, entries in by_graph.items() for name, value in entries
+    ]
     if op == "If":
-        branches = [node.attributes["then_branch"].as_graph(), node.attributes["else_branch"].as_graph()]
-        for name, value, body in items:
+        branches = [
+            node.attributes["then_branch"].as_graph(),
+            node.attributes["else_branch"].as_graph(),
+        ]
+        for _name, value, body in items:
             for branch in branches:
-                branch.outputs.append(_flatten(branch, value, counter) if branch is body else _empty(branch, counter))
+                branch.outputs.append(
+                    _flatten(branch, value, counter) if branch is body else _empty(branch, counter)
+                )
         first_new = len(node.outputs)
         node.resize_outputs(first_new + len(items))
         return _name_new_outputs(node, first_new, items, counter)
@@ -448,8 +477,9 @@ def _thread_out(node: ir.Node, parent: ir.Graph, by_graph: Mapping[int, list[tup
     return _thread_out_of_loop(node, parent, items, counter)
 
 
-def _name_new_outputs(node: ir.Node, first_new: int, items: list[tuple[str, ir.Value, ir.Graph]],
-                      counter: list[int]) -> list[tuple[str, ir.Value]]:
+def _name_new_outputs(
+    node: ir.Node, first_new: int, items: list[tuple[str, ir.Value, ir.Graph]], counter: list[int]
+) -> list[tuple[str, ir.Value]]:
     result = []
     for offset, (name, _, _) in enumerate(items):
         out = node.outputs[first_new + offset]
@@ -459,14 +489,17 @@ def _name_new_outputs(node: ir.Node, first_new: int, items: list[tuple[str, ir.V
     return result
 
 
-def _thread_out_of_loop(node: ir.Node, parent: ir.Graph, items: list[tuple[str, ir.Value, ir.Graph]],
-                        counter: list[int]) -> list[tuple[str, ir.Value]]:
+def _thread_out_of_loop(
+    node: ir.Node, parent: ir.Graph, items: list[tuple[str, ir.Value, ir.Graph]], counter: list[int]
+) -> list[tuple[str, ir.Value]]:
     """Rebuild a Loop with one extra loop-carried accumulator per wanted value."""
     body = node.attributes["body"].as_graph()
     carried = len(node.inputs) - 2
     initial = []
     for offset, (_, value, _) in enumerate(items):
-        acc_in = ir.Value(name=_fresh(counter), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([None]))
+        acc_in = ir.Value(
+            name=_fresh(counter), type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([None])
+        )
         body.inputs.insert(2 + carried + offset, acc_in)
         flat = _flatten(body, value, counter)
         concat = ir.node("Concat", [acc_in, flat], {"axis": 0}, name=_fresh(counter))
@@ -475,15 +508,26 @@ def _thread_out_of_loop(node: ir.Node, parent: ir.Graph, items: list[tuple[str, 
         acc_out.name = _fresh(counter)
         acc_out.dtype = ir.DataType.FLOAT
         body.outputs.insert(1 + carried + offset, acc_out)
-        empty = ir.node("Constant", [], {"value": ir.tensor(np.zeros(0, dtype=np.float32))}, name=_fresh(counter))
+        empty = ir.node(
+            "Constant",
+            [],
+            {"value": ir.tensor(np.zeros(0, dtype=np.float32))},
+            name=_fresh(counter),
+        )
         parent.insert_before(node, empty)
         empty.outputs[0].name = _fresh(counter)
         initial.append(empty.outputs[0])
     k = len(items)
     old_outputs = list(node.outputs)
-    replacement = ir.Node(node.domain, node.op_type, [*node.inputs, *initial],
-                          attributes=list(node.attributes.values()), num_outputs=len(old_outputs) + k,
-                          name=node.name, version=node.version)
+    replacement = ir.Node(
+        node.domain,
+        node.op_type,
+        [*node.inputs, *initial],
+        attributes=list(node.attributes.values()),
+        num_outputs=len(old_outputs) + k,
+        name=node.name,
+        version=node.version,
+    )
     parent.insert_before(node, replacement)
     for i, old in enumerate(old_outputs):
         new = replacement.outputs[i if i < carried else i + k]

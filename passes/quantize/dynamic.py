@@ -21,11 +21,19 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-
-from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import check_choice, option
 
-from .policy import MIN_EMBEDDING_ELEMENTS, TARGETS, const_array, constant_source, is_constant, matches, resolve_target
+from onnxslim.graphs import iter_graphs
+
+from .policy import (
+    MIN_EMBEDDING_ELEMENTS,
+    TARGETS,
+    const_array,
+    constant_source,
+    is_constant,
+    matches,
+    resolve_target,
+)
 from .qdq import QParams, WeightQuantizer, quantize_array, replace_node, weight_qparams
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
@@ -40,9 +48,13 @@ class QuantizeDynamic(ir.passes.InPlacePass):
     lossless: ClassVar[bool] = False
 
     per_channel: bool = option(True, "Per-output-column weight scales (else per tensor).")
-    reduce_range: bool | None = option(None, "7-bit weights for x86 without VNNI (None: from the target).")
+    reduce_range: bool | None = option(
+        None, "7-bit weights for x86 without VNNI (None: from the target)."
+    )
     target: str = option("auto", "CPU the weight range is chosen for.", choices=TARGETS)
-    exclude: tuple[str, ...] = option((), "Keep these float: node names, op types or regular expressions.")
+    exclude: tuple[str, ...] = option(
+        (), "Keep these float: node names, op types or regular expressions."
+    )
     op_types: tuple[str, ...] = option(DYNAMIC_OPS, "Op types to quantize.")
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
 
@@ -50,14 +62,22 @@ class QuantizeDynamic(ir.passes.InPlacePass):
         check_choice(self, "target")
         unknown = set(self.op_types) - set(DYNAMIC_OPS)
         if unknown:
-            raise ValueError(f"op_types: {', '.join(sorted(unknown))} not supported; choose from {', '.join(DYNAMIC_OPS)}")
+            raise ValueError(
+                f"op_types: {', '.join(sorted(unknown))} not supported; "
+                f"choose from {', '.join(DYNAMIC_OPS)}"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         refuse_quantized(model, self.force)
         target = resolve_target(self.target)
         reduce_range = target.reduce_range if self.reduce_range is None else bool(self.reduce_range)
-        report = QuantizeReport("dynamic", target=target.name, activation_type="uint8 (run time)",
-                                reduce_range=reduce_range, per_channel=self.per_channel)
+        report = QuantizeReport(
+            "dynamic",
+            target=target.name,
+            activation_type="uint8 (run time)",
+            reduce_range=reduce_range,
+            per_channel=self.per_channel,
+        )
         quantizer = WeightQuantizer(model, reduce_range=reduce_range)
         done: list[ir.Node] = []
         for graph in [g for g in iter_graphs(model) if isinstance(g, ir.Graph)]:
@@ -82,8 +102,9 @@ class QuantizeDynamic(ir.passes.InPlacePass):
         model.meta[REPORT_KEY] = report
         return ir.passes.PassResult(model, modified=bool(done))
 
-    def _rewrite(self, node: ir.Node, quantizer: WeightQuantizer, reduce_range: bool,
-                 report: QuantizeReport) -> str:
+    def _rewrite(
+        self, node: ir.Node, quantizer: WeightQuantizer, reduce_range: bool, report: QuantizeReport
+    ) -> str:
         op = node.op_type
         if op == "Gather":
             table = node.inputs[0]
@@ -99,12 +120,16 @@ class QuantizeDynamic(ir.passes.InPlacePass):
         return _matmul(node, quantizer, self.per_channel, reduce_range)
 
 
-def _weight_and_params(weight: np.ndarray, axis: int | None, reduce_range: bool) -> tuple[np.ndarray, QParams]:
+def _weight_and_params(
+    weight: np.ndarray, axis: int | None, reduce_range: bool
+) -> tuple[np.ndarray, QParams]:
     qp = weight_qparams(weight, axis, reduce_range=reduce_range)
     return quantize_array(weight, qp), qp
 
 
-def _matmul(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_range: bool) -> str:
+def _matmul(
+    node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_range: bool
+) -> str:
     inputs = list(node.inputs) + [None]
     a, b = inputs[0], inputs[1]
     if a is None or a.dtype not in (ir.DataType.FLOAT, None):
@@ -117,7 +142,10 @@ def _matmul(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce
     if node.op_type == "Gemm":
         if node.attributes.get_int("transA", 0):
             return "Gemm with transA"
-        if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0:
+        if (
+            node.attributes.get_float("alpha", 1.0) != 1.0
+            or node.attributes.get_float("beta", 1.0) != 1.0
+        ):
             return "Gemm with alpha or beta other than 1"
         if node.attributes.get_int("transB", 0):
             weight = np.ascontiguousarray(weight.T)
@@ -133,20 +161,33 @@ def _matmul(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce
     base = (b.name if b is not None and b.name else node.name) or "weight"
     transposed = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
     key = (id(constant_source(b)), transposed, id(graph))
-    shared = quantizer.shared.get(key)  # tied weights (one tensor read by many nodes) quantized once
+    shared = quantizer.shared.get(
+        key
+    )  # tied weights (one tensor read by many nodes) quantized once
     if shared is None:
         q, qp = _weight_and_params(weight, 1 if per_channel else None, reduce_range)
-        shared = (quantizer.initializer(graph, f"{base}_quantized", q),
-                  quantizer.initializer(graph, f"{base}_scale", qp.scale.astype(np.float32)),
-                  quantizer.initializer(graph, f"{base}_zero_point", qp.zero_point))
+        shared = (
+            quantizer.initializer(graph, f"{base}_quantized", q),
+            quantizer.initializer(graph, f"{base}_scale", qp.scale.astype(np.float32)),
+            quantizer.initializer(graph, f"{base}_zero_point", qp.zero_point),
+        )
         quantizer.shared[key] = shared
         quantizer.report.weight_bytes_before += weight.nbytes
         quantizer.report.weight_bytes_after += q.nbytes
     q_value, scale, zero = shared
     operands: list[ir.Value | None] = [a, q_value, scale, zero]
     if bias is not None:
-        operands.append(quantizer.initializer(graph, f"{base}_bias", np.ascontiguousarray(bias, dtype=np.float32)))
-    fused = ir.node("DynamicQuantizeMatMul", operands, domain=MS_DOMAIN, name=quantizer.namer(f"{node.name}_dynamic"))
+        operands.append(
+            quantizer.initializer(
+                graph, f"{base}_bias", np.ascontiguousarray(bias, dtype=np.float32)
+            )
+        )
+    fused = ir.node(
+        "DynamicQuantizeMatMul",
+        operands,
+        domain=MS_DOMAIN,
+        name=quantizer.namer(f"{node.name}_dynamic"),
+    )
     if absorbed is not None:
         # MatMul + Add(bias): the Add's output becomes the fused node's output.
         graph.insert_before(node, fused)
@@ -168,8 +209,13 @@ def _bias_add(node: ir.Node, columns: int) -> tuple[ir.Node | None, np.ndarray |
         return None, None
     other = add.inputs[1 - index]
     vector = const_array(other)
-    if vector is None or vector.dtype != np.float32 or vector.size != columns or vector.shape[-1:] != (columns,) \
-            or any(d != 1 for d in vector.shape[:-1]):
+    if (
+        vector is None
+        or vector.dtype != np.float32
+        or vector.size != columns
+        or vector.shape[-1:] != (columns,)
+        or any(d != 1 for d in vector.shape[:-1])
+    ):
         return None, None
     return add, vector.reshape(-1)
 
@@ -179,7 +225,14 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
     if node.attributes.get_int("layout", 0) != 0:
         return "LSTM with layout=1"
     w, r = const_array(inputs[1]), const_array(inputs[2])
-    if w is None or r is None or w.ndim != 3 or r.ndim != 3 or w.dtype != np.float32 or r.dtype != np.float32:
+    if (
+        w is None
+        or r is None
+        or w.ndim != 3
+        or r.ndim != 3
+        or w.dtype != np.float32
+        or r.dtype != np.float32
+    ):
         return "weights are not constant float32"
     graph = node.graph
     assert isinstance(graph, ir.Graph)
@@ -203,8 +256,12 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
             scale = np.full((dirs,), float(qp.scale), dtype=np.float32)
         base = f"{inputs[1 if label == 'W' else 2].name or node.name}"
         q_value = quantizer.initializer(graph, f"{base}_quantized", np.ascontiguousarray(q))
-        params.append((quantizer.initializer(graph, f"{base}_scale", scale.astype(np.float32)),
-                       quantizer.initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, np.int8))))
+        params.append(
+            (
+                quantizer.initializer(graph, f"{base}_scale", scale.astype(np.float32)),
+                quantizer.initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, np.int8)),
+            )
+        )
         quantizer.shared[key] = (q_value, *params[-1])
         operands.append(q_value)
         quantizer.report.weight_bytes_before += array.nbytes
@@ -215,7 +272,13 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
     operands = operands[:8]
     operands.extend([params[0][0], params[0][1], params[1][0], params[1][1]])
     attributes = [a for a in node.attributes.values() if a.name != "layout"]
-    fused = ir.Node(MS_DOMAIN, "DynamicQuantizeLSTM", operands, attributes=attributes,
-                    num_outputs=len(node.outputs), name=quantizer.namer(f"{node.name}_dynamic"))
+    fused = ir.Node(
+        MS_DOMAIN,
+        "DynamicQuantizeLSTM",
+        operands,
+        attributes=attributes,
+        num_outputs=len(node.outputs),
+        name=quantizer.namer(f"{node.name}_dynamic"),
+    )
     replace_node(node, [fused], list(fused.outputs))
     return ""

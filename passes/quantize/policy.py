@@ -51,16 +51,51 @@ import onnx_ir as ir
 from onnxslim.graphs import iter_graphs
 
 COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
-ISLAND_OPS = frozenset({"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"})
-SHARED_SCALE_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "MaxPool",
-                              "Resize", "Gather", "Expand", "DepthToSpace", "SpaceToDepth", "Split", "Identity"})
+ISLAND_OPS = frozenset(
+    {"Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu"}
+)
+SHARED_SCALE_OPS = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Slice",
+        "MaxPool",
+        "Resize",
+        "Gather",
+        "Expand",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Split",
+        "Identity",
+    }
+)
 ABSORBABLE_OPS = frozenset({"Relu", "Clip"})
 # Ops whose presence means the model is already quantized.
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-                           "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
-                           "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QGemm", "MatMulNBits",
-                           "QLinearAdd", "QLinearMul", "QAttention", "QEmbedLayerNormalization",
-                           "MatMulFpQ4", "GatherBlockQuantized"})
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeMatMul",
+        "DynamicQuantizeLSTM",
+        "MatMulIntegerToFloat",
+        "QGemm",
+        "MatMulNBits",
+        "QLinearAdd",
+        "QLinearMul",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "MatMulFpQ4",
+        "GatherBlockQuantized",
+    }
+)
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
 MIN_EMBEDDING_ELEMENTS = 4096
 TARGETS = ("auto", "x86-avx2", "x86-vnni", "arm64")
@@ -77,9 +112,13 @@ class Target:
 
 
 _TARGETS = {
-    "x86-avx2": Target("x86-avx2", "uint8", True,
-                       "x86 without VNNI: U8 activations fuse into QLinearConv; 7-bit weights avoid "
-                       "the u8s8 kernel's 16-bit saturation"),
+    "x86-avx2": Target(
+        "x86-avx2",
+        "uint8",
+        True,
+        "x86 without VNNI: U8 activations fuse into QLinearConv; 7-bit weights avoid "
+        "the u8s8 kernel's 16-bit saturation",
+    ),
     "x86-vnni": Target("x86-vnni", "uint8", False, "x86 with VNNI: U8S8 at full range"),
     "arm64": Target("arm64", "int8", False, "ARM: S8S8 kernels"),
 }
@@ -191,7 +230,11 @@ def constant_source(value: ir.Value | None) -> ir.Value | None:
     seen = 0
     while value is not None and value.const_value is None and seen < 16:
         producer = value.producer()
-        if producer is None or producer.op_type != "Identity" or producer.domain not in ("", "ai.onnx"):
+        if (
+            producer is None
+            or producer.op_type != "Identity"
+            or producer.domain not in ("", "ai.onnx")
+        ):
             break
         value = producer.inputs[0]
         seen += 1
@@ -220,7 +263,11 @@ def is_constant(value: ir.Value | None) -> bool:
     if value.const_value is not None and not value.is_graph_input():
         return True
     producer = value.producer()
-    return producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx")
+    return (
+        producer is not None
+        and producer.op_type == "Constant"
+        and producer.domain in ("", "ai.onnx")
+    )
 
 
 def _is_float(value: ir.Value | None) -> bool:
@@ -241,8 +288,13 @@ def matches(node: ir.Node, patterns: Iterable[str]) -> bool:
     return False
 
 
-def make_plan(model: ir.Model, config: PolicyConfig, *, float_nodes: Mapping[str, str] | None = None,
-              float_tensors: Iterable[str] = ()) -> QuantPlan:
+def make_plan(
+    model: ir.Model,
+    config: PolicyConfig,
+    *,
+    float_nodes: Mapping[str, str] | None = None,
+    float_tensors: Iterable[str] = (),
+) -> QuantPlan:
     """Decide, for every graph of `model`, which nodes and tensors get quantized.
 
     `float_nodes` (name -> reason) and `float_tensors` come from checks and
@@ -250,7 +302,9 @@ def make_plan(model: ir.Model, config: PolicyConfig, *, float_nodes: Mapping[str
     """
     float_nodes = dict(float_nodes or {})
     keep_float = set(float_tensors)
-    graph_outputs = {id(v) for g in iter_graphs(model) if isinstance(g, ir.Graph) for v in g.outputs}
+    graph_outputs = {
+        id(v) for g in iter_graphs(model) if isinstance(g, ir.Graph) for v in g.outputs
+    }
     nodes = [n for g in iter_graphs(model) if isinstance(g, ir.Graph) for n in g]
     skipped: dict[str, str] = {}
     candidates: dict[str, NodePlan] = {}
@@ -280,14 +334,18 @@ def make_plan(model: ir.Model, config: PolicyConfig, *, float_nodes: Mapping[str
 
     members = _fixed_point(candidates, by_name, graph_outputs, keep_float)
     for name in set(candidates) - set(members):
-        if candidates[name].role not in ("shared", "absorbed"):  # data movement left float needs no line
+        if candidates[name].role not in (
+            "shared",
+            "absorbed",
+        ):  # data movement left float needs no line
             skipped.setdefault(name, "int8 here would add Q/DQ pairs, not remove them")
     tensors = _tensor_plans(members, by_name, graph_outputs)
     return QuantPlan(members, tensors, skipped)
 
 
-def _candidate(node: ir.Node, config: PolicyConfig, graph_outputs: set[int],
-               keep_float: set[str]) -> NodePlan | str | None:
+def _candidate(
+    node: ir.Node, config: PolicyConfig, graph_outputs: set[int], keep_float: set[str]
+) -> NodePlan | str | None:
     """The node's plan if it could be quantized, a reason string if not, None if not a candidate."""
     if node.domain not in ("", "ai.onnx"):
         return None
@@ -298,10 +356,18 @@ def _candidate(node: ir.Node, config: PolicyConfig, graph_outputs: set[int],
         return "ConvTranspose has no int8 kernel on ORT's CPU provider"
     if op in COMPUTE_OPS:
         return _compute_candidate(node, config, keep_float)
-    if op == "Gather" and is_constant(inputs[0]) and _is_float(inputs[0]) and not is_constant(inputs[1]):
+    if (
+        op == "Gather"
+        and is_constant(inputs[0])
+        and _is_float(inputs[0])
+        and not is_constant(inputs[1])
+    ):
         table = inputs[0]
-        size = math.prod(table.shape.numpy()) if table is not None and table.shape is not None and \
-            table.shape.is_static() else 0
+        size = (
+            math.prod(table.shape.numpy())
+            if table is not None and table.shape is not None and table.shape.is_static()
+            else 0
+        )
         if size >= MIN_EMBEDDING_ELEMENTS:
             return NodePlan(name, op, "embedding", weights={0: None})
         return None
@@ -319,8 +385,9 @@ def _candidate(node: ir.Node, config: PolicyConfig, graph_outputs: set[int],
         if op == "Clip":
             low = const_array(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None
             high = const_array(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
-            if (len(inputs) > 1 and inputs[1] is not None and low is None) or \
-                    (len(inputs) > 2 and inputs[2] is not None and high is None):
+            if (len(inputs) > 1 and inputs[1] is not None and low is None) or (
+                len(inputs) > 2 and inputs[2] is not None and high is None
+            ):
                 return None
             if low is not None and float(low) > 0.0:
                 return None
@@ -341,7 +408,9 @@ def _candidate(node: ir.Node, config: PolicyConfig, graph_outputs: set[int],
     return None
 
 
-def _compute_candidate(node: ir.Node, config: PolicyConfig, keep_float: set[str]) -> NodePlan | str | None:
+def _compute_candidate(
+    node: ir.Node, config: PolicyConfig, keep_float: set[str]
+) -> NodePlan | str | None:
     op = node.op_type
     name = node.name or ""
     inputs = list(node.inputs) + [None] * 3
@@ -356,8 +425,15 @@ def _compute_candidate(node: ir.Node, config: PolicyConfig, keep_float: set[str]
             return "weight is not a float32 constant"
         group = node.attributes.get_int("group", 1)
         depthwise = group > 1 and group == weight.shape[0] and weight.shape[1] == 1
-        plan = NodePlan(name, op, "compute", weights={1: 0 if config.per_channel else None}, activations=[0],
-                        output_quantized=True, sandwiched=depthwise and not config.quantize_depthwise)
+        plan = NodePlan(
+            name,
+            op,
+            "compute",
+            weights={1: 0 if config.per_channel else None},
+            activations=[0],
+            output_quantized=True,
+            sandwiched=depthwise and not config.quantize_depthwise,
+        )
         if b is not None:
             if const_array(b) is None:
                 return "bias is not constant"
@@ -383,11 +459,19 @@ def _compute_candidate(node: ir.Node, config: PolicyConfig, keep_float: set[str]
             return "weight is not a float32 constant matrix"
         if node.attributes.get_int("transA", 0):
             return "Gemm with transA"
-        if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0:
+        if (
+            node.attributes.get_float("alpha", 1.0) != 1.0
+            or node.attributes.get_float("beta", 1.0) != 1.0
+        ):
             return "Gemm with alpha or beta other than 1"
         trans_b = node.attributes.get_int("transB", 0)
-        plan = NodePlan(name, op, "compute", weights={1: (0 if trans_b else 1) if config.per_channel else None},
-                        activations=[0])
+        plan = NodePlan(
+            name,
+            op,
+            "compute",
+            weights={1: (0 if trans_b else 1) if config.per_channel else None},
+            activations=[0],
+        )
         if b is not None:
             bias = const_array(b)
             if bias is None:
@@ -403,8 +487,12 @@ def _compute_candidate(node: ir.Node, config: PolicyConfig, keep_float: set[str]
     return None
 
 
-def _fixed_point(candidates: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node], graph_outputs: set[int],
-                 keep_float: set[str]) -> dict[str, NodePlan]:
+def _fixed_point(
+    candidates: Mapping[str, NodePlan],
+    by_name: Mapping[str, ir.Node],
+    graph_outputs: set[int],
+    keep_float: set[str],
+) -> dict[str, NodePlan]:
     """The largest set of candidates in which every island/shared/absorbed member pays off."""
     members = dict(candidates)
     changed = True
@@ -424,8 +512,13 @@ def _consumers(value: ir.Value) -> list[ir.Node]:
     return [user for user, _ in value.uses()]
 
 
-def _output_quantized(node: ir.Node, plan: NodePlan, members: Mapping[str, NodePlan],
-                      graph_outputs: set[int], keep_float: set[str]) -> bool:
+def _output_quantized(
+    node: ir.Node,
+    plan: NodePlan,
+    members: Mapping[str, NodePlan],
+    graph_outputs: set[int],
+    keep_float: set[str],
+) -> bool:
     """Whether this member's output 0 carries Q/DQ under the current member set."""
     out = node.outputs[0]
     if (out.name or "") in keep_float:
@@ -436,15 +529,27 @@ def _output_quantized(node: ir.Node, plan: NodePlan, members: Mapping[str, NodeP
     if plan.role == "embedding":
         return False
     if plan.role == "compute":
-        return bool(consumers) and id(out) not in graph_outputs and \
-            all((c.name or "") in members and members[c.name or ""].role != "embedding" for c in consumers)
+        return (
+            bool(consumers)
+            and id(out) not in graph_outputs
+            and all(
+                (c.name or "") in members and members[c.name or ""].role != "embedding"
+                for c in consumers
+            )
+        )
     if plan.role == "absorbed":
         return True
     return True  # island and shared members quantize their outputs
 
 
-def _violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node],
-               graph_outputs: set[int], keep_float: set[str]) -> str:
+def _violation(
+    plan: NodePlan,
+    node: ir.Node,
+    members: Mapping[str, NodePlan],
+    by_name: Mapping[str, ir.Node],
+    graph_outputs: set[int],
+    keep_float: set[str],
+) -> str:
     inputs = list(node.inputs)
     outputs = list(node.outputs)
     if plan.role == "compute":
@@ -472,8 +577,11 @@ def _violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], b
         producer = value.producer()
         if len(_consumers(value)) != 1 or id(value) in graph_outputs:
             return "producer's output has other uses"
-        if producer is None or members[producer.name or ""].role in ("shared", "absorbed") or \
-                len(producer.outputs) != 1:
+        if (
+            producer is None
+            or members[producer.name or ""].role in ("shared", "absorbed")
+            or len(producer.outputs) != 1
+        ):
             return "producer cannot absorb it"
         if id(outputs[0]) in graph_outputs:
             return "graph output"
@@ -490,27 +598,44 @@ def _violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], b
                 return "a consumer stays float"
             if members[cname].role == "embedding":
                 return "a consumer stays float"
-            if members[cname].role == "compute" and not _takes_activation(members[cname], consumer, out):
+            if members[cname].role == "compute" and not _takes_activation(
+                members[cname], consumer, out
+            ):
                 return "used as a weight"
     return ""
 
 
-def _sandwich_violation(plan: NodePlan, node: ir.Node, members: Mapping[str, NodePlan], graph_outputs: set[int],
-                        keep_float: set[str]) -> str:
+_DEPTHWISE_FLOAT = (
+    "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
+)
+
+
+def _sandwich_violation(
+    plan: NodePlan,
+    node: ir.Node,
+    members: Mapping[str, NodePlan],
+    graph_outputs: set[int],
+    keep_float: set[str],
+) -> str:
     """A depthwise Conv is quantized only when its input and every reader are int8 anyway."""
     value = node.inputs[0]
     producer = value.producer() if value is not None else None
-    if producer is None or (producer.name or "") not in members or not _output_quantized(
-            producer, members[producer.name or ""], members, graph_outputs, keep_float):
-        return "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
+    if (
+        producer is None
+        or (producer.name or "") not in members
+        or not _output_quantized(
+            producer, members[producer.name or ""], members, graph_outputs, keep_float
+        )
+    ):
+        return _DEPTHWISE_FLOAT
     out = node.outputs[0]
     consumers = _consumers(out)
     if id(out) in graph_outputs or not consumers:
-        return "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
+        return _DEPTHWISE_FLOAT
     for consumer in consumers:
         cplan = members.get(consumer.name or "")
         if cplan is None or cplan.role == "embedding":
-            return "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
+            return _DEPTHWISE_FLOAT
     return ""
 
 
@@ -518,8 +643,9 @@ def _takes_activation(plan: NodePlan, node: ir.Node, value: ir.Value) -> bool:
     return any(node.inputs[i] is value for i in plan.activations)
 
 
-def _tensor_plans(members: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node],
-                  graph_outputs: set[int]) -> dict[str, TensorPlan]:
+def _tensor_plans(
+    members: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node], graph_outputs: set[int]
+) -> dict[str, TensorPlan]:
     """The activation tensors that get Q/DQ, with the range each uses.
 
     An absorbed Relu/Clip disappears: its input tensor is quantized with the
@@ -540,7 +666,10 @@ def _tensor_plans(members: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node
         key = alias.get(key, key)
         activation = absorbed.get(key)
         if activation is not None:
-            tensors.setdefault(key, TensorPlan(key, activation.outputs[0].name or "", clip=_clip_bounds(activation)))
+            tensors.setdefault(
+                key,
+                TensorPlan(key, activation.outputs[0].name or "", clip=_clip_bounds(activation)),
+            )
         else:
             tensors.setdefault(key, TensorPlan(key, key))
 
@@ -552,14 +681,18 @@ def _tensor_plans(members: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node
             value = node.inputs[index]
             assert value is not None
             add(value.name or "")
-        if plan.role == "compute" and not _output_quantized(node, plan, members, graph_outputs, set()):
+        if plan.role == "compute" and not _output_quantized(
+            node, plan, members, graph_outputs, set()
+        ):
             continue
         for out in node.outputs:
             key = out.name or ""
             if plan.role == "shared":
                 source = node.inputs[0]
                 assert source is not None
-                tensors[key] = TensorPlan(key, key, shares=alias.get(source.name or "", source.name or ""))
+                tensors[key] = TensorPlan(
+                    key, key, shares=alias.get(source.name or "", source.name or "")
+                )
             else:
                 add(key)
     return tensors
@@ -571,4 +704,7 @@ def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
     inputs = list(node.inputs) + [None, None]
     low = const_array(inputs[1])
     high = const_array(inputs[2])
-    return (float(low) if low is not None else -math.inf, float(high) if high is not None else math.inf)
+    return (
+        float(low) if low is not None else -math.inf,
+        float(high) if high is not None else math.inf,
+    )

@@ -1,17 +1,17 @@
 """Bring a float model into the shape quantization needs; every step keeps its outputs.
 
-  1. weights listed as graph inputs become plain initializers (old exporters list
-     them, which stops ORT from treating them as constants);
-  2. opsets below 13 are converted to 13 (per-channel DequantizeLinear needs it);
-  3. ONNX Runtime's basic graph optimizations run once (in memory, the optimized
-     model goes through a temporary folder, never the working directory): they fold
-     BatchNormalization and Mul/Add chains into Conv weights and fold constants, so
-     no float op is left stranded between a Conv and its output Q/DQ;
-  4. Constant nodes holding tensors become initializers (weights can be quantized);
-  5. Div by a constant becomes Mul by its reciprocal (a float Div between two Q/DQ
-     pairs cost 19-26 % of int8 time in notes/int8-speed.md);
-  6. every node and value gets a unique name (plans refer to them by name), and
-     types are inferred (float tensors must be told from integer ones).
+1. weights listed as graph inputs become plain initializers (old exporters list
+   them, which stops ORT from treating them as constants);
+2. opsets below 13 are converted to 13 (per-channel DequantizeLinear needs it);
+3. ONNX Runtime's basic graph optimizations run once (in memory, the optimized
+   model goes through a temporary folder, never the working directory): they fold
+   BatchNormalization and Mul/Add chains into Conv weights and fold constants, so
+   no float op is left stranded between a Conv and its output Q/DQ;
+4. Constant nodes holding tensors become initializers (weights can be quantized);
+5. Div by a constant becomes Mul by its reciprocal (a float Div between two Q/DQ
+   pairs cost 19-26 % of int8 time in notes/int8-speed.md);
+6. every node and value gets a unique name (plans refer to them by name), and
+   types are inferred (float tensors must be told from integer ones).
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def prepare(model: ir.Model, *, pre_optimize: bool = True) -> tuple[ir.Model, Pr
                 work = _ort_basic_optimize(work)
                 report.steps.append("ORT basic optimizations (BatchNorm and constant folding)")
             except Exception as exc:  # the model still quantizes, only less well
-                report.warnings.append(f"ORT pre-optimization skipped: {str(exc).splitlines()[0][:200]}")
+                report.warnings.append(
+                    f"ORT pre-optimization skipped: {str(exc).splitlines()[0][:200]}"
+                )
     if LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1)(work).modified:
         report.steps.append("Constant nodes made initializers")
     divisions = rewrite_constant_division(work)
@@ -88,14 +90,22 @@ def rewrite_constant_division(model: ir.Model) -> int:
             if not is_constant(divisor):
                 continue
             array = const_array(divisor)
-            if array is None or array.dtype.kind != "f" or array.size == 0 or not np.all(np.isfinite(array)) \
-                    or np.any(array == 0):
+            if (
+                array is None
+                or array.dtype.kind != "f"
+                or array.size == 0
+                or not np.all(np.isfinite(array))
+                or np.any(array == 0)
+            ):
                 continue
             reciprocal = (np.ones((), dtype=array.dtype) / array).astype(array.dtype)
             name = f"{divisor.name or 'divisor'}_reciprocal"
-            value = ir.Value(name=name, shape=ir.Shape(reciprocal.shape),
-                             type=ir.TensorType(ir.DataType.from_numpy(reciprocal.dtype)),
-                             const_value=ir.tensor(reciprocal, name=name))
+            value = ir.Value(
+                name=name,
+                shape=ir.Shape(reciprocal.shape),
+                type=ir.TensorType(ir.DataType.from_numpy(reciprocal.dtype)),
+                const_value=ir.tensor(reciprocal, name=name),
+            )
             while name in graph.initializers:
                 name += "_"
                 value.name = name

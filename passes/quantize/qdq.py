@@ -43,7 +43,9 @@ class QParams:
         return self.zero_point.dtype
 
 
-def qrange(dtype: np.dtype | type, *, reduce_range: bool = False, symmetric: bool = False) -> tuple[int, int]:
+def qrange(
+    dtype: np.dtype | type, *, reduce_range: bool = False, symmetric: bool = False
+) -> tuple[int, int]:
     """The integer range used for `dtype` (7-bit with `reduce_range`, as ORT does)."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
@@ -69,8 +71,13 @@ def activation_qparams(r: Range, dtype: np.dtype | type = np.uint8) -> QParams:
     return QParams(np.array(scale, dtype=np.float32), np.array(zero, dtype=dtype))
 
 
-def weight_qparams(weight: np.ndarray, axis: int | None, *, reduce_range: bool = False,
-                   dtype: np.dtype | type = np.int8) -> QParams:
+def weight_qparams(
+    weight: np.ndarray,
+    axis: int | None,
+    *,
+    reduce_range: bool = False,
+    dtype: np.dtype | type = np.int8,
+) -> QParams:
     """Symmetric parameters (zero point 0) of a weight, per channel along `axis` or per tensor."""
     _, qmax = qrange(dtype, reduce_range=reduce_range, symmetric=True)
     if axis is None:
@@ -114,7 +121,9 @@ class InsertReport:
 
     quantized_nodes: list[str] = field(default_factory=list)
     quantized_tensors: int = 0
-    weights: dict[str, str] = field(default_factory=dict)  # int8 initializer -> float weight it replaced
+    weights: dict[str, str] = field(
+        default_factory=dict
+    )  # int8 initializer -> float weight it replaced
     removed_activations: list[str] = field(default_factory=list)
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
@@ -143,8 +152,14 @@ class _Namer:
         return name
 
 
-def insert_qdq(model: ir.Model, plan: QuantPlan, params: Mapping[str, QParams], *,
-               reduce_range: bool = False, activation_dtype: np.dtype | type = np.uint8) -> InsertReport:
+def insert_qdq(
+    model: ir.Model,
+    plan: QuantPlan,
+    params: Mapping[str, QParams],
+    *,
+    reduce_range: bool = False,
+    activation_dtype: np.dtype | type = np.uint8,
+) -> InsertReport:
     """Rewrite `model` in place so the plan's nodes run on int8.
 
     `params` maps every non-shared tensor of the plan to its QParams (shared tensors
@@ -181,8 +196,18 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, params: Mapping[str, QParams], 
             continue
         weight_params: QParams | None = None
         for index, axis in node_plan.weights.items():
-            weight_params = _quantize_weight(node, index, axis, node_plan, plan, params, weight_cache, namer,
-                                             reduce_range, report)
+            weight_params = _quantize_weight(
+                node,
+                index,
+                axis,
+                node_plan,
+                plan,
+                params,
+                weight_cache,
+                namer,
+                reduce_range,
+                report,
+            )
         if node_plan.bias is not None and weight_params is not None:
             _quantize_bias(node, node_plan, plan, params, weight_params, namer)
         for index in node_plan.constants:
@@ -204,8 +229,9 @@ def insert_qdq(model: ir.Model, plan: QuantPlan, params: Mapping[str, QParams], 
     return report
 
 
-def tensor_params(plan: QuantPlan, ranges: Mapping[str, Range], dtype: np.dtype | type = np.uint8
-                  ) -> dict[str, QParams]:
+def tensor_params(
+    plan: QuantPlan, ranges: Mapping[str, Range], dtype: np.dtype | type = np.uint8
+) -> dict[str, QParams]:
     """QParams of every root tensor of the plan from calibrated ranges (Clip bounds applied)."""
     params: dict[str, QParams] = {}
     for name, tensor in plan.tensors.items():
@@ -237,20 +263,27 @@ def _values_by_name(graphs: list[ir.Graph]) -> dict[str, ir.Value]:
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
     graph.register_initializer(value)
     return value
 
 
-def _scale_zero(graph: ir.Graph, base: str, qp: QParams, namer: _Namer) -> tuple[ir.Value, ir.Value]:
+def _scale_zero(
+    graph: ir.Graph, base: str, qp: QParams, namer: _Namer
+) -> tuple[ir.Value, ir.Value]:
     scale = _initializer(graph, namer(f"{base}_scale"), np.asarray(qp.scale, dtype=np.float32))
     zero = _initializer(graph, namer(f"{base}_zero_point"), np.asarray(qp.zero_point))
     return scale, zero
 
 
-def _dq_node(source: ir.Value, scale: ir.Value, zero: ir.Value, axis: int | None, name: str,
-             out_name: str) -> ir.Node:
+def _dq_node(
+    source: ir.Value, scale: ir.Value, zero: ir.Value, axis: int | None, name: str, out_name: str
+) -> ir.Node:
     attrs = {"axis": axis} if axis is not None else {}
     node = ir.node("DequantizeLinear", [source, scale, zero], attrs, name=name)
     node.outputs[0].name = out_name
@@ -275,7 +308,9 @@ def _graph_of(value: ir.Value, model: ir.Model) -> ir.Graph:
     return model.graph
 
 
-def _insert_pair(model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer, all_graphs: list[ir.Graph]) -> None:
+def _insert_pair(
+    model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer, all_graphs: list[ir.Graph]
+) -> None:
     """Q(value) where it is produced; each graph reading it gets its own DQ."""
     home = _graph_of(value, model)
     base = value.name or "tensor"
@@ -305,12 +340,25 @@ def _insert_pair(model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer, a
         readers.setdefault(id(graph), [])
     for gid, graph in reader_graphs.items():
         if graph is home:
-            dq = _dq_node(quantized, scale, zero, None, namer(f"{base}_DequantizeLinear"), namer(f"{base}_dequantized"))
+            dq = _dq_node(
+                quantized,
+                scale,
+                zero,
+                None,
+                namer(f"{base}_DequantizeLinear"),
+                namer(f"{base}_dequantized"),
+            )
             home.insert_after(quant, dq)
         else:
             local_scale, local_zero = _scale_zero(graph, base, qp, namer)
-            dq = _dq_node(quantized, local_scale, local_zero, None, namer(f"{base}_DequantizeLinear"),
-                          namer(f"{base}_dequantized"))
+            dq = _dq_node(
+                quantized,
+                local_scale,
+                local_zero,
+                None,
+                namer(f"{base}_DequantizeLinear"),
+                namer(f"{base}_dequantized"),
+            )
             _prepend(graph, [dq])
         dequantized = dq.outputs[0]
         dequantized.shape = value.shape
@@ -325,9 +373,18 @@ def _insert_pair(model: ir.Model, value: ir.Value, qp: QParams, namer: _Namer, a
                     dequantized.name = original
 
 
-def _quantize_weight(node: ir.Node, index: int, axis: int | None, node_plan: NodePlan, plan: QuantPlan,
-                     params: Mapping[str, QParams], cache: dict, namer: _Namer, reduce_range: bool,
-                     report: InsertReport) -> QParams | None:
+def _quantize_weight(
+    node: ir.Node,
+    index: int,
+    axis: int | None,
+    node_plan: NodePlan,
+    plan: QuantPlan,
+    params: Mapping[str, QParams],
+    cache: dict,
+    namer: _Namer,
+    reduce_range: bool,
+    report: InsertReport,
+) -> QParams | None:
     weight_value = node.inputs[index]
     weight = const_array(weight_value)
     if weight_value is None or weight is None:
@@ -346,8 +403,14 @@ def _quantize_weight(node: ir.Node, index: int, axis: int | None, node_plan: Nod
     base = weight_value.name or "weight"
     q_value = _initializer(graph, namer(f"{base}_quantized"), q)
     scale, zero = _scale_zero(graph, base, qp, namer)
-    dq = _dq_node(q_value, scale, zero, qp.axis if qp.scale.ndim == 1 else None, namer(f"{base}_DequantizeLinear"),
-                  namer(f"{base}_dequantized"))
+    dq = _dq_node(
+        q_value,
+        scale,
+        zero,
+        qp.axis if qp.scale.ndim == 1 else None,
+        namer(f"{base}_DequantizeLinear"),
+        namer(f"{base}_dequantized"),
+    )
     dq.outputs[0].shape = ir.Shape(weight.shape)
     _prepend(graph, [dq])
     node.replace_input_with(index, dq.outputs[0])
@@ -358,15 +421,18 @@ def _quantize_weight(node: ir.Node, index: int, axis: int | None, node_plan: Nod
     return qp
 
 
-def _activation_scale(node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params: Mapping[str, QParams]) -> float | None:
+def _activation_scale(
+    node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params: Mapping[str, QParams]
+) -> float | None:
     source = node.inputs[node_plan.activations[0]] if node_plan.activations else None
     if source is None or (source.name or "") not in plan.tensors:
         return None
     return float(params[plan.root(source.name or "").name].scale)
 
 
-def _widen_for_bias(node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params: Mapping[str, QParams],
-                    qp: QParams) -> QParams:
+def _widen_for_bias(
+    node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params: Mapping[str, QParams], qp: QParams
+) -> QParams:
     """Raise weight scales where the int32 bias would overflow (tiny weights, big bias)."""
     bias = const_array(node.inputs[node_plan.bias]) if node_plan.bias is not None else None
     s_x = _activation_scale(node, node_plan, plan, params)
@@ -375,15 +441,28 @@ def _widen_for_bias(node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params:
     need = np.abs(bias.astype(np.float64)).reshape(-1) / (s_x * (_INT32_MAX - 1))
     if qp.scale.ndim == 0:
         need_max = float(need.max()) if need.size else 0.0
-        return QParams(np.maximum(qp.scale, np.float32(need_max)).astype(np.float32), qp.zero_point, qp.axis) \
-            if need_max > float(qp.scale) else qp
+        return (
+            QParams(
+                np.maximum(qp.scale, np.float32(need_max)).astype(np.float32),
+                qp.zero_point,
+                qp.axis,
+            )
+            if need_max > float(qp.scale)
+            else qp
+        )
     if need.size != qp.scale.size or not np.any(need > qp.scale):
         return qp
     return QParams(np.maximum(qp.scale, need).astype(np.float32), qp.zero_point, qp.axis)
 
 
-def _quantize_bias(node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params: Mapping[str, QParams],
-                   weight_qp: QParams, namer: _Namer) -> None:
+def _quantize_bias(
+    node: ir.Node,
+    node_plan: NodePlan,
+    plan: QuantPlan,
+    params: Mapping[str, QParams],
+    weight_qp: QParams,
+    namer: _Namer,
+) -> None:
     index = node_plan.bias
     assert index is not None
     bias_value = node.inputs[index]
@@ -404,7 +483,14 @@ def _quantize_bias(node: ir.Node, node_plan: NodePlan, plan: QuantPlan, params: 
     q_value = _initializer(graph, namer(f"{base}_quantized"), q)
     scale_value = _initializer(graph, namer(f"{base}_scale"), scale.astype(np.float32))
     zero_value = _initializer(graph, namer(f"{base}_zero_point"), np.zeros(q.shape, dtype=np.int32))
-    dq = _dq_node(q_value, scale_value, zero_value, 0, namer(f"{base}_DequantizeLinear"), namer(f"{base}_dequantized"))
+    dq = _dq_node(
+        q_value,
+        scale_value,
+        zero_value,
+        0,
+        namer(f"{base}_DequantizeLinear"),
+        namer(f"{base}_dequantized"),
+    )
     dq.outputs[0].shape = ir.Shape(q.shape)
     graph.insert_before(node, dq)
     node.replace_input_with(index, dq.outputs[0])
@@ -415,22 +501,31 @@ def _quantize_constant(node: ir.Node, index: int, namer: _Namer, dtype: np.dtype
     array = const_array(value)
     if value is None or array is None:
         return
-    qp = activation_qparams(Range(float(array.min()) if array.size else 0.0,
-                                  float(array.max()) if array.size else 0.0), dtype)
+    qp = activation_qparams(
+        Range(float(array.min()) if array.size else 0.0, float(array.max()) if array.size else 0.0),
+        dtype,
+    )
     graph = node.graph
     assert isinstance(graph, ir.Graph)
     base = value.name or "constant"
-    q_value = _initializer(graph, namer(f"{base}_quantized"), quantize_array(array.astype(np.float32), qp))
+    q_value = _initializer(
+        graph, namer(f"{base}_quantized"), quantize_array(array.astype(np.float32), qp)
+    )
     scale, zero = _scale_zero(graph, base, qp, namer)
-    dq = _dq_node(q_value, scale, zero, None, namer(f"{base}_DequantizeLinear"), namer(f"{base}_dequantized"))
+    dq = _dq_node(
+        q_value, scale, zero, None, namer(f"{base}_DequantizeLinear"), namer(f"{base}_dequantized")
+    )
     dq.outputs[0].shape = ir.Shape(array.shape)
     graph.insert_before(node, dq)
     node.replace_input_with(index, dq.outputs[0])
 
 
-def _quantize_embedding(node: ir.Node, namer: _Namer, report: InsertReport,
-                        cache: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value, int | None]] | None = None
-                        ) -> None:
+def _quantize_embedding(
+    node: ir.Node,
+    namer: _Namer,
+    report: InsertReport,
+    cache: dict[tuple[int, int], tuple[ir.Value, ir.Value, ir.Value, int | None]] | None = None,
+) -> None:
     """Gather(table, ids) -> DQ(Gather(int8 table, ids)).
 
     A 2-D table gathered along axis 0 gets one scale per column (per hidden unit:
@@ -459,12 +554,20 @@ def _quantize_embedding(node: ir.Node, namer: _Namer, report: InsertReport,
         report.weights[q_value.name or ""] = base
         report.weight_bytes_before += table.nbytes
         report.weight_bytes_after += q.nbytes
-    gather = ir.node("Gather", [q_value, node.inputs[1]], {"axis": axis}, name=namer(f"{node.name}_int8"))
+    gather = ir.node(
+        "Gather", [q_value, node.inputs[1]], {"axis": axis}, name=namer(f"{node.name}_int8")
+    )
     gathered = gather.outputs[0]
     gathered.name = namer(f"{node.outputs[0].name}_quantized")
     gathered.dtype = ir.DataType.INT8
-    dq = _dq_node(gathered, scale, zero, dq_axis, namer(f"{node.name}_DequantizeLinear"),
-                  namer(f"{node.outputs[0].name}_dequantized"))
+    dq = _dq_node(
+        gathered,
+        scale,
+        zero,
+        dq_axis,
+        namer(f"{node.name}_DequantizeLinear"),
+        namer(f"{node.outputs[0].name}_dequantized"),
+    )
     graph.insert_before(node, [gather, dq])
     old = node.outputs[0]
     dq.outputs[0].shape = old.shape
@@ -482,9 +585,14 @@ def _remove_unused_constants(model: ir.Model) -> None:
     for graph in iter_graphs(model):
         if not isinstance(graph, ir.Graph):
             continue
-        for node in reversed(list(graph)):  # Constant / Identity nodes that held or passed on a weight
-            if node.op_type in ("Constant", "Identity") and node.domain in ("", "ai.onnx") and \
-                    all(not o.uses() and not o.is_graph_output() for o in node.outputs):
+        for node in reversed(
+            list(graph)
+        ):  # Constant / Identity nodes that held or passed on a weight
+            if (
+                node.op_type in ("Constant", "Identity")
+                and node.domain in ("", "ai.onnx")
+                and all(not o.uses() and not o.is_graph_output() for o in node.outputs)
+            ):
                 graph.remove(node, safe=True)
         for name, value in list(graph.initializers.items()):
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
@@ -504,15 +612,26 @@ class WeightQuantizer:
         self.reduce_range = reduce_range
         self.report = InsertReport()
         self._empty_plan = QuantPlan({}, {}, {})
-        # Weights quantized in another layout (dynamic / int4 modes), by (id(weight), layout, id(graph)).
+        # Weights quantized in another layout (dynamic / int4 modes):
+        # (id(weight), layout, id(graph)) -> initializers.
         self.shared: dict[tuple[int, object, int], tuple[ir.Value, ...]] = {}
         self.embeddings: dict = {}
 
     def weight(self, node: ir.Node, index: int, axis: int | None) -> QParams | None:
         """Replace input `index` of `node` by DQ(int8 weight)."""
         plan = NodePlan(node.name or "", node.op_type, "weight-only")
-        return _quantize_weight(node, index, axis, plan, self._empty_plan, {}, self.cache, self.namer,
-                                self.reduce_range, self.report)
+        return _quantize_weight(
+            node,
+            index,
+            axis,
+            plan,
+            self._empty_plan,
+            {},
+            self.cache,
+            self.namer,
+            self.reduce_range,
+            self.report,
+        )
 
     def embedding(self, node: ir.Node) -> None:
         """Gather on an int8 table, then DQ of the rows taken."""
@@ -531,7 +650,7 @@ def replace_node(old: ir.Node, new_nodes: list[ir.Node], new_outputs: list[ir.Va
     assert isinstance(graph, ir.Graph)
     if new_nodes:
         graph.insert_before(old, new_nodes)
-    for out, new in zip(old.outputs, new_outputs):
+    for out, new in zip(old.outputs, new_outputs, strict=False):
         name = out.name
         new.type, new.shape = out.type, out.shape
         out.replace_all_uses_with(new, replace_graph_outputs=True)

@@ -82,8 +82,13 @@ class StreamingHistogram:
     def centers(self) -> np.ndarray:
         return self.lo + self.width * (np.arange(self.bins, dtype=np.float64) + 0.5)
 
-    def add(self, values: np.ndarray, vmin: float | None = None, vmax: float | None = None,
-            sample: int | None = SAMPLE_ELEMENTS) -> None:
+    def add(
+        self,
+        values: np.ndarray,
+        vmin: float | None = None,
+        vmax: float | None = None,
+        sample: int | None = SAMPLE_ELEMENTS,
+    ) -> None:
         """Count finite `values` (any shape); `vmin`/`vmax` may be passed if already known.
 
         Above `sample` elements, an evenly strided subset is counted, each value
@@ -145,7 +150,9 @@ class StreamingHistogram:
         # Computed in floats on bin centres so huge shifts cannot overflow integers.
         old_centres = (np.arange(self.bins, dtype=np.float64) + 0.5 + shift) / factor
         target = np.minimum(old_centres.astype(np.intp), self.bins - 1)
-        self.counts = np.bincount(target, weights=self.counts, minlength=self.bins)[: self.bins].astype(np.int64)
+        self.counts = np.bincount(target, weights=self.counts, minlength=self.bins)[
+            : self.bins
+        ].astype(np.int64)
         self.lo = new_lo
         self.width *= factor
 
@@ -200,15 +207,24 @@ class TensorStats:
         return Range(self.min, self.max)
 
 
-def compute_range(stats: TensorStats, method: str = "minmax", *, percentile: float = 99.99,
-                  levels: int = 256) -> Range:
+def compute_range(
+    stats: TensorStats, method: str = "minmax", *, percentile: float = 99.99, levels: int = 256
+) -> Range:
     """The clip range of `stats` under `method`; falls back to min/max without a histogram."""
     if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}"
+        )
     if not stats.observed:
         raise ValueError("tensor was never observed")
     hist = stats.histogram
-    if method == "minmax" or hist is None or hist.width == 0.0 or hist.total == 0 or stats.min == stats.max:
+    if (
+        method == "minmax"
+        or hist is None
+        or hist.width == 0.0
+        or hist.total == 0
+        or stats.min == stats.max
+    ):
         return stats.minmax()
     if method == "percentile":
         return _percentile_range(stats, hist, percentile)
@@ -296,7 +312,9 @@ def kl_threshold_bin(counts: np.ndarray, target_bins: int, max_candidates: int =
         used = counts[:i] > 0
         group_sum = np.bincount(groups, weights=counts[:i], minlength=target_bins)
         group_used = np.bincount(groups, weights=used.astype(np.float64), minlength=target_bins)
-        per_bin = np.divide(group_sum, group_used, out=np.zeros_like(group_sum), where=group_used > 0)
+        per_bin = np.divide(
+            group_sum, group_used, out=np.zeros_like(group_sum), where=group_used > 0
+        )
         q = np.where(used, per_bin[groups], 0.0)
         kl = _kl(p, q)
         if kl < best_kl:
@@ -315,7 +333,9 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q_masked)))
 
 
-def _mse_range(stats: TensorStats, hist: StreamingHistogram, levels: int, candidates: int = 96) -> Range:
+def _mse_range(
+    stats: TensorStats, hist: StreamingHistogram, levels: int, candidates: int = 96
+) -> Range:
     """The clip [lo, hi] minimizing expected squared quantization error, by coordinate descent.
 
     Each end is searched over `candidates` fractions of its observed extreme with the
@@ -329,14 +349,36 @@ def _mse_range(stats: TensorStats, hist: StreamingHistogram, levels: int, candid
     lo, hi = lo0, hi0
     for _ in range(2):
         if hi0 > 0:
-            hi = float(fractions[np.argmin(_mse(centres, counts, np.full(candidates, lo), fractions * hi0, levels))]) * hi0
+            hi = (
+                float(
+                    fractions[
+                        np.argmin(
+                            _mse(centres, counts, np.full(candidates, lo), fractions * hi0, levels)
+                        )
+                    ]
+                )
+                * hi0
+            )
         if lo0 < 0:
-            lo = float(fractions[np.argmin(_mse(centres, counts, fractions * lo0, np.full(candidates, hi), levels))]) * lo0
-    return Range(max(stats.min, lo) if stats.min < 0 else stats.min,
-                 min(stats.max, hi) if stats.max > 0 else stats.max)
+            lo = (
+                float(
+                    fractions[
+                        np.argmin(
+                            _mse(centres, counts, fractions * lo0, np.full(candidates, hi), levels)
+                        )
+                    ]
+                )
+                * lo0
+            )
+    return Range(
+        max(stats.min, lo) if stats.min < 0 else stats.min,
+        min(stats.max, hi) if stats.max > 0 else stats.max,
+    )
 
 
-def _mse(centres: np.ndarray, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, levels: int) -> np.ndarray:
+def _mse(
+    centres: np.ndarray, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, levels: int
+) -> np.ndarray:
     """Expected squared error of quantizing the histogram into [lo_k, hi_k], per candidate k."""
     lo, hi = lo[:, None], hi[:, None]
     step = (hi - lo) / max(levels - 1, 1)

@@ -73,7 +73,11 @@ class QuantizeResult:
 
 def make_quantize_pass(mode: str = "static", **options: Any) -> ir.passes.PassBase:
     """The pass for `mode` configured with `options` (unknown options are a UsageError)."""
-    classes = {"static": QuantizeStatic, "dynamic": QuantizeDynamic, "weight-only": QuantizeWeightOnly}
+    classes = {
+        "static": QuantizeStatic,
+        "dynamic": QuantizeDynamic,
+        "weight-only": QuantizeWeightOnly,
+    }
     if mode not in classes:
         raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     cls = classes[mode]
@@ -114,22 +118,43 @@ def quantize_model(
     quantize_pass(quantized)
     seconds = time.perf_counter() - start
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
-    result = QuantizeResult(quantized, report, None, tensor_bytes(model), tensor_bytes(quantized),
-                            node_count(model), node_count(quantized), seconds, warnings=list(report.warnings))
+    result = QuantizeResult(
+        quantized,
+        report,
+        None,
+        tensor_bytes(model),
+        tensor_bytes(quantized),
+        node_count(model),
+        node_count(quantized),
+        seconds,
+        warnings=list(report.warnings),
+    )
     if not report.quantized_nodes and not any(w.startswith("kept float") for w in report.warnings):
-        result.warnings.append("nothing was quantized: no op of this model has a faster or smaller int8 form here")
+        result.warnings.append(
+            "nothing was quantized: no op of this model has a faster or smaller int8 form here"
+        )
     if result.bytes_after > result.bytes_before:
-        result.warnings.append(f"the result holds more weight bytes than the input "
-                               f"({result.bytes_after} > {result.bytes_before})")
+        result.warnings.append(
+            f"the result holds more weight bytes than the input "
+            f"({result.bytes_after} > {result.bytes_before})"
+        )
     if validate:
         feeds_source = data if data is not None else calib
-        result.validation, result.accuracy = _validate(model, quantized, feeds_source, validation_samples,
-                                                       runs, threads, progress)
+        result.validation, result.accuracy = _validate(
+            model, quantized, feeds_source, validation_samples, runs, threads, progress
+        )
     return result
 
 
-def _validate(reference: ir.Model, candidate: ir.Model, source: Any, count: int, runs: int, threads: int,
-              progress: StageProgress | None) -> tuple[Any, dict[str, float] | None]:
+def _validate(
+    reference: ir.Model,
+    candidate: ir.Model,
+    source: Any,
+    count: int,
+    runs: int,
+    threads: int,
+    progress: StageProgress | None,
+) -> tuple[Any, dict[str, float] | None]:
     from onnxslim.calibration import open_feeds
     from onnxslim.validation import validate
 
@@ -146,14 +171,30 @@ def _validate(reference: ir.Model, candidate: ir.Model, source: Any, count: int,
         if progress is not None:
             progress(stage, done, total)
 
-    report = validate(reference, candidate, feeds=feeds, count=None if feeds else 8, runs=runs, threads=threads,
-                      measure_memory=False, atol=1e-2, rtol=1e-2, progress=notify)
+    report = validate(
+        reference,
+        candidate,
+        feeds=feeds,
+        count=None if feeds else 8,
+        runs=runs,
+        threads=threads,
+        measure_memory=False,
+        atol=1e-2,
+        rtol=1e-2,
+        progress=notify,
+    )
     accuracy = accuracy_on(reference, candidate, source, progress=progress) if has_labels else None
     return report, accuracy
 
 
-def accuracy_on(reference: ir.Model, candidate: ir.Model, source: Any, *, limit: int | None = None,
-                progress: StageProgress | None = None) -> dict[str, float] | None:
+def accuracy_on(
+    reference: ir.Model,
+    candidate: ir.Model,
+    source: Any,
+    *,
+    limit: int | None = None,
+    progress: StageProgress | None = None,
+) -> dict[str, float] | None:
     """Top-1 accuracy of both models over labelled data, streamed; None unless the first
     output is a classifier's [batch, classes] scores with one label per sample."""
     from onnxslim.calibration import open_feeds

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnxslim.passes._options import check_choice, option
 
 from onnxslim.errors import DataError, PassFailed, UsageError
-from onnxslim.passes._options import check_choice, option
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
@@ -50,10 +50,24 @@ REPORT_KEY = "onnxslim.quantize_report"
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
 # progress(stage, done, total): stage is "calibrate" (runs over the data) or "check".
 StageProgress = Callable[[str, int, int | None], None]
-_INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul",
-                 "QLinearConcat", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearSigmoid",
-                 "QLinearLeakyRelu", "DynamicQuantizeMatMul", "MatMulInteger", "ConvInteger", "MatMulNBits",
-                 "DynamicQuantizeLSTM")
+_INT8_KERNELS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulIntegerToFloat",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearConcat",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "DynamicQuantizeMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulNBits",
+    "DynamicQuantizeLSTM",
+)
 _NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
 
 
@@ -87,13 +101,19 @@ class QuantizeReport:
 
 def _data_field(help: str) -> Any:
     """The calibration data: a path in recipes, or any feed source through the API."""
-    return dataclasses.field(default=None, compare=False, hash=False,
-                             metadata={"help": help, "data": True})
+    return dataclasses.field(
+        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
+    )
 
 
 def _internal(default: Any = None) -> Any:
-    return dataclasses.field(default=default, compare=False, hash=False, repr=False,
-                             metadata={"internal": True, "help": ""})
+    return dataclasses.field(
+        default=default,
+        compare=False,
+        hash=False,
+        repr=False,
+        metadata={"internal": True, "help": ""},
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -102,23 +122,48 @@ class QuantizeStatic(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = False
 
-    calib: Any = _data_field("Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
-                             "ORT CalibrationDataReader through the API.")
-    method: str = option("minmax", "Calibration method: minmax keeps outliers (transformer activations need "
-                                   "them); percentile, mse and entropy clip the tails.", choices=METHODS)
+    calib: Any = _data_field(
+        "Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
+        "ORT CalibrationDataReader through the API."
+    )
+    method: str = option(
+        "minmax",
+        "Calibration method: minmax keeps outliers (transformer activations need "
+        "them); percentile, mse and entropy clip the tails.",
+        choices=METHODS,
+    )
     percentile: float = option(99.99, "Percentile kept by --method percentile (each tail).")
-    target: str = option("auto", "CPU the int8 types are chosen for.", choices=("auto", "x86-avx2", "x86-vnni", "arm64"))
-    activation_type: str = option("auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES)
+    target: str = option(
+        "auto",
+        "CPU the int8 types are chosen for.",
+        choices=("auto", "x86-avx2", "x86-vnni", "arm64"),
+    )
+    activation_type: str = option(
+        "auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES
+    )
     per_channel: bool = option(True, "Per-channel weight scales (else per tensor).")
-    reduce_range: bool | None = option(None, "7-bit weights for x86 without VNNI (None: from the target).")
-    exclude: tuple[str, ...] = option((), "Keep these float: node names, op types or regular expressions.")
+    reduce_range: bool | None = option(
+        None, "7-bit weights for x86 without VNNI (None: from the target)."
+    )
+    exclude: tuple[str, ...] = option(
+        (), "Keep these float: node names, op types or regular expressions."
+    )
     keep_float_outputs: bool = option(False, "Nodes producing graph outputs stay float.")
-    quantize_depthwise: bool = option(False, "Quantize depthwise Conv too (slower than float on ORT CPU).")
+    quantize_depthwise: bool = option(
+        False, "Quantize depthwise Conv too (slower than float on ORT CPU)."
+    )
     max_samples: int | None = option(None, "Use at most this many calibration feeds.")
-    protect: bool = option(True, "Keep float the tensors one int8 scale cannot carry (masks, mixed ranges).")
-    bias_correction: bool = option(True, "Correct each int8 layer's mean output shift (bias_correction.py).")
-    latency_guard: bool = option(True, "While the int8 model runs slower than float here, keep the smallest "
-                                       "layers float (timed interleaved, one thread).")
+    protect: bool = option(
+        True, "Keep float the tensors one int8 scale cannot carry (masks, mixed ranges)."
+    )
+    bias_correction: bool = option(
+        True, "Correct each int8 layer's mean output shift (bias_correction.py)."
+    )
+    latency_guard: bool = option(
+        True,
+        "While the int8 model runs slower than float here, keep the smallest "
+        "layers float (timed interleaved, one thread).",
+    )
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
     progress: Any = _internal()
@@ -151,29 +196,51 @@ def replace_contents(model: ir.Model, source: ir.Model) -> None:
 def refuse_quantized(model: ir.Model, force: bool) -> None:
     ops = quantized_ops_in(model)
     if ops and not force:
-        raise UsageError(f"model is already quantized (it holds {', '.join(ops[:4])}); "
-                         "quantizing it again would only lose accuracy (force to override)")
+        raise UsageError(
+            f"model is already quantized (it holds {', '.join(ops[:4])}); "
+            "quantizing it again would only lose accuracy (force to override)"
+        )
 
 
 def resolve_types(options: QuantizeStatic) -> tuple[Target, str, bool]:
     target = resolve_target(options.target)
-    activation = target.activation_type if options.activation_type == "auto" else options.activation_type
-    reduce_range = target.reduce_range if options.reduce_range is None else bool(options.reduce_range)
+    activation = (
+        target.activation_type if options.activation_type == "auto" else options.activation_type
+    )
+    reduce_range = (
+        target.reduce_range if options.reduce_range is None else bool(options.reduce_range)
+    )
     return target, activation, reduce_range
 
 
-def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic | None = None, *,
-                    progress: StageProgress | None = None) -> tuple[ir.Model, QuantizeReport]:
+def quantize_static(
+    model: ir.Model,
+    calib: FeedSource,
+    options: QuantizeStatic | None = None,
+    *,
+    progress: StageProgress | None = None,
+) -> tuple[ir.Model, QuantizeReport]:
     """A new static-int8 model of `model` (left untouched), and the report."""
     options = options or QuantizeStatic()
     refuse_quantized(model, options.force)
     target, activation, reduce_range = resolve_types(options)
-    report = QuantizeReport("static", target=target.name, activation_type=activation, reduce_range=reduce_range,
-                            per_channel=options.per_channel, method=options.method)
+    report = QuantizeReport(
+        "static",
+        target=target.name,
+        activation_type=activation,
+        reduce_range=reduce_range,
+        per_channel=options.per_channel,
+        method=options.method,
+    )
     act_dtype = np.uint8 if activation == "uint8" else np.int8
-    policy = PolicyConfig(activation_type=activation, per_channel=options.per_channel, reduce_range=reduce_range,
-                          exclude=tuple(options.exclude), keep_float_outputs=options.keep_float_outputs,
-                          quantize_depthwise=options.quantize_depthwise)
+    policy = PolicyConfig(
+        activation_type=activation,
+        per_channel=options.per_channel,
+        reduce_range=reduce_range,
+        exclude=tuple(options.exclude),
+        keep_float_outputs=options.keep_float_outputs,
+        quantize_depthwise=options.quantize_depthwise,
+    )
     clock = time.perf_counter()
     prepared, prep = prepare(model)
     report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
@@ -204,8 +271,9 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
         float_tensors |= protected_tensors(protections)
         for name in protected_nodes(protections):
             float_nodes[name] = "protected: range cannot share one int8 scale"
-    plan, ranges = _plan_with_ranges(prepared, policy, float_nodes, float_tensors, stats, source, options, progress,
-                                     report)
+    plan, ranges = _plan_with_ranges(
+        prepared, policy, float_nodes, float_tensors, stats, source, options, progress, report
+    )
     result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["insert"] = time.perf_counter() - clock
 
@@ -217,15 +285,37 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
             if not unfused:
                 break
             float_nodes.update({name: _NOT_FUSED for name in unfused})
-            plan, ranges = _plan_with_ranges(prepared, policy, float_nodes, float_tensors, stats, source, options,
-                                             progress, report)
+            plan, ranges = _plan_with_ranges(
+                prepared,
+                policy,
+                float_nodes,
+                float_tensors,
+                stats,
+                source,
+                options,
+                progress,
+                report,
+            )
             result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["check"] = time.perf_counter() - clock
 
     if options.latency_guard and plan.nodes:
         clock = time.perf_counter()
-        guarded = _latency_guard(prepared, result, plan, stats, _sample_feeds(reservoir, source), policy,
-                                 float_nodes, float_tensors, options, act_dtype, reduce_range, progress, report)
+        guarded = _latency_guard(
+            prepared,
+            result,
+            plan,
+            stats,
+            _sample_feeds(reservoir, source),
+            policy,
+            float_nodes,
+            float_tensors,
+            options,
+            act_dtype,
+            reduce_range,
+            progress,
+            report,
+        )
         if guarded is not None:
             plan, ranges, result, insert_report = guarded
             if plan.nodes and options.check_fusion:
@@ -237,7 +327,11 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
     reusable = reservoir.kept if reservoir is not None else source
     bias_correction_hook(result, prepared, reusable, options, report)  # bias_correction.py
 
-    members = {n: p for n, p in plan.nodes.items() if p.role in ("compute", "island", "embedding", "shared")}
+    members = {
+        n: p
+        for n, p in plan.nodes.items()
+        if p.role in ("compute", "island", "embedding", "shared")
+    }
     report.quantized_nodes = sorted(members)
     report.quantized_ops = dict(Counter(p.op_type for p in members.values()))
     report.skipped = dict(sorted(plan.skipped.items()))
@@ -246,9 +340,17 @@ def quantize_static(model: ir.Model, calib: FeedSource, options: QuantizeStatic 
     return result, report
 
 
-def _plan_with_ranges(prepared: ir.Model, policy: PolicyConfig, float_nodes: dict[str, str], float_tensors: set[str],
-                      stats: dict[str, TensorStats], calib: FeedSource, options: QuantizeStatic,
-                      progress: StageProgress | None, report: QuantizeReport) -> tuple[QuantPlan, dict[str, Range]]:
+def _plan_with_ranges(
+    prepared: ir.Model,
+    policy: PolicyConfig,
+    float_nodes: dict[str, str],
+    float_tensors: set[str],
+    stats: dict[str, TensorStats],
+    calib: FeedSource,
+    options: QuantizeStatic,
+    progress: StageProgress | None,
+    report: QuantizeReport,
+) -> tuple[QuantPlan, dict[str, Range]]:
     """A plan under the current constraints, with a range for each of its tensors.
 
     A re-plan may need a tensor the first calibration pass did not watch: it is
@@ -274,15 +376,24 @@ def _plan_with_ranges(prepared: ir.Model, policy: PolicyConfig, float_nodes: dic
     raise PassFailed("quantize-static: could not settle on a plan with calibrated ranges")
 
 
-def _apply(prepared: ir.Model, plan: QuantPlan, ranges: Mapping[str, Range], act_dtype: type,
-           reduce_range: bool) -> tuple[ir.Model, InsertReport]:
+def _apply(
+    prepared: ir.Model,
+    plan: QuantPlan,
+    ranges: Mapping[str, Range],
+    act_dtype: type,
+    reduce_range: bool,
+) -> tuple[ir.Model, InsertReport]:
     params: dict[str, QParams] = tensor_params(plan, ranges, act_dtype)
     trial = prepared.clone()
-    insert_report = insert_qdq(trial, plan, params, reduce_range=reduce_range, activation_dtype=act_dtype)
+    insert_report = insert_qdq(
+        trial, plan, params, reduce_range=reduce_range, activation_dtype=act_dtype
+    )
     return trial, insert_report
 
 
-def _ranges(plan: QuantPlan, stats: Mapping[str, TensorStats], options: QuantizeStatic) -> dict[str, Range]:
+def _ranges(
+    plan: QuantPlan, stats: Mapping[str, TensorStats], options: QuantizeStatic
+) -> dict[str, Range]:
     ranges: dict[str, Range] = {}
     for name in plan.range_tensors():
         s = stats.get(name)
@@ -292,14 +403,25 @@ def _ranges(plan: QuantPlan, stats: Mapping[str, TensorStats], options: Quantize
     return ranges
 
 
-def _calibrate(model: ir.Model, calib: FeedSource, names: list[str], options: QuantizeStatic,
-               progress: StageProgress | None) -> tuple[dict[str, TensorStats], int]:
+def _calibrate(
+    model: ir.Model,
+    calib: FeedSource,
+    names: list[str],
+    options: QuantizeStatic,
+    progress: StageProgress | None,
+) -> tuple[dict[str, TensorStats], int]:
     def report(done: int, total: int | None) -> None:
         if progress is not None:
             progress("calibrate", done, total)
 
-    stats, count = collect_stats(model, calib, names, histogram=options.method != "minmax",
-                                 progress=report, config=CollectConfig(limit=options.max_samples))
+    stats, count = collect_stats(
+        model,
+        calib,
+        names,
+        histogram=options.method != "minmax",
+        progress=report,
+        config=CollectConfig(limit=options.max_samples),
+    )
     if count == 0:
         raise DataError("calibration data holds no feeds")
     return stats, count
@@ -310,7 +432,12 @@ def _feeds(calib: FeedSource, model: ir.Model) -> Any:
     from onnxslim import calibration
 
     opener = getattr(calibration, "open_feeds", None)
-    if opener is None or callable(calib) and not hasattr(calib, "__iter__") and not hasattr(calib, "get_next"):
+    if (
+        opener is None
+        or callable(calib)
+        and not hasattr(calib, "__iter__")
+        and not hasattr(calib, "get_next")
+    ):
         return calib
     return opener(calib, model, extra="ignore")
 
@@ -331,8 +458,14 @@ def _sample_feeds(reservoir: _Reservoir | None, source: Any) -> list[dict[str, n
         return []
 
 
-def latency_ratio(reference: ir.Model, candidate: ir.Model, feeds: list[dict[str, np.ndarray]], *,
-                  min_runs: int = 7, budget_seconds: float = 2.0) -> float:
+def latency_ratio(
+    reference: ir.Model,
+    candidate: ir.Model,
+    feeds: list[dict[str, np.ndarray]],
+    *,
+    min_runs: int = 7,
+    budget_seconds: float = 2.0,
+) -> float:
     """Median single-thread latency of `candidate` over `reference`, timed interleaved."""
     from onnxslim.runtime import Session, SessionConfig
 
@@ -384,11 +517,21 @@ def node_macs(model: ir.Model, plan: QuantPlan, stats: Mapping[str, TensorStats]
     return macs
 
 
-def _latency_guard(prepared: ir.Model, result: ir.Model, plan: QuantPlan, stats: dict[str, TensorStats],
-                   feeds: list[dict[str, np.ndarray]], policy: PolicyConfig, float_nodes: dict[str, str],
-                   float_tensors: set[str], options: QuantizeStatic, act_dtype: type, reduce_range: bool,
-                   progress: StageProgress | None, report: QuantizeReport
-                   ) -> tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None:
+def _latency_guard(
+    prepared: ir.Model,
+    result: ir.Model,
+    plan: QuantPlan,
+    stats: dict[str, TensorStats],
+    feeds: list[dict[str, np.ndarray]],
+    policy: PolicyConfig,
+    float_nodes: dict[str, str],
+    float_tensors: set[str],
+    options: QuantizeStatic,
+    act_dtype: type,
+    reduce_range: bool,
+    progress: StageProgress | None,
+    report: QuantizeReport,
+) -> tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None:
     """Keep the smallest layers float, step by step, while the int8 model is slower than float.
 
     Per-op overheads (QuantizeLinear, layout changes) do not shrink with the layer,
@@ -402,7 +545,10 @@ def _latency_guard(prepared: ir.Model, result: ir.Model, plan: QuantPlan, stats:
     if ratio <= 1.0:
         return None
     macs = node_macs(prepared, plan, stats)
-    best: tuple[float, tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None] = (ratio, None)
+    best: tuple[float, tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None] = (
+        ratio,
+        None,
+    )
     previous: set[str] = set()
     for step, threshold in enumerate(_LADDER):
         small = {name for name, count in macs.items() if count < threshold}
@@ -411,13 +557,17 @@ def _latency_guard(prepared: ir.Model, result: ir.Model, plan: QuantPlan, stats:
         previous = small
         trial_float = dict(float_nodes)
         for name in small:
-            trial_float.setdefault(name, f"too small for int8 to pay here (< {threshold} MACs; int8 model was slower)")
-        trial_plan, trial_ranges = _plan_with_ranges(prepared, policy, trial_float, set(float_tensors), stats, [],
-                                                     options, progress, report)
+            trial_float.setdefault(
+                name, f"too small for int8 to pay here (< {threshold} MACs; int8 model was slower)"
+            )
+        trial_plan, trial_ranges = _plan_with_ranges(
+            prepared, policy, trial_float, set(float_tensors), stats, [], options, progress, report
+        )
         trial, trial_report = _apply(prepared, trial_plan, trial_ranges, act_dtype, reduce_range)
         ratio = latency_ratio(prepared, trial, feeds)
-        report.latency_checks.append({"threshold_macs": threshold, "ratio": round(ratio, 3),
-                                      "float_layers": len(small)})
+        report.latency_checks.append(
+            {"threshold_macs": threshold, "ratio": round(ratio, 3), "float_layers": len(small)}
+        )
         if progress is not None:
             progress("latency", step + 1, len(_LADDER))
         if ratio < best[0]:
@@ -426,13 +576,19 @@ def _latency_guard(prepared: ir.Model, result: ir.Model, plan: QuantPlan, stats:
             break
     first = report.latency_checks[0]["ratio"]
     chosen = best[1]
-    if chosen is not None and not any(p.role in ("compute", "embedding") for p in chosen[0].nodes.values()):
-        report.warnings.append(f"kept float: int8 ran {first:.2f}x the float time on this CPU, its layers are too "
-                               "small for int8 kernels to pay for their overheads (--no-latency-guard quantizes "
-                               "anyway, for size)")
+    if chosen is not None and not any(
+        p.role in ("compute", "embedding") for p in chosen[0].nodes.values()
+    ):
+        report.warnings.append(
+            f"kept float: int8 ran {first:.2f}x the float time on this CPU, its layers are too "
+            "small for int8 kernels to pay for their overheads (--no-latency-guard quantizes "
+            "anyway, for size)"
+        )
     elif best[0] > 1.0:
-        report.warnings.append(f"the int8 model runs {best[0]:.2f}x the float time on this CPU: its layers "
-                               "are too small for int8 kernels to pay for their overheads")
+        report.warnings.append(
+            f"the int8 model runs {best[0]:.2f}x the float time on this CPU: its layers "
+            "are too small for int8 kernels to pay for their overheads"
+        )
     return chosen
 
 
@@ -455,8 +611,10 @@ class _Reservoir:
 
     def __iter__(self) -> Any:
         if self._read:
-            raise DataError("the calibration data can be read only once (an iterator or a reader); "
-                            "pass a list, a file or a folder to read it more than once")
+            raise DataError(
+                "the calibration data can be read only once (an iterator or a reader); "
+                "pass a list, a file or a folder to read it more than once"
+            )
         self._read = True
         for feed in self._source:
             if len(self.kept) < self._keep:
@@ -465,9 +623,11 @@ class _Reservoir:
 
 
 def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
-    """Tensors watched besides the plan's: inputs of absorbed activations, of joins (protections)."""
+    """Tensors watched besides the plan's: inputs of absorbed activations, of joins."""
     names: set[str] = set()
-    by_name = {n.name: n for n in model.graph.all_nodes()} if hasattr(model.graph, "all_nodes") else {}
+    by_name = (
+        {n.name: n for n in model.graph.all_nodes()} if hasattr(model.graph, "all_nodes") else {}
+    )
     for name, node_plan in plan.nodes.items():
         node = by_name.get(name)
         if node is None:
@@ -479,8 +639,13 @@ def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
     for node in model.graph:
         if node.op_type in ("Concat", "Add") and node.domain in ("", "ai.onnx"):
             for value in node.inputs:
-                if value is not None and value.name and value.const_value is None and \
-                        value.dtype == ir.DataType.FLOAT and not value.is_graph_input():
+                if (
+                    value is not None
+                    and value.name
+                    and value.const_value is None
+                    and value.dtype == ir.DataType.FLOAT
+                    and not value.is_graph_input()
+                ):
                     names.add(value.name)
             out = node.outputs[0]
             if out.dtype == ir.DataType.FLOAT and out.name:
@@ -489,8 +654,10 @@ def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
     return names
 
 
-def find_unfused(model: ir.Model, plan: QuantPlan, report: InsertReport) -> tuple[set[str], dict[str, int]]:
-    """Nodes of the plan that ORT's optimized graph still runs in float, and its int8 kernel counts."""
+def find_unfused(
+    model: ir.Model, plan: QuantPlan, report: InsertReport
+) -> tuple[set[str], dict[str, int]]:
+    """Planned nodes that ORT's optimized graph still runs in float; its int8 kernel counts."""
     from onnxslim.runtime import Session, SessionConfig
 
     with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as folder:
@@ -506,7 +673,11 @@ def find_unfused(model: ir.Model, plan: QuantPlan, report: InsertReport) -> tupl
     still = {q for q in report.weights if q in dq_sources}
     if still:
         for node in model.graph.all_nodes():
-            if node.op_type == "DequantizeLinear" and node.inputs[0] is not None and node.inputs[0].name in still:
+            if (
+                node.op_type == "DequantizeLinear"
+                and node.inputs[0] is not None
+                and node.inputs[0].name in still
+            ):
                 for user, _ in node.outputs[0].uses():
                     if user.name in plan.nodes:
                         unfused.add(user.name or "")
@@ -514,9 +685,16 @@ def find_unfused(model: ir.Model, plan: QuantPlan, report: InsertReport) -> tupl
     for g in graphs:
         for n in g.node:
             node_plan = plan.nodes.get(n.name)
-            if node_plan is None or node_plan.role in ("embedding", "absorbed") or n.op_type != node_plan.op_type:
+            if (
+                node_plan is None
+                or node_plan.role in ("embedding", "absorbed")
+                or n.op_type != node_plan.op_type
+            ):
                 continue
-            if any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input):
+            if any(
+                producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
+                for i in n.input
+            ):
                 unfused.add(n.name)
     return unfused, dict(sorted(kernels.items()))
 

@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+from onnxslim.passes._options import option
 
 from onnxslim.graphs import iter_graphs
-from onnxslim.passes._options import option
 
 from .dynamic import MS_DOMAIN
 from .policy import MIN_EMBEDDING_ELEMENTS, const_array, constant_source, is_constant, matches
@@ -27,7 +27,14 @@ from .qdq import WeightQuantizer, replace_node
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
 # Input index and per-channel axis of the weight of each op.
-_WEIGHT_AXIS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, -1), "LSTM": (1, 1), "GRU": (1, 1), "RNN": (1, 1)}
+_WEIGHT_AXIS = {
+    "Conv": (1, 0),
+    "ConvTranspose": (1, 1),
+    "MatMul": (1, -1),
+    "LSTM": (1, 1),
+    "GRU": (1, 1),
+    "RNN": (1, 1),
+}
 WEIGHT_ONLY_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "Gather", "LSTM", "GRU", "RNN")
 # MatMulNBits int8 compute (accuracy_level 4): faster than float on x86 and ARM.
 _ACCURACY_LEVEL = 4
@@ -39,10 +46,16 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = False
 
-    bits: int = option(8, "Weight bits: 8 (DequantizeLinear) or 4 (MatMulNBits for MatMul/Gemm).", choices=(8, 4))
+    bits: int = option(
+        8, "Weight bits: 8 (DequantizeLinear) or 4 (MatMulNBits for MatMul/Gemm).", choices=(8, 4)
+    )
     block_size: int = option(32, "Values per scale for 4-bit blocks (a power of 2, at least 16).")
-    per_channel: bool = option(True, "Per-output-channel scales for int8 weights (else per tensor).")
-    exclude: tuple[str, ...] = option((), "Keep these float: node names, op types or regular expressions.")
+    per_channel: bool = option(
+        True, "Per-output-channel scales for int8 weights (else per tensor)."
+    )
+    exclude: tuple[str, ...] = option(
+        (), "Keep these float: node names, op types or regular expressions."
+    )
     min_elements: int = option(1024, "Leave weights smaller than this many values float.")
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
 
@@ -54,8 +67,12 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         refuse_quantized(model, self.force)
-        report = QuantizeReport("weight-only", weight_type=f"int{self.bits}", per_channel=self.per_channel,
-                                activation_type="float")
+        report = QuantizeReport(
+            "weight-only",
+            weight_type=f"int{self.bits}",
+            per_channel=self.per_channel,
+            activation_type="float",
+        )
         quantizer = WeightQuantizer(model)
         done: list[ir.Node] = []
         for graph in [g for g in iter_graphs(model) if isinstance(g, ir.Graph)]:
@@ -84,8 +101,12 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
         op = node.op_type
         if op == "Gather":
             table = const_array(node.inputs[0]) if is_constant(node.inputs[0]) else None
-            if table is None or is_constant(node.inputs[1]) or table.dtype != np.float32 \
-                    or table.size < max(self.min_elements, MIN_EMBEDDING_ELEMENTS):
+            if (
+                table is None
+                or is_constant(node.inputs[1])
+                or table.dtype != np.float32
+                or table.size < max(self.min_elements, MIN_EMBEDDING_ELEMENTS)
+            ):
                 return "not an embedding lookup on a large float32 table"
             quantizer.embedding(node)
             return ""
@@ -100,7 +121,12 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
         else:
             index, axis = _WEIGHT_AXIS[op]
         weight = const_array(node.inputs[index]) if len(node.inputs) > index else None
-        if weight is None or weight.dtype != np.float32 or weight.size < self.min_elements or weight.ndim < 2:
+        if (
+            weight is None
+            or weight.dtype != np.float32
+            or weight.size < self.min_elements
+            or weight.ndim < 2
+        ):
             return "weight is not a large constant float32 tensor"
         quantizer.weight(node, index, axis if self.per_channel else None)
         if op in ("LSTM", "GRU", "RNN"):
@@ -110,18 +136,28 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
         return ""
 
 
-def _matmul_nbits(node: ir.Node, quantizer: WeightQuantizer, block_size: int, min_elements: int) -> str:
+def _matmul_nbits(
+    node: ir.Node, quantizer: WeightQuantizer, block_size: int, min_elements: int
+) -> str:
     """MatMul(A, B[K,N]) or Gemm -> MatMulNBits(A, packed B, scales) (+ Add of the Gemm bias)."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
     inputs = list(node.inputs) + [None]
     weight = const_array(inputs[1])
-    if weight is None or weight.dtype != np.float32 or weight.ndim != 2 or weight.size < min_elements:
+    if (
+        weight is None
+        or weight.dtype != np.float32
+        or weight.ndim != 2
+        or weight.size < min_elements
+    ):
         return "weight is not a large constant float32 matrix"
     bias = None
     if node.op_type == "Gemm":
-        if node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0 \
-                or node.attributes.get_float("beta", 1.0) != 1.0:
+        if (
+            node.attributes.get_int("transA", 0)
+            or node.attributes.get_float("alpha", 1.0) != 1.0
+            or node.attributes.get_float("beta", 1.0) != 1.0
+        ):
             return "Gemm with transA, alpha or beta"
         if node.attributes.get_int("transB", 0):
             weight = weight.T
@@ -133,8 +169,11 @@ def _matmul_nbits(node: ir.Node, quantizer: WeightQuantizer, block_size: int, mi
     graph = node.graph
     assert isinstance(graph, ir.Graph)
     base = (inputs[1].name if inputs[1] is not None and inputs[1].name else node.name) or "weight"
-    key = (id(constant_source(inputs[1])), ("int4", node.op_type == "Gemm" and node.attributes.get_int("transB", 0), block_size),
-           id(graph))
+    key = (
+        id(constant_source(inputs[1])),
+        ("int4", node.op_type == "Gemm" and node.attributes.get_int("transB", 0), block_size),
+        id(graph),
+    )
     if key not in quantizer.shared:  # tied weights packed once
         blocks = (k + block_size - 1) // block_size
         packed = np.zeros((n, blocks, block_size // 2), dtype=np.uint8)
@@ -142,21 +181,36 @@ def _matmul_nbits(node: ir.Node, quantizer: WeightQuantizer, block_size: int, mi
         zero_points = np.zeros((n, (blocks + 1) // 2), dtype=np.uint8)
         padded = np.zeros((blocks * block_size, n), dtype=np.float32)
         padded[:k] = weight
-        quantize_matmul_4bits(packed, padded, scales, zero_points, block_size, n, blocks * block_size, True)
-        quantizer.shared[key] = (quantizer.initializer(graph, f"{base}_int4", packed),
-                                 quantizer.initializer(graph, f"{base}_scales", scales.reshape(-1)))
+        quantize_matmul_4bits(
+            packed, padded, scales, zero_points, block_size, n, blocks * block_size, True
+        )
+        quantizer.shared[key] = (
+            quantizer.initializer(graph, f"{base}_int4", packed),
+            quantizer.initializer(graph, f"{base}_scales", scales.reshape(-1)),
+        )
         quantizer.report.weight_bytes_before += weight.nbytes
         quantizer.report.weight_bytes_after += packed.nbytes + scales.nbytes
     packed_value, scale_value = quantizer.shared[key]
-    matmul = ir.node("MatMulNBits", [inputs[0], packed_value, scale_value], domain=MS_DOMAIN,
-                     attributes={"K": k, "N": n, "bits": 4, "block_size": block_size,
-                                 "accuracy_level": _ACCURACY_LEVEL},
-                     name=quantizer.namer(f"{node.name}_nbits"))
+    matmul = ir.node(
+        "MatMulNBits",
+        [inputs[0], packed_value, scale_value],
+        domain=MS_DOMAIN,
+        attributes={
+            "K": k,
+            "N": n,
+            "bits": 4,
+            "block_size": block_size,
+            "accuracy_level": _ACCURACY_LEVEL,
+        },
+        name=quantizer.namer(f"{node.name}_nbits"),
+    )
     new_nodes = [matmul]
     result = matmul.outputs[0]
     result.name = quantizer.namer(f"{node.name}_nbits_out")
     if bias is not None:
-        bias_value = quantizer.initializer(graph, f"{base}_bias", np.ascontiguousarray(bias, dtype=np.float32))
+        bias_value = quantizer.initializer(
+            graph, f"{base}_bias", np.ascontiguousarray(bias, dtype=np.float32)
+        )
         add = ir.node("Add", [result, bias_value], name=quantizer.namer(f"{node.name}_bias"))
         new_nodes.append(add)
         result = add.outputs[0]
