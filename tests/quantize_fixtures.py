@@ -236,3 +236,29 @@ def matmul_in_loop(seed: int = 0, dim: int = 32, trips: int = 3) -> ir.Model:
         initializer=[_init(np.int64(trips), "trips")],
     )
     return to_ir(graph)
+
+
+def embedding_model(seed: int = 0, vocab: int = 500, dim: int = 32) -> ir.Model:
+    """ids[N,T] -> Gather(table[vocab,dim]) (twice: tied) -> Add -> MatMul(W) -> y."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((vocab, dim)).astype(np.float32)
+    table[:, 3] *= 20.0  # one outlier dimension, as real embeddings have
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e1"], name="embed"),
+            helper.make_node("Gather", ["table", "ids2"], ["e2"], name="embed_tied"),
+            helper.make_node("Add", ["e1", "e2"], ["e"], name="sum"),
+            helper.make_node("MatMul", ["e", "w"], ["y"], name="proj"),
+        ],
+        "emb",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"]),
+            helper.make_tensor_value_info("ids2", TensorProto.INT64, ["N", "T"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", dim])],
+        initializer=[
+            _init(table, "table"),
+            _init(rng.standard_normal((dim, dim)).astype(np.float32), "w"),
+        ],
+    )
+    return to_ir(graph)

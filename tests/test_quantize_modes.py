@@ -154,3 +154,25 @@ def test_trained_example_models_keep_accuracy(name):
     assert accuracy is not None and accuracy["samples"] > 0
     assert accuracy["quantized"] >= accuracy["float"] - 0.01, accuracy
     assert result.bytes_after < result.bytes_before
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weight-only"])
+def test_embedding_tables_gathered_in_int8_once_per_column(mode):
+    from quantize_fixtures import embedding_model
+
+    model = embedding_model()
+    rng = np.random.default_rng(0)
+    feeds = [
+        {"ids": rng.integers(0, 500, (2, 7)), "ids2": rng.integers(0, 500, (2, 7))}
+        for _ in range(4)
+    ]
+    options = {"latency_guard": False} if mode == "static" else {}
+    result = api.quantize(model, mode=mode, calib=feeds, validate=False, **options)
+    quantized = result.model
+    gathers = [n for n in iter_nodes(quantized) if n.op_type == "Gather"]
+    assert len(gathers) == 2 and all(g.inputs[0].dtype == ir.DataType.INT8 for g in gathers)
+    assert gathers[0].inputs[0] is gathers[1].inputs[0]  # the tied table is stored once
+    dq = [u for g in gathers for u, _ in g.outputs[0].uses()]
+    assert all(n.op_type == "DequantizeLinear" and n.attributes.get_int("axis") == -1 for n in dq)
+    assert "table" not in quantized.graph.initializers
+    assert parity(model, quantized, feeds) > 0.999
