@@ -252,7 +252,9 @@ def quantize_static(
         source = reservoir
     clock = time.perf_counter()
     widest = make_plan(prepared, policy)
-    wanted = sorted(set(widest.range_tensors()) | _extra_tensors(prepared, widest))
+    wanted = sorted(
+        set(widest.range_tensors()) | _extra_tensors(prepared, widest, eager=reservoir is not None)
+    )
     stats: dict[str, TensorStats] = {}
     if wanted:
         stats, report.samples = _calibrate(prepared, source, wanted, options, progress)
@@ -622,15 +624,18 @@ class _Reservoir:
             yield feed
 
 
-def _extra_tensors(model: ir.Model, plan: QuantPlan) -> set[str]:
-    """Tensors watched besides the plan's: inputs of absorbed activations, of joins."""
+def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]:
+    """Tensors watched besides the plan's: inputs and outputs of joins (the protections
+    compare them), and, when the data can be read only once (`eager`), what a re-plan
+    could need: inputs of absorbed activations, outputs of shared-scale ops. A
+    re-readable source gets a second, smaller pass for those only if a re-plan asks."""
     names: set[str] = set()
     by_name = (
         {n.name: n for n in model.graph.all_nodes()} if hasattr(model.graph, "all_nodes") else {}
     )
     for name, node_plan in plan.nodes.items():
         node = by_name.get(name)
-        if node is None:
+        if node is None or not eager:
             continue
         if node_plan.role == "absorbed" and node.inputs[0] is not None:
             names.add(node.inputs[0].name or "")
