@@ -592,6 +592,8 @@ def _violation(
             return "producer cannot absorb it"
         if id(outputs[0]) in graph_outputs:
             return "graph output"
+        if (outputs[0].name or "") in keep_float:
+            return "output must stay float"
         return ""
     for out in outputs:
         if (out.name or "") in keep_float or id(out) in graph_outputs:

@@ -358,7 +358,9 @@ def _plan_with_ranges(
     A re-plan may need a tensor the first calibration pass did not watch: it is
     calibrated now, or, when the data can be read only once, kept float.
     """
-    for _ in range(8):
+    # Each round either calibrates tensors not yet watched or keeps float those never
+    # seen (a branch no feed took); both sets only grow, so this ends.
+    while True:
         plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
         ranges = _ranges(plan, stats, options)
         needed = plan.range_tensors()
@@ -374,8 +376,9 @@ def _plan_with_ranges(
         unobserved = [n for n in needed if n not in ranges]
         if not unobserved:
             return plan, ranges
-        float_tensors.update(unobserved)  # never seen (a branch no feed took): keep float
-    raise PassFailed("quantize-static: could not settle on a plan with calibrated ranges")
+        if set(unobserved) <= float_tensors:
+            raise PassFailed("quantize-static: could not settle on a plan with calibrated ranges")
+        float_tensors.update(unobserved)
 
 
 def _apply(
@@ -626,7 +629,8 @@ class _Reservoir:
 
 def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]:
     """Tensors watched besides the plan's: inputs and outputs of joins (the protections
-    compare them), and, when the data can be read only once (`eager`), what a re-plan
+    compare them), inputs of Conv/MatMul/Gemm (their shapes give the layers' MACs),
+    and, when the data can be read only once (`eager`), what a re-plan
     could need: inputs of absorbed activations, outputs of shared-scale ops. A
     re-readable source gets a second, smaller pass for those only if a re-plan asks."""
     names: set[str] = set()
@@ -635,7 +639,11 @@ def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]
     )
     for name, node_plan in plan.nodes.items():
         node = by_name.get(name)
-        if node is None or not eager:
+        if node is None:
+            continue
+        if node_plan.role == "compute" and node.inputs[0] is not None:
+            names.add(node.inputs[0].name or "")  # its shape sizes the layer for the latency guard
+        if not eager:
             continue
         if node_plan.role == "absorbed" and node.inputs[0] is not None:
             names.add(node.inputs[0].name or "")
