@@ -340,7 +340,7 @@ def bench_devmodels(
                 if np.asarray(o).dtype.kind == "f" and np.isfinite(p.cosine)
             ]
             first = min(floats or parity, key=lambda p: p.cosine)  # the worst float output
-            rows = layer_table(model, pruned)
+            table = layer_table(model, pruned)
             sizes = model_sizes(packed)
             base = model_sizes(model)
             agreement = (
@@ -357,7 +357,7 @@ def bench_devmodels(
             refit = [r for r in details.get("refit", []) if not r["skipped"]]
             skipped_refit = [r for r in details.get("refit", []) if r["skipped"]]
             print(
-                f"   {label:<20} layers {len(rows):>3} removed {overall_sparsity(rows):.3f} | "
+                f"   {label:<20} layers {len(table):>3} removed {overall_sparsity(table):.3f} | "
                 f"{first.name[:18]}: cos {first.cosine:.4f} snr {first.snr_db:5.1f} dB"
                 f"{agreement} | "
                 f"raw {sizes.raw / base.raw:.3f} gzip {sizes.gzip / base.gzip:.3f}{extra} | "
