@@ -324,7 +324,11 @@ def test_weights_read_in_if_branches_and_through_slices_are_clustered():
     model = ir.serde.deserialize_model(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     )
-    ClusterWeights(bits=2, granularity="per-channel-group", min_elements=64)(model)
+    calib = [{"x": rng.normal(size=(4, 16)).astype(np.float32)} for _ in range(4)]
+    ClusterWeights(bits=2, granularity="per-channel-group", min_elements=64, calib=calib)(model)
+    layers = {row["weight"]: row for row in summary(model)["layers"]}
+    assert layers["w"]["skipped"].startswith("inside an If/Loop body")  # said, not silently left out
+    assert layers["v"]["skipped"].startswith("read by Slice")
     rows = {row["weight"]: row for row in summary(model)["weights"]}
     assert set(rows) == {"w", "v"}
     assert sorted(rows["w"]["readers"]) == ["else_mm", "then_mm"] and rows["w"]["axis"] == 1

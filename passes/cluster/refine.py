@@ -232,6 +232,24 @@ def _refine(
             )
             continue
         ready[layer.name] = layer
+    covered = {r.weight for r in records} | {layer.weight.name for layer in ready.values()}
+    for weight in palettes:
+        if weight not in covered:  # Gather tables, LSTM weights, layers inside If/Loop bodies
+            readers = (
+                [user for user, _ in current.graph.initializers[weight].uses()]
+                if weight in current.graph.initializers
+                else []
+            )
+            ops = sorted({user.op_type for user in readers}) or ["?"]
+            where = (
+                "inside an If/Loop body"
+                if any(u.graph is not current.graph for u in readers)
+                else f"read by {', '.join(ops)}"
+            )
+            reason = f"{where}: refinement refits main-graph Conv/Gemm/MatMul layers"
+            records.append(
+                LayerError(weight, weight, ops[0], 0, float("nan"), float("nan"), False, reason)
+            )
     if not ready:
         return records
     if refit:
