@@ -321,3 +321,20 @@ def test_fusion_check_finds_what_ort_leaves_float():
         to_ir(graph), [{"x": np.ones((1, 4, 8, 8), np.float32)}], Static()
     )
     assert "no int8 kernel" in static_report.skipped["up"]
+
+
+def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch):
+    import onnxslim.passes.quantize.static as static
+
+    monkeypatch.setattr(static, "latency_ratio", lambda *args, **kwargs: 1.3)
+    model = cnn()
+    quantized, report = quantize_static(
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
+    )
+    assert not report.quantized_nodes and report.warnings[0].startswith("kept float")
+    assert not any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in iter_nodes(quantized)
+    )
+    test = feeds_for(model, 2, seed=3)
+    for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
+        np.testing.assert_allclose(g["y"], r["y"], rtol=1e-4, atol=1e-5)
