@@ -338,3 +338,23 @@ def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch
     test = feeds_for(model, 2, seed=3)
     for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
         np.testing.assert_allclose(g["y"], r["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_target_presets_decide_types_and_skip_local_checks_for_other_cpus():
+    from onnxslim.passes.quantize.policy import detect_target
+
+    model = cnn()
+    calib = feeds_for(model, 4)
+    quantized, report = quantize_static(model, calib, Static(target="x86-avx2"))
+    weights = [
+        v.const_value.numpy()
+        for v in quantized.graph.initializers.values()
+        if v.const_value is not None
+        and v.const_value.dtype == ir.DataType.INT8
+        and v.const_value.size > 1
+    ]
+    assert report.activation_type == "uint8" and report.reduce_range
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64  # 7-bit
+    other = "arm64" if detect_target() != "arm64" else "x86-avx2"
+    _, report = quantize_static(model, calib, QuantizeStatic(target=other))
+    assert any("is not this CPU" in w for w in report.warnings) and not report.int8_kernels

@@ -38,6 +38,7 @@ from .policy import (
     PolicyConfig,
     QuantPlan,
     Target,
+    detect_target,
     make_plan,
     quantized_ops_in,
     resolve_target,
@@ -280,7 +281,15 @@ def quantize_static(
     report.seconds["insert"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    if options.check_fusion and plan.nodes:
+    # ORT's fusions and speed are measured on this machine's kernels: for another target
+    # they would answer the wrong question (S8 activations rarely fuse on x86, say).
+    local = target.name == detect_target()
+    if not local and (options.check_fusion or options.latency_guard):
+        report.warnings.append(
+            f"target {target.name} is not this CPU ({detect_target()}): fusion check and latency "
+            "guard skipped; validate on the target (onnxslim validate --target ...)"
+        )
+    if options.check_fusion and plan.nodes and local:
         for _ in range(4):
             unfused, kernels = find_unfused(result, plan, insert_report)
             report.int8_kernels = kernels
@@ -301,7 +310,7 @@ def quantize_static(
             result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
     report.seconds["check"] = time.perf_counter() - clock
 
-    if options.latency_guard and plan.nodes:
+    if options.latency_guard and plan.nodes and local:
         clock = time.perf_counter()
         guarded = _latency_guard(
             prepared,
