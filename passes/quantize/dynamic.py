@@ -39,6 +39,7 @@ from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
 MS_DOMAIN = "com.microsoft"
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "Gather")
+NOT_A_CANDIDATE = "not a candidate"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -88,6 +89,8 @@ class QuantizeDynamic(ir.passes.InPlacePass):
                     report.skipped[node.name or node.op_type] = "excluded"
                     continue
                 reason = self._rewrite(node, quantizer, reduce_range, report)
+                if reason == NOT_A_CANDIDATE:
+                    continue  # a Gather of shapes or ids: nothing to report
                 if reason:
                     report.skipped[node.name or node.op_type] = reason
                 else:
@@ -109,7 +112,7 @@ class QuantizeDynamic(ir.passes.InPlacePass):
         if op == "Gather":
             table = node.inputs[0]
             if not is_constant(table) or is_constant(node.inputs[1]):
-                return "not an embedding lookup"
+                return NOT_A_CANDIDATE
             array = const_array(table)
             if array is None or array.dtype != np.float32 or array.size < MIN_EMBEDDING_ELEMENTS:
                 return "table too small or not float32"

@@ -21,7 +21,7 @@ from onnxslim.passes._options import option
 
 from onnxslim.graphs import iter_graphs
 
-from .dynamic import MS_DOMAIN
+from .dynamic import MS_DOMAIN, NOT_A_CANDIDATE
 from .policy import MIN_EMBEDDING_ELEMENTS, const_array, constant_source, is_constant, matches
 from .qdq import WeightQuantizer, replace_node
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
@@ -83,6 +83,8 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
                     report.skipped[node.name or node.op_type] = "excluded"
                     continue
                 reason = self._rewrite(node, quantizer)
+                if reason == NOT_A_CANDIDATE:
+                    continue  # a Gather of shapes or ids: nothing to report
                 if reason:
                     report.skipped[node.name or node.op_type] = reason
                 else:
@@ -107,7 +109,7 @@ class QuantizeWeightOnly(ir.passes.InPlacePass):
                 or table.dtype != np.float32
                 or table.size < max(self.min_elements, MIN_EMBEDDING_ELEMENTS)
             ):
-                return "not an embedding lookup on a large float32 table"
+                return NOT_A_CANDIDATE
             quantizer.embedding(node)
             return ""
         if self.bits == 4 and op in ("MatMul", "Gemm"):
