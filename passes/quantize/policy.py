@@ -18,7 +18,9 @@ Roles of the nodes that get quantized:
             int8 versions are no faster than float, so they are quantized only when
             that removes a DQ/Q pair: every input already carries Q/DQ (made by a
             quantized producer) and every consumer of the output is quantized.
-            Chains of such ops are decided together (a greatest fixed point).
+            Chains of such ops are decided together (a greatest fixed point). An
+            op with a per-channel constant (a BatchNorm left after a residual Add)
+            stays float: one uint8 scale for that constant blurs it.
   shared    data movement (Reshape, Transpose, MaxPool, Slice, Resize nearest, ...):
             same condition; the output reuses the input's scale and zero point, so
             ORT drops the Q/DQ pair and runs the op on the 8-bit tensor.
@@ -27,7 +29,8 @@ Roles of the nodes that get quantized:
             quantizer's clamp does the clipping).
   embedding Gather from a large constant table: the table becomes int8 and the
             Gather runs on it, followed by one DequantizeLinear of the rows taken.
-Everything else stays float: Softmax and LayerNormalization (QLinearSoftmax is 3x
+Everything else stays float: MatMul of two activations (attention; option),
+Softmax and LayerNormalization (QLinearSoftmax is 3x
 slower than float; Q/DQ inside LayerNorm blocks its fusion), recurrent ops
 (`--mode dynamic` handles them), ConvTranspose (ORT's CPU provider has no int8
 ConvTranspose: its Q/DQ would only add time), and depthwise Conv next to a float
