@@ -30,7 +30,7 @@ import onnx
 import onnx_ir as ir
 from onnxslim.passes._options import check_choice, option
 
-from onnxslim.errors import DataError, PassFailed, UsageError
+from onnxslim.errors import DataError, OnnxSlimError, PassFailed, RuntimeFailure, UsageError
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
@@ -291,7 +291,11 @@ def quantize_static(
         )
     if options.check_fusion and plan.nodes and local:
         for _ in range(4):
-            unfused, kernels = find_unfused(result, plan, insert_report)
+            try:
+                unfused, kernels = find_unfused(result, plan, insert_report)
+            except OnnxSlimError as exc:  # e.g. ORT cannot write a model that large
+                report.warnings.append(f"fusion check skipped: {exc}")
+                break
             report.int8_kernels = kernels
             if not unfused:
                 break
@@ -330,7 +334,10 @@ def quantize_static(
         if guarded is not None:
             plan, ranges, result, insert_report = guarded
             if plan.nodes and options.check_fusion:
-                report.int8_kernels = find_unfused(result, plan, insert_report)[1]
+                try:
+                    report.int8_kernels = find_unfused(result, plan, insert_report)[1]
+                except OnnxSlimError:
+                    report.int8_kernels = {}
             elif not plan.nodes:
                 report.int8_kernels = {}
         report.seconds["latency_guard"] = time.perf_counter() - clock
@@ -687,7 +694,10 @@ def find_unfused(
     with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as folder:
         path = Path(folder) / "optimized.onnx"
         Session(model, SessionConfig(optimization="all", optimized_model_path=str(path)))
-        optimized = onnx.load(str(path), load_external_data=False)
+        try:
+            optimized = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # ORT could not write it whole (over 2 GB, say)
+            raise RuntimeFailure(f"cannot read ORT's optimized graph: {exc}") from exc
     graphs = list(_proto_graphs(optimized.graph))
     kernels = Counter(n.op_type for g in graphs for n in g.node if n.op_type in _INT8_KERNELS)
     producers = {out: n for g in graphs for n in g.node for out in n.output}
