@@ -464,7 +464,7 @@ def _feeds(calib: FeedSource, model: ir.Model) -> Any:
 
 
 # MAC counts below which layers are kept float, tried in turn while int8 is slower.
-_LADDER = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)
+_LADDER = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 62)  # the last: every layer
 _GUARD_FEEDS = 4
 # A configuration is accepted at once below this ratio; between it and 1.0 (timing noise
 # on a busy machine is a few percent) the ladder goes on looking for a clearly faster one.
@@ -580,10 +580,13 @@ def _latency_guard(
             continue
         previous = small
         trial_float = dict(float_nodes)
+        reason = (
+            f"too small for int8 to pay here (< {threshold} MACs; int8 model was slower)"
+            if threshold < _LADDER[-1]
+            else "int8 model was slower than float here"
+        )
         for name in small:
-            trial_float.setdefault(
-                name, f"too small for int8 to pay here (< {threshold} MACs; int8 model was slower)"
-            )
+            trial_float.setdefault(name, reason)
         trial_plan, trial_ranges = _plan_with_ranges(
             prepared, policy, trial_float, set(float_tensors), stats, [], options, progress, report
         )
