@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_graphs, tensor_bytes
 
 from .collect import infer_types
@@ -54,7 +55,13 @@ def prepare(model: ir.Model, *, pre_optimize: bool = True) -> tuple[ir.Model, Pr
         report.steps.append("weights listed as graph inputs made plain initializers")
     opset = work.opset_imports.get("", work.opset_imports.get("ai.onnx", MIN_OPSET))
     if opset < MIN_OPSET:
-        work = _convert_opset(work, MIN_OPSET)
+        try:
+            work = _convert_opset(work, MIN_OPSET)
+        except Exception as exc:  # the converter lacks an adapter for some op
+            raise UsageError(
+                f"opset {opset} model: cannot convert it to opset {MIN_OPSET}, which int8 "
+                f"DequantizeLinear per channel needs ({str(exc).splitlines()[0][:200]})"
+            ) from exc
         report.steps.append(f"opset {opset} converted to {MIN_OPSET}")
     if pre_optimize:
         if tensor_bytes(work) > _PREOPTIMIZE_LIMIT_BYTES:
