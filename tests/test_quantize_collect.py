@@ -222,3 +222,23 @@ def test_unknown_name_and_empty_source_are_data_errors():
         stream_tensors(model, [{"x": np.ones((1, 4), np.float32)}], ["nope"], lambda i, a: None)
     with pytest.raises(DataError):
         stream_tensors(model, [], ["h"], lambda i, a: None)
+
+
+def test_min_max_reduced_inside_ort_match_fetched_tensors():
+    model = control_flow_model()
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((n, 4)).astype(np.float32)} for n in (1, 3, 2)]
+    names = ["t", "scaled", "s_out", "y", "branch"]
+    reduced, _ = collect_stats(model, feeds, names, histogram=False)  # ReduceMin/Max in the probe
+    fetched, _ = collect_stats(model, feeds, names, histogram=True)  # whole tensors
+    for name in names:
+        assert reduced[name].min == fetched[name].min and reduced[name].max == fetched[name].max
+        assert reduced[name].count == fetched[name].count
+    assert reduced["y"].shapes == {(1, 4), (3, 4), (2, 4)}
+
+
+def test_infinite_values_mark_a_reduced_tensor_extreme():
+    model = chain_model()
+    x = np.array([[1.0, -np.inf, 0.5, 2.0]], np.float32)
+    stats, _ = collect_stats(model, [{"x": x}], ["h", "y"], histogram=False)
+    assert stats["h"].extreme and stats["h"].max == 4.0

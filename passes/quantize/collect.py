@@ -42,7 +42,7 @@ from onnxslim.feeds import Feed
 from onnxslim.graphs import iter_graphs
 from onnxslim.runtime import Session, SessionConfig
 
-from .ranges import DEFAULT_BINS, TensorStats
+from .ranges import DEFAULT_BINS, Summary, TensorStats
 
 # progress(done, total): runs finished so far, and the total when the source has a length.
 ProgressFn = Callable[[int, int | None], None]
@@ -119,7 +119,11 @@ def collect_stats(
         for name, array in arrays.items():
             stats[name].update(array)
 
-    count = stream_tensors(model, feeds, list(stats), consume, progress=progress, config=config)
+    # Min/max alone are reduced inside ORT: two scalars per tensor instead of a copy.
+    summarize = () if histogram else list(stats)
+    count = stream_tensors(
+        model, feeds, list(stats), consume, progress=progress, config=config, summarize=summarize
+    )
     return stats, count
 
 
@@ -131,11 +135,14 @@ def stream_tensors(
     *,
     progress: ProgressFn | None = None,
     config: CollectConfig | None = None,
+    summarize: Iterable[str] = (),
 ) -> int:
     """Run every feed and hand the named tensors to `consume`; returns the number of feeds.
 
     Names may be graph inputs (taken from the feed), graph outputs, intermediate
     values of the main graph or values inside subgraphs (delivered flattened).
+    Names in `summarize` arrive as `ranges.Summary` (min, max, shape) computed by
+    ReduceMin/ReduceMax/Shape nodes in the probe: nothing large leaves ORT.
     """
     config = config or CollectConfig()
     wanted = list(dict.fromkeys(names))
@@ -147,6 +154,7 @@ def stream_tensors(
     input_names = {v.name for v in model.graph.inputs}
     from_feed = [n for n in wanted if n in input_names]
     fetched = [n for n in wanted if n not in input_names]
+    reduced = set(summarize) & set(fetched)
 
     factory, first_iter = _feed_factory(feeds, model, config.limit)
     iterator = first_iter if first_iter is not None else factory()  # type: ignore[misc]
@@ -160,8 +168,8 @@ def stream_tensors(
     if not fetched:
         groups: list[list[str]] = []
     else:
-        groups = _plan_groups(model, fetched, known, first, config.max_group_bytes)
-    probes = [_probe_model(model, group) for group in groups] if groups else []
+        groups = _plan_groups(model, fetched, known, first, config.max_group_bytes, reduced)
+    probes = [_probe_model(model, group, reduced) for group in groups] if groups else []
     runs_total = None if total is None else total * max(len(groups), 1)
 
     def run_inputs(index: int, feed: Feed) -> None:
@@ -180,8 +188,7 @@ def stream_tensors(
             feed = _as_feed(feed)
             run_inputs(index, feed)
             for session, outputs in sessions:
-                values = session.run(feed, list(outputs.values()))
-                consume(index, {name: values[out] for name, out in outputs.items()})
+                consume(index, _fetch(session, feed, outputs))
                 done += 1
                 if progress is not None:
                     progress(done, runs_total)
@@ -199,14 +206,31 @@ def stream_tensors(
             feed = _as_feed(feed)
             if group_index == 0:
                 run_inputs(index, feed)
-            values = session.run(feed, list(outputs.values()))
-            consume(index, {name: values[out] for name, out in outputs.items()})
+            consume(index, _fetch(session, feed, outputs))
             done += 1
             count += 1
             if progress is not None:
                 progress(done, runs_total)
         del session
     return count
+
+
+def _fetch(
+    session: Session, feed: Feed, outputs: Mapping[str, str | tuple[str, str, str]]
+) -> dict[str, np.ndarray | Summary]:
+    """One run: plain outputs as arrays, reduced ones as Summary."""
+    names: list[str] = []
+    for out in outputs.values():
+        names.extend(out if isinstance(out, tuple) else (out,))
+    values = session.run(feed, names)
+    result: dict[str, np.ndarray | Summary] = {}
+    for name, out in outputs.items():
+        if isinstance(out, tuple):
+            low, high, shape = (values[o] for o in out)
+            result[name] = Summary(float(low), float(high), tuple(int(d) for d in shape))
+        else:
+            result[name] = values[out]
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -271,8 +295,14 @@ def _as_feed(feed: Mapping[str, np.ndarray]) -> Feed:
 
 
 def _plan_groups(
-    model: ir.Model, names: list[str], values: Mapping[str, ir.Value], first: Feed, budget: int
+    model: ir.Model,
+    names: list[str],
+    values: Mapping[str, ir.Value],
+    first: Feed,
+    budget: int,
+    reduced: set[str],
 ) -> list[list[str]]:
+    """Names split so that one run's fetched tensors stay under `budget` bytes."""
     symbols: dict[str, int] = {}
     for value in model.graph.inputs:
         array = first.get(value.name or "")
@@ -286,7 +316,7 @@ def _plan_groups(
     current: list[str] = []
     used = 0
     for name in names:
-        size = _estimate_bytes(values[name], symbols, largest_input)
+        size = 64 if name in reduced else _estimate_bytes(values[name], symbols, largest_input)
         if current and used + size > budget:
             groups.append(current)
             current, used = [], 0
@@ -316,8 +346,11 @@ def _estimate_bytes(value: ir.Value, symbols: Mapping[str, int], largest_input: 
 # The probe model: wanted values exposed as main-graph outputs
 
 
-def _probe_model(model: ir.Model, names: list[str]) -> tuple[ir.Model, dict[str, str]]:
-    """A clone whose main graph outputs every named value; returns it and name -> output name."""
+def _probe_model(
+    model: ir.Model, names: list[str], reduced: set[str] | frozenset[str] = frozenset()
+) -> tuple[ir.Model, dict[str, str | tuple[str, str, str]]]:
+    """A clone whose main graph outputs every named value (or, for `reduced` names, its
+    min, max and shape); returns it and name -> output name(s)."""
     probe = model.clone()
     values = float_values(probe)
     values.update({v.name: v for v in probe.graph.outputs if v.name})
@@ -348,9 +381,12 @@ def _probe_model(model: ir.Model, names: list[str]) -> tuple[ir.Model, dict[str,
                 exposed[name] = value
             else:
                 pending.setdefault(id(parent), []).append((name, value))
-    outputs: dict[str, str] = {}
+    outputs: dict[str, str | tuple[str, str, str]] = {}
     present = {id(v) for v in probe.graph.outputs}
     for name, value in exposed.items():
+        if name in reduced:
+            outputs[name] = _reduce(probe.graph, value, counter)
+            continue
         if id(value) not in present:
             if not value.name:
                 value.name = _fresh(counter)
@@ -358,6 +394,23 @@ def _probe_model(model: ir.Model, names: list[str]) -> tuple[ir.Model, dict[str,
             present.add(id(value))
         outputs[name] = value.name or name
     return probe, outputs
+
+
+def _reduce(graph: ir.Graph, value: ir.Value, counter: list[int]) -> tuple[str, str, str]:
+    """Append ReduceMin, ReduceMax (over all axes) and Shape of `value` as graph outputs."""
+    names = []
+    for op, attributes in (
+        ("ReduceMin", {"keepdims": 0}),
+        ("ReduceMax", {"keepdims": 0}),
+        ("Shape", {}),
+    ):
+        node = ir.node(op, [value], attributes, name=_fresh(counter))
+        graph.append(node)
+        out = node.outputs[0]
+        out.name = _fresh(counter)
+        graph.outputs.append(out)
+        names.append(out.name)
+    return names[0], names[1], names[2]
 
 
 def _subgraph_owners(model: ir.Model) -> dict[int, tuple[ir.Node, ir.Graph]]:

@@ -157,6 +157,15 @@ class StreamingHistogram:
         self.width *= factor
 
 
+@dataclass(frozen=True)
+class Summary:
+    """Min, max and shape of one tensor, reduced inside ONNX Runtime (no copy fetched)."""
+
+    min: float
+    max: float
+    shape: tuple[int, ...]
+
+
 @dataclass
 class TensorStats:
     """Running statistics of one tensor over every batch seen."""
@@ -177,8 +186,11 @@ class TensorStats:
     def observed(self) -> bool:
         return self.count > 0 and math.isfinite(self.min)
 
-    def update(self, array: np.ndarray) -> None:
-        """Fold one fetched tensor into the statistics (float tensors only)."""
+    def update(self, array: np.ndarray | Summary) -> None:
+        """Fold one fetched tensor (or its in-runtime Summary) into the statistics."""
+        if isinstance(array, Summary):
+            self._update_summary(array)
+            return
         if array.size == 0:
             return
         if len(self.shapes) < 8:
@@ -202,6 +214,24 @@ class TensorStats:
             self.extreme = True
         if self.histogram is not None and not self.extreme:
             self.histogram.add(values, vmin, vmax)
+
+    def _update_summary(self, summary: Summary) -> None:
+        size = int(np.prod(summary.shape)) if summary.shape else 1
+        if size == 0:
+            return
+        if len(self.shapes) < 8:
+            self.shapes.add(tuple(summary.shape))
+        self.count += size
+        vmin, vmax = summary.min, summary.max
+        if not (math.isfinite(vmin) and math.isfinite(vmax)):
+            self.extreme = True  # +-inf (NaN is skipped by the runtime's reductions)
+            self.nonfinite += 1
+            vmin = vmin if math.isfinite(vmin) else self.min
+            vmax = vmax if math.isfinite(vmax) else self.max
+        self.min = min(self.min, vmin)
+        self.max = max(self.max, vmax)
+        if math.isfinite(self.min) and max(abs(self.min), abs(self.max)) >= EXTREME_MAGNITUDE:
+            self.extreme = True
 
     def minmax(self) -> Range:
         return Range(self.min, self.max)
