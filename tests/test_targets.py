@@ -45,7 +45,10 @@ def quantized_cnn(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("q") / "cnn_int8.onnx"
     # The example is too small for int8 to pay on x86; the guard would keep it float.
-    result = api.quantize(CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False)
+    # Built for the AVX2 kernels (7-bit weights), the strictest target: it must then
+    # compute the same on every CPU, whichever this host is.
+    result = api.quantize(CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False,
+                          target="x86-avx2")
     api.save(result.model, out)
     import onnx
 
@@ -83,3 +86,27 @@ def test_quantized_cnn_on_arm64_and_avx2(quantized_cnn: Path, capsys) -> None:
         # The float reference is the same on every CPU up to float rounding.
         assert t["reference_host_vs_target"][0]["max_abs"] < 1e-3
         assert isinstance(t["candidate_differs_from_host"], bool)
+
+
+@needs_qemu
+def test_full_range_int8_is_flagged_where_avx2_kernels_saturate(tmp_path: Path, capsys) -> None:
+    """A model built for VNNI (8-bit weights) saturates in the AVX2 u8s8 kernel's 16-bit
+    sums: validating it on x86-avx2 from a VNNI host must report that it computes
+    differently there; from an AVX2 host both sides run the same kernels."""
+    if not targets.status("x86-avx2").ready:
+        pytest.skip("x86-avx2 target not set up")
+    from onnxslim import api
+    from onnxslim.passes.quantize.policy import detect_target
+
+    out = tmp_path / "cnn_vnni.onnx"
+    api.save(api.quantize(CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False,
+                          target="x86-vnni").model, out)
+    with np.load(MODELS / "digits_cnn.eval.npz") as data:
+        np.savez(tmp_path / "feeds.npz", input=data["input"][:3])
+    main(["validate", str(CNN), str(out), "--data", str(tmp_path / "feeds.npz"),
+          "--target", "x86-avx2", "--target-feeds", "3", "--runs", "0", "--no-memory", "--json"])
+    (report,) = json.loads(capsys.readouterr().out)["targets"]
+    host_has_vnni = detect_target() == "x86-vnni"
+    assert report["candidate_differs_beyond_rounding"] is host_has_vnni, report
+    # the float reference agrees on both CPUs whatever the int8 model does
+    assert report["reference_host_vs_target"][0]["max_abs"] < 1e-3
