@@ -431,14 +431,35 @@ def merge_equal_shape_values(model: ir.Model, symbolic: dict[ir.Value, Any]) -> 
 
 
 def freed_bytes(node: ir.Node) -> int:
-    """Bytes of the constant inputs that only `node` uses (dropped once it is folded)."""
+    """Bytes of the constant inputs that `node` frees once it is folded.
+
+    An input only `node` uses is freed whole. An input shared with other nodes that
+    will all fold too (every input constant, output size known: the exporters' LSTM
+    gate reordering slices one weight four ways) is freed for the part the others'
+    outputs do not take: folding the last of them drops the input, so the group
+    never stores more than the input held.
+    """
     total = 0
     for value in {v for v in node.inputs if v is not None}:
         if value.const_value is None or value.is_graph_input() or value.is_graph_output():
             continue
-        if all(use.node is node for use in value.uses()):
+        others = {use.node for use in value.uses() if use.node is not node}
+        if not others:
             total += int(value.const_value.nbytes)
+            continue
+        taken = [_folded_bytes(other) for other in others]
+        if all(size is not None for size in taken):
+            total += max(0, int(value.const_value.nbytes) - sum(taken))  # type: ignore[arg-type]
     return total
+
+
+def _folded_bytes(node: ir.Node) -> int | None:
+    """Output bytes of a node that will fold (all inputs constant, size known), else None."""
+    if node.op_type in _NEVER_FOLD or node.op_type in _GENERATORS or len(node.outputs) != 1:
+        return None
+    if any(v is not None and v.const_value is None for v in node.inputs):
+        return None
+    return predicted_output_bytes(node)
 
 
 def predicted_output_bytes(node: ir.Node) -> int | None:

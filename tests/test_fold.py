@@ -211,6 +211,42 @@ def test_shared_weight_is_not_duplicated_but_sole_use_folds() -> None:
     assert (before, after) == (2, 1)
 
 
+def test_weight_sliced_four_ways_and_reordered_folds_without_growth() -> None:
+    """The exporters' LSTM gate reordering: one weight, four Slices, a Concat. The
+    Slices share the weight but all fold, so together they free it: one reordered
+    constant of the weight's size remains. A Slice beside a MatMul on the same
+    weight does not fold (it would store a quarter of the weight twice)."""
+    w = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
+    bounds = [(0, 64), (64, 128), (128, 192), (192, 256)]  # 4 KiB each, over the allowance
+    slices = [
+        helper.make_node("Slice", ["w", f"s{i}", f"e{i}", "ax"], [f"q{i}"])
+        for i in range(4)
+    ]
+    params = [init("ax", np.int64([0]))]
+    for i, (start, end) in enumerate(bounds):
+        params += [init(f"s{i}", np.int64([start])), init(f"e{i}", np.int64([end]))]
+    nodes = [
+        *slices,
+        helper.make_node("Concat", ["q0", "q3", "q1", "q2"], ["wr"], axis=0),
+        helper.make_node("MatMul", ["x", "wr"], ["y"], name="mm"),
+    ]
+    m = model(nodes, [vi("x", [2, 256])], [vi("y", [2, 16])], [init("w", w), *params])
+    out, before, after = apply_and_compare(FoldConstants(), m, [rng_feed({"x": (2, 256)})])
+    assert (before, after) == (6, 1) and op_types(out) == ["MatMul"]
+    kept = [v.const_value.nbytes for v in out.graph.initializers.values() if v.uses()]
+    assert kept == [w.nbytes]
+    shared = model(
+        [slices[0], helper.make_node("MatMul", ["x", "q0"], ["a"]),
+         helper.make_node("MatMul", ["z", "w"], ["b"])],
+        [vi("x", [2, 64]), vi("z", [2, 256])],
+        [vi("a", [2, 16]), vi("b", [2, 16])],
+        [init("w", w), *params],
+    )
+    feeds = [rng_feed({"x": (2, 64), "z": (2, 256)})]
+    out, before, after = apply_and_compare(FoldConstants(), shared, feeds)
+    assert before == after and "Slice" in op_types(out)
+
+
 def test_size_limit_caps_even_size_neutral_folds() -> None:
     """Transpose of a 2 MiB weight used once: within the default 1 MiB cap? No; with 4 MiB, yes."""
     w = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
