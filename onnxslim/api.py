@@ -15,6 +15,7 @@ from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.inspection import ModelSummary, inspect_model
+from onnxslim.passes.cleanup import StripDebugMetadata
 from onnxslim.passes.fold import (FixInputShapes, drop_added_annotations, remember_annotations,
                                   resolved_input_shapes)
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
@@ -76,6 +77,7 @@ def optimize(
     feed_count: int = 4,
     atol: float = 1e-5,
     rtol: float = 1e-5,
+    keep_metadata: bool = False,
 ) -> OptimizeResult:
     """Run the lossless clean-up (or `pipeline`) with each pass guarded on ORT.
 
@@ -85,9 +87,13 @@ def optimize(
     propagate and fold; generated feeds then take those shapes, and given feeds
     must have them. `result.passed` is False when the final model's outputs moved
     beyond tolerance from the original's (the CLI then writes nothing, exit 1).
+    `keep_metadata` leaves out strip-debug-metadata (exporter stack traces and scope
+    names stay in the file).
     """
     model = as_model(source)
     pipeline = pipeline or default_optimize_pipeline()
+    if keep_metadata:
+        pipeline = Pipeline(tuple(p for p in pipeline.passes if not isinstance(p, StripDebugMetadata)))
     shape_texts = _shape_texts(input_shapes)
     if shape_texts:
         pipeline = Pipeline((FixInputShapes(shapes=shape_texts), *pipeline.passes))

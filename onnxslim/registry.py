@@ -35,6 +35,7 @@ BUILTIN_PASSES: dict[str, PassClass] = {
     "remove-unused": eliminate.RemoveUnused,
     "deduplicate-initializers": cleanup.DeduplicateInitializers,
     "eliminate-common-subexpressions": cleanup.EliminateCommonSubexpressions,
+    "strip-debug-metadata": cleanup.StripDebugMetadata,
     "fuse-conv-bn": fuse.FuseConvBatchNorm,
     "fuse-conv-affine": fuse.FuseConvAffine,
     "fuse-pad": fuse.FusePad,
@@ -75,6 +76,7 @@ DEFAULT_OPTIMIZE = (
     "deduplicate-initializers",
     "eliminate-common-subexpressions",
     "remove-unused",
+    "strip-debug-metadata",
 )
 
 

@@ -1,6 +1,7 @@
-"""Merging duplicates: identical initializers and nodes that compute the same thing.
+"""Merging duplicates (identical initializers, nodes that compute the same thing) and
+dropping what nothing at run time reads (exporter debug metadata).
 
-Both passes cover the main graph, If / Loop / Scan bodies and local functions
+All passes cover the main graph, If / Loop / Scan bodies and local functions
 (onnx_ir's own CSE looks at the main graph only).
 """
 
@@ -196,3 +197,40 @@ def _merge(graph: ir.Graph | ir.Function, node: ir.Node, existing: ir.Node) -> N
                 new.name = old.name
     ir.convenience.replace_all_uses_with(list(node.outputs), list(existing.outputs))
     graph.remove(node, safe=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StripDebugMetadata(ir.passes.InPlacePass):
+    """Drop doc strings and node/value metadata (exporter stack traces, scope names)."""
+
+    lossless: ClassVar[bool] = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, strip_debug_metadata(model))
+
+
+def strip_debug_metadata(model: ir.Model) -> bool:
+    """Drop doc strings and node / value metadata; True when anything was dropped.
+
+    Nothing at run time reads them; torch.onnx writes about 300 bytes per node
+    (namespace, class hierarchy, stack trace), half of a small exported model's file.
+    Model-level metadata_props (labels, licences, authors, provenance) are kept.
+    """
+    changed = bool(model.doc_string)
+    model.doc_string = None
+    for graph in iter_graphs(model):
+        changed |= bool(graph.doc_string)
+        graph.doc_string = None
+        values = list(graph.inputs) + list(graph.outputs)
+        if isinstance(graph, ir.Graph):
+            values += list(graph.initializers.values())
+        for node in graph:
+            changed |= bool(node.doc_string) or bool(node.metadata_props)
+            node.doc_string = None
+            node.metadata_props.clear()
+            values += list(node.outputs)
+        for value in values:
+            changed |= bool(value.doc_string) or bool(value.metadata_props)
+            value.doc_string = None
+            value.metadata_props.clear()
+    return changed

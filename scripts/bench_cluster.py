@@ -157,7 +157,8 @@ def to_bytes(model: Any) -> bytes:
 
 
 def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> list[dict[str, Any]]:
-    from onnxslim.passes.cluster.run import cluster_model, strip_debug_metadata
+    from onnxslim.passes.cleanup import strip_debug_metadata
+    from onnxslim.passes.cluster.run import cluster_model
     from onnxslim.passes.cluster.storage import PackPalette
 
     from onnxslim import api, io

@@ -27,6 +27,7 @@ def optimize_command(
     rtol: float = typer.Option(1e-5, help="Relative tolerance of the checks."),
     force: bool = typer.Option(False, "--force", help="Write the result even when the final check fails (the exit code is still 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow the output to replace the input file."),
+    keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Keep exporter debug metadata (node stack traces, scope names, doc strings); stripped by default."),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the pipeline as a TOML recipe and exit."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -47,7 +48,7 @@ def optimize_command(
     if io.same_file(model, output) and not overwrite:
         raise typer.BadParameter("output is the input model; pass --overwrite to replace it", param_hint="-o")
     result = api.optimize(model, pipeline=pipeline, verify=verify, data=data, atol=atol, rtol=rtol,
-                          input_shapes=input_shape or None)
+                          input_shapes=input_shape or None, keep_metadata=keep_metadata)
     final = result.result.parity
     failed = [p for p in final or [] if not p.passed]
     if not failed or force:

@@ -23,9 +23,11 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
-from onnxslim.graphs import iter_graphs, tensor_bytes
+from onnxslim.graphs import tensor_bytes
 from onnxslim.pipeline import PassRecord, Pipeline, run_pipeline
 from onnxslim.validation import resolve_feeds, validate
+
+from onnxslim.passes.cleanup import strip_debug_metadata
 
 from .cluster import ClusterWeights, summary
 
@@ -234,35 +236,14 @@ def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:
     """
     from onnxslim import api
 
-    cleaned = api.optimize(model, verify=True)
+    # Metadata is the caller's choice (stripped after clustering), not the clean-up's.
+    cleaned = api.optimize(model, verify=True, keep_metadata=True)
     changed = [r.name for r in cleaned.result.records if r.status == "changed"]
     if not cleaned.passed:
         return model, ["lossless clean-up skipped: its result moved the outputs"]
     if not changed:
         return model, []
     return cleaned.model, [f"lossless clean-up first: {', '.join(changed)}"]
-
-
-def strip_debug_metadata(model: ir.Model) -> None:
-    """Drop doc strings and node / value metadata (exporter stack traces, scope names).
-
-    Nothing at run time reads them; in a small exported model they can outweigh
-    the clustered weights (torch.onnx writes about 300 bytes per node). Model-level
-    metadata_props (labels, licences, authors) are kept.
-    """
-    model.doc_string = None
-    for graph in iter_graphs(model):
-        graph.doc_string = None
-        values = list(graph.inputs) + list(graph.outputs)
-        if isinstance(graph, ir.Graph):
-            values += list(graph.initializers.values())
-        for node in graph:
-            node.doc_string = None
-            node.metadata_props.clear()
-            values += list(node.outputs)
-        for value in values:
-            value.doc_string = None
-            value.metadata_props.clear()
 
 
 def check(model: ir.Model) -> str:
