@@ -54,3 +54,26 @@ def test_not_onnx_is_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["optimize", str(bogus), "-o", str(tmp_path / "o.onnx")]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_exporter_debug_metadata_is_stripped_unless_kept(mlp_path: Path, tmp_path: Path) -> None:
+    """Node stack traces and doc strings go (outputs bit-identical); model metadata stays."""
+    import onnx
+
+    proto = onnx.load(str(mlp_path))
+    for node in proto.graph.node:
+        node.doc_string = "File model.py, line 12, in forward " * 8
+        onnx.helper.set_metadata_props(node, {"pkg.torch.onnx.stack_trace": "x" * 300})
+    onnx.helper.set_model_props(proto, {"licence": "Apache-2.0"})
+    source = tmp_path / "exported.onnx"
+    onnx.save(proto, str(source))
+    stripped, kept = tmp_path / "stripped.onnx", tmp_path / "kept.onnx"
+    assert main(["optimize", str(source), "-o", str(stripped)]) == 0
+    assert main(["optimize", str(source), "-o", str(kept), "--keep-metadata"]) == 0
+    slim, full = onnx.load(str(stripped)), onnx.load(str(kept))
+    assert not any(n.metadata_props or n.doc_string for n in slim.graph.node)
+    assert any(n.metadata_props and n.doc_string for n in full.graph.node)  # fused nodes are new
+    assert {p.key: p.value for p in slim.metadata_props} == {"licence": "Apache-2.0"}
+    assert stripped.stat().st_size < kept.stat().st_size
+    x = np.random.default_rng(2).standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(stripped, x), run_model(kept, x))
