@@ -9,6 +9,7 @@ from onnxslim.api import (
     inspect,
     optimize,
     run,
+    run_model,
     save,
     validate,
 )
@@ -28,5 +29,5 @@ __version__ = "0.1.0"
 __all__ = [
     "DataError", "GateFailed", "ModelLoadError", "OnnxSlimError", "OptimizeResult", "PassFailed",
     "Pipeline", "UsageError", "load", "optimize", "save", "__version__",
-    "ModelSummary", "ValidationReport", "inspect", "run", "validate",
+    "ModelSummary", "ValidationReport", "inspect", "run", "run_model", "validate",
 ]

@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from onnxslim import io
 from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
-from onnxslim.errors import DataError
+from onnxslim.errors import DataError, PassFailed, UsageError
 from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.inspection import ModelSummary, inspect_model
 from onnxslim.passes.cleanup import StripDebugMetadata
@@ -139,8 +139,8 @@ def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.Path
 
 # `onnxslim validate`, `onnxslim inspect` and running a model, on a path or an ir.Model
 # (defined beside their reports; re-exported here so the API mirrors the CLI).
+# `run_model` (a model on ORT) is imported above; `run` is the recipe runner below.
 inspect = inspect_model
-run = run_model
 
 
 def quantize(source: ModelSource, *, mode: str = "static", calib: Any = None, data: Any = None,
@@ -205,3 +205,63 @@ def cluster(source: ModelSource, *, bits: int = 4, calib: Any = None, eval_data:
 
     return cluster_model(as_model(source), bits=bits, calib=calib, eval_data=eval_data, validate_result=validate,
                          runs=runs, max_drop=max_drop, strip_metadata=strip_metadata, optimize=optimize, **options)
+
+
+def run(recipe: Any, source: ModelSource, *, output: str | os.PathLike[str] | None = None,
+        report_dir: str | os.PathLike[str] | None = None, calib: str | None = None,
+        eval_data: str | None = None, overwrite: bool = False, progress: Any = None) -> Any:
+    """Apply a recipe (file, preset name, dict or Recipe) to a model: `onnxslim run`.
+
+    Returns the RunReport the CLI writes as report.json (`report.to_dict()`);
+    `report.passed` is the gates' verdict and `report.model` the output model.
+    With `output`, the model is written (atomically) whether or not the gates
+    pass; with `report_dir`, report.json/.md/.html too, also when a pass fails
+    (then PassFailed is raised after writing). Bad recipes raise UsageError before
+    any work. `calib` / `eval_data` override the recipe's data.
+    """
+    from onnxslim.runner import run_recipe
+
+    if output is not None and not isinstance(source, ir.Model) and io.same_file(source, output) \
+            and not overwrite:
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    try:
+        outcome = run_recipe(recipe, source, calib=calib, eval_data=eval_data, progress=progress)
+    except PassFailed as exc:
+        partial = getattr(exc, "report", None)
+        if report_dir is not None and partial is not None:
+            partial.write(report_dir)
+        raise
+    report = outcome.report
+    if output is not None:
+        save(outcome.model, output, source=None if isinstance(source, ir.Model) else source,
+             overwrite=overwrite)
+        report.output["path"] = str(output)
+    if report_dir is not None:
+        report.write(report_dir)
+    return report
+
+
+def search(recipe: Any, source: str | os.PathLike[str], *,
+           output: str | os.PathLike[str] | None = None,
+           report_dir: str | os.PathLike[str] | None = None, calib: str | None = None,
+           eval_data: str | None = None, jobs: int | None = None, ray_address: str | None = None,
+           overwrite: bool = False, progress: Any = None) -> Any:
+    """Try the recipe's `[search]` grid and keep the best candidate that passes the gates.
+
+    Candidates run in parallel on local processes (`jobs`), or as Ray tasks when
+    `ray_address` is given ("local"/"auto" start a local Ray). Returns the winner's
+    RunReport (its `search` section lists every candidate); with no passing
+    candidate, the best one by gates passed is returned, `report.passed` False.
+    """
+    from onnxslim.search import search_recipe
+
+    if output is not None and io.same_file(source, output) and not overwrite:
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    report = search_recipe(recipe, source, calib=calib, eval_data=eval_data, jobs=jobs,
+                           ray_address=ray_address, progress=progress)
+    if output is not None:
+        save(report.model, output, source=source, overwrite=overwrite)
+        report.output["path"] = str(output)
+    if report_dir is not None:
+        report.write(report_dir)
+    return report

@@ -19,6 +19,7 @@ from onnxslim.cli import optimize as _optimize  # noqa: F401  (registers command
 from onnxslim.cli import passes as _passes  # noqa: F401
 from onnxslim.cli import prune as _prune  # noqa: F401
 from onnxslim.cli import quantize as _quantize  # noqa: F401
+from onnxslim.cli import run as _run  # noqa: F401  (run, search, recipes)
 from onnxslim.cli import targets as _targets  # noqa: F401
 from onnxslim.cli import validate as _validate  # noqa: F401
 from onnxslim.cli._app import app, err

@@ -1,0 +1,528 @@
+"""Recipe documents for `onnxslim run` / `search`: parse, validate, resolve data paths.
+
+A recipe (TOML, or YAML with the same schema) names the steps, the data, the gates
+and an optional search grid:
+
+    description = "int8 for phones"
+    [data]
+    calib = "calib.npz"          # paths are relative to the recipe file
+    eval = "eval.npz"
+    [[pass]]                     # `onnxslim optimize --recipe` tables, plus the steps
+    name = "optimize"            # optimize | quantize | prune | cluster | any registry pass
+    [[pass]]
+    name = "quantize"
+    method = "minmax"
+    [gates]
+    metric = "auto"
+    max_accuracy_drop = 1.0
+    [search]
+    method = ["minmax", "entropy"]
+
+The whole document is checked before any work starts; every mistake is a
+UsageError naming the file and the key path (`gates.max_latency_ratio: expected
+a number, got "fast"`), so a CI log points at the line to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxslim.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA_KEYS = ("description", "data", "pass", "gates", "measure", "search")
+DATA_KEYS = ("calib", "eval", "calib_limit", "eval_limit")
+GATE_KEYS = (
+    "metric",
+    "max_accuracy_drop",
+    "max_parity_error",
+    "min_size_reduction",
+    "max_latency_ratio",
+    "targets",
+)
+MEASURE_KEYS = ("latency_runs", "parity_feeds", "target_feeds")
+METRICS = ("auto", "top1", "agreement")
+STEPS = ("optimize", "quantize", "prune", "cluster")
+OBJECTIVES = ("smallest", "fastest")
+# Search axes that need no step prefix: alias -> (step, option).
+SEARCH_ALIASES = {
+    "bits": ("cluster", "bits"),
+    "sparsity": ("prune", "sparsity"),
+    "method": ("quantize", "method"),
+    "keep_float": ("quantize", "exclude"),
+    "calibration": ("quantize", "method"),
+}
+# Options of the high-level steps that are not fields of their pass classes.
+_STEP_EXTRAS = {
+    "quantize": {"mode": "static", "max_drop": None},
+    "prune": {"method": "magnitude", "sparsity": 0.5, "storage": "packed"},
+    "cluster": {"bits": 4, "strip_metadata": True},
+    "optimize": {},
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the recipe's `[[pass]]` list: a name and its options (JSON values)."""
+
+    name: str
+    options: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return self.name if self.name in STEPS else "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass(frozen=True)
+class Gates:
+    metric: str = "auto"
+    max_accuracy_drop: float | None = None  # points
+    max_parity_error: float | None = None  # relative RMS error of the worst output
+    min_size_reduction: float | None = None  # fraction of the input file's bytes
+    max_latency_ratio: float | None = None  # output median latency / input median latency
+    targets: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["targets"] = list(self.targets)
+        return data
+
+
+@dataclass(frozen=True)
+class Measure:
+    latency_runs: int = 20
+    parity_feeds: int = 64
+    target_feeds: int = 4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe; data paths are absolute (resolved against the recipe's folder)."""
+
+    source: str  # file name or "preset NAME" or "<dict>", for error messages and the report
+    steps: tuple[Step, ...]
+    description: str = ""
+    calib: str | None = None
+    eval: str | None = None
+    calib_limit: int | None = None
+    eval_limit: int | None = None
+    gates: Gates = field(default_factory=Gates)
+    measure: Measure = field(default_factory=Measure)
+    search: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as a plain document (what the report records)."""
+        data: dict[str, Any] = {"description": self.description}
+        data["data"] = {k: getattr(self, k) for k in DATA_KEYS if getattr(self, k) is not None}
+        data["pass"] = [s.to_dict() for s in self.steps]
+        data["gates"] = {k: v for k, v in self.gates.to_dict().items() if v not in (None, [])}
+        data["measure"] = dataclasses.asdict(self.measure)
+        if self.search:
+            data["search"] = copy.deepcopy(self.search)
+        return data
+
+    def sha256(self) -> str:
+        """Hash of what decides the output: steps and data contents (not paths, not gates).
+
+        Data files enter by content, so moving the project does not change the hash
+        while editing the calibration set does.
+        """
+        digest = {
+            "pass": [s.to_dict() for s in self.steps],
+            "calib": file_sha256(self.calib) if self.calib else None,
+            "calib_limit": self.calib_limit,
+        }
+        text = json.dumps(digest, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def with_data(self, calib: str | None = None, eval: str | None = None) -> Recipe:
+        """CLI `--calib` / `--eval` override the recipe's data."""
+        changes = {}
+        if calib is not None:
+            changes["calib"] = str(Path(calib).absolute())
+        if eval is not None:
+            changes["eval"] = str(Path(eval).absolute())
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def with_options(self, assignments: Mapping[tuple[str, str], Any]) -> Recipe:
+        """A copy with step options set: {(step name, option): value} (search candidates)."""
+        steps = []
+        for step in self.steps:
+            options = dict(step.options)
+            for (name, key), value in assignments.items():
+                if name == step.name:
+                    options[key] = value
+            steps.append(Step(step.name, options))
+        recipe = dataclasses.replace(self, steps=tuple(steps))
+        for step in recipe.steps:
+            _check_step(step, f"{self.source}: search", len(steps))
+        return recipe
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
+    """A Recipe from a file path, a preset name, a parsed document, or a Recipe."""
+    if isinstance(spec, Recipe):
+        return spec
+    if isinstance(spec, Mapping):
+        return parse_document(spec, source="<recipe>", base=Path.cwd())
+    path = Path(spec)
+    if path.is_file():
+        return parse_text(
+            path.read_text(encoding="utf-8"),
+            source=path.name,
+            base=path.parent,
+            yaml=path.suffix.lower() in (".yaml", ".yml"),
+        )
+    from onnxslim import presets
+
+    if str(spec) in presets.names():
+        return parse_text(presets.text(str(spec)), source=f"preset {spec}", base=Path.cwd())
+    raise UsageError(f"{spec}: no such recipe file or preset (`onnxslim recipes` lists presets)")
+
+
+def parse_text(text: str, *, source: str, base: Path, yaml: bool = False) -> Recipe:
+    if yaml:
+        try:
+            import yaml as pyyaml
+        except ImportError as exc:  # pragma: no cover
+            raise UsageError(f"{source}: YAML recipes need PyYAML (pip install pyyaml)") from exc
+        try:
+            document = pyyaml.safe_load(text) or {}
+        except pyyaml.YAMLError as exc:
+            raise UsageError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    else:
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{source}: not valid TOML: {exc}") from exc
+    if not isinstance(document, Mapping):
+        raise UsageError(f"{source}: a recipe is a table of keys, got {type(document).__name__}")
+    return parse_document(document, source=source, base=base)
+
+
+def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> Recipe:
+    """Validate every key of `document`; data paths resolve against `base`."""
+    where = source
+    _unknown(document, SCHEMA_KEYS, where, "")
+    description = document.get("description", "")
+    if not isinstance(description, str):
+        _bad(where, "description", "a string", description)
+    data = _table(document, "data", where)
+    _unknown(data, DATA_KEYS, where, "data.")
+    paths = {}
+    for key in ("calib", "eval"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            _bad(where, f"data.{key}", "a path (string)", value)
+        path = (base / value).absolute()
+        if not path.exists():
+            raise UsageError(f"{where}: data.{key}: {value!r} does not exist (looked in {base})")
+        paths[key] = str(path)
+    limits = {k: _int(data, k, where, "data.", minimum=1) for k in ("calib_limit", "eval_limit")}
+    tables = document.get("pass")
+    if tables is None:
+        raise UsageError(f"{where}: pass: a recipe needs at least one [[pass]] table")
+    if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+        _bad(where, "pass", "a list of [[pass]] tables", tables)
+    steps = []
+    for i, table in enumerate(tables):
+        options = {k: v for k, v in table.items() if k != "name"}
+        name = table.get("name")
+        if not isinstance(name, str):
+            raise UsageError(f"{where}: pass[{i}].name: every [[pass]] needs a name")
+        step = Step(name, options)
+        _check_step(step, where, i)
+        steps.append(step)
+    gates = _gates(_table(document, "gates", where), where)
+    measure_table = _table(document, "measure", where)
+    _unknown(measure_table, MEASURE_KEYS, where, "measure.")
+    measure = Measure(
+        **{
+            k: v
+            for k in MEASURE_KEYS
+            if (v := _int(measure_table, k, where, "measure.", minimum=0)) is not None
+        }
+    )
+    search = _search(_table(document, "search", where), where, steps)
+    return Recipe(
+        source=source,
+        steps=tuple(steps),
+        description=description,
+        calib=paths.get("calib"),
+        eval=paths.get("eval"),
+        gates=gates,
+        measure=measure,
+        search=search,
+        **limits,
+    )
+
+
+def _check_step(step: Step, where: str, index: int) -> None:
+    """Build the step's pass once (without data) so bad options fail before any work."""
+    key = f"pass[{index}]"
+    options = step.options
+    if step.name in STEPS:
+        extras = _STEP_EXTRAS[step.name]
+        classes = _step_classes(step, where, key)
+        known = set(extras) | {
+            f.name
+            for cls in classes
+            for f in dataclasses.fields(cls)
+            if f.init and not f.metadata.get("internal")
+        }
+        _unknown(options, sorted(known), where, f"{key}.", what=f"option of {step.name}")
+        for name, default in extras.items():
+            if name in options:
+                _check_value(options[name], default, None, where, f"{key}.{name}")
+        fields = {f.name: f for cls in classes for f in dataclasses.fields(cls)}
+        for name, value in options.items():
+            if name in fields and name not in extras:
+                f = fields[name]
+                _check_value(value, f.default, f.metadata.get("choices"), where, f"{key}.{name}")
+        if step.name == "quantize" and options.get("max_drop") is not None:
+            if options.get("mode", "static") != "static":
+                raise UsageError(f"{where}: {key}.max_drop: accuracy-aware mode needs mode static")
+        try:
+            _build(step)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {key} ({step.name}): {exc}") from None
+        return
+    from onnxslim.registry import available_passes, make_pass
+
+    cls = available_passes().get(step.name)
+    if cls is None:
+        raise UsageError(
+            f"{where}: {key}.name: unknown pass {step.name!r}; expected one of "
+            f"{', '.join(STEPS)} or a pass `onnxslim passes` lists"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    _unknown(options, sorted(fields), where, f"{key}.", what=f"option of {step.name}")
+    for name, value in options.items():
+        f = fields[name]
+        if not f.metadata.get("data"):
+            _check_value(value, f.default, f.metadata.get("choices"), where, f"{key}.{name}")
+    try:
+        make_pass(
+            step.name, {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        )
+    except UsageError as exc:
+        raise UsageError(f"{where}: {key} ({step.name}): {exc}") from None
+
+
+def _step_classes(step: Step, where: str, key: str) -> list[type]:
+    options = step.options
+    if step.name == "quantize":
+        from onnxslim.passes.quantize.run import MODES
+
+        mode = options.get("mode", "static")
+        if mode not in MODES:
+            _bad(where, f"{key}.mode", f"one of {', '.join(MODES)}", mode)
+        from onnxslim.passes.quantize.dynamic import QuantizeDynamic
+        from onnxslim.passes.quantize.static import QuantizeStatic
+        from onnxslim.passes.quantize.weight_only import QuantizeWeightOnly
+
+        return [
+            {
+                "static": QuantizeStatic,
+                "dynamic": QuantizeDynamic,
+                "weight-only": QuantizeWeightOnly,
+            }[mode]
+        ]
+    if step.name == "prune":
+        from onnxslim.passes.prune.channels import ChannelPruning
+        from onnxslim.passes.prune.magnitude import MagnitudePruning
+        from onnxslim.passes.prune.nm import NMSparsity
+        from onnxslim.passes.prune.run import METHODS
+
+        method = options.get("method", "magnitude")
+        if method not in METHODS:
+            _bad(where, f"{key}.method", f"one of {', '.join(METHODS)}", method)
+        return [
+            {"magnitude": MagnitudePruning, "nm": NMSparsity, "channels": ChannelPruning}[method]
+        ]
+    if step.name == "cluster":
+        from onnxslim.passes.cluster.cluster import ClusterWeights
+
+        return [ClusterWeights]
+    return []
+
+
+def _build(step: Step) -> None:
+    """Construct the step's pass with its options (the pass's own checks run here)."""
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()}
+    if step.name == "quantize":
+        from onnxslim.passes.quantize.run import make_quantize_pass
+
+        mode = options.pop("mode", "static")
+        options.pop("max_drop", None)
+        make_quantize_pass(mode, **options)
+    elif step.name == "prune":
+        from onnxslim.passes.prune.run import STORAGE, make_prune_pass
+
+        method = options.pop("method", "magnitude")
+        sparsity = options.pop("sparsity", 0.5)
+        storage = options.pop("storage", "packed")
+        if storage not in STORAGE:
+            raise UsageError(f"storage: expected one of {', '.join(STORAGE)}, got {storage!r}")
+        if not 0 <= sparsity < 1:
+            raise UsageError(f"sparsity: expected 0 <= S < 1, got {sparsity}")
+        if method == "channels":
+            options.setdefault("ratio", sparsity)
+        elif method == "magnitude":
+            options.setdefault("sparsity", sparsity)
+        make_prune_pass(method, **options)
+    elif step.name == "cluster":
+        from onnxslim.passes.cluster.run import make_cluster_pass
+
+        options.pop("strip_metadata", None)
+        make_cluster_pass(**options)
+
+
+def _check_value(value: Any, default: Any, choices: Any, where: str, key: str) -> None:
+    """The value's JSON type must match the option's default (bool, number, string, list)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            _bad(where, key, "true or false", value)
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _bad(where, key, "a number", value)
+        if (
+            isinstance(default, int)
+            and not isinstance(default, bool)
+            and isinstance(value, float)
+            and not value.is_integer()
+        ):
+            _bad(where, key, "an integer", value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            _bad(where, key, "a string", value)
+    elif isinstance(default, (tuple, frozenset)):
+        if not isinstance(value, list):
+            _bad(where, key, "a list", value)
+    if choices is not None and value not in choices:
+        _bad(where, key, f"one of {', '.join(map(str, choices))}", value)
+
+
+def _gates(table: Mapping[str, Any], where: str) -> Gates:
+    _unknown(table, GATE_KEYS, where, "gates.")
+    metric = table.get("metric", "auto")
+    if metric not in METRICS:
+        _bad(where, "gates.metric", f"one of {', '.join(METRICS)}", metric)
+    values: dict[str, Any] = {"metric": metric}
+    for key in GATE_KEYS[1:5]:
+        value = table.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _bad(where, f"gates.{key}", "a number", value)
+        if value < 0 or (key == "min_size_reduction" and value >= 1):
+            _bad(
+                where,
+                f"gates.{key}",
+                "a number >= 0" + (" and < 1" if key.startswith("min") else ""),
+                value,
+            )
+        values[key] = float(value)
+    targets = table.get("targets", [])
+    if isinstance(targets, str):
+        targets = [targets]
+    from onnxslim.targets import TARGET_NAMES
+
+    if not isinstance(targets, list) or any(t not in TARGET_NAMES for t in targets):
+        _bad(where, "gates.targets", f"a list of {', '.join(TARGET_NAMES)}", targets)
+    values["targets"] = tuple(targets)
+    return Gates(**values)
+
+
+def _search(table: Mapping[str, Any], where: str, steps: list[Step]) -> dict[str, Any]:
+    """The grid: {"objective": ..., "axes": {"step.option": [values]}} (validated)."""
+    if not table:
+        return {}
+    objective = table.get("objective", "smallest")
+    if objective not in OBJECTIVES:
+        _bad(where, "search.objective", f"one of {', '.join(OBJECTIVES)}", objective)
+    names = {s.name for s in steps}
+    axes: dict[str, list[Any]] = {}
+    for key, values in table.items():
+        if key == "objective":
+            continue
+        step, _, option = key.partition(".")
+        if not option:
+            if key not in SEARCH_ALIASES:
+                raise UsageError(
+                    f"{where}: search.{key}: unknown axis; use STEP.OPTION "
+                    f"(quantize.method) or one of {', '.join(SEARCH_ALIASES)}"
+                )
+            step, option = SEARCH_ALIASES[key]
+        if step not in names:
+            raise UsageError(f"{where}: search.{key}: the recipe has no {step!r} step to vary")
+        if not isinstance(values, list) or not values:
+            _bad(where, f"search.{key}", "a non-empty list of values", values)
+        for value in values:
+            trial = [
+                Step(s.name, {**s.options, option: value}) if s.name == step else s for s in steps
+            ]
+            index = next(i for i, s in enumerate(trial) if s.name == step)
+            try:
+                _check_step(trial[index], where, index)
+            except UsageError as exc:
+                raise UsageError(f"search.{key} = {value!r}: {exc}") from None
+        axes[f"{step}.{option}"] = values
+    if not axes:
+        raise UsageError(f"{where}: search: no axis to vary (for example bits = [2, 4])")
+    return {"objective": objective, "axes": axes}
+
+
+def _table(document: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = document.get(key, {})
+    if not isinstance(value, Mapping):
+        _bad(where, key, "a table", value)
+    return value
+
+
+def _int(table: Mapping[str, Any], key: str, where: str, prefix: str, minimum: int) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _bad(where, prefix + key, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def _unknown(
+    table: Mapping[str, Any], known: Any, where: str, prefix: str, what: str = "key"
+) -> None:
+    for key in table:
+        if key not in known:
+            raise UsageError(
+                f"{where}: {prefix}{key}: unknown {what}; expected one of {', '.join(known)}"
+            )
+
+
+def _bad(where: str, key: str, expected: str, value: Any) -> None:
+    raise UsageError(f"{where}: {key}: expected {expected}, got {json.dumps(value, default=str)}")

@@ -1,0 +1,326 @@
+"""Apply a recipe to a model: each step, measured; the gates; provenance. Never prints.
+
+This is `onnxslim run` and `onnxslim.api.run`. The steps run in order on copies
+(the input model is never modified); after each one the model is measured on the
+evaluator's feeds (metric, parity against the input, latency ratio), so the report
+holds size, accuracy and latency after every step. The written model depends only
+on the input, the recipe and the data: timing never decides anything here (the
+quantizer's latency guard is off unless a recipe turns it on, which the report
+then flags as not reproducible), and the provenance in metadata_props holds no
+date and no path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim import io
+from onnxslim.errors import OnnxSlimError, PassFailed, RuntimeFailure, UsageError
+from onnxslim.evaluation import Evaluator
+from onnxslim.gates import check_gates
+from onnxslim.graphs import node_count
+from onnxslim.recipe import Recipe, Step, load_recipe
+from onnxslim.report import RunReport, StepReport
+
+Progress = Callable[[str], None]
+HISTOGRAM_BINS = 64
+
+
+@dataclass
+class RunOutcome:
+    model: ir.Model
+    report: RunReport
+
+
+def run_recipe(
+    recipe: Recipe | str | Any,
+    source: ir.Model | str,
+    *,
+    calib: str | None = None,
+    eval_data: str | None = None,
+    progress: Progress | None = None,
+) -> RunOutcome:
+    """Run `recipe` on `source`; the report says whether every gate passed.
+
+    Raises UsageError for a bad recipe or data (before any step runs) and PassFailed
+    when a step fails; a failed gate is not an exception here (see RunReport.passed).
+    """
+    say = progress or (lambda _m: None)
+    recipe = load_recipe(recipe).with_data(calib, eval_data)
+    _check_data(recipe)
+    start = time.perf_counter()
+    if isinstance(source, ir.Model):
+        model, input_path = source, None
+        input_bytes = io.model_to_bytes(model)
+    else:
+        model, input_path = io.load(source), str(source)
+        with open(source, "rb") as handle:
+            input_bytes = handle.read()
+    say("measuring the input model")
+    evaluator = Evaluator(
+        model,
+        eval_data=recipe.eval,
+        calib=recipe.calib,
+        eval_limit=recipe.eval_limit,
+        parity_limit=recipe.measure.parity_feeds,
+    )
+    report = RunReport.start(recipe, input_path, input_bytes, evaluator)
+    current = model
+    for index, step in enumerate(recipe.steps):
+        say(f"step {index + 1}/{len(recipe.steps)}: {step.name}")
+        begin = time.perf_counter()
+        try:
+            try:
+                current, details, warnings = _run_step(step, current, recipe, index)
+            except (PassFailed, RuntimeFailure) as exc:
+                raise PassFailed(f"pass[{index}] ({step.name}) failed: {exc}") from exc
+            except OnnxSlimError:
+                raise
+            except Exception as exc:  # a bug in a pass: exit 3 with the step named
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise PassFailed(
+                    f"pass[{index}] ({step.name}) failed: {type(exc).__name__}: {text}"
+                ) from exc
+        except PassFailed as exc:
+            report.status, report.error = "pass failed", str(exc)
+            report.seconds = time.perf_counter() - start
+            exc.report = report  # type: ignore[attr-defined]
+            raise
+        seconds = time.perf_counter() - begin
+        data = io.model_to_bytes(current)
+        measured = evaluator.measure(current, latency_runs=recipe.measure.latency_runs)
+        report.steps.append(
+            StepReport(
+                index,
+                step.name,
+                step.kind,
+                _public(step.options),
+                seconds,
+                len(data),
+                node_count(current),
+                measured,
+                details,
+                warnings,
+            )
+        )
+    add_provenance(current, recipe, input_bytes)
+    final_bytes = io.model_to_bytes(current)
+    final = report.steps[-1].measurement if report.steps else evaluator.baseline
+    say("checking the gates")
+    report.gates = check_gates(
+        recipe.gates,
+        evaluator,
+        final,
+        size_in=len(input_bytes),
+        size_out=len(final_bytes),
+        model=current,
+        target_feeds=recipe.measure.target_feeds,
+    )
+    report.finish(final_bytes, final, time.perf_counter() - start)
+    report.model = current
+    return RunOutcome(current, report)
+
+
+def add_provenance(model: ir.Model, recipe: Recipe, input_bytes: bytes) -> None:
+    """metadata_props: tool version, recipe hash, input hash (no date: bytes stay identical)."""
+    from onnxslim import __version__
+
+    model.metadata_props["onnxslim.version"] = __version__
+    model.metadata_props["onnxslim.recipe_sha256"] = recipe.sha256()
+    model.metadata_props["onnxslim.input_sha256"] = hashlib.sha256(input_bytes).hexdigest()
+
+
+def _check_data(recipe: Recipe) -> None:
+    """Steps that need calibration data must have it before anything runs."""
+    for index, step in enumerate(recipe.steps):
+        needs = step.name == "quantize" and step.options.get("mode", "static") == "static"
+        if (
+            step.name == "quantize"
+            and step.options.get("max_drop") is not None
+            and recipe.eval is None
+        ):
+            raise UsageError(
+                f"{recipe.source}: pass[{index}].max_drop: accuracy-aware "
+                "quantization needs labelled eval data (data.eval or --eval)"
+            )
+        if needs and recipe.calib is None:
+            raise UsageError(
+                f"{recipe.source}: pass[{index}] ({step.name}): needs calibration "
+                "data: set data.calib in the recipe or pass --calib"
+            )
+
+
+def _public(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k != "calib"}
+
+
+def _run_step(
+    step: Step, model: ir.Model, recipe: Recipe, index: int
+) -> tuple[ir.Model, dict[str, Any], list[str]]:
+    from onnxslim import api
+
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()}
+    calib = options.pop("calib", None) or recipe.calib
+    if step.name == "optimize":
+        result = api.optimize(model, verify=True, data=recipe.calib, feed_count=4)
+        if not result.passed:
+            raise PassFailed(f"pass[{index}] (optimize): the lossless clean-up moved the outputs")
+        changed = [r.name for r in result.result.records if r.status == "changed"]
+        warnings = [f"{r.name}: {r.status} ({r.reason})" for r in result.result.rolled_back]
+        return result.model, {"changed": changed}, warnings
+    if step.name == "quantize":
+        return _quantize(model, options, calib, recipe)
+    if step.name == "prune":
+        if recipe.calib_limit is not None:
+            options.setdefault("calib_count", recipe.calib_limit)
+        result = api.prune(model, calib=calib, validate=False, **options)
+        details = {
+            "sparsity": result.sparsity,
+            "layers": [
+                {"layer": r.name, "op": r.op_type, "sparsity": r.sparsity, "reduction": r.reduction}
+                for r in result.layers
+            ],
+            "refit": result.details.get("refit", []),
+        }
+        return result.model, _jsonable(details), list(result.warnings)
+    if step.name == "cluster":
+        strip = bool(options.pop("strip_metadata", True))
+        result = api.cluster(
+            model, calib=calib, validate=False, optimize=False, strip_metadata=strip, **options
+        )
+        details = {
+            "bits": result.bits,
+            "weights": result.weights,
+            "layers": result.layers,
+            "skipped": result.skipped,
+            "histogram": weight_histogram(
+                model, result.model, [w["weight"] for w in result.weights]
+            ),
+        }
+        return result.model, _jsonable(details), list(result.warnings)
+    return _registry_pass(step, model, options, calib, recipe, index)
+
+
+def _quantize(
+    model: ir.Model, options: dict[str, Any], calib: Any, recipe: Recipe
+) -> tuple[ir.Model, dict[str, Any], list[str]]:
+    from onnxslim import api
+
+    mode = options.pop("mode", "static")
+    max_drop = options.pop("max_drop", None)
+    warnings = []
+    if mode == "static":
+        if options.get("latency_guard"):
+            warnings.append(
+                "latency_guard is on: timing decides which layers stay float, so "
+                "the output may differ between runs"
+            )
+        options.setdefault("latency_guard", False)
+        if recipe.calib_limit is not None:
+            options.setdefault("max_samples", recipe.calib_limit)
+    if max_drop is not None:
+        from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
+        from onnxslim.passes.quantize.static import QuantizeStatic
+
+        aware = quantize_accuracy_aware(
+            model,
+            calib,
+            max_drop=max_drop / 100.0,
+            eval_data=recipe.eval,
+            eval_limit=recipe.eval_limit,
+            options=QuantizeStatic(**options),
+        )
+        details = {"mode": mode, "accuracy_aware": aware.to_dict()}
+        if not aware.met:
+            warnings.append(
+                f"accuracy-aware: drop {aware.drop * 100:.2f} pt > max_drop "
+                f"{max_drop:g} pt even with {len(aware.excluded)} layer(s) float"
+            )
+        return aware.model, _jsonable(details), warnings
+    result = api.quantize(
+        model, mode=mode, calib=calib if mode == "static" else None, validate=False, **options
+    )
+    report = result.report
+    details = {
+        "mode": mode,
+        "method": report.method,
+        "target": report.target,
+        "quantized_nodes": len(report.quantized_nodes),
+        "quantized_ops": report.quantized_ops,
+        "int8_kernels": report.int8_kernels,
+        "float_decisions": len(report.skipped),
+        "protections": report.protections,
+        "samples": report.samples,
+    }
+    return result.model, _jsonable(details), warnings + list(result.warnings)
+
+
+def _registry_pass(
+    step: Step, model: ir.Model, options: dict[str, Any], calib: Any, recipe: Recipe, index: int
+) -> tuple[ir.Model, dict[str, Any], list[str]]:
+    import dataclasses
+
+    from onnxslim.pipeline import Guard, Pipeline, run_pipeline
+    from onnxslim.registry import make_pass, pass_class
+
+    fields = {f.name for f in dataclasses.fields(pass_class(step.name))}
+    if "calib" in fields and calib is not None:
+        options["calib"] = calib
+    instance = make_pass(step.name, options)
+    guard = None
+    if getattr(instance, "lossless", False):
+        from onnxslim.api import validation_feeds
+
+        feeds, _ = validation_feeds(model, recipe.calib, count=4)
+        guard = Guard(feeds)
+    result = run_pipeline(model, Pipeline((instance,)), guard=guard)
+    record = result.records[0]
+    if record.status == "rolled back":
+        return result.model, record.to_dict(), [f"{step.name}: rolled back ({record.reason})"]
+    return result.model, _jsonable({"status": record.status}), []
+
+
+def weight_histogram(before: ir.Model, after: ir.Model, names: list[str]) -> dict[str, Any]:
+    """Histogram of the clustered weights before and after (palettes expanded), same bins."""
+    from onnxslim.passes.cluster import UnpackPalette
+    from onnxslim.pipeline import Pipeline, run_pipeline
+
+    expanded = run_pipeline(after, Pipeline((UnpackPalette(),))).model
+    old, new = [], []
+    for name in names:
+        a, b = before.graph.initializers.get(name), expanded.graph.initializers.get(name)
+        if a is None or b is None or a.const_value is None or b.const_value is None:
+            continue
+        old.append(np.asarray(a.const_value.numpy(), dtype=np.float64).ravel())
+        new.append(np.asarray(b.const_value.numpy(), dtype=np.float64).ravel())
+    if not old:
+        return {}
+    x, y = np.concatenate(old), np.concatenate(new)
+    edges = np.linspace(min(x.min(), y.min()), max(x.max(), y.max()), HISTOGRAM_BINS + 1)
+    return {
+        "edges": edges.tolist(),
+        "before": np.histogram(x, edges)[0].tolist(),
+        "after": np.histogram(y, edges)[0].tolist(),
+        "unique_after": int(np.unique(y).size),
+        "weights": len(old),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples, numpy scalars and arrays as JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
