@@ -127,7 +127,8 @@ def _finish(result, output: Path, report: Path | None, json_output: bool) -> Non
 
 def _print(result, output: Path, report: Path | None) -> None:  # type: ignore[no-untyped-def]
     data = result.to_dict()
-    table = Table(title=f"onnxslim run ({escape(data['recipe']['source'])})")
+    command = "search" if data.get("search") else "run"
+    table = Table(title=f"onnxslim {command} ({escape(data['recipe']['source'])})")
     for column in ("step", "size", "nodes", "top-1", "agreement", "parity error", "latency"):
         table.add_column(column, justify="left" if column == "step" else "right")
     source = data["input"]
