@@ -13,6 +13,7 @@ date and no path.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,7 +81,8 @@ def run_recipe(
             try:
                 current, details, warnings = _run_step(step, current, recipe, index)
             except (PassFailed, RuntimeFailure) as exc:
-                raise PassFailed(f"pass[{index}] ({step.name}) failed: {exc}") from exc
+                text = re.sub(r"^pass '[^']*' failed: ", "", str(exc))
+                raise PassFailed(f"pass[{index}] ({step.name}) failed: {text}") from exc
             except OnnxSlimError:
                 raise
             except Exception as exc:  # a bug in a pass: exit 3 with the step named

@@ -1,0 +1,137 @@
+"""`onnxslim search`: a grid of recipe variants on local processes and on a local Ray;
+the winner is the smallest passing candidate and its bytes are what `run` writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import MODELS
+
+from onnxslim import api
+from onnxslim.cli import main
+
+NAME = "digits_cnn"
+
+
+def grid_recipe(tmp_path: Path, gates: str = "max_accuracy_drop = 1.0\n") -> Path:
+    path = tmp_path / "search.toml"
+    path.write_text(f"""
+description = "palette bits"
+[data]
+calib = "{MODELS / f"{NAME}.calib.npz"}"
+eval = "{MODELS / f"{NAME}.eval.npz"}"
+calib_limit = 16
+eval_limit = 200
+[[pass]]
+name = "optimize"
+[[pass]]
+name = "cluster"
+bits = 4
+[gates]
+{gates}
+[measure]
+latency_runs = 3
+[search]
+objective = "smallest"
+bits = [2, 4]
+""")
+    return path
+
+
+def test_search_on_local_processes_keeps_the_smallest_passing(tmp_path: Path) -> None:
+    recipe = grid_recipe(tmp_path)
+    out, report_dir = tmp_path / "best.onnx", tmp_path / "report"
+    assert (
+        main(
+            [
+                "search",
+                str(recipe),
+                str(MODELS / f"{NAME}.onnx"),
+                "-o",
+                str(out),
+                "--report",
+                str(report_dir),
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    data = json.loads((report_dir / "report.json").read_text())
+    search = data["search"]
+    assert len(search["candidates"]) == 2 and all(c["passed"] for c in search["candidates"])
+    sizes = {c["index"]: c["file_bytes"] for c in search["candidates"]}
+    assert search["winner"] == min(sizes, key=sizes.get) == 0
+    assert search["winner_config"] == {"cluster.bits": 2}
+    assert data["output"]["bytes"] == out.stat().st_size == sizes[0]
+    html = (report_dir / "report.html").read_text()
+    assert "id='pareto'" in html and html.count("<svg") >= 3
+    # The winner is byte for byte what `run` writes for its configuration.
+    winner = tmp_path / "winner.toml"
+    winner.write_text(recipe.read_text().replace("bits = 4", "bits = 2").split("[search]")[0])
+    api.run(winner, MODELS / f"{NAME}.onnx", output=tmp_path / "run.onnx")
+    assert (tmp_path / "run.onnx").read_bytes() == out.read_bytes()
+
+
+def test_search_with_no_passing_candidate_is_exit_1_and_still_writes(
+    tmp_path: Path, capsys
+) -> None:
+    recipe = grid_recipe(tmp_path, "max_accuracy_drop = 1.0\nmin_size_reduction = 0.99\n")
+    out, report_dir = tmp_path / "best.onnx", tmp_path / "report"
+    assert (
+        main(
+            [
+                "search",
+                str(recipe),
+                str(MODELS / f"{NAME}.onnx"),
+                "-o",
+                str(out),
+                "--report",
+                str(report_dir),
+                "--jobs",
+                "1",
+            ]
+        )
+        == 1
+    )
+    assert out.is_file()
+    data = json.loads((report_dir / "report.json").read_text())
+    assert not data["passed"] and data["search"]["note"].startswith("no candidate passed")
+    assert all("min_size_reduction" in c["reason"] for c in data["search"]["candidates"])
+    assert "min_size_reduction" in capsys.readouterr().err
+
+
+def test_search_without_grid_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[pass]]\nname = "optimize"\n')
+    assert (
+        main(["search", str(recipe), str(MODELS / f"{NAME}.onnx"), "-o", str(tmp_path / "o.onnx")])
+        == 2
+    )
+    assert "no [search] table" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_search_through_a_local_ray(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = api.search(
+            grid_recipe(tmp_path),
+            MODELS / f"{NAME}.onnx",
+            output=tmp_path / "ray.onnx",
+            ray_address="local",
+        )
+    finally:
+        ray.shutdown()
+    assert report.passed and report.search["winner_config"] == {"cluster.bits": 2}
+    local = api.search(
+        grid_recipe(tmp_path), MODELS / f"{NAME}.onnx", output=tmp_path / "local.onnx", jobs=1
+    )
+    assert (tmp_path / "ray.onnx").read_bytes() == (tmp_path / "local.onnx").read_bytes()
+    assert (
+        local.search["candidates"][0]["file_bytes"] == report.search["candidates"][0]["file_bytes"]
+    )
