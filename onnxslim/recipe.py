@@ -190,8 +190,12 @@ def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         return parse_document(spec, source="<recipe>", base=Path.cwd())
     path = Path(spec)
     if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not a recipe (a TOML or YAML text file)") from None
         return parse_text(
-            path.read_text(encoding="utf-8"),
+            text,
             source=path.name,
             base=path.parent,
             yaml=path.suffix.lower() in (".yaml", ".yml"),

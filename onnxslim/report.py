@@ -31,6 +31,7 @@ class StepReport:
     measurement: Measurement
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    gzip_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class StepReport:
             "options": self.options,
             "seconds": round(self.seconds, 4),
             "file_bytes": self.file_bytes,
+            "gzip_bytes": self.gzip_bytes,
             "nodes": self.nodes,
             **self.measurement.to_dict(),
             "details": self.details,
@@ -81,6 +83,7 @@ class RunReport:
             input={
                 "path": input_path,
                 "bytes": len(input_bytes),
+                "gzip_bytes": gzip_size(input_bytes),
                 "sha256": hashlib.sha256(input_bytes).hexdigest(),
             },
             data={
@@ -93,7 +96,11 @@ class RunReport:
         )
 
     def finish(self, model_bytes: bytes, final: Measurement, seconds: float) -> None:
-        self.output = {"bytes": len(model_bytes), "sha256": hashlib.sha256(model_bytes).hexdigest()}
+        self.output = {
+            "bytes": len(model_bytes),
+            "gzip_bytes": gzip_size(model_bytes),
+            "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        }
         self.final = final
         self.seconds = seconds
         self.status = "passed" if self.passed else "gate failed"
@@ -163,6 +170,16 @@ class RunReport:
         return files
 
 
+GZIP_LIMIT = 256 << 20
+
+
+def gzip_size(data: bytes) -> int | None:
+    """Zipped size (level 6): what an app store or a zipped download ships; None over 256 MiB."""
+    import gzip
+
+    return len(gzip.compress(data, compresslevel=6)) if len(data) <= GZIP_LIMIT else None
+
+
 def markdown(data: dict[str, Any]) -> str:
     """A pull-request comment: verdict, gates, then one row per step."""
     verdict = "PASS" if data["passed"] else "FAIL"
@@ -179,19 +196,22 @@ def markdown(data: dict[str, Any]) -> str:
             )
         lines.append("")
     lines += [
-        "| step | size (bytes) | nodes | top-1 | agreement | parity error | latency | time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| step | size (bytes) | gzip | nodes | top-1 | agreement | parity error | latency "
+        "| time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     source = data["input"]
     lines.append(
-        f"| input | {source['bytes']:,} | {source['nodes']} | {_pct(source['top1'])} | "
+        f"| input | {source['bytes']:,} | {_fmt(source.get('gzip_bytes'))} | {source['nodes']} | "
+        f"{_pct(source['top1'])} | "
         f"| | 1.00x | |"
     )
     for step in data["steps"]:
         latency = f"{step['latency_ratio']:.2f}x" if step["latency_ratio"] else ""
         lines.append(
             f"| {step['index']}: {step['name']} | {step['file_bytes']:,} | "
-            f"{step['nodes']} | {_pct(step['top1'])} | {_pct(step['agreement'])} | "
+            f"{_fmt(step.get('gzip_bytes'))} | {step['nodes']} | {_pct(step['top1'])} | "
+            f"{_pct(step['agreement'])} | "
             f"{_fmt(step['parity_error'])} | {latency} | {step['seconds']:.1f} s |"
         )
     output = data["output"]

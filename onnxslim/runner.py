@@ -28,7 +28,7 @@ from onnxslim.evaluation import Evaluator
 from onnxslim.gates import check_gates
 from onnxslim.graphs import node_count
 from onnxslim.recipe import Recipe, Step, load_recipe
-from onnxslim.report import RunReport, StepReport
+from onnxslim.report import RunReport, StepReport, gzip_size
 
 Progress = Callable[[str], None]
 HISTOGRAM_BINS = 64
@@ -110,6 +110,7 @@ def run_recipe(
                 measured,
                 details,
                 warnings,
+                gzip_size(data),
             )
         )
     add_provenance(current, recipe, input_bytes)

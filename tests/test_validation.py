@@ -16,7 +16,8 @@ import pytest
 from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxslim import inspect, io, run, validate
+from onnxslim import inspect, io, validate
+from onnxslim import run_model as run  # onnxslim.run is the recipe runner
 from onnxslim.errors import DataError, UsageError
 from onnxslim.feeds import generate_feeds, input_specs
 
