@@ -224,6 +224,7 @@ def run(recipe: Any, source: ModelSource, *, output: str | os.PathLike[str] | No
     if output is not None and not isinstance(source, ir.Model) and io.same_file(source, output) \
             and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    _check_output_folder(output)
     try:
         outcome = run_recipe(recipe, source, calib=calib, eval_data=eval_data, progress=progress)
     except PassFailed as exc:
@@ -257,6 +258,7 @@ def search(recipe: Any, source: str | os.PathLike[str], *,
 
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    _check_output_folder(output)
     report = search_recipe(recipe, source, calib=calib, eval_data=eval_data, jobs=jobs,
                            ray_address=ray_address, progress=progress)
     if output is not None:
@@ -265,3 +267,9 @@ def search(recipe: Any, source: str | os.PathLike[str], *,
     if report_dir is not None:
         report.write(report_dir)
     return report
+
+
+def _check_output_folder(output: str | os.PathLike[str] | None) -> None:
+    """Refuse a missing output folder before the work, not after it."""
+    if output is not None and not Path(output).absolute().parent.is_dir():
+        raise UsageError(f"{Path(output).parent}: output folder does not exist")

@@ -331,3 +331,21 @@ def test_int8_model_passes_the_arm64_target_gate(tmp_path: Path) -> None:
     gate = next(g for g in report.gates if g.name == "target arm64")
     assert gate.passed, gate.reason
     assert gate.value["host_vs_target"] <= 1e-2
+
+
+def test_optimize_recipe_files_still_work_and_run_them(tmp_path: Path, capsys) -> None:
+    """A recipe of `onnxslim optimize --recipe` (only [[pass]] tables) is a `run` recipe too."""
+    model = MODELS / "digits_lstm.onnx"
+    assert main(["optimize", str(model), "-o", str(tmp_path / "x.onnx"), "--print-recipe"]) == 0
+    recipe = tmp_path / "clean.toml"
+    recipe.write_text(capsys.readouterr().out)
+    assert (
+        main(["optimize", str(model), "-o", str(tmp_path / "opt.onnx"), "--recipe", str(recipe)])
+        == 0
+    )
+    report = api.run(recipe, model, output=tmp_path / "run.onnx")
+    assert report.passed and not report.gates  # no gates: nothing to fail
+    assert [s.name for s in report.steps] == [t["name"] for t in report.recipe["pass"]]
+    assert report.steps[-1].measurement.parity_error < 1e-5
+    with pytest.raises(UsageError, match="output folder does not exist"):
+        api.run(recipe, model, output=tmp_path / "missing" / "run.onnx")
