@@ -349,3 +349,27 @@ def test_optimize_recipe_files_still_work_and_run_them(tmp_path: Path, capsys) -
     assert report.steps[-1].measurement.parity_error < 1e-5
     with pytest.raises(UsageError, match="output folder does not exist"):
         api.run(recipe, model, output=tmp_path / "missing" / "run.onnx")
+
+
+def test_unmeasurable_metric_fails_its_gate(tmp_path: Path, capsys) -> None:
+    """The detector has no [batch, classes] output: metric top1 cannot pass silently."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[[pass]]\nname = "optimize"\n[gates]\nmetric = "top1"\nmax_accuracy_drop = 1.0\n' + FAST
+    )
+    model = MODELS / "digits_detector.onnx"
+    assert (
+        main(
+            [
+                "run",
+                str(recipe),
+                str(model),
+                "-o",
+                str(tmp_path / "o.onnx"),
+                "--eval",
+                str(MODELS / "digits_detector.eval.npz"),
+            ]
+        )
+        == 1
+    )
+    assert "not measurable" in capsys.readouterr().err

@@ -135,3 +135,35 @@ def test_search_through_a_local_ray(tmp_path: Path) -> None:
     assert (
         local.search["candidates"][0]["file_bytes"] == report.search["candidates"][0]["file_bytes"]
     )
+
+
+def test_grid_is_every_combination_with_aliases(tmp_path: Path) -> None:
+    from onnxslim.recipe import load_recipe
+    from onnxslim.search import candidates, variant
+
+    recipe = load_recipe(
+        {
+            "data": {"calib": str(MODELS / f"{NAME}.calib.npz")},
+            "pass": [
+                {"name": "optimize"},
+                {"name": "prune", "storage": "dense"},
+                {"name": "quantize"},
+            ],
+            "search": {
+                "objective": "fastest",
+                "sparsity": [0.3, 0.5],
+                "calibration": ["minmax", "entropy"],
+                "keep_float": [[], ["Gemm"]],
+            },
+        }
+    )
+    grid = candidates(recipe)
+    assert len(grid) == 8 and grid[0] == {
+        "prune.sparsity": 0.3,
+        "quantize.method": "minmax",
+        "quantize.exclude": [],
+    }
+    chosen = variant(recipe, grid[-1])
+    assert chosen.steps[1].options["sparsity"] == 0.5 and not chosen.search
+    assert chosen.steps[2].options == {"method": "entropy", "exclude": ["Gemm"]}
+    assert recipe.search["objective"] == "fastest"
