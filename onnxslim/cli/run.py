@@ -73,7 +73,7 @@ def run_command(
 
 @app.command("search")
 def search_command(
-    recipe: str = typer.Argument(..., help=_RECIPE_HELP + " Needs a [search] table."),
+    recipe: str = typer.Argument(..., help=_RECIPE_HELP + " Its search table lists the grid."),
     model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the winner."),
     report: Path | None = typer.Option(
@@ -129,16 +129,25 @@ def _print(result, output: Path, report: Path | None) -> None:  # type: ignore[n
     data = result.to_dict()
     command = "search" if data.get("search") else "run"
     table = Table(title=f"onnxslim {command} ({escape(data['recipe']['source'])})")
-    for column in ("step", "size", "nodes", "top-1", "agreement", "parity error", "latency"):
+    columns = ("step", "size", "gzip", "nodes", "top-1", "agree", "parity", "latency")
+    for column in columns:
         table.add_column(column, justify="left" if column == "step" else "right")
     source = data["input"]
     table.add_row(
-        "input", f"{source['bytes']:,}", str(source["nodes"]), _pct(source["top1"]), "", "", "1.00x"
+        "input",
+        f"{source['bytes']:,}",
+        _count(source.get("gzip_bytes")),
+        str(source["nodes"]),
+        _pct(source["top1"]),
+        "",
+        "",
+        "1.00x",
     )
     for step in data["steps"]:
         table.add_row(
             f"{step['index']}: {escape(step['name'])}",
             f"{step['file_bytes']:,}",
+            _count(step.get("gzip_bytes")),
             str(step["nodes"]),
             _pct(step["top1"]),
             _pct(step["agreement"]),
@@ -162,6 +171,10 @@ def _print(result, output: Path, report: Path | None) -> None:  # type: ignore[n
     out.print(
         f"wrote {escape(str(output))}" + (f" and {escape(str(report))}/report.*" if report else "")
     )
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
 
 
 def _pct(value: float | None) -> str:
