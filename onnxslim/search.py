@@ -244,6 +244,8 @@ def _choose(
         reasons = "; ".join(f"#{r['index']}: {r['reason']}" for r in rows[:3])
         from onnxslim.errors import PassFailed
 
+        if all(r.get("exit_code") == 2 for r in results):  # the same bad input everywhere
+            raise UsageError(f"search: every candidate failed ({reasons})")
         raise PassFailed(f"search: every candidate failed ({reasons})")
 
     def key(row: dict[str, Any]) -> tuple[Any, ...]:

@@ -167,3 +167,26 @@ def test_grid_is_every_combination_with_aliases(tmp_path: Path) -> None:
     assert chosen.steps[1].options["sparsity"] == 0.5 and not chosen.search
     assert chosen.steps[2].options == {"method": "entropy", "exclude": ["Gemm"]}
     assert recipe.search["objective"] == "fastest"
+
+
+def test_search_where_every_candidate_fails_a_pass_is_exit_3(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from test_run_recipe import ExplodingPass
+
+    from onnxslim import registry
+
+    monkeypatch.setitem(registry.BUILTIN_PASSES, "explode", ExplodingPass)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[[pass]]\nname = "cluster"\n[[pass]]\nname = "explode"\n'
+        "[measure]\nlatency_runs = 0\n[search]\nbits = [2, 4]\n"
+    )
+    out = tmp_path / "o.onnx"
+    assert (
+        main(
+            ["search", str(recipe), str(MODELS / "digits_lstm.onnx"), "-o", str(out), "--jobs", "1"]
+        )
+        == 3
+    )
+    assert "every candidate failed" in capsys.readouterr().err and not out.exists()
