@@ -17,11 +17,13 @@ report says so; the CLI exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -169,20 +171,21 @@ def _run_ray(
             "log_to_driver": False,
             "logging_level": logging.ERROR,
         }
-        if address == "local":
-            ray.init(num_cpus=jobs, **options)
-        elif address == "auto":
-            try:
-                ray.init(address="auto", **options)
-            except ConnectionError:
+        with _neutral_working_directory() as neutral:
+            if address == "local":
                 ray.init(num_cpus=jobs, **options)
-        else:
-            try:
-                ray.init(address=address, **options)
-            except Exception as exc:  # Ray raises several types for a bad address
-                raise UsageError(
-                    f"--ray {address}: cannot connect to a Ray cluster: {exc}"
-                ) from exc
+            elif address == "auto":
+                try:
+                    ray.init(address="auto", **options)
+                except ConnectionError:
+                    ray.init(num_cpus=jobs, **options)
+            else:
+                try:
+                    ray.init(address=address, **options)
+                except Exception as exc:  # Ray raises several types for a bad address
+                    raise UsageError(
+                        f"--ray {address}: cannot connect to a Ray cluster: {exc}"
+                    ) from exc
         started = True
     try:
         blobs = {"model": source.read_bytes()}
@@ -204,6 +207,23 @@ def _run_ray(
     finally:
         if started:
             ray.shutdown()
+            shutil.rmtree(neutral, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _neutral_working_directory() -> Iterator[str]:
+    """Start Ray from an empty folder: Ray puts the driver's working directory first on
+    its workers' sys.path, and from a checkout of this project that directory holds an
+    `onnxslim/` folder without its passes (installed from passes/), which would shadow
+    the installed package in every worker. The folder outlives the Ray session (its
+    workers may start in it); the caller removes it after shutdown."""
+    previous = os.getcwd()
+    empty = tempfile.mkdtemp(prefix="onnxslim-ray-")
+    os.chdir(empty)
+    try:
+        yield empty
+    finally:
+        os.chdir(previous)
 
 
 def _ray_candidate(index: int, recipe: Recipe, blobs: dict[str, bytes]) -> dict[str, Any]:

@@ -117,16 +117,16 @@ def test_search_without_grid_is_a_usage_error(tmp_path: Path, capsys) -> None:
 @pytest.mark.timeout(120)
 def test_search_through_a_local_ray(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        report = api.search(
-            grid_recipe(tmp_path),
-            MODELS / f"{NAME}.onnx",
-            output=tmp_path / "ray.onnx",
-            ray_address="local",
-        )
-    finally:
-        ray.shutdown()
+    # search starts (and stops) the local Ray itself, from wherever pytest runs: from a
+    # checkout its workers must still import the installed package, not ./onnxslim
+    report = api.search(
+        grid_recipe(tmp_path),
+        MODELS / f"{NAME}.onnx",
+        output=tmp_path / "ray.onnx",
+        ray_address="local",
+        jobs=2,
+    )
+    assert not ray.is_initialized()
     assert report.passed and report.search["winner_config"] == {"cluster.bits": 2}
     local = api.search(
         grid_recipe(tmp_path), MODELS / f"{NAME}.onnx", output=tmp_path / "local.onnx", jobs=1
