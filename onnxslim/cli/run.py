@@ -39,22 +39,28 @@ def _check_output(model: Path, output: Path, overwrite: bool) -> None:
         )
 
 
+# Options `run` and `search` share (one definition, so their help cannot drift apart).
+_REPORT_OPTION = typer.Option(
+    None, "--report", help="Folder for report.json, report.md and report.html."
+)
+_CALIB_OPTION = typer.Option(None, "--calib", help="Calibration data (overrides the recipe's).")
+_EVAL_OPTION = typer.Option(
+    None, "--eval", help="Evaluation data, `labels` for top-1 (overrides the recipe's)."
+)
+_OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Allow OUTPUT to replace MODEL.")
+_JSON_OPTION = typer.Option(False, "--json", help="Print report.json on stdout.")
+
+
 @app.command("run")
 def run_command(
     recipe: str = typer.Argument(..., help=_RECIPE_HELP),
     model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the output model."),
-    report: Path | None = typer.Option(
-        None, "--report", help="Folder for report.json, report.md and report.html."
-    ),
-    calib: str | None = typer.Option(
-        None, "--calib", help="Calibration data (overrides the recipe's)."
-    ),
-    eval_data: str | None = typer.Option(
-        None, "--eval", help="Evaluation data, `labels` for top-1 (overrides the recipe's)."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow OUTPUT to replace MODEL."),
-    json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    report: Path | None = _REPORT_OPTION,
+    calib: str | None = _CALIB_OPTION,
+    eval_data: str | None = _EVAL_OPTION,
+    overwrite: bool = _OVERWRITE_OPTION,
+    json_output: bool = _JSON_OPTION,
 ) -> None:
     """Apply RECIPE to MODEL, check the gates, write OUTPUT and the report."""
     _check_output(model, output, overwrite)
@@ -76,23 +82,17 @@ def search_command(
     recipe: str = typer.Argument(..., help=_RECIPE_HELP + " Its search table lists the grid."),
     model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the winner."),
-    report: Path | None = typer.Option(
-        None, "--report", help="Folder for report.json, report.md and report.html."
-    ),
-    calib: str | None = typer.Option(
-        None, "--calib", help="Calibration data (overrides the recipe's)."
-    ),
-    eval_data: str | None = typer.Option(
-        None, "--eval", help="Evaluation data, `labels` for top-1 (overrides the recipe's)."
-    ),
+    report: Path | None = _REPORT_OPTION,
+    calib: str | None = _CALIB_OPTION,
+    eval_data: str | None = _EVAL_OPTION,
     jobs: int | None = typer.Option(
         None, "--jobs", "-j", min=1, help="Local worker processes (default: CPUs, at most 4)."
     ),
     ray: str | None = typer.Option(
         None, "--ray", help="Run candidates as Ray tasks: a cluster ADDRESS, `auto`, or `local`."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow OUTPUT to replace MODEL."),
-    json_output: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    overwrite: bool = _OVERWRITE_OPTION,
+    json_output: bool = _JSON_OPTION,
 ) -> None:
     """Try RECIPE's grid on MODEL, keep the smallest (or fastest) candidate that passes."""
     _check_output(model, output, overwrite)
