@@ -256,8 +256,10 @@ def _try_in_place(model: ir.Model, passes: list[ir.passes.PassBase], offset: int
             return None, []
         seconds = time.perf_counter() - start
         bytes_before, nodes_before = bytes_now, nodes_now
-        if modified:
-            bytes_now, nodes_now = tensor_bytes(candidate), node_count(candidate)
+        # Measured after every pass: one that drops a tensor but reports no change
+        # must not have its bytes booked to the next pass that does.
+        bytes_now, nodes_now = tensor_bytes(candidate), node_count(candidate)
+        modified = modified or (bytes_now, nodes_now) != (bytes_before, nodes_before)
         records.append(PassRecord(name, "changed" if modified else "unchanged", seconds,
                                   bytes_before, bytes_now, nodes_before, nodes_now))
     return candidate, records
@@ -289,8 +291,10 @@ def _run_checked(result: PipelineResult, instance: ir.passes.PassBase, index: in
                                          nodes_before, nodes_before, reason))
         return reference
     seconds = time.perf_counter() - start
+    bytes_after, nodes_after = tensor_bytes(candidate), node_count(candidate)
+    modified = modified or (bytes_after, nodes_after) != (bytes_before, nodes_before)
     record = PassRecord(name, "changed" if modified else "unchanged", seconds, bytes_before,
-                        tensor_bytes(candidate), nodes_before, node_count(candidate))
+                        bytes_after, nodes_before, nodes_after)
     if guard is not None and reference is not None and modified:
         try:
             parity, outputs = guard.check(reference, candidate)
