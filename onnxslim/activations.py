@@ -17,7 +17,9 @@ produce. This module gets X and Y from ORT on calibration feeds:
 - `channel_mean_squares(...)` gives E[x_c^2] per channel of chosen values.
 
 Feeds whose inputs all have a free leading dimension are concatenated into
-batches, so ORT runs few large batches instead of many single samples.
+batches, so ORT runs few large batches instead of many single samples; except in
+models whose control flow reads the data (an If on the feed's mean picks one branch
+for the whole batch: batching would change what each sample computes).
 """
 
 from __future__ import annotations
@@ -264,6 +266,47 @@ class NormalEquations:
                 self.holdout += held
 
 
+_CONTROL_FLOW = ("If", "Loop", "Scan")
+_SHAPE_ONLY = ("Shape", "Size")  # their outputs do not depend on the values of the batch
+
+
+def batch_coupled(model: ir.Model) -> bool:
+    """True when a control-flow decision depends on input values, not only shapes.
+
+    Such a decision is taken once per run, for the whole batch (digits_gated's If
+    tests ReduceMean(input) > t), so samples of a coalesced batch could take another
+    branch or trip count than they take alone. Conditions read through Shape/Size only
+    (sequence-length loops) are the same for every batch of equal shapes.
+    """
+    graph = model.graph
+    inputs = {id(v) for v in graph.inputs if v.name not in graph.initializers}
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _CONTROL_FLOW:
+            continue
+        decisions = node.inputs[:1] if node.op_type == "If" else node.inputs[:2]
+        if node.op_type == "Scan" or any(_reads_values(v, inputs) for v in decisions if v is not None):
+            return True
+    return False
+
+
+def _reads_values(value: ir.Value, inputs: set[int]) -> bool:
+    """Whether `value` depends on the values (not just the shapes) of the graph inputs."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if id(current) in inputs:
+            return True
+        producer = current.producer()
+        if producer is None or producer.op_type in _SHAPE_ONLY:
+            continue
+        stack.extend(v for v in producer.inputs if v is not None)
+    return False
+
+
 def coalesce_feeds(
     model: ir.Model, feeds: Sequence[Feed], max_batch: int = DEFAULT_BATCH
 ) -> list[Feed]:
@@ -273,7 +316,7 @@ def coalesce_feeds(
     returned feed by feed.
     """
     feeds = list(feeds)
-    if max_batch <= 1 or len(feeds) <= 1:
+    if max_batch <= 1 or len(feeds) <= 1 or batch_coupled(model):
         return feeds
     specs = input_specs(model)
     if not specs or any(

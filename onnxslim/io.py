@@ -204,7 +204,7 @@ def save(
         if external_data:
             rebind = _write_external(model, staged, data_name, data_path)
         else:
-            with _in_memory_tensors(model):
+            with _in_memory_tensors(model), _initializer_annotations_hidden(model):
                 ir.save(model, staged)
             rebind = None
         _commit(staging, staged, path, data_name if external_data else None)
@@ -241,7 +241,7 @@ def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Pa
     def record(tensor: ir.TensorProtocol, info: ir.external_data.CallbackInfo) -> None:
         offsets[id(tensor)] = info.offset
 
-    with _in_memory_attribute_tensors(model):
+    with _in_memory_attribute_tensors(model), _initializer_annotations_hidden(model):
         ir.save(
             model,
             staged,
@@ -375,6 +375,34 @@ class _in_memory_tensors(_swap):
         super().__exit__(*exc)
 
 
+class _initializer_annotations_hidden:
+    """onnx_ir writes a value_info entry for every initializer, repeating the type and
+    dims its TensorProto already holds (about 30 bytes each; ORT and onnx read them from
+    the tensor). Hidden while saving, put back afterwards; initializers that are also
+    graph inputs keep theirs, which the input's declaration needs."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._hidden: list[tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = []
+        for graph in iter_graphs(model):
+            if not isinstance(graph, ir.Graph):
+                continue
+            inputs = {id(v) for v in graph.inputs}
+            for value in graph.initializers.values():
+                if id(value) not in inputs and value.const_value is not None:
+                    self._hidden.append((value, value.type, value.shape))
+
+    def __enter__(self) -> _initializer_annotations_hidden:
+        for value, _, _ in self._hidden:
+            value.type = None
+            value.shape = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for value, type_, shape in self._hidden:
+            value.type = type_
+            value.shape = shape
+
+
 def _to_memory(tensor: ir.TensorProtocol) -> ir.TensorProtocol:
     return ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
 
@@ -389,8 +417,9 @@ def _copy_mode(existing: Path, new: Path) -> None:
 
 
 def model_to_bytes(model: ir.Model) -> bytes:
-    """Serialize a model that fits in one protobuf message (tests, small models)."""
-    return ir.serde.serialize_model(model).SerializeToString()
+    """Serialize a model that fits in one protobuf message (tests, small models), as `save` does."""
+    with _initializer_annotations_hidden(model):
+        return ir.serde.serialize_model(model).SerializeToString()
 
 
 def external_tensors(model: ir.Model) -> Iterator[tuple[str, ir.ExternalTensor]]:

@@ -209,6 +209,26 @@ class StripDebugMetadata(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, strip_debug_metadata(model))
 
 
+def drop_shape_annotations(model: ir.Model) -> int:
+    """Forget the type and shape of intermediate values (the file's value_info); how many.
+
+    They are derived facts: ONNX Runtime infers every intermediate shape itself when
+    the session starts, so a deployable artifact does not need them, and they are
+    about a tenth of a small model's file. Graph inputs and outputs keep theirs.
+    """
+    dropped = 0
+    for graph in iter_graphs(model):
+        boundary = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+        for node in graph:
+            for value in node.outputs:
+                if id(value) in boundary or (value.type is None and value.shape is None):
+                    continue
+                value.type = None
+                value.shape = None
+                dropped += 1
+    return dropped
+
+
 def strip_debug_metadata(model: ir.Model) -> bool:
     """Drop doc strings and node / value metadata; True when anything was dropped.
 

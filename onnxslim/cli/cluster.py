@@ -89,8 +89,8 @@ def cluster_command(
     keep_metadata: bool = typer.Option(
         False,
         "--keep-metadata",
-        help="Keep exporter debug metadata (node "
-        "stack traces, doc strings); by default it is dropped.",
+        help="Keep exporter debug metadata (node stack traces, doc strings) and the "
+        "intermediate shape annotations (value_info); by default both are dropped.",
     ),
     max_drop: float | None = typer.Option(
         None,

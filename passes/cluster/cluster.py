@@ -30,16 +30,21 @@ from onnxslim.passes.prune.layers import lift_constants
 
 from onnxslim.errors import UsageError
 
+from onnxslim.probing import WeightProbe
+
 from . import storage as palette_storage
+from .allocate import FLOAT, PER_TENSOR, Candidate, Form, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
 from .palette import Palettized, cluster_tensor, reassign, snap_int8
 from .refine import refine_layers
-from .weights import Weight, find_weights
+from .weights import Skipped, Weight, find_weights
 
 SUMMARY_KEY = "onnxslim.cluster"
 GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
+ALLOCATIONS = ("uniform", "mixed")
+ALLOCATION_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 _SNAP_ROUNDS = 4
 MIN_VALUES_PER_ENTRY = (
     4  # per-channel-group palettes: channels merge until each group holds this x k
@@ -75,7 +80,27 @@ class ClusterWeights(ir.passes.InPlacePass):
         "Output channels sharing one palette (per-channel-group; 1: per channel). Channels "
         "with fewer than 4 x 2^bits values share with their neighbours (not with int8_grid).",
     )
-    min_elements: int = option(256, "Leave weights with fewer elements as they are.")
+    allocation: str = option(
+        "uniform",
+        "uniform: every weight at `bits`; mixed: bits (bits-1 .. bits+2) and granularity "
+        "chosen per weight from its measured effect on the outputs, within the bytes "
+        "uniform `bits` takes (needs calib).",
+        choices=ALLOCATIONS,
+    )
+    budget: float | None = option(
+        None,
+        "With allocation=mixed: stored bytes of the clustered weights as a fraction of their "
+        "float bytes (None: what uniform `bits` stores).",
+    )
+    budget_bytes: int | None = option(
+        None,
+        "With allocation=mixed: the same budget in bytes (weights and expansion functions).",
+    )
+    min_elements: int | None = option(
+        None,
+        "Leave weights with fewer elements as they are (None: 256; with allocation=mixed "
+        "16, since the allocation keeps float whatever does not pay).",
+    )
     exclude: tuple[str, ...] = option(
         (), "Node or weight names (fnmatch patterns) to leave unclustered."
     )
@@ -129,7 +154,7 @@ class ClusterWeights(ir.passes.InPlacePass):
     seed: int = option(0, "Seed of k-means++ and row sampling.")
 
     def __post_init__(self) -> None:
-        for name in ("init", "granularity", "storage", "packing", "palette_dtype"):
+        for name in ("init", "granularity", "storage", "packing", "palette_dtype", "allocation"):
             check_choice(self, name)
         if not 1 <= self.bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {self.bits}")
@@ -137,6 +162,14 @@ class ClusterWeights(ir.passes.InPlacePass):
             raise ValueError(f"group_size must be at least 1, got {self.group_size}")
         if self.exact_limit < 16:
             raise ValueError("exact_limit must be at least 16")
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
+        if self.budget_bytes is not None and self.budget_bytes < 0:
+            raise ValueError(f"budget_bytes must not be negative, got {self.budget_bytes}")
+        if (self.budget is not None or self.budget_bytes is not None) and self.allocation != "mixed":
+            raise ValueError("budget and budget_bytes apply to allocation=mixed")
+        if self.budget is not None and self.budget_bytes is not None:
+            raise ValueError("give budget or budget_bytes, not both")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         started = time.perf_counter()
@@ -144,8 +177,10 @@ class ClusterWeights(ir.passes.InPlacePass):
         refine = self.refine if self.refine is not None else feeds is not None
         if refine and feeds is None:
             raise UsageError("palette refinement needs calibration data (calib)")
-        notes = _prepare(model)
-        weights, skipped = find_weights(model, min_elements=self.min_elements, exclude=self.exclude)
+        notes = prepare(model)
+        weights, skipped = find_weights(
+            model, min_elements=self.smallest_weight, exclude=self.exclude
+        )
         if not weights:
             _store(
                 model,
@@ -157,12 +192,21 @@ class ClusterWeights(ir.passes.InPlacePass):
                 seconds=time.perf_counter() - started,
             )
             return ir.passes.PassResult(model, bool(notes))
-        original = model.clone() if feeds is not None else None
         qmax = self._qmax()
+        forms: dict[str, Form] = {}
+        allocation = None
+        if self.allocation == "mixed":
+            if feeds is None:
+                raise UsageError("allocation=mixed needs calibration data (calib)")
+            forms, allocation = self._allocate(model, weights, feeds, qmax)
+            kept = [w for w in weights if forms[w.name].bits == FLOAT]
+            skipped += [Skipped(w.name, "kept float by the bit allocation") for w in kept]
+            weights = [w for w in weights if forms[w.name].bits != FLOAT]
+        original = model.clone() if feeds is not None else None
         palettes: dict[str, Palettized] = {}
         rows: dict[str, dict[str, Any]] = {}
         for weight in weights:
-            p, row = self._cluster(weight, qmax)
+            p, row = self._cluster(weight, qmax, forms.get(weight.name))
             palettes[weight.name] = p
             rows[weight.name] = row
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
@@ -205,7 +249,7 @@ class ClusterWeights(ir.passes.InPlacePass):
                 )
                 row["stored_bytes"], row["index_format"] = (
                     size,
-                    palette_storage.index_format(p.bits, opset, self.packing),
+                    palette_storage.format_of(p, opset, self.packing),
                 )
             else:
                 row["stored_bytes"], row["index_format"] = row["dense_bytes"], "dense"
@@ -219,8 +263,74 @@ class ClusterWeights(ir.passes.InPlacePass):
             layers=[r.to_dict() for r in layers],
             notes=notes,
             seconds=time.perf_counter() - started,
+            allocation=allocation,
         )
         return ir.passes.PassResult(model, True)
+
+    def _allocate(
+        self, model: ir.Model, weights: list[Weight], feeds: list, qmax: int | None
+    ) -> tuple[dict[str, Form], dict[str, Any]]:
+        """Each weight's form (see allocate.py), from output errors measured on ORT."""
+        opset = palette_storage.default_opset(model)
+        probe = WeightProbe(model, [w.name for w in weights], feeds[:ALLOCATION_FEEDS])
+        user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
+        table: list[list[Candidate]] = []
+        uniform: list[int] = []
+        function_bytes: dict[str, int] = {}
+        for weight in weights:
+            dense = weight.value.const_value
+            assert dense is not None
+            channels = dense.shape[weight.axis] if weight.axis is not None else None
+            forms = candidate_forms(
+                self.bits, channels=channels, fixed_group=user_group if self.int8_grid else None
+            )
+            uniform_form = Form(self.bits, user_group if channels else PER_TENSOR)
+            if uniform_form not in forms:
+                forms.append(uniform_form)
+            candidates = []
+            for form in forms:
+                p = self._narrow(self._cluster(weight, qmax, form)[0])
+                error = probe.mean_error({weight.name: p.dense()})
+                stored = palette_storage.footprint(p, weight.name, opset, self.packing)
+                if self.storage == "dense" or stored.bytes >= dense.nbytes:
+                    candidates.append(Candidate(form, int(dense.nbytes), error))
+                else:
+                    function_bytes.update(stored.functions)
+                    candidates.append(Candidate(form, stored.bytes, error, frozenset(stored.functions)))
+            candidates.append(Candidate(Form(FLOAT, False), int(dense.nbytes), 0.0))
+            uniform.append(forms.index(uniform_form))
+            table.append(candidates)
+        uniform_picks = [c[i] for c, i in zip(table, uniform, strict=True)]
+        uniform_cost = _bytes_with_functions(uniform_picks, function_bytes)
+        dense_cost = sum(c[-1].cost for c in table)
+        budget = uniform_cost
+        if self.budget is not None:
+            budget = int(self.budget * dense_cost)
+        elif self.budget_bytes is not None:
+            budget = self.budget_bytes
+        chosen = choose(table, budget, function_bytes, fallback=uniform)
+        picked = [c[j] for c, j in zip(table, chosen, strict=True)]
+        summary = {
+            "budget_bytes": budget,
+            "chosen_bytes": _bytes_with_functions(picked, function_bytes),
+            "chosen_error": sum(c.error for c in picked),
+            "uniform_bytes": uniform_cost,
+            "uniform_error": sum(c.error for c in uniform_picks),
+            "float_bytes": dense_cost,
+            "probe_feeds": min(len(feeds), ALLOCATION_FEEDS),
+            "weights": [
+                {"weight": w.name, "form": c.form.label(), "candidates": [x.to_dict() for x in t]}
+                for w, c, t in zip(weights, picked, table, strict=True)
+            ],
+        }
+        return {w.name: c.form for w, c in zip(weights, picked, strict=True)}, summary
+
+    @property
+    def smallest_weight(self) -> int:
+        """Elements a weight needs to be clustered (min_elements, or its default)."""
+        if self.min_elements is not None:
+            return self.min_elements
+        return 16 if self.allocation == "mixed" else 256
 
     def _narrow(self, p: Palettized) -> Palettized:
         """The palette in the storage type `palette_dtype` asks for."""
@@ -240,21 +350,29 @@ class ClusterWeights(ir.passes.InPlacePass):
             reduce_range = resolve_target("auto").reduce_range
         return 64 if reduce_range else 127
 
-    def _cluster(self, weight: Weight, qmax: int | None) -> tuple[Palettized, dict[str, Any]]:
+    def _cluster(
+        self, weight: Weight, qmax: int | None, form: Form | None = None
+    ) -> tuple[Palettized, dict[str, Any]]:
+        """Weight clustered at the options' bits and granularity, or at `form`'s."""
         tensor = weight.value.const_value
         assert tensor is not None
         array = tensor.numpy()
-        axis = weight.axis if self.granularity == "per-channel-group" else None
-        group_size = self.group_size
+        bits = form.bits if form is not None else self.bits
+        if form is not None:
+            axis = weight.axis if form.group_size != PER_TENSOR else None
+            group_size = max(form.group_size, 1)
+        else:
+            axis = weight.axis if self.granularity == "per-channel-group" else None
+            group_size = self.group_size
         if axis is not None and qmax is None and array.ndim:
             # A palette should be backed by MIN_VALUES_PER_ENTRY values per entry on average:
             # channels smaller than that (depthwise 3x3) share a palette with their neighbours.
-            per_channel = array.size // max(array.shape[axis], 1)
-            needed = math.ceil(MIN_VALUES_PER_ENTRY * (1 << self.bits) / max(per_channel, 1))
+            per_channel_size = array.size // max(array.shape[axis], 1)
+            needed = math.ceil(MIN_VALUES_PER_ENTRY * (1 << bits) / max(per_channel_size, 1))
             group_size = min(max(group_size, needed), array.shape[axis])
         p, exact = cluster_tensor(
             array,
-            self.bits,
+            bits,
             axis=axis,
             group_size=group_size,
             init=self.init,
@@ -279,7 +397,8 @@ class ClusterWeights(ir.passes.InPlacePass):
             "ops": weight.ops,
             "shape": list(array.shape),
             "elements": int(array.size),
-            "bits": self.bits,
+            "bits": bits,
+            "granularity": "per-channel-group" if axis is not None else "per-tensor",
             "palette_size": p.k,
             "groups": p.groups,
             "axis": axis,
@@ -295,7 +414,12 @@ class ClusterWeights(ir.passes.InPlacePass):
         return p, row
 
 
-def _prepare(model: ir.Model) -> list[str]:
+def _bytes_with_functions(picked: list[Candidate], function_bytes: dict[str, int]) -> int:
+    functions = frozenset().union(*(c.functions for c in picked))
+    return sum(c.cost for c in picked) + sum(function_bytes[f] for f in functions)
+
+
+def prepare(model: ir.Model) -> list[str]:
     """Make weights plain initializers: expand earlier palettes and sparse packs, lift Constants."""
     from onnxslim.passes.prune.storage import UnpackSparseWeights
 
@@ -330,9 +454,12 @@ def _store(
     layers: list,
     notes: list[str],
     seconds: float,
+    allocation: dict[str, Any] | None = None,
 ) -> None:
     model.meta[SUMMARY_KEY] = {
         "bits": options.bits,
+        "allocation": options.allocation,
+        "allocated": allocation,
         "init": options.init,
         "granularity": options.granularity,
         "group_size": options.group_size if options.granularity == "per-channel-group" else None,

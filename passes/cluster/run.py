@@ -3,8 +3,9 @@
 What `onnxslim cluster` and `onnxslim.api.cluster` do: run the lossless clean-up
 of `onnxslim optimize` (BatchNorm folded into Conv, constants folded; guarded on
 ORT), then the cluster-weights pass, on a copy of the model (the input is never
-modified), optionally drop the
-exporter's debug metadata (see `strip_debug_metadata`), check the result with
+modified), optionally drop the exporter's debug metadata and the intermediate
+shape annotations ORT infers anyway (`strip_debug_metadata`,
+`drop_shape_annotations`), check the result with
 onnx.checker, then measure on ONNX Runtime against the original: per-weight and
 per-layer errors, file size raw and gzipped, session start time (where the
 palettes are expanded), latency (single thread, interleaved, ORT_ENABLE_ALL),
@@ -27,11 +28,12 @@ from onnxslim.graphs import tensor_bytes
 from onnxslim.pipeline import PassRecord, Pipeline, run_pipeline
 from onnxslim.validation import resolve_feeds, validate
 
-from onnxslim.passes.cleanup import strip_debug_metadata
+from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
 
 from .cluster import ClusterWeights, summary
 
 PARITY_FEEDS = 64
+DOMAIN_IMPORT_BYTES = 24  # the palette domain's opset import, which the pass adds
 CHECKER_LIMIT_BYTES = 1_500_000_000
 
 
@@ -60,6 +62,7 @@ class ClusterResult:
     seconds: float
     gate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    allocation: dict[str, Any] | None = None  # allocation=mixed: budget, errors, each weight's form
 
     @property
     def bits(self) -> int:
@@ -115,6 +118,7 @@ class ClusterResult:
             "drop_points": self.drop_points,
             "checker": self.checker,
             "gate": self.gate,
+            "allocation": self.allocation,
             "seconds": self.seconds,
             "warnings": list(self.warnings),
         }
@@ -145,23 +149,35 @@ def cluster_model(
     max_drop: float | None = None,
     strip_metadata: bool = True,
     optimize: bool = True,
+    max_size: int | None = None,
     **options: Any,
 ) -> ClusterResult:
-    """Cluster `model` (not modified); see the module docstring for what is measured."""
+    """Cluster `model` (not modified); see the module docstring for what is measured.
+
+    `max_size` (bytes): the file the result may take at most; it sets allocation=mixed
+    and the weights' budget to what the rest of the file leaves (see `_fit_to_size`).
+    """
     from onnxslim.passes.prune.report import labelled, model_sizes, top1
     from onnxslim.passes.prune.run import session_start_ms
 
     start = time.perf_counter()
+    if max_size is not None:
+        if options.get("allocation", "mixed") != "mixed":
+            raise UsageError("cluster: a size target needs allocation=mixed")
+        options = dict(options, allocation="mixed")
     cluster_pass = make_cluster_pass(bits=bits, calib=calib, **options)
     cleaned, cleanup_notes = _clean_up(model) if optimize else (model, [])
-    result = run_pipeline(cleaned, Pipeline((cluster_pass,)))
+    if max_size is not None:
+        result = _fit_to_size(cleaned, cluster_pass, max_size, strip_metadata)
+    else:
+        result = run_pipeline(cleaned, Pipeline((cluster_pass,)))
     clustered = result.model
     details = summary(clustered)
     details["notes"] = cleanup_notes + list(details.get("notes", []))
     if strip_metadata:
-        strip_debug_metadata(clustered)
+        _strip(clustered)
         stripped_original = model.clone()
-        strip_debug_metadata(stripped_original)
+        _strip(stripped_original)
     report = ClusterResult(
         model=clustered,
         options=dict(
@@ -180,6 +196,7 @@ def cluster_model(
         accuracy=None,
         checker=check(clustered),
         seconds=0.0,
+        allocation=details.get("allocated"),
     )
     if report.checker not in ("ok", "skipped (over the 2 GB protobuf limit)"):
         report.warnings.append(f"onnx.checker: {report.checker}")
@@ -216,6 +233,13 @@ def cluster_model(
                     "drop_points": 100.0 * (original_acc - clustered_acc),
                     "samples": float(len(data[1])),
                 }
+    if max_size is not None:
+        report.allocation = dict(report.allocation or {}, max_size=max_size)
+        if report.size_after.raw > max_size:
+            report.warnings.append(
+                f"{report.size_after.raw:,} bytes: over the size target {max_size:,} "
+                "(even the cheapest form of every weight does not fit)"
+            )
     if max_drop is not None:
         drop = report.drop_points
         if drop is None:
@@ -225,6 +249,50 @@ def cluster_model(
         report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _strip(model: ir.Model) -> None:
+    strip_debug_metadata(model)
+    drop_shape_annotations(model)
+
+
+def _fit_to_size(
+    model: ir.Model, cluster_pass: ClusterWeights, max_size: int, strip_metadata: bool
+) -> Any:
+    """Run `cluster_pass` with the weights' budget the rest of the file leaves under max_size.
+
+    The rest (graph, weights too small to cluster, metadata that stays) is measured on
+    the model with the clustered weights' initializers taken out; the pass then spends
+    the remaining bytes on the weights and their expansion functions. Framing bytes
+    the estimate misses are taken back in one more run if the file came out over.
+    """
+    from onnxslim.passes.prune.report import model_sizes
+
+    from .cluster import prepare
+    from .weights import find_weights
+
+    scratch = model.clone()
+    prepare(scratch)
+    weights, _ = find_weights(
+        scratch, min_elements=cluster_pass.smallest_weight, exclude=cluster_pass.exclude
+    )
+    for weight in weights:
+        scratch.graph.initializers.pop(weight.name, None)
+    if strip_metadata:
+        _strip(scratch)
+    budget = max(0, max_size - model_sizes(scratch).raw - DOMAIN_IMPORT_BYTES)
+    for _ in range(2):
+        result = run_pipeline(
+            model, Pipeline((dataclasses.replace(cluster_pass, budget_bytes=budget),))
+        )
+        final = result.model.clone()
+        if strip_metadata:
+            _strip(final)
+        over = model_sizes(final).raw - max_size
+        if over <= 0 or budget == 0:
+            break
+        budget = max(0, budget - over)
+    return result
 
 
 def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:

@@ -102,21 +102,51 @@ def unpack_plane(packed: np.ndarray, width: int, count: int) -> np.ndarray:
     return (left >> np.uint8(8 - width)).reshape(-1)[:count]
 
 
-def index_format(bits: int, opset: int, packing: str = "auto", grouped: bool = False) -> str:
-    """How `bits`-bit indices are stored at `opset`: uint8, uint4, uint2, lut or planes."""
+def index_format(
+    bits: int, opset: int, packing: str = "auto", grouped: bool = False, byte_aligned: bool = False
+) -> str:
+    """How `bits`-bit indices are stored at `opset`: uint8, uint4, uint2, lut or planes.
+
+    `byte_aligned` (grouped palettes): every byte's indices share a palette group (see
+    `byte_layout`), so the grouped lut applies."""
     if bits == 8 or packing == "uint8" or opset < MIN_BITSHIFT_OPSET:
         return "uint8"
     if packing == "auto" and bits in _NATIVE and opset >= _NATIVE[bits][0]:
         return f"uint{bits}"
-    if packing == "auto" and bits in (1, 2, 4) and not grouped:
+    if packing == "auto" and bits in (1, 2, 4) and (not grouped or byte_aligned):
         return "lut"
     return "planes"
 
 
+def format_of(p: Palettized, opset: int, packing: str = "auto") -> str:
+    """index_format for the palettized tensor `p`."""
+    grouped = p.groups > 1
+    aligned = grouped and p.bits in (1, 2, 4) and byte_layout(p) is not None
+    return index_format(p.bits, opset, packing, grouped, aligned)
+
+
+def byte_layout(p: Palettized) -> tuple[int, int, int] | None:
+    """(run, period, span) such that the palette group of packed byte q is
+    (q // run % period) // span, when all 8/bits indices of every byte share a group
+    (the grouped lut's condition); None when some byte straddles two groups."""
+    if p.axis is None or p.groups == 1 or 8 % p.bits:
+        return None
+    per_byte = 8 // p.bits
+    channels = p.shape[p.axis]
+    inner = int(np.prod(p.shape[p.axis + 1 :], dtype=np.int64))
+    if inner % per_byte == 0:  # a byte never leaves one channel
+        return inner // per_byte, channels, p.group_size
+    if p.axis == 0 and (p.group_size * inner) % per_byte == 0:  # groups are contiguous runs
+        return p.group_size * inner // per_byte, p.groups, 1
+    if inner == 1 and channels % per_byte == 0 and p.group_size % per_byte == 0:  # last axis
+        return 1, channels // per_byte, p.group_size // per_byte
+    return None
+
+
 def stored_bytes(p: Palettized, opset: int, packing: str = "auto") -> int:
-    """Bytes the stored form of `p` takes (indices, palette, scale, offsets)."""
+    """Bytes the stored form of `p` takes (indices, palette, scale, offsets or layout)."""
     n = int(np.prod(p.shape))
-    kind = index_format(p.bits, opset, packing, p.groups > 1)
+    kind = format_of(p, opset, packing)
     if kind == "uint8":
         size = n
     elif kind in ("uint4", "uint2"):
@@ -127,7 +157,7 @@ def stored_bytes(p: Palettized, opset: int, packing: str = "auto") -> int:
     if p.scale is not None:
         size += p.scale.size * 4
     if p.groups > 1:
-        size += 4 * p.shape[p.axis]  # type: ignore[index]
+        size += 24 if kind == "lut" else 4 * p.shape[p.axis]  # type: ignore[index]
     return size
 
 
@@ -137,15 +167,19 @@ def write(
     """Replace the initializer `weight` by the expansion of `p`; returns the value now named so."""
     opset = default_opset(model)
     name = weight.name or "weight"
-    kind = index_format(p.bits, opset, packing, p.groups > 1)
+    kind = format_of(p, opset, packing)
     nodes: list[ir.Node] = []
     palette = _palette_value(graph, name, p, nodes)
     if kind == "lut":
         packed = _initializer(graph, f"{name}.indices{p.bits}b", pack_plane(p.indices, p.bits))
         shape = _initializer(graph, f"{name}.shape", np.array(p.shape, np.int64))
-        expand = ir.node(
-            f"ExpandPacked{p.bits}", [packed, palette, shape], domain=DOMAIN, name=f"palette/{name}"
-        )
+        inputs, op_type = [packed, palette, shape], f"ExpandPacked{p.bits}"
+        if p.groups > 1:
+            layout = byte_layout(p)
+            assert layout is not None
+            inputs.append(_initializer(graph, f"{name}.layout", np.array(layout, np.int64)))
+            op_type = f"ExpandPackedGrouped{p.bits}"
+        expand = ir.node(op_type, inputs, domain=DOMAIN, name=f"palette/{name}")
         return _finish_write(graph, model, weight, expand, nodes, p, opset)
     if kind == "planes":
         planes, widths = [], plane_widths(p.bits)
@@ -225,6 +259,43 @@ def _finish_write(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+    """What storing one palettized weight adds to the file: its own bytes, and functions it needs."""
+
+    bytes: int  # initializers and nodes, protobuf framing included
+    functions: dict[str, int]  # op type -> bytes of its function, paid once per model
+
+
+def footprint(p: Palettized, name: str, opset: int, packing: str = "auto") -> Footprint:
+    """The exact serialized cost of `write` for `p`, measured on a scratch model."""
+    placeholder = ir.Value(
+        name=name,
+        shape=ir.Shape([1]),
+        type=ir.TensorType(ir.DataType.from_numpy(p.dtype)),
+        const_value=ir.Tensor(np.zeros(1, p.dtype), name=name),
+    )
+    reader = ir.node("Identity", [placeholder])
+    graph = ir.Graph(
+        [], reader.outputs, nodes=[reader], initializers=[placeholder], opset_imports={"": opset}
+    )
+    model = ir.Model(graph, ir_version=10)
+    write(graph, model, placeholder, p, packing=packing)
+    size = sum(_framed(ir.serde.serialize_tensor(v.const_value).ByteSize())
+               for v in graph.initializers.values() if v.const_value is not None)
+    size += sum(_framed(ir.serde.serialize_node(n).ByteSize()) for n in graph if n is not reader)
+    functions = {
+        key[1]: _framed(ir.serde.serialize_function(f).ByteSize())
+        for key, f in model.functions.items()
+    }
+    return Footprint(size, functions)
+
+
+def _framed(size: int) -> int:
+    """A message's bytes inside its parent: field tag + length varint + payload."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
 def default_opset(model: ir.Model) -> int:
     return int(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1)))
 
@@ -250,9 +321,17 @@ def read(node: ir.Node) -> np.ndarray | None:
         if packed is None or palette is None or shape is None:
             return None
         dims = tuple(int(d) for d in shape)
-        width = int(node.op_type[len("ExpandPacked") :])
-        index = unpack_plane(packed, width, int(np.prod(dims))).astype(np.int64)
-        return palette.reshape(-1)[index].reshape(dims)
+        width = int(node.op_type.rsplit("d", 1)[-1])  # ExpandPacked<w>, ExpandPackedGrouped<w>
+        per_byte = 8 // width
+        index = unpack_plane(packed, width, packed.size * per_byte).astype(np.int64)
+        if node.op_type.startswith("ExpandPackedGrouped"):
+            layout = _const(node.inputs[3])
+            if layout is None:
+                return None
+            run, period, span = (int(v) for v in layout)
+            group = (np.arange(packed.size, dtype=np.int64) // run % period) // span
+            index = index + np.repeat(group, per_byte) * (1 << width)
+        return palette.reshape(-1)[index[: int(np.prod(dims))]].reshape(dims)
     indices = _index_array(node.inputs[0])
     palette = _palette_array(node.inputs[1])
     if indices is None or palette is None:
@@ -482,6 +561,14 @@ def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
         function = _function(op_type, ["indices", "palette", "offsets"], _expand_body, opset)
     elif op_type == "ScalePalette":
         function = _function(op_type, ["q", "scale"], _scale_body, opset)
+    elif op_type.startswith("ExpandPackedGrouped"):
+        width = int(op_type[len("ExpandPackedGrouped") :])
+        function = _function(
+            op_type,
+            ["packed", "palette", "shape", "layout"],
+            lambda op, const, inputs: _grouped_lut_body(op, const, inputs, width),
+            opset,
+        )
     elif op_type.startswith("ExpandPacked"):
         width = int(op_type[len("ExpandPacked") :])
         function = _function(
@@ -507,8 +594,12 @@ def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
 
 
 def _function(name: str, input_names: list[str], body, opset: int) -> ir.Function:
+    """A model-local function built by `body(op, const, inputs)`, written compactly: each
+    constant once (int64 and float32 scalars and vectors as value_int(s)/value_float(s)),
+    unnamed nodes and short value names, since every model that uses it carries it."""
     inputs = [ir.Value(name=n) for n in input_names]
     nodes: list[ir.Node] = []
+    constants: dict[tuple[str, tuple[int, ...], bytes], ir.Value] = {}
 
     def op(op_type: str, args: list[ir.Value], **attributes) -> ir.Value:
         node = ir.node(op_type, args, attributes or None, version=None)
@@ -516,16 +607,32 @@ def _function(name: str, input_names: list[str], body, opset: int) -> ir.Functio
         return node.outputs[0]
 
     def const(array: np.ndarray) -> ir.Value:
-        return op("Constant", [], value=ir.Tensor(array))
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in constants:
+            listed = array.reshape(-1).tolist()
+            if array.dtype == np.int64 and array.ndim <= 1:
+                attribute = {"value_int": listed[0]} if array.ndim == 0 else {"value_ints": listed}
+            elif array.dtype == np.float32 and array.ndim <= 1:
+                attribute = (
+                    {"value_float": listed[0]} if array.ndim == 0 else {"value_floats": listed}
+                )
+            else:
+                attribute = {"value": ir.Tensor(array)}
+            constants[key] = op("Constant", [], **attribute)
+        return constants[key]
 
     result = body(op, const, inputs)
     result.name = "output"
-    for i, node in enumerate(nodes):
-        node.name = f"n{i}"
-        for j, out in enumerate(node.outputs):
+    count = 0
+    for node in nodes:
+        for out in node.outputs:
             if out is not result:
-                out.name = f"t{i}_{j}"
+                out.name = np.base_repr(count, 36).lower()
+                count += 1
     graph = ir.Graph(inputs, [result], nodes=nodes, opset_imports={"": opset})
+    for node in nodes:
+        node.name = ""  # the graph names nodes it gets; the function needs none
     return ir.Function(DOMAIN, name, graph=graph, attributes=[])
 
 
@@ -541,26 +648,52 @@ def _scale_body(op, const, inputs: list[ir.Value]) -> ir.Value:
     return op("Reshape", [values, const(np.array([-1], np.int64))])
 
 
+def _byte_fields(op, const, width: int) -> ir.Value:
+    """int64 [256, 8/width]: the indices each byte value holds, first in the high bits."""
+    per_byte = 8 // width
+    byte_values = op(
+        "Range",
+        [const(np.array(0, np.int64)), const(np.array(256, np.int64)), const(np.array(1, np.int64))],
+    )
+    column = op("Reshape", [byte_values, const(np.array([-1, 1], np.int64))])
+    divisors = (2 ** (8 - width * (np.arange(per_byte) + 1))).astype(np.int64)
+    return op("Mod", [op("Div", [column, const(divisors)]), const(np.array(1 << width, np.int64))])
+
+
+def _grouped_lut_body(op, const, inputs: list[ir.Value], width: int) -> ir.Value:
+    """The lut with one palette per channel group: a [groups x 256, 8/width] table, and each
+    byte gathered at 256 x (its group) + its value, its group computed from `layout`
+    (run, period, span) as (q // run % period) // span (see byte_layout)."""
+    packed, palette, shape, layout = inputs
+    k = 1 << width
+    per_byte = 8 // width
+    one = const(np.array(1, np.int64))
+    fields = _byte_fields(op, const, width)  # [256, pb]
+    groups = op("Div", [op("Size", [palette]), const(np.array(k, np.int64))])
+    base = op("Mul", [op("Range", [const(np.array(0, np.int64)), groups, one]), const(np.array(k, np.int64))])
+    base = op("Reshape", [base, const(np.array([-1, 1, 1], np.int64))])
+    table = op("Gather", [palette, op("Add", [base, fields])], axis=0)  # [G, 256, pb]
+    table = op("Reshape", [table, const(np.array([-1, per_byte], np.int64))])
+    position = op("Range", [const(np.array(0, np.int64)), op("Size", [packed]), one])
+    run, period, span = (
+        op("Gather", [layout, const(np.array(i, np.int64))], axis=0) for i in range(3)
+    )
+    group = op("Div", [op("Mod", [op("Div", [position, run]), period]), span])
+    byte = op("Cast", [packed], to=ir.DataType.INT64)
+    index = op("Add", [byte, op("Mul", [group, const(np.array(256, np.int64))])])
+    values = op("Gather", [table, index], axis=0)  # [bytes, pb]
+    flat = op("Reshape", [values, const(np.array([-1], np.int64))])
+    count = op("ReduceProd", [shape], keepdims=1)
+    cut = op("Slice", [flat, const(np.array([0], np.int64)), count])
+    return op("Reshape", [cut, shape])
+
+
 def _lut_body(op, const, inputs: list[ir.Value], width: int) -> ir.Value:
     """Packed bytes straight to values: a [256, 8/width] table of palette values per byte value
     (built from the palette by Range/Div/Mod/Gather), gathered by byte. About twice as fast
     at session start as unpacking bits with BitShift, then gathering."""
     packed, palette, shape = inputs
-    per_byte = 8 // width
-    byte_values = op(
-        "Range",
-        [
-            const(np.array(0, np.int32)),
-            const(np.array(256, np.int32)),
-            const(np.array(1, np.int32)),
-        ],
-    )
-    column = op("Reshape", [byte_values, const(np.array([-1, 1], np.int64))])
-    divisors = (2 ** (8 - width * (np.arange(per_byte) + 1))).astype(np.int32)
-    fields = op(
-        "Mod", [op("Div", [column, const(divisors)]), const(np.array(1 << width, np.int32))]
-    )
-    table = op("Gather", [palette, fields], axis=0)  # [256, per_byte]
+    table = op("Gather", [palette, _byte_fields(op, const, width)], axis=0)  # [256, per_byte]
     values = op("Gather", [table, op("Cast", [packed], to=ir.DataType.INT32)], axis=0)
     flat = op("Reshape", [values, const(np.array([-1], np.int64))])
     count = op("ReduceProd", [shape], keepdims=1)

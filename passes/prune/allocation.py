@@ -24,9 +24,8 @@ import onnx_ir as ir
 from onnxslim.passes.prune.layers import Layer
 from onnxslim.passes.prune.masks import magnitude_mask
 
-from onnxslim.activations import iter_batches
 from onnxslim.feeds import Feed
-from onnxslim.runtime import Session, SessionConfig
+from onnxslim.probing import WeightProbe
 
 PROBES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 STEP = 0.025
@@ -40,42 +39,13 @@ def measure_sensitivity(
     probes: Sequence[float] = PROBES,
 ) -> np.ndarray:
     """errors[i, j]: output error with only layer i pruned to probes[j] (others dense)."""
-    batches = iter_batches(model, list(feeds)[:MAX_FEEDS])
-    weights = list(dict.fromkeys(layer.weight for layer in layers))
-    graph = model.graph
-    added = [w for w in weights if w not in graph.inputs]
-    graph.inputs.extend(added)
-    try:
-        session = Session(model, SessionConfig(optimization="basic"))
-    finally:
-        for _ in added:
-            graph.inputs.pop()
-    ort_session = session.ort_session  # Session.run drops feeds that are not plain inputs
-    names = session.output_names
-    overridable = {i.name for i in ort_session.get_overridable_initializers()}
-    missing = [w.name for w in weights if w.name not in overridable]
-    if missing:
-        raise RuntimeError(f"ORT does not let weight {missing[0]!r} be overridden")
-
-    def run(feed: Feed) -> dict[str, np.ndarray]:
-        return dict(zip(names, ort_session.run(names, feed), strict=False))
-
-    references = [run(b) for b in batches]
+    probe = WeightProbe(model, [layer.weight.name for layer in layers], list(feeds)[:MAX_FEEDS])
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):
         w = layer.array()
         for j, s in enumerate(probes):
             pruned = np.where(magnitude_mask(w, s), w, 0).astype(w.dtype)
-            num = den = 0.0
-            for batch, ref in zip(batches, references, strict=False):
-                out = run({**batch, layer.weight.name: pruned})
-                for name, r in ref.items():
-                    if np.asarray(r).dtype.kind != "f":
-                        continue
-                    r64 = np.asarray(r, dtype=np.float64)
-                    num += float(np.sum((np.asarray(out[name], dtype=np.float64) - r64) ** 2))
-                    den += float(np.sum(r64 * r64))
-            errors[i, j] = num / den if den > 0 else 0.0
+            errors[i, j] = probe.pooled_error({layer.weight.name: pruned})
     return errors
 
 

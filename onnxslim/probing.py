@@ -1,0 +1,70 @@
+"""Probe a model's outputs with some weights replaced, without building a session per probe.
+
+Sensitivity-driven passes (pruning's sparsity allocation, clustering's bit
+allocation) need the model's outputs with one weight changed, for many weights and
+many candidate changes. Building an ORT session per probe would dominate: instead
+the probed weights are listed as graph inputs for one session, which makes ORT treat
+them as overridable defaults, so a probe is one run with the changed weights fed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.activations import iter_batches
+from onnxslim.feeds import Feed
+from onnxslim.runtime import Session, SessionConfig
+
+
+class WeightProbe:
+    """The model's float outputs on fixed feeds, with any of `weights` overridden per call."""
+
+    def __init__(self, model: ir.Model, weights: Sequence[str], feeds: Sequence[Feed]):
+        self._batches = iter_batches(model, list(feeds))
+        graph = model.graph
+        values = [graph.initializers[name] for name in dict.fromkeys(weights)]
+        added = [v for v in values if v not in graph.inputs]
+        graph.inputs.extend(added)
+        try:
+            session = Session(model, SessionConfig(optimization="basic"))
+        finally:
+            for _ in added:
+                graph.inputs.pop()
+        self._session = session.ort_session  # Session.run drops feeds that are not plain inputs
+        overridable = {i.name for i in self._session.get_overridable_initializers()}
+        missing = [v.name for v in values if v.name not in overridable]
+        if missing:
+            raise RuntimeError(f"ORT does not let weight {missing[0]!r} be overridden")
+        outputs = self._session.get_outputs()
+        self._names = [o.name for o in outputs if o.type.startswith("tensor(float") or o.type == "tensor(double)"]
+        self._references = [self._run(batch) for batch in self._batches]
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._names)
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(a, dtype=np.float64) for a in self._session.run(self._names, dict(feed))]
+
+    def squared_errors(self, overrides: Mapping[str, np.ndarray]) -> list[tuple[float, float]]:
+        """Per float output: (sum of squared differences to the original, sum of squares of the original)."""
+        sums = [[0.0, 0.0] for _ in self._names]
+        for batch, references in zip(self._batches, self._references, strict=True):
+            for total, out, ref in zip(sums, self._run({**batch, **overrides}), references, strict=True):
+                total[0] += float(np.sum((out - ref) ** 2))
+                total[1] += float(np.sum(ref * ref))
+        return [(num, den) for num, den in sums]
+
+    def pooled_error(self, overrides: Mapping[str, np.ndarray]) -> float:
+        """Squared error over all float outputs relative to their summed energy."""
+        sums = self.squared_errors(overrides)
+        den = sum(d for _, d in sums)
+        return sum(n for n, _ in sums) / den if den > 0 else 0.0
+
+    def mean_error(self, overrides: Mapping[str, np.ndarray]) -> float:
+        """Mean over float outputs of each one's relative squared error (outputs weigh alike)."""
+        sums = [(n, d) for n, d in self.squared_errors(overrides) if d > 0]
+        return float(np.mean([n / d for n, d in sums])) if sums else 0.0

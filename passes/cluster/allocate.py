@@ -1,0 +1,157 @@
+"""Mixed-precision palettes: bits and palette granularity chosen per weight under a byte budget.
+
+One bit width for every layer wastes bytes: a few layers (the first conv, a
+detector's box head, a tiny projection) carry most of the output error while the
+big middle layers barely notice 3 bits. Allocation measures, for every weight and
+every candidate form (bits B-1 .. B+2, one palette per tensor or per 1, 4 or 16
+output channels, or left float), the model's output error on calibration feeds with only
+that weight clustered so (one ORT session for all probes, onnxslim.probing), then
+picks one form per weight minimising the summed error under the byte budget:
+a multiple-choice knapsack, solved exactly by dynamic programming over the budget
+in small byte units. Costs are the exact serialized bytes of each stored form
+(storage.footprint), and the expansion functions a form needs (about 1 kB each for
+bit-plane unpacking) are paid once per model, which on a small model decides
+whether mixing widths pays at all. The budget defaults to what uniform `bits` would store, so
+the mixed model is never bigger than the uniform one, and it never has a larger
+summed error, since the uniform choice is one of the feasible solutions.
+
+Errors of different weights are assumed to add up, which holds at the small
+per-weight perturbations a sensible budget leads to (the same assumption as
+pruning's sparsity allocation, passes/prune/allocation.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT = 0  # Form.bits of the weight left as it is
+PER_TENSOR = 0  # Form.group_size of one palette per tensor
+GROUP_SIZES = (1, 4, 16)  # output channels per palette probed besides one per tensor
+BUDGET_UNITS = 5_000  # resolution of the knapsack: budget / this, in whole bytes
+
+
+@dataclass(frozen=True)
+class Form:
+    """How one weight is stored: `bits` per index (FLOAT: not clustered) and `group_size`
+    output channels per palette (PER_TENSOR: one palette for the tensor)."""
+
+    bits: int
+    group_size: int = 0
+
+    def label(self) -> str:
+        if self.bits == FLOAT:
+            return "float"
+        if self.group_size == PER_TENSOR:
+            return f"{self.bits}b per-tensor"
+        return f"{self.bits}b per-{'channel' if self.group_size == 1 else f'{self.group_size}-channels'}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    form: Form
+    cost: int  # bytes on disk: the weight's initializers and nodes
+    error: float  # model output error with only this weight in this form
+    functions: frozenset[str] = frozenset()  # expansion functions it needs (paid once per model)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"form": self.form.label(), "bytes": self.cost, "error": self.error}
+
+
+def candidate_forms(bits: int, *, channels: int | None, fixed_group: int | None) -> list[Form]:
+    """Forms to probe around `bits`: B-1 .. B+2 (within 2..8) times one palette per tensor or
+    per 1, 4 or 16 output channels (`channels`: the weight's, None without a channel axis;
+    `fixed_group`: only that granularity, e.g. per channel for the int8 grid)."""
+    widths = sorted({b for b in range(bits - 1, bits + 3) if 2 <= b <= 8} | {bits})
+    if fixed_group is not None:
+        groups = [fixed_group if channels else PER_TENSOR]
+    elif not channels:
+        groups = [PER_TENSOR]
+    else:
+        groups = [PER_TENSOR, *(g for g in GROUP_SIZES if g < channels)]
+    return [Form(b, g) for b in widths for g in groups]
+
+
+def choose(
+    candidates: Sequence[Sequence[Candidate]],
+    budget: int,
+    function_bytes: Mapping[str, int],
+    fallback: Sequence[int] | None = None,
+) -> list[int]:
+    """Index of one candidate per weight: least summed error, bytes (functions included) <= budget.
+
+    The expansion functions a form needs are paid once per model, which couples the
+    weights; every combination of the candidates' function sets is tried (there are a
+    handful), each a knapsack over the budget left after its functions. `fallback` (the
+    uniform choice) is kept unless something better fits; with no fallback and nothing
+    fitting, each weight takes its cheapest candidate.
+    """
+
+    def total(chosen: Sequence[int]) -> tuple[int, float]:
+        picked = [options[j] for options, j in zip(candidates, chosen, strict=True)]
+        functions = frozenset().union(*(c.functions for c in picked))
+        size = sum(c.cost for c in picked) + sum(function_bytes.get(f, 0) for f in functions)
+        return size, sum(c.error for c in picked)
+
+    best: tuple[float, list[int]] | None = None
+    if fallback is not None and total(fallback)[0] <= budget:
+        best = (total(fallback)[1], list(fallback))
+    sets = sorted({c.functions for options in candidates for c in options}, key=sorted)
+    tried: set[frozenset[str]] = set()
+    for mask in range(1 << len(sets)):
+        allowed = frozenset().union(*(s for i, s in enumerate(sets) if mask >> i & 1))
+        if allowed in tried:
+            continue
+        tried.add(allowed)
+        left = budget - sum(function_bytes.get(f, 0) for f in allowed)
+        for _ in range(4):  # rounding to byte units can overshoot by a few units: tighten
+            chosen = _knapsack(candidates, left, allowed)
+            if chosen is None:
+                break
+            size, error = total(chosen)
+            if size <= budget:
+                if best is None or error < best[0]:
+                    best = (error, chosen)
+                break
+            left -= size - budget
+    if best is None:
+        return [min(range(len(o)), key=lambda j: o[j].cost) for o in candidates]
+    return best[1]
+
+
+def _knapsack(
+    candidates: Sequence[Sequence[Candidate]], budget: int, allowed: frozenset[str]
+) -> list[int] | None:
+    """Least summed error with summed cost <= budget using only `allowed` functions, costs
+    rounded to units of budget / BUDGET_UNITS bytes (the caller checks the exact total)."""
+    if budget < 0:
+        return None
+    unit = max(1, budget // BUDGET_UNITS)
+    slots = budget // unit
+    best = np.full(slots + 1, np.inf)
+    best[0] = 0.0
+    picks = np.zeros((len(candidates), slots + 1), np.int16)
+    for i, options in enumerate(candidates):
+        after = np.full(slots + 1, np.inf)
+        pick = np.zeros(slots + 1, np.int16)
+        for j, candidate in enumerate(options):
+            units = round(candidate.cost / unit)
+            if units > slots or not candidate.functions <= allowed:
+                continue
+            shifted = np.full(slots + 1, np.inf)
+            shifted[units:] = best[: slots + 1 - units] + candidate.error
+            better = shifted < after
+            after[better] = shifted[better]
+            pick[better] = j
+        best, picks[i] = after, pick
+    if not np.isfinite(best).any():
+        return None
+    slot = int(np.argmin(best))
+    chosen = []
+    for i in range(len(candidates) - 1, -1, -1):
+        j = int(picks[i, slot])
+        chosen.append(j)
+        slot -= round(candidates[i][j].cost / unit)
+    return chosen[::-1]
