@@ -196,7 +196,9 @@ def cluster(source: ModelSource, *, bits: int = 4, calib: Any = None, eval_data:
     (anything `open_feeds` reads) turns on least-squares palette refinement unless
     `refine=False`; `eval_data` with a `labels` array adds top-1 accuracy.
     `options` are the fields of ClusterWeights (init, granularity, group_size,
-    int8_grid, min_elements, exclude, packing, storage, ...). `strip_metadata`
+    int8_grid, min_elements, exclude, packing, storage, allocation="mixed" with
+    budget or budget_bytes, ...); `max_size=<bytes>` picks bits and palettes per
+    weight so that the file fits (allocation="mixed"). `strip_metadata`
     drops exporter debug metadata (node stack traces); `optimize` runs the lossless
     clean-up first (BatchNorm folded into Conv). `max_drop` (points) fills
     `result.gate`; the API reports it, the CLI exits 1 on failure.

@@ -9,6 +9,7 @@ them as overridable defaults, so a probe is one run with the changed weights fed
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -40,7 +41,9 @@ class WeightProbe:
             raise RuntimeError(f"ORT does not let weight {missing[0]!r} be overridden")
         outputs = self._session.get_outputs()
         self._names = [o.name for o in outputs if o.type.startswith("tensor(float") or o.type == "tensor(double)"]
+        started = time.perf_counter()
         self._references = [self._run(batch) for batch in self._batches]
+        self.seconds_per_run = time.perf_counter() - started  # one probe: all feeds once
 
     @property
     def output_names(self) -> list[str]:

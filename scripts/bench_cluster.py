@@ -190,7 +190,7 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
                 "metric": score(data),
                 "raw": raw,
                 "gzip": zipped,
-                "raw_ratio": raw / len(float_bytes),
+                "raw_ratio": raw / path.stat().st_size,
                 "raw_ratio_stripped": raw / stripped_raw,
                 "seconds": seconds,
                 **(extra or {}),
@@ -198,7 +198,7 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
         )
         candidates.append((label, data, seconds))
 
-    raw, zipped = sizes(float_bytes)
+    raw, zipped = path.stat().st_size, sizes(path.read_bytes())[1]
     rows.append(
         {
             "model": name,
@@ -219,6 +219,13 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
         (
             "cluster 4 per-ch refined",
             {"bits": 4, "calib": str(calib), "granularity": "per-channel-group", "group_size": 1},
+        )
+    )
+    configs.append(("cluster 4 mixed refined", {"bits": 4, "calib": str(calib), "allocation": "mixed"}))
+    configs.append(
+        (
+            "cluster 4 mixed refined, file <= 1/6",
+            {"bits": 4, "calib": str(calib), "max_size": path.stat().st_size // 6},
         )
     )
     for label, options in configs:
@@ -264,6 +271,27 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
     rows[0]["start_ms"] = start_ms(float_bytes)
     rows[0]["same_graph"] = True
     return rows
+
+
+def print_goal(rows: list[dict[str, Any]]) -> None:
+    """The issue's goal: a 4-bit configuration within 1 point of float, file <= 1/6 of float."""
+    base = rows[0]
+    met = [
+        r
+        for r in rows
+        if r["config"].startswith("cluster 4")
+        and "int8" not in r["config"]
+        and base["metric"] - r["metric"] <= 0.01 + 1e-9
+        and r["raw_ratio"] <= 1 / 6
+    ]
+    if met:
+        best = min(met, key=lambda r: r["raw"])
+        print(
+            f"goal (4 bits, within 1 point, file <= 1/6): met by {best['config']!r}: "
+            f"{100 * (best['metric'] - base['metric']):+.2f} points, {best['raw_ratio']:.3f} of float"
+        )
+    else:
+        print("goal (4 bits, within 1 point, file <= 1/6): not met")
 
 
 def print_examples(rows: list[dict[str, Any]]) -> None:
@@ -417,6 +445,7 @@ def main() -> int:
                 print(f"\n## {name}", flush=True)
                 rows = bench_example(name, bits_list, args.runs, metrics)
                 print_examples(rows)
+                print_goal(rows)
                 report["examples"].extend(rows)
                 sys.stdout.flush()
         if args.devmodels or args.only_devmodels:

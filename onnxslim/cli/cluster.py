@@ -62,8 +62,28 @@ def cluster_command(
         "so quantizing the result keeps the clusters exactly (implies per-channel "
         "palettes unless --per-channel-groups says otherwise).",
     ),
-    min_elements: int = typer.Option(
-        256, "--min-elements", help="Leave smaller weights as they are."
+    mixed: bool = typer.Option(
+        False,
+        "--mixed",
+        help="Choose bits (B-1 .. B+2) and palette granularity per weight from its measured "
+        "effect on the outputs (needs --calib), within the bytes uniform --bits takes, or "
+        "within --budget / --max-size.",
+    ),
+    budget: float | None = typer.Option(
+        None,
+        "--budget",
+        help="With --mixed: bytes of the clustered weights as a fraction of their float bytes.",
+    ),
+    max_size: str | None = typer.Option(
+        None,
+        "--max-size",
+        help="The file the result may take at most (implies --mixed): a fraction of the "
+        "input file (1/6, 0.16) or a size (48000, 48kB, 1.5MB).",
+    ),
+    min_elements: int | None = typer.Option(
+        None,
+        "--min-elements",
+        help="Leave smaller weights as they are (default 256; 16 with --mixed).",
     ),
     exclude: list[str] | None = typer.Option(
         None, "--exclude", help="Node or weight name pattern to leave unclustered (repeatable)."
@@ -120,7 +140,6 @@ def cluster_command(
         )
     options: dict[str, object] = {
         "init": init,
-        "min_elements": min_elements,
         "exclude": tuple(exclude or ()),
         "packing": packing,
         "storage": storage,
@@ -130,6 +149,14 @@ def cluster_command(
         options.update(granularity="per-channel-group", group_size=per_channel_groups or 1)
     if refine is not None:
         options["refine"] = refine
+    if min_elements is not None:
+        options["min_elements"] = min_elements
+    if mixed or max_size is not None:
+        options["allocation"] = "mixed"
+    if budget is not None:
+        options["budget"] = budget
+    if max_size is not None:
+        options["max_size"] = parse_size(max_size, model.stat().st_size if model.is_file() else 0)
     with (
         err.status("clustering and validating on ONNX Runtime", spinner="dots")
         if err.is_terminal
@@ -159,6 +186,36 @@ def cluster_command(
         )
 
 
+_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3}
+
+
+def parse_size(text: str, reference: int) -> int:
+    """Bytes from '1/6' or '0.16' (fractions of `reference`) or '48000', '48kB', '1.5MB'."""
+    spec = text.strip().lower().replace(" ", "")
+    try:
+        if "/" in spec:
+            numerator, denominator = spec.split("/", 1)
+            fraction = float(numerator) / float(denominator)
+        else:
+            number = spec.rstrip("kmgib")
+            unit = spec[len(number) :]
+            value = float(number)
+            if unit not in _UNITS:
+                raise ValueError(unit)
+            if unit or value > 1:
+                return int(value * _UNITS[unit])
+            fraction = value
+    except (ValueError, ZeroDivisionError):
+        raise typer.BadParameter(
+            f"{text!r}: expected a fraction of the input file (1/6, 0.16) or a size "
+            "(48000, 48kB, 1.5MB)",
+            param_hint="--max-size",
+        ) from None
+    if not 0 < fraction <= 1:
+        raise typer.BadParameter(f"{text!r}: a fraction must be in (0, 1]", param_hint="--max-size")
+    return int(fraction * reference)
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -178,12 +235,15 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
     layers = {row["weight"]: row for row in result.layers}
     title = (
         f"cluster {escape(model.name)}: {result.bits} bits, {1 << result.bits} values per palette"
+        if result.allocation is None
+        else f"cluster {escape(model.name)}: bits and palettes chosen per weight around {result.bits}"
     )
     table = Table(title=title)
     for column in (
         "weight",
         "op",
         "shape",
+        "bits",
         "palettes",
         "weight SNR",
         "layer error",
@@ -206,6 +266,7 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
             escape(row["weight"]),
             ",".join(row["ops"]),
             "x".join(map(str, row["shape"])),
+            str(row["bits"]),
             str(row["groups"]),
             _db(row["weight_error"]),
             escape(error),
@@ -228,6 +289,16 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         out.print(
             f"  (debug metadata dropped; the original without it: {s.raw:,} bytes, ratio "
             f"{a.raw / s.raw:.3f}x)"
+        )
+    if result.allocation is not None:
+        a = result.allocation
+        elements = sum(row["elements"] for row in result.weights)
+        mean_bits = sum(row["bits"] * row["elements"] for row in result.weights) / max(elements, 1)
+        out.print(
+            f"mixed allocation: weights {a['chosen_bytes']:,} bytes of a {a['budget_bytes']:,} "
+            f"budget (uniform {result.bits} bits: {a['uniform_bytes']:,}); output error "
+            f"{a['chosen_error']:.2e} (uniform {a['uniform_error']:.2e}); {mean_bits:.2f} bits "
+            "per clustered weight on average"
         )
     if result.session_ms:
         out.print(

@@ -60,17 +60,22 @@ class Candidate:
         return {"form": self.form.label(), "bytes": self.cost, "error": self.error}
 
 
-def candidate_forms(bits: int, *, channels: int | None, fixed_group: int | None) -> list[Form]:
+def candidate_forms(
+    bits: int, *, channels: int | None, fixed_group: int | None, few: bool = False
+) -> list[Form]:
     """Forms to probe around `bits`: B-1 .. B+2 (within 2..8) times one palette per tensor or
     per 1, 4 or 16 output channels (`channels`: the weight's, None without a channel axis;
-    `fixed_group`: only that granularity, e.g. per channel for the int8 grid)."""
-    widths = sorted({b for b in range(bits - 1, bits + 3) if 2 <= b <= 8} | {bits})
+    `fixed_group`: only that granularity, e.g. per channel for the int8 grid). `few`: for
+    big models, where clustering every form dominates: B-1 .. B+1, per tensor or channel."""
+    top = bits + 1 if few else bits + 2
+    widths = sorted({b for b in range(bits - 1, top + 1) if 2 <= b <= 8} | {bits})
     if fixed_group is not None:
         groups = [fixed_group if channels else PER_TENSOR]
     elif not channels:
         groups = [PER_TENSOR]
     else:
-        groups = [PER_TENSOR, *(g for g in GROUP_SIZES if g < channels)]
+        sizes = (1,) if few else GROUP_SIZES
+        groups = [PER_TENSOR, *(g for g in sizes if g < channels)]
     return [Form(b, g) for b in widths for g in groups]
 
 

@@ -45,6 +45,7 @@ STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
 ALLOCATIONS = ("uniform", "mixed")
 ALLOCATION_FEEDS = 32  # probes need a stable figure, not the whole calibration set
+PROBE_SECONDS = 60.0  # above: one probe per weight, the other forms scaled by weight error
 _SNAP_ROUNDS = 4
 MIN_VALUES_PER_ENTRY = (
     4  # per-channel-group palettes: channels merge until each group holds this x k
@@ -270,9 +271,17 @@ class ClusterWeights(ir.passes.InPlacePass):
     def _allocate(
         self, model: ir.Model, weights: list[Weight], feeds: list, qmax: int | None
     ) -> tuple[dict[str, Form], dict[str, Any]]:
-        """Each weight's form (see allocate.py), from output errors measured on ORT."""
+        """Each weight's form (see allocate.py), from output errors measured on ORT.
+
+        Every candidate is probed when that takes at most PROBE_SECONDS; on bigger models
+        each weight is probed once, in its uniform form, and its other forms' errors are
+        that figure scaled by their weight error relative to the uniform form's (output
+        error grows about linearly with weight error at these small perturbations), and
+        fewer forms are clustered (B-1 .. B+1, per tensor or per channel)."""
         opset = palette_storage.default_opset(model)
         probe = WeightProbe(model, [w.name for w in weights], feeds[:ALLOCATION_FEEDS])
+        probes = len(weights) * len(candidate_forms(self.bits, channels=64, fixed_group=None))
+        measure_all = probes * probe.seconds_per_run <= PROBE_SECONDS
         user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
         table: list[list[Candidate]] = []
         uniform: list[int] = []
@@ -282,22 +291,34 @@ class ClusterWeights(ir.passes.InPlacePass):
             assert dense is not None
             channels = dense.shape[weight.axis] if weight.axis is not None else None
             forms = candidate_forms(
-                self.bits, channels=channels, fixed_group=user_group if self.int8_grid else None
+                self.bits,
+                channels=channels,
+                fixed_group=user_group if self.int8_grid else None,
+                few=not measure_all,
             )
             uniform_form = Form(self.bits, user_group if channels else PER_TENSOR)
             if uniform_form not in forms:
                 forms.append(uniform_form)
             candidates = []
-            for form in forms:
-                p = self._narrow(self._cluster(weight, qmax, form)[0])
-                error = probe.mean_error({weight.name: p.dense()})
+            original = dense.numpy()
+            palettized = {form: self._narrow(self._cluster(weight, qmax, form)[0]) for form in forms}
+            if not measure_all:
+                reference = _relative_error(original, palettized[uniform_form].dense())
+                measured = probe.mean_error({weight.name: palettized[uniform_form].dense()})
+            for form, p in palettized.items():
+                if measure_all or reference <= 0:
+                    error = probe.mean_error({weight.name: p.dense()})
+                else:
+                    error = measured * _relative_error(original, p.dense()) / reference
                 stored = palette_storage.footprint(p, weight.name, opset, self.packing)
                 if self.storage == "dense" or stored.bytes >= dense.nbytes:
-                    candidates.append(Candidate(form, int(dense.nbytes), error))
+                    candidates.append(Candidate(form, int(dense.nbytes), error))  # stored dense
                 else:
                     function_bytes.update(stored.functions)
-                    candidates.append(Candidate(form, stored.bytes, error, frozenset(stored.functions)))
-            candidates.append(Candidate(Form(FLOAT, False), int(dense.nbytes), 0.0))
+                    candidates.append(
+                        Candidate(form, stored.bytes, error, frozenset(stored.functions))
+                    )
+            candidates.append(Candidate(Form(FLOAT), int(dense.nbytes), 0.0))
             uniform.append(forms.index(uniform_form))
             table.append(candidates)
         uniform_picks = [c[i] for c, i in zip(table, uniform, strict=True)]
@@ -318,6 +339,7 @@ class ClusterWeights(ir.passes.InPlacePass):
             "uniform_error": sum(c.error for c in uniform_picks),
             "float_bytes": dense_cost,
             "probe_feeds": min(len(feeds), ALLOCATION_FEEDS),
+            "errors": "measured per form" if measure_all else "one probe per weight, scaled",
             "weights": [
                 {"weight": w.name, "form": c.form.label(), "candidates": [x.to_dict() for x in t]}
                 for w, c, t in zip(weights, picked, table, strict=True)
