@@ -46,6 +46,7 @@ PALETTE_DTYPES = ("auto", "float32", "float16")
 ALLOCATIONS = ("uniform", "mixed")
 ALLOCATION_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 PROBE_SECONDS = 60.0  # above: one probe per weight, the other forms scaled by weight error
+FULL_SEARCH_ELEMENTS = 250_000  # above: clustering 16 forms per weight dominates; fewer forms
 _SNAP_ROUNDS = 4
 MIN_VALUES_PER_ENTRY = (
     4  # per-channel-group palettes: channels merge until each group holds this x k
@@ -273,7 +274,8 @@ class ClusterWeights(ir.passes.InPlacePass):
     ) -> tuple[dict[str, Form], dict[str, Any]]:
         """Each weight's form (see allocate.py), from output errors measured on ORT.
 
-        Every candidate is probed when that takes at most PROBE_SECONDS; on bigger models
+        Every candidate is probed when that takes at most PROBE_SECONDS and the weights hold
+        at most FULL_SEARCH_ELEMENTS values; on bigger models
         each weight is probed once, in its uniform form, and its other forms' errors are
         that figure scaled by their weight error relative to the uniform form's (output
         error grows about linearly with weight error at these small perturbations), and
@@ -281,7 +283,10 @@ class ClusterWeights(ir.passes.InPlacePass):
         opset = palette_storage.default_opset(model)
         probe = WeightProbe(model, [w.name for w in weights], feeds[:ALLOCATION_FEEDS])
         probes = len(weights) * len(candidate_forms(self.bits, channels=64, fixed_group=None))
-        measure_all = probes * probe.seconds_per_run <= PROBE_SECONDS
+        elements = sum(w.value.const_value.size for w in weights if w.value.const_value is not None)
+        measure_all = (
+            probes * probe.seconds_per_run <= PROBE_SECONDS and elements <= FULL_SEARCH_ELEMENTS
+        )
         user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
         table: list[list[Candidate]] = []
         uniform: list[int] = []
