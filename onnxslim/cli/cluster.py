@@ -109,8 +109,8 @@ def cluster_command(
     keep_metadata: bool = typer.Option(
         False,
         "--keep-metadata",
-        help="Keep exporter debug metadata (node stack traces, doc strings) and the "
-        "intermediate shape annotations (value_info); by default both are dropped.",
+        help="Keep exporter debug metadata (node "
+        "stack traces, doc strings); by default it is dropped.",
     ),
     max_drop: float | None = typer.Option(
         None,

@@ -3,9 +3,9 @@
 What `onnxslim cluster` and `onnxslim.api.cluster` do: run the lossless clean-up
 of `onnxslim optimize` (BatchNorm folded into Conv, constants folded; guarded on
 ORT), then the cluster-weights pass, on a copy of the model (the input is never
-modified), optionally drop the exporter's debug metadata and the intermediate
-shape annotations ORT infers anyway (`strip_debug_metadata`,
-`drop_shape_annotations`), check the result with
+modified), optionally drop the exporter's debug metadata (`strip_debug_metadata`)
+and the intermediate value_info where ORT is measured to optimize to the same graph
+without it (`value_info_droppable`), check the result with
 onnx.checker, then measure on ONNX Runtime against the original: per-weight and
 per-layer errors, file size raw and gzipped, session start time (where the
 palettes are expanded), latency (single thread, interleaved, ORT_ENABLE_ALL),
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
 from .cluster import ClusterWeights, summary
 
 PARITY_FEEDS = 64
+VALUE_INFO_CHECK_BYTES = 200_000_000
 DOMAIN_IMPORT_BYTES = 24  # the palette domain's opset import, which the pass adds
 CHECKER_LIMIT_BYTES = 1_500_000_000
 
@@ -167,17 +169,22 @@ def cluster_model(
         options = dict(options, allocation="mixed")
     cluster_pass = make_cluster_pass(bits=bits, calib=calib, **options)
     cleaned, cleanup_notes = _clean_up(model) if optimize else (model, [])
+    drop_value_info = strip_metadata and value_info_droppable(cleaned)
     if max_size is not None:
-        result = _fit_to_size(cleaned, cluster_pass, max_size, strip_metadata)
+        result = _fit_to_size(cleaned, cluster_pass, max_size, strip_metadata, drop_value_info)
     else:
         result = run_pipeline(cleaned, Pipeline((cluster_pass,)))
     clustered = result.model
     details = summary(clustered)
     details["notes"] = cleanup_notes + list(details.get("notes", []))
     if strip_metadata:
-        _strip(clustered)
+        _strip(clustered, drop_value_info)
         stripped_original = model.clone()
-        _strip(stripped_original)
+        _strip(stripped_original, drop_value_info)
+        if drop_value_info:
+            details["notes"].append(
+                "intermediate value_info dropped (ORT optimizes to the same graph without it)"
+            )
     report = ClusterResult(
         model=clustered,
         options=dict(
@@ -251,13 +258,50 @@ def cluster_model(
     return report
 
 
-def _strip(model: ir.Model) -> None:
+def _strip(model: ir.Model, value_info: bool = False) -> None:
+    """Drop debug metadata, and with `value_info` the intermediate shape annotations."""
     strip_debug_metadata(model)
-    drop_shape_annotations(model)
+    if value_info:
+        drop_shape_annotations(model)
+
+
+def value_info_droppable(model: ir.Model) -> bool:
+    """Whether ORT optimizes the model into the same graph without its intermediate value_info.
+
+    Some fusions read it (without it digits_transformer loses its SkipLayerNormalization),
+    so it is dropped only where ORT's optimized graph is measured to stay the same.
+    Models above VALUE_INFO_CHECK_BYTES keep it (the check would cost two sessions).
+    """
+    if tensor_bytes(model) > VALUE_INFO_CHECK_BYTES:
+        return False
+    bare = model.clone()
+    if not drop_shape_annotations(bare):
+        return False
+    try:
+        return _optimized_ops(model) == _optimized_ops(bare)
+    except Exception:  # a model ORT cannot optimize keeps what it has
+        return False
+
+
+def _optimized_ops(model: ir.Model) -> Counter:
+    import tempfile
+    from pathlib import Path
+
+    from onnxslim.runtime import Session, SessionConfig
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "optimized.onnx")
+        Session(model, SessionConfig(optimized_model_path=path))
+        graph = onnx.load(path, load_external_data=False).graph
+        return Counter((n.domain, n.op_type) for n in graph.node)
 
 
 def _fit_to_size(
-    model: ir.Model, cluster_pass: ClusterWeights, max_size: int, strip_metadata: bool
+    model: ir.Model,
+    cluster_pass: ClusterWeights,
+    max_size: int,
+    strip_metadata: bool,
+    drop_value_info: bool,
 ) -> Any:
     """Run `cluster_pass` with the weights' budget the rest of the file leaves under max_size.
 
@@ -279,7 +323,7 @@ def _fit_to_size(
     for weight in weights:
         scratch.graph.initializers.pop(weight.name, None)
     if strip_metadata:
-        _strip(scratch)
+        _strip(scratch, drop_value_info)
     budget = max(0, max_size - model_sizes(scratch).raw - DOMAIN_IMPORT_BYTES)
     for _ in range(2):
         result = run_pipeline(
@@ -287,7 +331,7 @@ def _fit_to_size(
         )
         final = result.model.clone()
         if strip_metadata:
-            _strip(final)
+            _strip(final, drop_value_info)
         over = model_sizes(final).raw - max_size
         if over <= 0 or budget == 0:
             break
