@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxslim.errors import ModelLoadError, RuntimeFailure
+
+if TYPE_CHECKING:
+    import onnx
 
 # Tensors at least this large go to ORT as in-memory external initializers.
 _OFFLOAD_BYTES = 1024
@@ -136,6 +140,24 @@ class Session:
             self._keep_alive.extend(values)
             options.add_external_initializers(names, values)
         return proto.SerializeToString()
+
+
+def ort_optimized(
+    model: ir.Model, optimization: str = "all", *, load_external_data: bool = True
+) -> onnx.ModelProto:
+    """The graph ORT runs: `model` after ORT's graph optimizations at `optimization`, as
+    ORT writes it out (fusions, folded constants, its own contrib ops)."""
+    import tempfile
+
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="onnxslim-ort-") as folder:
+        path = Path(folder) / "optimized.onnx"
+        Session(model, SessionConfig(optimization=optimization, optimized_model_path=str(path)))
+        try:
+            return onnx.load(str(path), load_external_data=load_external_data)
+        except Exception as exc:  # ORT could not write it whole (over 2 GB, say)
+            raise RuntimeFailure(f"cannot read ORT's optimized graph: {exc}") from exc
 
 
 def _folder_of(tensor: ir.ExternalTensor) -> str:

@@ -284,16 +284,10 @@ def value_info_droppable(model: ir.Model) -> bool:
 
 
 def _optimized_ops(model: ir.Model) -> Counter:
-    import tempfile
-    from pathlib import Path
+    from onnxslim.runtime import ort_optimized
 
-    from onnxslim.runtime import Session, SessionConfig
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = str(Path(folder) / "optimized.onnx")
-        Session(model, SessionConfig(optimized_model_path=path))
-        graph = onnx.load(path, load_external_data=False).graph
-        return Counter((n.domain, n.op_type) for n in graph.node)
+    graph = ort_optimized(model, load_external_data=False).graph
+    return Counter((n.domain, n.op_type) for n in graph.node)
 
 
 def _fit_to_size(

@@ -16,12 +16,9 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
@@ -143,13 +140,9 @@ def _convert_opset(model: ir.Model, target: int) -> ir.Model:
 
 
 def _ort_basic_optimize(model: ir.Model) -> ir.Model:
-    from onnxslim.runtime import Session, SessionConfig
+    from onnxslim.runtime import ort_optimized
 
-    with tempfile.TemporaryDirectory(prefix="onnxslim-prep-") as folder:
-        path = Path(folder) / "basic.onnx"
-        Session(model, SessionConfig(optimization="basic", optimized_model_path=str(path)))
-        proto = onnx.load(str(path))
-        optimized = ir.serde.deserialize_model(proto)
+    optimized = ir.serde.deserialize_model(ort_optimized(model, "basic"))
     # ORT writes the opset imports it knows; keep the model's metadata.
     optimized.producer_name = model.producer_name
     optimized.producer_version = model.producer_version

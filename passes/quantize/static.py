@@ -17,12 +17,10 @@ The result and a report (model.meta[REPORT_KEY]) are what the API and CLI show.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +28,7 @@ import onnx
 import onnx_ir as ir
 from onnxslim.passes._options import check_choice, option
 
-from onnxslim.errors import DataError, OnnxSlimError, PassFailed, RuntimeFailure, UsageError
+from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
@@ -716,15 +714,9 @@ def find_unfused(
     model: ir.Model, plan: QuantPlan, report: InsertReport
 ) -> tuple[set[str], dict[str, int]]:
     """Planned nodes that ORT's optimized graph still runs in float; its int8 kernel counts."""
-    from onnxslim.runtime import Session, SessionConfig
+    from onnxslim.runtime import ort_optimized
 
-    with tempfile.TemporaryDirectory(prefix="onnxslim-check-") as folder:
-        path = Path(folder) / "optimized.onnx"
-        Session(model, SessionConfig(optimization="all", optimized_model_path=str(path)))
-        try:
-            optimized = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # ORT could not write it whole (over 2 GB, say)
-            raise RuntimeFailure(f"cannot read ORT's optimized graph: {exc}") from exc
+    optimized = ort_optimized(model, "all", load_external_data=False)
     graphs = list(_proto_graphs(optimized.graph))
     kernels = Counter(n.op_type for g in graphs for n in g.node if n.op_type in _INT8_KERNELS)
     producers = {out: n for g in graphs for n in g.node for out in n.output}
