@@ -4,6 +4,7 @@
     python scripts/bench_cluster.py --models digits_cnn --bits 2,4,8 --runs 50
     python scripts/bench_cluster.py --devmodels   # also the ~/.cache/devmodels corpus (4 bits)
     python scripts/bench_cluster.py --devmodels --devmodels-per-channel  # and per-channel palettes
+    python scripts/bench_cluster.py --devmodels --devmodels-mixed  # and --mixed on the corpus
 
 Per example model (models/<name>.onnx with <name>.calib.npz and <name>.eval.npz):
   float                 the model as given;
@@ -31,7 +32,9 @@ Per corpus model (--devmodels): 4-bit clustering without calibration data (the
 corpus has no labels), parity on generated feeds (cosine and top-1 agreement of
 each output with the float model), raw size ratio, weight bytes ratio, session
 start, latency ratio and what was not clustered (already-int8 weights, with the
-reason). Timing figures are noisy on a shared machine; read the ratios.
+reason). --devmodels-mixed adds `--mixed` on the corpus: bits and palettes per weight
+within the bytes uniform 4 bits takes, the probes on 8 generated feeds (other feeds
+than the parity ones). Timing figures are noisy on a shared machine; read the ratios.
 """
 
 from __future__ import annotations
@@ -329,6 +332,8 @@ def bench_devmodel(entry: dict[str, Any], bits: int, runs: int, **options: Any) 
     model_id = entry["id"]
     model = io.load(DEVMODELS / f"{model_id}.onnx")
     feeds = make_feeds(model_id, 4, seed=1)
+    if options.get("calib") == "generated":  # the corpus has no data: other generated feeds
+        options = dict(options, calib=make_feeds(model_id, 8, seed=0))
     t = time.perf_counter()
     result = cluster_model(model, bits=bits, validate_result=False, **options)
     seconds = time.perf_counter() - t
@@ -425,6 +430,11 @@ def main() -> int:
         action="store_true",
         help="Also cluster the corpus with one palette per output channel.",
     )
+    parser.add_argument(
+        "--devmodels-mixed",
+        action="store_true",
+        help="Also cluster the corpus with --mixed (bits per weight; probes on 8 generated feeds).",
+    )
     parser.add_argument("--json", default=None, help="Also write every row to this JSON file.")
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
@@ -466,16 +476,24 @@ def main() -> int:
                         "granularity": "per-channel-group",
                         "group_size": 1,
                     },
+                    "bits and palettes per weight (--mixed, uniform 4 bits' bytes)": {
+                        "allocation": "mixed",
+                        "calib": "generated",
+                        "refine": False,
+                    },
                 }
                 for title, options in layouts.items():
                     if (
                         title.startswith("one palette per output")
                         and not args.devmodels_per_channel
-                    ):
+                    ) or ("--mixed" in title and not args.devmodels_mixed):
                         continue
+                    calibration = (
+                        "probes on 8 generated feeds" if "--mixed" in title else "no calibration"
+                    )
                     print(
-                        f"\n## devmodels, 4 bits, {title}, no calibration "
-                        "(parity on generated feeds)"
+                        f"\n## devmodels, 4 bits, {title}, {calibration} "
+                        "(parity on other generated feeds)"
                     )
                     print(
                         "| model | raw before | raw after | ratio | weights | n | session start ms "

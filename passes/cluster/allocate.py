@@ -30,6 +30,7 @@ import numpy as np
 FLOAT = 0  # Form.bits of the weight left as it is
 PER_TENSOR = 0  # Form.group_size of one palette per tensor
 GROUP_SIZES = (1, 4, 16)  # output channels per palette probed besides one per tensor
+FEW_MAX_CHANNELS = 4096  # big models: no per-channel forms above this many channels
 BUDGET_UNITS = 5_000  # resolution of the knapsack: budget / this, in whole bytes
 
 
@@ -66,7 +67,8 @@ def candidate_forms(
     """Forms to probe around `bits`: B-1 .. B+2 (within 2..8) times one palette per tensor or
     per 1, 4 or 16 output channels (`channels`: the weight's, None without a channel axis;
     `fixed_group`: only that granularity, e.g. per channel for the int8 grid). `few`: for
-    big models, where clustering every form dominates: B-1 .. B+1, per tensor or channel."""
+    big models, where clustering every form dominates: B-1 .. B+1, per tensor or channel,
+    and per tensor only above FEW_MAX_CHANNELS channels (an embedding table's rows)."""
     top = bits + 1 if few else bits + 2
     widths = sorted({b for b in range(bits - 1, top + 1) if 2 <= b <= 8} | {bits})
     if fixed_group is not None:
@@ -74,7 +76,7 @@ def candidate_forms(
     elif not channels:
         groups = [PER_TENSOR]
     else:
-        sizes = (1,) if few else GROUP_SIZES
+        sizes = () if few and channels > FEW_MAX_CHANNELS else (1,) if few else GROUP_SIZES
         groups = [PER_TENSOR, *(g for g in sizes if g < channels)]
     return [Form(b, g) for b in widths for g in groups]
 

@@ -18,6 +18,7 @@ import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
@@ -223,6 +224,9 @@ def find_weights(
             continue
         if name in protected:
             skipped.append(Skipped(name, "also a graph input or output"))
+            continue
+        if not np.isfinite(tensor.numpy()).all():  # a mask of -inf: no palette holds it
+            skipped.append(Skipped(name, "holds NaN or infinity"))
             continue
         labels = [node.name or node.outputs[0].name or node.op_type for node, _ in readers]
         if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (name, *labels)):
