@@ -27,7 +27,22 @@ from onnxslim.pipeline import Pipeline
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataError", "GateFailed", "ModelLoadError", "OnnxSlimError", "OptimizeResult", "PassFailed",
-    "Pipeline", "UsageError", "load", "optimize", "save", "__version__",
-    "ModelSummary", "ValidationReport", "inspect", "run", "run_model", "validate",
+    "DataError",
+    "GateFailed",
+    "ModelLoadError",
+    "OnnxSlimError",
+    "OptimizeResult",
+    "PassFailed",
+    "Pipeline",
+    "UsageError",
+    "load",
+    "optimize",
+    "save",
+    "__version__",
+    "ModelSummary",
+    "ValidationReport",
+    "inspect",
+    "run",
+    "run_model",
+    "validate",
 ]

@@ -284,7 +284,9 @@ def batch_coupled(model: ir.Model) -> bool:
         if node.domain not in ("", "ai.onnx") or node.op_type not in _CONTROL_FLOW:
             continue
         decisions = node.inputs[:1] if node.op_type == "If" else node.inputs[:2]
-        if node.op_type == "Scan" or any(_reads_values(v, inputs) for v in decisions if v is not None):
+        if node.op_type == "Scan" or any(
+            _reads_values(v, inputs) for v in decisions if v is not None
+        ):
             return True
     return False
 

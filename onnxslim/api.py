@@ -16,11 +16,31 @@ from onnxslim.errors import DataError, PassFailed, UsageError
 from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.inspection import ModelSummary, inspect_model
 from onnxslim.passes.cleanup import StripDebugMetadata
-from onnxslim.passes.fold import (FixInputShapes, drop_added_annotations, remember_annotations,
-                                  resolved_input_shapes)
+from onnxslim.passes.fold import (
+    FixInputShapes,
+    drop_added_annotations,
+    remember_annotations,
+    resolved_input_shapes,
+)
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.validation import ValidationReport, run_model, validate
+
+__all__ = [
+    "ModelSummary",
+    "OptimizeResult",
+    "ValidationReport",
+    "cluster",
+    "inspect",
+    "optimize",
+    "prune",
+    "quantize",
+    "run",
+    "run_model",
+    "save",
+    "search",
+    "validate",
+]
 
 ModelSource = ir.Model | str | os.PathLike[str]
 
@@ -44,9 +64,14 @@ def as_model(source: ModelSource) -> ir.Model:
     return source if isinstance(source, ir.Model) else io.load(source)
 
 
-def validation_feeds(model: ir.Model, data: FeedSource | None, *, count: int = 4, seed: int = 0,
-                     image_preprocessing: ImagePreprocessing | str | None = None
-                     ) -> tuple[list[Feed], str]:
+def validation_feeds(
+    model: ir.Model,
+    data: FeedSource | None,
+    *,
+    count: int = 4,
+    seed: int = 0,
+    image_preprocessing: ImagePreprocessing | str | None = None,
+) -> tuple[list[Feed], str]:
     """Feeds to check parity on: the user's data when given, generated inputs otherwise.
 
     `data` is anything `open_feeds` reads (.npz, folder, reader, iterable); each
@@ -54,8 +79,9 @@ def validation_feeds(model: ir.Model, data: FeedSource | None, *, count: int = 4
     (an eval file's `labels`) are dropped.
     """
     if data is not None:
-        stream = open_feeds(data, model, limit=count, image_preprocessing=image_preprocessing,
-                            extra="ignore")
+        stream = open_feeds(
+            data, model, limit=count, image_preprocessing=image_preprocessing, extra="ignore"
+        )
         feeds = list(stream)
         return feeds, f"{stream.description} ({len(feeds)} feeds)"
     return generate_feeds(input_specs(model), count, seed=seed), f"generated inputs ({count} feeds)"
@@ -93,7 +119,9 @@ def optimize(
     model = as_model(source)
     pipeline = pipeline or default_optimize_pipeline()
     if keep_metadata:
-        pipeline = Pipeline(tuple(p for p in pipeline.passes if not isinstance(p, StripDebugMetadata)))
+        pipeline = Pipeline(
+            tuple(p for p in pipeline.passes if not isinstance(p, StripDebugMetadata))
+        )
     shape_texts = _shape_texts(input_shapes)
     if shape_texts:
         pipeline = Pipeline((FixInputShapes(shapes=shape_texts), *pipeline.passes))
@@ -114,8 +142,10 @@ def optimize(
         for feed in feeds if generation_shapes else ():
             for name, shape in generation_shapes.items():  # type: ignore[union-attr]
                 if name in feed and tuple(feed[name].shape) != tuple(shape):
-                    raise DataError(f"validation feed {name!r} has shape {list(feed[name].shape)}, "
-                                    f"but --input-shape fixes it to {list(shape)}")
+                    raise DataError(
+                        f"validation feed {name!r} has shape {list(feed[name].shape)}, "
+                        f"but --input-shape fixes it to {list(shape)}"
+                    )
         guard = Guard(list(feeds), atol=atol, rtol=rtol)
     remember_annotations(model)
     result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
@@ -127,12 +157,19 @@ def _shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> 
     if not shapes:
         return ()
     if isinstance(shapes, Mapping):
-        return tuple(f"{name}:{','.join(str(int(d)) for d in dims)}" for name, dims in shapes.items())
+        return tuple(
+            f"{name}:{','.join(str(int(d)) for d in dims)}" for name, dims in shapes.items()
+        )
     return tuple(shapes)
 
 
-def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None,
-         overwrite: bool = False) -> Path:
+def save(
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Save atomically; refuses to write over `source` unless `overwrite`."""
     return io.save(model, path, source=source, overwrite=overwrite)
 
@@ -143,8 +180,16 @@ def save(model: ir.Model, path: str | os.PathLike[str], *, source: str | os.Path
 inspect = inspect_model
 
 
-def quantize(source: ModelSource, *, mode: str = "static", calib: Any = None, data: Any = None,
-             validate: bool = True, progress: Any = None, **options: Any) -> Any:
+def quantize(
+    source: ModelSource,
+    *,
+    mode: str = "static",
+    calib: Any = None,
+    data: Any = None,
+    validate: bool = True,
+    progress: Any = None,
+    **options: Any,
+) -> Any:
     """Quantize a float model (static int8 calibrated on `calib`, dynamic, or weight-only).
 
     `calib` / `data`: anything `open_feeds` reads (a path, a folder, an ORT
@@ -155,13 +200,30 @@ def quantize(source: ModelSource, *, mode: str = "static", calib: Any = None, da
     """
     from onnxslim.passes.quantize.run import quantize_model
 
-    return quantize_model(as_model(source), mode=mode, calib=calib, data=data, validate=validate,
-                          progress=progress, **options)
+    return quantize_model(
+        as_model(source),
+        mode=mode,
+        calib=calib,
+        data=data,
+        validate=validate,
+        progress=progress,
+        **options,
+    )
 
 
-def prune(source: ModelSource, *, method: str = "magnitude", sparsity: float = 0.5, calib: Any = None,
-          eval_data: Any = None, storage: str = "packed", validate: bool = True, max_drop: float | None = None,
-          runs: int = 50, **options: Any) -> Any:
+def prune(
+    source: ModelSource,
+    *,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    calib: Any = None,
+    eval_data: Any = None,
+    storage: str = "packed",
+    validate: bool = True,
+    max_drop: float | None = None,
+    runs: int = 50,
+    **options: Any,
+) -> Any:
     """Prune a trained model with nothing but the model and some data; returns a PruneResult.
 
     `method`: "magnitude" (unstructured; `sparsity` is the fraction zeroed), "nm"
@@ -182,13 +244,31 @@ def prune(source: ModelSource, *, method: str = "magnitude", sparsity: float = 0
         options.setdefault("sparsity", sparsity)
     if calib is not None:
         options["calib"] = calib
-    return prune_model(as_model(source), method=method, storage=storage, eval_data=eval_data,
-                       validate_result=validate, runs=runs, max_drop=max_drop, **options)
+    return prune_model(
+        as_model(source),
+        method=method,
+        storage=storage,
+        eval_data=eval_data,
+        validate_result=validate,
+        runs=runs,
+        max_drop=max_drop,
+        **options,
+    )
 
 
-def cluster(source: ModelSource, *, bits: int = 4, calib: Any = None, eval_data: Any = None, validate: bool = True,
-            max_drop: float | None = None, runs: int = 50, strip_metadata: bool = True, optimize: bool = True,
-            **options: Any) -> Any:
+def cluster(
+    source: ModelSource,
+    *,
+    bits: int = 4,
+    calib: Any = None,
+    eval_data: Any = None,
+    validate: bool = True,
+    max_drop: float | None = None,
+    runs: int = 50,
+    strip_metadata: bool = True,
+    optimize: bool = True,
+    **options: Any,
+) -> Any:
     """Cluster each weight into 2^bits shared values (palettization); returns a ClusterResult.
 
     The result stores packed indices + palettes that ONNX Runtime expands once at
@@ -205,13 +285,31 @@ def cluster(source: ModelSource, *, bits: int = 4, calib: Any = None, eval_data:
     """
     from onnxslim.passes.cluster.run import cluster_model
 
-    return cluster_model(as_model(source), bits=bits, calib=calib, eval_data=eval_data, validate_result=validate,
-                         runs=runs, max_drop=max_drop, strip_metadata=strip_metadata, optimize=optimize, **options)
+    return cluster_model(
+        as_model(source),
+        bits=bits,
+        calib=calib,
+        eval_data=eval_data,
+        validate_result=validate,
+        runs=runs,
+        max_drop=max_drop,
+        strip_metadata=strip_metadata,
+        optimize=optimize,
+        **options,
+    )
 
 
-def run(recipe: Any, source: ModelSource, *, output: str | os.PathLike[str] | None = None,
-        report_dir: str | os.PathLike[str] | None = None, calib: str | None = None,
-        eval_data: str | None = None, overwrite: bool = False, progress: Any = None) -> Any:
+def run(
+    recipe: Any,
+    source: ModelSource,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    report_dir: str | os.PathLike[str] | None = None,
+    calib: str | None = None,
+    eval_data: str | None = None,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> Any:
     """Apply a recipe (file, preset name, dict or Recipe) to a model: `onnxslim run`.
 
     Returns the RunReport the CLI writes as report.json (`report.to_dict()`);
@@ -223,8 +321,12 @@ def run(recipe: Any, source: ModelSource, *, output: str | os.PathLike[str] | No
     """
     from onnxslim.runner import run_recipe
 
-    if output is not None and not isinstance(source, ir.Model) and io.same_file(source, output) \
-            and not overwrite:
+    if (
+        output is not None
+        and not isinstance(source, ir.Model)
+        and io.same_file(source, output)
+        and not overwrite
+    ):
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output)
     try:
@@ -236,19 +338,31 @@ def run(recipe: Any, source: ModelSource, *, output: str | os.PathLike[str] | No
         raise
     report = outcome.report
     if output is not None:
-        save(outcome.model, output, source=None if isinstance(source, ir.Model) else source,
-             overwrite=overwrite)
+        save(
+            outcome.model,
+            output,
+            source=None if isinstance(source, ir.Model) else source,
+            overwrite=overwrite,
+        )
         report.output["path"] = str(output)
     if report_dir is not None:
         report.write(report_dir)
     return report
 
 
-def search(recipe: Any, source: str | os.PathLike[str], *,
-           output: str | os.PathLike[str] | None = None,
-           report_dir: str | os.PathLike[str] | None = None, calib: str | None = None,
-           eval_data: str | None = None, jobs: int | None = None, ray_address: str | None = None,
-           overwrite: bool = False, progress: Any = None) -> Any:
+def search(
+    recipe: Any,
+    source: str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    report_dir: str | os.PathLike[str] | None = None,
+    calib: str | None = None,
+    eval_data: str | None = None,
+    jobs: int | None = None,
+    ray_address: str | None = None,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> Any:
     """Try the recipe's `[search]` grid and keep the best candidate that passes the gates.
 
     Candidates run in parallel on local processes (`jobs`), or as Ray tasks when
@@ -261,8 +375,15 @@ def search(recipe: Any, source: str | os.PathLike[str], *,
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output)
-    report = search_recipe(recipe, source, calib=calib, eval_data=eval_data, jobs=jobs,
-                           ray_address=ray_address, progress=progress)
+    report = search_recipe(
+        recipe,
+        source,
+        calib=calib,
+        eval_data=eval_data,
+        jobs=jobs,
+        ray_address=ray_address,
+        progress=progress,
+    )
     if output is not None:
         save(report.model, output, source=source, overwrite=overwrite)
         report.output["path"] = str(output)

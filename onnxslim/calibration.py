@@ -61,6 +61,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 # --- the stream ------------------------------------------------------------------------------
 
+
 class FeedStream:
     """Checked feeds from one source; iterate it (again, when the source allows).
 
@@ -68,9 +69,18 @@ class FeedStream:
     sequences, readers with `len()`), else None; `len()` works only when known.
     """
 
-    def __init__(self, open_iter: Callable[[], Iterator[Mapping[str, Any]]], *, description: str,
-                 count: int | None, specs: Sequence[InputSpec] | None, optional: frozenset[str],
-                 extra: ExtraPolicy, limit: int | None, once: bool) -> None:
+    def __init__(
+        self,
+        open_iter: Callable[[], Iterator[Mapping[str, Any]]],
+        *,
+        description: str,
+        count: int | None,
+        specs: Sequence[InputSpec] | None,
+        optional: frozenset[str],
+        extra: ExtraPolicy,
+        limit: int | None,
+        once: bool,
+    ) -> None:
         self._open = open_iter
         self.description = description
         self.count = count if limit is None or count is None else min(count, limit)
@@ -107,7 +117,9 @@ class FeedStream:
         seen = 0
         for index, feed in enumerate(raw):
             where = getattr(feed, "origin", None) or f"{self.description}, sample {index}"
-            yield check_feed(feed, self._specs, where=where, extra=self._extra, optional=self._optional)
+            yield check_feed(
+                feed, self._specs, where=where, extra=self._extra, optional=self._optional
+            )
             seen += 1
         if seen == 0:
             raise DataError(f"{self.description}: holds no samples")
@@ -143,7 +155,9 @@ def open_feeds(
             "a single mapping is ambiguous as a data source: pass a list of feeds ([feed]) "
             "or save stacked samples to an .npz file"
         )
-    if isinstance(source, CalibrationDataReaderLike) and callable(getattr(source, "get_next", None)):
+    if isinstance(source, CalibrationDataReaderLike) and callable(
+        getattr(source, "get_next", None)
+    ):
         return _open_reader(source, common)
     if isinstance(source, Iterable):
         return _open_iterable(source, common)
@@ -153,8 +167,13 @@ def open_feeds(
     )
 
 
-def read_feeds(source: FeedSource, model_or_specs: ir.Model | Sequence[InputSpec] | None, *,
-               limit: int | None = None, **options: Any) -> list[Feed]:
+def read_feeds(
+    source: FeedSource,
+    model_or_specs: ir.Model | Sequence[InputSpec] | None,
+    *,
+    limit: int | None = None,
+    **options: Any,
+) -> list[Feed]:
     """All feeds of `source` in a list: for small sets only (validation, tests)."""
     return list(open_feeds(source, model_or_specs, limit=limit, **options))
 
@@ -167,11 +186,20 @@ def iter_npz(path: str | os.PathLike[str]) -> Iterator[Feed]:
 
 # --- checks ----------------------------------------------------------------------------------
 
-def check_feed(feed: Any, specs: Sequence[InputSpec] | None, *, where: str,
-               extra: ExtraPolicy = "error", optional: frozenset[str] = frozenset()) -> Feed:
+
+def check_feed(
+    feed: Any,
+    specs: Sequence[InputSpec] | None,
+    *,
+    where: str,
+    extra: ExtraPolicy = "error",
+    optional: frozenset[str] = frozenset(),
+) -> Feed:
     """`feed` as a dict of arrays fit for the model, or a DataError saying what does not fit."""
     if not isinstance(feed, Mapping):
-        raise DataError(f"{where}: expected a mapping of input name -> array, got {type(feed).__name__}")
+        raise DataError(
+            f"{where}: expected a mapping of input name -> array, got {type(feed).__name__}"
+        )
     if specs is None:
         return {str(k): _as_array(v, str(k), where) for k, v in feed.items()}
     names = {spec.name for spec in specs}
@@ -210,8 +238,14 @@ def check_array(spec: InputSpec, dtype: np.dtype, shape: tuple[int, ...], where:
     if spec.shape is None:
         return
     if len(shape) != len(spec.shape):
-        hint = " (missing the batch axis? add one with array[None])" if len(shape) + 1 == len(spec.shape) else ""
-        raise DataError(f"{where}: {expects}, {got}: rank {len(shape)} instead of {len(spec.shape)}{hint}")
+        hint = (
+            " (missing the batch axis? add one with array[None])"
+            if len(shape) + 1 == len(spec.shape)
+            else ""
+        )
+        raise DataError(
+            f"{where}: {expects}, {got}: rank {len(shape)} instead of {len(spec.shape)}{hint}"
+        )
     for axis, (want, have) in enumerate(zip(spec.shape, shape)):
         if isinstance(want, int) and want > 0 and want != have:
             raise DataError(f"{where}: {expects}, {got}: axis {axis} is {have}, must be {want}")
@@ -242,8 +276,9 @@ def _listing(feed: Mapping[str, Any]) -> str:
     return "arrays " + ", ".join(repr(k) for k in feed)
 
 
-def _specs_of(model_or_specs: ir.Model | Sequence[InputSpec] | None
-              ) -> tuple[list[InputSpec] | None, frozenset[str]]:
+def _specs_of(
+    model_or_specs: ir.Model | Sequence[InputSpec] | None,
+) -> tuple[list[InputSpec] | None, frozenset[str]]:
     """The inputs to check, and inputs that may be fed but need not be (initializer defaults)."""
     if model_or_specs is None:
         return None, frozenset()
@@ -255,6 +290,7 @@ def _specs_of(model_or_specs: ir.Model | Sequence[InputSpec] | None
 
 
 # --- sources: Python objects -----------------------------------------------------------------
+
 
 def _open_reader(reader: CalibrationDataReaderLike, common: dict[str, Any]) -> FeedStream:
     """ORT reader: get_next() until None; a second pass needs its rewind()."""
@@ -273,42 +309,59 @@ def _open_reader(reader: CalibrationDataReaderLike, common: dict[str, Any]) -> F
     except (TypeError, NotImplementedError, AttributeError):
         count = None
     name = type(reader).__name__
-    return FeedStream(read, description=f"{name} (CalibrationDataReader)", count=count,
-                      once=not callable(rewind), **common)
+    return FeedStream(
+        read,
+        description=f"{name} (CalibrationDataReader)",
+        count=count,
+        once=not callable(rewind),
+        **common,
+    )
 
 
 def _open_iterable(items: Iterable[Mapping[str, Any]], common: dict[str, Any]) -> FeedStream:
     once = iter(items) is items  # an iterator or generator: consumed by reading
     count = len(items) if isinstance(items, Sequence) or hasattr(items, "__len__") else None
     description = "given feeds" if isinstance(items, Sequence) else f"given {type(items).__name__}"
-    return FeedStream(lambda: iter(items), description=description, count=count, once=once, **common)
+    return FeedStream(
+        lambda: iter(items), description=description, count=count, once=once, **common
+    )
 
 
 # --- sources: files and folders --------------------------------------------------------------
 
-def _open_path(path: Path, specs: list[InputSpec] | None,
-               image_preprocessing: ImagePreprocessing | str | None,
-               common: dict[str, Any]) -> FeedStream:
+
+def _open_path(
+    path: Path,
+    specs: list[InputSpec] | None,
+    image_preprocessing: ImagePreprocessing | str | None,
+    common: dict[str, Any],
+) -> FeedStream:
     if not path.exists():
         raise DataError(f"{path}: data file or folder not found")
     if path.is_dir():
         return _open_folder(path, specs, image_preprocessing, common)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
-        stacked = _StackedArrays(path, single_input=_single_input(specs, path) if suffix == ".npy" else None)
+        stacked = _StackedArrays(
+            path, single_input=_single_input(specs, path) if suffix == ".npy" else None
+        )
         if specs is not None:
             stacked.check_against(specs, common["optional"], common["extra"])
-        return FeedStream(stacked.iterate, description=str(path), count=stacked.count,
-                          once=False, **common)
+        return FeedStream(
+            stacked.iterate, description=str(path), count=stacked.count, once=False, **common
+        )
     raise DataError(
         f"{path}: unsupported data file; give an .npz (samples stacked on axis 0), an .npy, "
         "or a folder of .npz/.npy files or images"
     )
 
 
-def _open_folder(folder: Path, specs: list[InputSpec] | None,
-                 image_preprocessing: ImagePreprocessing | str | None,
-                 common: dict[str, Any]) -> FeedStream:
+def _open_folder(
+    folder: Path,
+    specs: list[InputSpec] | None,
+    image_preprocessing: ImagePreprocessing | str | None,
+    common: dict[str, Any],
+) -> FeedStream:
     # File names only (str, not Path: the listing is the one thing that grows with the
     # number of samples), in natural order so sample_2 comes before sample_10.
     with os.scandir(folder) as entries:
@@ -334,8 +387,13 @@ def _open_folder(folder: Path, specs: list[InputSpec] | None,
         return FeedStream(read, description=str(folder), count=len(arrays), once=False, **common)
     if images:
         reader = _ImageReader(folder, images, specs, image_preprocessing)
-        return FeedStream(reader.iterate, description=f"{folder} ({reader.preprocessing.describe()})",
-                          count=len(images), once=False, **common)
+        return FeedStream(
+            reader.iterate,
+            description=f"{folder} ({reader.preprocessing.describe()})",
+            count=len(images),
+            once=False,
+            **common,
+        )
     raise DataError(
         f"{folder}: no .npz, .npy or image files ({', '.join(IMAGE_SUFFIXES)}) in this folder"
     )
@@ -377,8 +435,8 @@ def _natural_key(name: str) -> tuple[Any, ...]:
 
 @dataclass
 class _Member:
-    name: str          # input name
-    entry: str         # zip member name ('' for a .npy file)
+    name: str  # input name
+    entry: str  # zip member name ('' for a .npy file)
     dtype: np.dtype
     shape: tuple[int, ...]
     fortran: bool
@@ -413,7 +471,9 @@ class _StackedArrays:
                         if not entry.endswith(".npy"):
                             continue
                         with archive.open(entry) as fp:
-                            self.members.append(_read_header(fp, entry[:-4], entry, f"{path}:{entry}"))
+                            self.members.append(
+                                _read_header(fp, entry[:-4], entry, f"{path}:{entry}")
+                            )
         except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
             raise DataError(f"{path}: cannot read ({_first_line(exc)})") from exc
         if not self.members:
@@ -430,8 +490,9 @@ class _StackedArrays:
             raise DataError(f"{path}: arrays disagree on the number of samples ({listing})")
         self.count = self.members[0].shape[0]
 
-    def check_against(self, specs: Sequence[InputSpec], optional: frozenset[str],
-                      extra: ExtraPolicy) -> None:
+    def check_against(
+        self, specs: Sequence[InputSpec], optional: frozenset[str], extra: ExtraPolicy
+    ) -> None:
         """Headers against the model's inputs, before reading any sample."""
         by_name = {m.name: m for m in self.members}
         for spec in specs:
@@ -442,8 +503,12 @@ class _StackedArrays:
                     f"{', '.join(repr(n) for n in by_name)}"
                 )
             member = by_name[spec.name]
-            check_array(spec, member.dtype, member.shape[1:],
-                        f"{self.path}: array {spec.name!r} (per sample, after the leading axis)")
+            check_array(
+                spec,
+                member.dtype,
+                member.shape[1:],
+                f"{self.path}: array {spec.name!r} (per sample, after the leading axis)",
+            )
         names = {s.name for s in specs}
         if extra == "error":
             for name in by_name:
@@ -520,7 +585,9 @@ def _read_header(fp: Any, name: str, entry: str, where: str) -> _Member:
     else:  # 3.0 differs only in header encoding; numpy has no public reader for it
         shape, fortran, dtype = npformat._read_array_header(fp, version)  # noqa: SLF001
     if dtype.hasobject:
-        raise DataError(f"{where}: array {name!r} holds Python objects; only numeric arrays are read")
+        raise DataError(
+            f"{where}: array {name!r} holds Python objects; only numeric arrays are read"
+        )
     return _Member(name, entry, np.dtype(dtype), tuple(int(d) for d in shape), bool(fortran))
 
 
@@ -566,7 +633,9 @@ class ImagePreprocessing:
         if self.resize not in _RESIZE:
             raise UsageError(f"image resize must be 'stretch' or 'crop', got {self.resize!r}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
-            raise UsageError(f"image size must be two positive integers (height, width), got {self.size}")
+            raise UsageError(
+                f"image size must be two positive integers (height, width), got {self.size}"
+            )
         if self.scale is not None and not self.scale > 0:
             raise UsageError(f"image scale must be positive, got {self.scale}")
         if any(s == 0 for s in self.std):
@@ -709,7 +778,10 @@ def _resize(image: Any, size: tuple[int, int], mode: str) -> Any:
     height, width = size
     if mode == "crop":
         factor = max(width / image.width, height / image.height)
-        scaled = (max(width, round(image.width * factor)), max(height, round(image.height * factor)))
+        scaled = (
+            max(width, round(image.width * factor)),
+            max(height, round(image.height * factor)),
+        )
         image = image.resize(scaled, PIL.Image.Resampling.BILINEAR)
         left, top = (image.width - width) // 2, (image.height - height) // 2
         return image.crop((left, top, left + width, top + height))
@@ -722,7 +794,9 @@ def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImageP
     """Fill the fields left None from the model's input."""
     shape = spec.shape
     if spec.dtype.kind not in "fiu":
-        raise DataError(f"{folder}: input {spec.name!r} is {spec.dtype}; images feed numeric inputs")
+        raise DataError(
+            f"{folder}: input {spec.name!r} is {spec.dtype}; images feed numeric inputs"
+        )
     if shape is not None and len(shape) not in (3, 4):
         raise DataError(
             f"{folder}: input {spec.name!r} expects {spec.describe()}; images feed inputs of "
@@ -742,7 +816,9 @@ def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImageP
                 f"{folder}: cannot tell the layout of input {spec.name!r} ({spec.describe()}); "
                 "state it with layout=NCHW or layout=NHWC"
             )
-    channel, height, width = (dims[0], dims[1], dims[2]) if layout == "NCHW" else (dims[2], dims[0], dims[1])
+    channel, height, width = (
+        (dims[0], dims[1], dims[2]) if layout == "NCHW" else (dims[2], dims[0], dims[1])
+    )
     size = given.size
     if size is None:
         if not (isinstance(height, int) and isinstance(width, int)):
@@ -755,6 +831,17 @@ def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImageP
     scale = given.scale if given.scale is not None else (1 / 255 if spec.dtype.kind == "f" else 1.0)
     for label, values in (("mean", given.mean), ("std", given.std)):
         if len(values) not in (1, channels):
-            raise UsageError(f"image {label} has {len(values)} values; the model takes {channels} channels")
-    return ImagePreprocessing(size=tuple(size), layout=layout, scale=scale, mean=given.mean, std=given.std,
-                              order=given.order, resize=given.resize, channels=channels, batch=batch)
+            raise UsageError(
+                f"image {label} has {len(values)} values; the model takes {channels} channels"
+            )
+    return ImagePreprocessing(
+        size=tuple(size),
+        layout=layout,
+        scale=scale,
+        mean=given.mean,
+        std=given.std,
+        order=given.order,
+        resize=given.resize,
+        channels=channels,
+        batch=batch,
+    )

@@ -45,7 +45,10 @@ class TargetReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target, "detail": self.detail, "feeds": self.feeds, "passed": self.passed,
+            "target": self.target,
+            "detail": self.detail,
+            "feeds": self.feeds,
+            "passed": self.passed,
             "candidate_differs_from_host": self.candidate_differs_from_host,
             "candidate_differs_beyond_rounding": self.candidate_differs_beyond_rounding,
             "on_target": [p.to_dict() for p in self.on_target],
@@ -65,21 +68,25 @@ def validate_on_targets(
 ) -> list[TargetReport]:
     """Run REF and CAND on each target and compare, there and against this machine."""
     with tempfile.TemporaryDirectory(prefix="onnxslim-xval-") as tmp:
-        paths = [_as_file(m, Path(tmp) / f"{label}.onnx") for m, label in
-                 ((reference, "reference"), (candidate, "candidate"))]
+        paths = [
+            _as_file(m, Path(tmp) / f"{label}.onnx")
+            for m, label in ((reference, "reference"), (candidate, "candidate"))
+        ]
         config = SessionConfig(threads=1)
         host = [[Session(p, config).run(f) for f in feeds] for p in paths]
         reports = []
         for name in target_names:
             ref_t, cand_t = targets.run(name, paths, feeds)
-            reports.append(TargetReport(
-                target=name,
-                detail=targets.status(name).detail,
-                feeds=len(feeds),
-                on_target=compare_outputs(ref_t, cand_t, atol=atol, rtol=rtol),
-                candidate_host_vs_target=compare_outputs(host[1], cand_t, atol=0.0, rtol=0.0),
-                reference_host_vs_target=compare_outputs(host[0], ref_t, atol=atol, rtol=rtol),
-            ))
+            reports.append(
+                TargetReport(
+                    target=name,
+                    detail=targets.status(name).detail,
+                    feeds=len(feeds),
+                    on_target=compare_outputs(ref_t, cand_t, atol=atol, rtol=rtol),
+                    candidate_host_vs_target=compare_outputs(host[1], cand_t, atol=0.0, rtol=0.0),
+                    reference_host_vs_target=compare_outputs(host[0], ref_t, atol=atol, rtol=rtol),
+                )
+            )
         return reports
 
 

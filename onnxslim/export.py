@@ -35,10 +35,31 @@ from onnxslim.runtime import Session, SessionConfig
 # Ops whose float16 versions lose too much (reductions, exponentials, normalizations,
 # ops whose inputs are often out of fp16 range): they stay float32 by default.
 FP16_SENSITIVE_OPS = (
-    "Softmax", "LogSoftmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
-    "GroupNormalization", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceLogSumExp",
-    "ReduceL2", "Exp", "Log", "Pow", "Sqrt", "Reciprocal", "Div", "Erf", "Range", "CumSum",
-    "Resize", "TopK", "NonMaxSuppression", "RoiAlign", "Einsum",
+    "Softmax",
+    "LogSoftmax",
+    "LayerNormalization",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "GroupNormalization",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceLogSumExp",
+    "ReduceL2",
+    "Exp",
+    "Log",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Div",
+    "Erf",
+    "Range",
+    "CumSum",
+    "Resize",
+    "TopK",
+    "NonMaxSuppression",
+    "RoiAlign",
+    "Einsum",
 )
 TRAINING_DOMAINS = ("ai.onnx.preview.training", "ai.onnx.training")
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
@@ -62,8 +83,10 @@ class ExportOptions:
 
     def tolerances(self) -> tuple[float, float]:
         loose = 1e-2 if self.fp16 else 1e-5
-        return (self.atol if self.atol is not None else loose,
-                self.rtol if self.rtol is not None else loose)
+        return (
+            self.atol if self.atol is not None else loose,
+            self.rtol if self.rtol is not None else loose,
+        )
 
 
 @dataclass
@@ -75,8 +98,11 @@ class Preflight:
     usability_log: list[str] = field(default_factory=list)  # onnxruntime's checker, verbatim
 
     def to_dict(self) -> dict[str, Any]:
-        return {"problems": self.problems, "warnings": self.warnings,
-                "usability_checker": self.usability_log}
+        return {
+            "problems": self.problems,
+            "warnings": self.warnings,
+            "usability_checker": self.usability_log,
+        }
 
 
 @dataclass
@@ -95,11 +121,14 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": str(self.model_path), "ort": str(self.ort_path) if self.ort_path else None,
+            "model": str(self.model_path),
+            "ort": str(self.ort_path) if self.ort_path else None,
             "operator_config": str(self.operator_config) if self.operator_config else None,
             "metadata": str(self.metadata_path) if self.metadata_path else None,
-            "steps": self.steps, "passed": self.passed,
-            "parity": [p.to_dict() for p in self.parity], "preflight": self.preflight.to_dict(),
+            "steps": self.steps,
+            "passed": self.passed,
+            "parity": [p.to_dict() for p in self.parity],
+            "preflight": self.preflight.to_dict(),
         }
 
 
@@ -129,8 +158,10 @@ def export(
     parity = _parity(original, model, feeds, atol, rtol)
     if not all(p.passed for p in parity) and not force:
         failed = ", ".join(p.name for p in parity if not p.passed)
-        raise GateFailed(f"exported model differs from the input beyond atol={atol:g}, rtol={rtol:g} "
-                         f"on output(s) {failed}; nothing written (use --force to write anyway)")
+        raise GateFailed(
+            f"exported model differs from the input beyond atol={atol:g}, rtol={rtol:g} "
+            f"on output(s) {failed}; nothing written (use --force to write anyway)"
+        )
     target_dir = bundle if bundle is not None else output.parent
     if bundle is not None:
         bundle.mkdir(parents=True, exist_ok=True)
@@ -141,15 +172,24 @@ def export(
         preflight = preflight_check(model, staged_onnx)
         ort_path = config_path = None
         if options.ort_format:
-            ort_path, config_path = _convert_to_ort(staged_onnx, staging, options.optimization_style)
+            ort_path, config_path = _convert_to_ort(
+                staged_onnx, staging, options.optimization_style
+            )
             _check_ort_loads(ort_path, feeds[:1], parity_model=model)
-        final = _publish(staging, target_dir, source=source, overwrite=overwrite,
-                         keep_onnx=bundle is not None or output.suffix == ".onnx")
+        final = _publish(
+            staging,
+            target_dir,
+            source=source,
+            overwrite=overwrite,
+            keep_onnx=bundle is not None or output.suffix == ".onnx",
+        )
     result = ExportResult(
         model_path=target_dir / onnx_name,
         ort_path=target_dir / ort_path.name if ort_path else None,
         operator_config=target_dir / config_path.name if config_path else None,
-        parity=parity, preflight=preflight, steps=steps,
+        parity=parity,
+        preflight=preflight,
+        steps=steps,
     )
     if bundle is not None:
         result.metadata_path = write_bundle_metadata(bundle, source, result, options)
@@ -169,15 +209,20 @@ def _transform(model: ir.Model, options: ExportOptions) -> tuple[ir.Model, list[
     if options.optimize:
         result = run_pipeline(model, Pipeline.from_names(DEFAULT_OPTIMIZE), rollback_failures=True)
         model = result.model
-        steps.append("lossless clean-up (" + ", ".join(
-            r.name for r in result.records if r.status == "changed") + ")")
+        steps.append(
+            "lossless clean-up ("
+            + ", ".join(r.name for r in result.records if r.status == "changed")
+            + ")"
+        )
     if options.opset is not None:
         convert_opset(model, options.opset)
         steps.append(f"opset converted to {options.opset}")
     if options.fp16:
         model = to_fp16(model, options)
-        steps.append("float16 weights and compute (block list: "
-                     f"{len(options.fp16_block_ops)} op types, I/O float32={options.keep_io_float32})")
+        steps.append(
+            "float16 weights and compute (block list: "
+            f"{len(options.fp16_block_ops)} op types, I/O float32={options.keep_io_float32})"
+        )
     return model, steps
 
 
@@ -191,8 +236,10 @@ def strip_for_inference(model: ir.Model) -> int:
             node.doc_string = None
             if node.domain in TRAINING_DOMAINS:
                 if any(v.uses() or v.is_graph_output() for v in node.outputs):
-                    raise UsageError(f"training-only node {node.name or node.op_type!r} "
-                                     "feeds the model's outputs; cannot strip it")
+                    raise UsageError(
+                        f"training-only node {node.name or node.op_type!r} "
+                        "feeds the model's outputs; cannot strip it"
+                    )
                 graph.remove(node, safe=True)
                 removed += 1
     for domain in TRAINING_DOMAINS:
@@ -221,7 +268,8 @@ def to_fp16(model: ir.Model, options: ExportOptions) -> ir.Model:
 
     proto = ir.serde.serialize_model(model)
     converted = convert_float_to_float16(
-        proto, keep_io_types=options.keep_io_float32,
+        proto,
+        keep_io_types=options.keep_io_float32,
         op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(options.fp16_block_ops)),
         disable_shape_infer=False,
     )
@@ -231,20 +279,35 @@ def to_fp16(model: ir.Model, options: ExportOptions) -> ir.Model:
 def preflight_check(model: ir.Model, path: Path) -> Preflight:
     """Our checks plus onnxruntime's mobile usability checker, captured as text."""
     report = Preflight()
-    custom = sorted({n.domain for n in iter_nodes(model) if n.domain not in STANDARD_DOMAINS
-                     and (n.domain, n.op_type, n.overload) not in model.functions})
+    custom = sorted(
+        {
+            n.domain
+            for n in iter_nodes(model)
+            if n.domain not in STANDARD_DOMAINS
+            and (n.domain, n.op_type, n.overload) not in model.functions
+        }
+    )
     if custom:
-        report.problems.append(f"custom op domain(s) {', '.join(custom)}: a mobile build needs "
-                               "their kernels compiled in")
+        report.problems.append(
+            f"custom op domain(s) {', '.join(custom)}: a mobile build needs "
+            "their kernels compiled in"
+        )
     contrib = sorted({n.op_type for n in iter_nodes(model) if n.domain == "com.microsoft"})
     if contrib:
-        report.warnings.append(f"com.microsoft contrib ops ({', '.join(contrib)}): check they are in "
-                               "the reduced build's operator config")
-    dynamic = [f"{s.name} {s.describe()}" for s in input_specs(model)
-               if s.shape is None or any(not isinstance(d, int) for d in s.shape)]
+        report.warnings.append(
+            f"com.microsoft contrib ops ({', '.join(contrib)}): check they are in "
+            "the reduced build's operator config"
+        )
+    dynamic = [
+        f"{s.name} {s.describe()}"
+        for s in input_specs(model)
+        if s.shape is None or any(not isinstance(d, int) for d in s.shape)
+    ]
     if dynamic:
-        report.warnings.append("dynamic input shapes left (NNAPI/CoreML need fixed shapes; "
-                               "use --input-shape): " + "; ".join(dynamic))
+        report.warnings.append(
+            "dynamic input shapes left (NNAPI/CoreML need fixed shapes; "
+            "use --input-shape): " + "; ".join(dynamic)
+        )
     if any(g is not model.graph for g in iter_graphs(model)):
         report.warnings.append("control flow (If/Loop/Scan subgraphs): mobile EPs run them on CPU")
     report.usability_log = _usability_checker(path)
@@ -285,16 +348,23 @@ def _convert_to_ort(onnx_path: Path, staging: Path, style: str) -> tuple[Path, P
     if style not in styles:
         raise UsageError(f"optimization style {style!r}: expected fixed or runtime")
     out_dir = staging / "ort"
-    quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-              if name.startswith("ort_format_model")] + [logging.getLogger("ort_format_model.utils")]
+    quiet = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith("ort_format_model")
+    ] + [logging.getLogger("ort_format_model.utils")]
     previous_levels = [logger.level for logger in quiet]
     for logger in quiet:
         logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(_stdio.StringIO()):
-            convert_onnx_models_to_ort(onnx_path, output_dir=out_dir, optimization_styles=[styles[style]])
+            convert_onnx_models_to_ort(
+                onnx_path, output_dir=out_dir, optimization_styles=[styles[style]]
+            )
     except Exception as exc:
-        raise PassFailed(f"ORT format conversion failed: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise PassFailed(
+            f"ORT format conversion failed: {str(exc).splitlines()[0] if str(exc) else exc}"
+        ) from exc
     finally:
         for logger, level in zip(quiet, previous_levels):
             logger.setLevel(level)
@@ -316,20 +386,26 @@ def _check_ort_loads(ort_path: Path, feeds: Sequence[Feed], parity_model: ir.Mod
     got = [Session(ort_path, SessionConfig()).run(f) for f in feeds]
     bad = [p.name for p in compare_outputs(expected, got, atol=1e-4, rtol=1e-4) if not p.passed]
     if bad:
-        raise PassFailed(f"{ort_path.name}: ORT-format model differs from the ONNX model on {', '.join(bad)}")
+        raise PassFailed(
+            f"{ort_path.name}: ORT-format model differs from the ONNX model on {', '.join(bad)}"
+        )
 
 
-def _parity(original: ir.Model, exported: ir.Model, feeds: Sequence[Feed], atol: float,
-            rtol: float) -> list[OutputParity]:
+def _parity(
+    original: ir.Model, exported: ir.Model, feeds: Sequence[Feed], atol: float, rtol: float
+) -> list[OutputParity]:
     ref = Session(original, SessionConfig())
     cand = Session(exported, SessionConfig())
     dtypes = {spec.name: spec.dtype for spec in input_specs(exported)}  # fp16 I/O takes fp16 feeds
     cand_feeds = [{k: v.astype(dtypes.get(k, v.dtype)) for k, v in f.items()} for f in feeds]
-    return compare_outputs([ref.run(f) for f in feeds], [cand.run(f) for f in cand_feeds],
-                           atol=atol, rtol=rtol)
+    return compare_outputs(
+        [ref.run(f) for f in feeds], [cand.run(f) for f in cand_feeds], atol=atol, rtol=rtol
+    )
 
 
-def _publish(staging: Path, target_dir: Path, *, source: Path, overwrite: bool, keep_onnx: bool) -> list[Path]:
+def _publish(
+    staging: Path, target_dir: Path, *, source: Path, overwrite: bool, keep_onnx: bool
+) -> list[Path]:
     """Move staged files into place (data files first, the model files last)."""
     staged = [p for p in staging.iterdir() if p.is_file()]
     if not keep_onnx:
@@ -337,7 +413,9 @@ def _publish(staging: Path, target_dir: Path, *, source: Path, overwrite: bool, 
     for path in staged:
         destination = target_dir / path.name
         if io.same_file(source, destination) and not overwrite:
-            raise UsageError(f"{destination}: output is the input model; pass --overwrite to replace it")
+            raise UsageError(
+                f"{destination}: output is the input model; pass --overwrite to replace it"
+            )
     ordered = sorted(staged, key=lambda p: p.suffix in (".onnx", ".ort"))
     moved = []
     for path in ordered:
@@ -355,19 +433,32 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_bundle_metadata(bundle: Path, source: Path, result: ExportResult, options: ExportOptions) -> Path:
+def write_bundle_metadata(
+    bundle: Path, source: Path, result: ExportResult, options: ExportOptions
+) -> Path:
     """metadata.json and validation.json: hashes, provenance, the checks that were run."""
     import onnxruntime
 
     from onnxslim import __version__
 
     validation = bundle / "validation.json"
-    validation.write_text(json.dumps({"parity": [p.to_dict() for p in result.parity],
-                                      "passed": result.passed,
-                                      "preflight": result.preflight.to_dict()}, indent=2))
+    validation.write_text(
+        json.dumps(
+            {
+                "parity": [p.to_dict() for p in result.parity],
+                "passed": result.passed,
+                "preflight": result.preflight.to_dict(),
+            },
+            indent=2,
+        )
+    )
     files = sorted(p for p in bundle.iterdir() if p.is_file() and p.name != "metadata.json")
     metadata = {
-        "tool": {"name": "onnxslim", "version": __version__, "onnxruntime": onnxruntime.__version__},
+        "tool": {
+            "name": "onnxslim",
+            "version": __version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {"path": str(source), "sha256": sha256(source)},
         "pipeline": Pipeline.from_names(DEFAULT_OPTIMIZE).to_toml() if options.optimize else "",

@@ -28,7 +28,11 @@ class InputSpec:
     index_bound: int | None = None  # exclusive upper bound for integer ids, when known
 
     def describe(self) -> str:
-        dims = "?" if self.shape is None else "[" + ",".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        dims = (
+            "?"
+            if self.shape is None
+            else "[" + ",".join(str(d) if d is not None else "?" for d in self.shape) + "]"
+        )
         return f"{self.dtype} {dims}"
 
 
@@ -41,7 +45,9 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
         shape = None
         if value.shape is not None:
-            shape = tuple(d if isinstance(d, int) else (str(d) if d.value else None) for d in value.shape)
+            shape = tuple(
+                d if isinstance(d, int) else (str(d) if d.value else None) for d in value.shape
+            )
         specs.append(InputSpec(value.name or "", dtype, shape, _index_bound(value)))
     return specs
 
@@ -62,8 +68,9 @@ def parse_input_shapes(texts: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def concrete_shape(spec: InputSpec, overrides: Mapping[str, tuple[int, ...]] | None = None,
-                   free_dim: int = 1) -> tuple[int, ...]:
+def concrete_shape(
+    spec: InputSpec, overrides: Mapping[str, tuple[int, ...]] | None = None, free_dim: int = 1
+) -> tuple[int, ...]:
     """A runnable shape for `spec`: the override if given, free dimensions set to `free_dim`."""
     if overrides and spec.name in overrides:
         return tuple(overrides[spec.name])
@@ -72,8 +79,13 @@ def concrete_shape(spec: InputSpec, overrides: Mapping[str, tuple[int, ...]] | N
     return tuple(d if isinstance(d, int) and d > 0 else free_dim for d in spec.shape)
 
 
-def generate_feeds(specs: list[InputSpec], count: int, *, seed: int = 0,
-                   shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[Feed]:
+def generate_feeds(
+    specs: list[InputSpec],
+    count: int,
+    *,
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> list[Feed]:
     """`count` deterministic random feeds: normal floats, bounded integer ids, random bools."""
     rng = np.random.default_rng(seed)
     feeds = []
@@ -90,7 +102,9 @@ def generate_feeds(specs: list[InputSpec], count: int, *, seed: int = 0,
             elif kind == "b":
                 feed[spec.name] = rng.random(shape) < 0.5
             else:
-                raise UsageError(f"input {spec.name!r}: cannot generate data of type {spec.dtype}; give --data")
+                raise UsageError(
+                    f"input {spec.name!r}: cannot generate data of type {spec.dtype}; give --data"
+                )
         feeds.append(feed)
     return feeds
 

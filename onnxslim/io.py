@@ -253,8 +253,13 @@ def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Pa
     def rebind(folder: Path) -> None:
         for value, old in replaced:
             value.const_value = ir.ExternalTensor(
-                data_name, offsets[id(old)], old.nbytes, old.dtype,
-                shape=old.shape, name=old.name, base_dir=folder,
+                data_name,
+                offsets[id(old)],
+                old.nbytes,
+                old.dtype,
+                shape=old.shape,
+                name=old.name,
+                base_dir=folder,
             )
             try:
                 old.release()  # unmap the replaced file's old inode
@@ -295,7 +300,9 @@ def _commit(staging: Path, staged: Path, path: Path, data_name: str | None) -> N
         raise
 
 
-def _refuse_overwriting_inputs(model: ir.Model, targets: list[Path], source: PathLike | None) -> None:
+def _refuse_overwriting_inputs(
+    model: ir.Model, targets: list[Path], source: PathLike | None
+) -> None:
     inputs: list[tuple[str, str]] = []
     if source is not None:
         inputs.append((str(source), "the input model"))
@@ -349,12 +356,16 @@ def _in_memory_attribute_tensors(model: ir.Model) -> _swap:
             for name, attr in list(node.attributes.items()):
                 if attr.is_ref():
                     continue
-                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                if attr.type == ir.AttributeType.TENSOR and isinstance(
+                    attr.value, ir.ExternalTensor
+                ):
                     swap.attribute(node, name, ir.AttrTensor(name, _to_memory(attr.value)))
                 elif attr.type == ir.AttributeType.TENSORS and any(
                     isinstance(t, ir.ExternalTensor) for t in attr.value
                 ):
-                    swap.attribute(node, name, ir.AttrTensors(name, [_to_memory(t) for t in attr.value]))
+                    swap.attribute(
+                        node, name, ir.AttrTensors(name, [_to_memory(t) for t in attr.value])
+                    )
     return swap
 
 

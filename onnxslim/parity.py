@@ -49,12 +49,21 @@ class _Accumulator:
 
     def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if ref.shape != cand.shape:
-            raise ValueError(f"output {self.name!r}: shape {cand.shape} differs from reference {ref.shape}")
+            raise ValueError(
+                f"output {self.name!r}: shape {cand.shape} differs from reference {ref.shape}"
+            )
         self.elements += ref.size
         if ref.dtype.kind not in "fc" or cand.dtype.kind not in "fc":
             self.mismatched += int(np.count_nonzero(ref != cand))
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64)), initial=0.0)))
-            self.ref_scale = max(self.ref_scale, float(np.max(np.abs(ref.astype(np.float64)), initial=0.0)))
+            self.max_abs = max(
+                self.max_abs,
+                float(
+                    np.max(np.abs(ref.astype(np.float64) - cand.astype(np.float64)), initial=0.0)
+                ),
+            )
+            self.ref_scale = max(
+                self.ref_scale, float(np.max(np.abs(ref.astype(np.float64)), initial=0.0))
+            )
             return
         self.exact = False
         r = ref.astype(np.float64)
@@ -82,12 +91,31 @@ class _Accumulator:
             snr = math.inf if self.mismatched == 0 else float("nan")
         else:
             denom = math.sqrt(self.ref_sq * self.cand_sq)
-            cosine = self.dot / denom if denom > 0 else (1.0 if self.ref_sq == self.cand_sq else 0.0)
-            snr = math.inf if self.err_sq == 0 else 10 * math.log10(max(self.ref_sq, 1e-300) / self.err_sq)
-        max_rel = self.max_abs / self.ref_scale if self.ref_scale > 0 else (0.0 if self.max_abs == 0 else math.inf)
+            cosine = (
+                self.dot / denom if denom > 0 else (1.0 if self.ref_sq == self.cand_sq else 0.0)
+            )
+            snr = (
+                math.inf
+                if self.err_sq == 0
+                else 10 * math.log10(max(self.ref_sq, 1e-300) / self.err_sq)
+            )
+        max_rel = (
+            self.max_abs / self.ref_scale
+            if self.ref_scale > 0
+            else (0.0 if self.max_abs == 0 else math.inf)
+        )
         top1 = self.top1_hits / self.top1_total if self.top1_total else None
-        return OutputParity(self.name, self.max_abs, max_rel, cosine, snr, top1,
-                            self.mismatched, self.elements, self.mismatched == 0)
+        return OutputParity(
+            self.name,
+            self.max_abs,
+            max_rel,
+            cosine,
+            snr,
+            top1,
+            self.mismatched,
+            self.elements,
+            self.mismatched == 0,
+        )
 
 
 def compare_outputs(

@@ -90,7 +90,9 @@ def pass_table(instance: ir.passes.PassBase) -> dict[str, Any]:
             value = getattr(instance, f.name)
             if not f.init or f.metadata.get("internal") or value is f.default or value == f.default:
                 continue
-            if f.metadata.get("data"):  # data options: a path has a recipe form, feeds in memory do not
+            if f.metadata.get(
+                "data"
+            ):  # data options: a path has a recipe form, feeds in memory do not
                 if not isinstance(value, (str, os.PathLike)):
                     continue
                 value = os.fspath(value)
@@ -153,7 +155,9 @@ class Guard:
         session = Session(model, self.config)
         return [session.run(feed) for feed in self.feeds]
 
-    def check(self, reference: list[dict[str, Any]], model: ir.Model) -> tuple[list[OutputParity], list[dict[str, Any]]]:
+    def check(
+        self, reference: list[dict[str, Any]], model: ir.Model
+    ) -> tuple[list[OutputParity], list[dict[str, Any]]]:
         outputs = self.outputs(model)
         return compare_outputs(reference, outputs, atol=self.atol, rtol=self.rtol), outputs
 
@@ -193,12 +197,14 @@ def run_pipeline(
             end = index
             while end < total and _is_lossless(passes[end]):
                 end += 1
-            reference = _run_lossless_run(result, passes, index, end, guard, reference,
-                                          rollback_failures, on_pass)
+            reference = _run_lossless_run(
+                result, passes, index, end, guard, reference, rollback_failures, on_pass
+            )
             index = end
         else:
-            reference = _run_checked(result, passes[index], index, total, guard, reference,
-                                     rollback_failures, on_pass)
+            reference = _run_checked(
+                result, passes[index], index, total, guard, reference, rollback_failures, on_pass
+            )
             index += 1
     if guard is not None and original is not None and reference is not None:
         result.parity = compare_outputs(original, reference, atol=guard.atol, rtol=guard.rtol)
@@ -209,10 +215,16 @@ def _is_lossless(instance: ir.passes.PassBase) -> bool:
     return bool(getattr(instance, "lossless", False))
 
 
-def _run_lossless_run(result: PipelineResult, passes: list[ir.passes.PassBase], begin: int,
-                      end: int, guard: Guard, reference: list[dict[str, Any]] | None,
-                      rollback_failures: bool, on_pass: ProgressCallback | None
-                      ) -> list[dict[str, Any]] | None:
+def _run_lossless_run(
+    result: PipelineResult,
+    passes: list[ir.passes.PassBase],
+    begin: int,
+    end: int,
+    guard: Guard,
+    reference: list[dict[str, Any]] | None,
+    rollback_failures: bool,
+    on_pass: ProgressCallback | None,
+) -> list[dict[str, Any]] | None:
     """passes[begin:end] unchecked, one check at the end; one check per pass if that fails."""
     trial, records = _try_in_place(result.model, passes[begin:end], begin, len(passes), on_pass)
     if trial is not None:
@@ -231,16 +243,24 @@ def _run_lossless_run(result: PipelineResult, passes: list[ir.passes.PassBase], 
             result.model = trial
             result.records.extend(records)
             return outputs
-        logger.info("lossless passes %s changed outputs together; checking them one by one",
-                    ", ".join(r.name for r in modified))
+        logger.info(
+            "lossless passes %s changed outputs together; checking them one by one",
+            ", ".join(r.name for r in modified),
+        )
     for index in range(begin, end):
-        reference = _run_checked(result, passes[index], index, len(passes), guard, reference,
-                                 rollback_failures, on_pass)
+        reference = _run_checked(
+            result, passes[index], index, len(passes), guard, reference, rollback_failures, on_pass
+        )
     return reference
 
 
-def _try_in_place(model: ir.Model, passes: list[ir.passes.PassBase], offset: int, total: int,
-                  on_pass: ProgressCallback | None) -> tuple[ir.Model | None, list[PassRecord]]:
+def _try_in_place(
+    model: ir.Model,
+    passes: list[ir.passes.PassBase],
+    offset: int,
+    total: int,
+    on_pass: ProgressCallback | None,
+) -> tuple[ir.Model | None, list[PassRecord]]:
     """Run `passes` one after the other on one clone; (None, []) if any of them raises."""
     candidate = model.clone()
     records = []
@@ -260,15 +280,30 @@ def _try_in_place(model: ir.Model, passes: list[ir.passes.PassBase], offset: int
         # must not have its bytes booked to the next pass that does.
         bytes_now, nodes_now = tensor_bytes(candidate), node_count(candidate)
         modified = modified or (bytes_now, nodes_now) != (bytes_before, nodes_before)
-        records.append(PassRecord(name, "changed" if modified else "unchanged", seconds,
-                                  bytes_before, bytes_now, nodes_before, nodes_now))
+        records.append(
+            PassRecord(
+                name,
+                "changed" if modified else "unchanged",
+                seconds,
+                bytes_before,
+                bytes_now,
+                nodes_before,
+                nodes_now,
+            )
+        )
     return candidate, records
 
 
-def _run_checked(result: PipelineResult, instance: ir.passes.PassBase, index: int, total: int,
-                 guard: Guard | None, reference: list[dict[str, Any]] | None,
-                 rollback_failures: bool, on_pass: ProgressCallback | None
-                 ) -> list[dict[str, Any]] | None:
+def _run_checked(
+    result: PipelineResult,
+    instance: ir.passes.PassBase,
+    index: int,
+    total: int,
+    guard: Guard | None,
+    reference: list[dict[str, Any]] | None,
+    rollback_failures: bool,
+    on_pass: ProgressCallback | None,
+) -> list[dict[str, Any]] | None:
     """Run one pass on a clone of result.model; with a guard, check it against `reference`."""
     name = pass_name(instance)
     if on_pass is not None:
@@ -283,24 +318,46 @@ def _run_checked(result: PipelineResult, instance: ir.passes.PassBase, index: in
         raise
     except Exception as exc:
         seconds = time.perf_counter() - start
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        reason = (
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        )
         if not rollback_failures:
             raise PassFailed(f"pass {name!r} failed: {reason}") from exc
         logger.warning("pass %s failed and was skipped: %s", name, reason)
-        result.records.append(PassRecord(name, "failed", seconds, bytes_before, bytes_before,
-                                         nodes_before, nodes_before, reason))
+        result.records.append(
+            PassRecord(
+                name,
+                "failed",
+                seconds,
+                bytes_before,
+                bytes_before,
+                nodes_before,
+                nodes_before,
+                reason,
+            )
+        )
         return reference
     seconds = time.perf_counter() - start
     bytes_after, nodes_after = tensor_bytes(candidate), node_count(candidate)
     modified = modified or (bytes_after, nodes_after) != (bytes_before, nodes_before)
-    record = PassRecord(name, "changed" if modified else "unchanged", seconds, bytes_before,
-                        bytes_after, nodes_before, nodes_after)
+    record = PassRecord(
+        name,
+        "changed" if modified else "unchanged",
+        seconds,
+        bytes_before,
+        bytes_after,
+        nodes_before,
+        nodes_after,
+    )
     if guard is not None and reference is not None and modified:
         try:
             parity, outputs = guard.check(reference, candidate)
         except OnnxSlimError as exc:
             parity, outputs = None, None
-            record.status, record.reason = "rolled back", f"result does not run on ONNX Runtime: {exc}"
+            record.status, record.reason = (
+                "rolled back",
+                f"result does not run on ONNX Runtime: {exc}",
+            )
         else:
             record.parity = parity
             failed = [p for p in parity if not p.passed]
@@ -308,7 +365,8 @@ def _run_checked(result: PipelineResult, instance: ir.passes.PassBase, index: in
                 record.status = "rolled back"
                 record.reason = "outputs changed beyond tolerance: " + ", ".join(
                     f"{p.name} (max abs {p.max_abs:.3g}, {p.mismatched}/{p.elements} elements)"
-                    for p in failed)
+                    for p in failed
+                )
         if record.status == "rolled back":
             record.bytes_after, record.nodes_after = bytes_before, nodes_before
             logger.warning("pass %s rolled back: %s", name, record.reason)

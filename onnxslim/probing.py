@@ -40,7 +40,11 @@ class WeightProbe:
         if missing:
             raise RuntimeError(f"ORT does not let weight {missing[0]!r} be overridden")
         outputs = self._session.get_outputs()
-        self._names = [o.name for o in outputs if o.type.startswith("tensor(float") or o.type == "tensor(double)"]
+        self._names = [
+            o.name
+            for o in outputs
+            if o.type.startswith("tensor(float") or o.type == "tensor(double)"
+        ]
         started = time.perf_counter()
         self._references = [self._run(batch) for batch in self._batches]
         self.seconds_per_run = time.perf_counter() - started  # one probe: all feeds once
@@ -56,7 +60,9 @@ class WeightProbe:
         """Per float output: (sum of squared differences to the original, sum of squares of the original)."""
         sums = [[0.0, 0.0] for _ in self._names]
         for batch, references in zip(self._batches, self._references, strict=True):
-            for total, out, ref in zip(sums, self._run({**batch, **overrides}), references, strict=True):
+            for total, out, ref in zip(
+                sums, self._run({**batch, **overrides}), references, strict=True
+            ):
                 total[0] += float(np.sum((out - ref) ** 2))
                 total[1] += float(np.sum(ref * ref))
         return [(num, den) for num, den in sums]

@@ -190,8 +190,10 @@ def make_pass(name: str, options: dict[str, Any]) -> ir.passes.PassBase:
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(options) - known)
     if unknown:
-        raise UsageError(f"pass {name!r}: unknown option(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known)) or 'none'}")
+        raise UsageError(
+            f"pass {name!r}: unknown option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known)) or 'none'}"
+        )
     try:
         return cls(**options)
     except (TypeError, ValueError) as exc:
@@ -199,4 +201,8 @@ def make_pass(name: str, options: dict[str, Any]) -> ir.passes.PassBase:
 
 
 def _type_name(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return (
+        annotation
+        if isinstance(annotation, str)
+        else getattr(annotation, "__name__", str(annotation))
+    )

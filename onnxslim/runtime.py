@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -29,9 +29,18 @@ _MEMORY_LOCATION = "__onnxslim_in_memory__"
 # Where ORT looks for external data files of a model given as bytes.
 _EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 _OFFLOADABLE = {
-    ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT8,
-    ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
-    ir.DataType.INT64, ir.DataType.UINT32, ir.DataType.UINT64, ir.DataType.BOOL,
+    ir.DataType.FLOAT,
+    ir.DataType.FLOAT16,
+    ir.DataType.DOUBLE,
+    ir.DataType.INT8,
+    ir.DataType.UINT8,
+    ir.DataType.INT16,
+    ir.DataType.UINT16,
+    ir.DataType.INT32,
+    ir.DataType.INT64,
+    ir.DataType.UINT32,
+    ir.DataType.UINT64,
+    ir.DataType.BOOL,
 }
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -54,7 +63,9 @@ class SessionConfig:
 class Session:
     """An ORT CPU session over an ir.Model or a model file."""
 
-    def __init__(self, model: ir.Model | str | os.PathLike[str], config: SessionConfig | None = None):
+    def __init__(
+        self, model: ir.Model | str | os.PathLike[str], config: SessionConfig | None = None
+    ):
         config = config or SessionConfig()
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.threads
@@ -88,7 +99,9 @@ class Session:
     def ort_session(self) -> ort.InferenceSession:
         return self._session
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run once; returns output name -> array."""
         names = list(outputs) if outputs is not None else self.output_names
         try:
@@ -118,7 +131,11 @@ class Session:
         try:
             for name, value in model.graph.initializers.items():
                 tensor = value.const_value
-                if tensor is None or tensor.nbytes < _OFFLOAD_BYTES or tensor.dtype not in _OFFLOADABLE:
+                if (
+                    tensor is None
+                    or tensor.nbytes < _OFFLOAD_BYTES
+                    or tensor.dtype not in _OFFLOADABLE
+                ):
                     continue
                 if isinstance(tensor, ir.ExternalTensor) and _folder_of(tensor) == folder:
                     continue
@@ -129,8 +146,12 @@ class Session:
                 values.append(ort_value)
                 swapped.append((value, tensor))
                 value.const_value = ir.ExternalTensor(
-                    _MEMORY_LOCATION, offset=0, length=tensor.nbytes,
-                    dtype=tensor.dtype, shape=tensor.shape, name=name,
+                    _MEMORY_LOCATION,
+                    offset=0,
+                    length=tensor.nbytes,
+                    dtype=tensor.dtype,
+                    shape=tensor.shape,
+                    name=name,
                 )
             proto = ir.serde.serialize_model(model)
         finally:
@@ -176,8 +197,17 @@ def _external_data_folder(model: ir.Model) -> str | None:
 
 
 def _is_model_problem(message: str) -> bool:
-    markers = ("INVALID_GRAPH", "INVALID_PROTOBUF", "NOT_IMPLEMENTED", "domain", "Unsupported model IR",
-               "opset", "Could not find an implementation", "Load model", "is not a registered function/op")
+    markers = (
+        "INVALID_GRAPH",
+        "INVALID_PROTOBUF",
+        "NOT_IMPLEMENTED",
+        "domain",
+        "Unsupported model IR",
+        "opset",
+        "Could not find an implementation",
+        "Load model",
+        "is not a registered function/op",
+    )
     return any(m in message for m in markers)
 
 

@@ -32,9 +32,24 @@ from onnxslim.errors import OnnxSlimError, RuntimeFailure, UsageError
 from onnxslim.feeds import Feed
 
 ARM64_DEBS = (
-    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6", "libgcc-s1",
-    "libstdc++6", "zlib1g", "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5",
-    "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8", "libuuid1", "libcrypt1",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libc6",
+    "libgcc-s1",
+    "libstdc++6",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "libssl3",
+    "libbz2-1.0",
+    "liblzma5",
+    "libsqlite3-0",
+    "libncursesw6",
+    "libtinfo6",
+    "libreadline8",
+    "libuuid1",
+    "libcrypt1",
 )
 # A Neoverse-N1 (CPU part 0xd0c) with the dot-product extension ORT's int8 kernels use.
 FAKE_ARM_CPUINFO = """processor\t: 0
@@ -77,7 +92,9 @@ def status(name: str) -> TargetStatus:
     folder = cache_root() / name
     marker = folder / "ready.json"
     if not marker.is_file():
-        return TargetStatus(name, False, "not set up; run `onnxslim targets setup " + name + "`", folder)
+        return TargetStatus(
+            name, False, "not set up; run `onnxslim targets setup " + name + "`", folder
+        )
     info = json.loads(marker.read_text())
     qemu = shutil.which(info.get("qemu", ""))
     if qemu is None:
@@ -101,22 +118,27 @@ def setup(name: str, progress: Progress | None = None) -> TargetStatus:
     return status(name)
 
 
-def run(name: str, model_paths: Sequence[Path], feeds: Sequence[Feed], *,
-        timeout: float = 1800.0) -> list[list[dict[str, np.ndarray]]]:
+def run(
+    name: str, model_paths: Sequence[Path], feeds: Sequence[Feed], *, timeout: float = 1800.0
+) -> list[list[dict[str, np.ndarray]]]:
     """Run each model on every feed on target `name`; result[model][feed] = outputs."""
     state = status(name)
     if not state.ready:
         raise TargetUnavailable(f"target {name}: {state.detail}")
     with tempfile.TemporaryDirectory(prefix="onnxslim-target-") as tmp:
         work = Path(tmp)
-        np.savez(work / "feeds.npz", **{f"{i}\x1f{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()})
+        np.savez(
+            work / "feeds.npz",
+            **{f"{i}\x1f{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()},
+        )
         (work / "runner.py").write_text(_RUNNER)
         job = {"models": [str(Path(p).resolve()) for p in model_paths], "feeds": len(feeds)}
         (work / "job.json").write_text(json.dumps(job))
         command = _command(name, state.path) + [str(work / "runner.py"), str(work)]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  env=_env(name))
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, env=_env(name)
+            )
         except subprocess.TimeoutExpired as exc:
             raise RuntimeFailure(f"target {name}: run timed out after {timeout:.0f} s") from exc
         if done.returncode != 0:
@@ -126,8 +148,12 @@ def run(name: str, model_paths: Sequence[Path], feeds: Sequence[Feed], *,
         for m in range(len(model_paths)):
             with np.load(work / f"out{m}.npz") as archive:
                 names = json.loads((work / f"out{m}.json").read_text())
-                results.append([{n: archive[f"{i}_{j}"] for j, n in enumerate(names)}
-                                for i in range(len(feeds))])
+                results.append(
+                    [
+                        {n: archive[f"{i}_{j}"] for j, n in enumerate(names)}
+                        for i in range(len(feeds))
+                    ]
+                )
         return results
 
 
@@ -154,8 +180,9 @@ def _check_name(name: str) -> None:
 def _require(tool: str, package: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        raise TargetUnavailable(f"{tool} not found; install the Debian package {package} "
-                                f"(apt-get install {package})")
+        raise TargetUnavailable(
+            f"{tool} not found; install the Debian package {package} (apt-get install {package})"
+        )
     return path
 
 
@@ -163,11 +190,18 @@ def _setup_x86_avx2(say: Progress) -> str:
     _require("qemu-x86_64-static", "qemu-user-static")
     say("smoke test: ONNX Runtime under qemu-x86_64 -cpu Haswell")
     probe = "import onnxruntime, numpy; print(onnxruntime.__version__)"
-    done = subprocess.run(["qemu-x86_64-static", "-cpu", "Haswell", sys.executable, "-c", probe],
-                          capture_output=True, text=True, timeout=600, env=_env("x86-avx2"))
+    done = subprocess.run(
+        ["qemu-x86_64-static", "-cpu", "Haswell", sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env("x86-avx2"),
+    )
     if done.returncode != 0:
-        raise TargetUnavailable(f"x86-avx2: ONNX Runtime does not start under QEMU: "
-                                f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise TargetUnavailable(
+            f"x86-avx2: ONNX Runtime does not start under QEMU: "
+            f"{(done.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     return f"qemu-x86_64 -cpu Haswell, onnxruntime {done.stdout.strip()} (host install)"
 
 
@@ -176,12 +210,29 @@ def _setup_arm64(folder: Path, say: Progress) -> str:
     apt = _require("apt-get", "apt")
     _require("dpkg-deb", "dpkg")
     root, debs, wheels, state = (folder / d for d in ("root", "debs", "wheels", "apt"))
-    for d in (root, debs, wheels, state / "lists" / "partial", state / "cache" / "archives" / "partial"):
+    for d in (
+        root,
+        debs,
+        wheels,
+        state / "lists" / "partial",
+        state / "cache" / "archives" / "partial",
+    ):
         d.mkdir(parents=True, exist_ok=True)
     (state / "status").touch()
-    options = ["-o", "APT::Architecture=arm64", "-o", "APT::Architectures=arm64",
-               "-o", f"Dir::State::Lists={state / 'lists'}", "-o", f"Dir::Cache={state / 'cache'}",
-               "-o", f"Dir::State::status={state / 'status'}", "-o", "APT::Sandbox::User=root"]
+    options = [
+        "-o",
+        "APT::Architecture=arm64",
+        "-o",
+        "APT::Architectures=arm64",
+        "-o",
+        f"Dir::State::Lists={state / 'lists'}",
+        "-o",
+        f"Dir::Cache={state / 'cache'}",
+        "-o",
+        f"Dir::State::status={state / 'status'}",
+        "-o",
+        "APT::Sandbox::User=root",
+    ]
     if not all(any(debs.glob(f"{p}_*.deb")) for p in ARM64_DEBS):
         say("apt-get update (arm64 package lists, private state)")
         _checked([apt, *options, "update", "-qq"], "apt-get update for arm64", cwd=debs)
@@ -191,14 +242,34 @@ def _setup_arm64(folder: Path, say: Progress) -> str:
     for deb in sorted(debs.glob("*.deb")):
         _checked(["dpkg-deb", "-x", str(deb), str(root)], f"dpkg-deb -x {deb.name}")
     versions = _host_versions()
-    if not any(wheels.glob(f"onnxruntime-{versions['onnxruntime']}-*.whl")) or \
-            not any(wheels.glob(f"numpy-{versions['numpy']}-*.whl")):
-        say(f"pip download onnxruntime=={versions['onnxruntime']} numpy=={versions['numpy']} (aarch64)")
-        _checked([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                  "--no-deps", "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
-                  "--implementation", "cp", "-d", str(wheels),
-                  f"onnxruntime=={versions['onnxruntime']}", f"numpy=={versions['numpy']}"],
-                 "pip download of the aarch64 wheels")
+    if not any(wheels.glob(f"onnxruntime-{versions['onnxruntime']}-*.whl")) or not any(
+        wheels.glob(f"numpy-{versions['numpy']}-*.whl")
+    ):
+        say(
+            f"pip download onnxruntime=={versions['onnxruntime']} numpy=={versions['numpy']} (aarch64)"
+        )
+        _checked(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--only-binary=:all:",
+                "--no-deps",
+                "--platform",
+                "manylinux_2_28_aarch64",
+                "--python-version",
+                "3.11",
+                "--implementation",
+                "cp",
+                "-d",
+                str(wheels),
+                f"onnxruntime=={versions['onnxruntime']}",
+                f"numpy=={versions['numpy']}",
+            ],
+            "pip download of the aarch64 wheels",
+        )
     site = root / "opt" / "site"
     if site.exists():
         shutil.rmtree(site)
@@ -209,12 +280,22 @@ def _setup_arm64(folder: Path, say: Progress) -> str:
     (root / "proc").mkdir(exist_ok=True)
     (root / "proc" / "cpuinfo").write_text(FAKE_ARM_CPUINFO)
     say("smoke test: ONNX Runtime under qemu-aarch64")
-    done = subprocess.run(_command("arm64", folder) + ["-c", "import onnxruntime, platform; "
-                          "print(platform.machine(), onnxruntime.__version__)"],
-                          capture_output=True, text=True, timeout=900, env=_env("arm64"))
+    done = subprocess.run(
+        _command("arm64", folder)
+        + [
+            "-c",
+            "import onnxruntime, platform; print(platform.machine(), onnxruntime.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_env("arm64"),
+    )
     if done.returncode != 0:
-        raise TargetUnavailable(f"arm64: ONNX Runtime does not start under QEMU: "
-                                f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise TargetUnavailable(
+            f"arm64: ONNX Runtime does not start under QEMU: "
+            f"{(done.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     return f"qemu-aarch64, {done.stdout.strip()} (Neoverse-N1 cpuinfo)"
 
 
@@ -231,13 +312,15 @@ def _checked(command: list[str], what: str, cwd: Path | None = None) -> None:
         raise TargetUnavailable(f"{what} failed: {exc}") from exc
     if done.returncode != 0:
         lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith(("E:", "ERROR"))] or lines[-1:] or ["no output"]
+        errors = (
+            [ln for ln in lines if ln.startswith(("E:", "ERROR"))] or lines[-1:] or ["no output"]
+        )
         raise TargetUnavailable(f"{what} failed: {errors[0]}")
 
 
 # Runs inside the target: numpy and onnxruntime only, single thread, no graph rewriting
 # beyond what a deployed session does (ORT_ENABLE_ALL).
-_RUNNER = r'''
+_RUNNER = r"""
 import json, sys
 from pathlib import Path
 import numpy as np
@@ -263,4 +346,4 @@ for m, path in enumerate(job["models"]):
             outputs[f"{i}_{j}"] = value
     np.savez(work / f"out{m}.npz", **outputs)
     (work / f"out{m}.json").write_text(json.dumps(names))
-'''
+"""

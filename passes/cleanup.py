@@ -12,9 +12,9 @@ import hashlib
 from typing import ClassVar
 
 import onnx_ir as ir
-from onnxslim.passes._options import option
 
 from onnxslim.graphs import iter_graphs
+from onnxslim.passes._options import option
 
 # Never merged: two draws of a random op are different values.
 _NON_DETERMINISTIC = frozenset(

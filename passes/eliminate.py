@@ -47,9 +47,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxslim.passes.fold import quiet_onnxscript
 
 from onnxslim.graphs import iter_graphs
+from onnxslim.passes.fold import quiet_onnxscript
 
 _INT32_MAX = 2**31 - 1
 _MAX_SWEEPS = 4

@@ -34,11 +34,11 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxslim.passes._options import option
 
 from onnxslim.errors import UsageError
 from onnxslim.feeds import parse_input_shapes
 from onnxslim.graphs import iter_graphs
+from onnxslim.passes._options import option
 
 # Ops whose result is much bigger than their inputs: folded only when the output
 # size is known before evaluation.

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import onnx_ir as ir
+
 from onnxslim.passes._options import option
 from onnxslim.passes.fuse_common import Namer, Scope, fixpoint, opset_version, scopes
 from onnxslim.passes.fuse_conv import fuse_conv_affine, fuse_conv_batchnorm, fuse_pad

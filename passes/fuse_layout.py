@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,

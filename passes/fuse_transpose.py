@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes.fuse_common import (
     Namer,
     Scope,

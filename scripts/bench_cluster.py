@@ -160,11 +160,10 @@ def to_bytes(model: Any) -> bytes:
 
 
 def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> list[dict[str, Any]]:
+    from onnxslim import api, io
     from onnxslim.passes.cleanup import strip_debug_metadata
     from onnxslim.passes.cluster.run import cluster_model
     from onnxslim.passes.cluster.storage import PackPalette
-
-    from onnxslim import api, io
 
     path = MODELS / f"{name}.onnx"
     calib, evaluation = MODELS / f"{name}.calib.npz", MODELS / f"{name}.eval.npz"
@@ -224,7 +223,9 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
             {"bits": 4, "calib": str(calib), "granularity": "per-channel-group", "group_size": 1},
         )
     )
-    configs.append(("cluster 4 mixed refined", {"bits": 4, "calib": str(calib), "allocation": "mixed"}))
+    configs.append(
+        ("cluster 4 mixed refined", {"bits": 4, "calib": str(calib), "allocation": "mixed"})
+    )
     configs.append(
         (
             "cluster 4 mixed refined, file <= 1/6",
@@ -321,9 +322,8 @@ def print_examples(rows: list[dict[str, Any]]) -> None:
 
 
 def bench_devmodel(entry: dict[str, Any], bits: int, runs: int, **options: Any) -> dict[str, Any]:
-    from onnxslim.passes.cluster.run import cluster_model
-
     from onnxslim import api, io
+    from onnxslim.passes.cluster.run import cluster_model
 
     if str(DEVMODELS_CODE) not in sys.path:
         sys.path.insert(0, str(DEVMODELS_CODE))

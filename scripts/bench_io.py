@@ -73,6 +73,7 @@ def rss_bytes() -> int:
 
 # --- the model ---------------------------------------------------------------------------
 
+
 def build_model(folder: Path, gigabytes: float, width: int = 4096) -> Path:
     """x[1,width] -> (MatMul W_i -> Add b_i -> Relu) x L -> Identity -> y, weights external.
 
@@ -99,13 +100,23 @@ def build_model(folder: Path, gigabytes: float, width: int = 4096) -> Path:
             nbytes = int(np.prod(shape)) * 4
             view = np.memmap(data, dtype=np.float32, mode="r+", offset=offset, shape=shape)
             for row in range(0, shape[0], 512):
-                chunk = rng.standard_normal((min(512, shape[0] - row), *shape[1:]), dtype=np.float32)
-                view[row:row + 512] = chunk * scale
+                chunk = rng.standard_normal(
+                    (min(512, shape[0] - row), *shape[1:]), dtype=np.float32
+                )
+                view[row : row + 512] = chunk * scale
             view.flush()
             del view
-            init = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(shape),
-                               data_location=TensorProto.EXTERNAL)
-            for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(nbytes))):
+            init = TensorProto(
+                name=name,
+                data_type=TensorProto.FLOAT,
+                dims=list(shape),
+                data_location=TensorProto.EXTERNAL,
+            )
+            for key, value in (
+                ("location", data.name),
+                ("offset", str(offset)),
+                ("length", str(nbytes)),
+            ):
                 init.external_data.add(key=key, value=value)
             inits.append(init)
             offset += nbytes
@@ -117,8 +128,12 @@ def build_model(folder: Path, gigabytes: float, width: int = 4096) -> Path:
         current = f"r{i}"
     nodes.append(helper.make_node("Identity", [current], ["y"]))
     graph = helper.make_graph(
-        nodes, "bench_io", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])], initializer=inits)
+        nodes,
+        "bench_io",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(folder / "model.onnx"))
@@ -126,6 +141,7 @@ def build_model(folder: Path, gigabytes: float, width: int = 4096) -> Path:
 
 
 # --- the children ------------------------------------------------------------------------
+
 
 def child(variant: str, model: Path, out: Path) -> dict:
     """Run one variant in this (fresh) process and report its own figures."""
@@ -136,8 +152,14 @@ def child(variant: str, model: Path, out: Path) -> dict:
         start = time.perf_counter()
         proto = onnx.load(str(model), load_external_data=True)
         loaded = time.perf_counter()
-        onnx.save_model(proto, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{out.name}.data", size_threshold=1024)
+        onnx.save_model(
+            proto,
+            str(out),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{out.name}.data",
+            size_threshold=1024,
+        )
         saved = time.perf_counter()
     else:
         from onnxslim import io
@@ -152,13 +174,29 @@ def child(variant: str, model: Path, out: Path) -> dict:
         loaded = time.perf_counter()
         io.save(ir_model, out)
         saved = time.perf_counter()
-    return {"variant": variant, "load": loaded - start, "save": saved - loaded, "total": saved - start,
-            "peak_rss": peak_rss_bytes(), "rss_after_imports": after_imports,
-            "anon_at_end": status_bytes("RssAnon"), "file_at_end": status_bytes("RssFile")}
+    return {
+        "variant": variant,
+        "load": loaded - start,
+        "save": saved - loaded,
+        "total": saved - start,
+        "peak_rss": peak_rss_bytes(),
+        "rss_after_imports": after_imports,
+        "anon_at_end": status_bytes("RssAnon"),
+        "file_at_end": status_bytes("RssFile"),
+    }
 
 
 def run_child(variant: str, model: Path, out: Path) -> dict:
-    command = [sys.executable, __file__, "--child", variant, "--model", str(model), "--out", str(out)]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{variant} child failed:\n{done.stderr}")
@@ -179,17 +217,24 @@ def check_outputs(reference: Path, outputs: list[Path]) -> str:
     expected = run(reference)
     same = [np.array_equal(run(p), expected) for p in outputs]
     return "outputs identical to the input model on ORT: " + ", ".join(
-        f"{p.parent.name}={'yes' if s else 'NO'}" for p, s in zip(outputs, same))
+        f"{p.parent.name}={'yes' if s else 'NO'}" for p, s in zip(outputs, same)
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gb", type=float, default=1.0, help="model size in GB (default 1.0)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds; best of each variant kept")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to build (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to build (default: a temp dir)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--no-optimize-row", action="store_true", help="skip the full-optimize row")
-    parser.add_argument("--child", choices=["onnx", "onnxslim", "onnxslim+optimize"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["onnx", "onnxslim", "onnxslim+optimize"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,7 +249,9 @@ def main() -> None:
         model = build_model(work / "input", args.gb)
         size = sum(p.stat().st_size for p in model.parent.iterdir())
         print(cpu_flags())
-        print(f"model: {size / 1e9:.2f} GB external data, {model} (built in {time.perf_counter() - start:.1f} s)")
+        print(
+            f"model: {size / 1e9:.2f} GB external data, {model} (built in {time.perf_counter() - start:.1f} s)"
+        )
         best: dict[str, dict] = {}
         outputs: dict[str, Path] = {}
         for round_ in range(args.repeat):
@@ -225,19 +272,25 @@ def main() -> None:
                     for key in ("rss_after_imports", "anon_at_end", "file_at_end"):
                         kept[key] = min(kept[key], result[key])
         base = best["onnx"]
-        print(f"best of {args.repeat} rounds; load includes onnxslim's clean-up passes; RSS in MB "
-              "(peak = VmHWM, file = weight pages mapped from the data file, reclaimable page cache)")
-        header = (f"{'variant':<19} {'load s':>7} {'save s':>7} {'total s':>8} {'peak RSS':>9} "
-                  f"{'after imports':>14} {'anon/file at end':>17} {'time vs onnx':>13} "
-                  f"{'peak RSS vs onnx':>17}")
+        print(
+            f"best of {args.repeat} rounds; load includes onnxslim's clean-up passes; RSS in MB "
+            "(peak = VmHWM, file = weight pages mapped from the data file, reclaimable page cache)"
+        )
+        header = (
+            f"{'variant':<19} {'load s':>7} {'save s':>7} {'total s':>8} {'peak RSS':>9} "
+            f"{'after imports':>14} {'anon/file at end':>17} {'time vs onnx':>13} "
+            f"{'peak RSS vs onnx':>17}"
+        )
         print(header)
         print("-" * len(header))
         for variant in variants:
             r = best[variant]
-            print(f"{variant:<19} {r['load']:>7.2f} {r['save']:>7.2f} {r['total']:>8.2f} "
-                  f"{r['peak_rss'] / 1e6:>9.0f} {r['rss_after_imports'] / 1e6:>14.0f} "
-                  f"{r['anon_at_end'] / 1e6:>8.0f}/{r['file_at_end'] / 1e6:<8.0f} "
-                  f"{r['total'] / base['total']:>12.2f}x {r['peak_rss'] / base['peak_rss']:>16.3f}x")
+            print(
+                f"{variant:<19} {r['load']:>7.2f} {r['save']:>7.2f} {r['total']:>8.2f} "
+                f"{r['peak_rss'] / 1e6:>9.0f} {r['rss_after_imports'] / 1e6:>14.0f} "
+                f"{r['anon_at_end'] / 1e6:>8.0f}/{r['file_at_end'] / 1e6:<8.0f} "
+                f"{r['total'] / base['total']:>12.2f}x {r['peak_rss'] / base['peak_rss']:>16.3f}x"
+            )
         print(check_outputs(model, [outputs[v] for v in variants]))
     finally:
         if not args.keep and args.workdir is None:

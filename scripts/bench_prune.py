@@ -38,15 +38,14 @@ from onnx import helper, numpy_helper
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from onnxslim import io  # noqa: E402
+from onnxslim.activations import coalesce_feeds  # noqa: E402
+from onnxslim.parity import compare_outputs  # noqa: E402
 from onnxslim.passes.prune import PackSparseWeights  # noqa: E402
 from onnxslim.passes.prune._common import summary  # noqa: E402
 from onnxslim.passes.prune.channels import channel_groups  # noqa: E402
 from onnxslim.passes.prune.report import labelled, layer_table, model_sizes, overall_sparsity, top1  # noqa: E402
 from onnxslim.passes.prune.run import make_prune_pass, session_start_ms  # noqa: E402
-
-from onnxslim import io  # noqa: E402
-from onnxslim.activations import coalesce_feeds  # noqa: E402
-from onnxslim.parity import compare_outputs  # noqa: E402
 from onnxslim.runtime import Session  # noqa: E402
 
 MODELS = REPO / "models"

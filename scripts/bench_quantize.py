@@ -57,6 +57,7 @@ RSS_CHECK_MAX_BYTES = 256 << 20  # skip the 1,000-sample RSS run when its data f
 
 # --- workers: one tool, one model, run in a subprocess ------------------------------------------
 
+
 def worker(args: argparse.Namespace) -> int:
     """Quantize `args.model` with `args.worker`, write the model and {"seconds": ...}."""
     start = time.perf_counter()
@@ -77,9 +78,8 @@ def worker(args: argparse.Namespace) -> int:
 def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) -> str:
     """What `onnxslim quantize --no-verify` runs: load, quantize_static (or the accuracy-aware
     loop when `extra` is ["--eval", DATA, "--max-drop", X]), save."""
-    from onnxslim.passes.quantize.static import quantize_static
-
     from onnxslim import io
+    from onnxslim.passes.quantize.static import quantize_static
 
     model = io.load(model_path)
     if extra:
@@ -87,10 +87,14 @@ def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) 
 
         options = dict(zip(extra[::2], extra[1::2], strict=True))
         metric = _eval_metric(Path(model_path).stem, options["--eval"])
-        result = quantize_accuracy_aware(model, calib, max_drop=float(options["--max-drop"]), metric=metric)
+        result = quantize_accuracy_aware(
+            model, calib, max_drop=float(options["--max-drop"]), metric=metric
+        )
         io.save(result.model, out)
-        return (f"{len(result.excluded)} layer(s) float: {', '.join(result.excluded)}; "
-                f"{result.evaluations} evaluations; {'met' if result.met else 'target MISSED'}")
+        return (
+            f"{len(result.excluded)} layer(s) float: {', '.join(result.excluded)}; "
+            f"{result.evaluations} evaluations; {'met' if result.met else 'target MISSED'}"
+        )
     quantized, report = quantize_static(model, calib)
     io.save(quantized, out)
     return f"{len(report.quantized_nodes)} nodes int8, {len(report.protections)} protections"
@@ -129,7 +133,9 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    names = [i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()]
+    names = [
+        i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()
+    ]
     feeds = _stacked_feeds(calib, names)
 
     class Reader(CalibrationDataReader):
@@ -145,9 +151,18 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
         try:
             quant_pre_process(model, pre)
         except Exception as exc:  # ORT's symbolic shape inference fails on some exports
-            pre, note = model, f"quant_pre_process failed ({type(exc).__name__}); raw model quantized"
-        quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
+            pre, note = (
+                model,
+                f"quant_pre_process failed ({type(exc).__name__}); raw model quantized",
+            )
+        quantize_static(
+            pre,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     return note
 
 
@@ -178,7 +193,11 @@ def _lift_constants(proto: Any) -> Any:
 
     keep = []
     for node in proto.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+        if (
+            node.op_type == "Constant"
+            and len(node.attribute) == 1
+            and node.attribute[0].name == "value"
+        ):
             tensor = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0]))
             proto.graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
         else:
@@ -190,12 +209,13 @@ def _lift_constants(proto: Any) -> Any:
 
 # --- model cases ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Case:
     name: str
     path: Path
-    calib: Path                       # stacked samples, `--calib` of them
-    calib_1000: Path | None           # the same, 1,000 samples (None: skipped, with reason)
+    calib: Path  # stacked samples, `--calib` of them
+    calib_1000: Path | None  # the same, 1,000 samples (None: skipped, with reason)
     eval_feeds: list[dict[str, np.ndarray]]
     eval_arrays: dict[str, np.ndarray] | None  # labelled sets: the whole eval .npz
     eval_path: Path | None
@@ -208,7 +228,9 @@ class Case:
 
 
 def _metrics_module() -> Any:
-    spec = importlib.util.spec_from_file_location("model_metrics", REPO / "scripts" / "model_metrics.py")
+    spec = importlib.util.spec_from_file_location(
+        "model_metrics", REPO / "scripts" / "model_metrics.py"
+    )
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -217,7 +239,10 @@ def _metrics_module() -> Any:
 def _input_names(path: Path) -> list[str]:
     import onnxruntime as ort
 
-    return [i.name for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()]
+    return [
+        i.name
+        for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    ]
 
 
 def _write_stacked(path: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
@@ -238,12 +263,18 @@ def prepare(name: str, calib_count: int, eval_limit: int, work: Path) -> Case | 
             return f"{name}: calibration or evaluation data missing in models/"
         names = _input_names(local)
         calib_all = _stacked_feeds(str(calib_src), names)
-        calib = _write_stacked(work / f"{name}.calib{calib_count}.npz", _repeat_to(calib_all, calib_count))
+        calib = _write_stacked(
+            work / f"{name}.calib{calib_count}.npz", _repeat_to(calib_all, calib_count)
+        )
         calib_1000 = _write_stacked(work / f"{name}.calib1000.npz", _repeat_to(calib_all, 1000))
         with np.load(eval_src) as data:
             arrays = {k: data[k][:eval_limit] for k in data.files}
         feeds = [{n: arrays[n][i] for n in names} for i in range(len(arrays[names[0]]))]
-        note = "" if len(calib_all) >= 1000 else f"(models/ has {len(calib_all)} calibration samples, repeated to 1,000)"
+        note = (
+            ""
+            if len(calib_all) >= 1000
+            else f"(models/ has {len(calib_all)} calibration samples, repeated to 1,000)"
+        )
         return Case(name, local, calib, calib_1000, feeds, arrays, eval_src, note)
     model = DEVMODELS / f"{name}.onnx"
     if not model.is_file():
@@ -259,10 +290,13 @@ def prepare(name: str, calib_count: int, eval_limit: int, work: Path) -> Case | 
         calib_1000 = _write_stacked(work / f"{name}.calib1000.npz", make_feeds(name, 1000, seed=0))
     else:
         note = f"1,000-sample run skipped: {per_sample * 1000 / 2**20:.0f} MB of calibration data"
-    return Case(name, model, calib, calib_1000, make_feeds(name, eval_limit, seed=1), None, None, note)
+    return Case(
+        name, model, calib, calib_1000, make_feeds(name, eval_limit, seed=1), None, None, note
+    )
 
 
 # --- running tools -------------------------------------------------------------------------------
+
 
 @dataclass
 class ToolRun:
@@ -283,23 +317,50 @@ def nncf_python() -> Path | str:
     python = NNCF_VENV / "bin" / "python"
     if not python.is_file():
         try:
-            subprocess.run([sys.executable, "-m", "venv", str(NNCF_VENV)], check=True, capture_output=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"],
-                           check=True, capture_output=True, timeout=1800)
+            subprocess.run(
+                [sys.executable, "-m", "venv", str(NNCF_VENV)], check=True, capture_output=True
+            )
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"],
+                check=True,
+                capture_output=True,
+                timeout=1800,
+            )
         except Exception as exc:
             return f"unavailable: cannot install nncf ({type(exc).__name__})"
-    probe = subprocess.run([str(python), "-c", "import nncf, onnx, onnxruntime"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [str(python), "-c", "import nncf, onnx, onnxruntime"], capture_output=True, text=True
+    )
     if probe.returncode != 0:
         return f"unavailable: nncf does not import ({(probe.stderr.strip().splitlines() or ['?'])[-1][:120]})"
     return python
 
 
-def run_tool(tool: str, case: Case, calib: Path, out: Path, extra: list[str] | None = None,
-             python: Path | str = sys.executable, timeout: float = 3600) -> ToolRun:
+def run_tool(
+    tool: str,
+    case: Case,
+    calib: Path,
+    out: Path,
+    extra: list[str] | None = None,
+    python: Path | str = sys.executable,
+    timeout: float = 3600,
+) -> ToolRun:
     """Run one worker subprocess; its peak RSS comes from wait4."""
     result_file = out.with_suffix(".json")
-    command = [str(python), str(Path(__file__).resolve()), "--worker", tool, "--model", str(case.path),
-               "--calib-file", str(calib), "--out", str(out), "--result", str(result_file)]
+    command = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "--worker",
+        tool,
+        "--model",
+        str(case.path),
+        "--calib-file",
+        str(calib),
+        "--out",
+        str(out),
+        "--result",
+        str(result_file),
+    ]
     command += [f"--extra={item}" for item in extra or []]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     log = out.with_suffix(".log")
@@ -335,6 +396,7 @@ def _size(path: Path) -> int:
 
 # --- evaluation and timing -------------------------------------------------------------------
 
+
 def _session(path: Path, threads: int = 1) -> Any:
     import onnxruntime as ort
 
@@ -359,7 +421,9 @@ def evaluate(case: Case, path: Path, metrics: Any) -> tuple[float, float]:
     got = np.concatenate([o.reshape(-1) for o in outputs]).astype(np.float64)
     cosine = float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got) + 1e-30))
     if case.labelled:
-        return float(metrics.score(case.name, np.concatenate(outputs, axis=0), case.eval_arrays)), cosine
+        return float(
+            metrics.score(case.name, np.concatenate(outputs, axis=0), case.eval_arrays)
+        ), cosine
     hits = total = 0
     for r, g in zip(case.float_outputs, outputs, strict=True):
         hits += int(np.count_nonzero(np.argmax(r, -1) == np.argmax(g, -1)))
@@ -367,8 +431,13 @@ def evaluate(case: Case, path: Path, metrics: Any) -> tuple[float, float]:
     return hits / max(total, 1), cosine
 
 
-def time_interleaved(paths: dict[str, Path], feed: dict[str, np.ndarray], *, rounds: int = 15,
-                     target_seconds: float = 0.03) -> dict[str, float]:
+def time_interleaved(
+    paths: dict[str, Path],
+    feed: dict[str, np.ndarray],
+    *,
+    rounds: int = 15,
+    target_seconds: float = 0.03,
+) -> dict[str, float]:
     """Median seconds per run of each model, one thread, models alternated within every round."""
     sessions = {k: _session(p) for k, p in paths.items()}
     for session in sessions.values():
@@ -381,7 +450,7 @@ def time_interleaved(paths: dict[str, Path], feed: dict[str, np.ndarray], *, rou
     samples: dict[str, list[float]] = {k: [] for k in sessions}
     keys = list(sessions)
     for r in range(rounds):
-        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        order = keys[r % len(keys) :] + keys[: r % len(keys)]
         for key in order:
             session = sessions[key]
             start = time.perf_counter()
@@ -392,6 +461,7 @@ def time_interleaved(paths: dict[str, Path], feed: dict[str, np.ndarray], *, rou
 
 
 # --- the report ----------------------------------------------------------------------------
+
 
 def cpu_line() -> str:
     flags: set[str] = set()
@@ -407,9 +477,11 @@ def cpu_line() -> str:
     wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
     import onnxruntime as ort
 
-    return (f"CPU: {model}; {os.cpu_count()} logical cores; flags: "
-            f"{' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}; "
-            f"onnxruntime {ort.__version__}")
+    return (
+        f"CPU: {model}; {os.cpu_count()} logical cores; flags: "
+        f"{' '.join(f for f in wanted if f in flags) or 'none of ' + '/'.join(wanted)}; "
+        f"onnxruntime {ort.__version__}"
+    )
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -417,53 +489,80 @@ def _fmt(value: float, spec: str) -> str:
 
 
 def print_table(case: Case, float_run: ToolRun, runs: list[ToolRun], rss: dict[int, float]) -> None:
-    print(f"\n## {case.name} ({'labelled: ' + str(case.eval_path.name) if case.labelled else 'agreement with float on generated feeds'}, "
-          f"{len(case.eval_feeds)} eval samples)")
+    print(
+        f"\n## {case.name} ({'labelled: ' + str(case.eval_path.name) if case.labelled else 'agreement with float on generated feeds'}, "
+        f"{len(case.eval_feeds)} eval samples)"
+    )
     header = f"| {'tool':<13} | {'metric':>7} | {'drop':>6} | {'cosine':>7} | {'size MB':>8} | {'latency/float':>13} | {'quant s':>8} | {'peak RSS MB':>11} | note"
     print(header)
     print("|" + "|".join("-" * (len(c) + 0) for c in header.split("|")[1:-1]) + "|---|")
     for run in [float_run, *runs]:
         if run.error:
-            print(f"| {run.tool:<13} | {'':>7} | {'':>6} | {'':>7} | {'':>8} | {'':>13} | {'':>8} | "
-                  f"{_fmt(run.peak_rss_mb, '.0f'):>11} | {run.error}")
+            print(
+                f"| {run.tool:<13} | {'':>7} | {'':>6} | {'':>7} | {'':>8} | {'':>13} | {'':>8} | "
+                f"{_fmt(run.peak_rss_mb, '.0f'):>11} | {run.error}"
+            )
             continue
         drop = float_run.metric - run.metric if run.tool != "float" else float("nan")
-        print(f"| {run.tool:<13} | {_fmt(run.metric, '.4f'):>7} | {_fmt(drop * 100, '+.2f'):>6} | "
-              f"{_fmt(run.cosine, '.5f'):>7} | {_fmt(run.size_mb, '.3f'):>8} | {_fmt(run.latency_ratio, '.3f'):>13} | "
-              f"{_fmt(run.seconds, '.2f'):>8} | {_fmt(run.peak_rss_mb, '.0f'):>11} | {run.note}")
+        print(
+            f"| {run.tool:<13} | {_fmt(run.metric, '.4f'):>7} | {_fmt(drop * 100, '+.2f'):>6} | "
+            f"{_fmt(run.cosine, '.5f'):>7} | {_fmt(run.size_mb, '.3f'):>8} | {_fmt(run.latency_ratio, '.3f'):>13} | "
+            f"{_fmt(run.seconds, '.2f'):>8} | {_fmt(run.peak_rss_mb, '.0f'):>11} | {run.note}"
+        )
     line = ", ".join(f"{n} samples: {v:.0f} MB" for n, v in rss.items())
     print(f"onnxslim peak RSS by calibration size: {line or 'n/a'} {case.rss_note}".rstrip())
 
 
-def goals(case: Case, float_run: ToolRun, runs: dict[str, ToolRun], rss: dict[int, float]) -> list[str]:
+def goals(
+    case: Case, float_run: ToolRun, runs: dict[str, ToolRun], rss: dict[int, float]
+) -> list[str]:
     """One line per goal of issue 4: met / missed / not measurable."""
-    ours, ort_run = runs.get("onnxslim+acc") if case.labelled and not runs.get("onnxslim+acc", ToolRun("", None, error="x")).error \
-        else runs.get("onnxslim"), runs.get("ort")
+    ours, ort_run = (
+        runs.get("onnxslim+acc")
+        if case.labelled and not runs.get("onnxslim+acc", ToolRun("", None, error="x")).error
+        else runs.get("onnxslim"),
+        runs.get("ort"),
+    )
     if ours is None or ours.error:
         return [f"{case.name}: onnxslim produced no model ({ours.error if ours else 'not run'})"]
     lines = []
     drop = float_run.metric - ours.metric
     if float_run.metric >= 0.9:
-        lines.append(f"drop <= 1 pt: {'met' if drop <= 0.01 + 1e-9 else 'MISSED'} ({drop * 100:+.2f} pt, {ours.tool})")
+        lines.append(
+            f"drop <= 1 pt: {'met' if drop <= 0.01 + 1e-9 else 'MISSED'} ({drop * 100:+.2f} pt, {ours.tool})"
+        )
     if ort_run is not None and not ort_run.error:
         ort_drop = float_run.metric - ort_run.metric
         ok = drop <= max(ort_drop, 0) / 2 + 1e-9 or drop <= 0
-        lines.append(f"drop <= half ORT's: {'met' if ok else 'MISSED'} ({drop * 100:+.2f} vs ORT {ort_drop * 100:+.2f} pt)")
-        lines.append(f"latency <= ORT's: {'met' if ours.latency_ratio <= ort_run.latency_ratio * 1.02 else 'MISSED'} "
-                     f"({ours.latency_ratio:.3f} vs {ort_run.latency_ratio:.3f})")
-        lines.append(f"quantize time <= ORT's: {'met' if ours.seconds <= ort_run.seconds else 'MISSED'} "
-                     f"({ours.seconds:.2f} s vs {ort_run.seconds:.2f} s)")
-    lines.append(f"not slower than float: {'met' if ours.latency_ratio <= 1.0 else 'MISSED'} ({ours.latency_ratio:.3f})")
+        lines.append(
+            f"drop <= half ORT's: {'met' if ok else 'MISSED'} ({drop * 100:+.2f} vs ORT {ort_drop * 100:+.2f} pt)"
+        )
+        lines.append(
+            f"latency <= ORT's: {'met' if ours.latency_ratio <= ort_run.latency_ratio * 1.02 else 'MISSED'} "
+            f"({ours.latency_ratio:.3f} vs {ort_run.latency_ratio:.3f})"
+        )
+        lines.append(
+            f"quantize time <= ORT's: {'met' if ours.seconds <= ort_run.seconds else 'MISSED'} "
+            f"({ours.seconds:.2f} s vs {ort_run.seconds:.2f} s)"
+        )
+    lines.append(
+        f"not slower than float: {'met' if ours.latency_ratio <= 1.0 else 'MISSED'} ({ours.latency_ratio:.3f})"
+    )
     if len(rss) == 2:
         a, b = rss.values()
-        lines.append(f"peak RSS flat 100 -> 1000 samples: {'met' if b <= a * 1.1 + 20 else 'MISSED'} ({a:.0f} -> {b:.0f} MB)")
+        lines.append(
+            f"peak RSS flat 100 -> 1000 samples: {'met' if b <= a * 1.1 + 20 else 'MISSED'} ({a:.0f} -> {b:.0f} MB)"
+        )
     return [f"{case.name}: {line}" for line in lines]
 
 
 # --- main ------------------------------------------------------------------------------------
 
+
 def default_models() -> list[str]:
-    local = sorted(p.stem for p in MODELS.glob("*.onnx") if (MODELS / f"{p.stem}.calib.npz").is_file())
+    local = sorted(
+        p.stem for p in MODELS.glob("*.onnx") if (MODELS / f"{p.stem}.calib.npz").is_file()
+    )
     return local + [m for m in DEFAULT_DEVMODELS if (DEVMODELS / f"{m}.onnx").is_file()]
 
 
@@ -473,8 +572,10 @@ def bench(args: argparse.Namespace) -> int:
     names = args.models.split(",") if args.models else default_models()
     tools = [t for t in (args.tools.split(",") if args.tools else TOOLS)]
     nncf = nncf_python() if "nncf" in tools else "not requested"
-    print(f"models: {', '.join(names)}; calibration samples: {args.calib}; tools: {', '.join(tools)}"
-          f"; nncf: {nncf if isinstance(nncf, str) else 'venv ' + str(NNCF_VENV)}")
+    print(
+        f"models: {', '.join(names)}; calibration samples: {args.calib}; tools: {', '.join(tools)}"
+        f"; nncf: {nncf if isinstance(nncf, str) else 'venv ' + str(NNCF_VENV)}"
+    )
     work = Path(tempfile.mkdtemp(prefix="bench_quantize_"))
     summary: list[str] = []
     record: dict[str, Any] = {"cpu": cpu_line(), "models": {}}
@@ -485,7 +586,9 @@ def bench(args: argparse.Namespace) -> int:
                 print(f"\n## {name}: skipped: {case}")
                 continue
             case.float_outputs = outputs_of(case.path, case.eval_feeds)
-            float_run = ToolRun("float", case.path, size_mb=_size(case.path) / 2**20, latency_ratio=1.0)
+            float_run = ToolRun(
+                "float", case.path, size_mb=_size(case.path) / 2**20, latency_ratio=1.0
+            )
             float_run.metric, float_run.cosine = evaluate(case, case.path, metrics)
             runs: dict[str, ToolRun] = {}
             for tool in tools:
@@ -511,14 +614,20 @@ def bench(args: argparse.Namespace) -> int:
             if "onnxslim" in runs and not runs["onnxslim"].error:
                 rss[args.calib] = runs["onnxslim"].peak_rss_mb
                 if case.calib_1000 is not None:
-                    big = run_tool("onnxslim", case, case.calib_1000, work / f"{name}.onnxslim1000.onnx")
+                    big = run_tool(
+                        "onnxslim", case, case.calib_1000, work / f"{name}.onnxslim1000.onnx"
+                    )
                     if not big.error:
                         rss[1000] = big.peak_rss_mb
             print_table(case, float_run, list(runs.values()), rss)
             print(f"float latency: {timed['float'] * 1e3:.3f} ms per run")
             summary += goals(case, float_run, runs, rss)
-            record["models"][name] = {"float": float_run.__dict__, **{k: r.__dict__ for k, r in runs.items()},
-                                      "rss_by_samples": rss, "float_ms": timed["float"] * 1e3}
+            record["models"][name] = {
+                "float": float_run.__dict__,
+                **{k: r.__dict__ for k, r in runs.items()},
+                "rss_by_samples": rss,
+                "float_ms": timed["float"] * 1e3,
+            }
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -534,11 +643,16 @@ def bench(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", help="comma-separated models/ names or devmodels ids (default: all models/ "
-                        f"examples plus {', '.join(DEFAULT_DEVMODELS)})")
+    parser.add_argument(
+        "--models",
+        help="comma-separated models/ names or devmodels ids (default: all models/ "
+        f"examples plus {', '.join(DEFAULT_DEVMODELS)})",
+    )
     parser.add_argument("--tools", help=f"comma-separated subset of {', '.join(TOOLS)}")
     parser.add_argument("--calib", type=int, default=100, help="calibration samples (default 100)")
-    parser.add_argument("--eval-limit", type=int, default=1000, help="evaluation samples at most (default 1000)")
+    parser.add_argument(
+        "--eval-limit", type=int, default=1000, help="evaluation samples at most (default 1000)"
+    )
     parser.add_argument("--json", help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the quantized models and logs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

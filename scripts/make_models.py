@@ -110,14 +110,15 @@ def shift_augment(images: np.ndarray, rng: np.random.Generator, max_shift: int) 
     dx = rng.integers(-max_shift, max_shift + 1, n)
     for i in range(n):
         src = images[i, max(0, -dy[i]) : h - max(0, dy[i]), max(0, -dx[i]) : w - max(0, dx[i])]
-        out[i, max(0, dy[i]) : max(0, dy[i]) + src.shape[0],
-            max(0, dx[i]) : max(0, dx[i]) + src.shape[1]] = src
+        out[
+            i,
+            max(0, dy[i]) : max(0, dy[i]) + src.shape[0],
+            max(0, dx[i]) : max(0, dx[i]) + src.shape[1],
+        ] = src
     return out
 
 
-def place_on_canvas(
-    digits: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def place_on_canvas(digits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Each 8x8 digit, resized to 10..16 px, at a random spot of a noisy 32x32 canvas.
 
     Returns images [n, 32, 32] and boxes [n, 4] as (cx, cy, w, h) in pixels.
@@ -294,13 +295,22 @@ class DigitsGated(nn.Module):
         super().__init__()
         self.threshold = threshold
         self.light = nn.Sequential(  # thin strokes: finer convolutions
-            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 10),
         )
         self.heavy = nn.Sequential(  # thick strokes: a strided conv and an MLP
-            nn.Conv2d(1, 16, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Flatten(), nn.Linear(16 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10),
+            nn.Conv2d(1, 16, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 8 * 8, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
         )
 
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -386,7 +396,10 @@ def detector_targets(
 
 
 def detector_loss(
-    model: DigitsDetector, x: torch.Tensor, positive: torch.Tensor, sides: torch.Tensor,
+    model: DigitsDetector,
+    x: torch.Tensor,
+    positive: torch.Tensor,
+    sides: torch.Tensor,
     labels: torch.Tensor,
 ) -> torch.Tensor:
     distances, logits = model.raw(x)
@@ -411,7 +424,9 @@ def detector_loss(
 
 # The onnxscript rewrite rules torch's exporter applies, except these (kept for onnxslim).
 KEPT_FOR_ONNXSLIM = {
-    "FuseBatchNormIntoConv", "FuseBatchNormIntoConvTranspose", "FuseBatchNormIntoGemm"
+    "FuseBatchNormIntoConv",
+    "FuseBatchNormIntoConvTranspose",
+    "FuseBatchNormIntoGemm",
 }
 # Node metadata the exporter records that holds this machine's file paths.
 MACHINE_SPECIFIC_METADATA = ("pkg.torch.onnx.stack_trace",)
@@ -427,8 +442,13 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, output_name: str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), dynamo=True, optimize=False, opset_version=OPSET,
-            input_names=["input"], output_names=[output_name],
+            model,
+            (example,),
+            dynamo=True,
+            optimize=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=[output_name],
             dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
             verbose=False,
         )
@@ -561,8 +581,15 @@ def build_transformer(split: Split) -> Built:
         return split.x_train if epoch == 0 else shift_augment(split.x_train, rng, 1)
 
     model = DigitsTransformer()
-    train(model, inputs, lambda e: (split.y_train,), classification_loss, epochs=80, lr=3e-3,
-          weight_decay=0.05)
+    train(
+        model,
+        inputs,
+        lambda e: (split.y_train,),
+        classification_loss,
+        epochs=80,
+        lr=3e-3,
+        weight_decay=0.05,
+    )
     calib = split.x_train[calibration_indices(len(split.x_train), SEED + 2)]
     return Built(model, "logits", feeds(calib), feeds(split.x_test), split.y_test)
 
@@ -591,11 +618,23 @@ def build_detector(split: Split) -> Built:
     test_images, test_boxes = place_on_canvas(split.x_test, np.random.default_rng(SEED + 3))
 
     model = DigitsDetector()
-    train(model, lambda e: images[:, None], lambda e: (positive, sides, labels), detector_loss,
-          epochs=25, lr=3e-3)
+    train(
+        model,
+        lambda e: images[:, None],
+        lambda e: (positive, sides, labels),
+        detector_loss,
+        epochs=25,
+        lr=3e-3,
+    )
     calib = images[calibration_indices(len(images), SEED + 2)][:, None]
-    return Built(model, "detections", feeds(calib), feeds(test_images[:, None]), split.y_test,
-                 eval_boxes=test_boxes)
+    return Built(
+        model,
+        "detections",
+        feeds(calib),
+        feeds(test_images[:, None]),
+        split.y_test,
+        eval_boxes=test_boxes,
+    )
 
 
 def build_gated(split: Split) -> Built:
@@ -630,8 +669,12 @@ BUILDERS: dict[str, Callable[[Split], Built]] = {
 def write(name: str, built: Built, out: Path) -> dict:
     """Export, verify against torch on ORT, write the npz files; return the record."""
     path = out / f"{name}.onnx"
-    export(built.model, torch.from_numpy(built.calib[0]).repeat(2, *[1] * (built.calib.ndim - 2)),
-           path, built.output_name)
+    export(
+        built.model,
+        torch.from_numpy(built.calib[0]).repeat(2, *[1] * (built.calib.ndim - 2)),
+        path,
+        built.output_name,
+    )
     session = ort_session(path)
     ort_out = run_ort(session, built.eval_inputs, built.per_sample)
     ref = torch_outputs(built.model, built.eval_inputs, built.per_sample)
@@ -668,17 +711,21 @@ def main(argv: list[str] | None = None) -> int:
     accuracy_path = args.out / "accuracy.json"
     records = json.loads(accuracy_path.read_text()) if accuracy_path.is_file() else {}
     split = load_split()
-    print(f"digits: {len(split.y_train)} train / {len(split.y_test)} eval samples; "
-          f"torch {torch.__version__}, onnxruntime {ort.__version__}")
+    print(
+        f"digits: {len(split.y_train)} train / {len(split.y_test)} eval samples; "
+        f"torch {torch.__version__}, onnxruntime {ort.__version__}"
+    )
     for name in args.only or list(BUILDERS):
         started, cpu_started = time.perf_counter(), time.process_time()
         print(f"{name}:", flush=True)
         built = BUILDERS[name](split)
         records[name] = write(name, built, args.out)
         r = records[name]
-        print(f"    {r['metric']} {r['value']:.4f} on ORT (torch {r['torch_metric']:.4f}), "
-              f"{r['bytes'] / 1e3:.0f} kB, {time.perf_counter() - started:.0f} s "
-              f"({time.process_time() - cpu_started:.0f} s CPU)")
+        print(
+            f"    {r['metric']} {r['value']:.4f} on ORT (torch {r['torch_metric']:.4f}), "
+            f"{r['bytes'] / 1e3:.0f} kB, {time.perf_counter() - started:.0f} s "
+            f"({time.process_time() - cpu_started:.0f} s CPU)"
+        )
         print(f"    ops {r['ops']}")
         accuracy_path.write_text(json.dumps(dict(sorted(records.items())), indent=2) + "\n")
     return 0

@@ -34,8 +34,14 @@ def devmodel_params() -> list:
     """pytest parameters over the corpus, or one skipped parameter saying how to fetch it."""
     models = devmodels()
     if not models:
-        return [pytest.param(None, marks=pytest.mark.skip(
-            reason="model corpus not fetched; run ../shared/devmodels/fetch.py"))]
+        return [
+            pytest.param(
+                None,
+                marks=pytest.mark.skip(
+                    reason="model corpus not fetched; run ../shared/devmodels/fetch.py"
+                ),
+            )
+        ]
     return [pytest.param(m, id=m["id"]) for m in models]
 
 
@@ -63,11 +69,16 @@ def make_mlp(path: Path, *, hidden: int = 16, seed: int = 0) -> Path:
         helper.make_node("MatMul", ["h3", "w2_copy"], ["unused"], name="dead"),
     ]
     graph = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
-                     numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(w2.copy(), "w2_copy")],
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(b1, "b1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(w2.copy(), "w2_copy"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -38,9 +38,12 @@ def two_input_model(path: Path) -> Path:
         helper.make_node("Mul", ["a", "f2"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "two",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
-         helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
+        nodes,
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "axes")],
     )
@@ -54,7 +57,9 @@ def image_model(path: Path, shape: list, channels_axis: int = 1) -> Path:
     """ReduceMean over the image: runs on any image-shaped float input."""
     node = helper.make_node("ReduceMean", ["img"], ["m"], keepdims=0)
     graph = helper.make_graph(
-        [node], "img", [helper.make_tensor_value_info("img", TensorProto.FLOAT, shape)],
+        [node],
+        "img",
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("m", TensorProto.FLOAT, [])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -78,6 +83,7 @@ def run_all(model, stream) -> list[np.ndarray]:
 
 
 # --- sources -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("save", [np.savez, np.savez_compressed], ids=["stored", "deflated"])
 def test_stacked_npz_streams_each_sample(mlp, tmp_path: Path, save) -> None:
@@ -115,7 +121,9 @@ def test_fortran_ordered_and_multi_input_npz(tmp_path: Path) -> None:
 def test_npy_file_and_folders_of_arrays(mlp, tmp_path: Path) -> None:
     x = samples(12)
     np.save(tmp_path / "stacked.npy", x)
-    np.testing.assert_array_equal(np.stack([f["x"] for f in open_feeds(tmp_path / "stacked.npy", mlp)]), x)
+    np.testing.assert_array_equal(
+        np.stack([f["x"] for f in open_feeds(tmp_path / "stacked.npy", mlp)]), x
+    )
 
     npy = tmp_path / "npy"
     npy.mkdir()
@@ -198,7 +206,9 @@ def test_api_validation_feeds_reads_every_source(mlp, tmp_path: Path) -> None:
 def test_example_models_calibration_files(name: str) -> None:
     model_path, calib = MODELS / f"{name}.onnx", MODELS / f"{name}.calib.npz"
     if not (model_path.is_file() and calib.is_file()):
-        pytest.skip(f"models/{name}.onnx and its .calib.npz not produced yet (scripts/make_models.py)")
+        pytest.skip(
+            f"models/{name}.onnx and its .calib.npz not produced yet (scripts/make_models.py)"
+        )
     model = io.load(model_path)
     stream = open_feeds(calib, model, limit=8)
     outputs = run_all_outputs(model, stream)
@@ -218,14 +228,27 @@ def run_all_outputs(model, stream) -> list[dict[str, np.ndarray]]:
 
 # --- checks ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("feed, message", [
-    ({"input": np.zeros((1, 8), np.float32)}, r"sample 0: missing input 'x' \(expects float32 \[N,8\]\); got arrays 'input'"),
-    ({"x": np.zeros((1, 8), np.float32), "z": np.zeros(1)}, r"sample 0: 'z' is not an input of the model \(inputs: 'x'\)"),
-    ({"x": np.zeros((1, 8), np.float64)}, r"input 'x' expects float32 \[N,8\], got float64 \[1, 8\] \(convert with \.astype\(np\.float32\)\)"),
-    ({"x": np.zeros(8, np.float32)}, r"rank 1 instead of 2 \(missing the batch axis"),
-    ({"x": np.zeros((1, 7), np.float32)}, r"got float32 \[1, 7\]: axis 1 is 7, must be 8"),
-    ({"x": "text"}, r"input 'x' is a str, expected a numpy array"),
-])
+
+@pytest.mark.parametrize(
+    "feed, message",
+    [
+        (
+            {"input": np.zeros((1, 8), np.float32)},
+            r"sample 0: missing input 'x' \(expects float32 \[N,8\]\); got arrays 'input'",
+        ),
+        (
+            {"x": np.zeros((1, 8), np.float32), "z": np.zeros(1)},
+            r"sample 0: 'z' is not an input of the model \(inputs: 'x'\)",
+        ),
+        (
+            {"x": np.zeros((1, 8), np.float64)},
+            r"input 'x' expects float32 \[N,8\], got float64 \[1, 8\] \(convert with \.astype\(np\.float32\)\)",
+        ),
+        ({"x": np.zeros(8, np.float32)}, r"rank 1 instead of 2 \(missing the batch axis"),
+        ({"x": np.zeros((1, 7), np.float32)}, r"got float32 \[1, 7\]: axis 1 is 7, must be 8"),
+        ({"x": "text"}, r"input 'x' is a str, expected a numpy array"),
+    ],
+)
 def test_data_that_does_not_fit_names_input_expected_and_got(mlp, feed, message) -> None:
     good = {"x": np.zeros((1, 8), np.float32)}
     with pytest.raises(DataError, match=message) as info:
@@ -252,11 +275,23 @@ def test_extra_arrays_policy(mlp) -> None:
 
 def test_npz_headers_are_checked_before_reading(mlp, tmp_path: Path) -> None:
     cases = {
-        "missing": ({"input": np.zeros((2, 1, 8), np.float32)}, r"no array for input 'x' \(expects float32 \[N,8\] per sample.*arrays: 'input'"),
-        "dtype": ({"x": np.zeros((2, 1, 8), np.float64)}, r"array 'x' \(per sample.*expects float32 \[N,8\], got float64 \[1, 8\]"),
+        "missing": (
+            {"input": np.zeros((2, 1, 8), np.float32)},
+            r"no array for input 'x' \(expects float32 \[N,8\] per sample.*arrays: 'input'",
+        ),
+        "dtype": (
+            {"x": np.zeros((2, 1, 8), np.float64)},
+            r"array 'x' \(per sample.*expects float32 \[N,8\], got float64 \[1, 8\]",
+        ),
         "rank": ({"x": np.zeros((2, 8), np.float32)}, "rank 1 instead of 2"),
-        "extra": ({"x": np.zeros((2, 1, 8), np.float32), "w": np.zeros((2, 3))}, "array 'w' is not an input"),
-        "count": ({"x": np.zeros((2, 1, 8), np.float32), "w": np.zeros((3, 3))}, r"disagree on the number of samples \('x': 2, 'w': 3\)"),
+        "extra": (
+            {"x": np.zeros((2, 1, 8), np.float32), "w": np.zeros((2, 3))},
+            "array 'w' is not an input",
+        ),
+        "count": (
+            {"x": np.zeros((2, 1, 8), np.float32), "w": np.zeros((3, 3))},
+            r"disagree on the number of samples \('x': 2, 'w': 3\)",
+        ),
         "scalar": ({"x": np.float32(1)}, "is a scalar"),
     }
     for name, (arrays, message) in cases.items():
@@ -325,6 +360,7 @@ def test_folder_errors(mlp, tmp_path: Path) -> None:
 
 # --- streaming ---------------------------------------------------------------------------
 
+
 def peak_bytes(read: Callable[[], Iterator]) -> tuple[int, int]:
     """(number of feeds, peak traced bytes) while consuming the stream one feed at a time."""
     gc.collect()
@@ -339,7 +375,9 @@ def peak_bytes(read: Callable[[], Iterator]) -> tuple[int, int]:
     return count, peak
 
 
-@pytest.mark.parametrize("kind", ["npz", "npz-deflated", "npy", "npy-folder", "npz-folder", "images", "generator"])
+@pytest.mark.parametrize(
+    "kind", ["npz", "npz-deflated", "npy", "npy-folder", "npz-folder", "images", "generator"]
+)
 def test_memory_does_not_grow_with_the_number_of_samples(tmp_path: Path, kind: str) -> None:
     """Reading 10x more samples must not raise the peak: one sample in memory at a time."""
     shape = (1, 3, 32, 32)  # 12 KB a sample; 200 samples = 2.4 MB if they were all held
@@ -376,8 +414,12 @@ def test_memory_does_not_grow_with_the_number_of_samples(tmp_path: Path, kind: s
     def reader(n: int) -> Callable[[], Iterator]:
         if kind == "generator":
             rng = np.random.default_rng(0)
-            return lambda: iter(open_feeds(({"img": rng.standard_normal(shape).astype(np.float32)}
-                                             for _ in range(n)), specs))
+            return lambda: iter(
+                open_feeds(
+                    ({"img": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)),
+                    specs,
+                )
+            )
         path = source(n)
         return lambda: iter(open_feeds(path, specs))
 
@@ -390,7 +432,8 @@ def test_memory_does_not_grow_with_the_number_of_samples(tmp_path: Path, kind: s
     # thing allowed to grow: < 600 bytes a file, against 12 KB a sample.
     names = 600 * (many - few) if kind in ("npy-folder", "npz-folder", "images") else 0
     assert peak_many < peak_few + 4 * sample + names, (
-        f"{kind}: peak {peak_few} bytes for {few} samples, {peak_many} for {many}")
+        f"{kind}: peak {peak_few} bytes for {few} samples, {peak_many} for {many}"
+    )
     assert peak_many < 40 * sample, f"{kind}: peak {peak_many} bytes holds far more than a sample"
 
 
@@ -403,6 +446,7 @@ def test_iter_npz_kept_for_older_callers(tmp_path: Path) -> None:
 
 
 # --- images ------------------------------------------------------------------------------
+
 
 def write_images(folder: Path, count: int, size: tuple[int, int] = (6, 5)) -> list[np.ndarray]:
     """PNG files with known pixels (height, width = size); returns the HWC uint8 arrays."""
@@ -426,7 +470,9 @@ def test_image_folder_with_stated_preprocessing_nchw(tmp_path: Path) -> None:
     std = np.array([0.229, 0.224, 0.225], np.float32)
     # natural order: img_2 comes before img_10
     for i, feed in enumerate(feeds):
-        expected = ((images[i].astype(np.float32) * np.float32(1 / 255) - mean) / std).transpose(2, 0, 1)[None]
+        expected = ((images[i].astype(np.float32) * np.float32(1 / 255) - mean) / std).transpose(
+            2, 0, 1
+        )[None]
         np.testing.assert_allclose(feed["img"], expected, rtol=0, atol=1e-6)
         assert feed["img"].shape == (1, 3, 6, 5) and feed["img"].dtype == np.float32
     session = Session(model)
@@ -439,7 +485,9 @@ def test_image_preprocessing_inferred_from_model_nhwc_bgr_and_gray(tmp_path: Pat
     nhwc = io.load(image_model(tmp_path / "nhwc.onnx", [1, 4, 6, 3]))
     feeds = read_feeds(tmp_path / "imgs", nhwc, image_preprocessing=ImagePreprocessing(order="BGR"))
     assert feeds[0]["img"].shape == (1, 4, 6, 3)
-    resized = np.asarray(PIL.fromarray(images[0]).resize((6, 4), PIL.Resampling.BILINEAR), np.float32)
+    resized = np.asarray(
+        PIL.fromarray(images[0]).resize((6, 4), PIL.Resampling.BILINEAR), np.float32
+    )
     np.testing.assert_allclose(feeds[0]["img"][0], resized[:, :, ::-1] / 255, atol=1e-6)
 
     gray = io.load(image_model(tmp_path / "gray.onnx", ["N", 1, 10, 12]))
@@ -452,14 +500,20 @@ def test_image_preprocessing_inferred_from_model_nhwc_bgr_and_gray(tmp_path: Pat
     feeds = read_feeds(tmp_path / "imgs", chw, image_preprocessing="resize=crop")
     assert feeds[0]["img"].shape == (3, 8, 8)
     crop = PIL.fromarray(images[0]).resize((10, 8), PIL.Resampling.BILINEAR).crop((1, 0, 9, 8))
-    np.testing.assert_allclose(feeds[0]["img"], np.asarray(crop, np.float32).transpose(2, 0, 1) / 255, atol=1e-6)
+    np.testing.assert_allclose(
+        feeds[0]["img"], np.asarray(crop, np.float32).transpose(2, 0, 1) / 255, atol=1e-6
+    )
 
 
 def test_uint8_image_input_gets_raw_pixels(tmp_path: Path) -> None:
     images = write_images(tmp_path / "imgs", 1, size=(4, 4))
     node = helper.make_node("Cast", ["img"], ["f"], to=TensorProto.FLOAT)
-    graph = helper.make_graph([node], "u8", [helper.make_tensor_value_info("img", TensorProto.UINT8, [1, 4, 4, 3])],
-                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 4, 4, 3])])
+    graph = helper.make_graph(
+        [node],
+        "u8",
+        [helper.make_tensor_value_info("img", TensorProto.UINT8, [1, 4, 4, 3])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 4, 4, 3])],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     onnx.save(proto, str(tmp_path / "u8.onnx"))
@@ -487,22 +541,37 @@ def test_image_errors(tmp_path: Path) -> None:
     fixed = io.load(image_model(tmp_path / "fixed.onnx", [1, 3, 6, 5]))
     with pytest.raises(UsageError, match="mean has 2 values; the model takes 3 channels"):
         open_feeds(tmp_path / "imgs", fixed, image_preprocessing="mean=0.5,0.5")
-    with pytest.raises(DataError, match=r"img_0.png: input 'img' expects float32 \[1,3,6,5\], got float32 \[1, 3, 7, 5\]"):
+    with pytest.raises(
+        DataError,
+        match=r"img_0.png: input 'img' expects float32 \[1,3,6,5\], got float32 \[1, 3, 7, 5\]",
+    ):
         list(open_feeds(tmp_path / "imgs", fixed, image_preprocessing="size=7,5"))
 
 
 def test_image_preprocessing_parser() -> None:
     parsed = ImagePreprocessing.parse(
-        "size=224,224;layout=nchw;scale=0.00392;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;order=BGR")
-    assert parsed == ImagePreprocessing(size=(224, 224), layout="NCHW", scale=0.00392,
-                                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), order="BGR")
+        "size=224,224;layout=nchw;scale=0.00392;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;order=BGR"
+    )
+    assert parsed == ImagePreprocessing(
+        size=(224, 224),
+        layout="NCHW",
+        scale=0.00392,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        order="BGR",
+    )
     assert ImagePreprocessing.parse("size=96 scale=1/255").size == (96, 96)
     assert ImagePreprocessing.parse(parsed.describe()) == parsed
     assert parse_image_preprocessing(None) is None
     for bad, message in [
-        ("size=0,3", "positive"), ("layout=NCWH", "NCHW or NHWC"), ("order=RBG", "RGB or BGR"),
-        ("std=0,1,1", "std must not contain 0"), ("colour=RGB", "unknown key 'colour'"),
-        ("size", "expected key=value"), ("scale=abc", "scale=abc"), ("resize=fit", "stretch"),
+        ("size=0,3", "positive"),
+        ("layout=NCWH", "NCHW or NHWC"),
+        ("order=RBG", "RGB or BGR"),
+        ("std=0,1,1", "std must not contain 0"),
+        ("colour=RGB", "unknown key 'colour'"),
+        ("size", "expected key=value"),
+        ("scale=abc", "scale=abc"),
+        ("resize=fit", "stretch"),
     ]:
         with pytest.raises(UsageError, match=message):
             ImagePreprocessing.parse(bad)

@@ -18,24 +18,43 @@ def build(path: Path, *, external: bool) -> Path:
     w = rng.standard_normal((64, 64)).astype(np.float32)
     near = w.copy()
     near[5, 7] = np.nextafter(near[5, 7], np.float32(10))  # one ulp apart: not a twin
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w.copy(), "w_twin"),
-             numpy_helper.from_array(near, "w_near"),
-             numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "other")]
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["a", "w_twin"], ["b"]),
-             helper.make_node("MatMul", ["b", "w_near"], ["c"]), helper.make_node("MatMul", ["c", "other"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])], initializer=inits)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(w.copy(), "w_twin"),
+        numpy_helper.from_array(near, "w_near"),
+        numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "other"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("MatMul", ["a", "w_twin"], ["b"]),
+        helper.make_node("MatMul", ["b", "w_near"], ["c"]),
+        helper.make_node("MatMul", ["c", "other"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data",
-                        size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
     else:
         onnx.save(model, str(path))
     return path
 
 
 def run(path: Path, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
+        0
+    ]
 
 
 def test_twins_merge_look_alikes_stay_outputs_exact(tmp_path: Path) -> None:

@@ -16,10 +16,12 @@ def run_model(path: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"x": x})[0]
 
 
-def test_optimize_removes_identity_and_dead_code_keeping_outputs(mlp_path: Path, tmp_path: Path, capsys) -> None:
+def test_optimize_removes_identity_and_dead_code_keeping_outputs(
+    mlp_path: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "out.onnx"
     before = mlp_path.read_bytes()
-    assert main([ "optimize", str(mlp_path), "-o", str(out), "--json"]) == 0
+    assert main(["optimize", str(mlp_path), "-o", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert mlp_path.read_bytes() == before, "input model must not change"
     import onnx

@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnxslim.passes.cluster import storage
-from onnxslim.passes.cluster.allocate import FLOAT, Candidate, Form, candidate_forms, choose
-from onnxslim.passes.cluster.palette import cluster_tensor
 
 from onnxslim import api
 from onnxslim.activations import batch_coupled
 from onnxslim.cli import main
+from onnxslim.passes.cluster import storage
+from onnxslim.passes.cluster.allocate import FLOAT, Candidate, Form, candidate_forms, choose
+from onnxslim.passes.cluster.palette import cluster_tensor
 from onnxslim.runtime import Session, SessionConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,9 @@ def needs(name: str):  # type: ignore[no-untyped-def]
 def metric(name: str, model: ir.Model | Path) -> float:
     """The model's figure on its evaluation set (scripts/model_metrics.py), run one sample at
     a time: digits_gated routes each sample only with batch 1."""
-    spec = importlib.util.spec_from_file_location("model_metrics", REPO / "scripts" / "model_metrics.py")
+    spec = importlib.util.spec_from_file_location(
+        "model_metrics", REPO / "scripts" / "model_metrics.py"
+    )
     metrics = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(metrics)  # type: ignore[union-attr]
     arrays = dict(np.load(MODELS / f"{name}.eval.npz"))
@@ -105,7 +107,9 @@ def test_grouped_lut_expands_to_the_dense_weight_on_ort_and_folds(shape, axis, g
     p = p.narrowed(np.float16)
     assert storage.format_of(p, 18) == "lut" and storage.byte_layout(p) is not None
     weight = ir.Value(
-        name="w", shape=ir.Shape(shape), type=ir.TensorType(ir.DataType.FLOAT),
+        name="w",
+        shape=ir.Shape(shape),
+        type=ir.TensorType(ir.DataType.FLOAT),
         const_value=ir.Tensor(w, name="w"),
     )
     node = ir.node("Identity", [weight])
@@ -165,8 +169,20 @@ def test_size_target_meets_the_issue_goal_on_the_detector(tmp_path, capsys):
     path = MODELS / "digits_detector.onnx"
     out = tmp_path / "det.onnx"
     code = main(
-        ["cluster", str(path), "-o", str(out), "--bits", "4", "--calib",
-         str(MODELS / "digits_detector.calib.npz"), "--max-size", "1/6", "--runs", "0"]
+        [
+            "cluster",
+            str(path),
+            "-o",
+            str(out),
+            "--bits",
+            "4",
+            "--calib",
+            str(MODELS / "digits_detector.calib.npz"),
+            "--max-size",
+            "1/6",
+            "--runs",
+            "0",
+        ]
     )
     assert code == 0
     text = capsys.readouterr().out
@@ -194,10 +210,21 @@ def test_size_target_meets_the_issue_goal_on_the_detector(tmp_path, capsys):
 )
 def test_mixed_usage_errors_exit_2_and_write_nothing(tmp_path, capsys, arguments, message):
     out = tmp_path / "x.onnx"
-    calib = [] if arguments == ["--mixed"] else ["--calib", str(MODELS / "digits_detector.calib.npz")]
+    calib = (
+        [] if arguments == ["--mixed"] else ["--calib", str(MODELS / "digits_detector.calib.npz")]
+    )
     code = main(
-        ["cluster", str(MODELS / "digits_detector.onnx"), "-o", str(out), "--runs", "0",
-         "--no-verify", *calib, *arguments]
+        [
+            "cluster",
+            str(MODELS / "digits_detector.onnx"),
+            "-o",
+            str(out),
+            "--runs",
+            "0",
+            "--no-verify",
+            *calib,
+            *arguments,
+        ]
     )
     captured = capsys.readouterr()
     if message is None:

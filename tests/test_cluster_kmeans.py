@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from onnxslim.passes.cluster.kmeans import (
     INITS,
     cluster_1d,

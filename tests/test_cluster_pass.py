@@ -8,10 +8,10 @@ import onnx_ir as ir
 import pytest
 from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
 from onnx import TensorProto, helper, numpy_helper
-from onnxslim.passes.cluster import storage
-from onnxslim.passes.cluster.cluster import ClusterWeights, summary
 
 from onnxslim.io import model_to_bytes
+from onnxslim.passes.cluster import storage
+from onnxslim.passes.cluster.cluster import ClusterWeights, summary
 from onnxslim.registry import make_pass
 from onnxslim.runtime import Session
 
@@ -327,7 +327,9 @@ def test_weights_read_in_if_branches_and_through_slices_are_clustered():
     calib = [{"x": rng.normal(size=(4, 16)).astype(np.float32)} for _ in range(4)]
     ClusterWeights(bits=2, granularity="per-channel-group", min_elements=64, calib=calib)(model)
     layers = {row["weight"]: row for row in summary(model)["layers"]}
-    assert layers["w"]["skipped"].startswith("inside an If/Loop body")  # said, not silently left out
+    assert layers["w"]["skipped"].startswith(
+        "inside an If/Loop body"
+    )  # said, not silently left out
     assert layers["v"]["skipped"].startswith("read by Slice")
     rows = {row["weight"]: row for row in summary(model)["weights"]}
     assert set(rows) == {"w", "v"}
@@ -343,7 +345,8 @@ def test_weights_read_in_if_branches_and_through_slices_are_clustered():
 
 @pytest.mark.devmodels
 @pytest.mark.parametrize(
-    "entry", [p for p in devmodel_params() if p.values[0] is None or p.values[0]["id"] == SMALL_CORPUS[0]]
+    "entry",
+    [p for p in devmodel_params() if p.values[0] is None or p.values[0]["id"] == SMALL_CORPUS[0]],
 )
 def test_devmodel_mixed_allocation_is_closer_to_float_at_the_uniform_size(entry):
     """Real weights: bits chosen per weight from measured errors beat one width for all, at

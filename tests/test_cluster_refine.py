@@ -6,11 +6,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.activations import NormalEquations
 from onnxslim.passes.cluster.cluster import ClusterWeights, summary
 from onnxslim.passes.cluster.palette import cluster_tensor
 from onnxslim.passes.cluster.refine import fit_palette, layer_error
-
-from onnxslim.activations import NormalEquations
 from onnxslim.runtime import Session
 
 

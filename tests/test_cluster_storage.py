@@ -11,10 +11,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxslim.passes.cluster import storage
-from onnxslim.passes.cluster.palette import cluster_tensor, snap_int8
 
 from onnxslim.io import model_to_bytes
+from onnxslim.passes.cluster import storage
+from onnxslim.passes.cluster.palette import cluster_tensor, snap_int8
 from onnxslim.runtime import Session, SessionConfig
 
 RNG = np.random.default_rng(0)

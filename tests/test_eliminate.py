@@ -23,6 +23,7 @@ from cleanup_helpers import (
     vi,
 )
 from onnx import TensorProto, helper
+
 from onnxslim.passes.cleanup import DeduplicateInitializers, EliminateCommonSubexpressions
 from onnxslim.passes.eliminate import EliminateNoOps, RemoveInitializerInputs, RemoveUnused
 

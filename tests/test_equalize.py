@@ -7,12 +7,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from onnxslim.passes.quantize.equalize import (
     CrossLayerEqualization,
     equalize_graph,
     iter_equalized_ranges,
 )
-
 from onnxslim.runtime import Session
 
 
@@ -22,13 +22,17 @@ def _separable_model(activation: str = "Relu", *, shared: bool = False) -> ir.Mo
     channel_gain = np.array([50.0, 0.05, 1.0, 8.0, 0.3, 20.0, 0.01, 2.0], np.float32)
     w1 = (rng.standard_normal((8, 3, 3, 3)) * channel_gain[:, None, None, None]).astype(np.float32)
     b1 = (rng.standard_normal(8) * channel_gain).astype(np.float32)
-    wd = (rng.standard_normal((8, 1, 3, 3)) / channel_gain[:, None, None, None] ** 0.5).astype(np.float32)
+    wd = (rng.standard_normal((8, 1, 3, 3)) / channel_gain[:, None, None, None] ** 0.5).astype(
+        np.float32
+    )
     bd = rng.standard_normal(8).astype(np.float32)
     wp = rng.standard_normal((4, 8, 1, 1)).astype(np.float32)
     inits: list = []
     if activation == "Clip":
-        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
-                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
+        inits += [
+            numpy_helper.from_array(np.array(0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(6, np.float32), "hi"),
+        ]
 
     def act(src: str, dst: str) -> onnx.NodeProto:
         if activation == "Clip":
@@ -45,13 +49,23 @@ def _separable_model(activation: str = "Relu", *, shared: bool = False) -> ir.Mo
         helper.make_node("Conv", ["a2", "wp"], ["y"], name="pw"),
     ]
     if shared:
-        nodes.append(helper.make_node("Conv", ["x", "w1"], ["y2"], name="reuses_w1", pads=[1, 1, 1, 1]))
-    inits += [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (wd, "wd"), (bd, "bd"), (wp, "wp"))]
+        nodes.append(
+            helper.make_node("Conv", ["x", "w1"], ["y2"], name="reuses_w1", pads=[1, 1, 1, 1])
+        )
+    inits += [
+        numpy_helper.from_array(a, n)
+        for a, n in ((w1, "w1"), (b1, "b1"), (wd, "wd"), (bd, "bd"), (wp, "wp"))
+    ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if shared:
         outputs.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "sep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 10, 10])],
-                              outputs, initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "sep",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 10, 10])],
+        outputs,
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return ir.serde.deserialize_model(model)
@@ -98,7 +112,9 @@ def test_shared_weight_is_refused_and_outputs_unchanged() -> None:
     assert any("shared" in reason for _, reason in report.skipped)
     after = Session(model).run({"x": x})
     np.testing.assert_array_equal(after["y2"], before["y2"])
-    np.testing.assert_allclose(after["y"], before["y"], rtol=1e-4, atol=1e-4 * float(np.abs(before["y"]).max()))
+    np.testing.assert_allclose(
+        after["y"], before["y"], rtol=1e-4, atol=1e-4 * float(np.abs(before["y"]).max())
+    )
 
 
 def test_gemm_pair_with_transposed_weights() -> None:
@@ -108,13 +124,20 @@ def test_gemm_pair_with_transposed_weights() -> None:
     b1 = (rng.standard_normal(6) * gains).astype(np.float32)
     w2 = rng.standard_normal((6, 3)).astype(np.float32)  # transB=0: [K, N]
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="g1", transB=1),
-         helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Gemm", ["r", "w2"], ["y"], name="g2")],
-        "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="g1", transB=1),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "w2"], ["y"], name="g2"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(b1, "b1"),
-                     numpy_helper.from_array(w2, "w2")])
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(b1, "b1"),
+            numpy_helper.from_array(w2, "w2"),
+        ],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     model = ir.serde.deserialize_model(proto)
@@ -123,5 +146,5 @@ def test_gemm_pair_with_transposed_weights() -> None:
     result = CrossLayerEqualization()(model)
     after = _run(result.model, x)
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5 * float(np.abs(before).max()))
-    (_, r1, r2), = iter_equalized_ranges(result.model.graph)
+    ((_, r1, r2),) = iter_equalized_ranges(result.model.graph)
     np.testing.assert_allclose(r1, r2, rtol=1e-6)

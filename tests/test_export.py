@@ -9,28 +9,32 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import MODELS
 
 from onnxslim.cli import main
 from onnxslim.export import ExportOptions, export, sha256
 
-from conftest import MODELS
-
 CNN = MODELS / "digits_cnn.onnx"
 TRANSFORMER = MODELS / "digits_transformer.onnx"
-pytestmark = pytest.mark.skipif(not CNN.is_file(), reason="models/ not generated (scripts/make_models.py)")
+pytestmark = pytest.mark.skipif(
+    not CNN.is_file(), reason="models/ not generated (scripts/make_models.py)"
+)
 
 
 def eval_inputs(name: str, n: int = 16) -> dict[str, np.ndarray]:
     with np.load(MODELS / f"{name}.eval.npz") as data:
-        return {k: np.concatenate(list(data[k][:n])) for k in data.files if k not in ("labels", "boxes")}
+        return {
+            k: np.concatenate(list(data[k][:n])) for k in data.files if k not in ("labels", "boxes")
+        }
 
 
 def run(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
 
 
-@pytest.mark.parametrize("name", ["digits_cnn", "digits_transformer", "digits_lstm",
-                                  "digits_detector", "digits_gated"])
+@pytest.mark.parametrize(
+    "name", ["digits_cnn", "digits_transformer", "digits_lstm", "digits_detector", "digits_gated"]
+)
 def test_ort_format_loads_and_matches_original(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.ort"
     assert main(["export", str(MODELS / f"{name}.onnx"), "-o", str(out)]) == 0
@@ -55,15 +59,24 @@ def test_fixed_shape_opset_and_fp16_with_io_float32(tmp_path: Path) -> None:
     feed = eval_inputs("digits_cnn", 4)
     expected, got = run(CNN, feed)[0], run(out, feed)[0]
     assert np.array_equal(expected.argmax(1), got.argmax(1))
-    assert result.passed and result.preflight.warnings == [] or all(
-        "dynamic" not in w for w in result.preflight.warnings)
+    assert (
+        result.passed
+        and result.preflight.warnings == []
+        or all("dynamic" not in w for w in result.preflight.warnings)
+    )
 
 
 def test_bundle_has_hashes_and_provenance(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     assert main(["export", str(CNN), "-o", str(tmp_path / "cnn.ort"), "--bundle", str(bundle)]) == 0
     names = {p.name for p in bundle.iterdir()}
-    assert {"cnn.onnx", "cnn.ort", "cnn.required_operators.config", "validation.json", "metadata.json"} <= names
+    assert {
+        "cnn.onnx",
+        "cnn.ort",
+        "cnn.required_operators.config",
+        "validation.json",
+        "metadata.json",
+    } <= names
     metadata = json.loads((bundle / "metadata.json").read_text())
     assert metadata["input"]["sha256"] == sha256(CNN)
     for name, info in metadata["files"].items():
@@ -86,7 +99,19 @@ def test_bad_output_suffix_is_usage_error(tmp_path: Path, capsys) -> None:
 
 def test_failed_parity_writes_nothing(tmp_path: Path, capsys) -> None:
     out = tmp_path / "t16.onnx"
-    code = main(["export", str(TRANSFORMER), "-o", str(out), "--fp16", "--fp16-io", "--atol", "0",
-                 "--rtol", "0"])
+    code = main(
+        [
+            "export",
+            str(TRANSFORMER),
+            "-o",
+            str(out),
+            "--fp16",
+            "--fp16-io",
+            "--atol",
+            "0",
+            "--rtol",
+            "0",
+        ]
+    )
     assert code == 1 and not out.exists()
     assert "nothing written" in capsys.readouterr().err

@@ -24,12 +24,12 @@ from cleanup_helpers import (
     vi,
 )
 from onnx import TensorProto, helper
-from onnxslim.passes.fold import FixInputShapes, FoldConstants
 
 from onnxslim import api
 from onnxslim.cli import main
 from onnxslim.errors import UsageError
 from onnxslim.graphs import node_count
+from onnxslim.passes.fold import FixInputShapes, FoldConstants
 
 X = {"x": (2, 3, 4, 4)}
 
@@ -218,10 +218,7 @@ def test_weight_sliced_four_ways_and_reordered_folds_without_growth() -> None:
     weight does not fold (it would store a quarter of the weight twice)."""
     w = np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32)
     bounds = [(0, 64), (64, 128), (128, 192), (192, 256)]  # 4 KiB each, over the allowance
-    slices = [
-        helper.make_node("Slice", ["w", f"s{i}", f"e{i}", "ax"], [f"q{i}"])
-        for i in range(4)
-    ]
+    slices = [helper.make_node("Slice", ["w", f"s{i}", f"e{i}", "ax"], [f"q{i}"]) for i in range(4)]
     params = [init("ax", np.int64([0]))]
     for i, (start, end) in enumerate(bounds):
         params += [init(f"s{i}", np.int64([start])), init(f"e{i}", np.int64([end]))]
@@ -236,8 +233,11 @@ def test_weight_sliced_four_ways_and_reordered_folds_without_growth() -> None:
     kept = [v.const_value.nbytes for v in out.graph.initializers.values() if v.uses()]
     assert kept == [w.nbytes]
     shared = model(
-        [slices[0], helper.make_node("MatMul", ["x", "q0"], ["a"]),
-         helper.make_node("MatMul", ["z", "w"], ["b"])],
+        [
+            slices[0],
+            helper.make_node("MatMul", ["x", "q0"], ["a"]),
+            helper.make_node("MatMul", ["z", "w"], ["b"]),
+        ],
         [vi("x", [2, 64]), vi("z", [2, 256])],
         [vi("a", [2, 16]), vi("b", [2, 16])],
         [init("w", w), *params],

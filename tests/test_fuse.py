@@ -16,9 +16,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxslim.passes import fuse
 
 from onnxslim.graphs import iter_nodes, node_count
+from onnxslim.passes import fuse
 from onnxslim.registry import BUILTIN_PASSES, DEFAULT_OPTIMIZE, describe
 from onnxslim.runtime import Session, SessionConfig
 

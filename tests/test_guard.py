@@ -17,10 +17,10 @@ import onnx_ir as ir
 import pytest
 from cleanup_helpers import assert_exact, init, model, run, vi
 from onnx import helper
-from onnxslim.passes.eliminate import EliminateNoOps, RemoveUnused
 
 from onnxslim import api, registry
 from onnxslim.cli import main
+from onnxslim.passes.eliminate import EliminateNoOps, RemoveUnused
 from onnxslim.pipeline import Pipeline
 
 

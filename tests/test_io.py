@@ -21,8 +21,8 @@ from conftest import DEVMODELS_CACHE, MODELS, make_mlp
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim import io
-from onnxslim.graphs import tensor_bytes
 from onnxslim.errors import ModelLoadError, UsageError
+from onnxslim.graphs import tensor_bytes
 from onnxslim.registry import BUILTIN_PASSES, DEFAULT_OPTIMIZE
 from onnxslim.runtime import Session
 
@@ -38,8 +38,15 @@ def clean(model: ir.Model, names: tuple[str, ...] = GRAPH_ONLY) -> ir.Model:
 
 # --- model builders ----------------------------------------------------------------------
 
-def make_external_mlp(folder: Path, *, name: str = "model.onnx", hidden: int = 256,
-                      location: str | None = None, seed: int = 0) -> Path:
+
+def make_external_mlp(
+    folder: Path,
+    *,
+    name: str = "model.onnx",
+    hidden: int = 256,
+    location: str | None = None,
+    seed: int = 0,
+) -> Path:
     """x[N,64] -> MatMul w1 -> Add b1 -> Relu -> Identity -> MatMul w2 -> y[N,16],
     plus a dead MatMul on a big weight placed between the live ones in the data file
     (so removing it shifts the live weights' offsets), all weights external."""
@@ -58,22 +65,32 @@ def make_external_mlp(folder: Path, *, name: str = "model.onnx", hidden: int = 2
         helper.make_node("MatMul", ["h3", "w2"], ["y"], name="mm2"),
     ]
     graph = helper.make_graph(
-        nodes, "ext_mlp",
+        nodes,
+        "ext_mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in
-                     ((w1, "w1"), (dead, "dead"), (b1, "b1"), (w2, "w2"))],
+        initializer=[
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (dead, "dead"), (b1, "b1"), (w2, "w2"))
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = folder / name
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location or f"{name}.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location or f"{name}.data",
+        size_threshold=0,
+    )
     return path
 
 
-def with_location(src: Path, dst: Path, location: str, *, offset: int | None = None,
-                  length: int | None = None) -> Path:
+def with_location(
+    src: Path, dst: Path, location: str, *, offset: int | None = None, length: int | None = None
+) -> Path:
     """A copy of the model at `src` whose first initializer points at `location`."""
     model = onnx.load(str(src), load_external_data=False)
     init = model.graph.initializer[0]
@@ -115,6 +132,7 @@ X = np.random.default_rng(7).standard_normal((3, 64)).astype(np.float32)
 
 # --- refusals ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def ext_model(tmp_path: Path) -> Path:
     return make_external_mlp(tmp_path / "m")
@@ -131,7 +149,9 @@ def _case_dotdot(model: Path) -> Path:
 
 def _case_dotdot_back_in(model: Path) -> Path:
     # `sub/../../m/model.onnx.data` lands back in the folder, but only through `..`.
-    return with_location(model, model.parent / "upin.onnx", f"../{model.parent.name}/model.onnx.data")
+    return with_location(
+        model, model.parent / "upin.onnx", f"../{model.parent.name}/model.onnx.data"
+    )
 
 
 def _case_symlink_out(model: Path) -> Path:
@@ -175,18 +195,22 @@ def _case_folder_as_data(model: Path) -> Path:
     return with_location(model, model.parent / "dirdata.onnx", "dir.data")
 
 
-@pytest.mark.parametrize("make, message", [
-    (_case_absolute, "absolute path"),
-    (_case_dotdot, r"outside the model's folder .*\(`\.\.`\)"),
-    (_case_dotdot_back_in, r"\(`\.\.`\)"),
-    (_case_symlink_out, "link leading outside"),
-    (_case_symlinked_folder_out, "link leading outside"),
-    (_case_missing, "file not found"),
-    (_case_truncated, "truncated"),
-    (_case_length, "declares 12 bytes"),
-    (_case_hardlink, "hard links"),
-    (_case_folder_as_data, "not a regular file"),
-], ids=lambda v: v.__name__[6:] if callable(v) else None)
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_case_absolute, "absolute path"),
+        (_case_dotdot, r"outside the model's folder .*\(`\.\.`\)"),
+        (_case_dotdot_back_in, r"\(`\.\.`\)"),
+        (_case_symlink_out, "link leading outside"),
+        (_case_symlinked_folder_out, "link leading outside"),
+        (_case_missing, "file not found"),
+        (_case_truncated, "truncated"),
+        (_case_length, "declares 12 bytes"),
+        (_case_hardlink, "hard links"),
+        (_case_folder_as_data, "not a regular file"),
+    ],
+    ids=lambda v: v.__name__[6:] if callable(v) else None,
+)
 def test_external_data_refusals(ext_model: Path, make, message: str) -> None:
     bad = make(ext_model)
     with pytest.raises(ModelLoadError, match=message) as info:
@@ -241,8 +265,12 @@ def test_truncated_protobuf_is_refused(tmp_path: Path) -> None:
 
 def test_unknown_domain_is_refused(tmp_path: Path) -> None:
     node = helper.make_node("Foo", ["x"], ["y"], domain="com.nowhere")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(tmp_path / "foo.onnx"))
     with pytest.raises(ModelLoadError, match="com.nowhere"):
@@ -250,6 +278,7 @@ def test_unknown_domain_is_refused(tmp_path: Path) -> None:
 
 
 # --- loading maps, never reads -----------------------------------------------------------
+
 
 def test_external_data_is_memory_mapped_not_read(tmp_path: Path) -> None:
     folder = tmp_path / "big"
@@ -271,6 +300,7 @@ def test_external_data_is_memory_mapped_not_read(tmp_path: Path) -> None:
 
 # --- saving: round trip, atomicity, refusing to overwrite the input ------------------------
 
+
 def test_round_trip_with_external_data_is_exact_on_ort(ext_model: Path, tmp_path: Path) -> None:
     model = io.load(ext_model)
     clean(model, DEFAULT_OPTIMIZE)
@@ -286,7 +316,9 @@ def test_round_trip_with_external_data_is_exact_on_ort(ext_model: Path, tmp_path
     np.testing.assert_array_equal(ort_run(out, X), expected)
     np.testing.assert_array_equal(Session(io.load(out)).run({"x": X})["y"], expected)
     np.testing.assert_array_equal(Session(model).run({"x": X})["y"], expected)
-    assert (out.parent / "slim.onnx.data").stat().st_size < (ext_model.parent / "model.onnx.data").stat().st_size
+    assert (out.parent / "slim.onnx.data").stat().st_size < (
+        ext_model.parent / "model.onnx.data"
+    ).stat().st_size
 
 
 def test_input_files_are_never_modified(ext_model: Path, tmp_path: Path) -> None:
@@ -300,27 +332,42 @@ def test_input_files_are_never_modified(ext_model: Path, tmp_path: Path) -> None
     assert [(digest(f), f.stat().st_mtime_ns, f.stat().st_ino) for f in files] == before
 
 
-def test_inline_save_of_an_external_model_is_self_contained(ext_model: Path, tmp_path: Path) -> None:
+def test_inline_save_of_an_external_model_is_self_contained(
+    ext_model: Path, tmp_path: Path
+) -> None:
     model = io.load(ext_model)
     out = io.save(model, tmp_path / "inline.onnx", external_data=False)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("inline")) == ["inline.onnx"]
-    assert not any(i.data_location == TensorProto.EXTERNAL for i in onnx.load(str(out)).graph.initializer)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("inline")) == [
+        "inline.onnx"
+    ]
+    assert not any(
+        i.data_location == TensorProto.EXTERNAL for i in onnx.load(str(out)).graph.initializer
+    )
     np.testing.assert_array_equal(ort_run(out, X), ort_run(ext_model, X))
-    assert isinstance(model.graph.initializers["w1"].const_value, ir.ExternalTensor), "model unchanged"
+    assert isinstance(model.graph.initializers["w1"].const_value, ir.ExternalTensor), (
+        "model unchanged"
+    )
 
 
-def test_save_leaves_no_temporary_files_and_replaces_previous_output(ext_model: Path, tmp_path: Path) -> None:
+def test_save_leaves_no_temporary_files_and_replaces_previous_output(
+    ext_model: Path, tmp_path: Path
+) -> None:
     model = io.load(ext_model)
     out = tmp_path / "out.onnx"
     io.save(model, out)
     clean(model)
     io.save(model, out)
     assert leftovers(tmp_path) == []
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["out.onnx", "out.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        "out.onnx",
+        "out.onnx.data",
+    ]
     np.testing.assert_array_equal(ort_run(out, X), ort_run(ext_model, X))
 
 
-def test_failure_while_writing_keeps_previous_output(ext_model: Path, tmp_path: Path, monkeypatch) -> None:
+def test_failure_while_writing_keeps_previous_output(
+    ext_model: Path, tmp_path: Path, monkeypatch
+) -> None:
     model = io.load(ext_model)
     out = tmp_path / "out.onnx"
     io.save(model, out)
@@ -338,7 +385,9 @@ def test_failure_while_writing_keeps_previous_output(ext_model: Path, tmp_path: 
     assert leftovers(tmp_path) == []
 
 
-def test_failure_between_renames_restores_previous_pair(ext_model: Path, tmp_path: Path, monkeypatch) -> None:
+def test_failure_between_renames_restores_previous_pair(
+    ext_model: Path, tmp_path: Path, monkeypatch
+) -> None:
     model = io.load(ext_model)
     out = tmp_path / "out.onnx"
     io.save(model, out)
@@ -423,7 +472,9 @@ def test_external_data_chosen_above_protobuf_cap(tmp_path: Path, monkeypatch) ->
     reloaded = io.load(out)
     assert any(True for _ in io.external_tensors(reloaded))
     x = np.ones((2, 8), np.float32)
-    np.testing.assert_array_equal(Session(reloaded).run({"x": x})["y"], Session(model).run({"x": x})["y"])
+    np.testing.assert_array_equal(
+        Session(reloaded).run({"x": x})["y"], Session(model).run({"x": x})["y"]
+    )
     with pytest.raises(UsageError, match="external data"):
         io.save(model, tmp_path / "forced.onnx", external_data=False)
 
@@ -444,13 +495,29 @@ def test_constant_attribute_with_external_data_survives_a_move(tmp_path: Path) -
     value = np.arange(600, dtype=np.float32)
     node = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(value, "c"))
     add = helper.make_node("Add", ["x", "c"], ["y"])
-    graph = helper.make_graph([node, add], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [600])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [600])])
+    graph = helper.make_graph(
+        [node, add],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [600])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [600])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save_model(model, str(folder / "c.onnx"), save_as_external_data=True, location="c.data",
-                    size_threshold=0, convert_attribute=True)
-    assert onnx.load(str(folder / "c.onnx"), load_external_data=False).graph.node[0].attribute[0].t.data_location == 1
+    onnx.save_model(
+        model,
+        str(folder / "c.onnx"),
+        save_as_external_data=True,
+        location="c.data",
+        size_threshold=0,
+        convert_attribute=True,
+    )
+    assert (
+        onnx.load(str(folder / "c.onnx"), load_external_data=False)
+        .graph.node[0]
+        .attribute[0]
+        .t.data_location
+        == 1
+    )
     loaded = io.load(folder / "c.onnx")
     out = io.save(loaded, tmp_path / "moved.onnx")
     x = np.ones(600, np.float32)
@@ -459,6 +526,7 @@ def test_constant_attribute_with_external_data_survives_a_move(tmp_path: Path) -
 
 
 # --- a model over 2 GB -----------------------------------------------------------------------
+
 
 def make_sparse_big_model(folder: Path, total_bytes: int, dim: int = 1024) -> tuple[Path, int]:
     """Two float32 embedding tables [rows, dim] in one sparse data file (holes read as
@@ -475,19 +543,33 @@ def make_sparse_big_model(folder: Path, total_bytes: int, dim: int = 1024) -> tu
     for t in range(2):
         tables[t, :8] = rng.standard_normal((8, dim))
         tables[t, -8:] = rng.standard_normal((8, dim))
-        init = TensorProto(name=f"table{t}", data_type=TensorProto.FLOAT, dims=[rows, dim],
-                           data_location=TensorProto.EXTERNAL)
-        for key, value in (("location", data.name), ("offset", str(t * table_bytes)),
-                           ("length", str(table_bytes))):
+        init = TensorProto(
+            name=f"table{t}",
+            data_type=TensorProto.FLOAT,
+            dims=[rows, dim],
+            data_location=TensorProto.EXTERNAL,
+        )
+        for key, value in (
+            ("location", data.name),
+            ("offset", str(t * table_bytes)),
+            ("length", str(table_bytes)),
+        ):
             init.external_data.add(key=key, value=value)
         inits.append(init)
         nodes.append(helper.make_node("Gather", [f"table{t}", "ids"], [f"g{t}"]))
     tables.flush()
     del tables
-    nodes += [helper.make_node("Add", ["g0", "g1"], ["s"]), helper.make_node("Identity", ["s"], ["y"])]
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", dim])],
-                              initializer=inits)
+    nodes += [
+        helper.make_node("Add", ["g0", "g1"], ["s"]),
+        helper.make_node("Identity", ["s"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", dim])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(folder / "big.onnx"))
@@ -519,4 +601,6 @@ def test_model_over_2gb_loads_passes_saves_and_runs(tmp_path: Path) -> None:
         assert grew < 500_000_000, f"RSS grew by {grew / 1e6:.0f} MB for a 2.1 GB model"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"2.1 GB model: build+load+run+pass+save+reload+run in {time.perf_counter() - start:.1f} s")
+    print(
+        f"2.1 GB model: build+load+run+pass+save+reload+run in {time.perf_counter() - start:.1f} s"
+    )

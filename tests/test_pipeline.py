@@ -37,13 +37,16 @@ def test_default_pipeline_round_trips() -> None:
     assert Pipeline.from_toml(pipeline.to_toml()) == pipeline
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[[pass]]\nname = "no-such-pass"\n', "unknown pass"),
-    ('[[pass]]\nname = "fold-constants"\nbogus = 1\n', "unknown option"),
-    ('[[pass]]\nsize_limit = 1\n', "has no name"),
-    ("not = [toml", "not valid TOML"),
-    ('title = "x"\n', "only [[pass]] tables"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[pass]]\nname = "no-such-pass"\n', "unknown pass"),
+        ('[[pass]]\nname = "fold-constants"\nbogus = 1\n', "unknown option"),
+        ("[[pass]]\nsize_limit = 1\n", "has no name"),
+        ("not = [toml", "not valid TOML"),
+        ('title = "x"\n', "only [[pass]] tables"),
+    ],
+)
 def test_bad_recipes_are_usage_errors(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         Pipeline.from_toml(text)
@@ -58,7 +61,7 @@ def test_every_registered_pass_is_a_frozen_documented_dataclass() -> None:
             assert option.help, f"{name}.{option.name} has no help"
         instance = cls()
         with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(instance, "x_not_a_field", 1)
+            instance.x_not_a_field = 1
 
 
 def test_records_time_bytes_and_change(mlp_path: Path) -> None:

@@ -7,13 +7,13 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxslim.passes.prune import ChannelPruning
-from onnxslim.passes.prune._common import summary
-from onnxslim.passes.prune.channels import channel_groups
 from prune_fixtures import convnet, feeds, ffn
 
 from onnxslim import io
 from onnxslim.parity import compare_outputs
+from onnxslim.passes.prune import ChannelPruning
+from onnxslim.passes.prune._common import summary
+from onnxslim.passes.prune.channels import channel_groups
 from onnxslim.runtime import Session
 
 CHECK = feeds((3, 16, 16), 8, seed=2)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnxslim.passes.prune import MagnitudePruning, NMSparsity
-from onnxslim.passes.prune._common import summary
-from onnxslim.passes.prune.masks import satisfies_nm
 from prune_fixtures import convnet, feeds, ffn
 
 from onnxslim.errors import UsageError
 from onnxslim.parity import compare_outputs
+from onnxslim.passes.prune import MagnitudePruning, NMSparsity
+from onnxslim.passes.prune._common import summary
+from onnxslim.passes.prune.masks import satisfies_nm
 from onnxslim.runtime import Session
 
 CALIB = feeds((3, 16, 16), 48, seed=1)

@@ -7,6 +7,9 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from prune_fixtures import convnet, feeds
+
+from onnxslim import io
 from onnxslim.passes.prune import (
     MagnitudePruning,
     NMSparsity,
@@ -15,9 +18,6 @@ from onnxslim.passes.prune import (
 )
 from onnxslim.passes.prune._common import summary
 from onnxslim.passes.prune.storage import DOMAIN, densify, pack
-from prune_fixtures import convnet, feeds
-
-from onnxslim import io
 
 CHECK = feeds((3, 16, 16), 4, seed=2)
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from onnxslim.passes.quantize import static
 from onnxslim.passes.quantize.bias_correction import REPORT_KEY, correct_biases
 from onnxslim.passes.quantize.collect import collect_stats, float_values
@@ -23,7 +24,6 @@ from onnxslim.passes.quantize.sensitivity import (
     quantize_accuracy_aware,
     static_quantizer,
 )
-
 from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -43,24 +43,41 @@ def _built_cnn() -> ir.Model:
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         inputs = [x, f"w{i}"]
         if bias:
-            inits.append(numpy_helper.from_array((rng.standard_normal(cout) * 0.1).astype(np.float32), f"b{i}"))
+            inits.append(
+                numpy_helper.from_array(
+                    (rng.standard_normal(cout) * 0.1).astype(np.float32), f"b{i}"
+                )
+            )
             inputs.append(f"b{i}")
-        nodes += [helper.make_node("Conv", inputs, [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        nodes += [
+            helper.make_node("Conv", inputs, [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
         x, c = f"r{i}", cout
-    inits += [numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.5).astype(np.float32), "fc_w"),
-              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
-              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-              helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc")]
-    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    inits += [
+        numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.5).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        initializer=inits,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     return ir.serde.deserialize_model(proto)
 
 
-def _cnn_case() -> tuple[ir.Model, list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], np.ndarray | None]:
+def _cnn_case() -> tuple[
+    ir.Model, list[dict[str, np.ndarray]], list[dict[str, np.ndarray]], np.ndarray | None
+]:
     """(model, calibration feeds, evaluation feeds, labels or None) from models/ or built here."""
     path = MODELS / "digits_cnn.onnx"
     if path.is_file() and (MODELS / "digits_cnn.eval.npz").is_file():
@@ -107,23 +124,31 @@ def test_static_pass_applies_bias_correction() -> None:
 def _detector_head() -> ir.Model:
     """A YOLO-style head: boxes in pixels (0-320) and sigmoid class scores meet in one Concat."""
     rng = np.random.default_rng(2)
-    inits = [numpy_helper.from_array((rng.standard_normal((8, 4, 1, 1)) * 0.5).astype(np.float32), "w"),
-             numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32), "wb"),
-             numpy_helper.from_array((rng.standard_normal((3, 8, 1, 1)) * 0.5).astype(np.float32), "wc"),
-             numpy_helper.from_array(np.array(320.0, np.float32), "stride")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="stem"),
-             helper.make_node("Relu", ["h"], ["hr"], name="stem_relu"),
-             helper.make_node("Conv", ["hr", "wb"], ["braw"], name="box_conv"),
-             helper.make_node("Sigmoid", ["braw"], ["bsig"], name="box_sigmoid"),
-             helper.make_node("Mul", ["bsig", "stride"], ["boxes"], name="to_pixels"),
-             helper.make_node("Conv", ["hr", "wc"], ["craw"], name="cls_conv"),
-             helper.make_node("Sigmoid", ["craw"], ["scores"], name="cls_sigmoid"),
-             helper.make_node("Concat", ["boxes", "scores"], ["det4"], name="head_concat", axis=1),
-             helper.make_node("Reshape", ["det4", "shape"], ["detections"], name="head_reshape")]
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((8, 4, 1, 1)) * 0.5).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32), "wb"),
+        numpy_helper.from_array((rng.standard_normal((3, 8, 1, 1)) * 0.5).astype(np.float32), "wc"),
+        numpy_helper.from_array(np.array(320.0, np.float32), "stride"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"], name="stem"),
+        helper.make_node("Relu", ["h"], ["hr"], name="stem_relu"),
+        helper.make_node("Conv", ["hr", "wb"], ["braw"], name="box_conv"),
+        helper.make_node("Sigmoid", ["braw"], ["bsig"], name="box_sigmoid"),
+        helper.make_node("Mul", ["bsig", "stride"], ["boxes"], name="to_pixels"),
+        helper.make_node("Conv", ["hr", "wc"], ["craw"], name="cls_conv"),
+        helper.make_node("Sigmoid", ["craw"], ["scores"], name="cls_sigmoid"),
+        helper.make_node("Concat", ["boxes", "scores"], ["det4"], name="head_concat", axis=1),
+        helper.make_node("Reshape", ["det4", "shape"], ["detections"], name="head_reshape"),
+    ]
     inits.append(numpy_helper.from_array(np.array([1, 7, 64], np.int64), "shape"))
-    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, 7, 64])],
-                              initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, 7, 64])],
+        initializer=inits,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     return ir.serde.deserialize_model(proto)
@@ -137,7 +162,9 @@ def _detector_case() -> tuple[ir.Model, list[dict[str, np.ndarray]]]:
         with np.load(MODELS / "digits_detector.calib.npz") as data:
             return model, [{name: a} for a in data[name][:32]]
     rng = np.random.default_rng(3)
-    return _detector_head(), [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(32)]
+    return _detector_head(), [
+        {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(32)
+    ]
 
 
 def test_protect_finds_the_detector_concat_and_keeps_scores() -> None:
@@ -179,9 +206,17 @@ def _labelled_cnn() -> tuple[ir.Model, list[dict[str, np.ndarray]], object]:
 
 def _quantized_layers(model: ir.Model) -> set[str]:
     """Conv/Gemm nodes whose weight comes through DequantizeLinear."""
-    return {n.name for n in model.graph if n.op_type in ("Conv", "Gemm") and any(
-        v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
-        for v in n.inputs[1:2])}
+    return {
+        n.name
+        for n in model.graph
+        if n.op_type in ("Conv", "Gemm")
+        and any(
+            v is not None
+            and v.producer() is not None
+            and v.producer().op_type == "DequantizeLinear"
+            for v in n.inputs[1:2]
+        )
+    }
 
 
 def test_accuracy_aware_falls_back_until_the_drop_is_met() -> None:
@@ -206,8 +241,14 @@ def test_accuracy_aware_falls_back_until_the_drop_is_met() -> None:
 def test_accuracy_aware_miss_returns_best_model_and_table() -> None:
     model, calib, metric = _labelled_cnn()
     # Every int8 layer costs 0.1: with one fallback trial allowed, 0 drop is out of reach.
-    result = quantize_accuracy_aware(model, calib, max_drop=0.0, max_trials=1, options=FAST,
-                                     metric=lambda m: metric(m) - 0.1 * len(_quantized_layers(m)))
+    result = quantize_accuracy_aware(
+        model,
+        calib,
+        max_drop=0.0,
+        max_trials=1,
+        options=FAST,
+        metric=lambda m: metric(m) - 0.1 * len(_quantized_layers(m)),
+    )
     assert not result.met
     assert result.model is not None and result.table and len(result.trials) == 1
     assert result.metric == max([result.int8_metric] + [t.metric for t in result.trials])
@@ -232,10 +273,11 @@ def _cli_has_max_drop() -> bool:
 
 
 @pytest.mark.skipif(not _cli_has_max_drop(), reason="`onnxslim quantize --max-drop` not wired yet")
-def test_cli_missed_target_writes_model_and_table_and_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from onnxslim.passes.quantize import sensitivity
-
+def test_cli_missed_target_writes_model_and_table_and_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from onnxslim.cli import main
+    from onnxslim.passes.quantize import sensitivity
 
     # The small built CNN (4 layers) keeps the full ranking + every fallback trial quick.
     model = _built_cnn()
@@ -262,8 +304,24 @@ def test_cli_missed_target_writes_model_and_table_and_exits_1(tmp_path: Path, mo
         return score
 
     monkeypatch.setattr(sensitivity, "top1_metric", harsh)
-    code = main(["quantize", str(model_path), "-o", str(out), "--calib", str(tmp_path / "calib.npz"),
-                 "--eval", str(tmp_path / "eval.npz"), "--max-drop", "0.01", "--max-samples", "16", "--no-verify", "--no-latency-guard"])
+    code = main(
+        [
+            "quantize",
+            str(model_path),
+            "-o",
+            str(out),
+            "--calib",
+            str(tmp_path / "calib.npz"),
+            "--eval",
+            str(tmp_path / "eval.npz"),
+            "--max-drop",
+            "0.01",
+            "--max-samples",
+            "16",
+            "--no-verify",
+            "--no-latency-guard",
+        ]
+    )
     assert code == 1
     assert out.is_file()
     table = json.loads((tmp_path / "int8.onnx.sensitivity.json").read_text())

@@ -9,14 +9,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.errors import DataError
 from onnxslim.passes.quantize.collect import (
     CollectConfig,
     collect_stats,
     float_values,
     stream_tensors,
 )
-
-from onnxslim.errors import DataError
 
 
 def _model(graph, opset=17) -> ir.Model:

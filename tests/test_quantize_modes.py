@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnxslim.passes.quantize.dynamic import QuantizeDynamic
-from onnxslim.passes.quantize.policy import detect_target, resolve_target
-from onnxslim.passes.quantize.weight_only import QuantizeWeightOnly
 from quantize_fixtures import cnn, feeds_for, lstm_model, mlp
 
 from onnxslim import api, io
 from onnxslim.cli import main
 from onnxslim.graphs import iter_nodes, tensor_bytes
+from onnxslim.passes.quantize.dynamic import QuantizeDynamic
+from onnxslim.passes.quantize.policy import detect_target, resolve_target
+from onnxslim.passes.quantize.weight_only import QuantizeWeightOnly
 from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

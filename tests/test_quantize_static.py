@@ -13,12 +13,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnxslim.passes.quantize.collect import collect_stats
-from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
 from quantize_fixtures import cnn, conv_in_if, feeds_for, masked_attention, mlp
 
 from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_nodes, tensor_bytes
+from onnxslim.passes.quantize.collect import collect_stats
+from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
 from onnxslim.runtime import Session, SessionConfig
 
 
@@ -287,11 +287,12 @@ def test_loop_body_is_calibrated_and_quantized_inside():
 def test_fusion_check_finds_what_ort_leaves_float():
     """ORT's CPU provider has no int8 ConvTranspose: forced into the plan, the check reports it."""
     from onnx import TensorProto, helper, numpy_helper
+    from quantize_fixtures import to_ir
+
     from onnxslim.passes.quantize.policy import NodePlan, QuantPlan, TensorPlan
     from onnxslim.passes.quantize.qdq import activation_qparams, insert_qdq
     from onnxslim.passes.quantize.ranges import Range
     from onnxslim.passes.quantize.static import find_unfused
-    from quantize_fixtures import to_ir
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(

@@ -6,13 +6,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
 from onnxslim.passes.quantize.smoothquant import (
     SmoothQuant,
     channel_absmax,
     find_targets,
     smooth_graph,
 )
-
 from onnxslim.runtime import Session
 
 K = 16
@@ -26,13 +26,19 @@ def _block(kind: str, *, residual: bool = False) -> ir.Model:
     beta = (rng.standard_normal(K) * 0.1).astype(np.float32)
     wq = rng.standard_normal((K, 8)).astype(np.float32)
     wv = rng.standard_normal((K, 8)).astype(np.float32)
-    inits = [numpy_helper.from_array(a, n) for a, n in ((gamma, "gamma"), (beta, "beta"), (wq, "wq"), (wv, "wv"))]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in ((gamma, "gamma"), (beta, "beta"), (wq, "wq"), (wv, "wv"))
+    ]
     if kind == "layernorm":
         pre = [helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["h"], axis=-1)]
     elif kind == "mul":
         pre = [helper.make_node("Mul", ["x", "gamma"], ["h"])]
     else:  # decomposed affine: h = x * gamma + beta
-        pre = [helper.make_node("Mul", ["x", "gamma"], ["g"]), helper.make_node("Add", ["g", "beta"], ["h"])]
+        pre = [
+            helper.make_node("Mul", ["x", "gamma"], ["g"]),
+            helper.make_node("Add", ["g", "beta"], ["h"]),
+        ]
     nodes = pre + [
         helper.make_node("MatMul", ["h", "wq"], ["q"], name="q_proj"),
         helper.make_node("MatMul", ["h", "wv"], ["v"], name="v_proj"),
@@ -42,8 +48,13 @@ def _block(kind: str, *, residual: bool = False) -> ir.Model:
     if residual:
         nodes.append(helper.make_node("Identity", ["h"], ["skip"]))
         outputs.append(helper.make_tensor_value_info("skip", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, K])],
-                              outputs, initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 5, K])],
+        outputs,
+        initializer=inits,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     return ir.serde.deserialize_model(proto)
@@ -90,7 +101,9 @@ def test_tensor_also_read_elsewhere_gets_an_inserted_mul() -> None:
     for feed, ref in zip(feeds, before, strict=True):
         got = session.run(feed)
         np.testing.assert_array_equal(got["skip"], ref["skip"])
-        np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-4, atol=1e-5 * float(np.abs(ref["y"]).max()))
+        np.testing.assert_allclose(
+            got["y"], ref["y"], rtol=1e-4, atol=1e-5 * float(np.abs(ref["y"]).max())
+        )
 
 
 def test_pass_with_generated_inputs_keeps_outputs() -> None:
@@ -100,7 +113,11 @@ def test_pass_with_generated_inputs_keeps_outputs() -> None:
     result = SmoothQuant(alpha=0.6, samples=8)(model)
     assert result.modified
     for feed, ref in zip(feeds, before, strict=True):
-        np.testing.assert_allclose(Session(result.model).run(feed)["y"], ref, rtol=1e-4,
-                                   atol=1e-5 * float(np.abs(ref).max()))
+        np.testing.assert_allclose(
+            Session(result.model).run(feed)["y"],
+            ref,
+            rtol=1e-4,
+            atol=1e-5 * float(np.abs(ref).max()),
+        )
     with pytest.raises(ValueError):
         SmoothQuant(alpha=1.5)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MODELS
 
 from onnxslim import targets
 from onnxslim.cli import main
-
-from conftest import MODELS
 
 CNN = MODELS / "digits_cnn.onnx"
 needs_qemu = pytest.mark.skipif(
@@ -47,8 +46,9 @@ def quantized_cnn(tmp_path_factory) -> Path:
     # The example is too small for int8 to pay on x86; the guard would keep it float.
     # Built for the AVX2 kernels (7-bit weights), the strictest target: it must then
     # compute the same on every CPU, whichever this host is.
-    result = api.quantize(CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False,
-                          target="x86-avx2")
+    result = api.quantize(
+        CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False, target="x86-avx2"
+    )
     api.save(result.model, out)
     import onnx
 
@@ -72,9 +72,29 @@ def test_quantized_cnn_on_arm64_and_avx2(quantized_cnn: Path, capsys) -> None:
         sample = {"input": data["input"][:3]}
     feeds = Path(quantized_cnn.parent / "feeds.npz")
     np.savez(feeds, **sample)
-    code = main(["validate", str(CNN), str(quantized_cnn), "--data", str(feeds), "--target", "arm64",
-                 "--target", "x86-avx2", "--target-feeds", "3", "--atol", "0.5", "--rtol", "0.1",
-                 "--runs", "0", "--no-memory", "--json"])
+    code = main(
+        [
+            "validate",
+            str(CNN),
+            str(quantized_cnn),
+            "--data",
+            str(feeds),
+            "--target",
+            "arm64",
+            "--target",
+            "x86-avx2",
+            "--target-feeds",
+            "3",
+            "--atol",
+            "0.5",
+            "--rtol",
+            "0.1",
+            "--runs",
+            "0",
+            "--no-memory",
+            "--json",
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0, report
     by_target = {t["target"]: t for t in report["targets"]}
@@ -99,12 +119,31 @@ def test_full_range_int8_is_flagged_where_avx2_kernels_saturate(tmp_path: Path, 
     from onnxslim.passes.quantize.policy import detect_target
 
     out = tmp_path / "cnn_vnni.onnx"
-    api.save(api.quantize(CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False,
-                          target="x86-vnni").model, out)
+    api.save(
+        api.quantize(
+            CNN, calib=MODELS / "digits_cnn.calib.npz", latency_guard=False, target="x86-vnni"
+        ).model,
+        out,
+    )
     with np.load(MODELS / "digits_cnn.eval.npz") as data:
         np.savez(tmp_path / "feeds.npz", input=data["input"][:3])
-    main(["validate", str(CNN), str(out), "--data", str(tmp_path / "feeds.npz"),
-          "--target", "x86-avx2", "--target-feeds", "3", "--runs", "0", "--no-memory", "--json"])
+    main(
+        [
+            "validate",
+            str(CNN),
+            str(out),
+            "--data",
+            str(tmp_path / "feeds.npz"),
+            "--target",
+            "x86-avx2",
+            "--target-feeds",
+            "3",
+            "--runs",
+            "0",
+            "--no-memory",
+            "--json",
+        ]
+    )
     (report,) = json.loads(capsys.readouterr().out)["targets"]
     host_has_vnni = detect_target() == "x86-vnni"
     assert report["candidate_differs_beyond_rounding"] is host_has_vnni, report

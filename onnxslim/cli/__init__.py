@@ -12,8 +12,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from onnxslim.cli import export as _export  # noqa: F401
 from onnxslim.cli import cluster as _cluster  # noqa: F401
+from onnxslim.cli import export as _export  # noqa: F401
 from onnxslim.cli import inspect_cmd as _inspect  # noqa: F401
 from onnxslim.cli import optimize as _optimize  # noqa: F401  (registers commands)
 from onnxslim.cli import passes as _passes  # noqa: F401
@@ -49,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         _report("error: out of memory", debug)
         code = 3
     except Exception as exc:  # a bug: still one line unless --debug
-        _report(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                "(run with --debug for the traceback)", debug)
+        _report(
+            f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(run with --debug for the traceback)",
+            debug,
+        )
         code = 3
     if argv is None:
         sys.exit(code)

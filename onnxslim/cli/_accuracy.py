@@ -23,9 +23,19 @@ def table_path(output: Path) -> Path:
     return output.with_name(output.name + ".sensitivity.json")
 
 
-def run(model: Path, output: Path, *, calib: str | None, eval_data: str | None, max_drop: float,
-        options: dict[str, Any], overwrite: bool, json_output: bool, progress: Any = None,
-        mode: str = "static") -> None:
+def run(
+    model: Path,
+    output: Path,
+    *,
+    calib: str | None,
+    eval_data: str | None,
+    max_drop: float,
+    options: dict[str, Any],
+    overwrite: bool,
+    json_output: bool,
+    progress: Any = None,
+    mode: str = "static",
+) -> None:
     """Quantize with fallback to float until the top-1 drop on `eval_data` is at most `max_drop`."""
     from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
     from onnxslim.passes.quantize.static import QuantizeStatic
@@ -35,7 +45,9 @@ def run(model: Path, output: Path, *, calib: str | None, eval_data: str | None, 
     if calib is None:
         raise UsageError("--max-drop needs calibration data (--calib)")
     if eval_data is None:
-        raise UsageError("--max-drop needs a labelled evaluation set (--eval DATA.npz with a `labels` array)")
+        raise UsageError(
+            "--max-drop needs a labelled evaluation set (--eval DATA.npz with a `labels` array)"
+        )
     if not 0.0 <= max_drop <= 1.0:
         raise UsageError(f"--max-drop {max_drop}: expected a fraction in [0, 1] (0.01 = one point)")
     known = {k: v for k, v in options.items() if k in QuantizeStatic.__dataclass_fields__}
@@ -49,20 +61,35 @@ def run(model: Path, output: Path, *, calib: str | None, eval_data: str | None, 
             progress("sensitivity", index + 1, total)
 
     float_model = api.as_model(model)
-    result = quantize_accuracy_aware(float_model, calib, max_drop=max_drop, eval_data=eval_data,
-                                     options=static_options, on_step=step)
+    result = quantize_accuracy_aware(
+        float_model,
+        calib,
+        max_drop=max_drop,
+        eval_data=eval_data,
+        options=static_options,
+        on_step=step,
+    )
     api.save(result.model, output, source=model, overwrite=overwrite)
     table_file = table_path(output)
     table_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     if json_output:
-        print_json({"input": str(model), "output": str(output), "sensitivity_table": str(table_file),
-                    **result.to_dict()})
+        print_json(
+            {
+                "input": str(model),
+                "output": str(output),
+                "sensitivity_table": str(table_file),
+                **result.to_dict(),
+            }
+        )
     else:
         _print(result, output, table_file)
     if not result.met:
-        raise GateFailed(f"top-1 drop {result.drop * 100:.2f} pt exceeds --max-drop {max_drop * 100:.2f} pt "
-                         f"even with {len(result.excluded)} layer(s) float; best model written to {output}, "
-                         f"table to {table_file}", report=result.to_dict())
+        raise GateFailed(
+            f"top-1 drop {result.drop * 100:.2f} pt exceeds --max-drop {max_drop * 100:.2f} pt "
+            f"even with {len(result.excluded)} layer(s) float; best model written to {output}, "
+            f"table to {table_file}",
+            report=result.to_dict(),
+        )
 
 
 def _print(result: Any, output: Path, table_file: Path) -> None:
@@ -71,13 +98,19 @@ def _print(result: Any, output: Path, table_file: Path) -> None:
         table.add_column(column, justify="left" if column == "layer" else "right")
     kept = set(result.excluded)
     for row in result.table[:20]:
-        table.add_row(escape(row.layer), f"{row.metric:.4f}", f"{row.gain * 100:+.2f} pt",
-                      "yes" if row.layer in kept else "")
+        table.add_row(
+            escape(row.layer),
+            f"{row.metric:.4f}",
+            f"{row.gain * 100:+.2f} pt",
+            "yes" if row.layer in kept else "",
+        )
     if result.table:
         out.print(table)
-    out.print(f"top-1: float {result.float_metric:.4f}, all int8 {result.int8_metric:.4f}, result "
-              f"{result.metric:.4f} ({-result.drop * 100:+.2f} pt) with {len(result.excluded)} layer(s) float; "
-              f"{result.evaluations} evaluations in {result.seconds:.1f} s")
+    out.print(
+        f"top-1: float {result.float_metric:.4f}, all int8 {result.int8_metric:.4f}, result "
+        f"{result.metric:.4f} ({-result.drop * 100:+.2f} pt) with {len(result.excluded)} layer(s) float; "
+        f"{result.evaluations} evaluations in {result.seconds:.1f} s"
+    )
     if not result.met:
         err.print("[red]target missed[/]: the best model found is written anyway")
     out.print(f"wrote {escape(str(output))} and {escape(str(table_file))}")

@@ -17,34 +17,77 @@ from onnxslim.validation import resolve_feeds
 @app.command("export")
 def export_command(
     model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output model: NAME.onnx, or NAME.ort for ONNX Runtime Mobile."),
-    input_shape: list[str] | None = typer.Option(None, "--input-shape", help="NAME:D1,D2,... fix a dynamic input (repeatable)."),
-    opset: int | None = typer.Option(None, "--opset", help="Convert the default-domain opset to this version."),
-    fp16: bool = typer.Option(False, "--fp16", help="Convert weights and compute to float16 (sensitive ops stay float32)."),
-    fp16_block: list[str] | None = typer.Option(None, "--fp16-block", help="Extra op types to keep float32 (repeatable)."),
-    fp16_io: bool = typer.Option(False, "--fp16-io", help="Also make the model's inputs and outputs float16."),
-    strip: bool = typer.Option(True, "--strip/--no-strip", help="Strip doc strings and training-only nodes."),
-    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="Run the lossless clean-up first."),
-    style: str = typer.Option("fixed", "--optimization-style", help="ORT format optimizations: fixed (for this hardware-agnostic build) or runtime."),
-    bundle: Path | None = typer.Option(None, "--bundle", help="Write a deploy folder: model, .ort, operator config, validation report, metadata.json."),
-    data: Path | None = typer.Option(None, "--data", help="Feeds to check the export on (.npz or folder); generated inputs otherwise."),
-    atol: float | None = typer.Option(None, "--atol", help="Absolute tolerance (default 1e-5, 1e-2 with --fp16)."),
-    rtol: float | None = typer.Option(None, "--rtol", help="Relative tolerance (default 1e-5, 1e-2 with --fp16)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Output model: NAME.onnx, or NAME.ort for ONNX Runtime Mobile."
+    ),
+    input_shape: list[str] | None = typer.Option(
+        None, "--input-shape", help="NAME:D1,D2,... fix a dynamic input (repeatable)."
+    ),
+    opset: int | None = typer.Option(
+        None, "--opset", help="Convert the default-domain opset to this version."
+    ),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Convert weights and compute to float16 (sensitive ops stay float32)."
+    ),
+    fp16_block: list[str] | None = typer.Option(
+        None, "--fp16-block", help="Extra op types to keep float32 (repeatable)."
+    ),
+    fp16_io: bool = typer.Option(
+        False, "--fp16-io", help="Also make the model's inputs and outputs float16."
+    ),
+    strip: bool = typer.Option(
+        True, "--strip/--no-strip", help="Strip doc strings and training-only nodes."
+    ),
+    optimize: bool = typer.Option(
+        True, "--optimize/--no-optimize", help="Run the lossless clean-up first."
+    ),
+    style: str = typer.Option(
+        "fixed",
+        "--optimization-style",
+        help="ORT format optimizations: fixed (for this hardware-agnostic build) or runtime.",
+    ),
+    bundle: Path | None = typer.Option(
+        None,
+        "--bundle",
+        help="Write a deploy folder: model, .ort, operator config, validation report, metadata.json.",
+    ),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Feeds to check the export on (.npz or folder); generated inputs otherwise.",
+    ),
+    atol: float | None = typer.Option(
+        None, "--atol", help="Absolute tolerance (default 1e-5, 1e-2 with --fp16)."
+    ),
+    rtol: float | None = typer.Option(
+        None, "--rtol", help="Relative tolerance (default 1e-5, 1e-2 with --fp16)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow replacing the input file."),
-    force: bool = typer.Option(False, "--force", help="Write the model even if it fails the parity check."),
+    force: bool = typer.Option(
+        False, "--force", help="Write the model even if it fails the parity check."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Prepare MODEL for a device and check it on ONNX Runtime against the input."""
     options = ExportOptions(
-        input_shapes=tuple(input_shape or ()), opset=opset, fp16=fp16,
+        input_shapes=tuple(input_shape or ()),
+        opset=opset,
+        fp16=fp16,
         fp16_block_ops=tuple(FP16_SENSITIVE_OPS) + tuple(fp16_block or ()),
-        keep_io_float32=not fp16_io, strip=strip, optimize=optimize,
-        ort_format=output.suffix == ".ort", optimization_style=style, atol=atol, rtol=rtol,
+        keep_io_float32=not fp16_io,
+        strip=strip,
+        optimize=optimize,
+        ort_format=output.suffix == ".ort",
+        optimization_style=style,
+        atol=atol,
+        rtol=rtol,
     )
     feeds = None
     if data is not None:
         feeds, _, _ = resolve_feeds(api.as_model(model), data, count=8)
-    result = export(model, output, options, feeds=feeds, bundle=bundle, overwrite=overwrite, force=force)
+    result = export(
+        model, output, options, feeds=feeds, bundle=bundle, overwrite=overwrite, force=force
+    )
     if json_output:
         print_json(result.to_dict())
         return
@@ -54,8 +97,13 @@ def export_command(
     for column in ("output", "max abs", "max rel", "cosine", "result"):
         table.add_column(column)
     for p in result.parity:
-        table.add_row(escape(p.name), f"{p.max_abs:.3g}", f"{p.max_rel:.3g}", f"{p.cosine:.6f}",
-                      "[green]pass[/]" if p.passed else "[red]FAIL (forced)[/]")
+        table.add_row(
+            escape(p.name),
+            f"{p.max_abs:.3g}",
+            f"{p.max_rel:.3g}",
+            f"{p.cosine:.6f}",
+            "[green]pass[/]" if p.passed else "[red]FAIL (forced)[/]",
+        )
     out.print(table)
     for problem in result.preflight.problems:
         err.print(f"[red]mobile pre-flight:[/] {escape(problem)}")

@@ -18,17 +18,45 @@ from onnxslim.pipeline import Pipeline
 def optimize_command(
     model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the optimized model."),
-    recipe: Path | None = typer.Option(None, "--recipe", help="TOML recipe of [[pass]] tables to run instead of the default clean-up."),
-    passes: str | None = typer.Option(None, "--passes", help="Comma-separated pass names to run instead of the default."),
-    input_shape: list[str] | None = typer.Option(None, "--input-shape", help="Fix an input's dynamic dimensions, NAME:1,3,224,224 (repeatable); shapes then propagate and fold."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check the passes on ONNX Runtime, roll back any that changes outputs, and check the result against the input model."),
-    data: Path | None = typer.Option(None, "--data", help="Validation feeds (.npz or folder); generated inputs otherwise."),
+    recipe: Path | None = typer.Option(
+        None,
+        "--recipe",
+        help="TOML recipe of [[pass]] tables to run instead of the default clean-up.",
+    ),
+    passes: str | None = typer.Option(
+        None, "--passes", help="Comma-separated pass names to run instead of the default."
+    ),
+    input_shape: list[str] | None = typer.Option(
+        None,
+        "--input-shape",
+        help="Fix an input's dynamic dimensions, NAME:1,3,224,224 (repeatable); shapes then propagate and fold.",
+    ),
+    verify: bool = typer.Option(
+        True,
+        "--verify/--no-verify",
+        help="Check the passes on ONNX Runtime, roll back any that changes outputs, and check the result against the input model.",
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", help="Validation feeds (.npz or folder); generated inputs otherwise."
+    ),
     atol: float = typer.Option(1e-5, help="Absolute tolerance of the checks."),
     rtol: float = typer.Option(1e-5, help="Relative tolerance of the checks."),
-    force: bool = typer.Option(False, "--force", help="Write the result even when the final check fails (the exit code is still 1)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow the output to replace the input file."),
-    keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Keep exporter debug metadata (node stack traces, scope names, doc strings); stripped by default."),
-    print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the pipeline as a TOML recipe and exit."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Write the result even when the final check fails (the exit code is still 1).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Allow the output to replace the input file."
+    ),
+    keep_metadata: bool = typer.Option(
+        False,
+        "--keep-metadata",
+        help="Keep exporter debug metadata (node stack traces, scope names, doc strings); stripped by default.",
+    ),
+    print_recipe: bool = typer.Option(
+        False, "--print-recipe", help="Print the pipeline as a TOML recipe and exit."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Run a lossless clean-up on MODEL and write the result to OUTPUT."""
@@ -46,28 +74,46 @@ def optimize_command(
         out.print(shown.to_toml(), end="", markup=False)
         return
     if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter("output is the input model; pass --overwrite to replace it", param_hint="-o")
-    result = api.optimize(model, pipeline=pipeline, verify=verify, data=data, atol=atol, rtol=rtol,
-                          input_shapes=input_shape or None, keep_metadata=keep_metadata)
+        raise typer.BadParameter(
+            "output is the input model; pass --overwrite to replace it", param_hint="-o"
+        )
+    result = api.optimize(
+        model,
+        pipeline=pipeline,
+        verify=verify,
+        data=data,
+        atol=atol,
+        rtol=rtol,
+        input_shapes=input_shape or None,
+        keep_metadata=keep_metadata,
+    )
     final = result.result.parity
     failed = [p for p in final or [] if not p.passed]
     if not failed or force:
         api.save(result.model, output, source=model, overwrite=overwrite)
     records = result.result.records
     if json_output:
-        print_json({"input": str(model), "output": str(output) if not failed or force else None,
-                    "verified_on": result.verified_on, "passed": not failed,
-                    "rolled_back": [r.name for r in result.result.rolled_back],
-                    "parity": [p.to_dict() for p in final] if final is not None else None,
-                    "passes": [r.to_dict() for r in records]})
+        print_json(
+            {
+                "input": str(model),
+                "output": str(output) if not failed or force else None,
+                "verified_on": result.verified_on,
+                "passed": not failed,
+                "rolled_back": [r.name for r in result.result.rolled_back],
+                "parity": [p.to_dict() for p in final] if final is not None else None,
+                "passes": [r.to_dict() for r in records],
+            }
+        )
     else:
         _print_table(model, result)
     # Rolled-back passes are already on stderr: the pipeline logs each one as a warning.
     if failed:
         moved = ", ".join(f"{p.name} (max abs {p.max_abs:.3g})" for p in failed)
         where = f"written anyway to {output} (--force)" if force else "nothing written"
-        raise GateFailed(f"the optimized model's outputs differ from the input model's beyond "
-                         f"tolerance: {moved}; {where}")
+        raise GateFailed(
+            f"the optimized model's outputs differ from the input model's beyond "
+            f"tolerance: {moved}; {where}"
+        )
     if not json_output:
         out.print(f"wrote {output}")
 
@@ -77,8 +123,14 @@ def _print_table(model: Path, result: api.OptimizeResult) -> None:
     for column in ("pass", "status", "nodes", "bytes", "seconds", "note"):
         table.add_column(column)
     for r in result.result.records:
-        table.add_row(r.name, r.status, f"{r.nodes_before} -> {r.nodes_after}",
-                      f"{r.bytes_before} -> {r.bytes_after}", f"{r.seconds:.3f}", r.reason)
+        table.add_row(
+            r.name,
+            r.status,
+            f"{r.nodes_before} -> {r.nodes_after}",
+            f"{r.bytes_before} -> {r.bytes_after}",
+            f"{r.seconds:.3f}",
+            r.reason,
+        )
     out.print(table)
     final = result.result.parity
     if final is not None:

@@ -8,8 +8,9 @@ from rich.table import Table
 from onnxslim import targets
 from onnxslim.cli._app import app, err, out, print_json
 
-targets_app = typer.Typer(help="Emulated CPU targets for `validate --target` (QEMU user mode).",
-                          no_args_is_help=True)
+targets_app = typer.Typer(
+    help="Emulated CPU targets for `validate --target` (QEMU user mode).", no_args_is_help=True
+)
 app.add_typer(targets_app, name="targets")
 
 
@@ -27,8 +28,12 @@ def list_command(json_output: bool = typer.Option(False, "--json", help="Print J
     """Show which targets are ready."""
     states = [targets.status(name) for name in targets.TARGET_NAMES]
     if json_output:
-        print_json([{"name": s.name, "ready": s.ready, "detail": s.detail, "path": str(s.path)}
-                    for s in states])
+        print_json(
+            [
+                {"name": s.name, "ready": s.ready, "detail": s.detail, "path": str(s.path)}
+                for s in states
+            ]
+        )
         return
     table = Table(title=f"targets (cache {targets.cache_root()})")
     for column in ("target", "ready", "detail"):

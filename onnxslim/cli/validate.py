@@ -142,7 +142,10 @@ def validate_command(
     target_reports = []
     if target:
         feeds, _, _ = resolve_feeds(
-            api.as_model(reference), data, count=target_feeds, seed=0,
+            api.as_model(reference),
+            data,
+            count=target_feeds,
+            seed=0,
             shapes=parse_input_shapes(input_shape),
         )
         err.print(f"running on {', '.join(target)} under QEMU ({len(feeds)} feeds)...")
@@ -172,15 +175,25 @@ def render_target(report: TargetReport) -> None:
         top1 = "-" if on_target.top1_agreement is None else f"{on_target.top1_agreement:.2%}"
         same = "identical" if host.max_abs == 0 else f"differs (max abs {_num(host.max_abs)})"
         verdict = "[green]pass[/]" if on_target.passed else "[red]FAIL[/]"
-        table.add_row(escape(on_target.name), _num(on_target.max_abs),
-                      _num(on_target.cosine, ".6f"), top1, verdict, same)
+        table.add_row(
+            escape(on_target.name),
+            _num(on_target.max_abs),
+            _num(on_target.cosine, ".6f"),
+            top1,
+            verdict,
+            same,
+        )
     out.print(table)
     if report.candidate_differs_beyond_rounding:
-        out.print(f"[yellow]note:[/] the candidate computes differently on {report.target} than on "
-                  "this machine, beyond float rounding: validate on the target's kernels")
+        out.print(
+            f"[yellow]note:[/] the candidate computes differently on {report.target} than on "
+            "this machine, beyond float rounding: validate on the target's kernels"
+        )
     elif report.candidate_differs_from_host:
-        out.print(f"note: on {report.target} the candidate differs from this machine only by float "
-                  "rounding")
+        out.print(
+            f"note: on {report.target} the candidate differs from this machine only by float "
+            "rounding"
+        )
 
 
 def render(report: ValidationReport) -> None:

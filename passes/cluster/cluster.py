@@ -24,12 +24,11 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
+
+from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
-
-from onnxslim.errors import UsageError
-
 from onnxslim.probing import WeightProbe
 
 from . import storage as palette_storage
@@ -168,7 +167,9 @@ class ClusterWeights(ir.passes.InPlacePass):
             raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
         if self.budget_bytes is not None and self.budget_bytes < 0:
             raise ValueError(f"budget_bytes must not be negative, got {self.budget_bytes}")
-        if (self.budget is not None or self.budget_bytes is not None) and self.allocation != "mixed":
+        if (
+            self.budget is not None or self.budget_bytes is not None
+        ) and self.allocation != "mixed":
             raise ValueError("budget and budget_bytes apply to allocation=mixed")
         if self.budget is not None and self.budget_bytes is not None:
             raise ValueError("give budget or budget_bytes, not both")
@@ -306,7 +307,9 @@ class ClusterWeights(ir.passes.InPlacePass):
                 forms.append(uniform_form)
             candidates = []
             original = dense.numpy()
-            palettized = {form: self._narrow(self._cluster(weight, qmax, form)[0]) for form in forms}
+            palettized = {
+                form: self._narrow(self._cluster(weight, qmax, form)[0]) for form in forms
+            }
             if not measure_all:
                 reference = _relative_error(original, palettized[uniform_form].dense())
                 measured = probe.mean_error({weight.name: palettized[uniform_form].dense()})

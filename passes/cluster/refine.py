@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes.prune.layers import Layer, find_layers
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
 from onnxslim.feeds import Feed
+from onnxslim.passes.prune.layers import Layer, find_layers
 
 from .palette import Palettized, snap_int8
 

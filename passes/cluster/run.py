@@ -26,10 +26,9 @@ import onnx_ir as ir
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
 from onnxslim.graphs import tensor_bytes
+from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
 from onnxslim.pipeline import PassRecord, Pipeline, run_pipeline
 from onnxslim.validation import resolve_feeds, validate
-
-from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
 
 from .cluster import ClusterWeights, summary
 

@@ -50,6 +50,7 @@ from typing import ClassVar
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes._options import check_choice, option
 
 from .palette import Palettized, distinct, group_offsets
@@ -281,8 +282,11 @@ def footprint(p: Palettized, name: str, opset: int, packing: str = "auto") -> Fo
     )
     model = ir.Model(graph, ir_version=10)
     write(graph, model, placeholder, p, packing=packing)
-    size = sum(_framed(ir.serde.serialize_tensor(v.const_value).ByteSize())
-               for v in graph.initializers.values() if v.const_value is not None)
+    size = sum(
+        _framed(ir.serde.serialize_tensor(v.const_value).ByteSize())
+        for v in graph.initializers.values()
+        if v.const_value is not None
+    )
     size += sum(_framed(ir.serde.serialize_node(n).ByteSize()) for n in graph if n is not reader)
     functions = {
         key[1]: _framed(ir.serde.serialize_function(f).ByteSize())
@@ -653,7 +657,11 @@ def _byte_fields(op, const, width: int) -> ir.Value:
     per_byte = 8 // width
     byte_values = op(
         "Range",
-        [const(np.array(0, np.int64)), const(np.array(256, np.int64)), const(np.array(1, np.int64))],
+        [
+            const(np.array(0, np.int64)),
+            const(np.array(256, np.int64)),
+            const(np.array(1, np.int64)),
+        ],
     )
     column = op("Reshape", [byte_values, const(np.array([-1, 1], np.int64))])
     divisors = (2 ** (8 - width * (np.arange(per_byte) + 1))).astype(np.int64)
@@ -670,7 +678,10 @@ def _grouped_lut_body(op, const, inputs: list[ir.Value], width: int) -> ir.Value
     one = const(np.array(1, np.int64))
     fields = _byte_fields(op, const, width)  # [256, pb]
     groups = op("Div", [op("Size", [palette]), const(np.array(k, np.int64))])
-    base = op("Mul", [op("Range", [const(np.array(0, np.int64)), groups, one]), const(np.array(k, np.int64))])
+    base = op(
+        "Mul",
+        [op("Range", [const(np.array(0, np.int64)), groups, one]), const(np.array(k, np.int64))],
+    )
     base = op("Reshape", [base, const(np.array([-1, 1, 1], np.int64))])
     table = op("Gather", [palette, op("Add", [base, fields])], axis=0)  # [G, 256, pb]
     table = op("Reshape", [table, const(np.array([-1, per_byte], np.int64))])

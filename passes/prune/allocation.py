@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes.prune.layers import Layer
-from onnxslim.passes.prune.masks import magnitude_mask
 
 from onnxslim.feeds import Feed
+from onnxslim.passes.prune.layers import Layer
+from onnxslim.passes.prune.masks import magnitude_mask
 from onnxslim.probing import WeightProbe
 
 PROBES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)

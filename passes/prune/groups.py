@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes.prune.layers import resolve_initializer
 
 UNARY = {

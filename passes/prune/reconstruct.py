@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes.prune.layers import Layer, find_layers
-from onnxslim.passes.prune.lstsq import Stats, solve
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
 from onnxslim.feeds import Feed
+from onnxslim.passes.prune.layers import Layer, find_layers
+from onnxslim.passes.prune.lstsq import Stats, solve
 
 REFIT_OPS = ("Conv", "Gemm", "MatMul")
 MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB

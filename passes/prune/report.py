@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
-from onnxslim.passes.prune.storage import packed_weights
 
 from onnxslim.activations import coalesce_feeds
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.io import model_to_bytes
+from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
+from onnxslim.passes.prune.storage import packed_weights
 from onnxslim.runtime import Session
 
 LABEL_KEYS = ("labels", "label")

@@ -40,6 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes._options import option
 from onnxslim.passes.prune._common import store_summary
 

@@ -29,8 +29,8 @@ match are reported as skipped.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -64,13 +64,13 @@ class BiasCorrectionReport:
 
 @dataclass
 class _Target:
-    node: ir.Node                  # the layer in the quantized model
-    input_name: str                # float tensor read by its input Q/DQ chain
-    output_name: str               # its float output name, shared with the float model
-    axis: int                      # channel axis of the output
+    node: ir.Node  # the layer in the quantized model
+    input_name: str  # float tensor read by its input Q/DQ chain
+    output_name: str  # its float output name, shared with the float model
+    axis: int  # channel axis of the output
     bias: _BiasSlot
     probe_output: str = ""
-    float_input: str = ""          # the same tensor's name in the float model
+    float_input: str = ""  # the same tensor's name in the float model
 
 
 @dataclass
@@ -84,9 +84,15 @@ class _BiasSlot:
     owner: ir.Node | None = None
 
 
-def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[Feed], *,
-                   layers: set[str] | None = None, samples: int = 32,
-                   final_layers: bool = True) -> BiasCorrectionReport:
+def correct_biases(
+    quantized: ir.Model,
+    float_model: ir.Model,
+    feeds: Iterable[Feed],
+    *,
+    layers: set[str] | None = None,
+    samples: int = 32,
+    final_layers: bool = True,
+) -> BiasCorrectionReport:
     """Measure every quantized layer's own mean error and fold it into its bias (in place).
 
     With `final_layers`, layers that produce graph outputs then get a second, end-to-end
@@ -95,7 +101,9 @@ def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[F
     from onnxslim.runtime import Session
 
     report = BiasCorrectionReport()
-    float_names = {v.name for n in float_model.graph for v in n.outputs} | {v.name for v in float_model.graph.inputs}
+    float_names = {v.name for n in float_model.graph for v in n.outputs} | {
+        v.name for v in float_model.graph.inputs
+    }
     float_layers = {n.name: n for n in float_model.graph if n.name}
     targets = []
     for node in quantized.graph:
@@ -121,7 +129,9 @@ def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[F
         out = session.run(feed, outputs=names)
         report.samples += 1
         for k, t in enumerate(targets):
-            diff = np.asarray(out[t.probe_output], np.float64) - np.asarray(out[t.output_name], np.float64)
+            diff = np.asarray(out[t.probe_output], np.float64) - np.asarray(
+                out[t.output_name], np.float64
+            )
             axis = t.axis % diff.ndim
             per_channel = np.moveaxis(diff, axis, 0).reshape(diff.shape[axis], -1)
             sums[k] = sums.get(k, 0.0) + per_channel.sum(axis=1)
@@ -137,16 +147,35 @@ def correct_biases(quantized: ir.Model, float_model: ir.Model, feeds: Iterable[F
             continue
         if added:  # later steps must see the bias just added, not add another
             t.bias = _bias_slot(t.node)  # type: ignore[assignment]
-        report.corrected.append(LayerCorrection(t.node.name or t.node.op_type, int(shift.size),
-                                                float(np.mean(np.abs(shift))), float(np.max(np.abs(shift))), added))
+        report.corrected.append(
+            LayerCorrection(
+                t.node.name or t.node.op_type,
+                int(shift.size),
+                float(np.mean(np.abs(shift))),
+                float(np.max(np.abs(shift))),
+                added,
+            )
+        )
     if final_layers:
-        _correct_final_layers(quantized, float_model, [t for t in targets if not isinstance(t.bias, str)],
-                              feeds_list, samples, report)
+        _correct_final_layers(
+            quantized,
+            float_model,
+            [t for t in targets if not isinstance(t.bias, str)],
+            feeds_list,
+            samples,
+            report,
+        )
     return report
 
 
-def _correct_final_layers(quantized: ir.Model, float_model: ir.Model, targets: list[_Target],
-                          feeds: list[Feed], samples: int, report: BiasCorrectionReport) -> None:
+def _correct_final_layers(
+    quantized: ir.Model,
+    float_model: ir.Model,
+    targets: list[_Target],
+    feeds: list[Feed],
+    samples: int,
+    report: BiasCorrectionReport,
+) -> None:
     """Layers whose output is a graph output (through Q/DQ at most): cancel the mean error
     the whole model leaves there, which includes what earlier layers' rounding passed on.
 
@@ -171,7 +200,10 @@ def _correct_final_layers(quantized: ir.Model, float_model: ir.Model, targets: l
     if not finals or not feeds:
         return
     names = [name for _, name in finals]
-    q_session, f_session = Session(quantized, _session_config()), Session(float_model, _session_config())
+    q_session, f_session = (
+        Session(quantized, _session_config()),
+        Session(float_model, _session_config()),
+    )
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     axis_of = {name: t.axis for t, name in finals}
@@ -197,6 +229,7 @@ def _session_config():  # noqa: ANN202 - avoids importing runtime at module impo
 
 # --- matching -----------------------------------------------------------------------------------
 
+
 def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
     node = value.producer() if value is not None else None
     return node if node is not None and node.op_type == op else None
@@ -218,7 +251,9 @@ def _dq_parts(dq: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] |
     return q, scale, zp
 
 
-def _target(node: ir.Node, float_names: set[str | None], float_node: ir.Node | None) -> _Target | str:
+def _target(
+    node: ir.Node, float_names: set[str | None], float_node: ir.Node | None
+) -> _Target | str:
     """Match `node` with its float counterpart: the float node of the same name and type
     if there is one (its output is the layer's pre-activation output even where the
     quantizer folded a following Relu into the output quantization), else by tensor names."""
@@ -236,7 +271,11 @@ def _target(node: ir.Node, float_names: set[str | None], float_node: ir.Node | N
     if source is None:
         return "input is dequantized from a constant"
     float_input = source.name
-    if float_input not in float_names and float_node is not None and float_node.inputs[0] is not None:
+    if (
+        float_input not in float_names
+        and float_node is not None
+        and float_node.inputs[0] is not None
+    ):
         float_input = float_node.inputs[0].name
     if float_input not in float_names:
         return "input tensor has no counterpart in the float model"
@@ -292,6 +331,7 @@ def _slot_of(bias: ir.Value, owner: ir.Node, kind_float: str = "float") -> _Bias
 
 # --- the probe ------------------------------------------------------------------------------
 
+
 def _probe(float_model: ir.Model, targets: list[_Target]) -> ir.Model:
     """The float model plus each target's quantized copy reading the float input."""
     probe = float_model.clone()
@@ -302,8 +342,9 @@ def _probe(float_model: ir.Model, targets: list[_Target]) -> ir.Model:
     constants: dict[int, ir.Value] = {}  # one copy per constant, however many layers share it
     for k, t in enumerate(targets):
         mapping: dict[int, ir.Value] = {}
-        copy_of_layer = _copy_closure(t.node, t.input_name, values[t.float_input], graph, mapping,
-                                      f"{_PREFIX}{k}_", constants)
+        copy_of_layer = _copy_closure(
+            t.node, t.input_name, values[t.float_input], graph, mapping, f"{_PREFIX}{k}_", constants
+        )
         t.probe_output = copy_of_layer.outputs[0].name or ""
         graph.outputs.append(copy_of_layer.outputs[0])
         if t.output_name not in existing_outputs:
@@ -312,8 +353,15 @@ def _probe(float_model: ir.Model, targets: list[_Target]) -> ir.Model:
     return probe
 
 
-def _copy_closure(node: ir.Node, source: str, float_value: ir.Value, graph: ir.Graph,
-                  mapping: dict[int, ir.Value], prefix: str, constants: dict[int, ir.Value]) -> ir.Node:
+def _copy_closure(
+    node: ir.Node,
+    source: str,
+    float_value: ir.Value,
+    graph: ir.Graph,
+    mapping: dict[int, ir.Value],
+    prefix: str,
+    constants: dict[int, ir.Value],
+) -> ir.Node:
     """Copy `node` and its Q/DQ/constant inputs into `graph`; `source` becomes `float_value`."""
     inputs: list[ir.Value | None] = []
     for value in node.inputs:
@@ -325,21 +373,34 @@ def _copy_closure(node: ir.Node, source: str, float_value: ir.Value, graph: ir.G
             inputs.append(float_value)
         elif value.const_value is not None:
             if id(value) not in constants:
-                copy = ir.Value(name=f"{prefix}{value.name}", const_value=value.const_value,
-                                type=value.type, shape=value.shape)
+                copy = ir.Value(
+                    name=f"{prefix}{value.name}",
+                    const_value=value.const_value,
+                    type=value.type,
+                    shape=value.shape,
+                )
                 graph.register_initializer(copy)
                 constants[id(value)] = copy
             inputs.append(constants[id(value)])
         else:
             producer = value.producer()
             if producer is None or producer.op_type not in ("QuantizeLinear", "DequantizeLinear"):
-                raise ValueError(f"cannot copy {node.name}: input {value.name!r} is not a Q/DQ chain")
+                raise ValueError(
+                    f"cannot copy {node.name}: input {value.name!r} is not a Q/DQ chain"
+                )
             copied = _copy_closure(producer, source, float_value, graph, mapping, prefix, constants)
             mapping[id(value)] = copied.outputs[value.index() or 0]
             inputs.append(mapping[id(value)])
     attributes = [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()]
-    clone = ir.Node(node.domain, node.op_type, inputs, attributes=attributes, num_outputs=len(node.outputs),
-                    name=f"{prefix}{node.name}", version=node.version)
+    clone = ir.Node(
+        node.domain,
+        node.op_type,
+        inputs,
+        attributes=attributes,
+        num_outputs=len(node.outputs),
+        name=f"{prefix}{node.name}",
+        version=node.version,
+    )
     for out, original in zip(clone.outputs, node.outputs, strict=True):
         out.name = f"{prefix}{original.name}"
     graph.append(clone)
@@ -348,6 +409,7 @@ def _copy_closure(node: ir.Node, source: str, float_value: ir.Value, graph: ir.G
 
 # --- applying -------------------------------------------------------------------------------
 
+
 def _apply(t: _Target, shift: np.ndarray, model: ir.Model) -> str | None:
     slot = t.bias
     if slot.kind in ("float", "add"):
@@ -355,11 +417,19 @@ def _apply(t: _Target, shift: np.ndarray, model: ir.Model) -> str | None:
         assert array is not None and slot.value is not None
         if array.size not in (1, shift.size):
             return f"bias shape {array.shape} is not per output channel"
-        new = np.broadcast_to(array.reshape(-1), shift.shape) - shift if array.size == 1 else array.reshape(-1) - shift
+        new = (
+            np.broadcast_to(array.reshape(-1), shift.shape) - shift
+            if array.size == 1
+            else array.reshape(-1) - shift
+        )
         if slot.kind == "add":
             new = new.reshape(array.shape if array.size == shift.size else (shift.size,))
-        slot.value.const_value = ir.tensor(new.astype(array.dtype).reshape(
-            array.shape if array.size == shift.size else shift.shape), name=slot.value.name)
+        slot.value.const_value = ir.tensor(
+            new.astype(array.dtype).reshape(
+                array.shape if array.size == shift.size else shift.shape
+            ),
+            name=slot.value.name,
+        )
         return None
     if slot.kind == "quantized":
         q = _const(slot.value)
@@ -369,7 +439,9 @@ def _apply(t: _Target, shift: np.ndarray, model: ir.Model) -> str | None:
         step = np.broadcast_to(slot.scale.reshape(-1).astype(np.float64), shift.shape)
         info = np.iinfo(q.dtype)
         new = np.clip(np.rint(q.reshape(-1).astype(np.float64) - shift / step), info.min, info.max)
-        slot.value.const_value = ir.tensor(new.astype(q.dtype).reshape(q.shape), name=slot.value.name)
+        slot.value.const_value = ir.tensor(
+            new.astype(q.dtype).reshape(q.shape), name=slot.value.name
+        )
         return None
     return _add_bias(t, shift, model)
 
@@ -383,15 +455,22 @@ def _add_bias(t: _Target, shift: np.ndarray, model: ir.Model) -> str | None:
     sw = _const(dq_w.inputs[1]) if dq_w is not None else None
     if sx is None or sw is None or sx.size != 1 or sw.size not in (1, shift.size):
         return "no bias, and input/weight scales do not give an int32 bias scale"
-    scale = (np.broadcast_to(sw.reshape(-1), shift.shape).astype(np.float64) * float(sx.reshape(())))
+    scale = np.broadcast_to(sw.reshape(-1), shift.shape).astype(np.float64) * float(sx.reshape(()))
     q = np.clip(np.rint(-shift / scale), -(2**31), 2**31 - 1).astype(np.int32)
     name = f"{node.name or 'layer'}_bias_correction"
     q_value = ir.Value(name=f"{name}_quantized", const_value=ir.tensor(q, name=f"{name}_quantized"))
-    s_value = ir.Value(name=f"{name}_scale", const_value=ir.tensor(scale.astype(np.float32), name=f"{name}_scale"))
+    s_value = ir.Value(
+        name=f"{name}_scale", const_value=ir.tensor(scale.astype(np.float32), name=f"{name}_scale")
+    )
     model.graph.register_initializer(q_value)
     model.graph.register_initializer(s_value)
-    dq = ir.Node("", "DequantizeLinear", [q_value, s_value], attributes=[ir.AttrInt64("axis", 0)],
-                 name=f"{name}_dq")
+    dq = ir.Node(
+        "",
+        "DequantizeLinear",
+        [q_value, s_value],
+        attributes=[ir.AttrInt64("axis", 0)],
+        name=f"{name}_dq",
+    )
     dq.outputs[0].name = f"{name}_dequantized"
     model.graph.insert_before(node, dq)
     if len(node.inputs) < 3:
@@ -406,7 +485,9 @@ REPORT_KEY = "onnxslim.bias_correction"
 DEFAULT_SAMPLES = 32
 
 
-def static_hook(quantized: ir.Model, prepared: ir.Model, feeds: Any, options: Any, report: Any) -> None:
+def static_hook(
+    quantized: ir.Model, prepared: ir.Model, feeds: Any, options: Any, report: Any
+) -> None:
     """Run bias correction on the static pass's final model, unless `options.bias_correction` is off.
 
     `prepared` is the float model the plan was made on (same node names as `quantized`).

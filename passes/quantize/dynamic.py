@@ -21,9 +21,9 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes._options import check_choice, option
 
 from onnxslim.graphs import iter_graphs
+from onnxslim.passes._options import check_choice, option
 
 from .policy import (
     MIN_EMBEDDING_ELEMENTS,

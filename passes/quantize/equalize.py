@@ -34,11 +34,24 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+
 from onnxslim.passes._options import option
 
 _HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu"}
-_NOT_HOMOGENEOUS = {"Clip", "Relu6", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh", "Elu", "Selu",
-                    "Gelu", "Softplus", "Mish", "Swish"}
+_NOT_HOMOGENEOUS = {
+    "Clip",
+    "Relu6",
+    "HardSigmoid",
+    "HardSwish",
+    "Sigmoid",
+    "Tanh",
+    "Elu",
+    "Selu",
+    "Gelu",
+    "Softplus",
+    "Mish",
+    "Swish",
+}
 _LAYERS = {"Conv", "Gemm"}
 
 
@@ -52,7 +65,9 @@ class LayerPair:
 
     @property
     def label(self) -> str:
-        return f"{self.first.name or self.first.op_type} -> {self.second.name or self.second.op_type}"
+        return (
+            f"{self.first.name or self.first.op_type} -> {self.second.name or self.second.op_type}"
+        )
 
 
 @dataclass
@@ -84,7 +99,9 @@ def find_pairs(graph: ir.Graph) -> tuple[list[LayerPair], list[tuple[str, str]]]
     return pairs, skipped
 
 
-def equalize_graph(graph: ir.Graph, *, iterations: int = 20, tolerance: float = 1e-4) -> EqualizeReport:
+def equalize_graph(
+    graph: ir.Graph, *, iterations: int = 20, tolerance: float = 1e-4
+) -> EqualizeReport:
     """Equalize every supported pair of `graph` in place; returns what was done."""
     pairs, skipped = find_pairs(graph)
     report = EqualizeReport(skipped=skipped)
@@ -111,7 +128,9 @@ class CrossLayerEqualization(ir.passes.InPlacePass):
     """Balance per-channel weight ranges of Conv/Gemm pairs (outputs unchanged up to rounding)."""
 
     lossless: ClassVar[bool] = True
-    iterations: int = option(20, "Maximum sweeps over chains of pairs (stops early when scales settle).")
+    iterations: int = option(
+        20, "Maximum sweeps over chains of pairs (stops early when scales settle)."
+    )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         report = equalize_graph(model.graph, iterations=self.iterations)
@@ -120,6 +139,7 @@ class CrossLayerEqualization(ir.passes.InPlacePass):
 
 
 # --- pattern matching ---------------------------------------------------------------
+
 
 def _single_consumer(value: ir.Value) -> ir.Node | None | str:
     """The only consumer of `value`, or a reason why there is not exactly one."""
@@ -169,7 +189,10 @@ def _refusal(pair: LayerPair) -> str:
     if bias is not None and (bias.const_value is None or len(list(bias.uses())) != 1):
         return f"{pair.first.name}: bias is not a constant used only here"
     if pair.first.op_type == "Gemm" and bias is not None and bias.const_value is not None:
-        if bias.const_value.numpy().size not in (1, _out_channels(pair.first, bias.const_value.numpy())):
+        if bias.const_value.numpy().size not in (
+            1,
+            _out_channels(pair.first, bias.const_value.numpy()),
+        ):
             return f"{pair.first.name}: bias is not per output channel"
     act = pair.activation
     if act is not None and act.op_type == "PRelu":
@@ -226,13 +249,22 @@ def _second_columns(pair: LayerPair, arrays: Arrays) -> list[np.ndarray]:
     weight = arrays[id(pair.second.inputs[1])][1]
     layer = pair.second
     if layer.op_type == "Gemm":
-        return [weight[:, c] if layer.attributes.get_int("transB", 0) else weight[c, :]
-                for c in range(weight.shape[1] if layer.attributes.get_int("transB", 0) else weight.shape[0])]
+        return [
+            weight[:, c] if layer.attributes.get_int("transB", 0) else weight[c, :]
+            for c in range(
+                weight.shape[1] if layer.attributes.get_int("transB", 0) else weight.shape[0]
+            )
+        ]
     groups = layer.attributes.get_int("group", 1)
     out_per_group = weight.shape[0] // groups
     in_per_group = weight.shape[1]
-    return [weight[(c // in_per_group) * out_per_group:(c // in_per_group + 1) * out_per_group, c % in_per_group]
-            for c in range(in_per_group * groups)]
+    return [
+        weight[
+            (c // in_per_group) * out_per_group : (c // in_per_group + 1) * out_per_group,
+            c % in_per_group,
+        ]
+        for c in range(in_per_group * groups)
+    ]
 
 
 def _pair_scale(pair: LayerPair, arrays: Arrays) -> np.ndarray | None:
@@ -271,5 +303,8 @@ def iter_equalized_ranges(graph: ir.Graph) -> Iterator[tuple[str, np.ndarray, np
     for pair in pairs:
         rows = _first_rows(pair, arrays)
         columns = _second_columns(pair, arrays)
-        yield (pair.label, np.max(np.abs(rows), axis=1),
-               np.array([np.max(np.abs(col)) for col in columns]))
+        yield (
+            pair.label,
+            np.max(np.abs(rows), axis=1),
+            np.array([np.max(np.abs(col)) for col in columns]),
+        )

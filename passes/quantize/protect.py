@@ -41,8 +41,23 @@ EXTREME_MAGNITUDE = 1e30
 _JOINS = {"Concat", "Add"}
 _PROBABILITY = {"Sigmoid", "Softmax", "LogSoftmax", "HardSigmoid"}
 # Ops that only move values around: a probability stays a probability through them.
-_LAYOUT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Slice",
-           "Gather", "Split", "Expand", "Tile", "GatherElements", "ReduceMax", "MaxPool"}
+_LAYOUT = {
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Concat",
+    "Slice",
+    "Gather",
+    "Split",
+    "Expand",
+    "Tile",
+    "GatherElements",
+    "ReduceMax",
+    "MaxPool",
+}
 
 
 @dataclass(frozen=True)
@@ -55,11 +70,21 @@ class Protection:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "rule": self.rule, "nodes": list(self.nodes), "reason": self.reason}
+        return {
+            "tensor": self.tensor,
+            "rule": self.rule,
+            "nodes": list(self.nodes),
+            "reason": self.reason,
+        }
 
 
-def find_protections(model: ir.Model, ranges: Mapping[str, Any], *, ratio: float = DEFAULT_RATIO,
-                     probability_outputs: bool = True) -> list[Protection]:
+def find_protections(
+    model: ir.Model,
+    ranges: Mapping[str, Any],
+    *,
+    ratio: float = DEFAULT_RATIO,
+    probability_outputs: bool = True,
+) -> list[Protection]:
     """Every protection rules (1)-(3) call for; `ranges` maps tensor name to its statistics.
 
     A range may be a (lo, hi) pair, an object with `lo`/`hi` (ranges.Range) or with
@@ -78,8 +103,15 @@ def find_protections(model: ir.Model, ranges: Mapping[str, Any], *, ratio: float
             continue
         magnitude = max(abs(bounds[0]), abs(bounds[1])) if bounds else math.inf
         if flagged or not math.isfinite(magnitude) or magnitude >= EXTREME_MAGNITUDE:
-            add(Protection(value_name, "extreme-range", (), f"(3) range reaches {magnitude:.3g}: "
-                           "a mask or sentinel constant would leave no int8 resolution for the real values"))
+            add(
+                Protection(
+                    value_name,
+                    "extreme-range",
+                    (),
+                    f"(3) range reaches {magnitude:.3g}: "
+                    "a mask or sentinel constant would leave no int8 resolution for the real values",
+                )
+            )
     for node in graph:  # rule (1)
         if node.op_type not in _JOINS or node.domain not in ("", "ai.onnx") or not node.outputs:
             continue
@@ -96,10 +128,16 @@ def find_protections(model: ir.Model, ranges: Mapping[str, Any], *, ratio: float
         wide, narrow = max(positive), min(positive)
         limit = ratio * (ADD_RATIO_FACTOR if node.op_type == "Add" else 1.0)
         if wide[0] > limit * narrow[0]:
-            add(Protection(node.outputs[0].name or "", "mixed-join", (node.name or "",),
-                           f"(1) {node.op_type} joins {wide[1]} {_fmt(wide[2])} with {narrow[1]} "
-                           f"{_fmt(narrow[2])}, {wide[0] / narrow[0]:.0f}x apart: output kept float, "
-                           "inputs keep their own ranges"))
+            add(
+                Protection(
+                    node.outputs[0].name or "",
+                    "mixed-join",
+                    (node.name or "",),
+                    f"(1) {node.op_type} joins {wide[1]} {_fmt(wide[2])} with {narrow[1]} "
+                    f"{_fmt(narrow[2])}, {wide[0] / narrow[0]:.0f}x apart: output kept float, "
+                    "inputs keep their own ranges",
+                )
+            )
     if probability_outputs:  # rule (2)
         for protection in _probability_paths(graph):
             add(protection)
@@ -141,9 +179,15 @@ def _probability_paths(graph: ir.Graph) -> list[Protection]:
         ops = sorted({s.op_type for s in sources})
         for node in sources + path:
             for value in node.outputs:
-                result.append(Protection(value.name or "", "probability-output", (node.name or "",) if node in path else (),
-                                         f"(2) {'/'.join(ops)} scores reach graph output {output.name!r}: "
-                                         "kept float so thresholds and rankings are not moved by 1/255 steps"))
+                result.append(
+                    Protection(
+                        value.name or "",
+                        "probability-output",
+                        (node.name or "",) if node in path else (),
+                        f"(2) {'/'.join(ops)} scores reach graph output {output.name!r}: "
+                        "kept float so thresholds and rankings are not moved by 1/255 steps",
+                    )
+                )
     return result
 
 

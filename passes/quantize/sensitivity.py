@@ -84,23 +84,39 @@ class AccuracyAwareResult:
         return self.drop <= self.max_drop + 1e-12
 
     def to_dict(self) -> dict[str, Any]:
-        return {"met": self.met, "metric": self.metric, "float_metric": self.float_metric,
-                "int8_metric": self.int8_metric, "drop": self.drop, "max_drop": self.max_drop,
-                "float_layers": list(self.excluded), "evaluations": self.evaluations,
-                "seconds": self.seconds, "sensitivity": [row.to_dict() for row in self.table],
-                "trials": [{"float_layers": len(t.excluded), "metric": t.metric} for t in self.trials]}
+        return {
+            "met": self.met,
+            "metric": self.metric,
+            "float_metric": self.float_metric,
+            "int8_metric": self.int8_metric,
+            "drop": self.drop,
+            "max_drop": self.max_drop,
+            "float_layers": list(self.excluded),
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "sensitivity": [row.to_dict() for row in self.table],
+            "trials": [{"float_layers": len(t.excluded), "metric": t.metric} for t in self.trials],
+        }
 
     def table_text(self) -> str:
         """The per-layer table as aligned text, for files and logs."""
         lines = [f"{'layer':<40} {'metric if float':>15} {'gain':>8} {'float?':>6}"]
         kept = set(self.excluded)
         for row in self.table:
-            lines.append(f"{row.layer:<40} {row.metric:>15.4f} {row.gain:>+8.4f} {'yes' if row.layer in kept else '':>6}")
+            lines.append(
+                f"{row.layer:<40} {row.metric:>15.4f} {row.gain:>+8.4f} {'yes' if row.layer in kept else '':>6}"
+            )
         return "\n".join(lines)
 
 
-def rank_sensitivity(quantize: QuantizeFn, metric: MetricFn, layers: Sequence[str], *,
-                     base_metric: float | None = None, on_step: ProgressFn | None = None) -> list[LayerSensitivity]:
+def rank_sensitivity(
+    quantize: QuantizeFn,
+    metric: MetricFn,
+    layers: Sequence[str],
+    *,
+    base_metric: float | None = None,
+    on_step: ProgressFn | None = None,
+) -> list[LayerSensitivity]:
     """Leave-one-out sensitivity of each layer, most sensitive (largest gain) first."""
     if base_metric is None:
         base_metric = metric(quantize(frozenset()))
@@ -114,9 +130,17 @@ def rank_sensitivity(quantize: QuantizeFn, metric: MetricFn, layers: Sequence[st
     return sorted(rows, key=lambda r: -r.gain)
 
 
-def accuracy_aware(quantize: QuantizeFn, metric: MetricFn, layers: Sequence[str], *, max_drop: float,
-                   float_metric: float | None = None, float_model: ir.Model | None = None,
-                   max_trials: int | None = None, on_step: ProgressFn | None = None) -> AccuracyAwareResult:
+def accuracy_aware(
+    quantize: QuantizeFn,
+    metric: MetricFn,
+    layers: Sequence[str],
+    *,
+    max_drop: float,
+    float_metric: float | None = None,
+    float_model: ir.Model | None = None,
+    max_trials: int | None = None,
+    on_step: ProgressFn | None = None,
+) -> AccuracyAwareResult:
     """Quantize everything, then return the most sensitive layers to float until the drop is met.
 
     `float_metric` (or `float_model`, to measure it) is the reference. `max_trials`
@@ -142,13 +166,19 @@ def accuracy_aware(quantize: QuantizeFn, metric: MetricFn, layers: Sequence[str]
     best = AccuracyAwareResult(full, int8_metric, float_metric, int8_metric, max_drop, ())
     if best.met or not layers:
         return _finish(best, evaluations, start)
-    table = rank_sensitivity(quantize, evaluate, list(layers), base_metric=int8_metric, on_step=on_step)
+    table = rank_sensitivity(
+        quantize, evaluate, list(layers), base_metric=int8_metric, on_step=on_step
+    )
     best.table = table
     # A single layer that already meets the target (fewest float layers) wins outright.
     single = [row for row in table if float_metric - row.metric <= max_drop + 1e-12]
     if single:
         row = single[0]
-        best.model, best.metric, best.excluded = quantize(frozenset({row.layer})), row.metric, (row.layer,)
+        best.model, best.metric, best.excluded = (
+            quantize(frozenset({row.layer})),
+            row.metric,
+            (row.layer,),
+        )
         best.trials.append(Trial(best.excluded, row.metric))
         return _finish(best, evaluations, start)
     excluded: list[str] = []
@@ -178,8 +208,10 @@ def _finish(result: AccuracyAwareResult, evaluations: int, start: float) -> Accu
 
 # --- metrics ---------------------------------------------------------------------------------
 
-def load_labelled(path: str | Path, input_names: Iterable[str], *, limit: int | None = None
-                  ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+
+def load_labelled(
+    path: str | Path, input_names: Iterable[str], *, limit: int | None = None
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """Feeds and labels from an .npz holding the model inputs (stacked) and a `labels` array."""
     path = Path(path)
     if not path.is_file():
@@ -204,24 +236,31 @@ def load_labelled(path: str | Path, input_names: Iterable[str], *, limit: int | 
     return feeds, labels[:count]
 
 
-def top1_metric(path: str | Path, input_names: Iterable[str], *, limit: int | None = None,
-                output: int = 0) -> MetricFn:
+def top1_metric(
+    path: str | Path, input_names: Iterable[str], *, limit: int | None = None, output: int = 0
+) -> MetricFn:
     """Top-1 accuracy of the model's `output`-th output against the .npz's `labels`."""
     feeds, labels = load_labelled(path, input_names, limit=limit)
 
     def metric(model: ir.Model) -> float:
-        predictions = [np.argmax(np.asarray(o).reshape(-1, np.asarray(o).shape[-1]), axis=-1)
-                       for o in run_outputs(model, feeds, output)]
+        predictions = [
+            np.argmax(np.asarray(o).reshape(-1, np.asarray(o).shape[-1]), axis=-1)
+            for o in run_outputs(model, feeds, output)
+        ]
         predicted = np.concatenate(predictions)
         truth = labels.reshape(-1)
         if predicted.size != truth.size:
-            raise DataError(f"{path}: model gives {predicted.size} predictions for {truth.size} labels")
+            raise DataError(
+                f"{path}: model gives {predicted.size} predictions for {truth.size} labels"
+            )
         return float(np.mean(predicted == truth))
 
     return metric
 
 
-def agreement_metric(reference: ir.Model, feeds: Sequence[dict[str, np.ndarray]], *, output: int = 0) -> MetricFn:
+def agreement_metric(
+    reference: ir.Model, feeds: Sequence[dict[str, np.ndarray]], *, output: int = 0
+) -> MetricFn:
     """Top-1 agreement with `reference` (for data without labels), by the last axis of `output`."""
     ref = [np.argmax(np.asarray(o), axis=-1) for o in run_outputs(reference, feeds, output)]
 
@@ -233,7 +272,9 @@ def agreement_metric(reference: ir.Model, feeds: Sequence[dict[str, np.ndarray]]
     return metric
 
 
-def run_outputs(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], output: int = 0) -> list[np.ndarray]:
+def run_outputs(
+    model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], output: int = 0
+) -> list[np.ndarray]:
     """The `output`-th output of `model` on each feed (single-threaded ORT, all optimizations)."""
     from onnxslim.runtime import Session
 
@@ -244,8 +285,10 @@ def run_outputs(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], output:
 
 # --- glue over the static quantizer ---------------------------------------------------------------
 
-def static_quantizer(model: ir.Model, calib: Any, options: Any = None
-                     ) -> tuple[QuantizeFn, list[str], ir.Model]:
+
+def static_quantizer(
+    model: ir.Model, calib: Any, options: Any = None
+) -> tuple[QuantizeFn, list[str], ir.Model]:
     """A `quantize(excluded)` callable over `quantize_static`, the layers it may return to
     float (the quantized compute nodes of the all-int8 model, in graph order), and that model.
 
@@ -266,12 +309,19 @@ def static_quantizer(model: ir.Model, calib: Any, options: Any = None
         raise DataError("calibration data holds no feeds")
     cache: dict[frozenset[str], ir.Model] = {}
     full = quantize_static(model, feeds, _dc.replace(options, calib=None))[0]
-    layers = [n.name for n in full.graph if n.name and n.op_type in _LAYER_OPS and _reads_dequantized_weight(n)]
+    layers = [
+        n.name
+        for n in full.graph
+        if n.name and n.op_type in _LAYER_OPS and _reads_dequantized_weight(n)
+    ]
     # Trials keep every decision of the full run fixed (layers it left float stay float) and
     # skip its latency guard: a trial must differ from the full model only in `excluded`,
     # not in what timing noise on a busy machine decided.
-    kept_float = tuple(re.escape(n.name) for n in full.graph
-                       if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers))
+    kept_float = tuple(
+        re.escape(n.name)
+        for n in full.graph
+        if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers)
+    )
     trial_options = {"calib": None}
     if "latency_guard" in getattr(options, "__dataclass_fields__", {}):
         trial_options["latency_guard"] = False
@@ -280,7 +330,11 @@ def static_quantizer(model: ir.Model, calib: Any, options: Any = None
         if not excluded:
             return full
         if excluded not in cache:
-            patterns = tuple(options.exclude) + kept_float + tuple(re.escape(name) for name in sorted(excluded))
+            patterns = (
+                tuple(options.exclude)
+                + kept_float
+                + tuple(re.escape(name) for name in sorted(excluded))
+            )
             trial = _dc.replace(options, exclude=patterns, **trial_options)
             cache.clear()  # keep one model alive: trials can be large
             cache[excluded] = quantize_static(model, feeds, trial)[0]
@@ -297,16 +351,28 @@ def _reads_dequantized_weight(node: ir.Node) -> bool:
     quantized layer in QDQ form. A float layer may still read a dequantized activation."""
     for value in node.inputs[:2] if node.op_type != "Gather" else node.inputs[:1]:
         producer = value.producer() if value is not None else None
-        if producer is not None and producer.op_type == "DequantizeLinear" and \
-                producer.inputs[0] is not None and producer.inputs[0].const_value is not None:
+        if (
+            producer is not None
+            and producer.op_type == "DequantizeLinear"
+            and producer.inputs[0] is not None
+            and producer.inputs[0].const_value is not None
+        ):
             return True
     return False
 
 
-def quantize_accuracy_aware(model: ir.Model, calib: Any, *, max_drop: float, metric: MetricFn | None = None,
-                            eval_data: str | Path | None = None, eval_limit: int | None = None,
-                            options: Any = None, max_trials: int | None = None,
-                            on_step: ProgressFn | None = None) -> AccuracyAwareResult:
+def quantize_accuracy_aware(
+    model: ir.Model,
+    calib: Any,
+    *,
+    max_drop: float,
+    metric: MetricFn | None = None,
+    eval_data: str | Path | None = None,
+    eval_limit: int | None = None,
+    options: Any = None,
+    max_trials: int | None = None,
+    on_step: ProgressFn | None = None,
+) -> AccuracyAwareResult:
     """Static int8 with the most sensitive layers returned to float until `max_drop` holds.
 
     The metric is `metric(model)` (higher is better) or top-1 accuracy on `eval_data`
@@ -320,5 +386,12 @@ def quantize_accuracy_aware(model: ir.Model, calib: Any, *, max_drop: float, met
 
         metric = top1_metric(eval_data, [s.name for s in input_specs(model)], limit=eval_limit)  # type: ignore[arg-type]
     quantize, layers, _ = static_quantizer(model, calib, options)
-    return accuracy_aware(quantize, metric, layers, max_drop=max_drop, float_model=model,
-                          max_trials=max_trials, on_step=on_step)
+    return accuracy_aware(
+        quantize,
+        metric,
+        layers,
+        max_drop=max_drop,
+        float_model=model,
+        max_trials=max_trials,
+        on_step=on_step,
+    )

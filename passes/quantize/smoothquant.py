@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes._options import option
 
 from onnxslim.feeds import Feed
+from onnxslim.passes._options import option
 
 
 @dataclass
@@ -86,7 +86,9 @@ def smooth_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: floa
     return np.where(ok, np.clip(s, 1e-5, 1e5), 1.0)
 
 
-def smooth_graph(graph: ir.Graph, act_absmax: Mapping[str, np.ndarray], *, alpha: float = 0.5) -> SmoothReport:
+def smooth_graph(
+    graph: ir.Graph, act_absmax: Mapping[str, np.ndarray], *, alpha: float = 0.5
+) -> SmoothReport:
     """Apply SmoothQuant in place to every target whose channel maxima are known."""
     targets, skipped = find_targets(graph)
     report = SmoothReport(skipped=skipped)
@@ -98,7 +100,9 @@ def smooth_graph(graph: ir.Graph, act_absmax: Mapping[str, np.ndarray], *, alpha
         stats = np.asarray(stats, dtype=np.float64).reshape(-1)
         rows = [_weight_rows(node, w) for node, w in target.weights]
         if any(r.shape[0] != stats.size for r in rows):
-            report.skipped.append((target.name, "channel count differs between activation and weight"))
+            report.skipped.append(
+                (target.name, "channel count differs between activation and weight")
+            )
             continue
         w_absmax = np.max(np.stack([np.max(np.abs(r), axis=1) for r in rows]), axis=0)
         s = smooth_scales(stats, w_absmax, alpha)
@@ -151,8 +155,13 @@ class SmoothQuant(ir.passes.InPlacePass):
     """Migrate activation outliers of MatMul/Gemm inputs into the weights (outputs unchanged up to rounding)."""
 
     lossless: ClassVar[bool] = True
-    alpha: float = option(0.5, "Migration strength: 0 leaves activations as they are, 1 moves all range into the weights.")
-    data: str = option("", "Calibration .npz giving activation channel ranges; generated inputs when empty.")
+    alpha: float = option(
+        0.5,
+        "Migration strength: 0 leaves activations as they are, 1 moves all range into the weights.",
+    )
+    data: str = option(
+        "", "Calibration .npz giving activation channel ranges; generated inputs when empty."
+    )
     samples: int = option(64, "Calibration samples read for the channel ranges.")
 
     def __post_init__(self) -> None:
@@ -164,13 +173,16 @@ class SmoothQuant(ir.passes.InPlacePass):
         if not targets:
             model.graph.meta["onnxslim.smoothquant"] = SmoothReport()
             return ir.passes.PassResult(model, False)
-        stats = channel_absmax(model, _feeds(model, self.data, self.samples), [t.name for t in targets])
+        stats = channel_absmax(
+            model, _feeds(model, self.data, self.samples), [t.name for t in targets]
+        )
         report = smooth_graph(model.graph, stats, alpha=self.alpha)
         model.graph.meta["onnxslim.smoothquant"] = report
         return ir.passes.PassResult(model, bool(report.smoothed))
 
 
 # --- helpers -------------------------------------------------------------------------------
+
 
 def _feeds(model: ir.Model, data: str, samples: int) -> Iterable[Feed]:
     from itertools import islice
@@ -208,7 +220,11 @@ def _target(x: ir.Value) -> SmoothTarget | str:
         weights.append((node, weight))
     if not weights:
         return "no MatMul/Gemm with a constant weight reads it"
-    folds = _folds(x) if not (others or x.is_graph_output() or x.is_graph_input()) else "read by other nodes"
+    folds = (
+        _folds(x)
+        if not (others or x.is_graph_output() or x.is_graph_input())
+        else "read by other nodes"
+    )
     if isinstance(folds, str) or any(len(list(c.uses())) != 1 for c, _ in folds):
         return SmoothTarget(x, [], weights, insert_mul=True)  # case (4)
     return SmoothTarget(x, folds, weights)
@@ -256,7 +272,10 @@ def _insert_mul(graph: ir.Graph, target: SmoothTarget, s: np.ndarray) -> None:
     x = target.value
     dtype = x.dtype.numpy() if x.dtype is not None else np.dtype(np.float32)
     base = f"{x.name}_smooth"
-    inverse = ir.Value(name=f"{base}_inverse_scale", const_value=ir.tensor((1.0 / s).astype(dtype), name=f"{base}_inverse_scale"))
+    inverse = ir.Value(
+        name=f"{base}_inverse_scale",
+        const_value=ir.tensor((1.0 / s).astype(dtype), name=f"{base}_inverse_scale"),
+    )
     graph.register_initializer(inverse)
     mul = ir.Node("", "Mul", [x, inverse], name=f"{base}_mul")
     mul.outputs[0].name = base

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxslim.passes._options import check_choice, option
 
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
+from onnxslim.passes._options import check_choice, option
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats

@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnxslim.passes._options import option
 
 from onnxslim.graphs import iter_graphs
+from onnxslim.passes._options import option
 
 from .dynamic import MS_DOMAIN, NOT_A_CANDIDATE
 from .policy import MIN_EMBEDDING_ELEMENTS, const_array, constant_source, is_constant, matches
