@@ -47,3 +47,9 @@ class RuntimeFailure(OnnxSlimError):
     """ONNX Runtime refused to create a session or to run a model."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): for one-line errors."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,4 +1,4 @@
-"""onnxslim.calibration: every source kind, strict checks, streaming, images; fed to ORT for real."""
+"""onnxslim.calibration: every source kind, strict checks, streaming, images; fed to ORT."""
 
 from __future__ import annotations
 
@@ -15,16 +15,10 @@ from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
 
 from onnxslim import api, io
-from onnxslim.calibration import (
-    FeedStream,
-    ImagePreprocessing,
-    iter_npz,
-    open_feeds,
-    parse_image_preprocessing,
-    read_feeds,
-)
+from onnxslim.calibration import FeedStream, iter_npz, open_feeds, read_feeds
 from onnxslim.errors import DataError, UsageError
 from onnxslim.feeds import InputSpec, input_specs
+from onnxslim.images import ImagePreprocessing, parse_image_preprocessing
 from onnxslim.runtime import Session
 
 PIL = pytest.importorskip("PIL.Image")
@@ -242,7 +236,8 @@ def run_all_outputs(model, stream) -> list[dict[str, np.ndarray]]:
         ),
         (
             {"x": np.zeros((1, 8), np.float64)},
-            r"input 'x' expects float32 \[N,8\], got float64 \[1, 8\] \(convert with \.astype\(np\.float32\)\)",
+            r"input 'x' expects float32 \[N,8\], got float64 \[1, 8\] "
+            r"\(convert with \.astype\(np\.float32\)\)",
         ),
         ({"x": np.zeros(8, np.float32)}, r"rank 1 instead of 2 \(missing the batch axis"),
         ({"x": np.zeros((1, 7), np.float32)}, r"got float32 \[1, 7\]: axis 1 is 7, must be 8"),
