@@ -13,7 +13,8 @@ import pytest
 from onnxslim import api
 from onnxslim.activations import batch_coupled
 from onnxslim.cli import main
-from onnxslim.passes.cluster import storage
+from onnxslim.passes.cluster import expansion, storage
+from onnxslim.passes.cluster import packing as index_packing
 from onnxslim.passes.cluster.allocate import FLOAT, Candidate, Form, candidate_forms, choose
 from onnxslim.passes.cluster.palette import cluster_tensor
 from onnxslim.runtime import Session, SessionConfig
@@ -105,7 +106,7 @@ def test_grouped_lut_expands_to_the_dense_weight_on_ort_and_folds(shape, axis, g
     w = rng.normal(size=shape).astype(np.float32)
     p, _ = cluster_tensor(w, bits, axis=axis, group_size=group_size)
     p = p.narrowed(np.float16)
-    assert storage.format_of(p, 18) == "lut" and storage.byte_layout(p) is not None
+    assert index_packing.format_of(p, 18) == "lut" and index_packing.byte_layout(p) is not None
     weight = ir.Value(
         name="w",
         shape=ir.Shape(shape),
@@ -126,14 +127,14 @@ def test_grouped_lut_expands_to_the_dense_weight_on_ort_and_folds(shape, axis, g
     np.testing.assert_array_equal(Session(model).run({})["out"], p.dense())
     np.testing.assert_array_equal(storage.packed_weights(model)["w"], p.dense())
     footprint = storage.footprint(p, "w", 18)
-    assert footprint.bytes < storage.stored_bytes(p, 18) + 400  # names and framing only
+    assert footprint.bytes < index_packing.stored_bytes(p, 18) + 400  # names and framing only
     assert set(footprint.functions) == {"WidenPalette", f"ExpandPackedGrouped{bits}"}
 
 
 def test_a_byte_straddling_two_groups_falls_back_to_bit_planes():
     w = np.random.default_rng(0).normal(size=(16, 1, 3, 3)).astype(np.float32)
     p, _ = cluster_tensor(w, 4, axis=0, group_size=3)  # 27 values per group: odd
-    assert storage.byte_layout(p) is None and storage.format_of(p, 18) == "planes"
+    assert index_packing.byte_layout(p) is None and index_packing.format_of(p, 18) == "planes"
 
 
 # --- batching ----------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_size_target_meets_the_issue_goal_on_the_detector(tmp_path, capsys):
     # ORT folds every palette at load: the optimized graph runs the float model's ops
     optimized = tmp_path / "opt.onnx"
     Session(out, SessionConfig(optimized_model_path=str(optimized)))
-    assert not any(n.domain == storage.DOMAIN for n in onnx.load(optimized).graph.node)
+    assert not any(n.domain == expansion.DOMAIN for n in onnx.load(optimized).graph.node)
 
 
 @needs("digits_detector")

@@ -13,7 +13,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim.io import model_to_bytes
-from onnxslim.passes.cluster import storage
+from onnxslim.passes.cluster import expansion, storage
+from onnxslim.passes.cluster import packing as index_packing
 from onnxslim.passes.cluster.palette import cluster_tensor, snap_int8
 from onnxslim.runtime import Session, SessionConfig
 
@@ -89,7 +90,7 @@ CASES = [  # (opset, bits, grouped, int8, packing, expected index format)
 @pytest.mark.parametrize("opset,bits,grouped,int8,packing,kind", CASES)
 def test_palettized_model_matches_dense_weights_exactly(opset, bits, grouped, int8, packing, kind):
     model = conv_matmul(opset)
-    assert storage.index_format(bits, opset, packing, grouped) == kind
+    assert index_packing.index_format(bits, opset, packing, grouped) == kind
     dense = palettize(model, bits, grouped, int8, packing)
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
     reference = conv_matmul(opset)
@@ -149,13 +150,13 @@ def test_pack_palette_is_lossless_and_unpack_restores_the_initializers():
     before = Session(model).run({"x": X})["y"]
     size_before = len(model_to_bytes(model))
     assert storage.PackPalette()(model).modified
-    assert {n.op_type for n in model.graph if n.domain == storage.DOMAIN} >= {"ExpandGrouped"}
+    assert {n.op_type for n in model.graph if n.domain == expansion.DOMAIN} >= {"ExpandGrouped"}
     assert len(model_to_bytes(model)) < 0.5 * size_before
     np.testing.assert_array_equal(Session(model).run({"x": X})["y"], before)
     assert not storage.PackPalette()(model).modified  # nothing left to pack
     assert storage.UnpackPalette()(model).modified
-    assert not any(n.domain == storage.DOMAIN for n in model.graph) and not model.functions
-    assert storage.DOMAIN not in model.opset_imports
+    assert not any(n.domain == expansion.DOMAIN for n in model.graph) and not model.functions
+    assert expansion.DOMAIN not in model.opset_imports
     for name, array in originals.items():
         np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(), array)
     np.testing.assert_array_equal(Session(model).run({"x": X})["y"], before)
@@ -170,11 +171,11 @@ def test_pack_palette_leaves_tensors_with_many_values_alone():
 def test_bit_planes_round_trip_in_numpy(bits):
     values = np.random.default_rng(bits).integers(0, 1 << bits, size=1001)
     remaining, index = bits, np.zeros(values.size, np.int64)
-    for width in storage.plane_widths(bits):
+    for width in index_packing.plane_widths(bits):
         remaining -= width
-        plane = storage.pack_plane((values >> remaining) & ((1 << width) - 1), width)
+        plane = index_packing.pack_plane((values >> remaining) & ((1 << width) - 1), width)
         assert plane.nbytes == -(-values.size * width // 8)
-        index = (index << width) | storage.unpack_plane(plane, width, values.size)
+        index = (index << width) | index_packing.unpack_plane(plane, width, values.size)
     np.testing.assert_array_equal(index, values)
 
 
@@ -185,7 +186,10 @@ def test_float16_palettes_widen_exactly_and_halve_palette_bytes():
         p, _ = cluster_tensor(value.const_value.numpy(), 4, axis=axis, group_size=1)
         narrow = p.narrowed(np.float16)
         assert narrow.palette.dtype == np.float16 and narrow.dense().dtype == np.float32
-        assert storage.stored_bytes(narrow, 17) == storage.stored_bytes(p, 17) - p.palette.size * 2
+        assert (
+            index_packing.stored_bytes(narrow, 17)
+            == index_packing.stored_bytes(p, 17) - p.palette.size * 2
+        )
         reference.graph.initializers[name].const_value = ir.Tensor(narrow.dense(), name=name)
         storage.write(model.graph, model, value, narrow)
     assert any(n.op_type == "WidenPalette" for n in model.graph)

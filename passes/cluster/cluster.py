@@ -31,6 +31,7 @@ from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
 from onnxslim.probing import WeightProbe
 
+from . import packing as index_packing
 from . import storage as palette_storage
 from .allocate import FLOAT, PER_TENSOR, Candidate, Form, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
@@ -139,7 +140,7 @@ class ClusterWeights(ir.passes.InPlacePass):
         "auto",
         "Index packing: auto (UINT4/UINT2 where the opset has them, else bit planes), "
         "bits (always bit planes), uint8 (a byte per index).",
-        choices=palette_storage.PACKINGS,
+        choices=index_packing.PACKINGS,
     )
     palette_dtype: str = option(
         "auto",
@@ -228,14 +229,10 @@ class ClusterWeights(ir.passes.InPlacePass):
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
             )
         opset = palette_storage.default_opset(model)
-        if (
-            opset < palette_storage.MIN_BITSHIFT_OPSET
-            and self.bits < 8
-            and self.storage == "palette"
-        ):
+        if opset < index_packing.MIN_BITSHIFT_OPSET and self.bits < 8 and self.storage == "palette":
             notes.append(
                 f"opset {opset}: indices stored one per byte (packing {self.bits}-bit indices "
-                f"needs opset {palette_storage.MIN_BITSHIFT_OPSET}; "
+                f"needs opset {index_packing.MIN_BITSHIFT_OPSET}; "
                 "`onnxslim export --opset 18` converts)"
             )
         arrays = {w.name: w for w in weights}
@@ -245,14 +242,14 @@ class ClusterWeights(ir.passes.InPlacePass):
             row["palette_dtype"] = str(p.palette.dtype)
             arrays[name].value.const_value = ir.Tensor(p.dense(), name=name)
             row["weight_error"] = _relative_error(row.pop("_original"), p.dense())
-            size = palette_storage.stored_bytes(p, opset, self.packing)
+            size = index_packing.stored_bytes(p, opset, self.packing)
             if self.storage == "palette" and size < row["dense_bytes"]:
                 palette_storage.write(
                     model.graph, model, arrays[name].value, p, packing=self.packing
                 )
                 row["stored_bytes"], row["index_format"] = (
                     size,
-                    palette_storage.format_of(p, opset, self.packing),
+                    index_packing.format_of(p, opset, self.packing),
                 )
             else:
                 row["stored_bytes"], row["index_format"] = row["dense_bytes"], "dense"

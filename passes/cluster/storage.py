@@ -39,6 +39,9 @@ turns the storage back into plain initializers; `PackPalette` stores any
 initializer that already holds few distinct values (a model clustered elsewhere,
 or the int8 weights `onnxslim quantize` makes from a clustered model) this way,
 losslessly.
+
+This module edits models (write, read back, the two passes); how indices are packed
+and what a form costs is `packing`, the ONNX functions that expand them `expansion`.
 """
 
 from __future__ import annotations
@@ -47,18 +50,24 @@ import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
-import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim.passes._options import check_choice, option
 
+from .expansion import DOMAIN, ensure_function, unpack_name
+from .packing import (
+    NATIVE,
+    PACKINGS,
+    byte_layout,
+    format_of,
+    pack_plane,
+    plane_widths,
+    stored_bytes,
+    unpack_plane,
+)
 from .palette import Palettized, distinct, group_offsets
 
-DOMAIN = "onnxslim.palette"
-PACKINGS = ("auto", "bits", "uint8")
-MIN_BITSHIFT_OPSET = 11
-_NATIVE = {4: (21, ir.DataType.UINT4, ml_dtypes.uint4), 2: (25, ir.DataType.UINT2, ml_dtypes.uint2)}
 _INTEGER_PALETTE = (
     ir.DataType.INT8,
     ir.DataType.UINT8,
@@ -72,94 +81,6 @@ STORABLE = (
     ir.DataType.DOUBLE,
     ir.DataType.BFLOAT16,
 ) + _INTEGER_PALETTE
-
-
-def plane_widths(bits: int) -> tuple[int, ...]:
-    """bits as a sum of 4, 2 and 1 (widths that tile a byte), largest first."""
-    widths = []
-    for width in (4, 2, 1):
-        while bits >= width:
-            widths.append(width)
-            bits -= width
-    return tuple(widths)
-
-
-def pack_plane(values: np.ndarray, width: int) -> np.ndarray:
-    """uint8 bytes holding `values` (each < 2^width), 8/width per byte, first in the high bits."""
-    per_byte = 8 // width
-    flat = values.reshape(-1).astype(np.uint8)
-    padded = np.zeros(-(-flat.size // per_byte) * per_byte, np.uint8)
-    padded[: flat.size] = flat
-    fields = padded.reshape(-1, per_byte)
-    shifts = (8 - width * (np.arange(per_byte) + 1)).astype(np.uint8)
-    return np.bitwise_or.reduce(fields << shifts, axis=1).astype(np.uint8)
-
-
-def unpack_plane(packed: np.ndarray, width: int, count: int) -> np.ndarray:
-    """numpy mirror of the Unpack body for one plane."""
-    per_byte = 8 // width
-    shifts = (width * np.arange(per_byte)).astype(np.uint8)
-    left = (packed.reshape(-1, 1) << shifts).astype(np.uint8)
-    return (left >> np.uint8(8 - width)).reshape(-1)[:count]
-
-
-def index_format(
-    bits: int, opset: int, packing: str = "auto", grouped: bool = False, byte_aligned: bool = False
-) -> str:
-    """How `bits`-bit indices are stored at `opset`: uint8, uint4, uint2, lut or planes.
-
-    `byte_aligned` (grouped palettes): every byte's indices share a palette group (see
-    `byte_layout`), so the grouped lut applies."""
-    if bits == 8 or packing == "uint8" or opset < MIN_BITSHIFT_OPSET:
-        return "uint8"
-    if packing == "auto" and bits in _NATIVE and opset >= _NATIVE[bits][0]:
-        return f"uint{bits}"
-    if packing == "auto" and bits in (1, 2, 4) and (not grouped or byte_aligned):
-        return "lut"
-    return "planes"
-
-
-def format_of(p: Palettized, opset: int, packing: str = "auto") -> str:
-    """index_format for the palettized tensor `p`."""
-    grouped = p.groups > 1
-    aligned = grouped and p.bits in (1, 2, 4) and byte_layout(p) is not None
-    return index_format(p.bits, opset, packing, grouped, aligned)
-
-
-def byte_layout(p: Palettized) -> tuple[int, int, int] | None:
-    """(run, period, span) such that the palette group of packed byte q is
-    (q // run % period) // span, when all 8/bits indices of every byte share a group
-    (the grouped lut's condition); None when some byte straddles two groups."""
-    if p.axis is None or p.groups == 1 or 8 % p.bits:
-        return None
-    per_byte = 8 // p.bits
-    channels = p.shape[p.axis]
-    inner = int(np.prod(p.shape[p.axis + 1 :], dtype=np.int64))
-    if inner % per_byte == 0:  # a byte never leaves one channel
-        return inner // per_byte, channels, p.group_size
-    if p.axis == 0 and (p.group_size * inner) % per_byte == 0:  # groups are contiguous runs
-        return p.group_size * inner // per_byte, p.groups, 1
-    if inner == 1 and channels % per_byte == 0 and p.group_size % per_byte == 0:  # last axis
-        return 1, channels // per_byte, p.group_size // per_byte
-    return None
-
-
-def stored_bytes(p: Palettized, opset: int, packing: str = "auto") -> int:
-    """Bytes the stored form of `p` takes (indices, palette, scale, offsets or layout)."""
-    n = int(np.prod(p.shape))
-    kind = format_of(p, opset, packing)
-    if kind == "uint8":
-        size = n
-    elif kind in ("uint4", "uint2"):
-        size = -(-n * p.bits // 8)
-    else:
-        size = sum(-(-n * w // 8) for w in plane_widths(p.bits)) + 8 * len(p.shape)
-    size += p.palette.size * p.palette.dtype.itemsize
-    if p.scale is not None:
-        size += p.scale.size * 4
-    if p.groups > 1:
-        size += 24 if kind == "lut" else 4 * p.shape[p.axis]  # type: ignore[index]
-    return size
 
 
 def write(
@@ -191,7 +112,7 @@ def write(
             planes.append(_initializer(graph, f"{name}.indices{width}b", pack_plane(plane, width)))
         shape = _initializer(graph, f"{name}.shape", np.array(p.shape, np.int64))
         unpack = ir.node(
-            _unpack_name(widths), [*planes, shape], domain=DOMAIN, name=f"unpack/{name}"
+            unpack_name(widths), [*planes, shape], domain=DOMAIN, name=f"unpack/{name}"
         )
         unpack.outputs[0].dtype = ir.DataType.INT32
         unpack.outputs[0].shape = ir.Shape(p.shape)
@@ -201,7 +122,7 @@ def write(
     elif kind == "uint8":
         indices = _initializer(graph, f"{name}.indices", p.indices.astype(np.uint8))
     else:
-        _, dtype, np_type = _NATIVE[p.bits]
+        _, dtype, np_type = NATIVE[p.bits]
         indices = _initializer(graph, f"{name}.indices", p.indices.astype(np_type), dtype=dtype)
     inputs = [indices, palette]
     if p.groups > 1:
@@ -248,21 +169,22 @@ def _finish_write(
     name = weight.name or "weight"
     nodes.append(expand)
     out = expand.outputs[0]
-    out.dtype = weight.dtype
+    if weight.dtype is not None:
+        out.dtype = weight.dtype
     out.shape = ir.Shape(p.shape)
     _insert_front(graph, nodes)
     weight.replace_all_uses_with(out)
     graph.initializers.pop(name, None)
     out.name = name
     for node in nodes:
-        _ensure_function(model, node.op_type, opset)
+        ensure_function(model, node.op_type, opset)
     model.opset_imports.setdefault(DOMAIN, 1)
     return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Footprint:
-    """What storing one palettized weight adds to the file: its own bytes, and functions it needs."""
+    """What storing one palettized weight adds to a file: its own bytes, the functions it needs."""
 
     bytes: int  # initializers and nodes, protobuf framing included
     functions: dict[str, int]  # op type -> bytes of its function, paid once per model
@@ -423,26 +345,29 @@ class UnpackPalette(ir.passes.InPlacePass):
             out = node.outputs[0]
             name = out.name
             helpers = [
-                v.producer() for v in node.inputs if v is not None and v.producer() is not None
+                producer
+                for v in node.inputs
+                if v is not None and (producer := v.producer()) is not None
             ]
             leaves = [v for v in node.inputs if v is not None]
             for helper in helpers:
-                leaves.extend(v for v in helper.inputs if v is not None)  # type: ignore[union-attr]
+                leaves.extend(v for v in helper.inputs if v is not None)
             out.name = None
+            tensor = ir.Tensor(dense, name=name)
             value = ir.Value(
                 name=name,
                 shape=ir.Shape(dense.shape),
-                type=ir.TensorType(out.dtype),
-                const_value=ir.Tensor(dense, name=name),
+                type=ir.TensorType(tensor.dtype),
+                const_value=tensor,
             )
             graph.register_initializer(value)
             out.replace_all_uses_with(value, replace_graph_outputs=True)
             graph.remove(node, safe=True)
             for helper in helpers:
-                if helper is not None and not any(o.uses() for o in helper.outputs):
+                if not any(o.uses() for o in helper.outputs):
                     graph.remove(helper, safe=True)
             for leaf in leaves:
-                if leaf.name in graph.initializers and not leaf.uses():
+                if leaf.name is not None and leaf.name in graph.initializers and not leaf.uses():
                     graph.initializers.pop(leaf.name)
             changed = True
         drop_unused_functions(model)
@@ -481,14 +406,14 @@ def _index_array(value: ir.Value | None) -> np.ndarray | None:
     if node is None or node.domain != DOMAIN or not node.op_type.startswith("Unpack_"):
         return None
     widths = tuple(int(w) for w in node.op_type.split("_")[1:])
-    arrays = [_const(v) for v in node.inputs]
-    if any(a is None for a in arrays):
+    arrays = [a for v in node.inputs if (a := _const(v)) is not None]
+    if len(arrays) != len(node.inputs):
         return None
-    shape = tuple(int(d) for d in arrays[-1])  # type: ignore[union-attr]
+    shape = tuple(int(d) for d in arrays[-1])
     count = int(np.prod(shape))
     index = np.zeros(count, np.int64)
     for width, plane in zip(widths, arrays[:-1], strict=True):
-        index = (index << width) | unpack_plane(plane, width, count).astype(np.int64)  # type: ignore[arg-type]
+        index = (index << width) | unpack_plane(plane, width, count).astype(np.int64)
     return index.reshape(shape)
 
 
@@ -549,189 +474,3 @@ def _insert_front(graph: ir.Graph, nodes: Sequence[ir.Node]) -> None:
         graph.extend(nodes)
     else:
         graph.insert_before(first, nodes)
-
-
-def _unpack_name(widths: Sequence[int]) -> str:
-    return "Unpack_" + "_".join(str(w) for w in widths)
-
-
-def _ensure_function(model: ir.Model, op_type: str, opset: int) -> None:
-    key = (DOMAIN, op_type, "")
-    if key in model.functions:
-        return
-    if op_type == "Expand":
-        function = _function(op_type, ["indices", "palette"], _expand_body, opset)
-    elif op_type == "ExpandGrouped":
-        function = _function(op_type, ["indices", "palette", "offsets"], _expand_body, opset)
-    elif op_type == "ScalePalette":
-        function = _function(op_type, ["q", "scale"], _scale_body, opset)
-    elif op_type.startswith("ExpandPackedGrouped"):
-        width = int(op_type[len("ExpandPackedGrouped") :])
-        function = _function(
-            op_type,
-            ["packed", "palette", "shape", "layout"],
-            lambda op, const, inputs: _grouped_lut_body(op, const, inputs, width),
-            opset,
-        )
-    elif op_type.startswith("ExpandPacked"):
-        width = int(op_type[len("ExpandPacked") :])
-        function = _function(
-            op_type,
-            ["packed", "palette", "shape"],
-            lambda op, const, inputs: _lut_body(op, const, inputs, width),
-            opset,
-        )
-    elif op_type == "WidenPalette":
-        function = _function(
-            op_type,
-            ["narrow"],
-            lambda op, const, inputs: op("Cast", inputs, to=ir.DataType.FLOAT),
-            opset,
-        )
-    else:
-        widths = tuple(int(w) for w in op_type.split("_")[1:])
-        names = [f"plane{w}_{i}" for i, w in enumerate(widths)] + ["shape"]
-        function = _function(
-            op_type, names, lambda op, const, inputs: _unpack_body(op, const, inputs, widths), opset
-        )
-    model.functions[key] = function
-
-
-def _function(name: str, input_names: list[str], body, opset: int) -> ir.Function:
-    """A model-local function built by `body(op, const, inputs)`, written compactly: each
-    constant once (int64 and float32 scalars and vectors as value_int(s)/value_float(s)),
-    unnamed nodes and short value names, since every model that uses it carries it."""
-    inputs = [ir.Value(name=n) for n in input_names]
-    nodes: list[ir.Node] = []
-    constants: dict[tuple[str, tuple[int, ...], bytes], ir.Value] = {}
-
-    def op(op_type: str, args: list[ir.Value], **attributes) -> ir.Value:
-        node = ir.node(op_type, args, attributes or None, version=None)
-        nodes.append(node)
-        return node.outputs[0]
-
-    def const(array: np.ndarray) -> ir.Value:
-        array = np.asarray(array)
-        key = (array.dtype.str, array.shape, array.tobytes())
-        if key not in constants:
-            listed = array.reshape(-1).tolist()
-            if array.dtype == np.int64 and array.ndim <= 1:
-                attribute = {"value_int": listed[0]} if array.ndim == 0 else {"value_ints": listed}
-            elif array.dtype == np.float32 and array.ndim <= 1:
-                attribute = (
-                    {"value_float": listed[0]} if array.ndim == 0 else {"value_floats": listed}
-                )
-            else:
-                attribute = {"value": ir.Tensor(array)}
-            constants[key] = op("Constant", [], **attribute)
-        return constants[key]
-
-    result = body(op, const, inputs)
-    result.name = "output"
-    count = 0
-    for node in nodes:
-        for out in node.outputs:
-            if out is not result:
-                out.name = np.base_repr(count, 36).lower()
-                count += 1
-    graph = ir.Graph(inputs, [result], nodes=nodes, opset_imports={"": opset})
-    for node in nodes:
-        node.name = ""  # the graph names nodes it gets; the function needs none
-    return ir.Function(DOMAIN, name, graph=graph, attributes=[])
-
-
-def _expand_body(op, const, inputs: list[ir.Value]) -> ir.Value:
-    index = op("Cast", [inputs[0]], to=ir.DataType.INT32)
-    if len(inputs) > 2:
-        index = op("Add", [index, inputs[2]])
-    return op("Gather", [inputs[1], index], axis=0)
-
-
-def _scale_body(op, const, inputs: list[ir.Value]) -> ir.Value:
-    values = op("Mul", [op("Cast", [inputs[0]], to=ir.DataType.FLOAT), inputs[1]])
-    return op("Reshape", [values, const(np.array([-1], np.int64))])
-
-
-def _byte_fields(op, const, width: int) -> ir.Value:
-    """int64 [256, 8/width]: the indices each byte value holds, first in the high bits."""
-    per_byte = 8 // width
-    byte_values = op(
-        "Range",
-        [
-            const(np.array(0, np.int64)),
-            const(np.array(256, np.int64)),
-            const(np.array(1, np.int64)),
-        ],
-    )
-    column = op("Reshape", [byte_values, const(np.array([-1, 1], np.int64))])
-    divisors = (2 ** (8 - width * (np.arange(per_byte) + 1))).astype(np.int64)
-    return op("Mod", [op("Div", [column, const(divisors)]), const(np.array(1 << width, np.int64))])
-
-
-def _grouped_lut_body(op, const, inputs: list[ir.Value], width: int) -> ir.Value:
-    """The lut with one palette per channel group: a [groups x 256, 8/width] table, and each
-    byte gathered at 256 x (its group) + its value, its group computed from `layout`
-    (run, period, span) as (q // run % period) // span (see byte_layout)."""
-    packed, palette, shape, layout = inputs
-    k = 1 << width
-    per_byte = 8 // width
-    one = const(np.array(1, np.int64))
-    fields = _byte_fields(op, const, width)  # [256, pb]
-    groups = op("Div", [op("Size", [palette]), const(np.array(k, np.int64))])
-    base = op(
-        "Mul",
-        [op("Range", [const(np.array(0, np.int64)), groups, one]), const(np.array(k, np.int64))],
-    )
-    base = op("Reshape", [base, const(np.array([-1, 1, 1], np.int64))])
-    table = op("Gather", [palette, op("Add", [base, fields])], axis=0)  # [G, 256, pb]
-    table = op("Reshape", [table, const(np.array([-1, per_byte], np.int64))])
-    position = op("Range", [const(np.array(0, np.int64)), op("Size", [packed]), one])
-    run, period, span = (
-        op("Gather", [layout, const(np.array(i, np.int64))], axis=0) for i in range(3)
-    )
-    group = op("Div", [op("Mod", [op("Div", [position, run]), period]), span])
-    byte = op("Cast", [packed], to=ir.DataType.INT64)
-    index = op("Add", [byte, op("Mul", [group, const(np.array(256, np.int64))])])
-    values = op("Gather", [table, index], axis=0)  # [bytes, pb]
-    flat = op("Reshape", [values, const(np.array([-1], np.int64))])
-    count = op("ReduceProd", [shape], keepdims=1)
-    cut = op("Slice", [flat, const(np.array([0], np.int64)), count])
-    return op("Reshape", [cut, shape])
-
-
-def _lut_body(op, const, inputs: list[ir.Value], width: int) -> ir.Value:
-    """Packed bytes straight to values: a [256, 8/width] table of palette values per byte value
-    (built from the palette by Range/Div/Mod/Gather), gathered by byte. About twice as fast
-    at session start as unpacking bits with BitShift, then gathering."""
-    packed, palette, shape = inputs
-    table = op("Gather", [palette, _byte_fields(op, const, width)], axis=0)  # [256, per_byte]
-    values = op("Gather", [table, op("Cast", [packed], to=ir.DataType.INT32)], axis=0)
-    flat = op("Reshape", [values, const(np.array([-1], np.int64))])
-    count = op("ReduceProd", [shape], keepdims=1)
-    cut = op("Slice", [flat, const(np.array([0], np.int64)), count])
-    return op("Reshape", [cut, shape])
-
-
-def _unpack_body(op, const, inputs: list[ir.Value], widths: tuple[int, ...]) -> ir.Value:
-    shape = inputs[-1]
-    count = op("ReduceProd", [shape], keepdims=1)
-    total: ir.Value | None = None
-    remaining = sum(widths)
-    for plane, width in zip(inputs[:-1], widths, strict=True):
-        remaining -= width
-        per_byte = 8 // width
-        column = op("Reshape", [plane, const(np.array([-1, 1], np.int64))])
-        left = op(
-            "BitShift",
-            [column, const((width * np.arange(per_byte)).astype(np.uint8))],
-            direction="LEFT",
-        )
-        fields = op("BitShift", [left, const(np.array([8 - width], np.uint8))], direction="RIGHT")
-        flat = op("Reshape", [fields, const(np.array([-1], np.int64))])
-        cut = op("Slice", [flat, const(np.array([0], np.int64)), count])
-        value = op("Cast", [cut], to=ir.DataType.INT32)
-        if remaining:
-            value = op("Mul", [value, const(np.array(1 << remaining, np.int32))])
-        total = value if total is None else op("Add", [total, value])
-    assert total is not None
-    return op("Reshape", [total, shape])
