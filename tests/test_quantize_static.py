@@ -217,10 +217,10 @@ def test_whole_pass_streams_a_one_shot_generator():
 
 
 def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch):
-    import onnxslim.passes.quantize.static as static
+    import onnxslim.passes.quantize.latency_guard as latency_guard
 
     ratios = iter([1.4, 1.2, 0.95])  # all int8, then each step of the ladder
-    monkeypatch.setattr(static, "latency_ratio", lambda *args, **kwargs: next(ratios))
+    monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: next(ratios))
     model = cnn()
     quantized, report = quantize_static(
         model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
@@ -289,10 +289,10 @@ def test_fusion_check_finds_what_ort_leaves_float():
     from onnx import TensorProto, helper, numpy_helper
     from quantize_fixtures import to_ir
 
+    from onnxslim.passes.quantize.fusion_check import find_unfused
     from onnxslim.passes.quantize.policy import NodePlan, QuantPlan, TensorPlan
     from onnxslim.passes.quantize.qdq import activation_qparams, insert_qdq
     from onnxslim.passes.quantize.ranges import Range
-    from onnxslim.passes.quantize.static import find_unfused
 
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
@@ -325,9 +325,9 @@ def test_fusion_check_finds_what_ort_leaves_float():
 
 
 def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch):
-    import onnxslim.passes.quantize.static as static
+    import onnxslim.passes.quantize.latency_guard as latency_guard
 
-    monkeypatch.setattr(static, "latency_ratio", lambda *args, **kwargs: 1.3)
+    monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: 1.3)
     model = cnn()
     quantized, report = quantize_static(
         model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)

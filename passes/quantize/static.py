@@ -10,7 +10,10 @@ Steps (each in its own module):
   5. insert     Q/DQ pairs, int8 weights, int32 biases (qdq.py);
   6. check      ask ORT for its optimized graph (written to a temporary folder) and
                 put back to float every node ORT did not fuse into an int8 kernel:
-                there its Q/DQ would only cost time; repeat until all fuse.
+                there its Q/DQ would only cost time; repeat until all fuse
+                (fusion_check.py);
+  7. guard      while the int8 model runs slower than float here, keep the smallest
+                layers float (latency_guard.py).
 The result and a report (model.meta[REPORT_KEY]) are what the API and CLI show.
 """
 
@@ -19,12 +22,11 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
@@ -32,6 +34,8 @@ from onnxslim.passes._options import check_choice, option
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
+from .fusion_check import find_unfused
+from .latency_guard import Configuration, latency_guard
 from .policy import (
     PolicyConfig,
     QuantPlan,
@@ -44,30 +48,15 @@ from .policy import (
 from .prepare import prepare
 from .qdq import InsertReport, QParams, insert_qdq, tensor_params
 from .ranges import METHODS, Range, TensorStats, compute_range
+from .reservoir import Reservoir, first_feeds, one_shot
 
 REPORT_KEY = "onnxslim.quantize_report"
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
 # progress(stage, done, total): stage is "calibrate" (runs over the data) or "check".
 StageProgress = Callable[[str, int, int | None], None]
-_INT8_KERNELS = (
-    "QLinearConv",
-    "QLinearMatMul",
-    "QGemm",
-    "MatMulIntegerToFloat",
-    "QLinearAdd",
-    "QLinearMul",
-    "QLinearConcat",
-    "QLinearAveragePool",
-    "QLinearGlobalAveragePool",
-    "QLinearSigmoid",
-    "QLinearLeakyRelu",
-    "DynamicQuantizeMatMul",
-    "MatMulInteger",
-    "ConvInteger",
-    "MatMulNBits",
-    "DynamicQuantizeLSTM",
-)
 _NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
+_GUARD_FEEDS = 4  # feeds the latency guard times on
+_BIAS_CORRECTION_FEEDS = 8
 
 
 @dataclass
@@ -246,7 +235,7 @@ def quantize_static(
     report.seconds["prepare"] = time.perf_counter() - clock
 
     source = _feeds(calib, prepared)
-    reservoir = _Reservoir(source, keep=64) if _one_shot(source) else None
+    reservoir = Reservoir(source, keep=64) if one_shot(source) else None
     if reservoir is not None:
         source = reservoir
     clock = time.perf_counter()
@@ -314,21 +303,42 @@ def quantize_static(
 
     if options.latency_guard and plan.nodes and local:
         clock = time.perf_counter()
-        guarded = _latency_guard(
+
+        def trial(trial_float: dict[str, str]) -> Configuration:
+            trial_plan, trial_ranges = _plan_with_ranges(
+                prepared,
+                policy,
+                trial_float,
+                set(float_tensors),
+                stats,
+                [],
+                options,
+                progress,
+                report,
+            )
+            trial_model, trial_report = _apply(
+                prepared, trial_plan, trial_ranges, act_dtype, reduce_range
+            )
+            return trial_plan, trial_ranges, trial_model, trial_report
+
+        def step_done(done: int, total: int) -> None:
+            if progress is not None:
+                progress("latency", done, total)
+
+        outcome = latency_guard(
             prepared,
             result,
             plan,
             stats,
-            _sample_feeds(reservoir, source),
-            policy,
+            first_feeds(reservoir.kept if reservoir is not None else source, _GUARD_FEEDS),
             float_nodes,
-            float_tensors,
-            options,
-            act_dtype,
-            reduce_range,
-            progress,
-            report,
+            trial,
+            step_done,
         )
+        report.latency_checks = outcome.checks
+        if outcome.warning is not None:
+            report.warnings.append(outcome.warning)
+        guarded = outcome.chosen
         if guarded is not None:
             plan, ranges, result, insert_report = guarded
             if plan.nodes and options.check_fusion:
@@ -351,7 +361,7 @@ def quantize_static(
     if plan.nodes and options.bias_correction:
         # Bias correction averages each layer's output shift: 8 feeds estimate it as
         # well as 64 did on the corpus, at an eighth of its float + int8 passes.
-        reusable = _first_feeds(reusable, _BIAS_CORRECTION_FEEDS)
+        reusable = first_feeds(reusable, _BIAS_CORRECTION_FEEDS)
         bias_correction_hook(result, prepared, reusable, options, report)  # bias_correction.py
 
     members = {
@@ -472,204 +482,6 @@ def _feeds(calib: FeedSource, model: ir.Model) -> Any:
     return opener(calib, model, extra="ignore")
 
 
-# MAC counts below which layers are kept float, tried in turn while int8 is slower.
-_LADDER = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 62)  # the last: every layer
-_GUARD_FEEDS = 4
-# A configuration is accepted at once below this ratio; between it and 1.0 (timing noise
-# on a busy machine is a few percent) the ladder goes on looking for a clearly faster one.
-_GUARD_TARGET = 0.97
-
-
-def _sample_feeds(reservoir: _Reservoir | None, source: Any) -> list[dict[str, np.ndarray]]:
-    from itertools import islice
-
-    if reservoir is not None:
-        return reservoir.kept[:_GUARD_FEEDS]
-    try:
-        return list(islice(iter(source), _GUARD_FEEDS))
-    except DataError:
-        return []
-
-
-def latency_ratio(
-    reference: ir.Model,
-    candidate: ir.Model,
-    feeds: list[dict[str, np.ndarray]],
-    *,
-    min_runs: int = 5,
-    budget_seconds: float = 1.0,
-) -> float:
-    """Median single-thread latency of `candidate` over `reference`, timed interleaved
-    (at least `min_runs` pairs, more while within `budget_seconds`: small models get
-    hundreds, big ones a few, each after one warm-up run)."""
-    from onnxslim.runtime import Session, SessionConfig
-
-    config = SessionConfig(threads=1)
-    sessions = [Session(reference, config), Session(candidate, config)]
-    for session in sessions:
-        session.run(feeds[0])
-    times: list[list[float]] = [[], []]
-    start = time.perf_counter()
-    runs = 0
-    while runs < min_runs or (time.perf_counter() - start < budget_seconds and runs < 200):
-        order = (0, 1) if runs % 2 == 0 else (1, 0)
-        feed = feeds[runs % len(feeds)]
-        for index in order:
-            tick = time.perf_counter()
-            sessions[index].run(feed)
-            times[index].append(time.perf_counter() - tick)
-        runs += 1
-        if runs >= min_runs and time.perf_counter() - start > budget_seconds:
-            break
-    return float(np.median(times[1]) / np.median(times[0]))
-
-
-def node_macs(model: ir.Model, plan: QuantPlan, stats: Mapping[str, TensorStats]) -> dict[str, int]:
-    """Multiply-accumulates per feed of each quantized Conv/MatMul/Gemm, from calibrated shapes."""
-    from .policy import const_array
-
-    macs: dict[str, int] = {}
-    for node in model.graph.all_nodes():
-        node_plan = plan.nodes.get(node.name or "")
-        if node_plan is None or node_plan.role != "compute" or node.inputs[0] is None:
-            continue
-        observed = stats.get(node.inputs[0].name or "")
-        shapes = observed.shapes if observed is not None else set()
-        if not shapes:
-            continue
-        shape = max(shapes, key=lambda sh: int(np.prod(sh)))
-        weight = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
-        if weight is None:
-            continue
-        if node.op_type == "Conv" and len(shape) >= 3:
-            strides = node.attributes.get_ints("strides", None) or [1] * (len(shape) - 2)
-            positions = int(np.prod(shape)) // max(shape[1], 1) // max(int(np.prod(strides)), 1)
-            macs[node.name or ""] = positions * int(np.prod(weight.shape))
-        elif node.op_type == "Gemm" or node.op_type == "MatMul":
-            rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-            macs[node.name or ""] = rows * int(np.prod(weight.shape[-2:]))
-    return macs
-
-
-def _latency_guard(
-    prepared: ir.Model,
-    result: ir.Model,
-    plan: QuantPlan,
-    stats: dict[str, TensorStats],
-    feeds: list[dict[str, np.ndarray]],
-    policy: PolicyConfig,
-    float_nodes: dict[str, str],
-    float_tensors: set[str],
-    options: QuantizeStatic,
-    act_dtype: type,
-    reduce_range: bool,
-    progress: StageProgress | None,
-    report: QuantizeReport,
-) -> tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None:
-    """Keep the smallest layers float, step by step, while the int8 model is slower than float.
-
-    Per-op overheads (QuantizeLinear, layout changes) do not shrink with the layer,
-    so small layers lose in int8; MAC thresholds rise until the model is not slower.
-    Returns the chosen configuration, or None when the first one is kept.
-    """
-    if not feeds:
-        return None
-    ratio = latency_ratio(prepared, result, feeds)
-    report.latency_checks = [{"threshold_macs": 0, "ratio": round(ratio, 3)}]
-    if ratio <= _GUARD_TARGET:
-        return None
-    macs = node_macs(prepared, plan, stats)
-    best: tuple[float, tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport] | None] = (
-        ratio,
-        None,
-    )
-    previous: set[str] = set()
-    for step, threshold in enumerate(_LADDER):
-        small = {name for name, count in macs.items() if count < threshold}
-        if not small or small == previous:
-            continue
-        previous = small
-        trial_float = dict(float_nodes)
-        reason = (
-            f"too small for int8 to pay here (< {threshold} MACs; int8 model was slower)"
-            if threshold < _LADDER[-1]
-            else "int8 model was slower than float here"
-        )
-        for name in small:
-            trial_float.setdefault(name, reason)
-        trial_plan, trial_ranges = _plan_with_ranges(
-            prepared, policy, trial_float, set(float_tensors), stats, [], options, progress, report
-        )
-        trial, trial_report = _apply(prepared, trial_plan, trial_ranges, act_dtype, reduce_range)
-        ratio = latency_ratio(prepared, trial, feeds)
-        report.latency_checks.append(
-            {"threshold_macs": threshold, "ratio": round(ratio, 3), "float_layers": len(small)}
-        )
-        if progress is not None:
-            progress("latency", step + 1, len(_LADDER))
-        if ratio < best[0]:
-            best = (ratio, (trial_plan, trial_ranges, trial, trial_report))
-        if ratio <= _GUARD_TARGET:
-            break
-    first = report.latency_checks[0]["ratio"]
-    chosen = best[1]
-    if best[0] > 1.0:  # nothing tried is as fast as float: keep it all float
-        skipped = dict(plan.skipped)
-        skipped.update({name: "int8 model was slower than float here" for name in plan.nodes})
-        chosen = (QuantPlan({}, {}, skipped), {}, prepared.clone(), InsertReport())
-    if chosen is not None and not any(
-        p.role in ("compute", "embedding") for p in chosen[0].nodes.values()
-    ):
-        report.warnings.append(
-            f"kept float: int8 ran {first:.2f}x the float time on this CPU, its layers are too "
-            "small for int8 kernels to pay for their overheads (--no-latency-guard quantizes "
-            "anyway, for size)"
-        )
-    return chosen
-
-
-_BIAS_CORRECTION_FEEDS = 8
-
-
-def _first_feeds(source: Any, count: int) -> list[dict[str, np.ndarray]]:
-    from itertools import islice
-
-    try:
-        return list(islice(iter(source), count))
-    except DataError:
-        return []
-
-
-def _one_shot(source: Any) -> bool:
-    """True for sources that can be read only once (generators, readers without rewind)."""
-    from collections.abc import Iterator
-
-    return isinstance(source, Iterator) or bool(getattr(source, "_once", False))
-
-
-class _Reservoir:
-    """A one-shot feed source that keeps its first `keep` feeds for the steps after calibration."""
-
-    def __init__(self, source: Any, keep: int) -> None:
-        self._source = source
-        self._keep = keep
-        self._read = False
-        self._once = True  # collect.py reads it in one pass
-        self.kept: list[dict[str, np.ndarray]] = []
-
-    def __iter__(self) -> Any:
-        if self._read:
-            raise DataError(
-                "the calibration data can be read only once (an iterator or a reader); "
-                "pass a list, a file or a folder to read it more than once"
-            )
-        self._read = True
-        for feed in self._source:
-            if len(self.kept) < self._keep:
-                self.kept.append(feed)
-            yield feed
-
-
 def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]:
     """Tensors watched besides the plan's: inputs and outputs of joins (the protections
     compare them), inputs of Conv/MatMul/Gemm (their shapes give the layers' MACs),
@@ -708,56 +520,3 @@ def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]
                 names.add(out.name)
     names.discard("")
     return names
-
-
-def find_unfused(
-    model: ir.Model, plan: QuantPlan, report: InsertReport
-) -> tuple[set[str], dict[str, int]]:
-    """Planned nodes that ORT's optimized graph still runs in float; its int8 kernel counts."""
-    from onnxslim.runtime import ort_optimized
-
-    optimized = ort_optimized(model, "all", load_external_data=False)
-    graphs = list(_proto_graphs(optimized.graph))
-    kernels = Counter(n.op_type for g in graphs for n in g.node if n.op_type in _INT8_KERNELS)
-    producers = {out: n for g in graphs for n in g.node for out in n.output}
-    dq_sources = {n.input[0] for g in graphs for n in g.node if n.op_type == "DequantizeLinear"}
-    unfused: set[str] = set()
-    # (a) A weight still behind a DequantizeLinear: its readers were not fused.
-    still = {q for q in report.weights if q in dq_sources}
-    if still:
-        for node in model.graph.all_nodes():
-            if (
-                node.op_type == "DequantizeLinear"
-                and node.inputs[0] is not None
-                and node.inputs[0].name in still
-            ):
-                for user, _ in node.outputs[0].uses():
-                    if user.name in plan.nodes:
-                        unfused.add(user.name or "")
-    # (b) A planned node still there under its own name and op type, reading a DequantizeLinear.
-    for g in graphs:
-        for n in g.node:
-            node_plan = plan.nodes.get(n.name)
-            if (
-                node_plan is None
-                or node_plan.role in ("embedding", "absorbed")
-                or n.op_type != node_plan.op_type
-            ):
-                continue
-            if any(
-                producers.get(i) is not None and producers[i].op_type == "DequantizeLinear"
-                for i in n.input
-            ):
-                unfused.add(n.name)
-    return unfused, dict(sorted(kernels.items()))
-
-
-def _proto_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _proto_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _proto_graphs(sub)
