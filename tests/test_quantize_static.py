@@ -290,8 +290,9 @@ def test_fusion_check_finds_what_ort_leaves_float():
     from quantize_fixtures import to_ir
 
     from onnxslim.passes.quantize.fusion_check import find_unfused
-    from onnxslim.passes.quantize.policy import NodePlan, QuantPlan, TensorPlan
-    from onnxslim.passes.quantize.qdq import activation_qparams, insert_qdq
+    from onnxslim.passes.quantize.plan import NodePlan, QuantPlan, TensorPlan
+    from onnxslim.passes.quantize.qdq import insert_qdq
+    from onnxslim.passes.quantize.qparams import activation_qparams
     from onnxslim.passes.quantize.ranges import Range
 
     rng = np.random.default_rng(0)

@@ -25,16 +25,10 @@ import onnx_ir as ir
 from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import check_choice, option
 
-from .policy import (
-    MIN_EMBEDDING_ELEMENTS,
-    TARGETS,
-    const_array,
-    constant_source,
-    is_constant,
-    matches,
-    resolve_target,
-)
-from .qdq import QParams, WeightQuantizer, quantize_array, replace_node, weight_qparams
+from .constants import const_array, constant_source, is_constant
+from .policy import MIN_EMBEDDING_ELEMENTS, TARGETS, matches, resolve_target
+from .qdq import WeightQuantizer, replace_node
+from .qparams import QParams, quantize_array, weight_qparams
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
 MS_DOMAIN = "com.microsoft"

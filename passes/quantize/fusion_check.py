@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from onnxslim.runtime import ort_optimized
 
-from .policy import QuantPlan
+from .plan import QuantPlan
 from .qdq import InsertReport
 
 INT8_KERNELS = (

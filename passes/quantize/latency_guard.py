@@ -19,7 +19,8 @@ import onnx_ir as ir
 
 from onnxslim.runtime import Session, SessionConfig
 
-from .policy import QuantPlan, const_array
+from .constants import const_array
+from .plan import QuantPlan
 from .qdq import InsertReport
 from .ranges import Range, TensorStats
 

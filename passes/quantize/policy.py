@@ -37,6 +37,9 @@ ConvTranspose: its Q/DQ would only add time), and depthwise Conv next to a float
 op (int8 depthwise kernels are 1.4-2.4x slower than float). A depthwise Conv between
 two int8 neighbours is quantized here, per channel: ORT 1.32 would otherwise
 quantize it itself at session start, per tensor, which costs accuracy.
+
+This module finds the candidates and their roles; which of them pay off together is
+`membership`, the plan's data `plan`, constants behind Identity chains `constants`.
 """
 
 from __future__ import annotations
@@ -45,13 +48,17 @@ import math
 import platform
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.graphs import iter_graphs
+from onnxslim.graphs import iter_graphs, iter_nodes
+
+from .constants import const_array, is_constant
+from .membership import fixed_point, tensor_plans
+from .plan import NodePlan, QuantPlan
 
 COMPUTE_OPS = frozenset({"Conv", "MatMul", "Gemm"})
 ISLAND_OPS = frozenset(
@@ -171,106 +178,9 @@ class PolicyConfig:
     op_types: frozenset[str] | None = None  # restrict to these op types (None: all known)
 
 
-@dataclass
-class NodePlan:
-    """How one node is quantized."""
-
-    name: str
-    op_type: str
-    role: str  # compute, island, shared, absorbed, embedding
-    weights: dict[int, int | None] = field(default_factory=dict)  # input index -> channel axis
-    bias: int | None = None
-    activations: list[int] = field(default_factory=list)  # input indices quantized as activations
-    constants: list[int] = field(default_factory=list)  # constant inputs quantized like activations
-    output_quantized: bool = False
-    # Quantize only between int8 neighbours (depthwise Conv: its int8 kernel is slower than
-    # float, but ORT quantizes a float Conv sitting between DQ and Q itself, per tensor).
-    sandwiched: bool = False
-
-
-@dataclass
-class TensorPlan:
-    """One activation tensor that gets a QuantizeLinear/DequantizeLinear pair."""
-
-    name: str
-    range_of: str  # the tensor whose calibrated range is used (an absorbed Relu's output)
-    shares: str | None = None  # reuse that tensor's scale and zero point (data movement)
-    clip: tuple[float, float] | None = None  # bounds of an absorbed Clip
-
-
-@dataclass
-class QuantPlan:
-    nodes: dict[str, NodePlan]
-    tensors: dict[str, TensorPlan]
-    skipped: dict[str, str]  # candidate node name -> why it stays float
-
-    def range_tensors(self) -> list[str]:
-        """Tensors whose calibrated range the plan needs."""
-        return sorted({t.range_of for t in self.tensors.values() if t.shares is None})
-
-    def root(self, name: str) -> TensorPlan:
-        """The tensor whose parameters `name` uses (following shared-scale chains)."""
-        plan = self.tensors[name]
-        seen = {name}
-        while plan.shares is not None and plan.shares in self.tensors and plan.shares not in seen:
-            seen.add(plan.shares)
-            plan = self.tensors[plan.shares]
-        return plan
-
-
-# ---------------------------------------------------------------------------
-
-
 def quantized_ops_in(model: ir.Model) -> list[str]:
     """Op types that show the model is already quantized."""
-    from onnxslim.graphs import iter_nodes
-
     return sorted({n.op_type for n in iter_nodes(model) if n.op_type in QUANTIZED_OPS})
-
-
-def constant_source(value: ir.Value | None) -> ir.Value | None:
-    """The value itself, or the constant an Identity chain passes on (exporters tie weights so)."""
-    seen = 0
-    while value is not None and value.const_value is None and seen < 16:
-        producer = value.producer()
-        if (
-            producer is None
-            or producer.op_type != "Identity"
-            or producer.domain not in ("", "ai.onnx")
-        ):
-            break
-        value = producer.inputs[0]
-        seen += 1
-    return value
-
-
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    value = constant_source(value)
-    if value is None:
-        return None
-    tensor = value.const_value
-    if tensor is None:
-        tensor = ir.convenience.get_const_tensor(value)
-    if tensor is None:
-        return None
-    try:
-        return tensor.numpy()
-    except Exception:
-        return None
-
-
-def is_constant(value: ir.Value | None) -> bool:
-    value = constant_source(value)
-    if value is None:
-        return False
-    if value.const_value is not None and not value.is_graph_input():
-        return True
-    producer = value.producer()
-    return (
-        producer is not None
-        and producer.op_type == "Constant"
-        and producer.domain in ("", "ai.onnx")
-    )
 
 
 def _is_float(value: ir.Value | None) -> bool:
@@ -335,14 +245,14 @@ def make_plan(
             continue
         candidates[name] = role_plan
 
-    members = _fixed_point(candidates, by_name, graph_outputs, keep_float)
+    members = fixed_point(candidates, by_name, graph_outputs, keep_float)
     for name in set(candidates) - set(members):
         if candidates[name].role not in (
             "shared",
             "absorbed",
         ):  # data movement left float needs no line
             skipped.setdefault(name, "int8 here would add Q/DQ pairs, not remove them")
-    tensors = _tensor_plans(members, by_name, graph_outputs)
+    tensors = tensor_plans(members, by_name, graph_outputs)
     return QuantPlan(members, tensors, skipped)
 
 
@@ -495,228 +405,3 @@ def _compute_candidate(
                 return "bias is not a vector"
         return plan
     return None
-
-
-def _fixed_point(
-    candidates: Mapping[str, NodePlan],
-    by_name: Mapping[str, ir.Node],
-    graph_outputs: set[int],
-    keep_float: set[str],
-) -> dict[str, NodePlan]:
-    """The largest set of candidates in which every island/shared/absorbed member pays off."""
-    members = dict(candidates)
-    changed = True
-    while changed:
-        changed = False
-        for name in list(members):
-            plan = members[name]
-            node = by_name[name]
-            reason = _violation(plan, node, members, by_name, graph_outputs, keep_float)
-            if reason:
-                del members[name]
-                changed = True
-    return members
-
-
-def _consumers(value: ir.Value) -> list[ir.Node]:
-    return [user for user, _ in value.uses()]
-
-
-def _output_quantized(
-    node: ir.Node,
-    plan: NodePlan,
-    members: Mapping[str, NodePlan],
-    graph_outputs: set[int],
-    keep_float: set[str],
-) -> bool:
-    """Whether this member's output 0 carries Q/DQ under the current member set."""
-    out = node.outputs[0]
-    if (out.name or "") in keep_float:
-        return False
-    consumers = _consumers(out)
-    if plan.role == "compute" and node.op_type == "Conv":
-        return True
-    if plan.role == "embedding":
-        return False
-    if plan.role == "compute":
-        return (
-            bool(consumers)
-            and id(out) not in graph_outputs
-            and all(
-                (c.name or "") in members and members[c.name or ""].role != "embedding"
-                for c in consumers
-            )
-        )
-    if plan.role == "absorbed":
-        return True
-    return True  # island and shared members quantize their outputs
-
-
-def _violation(
-    plan: NodePlan,
-    node: ir.Node,
-    members: Mapping[str, NodePlan],
-    by_name: Mapping[str, ir.Node],
-    graph_outputs: set[int],
-    keep_float: set[str],
-) -> str:
-    inputs = list(node.inputs)
-    outputs = list(node.outputs)
-    if plan.role == "compute":
-        if node.op_type == "Conv" and (outputs[0].name or "") in keep_float:
-            return "its output must stay float"
-        if plan.sandwiched:
-            return _sandwich_violation(plan, node, members, graph_outputs, keep_float)
-        return ""
-    if plan.role == "embedding":
-        return ""
-    # island / shared / absorbed: every activation input must already carry Q/DQ.
-    for index in plan.activations:
-        value = inputs[index]
-        if value is None or (value.name or "") in keep_float:
-            return "input must stay float"
-        producer = value.producer()
-        if producer is None or (producer.name or "") not in members:
-            return "input is not quantized by its producer"
-        pplan = members[producer.name or ""]
-        if not _output_quantized(producer, pplan, members, graph_outputs, keep_float):
-            return "producer's output is float"
-    if plan.role == "absorbed":
-        value = inputs[0]
-        assert value is not None
-        producer = value.producer()
-        if len(_consumers(value)) != 1 or id(value) in graph_outputs:
-            return "producer's output has other uses"
-        if (
-            producer is None
-            or members[producer.name or ""].role in ("shared", "absorbed")
-            or len(producer.outputs) != 1
-        ):
-            return "producer cannot absorb it"
-        if id(outputs[0]) in graph_outputs:
-            return "graph output"
-        if (outputs[0].name or "") in keep_float:
-            return "output must stay float"
-        return ""
-    for out in outputs:
-        if (out.name or "") in keep_float or id(out) in graph_outputs:
-            return "output must stay float"
-        consumers = _consumers(out)
-        if not consumers:
-            return "output unused"
-        for consumer in consumers:
-            cname = consumer.name or ""
-            if cname not in members:
-                return "a consumer stays float"
-            if members[cname].role == "embedding":
-                return "a consumer stays float"
-            if members[cname].role == "compute" and not _takes_activation(
-                members[cname], consumer, out
-            ):
-                return "used as a weight"
-    return ""
-
-
-_DEPTHWISE_FLOAT = (
-    "depthwise Conv with a float neighbour: int8 depthwise kernels are slower than float"
-)
-
-
-def _sandwich_violation(
-    plan: NodePlan,
-    node: ir.Node,
-    members: Mapping[str, NodePlan],
-    graph_outputs: set[int],
-    keep_float: set[str],
-) -> str:
-    """A depthwise Conv is quantized only when its input and every reader are int8 anyway."""
-    value = node.inputs[0]
-    producer = value.producer() if value is not None else None
-    if (
-        producer is None
-        or (producer.name or "") not in members
-        or not _output_quantized(
-            producer, members[producer.name or ""], members, graph_outputs, keep_float
-        )
-    ):
-        return _DEPTHWISE_FLOAT
-    out = node.outputs[0]
-    consumers = _consumers(out)
-    if id(out) in graph_outputs or not consumers:
-        return _DEPTHWISE_FLOAT
-    for consumer in consumers:
-        cplan = members.get(consumer.name or "")
-        if cplan is None or cplan.role == "embedding":
-            return _DEPTHWISE_FLOAT
-    return ""
-
-
-def _takes_activation(plan: NodePlan, node: ir.Node, value: ir.Value) -> bool:
-    return any(node.inputs[i] is value for i in plan.activations)
-
-
-def _tensor_plans(
-    members: Mapping[str, NodePlan], by_name: Mapping[str, ir.Node], graph_outputs: set[int]
-) -> dict[str, TensorPlan]:
-    """The activation tensors that get Q/DQ, with the range each uses.
-
-    An absorbed Relu/Clip disappears: its input tensor is quantized with the
-    activation's output range, and everything that read its output reads that.
-    """
-    alias: dict[str, str] = {}  # absorbed activation's output -> its input
-    absorbed: dict[str, ir.Node] = {}  # absorbed activation's input -> the activation
-    for name, plan in members.items():
-        if plan.role == "absorbed":
-            node = by_name[name]
-            source = node.inputs[0]
-            assert source is not None
-            alias[node.outputs[0].name or ""] = source.name or ""
-            absorbed[source.name or ""] = node
-    tensors: dict[str, TensorPlan] = {}
-
-    def add(key: str) -> None:
-        key = alias.get(key, key)
-        activation = absorbed.get(key)
-        if activation is not None:
-            tensors.setdefault(
-                key,
-                TensorPlan(key, activation.outputs[0].name or "", clip=_clip_bounds(activation)),
-            )
-        else:
-            tensors.setdefault(key, TensorPlan(key, key))
-
-    for name, plan in members.items():
-        node = by_name[name]
-        if plan.role in ("absorbed", "embedding"):
-            continue
-        for index in plan.activations:
-            value = node.inputs[index]
-            assert value is not None
-            add(value.name or "")
-        if plan.role == "compute" and not _output_quantized(
-            node, plan, members, graph_outputs, set()
-        ):
-            continue
-        for out in node.outputs:
-            key = out.name or ""
-            if plan.role == "shared":
-                source = node.inputs[0]
-                assert source is not None
-                tensors[key] = TensorPlan(
-                    key, key, shares=alias.get(source.name or "", source.name or "")
-                )
-            else:
-                add(key)
-    return tensors
-
-
-def _clip_bounds(node: ir.Node) -> tuple[float, float] | None:
-    if node.op_type == "Relu":
-        return (0.0, math.inf)
-    inputs = list(node.inputs) + [None, None]
-    low = const_array(inputs[1])
-    high = const_array(inputs[2])
-    return (
-        float(low) if low is not None else -math.inf,
-        float(high) if high is not None else math.inf,
-    )

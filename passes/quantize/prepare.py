@@ -25,7 +25,7 @@ from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_graphs, tensor_bytes
 
 from .collect import infer_types
-from .policy import const_array, is_constant
+from .constants import const_array, is_constant
 
 MIN_OPSET = 13
 # ORT's optimized-model writer keeps everything in one protobuf message.

@@ -36,9 +36,9 @@ from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
 from .fusion_check import find_unfused
 from .latency_guard import Configuration, latency_guard
+from .plan import QuantPlan
 from .policy import (
     PolicyConfig,
-    QuantPlan,
     Target,
     detect_target,
     make_plan,
@@ -46,7 +46,8 @@ from .policy import (
     resolve_target,
 )
 from .prepare import prepare
-from .qdq import InsertReport, QParams, insert_qdq, tensor_params
+from .qdq import InsertReport, insert_qdq, tensor_params
+from .qparams import QParams
 from .ranges import METHODS, Range, TensorStats, compute_range
 from .reservoir import Reservoir, first_feeds, one_shot
 

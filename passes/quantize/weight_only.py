@@ -21,8 +21,9 @@ import onnx_ir as ir
 from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
 
+from .constants import const_array, constant_source, is_constant
 from .dynamic import MS_DOMAIN, NOT_A_CANDIDATE
-from .policy import MIN_EMBEDDING_ELEMENTS, const_array, constant_source, is_constant, matches
+from .policy import MIN_EMBEDDING_ELEMENTS, matches
 from .qdq import WeightQuantizer, replace_node
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
