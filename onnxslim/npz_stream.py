@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+from numpy.lib import format as npformat
 
 from onnxslim.errors import DataError, first_line
 from onnxslim.feed_checks import ExtraPolicy, check_array
@@ -170,8 +171,6 @@ def _read_rest(fp: IO[bytes], member: Member) -> np.ndarray:
 
 
 def _read_header(fp: IO[bytes], name: str, entry: str, where: str) -> Member:
-    from numpy.lib import format as npformat
-
     version = npformat.read_magic(fp)
     if version == (1, 0):
         shape, fortran, dtype = npformat.read_array_header_1_0(fp)

@@ -40,6 +40,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.activations",
             "onnxslim.probing",
             "onnxslim.calibration",
+            "onnxslim.feed_checks",
+            "onnxslim.npz_stream",
+            "onnxslim.images",
             "onnxslim.feeds",
             "onnxslim.validation",
             "onnxslim.parity",
@@ -82,15 +85,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("onnxslim.runtime", "tempfile"): "robust",
     ("onnxslim.runtime", "onnx"): "robust",
     ("onnxslim.targets", "onnxruntime"): "ux",
-    ("onnxslim.calibration", "numpy.lib"): "types",
-    ("onnxslim.passes.cluster.storage", "onnxslim.passes.cluster.weights"): "types",
-    ("onnxslim.passes.quantize.policy", "onnxslim.graphs"): "types",
-    ("onnxslim.passes.quantize.static", "onnxslim.passes.quantize.protect"): "types",
-    ("onnxslim.passes.quantize.static", "onnxslim.calibration"): "types",
-    ("onnxslim.passes.quantize.static", "itertools"): "types",
-    ("onnxslim.passes.quantize.static", "onnxslim.runtime"): "types",
-    ("onnxslim.passes.quantize.static", "onnxslim.passes.quantize.policy"): "types",
-    ("onnxslim.passes.quantize.static", "collections.abc"): "types",
 }
 
 

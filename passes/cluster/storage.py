@@ -67,6 +67,7 @@ from .packing import (
     unpack_plane,
 )
 from .palette import Palettized, distinct, group_offsets
+from .weights import channel_axes
 
 _INTEGER_PALETTE = (
     ir.DataType.INT8,
@@ -304,8 +305,6 @@ class PackPalette(ir.passes.InPlacePass):
             raise ValueError(f"max_bits must be in 1..8, got {self.max_bits}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        from .weights import channel_axes
-
         graph = model.graph
         opset = default_opset(model)
         axes = channel_axes(model)

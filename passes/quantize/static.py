@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
 from onnxslim.passes._options import check_choice, option
 
@@ -46,6 +47,9 @@ from .policy import (
     resolve_target,
 )
 from .prepare import prepare
+from .protect import find_protections
+from .protect import float_nodes as protected_nodes
+from .protect import float_tensors as protected_tensors
 from .qdq import InsertReport, insert_qdq, tensor_params
 from .qparams import QParams
 from .ranges import METHODS, Range, TensorStats, compute_range
@@ -253,10 +257,6 @@ def quantize_static(
     float_tensors = {name for name, s in stats.items() if s.extreme or not s.observed}
     float_nodes: dict[str, str] = {}
     if options.protect:
-        from .protect import find_protections
-        from .protect import float_nodes as protected_nodes
-        from .protect import float_tensors as protected_tensors
-
         protections = find_protections(prepared, stats)
         report.protections = [p.to_dict() for p in protections]
         float_tensors |= protected_tensors(protections)
@@ -469,18 +469,10 @@ def _calibrate(
 
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:
-    """Checked feeds through the engine's readers when they are available."""
-    from onnxslim import calibration
-
-    opener = getattr(calibration, "open_feeds", None)
-    if (
-        opener is None
-        or callable(calib)
-        and not hasattr(calib, "__iter__")
-        and not hasattr(calib, "get_next")
-    ):
+    """Checked feeds through the engine's readers; a feed factory (a bare callable) as it is."""
+    if callable(calib) and not hasattr(calib, "__iter__") and not hasattr(calib, "get_next"):
         return calib
-    return opener(calib, model, extra="ignore")
+    return open_feeds(calib, model, extra="ignore")
 
 
 def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]:
