@@ -120,7 +120,7 @@ class LayerGeometry:
         index = np.unravel_index(positions, (x.shape[0], *out_spatial))
         starts = tuple(index[1 + i] * self.strides[i] for i in range(nd))
         # Advanced indices split by a slice: the sampled-row axis comes first -> [R, C, *effective].
-        patches = windows[(index[0], slice(None), *starts)]
+        patches = windows[(index[0], slice(None)) + starts]
         patches = patches[
             (slice(None), slice(None)) + tuple(slice(None, None, d) for d in self.dilations)
         ]
@@ -137,6 +137,8 @@ def layer_geometry(node: ir.Node, output_name: str | None = None) -> LayerGeomet
         return None
     x = node.inputs[0]
     out = output_name or node.outputs[0].name
+    if x.name is None or out is None:  # rows are read by value name
+        return None
     name = node.name or out
     if node.op_type == "Conv":
         weight = node.inputs[1]
@@ -145,8 +147,8 @@ def layer_geometry(node: ir.Node, output_name: str | None = None) -> LayerGeomet
             return None
         nd = len(shape) - 2
         attrs = node.attributes
-        kernel = tuple(attrs.get_ints("kernel_shape", None) or shape[2:])
-        pads = attrs.get_ints("pads", None)
+        kernel = tuple(attrs.get_ints("kernel_shape") or shape[2:])
+        pads = attrs.get_ints("pads")
         auto_pad = attrs.get_string("auto_pad", "NOTSET") or "NOTSET"
         return LayerGeometry(
             node_name=name,
@@ -155,8 +157,8 @@ def layer_geometry(node: ir.Node, output_name: str | None = None) -> LayerGeomet
             output_name=out,
             groups=attrs.get_int("group", 1),
             kernel=kernel,
-            strides=tuple(attrs.get_ints("strides", None) or (1,) * nd),
-            dilations=tuple(attrs.get_ints("dilations", None) or (1,) * nd),
+            strides=tuple(attrs.get_ints("strides") or (1,) * nd),
+            dilations=tuple(attrs.get_ints("dilations") or (1,) * nd),
             pads=tuple(pads)
             if pads is not None
             else (None if auto_pad not in ("NOTSET", "") else (0,) * (2 * nd)),
@@ -331,6 +333,7 @@ def coalesce_feeds(
             a = feed.get(spec.name)
             if (
                 a is None
+                or spec.shape is None
                 or np.ndim(a) != len(spec.shape)
                 or np.shape(a)[1:] != np.shape(first[spec.name])[1:]
             ):
@@ -581,9 +584,11 @@ def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     if value.const_value is not None:
-        return tuple(value.const_value.shape)
-    if value.shape is not None and all(isinstance(d, int) for d in value.shape):
-        return tuple(int(d) for d in value.shape)  # type: ignore[arg-type]
+        return tuple(value.const_value.shape.numpy())
+    if value.shape is not None:
+        dims = tuple(d for d in value.shape if isinstance(d, int))
+        if len(dims) == len(value.shape):
+            return dims
     return None
 
 

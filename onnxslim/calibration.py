@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -193,7 +193,9 @@ def _specs_of(
         return None, frozenset()
     if isinstance(model_or_specs, ir.Model):
         graph = model_or_specs.graph
-        optional = frozenset(v.name for v in graph.inputs if v.name in graph.initializers)
+        optional = frozenset(
+            v.name for v in graph.inputs if v.name is not None and v.name in graph.initializers
+        )
         return input_specs(model_or_specs), optional
     return list(model_or_specs), frozenset()
 
@@ -229,7 +231,7 @@ def _open_reader(reader: CalibrationDataReaderLike, common: dict[str, Any]) -> F
 
 def _open_iterable(items: Iterable[Mapping[str, Any]], common: dict[str, Any]) -> FeedStream:
     once = iter(items) is items  # an iterator or generator: consumed by reading
-    count = len(items) if isinstance(items, Sequence) or hasattr(items, "__len__") else None
+    count = len(items) if isinstance(items, Sized) else None  # Sized: anything with __len__
     description = "given feeds" if isinstance(items, Sequence) else f"given {type(items).__name__}"
     return FeedStream(
         lambda: iter(items), description=description, count=count, once=once, **common

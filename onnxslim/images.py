@@ -259,7 +259,7 @@ def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImageP
                 f"image {label} has {len(values)} values; the model takes {channels} channels"
             )
     return ImagePreprocessing(
-        size=tuple(size),
+        size=size,
         layout=layout,
         scale=scale,
         mean=given.mean,

@@ -7,8 +7,9 @@ in memory, and that needs the .npy header parsing and row reading that live here
 
 from __future__ import annotations
 
+import io
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -114,7 +115,7 @@ class StackedArrays:
                         f"{', '.join(repr(s.name) for s in specs)})"
                     )
 
-    def iterate(self) -> Iterator[Mapping[str, np.ndarray]]:
+    def iterate(self) -> Iterator[dict[str, np.ndarray]]:
         if self.path.suffix.lower() == ".npy":
             member = self.members[0]
             array = np.load(self.path, mmap_mode="r", allow_pickle=False)
@@ -138,7 +139,9 @@ class _RowReader:
         self.member = member
         self._path = path
         self._whole: np.ndarray | None = None
-        self._fp = archive.open(member.entry)
+        fp = archive.open(member.entry)
+        assert isinstance(fp, io.BufferedIOBase)  # a ZipExtFile: readinto() fills rows in place
+        self._fp = fp
         _read_header(self._fp, member.name, member.entry, str(path))
         if member.fortran:
             self._whole = _read_rest(self._fp, member)
@@ -149,7 +152,7 @@ class _RowReader:
         if self._whole is not None:
             return np.array(self._whole[index])
         out = np.empty(self._row_shape, dtype=self.member.dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8)) if self._row_bytes else memoryview(b"")
+        view = out.reshape(-1).view(np.uint8).data
         filled = 0
         while filled < self._row_bytes:
             got = self._fp.readinto(view[filled:])
@@ -176,8 +179,9 @@ def _read_header(fp: IO[bytes], name: str, entry: str, where: str) -> Member:
         shape, fortran, dtype = npformat.read_array_header_1_0(fp)
     elif version == (2, 0):
         shape, fortran, dtype = npformat.read_array_header_2_0(fp)
-    else:  # 3.0 differs only in header encoding; numpy has no public reader for it
-        shape, fortran, dtype = npformat._read_array_header(fp, version)  # noqa: SLF001
+    else:  # 3.0 differs only in header encoding; numpy has no public reader (nor stub) for it
+        read_header = npformat._read_array_header  # type: ignore[attr-defined]
+        shape, fortran, dtype = read_header(fp, version)
     if dtype.hasobject:
         raise DataError(
             f"{where}: array {name!r} holds Python objects; only numeric arrays are read"

@@ -57,7 +57,7 @@ class WeightProbe:
         return [np.asarray(a, dtype=np.float64) for a in self._session.run(self._names, dict(feed))]
 
     def squared_errors(self, overrides: Mapping[str, np.ndarray]) -> list[tuple[float, float]]:
-        """Per float output: (sum of squared differences to the original, sum of squares of the original)."""
+        """Per float output: (sum of squared differences to the original, sum of squares of it)."""
         sums = [[0.0, 0.0] for _ in self._names]
         for batch, references in zip(self._batches, self._references, strict=True):
             for total, out, ref in zip(

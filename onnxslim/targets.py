@@ -52,9 +52,13 @@ ARM64_DEBS = (
     "libcrypt1",
 )
 # A Neoverse-N1 (CPU part 0xd0c) with the dot-product extension ORT's int8 kernels use.
-FAKE_ARM_CPUINFO = """processor\t: 0
+_ARM_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop "
+    "asimddp ssbs"
+)
+FAKE_ARM_CPUINFO = f"""processor\t: 0
 BogoMIPS\t: 50.00
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs
+Features\t: {_ARM_FEATURES}
 CPU implementer\t: 0x41
 CPU architecture: 8
 CPU variant\t: 0x3
@@ -246,7 +250,8 @@ def _setup_arm64(folder: Path, say: Progress) -> str:
         wheels.glob(f"numpy-{versions['numpy']}-*.whl")
     ):
         say(
-            f"pip download onnxruntime=={versions['onnxruntime']} numpy=={versions['numpy']} (aarch64)"
+            f"pip download onnxruntime=={versions['onnxruntime']} "
+            f"numpy=={versions['numpy']} (aarch64)"
         )
         _checked(
             [

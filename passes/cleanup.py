@@ -135,7 +135,7 @@ def _node_key(node: ir.Node) -> tuple | None:
         return None
     if node.op_type == "Identity" and any(v.is_graph_output() for v in node.outputs):
         return None  # merging would only put another Identity in its place
-    attributes = []
+    attributes: list[tuple[str, object, object]] = []  # (name, type, comparable value)
     for name, attr in sorted(node.attributes.items()):
         if attr.is_ref():
             attributes.append((name, "ref", attr.ref_attr_name))

@@ -217,7 +217,7 @@ def check_outputs(reference: Path, outputs: list[Path]) -> str:
     expected = run(reference)
     same = [np.array_equal(run(p), expected) for p in outputs]
     return "outputs identical to the input model on ORT: " + ", ".join(
-        f"{p.parent.name}={'yes' if s else 'NO'}" for p, s in zip(outputs, same)
+        f"{p.parent.name}={'yes' if s else 'NO'}" for p, s in zip(outputs, same, strict=True)
     )
 
 
@@ -250,7 +250,8 @@ def main() -> None:
         size = sum(p.stat().st_size for p in model.parent.iterdir())
         print(cpu_flags())
         print(
-            f"model: {size / 1e9:.2f} GB external data, {model} (built in {time.perf_counter() - start:.1f} s)"
+            f"model: {size / 1e9:.2f} GB external data, {model} "
+            f"(built in {time.perf_counter() - start:.1f} s)"
         )
         best: dict[str, dict] = {}
         outputs: dict[str, Path] = {}

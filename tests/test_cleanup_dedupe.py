@@ -1,4 +1,4 @@
-"""deduplicate-initializers: twins merged (inside subgraphs too), look-alikes kept, outputs exact."""
+"""deduplicate-initializers: twins merged (in subgraphs too), look-alikes kept, outputs exact."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from onnxslim.runtime import Session
 
 
 def _separable_model(activation: str = "Relu", *, shared: bool = False) -> ir.Model:
-    """x -> Conv3x3(8) -> act -> depthwise Conv3x3 -> act -> pointwise Conv1x1(4), imbalanced channels."""
+    """x -> Conv3x3(8) -> act -> depthwise Conv3x3 -> act -> Conv1x1(4), imbalanced channels."""
     rng = np.random.default_rng(0)
     channel_gain = np.array([50.0, 0.05, 1.0, 8.0, 0.3, 20.0, 0.01, 2.0], np.float32)
     w1 = (rng.standard_normal((8, 3, 3, 3)) * channel_gain[:, None, None, None]).astype(np.float32)

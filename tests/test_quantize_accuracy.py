@@ -1,4 +1,4 @@
-"""Accuracy protections of static int8: bias correction, mixed-range protection, accuracy-aware mode.
+"""Accuracy protections of static int8: bias correction, mixed ranges, the accuracy-aware mode.
 
 Every check runs the float and the int8 model on ONNX Runtime. models/digits_cnn.onnx
 and models/digits_detector.onnx are used when present (trained weights); otherwise

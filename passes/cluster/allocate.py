@@ -47,7 +47,8 @@ class Form:
             return "float"
         if self.group_size == PER_TENSOR:
             return f"{self.bits}b per-tensor"
-        return f"{self.bits}b per-{'channel' if self.group_size == 1 else f'{self.group_size}-channels'}"
+        channels = "channel" if self.group_size == 1 else f"{self.group_size}-channels"
+        return f"{self.bits}b per-{channels}"
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,7 @@ class ClusterWeights(ir.passes.InPlacePass):
         for weight in weights:
             dense = weight.value.const_value
             assert dense is not None
-            channels = dense.shape[weight.axis] if weight.axis is not None else None
+            channels = dense.shape.numpy()[weight.axis] if weight.axis is not None else None
             forms = candidate_forms(
                 self.bits,
                 channels=channels,

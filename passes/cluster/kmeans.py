@@ -110,6 +110,7 @@ def cluster_many(
             job.centers = lloyd(job.points, job.weights, start)
     for job in pending:
         if job.binned:  # Lloyd on the real values corrects the binning (it never raises the cost)
+            assert job.centers is not None  # every pending job got its centers above
             job.centers = lloyd(job.unique, job.counts, job.centers, iterations=POLISH_ITERATIONS)
     return [_finish(job, np.shape(a)) for job, a in zip(jobs, arrays, strict=True)]
 

@@ -364,7 +364,9 @@ def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
     w = layer.weight.const_value
     assert w is not None
     columns = (
-        int(w.size // layer.out_channels) if layer.op_type != "Conv" else int(np.prod(w.shape[1:]))
+        int(w.size // layer.out_channels)
+        if layer.op_type != "Conv"
+        else int(np.prod(w.shape.numpy()[1:]))
     )
     if columns + 1 > MAX_COLUMNS:
         return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"

@@ -114,7 +114,7 @@ def weight_uses(model: ir.Model) -> dict[str, list[tuple[ir.Node, int | None]]]:
                 continue  # both constant: not a layer
             if node.op_type == "Gather" and _weight_source(node.inputs[1])[0] is not None:
                 continue  # constant indices: folded anyway
-            found.setdefault(source.name, []).append((node, None if moved else axis))
+            found.setdefault(source.name or "", []).append((node, None if moved else axis))
     return found
 
 

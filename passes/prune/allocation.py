@@ -39,13 +39,13 @@ def measure_sensitivity(
     probes: Sequence[float] = PROBES,
 ) -> np.ndarray:
     """errors[i, j]: output error with only layer i pruned to probes[j] (others dense)."""
-    probe = WeightProbe(model, [layer.weight.name for layer in layers], list(feeds)[:MAX_FEEDS])
+    probe = WeightProbe(model, [layer.weight_name for layer in layers], list(feeds)[:MAX_FEEDS])
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):
         w = layer.array()
         for j, s in enumerate(probes):
             pruned = np.where(magnitude_mask(w, s), w, 0).astype(w.dtype)
-            errors[i, j] = probe.pooled_error({layer.weight.name: pruned})
+            errors[i, j] = probe.pooled_error({layer.weight_name: pruned})
     return errors
 
 
@@ -67,7 +67,7 @@ def allocate(
         curve = np.interp(steps, grid, np.concatenate([[0.0], row]))
         curves.append(np.maximum.accumulate(curve))  # more pruning never helps
     level = [0] * len(sizes)
-    heap = []
+    heap: list[tuple[float, int]] = []
     for i, n in enumerate(sizes):
         if len(steps) > 1 and n > 0:
             heapq.heappush(heap, ((curves[i][1] - curves[i][0]) / (n * STEP), i))

@@ -129,7 +129,7 @@ def dims_of(value: ir.Value | None) -> tuple[int | None, ...] | None:
     if value is None:
         return None
     if value.const_value is not None:
-        return tuple(int(d) for d in value.const_value.shape)
+        return tuple(int(d) for d in value.const_value.shape.numpy())
     if value.shape is None:
         return None
     return tuple(d if isinstance(d, int) else None for d in value.shape)

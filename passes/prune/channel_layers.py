@@ -25,7 +25,7 @@ from onnxslim.passes.prune.layers import resolve_initializer
 
 
 def _tie(
-    cg: ChannelGraph, weight: ir.Value, node: ir.Node, space: int | None, layout: Layout | None
+    cg: ChannelGraph, weight: ir.Value, node: ir.Node, space: int, layout: Layout | None
 ) -> None:
     """Note one reader of a weight several layers share (resolved in _resolve_ties)."""
     cg.tied.setdefault(id(weight), (weight, []))[1].append((node, space, layout))
@@ -37,7 +37,7 @@ def conv(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     if weight is None or weight.const_value is None:
         cg.freeze(x, "Conv with a non-constant weight")
         return
-    shape = tuple(weight.const_value.shape)
+    shape = tuple(weight.const_value.shape.numpy())
     group = node.attributes.get_int("group", 1)
     out, per_group = int(shape[0]), int(shape[1])
     rank = len(shape)
@@ -89,7 +89,7 @@ def conv_transpose(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) ->
     ):
         cg.freeze(x, "ConvTranspose with groups, explicit output_shape or non-constant weight")
         return
-    shape = tuple(weight.const_value.shape)
+    shape = tuple(weight.const_value.shape.numpy())
     consumer = None
     if x is not None:
         if not channel_axis_ok(x, node.inputs[0]):
@@ -113,13 +113,13 @@ def matmul_like(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> No
         weight is None
         or weight.const_value is None
         or len(weight.const_value.shape) != 2
-        or (node.op_type == "Gemm" and node.attributes.get_int("transA", 0))
+        or (node.op_type == "Gemm" and bool(node.attributes.get_int("transA", 0)))
     ):
         freeze_all(cg, ins, f"{node.op_type} of two activations (or transA)")
         return
     if len(ins) > 1 and ins[1] is not None:
         cg.freeze(ins[1], f"{node.op_type} weight carries channels")
-    shape = tuple(weight.const_value.shape)
+    shape = tuple(weight.const_value.shape.numpy())
     trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
     out = int(shape[0] if trans_b else shape[1])
     frozen = ""
@@ -170,18 +170,23 @@ def resolve_ties(cg: ChannelGraph) -> None:
         for space in spaces[1:]:
             cg.union(spaces[0], space)
         layouts = [layout for _, _, layout in entries]
-        first = layouts[0]
-        if any(layout is None for layout in layouts) or any(
-            layout.sizes() != first.sizes()
-            or layout.axis != first.axis
-            or layout.factor != first.factor
-            for layout in layouts
+        present = [layout for layout in layouts if layout is not None]
+        first = present[0] if present else None
+        if (
+            first is None
+            or len(present) != len(layouts)
+            or any(
+                layout.sizes() != first.sizes()
+                or layout.axis != first.axis
+                or layout.factor != first.factor
+                for layout in present
+            )
         ):
             reason = f"weight {weight.name!r} shared by layers whose inputs differ"
-            for layout in layouts:
-                cg.freeze(layout, reason)
+            for entry_layout in layouts:
+                cg.freeze(entry_layout, reason)
             continue
-        for layout in layouts[1:]:
+        for layout in present[1:]:
             for (a, _), (b, _) in zip(first.segments, layout.segments, strict=False):
                 cg.union(a, b)
 

@@ -294,11 +294,11 @@ def _reshape(cg: ChannelGraph, node: ir.Node, ins: list[Layout | None]) -> None:
     if len(ins) > 1 and ins[1] is not None:
         cg.freeze(ins[1], "Reshape shape carries channels")
     dims = dims_of(node.inputs[0])
-    target = const_of(node.inputs[1]) if len(node.inputs) > 1 else None
-    if dims is None or target is None:
+    target_array = const_of(node.inputs[1]) if len(node.inputs) > 1 else None
+    if dims is None or target_array is None:
         cg.freeze(x, "Reshape with unknown input shape or dynamic target")
         return
-    target = [int(t) for t in target.reshape(-1)]
+    target = [int(t) for t in target_array.reshape(-1)]
     rank = len(dims)
     position = rank + x.axis
     tail = dims[position + 1 :]

@@ -118,7 +118,7 @@ class ChannelPruning(ir.passes.InPlacePass):
         for root, members in cg.groups().items():
             size = cg.spaces[root].size
             producers = [
-                cg.spaces[m].producer.name for m in members if cg.spaces[m].producer is not None
+                producer.name for m in members if (producer := cg.spaces[m].producer) is not None
             ]
             entry = {
                 "producers": producers,
@@ -172,7 +172,7 @@ def _producer_scores(node: ir.Node, norm: str) -> np.ndarray:
         rows = w.reshape(w.shape[0], -1)
     elif node.op_type == "ConvTranspose":
         rows = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
-    elif node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+    elif node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0)):
         rows = w
     else:
         rows = w.T
@@ -200,15 +200,15 @@ def _importance(
     size = cg.spaces[root].size
     score = np.zeros(size)
     if method in ("l1", "l2"):
-        for i, space in enumerate(cg.spaces):
-            if cg.find(i) == root and space.producer is not None:
-                produced = _producer_scores(space.producer, method)
+        for i, member in enumerate(cg.spaces):
+            if cg.find(i) == root and member.producer is not None:
+                produced = _producer_scores(member.producer, method)
                 score += produced / (np.mean(produced) + 1e-30)
         return score
     for edit in cg.edits:
         if edit.kind != "consumer" or edit.node.inputs[0] is None:
             continue
-        energy = stats.get(edit.node.inputs[0].name)
+        energy = stats.get(edit.node.inputs[0].name or "")
         if energy is None:
             continue
         per_feature = energy * _consumer_row_energy(edit.node)
@@ -230,7 +230,7 @@ def _consumer_row_energy(node: ir.Node) -> np.ndarray:
         return (np.moveaxis(w, 1, 0).reshape(w.shape[1], -1) ** 2).sum(1)
     if node.op_type == "ConvTranspose":
         return (w.reshape(w.shape[0], -1) ** 2).sum(1)
-    if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+    if node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0)):
         return (w**2).sum(0)
     return (w**2).sum(1)
 
@@ -238,10 +238,10 @@ def _consumer_row_energy(node: ir.Node) -> np.ndarray:
 def _activation_stats(
     model: ir.Model, cg: ChannelGraph, feeds: list | None
 ) -> dict[str, np.ndarray]:
-    axes = {}
+    axes: dict[str, int] = {}
     for edit in cg.edits:
         if edit.kind == "consumer" and edit.node.inputs[0] is not None:
-            axes[edit.node.inputs[0].name] = edit.layout.axis
+            axes[edit.node.inputs[0].name or ""] = edit.layout.axis
     if not axes or feeds is None:
         return {}
     return channel_mean_squares(model, axes, feeds)
@@ -310,7 +310,7 @@ def _apply(cg: ChannelGraph, kept: dict[int, np.ndarray]) -> list[ir.Node]:
 
 def _producer_slices(node: ir.Node, index: np.ndarray) -> list[_Slice]:
     op = node.op_type
-    trans_b = op == "Gemm" and node.attributes.get_int("transB", 0)
+    trans_b = op == "Gemm" and bool(node.attributes.get_int("transB", 0))
     result = [_Slice(node, 1, {"Conv": 0, "ConvTranspose": 1}.get(op, 0 if trans_b else 1), index)]
     if (
         op in ("Conv", "ConvTranspose", "Gemm")
@@ -324,7 +324,7 @@ def _producer_slices(node: ir.Node, index: np.ndarray) -> list[_Slice]:
 
 
 def _consumer_axis(node: ir.Node) -> int:
-    trans_b = node.op_type == "Gemm" and node.attributes.get_int("transB", 0)
+    trans_b = node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
     return {"Conv": 1, "ConvTranspose": 0}.get(node.op_type, 1 if trans_b else 0)
 
 
@@ -448,7 +448,7 @@ def channel_groups(model: ir.Model) -> list[dict[str, Any]]:
     result = []
     for root, members in cg.groups().items():
         producers = [
-            cg.spaces[m].producer.name for m in members if cg.spaces[m].producer is not None
+            producer.name for m in members if (producer := cg.spaces[m].producer) is not None
         ]
         if not producers:
             continue

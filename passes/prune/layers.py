@@ -37,6 +37,13 @@ class Layer:
         return self.node.name or self.node.outputs[0].name or self.weight.name or "?"
 
     @property
+    def weight_name(self) -> str:
+        """The weight initializer's name (an initializer always has one)."""
+        name = self.weight.name
+        assert name is not None
+        return name
+
+    @property
     def op_type(self) -> str:
         return self.node.op_type
 
@@ -114,7 +121,7 @@ class Layer:
         if self.bias is not None and self.bias.const_value is not None:
             old = self.bias.const_value
             self.bias.const_value = ir.Tensor(
-                b.reshape(old.shape).astype(old.dtype.numpy()), name=self.bias.name
+                b.reshape(old.shape.numpy()).astype(old.dtype.numpy()), name=self.bias.name
             )
             return
         graph = self.node.graph
@@ -122,7 +129,7 @@ class Layer:
         dtype = (
             self.weight.const_value.dtype.numpy()
             if self.weight.const_value is not None
-            else np.float32
+            else np.dtype(np.float32)
         )
         name = _fresh_name(graph, f"{self.weight.name}_bias")
         value = ir.Value(
@@ -149,7 +156,9 @@ class Layer:
 
     @property
     def out_channels(self) -> int:
-        shape = self.weight.const_value.shape  # type: ignore[union-attr]
+        weight = self.weight.const_value
+        assert weight is not None  # find_layers keeps only layers with a constant weight
+        shape = weight.shape.numpy()
         if self.op_type == "Conv":
             return int(shape[0])
         if self.op_type == "ConvTranspose":
@@ -223,7 +232,7 @@ def find_layers(
         if node.op_type == "MatMul" and resolve_initializer(node.inputs[0]) is not None:
             skipped.append(Skipped(label, node.op_type, "constant first operand"))
             continue
-        if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+        if node.op_type == "Gemm" and bool(node.attributes.get_int("transA", 0)):
             skipped.append(Skipped(label, node.op_type, "transA=1"))
             continue
         if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (label, weight.name or "")):

@@ -129,7 +129,7 @@ def _reconstruct(
         layer = layers[name]
         if layer.bias is None and layer.can_have_bias():
             layer.set_bias(np.zeros(layer.out_channels, dtype=np.float32))
-    outputs = {name: layers[name].output.name for name in ready}
+    outputs = {name: layers[name].output.name or "" for name in ready}
     target = Tap(original, list(dict.fromkeys(outputs.values())))
     columns = {n: r.out_index for n, r in ready.items() if r.out_index is not None}
     for level in _levels(pruned, list(ready)):
@@ -158,7 +158,9 @@ def _cannot_refit(layer: Layer, original: ir.Model) -> str:
     w = layer.weight.const_value
     assert w is not None
     columns = (
-        int(np.prod(w.shape[1:])) if layer.op_type == "Conv" else int(w.size // layer.out_channels)
+        int(np.prod(w.shape.numpy()[1:]))
+        if layer.op_type == "Conv"
+        else int(w.size // layer.out_channels)
     )
     if columns + 1 > MAX_COLUMNS:
         return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
@@ -238,12 +240,12 @@ def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
     depth: dict[str, int] = {}
     level_of: dict[str, int] = {}
     for node in model.graph:
-        d = max((depth.get(v.name, 0) for v in node.inputs if v is not None), default=0)
+        d = max((depth.get(v.name or "", 0) for v in node.inputs if v is not None), default=0)
         if node.name in wanted:
             d += 1
             level_of[node.name] = d
         for out in node.outputs:
-            depth[out.name] = d
+            depth[out.name or ""] = d
     levels: dict[int, list[str]] = {}
     for name in names:
         levels.setdefault(level_of[name], []).append(name)
@@ -251,7 +253,7 @@ def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
 
 
 def _value_names(model: ir.Model) -> set[str]:
-    names = {v.name for v in model.graph.inputs}
+    names = {v.name for v in model.graph.inputs if v.name is not None}
     for node in model.graph:
-        names.update(o.name for o in node.outputs)
+        names.update(o.name for o in node.outputs if o.name is not None)
     return names

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -138,7 +138,7 @@ def _blobs(weights: list[tuple[str, np.ndarray]]) -> Iterator[list[tuple[str, np
 
 def _shared_constants(graph: ir.Graph) -> dict[str, ir.Value]:
     """The small constants every expansion uses, as initializers (cheaper than Constant nodes)."""
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "column": np.array([-1, 1], np.int64),
         "shifts": np.arange(8, dtype=np.uint8),
         "seven": np.array(7, np.uint8),
@@ -171,7 +171,7 @@ def _emit_blob(
     nnz = _initializer(graph, f"{prefix}.nnz", np.array(len(values) - 1, np.int64))
     nodes: list[ir.Node] = []
 
-    def op(op_type: str, inputs: list[ir.Value], step: str, **attributes) -> ir.Value:
+    def op(op_type: str, inputs: list[ir.Value], step: str, **attributes: Any) -> ir.Value:
         node = ir.node(op_type, inputs, attributes or None, name=f"{prefix}/{step}")
         nodes.append(node)
         return node.outputs[0]
@@ -189,7 +189,7 @@ def _emit_blob(
     dense = op("Gather", [_initializer(graph, f"{prefix}.values", values), index], "gather", axis=0)
     sizes = [a.size for _, a in members] + ([padding] if padding else [])
     split_inputs = [dense]
-    attributes: dict[str, object] = {"axis": 0}
+    attributes: dict[str, int | list[int]] = {"axis": 0}
     if opset >= 13:
         split_inputs.append(_initializer(graph, f"{prefix}.split", np.array(sizes, np.int64)))
     else:
@@ -218,22 +218,19 @@ def _emit_blob(
 def _expansions(graph: ir.Graph) -> Iterator[tuple[str, ir.Node]]:
     """(blob prefix, its Split node) for every packed blob of the graph."""
     for node in graph:
-        if (
-            node.op_type == "Split"
-            and (node.name or "").startswith(DOMAIN + "/")
-            and node.name.endswith("/split")
-        ):
-            yield node.name[: -len("/split")], node
+        name = node.name or ""
+        if node.op_type == "Split" and name.startswith(DOMAIN + "/") and name.endswith("/split"):
+            yield name[: -len("/split")], node
 
 
 def _unpacked(
     graph: ir.Graph, prefix: str, split: ir.Node
 ) -> dict[str, tuple[ir.Node, np.ndarray]] | None:
     """{weight name: (its Reshape node, dense array)} of one blob, from its initializers."""
-    parts = [graph.initializers.get(f"{prefix}.{key}") for key in ("values", "mask")]
-    if any(p is None or p.const_value is None for p in parts):
+    values, mask = (graph.initializers.get(f"{prefix}.{key}") for key in ("values", "mask"))
+    if values is None or values.const_value is None or mask is None or mask.const_value is None:
         return None
-    flat = densify(parts[0].const_value.numpy(), parts[1].const_value.numpy())  # type: ignore[union-attr]
+    flat = densify(values.const_value.numpy(), mask.const_value.numpy())
     if (
         len(split.inputs) > 1
         and split.inputs[1] is not None
@@ -242,13 +239,14 @@ def _unpacked(
         sizes = [int(s) for s in split.inputs[1].const_value.numpy()]
     else:
         sizes = list(split.attributes.get_ints("split", []))
-    result = {}
+    result: dict[str, tuple[ir.Node, np.ndarray]] = {}
     offset = 0
     for size, part in zip(sizes, split.outputs, strict=False):
         for reshape, _ in part.uses():
-            shape = reshape.inputs[1].const_value if reshape.op_type == "Reshape" else None
+            target = reshape.inputs[1] if reshape.op_type == "Reshape" else None
+            shape = target.const_value if target is not None else None
             if shape is not None:
-                result[reshape.outputs[0].name] = (
+                result[reshape.outputs[0].name or ""] = (
                     reshape,
                     flat[offset : offset + size].reshape([int(d) for d in shape.numpy()]),
                 )
@@ -284,7 +282,7 @@ class UnpackSparseWeights(ir.passes.InPlacePass):
             inputs = [v for n in doomed for v in n.inputs if v is not None and v.is_initializer()]
             graph.remove(doomed, safe=True)
             for v in inputs:
-                if not v.uses() and v.name in graph.initializers:
+                if v.name is not None and not v.uses() and v.name in graph.initializers:
                     graph.initializers.pop(v.name)
             changed = True
         return ir.passes.PassResult(model, changed)

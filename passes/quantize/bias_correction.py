@@ -259,7 +259,7 @@ def _target(
     dq_w = _producer(node.inputs[1] if len(node.inputs) > 1 else None, "DequantizeLinear")
     if dq_w is None or _dq_parts(dq_w) is None:
         return ""  # a float layer: nothing to correct
-    if node.op_type == "Gemm" and (node.attributes.get_int("transA", 0)):
+    if node.op_type == "Gemm" and bool(node.attributes.get_int("transA", 0)):
         return "Gemm with transA"
     dq_x = _producer(x, "DequantizeLinear")
     q_x = _producer(dq_x.inputs[0], "QuantizeLinear") if dq_x is not None else None
@@ -317,9 +317,9 @@ def _slot_of(bias: ir.Value, owner: ir.Node, kind_float: str = "float") -> _Bias
         return _BiasSlot(kind_float, bias, owner=owner)
     dq = _producer(bias, "DequantizeLinear")
     parts = _dq_parts(dq) if dq is not None else None
-    if parts is None:
+    if dq is None or parts is None or dq.inputs[0] is None:  # parts: the input is a constant
         return "bias is neither a constant nor a dequantized constant"
-    if len(list(dq.inputs[0].uses())) != 1:  # type: ignore[union-attr]
+    if len(list(dq.inputs[0].uses())) != 1:
         return "bias constant is shared"
     _, scale, zp = parts
     return _BiasSlot("quantized", dq.inputs[0], scale, zp, owner=dq)

@@ -48,8 +48,9 @@ from .ranges import DEFAULT_BINS, Summary, TensorStats
 
 # progress(done, total): runs finished so far, and the total when the source has a length.
 ProgressFn = Callable[[int, int | None], None]
-# consume(feed_index, {name: array}) for each feed (and each group of tensors).
-ConsumeFn = Callable[[int, dict[str, np.ndarray]], None]
+# consume(feed_index, {name: array}) for each feed (and each group of tensors); names asked
+# for in `summarize` arrive as a ranges.Summary.
+ConsumeFn = Callable[[int, dict[str, np.ndarray | Summary]], None]
 # Anything that yields feeds: a path to a data file or folder, a list, an iterable,
 # or a zero-argument factory returning a fresh iterator (re-iterable without a list).
 FeedSource = (
@@ -115,7 +116,7 @@ def collect_stats(
         name: (TensorStats.with_histogram(bins) if histogram else TensorStats()) for name in names
     }
 
-    def consume(_: int, arrays: dict[str, np.ndarray]) -> None:
+    def consume(_: int, arrays: dict[str, np.ndarray | Summary]) -> None:
         for name, array in arrays.items():
             stats[name].update(array)
 
@@ -330,7 +331,7 @@ def _estimate_bytes(value: ir.Value, symbols: Mapping[str, int], largest_input: 
     like an input's, 1 for other free dims; the largest input's size when no shape is known."""
     itemsize = value.dtype.itemsize if value.dtype is not None else 4
     if value.shape is None:
-        return itemsize * largest_input
+        return math.ceil(itemsize * largest_input)  # itemsize is fractional for 4-bit types
     elements = 1
     for dim in value.shape:
         if isinstance(dim, int):

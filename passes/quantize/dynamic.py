@@ -251,7 +251,7 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
             scale = qp.scale.reshape(dirs, rows)
         else:
             scale = np.full((dirs,), float(qp.scale), dtype=np.float32)
-        base = f"{inputs[1 if label == 'W' else 2].name or node.name}"
+        base = f"{(source.name if source is not None else None) or node.name}"
         q_value = quantizer.initializer(graph, f"{base}_quantized", np.ascontiguousarray(q))
         params.append(
             (

@@ -183,7 +183,7 @@ def _refusal(pair: LayerPair) -> str:
             return f"{layer.name}: weight is not a constant"
         if len(list(weight.uses())) != 1:
             return f"{layer.name}: weight {weight.name!r} is shared with another node"
-        if layer.op_type == "Gemm" and layer.attributes.get_int("transA", 0):
+        if layer.op_type == "Gemm" and bool(layer.attributes.get_int("transA", 0)):
             return f"{layer.name}: Gemm with transA"
     bias = _input(pair.first, 2)
     if bias is not None and (bias.const_value is None or len(list(bias.uses())) != 1):
@@ -199,7 +199,8 @@ def _refusal(pair: LayerPair) -> str:
         slope = _input(act, 1)
         if slope is None or slope.const_value is None:
             return "PRelu slope is not a constant"
-    if pair.first.op_type == "Conv" and len(pair.first.inputs[1].shape or ()) < 3:
+    first_weight = _input(pair.first, 1)
+    if pair.first.op_type == "Conv" and (first_weight is None or len(first_weight.shape or ()) < 3):
         return "Conv weight has unknown rank"
     return ""
 

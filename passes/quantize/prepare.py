@@ -92,7 +92,7 @@ def rewrite_constant_division(model: ir.Model) -> int:
             if node.op_type != "Div" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
                 continue
             divisor = node.inputs[1]
-            if not is_constant(divisor):
+            if divisor is None or not is_constant(divisor):
                 continue
             array = const_array(divisor)
             if (

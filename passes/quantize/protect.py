@@ -108,8 +108,8 @@ def find_protections(
                     value_name,
                     "extreme-range",
                     (),
-                    f"(3) range reaches {magnitude:.3g}: "
-                    "a mask or sentinel constant would leave no int8 resolution for the real values",
+                    f"(3) range reaches {magnitude:.3g}: a mask or sentinel constant would "
+                    "leave no int8 resolution for the real values",
                 )
             )
     for node in graph:  # rule (1)

@@ -92,12 +92,13 @@ def insert_qdq(
     for name, node_plan in plan.nodes.items():
         if node_plan.role != "absorbed" or name not in nodes:
             continue
-        node = nodes[name]
-        source = node.inputs[0]
-        assert source is not None
-        out = node.outputs[0]
+        activation = nodes[name]
+        source = activation.inputs[0]
+        graph = activation.graph
+        assert source is not None and graph is not None
+        out = activation.outputs[0]
         out.replace_all_uses_with(source)
-        node.graph.remove(node, safe=True)  # type: ignore[union-attr]
+        graph.remove(activation, safe=True)
         report.removed_activations.append(name)
 
     # 2. Weights, biases, embeddings and constants of quantized nodes.

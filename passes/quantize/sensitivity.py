@@ -321,7 +321,7 @@ def static_quantizer(
         for n in full.graph
         if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers)
     )
-    trial_options = {"calib": None}
+    trial_options: dict[str, Any] = {"calib": None}
     if "latency_guard" in getattr(options, "__dataclass_fields__", {}):
         trial_options["latency_guard"] = False
 

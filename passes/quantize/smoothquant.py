@@ -36,6 +36,7 @@ from onnxslim.calibration import iter_npz
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.passes._options import option
 from onnxslim.passes.quantize.collect import stream_tensors
+from onnxslim.passes.quantize.ranges import Summary
 
 
 @dataclass
@@ -131,8 +132,9 @@ def channel_absmax(model: ir.Model, feeds: Any, names: list[str]) -> dict[str, n
         return {}
     result: dict[str, np.ndarray] = {}
 
-    def consume(_: int, arrays: dict[str, np.ndarray]) -> None:
+    def consume(_: int, arrays: dict[str, np.ndarray | Summary]) -> None:
         for n, array in arrays.items():
+            assert isinstance(array, np.ndarray)  # nothing is summarized: arrays only
             a = np.abs(np.asarray(array, dtype=np.float32))
             current = a.reshape(-1, a.shape[-1]).max(axis=0) if a.ndim else a.reshape(1)
             result[n] = current if n not in result else np.maximum(result[n], current)
@@ -199,7 +201,7 @@ def _weight_of(node: ir.Node) -> ir.Value | None:
     weight = node.inputs[1]
     if weight.const_value is None or weight.const_value.numpy().ndim != 2:
         return None
-    if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
+    if node.op_type == "Gemm" and bool(node.attributes.get_int("transA", 0)):
         return None
     return weight
 
@@ -240,14 +242,16 @@ def _folds(x: ir.Value) -> list[tuple[ir.Value, str]] | str:
         if producer.attributes.get_int("axis", -1) != -1 and not _axis_is_last(producer):
             return "LayerNormalization over more than the last axis"
         gamma, beta = producer.inputs[1], (producer.inputs[2] if len(producer.inputs) > 2 else None)
-        if not _const(gamma) or (beta is not None and not _const(beta)):
+        if gamma is None or not _const(gamma) or (beta is not None and not _const(beta)):
             return "LayerNormalization gamma/beta are not constants"
         return [(gamma, "gamma")] + ([(beta, "beta")] if beta is not None else [])
     if op == "Mul":  # case (2)
         const = next((v for v in producer.inputs if _const(v)), None)
         if const is None:
             return "Mul by a non-constant"
-        shape = const.const_value.numpy().shape  # type: ignore[union-attr]
+        tensor = const.const_value
+        assert tensor is not None  # picked by _const
+        shape = tensor.numpy().shape
         if int(np.prod(shape[:-1], dtype=np.int64)) != 1:
             return "Mul constant varies along more than the last axis"
         return [(const, "scale")]
@@ -255,7 +259,13 @@ def _folds(x: ir.Value) -> list[tuple[ir.Value, str]] | str:
         bias = next((v for v in producer.inputs if _const(v)), None)
         other = next((v for v in producer.inputs if v is not bias), None)
         mul = other.producer() if other is not None else None
-        if bias is None or mul is None or mul.op_type != "Mul" or len(list(other.uses())) != 1:
+        if (
+            bias is None
+            or other is None
+            or mul is None
+            or mul.op_type != "Mul"
+            or len(list(other.uses())) != 1
+        ):
             return "Add is not the affine part of a decomposed LayerNorm"
         gamma = next((v for v in mul.inputs if _const(v)), None)
         if gamma is None:
@@ -296,12 +306,12 @@ def _axis_is_last(node: ir.Node) -> bool:
 def _weight_rows(node: ir.Node, weight: ir.Value) -> np.ndarray:
     """The weight as [K, N], K indexing the input channels of X."""
     w = weight.const_value.numpy()  # type: ignore[union-attr]
-    return w.T if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else w
+    return w.T if node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0)) else w
 
 
 def _scale_rows(node: ir.Node, weight: ir.Value, s: np.ndarray) -> np.ndarray:
     w = weight.const_value.numpy().astype(np.float64)  # type: ignore[union-attr]
-    if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+    if node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0)):
         return w * s[None, :]
     return w * s[:, None]
 

@@ -20,16 +20,17 @@ The result and a report (model.meta[REPORT_KEY]) are what the API and CLI show.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.calibration import open_feeds
+from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
 from onnxslim.passes._options import check_choice, option
 
@@ -470,9 +471,11 @@ def _calibrate(
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:
     """Checked feeds through the engine's readers; a feed factory (a bare callable) as it is."""
-    if callable(calib) and not hasattr(calib, "__iter__") and not hasattr(calib, "get_next"):
-        return calib
-    return open_feeds(calib, model, extra="ignore")
+    if isinstance(calib, (str, os.PathLike, Iterable, CalibrationDataReaderLike)):
+        return open_feeds(calib, model, extra="ignore")
+    if callable(calib):
+        return calib  # collect.py calls it for a fresh iterator on each pass
+    return open_feeds(calib, model, extra="ignore")  # a DataError naming what came
 
 
 def _extra_tensors(model: ir.Model, plan: QuantPlan, *, eager: bool) -> set[str]:

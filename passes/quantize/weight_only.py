@@ -173,7 +173,7 @@ def _matmul_nbits(
     base = (inputs[1].name if inputs[1] is not None and inputs[1].name else node.name) or "weight"
     key = (
         id(constant_source(inputs[1])),
-        ("int4", node.op_type == "Gemm" and node.attributes.get_int("transB", 0), block_size),
+        ("int4", node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0)), block_size),
         id(graph),
     )
     if key not in quantizer.shared:  # tied weights packed once
