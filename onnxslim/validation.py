@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import onnxruntime as ort
 from onnxslim import io
 from onnxslim.calibration import check_feed, open_feeds
 from onnxslim.errors import DataError, ModelLoadError, OnnxSlimError, RuntimeFailure, UsageError
+from onnxslim.evaluation import time_interleaved
 from onnxslim.feeds import Feed, InputSpec, generate_feeds, input_specs
 from onnxslim.parity import OutputComparer, OutputParity
 from onnxslim.runtime import Session, SessionConfig
@@ -418,23 +418,13 @@ def _time_interleaved(
     threads: int,
     notify: ProgressCallback,
 ) -> dict[str, LatencyStats]:
-    """Alternate the models run by run (and which goes first), so noise falls on both alike."""
-    order = list(sessions)
-    samples: dict[str, list[float]] = {label: [] for label in order}
-    total = warmup + runs
-    notify("latency", 0, total)
-    for step in range(total):
-        feed = feeds[step % len(feeds)]
-        for label in order if step % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            sessions[label].run(feed, names)
-            elapsed = time.perf_counter() - start
-            if step >= warmup:
-                samples[label].append(elapsed)
-        notify("latency", step + 1, total)
+    """Alternate the models run by run (evaluation.time_interleaved), as LatencyStats."""
+    samples = time_interleaved(
+        sessions, feeds, runs=runs, warmup=warmup, outputs=names, notify=notify
+    )
     return {
-        label: LatencyStats.from_seconds(samples[label], warmup=warmup, threads=threads)
-        for label in order
+        label: LatencyStats.from_seconds(seconds, warmup=warmup, threads=threads)
+        for label, seconds in samples.items()
     }
 
 
