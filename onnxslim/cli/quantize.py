@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli.inspect_cmd import human_bytes
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -123,7 +123,9 @@ def quantize_command(
     max_drop: float | None = typer.Option(
         None,
         "--max-drop",
-        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops at most this much (0.01 = 1 pt); exit 1 if not met (best model and OUTPUT.sensitivity.json still written).",
+        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops "
+        "at most this much (0.01 = 1 pt); exit 1 if not met (best model and "
+        "OUTPUT.sensitivity.json still written).",
     ),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
@@ -207,8 +209,8 @@ def _print_report(
     table.add_column("ratio", justify="right")
     table.add_row(
         "file size",
-        _bytes(size_in),
-        _bytes(size_out),
+        human_bytes(size_in),
+        human_bytes(size_out),
         f"{size_out / size_in:.2f}x" if size_in else "",
     )
     table.add_row("nodes", str(result.nodes_before), str(result.nodes_after), "")
@@ -260,11 +262,3 @@ def _print_report(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(f"wrote {escape(str(output))}")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB" if math.isfinite(n) else str(n)
