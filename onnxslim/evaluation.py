@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim.activations import coalesce_feeds
-from onnxslim.calibration import FeedSource, open_feeds
+from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.parity import compare_outputs
@@ -59,6 +60,7 @@ class LabelledFeeds:
     feeds: list[Feed]
     labels: list[np.ndarray] | None  # one flat array per feed
     description: str
+    labelled: int = 0  # feeds that carry labels (labels is None unless all do)
 
     def label_array(self) -> np.ndarray:
         """Every label in feed order (empty without labels)."""
@@ -68,24 +70,40 @@ class LabelledFeeds:
 
 
 def read_labelled(
-    source: FeedSource, model: ir.Model, *, limit: int | None = None, **options: Any
+    source: FeedSource | FeedStream,
+    model: ir.Model,
+    *,
+    limit: int | None = None,
+    **options: Any,
 ) -> LabelledFeeds:
-    """Open `source` once (checked against the model's inputs) and split off the labels.
+    """Read `source` (checked against the model's inputs) and split off the labels.
 
+    An already opened FeedStream is read from its start (its first `limit` feeds),
+    so a workflow that opened the user's data once can take several looks at it.
     `options` go to calibration.open_feeds (image preprocessing, ...).
     """
-    inputs = {v.name for v in model.graph.inputs if v.name is not None}
-    stream = open_feeds(source, model, limit=limit, extra="keep", **options)
+    inputs = model_inputs(model)
+    if isinstance(source, FeedStream):
+        stream = source
+        raw: Iterable[Mapping[str, Any]] = islice(stream, limit)
+    else:
+        stream = open_feeds(source, model, limit=limit, extra="keep", **options)
+        raw = stream
     feeds: list[Feed] = []
     labels: list[np.ndarray] = []
-    for feed in stream:
+    for feed in raw:
         arrays, label = split_label(feed, inputs)
         feeds.append(arrays)
         if label is not None:
             labels.append(label)
     complete = bool(labels) and len(labels) == len(feeds)
     description = f"{stream.description} ({len(feeds)} feeds)"
-    return LabelledFeeds(feeds, labels if complete else None, description)
+    return LabelledFeeds(feeds, labels if complete else None, description, len(labels))
+
+
+def model_inputs(model: ir.Model) -> set[str]:
+    """Names of the model's graph inputs (what a feed keeps; the rest may be labels)."""
+    return {v.name for v in model.graph.inputs if v.name is not None}
 
 
 # --------------------------------------------------------------------------- top-1
@@ -147,6 +165,38 @@ def top1_accuracy(
     predicted = [predicted_classes(session.run(batch, [name])[name]) for batch in batches]
     count.add(np.concatenate(predicted) if predicted else np.zeros(0), labels)
     return count.value
+
+
+def top1_by_model(
+    models: Mapping[str, ir.Model],
+    feeds: Iterable[Mapping[str, Any]],
+    inputs: Collection[str],
+    *,
+    expected: int | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict[str, float] | None:
+    """Top-1 accuracy of each model's first output over labelled feeds, streamed.
+
+    Feeds without labels are passed over. None unless every model's first output is
+    a classifier's [batch, classes] scores with one label per sample (then only
+    parity figures apply). The result also holds "samples": how many were counted.
+    """
+    sessions = {key: Session(model) for key, model in models.items()}
+    counts = {key: Top1() for key in sessions}
+    for index, feed in enumerate(feeds):
+        arrays, truth = split_label(feed, inputs)
+        if truth is None:
+            continue
+        for key, session in sessions.items():
+            output = session.run(arrays)[session.output_names[0]]
+            if not is_class_scores(output, rows=len(truth)):
+                return None
+            counts[key].add(predicted_classes(output), truth)
+        if progress is not None:
+            progress("accuracy", index + 1, expected)
+    scores = {key: count.value for key, count in counts.items()}
+    scores["samples"] = float(next(iter(counts.values())).total if counts else 0)
+    return scores
 
 
 # --------------------------------------------------------------------------- latency
