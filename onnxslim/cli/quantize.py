@@ -21,6 +21,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli.inspect_cmd import human_bytes
+from onnxslim.passes.quantize.policy import KERNEL_TARGETS
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -83,7 +84,9 @@ def quantize_command(
         "--reduce-range/--full-range",
         help="7-bit weights (x86 without VNNI); default from --target.",
     ),
-    target: str = typer.Option("auto", "--target", help="auto, x86-avx2, x86-vnni or arm64."),
+    target: str = typer.Option(
+        "auto", "--target", help=f"CPU kernels int8 is chosen for: {', '.join(KERNEL_TARGETS)}."
+    ),
     exclude: list[str] | None = typer.Option(
         None, "--exclude", help="Keep float: node name, op type or regex (repeatable)."
     ),

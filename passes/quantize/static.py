@@ -34,6 +34,7 @@ from onnxslim.passes._options import check_choice, data_field, option
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
 from .policy import (
+    KERNEL_TARGETS,
     PolicyConfig,
     QuantPlan,
     Target,
@@ -129,7 +130,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     target: str = option(
         "auto",
         "CPU the int8 types are chosen for.",
-        choices=("auto", "x86-avx2", "x86-vnni", "arm64"),
+        choices=KERNEL_TARGETS,
     )
     activation_type: str = option(
         "auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES
