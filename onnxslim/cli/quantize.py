@@ -22,6 +22,7 @@ from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.passes.quantize.policy import KERNEL_TARGETS
+from onnxslim.registry import pass_fields, quantize_pass_class
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -136,27 +137,23 @@ def quantize_command(
         raise typer.BadParameter(
             "output is the input model; pass --overwrite to replace it", param_hint="-o"
         )
-    options: dict[str, object] = {"target": target, "exclude": tuple(exclude or ()), "force": force}
-    if mode == "static":
-        options.update(
-            method=method,
-            percentile=percentile,
-            activation_type=activation_type,
-            per_channel=not per_tensor,
-            reduce_range=reduce_range,
-            keep_float_outputs=keep_float_outputs,
-            max_samples=max_samples,
-            latency_guard=latency_guard,
-        )
-    elif mode == "dynamic":
-        options.update(per_channel=not per_tensor, reduce_range=reduce_range)
-    elif mode == "weight-only":
-        options = {
-            "bits": weight_bits,
-            "per_channel": not per_tensor,
-            "exclude": tuple(exclude or ()),
-            "force": force,
-        }
+    # Every flag under its pass-option name; the mode's pass takes the fields it declares.
+    flags: dict[str, object] = {
+        "target": target,
+        "exclude": tuple(exclude or ()),
+        "force": force,
+        "method": method,
+        "percentile": percentile,
+        "activation_type": activation_type,
+        "per_channel": not per_tensor,
+        "reduce_range": reduce_range,
+        "keep_float_outputs": keep_float_outputs,
+        "max_samples": max_samples,
+        "latency_guard": latency_guard,
+        "bits": weight_bits,
+    }
+    fields = pass_fields(quantize_pass_class(mode))
+    options = {k: v for k, v in flags.items() if k in fields}
     if max_drop is not None:  # accuracy-aware mode: onnxslim/cli/_accuracy.py
         from onnxslim.cli import _accuracy
 
