@@ -26,7 +26,7 @@ from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import check_choice, option
 
 from .constants import const_array, constant_source, is_constant
-from .policy import MIN_EMBEDDING_ELEMENTS, TARGETS, matches, resolve_target
+from .policy import KERNEL_TARGETS, MIN_EMBEDDING_ELEMENTS, matches, resolve_target
 from .qdq import WeightQuantizer, replace_node
 from .qparams import QParams, quantize_array, weight_qparams
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
@@ -46,7 +46,7 @@ class QuantizeDynamic(ir.passes.InPlacePass):
     reduce_range: bool | None = option(
         None, "7-bit weights for x86 without VNNI (None: from the target)."
     )
-    target: str = option("auto", "CPU the weight range is chosen for.", choices=TARGETS)
+    target: str = option("auto", "CPU the weight range is chosen for.", choices=KERNEL_TARGETS)
     exclude: tuple[str, ...] = option(
         (), "Keep these float: node names, op types or regular expressions."
     )

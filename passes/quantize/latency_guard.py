@@ -9,7 +9,6 @@ callable the pass hands in, so it knows nothing of the pass's options.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.runtime import Session, SessionConfig
+from onnxslim.evaluation import latency_ratio
 
 from .constants import const_array
 from .plan import QuantPlan
@@ -35,37 +34,6 @@ _LADDER = (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 62)  # the last: ev
 # A configuration is accepted at once below this ratio; between it and 1.0 (timing noise
 # on a busy machine is a few percent) the ladder goes on looking for a clearly faster one.
 _GUARD_TARGET = 0.97
-
-
-def latency_ratio(
-    reference: ir.Model,
-    candidate: ir.Model,
-    feeds: list[dict[str, np.ndarray]],
-    *,
-    min_runs: int = 5,
-    budget_seconds: float = 1.0,
-) -> float:
-    """Median single-thread latency of `candidate` over `reference`, timed interleaved
-    (at least `min_runs` pairs, more while within `budget_seconds`: small models get
-    hundreds, big ones a few, each after one warm-up run)."""
-    config = SessionConfig(threads=1)
-    sessions = [Session(reference, config), Session(candidate, config)]
-    for session in sessions:
-        session.run(feeds[0])
-    times: list[list[float]] = [[], []]
-    start = time.perf_counter()
-    runs = 0
-    while runs < min_runs or (time.perf_counter() - start < budget_seconds and runs < 200):
-        order = (0, 1) if runs % 2 == 0 else (1, 0)
-        feed = feeds[runs % len(feeds)]
-        for index in order:
-            tick = time.perf_counter()
-            sessions[index].run(feed)
-            times[index].append(time.perf_counter() - tick)
-        runs += 1
-        if runs >= min_runs and time.perf_counter() - start > budget_seconds:
-            break
-    return float(np.median(times[1]) / np.median(times[0]))
 
 
 def node_macs(model: ir.Model, plan: QuantPlan, stats: Mapping[str, TensorStats]) -> dict[str, int]:

@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
-from onnxslim.passes._options import check_choice, option
+from onnxslim.passes._options import check_choice, data_field, option
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
@@ -40,6 +40,7 @@ from .fusion_check import find_unfused
 from .latency_guard import Configuration, latency_guard
 from .plan import QuantPlan
 from .policy import (
+    KERNEL_TARGETS,
     PolicyConfig,
     Target,
     detect_target,
@@ -93,13 +94,6 @@ class QuantizeReport:
         return dataclasses.asdict(self)
 
 
-def _data_field(help: str) -> Any:
-    """The calibration data: a path in recipes, or any feed source through the API."""
-    return dataclasses.field(
-        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
-    )
-
-
 def _internal(default: Any = None) -> Any:
     return dataclasses.field(
         default=default,
@@ -116,7 +110,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = False
 
-    calib: Any = _data_field(
+    calib: Any = data_field(
         "Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
         "ORT CalibrationDataReader through the API."
     )
@@ -130,7 +124,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     target: str = option(
         "auto",
         "CPU the int8 types are chosen for.",
-        choices=("auto", "x86-avx2", "x86-vnni", "arm64"),
+        choices=KERNEL_TARGETS,
     )
     activation_type: str = option(
         "auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES
