@@ -1,4 +1,4 @@
-"""onnxslim.calibration: every source kind, strict checks, streaming, images; fed to ORT for real."""
+"""onnxslim.calibration: every source kind, strict checks, streaming, images; fed to ORT."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from conftest import MODELS, make_mlp
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
+from PIL import Image
 
 from onnxslim import api, io
 from onnxslim.calibration import (
@@ -26,8 +27,6 @@ from onnxslim.calibration import (
 from onnxslim.errors import DataError, UsageError
 from onnxslim.feeds import InputSpec, input_specs
 from onnxslim.runtime import Session
-
-PIL = pytest.importorskip("PIL.Image")
 
 
 def two_input_model(path: Path) -> Path:
@@ -242,7 +241,8 @@ def run_all_outputs(model, stream) -> list[dict[str, np.ndarray]]:
         ),
         (
             {"x": np.zeros((1, 8), np.float64)},
-            r"input 'x' expects float32 \[N,8\], got float64 \[1, 8\] \(convert with \.astype\(np\.float32\)\)",
+            r"input 'x' expects float32 \[N,8\], got float64 \[1, 8\] "
+            r"\(convert with \.astype\(np\.float32\)\)",
         ),
         ({"x": np.zeros(8, np.float32)}, r"rank 1 instead of 2 \(missing the batch axis"),
         ({"x": np.zeros((1, 7), np.float32)}, r"got float32 \[1, 7\]: axis 1 is 7, must be 8"),
@@ -334,7 +334,7 @@ def test_folder_errors(mlp, tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     np.save(mixed / "a.npy", np.zeros((1, 8), np.float32))
-    PIL.new("RGB", (4, 4)).save(mixed / "b.png")
+    Image.new("RGB", (4, 4)).save(mixed / "b.png")
     with pytest.raises(DataError, match="both array files .* and images"):
         open_feeds(mixed, mlp)
     two = io.load(two_input_model(tmp_path / "two.onnx"))
@@ -407,7 +407,7 @@ def test_memory_does_not_grow_with_the_number_of_samples(tmp_path: Path, kind: s
         if kind == "images":
             for i in range(n):
                 pixels = (np.random.default_rng(i).random((32, 32, 3)) * 255).astype(np.uint8)
-                PIL.fromarray(pixels).save(folder / f"{i}.png")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
             return folder
         return None
 
@@ -454,7 +454,7 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (6, 5)) -> li
     images = []
     for i in range(count):
         pixels = (np.random.default_rng(i).random((*size, 3)) * 255).astype(np.uint8)
-        PIL.fromarray(pixels).save(folder / f"img_{i}.png")
+        Image.fromarray(pixels).save(folder / f"img_{i}.png")
         images.append(pixels)
     return images
 
@@ -486,20 +486,20 @@ def test_image_preprocessing_inferred_from_model_nhwc_bgr_and_gray(tmp_path: Pat
     feeds = read_feeds(tmp_path / "imgs", nhwc, image_preprocessing=ImagePreprocessing(order="BGR"))
     assert feeds[0]["img"].shape == (1, 4, 6, 3)
     resized = np.asarray(
-        PIL.fromarray(images[0]).resize((6, 4), PIL.Resampling.BILINEAR), np.float32
+        Image.fromarray(images[0]).resize((6, 4), Image.Resampling.BILINEAR), np.float32
     )
     np.testing.assert_allclose(feeds[0]["img"][0], resized[:, :, ::-1] / 255, atol=1e-6)
 
     gray = io.load(image_model(tmp_path / "gray.onnx", ["N", 1, 10, 12]))
     feeds = read_feeds(tmp_path / "imgs", gray)
-    expected = np.asarray(PIL.fromarray(images[1]).convert("L"), np.float32) / 255
+    expected = np.asarray(Image.fromarray(images[1]).convert("L"), np.float32) / 255
     np.testing.assert_allclose(feeds[1]["img"][0, 0], expected, atol=1e-6)
     assert len(run_all_outputs(gray, feeds)) == 2
 
     chw = io.load(image_model(tmp_path / "chw.onnx", [3, 8, 8]))  # no batch axis
     feeds = read_feeds(tmp_path / "imgs", chw, image_preprocessing="resize=crop")
     assert feeds[0]["img"].shape == (3, 8, 8)
-    crop = PIL.fromarray(images[0]).resize((10, 8), PIL.Resampling.BILINEAR).crop((1, 0, 9, 8))
+    crop = Image.fromarray(images[0]).resize((10, 8), Image.Resampling.BILINEAR).crop((1, 0, 9, 8))
     np.testing.assert_allclose(
         feeds[0]["img"], np.asarray(crop, np.float32).transpose(2, 0, 1) / 255, atol=1e-6
     )

@@ -13,6 +13,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from conftest import MODELS
+from target_helpers import require_target
 
 from onnxslim import api, presets
 from onnxslim.cli import main
@@ -314,15 +315,9 @@ def test_target_gate_fails_clearly_when_target_is_not_set_up(
     assert out.is_file()
 
 
-def _target_ready(name: str) -> bool:
-    from onnxslim import targets
-
-    return targets.status(name).ready
-
-
 @pytest.mark.qemu
-@pytest.mark.skipif(not _target_ready("arm64"), reason="arm64 target not set up")
 def test_int8_model_passes_the_arm64_target_gate(tmp_path: Path) -> None:
+    require_target("arm64")  # skips only without QEMU; a failed set-up fails
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         presets.text("mobile-int8") + 'targets = ["arm64"]\n' + FAST + "target_feeds = 2\n"
