@@ -342,8 +342,16 @@ def test_optimize_recipe_files_still_work_and_run_them(tmp_path: Path, capsys) -
     assert report.passed and not report.gates  # no gates: nothing to fail
     assert [s.name for s in report.steps] == [t["name"] for t in report.recipe["pass"]]
     assert report.steps[-1].measurement.parity_error < 1e-5
-    with pytest.raises(UsageError, match="output folder does not exist"):
-        api.run(recipe, model, output=tmp_path / "missing" / "run.onnx")
+    # Output and report folders are created with their parents; a file in the way is an
+    # error before any work.
+    api.run(recipe, model, output=tmp_path / "new" / "run.onnx", report_dir=tmp_path / "new/r")
+    assert (tmp_path / "new" / "run.onnx").is_file() and (tmp_path / "new/r/report.json").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        api.run(recipe, model, output=tmp_path / "file" / "run.onnx")
+    with pytest.raises(UsageError, match="is a file"):
+        api.run(recipe, model, output=tmp_path / "ok.onnx", report_dir=tmp_path / "file" / "r")
+    assert not (tmp_path / "ok.onnx").exists()
 
 
 def test_unmeasurable_metric_fails_its_gate(tmp_path: Path, capsys) -> None:
