@@ -255,7 +255,7 @@ def run(
         and not overwrite
     ):
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
-    _check_output_folder(output)
+    _check_output_folder(output, report_dir)
     try:
         outcome = run_recipe(recipe, source, calib=calib, eval_data=eval_data, progress=progress)
     except PassFailed as exc:
@@ -299,7 +299,7 @@ def search(
     """
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
-    _check_output_folder(output)
+    _check_output_folder(output, report_dir)
     report = search_recipe(
         recipe,
         source,
@@ -317,7 +317,11 @@ def search(
     return report
 
 
-def _check_output_folder(output: str | os.PathLike[str] | None) -> None:
-    """Refuse a missing output folder before the work, not after it."""
-    if output is not None and not Path(output).absolute().parent.is_dir():
-        raise UsageError(f"{Path(output).parent}: output folder does not exist")
+def _check_output_folder(
+    output: str | os.PathLike[str] | None, report_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Refuse, before the work, output and report folders that cannot be created."""
+    if output is not None:
+        io.check_output_folder(Path(output).absolute().parent)
+    if report_dir is not None:
+        io.check_output_folder(report_dir)

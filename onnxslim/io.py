@@ -161,6 +161,36 @@ def check_domains(model: ir.Model, path: Path) -> None:
             )
 
 
+def check_output_folder(folder: PathLike) -> Path:
+    """Refuse, before any work, an output folder that cannot exist; missing ones are fine.
+
+    Output and report folders are created with their parents when written (as every
+    peer tool does); only a path through an existing file, or one under a folder this
+    process cannot write, is an error.
+    """
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == folder.absolute():
+            raise UsageError(f"{folder}: is a file, expected a folder")
+        raise UsageError(f"{folder}: cannot create the folder ({existing} is a file)")
+    if existing != folder.absolute() and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{folder}: cannot create the folder ({existing} is not writable)")
+    return folder
+
+
+def make_folder(folder: PathLike) -> Path:
+    """Create output folder `folder` with its parents (checked as check_output_folder says)."""
+    folder = check_output_folder(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from exc
+    return folder
+
+
 def save(
     model: ir.Model,
     path: PathLike,
@@ -183,8 +213,7 @@ def save(
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path}: is a folder, expected a file name")
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: output folder does not exist")
+    make_folder(path.parent)
     if external_data is None:
         external_data = _has_external_data(model) or tensor_bytes(model) > PROTOBUF_SAFE_BYTES
     elif not external_data and tensor_bytes(model) > PROTOBUF_SAFE_BYTES:

@@ -13,6 +13,7 @@ import pytest
 from conftest import MODELS, make_mlp
 from onnx import TensorProto, helper
 from onnxruntime.quantization import CalibrationDataReader
+from PIL import Image
 
 from onnxslim import api, io
 from onnxslim.calibration import FeedStream, iter_npz, open_feeds, read_feeds
@@ -20,8 +21,6 @@ from onnxslim.errors import DataError, UsageError
 from onnxslim.feeds import InputSpec, input_specs
 from onnxslim.images import ImagePreprocessing, parse_image_preprocessing
 from onnxslim.runtime import Session
-
-PIL = pytest.importorskip("PIL.Image")
 
 
 def two_input_model(path: Path) -> Path:
@@ -329,7 +328,7 @@ def test_folder_errors(mlp, tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     np.save(mixed / "a.npy", np.zeros((1, 8), np.float32))
-    PIL.new("RGB", (4, 4)).save(mixed / "b.png")
+    Image.new("RGB", (4, 4)).save(mixed / "b.png")
     with pytest.raises(DataError, match="both array files .* and images"):
         open_feeds(mixed, mlp)
     two = io.load(two_input_model(tmp_path / "two.onnx"))
@@ -402,7 +401,7 @@ def test_memory_does_not_grow_with_the_number_of_samples(tmp_path: Path, kind: s
         if kind == "images":
             for i in range(n):
                 pixels = (np.random.default_rng(i).random((32, 32, 3)) * 255).astype(np.uint8)
-                PIL.fromarray(pixels).save(folder / f"{i}.png")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
             return folder
         return None
 
@@ -449,7 +448,7 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (6, 5)) -> li
     images = []
     for i in range(count):
         pixels = (np.random.default_rng(i).random((*size, 3)) * 255).astype(np.uint8)
-        PIL.fromarray(pixels).save(folder / f"img_{i}.png")
+        Image.fromarray(pixels).save(folder / f"img_{i}.png")
         images.append(pixels)
     return images
 
@@ -481,20 +480,20 @@ def test_image_preprocessing_inferred_from_model_nhwc_bgr_and_gray(tmp_path: Pat
     feeds = read_feeds(tmp_path / "imgs", nhwc, image_preprocessing=ImagePreprocessing(order="BGR"))
     assert feeds[0]["img"].shape == (1, 4, 6, 3)
     resized = np.asarray(
-        PIL.fromarray(images[0]).resize((6, 4), PIL.Resampling.BILINEAR), np.float32
+        Image.fromarray(images[0]).resize((6, 4), Image.Resampling.BILINEAR), np.float32
     )
     np.testing.assert_allclose(feeds[0]["img"][0], resized[:, :, ::-1] / 255, atol=1e-6)
 
     gray = io.load(image_model(tmp_path / "gray.onnx", ["N", 1, 10, 12]))
     feeds = read_feeds(tmp_path / "imgs", gray)
-    expected = np.asarray(PIL.fromarray(images[1]).convert("L"), np.float32) / 255
+    expected = np.asarray(Image.fromarray(images[1]).convert("L"), np.float32) / 255
     np.testing.assert_allclose(feeds[1]["img"][0, 0], expected, atol=1e-6)
     assert len(run_all_outputs(gray, feeds)) == 2
 
     chw = io.load(image_model(tmp_path / "chw.onnx", [3, 8, 8]))  # no batch axis
     feeds = read_feeds(tmp_path / "imgs", chw, image_preprocessing="resize=crop")
     assert feeds[0]["img"].shape == (3, 8, 8)
-    crop = PIL.fromarray(images[0]).resize((10, 8), PIL.Resampling.BILINEAR).crop((1, 0, 9, 8))
+    crop = Image.fromarray(images[0]).resize((10, 8), Image.Resampling.BILINEAR).crop((1, 0, 9, 8))
     np.testing.assert_allclose(
         feeds[0]["img"], np.asarray(crop, np.float32).transpose(2, 0, 1) / 255, atol=1e-6
     )

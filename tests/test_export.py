@@ -59,11 +59,9 @@ def test_fixed_shape_opset_and_fp16_with_io_float32(tmp_path: Path) -> None:
     feed = eval_inputs("digits_cnn", 4)
     expected, got = run(CNN, feed)[0], run(out, feed)[0]
     assert np.array_equal(expected.argmax(1), got.argmax(1))
-    assert (
-        result.passed
-        and result.preflight.warnings == []
-        or all("dynamic" not in w for w in result.preflight.warnings)
-    )
+    assert result.passed  # the fp16 export matched the input on ORT
+    # every input shape was fixed, so the pre-flight has no dynamic-shape warning left
+    assert not [w for w in result.preflight.warnings if "dynamic" in w]
 
 
 def test_bundle_has_hashes_and_provenance(tmp_path: Path) -> None:

@@ -481,8 +481,14 @@ def test_external_data_chosen_above_protobuf_cap(tmp_path: Path, monkeypatch) ->
 
 def test_bad_output_paths(ext_model: Path, tmp_path: Path) -> None:
     model = io.load(ext_model)
-    with pytest.raises(UsageError, match="folder does not exist"):
-        io.save(model, tmp_path / "nowhere" / "out.onnx")
+    # A missing output folder is created with its parents, as peer tools do.
+    out = io.save(model, tmp_path / "nowhere" / "deeper" / "out.onnx")
+    assert out.is_file() and (out.parent / "out.onnx.data").is_file()
+    # Only a path through an existing file is an error (and nothing is written).
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        io.save(model, tmp_path / "file" / "sub" / "out.onnx")
+    assert (tmp_path / "file").read_text() == "x"
     with pytest.raises(UsageError, match="is a folder"):
         io.save(model, tmp_path)
 

@@ -13,6 +13,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from conftest import MODELS
+from target_helpers import require_target
 
 from onnxslim import api, presets
 from onnxslim.cli import main
@@ -314,15 +315,9 @@ def test_target_gate_fails_clearly_when_target_is_not_set_up(
     assert out.is_file()
 
 
-def _target_ready(name: str) -> bool:
-    from onnxslim import targets
-
-    return targets.status(name).ready
-
-
 @pytest.mark.qemu
-@pytest.mark.skipif(not _target_ready("arm64"), reason="arm64 target not set up")
 def test_int8_model_passes_the_arm64_target_gate(tmp_path: Path) -> None:
+    require_target("arm64")  # skips only without QEMU; a failed set-up fails
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         presets.text("mobile-int8") + 'targets = ["arm64"]\n' + FAST + "target_feeds = 2\n"
@@ -347,8 +342,16 @@ def test_optimize_recipe_files_still_work_and_run_them(tmp_path: Path, capsys) -
     assert report.passed and not report.gates  # no gates: nothing to fail
     assert [s.name for s in report.steps] == [t["name"] for t in report.recipe["pass"]]
     assert report.steps[-1].measurement.parity_error < 1e-5
-    with pytest.raises(UsageError, match="output folder does not exist"):
-        api.run(recipe, model, output=tmp_path / "missing" / "run.onnx")
+    # Output and report folders are created with their parents; a file in the way is an
+    # error before any work.
+    api.run(recipe, model, output=tmp_path / "new" / "run.onnx", report_dir=tmp_path / "new/r")
+    assert (tmp_path / "new" / "run.onnx").is_file() and (tmp_path / "new/r/report.json").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        api.run(recipe, model, output=tmp_path / "file" / "run.onnx")
+    with pytest.raises(UsageError, match="is a file"):
+        api.run(recipe, model, output=tmp_path / "ok.onnx", report_dir=tmp_path / "file" / "r")
+    assert not (tmp_path / "ok.onnx").exists()
 
 
 def test_unmeasurable_metric_fails_its_gate(tmp_path: Path, capsys) -> None:

@@ -116,7 +116,8 @@ def test_search_without_grid_is_a_usage_error(tmp_path: Path, capsys) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_search_through_a_local_ray(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray")
+    import ray  # in the test extra: a broken install fails here instead of skipping
+
     # search starts (and stops) the local Ray itself, from wherever pytest runs: from a
     # checkout its workers must still import the installed package, not ./onnxslim
     report = api.search(

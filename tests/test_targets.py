@@ -1,7 +1,8 @@
 """Cross-target validation under QEMU: a quantized example on arm64 and x86-avx2 kernels.
 
 Skipped, with the reason, only where QEMU user-mode emulation is not installed
-(.ci/run installs Debian's qemu-user-static). Targets are built into the cache once.
+(.ci/run installs Debian's qemu-user-static); where QEMU is installed, a target that
+cannot be set up fails the test. Targets are built into the cache once.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import MODELS
+from target_helpers import needs_qemu, require_target
 
 from onnxslim import targets
 from onnxslim.cli import main
 
 CNN = MODELS / "digits_cnn.onnx"
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-aarch64-static") is None or shutil.which("qemu-x86_64-static") is None,
-    reason="QEMU user-mode emulation not installed (apt-get install qemu-user-static)",
-)
 
 
 def test_unknown_target_is_usage_error(capsys) -> None:
@@ -60,11 +58,7 @@ def quantized_cnn(tmp_path_factory) -> Path:
 @needs_qemu
 def test_quantized_cnn_on_arm64_and_avx2(quantized_cnn: Path, capsys) -> None:
     for name in targets.EMULATED_TARGETS:
-        if not targets.status(name).ready:
-            try:
-                targets.setup(name)
-            except targets.TargetUnavailable as exc:  # package registry unreachable
-                pytest.skip(f"target {name} cannot be built here: {exc}")
+        require_target(name)
     assert main(["targets", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert all(t["ready"] for t in listed)
@@ -113,8 +107,7 @@ def test_full_range_int8_is_flagged_where_avx2_kernels_saturate(tmp_path: Path, 
     """A model built for VNNI (8-bit weights) saturates in the AVX2 u8s8 kernel's 16-bit
     sums: validating it on x86-avx2 from a VNNI host must report that it computes
     differently there; from an AVX2 host both sides run the same kernels."""
-    if not targets.status("x86-avx2").ready:
-        pytest.skip("x86-avx2 target not set up")
+    require_target("x86-avx2")
     from onnxslim import api
     from onnxslim.passes.quantize.policy import detect_target
 

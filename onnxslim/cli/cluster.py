@@ -11,7 +11,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
-from onnxslim.errors import GateFailed
+from onnxslim.errors import GateFailed, UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
 
@@ -130,10 +130,9 @@ def cluster_command(
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
-    if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter(
-            "output is the input model; pass --overwrite to replace it", param_hint="-o"
-        )
+    if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    io.check_output_folder(output.absolute().parent)  # before the work; created on save
     if init not in _INITS:
         raise typer.BadParameter(
             f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init"

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, out, print_json
-from onnxslim.errors import GateFailed
+from onnxslim.errors import GateFailed, UsageError
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.pipeline import Pipeline
 
@@ -73,10 +73,9 @@ def optimize_command(
             shown = Pipeline((FixInputShapes(shapes=tuple(input_shape)), *shown.passes))
         out.print(shown.to_toml(), end="", markup=False)
         return
-    if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter(
-            "output is the input model; pass --overwrite to replace it", param_hint="-o"
-        )
+    if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    io.check_output_folder(output.absolute().parent)  # before the work; created on save
     result = api.optimize(
         model,
         pipeline=pipeline,

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
-from onnxslim.errors import GateFailed
+from onnxslim.errors import GateFailed, UsageError
 
 
 def _parse_nm(text: str) -> tuple[int, int]:
@@ -95,10 +95,9 @@ def prune_command(
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
-    if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter(
-            "output is the input model; pass --overwrite to replace it", param_hint="-o"
-        )
+    if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    io.check_output_folder(output.absolute().parent)  # before the work; created on save
     if not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
     options: dict[str, object] = {"exclude": tuple(exclude or ())}

@@ -21,6 +21,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli.inspect_cmd import human_bytes
+from onnxslim.errors import UsageError
 from onnxslim.passes.quantize.policy import KERNEL_TARGETS
 from onnxslim.registry import pass_fields, quantize_pass_class
 
@@ -133,10 +134,9 @@ def quantize_command(
     ),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
-    if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter(
-            "output is the input model; pass --overwrite to replace it", param_hint="-o"
-        )
+    if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    io.check_output_folder(output.absolute().parent)  # before the work; created on save
     # Every flag under its pass-option name; the mode's pass takes the fields it declares.
     flags: dict[str, object] = {
         "target": target,

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
-from onnxslim.errors import GateFailed
+from onnxslim.errors import GateFailed, UsageError
 
 recipes_app = typer.Typer(
     help="Recipes shipped with onnxslim (presets).",
@@ -33,10 +33,9 @@ def _progress(message: str) -> None:
 
 
 def _check_output(model: Path, output: Path, overwrite: bool) -> None:
-    if io.same_file(model, output) and not overwrite:
-        raise typer.BadParameter(
-            "output is the input model; pass --overwrite to replace it", param_hint="-o"
-        )
+    if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    io.check_output_folder(output.absolute().parent)  # before the work; created on save
 
 
 # Options `run` and `search` share (one definition, so their help cannot drift apart).

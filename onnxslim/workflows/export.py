@@ -162,9 +162,7 @@ def export(
             f"exported model differs from the input beyond atol={atol:g}, rtol={rtol:g} "
             f"on output(s) {failed}; nothing written (use --force to write anyway)"
         )
-    target_dir = bundle if bundle is not None else output.parent
-    if bundle is not None:
-        bundle.mkdir(parents=True, exist_ok=True)
+    target_dir = io.make_folder(bundle if bundle is not None else output.parent)
     onnx_name = output.with_suffix(".onnx").name
     with tempfile.TemporaryDirectory(prefix=".onnxslim-export-", dir=target_dir) as tmp:
         staging = Path(tmp)

@@ -1,0 +1,209 @@
+"""The workers of scripts/bench_quantize.py: one tool quantizes one model, in its own process.
+
+    python scripts/bench_quantize_workers.py TOOL --model M --calib-file C --out O --result R
+
+Run by bench_quantize.py under scripts/peak_rss.py's launcher, so wall time and peak
+RSS are the tool's alone; the NNCF worker runs in NNCF's own virtual environment.
+Writes the quantized model and {"seconds": ..., "note": ...} as JSON to `--result`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+
+
+def worker(args: argparse.Namespace) -> int:
+    """Quantize `args.model` with `args.worker`, write the model and {"seconds": ...}."""
+    start = time.perf_counter()
+    note = ""
+    if args.worker.startswith("onnxslim"):
+        note = _onnxslim_quantize(args.model, args.calib_file, args.out, args.extra)
+    elif args.worker == "ort":
+        note = _ort_quantize(args.model, args.calib_file, args.out)
+    elif args.worker == "nncf":
+        note = _nncf_quantize(args.model, args.calib_file, args.out)
+    else:
+        raise SystemExit(f"unknown worker {args.worker}")
+    seconds = time.perf_counter() - start
+    Path(args.result).write_text(json.dumps({"seconds": seconds, "note": note}))
+    return 0
+
+
+def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) -> str:
+    """What `onnxslim quantize --no-verify` runs: load, quantize_static (or the accuracy-aware
+    loop when `extra` is ["--eval", DATA, "--max-drop", X]), save."""
+    from onnxslim import io
+    from onnxslim.passes.quantize.static import quantize_static
+
+    model = io.load(model_path)
+    if extra:
+        from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
+
+        options = dict(zip(extra[::2], extra[1::2], strict=True))
+        metric = _eval_metric(Path(model_path).stem, options["--eval"])
+        result = quantize_accuracy_aware(
+            model, calib, max_drop=float(options["--max-drop"]), metric=metric
+        )
+        io.save(result.model, out)
+        return (
+            f"{len(result.excluded)} layer(s) float: {', '.join(result.excluded)}; "
+            f"{result.evaluations} evaluations; {'met' if result.met else 'target MISSED'}"
+        )
+    quantized, report = quantize_static(model, calib)
+    io.save(quantized, out)
+    return f"{len(report.quantized_nodes)} nodes int8, {len(report.protections)} protections"
+
+
+def _eval_metric(name: str, eval_path: str) -> Any:
+    """The model's own metric (scripts/model_metrics.py) on its eval set, as an API callable."""
+    from onnxslim.passes.quantize.sensitivity import run_outputs
+
+    metrics = metrics_module()
+    with np.load(eval_path) as data:
+        arrays = {k: data[k] for k in data.files}
+    names = input_names(Path(MODELS / f"{name}.onnx"))
+    feeds = [{n: arrays[n][i] for n in names} for i in range(len(arrays["labels"]))]
+
+    def metric(model: Any) -> float:
+        return float(metrics.score(name, np.concatenate(run_outputs(model, feeds), axis=0), arrays))
+
+    return metric
+
+
+def stacked_feeds(calib: str, input_names: list[str]) -> list[dict[str, np.ndarray]]:
+    with np.load(calib) as data:
+        arrays = {n: data[n] for n in input_names}
+    count = len(next(iter(arrays.values())))
+    return [{n: arrays[n][i] for n in input_names} for i in range(count)]
+
+
+def _ort_quantize(model: str, calib: str, out: str) -> str:
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    names = [
+        i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()
+    ]
+    feeds = stacked_feeds(calib, names)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    note = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = str(Path(tmp) / "pre.onnx")
+        try:
+            quant_pre_process(model, pre)
+        except Exception as exc:  # ORT's symbolic shape inference fails on some exports
+            pre, note = (
+                model,
+                f"quant_pre_process failed ({type(exc).__name__}); raw model quantized",
+            )
+        quantize_static(
+            pre,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    return note
+
+
+def _nncf_quantize(model: str, calib: str, out: str) -> str:
+    import nncf  # type: ignore[import-not-found]
+    import onnx
+
+    proto = onnx.load(model)
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in initializers]
+    feeds = stacked_feeds(calib, names)
+    try:
+        quantized = nncf.quantize(proto, nncf.Dataset(feeds), subset_size=len(feeds))
+        note = ""
+    except Exception as exc:  # NNCF's ONNX backend cannot read weights held in Constant nodes
+        if "no tensor with the name" not in str(exc):
+            raise
+        proto = _lift_constants(onnx.load(model))
+        quantized = nncf.quantize(proto, nncf.Dataset(feeds), subset_size=len(feeds))
+        note = "Constant nodes lifted to initializers first (NNCF fails on them)"
+    onnx.save(quantized, out)
+    return note
+
+
+def _lift_constants(proto: Any) -> Any:
+    """Main-graph Constant nodes holding a tensor become initializers (what a user would do)."""
+    from onnx import helper, numpy_helper
+
+    keep = []
+    for node in proto.graph.node:
+        if (
+            node.op_type == "Constant"
+            and len(node.attribute) == 1
+            and node.attribute[0].name == "value"
+        ):
+            tensor = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0]))
+            proto.graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
+        else:
+            keep.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
+
+
+def metrics_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "model_metrics", REPO / "scripts" / "model_metrics.py"
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def input_names(path: Path) -> list[str]:
+    import onnxruntime as ort
+
+    return [
+        i.name
+        for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("worker", choices=["onnxslim", "onnxslim+acc", "ort", "nncf"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--calib-file", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--extra", action="append", default=[])
+    return worker(parser.parse_args())
+
+
+if __name__ == "__main__":
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.exit(main())
