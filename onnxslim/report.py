@@ -18,7 +18,7 @@ from typing import Any
 from onnxslim._version import __version__
 from onnxslim.evaluation import Evaluator, Measurement
 from onnxslim.graphs import node_count
-from onnxslim.report_html import html
+from onnxslim.report_html import html, require_matplotlib
 from onnxslim.report_markdown import markdown
 
 SCHEMA_VERSION = "1.0"
@@ -155,6 +155,7 @@ class RunReport:
 
     def write(self, folder: str | Path) -> dict[str, Path]:
         """report.json, report.md and report.html into `folder` (created)."""
+        require_matplotlib()  # all three files or none
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
