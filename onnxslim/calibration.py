@@ -440,7 +440,6 @@ class _Member:
     dtype: np.dtype
     shape: tuple[int, ...]
     fortran: bool
-    data_offset: int = 0  # .npy: where the array data starts
 
 
 class _StackedArrays:
@@ -461,7 +460,6 @@ class _StackedArrays:
                     raise DataError(f"{path}: data file not found")
                 with open(path, "rb") as fp:
                     member = _read_header(fp, single_input or path.stem, "", str(path))
-                    member.data_offset = fp.tell()
                 self.members.append(member)
             else:
                 if not path.is_file():

@@ -147,12 +147,6 @@ class RunReport:
             "search": self.search,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
-
-    def to_markdown(self) -> str:
-        return markdown(self.to_dict())
-
     def write(self, folder: str | Path) -> dict[str, Path]:
         """report.json, report.md and report.html into `folder` (created)."""
         require_matplotlib()  # all three files or none

@@ -86,7 +86,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("onnxslim.passes.cluster.storage", "onnxslim.passes.cluster.weights"): "types",
     ("onnxslim.passes.quantize.policy", "onnxslim.graphs"): "types",
     ("onnxslim.passes.quantize.static", "onnxslim.passes.quantize.protect"): "types",
-    ("onnxslim.passes.quantize.static", "onnxslim.calibration"): "types",
     ("onnxslim.passes.quantize.static", "itertools"): "types",
     ("onnxslim.passes.quantize.static", "onnxslim.runtime"): "types",
     ("onnxslim.passes.quantize.static", "onnxslim.passes.quantize.policy"): "types",

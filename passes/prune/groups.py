@@ -113,7 +113,6 @@ REDUCE = {
     "ReduceLogSumExp",
     "ReduceSumSquare",
 }
-CHANNEL_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def weight_qparams(
     return QParams(scale, np.zeros(scale.shape, dtype=dtype), axis)
 
 
-def quantize_array(array: np.ndarray, qp: QParams, *, reduce_range: bool = False) -> np.ndarray:
+def quantize_array(array: np.ndarray, qp: QParams) -> np.ndarray:
     """round(array / scale) + zero point, saturated, as QuantizeLinear computes it."""
     scale = qp.scale.astype(np.float64)
     zero = qp.zero_point.astype(np.int64)

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
 from onnxslim.passes._options import check_choice, option
 
@@ -458,18 +459,10 @@ def _calibrate(
 
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:
-    """Checked feeds through the engine's readers when they are available."""
-    from onnxslim import calibration
-
-    opener = getattr(calibration, "open_feeds", None)
-    if (
-        opener is None
-        or callable(calib)
-        and not hasattr(calib, "__iter__")
-        and not hasattr(calib, "get_next")
-    ):
+    """Checked feeds through the engine's readers (a feed factory is used as given)."""
+    if callable(calib) and not hasattr(calib, "__iter__") and not hasattr(calib, "get_next"):
         return calib
-    return opener(calib, model, extra="ignore")
+    return open_feeds(calib, model, extra="ignore")
 
 
 # MAC counts below which layers are kept float, tried in turn while int8 is slower.
