@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ class RunReport:
             "search": self.search,
         }
 
-    def write(self, folder: str | Path) -> dict[str, Path]:
+    def write(self, folder: str | os.PathLike[str]) -> dict[str, Path]:
         """report.json, report.md and report.html into `folder` (created)."""
         require_matplotlib()  # all three files or none
         folder = Path(folder)

@@ -229,7 +229,8 @@ def html(data: dict[str, Any]) -> str:
 
 def _markdown_tables(text: str) -> str:
     """Render report.md's tables and lines as HTML (the two forms never disagree)."""
-    out, table = [], []
+    out: list[str] = []
+    table: list[str] = []
 
     def flush() -> None:
         if table:

@@ -86,7 +86,7 @@ def test_subclass_hooks_see_every_node_and_can_refuse_a_fold() -> None:
                 else super()._prepare_folded_tensor(node, output_name, output_array)
             )
 
-    def run(refuse: bool) -> tuple[ir.Model, object]:
+    def run(refuse: bool) -> tuple[ir.Model, ir.passes.PassResult]:
         model = _model()
         folder = Recording(
             shape_inference=True,
@@ -104,7 +104,7 @@ def test_subclass_hooks_see_every_node_and_can_refuse_a_fold() -> None:
     assert "Mul" not in [n.op_type for n in model.graph]
     add = next(n for n in model.graph if n.op_type == "Add")
     constant = add.inputs[1]
-    assert constant.const_value is not None
+    assert constant is not None and constant.const_value is not None
     np.testing.assert_array_equal(constant.const_value.numpy(), [2.0, 4.0, 6.0])
     assert folding.FOLDED_FROM_KEY in constant.metadata_props  # fold.py strips this key
     shape = shapes["s"]
@@ -127,7 +127,8 @@ def test_should_fold_false_keeps_a_node() -> None:
 
 def test_basic_constant_propagation_gives_constant_outputs_their_value() -> None:
     model = _model()
-    mul = next(n for n in model.graph if n.op_type == "Mul")
-    assert mul.inputs[0].const_value is None
+    value = next(n for n in model.graph if n.op_type == "Mul").inputs[0]
+    assert value is not None and value.const_value is None
     folding.basic_constant_propagation(model.graph)
-    np.testing.assert_array_equal(mul.inputs[0].const_value.numpy(), [1.0, 2.0, 3.0])
+    assert value.const_value is not None
+    np.testing.assert_array_equal(value.const_value.numpy(), [1.0, 2.0, 3.0])

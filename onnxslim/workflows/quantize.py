@@ -160,7 +160,11 @@ def _validate(
         rtol=1e-2,
         progress=notify,
     )
-    accuracy = accuracy_on(reference, candidate, source, progress=progress) if has_labels else None
+    accuracy = (
+        accuracy_on(reference, candidate, source, progress=progress)
+        if has_labels and source is not None
+        else None
+    )
     return report, accuracy
 
 
