@@ -20,6 +20,7 @@ from onnxslim.feeds import Feed
 from onnxslim.inspection import ModelSummary, inspect_model
 from onnxslim.pipeline import Pipeline
 from onnxslim.report import RunReport
+from onnxslim.report_html import require_matplotlib
 from onnxslim.validation import ValidationReport, run_model, validate
 from onnxslim.workflows import optimize as _optimize
 from onnxslim.workflows.cluster import ClusterResult, cluster_model
@@ -256,6 +257,8 @@ def run(
     ):
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output, report_dir)
+    if report_dir is not None:
+        require_matplotlib()
     try:
         outcome = run_recipe(recipe, source, calib=calib, eval_data=eval_data, progress=progress)
     except PassFailed as exc:
@@ -300,6 +303,8 @@ def search(
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output, report_dir)
+    if report_dir is not None:
+        require_matplotlib()
     report = search_recipe(
         recipe,
         source,

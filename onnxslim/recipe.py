@@ -83,7 +83,7 @@ SEARCH_ALIASES = {
     "calibration": ("quantize", "method"),
 }
 # Options of the high-level steps that are not fields of their pass classes.
-_STEP_EXTRAS = {
+_STEP_EXTRAS: dict[str, dict[str, Any]] = {
     "quantize": {"mode": "static", "max_drop": None},
     "prune": {"method": "magnitude", "sparsity": 0.5, "storage": "packed"},
     "cluster": {"bits": 4, "strip_metadata": True},
@@ -170,7 +170,7 @@ class Recipe:
 
     def with_data(self, calib: str | None = None, eval: str | None = None) -> Recipe:
         """CLI `--calib` / `--eval` override the recipe's data."""
-        changes = {}
+        changes: dict[str, Any] = {}
         if calib is not None:
             changes["calib"] = str(Path(calib).absolute())
         if eval is not None:
@@ -334,7 +334,7 @@ def _check_step(step: Step, where: str, index: int) -> None:
             f"{where}: {key}.name: unknown pass {step.name!r}; expected one of "
             f"{', '.join(STEPS)} or a pass `onnxslim passes` lists"
         )
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     _unknown(options, sorted(fields), where, f"{key}.", what=f"option of {step.name}")
     for name, value in options.items():
         f = fields[name]
@@ -367,7 +367,9 @@ def _step_classes(step: Step, where: str, key: str) -> list[type]:
 
 def _build(step: Step) -> None:
     """Construct the step's pass with its options (the pass's own checks run here)."""
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()}
+    options: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()
+    }
     if step.name == "quantize":
         mode = options.pop("mode", "static")
         options.pop("max_drop", None)

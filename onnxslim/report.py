@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from onnxslim._version import __version__
 from onnxslim.evaluation import Evaluator, Measurement
 from onnxslim.graphs import node_count
-from onnxslim.report_html import html
+from onnxslim.report_html import html, require_matplotlib
 from onnxslim.report_markdown import markdown
 
 SCHEMA_VERSION = "1.0"
@@ -147,14 +148,9 @@ class RunReport:
             "search": self.search,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=str) + "\n"
-
-    def to_markdown(self) -> str:
-        return markdown(self.to_dict())
-
-    def write(self, folder: str | Path) -> dict[str, Path]:
+    def write(self, folder: str | os.PathLike[str]) -> dict[str, Path]:
         """report.json, report.md and report.html into `folder` (created)."""
+        require_matplotlib()  # all three files or none
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()

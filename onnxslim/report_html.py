@@ -15,10 +15,22 @@ import json
 import re
 from typing import Any
 
+from onnxslim.errors import UsageError
 from onnxslim.report_markdown import markdown
+
+MISSING = "report.html needs matplotlib: pip install 'onnxslim[report]'"
+
+
+def require_matplotlib() -> None:
+    """Fail with one line, before any work or file, where matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: F401  (optional extra [report], ~0.5 s to import)
+    except ImportError:
+        raise UsageError(MISSING) from None
 
 
 def _pyplot() -> Any:
+    require_matplotlib()
     import matplotlib  # optional and heavy (~0.5 s): only report.html draws plots
 
     matplotlib.use("Agg")
@@ -217,7 +229,8 @@ def html(data: dict[str, Any]) -> str:
 
 def _markdown_tables(text: str) -> str:
     """Render report.md's tables and lines as HTML (the two forms never disagree)."""
-    out, table = [], []
+    out: list[str] = []
+    table: list[str] = []
 
     def flush() -> None:
         if table:

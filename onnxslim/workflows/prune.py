@@ -64,10 +64,10 @@ def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
     for node in pruned.graph:
         if node.op_type in LAYER_OPS and len(node.inputs) > 1 and node.inputs[1] is not None:
             source = resolve_initializer(node.inputs[1]) or node.inputs[1]
-            if source.name in packed:
-                after[node.outputs[0].name] = packed[source.name]
+            if source.name is not None and source.name in packed:
+                after[node.outputs[0].name or ""] = packed[source.name]
             elif source.const_value is not None:
-                after[node.outputs[0].name] = source.const_value.numpy()
+                after[node.outputs[0].name or ""] = source.const_value.numpy()
     rows = []
     for layer in find_layers(original)[0]:
         before = layer.array()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -57,7 +58,7 @@ class RunOutcome:
 
 def run_recipe(
     recipe: RecipeSpec,
-    source: ir.Model | str,
+    source: ir.Model | str | os.PathLike[str],
     *,
     calib: str | None = None,
     eval_data: str | None = None,
@@ -180,7 +181,9 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
 def _run_step(
     step: Step, model: ir.Model, recipe: Recipe, index: int
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()}
+    options: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()
+    }
     calib = options.pop("calib", None) or recipe.calib
     if step.name == "optimize":
         result = optimize(model, verify=True, data=recipe.calib, feed_count=4)

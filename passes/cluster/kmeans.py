@@ -242,7 +242,6 @@ def lloyd(
     centers: np.ndarray,
     *,
     iterations: int = LLOYD_ITERATIONS,
-    seed: int = 0,
     tol: float = 1e-9,
 ) -> np.ndarray:
     """Weighted Lloyd on sorted 1-D points; an empty cluster moves to the worst-served point."""

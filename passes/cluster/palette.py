@@ -85,12 +85,6 @@ class Palettized:
         )
 
 
-def group_count(shape: tuple[int, ...], axis: int | None, group_size: int) -> int:
-    if axis is None:
-        return 1
-    return math.ceil(shape[axis] / group_size)
-
-
 def group_offsets(
     shape: tuple[int, ...], axis: int | None, group_size: int, step: int
 ) -> np.ndarray:

@@ -27,7 +27,7 @@ lower the layer's error on the calibration rows is discarded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -495,6 +495,3 @@ def _value_names(model: ir.Model) -> set[str]:
         names.update(o.name or "" for o in node.outputs)
     return names
 
-
-def errors_by_weight(records: Sequence[LayerError]) -> Mapping[str, LayerError]:
-    return {r.weight: r for r in records}

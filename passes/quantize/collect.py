@@ -38,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from onnxslim import calibration
+from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed
 from onnxslim.graphs import iter_graphs
@@ -258,10 +258,7 @@ def _feed_factory(
 
 def open_feed_path(path: Path, model: ir.Model, limit: int | None = None) -> Iterator[Feed]:
     """Feeds from a calibration data path, through the engine's readers."""
-    opener = getattr(calibration, "open_feeds", None)
-    if opener is not None:
-        return iter(opener(path, model, limit=limit))
-    return calibration.iter_npz(path)
+    return iter(open_feeds(path, model, limit=limit))
 
 
 def _limited(iterator: Iterator[Feed], limit: int | None) -> Iterator[Feed]:
