@@ -141,8 +141,14 @@ def export(
     bundle: Path | None = None,
     overwrite: bool = False,
     force: bool = False,
+    external_data: bool | None = None,
+    external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
 ) -> ExportResult:
-    """Export `source` to `output` (.onnx or .ort); with `bundle`, a deploy folder instead."""
+    """Export `source` to `output` (.onnx or .ort); with `bundle`, a deploy folder instead.
+
+    `force` writes a model that fails the parity check; `external_data` (None: when
+    needed) stores weights of `external_threshold` bytes or more in `NAME.onnx.data`.
+    """
     if output.suffix not in (".onnx", ".ort"):
         raise UsageError(f"{output}: the output must end in .onnx or .ort")
     if output.suffix == ".ort":
@@ -160,7 +166,7 @@ def export(
         failed = ", ".join(p.name for p in parity if not p.passed)
         raise GateFailed(
             f"exported model differs from the input beyond atol={atol:g}, rtol={rtol:g} "
-            f"on output(s) {failed}; nothing written (use --force to write anyway)"
+            f"on output(s) {failed}; nothing written (--write-anyway writes it)"
         )
     target_dir = bundle if bundle is not None else output.parent
     if bundle is not None:
@@ -168,7 +174,12 @@ def export(
     onnx_name = output.with_suffix(".onnx").name
     with tempfile.TemporaryDirectory(prefix=".onnxslim-export-", dir=target_dir) as tmp:
         staging = Path(tmp)
-        staged_onnx = io.save(model, staging / onnx_name)
+        staged_onnx = io.save(
+            model,
+            staging / onnx_name,
+            external_data=external_data,
+            size_threshold=external_threshold,
+        )
         preflight = preflight_check(model, staged_onnx)
         ort_path = config_path = None
         if options.ort_format:
@@ -366,7 +377,7 @@ def _convert_to_ort(onnx_path: Path, staging: Path, style: str) -> tuple[Path, P
             f"ORT format conversion failed: {str(exc).splitlines()[0] if str(exc) else exc}"
         ) from exc
     finally:
-        for logger, level in zip(quiet, previous_levels):
+        for logger, level in zip(quiet, previous_levels, strict=True):
             logger.setLevel(level)
     ort_files = sorted(out_dir.glob("*.ort"))
     configs = sorted(out_dir.glob("*.config"))

@@ -22,7 +22,7 @@ from onnxslim.cli import quantize as _quantize  # noqa: F401
 from onnxslim.cli import run as _run  # noqa: F401  (run, search, recipes)
 from onnxslim.cli import targets as _targets  # noqa: F401
 from onnxslim.cli import validate as _validate  # noqa: F401
-from onnxslim.cli._app import app, err
+from onnxslim.cli._app import app, clashing_distribution, err
 from onnxslim.errors import OnnxSlimError
 
 
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(a for a in args if a != "--debug")]
+    clash = clashing_distribution()
+    if clash:
+        sys.stderr.write(f"warning: {clash}\n")
     try:
         # Standalone mode: Typer itself prints usage errors (exit 2) and --help, then exits.
         with cli_logging(debug):

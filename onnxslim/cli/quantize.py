@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -20,7 +21,8 @@ from rich.progress import (
 from rich.table import Table
 
 from onnxslim import api, io
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli import _options as opt
+from onnxslim.cli._app import app, deprecated, err, out, print_json, warn
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -53,9 +55,12 @@ def _progress() -> Iterator[object]:
         yield update
 
 
+_MODEL = opt.model_argument("Float ONNX model (never modified).")
+
+
 @app.command("quantize")
 def quantize_command(
-    model: Path = typer.Argument(..., help="Float ONNX model (never modified)."),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the quantized model."),
     calib: str | None = typer.Option(
         None, "--calib", help="Calibration data: .npz/.npy file, folder of samples or images."
@@ -93,9 +98,7 @@ def quantize_command(
     weight_bits: int = typer.Option(
         8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."
     ),
-    max_samples: int | None = typer.Option(
-        None, "--max-samples", min=1, help="Calibrate on at most N feeds."
-    ),
+    max_samples: int | None = opt.MAX_SAMPLES,
     latency_guard: bool = typer.Option(
         True,
         "--latency-guard/--no-latency-guard",
@@ -105,16 +108,15 @@ def quantize_command(
     data: str | None = typer.Option(
         None, "--data", help="Validation feeds (with `labels` for accuracy); default: --calib."
     ),
-    verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Validate the result against the float model on ORT."
+    verify: bool = opt.VERIFY,
+    requantize: bool = typer.Option(
+        False, "--requantize", help="Quantize a model that already holds quantized ops."
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Quantize a model that already holds quantized ops."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Allow the output to replace the input file."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    force: bool = opt.FORCE,
+    overwrite: bool = opt.OVERWRITE,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    json_output: bool = opt.JSON,
     eval_data: str | None = typer.Option(
         None,
         "--eval",
@@ -123,15 +125,27 @@ def quantize_command(
     max_drop: float | None = typer.Option(
         None,
         "--max-drop",
-        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops at most this much (0.01 = 1 pt); exit 1 if not met (best model and OUTPUT.sensitivity.json still written).",
+        metavar="POINTS",
+        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops at "
+        "most this many points (1 = one percentage point); exit 1 if not met (best model and "
+        "OUTPUT.sensitivity.json still written).",
     ),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
+    if force:
+        deprecated("--force", "--requantize", "quantize")
+        requantize = True
+    max_drop = max_drop_points(max_drop)
+    save: dict[str, Any] = {"external_data": external_data, "threshold": external_threshold}
     if io.same_file(model, output) and not overwrite:
         raise typer.BadParameter(
             "output is the input model; pass --overwrite to replace it", param_hint="-o"
         )
-    options: dict[str, object] = {"target": target, "exclude": tuple(exclude or ()), "force": force}
+    options: dict[str, object] = {
+        "target": target,
+        "exclude": tuple(exclude or ()),
+        "force": requantize,
+    }
     if mode == "static":
         options.update(
             method=method,
@@ -150,7 +164,7 @@ def quantize_command(
             "bits": weight_bits,
             "per_channel": not per_tensor,
             "exclude": tuple(exclude or ()),
-            "force": force,
+            "force": requantize,
         }
     if max_drop is not None:  # accuracy-aware mode: onnxslim/cli/_accuracy.py
         from onnxslim.cli import _accuracy
@@ -167,6 +181,7 @@ def quantize_command(
                 json_output=json_output,
                 progress=progress,
                 mode=mode,
+                save=save,
             )
         return
     with _progress() as progress:
@@ -179,8 +194,8 @@ def quantize_command(
             f"({result.bytes_after} > {result.bytes_before} weight bytes); nothing written"
         )
         raise typer.Exit(1)
-    api.save(result.model, output, source=model, overwrite=overwrite)
-    size_in, size_out = model.stat().st_size, output.stat().st_size
+    opt.save_model(result.model, output, source=model, overwrite=overwrite, **save)
+    size_in, size_out = model.stat().st_size, opt.written_bytes(output)
     if json_output:
         print_json(
             {
@@ -262,9 +277,25 @@ def _print_report(
     out.print(f"wrote {escape(str(output))}")
 
 
+def max_drop_points(value: float | None) -> float | None:
+    """--max-drop is in points; values under 0.1 were fractions before (0.01 = 1 point).
+
+    A tenth of a point is under one sample in a thousand, tighter than any eval set
+    here measures, so such a value is read the old way for one release, with a warning.
+    """
+    if value is None or value >= 0.1 or value <= 0:
+        return value
+    points = value * 100
+    warn(
+        f"--max-drop {value:g} read as a fraction ({points:g} points); --max-drop is now in "
+        f"points: pass --max-drop {points:g}"
+    )
+    return points
+
+
 def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GB" if math.isfinite(n) else str(n)
+    return f"{n:.1f} GiB" if math.isfinite(n) else str(n)
