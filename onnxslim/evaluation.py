@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from onnxslim.calibration import open_feeds
 from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.outputs import is_classifier_output
 from onnxslim.parity import compare_outputs
 from onnxslim.runtime import Session
 
@@ -29,7 +30,7 @@ class Measurement:
     """One model's figures on the evaluator's feeds (None: not measurable)."""
 
     top1: float | None
-    agreement: float | None  # top-1 agreement with the input model's first output
+    agreement: float | None  # top-1 agreement with the input model's first classifier output
     parity_error: float  # worst output's relative RMS error against the input model
     cosine: float  # worst output's cosine similarity
     latency_ratio: float | None = None  # median latency / input model's (1 thread, interleaved)
@@ -76,7 +77,8 @@ class Evaluator:
             self.feeds = generate_feeds(input_specs(reference), GENERATED_FEEDS, seed=0)
             self.description = f"generated inputs ({GENERATED_FEEDS} feeds)"
         self.reference_outputs = self._run(reference)
-        self.classifier = _classifier(self.reference_outputs)
+        self.classifier_output = _classifier_output(self.reference_outputs)
+        self.classifier = self.classifier_output is not None
         self.baseline = self.measure(reference, latency_runs=0)
 
     def _run(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
@@ -90,7 +92,7 @@ class Evaluator:
         cosine = min((p.cosine for p in parity), default=1.0)
         top1 = agreement = None
         if self.classifier:
-            first = next(iter(self.reference_outputs[0]))
+            first = self.classifier_output
             predicted = [np.asarray(o[first]).argmax(-1) for o in outputs]
             expected = [np.asarray(o[first]).argmax(-1) for o in self.reference_outputs]
             total = sum(p.size for p in predicted)
@@ -126,12 +128,16 @@ class Evaluator:
         return 1.0 / report.speedup if report.speedup else None
 
 
-def _classifier(outputs: list[dict[str, np.ndarray]]) -> bool:
-    """The first output is [batch, classes] scores (what top-1 and agreement read)."""
+def _classifier_output(outputs: list[dict[str, np.ndarray]]) -> str | None:
+    """The first classifier-shaped output (onnxslim.outputs' rule): what top-1 and agreement
+    read; None when the model has none."""
     if not outputs:
-        return False
-    first = np.asarray(next(iter(outputs[0].values())))
-    return first.dtype.kind == "f" and first.ndim == 2 and first.shape[1] >= 2
+        return None
+    for name, value in outputs[0].items():
+        array = np.asarray(value)
+        if is_classifier_output(name, array.shape, array.dtype):
+            return name
+    return None
 
 
 def _relative_error(snr_db: float) -> float:

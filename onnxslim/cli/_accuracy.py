@@ -82,6 +82,7 @@ def run(
                 "output": str(output),
                 "sensitivity_table": str(table_file),
                 **result.to_dict(),
+                "max_drop_points": max_drop,
             }
         )
     else:

@@ -71,12 +71,11 @@ def clashing_distribution() -> str | None:
     """
     from importlib import metadata
 
-    try:
-        dist = metadata.distribution("onnxslim")
-    except metadata.PackageNotFoundError:
-        return None
-    summary = dist.metadata.get("Summary") or ""
-    if summary.startswith(_OUR_SUMMARY):
+    for dist in metadata.distributions(name="onnxslim"):
+        summary = dist.metadata.get("Summary") or ""
+        if not summary.startswith(_OUR_SUMMARY):
+            break
+    else:
         return None
     return (
         f"PyPI's OnnxSlim {dist.version} (distribution `onnxslim`) is installed in this "

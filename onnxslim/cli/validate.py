@@ -256,7 +256,8 @@ def failure_message(report: ValidationReport, tolerance: Tolerance) -> str:
         for o in report.failed_outputs
     )
     message = (
-        f"{len(report.failed_outputs)} of {len(report.outputs)} output(s) outside the "
+        f"parity check failed: {len(report.failed_outputs)} of {len(report.outputs)} output(s) "
+        "outside the "
         f"{tolerance.name} tolerance ({tolerance.rule}) on {report.feeds}: {failed}"
     )
     fits = tolerances.tightest_fit(report.outputs, atol=report.atol, rtol=report.rtol)
