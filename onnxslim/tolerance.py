@@ -11,13 +11,17 @@ weights, float otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_nodes, iter_tensors
 from onnxslim.parity import OutputParity
+from onnxslim.suggest import did_you_mean
+from onnxslim.validation import ValidationReport
 
 # Ops that mean the model computes in integers (as inspection counts them).
 _INT8_OPS = frozenset(
@@ -92,3 +96,57 @@ def tightest_fit(outputs: Sequence[OutputParity], *, atol: float, rtol: float) -
         if fits and outputs:
             return tolerance
     return None
+
+
+def resolve(
+    name: str, candidate: ir.Model | None, atol: float | None, rtol: float | None
+) -> tuple[Tolerance, str]:
+    """The preset in force and why: atol/rtol win, then `name`, then (auto) CAND's content."""
+    if atol is not None or rtol is not None:
+        custom = Tolerance(
+            "custom",
+            1e-5 if atol is None else atol,
+            1e-5 if rtol is None else rtol,
+            rule="|cand - ref| <= atol + rtol * |ref| everywhere",
+        )
+        return custom, "--atol/--rtol given"
+    if name == "auto":
+        if candidate is None:
+            return PRESETS["float"], "auto: no candidate model to look at"
+        picked, why = for_model(candidate)
+        return picked, f"auto: {why}"
+    if name not in PRESETS:
+        raise UsageError(
+            f"tolerance {name!r}: expected one of {', '.join(NAMES)}{did_you_mean(name, NAMES)}"
+        )
+    return PRESETS[name], f"--tolerance {name}"
+
+
+def apply(report: ValidationReport, tolerance: Tolerance) -> None:
+    """Scale-relative presets (fp16, int8) and exact decide each output's verdict."""
+    if tolerance.scaled is not None or tolerance.name == "exact":
+        report.outputs = [
+            dataclasses.replace(o, passed=tolerance.accepts(o)) for o in report.outputs
+        ]
+
+
+def failure_message(report: ValidationReport, tolerance: Tolerance) -> str:
+    """Name each failing output with its figures and say what would pass (a preset or a fix)."""
+    if report.passed or (report.problems and not report.failed_outputs):
+        return report.summary()
+    failed = "; ".join(
+        f"{o.name} (max abs {o.max_abs:.3g} = {o.max_rel * 100:.2g}% of its largest "
+        f"value, cosine {o.cosine:.5f})"
+        for o in report.failed_outputs
+    )
+    message = (
+        f"parity check failed: {len(report.failed_outputs)} of {len(report.outputs)} output(s) "
+        f"outside the {tolerance.name} tolerance ({tolerance.rule}) on {report.feeds}: {failed}"
+    )
+    fits = tightest_fit(report.outputs, atol=report.atol, rtol=report.rtol)
+    if fits is not None and fits.name != tolerance.name:
+        return message + f"; --tolerance {fits.name} fits these figures"
+    return message + (
+        "; no preset fits: keep the layers that feed these outputs float "
+        "(quantize --exclude NODE) or compare with a looser --atol/--rtol"
+    )

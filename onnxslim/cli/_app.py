@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import metadata
 from typing import Any
 
+import onnx
+import onnxruntime
 import typer
 from rich.console import Console
 from typer.core import TyperOption
@@ -46,10 +49,7 @@ def deprecated(old: str, new: str, command: str) -> None:
 
 
 def version_text() -> str:
-    import onnx
-    import onnxruntime
-
-    from onnxslim import __version__
+    from onnxslim import __version__  # the package's own attribute: no cycle, cli sits on top
 
     return (
         f"onnxslim {__version__} (distribution {DISTRIBUTION}; onnx {onnx.__version__}, "
@@ -69,8 +69,6 @@ def clashing_distribution() -> str | None:
     Both install the `onnxslim` import package and command, so one overwrites the
     other's files; an old install of this project under that name is not a clash.
     """
-    from importlib import metadata
-
     for dist in metadata.distributions(name="onnxslim"):
         summary = dist.metadata.get("Summary") or ""
         if not summary.startswith(_OUR_SUMMARY):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,10 +25,8 @@ from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.cross_target import TargetReport, validate_on_targets
-from onnxslim.errors import GateFailed, UsageError
+from onnxslim.errors import GateFailed
 from onnxslim.feeds import parse_input_shapes
-from onnxslim.suggest import did_you_mean
-from onnxslim.tolerance import Tolerance
 from onnxslim.validation import ProgressCallback, ValidationReport, resolve_feeds
 
 _STAGES = {
@@ -132,7 +129,9 @@ def validate_command(
     if count is not None:
         deprecated("--count", "--max-samples", "validate")
         max_samples = max_samples or count
-    chosen, why = choose_tolerance(tolerance, candidate, atol, rtol)
+    chosen, why = tolerances.resolve(
+        tolerance, api.as_model(candidate) if tolerance == "auto" else None, atol, rtol
+    )
     atol = chosen.atol if atol is None else atol
     rtol = chosen.rtol if rtol is None else rtol
     with progress_bar() as progress:
@@ -150,7 +149,7 @@ def validate_command(
             measure_memory=memory,
             progress=progress,
         )
-    rejudge(report, chosen)
+    tolerances.apply(report, chosen)
     target_reports = []
     if target:
         feeds, _, _ = resolve_feeds(
@@ -174,11 +173,15 @@ def validate_command(
             }
         )
     else:
-        render(report, f"{chosen.name}: {chosen.rule}; {why}", failure_message(report, chosen))
+        render(
+            report,
+            f"{chosen.name}: {chosen.rule}; {why}",
+            tolerances.failure_message(report, chosen),
+        )
         for target_report in target_reports:
             render_target(target_report)
     if not report.passed:
-        raise GateFailed(failure_message(report, chosen), report)
+        raise GateFailed(tolerances.failure_message(report, chosen), report)
     failed = [t.target for t in target_reports if not t.passed]
     if failed:
         raise GateFailed(f"parity check failed on target(s) {', '.join(failed)}", target_reports)
@@ -213,60 +216,6 @@ def render_target(report: TargetReport) -> None:
             f"note: on {report.target} the candidate differs from this machine only by float "
             "rounding"
         )
-
-
-def choose_tolerance(
-    name: str, candidate: Path, atol: float | None, rtol: float | None
-) -> tuple[Tolerance, str]:
-    """The preset in force and why: --atol/--rtol win, then --tolerance, then CAND's content."""
-    if atol is not None or rtol is not None:
-        custom = Tolerance(
-            "custom",
-            1e-5 if atol is None else atol,
-            1e-5 if rtol is None else rtol,
-            rule="|cand - ref| <= atol + rtol * |ref| everywhere",
-        )
-        return custom, "--atol/--rtol given"
-    if name == "auto":
-        picked, why = tolerances.for_model(api.as_model(candidate))
-        return picked, f"auto: {why}"
-    if name not in tolerances.PRESETS:
-        raise UsageError(
-            f"--tolerance {name!r}: expected one of {', '.join(tolerances.NAMES)}"
-            + did_you_mean(name, tolerances.NAMES)
-        )
-    return tolerances.PRESETS[name], "--tolerance given"
-
-
-def rejudge(report: ValidationReport, tolerance: Tolerance) -> None:
-    """Scale-relative presets (fp16, int8) and exact decide each output's verdict."""
-    if tolerance.scaled is not None or tolerance.name == "exact":
-        report.outputs = [
-            dataclasses.replace(o, passed=tolerance.accepts(o)) for o in report.outputs
-        ]
-
-
-def failure_message(report: ValidationReport, tolerance: Tolerance) -> str:
-    """Name each failing output with its figures and say what would pass (a preset or a fix)."""
-    if report.passed or (report.problems and not report.failed_outputs):
-        return report.summary()
-    failed = "; ".join(
-        f"{o.name} (max abs {_num(o.max_abs)} = {_num(o.max_rel * 100, '.2g')}% of its largest "
-        f"value, cosine {_num(o.cosine, '.5f')})"
-        for o in report.failed_outputs
-    )
-    message = (
-        f"parity check failed: {len(report.failed_outputs)} of {len(report.outputs)} output(s) "
-        "outside the "
-        f"{tolerance.name} tolerance ({tolerance.rule}) on {report.feeds}: {failed}"
-    )
-    fits = tolerances.tightest_fit(report.outputs, atol=report.atol, rtol=report.rtol)
-    if fits is not None and fits.name != tolerance.name:
-        return message + f"; --tolerance {fits.name} fits these figures"
-    return message + (
-        "; no preset fits: keep the layers that feed these outputs float "
-        "(quantize --exclude NODE) or compare with a looser --atol/--rtol"
-    )
 
 
 def render(report: ValidationReport, tolerance: str = "", failure: str = "") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import resources
 
 from onnxslim.errors import UsageError
+from onnxslim.suggest import did_you_mean
 
 
 def names() -> list[str]:
@@ -20,7 +21,9 @@ def names() -> list[str]:
 def text(name: str) -> str:
     """The preset's recipe file, as shipped (an editable starting point)."""
     if name not in names():
-        raise UsageError(f"no preset {name!r}; presets: {', '.join(names())}")
+        raise UsageError(
+            f"no preset {name!r}; presets: {', '.join(names())}{did_you_mean(name, names())}"
+        )
     return resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 
