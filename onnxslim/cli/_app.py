@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperOption
 
+from onnxslim._version import __version__
+
 app = typer.Typer(
     name="onnxslim",
     help="Compress ONNX models (clean-up, int8, pruning, clustering) and validate them on "
@@ -49,8 +51,6 @@ def deprecated(old: str, new: str, command: str) -> None:
 
 
 def version_text() -> str:
-    from onnxslim import __version__  # the package's own attribute: no cycle, cli sits on top
-
     return (
         f"onnxslim {__version__} (distribution {DISTRIBUTION}; onnx {onnx.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, Python {sys.version.split()[0]})"

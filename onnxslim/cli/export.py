@@ -11,8 +11,8 @@ from rich.table import Table
 from onnxslim import api
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json
-from onnxslim.export import FP16_SENSITIVE_OPS, ExportOptions, export
 from onnxslim.validation import resolve_feeds
+from onnxslim.workflows.export import FP16_SENSITIVE_OPS, ExportOptions, export
 
 _MODEL = opt.model_argument("Input ONNX model (never modified).")
 
