@@ -12,6 +12,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import onnxruntime
+
 from onnxslim.cli import cluster as _cluster  # noqa: F401
 from onnxslim.cli import export as _export  # noqa: F401
 from onnxslim.cli import inspect_cmd as _inspect  # noqa: F401
@@ -108,8 +110,6 @@ def cli_logging(debug: bool) -> Iterator[None]:
 
 def _ort_severity(level: int) -> None:
     try:
-        import onnxruntime
-
         onnxruntime.set_default_logger_severity(level)
     except Exception:  # logging setup must never stop the CLI
         pass

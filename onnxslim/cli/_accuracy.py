@@ -18,6 +18,8 @@ from onnxslim import api
 from onnxslim.cli._app import err, out, print_json
 from onnxslim.cli._options import save_model
 from onnxslim.errors import GateFailed, UsageError
+from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
+from onnxslim.passes.quantize.static import QuantizeStatic
 
 
 def table_path(output: Path) -> Path:
@@ -40,9 +42,6 @@ def run(
 ) -> None:
     """Quantize with fallback to float until the top-1 drop on `eval_data` is at most
     `max_drop` points; `save` holds the external-data choice for the written model."""
-    from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
-    from onnxslim.passes.quantize.static import QuantizeStatic
-
     if mode != "static":
         raise UsageError(f"--max-drop works with --mode static, not {mode}")
     if calib is None:

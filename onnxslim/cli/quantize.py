@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from onnxslim import api, io
+from onnxslim.cli import _accuracy
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json, warn
 
@@ -167,8 +168,6 @@ def quantize_command(
             "force": requantize,
         }
     if max_drop is not None:  # accuracy-aware mode: onnxslim/cli/_accuracy.py
-        from onnxslim.cli import _accuracy
-
         with _progress() as progress:
             _accuracy.run(
                 model,

@@ -7,13 +7,14 @@ failed (the report says which, no model is written).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onnxslim import api, io
+from onnxslim import api, io, presets
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.errors import GateFailed
 
@@ -186,8 +187,6 @@ def recipes_list(ctx: typer.Context) -> None:
     """List the presets; `onnxslim recipes show NAME` prints one as an editable file."""
     if ctx.invoked_subcommand is not None:
         return
-    from onnxslim import presets
-
     table = Table(title="presets (onnxslim run NAME IN -o OUT)")
     table.add_column("name")
     table.add_column("description")
@@ -199,8 +198,4 @@ def recipes_list(ctx: typer.Context) -> None:
 @recipes_app.command("show")
 def recipes_show(name: str = typer.Argument(..., help="Preset name.")) -> None:
     """Print preset NAME as a recipe file (redirect it to a .toml file and edit)."""
-    import sys
-
-    from onnxslim import presets
-
     sys.stdout.write(presets.text(name))
