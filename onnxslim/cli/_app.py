@@ -70,7 +70,7 @@ def clashing_distribution() -> str | None:
     other's files; an old install of this project under that name is not a clash.
     """
     for dist in metadata.distributions(name="onnxslim"):
-        summary = dist.metadata.get("Summary") or ""
+        summary = (dist.metadata.get_all("Summary") or [""])[0]
         if not summary.startswith(_OUR_SUMMARY):
             break
     else:

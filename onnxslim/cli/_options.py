@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 import typer
@@ -45,7 +46,7 @@ WRITE_ANYWAY = typer.Option(
 FORCE = typer.Option(False, "--force", hidden=True)
 
 
-def model_argument(help_text: str) -> typer.models.ArgumentInfo:
+def model_argument(help_text: str) -> Any:
     """The input model argument, shown as MODEL in every usage line."""
     return typer.Argument(..., metavar="MODEL", help=help_text)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -141,7 +142,7 @@ def cluster_command(
         raise typer.BadParameter(
             f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init"
         )
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "init": init,
         "exclude": tuple(exclude or ()),
         "packing": packing,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -104,7 +105,7 @@ def prune_command(
         )
     if not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
-    options: dict[str, object] = {"exclude": tuple(exclude or ())}
+    options: dict[str, Any] = {"exclude": tuple(exclude or ())}
     if reconstruct is not None:
         options["reconstruct"] = reconstruct
     if method == "magnitude":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ _STAGES = {
 
 
 @contextmanager
-def _progress() -> Iterator[object]:
+def _progress() -> Iterator[Callable[[str, int, int | None], None]]:
     """A transient rich progress bar on stderr (silent when stderr is not a terminal)."""
     progress = Progress(
         TextColumn("{task.description}"),
@@ -142,7 +142,7 @@ def quantize_command(
         raise typer.BadParameter(
             "output is the input model; pass --overwrite to replace it", param_hint="-o"
         )
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "target": target,
         "exclude": tuple(exclude or ()),
         "force": requantize,

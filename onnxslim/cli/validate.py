@@ -141,15 +141,13 @@ def validate_command(
             feeds=data,
             count=max_samples,
             input_shapes=parse_input_shapes(input_shape),
-            atol=atol,
-            rtol=rtol,
             runs=runs,
             warmup=warmup,
             threads=threads,
             measure_memory=memory,
+            tolerance=chosen,
             progress=progress,
         )
-    tolerances.apply(report, chosen)
     target_reports = []
     if target:
         feeds, _, _ = resolve_feeds(

@@ -26,10 +26,11 @@ from onnxslim.passes.fold import (
 )
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
+from onnxslim.sources import ModelResult
 
 
 @dataclass
-class OptimizeResult:
+class OptimizeResult(ModelResult):
     model: ir.Model
     pipeline: Pipeline
     result: PipelineResult

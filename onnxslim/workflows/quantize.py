@@ -23,6 +23,7 @@ from onnxslim.graphs import node_count, tensor_bytes
 from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
 from onnxslim.runtime import Session
+from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
 
 MODES = tuple(QUANTIZE_MODES)
@@ -31,7 +32,7 @@ LABEL_KEYS = ("labels", "label", "y")
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeResult(ModelResult):
     """The quantized model, what the pass decided, and how it compares with the float model."""
 
     model: ir.Model
