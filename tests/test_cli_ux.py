@@ -155,3 +155,44 @@ def test_clash_with_pypi_onnxslim_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 0 and len(warnings) == 1
     assert "0.1.98" in warnings[0] and "separate virtual environments" in warnings[0]
     assert clashing_distribution() is None  # this environment: no clash
+
+
+def test_did_you_mean_and_every_recipe_error_at_once(tmp_path: Path, cli: Cli) -> None:
+    preset = cli("run", "mobile-int9", CNN, "-o", tmp_path / "x.onnx")
+    assert preset.returncode == 2 and "did you mean 'mobile-int8'?" in preset.stderr
+    passes = cli("optimize", CNN, "-o", tmp_path / "x.onnx", "--passes", "fold-constant")
+    assert passes.returncode == 2 and "did you mean 'fold-constants'?" in passes.stderr
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(
+        'descripton = "x"\n[data]\ncalb = "nope.npz"\n[[pass]]\nname = "quantise"\n'
+        '[[pass]]\nname = "prune"\nsparsty = 0.5\n[gates]\nmax_acuracy_drop = 1.0\n'
+    )
+    done = cli("run", recipe, CNN, "-o", tmp_path / "x.onnx")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "5 errors" in lines[0]
+    for hint in ("'description'", "'calib'", "'quantize'", "'sparsity'", "'max_accuracy_drop'"):
+        assert f"did you mean {hint}?" in lines[0]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_run_takes_input_shape_and_data(tmp_path: Path, cli: Cli) -> None:
+    out = tmp_path / "r.onnx"
+    done = cli(
+        "run",
+        "lossless",
+        CNN,
+        "-o",
+        out,
+        "--input-shape",
+        "input:1,1,16,16",
+        "--data",
+        EVAL,
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert "digits_cnn.eval.npz" in report["data"]["feeds"] and report["input"]["top1"] > 0.9
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 16, 16]
+    both = cli("run", "lossless", CNN, "-o", out, "--overwrite", "--data", EVAL, "--eval", CALIB)
+    assert both.returncode == 2 and "give one of them" in both.stderr
