@@ -79,7 +79,6 @@ DEFERRED_OK = {
 # Function-level imports still to be hoisted, with the helper who owns the file (this session).
 # Shrink this list; never grow it.
 PENDING: dict[tuple[str, str], str] = {
-    ("onnxslim.evaluation", "onnxslim.validation"): "evalcat",
     ("onnxslim.inspection", "onnxslim.feeds"): "robust",
     ("onnxslim.inspection", "onnxslim.runtime"): "robust",
     ("onnxslim.io", "onnxslim.graphs"): "robust",

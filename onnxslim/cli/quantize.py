@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,9 @@ from onnxslim import api, io
 from onnxslim.cli import _accuracy
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json, warn
+from onnxslim.cli.inspect_cmd import human_bytes
+from onnxslim.passes.quantize.policy import KERNEL_TARGETS
+from onnxslim.registry import pass_fields, quantize_pass_class
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -89,7 +91,9 @@ def quantize_command(
         "--reduce-range/--full-range",
         help="7-bit weights (x86 without VNNI); default from --target.",
     ),
-    target: str = typer.Option("auto", "--target", help="auto, x86-avx2, x86-vnni or arm64."),
+    target: str = typer.Option(
+        "auto", "--target", help=f"CPU kernels int8 is chosen for: {', '.join(KERNEL_TARGETS)}."
+    ),
     exclude: list[str] | None = typer.Option(
         None, "--exclude", help="Keep float: node name, op type or regex (repeatable)."
     ),
@@ -142,31 +146,23 @@ def quantize_command(
         raise typer.BadParameter(
             "output is the input model; pass --overwrite to replace it", param_hint="-o"
         )
-    options: dict[str, Any] = {
+    # Every flag under its pass-option name; the mode's pass takes the fields it declares.
+    flags: dict[str, Any] = {
         "target": target,
         "exclude": tuple(exclude or ()),
         "force": requantize,
+        "method": method,
+        "percentile": percentile,
+        "activation_type": activation_type,
+        "per_channel": not per_tensor,
+        "reduce_range": reduce_range,
+        "keep_float_outputs": keep_float_outputs,
+        "max_samples": max_samples,
+        "latency_guard": latency_guard,
+        "bits": weight_bits,
     }
-    if mode == "static":
-        options.update(
-            method=method,
-            percentile=percentile,
-            activation_type=activation_type,
-            per_channel=not per_tensor,
-            reduce_range=reduce_range,
-            keep_float_outputs=keep_float_outputs,
-            max_samples=max_samples,
-            latency_guard=latency_guard,
-        )
-    elif mode == "dynamic":
-        options.update(per_channel=not per_tensor, reduce_range=reduce_range)
-    elif mode == "weight-only":
-        options = {
-            "bits": weight_bits,
-            "per_channel": not per_tensor,
-            "exclude": tuple(exclude or ()),
-            "force": requantize,
-        }
+    fields = pass_fields(quantize_pass_class(mode))
+    options = {k: v for k, v in flags.items() if k in fields}
     if max_drop is not None:  # accuracy-aware mode: onnxslim/cli/_accuracy.py
         with _progress() as progress:
             _accuracy.run(
@@ -221,8 +217,8 @@ def _print_report(
     table.add_column("ratio", justify="right")
     table.add_row(
         "file size",
-        _bytes(size_in),
-        _bytes(size_out),
+        human_bytes(size_in),
+        human_bytes(size_out),
         f"{size_out / size_in:.2f}x" if size_in else "",
     )
     table.add_row("nodes", str(result.nodes_before), str(result.nodes_after), "")
@@ -290,11 +286,3 @@ def max_drop_points(value: float | None) -> float | None:
         f"points: pass --max-drop {points:g}"
     )
     return points
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB" if math.isfinite(n) else str(n)
