@@ -171,7 +171,7 @@ def cluster_command(
             bits=bits,
             calib=calib,
             eval_data=eval_data,
-            validate=verify,
+            verify=verify,
             runs=runs,
             max_drop=max_drop,
             strip_metadata=not keep_metadata,

@@ -131,7 +131,7 @@ def prune_command(
             calib=calib,
             eval_data=eval_data,
             storage=storage,
-            validate=verify,
+            verify=verify,
             max_drop=max_drop,
             runs=runs,
             **options,

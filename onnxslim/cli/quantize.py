@@ -181,7 +181,7 @@ def quantize_command(
         return
     with _progress() as progress:
         result = api.quantize(
-            model, mode=mode, calib=calib, data=data, validate=verify, progress=progress, **options
+            model, mode=mode, calib=calib, data=data, verify=verify, progress=progress, **options
         )
     if result.bytes_after > result.bytes_before:
         err.print(
