@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -278,6 +278,14 @@ class Measurement:
     parity_error: float  # worst output's relative RMS error against the input model
     cosine: float  # worst output's cosine similarity
     latency_ratio: float | None = None  # median latency / input model's (1 thread, interleaved)
+    # Per output: name, parity_error, cosine, max_abs, top1_agreement (None: not a classifier).
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def worst_output(self) -> str | None:
+        """The output with the largest parity error (what the parity gate reads)."""
+        worst = max(self.outputs, key=lambda o: o["parity_error"], default=None)
+        return None if worst is None else str(worst["name"])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -286,6 +294,10 @@ class Measurement:
             "parity_error": _finite(self.parity_error),
             "cosine": _finite(self.cosine),
             "latency_ratio": self.latency_ratio,
+            "outputs": [
+                {k: _finite(v) if isinstance(v, float) else v for k, v in o.items()}
+                for o in self.outputs
+            ],
         }
 
 
@@ -341,7 +353,17 @@ class Evaluator:
                 for got, truth in zip(predicted, self.labels, strict=True):
                     hits.add(got, truth)
                 top1 = hits.value
-        result = Measurement(top1, agreement, error, cosine)
+        per_output = [
+            {
+                "name": p.name,
+                "parity_error": _relative_error(p.snr_db),
+                "cosine": p.cosine,
+                "max_abs": p.max_abs,
+                "top1_agreement": p.top1_agreement,
+            }
+            for p in parity
+        ]
+        result = Measurement(top1, agreement, error, cosine, outputs=per_output)
         if latency_runs and model is not self.reference:
             result.latency_ratio = self.latency_ratio(model, latency_runs)
         return result

@@ -196,3 +196,57 @@ def test_run_takes_input_shape_and_data(tmp_path: Path, cli: Cli) -> None:
     assert [d.dim_value for d in dims] == [1, 1, 16, 16]
     both = cli("run", "lossless", CNN, "-o", out, "--overwrite", "--data", EVAL, "--eval", CALIB)
     assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+def test_quantize_times_the_cleanup_and_the_int8_step_apart(tmp_path: Path, cli: Cli) -> None:
+    done = cli(
+        "quantize",
+        CNN,
+        "-o",
+        tmp_path / "q.onnx",
+        "--calib",
+        CALIB,
+        "--max-samples",
+        "32",
+        "--no-latency-guard",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    latency = json.loads(done.stdout)["latency"]
+    for key in ("input_ms", "cleaned_ms", "quantized_ms"):
+        assert latency[key] > 0
+    assert latency["cleanup_ratio"] == pytest.approx(latency["cleaned_ms"] / latency["input_ms"])
+    assert latency["int8_ratio"] == pytest.approx(latency["quantized_ms"] / latency["cleaned_ms"])
+    table = cli(
+        "quantize",
+        CNN,
+        "-o",
+        tmp_path / "q2.onnx",
+        "--calib",
+        CALIB,
+        "--max-samples",
+        "32",
+        "--no-latency-guard",
+    ).stdout
+    assert "clean-up (input -> float)" in table and "int8 step (float -> int8)" in table
+
+
+def test_a_failed_gate_names_the_output_and_reports_carry_per_output_parity(
+    tmp_path: Path, cli: Cli
+) -> None:
+    recipe = tmp_path / "strict.toml"
+    recipe.write_text(
+        '[[pass]]\nname = "cluster"\nbits = 2\n[gates]\nmax_parity_error = 1e-6\n'
+        "[measure]\nlatency_runs = 0\n"
+    )
+    report = tmp_path / "report"
+    done = cli("run", recipe, CNN, "-o", tmp_path / "c.onnx", "--report", report)
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert "'logits'" in line and "next:" in line
+    data = json.loads((report / "report.json").read_text())
+    (output,) = data["output"]["outputs"]
+    assert output["name"] == "logits" and output["parity_error"] > 1e-6
+    assert output["top1_agreement"] is not None
+    assert "| logits |" in (report / "report.md").read_text()
+    assert "<td>logits</td>" in (report / "report.html").read_text()

@@ -223,13 +223,26 @@ def _print_report(
     )
     table.add_row("nodes", str(result.nodes_before), str(result.nodes_after), "")
     validation = result.validation
-    if validation is not None and validation.latency:
-        ref, cand = validation.latency["reference"], validation.latency["candidate"]
+    latency = result.latency
+    if latency and "cleaned_ms" in latency:  # each step against the model before it
+        table.add_row(
+            "latency: clean-up (input -> float)",
+            f"{latency['input_ms']:.2f} ms",
+            f"{latency['cleaned_ms']:.2f} ms",
+            f"{latency['cleanup_ratio']:.2f}x",
+        )
+        table.add_row(
+            "latency: int8 step (float -> int8)",
+            f"{latency['cleaned_ms']:.2f} ms",
+            f"{latency['quantized_ms']:.2f} ms",
+            f"{latency['int8_ratio']:.2f}x",
+        )
+    elif latency:
         table.add_row(
             "latency (median, 1 thread)",
-            f"{ref.median_ms:.2f} ms",
-            f"{cand.median_ms:.2f} ms",
-            f"{cand.median_ms / ref.median_ms:.2f}x",
+            f"{latency['input_ms']:.2f} ms",
+            f"{latency['quantized_ms']:.2f} ms",
+            f"{latency['int8_ratio']:.2f}x",
         )
     if result.accuracy:
         acc = result.accuracy
