@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from onnxslim._version import __version__
 from onnxslim.api import (
+    ClusterResult,
     ModelSummary,
     OptimizeResult,
+    PruneResult,
+    QuantizeResult,
+    RunReport,
     ValidationReport,
+    cluster,
     inspect,
     optimize,
+    prune,
+    quantize,
     run,
     run_model,
     save,
+    search,
     validate,
 )
 from onnxslim.errors import (
@@ -40,8 +48,16 @@ __all__ = [
     "__version__",
     "ModelSummary",
     "ValidationReport",
+    "ClusterResult",
+    "PruneResult",
+    "QuantizeResult",
+    "RunReport",
+    "cluster",
     "inspect",
+    "prune",
+    "quantize",
     "run",
+    "search",
     "run_model",
     "validate",
 ]

@@ -1,12 +1,17 @@
 """The Python API: what the CLI does, as functions that return results and never print.
 
-Each function takes a model or a path and hands it to its workflow
-(onnxslim.workflows); the results are the workflows' typed result classes.
+Each function takes a model as users hold it (a path, an onnx.ModelProto, serialized
+bytes or an onnx_ir.Model) and hands it to its workflow (onnxslim.workflows); the
+results are the workflows' typed result classes, which give the model back as an
+onnx_ir.Model (`result.model`), a ModelProto (`result.model_proto()`), bytes
+(`result.model_bytes()`) or a file (`result.save(path)`).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,14 +19,19 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxslim import io
+from onnxslim import tolerance as tolerances
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import PassFailed, UsageError
 from onnxslim.feeds import Feed
 from onnxslim.inspection import ModelSummary, inspect_model
+from onnxslim.passes.fold import FixInputShapes
 from onnxslim.pipeline import Pipeline
 from onnxslim.report import RunReport
 from onnxslim.report_html import require_matplotlib
-from onnxslim.validation import ValidationReport, run_model, validate
+from onnxslim.sources import ModelResult, ModelSource, as_model, is_path
+from onnxslim.tolerance import Tolerance
+from onnxslim.validation import ProgressCallback, ValidationReport, run_model
+from onnxslim.validation import validate as _validate
 from onnxslim.workflows import optimize as _optimize
 from onnxslim.workflows.cluster import ClusterResult, cluster_model
 from onnxslim.workflows.optimize import (
@@ -37,6 +47,8 @@ from onnxslim.workflows.search import search_recipe
 
 __all__ = [
     "ClusterResult",
+    "ModelResult",
+    "ModelSource",
     "ModelSummary",
     "OptimizeResult",
     "PruneResult",
@@ -56,13 +68,6 @@ __all__ = [
     "validate",
     "validation_feeds",
 ]
-
-ModelSource = ir.Model | str | os.PathLike[str]
-
-
-def as_model(source: ModelSource) -> ir.Model:
-    """Load `source` if it is a path; models are used as given."""
-    return source if isinstance(source, ir.Model) else io.load(source)
 
 
 def optimize(
@@ -109,15 +114,109 @@ def save(
     *,
     source: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    external_data: bool | None = None,
+    external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
 ) -> Path:
-    """Save atomically; refuses to write over `source` unless `overwrite`."""
-    return io.save(model, path, source=source, overwrite=overwrite)
+    """Save atomically; refuses to write over `source` unless `overwrite`.
+
+    `external_data`: weights in `<name>.data` beside the model (None: when the model
+    had external data or its weights pass 2 GB); tensors under `external_threshold`
+    bytes stay inline.
+    """
+    return io.save(
+        model,
+        path,
+        source=source,
+        overwrite=overwrite,
+        external_data=external_data,
+        size_threshold=external_threshold,
+    )
 
 
-# `onnxslim validate`, `onnxslim inspect` and running a model, on a path or an ir.Model
-# (defined beside their reports; re-exported here so the API mirrors the CLI).
-# `run_model` (a model on ORT) is imported above; `run` is the recipe runner below.
-inspect = inspect_model
+def inspect(
+    source: ModelSource, *, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> ModelSummary:
+    """`onnxslim inspect`: opsets, interface, op histogram, parameters, MACs, file size."""
+    return inspect_model(_path_or_model(source), input_shapes=input_shapes)
+
+
+def validate(
+    reference: ModelSource,
+    candidate: ModelSource,
+    *,
+    feeds: Any = None,
+    count: int | None = None,
+    seed: int = 0,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    tolerance: str | Tolerance = "auto",
+    atol: float | None = None,
+    rtol: float | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int = 1,
+    measure_memory: bool = True,
+    progress: ProgressCallback | None = None,
+) -> ValidationReport:
+    """`onnxslim validate`: both models on ORT CPU on the same feeds; parity, latency, memory.
+
+    `tolerance`: "exact", "float" (allclose at 1e-5), "fp16", "int8" (each output's
+    largest error against its own scale; see onnxslim.tolerance) or "auto" (by what
+    `candidate` holds); `atol`/`rtol` replace it with numpy's allclose rule. The
+    preset used is named in `report.notes`. A failed comparison is `report.passed`
+    False, not an exception.
+    """
+    reference, candidate = _path_or_model(reference), _path_or_model(candidate)
+    if isinstance(tolerance, Tolerance):
+        chosen, why = tolerance, "given"
+    else:
+        look = as_model(candidate) if tolerance == "auto" and atol is rtol is None else None
+        chosen, why = tolerances.resolve(tolerance, look, atol, rtol)
+    report = _validate(
+        reference,
+        candidate,
+        feeds=feeds,
+        count=count,
+        seed=seed,
+        input_shapes=input_shapes,
+        atol=chosen.atol if atol is None else atol,
+        rtol=chosen.rtol if rtol is None else rtol,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        measure_memory=measure_memory,
+        progress=progress,
+    )
+    tolerances.apply(report, chosen)
+    report.notes.append(f"tolerance {chosen.name}: {chosen.rule} ({why})")
+    return report
+
+
+def _shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple[str, ...]:
+    """{"x": (1, 3, 8, 8)} or ["x:1,3,8,8"] -> ("x:1,3,8,8",)."""
+    if not shapes:
+        return ()
+    if isinstance(shapes, Mapping):
+        return tuple(
+            f"{name}:{','.join(str(int(d)) for d in dims)}" for name, dims in shapes.items()
+        )
+    return tuple(shapes)
+
+
+def _path_or_model(source: ModelSource) -> ir.Model | str | os.PathLike[str]:
+    """Paths stay paths (reports name the file); the other forms become an ir.Model."""
+    return source if is_path(source) else as_model(source)  # type: ignore[return-value]
+
+
+def _verify(verify: bool, validate: bool | None, function: str) -> bool:
+    """`validate=` was the old name of `verify=` in quantize, prune and cluster."""
+    if validate is None:
+        return verify
+    warnings.warn(
+        f"onnxslim.{function}(validate=...) is deprecated; use verify=...",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return validate
 
 
 def quantize(
@@ -126,8 +225,9 @@ def quantize(
     mode: str = "static",
     calib: FeedSource | None = None,
     data: FeedSource | None = None,
-    validate: bool = True,
+    verify: bool = True,
     progress: StageProgress | None = None,
+    validate: bool | None = None,
     **options: Any,
 ) -> QuantizeResult:
     """Quantize a float model (static int8 calibrated on `calib`, dynamic, or weight-only).
@@ -136,14 +236,15 @@ def quantize(
     CalibrationDataReader, an iterable of feeds). `options` are the fields of
     the mode's pass (QuantizeStatic, QuantizeDynamic, QuantizeWeightOnly). Returns
     a QuantizeResult: the model, the pass report and the validation against the
-    float model (parity, latency ratio, accuracy when `data` carries labels).
+    float model (parity, latency ratio, accuracy when `data` carries labels);
+    `verify=False` skips that check (`validate=` is its old name).
     """
     return quantize_model(
         as_model(source),
         mode=mode,
         calib=calib,
         data=data,
-        validate=validate,
+        validate=_verify(verify, validate, "quantize"),
         progress=progress,
         **options,
     )
@@ -157,9 +258,10 @@ def prune(
     calib: FeedSource | None = None,
     eval_data: FeedSource | None = None,
     storage: str = "packed",
-    validate: bool = True,
+    verify: bool = True,
     max_drop: float | None = None,
     runs: int = 50,
+    validate: bool | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune a trained model with nothing but the model and some data; returns a PruneResult.
@@ -181,7 +283,7 @@ def prune(
         calib=calib,
         eval_data=eval_data,
         storage=storage,
-        validate=validate,
+        validate=_verify(verify, validate, "prune"),
         max_drop=max_drop,
         runs=runs,
         **options,
@@ -194,11 +296,12 @@ def cluster(
     bits: int = 4,
     calib: FeedSource | None = None,
     eval_data: FeedSource | None = None,
-    validate: bool = True,
+    verify: bool = True,
     max_drop: float | None = None,
     runs: int = 50,
     strip_metadata: bool = True,
     optimize: bool = True,
+    validate: bool | None = None,
     **options: Any,
 ) -> ClusterResult:
     """Cluster each weight into 2^bits shared values (palettization); returns a ClusterResult.
@@ -220,7 +323,7 @@ def cluster(
         bits=bits,
         calib=calib,
         eval_data=eval_data,
-        validate_result=validate,
+        validate_result=_verify(verify, validate, "cluster"),
         runs=runs,
         max_drop=max_drop,
         strip_metadata=strip_metadata,
@@ -239,6 +342,9 @@ def run(
     eval_data: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    external_data: bool | None = None,
+    external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
 ) -> RunReport:
     """Apply a recipe (file, preset name, dict or Recipe) to a model: `onnxslim run`.
 
@@ -247,36 +353,42 @@ def run(
     With `output`, the model is written (atomically) whether or not the gates
     pass; with `report_dir`, report.json/.md/.html too, also when a pass fails
     (then PassFailed is raised after writing). Bad recipes raise UsageError before
-    any work. `calib` / `eval_data` override the recipe's data.
+    any work. `calib` / `eval_data` override the recipe's data. `input_shapes`
+    ({"x": (1, 3, 224, 224)} or ["x:1,3,224,224"]) fix dynamic inputs first.
     """
-    if (
-        output is not None
-        and not isinstance(source, ir.Model)
-        and io.same_file(source, output)
-        and not overwrite
-    ):
+    path = os.fspath(source) if is_path(source) else None  # type: ignore[arg-type]
+    if output is not None and path is not None and io.same_file(path, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output, report_dir)
     if report_dir is not None:
         require_matplotlib()
     try:
-        outcome = run_recipe(recipe, source, calib=calib, eval_data=eval_data, progress=progress)
+        outcome = run_recipe(
+            recipe,
+            path if path is not None else as_model(source),
+            calib=calib,
+            eval_data=eval_data,
+            progress=progress,
+            input_shapes=_shape_texts(input_shapes),
+        )
     except PassFailed as exc:
         partial = getattr(exc, "report", None)
         if report_dir is not None and partial is not None:
-            partial.write(report_dir)
+            partial.write(Path(report_dir))
         raise
     report = outcome.report
     if output is not None:
         save(
             outcome.model,
             output,
-            source=None if isinstance(source, ir.Model) else source,
+            source=path,
             overwrite=overwrite,
+            external_data=external_data,
+            external_threshold=external_threshold,
         )
         report.output["path"] = str(output)
     if report_dir is not None:
-        report.write(report_dir)
+        report.write(Path(report_dir))
     return report
 
 
@@ -292,6 +404,9 @@ def search(
     ray_address: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
+    external_data: bool | None = None,
+    external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
 ) -> RunReport:
     """Try the recipe's `[search]` grid and keep the best candidate that passes the gates.
 
@@ -299,26 +414,41 @@ def search(
     `ray_address` is given ("local"/"auto" start a local Ray). Returns the winner's
     RunReport (its `search` section lists every candidate); with no passing
     candidate, the best one by gates passed is returned, `report.passed` False.
+    `input_shapes` fix dynamic inputs first (the fixed model goes to the workers).
     """
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output, report_dir)
     if report_dir is not None:
         require_matplotlib()
-    report = search_recipe(
-        recipe,
-        source,
-        calib=calib,
-        eval_data=eval_data,
-        jobs=jobs,
-        ray_address=ray_address,
-        progress=progress,
-    )
+    with tempfile.TemporaryDirectory(prefix="onnxslim-search-") as folder:
+        searched: str | os.PathLike[str] = source
+        if input_shapes:  # the workers read a file: give them the fixed model
+            fixed = as_model(source)
+            FixInputShapes(shapes=_shape_texts(input_shapes))(fixed)
+            searched = io.save(fixed, Path(folder) / Path(source).name)
+        report = search_recipe(
+            recipe,
+            searched,
+            calib=calib,
+            eval_data=eval_data,
+            jobs=jobs,
+            ray_address=ray_address,
+            progress=progress,
+        )
+    report.input["path"] = str(source)
     if output is not None:
-        save(report.model, output, source=source, overwrite=overwrite)
+        save(
+            report.model,
+            output,
+            source=source,
+            overwrite=overwrite,
+            external_data=external_data,
+            external_threshold=external_threshold,
+        )
         report.output["path"] = str(output)
     if report_dir is not None:
-        report.write(report_dir)
+        report.write(Path(report_dir))
     return report
 
 

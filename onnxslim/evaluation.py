@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -36,6 +36,7 @@ from onnxslim.activations import coalesce_feeds
 from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.outputs import is_classifier_output
 from onnxslim.parity import compare_outputs
 from onnxslim.runtime import Session, SessionConfig
 
@@ -118,7 +119,7 @@ def predicted_classes(output: np.ndarray) -> np.ndarray:
 def is_class_scores(output: np.ndarray, rows: int | None = None) -> bool:
     """A classifier's [batch, classes] float scores (with `rows` samples when given)."""
     out = np.asarray(output)
-    shaped = out.dtype.kind == "f" and out.ndim == 2 and out.shape[1] >= 2
+    shaped = out.ndim == 2 and is_classifier_output("", out.shape, out.dtype)
     return shaped and (rows is None or out.shape[0] == rows)
 
 
@@ -273,10 +274,18 @@ class Measurement:
     """One model's figures on the evaluator's feeds (None: not measurable)."""
 
     top1: float | None
-    agreement: float | None  # top-1 agreement with the input model's first output
+    agreement: float | None  # top-1 agreement with the input model's first classifier output
     parity_error: float  # worst output's relative RMS error against the input model
     cosine: float  # worst output's cosine similarity
     latency_ratio: float | None = None  # median latency / input model's (1 thread, interleaved)
+    # Per output: name, parity_error, cosine, max_abs, top1_agreement (None: not a classifier).
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def worst_output(self) -> str | None:
+        """The output with the largest parity error (what the parity gate reads)."""
+        worst = max(self.outputs, key=lambda o: o["parity_error"], default=None)
+        return None if worst is None else str(worst["name"])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -285,6 +294,10 @@ class Measurement:
             "parity_error": _finite(self.parity_error),
             "cosine": _finite(self.cosine),
             "latency_ratio": self.latency_ratio,
+            "outputs": [
+                {k: _finite(v) if isinstance(v, float) else v for k, v in o.items()}
+                for o in self.outputs
+            ],
         }
 
 
@@ -312,7 +325,8 @@ class Evaluator:
             self.feeds = generate_feeds(input_specs(reference), GENERATED_FEEDS, seed=0)
             self.description = f"generated inputs ({GENERATED_FEEDS} feeds)"
         self.reference_outputs = self._run(reference)
-        self.classifier = _classifier(self.reference_outputs)
+        self.classifier_output = _classifier_output(self.reference_outputs)
+        self.classifier = self.classifier_output is not None
         self.baseline = self.measure(reference, latency_runs=0)
 
     def _run(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
@@ -325,8 +339,8 @@ class Evaluator:
         error = max((_relative_error(p.snr_db) for p in parity), default=0.0)
         cosine = min((p.cosine for p in parity), default=1.0)
         top1 = agreement = None
-        if self.classifier:
-            first = next(iter(self.reference_outputs[0]))
+        first = self.classifier_output
+        if first is not None:
             predicted = [predicted_classes(o[first]) for o in outputs]
             same = Top1()
             for got, ref in zip(predicted, self.reference_outputs, strict=True):
@@ -339,7 +353,17 @@ class Evaluator:
                 for got, truth in zip(predicted, self.labels, strict=True):
                     hits.add(got, truth)
                 top1 = hits.value
-        result = Measurement(top1, agreement, error, cosine)
+        per_output = [
+            {
+                "name": p.name,
+                "parity_error": _relative_error(p.snr_db),
+                "cosine": p.cosine,
+                "max_abs": p.max_abs,
+                "top1_agreement": p.top1_agreement,
+            }
+            for p in parity
+        ]
+        result = Measurement(top1, agreement, error, cosine, outputs=per_output)
         if latency_runs and model is not self.reference:
             result.latency_ratio = self.latency_ratio(model, latency_runs)
         return result
@@ -357,9 +381,16 @@ class Evaluator:
         return float(candidate / reference) if candidate > 0 else None
 
 
-def _classifier(outputs: list[dict[str, np.ndarray]]) -> bool:
-    """The first output is [batch, classes] scores (what top-1 and agreement read)."""
-    return bool(outputs) and is_class_scores(next(iter(outputs[0].values())))
+def _classifier_output(outputs: list[dict[str, np.ndarray]]) -> str | None:
+    """The first classifier-shaped output (onnxslim.outputs' rule): what top-1 and agreement
+    read; None when the model has none."""
+    if not outputs:
+        return None
+    for name, value in outputs[0].items():
+        array = np.asarray(value)
+        if is_classifier_output(name, array.shape, array.dtype):
+            return name
+    return None
 
 
 def _relative_error(snr_db: float) -> float:

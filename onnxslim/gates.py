@@ -76,7 +76,15 @@ def check_gates(
                     round(drop, 6),
                     drop <= limit + 1e-9,
                     f"{used} drop {drop:.2f} pt "
-                    f"{'<=' if drop <= limit + 1e-9 else '>'} {limit:g} pt",
+                    f"{'<=' if drop <= limit + 1e-9 else '>'} {limit:g} pt"
+                    + (
+                        ""
+                        if drop <= limit + 1e-9
+                        else f" (output {evaluator.classifier_output!r}); next: quantize with "
+                        f"max_drop = {limit:g} (accuracy-aware: the most sensitive layers stay "
+                        "float), exclude the layers before that output, or a looser "
+                        "max_accuracy_drop"
+                    ),
                 )
             )
         elif gates.metric == "auto" and gates.max_parity_error is not None:
@@ -106,14 +114,21 @@ def check_gates(
             )
     if gates.max_parity_error is not None:
         error, limit = final.parity_error, gates.max_parity_error
+        worst = f" ({final.worst_output!r})" if final.worst_output else ""
+        hint = (
+            ""
+            if error <= limit
+            else f"; next: keep the layers that feed{worst or ' it'} float (quantize exclude = "
+            "[...]), a gentler step (more bits, less sparsity), or a looser max_parity_error"
+        )
         results.append(
             GateResult(
                 "max_parity_error",
                 limit,
                 error,
                 error <= limit,
-                f"worst output relative RMS error {error:.3g} "
-                f"{'<=' if error <= limit else '>'} {limit:g}",
+                f"worst output{worst} relative RMS error {error:.3g} "
+                f"{'<=' if error <= limit else '>'} {limit:g}{hint}",
             )
         )
     if gates.min_size_reduction is not None:

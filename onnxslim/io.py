@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -198,13 +198,15 @@ def save(
     source: PathLike | None = None,
     overwrite: bool = False,
     external_data: bool | None = None,
+    size_threshold: int = EXTERNAL_THRESHOLD_BYTES,
 ) -> Path:
     """Write `model` atomically to `path` (plus `<name>.data` for external data) and return it.
 
     Writing onto a file the model was read from (`source`, the file `load` read, or
     any external data file its tensors live in) is refused unless `overwrite` is
     set. `external_data=None` chooses external data when the model already had some
-    or would not fit in one protobuf message.
+    or would not fit in one protobuf message; with external data, tensors under
+    `size_threshold` bytes stay inside the .onnx file.
 
     When overwriting replaces the data file the model's own tensors are mapped
     from, those tensors are re-pointed at the new file, so the in-memory model
@@ -231,7 +233,7 @@ def save(
     try:
         staged = staging / path.name
         if external_data:
-            rebind = _write_external(model, staged, data_name, data_path)
+            rebind = _write_external(model, staged, data_name, data_path, size_threshold)
         else:
             with _in_memory_tensors(model), _initializer_annotations_hidden(model):
                 ir.save(model, staged)
@@ -246,7 +248,9 @@ def save(
     return path
 
 
-def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Path):
+def _write_external(
+    model: ir.Model, staged: Path, data_name: str, data_path: Path, threshold: int
+) -> Callable[[Path], None]:
     """Save with external data into the staging folder; return how to re-point tensors.
 
     Tensors mapped from `data_path` (only when overwriting) keep reading the old
@@ -260,7 +264,7 @@ def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Pa
         for value in graph.initializers.values():
             tensor = value.const_value
             if isinstance(tensor, ir.ExternalTensor) and same_file(tensor.path, data_path):
-                if tensor.nbytes <= EXTERNAL_THRESHOLD_BYTES:
+                if tensor.nbytes <= threshold:
                     # Stays inline in the proto: keep a private copy of its bytes.
                     value.const_value = ir.Tensor(np.array(tensor.numpy()), name=tensor.name)
                 else:
@@ -275,7 +279,7 @@ def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Pa
             model,
             staged,
             external_data=data_name,
-            size_threshold_bytes=EXTERNAL_THRESHOLD_BYTES,
+            size_threshold_bytes=threshold,
             callback=record if replaced else None,
         )
 

@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# Classifier-shaped: floating output whose last axis holds 2..this many classes.
-_MAX_CLASSES = 100_000
+from onnxslim.outputs import is_classifier_output
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class _Accumulator:
         self.ref_sq += float(np.sum(finite_r * finite_r))
         self.cand_sq += float(np.sum(finite_c * finite_c))
         self.err_sq += float(np.sum(np.where(np.isfinite(diff), diff, 0.0) ** 2))
-        if r.ndim >= 2 and 2 <= r.shape[-1] <= _MAX_CLASSES:
+        if is_classifier_output(self.name, r.shape, ref.dtype):
             self.top1_hits += int(np.count_nonzero(np.argmax(r, -1) == np.argmax(c, -1)))
             self.top1_total += int(np.prod(r.shape[:-1]))
 
@@ -131,7 +130,7 @@ def compare_outputs(
     if not reference:
         return []
     comparer = OutputComparer(list(reference[0]), atol=atol, rtol=rtol)
-    for ref_outputs, cand_outputs in zip(reference, candidate):
+    for ref_outputs, cand_outputs in zip(reference, candidate, strict=True):
         comparer.add(ref_outputs, cand_outputs)
     return comparer.results()
 

@@ -30,10 +30,10 @@ import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml as pyyaml
 
@@ -53,6 +53,7 @@ from onnxslim.registry import (
     prune_pass_class,
     quantize_pass_class,
 )
+from onnxslim.suggest import did_you_mean
 from onnxslim.targets import EMULATED_TARGETS
 
 if sys.version_info >= (3, 11):
@@ -104,6 +105,9 @@ class Step:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.options}
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,10 @@ def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
         )
     if str(spec) in presets.names():
         return parse_text(presets.text(str(spec)), source=f"preset {spec}", base=Path.cwd())
-    raise UsageError(f"{spec}: no such recipe file or preset (`onnxslim recipes` lists presets)")
+    raise UsageError(
+        f"{spec}: no such recipe file or preset (`onnxslim recipes` lists presets)"
+        + did_you_mean(str(spec), presets.names())
+    )
 
 
 def parse_text(text: str, *, source: str, base: Path, yaml: bool = False) -> Recipe:
@@ -240,51 +247,80 @@ def parse_text(text: str, *, source: str, base: Path, yaml: bool = False) -> Rec
 
 
 def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> Recipe:
-    """Validate every key of `document`; data paths resolve against `base`."""
+    """Validate every key of `document`; data paths resolve against `base`.
+
+    Every error is collected and reported at once (one line, `;`-separated), so a
+    recipe is fixed in one round, not one key per run.
+    """
     where = source
-    _unknown(document, SCHEMA_KEYS, where, "")
+    errors: list[str] = []
+
+    def attempt(check: Callable[[], _T], default: _T) -> _T:
+        try:
+            return check()
+        except UsageError as exc:
+            message = str(exc)
+            errors.append(
+                message[len(where) + 2 :] if message.startswith(f"{where}: ") else message
+            )
+            return default
+
+    attempt(lambda: _unknown(document, SCHEMA_KEYS, where, ""), None)
     description = document.get("description", "")
     if not isinstance(description, str):
-        _bad(where, "description", "a string", description)
-    data = _table(document, "data", where)
-    _unknown(data, DATA_KEYS, where, "data.")
+        attempt(lambda: _bad(where, "description", "a string", description), None)
+        description = ""
+    data = attempt(lambda: _table(document, "data", where), {})
+    attempt(lambda: _unknown(data, DATA_KEYS, where, "data."), None)
     paths = {}
     for key in ("calib", "eval"):
         value = data.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
-            _bad(where, f"data.{key}", "a path (string)", value)
+            attempt(lambda key=key, value=value: _bad(where, f"data.{key}", "a path", value), None)
+            continue
         path = (base / value).absolute()
         if not path.exists():
-            raise UsageError(f"{where}: data.{key}: {value!r} does not exist (looked in {base})")
+            errors.append(f"data.{key}: {value!r} does not exist (looked in {base})")
         paths[key] = str(path)
-    limits = {k: _int(data, k, where, "data.", minimum=1) for k in ("calib_limit", "eval_limit")}
+    limits = {
+        k: attempt(lambda k=k: _int(data, k, where, "data.", minimum=1), None)
+        for k in ("calib_limit", "eval_limit")
+    }
     tables = document.get("pass")
-    if tables is None:
-        raise UsageError(f"{where}: pass: a recipe needs at least one [[pass]] table")
-    if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
-        _bad(where, "pass", "a list of [[pass]] tables", tables)
     steps = []
-    for i, table in enumerate(tables):
-        options = {k: v for k, v in table.items() if k != "name"}
-        name = table.get("name")
-        if not isinstance(name, str):
-            raise UsageError(f"{where}: pass[{i}].name: every [[pass]] needs a name")
-        step = Step(name, options)
-        _check_step(step, where, i)
-        steps.append(step)
-    gates = _gates(_table(document, "gates", where), where)
-    measure_table = _table(document, "measure", where)
-    _unknown(measure_table, MEASURE_KEYS, where, "measure.")
-    measure = Measure(
-        **{
-            k: v
-            for k in MEASURE_KEYS
-            if (v := _int(measure_table, k, where, "measure.", minimum=0)) is not None
-        }
+    if tables is None:
+        errors.append("pass: a recipe needs at least one [[pass]] table")
+    elif not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+        attempt(lambda: _bad(where, "pass", "a list of [[pass]] tables", tables), None)
+    else:
+        for i, table in enumerate(tables):
+            options = {k: v for k, v in table.items() if k != "name"}
+            name = table.get("name")
+            if not isinstance(name, str):
+                errors.append(f"pass[{i}].name: every [[pass]] needs a name")
+                continue
+            step = Step(name, options)
+            attempt(lambda step=step, i=i: _check_step(step, where, i), None)
+            steps.append(step)
+    gates = attempt(lambda: _gates(_table(document, "gates", where), where), Gates())
+    measure_table = attempt(lambda: _table(document, "measure", where), {})
+    attempt(lambda: _unknown(measure_table, MEASURE_KEYS, where, "measure."), None)
+    measure = attempt(
+        lambda: Measure(
+            **{
+                k: v
+                for k in MEASURE_KEYS
+                if (v := _int(measure_table, k, where, "measure.", minimum=0)) is not None
+            }
+        ),
+        Measure(),
     )
-    search = _search(_table(document, "search", where), where, steps)
+    search = attempt(lambda: _search(_table(document, "search", where), where, steps), {})
+    if errors:
+        count = f"{len(errors)} errors: " if len(errors) > 1 else ""
+        raise UsageError(f"{where}: {count}{'; '.join(errors)}")
     return Recipe(
         source=source,
         steps=tuple(steps),
@@ -333,6 +369,7 @@ def _check_step(step: Step, where: str, index: int) -> None:
         raise UsageError(
             f"{where}: {key}.name: unknown pass {step.name!r}; expected one of "
             f"{', '.join(STEPS)} or a pass `onnxslim passes` lists"
+            f"{did_you_mean(step.name, [*STEPS, *available_passes()])}"
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     _unknown(options, sorted(fields), where, f"{key}.", what=f"option of {step.name}")
@@ -506,11 +543,15 @@ def _int(table: Mapping[str, Any], key: str, where: str, prefix: str, minimum: i
 def _unknown(
     table: Mapping[str, Any], known: Any, where: str, prefix: str, what: str = "key"
 ) -> None:
-    for key in table:
-        if key not in known:
-            raise UsageError(
-                f"{where}: {prefix}{key}: unknown {what}; expected one of {', '.join(known)}"
-            )
+    """Every unknown key of `table` at once, each with its closest known key."""
+    known = list(known)
+    bad = [
+        f"{prefix}{key}: unknown {what}{did_you_mean(str(key), known)}"
+        for key in table
+        if key not in known
+    ]
+    if bad:
+        raise UsageError(f"{where}: {'; '.join(bad)} (expected one of {', '.join(known)})")
 
 
 def _bad(where: str, key: str, expected: str, value: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
+from onnxslim.suggest import did_you_mean
 
 PassClass = type[ir.passes.PassBase]
 
@@ -170,7 +171,10 @@ def pass_class(name: str) -> PassClass:
     for entry in _installed_entry_points():
         if entry.name == name:
             return entry.load()
-    raise UsageError(f"unknown pass {name!r}; `onnxslim passes` lists them")
+    known = [*BUILTIN_PASSES, *(entry.name for entry in _installed_entry_points())]
+    raise UsageError(
+        f"unknown pass {name!r}; `onnxslim passes` lists them{did_you_mean(name, known)}"
+    )
 
 
 def pass_name(instance: ir.passes.PassBase) -> str:

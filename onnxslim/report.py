@@ -21,6 +21,7 @@ from onnxslim.evaluation import Evaluator, Measurement
 from onnxslim.graphs import node_count
 from onnxslim.report_html import html, require_matplotlib
 from onnxslim.report_markdown import markdown
+from onnxslim.sources import ModelResult
 
 SCHEMA_VERSION = "1.0"
 
@@ -56,7 +57,7 @@ class StepReport:
 
 
 @dataclass
-class RunReport:
+class RunReport(ModelResult):
     """What `onnxslim run` did and decided; `passed` is the verdict of the gates."""
 
     recipe: dict[str, Any]

@@ -39,6 +39,18 @@ def markdown(data: dict[str, Any]) -> str:
             f"{_pct(step['agreement'])} | "
             f"{_fmt(step['parity_error'])} | {latency} | {step['seconds']:.1f} s |"
         )
+    outputs = data["output"].get("outputs") or []
+    if outputs:
+        lines += [
+            "",
+            "| output (final model vs input) | parity error | cosine | max abs | top-1 agreement |",
+            "|---|---|---|---|---|",
+        ]
+        for o in outputs:
+            lines.append(
+                f"| {o['name']} | {_fmt(o['parity_error'])} | {_fmt(o['cosine'])} | "
+                f"{_fmt(o['max_abs'])} | {_pct(o['top1_agreement'])} |"
+            )
     output = data["output"]
     if output.get("bytes"):
         lines += [

@@ -110,7 +110,7 @@ class Session:
             raise ModelLoadError(f"feed is missing model input {exc.args[0]!r}") from exc
         except Exception as exc:
             raise RuntimeFailure(f"ONNX Runtime run failed: {_first_line(exc)}") from exc
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
     def end_profiling(self) -> str:
         return self._session.end_profiling()

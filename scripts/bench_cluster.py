@@ -242,10 +242,10 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
             {"weight_ratio": result.weight_ratio, "checker": result.checker},
         )
     t = time.perf_counter()
-    quantized = api.quantize(model, calib=str(calib), validate=False).model
+    quantized = api.quantize(model, calib=str(calib), verify=False).model
     add("int8 (quantize defaults)", to_bytes(quantized), time.perf_counter() - t)
     t = time.perf_counter()
-    quantized = api.quantize(model, calib=str(calib), validate=False, latency_guard=False).model
+    quantized = api.quantize(model, calib=str(calib), verify=False, latency_guard=False).model
     add("int8 (quantize, every layer)", to_bytes(quantized), time.perf_counter() - t)
     t = time.perf_counter()
     grid = cluster_model(
@@ -257,7 +257,7 @@ def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> l
         int8_grid=True,
         validate_result=False,
     )
-    both = api.quantize(grid.model, calib=str(calib), validate=False, latency_guard=False).model
+    both = api.quantize(grid.model, calib=str(calib), verify=False, latency_guard=False).model
     add("cluster 4 int8-grid -> int8 every layer", to_bytes(both), time.perf_counter() - t)
     PackPalette()(both)
     add("  -> pack-palette", to_bytes(both), time.perf_counter() - t)

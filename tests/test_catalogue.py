@@ -56,6 +56,8 @@ WORKFLOW_FLAGS = {
     "mixed",
     "optimize",
     "keep_metadata",
+    "external_data",
+    "external_threshold",
 }
 # CLI name -> (pass option, how the flag's default maps onto the option's).
 RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -63,6 +65,7 @@ RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "weight_bits": ("bits", lambda v: v),
     "per_channel_groups": ("group_size", lambda v: v),
     "int8": ("int8_grid", lambda v: v),
+    "requantize": ("force", lambda v: v),
 }
 
 

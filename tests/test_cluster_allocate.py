@@ -153,8 +153,8 @@ def test_control_flow_on_input_values_is_not_batched():
 def test_mixed_at_the_uniform_budget_is_no_bigger_and_no_worse_on_the_outputs():
     path = MODELS / "digits_detector.onnx"
     calib = str(MODELS / "digits_detector.calib.npz")
-    uniform = api.cluster(path, bits=4, calib=calib, validate=False)
-    mixed = api.cluster(path, bits=4, calib=calib, validate=False, allocation="mixed")
+    uniform = api.cluster(path, bits=4, calib=calib, verify=False)
+    mixed = api.cluster(path, bits=4, calib=calib, verify=False, allocation="mixed")
     a = mixed.allocation
     assert a["budget_bytes"] == a["uniform_bytes"] and a["chosen_bytes"] <= a["budget_bytes"]
     assert a["chosen_error"] <= a["uniform_error"]

@@ -52,9 +52,21 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.targets",
             "onnxslim.cross_target",
             "onnxslim.inspection",
+            "onnxslim.tolerance",
         ),
     ),
-    ("io and errors", ("onnxslim.io", "onnxslim.errors", "onnxslim.graphs", "onnxslim._version")),
+    (
+        "io and errors",
+        (
+            "onnxslim.io",
+            "onnxslim.sources",
+            "onnxslim.errors",
+            "onnxslim.graphs",
+            "onnxslim._version",
+            "onnxslim.outputs",
+            "onnxslim.suggest",
+        ),
+    ),
 ]
 
 # Modules that may be imported inside a function, and why (heavy, optional or rarely used).
@@ -70,14 +82,6 @@ DEFERRED_OK = {
 # Function-level imports still to be hoisted, with the helper who owns the file (this session).
 # Shrink this list; never grow it.
 PENDING: dict[tuple[str, str], str] = {
-    ("onnxslim.cli._accuracy", "onnxslim.passes.quantize.sensitivity"): "ux",
-    ("onnxslim.cli._accuracy", "onnxslim.passes.quantize.static"): "ux",
-    ("onnxslim.cli.quantize", "onnxslim.cli._accuracy"): "ux",
-    ("onnxslim.cli.quantize", "onnxslim.cli"): "ux",
-    ("onnxslim.cli.run", "onnxslim.presets"): "ux",
-    ("onnxslim.cli.run", "onnxslim"): "ux",
-    ("onnxslim.cli.run", "sys"): "ux",
-    ("onnxslim.cli", "onnxruntime"): "ux",
     ("onnxslim.inspection", "onnxslim.feeds"): "robust",
     ("onnxslim.inspection", "onnxslim.runtime"): "robust",
     ("onnxslim.io", "onnxslim.graphs"): "robust",

@@ -315,7 +315,7 @@ def test_cli_missed_target_writes_model_and_table_and_exits_1(
             "--eval",
             str(tmp_path / "eval.npz"),
             "--max-drop",
-            "0.01",
+            "1",
             "--max-samples",
             "16",
             "--no-verify",

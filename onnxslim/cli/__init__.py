@@ -12,6 +12,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import onnxruntime
+
 from onnxslim.cli import cluster as _cluster  # noqa: F401
 from onnxslim.cli import export as _export  # noqa: F401
 from onnxslim.cli import inspect_cmd as _inspect  # noqa: F401
@@ -22,7 +24,7 @@ from onnxslim.cli import quantize as _quantize  # noqa: F401
 from onnxslim.cli import run as _run  # noqa: F401  (run, search, recipes)
 from onnxslim.cli import targets as _targets  # noqa: F401
 from onnxslim.cli import validate as _validate  # noqa: F401
-from onnxslim.cli._app import app, err
+from onnxslim.cli._app import app, clashing_distribution, err
 from onnxslim.errors import OnnxSlimError
 
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command
         args = ["--debug", *(a for a in args if a != "--debug")]
+    clash = clashing_distribution()
+    if clash:
+        sys.stderr.write(f"warning: {clash}\n")
     try:
         # Standalone mode: Typer itself prints usage errors (exit 2) and --help, then exits.
         with cli_logging(debug):
@@ -105,8 +110,6 @@ def cli_logging(debug: bool) -> Iterator[None]:
 
 def _ort_severity(level: int) -> None:
     try:
-        import onnxruntime
-
         onnxruntime.set_default_logger_severity(level)
     except Exception:  # logging setup must never stop the CLI
         pass

@@ -16,7 +16,10 @@ from rich.table import Table
 
 from onnxslim import api
 from onnxslim.cli._app import err, out, print_json
+from onnxslim.cli._options import save_model
 from onnxslim.errors import GateFailed, UsageError
+from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
+from onnxslim.passes.quantize.static import QuantizeStatic
 
 
 def table_path(output: Path) -> Path:
@@ -35,11 +38,10 @@ def run(
     json_output: bool,
     progress: Any = None,
     mode: str = "static",
+    save: dict[str, Any] | None = None,
 ) -> None:
-    """Quantize with fallback to float until the top-1 drop on `eval_data` is at most `max_drop`."""
-    from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
-    from onnxslim.passes.quantize.static import QuantizeStatic
-
+    """Quantize with fallback to float until the top-1 drop on `eval_data` is at most
+    `max_drop` points; `save` holds the external-data choice for the written model."""
     if mode != "static":
         raise UsageError(f"--max-drop works with --mode static, not {mode}")
     if calib is None:
@@ -48,8 +50,8 @@ def run(
         raise UsageError(
             "--max-drop needs a labelled evaluation set (--eval DATA.npz with a `labels` array)"
         )
-    if not 0.0 <= max_drop <= 1.0:
-        raise UsageError(f"--max-drop {max_drop}: expected a fraction in [0, 1] (0.01 = one point)")
+    if not 0.0 <= max_drop <= 100.0:
+        raise UsageError(f"--max-drop {max_drop:g}: expected points in [0, 100] (1 = one point)")
     known = {k: v for k, v in options.items() if k in QuantizeStatic.__dataclass_fields__}
     try:
         static_options = QuantizeStatic(**known)
@@ -64,12 +66,12 @@ def run(
     result = quantize_accuracy_aware(
         float_model,
         calib,
-        max_drop=max_drop,
+        max_drop=max_drop / 100.0,
         eval_data=eval_data,
         options=static_options,
         on_step=step,
     )
-    api.save(result.model, output, source=model, overwrite=overwrite)
+    save_model(result.model, output, source=model, overwrite=overwrite, **(save or {}))
     table_file = table_path(output)
     table_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     if json_output:
@@ -79,13 +81,14 @@ def run(
                 "output": str(output),
                 "sensitivity_table": str(table_file),
                 **result.to_dict(),
+                "max_drop_points": max_drop,
             }
         )
     else:
         _print(result, output, table_file)
     if not result.met:
         raise GateFailed(
-            f"top-1 drop {result.drop * 100:.2f} pt exceeds --max-drop {max_drop * 100:.2f} pt "
+            f"top-1 drop {result.drop * 100:.2f} pt exceeds --max-drop {max_drop:.2f} pt "
             f"even with {len(result.excluded)} layer(s) float; best model written to {output}, "
             f"table to {table_file}",
             report=result.to_dict(),
@@ -108,7 +111,8 @@ def _print(result: Any, output: Path, table_file: Path) -> None:
         out.print(table)
     out.print(
         f"top-1: float {result.float_metric:.4f}, all int8 {result.int8_metric:.4f}, result "
-        f"{result.metric:.4f} ({-result.drop * 100:+.2f} pt) with {len(result.excluded)} layer(s) float; "
+        f"{result.metric:.4f} ({-result.drop * 100:+.2f} pt) with {len(result.excluded)} "
+        "layer(s) float; "
         f"{result.evaluations} evaluations in {result.seconds:.1f} s"
     )
     if not result.met:

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from onnxslim import api, io
+from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.errors import GateFailed, UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
 
 
+_MODEL = opt.model_argument("Trained ONNX model (never modified).")
+
+
 @app.command("cluster")
 def cluster_command(
-    model: Path = typer.Argument(..., help="Trained ONNX model (never modified)."),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the clustered model."),
     bits: int = typer.Option(
         4,
         "--bits",
         min=1,
         max=8,
-        help="Bits per weight index: 2^B shared values per palette (2-8).",
+        help="Bits per weight index: 2^B shared values per palette (1-8).",
     ),
     calib: str | None = typer.Option(
         None,
@@ -115,19 +120,18 @@ def cluster_command(
     max_drop: float | None = typer.Option(
         None,
         "--max-drop",
+        metavar="POINTS",
         help="Fail (exit 1) if accuracy drops by more than "
         "this many points (top-1 disagreement without labels).",
     ),
     runs: int = typer.Option(
         50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."
     ),
-    verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Validate the result against the original on ORT."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Allow the output to replace the input file."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    verify: bool = opt.VERIFY,
+    overwrite: bool = opt.OVERWRITE,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    json_output: bool = opt.JSON,
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -137,7 +141,7 @@ def cluster_command(
         raise typer.BadParameter(
             f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init"
         )
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "init": init,
         "exclude": tuple(exclude or ()),
         "packing": packing,
@@ -166,14 +170,21 @@ def cluster_command(
             bits=bits,
             calib=calib,
             eval_data=eval_data,
-            validate=verify,
+            verify=verify,
             runs=runs,
             max_drop=max_drop,
             strip_metadata=not keep_metadata,
             optimize=optimize,
             **options,
         )
-    api.save(result.model, output, source=model, overwrite=overwrite)
+    opt.save_model(
+        result.model,
+        output,
+        source=model,
+        overwrite=overwrite,
+        external_data=external_data,
+        threshold=external_threshold,
+    )
     if json_output:
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
@@ -235,7 +246,8 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
     title = (
         f"cluster {escape(model.name)}: {result.bits} bits, {1 << result.bits} values per palette"
         if result.allocation is None
-        else f"cluster {escape(model.name)}: bits and palettes chosen per weight around {result.bits}"
+        else f"cluster {escape(model.name)}: bits and palettes chosen per weight around "
+        f"{result.bits}"
     )
     table = Table(title=title)
     for column in (

@@ -9,20 +9,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxslim import api
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli import _options as opt
+from onnxslim.cli._app import app, deprecated, err, out, print_json
 from onnxslim.validation import resolve_feeds
 from onnxslim.workflows.export import FP16_SENSITIVE_OPS, ExportOptions, export
+
+_MODEL = opt.model_argument("Input ONNX model (never modified).")
 
 
 @app.command("export")
 def export_command(
-    model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
+    model: Path = _MODEL,
     output: Path = typer.Option(
         ..., "-o", "--output", help="Output model: NAME.onnx, or NAME.ort for ONNX Runtime Mobile."
     ),
-    input_shape: list[str] | None = typer.Option(
-        None, "--input-shape", help="NAME:D1,D2,... fix a dynamic input (repeatable)."
-    ),
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
     opset: int | None = typer.Option(
         None, "--opset", help="Convert the default-domain opset to this version."
     ),
@@ -49,7 +50,8 @@ def export_command(
     bundle: Path | None = typer.Option(
         None,
         "--bundle",
-        help="Write a deploy folder: model, .ort, operator config, validation report, metadata.json.",
+        help="Write a deploy folder: model, .ort, operator config, validation report, "
+        "metadata.json.",
     ),
     data: Path | None = typer.Option(
         None,
@@ -62,13 +64,17 @@ def export_command(
     rtol: float | None = typer.Option(
         None, "--rtol", help="Relative tolerance (default 1e-5, 1e-2 with --fp16)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Allow replacing the input file."),
-    force: bool = typer.Option(
-        False, "--force", help="Write the model even if it fails the parity check."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    overwrite: bool = opt.OVERWRITE,
+    write_anyway: bool = opt.WRITE_ANYWAY,
+    force: bool = opt.FORCE,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    json_output: bool = opt.JSON,
 ) -> None:
     """Prepare MODEL for a device and check it on ONNX Runtime against the input."""
+    if force:
+        deprecated("--force", "--write-anyway", "export")
+        write_anyway = True
     options = ExportOptions(
         input_shapes=tuple(input_shape or ()),
         opset=opset,
@@ -86,7 +92,15 @@ def export_command(
     if data is not None:
         feeds, _, _ = resolve_feeds(api.as_model(model), data, count=8)
     result = export(
-        model, output, options, feeds=feeds, bundle=bundle, overwrite=overwrite, force=force
+        model,
+        output,
+        options,
+        feeds=feeds,
+        bundle=bundle,
+        overwrite=overwrite,
+        force=write_anyway,
+        external_data=external_data,
+        external_threshold=external_threshold,
     )
     if json_output:
         print_json(result.to_dict())

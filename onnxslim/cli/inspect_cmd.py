@@ -50,10 +50,14 @@ def render(summary: ModelSummary, *, top: int = 0) -> None:
     overview.add_column("what", style="bold")
     overview.add_column("value")
     if summary.file_bytes is not None:
+        # file_bytes counts the external data files too: more than the .onnx file means some.
+        external = (
+            summary.path is not None and summary.file_bytes > Path(summary.path).stat().st_size
+        )
         overview.add_row(
             "file size",
-            f"{human_bytes(summary.file_bytes)} "
-            f"({summary.file_bytes} bytes, external data included)",
+            f"{human_bytes(summary.file_bytes)} ({summary.file_bytes:,} bytes"
+            + (", external data included)" if external else ")"),
         )
     overview.add_row("IR version", str(summary.ir_version))
     overview.add_row("producer", escape(summary.producer) or "-")

@@ -8,58 +8,59 @@ import typer
 from rich.table import Table
 
 from onnxslim import api, io
-from onnxslim.cli._app import app, out, print_json
+from onnxslim.cli import _options as opt
+from onnxslim.cli._app import app, deprecated, out, print_json
 from onnxslim.errors import GateFailed, UsageError
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.pipeline import Pipeline
 
+_MODEL = opt.model_argument("Input ONNX model (never modified).")
+
 
 @app.command("optimize")
 def optimize_command(
-    model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the optimized model."),
     recipe: Path | None = typer.Option(
         None,
         "--recipe",
-        help="TOML recipe of [[pass]] tables to run instead of the default clean-up.",
+        help=r"TOML recipe of \[\[pass]] tables to run instead of the default clean-up.",
     ),
     passes: str | None = typer.Option(
         None, "--passes", help="Comma-separated pass names to run instead of the default."
     ),
-    input_shape: list[str] | None = typer.Option(
-        None,
-        "--input-shape",
-        help="Fix an input's dynamic dimensions, NAME:1,3,224,224 (repeatable); shapes then propagate and fold.",
-    ),
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
     verify: bool = typer.Option(
         True,
         "--verify/--no-verify",
-        help="Check the passes on ONNX Runtime, roll back any that changes outputs, and check the result against the input model.",
+        help="Check the passes on ONNX Runtime, roll back any that changes outputs, and check "
+        "the result against the input model.",
     ),
     data: Path | None = typer.Option(
         None, "--data", help="Validation feeds (.npz or folder); generated inputs otherwise."
     ),
     atol: float = typer.Option(1e-5, help="Absolute tolerance of the checks."),
     rtol: float = typer.Option(1e-5, help="Relative tolerance of the checks."),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Write the result even when the final check fails (the exit code is still 1).",
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Allow the output to replace the input file."
-    ),
+    write_anyway: bool = opt.WRITE_ANYWAY,
+    force: bool = opt.FORCE,
+    overwrite: bool = opt.OVERWRITE,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
     keep_metadata: bool = typer.Option(
         False,
         "--keep-metadata",
-        help="Keep exporter debug metadata (node stack traces, scope names, doc strings); stripped by default.",
+        help="Keep exporter debug metadata (node stack traces, scope names, doc strings); "
+        "stripped by default.",
     ),
     print_recipe: bool = typer.Option(
         False, "--print-recipe", help="Print the pipeline as a TOML recipe and exit."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_output: bool = opt.JSON,
 ) -> None:
     """Run a lossless clean-up on MODEL and write the result to OUTPUT."""
+    if force:
+        deprecated("--force", "--write-anyway", "optimize")
+        write_anyway = True
     if recipe is not None and passes is not None:
         raise typer.BadParameter("give --recipe or --passes, not both")
     pipeline = None
@@ -88,14 +89,24 @@ def optimize_command(
     )
     final = result.result.parity
     failed = [p for p in final or [] if not p.passed]
-    if not failed or force:
-        api.save(result.model, output, source=model, overwrite=overwrite)
+    written = None
+    if not failed or write_anyway:
+        opt.save_model(
+            result.model,
+            output,
+            source=model,
+            overwrite=overwrite,
+            external_data=external_data,
+            threshold=external_threshold,
+        )
+        written = opt.written_bytes(output)
     records = result.result.records
     if json_output:
         print_json(
             {
                 "input": str(model),
-                "output": str(output) if not failed or force else None,
+                "output": str(output) if written is not None else None,
+                "output_bytes": written,
                 "verified_on": result.verified_on,
                 "passed": not failed,
                 "rolled_back": [r.name for r in result.result.rolled_back],
@@ -104,11 +115,11 @@ def optimize_command(
             }
         )
     else:
-        _print_table(model, result)
+        _print_table(model, result, written)
     # Rolled-back passes are already on stderr: the pipeline logs each one as a warning.
     if failed:
         moved = ", ".join(f"{p.name} (max abs {p.max_abs:.3g})" for p in failed)
-        where = f"written anyway to {output} (--force)" if force else "nothing written"
+        where = f"written anyway to {output} (--write-anyway)" if written else "nothing written"
         raise GateFailed(
             f"the optimized model's outputs differ from the input model's beyond "
             f"tolerance: {moved}; {where}"
@@ -117,7 +128,7 @@ def optimize_command(
         out.print(f"wrote {output}")
 
 
-def _print_table(model: Path, result: api.OptimizeResult) -> None:
+def _print_table(model: Path, result: api.OptimizeResult, written: int | None) -> None:
     table = Table(title=f"optimize {model.name} (checked on {result.verified_on})")
     for column in ("pass", "status", "nodes", "bytes", "seconds", "note"):
         table.add_column(column)
@@ -130,6 +141,8 @@ def _print_table(model: Path, result: api.OptimizeResult) -> None:
             f"{r.seconds:.3f}",
             r.reason,
         )
+    if written is not None:  # the table's bytes are serialized estimates; this is the file
+        table.add_row("written file", "", "", f"{model.stat().st_size} -> {written}", "", "")
     out.print(table)
     final = result.result.parity
     if final is not None:

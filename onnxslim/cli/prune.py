@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from onnxslim import api, io
+from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.errors import GateFailed, UsageError
 
@@ -23,9 +25,12 @@ def _parse_nm(text: str) -> tuple[int, int]:
         raise typer.BadParameter(f"{text!r}: expected N:M such as 2:4", param_hint="--nm") from None
 
 
+_MODEL = opt.model_argument("Trained ONNX model (never modified).")
+
+
 @app.command("prune")
 def prune_command(
-    model: Path = typer.Argument(..., help="Trained ONNX model (never modified)."),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the pruned model."),
     sparsity: float = typer.Option(
         0.5,
@@ -80,19 +85,18 @@ def prune_command(
     max_drop: float | None = typer.Option(
         None,
         "--max-drop",
+        metavar="POINTS",
         help="Fail (exit 1) if accuracy drops by more than "
         "this many points (top-1 disagreement without labels).",
     ),
     runs: int = typer.Option(
         50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."
     ),
-    verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Validate the result against the original on ORT."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Allow the output to replace the input file."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    verify: bool = opt.VERIFY,
+    overwrite: bool = opt.OVERWRITE,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    json_output: bool = opt.JSON,
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -100,7 +104,7 @@ def prune_command(
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
     if not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
-    options: dict[str, object] = {"exclude": tuple(exclude or ())}
+    options: dict[str, Any] = {"exclude": tuple(exclude or ())}
     if reconstruct is not None:
         options["reconstruct"] = reconstruct
     if method == "magnitude":
@@ -126,12 +130,19 @@ def prune_command(
             calib=calib,
             eval_data=eval_data,
             storage=storage,
-            validate=verify,
+            verify=verify,
             max_drop=max_drop,
             runs=runs,
             **options,
         )
-    api.save(result.model, output, source=model, overwrite=overwrite)
+    opt.save_model(
+        result.model,
+        output,
+        source=model,
+        overwrite=overwrite,
+        external_data=external_data,
+        threshold=external_threshold,
+    )
     if json_output:
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -19,7 +20,9 @@ from rich.progress import (
 from rich.table import Table
 
 from onnxslim import api, io
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli import _accuracy
+from onnxslim.cli import _options as opt
+from onnxslim.cli._app import app, deprecated, err, out, print_json, warn
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.errors import UsageError
 from onnxslim.passes.quantize.policy import KERNEL_TARGETS
@@ -34,7 +37,7 @@ _STAGES = {
 
 
 @contextmanager
-def _progress() -> Iterator[object]:
+def _progress() -> Iterator[Callable[[str, int, int | None], None]]:
     """A transient rich progress bar on stderr (silent when stderr is not a terminal)."""
     progress = Progress(
         TextColumn("{task.description}"),
@@ -56,9 +59,12 @@ def _progress() -> Iterator[object]:
         yield update
 
 
+_MODEL = opt.model_argument("Float ONNX model (never modified).")
+
+
 @app.command("quantize")
 def quantize_command(
-    model: Path = typer.Argument(..., help="Float ONNX model (never modified)."),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the quantized model."),
     calib: str | None = typer.Option(
         None, "--calib", help="Calibration data: .npz/.npy file, folder of samples or images."
@@ -98,9 +104,7 @@ def quantize_command(
     weight_bits: int = typer.Option(
         8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."
     ),
-    max_samples: int | None = typer.Option(
-        None, "--max-samples", min=1, help="Calibrate on at most N feeds."
-    ),
+    max_samples: int | None = opt.MAX_SAMPLES,
     latency_guard: bool = typer.Option(
         True,
         "--latency-guard/--no-latency-guard",
@@ -110,16 +114,15 @@ def quantize_command(
     data: str | None = typer.Option(
         None, "--data", help="Validation feeds (with `labels` for accuracy); default: --calib."
     ),
-    verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Validate the result against the float model on ORT."
+    verify: bool = opt.VERIFY,
+    requantize: bool = typer.Option(
+        False, "--requantize", help="Quantize a model that already holds quantized ops."
     ),
-    force: bool = typer.Option(
-        False, "--force", help="Quantize a model that already holds quantized ops."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Allow the output to replace the input file."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    force: bool = opt.FORCE,
+    overwrite: bool = opt.OVERWRITE,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    json_output: bool = opt.JSON,
     eval_data: str | None = typer.Option(
         None,
         "--eval",
@@ -128,20 +131,26 @@ def quantize_command(
     max_drop: float | None = typer.Option(
         None,
         "--max-drop",
-        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops "
-        "at most this much (0.01 = 1 pt); exit 1 if not met (best model and "
+        metavar="POINTS",
+        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops at "
+        "most this many points (1 = one percentage point); exit 1 if not met (best model and "
         "OUTPUT.sensitivity.json still written).",
     ),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
-    if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
+    if force:
+        deprecated("--force", "--requantize", "quantize")
+        requantize = True
+    max_drop = max_drop_points(max_drop)
+    save: dict[str, Any] = {"external_data": external_data, "threshold": external_threshold}
+    if io.same_file(model, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
     # Every flag under its pass-option name; the mode's pass takes the fields it declares.
-    flags: dict[str, object] = {
+    flags: dict[str, Any] = {
         "target": target,
         "exclude": tuple(exclude or ()),
-        "force": force,
+        "force": requantize,
         "method": method,
         "percentile": percentile,
         "activation_type": activation_type,
@@ -155,8 +164,6 @@ def quantize_command(
     fields = pass_fields(quantize_pass_class(mode))
     options = {k: v for k, v in flags.items() if k in fields}
     if max_drop is not None:  # accuracy-aware mode: onnxslim/cli/_accuracy.py
-        from onnxslim.cli import _accuracy
-
         with _progress() as progress:
             _accuracy.run(
                 model,
@@ -169,11 +176,12 @@ def quantize_command(
                 json_output=json_output,
                 progress=progress,
                 mode=mode,
+                save=save,
             )
         return
     with _progress() as progress:
         result = api.quantize(
-            model, mode=mode, calib=calib, data=data, validate=verify, progress=progress, **options
+            model, mode=mode, calib=calib, data=data, verify=verify, progress=progress, **options
         )
     if result.bytes_after > result.bytes_before:
         err.print(
@@ -181,8 +189,8 @@ def quantize_command(
             f"({result.bytes_after} > {result.bytes_before} weight bytes); nothing written"
         )
         raise typer.Exit(1)
-    api.save(result.model, output, source=model, overwrite=overwrite)
-    size_in, size_out = model.stat().st_size, output.stat().st_size
+    opt.save_model(result.model, output, source=model, overwrite=overwrite, **save)
+    size_in, size_out = model.stat().st_size, opt.written_bytes(output)
     if json_output:
         print_json(
             {
@@ -215,13 +223,26 @@ def _print_report(
     )
     table.add_row("nodes", str(result.nodes_before), str(result.nodes_after), "")
     validation = result.validation
-    if validation is not None and validation.latency:
-        ref, cand = validation.latency["reference"], validation.latency["candidate"]
+    latency = result.latency
+    if latency and "cleaned_ms" in latency:  # each step against the model before it
+        table.add_row(
+            "latency: clean-up (input -> float)",
+            f"{latency['input_ms']:.2f} ms",
+            f"{latency['cleaned_ms']:.2f} ms",
+            f"{latency['cleanup_ratio']:.2f}x",
+        )
+        table.add_row(
+            "latency: int8 step (float -> int8)",
+            f"{latency['cleaned_ms']:.2f} ms",
+            f"{latency['quantized_ms']:.2f} ms",
+            f"{latency['int8_ratio']:.2f}x",
+        )
+    elif latency:
         table.add_row(
             "latency (median, 1 thread)",
-            f"{ref.median_ms:.2f} ms",
-            f"{cand.median_ms:.2f} ms",
-            f"{cand.median_ms / ref.median_ms:.2f}x",
+            f"{latency['input_ms']:.2f} ms",
+            f"{latency['quantized_ms']:.2f} ms",
+            f"{latency['int8_ratio']:.2f}x",
         )
     if result.accuracy:
         acc = result.accuracy
@@ -262,3 +283,19 @@ def _print_report(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(f"wrote {escape(str(output))}")
+
+
+def max_drop_points(value: float | None) -> float | None:
+    """--max-drop is in points; values under 0.1 were fractions before (0.01 = 1 point).
+
+    A tenth of a point is under one sample in a thousand, tighter than any eval set
+    here measures, so such a value is read the old way for one release, with a warning.
+    """
+    if value is None or value >= 0.1 or value <= 0:
+        return value
+    points = value * 100
+    warn(
+        f"--max-drop {value:g} read as a fraction ({points:g} points); --max-drop is now in "
+        f"points: pass --max-drop {points:g}"
+    )
+    return points

@@ -7,13 +7,15 @@ failed (the report says which, no model is written).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onnxslim import api, io
+from onnxslim import api, io, presets
+from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.errors import GateFailed, UsageError
 
@@ -24,6 +26,7 @@ recipes_app = typer.Typer(
 )
 app.add_typer(recipes_app, name="recipes")
 
+_MODEL = opt.model_argument("Input ONNX model (never modified).")
 _RECIPE_HELP = "Recipe file (.toml, .yaml) or a preset name (`onnxslim recipes`)."
 
 
@@ -46,19 +49,29 @@ _CALIB_OPTION = typer.Option(None, "--calib", help="Calibration data (overrides 
 _EVAL_OPTION = typer.Option(
     None, "--eval", help="Evaluation data, `labels` for top-1 (overrides the recipe's)."
 )
+_DATA_OPTION = typer.Option(
+    None,
+    "--data",
+    help="Feeds the measurements run on (.npz or folder; with `labels`: top-1), as in the "
+    "other commands: the same as --eval, give one of them.",
+)
 _OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Allow OUTPUT to replace MODEL.")
 _JSON_OPTION = typer.Option(False, "--json", help="Print report.json on stdout.")
 
 
 @app.command("run")
 def run_command(
-    recipe: str = typer.Argument(..., help=_RECIPE_HELP),
-    model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
+    recipe: str = typer.Argument(..., metavar="RECIPE", help=_RECIPE_HELP),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the output model."),
     report: Path | None = _REPORT_OPTION,
     calib: str | None = _CALIB_OPTION,
     eval_data: str | None = _EVAL_OPTION,
+    data: str | None = _DATA_OPTION,
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
     overwrite: bool = _OVERWRITE_OPTION,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
     json_output: bool = _JSON_OPTION,
 ) -> None:
     """Apply RECIPE to MODEL, check the gates, write OUTPUT and the report."""
@@ -69,21 +82,28 @@ def run_command(
         output=output,
         report_dir=report,
         calib=calib,
-        eval_data=eval_data,
+        eval_data=_eval(eval_data, data),
         overwrite=overwrite,
         progress=_progress,
+        input_shapes=input_shape or None,
+        external_data=external_data,
+        external_threshold=external_threshold,
     )
     _finish(result, output, report, json_output)
 
 
 @app.command("search")
 def search_command(
-    recipe: str = typer.Argument(..., help=_RECIPE_HELP + " Its search table lists the grid."),
-    model: Path = typer.Argument(..., help="Input ONNX model (never modified)."),
+    recipe: str = typer.Argument(
+        ..., metavar="RECIPE", help=_RECIPE_HELP + " Its search table lists the grid."
+    ),
+    model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the winner."),
     report: Path | None = _REPORT_OPTION,
     calib: str | None = _CALIB_OPTION,
     eval_data: str | None = _EVAL_OPTION,
+    data: str | None = _DATA_OPTION,
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
     jobs: int | None = typer.Option(
         None, "--jobs", "-j", min=1, help="Local worker processes (default: CPUs, at most 4)."
     ),
@@ -91,6 +111,8 @@ def search_command(
         None, "--ray", help="Run candidates as Ray tasks: a cluster ADDRESS, `auto`, or `local`."
     ),
     overwrite: bool = _OVERWRITE_OPTION,
+    external_data: bool | None = opt.EXTERNAL_DATA,
+    external_threshold: int = opt.EXTERNAL_THRESHOLD,
     json_output: bool = _JSON_OPTION,
 ) -> None:
     """Try RECIPE's grid on MODEL, keep the smallest (or fastest) candidate that passes."""
@@ -101,13 +123,23 @@ def search_command(
         output=output,
         report_dir=report,
         calib=calib,
-        eval_data=eval_data,
+        eval_data=_eval(eval_data, data),
         jobs=jobs,
         ray_address=ray,
         overwrite=overwrite,
         progress=_progress,
+        input_shapes=input_shape or None,
+        external_data=external_data,
+        external_threshold=external_threshold,
     )
     _finish(result, output, report, json_output)
+
+
+def _eval(eval_data: str | None, data: str | None) -> str | None:
+    """--data is --eval under the name the other commands use."""
+    if eval_data is not None and data is not None and eval_data != data:
+        raise UsageError("--data and --eval name the same feeds: give one of them")
+    return eval_data if eval_data is not None else data
 
 
 def _finish(result, output: Path, report: Path | None, json_output: bool) -> None:  # type: ignore[no-untyped-def]
@@ -185,8 +217,6 @@ def recipes_list(ctx: typer.Context) -> None:
     """List the presets; `onnxslim recipes show NAME` prints one as an editable file."""
     if ctx.invoked_subcommand is not None:
         return
-    from onnxslim import presets
-
     table = Table(title="presets (onnxslim run NAME IN -o OUT)")
     table.add_column("name")
     table.add_column("description")
@@ -198,8 +228,4 @@ def recipes_list(ctx: typer.Context) -> None:
 @recipes_app.command("show")
 def recipes_show(name: str = typer.Argument(..., help="Preset name.")) -> None:
     """Print preset NAME as a recipe file (redirect it to a .toml file and edit)."""
-    import sys
-
-    from onnxslim import presets
-
     sys.stdout.write(presets.text(name))

@@ -20,7 +20,9 @@ from rich.progress import (
 from rich.table import Table
 
 from onnxslim import api
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim import tolerance as tolerances
+from onnxslim.cli import _options as opt
+from onnxslim.cli._app import app, deprecated, err, out, print_json
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.cross_target import TargetReport, validate_on_targets
 from onnxslim.errors import GateFailed
@@ -74,26 +76,26 @@ def validate_command(
         help="Feeds: an .npz of samples stacked on axis 0, an .npy, or a folder of "
         ".npz/.npy files or images; generated inputs when absent.",
     ),
-    count: int | None = typer.Option(
-        None,
-        "--count",
-        min=1,
-        help="Use at most this many feeds from --data; "
-        "number of generated feeds otherwise (default 8).",
+    max_samples: int | None = opt.MAX_SAMPLES,
+    count: int | None = typer.Option(None, "--count", min=1, hidden=True),
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
+    tolerance: str = typer.Option(
+        "auto",
+        "--tolerance",
+        metavar="auto|exact|float|fp16|int8",
+        help="How close CAND must be: exact (bit-identical), float (atol=rtol=1e-5), fp16 "
+        "(max error <= 1% of each output's largest value), int8 (<= 10% and cosine >= 0.99); "
+        "auto picks by what CAND holds (quantized ops: int8, float16 weights: fp16).",
     ),
-    input_shape: list[str] | None = typer.Option(
+    atol: float | None = typer.Option(
         None,
-        "--input-shape",
-        help="NAME:D1,D2,... shape of a generated input with free dimensions (repeatable).",
-    ),
-    atol: float = typer.Option(
-        1e-5,
         "--atol",
         min=0.0,
-        help="Absolute tolerance: |cand - ref| <= atol + rtol * |ref| elementwise.",
+        help="Absolute tolerance: |cand - ref| <= atol + rtol * |ref| elementwise "
+        "(replaces --tolerance; rtol then defaults to 1e-5).",
     ),
-    rtol: float = typer.Option(
-        1e-5, "--rtol", min=0.0, help="Relative tolerance of the same rule."
+    rtol: float | None = typer.Option(
+        None, "--rtol", min=0.0, help="Relative tolerance of the same rule (replaces --tolerance)."
     ),
     runs: int = typer.Option(
         20, "--runs", min=0, help="Timed runs per model after warm-up (0 skips latency)."
@@ -124,19 +126,26 @@ def validate_command(
     relative error, cosine similarity, SNR, top-1 agreement for classifier-shaped
     outputs. Exits 1 when an output is out of tolerance.
     """
+    if count is not None:
+        deprecated("--count", "--max-samples", "validate")
+        max_samples = max_samples or count
+    chosen, why = tolerances.resolve(
+        tolerance, api.as_model(candidate) if tolerance == "auto" else None, atol, rtol
+    )
+    atol = chosen.atol if atol is None else atol
+    rtol = chosen.rtol if rtol is None else rtol
     with progress_bar() as progress:
         report = api.validate(
             reference,
             candidate,
             feeds=data,
-            count=count,
+            count=max_samples,
             input_shapes=parse_input_shapes(input_shape),
-            atol=atol,
-            rtol=rtol,
             runs=runs,
             warmup=warmup,
             threads=threads,
             measure_memory=memory,
+            tolerance=chosen,
             progress=progress,
         )
     target_reports = []
@@ -152,14 +161,25 @@ def validate_command(
         target_reports = validate_on_targets(
             reference, candidate, target, feeds, atol=atol, rtol=rtol
         )
+    described = {"preset": chosen.name, "rule": chosen.rule, "why": why, "atol": atol, "rtol": rtol}
     if json_output:
-        print_json({**report.to_dict(), "targets": [t.to_dict() for t in target_reports]})
+        print_json(
+            {
+                **report.to_dict(),
+                "tolerance": described,
+                "targets": [t.to_dict() for t in target_reports],
+            }
+        )
     else:
-        render(report)
+        render(
+            report,
+            f"{chosen.name}: {chosen.rule}; {why}",
+            tolerances.failure_message(report, chosen),
+        )
         for target_report in target_reports:
             render_target(target_report)
     if not report.passed:
-        raise GateFailed(report.summary(), report)
+        raise GateFailed(tolerances.failure_message(report, chosen), report)
     failed = [t.target for t in target_reports if not t.passed]
     if failed:
         raise GateFailed(f"parity check failed on target(s) {', '.join(failed)}", target_reports)
@@ -171,7 +191,7 @@ def render_target(report: TargetReport) -> None:
     table.add_column("output", overflow="fold", min_width=12)
     for column in ("max abs (on target)", "cosine", "top-1", "result", "CAND host vs target"):
         table.add_column(column, justify="right")
-    for on_target, host in zip(report.on_target, report.candidate_host_vs_target):
+    for on_target, host in zip(report.on_target, report.candidate_host_vs_target, strict=True):
         top1 = "-" if on_target.top1_agreement is None else f"{on_target.top1_agreement:.2%}"
         same = "identical" if host.max_abs == 0 else f"differs (max abs {_num(host.max_abs)})"
         verdict = "[green]pass[/]" if on_target.passed else "[red]FAIL[/]"
@@ -196,7 +216,7 @@ def render_target(report: TargetReport) -> None:
         )
 
 
-def render(report: ValidationReport) -> None:
+def render(report: ValidationReport, tolerance: str = "", failure: str = "") -> None:
     """Parity table, performance table, notes and the verdict."""
     out.print(f"[bold]validate[/] {escape(report.candidate)} against {escape(report.reference)}")
     generated = ", no --data given" if report.generated_inputs else ""
@@ -204,7 +224,7 @@ def render(report: ValidationReport) -> None:
         f"feeds: {escape(report.feeds)}{generated}; {report.provider}, onnxruntime "
         f"{report.onnxruntime_version}, {report.threads} thread(s)"
     )
-    table = Table(title=f"outputs (atol={report.atol:g}, rtol={report.rtol:g})")
+    table = Table(title=f"outputs (tolerance {escape(tolerance)})" if tolerance else "outputs")
     table.add_column("output", overflow="fold", min_width=12)
     for column in ("max abs", "max rel", "cosine", "SNR dB", "top-1", "out of tol.", "result"):
         table.add_column(column, justify="right")
@@ -228,7 +248,10 @@ def render(report: ValidationReport) -> None:
         out.print(f"note: {escape(note)}")
     for problem in report.problems:
         out.print(f"[red]problem:[/] {escape(problem)}")
-    out.print(("[green]" if report.passed else "[red]") + escape(report.summary()) + "[/]")
+    if report.passed:
+        out.print(f"[green]passed: all {len(report.outputs)} output(s) within tolerance[/]")
+    else:
+        out.print(f"[red]{escape(failure or report.summary())}[/]")
 
 
 def _performance_table(report: ValidationReport) -> Table:

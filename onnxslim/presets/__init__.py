@@ -10,6 +10,7 @@ import sys
 from importlib import resources
 
 from onnxslim.errors import UsageError
+from onnxslim.suggest import did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +27,9 @@ def names() -> list[str]:
 def text(name: str) -> str:
     """The preset's recipe file, as shipped (an editable starting point)."""
     if name not in names():
-        raise UsageError(f"no preset {name!r}; presets: {', '.join(names())}")
+        raise UsageError(
+            f"no preset {name!r}; presets: {', '.join(names())}{did_you_mean(name, names())}"
+        )
     return resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
 
 

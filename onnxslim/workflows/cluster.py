@@ -32,6 +32,7 @@ from onnxslim.passes.cluster.weights import find_weights
 from onnxslim.pipeline import PassRecord, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import make_cluster_pass
 from onnxslim.runtime import ort_optimized
+from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.measure import (
     Sizes,
@@ -49,7 +50,7 @@ CHECKER_LIMIT_BYTES = 1_500_000_000
 
 
 @dataclass
-class ClusterResult:
+class ClusterResult(ModelResult):
     """The clustered model and its report."""
 
     model: ir.Model

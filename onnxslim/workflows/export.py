@@ -143,8 +143,14 @@ def export(
     bundle: Path | None = None,
     overwrite: bool = False,
     force: bool = False,
+    external_data: bool | None = None,
+    external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
 ) -> ExportResult:
-    """Export `source` to `output` (.onnx or .ort); with `bundle`, a deploy folder instead."""
+    """Export `source` to `output` (.onnx or .ort); with `bundle`, a deploy folder instead.
+
+    `force` writes a model that fails the parity check; `external_data` (None: when
+    needed) stores weights of `external_threshold` bytes or more in `NAME.onnx.data`.
+    """
     if output.suffix not in (".onnx", ".ort"):
         raise UsageError(f"{output}: the output must end in .onnx or .ort")
     if output.suffix == ".ort":
@@ -160,13 +166,18 @@ def export(
         failed = ", ".join(p.name for p in parity if not p.passed)
         raise GateFailed(
             f"exported model differs from the input beyond atol={atol:g}, rtol={rtol:g} "
-            f"on output(s) {failed}; nothing written (use --force to write anyway)"
+            f"on output(s) {failed}; nothing written (--write-anyway writes it)"
         )
     target_dir = io.make_folder(bundle if bundle is not None else output.parent)
     onnx_name = output.with_suffix(".onnx").name
     with tempfile.TemporaryDirectory(prefix=".onnxslim-export-", dir=target_dir) as tmp:
         staging = Path(tmp)
-        staged_onnx = io.save(model, staging / onnx_name)
+        staged_onnx = io.save(
+            model,
+            staging / onnx_name,
+            external_data=external_data,
+            size_threshold=external_threshold,
+        )
         preflight = preflight_check(model, staged_onnx)
         ort_path = config_path = None
         if options.ort_format:

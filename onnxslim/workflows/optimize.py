@@ -26,11 +26,12 @@ from onnxslim.passes.fold import (
 )
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
+from onnxslim.sources import ModelResult
 from onnxslim.validation import resolve_feeds
 
 
 @dataclass
-class OptimizeResult:
+class OptimizeResult(ModelResult):
     model: ir.Model
     pipeline: Pipeline
     result: PipelineResult

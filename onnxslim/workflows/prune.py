@@ -25,6 +25,7 @@ from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initial
 from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
 from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
+from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.measure import (
     Sizes,
@@ -103,7 +104,7 @@ def overall_sparsity(rows: Sequence[LayerRow]) -> float:
 
 
 @dataclass
-class PruneResult:
+class PruneResult(ModelResult):
     """The pruned model and its report."""
 
     model: ir.Model

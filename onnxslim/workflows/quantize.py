@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import UsageError
-from onnxslim.evaluation import model_inputs, read_labelled, top1_by_model
+from onnxslim.evaluation import model_inputs, read_labelled, time_interleaved, top1_by_model
+from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.graphs import node_count, tensor_bytes
+from onnxslim.passes.quantize.prepare import prepare
 from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport, QuantizeStatic
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
+from onnxslim.runtime import Session, SessionConfig
+from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
 
 MODES = tuple(QUANTIZE_MODES)
@@ -30,7 +35,7 @@ StageProgress = Callable[[str, int, int | None], None]
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeResult(ModelResult):
     """The quantized model, what the pass decided, and how it compares with the float model."""
 
     model: ir.Model
@@ -43,6 +48,9 @@ class QuantizeResult:
     seconds: float
     accuracy: dict[str, float] | None = None  # {"float": .., "quantized": .., "samples": n}
     warnings: list[str] = field(default_factory=list)
+    # Median ms of the input, the cleaned-up float model quantization starts from, and int8,
+    # timed interleaved on one thread; each step's ratio is against the model before it.
+    latency: dict[str, float] | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -50,7 +58,9 @@ class QuantizeResult:
 
     @property
     def latency_ratio(self) -> float | None:
-        """Quantized median latency over float (below 1: faster)."""
+        """Quantized median latency over the input model's (below 1: faster)."""
+        if self.latency:
+            return self.latency["overall_ratio"]
         speedup = getattr(self.validation, "speedup", None) if self.validation is not None else None
         return 1.0 / speedup if speedup else None
 
@@ -63,6 +73,7 @@ class QuantizeResult:
             "nodes_before": self.nodes_before,
             "nodes_after": self.nodes_after,
             "latency_ratio": self.latency_ratio,
+            "latency": self.latency,
             "accuracy": self.accuracy,
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "seconds": self.seconds,
@@ -125,10 +136,43 @@ def quantize_model(
         )
     if validate:
         feeds_source = data if data is not None else calib
-        result.validation, result.accuracy = _validate(
-            model, quantized, feeds_source, validation_samples, runs, threads, progress
+        result.validation, result.accuracy, feeds = _validate(
+            model, quantized, feeds_source, validation_samples, threads, progress
         )
+        if runs:
+            cleaned = prepare(model)[0] if mode == "static" else None
+            result.latency = step_latency(model, cleaned, quantized, feeds, runs, threads)
     return result
+
+
+def step_latency(
+    model: ir.Model,
+    cleaned: ir.Model | None,
+    quantized: ir.Model,
+    feeds: Sequence[Feed],
+    runs: int,
+    threads: int,
+) -> dict[str, float]:
+    """Median ms per model, timed interleaved, and each step against the model before it.
+
+    Static int8 starts from a cleaned-up float model (ORT's basic optimizations, Div by
+    a constant as Mul, ...); timing it apart books the clean-up's gain to the clean-up,
+    so `int8_ratio` is what int8 itself does (above 1: int8 slower than float here).
+    """
+    config = SessionConfig(threads=threads)
+    sessions = {"input": Session(model, config)}
+    if cleaned is not None:
+        sessions["cleaned"] = Session(cleaned, config)
+    sessions["quantized"] = Session(quantized, config)
+    times = time_interleaved(sessions, list(feeds)[:8], runs=runs, warmup=3)
+    ms = {label: float(np.median(samples)) * 1000 for label, samples in times.items()}
+    float_ms = ms.get("cleaned", ms["input"])
+    figures = {f"{label}_ms": value for label, value in ms.items()}
+    figures["overall_ratio"] = ms["quantized"] / ms["input"]
+    figures["int8_ratio"] = ms["quantized"] / float_ms
+    if "cleaned" in ms:
+        figures["cleanup_ratio"] = ms["cleaned"] / ms["input"]
+    return figures
 
 
 def _validate(
@@ -136,10 +180,11 @@ def _validate(
     candidate: ir.Model,
     source: FeedSource | None,
     count: int,
-    runs: int,
     threads: int,
     progress: StageProgress | None,
-) -> tuple[ValidationReport, dict[str, float] | None]:
+) -> tuple[ValidationReport, dict[str, float] | None, list[Feed]]:
+    """Parity (and accuracy with labels) on `source`'s first `count` feeds, or generated
+    ones; returns the feeds too, for timing."""
     feeds = None
     stream = None
     has_labels = False
@@ -155,12 +200,13 @@ def _validate(
         if progress is not None:
             progress(stage, done, total)
 
+    if not feeds:
+        feeds = generate_feeds(input_specs(reference), 8, seed=0)
     report = validate(
         reference,
         candidate,
         feeds=feeds,
-        count=None if feeds else 8,
-        runs=runs,
+        runs=0,
         threads=threads,
         measure_memory=False,
         atol=1e-2,
@@ -170,7 +216,7 @@ def _validate(
     accuracy = None
     if has_labels and stream is not None:
         accuracy = accuracy_on(reference, candidate, stream, progress=progress)
-    return report, accuracy
+    return report, accuracy, list(feeds)
 
 
 def accuracy_on(

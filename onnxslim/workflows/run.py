@@ -33,6 +33,7 @@ from onnxslim.evaluation import Evaluator
 from onnxslim.gates import check_gates
 from onnxslim.graphs import node_count
 from onnxslim.passes.cluster import UnpackPalette
+from onnxslim.passes.fold import FixInputShapes
 from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 from onnxslim.passes.quantize.static import QuantizeStatic
 from onnxslim.pipeline import Guard, Pipeline, run_pipeline
@@ -63,8 +64,12 @@ def run_recipe(
     calib: str | None = None,
     eval_data: str | None = None,
     progress: Progress | None = None,
+    input_shapes: tuple[str, ...] = (),
 ) -> RunOutcome:
     """Run `recipe` on `source`; the report says whether every gate passed.
+
+    `input_shapes` (NAME:D1,D2,...) fix dynamic inputs of the input model before
+    anything is measured, so generated feeds and every step see those shapes.
 
     Raises UsageError for a bad recipe or data (before any step runs) and PassFailed
     when a step fails; a failed gate is not an exception here (see RunReport.passed).
@@ -80,6 +85,9 @@ def run_recipe(
         model, input_path = io.load(source), str(source)
         with open(source, "rb") as handle:
             input_bytes = handle.read()
+    if input_shapes:
+        model = model if input_path is not None else model.clone()  # never change the caller's
+        FixInputShapes(shapes=tuple(input_shapes))(model)
     say("measuring the input model")
     evaluator = Evaluator(
         model,

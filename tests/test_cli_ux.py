@@ -1,0 +1,252 @@
+"""The CLI as a user meets it, run as a subprocess: version, help text, one name and unit
+per idea, tolerance presets, written sizes, external data, the distribution-name clash."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, make_mlp
+
+from onnxslim.cli import main
+from onnxslim.cli._app import clashing_distribution
+
+CNN = MODELS / "digits_cnn.onnx"
+CALIB = MODELS / "digits_cnn.calib.npz"
+EVAL = MODELS / "digits_cnn.eval.npz"
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def subprocess_cli(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m onnxslim ARGS` in a fresh interpreter, the way a shell runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "onnxslim", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """The CLI's main() in this process (a fresh interpreter costs ~3 s of CPU per call),
+    with the same exit code, stdout and stderr a shell would see, on a wide terminal."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run
+
+
+def test_version_and_python_m() -> None:
+    from onnxslim import __version__
+
+    done = subprocess_cli("--version", env={})
+    assert done.returncode == 0 and done.stdout.startswith(f"onnxslim {__version__} ")
+    assert "onnxruntime" in done.stdout and done.stderr == ""
+
+
+def test_help_text_shows_what_the_user_types(cli: Cli) -> None:
+    optimize = cli("optimize", "--help").stdout
+    assert "[[pass]]" in optimize, "rich markup must not eat the recipe table name"
+    assert "<bool>" not in optimize and "--write-anyway" in optimize
+    usages = [
+        line.strip()
+        for cmd in ("optimize", "quantize", "prune", "cluster", "export", "inspect")
+        for line in cli(cmd, "--help").stdout.splitlines()
+        if "Usage:" in line
+    ]
+    assert len(usages) == 6 and all("MODEL" in u and "{model}" not in u for u in usages), usages
+    cluster = cli("cluster", "--help").stdout
+    assert "1<=x<=8" in cluster and "(1-8)" in cluster and "(2-8)" not in cluster
+
+
+def test_validate_tolerance_presets_and_the_hint(tmp_path: Path, cli: Cli) -> None:
+    int8 = tmp_path / "int8.onnx"
+    done = cli("quantize", CNN, "-o", int8, "--calib", CALIB, "--no-latency-guard", "--no-verify")
+    assert done.returncode == 0, done.stderr
+    common = ["--data", EVAL, "--max-samples", "64", "--runs", "0", "--no-memory"]
+    auto = cli("validate", CNN, int8, *common, "--json")
+    report = json.loads(auto.stdout)
+    assert auto.returncode == 0 and report["tolerance"]["preset"] == "int8", auto.stderr
+    assert "QuantizeLinear" in report["tolerance"]["why"] or "holds" in report["tolerance"]["why"]
+    strict = cli("validate", CNN, int8, *common, "--tolerance", "float")
+    lines = strict.stderr.strip().splitlines()
+    assert strict.returncode == 1 and len(lines) == 1
+    assert "logits" in lines[0] and "--tolerance int8 fits" in lines[0]
+    typo = cli("validate", CNN, int8, *common, "--tolerance", "flaot")
+    assert typo.returncode == 2 and "did you mean 'float'?" in typo.stderr
+    old = cli("validate", CNN, CNN, "--count", "2", "--runs", "0", "--no-memory")
+    assert old.returncode == 0 and "--max-samples" in old.stderr and "deprecated" in old.stderr
+
+
+def test_optimize_reports_the_written_size_and_external_data(tmp_path: Path, cli: Cli) -> None:
+    out = tmp_path / "o.onnx"
+    done = cli("optimize", CNN, "-o", out, "--external-data", "--json")
+    assert done.returncode == 0, done.stderr
+    data = out.with_name("o.onnx.data")
+    assert data.is_file() and data.stat().st_size > out.stat().st_size
+    assert json.loads(done.stdout)["output_bytes"] == out.stat().st_size + data.stat().st_size
+    proto = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    shown = cli("inspect", out).stdout
+    assert "external data included" in shown
+    inline = tmp_path / "inline.onnx"
+    table = cli("optimize", CNN, "-o", inline).stdout
+    assert f"-> {inline.stat().st_size}" in table  # the table's last row is the written file
+    assert "external data included" not in cli("inspect", inline).stdout
+    # A threshold above every tensor keeps them all inside the .onnx file.
+    big = tmp_path / "big.onnx"
+    assert cli("optimize", CNN, "-o", big, "--external-data", "--external-threshold", 10**9)
+    assert onnx.load(str(big), load_external_data=False).graph.initializer[0].data_location == 0
+
+
+def test_old_force_spelling_still_works_with_a_warning(tmp_path: Path, cli: Cli) -> None:
+    model = make_mlp(tmp_path / "mlp.onnx")
+    int8 = tmp_path / "int8.onnx"
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).random((8, 1, 8), np.float32))
+    common = ["--calib", tmp_path / "calib.npz", "--no-verify", "--no-latency-guard"]
+    assert cli("quantize", model, "-o", int8, *common).returncode == 0
+    again = tmp_path / "again.onnx"
+    refused = cli("quantize", int8, "-o", again, *common)
+    assert refused.returncode == 2 and not again.exists()
+    old = cli("quantize", int8, "-o", again, *common, "--force")
+    assert "deprecated" in old.stderr and "--requantize" in old.stderr
+    new = cli("quantize", int8, "-o", again, *common, "--requantize", "--overwrite")
+    assert new.returncode == old.returncode and "deprecated" not in new.stderr
+
+
+def test_quantize_max_drop_is_in_points(tmp_path: Path, cli: Cli) -> None:
+    """--max-drop 1 is one point everywhere; an old fraction (0.01) is read as 1 point, with
+    a warning; the accuracy-aware table says points."""
+    common = ["--calib", CALIB, "--eval", EVAL, "--max-samples", "32", "--no-latency-guard"]
+    done = cli("quantize", CNN, "-o", tmp_path / "a.onnx", *common, "--max-drop", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["max_drop_points"] == 1
+    old = cli("quantize", CNN, "-o", tmp_path / "b.onnx", *common, "--max-drop", "0.01", "--json")
+    assert old.returncode == 0 and "read as a fraction (1 points)" in old.stderr
+    assert json.loads(old.stdout)["max_drop_points"] == pytest.approx(1)
+
+
+def test_clash_with_pypi_onnxslim_is_one_line(tmp_path: Path) -> None:
+    """PyPI's OnnxSlim installs a distribution named `onnxslim`: say so, in one line."""
+    site = tmp_path / "site"
+    info = site / "onnxslim-0.1.98.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: onnxslim\nVersion: 0.1.98\n"
+        "Summary: OnnxSlim: A Toolkit to Help Optimize Onnx Model\n"
+    )
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    done = subprocess_cli("--version", env={"PYTHONPATH": path})
+    warnings = [line for line in done.stderr.splitlines() if "OnnxSlim" in line]
+    assert done.returncode == 0 and len(warnings) == 1
+    assert "0.1.98" in warnings[0] and "separate virtual environments" in warnings[0]
+    assert clashing_distribution() is None  # this environment: no clash
+
+
+def test_did_you_mean_and_every_recipe_error_at_once(tmp_path: Path, cli: Cli) -> None:
+    preset = cli("run", "mobile-int9", CNN, "-o", tmp_path / "x.onnx")
+    assert preset.returncode == 2 and "did you mean 'mobile-int8'?" in preset.stderr
+    passes = cli("optimize", CNN, "-o", tmp_path / "x.onnx", "--passes", "fold-constant")
+    assert passes.returncode == 2 and "did you mean 'fold-constants'?" in passes.stderr
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text(
+        'descripton = "x"\n[data]\ncalb = "nope.npz"\n[[pass]]\nname = "quantise"\n'
+        '[[pass]]\nname = "prune"\nsparsty = 0.5\n[gates]\nmax_acuracy_drop = 1.0\n'
+    )
+    done = cli("run", recipe, CNN, "-o", tmp_path / "x.onnx")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "5 errors" in lines[0]
+    for hint in ("'description'", "'calib'", "'quantize'", "'sparsity'", "'max_accuracy_drop'"):
+        assert f"did you mean {hint}?" in lines[0]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_run_takes_input_shape_and_data(tmp_path: Path, cli: Cli) -> None:
+    out = tmp_path / "r.onnx"
+    done = cli(
+        "run",
+        "lossless",
+        CNN,
+        "-o",
+        out,
+        "--input-shape",
+        "input:1,1,16,16",
+        "--data",
+        EVAL,
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert "digits_cnn.eval.npz" in report["data"]["feeds"] and report["input"]["top1"] > 0.9
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 16, 16]
+    both = cli("run", "lossless", CNN, "-o", out, "--overwrite", "--data", EVAL, "--eval", CALIB)
+    assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+def test_quantize_times_the_cleanup_and_the_int8_step_apart(tmp_path: Path, cli: Cli) -> None:
+    done = cli(
+        "quantize",
+        CNN,
+        "-o",
+        tmp_path / "q.onnx",
+        "--calib",
+        CALIB,
+        "--max-samples",
+        "32",
+        "--no-latency-guard",
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    latency = json.loads(done.stdout)["latency"]
+    for key in ("input_ms", "cleaned_ms", "quantized_ms"):
+        assert latency[key] > 0
+    assert latency["cleanup_ratio"] == pytest.approx(latency["cleaned_ms"] / latency["input_ms"])
+    assert latency["int8_ratio"] == pytest.approx(latency["quantized_ms"] / latency["cleaned_ms"])
+    table = cli(
+        "quantize",
+        CNN,
+        "-o",
+        tmp_path / "q2.onnx",
+        "--calib",
+        CALIB,
+        "--max-samples",
+        "32",
+        "--no-latency-guard",
+    ).stdout
+    assert "clean-up (input -> float)" in table and "int8 step (float -> int8)" in table
+
+
+def test_a_failed_gate_names_the_output_and_reports_carry_per_output_parity(
+    tmp_path: Path, cli: Cli
+) -> None:
+    recipe = tmp_path / "strict.toml"
+    recipe.write_text(
+        '[[pass]]\nname = "cluster"\nbits = 2\n[gates]\nmax_parity_error = 1e-6\n'
+        "[measure]\nlatency_runs = 0\n"
+    )
+    report = tmp_path / "report"
+    done = cli("run", recipe, CNN, "-o", tmp_path / "c.onnx", "--report", report)
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert "'logits'" in line and "next:" in line
+    data = json.loads((report / "report.json").read_text())
+    (output,) = data["output"]["outputs"]
+    assert output["name"] == "logits" and output["parity_error"] > 1e-6
+    assert output["top1_agreement"] is not None
+    assert "| logits |" in (report / "report.md").read_text()
+    assert "<td>logits</td>" in (report / "report.html").read_text()
