@@ -160,7 +160,7 @@ def test_int8_grid_survives_quantize_exactly_and_repacks():
         calib=calib,
     )(clustered)
     dense = storage.packed_weights(clustered)
-    result = api.quantize(clustered, calib=calib, validate=False, latency_guard=False)
+    result = api.quantize(clustered, calib=calib, verify=False, latency_guard=False)
     quantized = result.model
     assert result.report.quantized_nodes
     qmax = 64 if result.report.reduce_range else 127

@@ -27,7 +27,7 @@ def test_already_quantized_models_are_refused(model_id):
     model = io.load(_path(model_id))
     for mode in ("static", "dynamic", "weight-only"):
         with pytest.raises(UsageError, match="already quantized"):
-            api.quantize(model, mode=mode, calib=devmodel_feeds(model_id, 1), validate=False)
+            api.quantize(model, mode=mode, calib=devmodel_feeds(model_id, 1), verify=False)
 
 
 @pytest.mark.devmodels

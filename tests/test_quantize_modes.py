@@ -167,7 +167,7 @@ def test_embedding_tables_gathered_in_int8_once_per_column(mode):
         for _ in range(4)
     ]
     options = {"latency_guard": False} if mode == "static" else {}
-    result = api.quantize(model, mode=mode, calib=feeds, validate=False, **options)
+    result = api.quantize(model, mode=mode, calib=feeds, verify=False, **options)
     quantized = result.model
     gathers = [n for n in iter_nodes(quantized) if n.op_type == "Gather"]
     assert len(gathers) == 2 and all(g.inputs[0].dtype == ir.DataType.INT8 for g in gathers)

@@ -257,7 +257,7 @@ def test_ort_calibration_data_reader_through_the_api():
         def get_next(self):
             return next(self.feeds, None)
 
-    result = api.quantize(model, calib=Reader(), validate=False, latency_guard=False)
+    result = api.quantize(model, calib=Reader(), verify=False, latency_guard=False)
     assert result.report.samples == 6 and "conv2" in result.report.quantized_nodes
 
 
