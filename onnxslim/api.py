@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import onnx_ir as ir
 from onnxslim import io
 from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
 from onnxslim.errors import DataError, PassFailed, UsageError
+from onnxslim.feed_search import plan_feeds
 from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.inspection import ModelSummary, inspect_model
 from onnxslim.passes.cleanup import StripDebugMetadata
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 ModelSource = ir.Model | str | os.PathLike[str]
+logger = logging.getLogger("onnxslim")
 
 
 @dataclass
@@ -137,16 +140,19 @@ def optimize(
         elif data is not None:
             feeds, verified_on = validation_feeds(model, data, count=feed_count)
         else:
-            feeds = generate_feeds(input_specs(model), feed_count, shapes=generation_shapes)
-            verified_on = f"generated inputs ({feed_count} feeds)"
-        for feed in feeds if generation_shapes else ():
+            plan = plan_feeds(model, feed_count, shapes=generation_shapes)
+            feeds, verified_on = plan.feeds, plan.description
+            if feeds is None:  # made-up inputs never fail a lossless run: go on unchecked
+                logger.warning("outputs not checked: %s", plan.problem)
+                verified_on = "not verified (no generated input ran)"
+        for feed in feeds if generation_shapes and feeds else ():
             for name, shape in generation_shapes.items():  # type: ignore[union-attr]
                 if name in feed and tuple(feed[name].shape) != tuple(shape):
                     raise DataError(
                         f"validation feed {name!r} has shape {list(feed[name].shape)}, "
                         f"but --input-shape fixes it to {list(shape)}"
                     )
-        guard = Guard(list(feeds), atol=atol, rtol=rtol)
+        guard = Guard(list(feeds), atol=atol, rtol=rtol) if feeds is not None else None
     remember_annotations(model)
     result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
     drop_added_annotations(result.model)  # inferred value_info would only grow the file

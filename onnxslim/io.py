@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 
 from onnxslim.errors import ModelLoadError, UsageError
 from onnxslim.graphs import iter_graphs, iter_tensors, tensor_bytes
+from onnxslim.model_checks import check_proto, run_checker
 
 # Protobuf refuses messages over 2 GiB; leave headroom for the graph itself.
 PROTOBUF_SAFE_BYTES = 1_800_000_000
@@ -77,11 +78,11 @@ def load(path: PathLike) -> ir.Model:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not proto.HasField("graph") or proto.ir_version <= 0 or not proto.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph, IR version or opset import)")
+    check_proto(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # deserialize raises many types on malformed protos
         raise ModelLoadError(f"{path}: malformed ONNX model ({_first_line(exc)})") from exc
-    del proto
     base_dir = path.parent.absolute()
     for _, tensor in iter_tensors(model):
         # onnx_ir's set_base_dir skips local functions; every tensor needs it, or
@@ -90,6 +91,8 @@ def load(path: PathLike) -> ir.Model:
             tensor.base_dir = base_dir
     check_external_data(model, base_dir)
     check_domains(model, path)
+    run_checker(path, size, proto)
+    del proto
     model.meta[SOURCE_META_KEY] = str(path.absolute())
     return model
 
@@ -390,22 +393,32 @@ class _initializer_annotations_hidden:
     """onnx_ir writes a value_info entry for every initializer, repeating the type and
     dims its TensorProto already holds (about 30 bytes each; ORT and onnx read them from
     the tensor). Hidden while saving, put back afterwards; initializers that are also
-    graph inputs keep theirs, which the input's declaration needs."""
+    graph inputs or outputs keep theirs, which the declaration needs (an output written
+    without its type fails onnx.checker)."""
 
     def __init__(self, model: ir.Model) -> None:
         self._hidden: list[tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = []
+        self._typed: list[tuple[ir.Value, ir.TypeProtocol, ir.Shape]] = []
         for graph in iter_graphs(model):
             if not isinstance(graph, ir.Graph):
                 continue
-            inputs = {id(v) for v in graph.inputs}
+            declared = {id(v) for v in (*graph.inputs, *graph.outputs)}
             for value in graph.initializers.values():
-                if id(value) not in inputs and value.const_value is not None:
+                tensor = value.const_value
+                if tensor is None:
+                    continue
+                if id(value) not in declared or value.type is None:
                     self._hidden.append((value, value.type, value.shape))
+                if id(value) in declared and value.type is None:  # its type, from its data
+                    self._typed.append((value, ir.TensorType(tensor.dtype), tensor.shape))
 
     def __enter__(self) -> _initializer_annotations_hidden:
         for value, _, _ in self._hidden:
             value.type = None
             value.shape = None
+        for value, type_, shape in self._typed:
+            value.type = type_
+            value.shape = ir.Shape(shape)
         return self
 
     def __exit__(self, *exc: object) -> None:

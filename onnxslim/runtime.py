@@ -18,7 +18,8 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxslim.errors import ModelLoadError, RuntimeFailure
+from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
+from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
 
 if TYPE_CHECKING:
     import onnx
@@ -58,6 +59,9 @@ class SessionConfig:
     optimization: str = "all"
     optimized_model_path: str | None = None
     profile: bool = False
+    # Time per run and memory per run or session creation: a hostile model (an endless
+    # Loop, a ConstantOfShape to terabytes) fails with BudgetExceeded instead of hanging.
+    budget: Budget = Budget()
 
 
 class Session:
@@ -77,18 +81,21 @@ class Session:
         if config.profile:
             options.enable_profiling = True
         self._keep_alive: list[object] = []
+        self._budget = config.budget
+        self._memory = config.budget.memory_bytes()
         try:
-            if isinstance(model, ir.Model):
-                payload = self._serialize(model, options)
+            source = self._serialize(model, options) if isinstance(model, ir.Model) else model
+            with address_space_ceiling(self._memory):
                 self._session = ort.InferenceSession(
-                    payload, options, providers=["CPUExecutionProvider"]
-                )
-            else:
-                self._session = ort.InferenceSession(
-                    str(Path(model)), options, providers=["CPUExecutionProvider"]
+                    source if isinstance(source, bytes) else str(Path(source)),
+                    options,
+                    providers=["CPUExecutionProvider"],
                 )
         except Exception as exc:
             message = _first_line(exc)
+            problem = budget_problem(message, self._budget, "creating the session")
+            if problem:
+                raise BudgetExceeded(problem) from exc
             if _is_model_problem(message):
                 raise ModelLoadError(f"ONNX Runtime cannot load the model: {message}") from exc
             raise RuntimeFailure(f"ONNX Runtime session failed: {message}") from exc
@@ -100,17 +107,38 @@ class Session:
         return self._session
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        budgeted: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Run once; returns output name -> array."""
+        """Run once; returns output name -> array. `budgeted=False` skips the time and memory
+        budget (about 30 us a run): only for repeating a feed that already ran within it,
+        as latency timing does."""
         names = list(outputs) if outputs is not None else self.output_names
         try:
-            values = self._session.run(names, {k: feeds[k] for k in self.input_names})
+            feed = {k: feeds[k] for k in self.input_names}
         except KeyError as exc:
             raise ModelLoadError(f"feed is missing model input {exc.args[0]!r}") from exc
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # the error comes back as our one-line message
+        try:
+            if budgeted:
+                with (
+                    watchdog(run_options, self._budget.seconds),
+                    address_space_ceiling(self._memory),
+                ):
+                    values = self._session.run(names, feed, run_options)
+            else:
+                values = self._session.run(names, feed, run_options)
         except Exception as exc:
-            raise RuntimeFailure(f"ONNX Runtime run failed: {_first_line(exc)}") from exc
-        return dict(zip(names, values))
+            message = _first_line(exc)
+            problem = budget_problem(message, self._budget, "one run")
+            if problem:
+                raise BudgetExceeded(problem) from exc
+            raise RuntimeFailure(f"ONNX Runtime run failed: {message}") from exc
+        return dict(zip(names, values, strict=True))
 
     def end_profiling(self) -> str:
         return self._session.end_profiling()
