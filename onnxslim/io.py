@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 
 from onnxslim.errors import ModelLoadError, UsageError
 from onnxslim.graphs import iter_graphs, iter_tensors, tensor_bytes
-from onnxslim.model_checks import check_proto, run_checker
+from onnxslim.model_checks import check_proto, check_written, run_checker
 
 # Protobuf refuses messages over 2 GiB; leave headroom for the graph itself.
 PROTOBUF_SAFE_BYTES = 1_800_000_000
@@ -210,6 +210,7 @@ def save(
             with _in_memory_tensors(model), _initializer_annotations_hidden(model):
                 ir.save(model, staged)
             rebind = None
+        check_written(staged, path)
         _commit(staging, staged, path, data_name if external_data else None)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
@@ -438,6 +439,11 @@ def _copy_mode(existing: Path, new: Path) -> None:
             shutil.copymode(existing, new)
     except OSError:
         pass
+
+
+def as_saved(model: ir.Model) -> _initializer_annotations_hidden:
+    """While active, `model` serializes as `save` writes it (what a session should run)."""
+    return _initializer_annotations_hidden(model)
 
 
 def model_to_bytes(model: ir.Model) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from onnxslim.errors import ModelLoadError
+from onnxslim.errors import ModelLoadError, PassFailed
 
 FULL_CHECK_BYTES = 256_000_000
 # The checker requires a `shape` on every main-graph input/output type; ONNX Runtime
@@ -93,6 +93,21 @@ def run_checker(path: Path, size: int, proto: onnx.ModelProto) -> None:
             _strict_inference(proto, path)
     except Exception as exc:  # the checker raises others on malformed files
         raise ModelLoadError(f"{path}: invalid ONNX model ({_first_line(exc)})") from exc
+
+
+def check_written(staged: Path, target: Path) -> None:
+    """The file about to be renamed onto `target` passes onnx.checker (structure, types,
+    schemas; no shape inference): what a run checked in memory must also hold for the
+    bytes written. A failure is our defect: nothing is written (exit 3)."""
+    try:
+        onnx.checker.check_model(str(staged))
+    except Exception as exc:
+        text = _first_line(exc)
+        if any(w in text for w in _WAIVED):
+            return
+        raise PassFailed(
+            f"{target}: the model to be written fails onnx.checker ({text}); nothing written"
+        ) from exc
 
 
 def _strict_inference(proto: onnx.ModelProto, path: Path) -> None:

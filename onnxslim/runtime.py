@@ -20,6 +20,7 @@ import onnxruntime as ort
 
 from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
 from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
+from onnxslim.io import as_saved
 
 if TYPE_CHECKING:
     import onnx
@@ -181,7 +182,8 @@ class Session:
                     shape=tensor.shape,
                     name=name,
                 )
-            proto = ir.serde.serialize_model(model)
+            with as_saved(model):  # the graph exactly as io.save writes it
+                proto = ir.serde.serialize_model(model)
         finally:
             for value, tensor in swapped:
                 value.const_value = tensor
