@@ -23,7 +23,9 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxslim import io
+from onnxslim.feeds import generate_feeds, input_specs
 from onnxslim.graphs import iter_graphs, iter_nodes, iter_tensors
+from onnxslim.runtime import Session, SessionConfig
 
 ModelSource = ir.Model | str | os.PathLike[str]
 Dim = int | str | None
@@ -235,9 +237,6 @@ def _measure_shapes(
 ) -> list[str]:
     """Fill in shapes inference could not (shapes computed by ops it cannot fold, such as
     Reshape/Transpose feeding Pad) by running the model once on ORT with generated inputs."""
-    from onnxslim.feeds import generate_feeds, input_specs
-    from onnxslim.runtime import Session, SessionConfig
-
     outputs = set(model.graph.outputs)
     wanted: dict[str, ir.Value] = {}
     for node in nodes:

@@ -30,7 +30,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnxslim.errors import ModelLoadError, UsageError
-from onnxslim.graphs import iter_graphs, iter_tensors, tensor_bytes
+from onnxslim.graphs import iter_graphs, iter_nodes, iter_tensors, tensor_bytes
 from onnxslim.model_checks import check_proto, check_written, run_checker
 
 # Protobuf refuses messages over 2 GiB; leave headroom for the graph itself.
@@ -150,8 +150,6 @@ def check_external_data(model: ir.Model, base_dir: Path) -> None:
 
 def check_domains(model: ir.Model, path: Path) -> None:
     """Every node's domain must be imported by the model or be a local function."""
-    from onnxslim.graphs import iter_nodes
-
     known = set(model.opset_imports) | {"ai.onnx"}
     functions = {(f.domain, f.name, f.overload) for f in model.functions.values()}
     for node in iter_nodes(model):

@@ -9,21 +9,19 @@ holding every weight twice.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
 from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
 from onnxslim.io import as_saved
-
-if TYPE_CHECKING:
-    import onnx
 
 # Tensors at least this large go to ORT as in-memory external initializers.
 _OFFLOAD_BYTES = 1024
@@ -198,10 +196,6 @@ def ort_optimized(
 ) -> onnx.ModelProto:
     """The graph ORT runs: `model` after ORT's graph optimizations at `optimization`, as
     ORT writes it out (fusions, folded constants, its own contrib ops)."""
-    import tempfile
-
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="onnxslim-ort-") as folder:
         path = Path(folder) / "optimized.onnx"
         Session(model, SessionConfig(optimization=optimization, optimized_model_path=str(path)))
