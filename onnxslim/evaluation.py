@@ -16,7 +16,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.calibration import open_feeds
-from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.errors import DataError
+from onnxslim.feed_search import plan_feeds
+from onnxslim.feeds import Feed
 from onnxslim.parity import compare_outputs
 from onnxslim.runtime import Session
 
@@ -73,8 +75,10 @@ class Evaluator:
                 self.labels = labels
             self.description = f"{stream.description} ({len(self.feeds)} feeds)"
         else:
-            self.feeds = generate_feeds(input_specs(reference), GENERATED_FEEDS, seed=0)
-            self.description = f"generated inputs ({GENERATED_FEEDS} feeds)"
+            plan = plan_feeds(reference, GENERATED_FEEDS, seed=0)  # sizes the model runs on
+            if plan.feeds is None:
+                raise DataError(plan.problem or "no generated inputs")
+            self.feeds, self.description = plan.feeds, plan.description
         self.reference_outputs = self._run(reference)
         self.classifier = _classifier(self.reference_outputs)
         self.baseline = self.measure(reference, latency_runs=0)

@@ -168,11 +168,18 @@ def _human(size: float) -> str:
 
 def _index_bound(value: ir.Value) -> int | None:
     """Smallest table size among Gather/Embedding uses of `value` as indices."""
-    bounds = []
+    bounds: list[int] = []
     for node, index in value.uses():
         if node.op_type == "Gather" and node.domain == "" and index == 1:
             table = node.inputs[0]
             axis = node.attributes.get_int("axis", 0)
-            if table is not None and table.shape is not None and isinstance(table.shape[axis], int):
-                bounds.append(table.shape[axis])
+            if (
+                table is None
+                or table.shape is None
+                or not -len(table.shape) <= axis < len(table.shape)
+            ):
+                continue  # a hostile axis must not crash feed generation
+            size = table.shape[axis]
+            if isinstance(size, int):
+                bounds.append(size)
     return min(bounds) if bounds else None

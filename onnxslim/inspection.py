@@ -23,6 +23,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxslim import io
+from onnxslim.budget import Budget
 from onnxslim.feeds import generate_feeds, input_specs
 from onnxslim.graphs import iter_graphs, iter_nodes, iter_tensors
 from onnxslim.runtime import Session, SessionConfig
@@ -50,6 +51,8 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Above this many nodes the MAC estimate reads declared shapes only (linear, seconds)
 # instead of cloning, inferring and running the model (about 3 ms a node here).
 MAC_INFERENCE_NODES = 5000
+# The run that measures shapes inference missed: an estimate is not worth a long wait.
+_MEASURE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,8 @@ def _measure_shapes(
     model.graph.outputs.extend(wanted.values())
     try:
         feed = generate_feeds(input_specs(model), 1, shapes=shapes)[0]
-        results = Session(model, SessionConfig(optimization="disable")).run(feed, list(wanted))
+        config = SessionConfig(optimization="disable", budget=Budget(seconds=_MEASURE_SECONDS))
+        results = Session(model, config).run(feed, list(wanted))
     except Exception as exc:  # inspection must work on models ORT cannot run
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return [f"could not run the model to measure missing shapes ({text[:200]})"]

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +219,9 @@ def save(
     return path
 
 
-def _write_external(model: ir.Model, staged: Path, data_name: str, data_path: Path):
+def _write_external(
+    model: ir.Model, staged: Path, data_name: str, data_path: Path
+) -> Callable[[Path], None]:
     """Save with external data into the staging folder; return how to re-point tensors.
 
     Tensors mapped from `data_path` (only when overwriting) keep reading the old
@@ -397,7 +399,7 @@ class _initializer_annotations_hidden:
 
     def __init__(self, model: ir.Model) -> None:
         self._hidden: list[tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = []
-        self._typed: list[tuple[ir.Value, ir.TypeProtocol, ir.Shape]] = []
+        self._typed: list[tuple[ir.Value, ir.TypeProtocol, ir.Shape]] = []  # declared, untyped
         for graph in iter_graphs(model):
             if not isinstance(graph, ir.Graph):
                 continue
@@ -409,7 +411,9 @@ class _initializer_annotations_hidden:
                 if id(value) not in declared or value.type is None:
                     self._hidden.append((value, value.type, value.shape))
                 if id(value) in declared and value.type is None:  # its type, from its data
-                    self._typed.append((value, ir.TensorType(tensor.dtype), tensor.shape))
+                    self._typed.append(
+                        (value, ir.TensorType(tensor.dtype), ir.Shape(tensor.shape.numpy()))
+                    )
 
     def __enter__(self) -> _initializer_annotations_hidden:
         for value, _, _ in self._hidden:
@@ -417,7 +421,7 @@ class _initializer_annotations_hidden:
             value.shape = None
         for value, type_, shape in self._typed:
             value.type = type_
-            value.shape = ir.Shape(shape)
+            value.shape = shape
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,7 +26,7 @@ FULL_CHECK_BYTES = 256_000_000
 # The checker requires a `shape` on every main-graph input/output type; ONNX Runtime
 # and the exporters accept a missing one (rank unknown), so that rule alone is waived.
 _WAIVED = ("Field 'shape' of 'type' is required but missing",)
-_BITS = {
+_BITS: dict[int, int] = {
     TensorProto.FLOAT: 32,
     TensorProto.UINT8: 8,
     TensorProto.INT8: 8,

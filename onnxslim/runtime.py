@@ -177,7 +177,7 @@ class Session:
                     offset=0,
                     length=tensor.nbytes,
                     dtype=tensor.dtype,
-                    shape=tensor.shape,
+                    shape=ir.Shape(tensor.shape.numpy()),
                     name=name,
                 )
             with as_saved(model):  # the graph exactly as io.save writes it
