@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxslim.errors import ModelLoadError, UsageError
+from onnxslim.errors import ModelLoadError, PassFailed, UsageError
 from onnxslim.graphs import iter_graphs, iter_nodes, iter_tensors, tensor_bytes
 from onnxslim.model_checks import check_proto, check_written, run_checker
 
@@ -199,6 +199,7 @@ def save(
     if not overwrite:
         _refuse_overwriting_inputs(model, targets, source)
 
+    _sort_nodes(model, path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         staged = staging / path.name
@@ -441,6 +442,18 @@ def _copy_mode(existing: Path, new: Path) -> None:
             shutil.copymode(existing, new)
     except OSError:
         pass
+
+
+def _sort_nodes(model: ir.Model, path: Path) -> None:
+    """Nodes in topological order, as ONNX requires (ORT runs unsorted graphs, so a pass
+    that appends nodes out of order, such as export's fp16 casts, goes unnoticed until
+    onnx.checker reads the file). Stable: a sorted graph keeps its order."""
+    try:
+        model.graph.sort()
+        for function in model.functions.values():
+            function.sort()
+    except ValueError as exc:  # a cycle: our defect, nothing is written
+        raise PassFailed(f"{path}: the model to be written has a cycle ({exc})") from exc
 
 
 def as_saved(model: ir.Model) -> _initializer_annotations_hidden:

@@ -23,9 +23,11 @@ from onnx import TensorProto
 from onnxslim.errors import ModelLoadError, PassFailed
 
 FULL_CHECK_BYTES = 256_000_000
-# The checker requires a `shape` on every main-graph input/output type; ONNX Runtime
-# and the exporters accept a missing one (rank unknown), so that rule alone is waived.
-_WAIVED = ("Field 'shape' of 'type' is required but missing",)
+# Checker rules waived (the checks it skips after them are run on the proto instead):
+# a `shape` on every main-graph input/output type (ONNX Runtime and the exporters accept
+# a missing one: rank unknown); external data files that are symbolic links (io's own
+# check_external_data accepts links that stay inside the model's folder).
+_WAIVED = ("Field 'shape' of 'type' is required but missing", "but it is a symbolic link")
 _BITS: dict[int, int] = {
     TensorProto.FLOAT: 32,
     TensorProto.UINT8: 8,
@@ -52,7 +54,9 @@ _BITS: dict[int, int] = {
 
 
 def check_proto(proto: onnx.ModelProto, path: Path) -> None:
-    """Our structural checks on every tensor of the model, subgraphs and functions included."""
+    """Our structural checks on every tensor of the model, subgraphs and functions included,
+    and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
+    _check_order(proto.graph, [], path)
     for where, tensor in _tensors(proto):
         name = f"{path}: tensor {tensor.name or where!r}"
         if tensor.HasField("segment"):
@@ -75,6 +79,27 @@ def check_proto(proto: onnx.ModelProto, path: Path) -> None:
                     value.decode("utf-8")
                 except UnicodeDecodeError:
                     raise ModelLoadError(f"{name} holds a string that is not UTF-8") from None
+
+
+def _check_order(graph: onnx.GraphProto, outer: list[set[str]], path: Path) -> None:
+    """Every node input is a graph input, an initializer, an outer-scope name or the output
+    of an earlier node: one linear sweep, subgraphs seeing the scopes above them."""
+    known = {v.name for v in graph.input}
+    known.update(t.name for t in graph.initializer)
+    known.update(t.values.name for t in graph.sparse_initializer)
+    scopes = [*outer, known]
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name and not any(name in scope for scope in scopes):
+                raise ModelLoadError(
+                    f"{path}: graph {graph.name!r} is not topologically sorted: node "
+                    f"{node.name or node.op_type + ' #' + str(index)!r} reads {name!r} before "
+                    "any node produces it (out of order, a cycle, or a dangling input)"
+                )
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                _check_order(sub, scopes, path)
+        known.update(n for n in node.output if n)
 
 
 def run_checker(path: Path, size: int, proto: onnx.ModelProto) -> None:
