@@ -86,7 +86,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("onnxslim.cli.run", "onnxslim"): "ux",
     ("onnxslim.cli.run", "sys"): "ux",
     ("onnxslim.cli", "onnxruntime"): "ux",
-    ("onnxslim.evaluation", "onnxslim.validation"): "evalcat",
     ("onnxslim.targets", "onnxruntime"): "ux",
     ("onnxslim.calibration", "numpy.lib"): "types",
     ("onnxslim.passes.cluster.storage", "onnxslim.passes.cluster.weights"): "types",
