@@ -27,6 +27,11 @@ class DataError(UsageError):
     """Calibration or validation data does not fit the model."""
 
 
+class BudgetExceeded(UsageError):
+    """Running the model took more time or memory than its budget (an endless Loop, a
+    tensor bomb): bad input, not a crash."""
+
+
 class GateFailed(OnnxSlimError):
     """A quality gate or a parity check failed; the result may still have been written."""
 

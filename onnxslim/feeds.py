@@ -7,6 +7,8 @@ the size of the table they index, so an embedding model is fed valid token ids.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -16,6 +18,14 @@ import onnx_ir as ir
 from onnxslim.errors import UsageError
 
 Feed = dict[str, np.ndarray]
+logger = logging.getLogger("onnxslim")
+# One generated feed may not take more than this (a declared [2**40] input is refused
+# before allocation); `max_bytes` raises it.
+DEFAULT_FEED_BYTES = 1 << 30
+
+
+class FeedTooLarge(UsageError):
+    """A generated feed would exceed the size ceiling; nothing was allocated."""
 
 
 @dataclass(frozen=True)
@@ -42,14 +52,28 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
             continue
-        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        try:
+            dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        except TypeError:  # UNDEFINED and types numpy has no form for
+            dtype = np.dtype(np.float32)
         shape = None
         if value.shape is not None:
-            shape = tuple(
-                d if isinstance(d, int) else (str(d) if d.value else None) for d in value.shape
-            )
+            shape = tuple(_dim(value.name or "", axis, d) for axis, d in enumerate(value.shape))
         specs.append(InputSpec(value.name or "", dtype, shape, _index_bound(value)))
     return specs
+
+
+def _dim(name: str, axis: int, dim: object) -> int | str | None:
+    """A declared dimension; a negative one is read as free, with a warning."""
+    if isinstance(dim, int):
+        if dim < 0:
+            logger.warning(
+                "input %r declares dimension %d at axis %d; read as free", name, dim, axis
+            )
+            return None
+        return dim
+    value = getattr(dim, "value", None)
+    return str(value) if value else None
 
 
 def parse_input_shapes(texts: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -85,37 +109,77 @@ def generate_feeds(
     *,
     seed: int = 0,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    max_bytes: int = DEFAULT_FEED_BYTES,
 ) -> list[Feed]:
-    """`count` deterministic random feeds: normal floats, bounded integer ids, random bools."""
+    """`count` deterministic random feeds: normal floats, bounded integer ids, random bools,
+    short strings. The size of one feed is estimated first: over `max_bytes` it is a
+    FeedTooLarge error naming the input, before anything is allocated."""
+    resolved = {spec.name: concrete_shape(spec, shapes) for spec in specs}
+    check_feed_size(specs, resolved, max_bytes)
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(count):
-        feed: Feed = {}
-        for spec in specs:
-            shape = concrete_shape(spec, shapes)
-            kind = spec.dtype.kind
-            if kind == "f":
-                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            elif kind in "iu":
-                high = spec.index_bound if spec.index_bound else 4
-                feed[spec.name] = rng.integers(0, max(high, 1), size=shape).astype(spec.dtype)
-            elif kind == "b":
-                feed[spec.name] = rng.random(shape) < 0.5
-            else:
-                raise UsageError(
-                    f"input {spec.name!r}: cannot generate data of type {spec.dtype}; give --data"
-                )
-        feeds.append(feed)
+        feeds.append({spec.name: _random_array(spec, resolved[spec.name], rng) for spec in specs})
     return feeds
+
+
+def feed_bytes(spec: InputSpec, shape: tuple[int, ...]) -> int:
+    """Bytes one generated array of `spec` at `shape` takes (strings: 16 per element)."""
+    itemsize = 16 if spec.dtype.kind in "OUS" else max(spec.dtype.itemsize, 1)
+    return math.prod(shape) * itemsize
+
+
+def check_feed_size(
+    specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]], max_bytes: int
+) -> None:
+    """FeedTooLarge when one feed at `shapes` would need more than `max_bytes`."""
+    sizes = {s.name: feed_bytes(s, tuple(shapes[s.name])) for s in specs}
+    if sum(sizes.values()) > max_bytes:
+        name = max(sizes, key=sizes.__getitem__)
+        raise FeedTooLarge(
+            f"input {name!r}: a generated {next(s.dtype for s in specs if s.name == name)} "
+            f"{list(shapes[name])} needs {_human(sizes[name])}, over the "
+            f"{_human(max_bytes)} ceiling for generated inputs; give --data or --input-shape"
+        )
+
+
+def _random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    kind = spec.dtype.kind
+    if kind == "f" or spec.dtype.name == "bfloat16":
+        return np.asarray(rng.standard_normal(shape)).astype(spec.dtype)
+    if kind in "iu":
+        high = spec.index_bound if spec.index_bound else 4
+        return np.asarray(rng.integers(0, max(high, 1), size=shape)).astype(spec.dtype)
+    if kind == "b":
+        return np.asarray(rng.random(shape) < 0.5)  # a scalar would be np.bool_, which ORT refuses
+    if kind in "OUS":
+        words = np.array(["a", "onnx", "slim", "model", "0"], dtype=object)
+        return np.asarray(words[rng.integers(0, len(words), size=shape)], dtype=object)
+    raise UsageError(f"input {spec.name!r}: cannot generate data of type {spec.dtype}; give --data")
+
+
+def _human(size: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if size < 1000 or unit == "PB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} bytes"
 
 
 def _index_bound(value: ir.Value) -> int | None:
     """Smallest table size among Gather/Embedding uses of `value` as indices."""
-    bounds = []
+    bounds: list[int] = []
     for node, index in value.uses():
         if node.op_type == "Gather" and node.domain == "" and index == 1:
             table = node.inputs[0]
             axis = node.attributes.get_int("axis", 0)
-            if table is not None and table.shape is not None and isinstance(table.shape[axis], int):
-                bounds.append(table.shape[axis])
+            if (
+                table is None
+                or table.shape is None
+                or not -len(table.shape) <= axis < len(table.shape)
+            ):
+                continue  # a hostile axis must not crash feed generation
+            size = table.shape[axis]
+            if isinstance(size, int):
+                bounds.append(size)
     return min(bounds) if bounds else None

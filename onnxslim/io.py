@@ -29,8 +29,9 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxslim.errors import ModelLoadError, UsageError
-from onnxslim.graphs import iter_graphs, iter_tensors, tensor_bytes
+from onnxslim.errors import ModelLoadError, PassFailed, UsageError
+from onnxslim.graphs import iter_graphs, iter_nodes, iter_tensors, tensor_bytes
+from onnxslim.model_checks import check_proto, check_written, run_checker
 
 # Protobuf refuses messages over 2 GiB; leave headroom for the graph itself.
 PROTOBUF_SAFE_BYTES = 1_800_000_000
@@ -77,11 +78,11 @@ def load(path: PathLike) -> ir.Model:
         raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not proto.HasField("graph") or proto.ir_version <= 0 or not proto.opset_import:
         raise ModelLoadError(f"{path}: not an ONNX model (no graph, IR version or opset import)")
+    check_proto(proto, path)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # deserialize raises many types on malformed protos
         raise ModelLoadError(f"{path}: malformed ONNX model ({_first_line(exc)})") from exc
-    del proto
     base_dir = path.parent.absolute()
     for _, tensor in iter_tensors(model):
         # onnx_ir's set_base_dir skips local functions; every tensor needs it, or
@@ -90,6 +91,8 @@ def load(path: PathLike) -> ir.Model:
             tensor.base_dir = base_dir
     check_external_data(model, base_dir)
     check_domains(model, path)
+    run_checker(path, size, proto)
+    del proto
     model.meta[SOURCE_META_KEY] = str(path.absolute())
     return model
 
@@ -147,8 +150,6 @@ def check_external_data(model: ir.Model, base_dir: Path) -> None:
 
 def check_domains(model: ir.Model, path: Path) -> None:
     """Every node's domain must be imported by the model or be a local function."""
-    from onnxslim.graphs import iter_nodes
-
     known = set(model.opset_imports) | {"ai.onnx"}
     functions = {(f.domain, f.name, f.overload) for f in model.functions.values()}
     for node in iter_nodes(model):
@@ -229,6 +230,7 @@ def save(
     if not overwrite:
         _refuse_overwriting_inputs(model, targets, source)
 
+    _sort_nodes(model, path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         staged = staging / path.name
@@ -238,6 +240,7 @@ def save(
             with _in_memory_tensors(model), _initializer_annotations_hidden(model):
                 ir.save(model, staged)
             rebind = None
+        check_written(staged, path)
         _commit(staging, staged, path, data_name if external_data else None)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from exc
@@ -423,22 +426,34 @@ class _initializer_annotations_hidden:
     """onnx_ir writes a value_info entry for every initializer, repeating the type and
     dims its TensorProto already holds (about 30 bytes each; ORT and onnx read them from
     the tensor). Hidden while saving, put back afterwards; initializers that are also
-    graph inputs keep theirs, which the input's declaration needs."""
+    graph inputs or outputs keep theirs, which the declaration needs (an output written
+    without its type fails onnx.checker)."""
 
     def __init__(self, model: ir.Model) -> None:
         self._hidden: list[tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = []
+        self._typed: list[tuple[ir.Value, ir.TypeProtocol, ir.Shape]] = []  # declared, untyped
         for graph in iter_graphs(model):
             if not isinstance(graph, ir.Graph):
                 continue
-            inputs = {id(v) for v in graph.inputs}
+            declared = {id(v) for v in (*graph.inputs, *graph.outputs)}
             for value in graph.initializers.values():
-                if id(value) not in inputs and value.const_value is not None:
+                tensor = value.const_value
+                if tensor is None:
+                    continue
+                if id(value) not in declared or value.type is None:
                     self._hidden.append((value, value.type, value.shape))
+                if id(value) in declared and value.type is None:  # its type, from its data
+                    self._typed.append(
+                        (value, ir.TensorType(tensor.dtype), ir.Shape(tensor.shape.numpy()))
+                    )
 
     def __enter__(self) -> _initializer_annotations_hidden:
         for value, _, _ in self._hidden:
             value.type = None
             value.shape = None
+        for value, type_, shape in self._typed:
+            value.type = type_
+            value.shape = shape
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -458,6 +473,23 @@ def _copy_mode(existing: Path, new: Path) -> None:
             shutil.copymode(existing, new)
     except OSError:
         pass
+
+
+def _sort_nodes(model: ir.Model, path: Path) -> None:
+    """Nodes in topological order, as ONNX requires (ORT runs unsorted graphs, so a pass
+    that appends nodes out of order, such as export's fp16 casts, goes unnoticed until
+    onnx.checker reads the file). Stable: a sorted graph keeps its order."""
+    try:
+        model.graph.sort()
+        for function in model.functions.values():
+            function.sort()
+    except ValueError as exc:  # a cycle: our defect, nothing is written
+        raise PassFailed(f"{path}: the model to be written has a cycle ({exc})") from exc
+
+
+def as_saved(model: ir.Model) -> _initializer_annotations_hidden:
+    """While active, `model` serializes as `save` writes it (what a session should run)."""
+    return _initializer_annotations_hidden(model)
 
 
 def model_to_bytes(model: ir.Model) -> bytes:

@@ -9,19 +9,19 @@ holding every weight twice.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxslim.errors import ModelLoadError, RuntimeFailure
-
-if TYPE_CHECKING:
-    import onnx
+from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
+from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
+from onnxslim.io import as_saved
 
 # Tensors at least this large go to ORT as in-memory external initializers.
 _OFFLOAD_BYTES = 1024
@@ -58,6 +58,9 @@ class SessionConfig:
     optimization: str = "all"
     optimized_model_path: str | None = None
     profile: bool = False
+    # Time per run and memory per run or session creation: a hostile model (an endless
+    # Loop, a ConstantOfShape to terabytes) fails with BudgetExceeded instead of hanging.
+    budget: Budget = Budget()
 
 
 class Session:
@@ -77,18 +80,21 @@ class Session:
         if config.profile:
             options.enable_profiling = True
         self._keep_alive: list[object] = []
+        self._budget = config.budget
+        self._memory = config.budget.memory_bytes()
         try:
-            if isinstance(model, ir.Model):
-                payload = self._serialize(model, options)
+            source = self._serialize(model, options) if isinstance(model, ir.Model) else model
+            with address_space_ceiling(self._memory):
                 self._session = ort.InferenceSession(
-                    payload, options, providers=["CPUExecutionProvider"]
-                )
-            else:
-                self._session = ort.InferenceSession(
-                    str(Path(model)), options, providers=["CPUExecutionProvider"]
+                    source if isinstance(source, bytes) else str(Path(source)),
+                    options,
+                    providers=["CPUExecutionProvider"],
                 )
         except Exception as exc:
             message = _first_line(exc)
+            problem = budget_problem(message, self._budget, "creating the session")
+            if problem:
+                raise BudgetExceeded(problem) from exc
             if _is_model_problem(message):
                 raise ModelLoadError(f"ONNX Runtime cannot load the model: {message}") from exc
             raise RuntimeFailure(f"ONNX Runtime session failed: {message}") from exc
@@ -100,16 +106,37 @@ class Session:
         return self._session
 
     def run(
-        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        *,
+        budgeted: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Run once; returns output name -> array."""
+        """Run once; returns output name -> array. `budgeted=False` skips the time and memory
+        budget (about 30 us a run): only for repeating a feed that already ran within it,
+        as latency timing does."""
         names = list(outputs) if outputs is not None else self.output_names
         try:
-            values = self._session.run(names, {k: feeds[k] for k in self.input_names})
+            feed = {k: feeds[k] for k in self.input_names}
         except KeyError as exc:
             raise ModelLoadError(f"feed is missing model input {exc.args[0]!r}") from exc
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # the error comes back as our one-line message
+        try:
+            if budgeted:
+                with (
+                    watchdog(run_options, self._budget.seconds),
+                    address_space_ceiling(self._memory),
+                ):
+                    values = self._session.run(names, feed, run_options)
+            else:
+                values = self._session.run(names, feed, run_options)
         except Exception as exc:
-            raise RuntimeFailure(f"ONNX Runtime run failed: {_first_line(exc)}") from exc
+            message = _first_line(exc)
+            problem = budget_problem(message, self._budget, "one run")
+            if problem:
+                raise BudgetExceeded(problem) from exc
+            raise RuntimeFailure(f"ONNX Runtime run failed: {message}") from exc
         return dict(zip(names, values, strict=True))
 
     def end_profiling(self) -> str:
@@ -150,10 +177,11 @@ class Session:
                     offset=0,
                     length=tensor.nbytes,
                     dtype=tensor.dtype,
-                    shape=tensor.shape,
+                    shape=ir.Shape(tensor.shape.numpy()),
                     name=name,
                 )
-            proto = ir.serde.serialize_model(model)
+            with as_saved(model):  # the graph exactly as io.save writes it
+                proto = ir.serde.serialize_model(model)
         finally:
             for value, tensor in swapped:
                 value.const_value = tensor
@@ -168,10 +196,6 @@ def ort_optimized(
 ) -> onnx.ModelProto:
     """The graph ORT runs: `model` after ORT's graph optimizations at `optimization`, as
     ORT writes it out (fusions, folded constants, its own contrib ops)."""
-    import tempfile
-
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="onnxslim-ort-") as folder:
         path = Path(folder) / "optimized.onnx"
         Session(model, SessionConfig(optimization=optimization, optimized_model_path=str(path)))

@@ -32,10 +32,12 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxslim import io
+from onnxslim.budget import DEFAULT_RUN_SECONDS
 from onnxslim.calibration import FeedSource, ImagePreprocessing, check_feed, open_feeds
 from onnxslim.errors import DataError, ModelLoadError, OnnxSlimError, RuntimeFailure, UsageError
 from onnxslim.evaluation import time_interleaved
-from onnxslim.feeds import Feed, InputSpec, generate_feeds, input_specs
+from onnxslim.feed_search import plan_feeds
+from onnxslim.feeds import Feed, InputSpec, input_specs
 from onnxslim.parity import OutputComparer, OutputParity
 from onnxslim.runtime import Session, SessionConfig
 
@@ -200,9 +202,12 @@ def validate(
     cand_model, cand_label = _open(candidate)
     ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
     output_names, notes = _check_interfaces(ref_model, cand_model, ref_specs, cand_specs)
-    feed_list, description, generated = resolve_feeds(
-        ref_model, feeds, count=count, seed=seed, shapes=input_shapes
-    )
+    try:
+        feed_list, description, generated = resolve_feeds(
+            ref_model, feeds, count=count, seed=seed, shapes=input_shapes
+        )
+    except (ModelLoadError, RuntimeFailure) as exc:  # generated inputs are tried on REF
+        raise type(exc)(f"{ref_label}: {exc}") from exc
     check_feeds(feed_list, ref_specs, description)
     check_feeds(feed_list, cand_specs, description)
 
@@ -288,9 +293,10 @@ def resolve_feeds(
     `image_preprocessing` applies to image folders.
     """
     if feeds is None:
-        n = count or DEFAULT_GENERATED_FEEDS
-        generated = generate_feeds(input_specs(model), n, seed=seed, shapes=shapes)
-        return generated, f"generated inputs ({n} feeds)", True
+        plan = plan_feeds(model, count or DEFAULT_GENERATED_FEEDS, seed=seed, shapes=shapes)
+        if plan.feeds is None:
+            raise DataError(plan.problem or "no generated inputs")
+        return plan.feeds, plan.description, True
     source = [feeds] if isinstance(feeds, Mapping) else feeds
     try:
         stream = open_feeds(
@@ -503,7 +509,11 @@ def _probe(model_path: Path, feed_path: Path, names: list[str], threads: int) ->
         str(threads),
         str(_MEMORY_PROBE_RUNS),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    limit = DEFAULT_RUN_SECONDS * (_MEMORY_PROBE_RUNS + 1) + 60  # the session load included
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the child did not finish within {limit:g} s") from None
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         raise RuntimeError(lines[-1] if lines else f"child exited with {done.returncode}")

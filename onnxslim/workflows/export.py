@@ -26,8 +26,9 @@ import onnxruntime
 
 from onnxslim import io
 from onnxslim._version import __version__
-from onnxslim.errors import GateFailed, PassFailed, UsageError
-from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
+from onnxslim.errors import DataError, GateFailed, PassFailed, UsageError
+from onnxslim.feed_search import plan_feeds
+from onnxslim.feeds import Feed, input_specs, parse_input_shapes
 from onnxslim.graphs import iter_graphs, iter_nodes
 from onnxslim.parity import OutputParity, compare_outputs
 from onnxslim.pipeline import Pipeline, run_pipeline
@@ -159,7 +160,10 @@ def export(
     model, steps = _transform(io.load(source), options)
     if feeds is None:
         shapes = parse_input_shapes(list(options.input_shapes))
-        feeds = generate_feeds(input_specs(original), 4, seed=0, shapes=shapes)
+        plan = plan_feeds(original, 4, seed=0, shapes=shapes)  # sizes the input model runs on
+        if plan.feeds is None:
+            raise DataError(plan.problem or "no generated inputs")
+        feeds = plan.feeds
     atol, rtol = options.tolerances()
     parity = _parity(original, model, feeds, atol, rtol)
     if not all(p.passed for p in parity) and not force:

@@ -7,6 +7,7 @@ inputs with the fixed shapes), and the passes at fault are rolled back.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ import onnx_ir as ir
 
 from onnxslim.calibration import FeedSource, ImagePreprocessing
 from onnxslim.errors import DataError
-from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
+from onnxslim.feed_search import plan_feeds
+from onnxslim.feeds import Feed, parse_input_shapes
 from onnxslim.passes.cleanup import StripDebugMetadata
 from onnxslim.passes.fold import (
     FixInputShapes,
@@ -28,6 +30,8 @@ from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.sources import ModelResult
 from onnxslim.validation import resolve_feeds
+
+logger = logging.getLogger("onnxslim")
 
 
 @dataclass
@@ -113,16 +117,19 @@ def optimize(
         elif data is not None:
             feeds, verified_on = validation_feeds(model, data, count=feed_count)
         else:
-            feeds = generate_feeds(input_specs(model), feed_count, shapes=generation_shapes)
-            verified_on = f"generated inputs ({feed_count} feeds)"
-        for feed in feeds if generation_shapes else ():
+            plan = plan_feeds(model, feed_count, shapes=generation_shapes)
+            feeds, verified_on = plan.feeds, plan.description
+            if feeds is None:  # made-up inputs never fail a lossless run: go on unchecked
+                logger.warning("outputs not checked: %s", plan.problem)
+                verified_on = "not verified (no generated input ran)"
+        for feed in feeds if generation_shapes and feeds else ():
             for name, shape in generation_shapes.items():  # type: ignore[union-attr]
                 if name in feed and tuple(feed[name].shape) != tuple(shape):
                     raise DataError(
                         f"validation feed {name!r} has shape {list(feed[name].shape)}, "
                         f"but --input-shape fixes it to {list(shape)}"
                     )
-        guard = Guard(list(feeds), atol=atol, rtol=rtol)
+        guard = Guard(list(feeds), atol=atol, rtol=rtol) if feeds is not None else None
     remember_annotations(model)
     result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
     drop_added_annotations(result.model)  # inferred value_info would only grow the file

@@ -1,0 +1,196 @@
+"""Checks a model file must pass before any work: onnx.checker plus our own.
+
+onnx_ir reads what it is given: two initializers of one name become one, a segmented
+tensor or a raw_data shorter than its dims surfaces later as a numpy error deep in a
+pass, a model whose declared output shape contradicts its graph is "repaired"
+silently. So a model is checked once at load and refused with one line (exit 2):
+- onnx.checker, with `full_check` (strict shape and type inference) below
+  `FULL_CHECK_BYTES`, which takes under a second on the devmodels (85 MB);
+- our own, on the proto before anything is allocated: segmented tensors, raw_data
+  whose length does not match dims and dtype (sizes computed, never allocated),
+  string tensors that are not UTF-8.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from onnxslim.errors import ModelLoadError, PassFailed
+
+FULL_CHECK_BYTES = 256_000_000
+# Checker rules waived (the checks it skips after them are run on the proto instead):
+# a `shape` on every main-graph input/output type (ONNX Runtime and the exporters accept
+# a missing one: rank unknown); external data files that are symbolic links (io's own
+# check_external_data accepts links that stay inside the model's folder).
+_WAIVED = ("Field 'shape' of 'type' is required but missing", "but it is a symbolic link")
+_BITS: dict[int, int] = {
+    TensorProto.FLOAT: 32,
+    TensorProto.UINT8: 8,
+    TensorProto.INT8: 8,
+    TensorProto.UINT16: 16,
+    TensorProto.INT16: 16,
+    TensorProto.INT32: 32,
+    TensorProto.INT64: 64,
+    TensorProto.BOOL: 8,
+    TensorProto.FLOAT16: 16,
+    TensorProto.DOUBLE: 64,
+    TensorProto.UINT32: 32,
+    TensorProto.UINT64: 64,
+    TensorProto.COMPLEX64: 64,
+    TensorProto.COMPLEX128: 128,
+    TensorProto.BFLOAT16: 16,
+    TensorProto.FLOAT8E4M3FN: 8,
+    TensorProto.FLOAT8E4M3FNUZ: 8,
+    TensorProto.FLOAT8E5M2: 8,
+    TensorProto.FLOAT8E5M2FNUZ: 8,
+    TensorProto.UINT4: 4,
+    TensorProto.INT4: 4,
+}
+
+
+def check_proto(proto: onnx.ModelProto, path: Path) -> None:
+    """Our structural checks on every tensor of the model, subgraphs and functions included,
+    and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
+    _check_order(proto.graph, [], path)
+    for where, tensor in _tensors(proto):
+        name = f"{path}: tensor {tensor.name or where!r}"
+        if tensor.HasField("segment"):
+            raise ModelLoadError(f"{name} is segmented; segmented tensors are not supported")
+        if any(d < 0 for d in tensor.dims):
+            raise ModelLoadError(f"{name} has a negative dimension {list(tensor.dims)}")
+        if tensor.data_location == TensorProto.EXTERNAL:
+            continue  # checked against its file by io.check_external_data
+        elements = math.prod(tensor.dims)
+        if tensor.HasField("raw_data") and tensor.data_type in _BITS:
+            needed = (elements * _BITS[tensor.data_type] + 7) // 8
+            if len(tensor.raw_data) != needed:
+                raise ModelLoadError(
+                    f"{name}: raw_data holds {len(tensor.raw_data)} bytes but dims "
+                    f"{list(tensor.dims)} of its type need {needed}"
+                )
+        if tensor.data_type == TensorProto.STRING:
+            for value in tensor.string_data:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ModelLoadError(f"{name} holds a string that is not UTF-8") from None
+
+
+def _check_order(graph: onnx.GraphProto, outer: list[set[str]], path: Path) -> None:
+    """Every node input is a graph input, an initializer, an outer-scope name or the output
+    of an earlier node: one linear sweep, subgraphs seeing the scopes above them."""
+    known = {v.name for v in graph.input}
+    known.update(t.name for t in graph.initializer)
+    known.update(t.values.name for t in graph.sparse_initializer)
+    scopes = [*outer, known]
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name and not any(name in scope for scope in scopes):
+                raise ModelLoadError(
+                    f"{path}: graph {graph.name!r} is not topologically sorted: node "
+                    f"{node.name or node.op_type + ' #' + str(index)!r} reads {name!r} before "
+                    "any node produces it (out of order, a cycle, or a dangling input)"
+                )
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                _check_order(sub, scopes, path)
+        known.update(n for n in node.output if n)
+
+
+def run_checker(path: Path, size: int, proto: onnx.ModelProto) -> None:
+    """onnx.checker on the file (external data resolved beside it), one line when it fails.
+
+    When the only complaint is a waived rule, the checker stops there, so the strict
+    shape and type inference it would have run is run on `proto` directly."""
+    full = size < FULL_CHECK_BYTES
+    try:
+        onnx.checker.check_model(str(path), full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        text = _first_line(exc)
+        if not any(w in text for w in _WAIVED):
+            raise ModelLoadError(f"{path}: invalid ONNX model ({text})") from exc
+        if full:
+            _strict_inference(proto, path)
+    except Exception as exc:  # the checker raises others on malformed files
+        raise ModelLoadError(f"{path}: invalid ONNX model ({_first_line(exc)})") from exc
+
+
+def check_written(staged: Path, target: Path) -> None:
+    """The file about to be renamed onto `target` passes onnx.checker (structure, types,
+    schemas; no shape inference): what a run checked in memory must also hold for the
+    bytes written. A failure is our defect: nothing is written (exit 3)."""
+    try:
+        onnx.checker.check_model(str(staged))
+    except Exception as exc:
+        text = _first_line(exc)
+        if any(w in text for w in _WAIVED):
+            return
+        raise PassFailed(
+            f"{target}: the model to be written fails onnx.checker ({text}); nothing written"
+        ) from exc
+
+
+def _strict_inference(proto: onnx.ModelProto, path: Path) -> None:
+    """What the checker skipped: each node against its schema, then strict inference."""
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = proto.ir_version
+    context.opset_imports = {o.domain: o.version for o in proto.opset_import}
+    lexical = onnx.checker.C.LexicalScopeContext()
+    try:
+        for node in proto.graph.node:
+            if not any(a.HasField("g") or a.graphs for a in node.attribute):
+                onnx.checker.check_node(node, context, lexical)  # subgraphs need outer names
+        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: invalid ONNX model ({_first_line(exc)})") from exc
+
+
+def _tensors(proto: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
+    for graph in _graphs(proto):
+        for tensor in graph.initializer:
+            yield "initializer", tensor
+        for sparse in graph.sparse_initializer:
+            yield "sparse initializer", sparse.values
+        for node in graph.node:
+            yield from _attribute_tensors(node)
+    for function in proto.functions:
+        for node in function.node:
+            yield from _attribute_tensors(node)
+
+
+def _attribute_tensors(node: onnx.NodeProto) -> Iterator[tuple[str, TensorProto]]:
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield f"{node.op_type} attribute {attr.name}", attr.t
+        for tensor in attr.tensors:
+            yield f"{node.op_type} attribute {attr.name}", tensor
+
+
+def _graphs(proto: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph, every subgraph and every function's subgraphs, iteratively."""
+    stack = [proto.graph]
+    stack.extend(
+        g
+        for f in proto.functions
+        for n in f.node
+        for a in n.attribute
+        for g in (*([a.g] if a.HasField("g") else []), *a.graphs)
+    )
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
