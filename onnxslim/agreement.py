@@ -1,0 +1,596 @@
+"""Does a compressed model still decide like the original? Label-free, per output.
+
+A lossy command (quantize, prune, cluster) promises one thing: the result misses no
+accuracy target silently. Users rarely have labels, so the target is stated against
+the original model: `target_error`, the points of task accuracy the result may lose
+(default 1.0), estimated without labels from the decisions each output drives.
+
+What a decision is depends on what the output is for, so each output gets a role
+(`detect_roles`) and the measure that fits it:
+
+    exact        integer/bool outputs (ids, tags, masks)    elements that differ
+    classifier   [batch, classes] scores, probabilities,    expected top-1 decisions lost
+                 log-probabilities, attention rows          per row (decision_loss)
+    tagger       [batch, positions, classes] scores          the same, per position
+    ctc          [T, batch, C] / [batch, T, C] class-score   expected decoded sequences lost
+                 sequences with a dominant blank class       (argmax, repeats collapsed,
+                                                             blanks removed)
+    map          sigmoid outputs in [0, 1]                   area lost: 1 - IoU of the maps
+                                                             thresholded at 0.5
+    embedding    [batch, dim] pooled/normalised vectors      nearest neighbours that differ
+                                                             across the held-out batch
+    regression   boxes, offsets, hidden states, the rest     SQNR in dB (no decision to count)
+
+"Expected decisions lost" weighs each changed decision by how sure the original
+was of it (its probability of its own pick minus that of the new pick): with the
+original's probabilities taken as the truth that is the expected accuracy change,
+and it never exceeds the plain disagreement, which every figure also carries
+(`detail["disagreement_points"]`). It matters on uncertain inputs: int8 on the
+captcha reader re-decodes 4 of 32 synthetic captchas whose text the float model
+itself gave 9-29 % (0.45 points expected), while 4-bit clustering changes 13 of
+which it was sure (11.8 points).
+
+Regressions carry no decision to count, so their threshold is an SQNR the target
+implies (`Target.regression_db`): the relative RMS error at which the decision
+outputs of the development models reached one point (`REGRESSION_ERROR_PER_POINT`,
+measured by scripts/calibrate_target.py). This module imports no passes: it is the
+evaluation layer the workflows and gates share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+ROLES = ("exact", "classifier", "tagger", "ctc", "map", "embedding", "regression")
+DEFAULT_TARGET_ERROR = 1.0  # points of decision disagreement with the original model
+# Relative RMS error (fraction of the output's RMS) that costs about one point of
+# decision disagreement: the smallest relative error at which the decision outputs
+# of the development models (classifier, tagger, CTC, attention rows, embeddings,
+# sigmoid maps; weights rounded at 2-8 bits, see tests/test_agreement_devmodels.py)
+# measured 1 point or more. 0.03 per point: 30.5 dB SQNR at the default target.
+REGRESSION_ERROR_PER_POINT = 0.03
+MAX_CLASSES = 100_000  # a last axis longer than this is not a class axis
+MAP_THRESHOLD = 0.5
+BLANK_SHARE = 0.4  # a CTC blank wins at least this share of the frames
+HELD_OUT_FRACTION = 0.25
+HELD_OUT_MINIMUM = 8
+# Ops that move or reshape values without computing new ones: looked through when
+# asking which op produced an output.
+_LAYOUT_OPS = frozenset(
+    {"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Cast"}
+)
+_NORMALISING_OPS = frozenset(
+    {"Div", "LpNormalization", "LayerNormalization", "ReduceMean", "Tanh", "ReduceL2"}
+)
+_LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add", "Conv", "MatMulInteger", "QGemm"})
+
+
+@dataclass(frozen=True)
+class Target:
+    """The one number users set, and the per-role thresholds that implement it."""
+
+    error: float = DEFAULT_TARGET_ERROR  # points of decision disagreement (0-100)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.error) and 0 <= self.error <= 100):
+            raise ValueError(f"target error must be in [0, 100] points, got {self.error}")
+
+    @property
+    def regression_db(self) -> float:
+        """The SQNR a regression output must keep: the error one point costs, times the target."""
+        relative = REGRESSION_ERROR_PER_POINT * max(self.error, 1e-6)
+        return -20.0 * math.log10(relative)
+
+
+@dataclass(frozen=True)
+class Role:
+    """What one output is for, and where its batch / time axes are."""
+
+    name: str
+    role: str
+    reason: str
+    time_axis: int = 0  # ctc: the axis of frames
+    batch_axis: int = 1  # ctc: the axis of sequences
+    blank: int = 0  # ctc: the blank class
+
+
+@dataclass(frozen=True)
+class OutputFigure:
+    """One output's figure against the target."""
+
+    name: str
+    role: str
+    measure: str  # what was counted, in words
+    value: float  # points of disagreement, or dB for regression
+    limit: float  # the target the value is held to
+    unit: str  # "points" (lower is better) or "dB" (higher is better)
+    decisions: int  # how many decisions the figure counts (0: a continuous measure)
+    detail: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        if self.unit == "dB":
+            return self.value >= self.limit - 1e-9
+        return self.value <= self.limit + 1e-9
+
+    def text(self) -> str:
+        """`logits (ctc): 43.75 points of decoded sequences that differ (target <= 1.00)`."""
+        if self.unit == "dB":
+            shown = "exact" if math.isinf(self.value) else f"{self.value:.1f} dB"
+            return (
+                f"{self.name} ({self.role}): {self.measure} {shown} (target >= {self.limit:.1f} dB)"
+            )
+        count = f", {self.decisions:,} decisions" if self.decisions else ""
+        return (
+            f"{self.name} ({self.role}): {self.value:.2f} points of {self.measure}"
+            f" (target <= {self.limit:.2f}{count})"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "measure": self.measure,
+            "value": _json(self.value),
+            "limit": self.limit,
+            "unit": self.unit,
+            "decisions": self.decisions,
+            "passed": self.passed,
+            "detail": {k: _json(v) for k, v in self.detail.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Every output's figure against one target, on the feeds named by `feeds`."""
+
+    target: Target
+    figures: tuple[OutputFigure, ...]
+    feeds: str  # where the feeds came from: "held-out calibration feeds (8)", ...
+
+    @property
+    def passed(self) -> bool:
+        return all(f.passed for f in self.figures)
+
+    @property
+    def missed(self) -> list[OutputFigure]:
+        return [f for f in self.figures if not f.passed]
+
+    def message(self) -> str:
+        """One line naming each output that missed, its figure and the target."""
+        return "; ".join(f.text() for f in self.missed) or "every output meets the target"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "target_error": self.target.error,
+            "regression_db": self.target.regression_db,
+            "feeds": self.feeds,
+            "passed": self.passed,
+            "outputs": [f.to_dict() for f in self.figures],
+        }
+
+
+# --- roles -----------------------------------------------------------------------------
+
+
+def classifier_shaped(array: np.ndarray) -> bool:
+    """Float scores with a class axis last: rank >= 2 and 2..MAX_CLASSES entries on it.
+
+    The shape rule only: it says top-1 can be read, not that the output is a
+    classifier (`detect_roles` adds the evidence of values and producing op).
+    """
+    return (
+        array.dtype.kind == "f"
+        and array.ndim >= 2
+        and 2 <= array.shape[-1] <= MAX_CLASSES
+        and array.size > 0
+    )
+
+
+def is_distribution(array: np.ndarray) -> bool:
+    """Rows of probabilities (in [0, 1], summing to 1) or log-probabilities (logsumexp 0)."""
+    if not classifier_shaped(array) or not np.all(np.isfinite(array)):
+        return False
+    values = array.astype(np.float64)
+    if values.min() >= -1e-6 and values.max() <= 1 + 1e-6:
+        return bool(np.allclose(values.sum(-1), 1.0, atol=1e-3))
+    if values.max() <= 1e-6:
+        top = values.max(-1, keepdims=True)
+        lse = top[..., 0] + np.log(np.exp(values - top).sum(-1))
+        return bool(np.allclose(lse, 0.0, atol=1e-3))
+    return False
+
+
+def ctc_blank(sequences: Sequence[np.ndarray]) -> int | None:
+    """The blank class of CTC-like [T, batch, C] scores: class 0 or C-1 winning most frames.
+
+    CTC outputs emit blank between and around characters, so one end class wins
+    many frames (73 % in the captcha reader); a tagger's most frequent tag is not
+    tied to the ends of the class axis (lac_bigru's: 25 %, class 44 of 59).
+    """
+    winners = np.concatenate([np.asarray(s).argmax(-1).ravel() for s in sequences])
+    classes = np.asarray(sequences[0]).shape[-1]
+    if winners.size == 0 or classes < 3:
+        return None
+    for blank in (classes - 1, 0):
+        if np.count_nonzero(winners == blank) >= BLANK_SHARE * winners.size:
+            return blank
+    return None
+
+
+def producer_op(model: ir.Model, name: str) -> str | None:
+    """The op computing output `name`, looking through layout-only ops (Reshape, Concat...)."""
+    value = next((v for v in model.graph.outputs if v.name == name), None)
+    for _ in range(8):
+        node = value.producer() if value is not None else None
+        if node is None:
+            return None
+        if node.op_type not in _LAYOUT_OPS or not node.inputs:
+            return node.op_type
+        value = node.inputs[0]
+    return None
+
+
+def _batch_axis(model: ir.Model | None, name: str, shape: tuple[int, ...]) -> int:
+    """Which axis of a rank-3 output holds the batch: the one whose dimension is named like
+    the first input's first (dynamic) dimension or like a batch; else axis 0."""
+    if model is None:
+        return 0
+    value = next((v for v in model.graph.outputs if v.name == name), None)
+    first = next(iter(model.graph.inputs), None)
+    batch_name = None
+    if first is not None and first.shape is not None and len(first.shape) > 0:
+        dim = first.shape[0]
+        batch_name = None if isinstance(dim, int) else str(dim.value or "") or None
+    if value is not None and value.shape is not None and len(value.shape) == len(shape):
+        for axis, dim in enumerate(value.shape):
+            label = "" if isinstance(dim, int) else str(dim.value or "")
+            if label and (label == batch_name or "batch" in label.lower()):
+                return axis
+    return 0
+
+
+def detect_roles(
+    model: ir.Model | None, outputs: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, Role]:
+    """Each output's role from its values on the reference feeds and, given a model,
+    the op that computes it (see the module docstring for the roles)."""
+    if not outputs:
+        return {}
+    roles = {}
+    for name in outputs[0]:
+        arrays = [np.asarray(o[name]) for o in outputs]
+        producer = producer_op(model, name) if model is not None else None
+        roles[name] = _role(model, name, arrays, producer)
+    return roles
+
+
+def _role(
+    model: ir.Model | None, name: str, arrays: list[np.ndarray], producer: str | None
+) -> Role:
+    first = arrays[0]
+    if first.dtype.kind not in "fc":
+        return Role(name, "exact", f"{first.dtype} values are decisions themselves")
+    finite = all(np.all(np.isfinite(a)) for a in arrays)
+    in_unit = finite and all(a.size and a.min() >= 0 and a.max() <= 1 for a in arrays)
+    distribution = all(is_distribution(a) for a in arrays)
+    if producer in ("Softmax", "LogSoftmax") or distribution:
+        why = f"{producer} output" if producer in ("Softmax", "LogSoftmax") else "rows sum to 1"
+        return _class_scores(model, name, arrays, why)
+    if producer in ("Sigmoid", "HardSigmoid") or (producer is None and in_unit):
+        why = f"{producer} output in [0, 1]" if producer else "values in [0, 1]"
+        return Role(name, "map", why)
+    if not classifier_shaped(first):
+        return Role(name, "regression", "no class axis")
+    if first.ndim == 2 and producer in _NORMALISING_OPS and first.shape[-1] >= 8:
+        return Role(name, "embedding", f"[batch, {first.shape[-1]}] vectors from {producer}")
+    if producer in _LINEAR_OPS or producer is None:
+        return _class_scores(model, name, arrays, f"scores from {producer or 'the graph'}")
+    return Role(name, "regression", f"computed by {producer}")
+
+
+def _class_scores(model: ir.Model | None, name: str, arrays: list[np.ndarray], why: str) -> Role:
+    """Classifier, tagger or CTC for class-score outputs."""
+    first = arrays[0]
+    if first.ndim == 2:
+        return Role(name, "classifier", why)
+    if first.ndim == 3:
+        batch = _batch_axis(model, name, first.shape)
+        time = 1 if batch == 0 else 0
+        frames = [np.moveaxis(a, (time, batch), (0, 1)) for a in arrays]
+        blank = ctc_blank(frames)
+        if blank is not None:
+            return Role(
+                name, "ctc", f"{why}; class {blank} wins most frames (blank)", time, batch, blank
+            )
+    return Role(name, "tagger", why)
+
+
+# --- measures (pure numpy; each returns (agreeing, total) or a figure) -----------------
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities of score rows: as given, exp of log-probabilities, else softmax."""
+    values = np.asarray(scores, dtype=np.float64)
+    if is_distribution(values):
+        return values if values.min() >= -1e-6 else np.exp(values)
+    shifted = values - values.max(-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(-1, keepdims=True)
+
+
+def decision_loss(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (all leading axes): (changed, loss) where loss = p[a_ref] - p[a_cand].
+
+    p are the original's probabilities for the row, taken as the truth: where both
+    models pick the same class nothing is lost; where the candidate picks another
+    class, the expected accuracy lost is how much more likely the original found its
+    own pick. A flip of a near tie (the original unsure) costs almost nothing, a
+    flip of a confident decision costs up to a whole decision. Without labels this
+    is the expected task-accuracy change, and never more than the disagreement.
+    """
+    p = probabilities(reference)
+    a = np.asarray(reference).argmax(-1)
+    b = np.asarray(candidate).argmax(-1)
+    picked_ref = np.take_along_axis(p, a[..., None], -1)[..., 0]
+    picked_cand = np.take_along_axis(p, b[..., None], -1)[..., 0]
+    return a != b, np.maximum(picked_ref - picked_cand, 0.0)
+
+
+def top1_loss(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
+) -> tuple[float, int, int]:
+    """(expected decisions lost, decisions that changed, decisions) over every row.
+
+    A classifier, tagger or attention row acts on its argmax: only a changed argmax
+    changes what the user gets, weighted by how sure the original was (decision_loss).
+    """
+    lost, changed, total = 0.0, 0, 0
+    for r, c in zip(reference, candidate, strict=True):
+        flips, loss = decision_loss(r, c)
+        lost += float(loss.sum())
+        changed += int(np.count_nonzero(flips))
+        total += flips.size
+    return lost, changed, total
+
+
+def exact_agreement(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
+) -> tuple[int, int]:
+    """Elements equal in both (integer outputs are the decisions: ids, tags, masks)."""
+    same = total = 0
+    for r, c in zip(reference, candidate, strict=True):
+        same += int(np.count_nonzero(np.asarray(r) == np.asarray(c)))
+        total += np.asarray(r).size
+    return same, total
+
+
+def ctc_decode(frames: np.ndarray, blank: int) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of [T, batch, C] scores: argmax, repeats collapsed, blanks removed."""
+    best = np.asarray(frames).argmax(-1)  # [T, batch]
+    decoded = []
+    for column in best.T:
+        keep = np.ones(column.shape, dtype=bool)
+        keep[1:] = column[1:] != column[:-1]
+        decoded.append(tuple(int(x) for x in column[keep] if x != blank))
+    return decoded
+
+
+def ctc_loss(
+    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], role: Role
+) -> tuple[float, int, int]:
+    """(expected sequences lost, sequences decoded differently, sequences).
+
+    The reader's user sees the decoded text, so the decision is the whole sequence
+    (greedy decoding: argmax per frame, repeats collapsed, blanks removed); a
+    frame-level figure hides a wrong character among many agreeing blanks. A
+    sequence decoded differently costs the largest decision_loss among its changed
+    frames: how sure the original was of the frame that changed the text (a product
+    of frame probabilities would vanish on long sequences and hide a collapse).
+    """
+    lost, changed, total = 0.0, 0, 0
+    axes = (role.time_axis, role.batch_axis)
+    for r, c in zip(reference, candidate, strict=True):
+        ref = np.moveaxis(np.asarray(r), axes, (0, 1))
+        cand = np.moveaxis(np.asarray(c), axes, (0, 1))
+        _, loss = decision_loss(ref, cand)  # [T, batch]
+        decoded = zip(ctc_decode(ref, role.blank), ctc_decode(cand, role.blank), strict=True)
+        for column, (a, b) in zip(loss.T, decoded, strict=True):
+            total += 1
+            if a != b:
+                changed += 1
+                lost += float(column.max(initial=0.0))
+    return lost, changed, total
+
+
+def map_iou(
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    threshold: float = MAP_THRESHOLD,
+) -> tuple[float, float]:
+    """(IoU of the maps thresholded at `threshold`, share of reference elements above it).
+
+    A probability map is acted on through its thresholded regions (text boxes, faces,
+    voiced frames); IoU counts the area where that decision changed, relative to the
+    area decided positive, so a thin missed region counts as much as a large one.
+    """
+    union = inter = positive = total = 0
+    for r, c in zip(reference, candidate, strict=True):
+        a, b = np.asarray(r) > threshold, np.asarray(c) > threshold
+        inter += int(np.count_nonzero(a & b))
+        union += int(np.count_nonzero(a | b))
+        positive += int(np.count_nonzero(a))
+        total += a.size
+    iou = inter / union if union else 1.0
+    return iou, positive / total if total else 0.0
+
+
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, int]:
+    """Rows whose nearest other row (cosine) is the same in both [N, D] sets.
+
+    Embeddings are used for retrieval and clustering: what matters is which
+    vector is nearest, not the vectors' exact values. Each row's nearest
+    neighbour among the other held-out rows is one decision.
+    """
+    ref = _unit_rows(reference)
+    cand = _unit_rows(candidate)
+    if ref.shape[0] < 3:
+        return 0, 0
+    a, b = ref @ ref.T, cand @ cand.T
+    np.fill_diagonal(a, -np.inf)
+    np.fill_diagonal(b, -np.inf)
+    same = int(np.count_nonzero(a.argmax(1) == b.argmax(1)))
+    return same, ref.shape[0]
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    rows = np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+def sqnr_db(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio over all feeds: 10 log10(sum ref^2 / sum err^2).
+
+    For regressions (boxes, offsets, hidden states) the relative error is what moves
+    a decoded box or a downstream layer; inf when equal, -inf for NaN/inf results.
+    """
+    signal = noise = 0.0
+    for r, c in zip(reference, candidate, strict=True):
+        a = np.asarray(r, dtype=np.float64)
+        b = np.asarray(c, dtype=np.float64)
+        if not np.all(np.isfinite(b)) and np.all(np.isfinite(a)):
+            return -math.inf
+        signal += float(np.sum(a * a))
+        noise += float(np.sum((a - b) ** 2))
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(max(signal, 1e-300) / noise)
+
+
+def cosine(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
+    """Cosine similarity of all feeds' values taken as one vector."""
+    dot = ref_sq = cand_sq = 0.0
+    for r, c in zip(reference, candidate, strict=True):
+        a = np.asarray(r, dtype=np.float64).ravel()
+        b = np.asarray(c, dtype=np.float64).ravel()
+        dot += float(a @ b)
+        ref_sq += float(a @ a)
+        cand_sq += float(b @ b)
+    denom = math.sqrt(ref_sq * cand_sq)
+    return dot / denom if denom > 0 else (1.0 if ref_sq == cand_sq else 0.0)
+
+
+# --- assessment -----------------------------------------------------------------------
+
+
+def assess(
+    reference: Sequence[Mapping[str, np.ndarray]],
+    candidate: Sequence[Mapping[str, np.ndarray]],
+    *,
+    target: Target | None = None,
+    roles: Mapping[str, Role] | None = None,
+    model: ir.Model | None = None,
+    feeds: str = "",
+) -> Assessment:
+    """Every output of `candidate` against `reference` (outputs per feed) under `target`.
+
+    Roles come from `roles`, else are detected on `reference` (with `model`, the
+    original, for the ops that compute the outputs).
+    """
+    target = target or Target()
+    roles = dict(roles) if roles is not None else detect_roles(model, reference)
+    figures = []
+    for name in reference[0] if reference else ():
+        ref = [np.asarray(o[name]) for o in reference]
+        cand = [np.asarray(o[name]) for o in candidate]
+        role = roles.get(name) or Role(name, "regression", "no role given")
+        figures.append(_figure(role, ref, cand, target))
+    return Assessment(target, tuple(figures), feeds)
+
+
+def _figure(
+    role: Role, ref: list[np.ndarray], cand: list[np.ndarray], target: Target
+) -> OutputFigure:
+    floating = ref[0].dtype.kind in "fc"
+    detail = {"cosine": cosine(ref, cand), "sqnr_db": sqnr_db(ref, cand)} if floating else {}
+    if any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):
+        return OutputFigure(
+            role.name, role.role, "outputs of another shape", 100.0, target.error, "points", 0
+        )
+    if role.role in ("classifier", "tagger"):
+        where = " per position" if role.role == "tagger" else ""
+        return _points(
+            role, f"expected top-1 decisions lost{where}", top1_loss(ref, cand), target, detail
+        )
+    if role.role == "ctc":
+        return _points(
+            role, "expected decoded sequences lost", ctc_loss(ref, cand, role), target, detail
+        )
+    if role.role == "exact":
+        same, total = exact_agreement(ref, cand)
+        return _points(
+            role, "elements that differ", (total - same, total - same, total), target, detail
+        )
+    if role.role == "embedding":
+        same, total = neighbour_agreement(np.concatenate(ref), np.concatenate(cand))
+        if total:
+            counts = (total - same, total - same, total)
+            return _points(role, "nearest neighbours that differ", counts, target, detail)
+    if role.role == "map":
+        iou, positive = map_iou(ref, cand)
+        detail["positive_share"] = positive
+        if 0.01 <= positive <= 0.99:
+            decided = sum(int(np.count_nonzero(r > MAP_THRESHOLD)) for r in ref)
+            measure = f"map area lost (1 - IoU at {MAP_THRESHOLD})"
+            value = 100.0 * (1.0 - iou)
+            return OutputFigure(
+                role.name, role.role, measure, value, target.error, "points", decided, detail
+            )
+        detail["no_decisions_at_threshold"] = 1.0  # the reference is all below or all above
+    value = detail.get("sqnr_db", math.inf)
+    return OutputFigure(role.name, role.role, "SQNR", value, target.regression_db, "dB", 0, detail)
+
+
+def _points(
+    role: Role,
+    measure: str,
+    counts: tuple[float, int, int],
+    target: Target,
+    detail: dict[str, float],
+) -> OutputFigure:
+    lost, changed, total = counts
+    value = 100.0 * lost / total if total else 0.0
+    detail = dict(
+        detail,
+        changed=float(changed),
+        disagreement_points=100.0 * changed / total if total else 0.0,
+    )
+    return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
+
+
+def split_held_out(
+    feeds: Sequence[object], fraction: float = HELD_OUT_FRACTION, minimum: int = HELD_OUT_MINIMUM
+) -> tuple[list[object], list[object]]:
+    """(fit, held_out): the last `fraction` of the feeds, at least `minimum`, held back.
+
+    Ranges and refits never see the held-out feeds, so the figure measured on them is
+    what unseen inputs get. With fewer than 2 x `minimum` feeds nothing can be spared:
+    (feeds, []) and the caller measures in-sample and says so.
+    """
+    items = list(feeds)
+    held = max(minimum, math.ceil(fraction * len(items)))
+    if len(items) < 2 * minimum:
+        return items, []
+    return items[: len(items) - held], items[len(items) - held :]
+
+
+def _json(value: float) -> float | str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
