@@ -57,8 +57,6 @@ REGRESSION_ERROR_PER_POINT = 0.03
 MAX_CLASSES = 100_000  # a last axis longer than this is not a class axis
 MAP_THRESHOLD = 0.5
 BLANK_SHARE = 0.4  # a CTC blank wins at least this share of the frames
-HELD_OUT_FRACTION = 0.25
-HELD_OUT_MINIMUM = 8
 # Ops that move or reshape values without computing new ones: looked through when
 # asking which op produced an output.
 _LAYOUT_OPS = frozenset(
@@ -572,22 +570,6 @@ def _points(
         disagreement_points=100.0 * changed / total if total else 0.0,
     )
     return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
-
-
-def split_held_out(
-    feeds: Sequence[object], fraction: float = HELD_OUT_FRACTION, minimum: int = HELD_OUT_MINIMUM
-) -> tuple[list[object], list[object]]:
-    """(fit, held_out): the last `fraction` of the feeds, at least `minimum`, held back.
-
-    Ranges and refits never see the held-out feeds, so the figure measured on them is
-    what unseen inputs get. With fewer than 2 x `minimum` feeds nothing can be spared:
-    (feeds, []) and the caller measures in-sample and says so.
-    """
-    items = list(feeds)
-    held = max(minimum, math.ceil(fraction * len(items)))
-    if len(items) < 2 * minimum:
-        return items, []
-    return items[: len(items) - held], items[len(items) - held :]
 
 
 def _json(value: float) -> float | str | None:

@@ -176,11 +176,3 @@ def test_nan_candidate_fails() -> None:
     ref = np.ones((2, 3), np.float32)
     role = {"r": Role("r", "regression", "")}
     assert not agreement.assess([{"r": ref}], [{"r": ref * np.nan}], roles=role).passed
-
-
-def test_split_held_out() -> None:
-    fit, held = agreement.split_held_out(list(range(32)))
-    assert fit == list(range(24)) and held == list(range(24, 32))
-    fit, held = agreement.split_held_out(list(range(100)))
-    assert len(held) == 25 and fit == list(range(75))
-    assert agreement.split_held_out(list(range(15))) == (list(range(15)), [])
