@@ -65,7 +65,8 @@ _LAYOUT_OPS = frozenset(
 _NORMALISING_OPS = frozenset(
     {"Div", "LpNormalization", "LayerNormalization", "ReduceMean", "Tanh", "ReduceL2"}
 )
-_LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add", "Conv", "MatMulInteger", "QGemm"})
+# Class scores come out of a linear head; a Conv's last axis is a width, not classes.
+_LINEAR_OPS = frozenset({"Gemm", "MatMul", "Add", "MatMulInteger", "QGemm"})
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def _role(
         return Role(name, "regression", "no class axis")
     if first.ndim == 2 and producer in _NORMALISING_OPS and first.shape[-1] >= 8:
         return Role(name, "embedding", f"[batch, {first.shape[-1]}] vectors from {producer}")
-    if producer in _LINEAR_OPS or producer is None:
+    if first.ndim <= 3 and (producer in _LINEAR_OPS or producer is None):
         return _class_scores(model, name, arrays, f"scores from {producer or 'the graph'}")
     return Role(name, "regression", f"computed by {producer}")
 

@@ -37,25 +37,29 @@ FLOAT_MODELS = (
 )
 
 
-def rounded(model: ir.Model, bits: int) -> ir.Model:
-    """A copy with every float weight of >= 256 values rounded to 2^bits - 1 symmetric levels."""
-    copy = model.clone()
+def round_rows(array: np.ndarray, bits: int) -> np.ndarray:
+    """Symmetric uniform rounding with one scale per row of axis 0 (2^(bits-1) - 1 levels)."""
     levels = 2 ** (bits - 1) - 1
+    rows = array.reshape(array.shape[0], -1)
+    scale = np.abs(rows).max(1, keepdims=True) / levels
+    scale = np.where(scale > 0, scale, 1.0)
+    return (np.round(rows / scale) * scale).reshape(array.shape).astype(np.float32)
+
+
+def rounded(model: ir.Model, bits: int) -> ir.Model:
+    """A copy with every float weight of >= 256 values rounded at `bits` (see round_rows)."""
+    copy = model.clone()
     for value in list(copy.graph.initializers.values()):
         array = value.const_value.numpy() if value.const_value is not None else None
-        if array is None or array.dtype != np.float32 or array.size < 256:
+        if array is None or array.dtype != np.float32 or array.size < 256 or array.ndim < 2:
             continue
-        scale = float(np.abs(array).max()) / levels or 1.0
-        value.const_value = ir.tensor(
-            (np.round(array / scale) * scale).astype(np.float32), name=value.name
-        )
-    for node in copy.graph.all_nodes() if hasattr(copy.graph, "all_nodes") else copy.graph:
+        value.const_value = ir.tensor(round_rows(array, bits), name=value.name)
+    for node in copy.graph:
         if node.op_type == "Constant" and "value" in node.attributes:
             array = node.attributes["value"].as_tensor().numpy()
-            if array.dtype == np.float32 and array.size >= 256:
-                scale = float(np.abs(array).max()) / levels or 1.0
+            if array.dtype == np.float32 and array.size >= 256 and array.ndim >= 2:
                 node.attributes["value"] = ir.AttrTensor(
-                    "value", ir.tensor((np.round(array / scale) * scale).astype(np.float32))
+                    "value", ir.tensor(round_rows(array, bits))
                 )
     return copy
 

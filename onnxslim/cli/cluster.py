@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.errors import GateFailed
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
@@ -128,6 +129,7 @@ def cluster_command(
         False, "--overwrite", help="Allow the output to replace the input file."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    target_error: float = target_option(),
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:
@@ -170,6 +172,7 @@ def cluster_command(
             validate=verify,
             runs=runs,
             max_drop=max_drop,
+            target_error=target_error,
             strip_metadata=not keep_metadata,
             optimize=optimize,
             **options,
@@ -179,11 +182,19 @@ def cluster_command(
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
         _print_report(result, model, output)
+        print_target(result.target)
     if result.gate is not None and not result.gate["passed"]:
         raise GateFailed(
             f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
             f"{result.gate['max_drop']:g} (the model was written to {output})"
         )
+    fail_on_target(result.target, output, _ADVICE)
+
+
+_ADVICE = (
+    "try --bits one higher, --mixed (bits chosen per weight from measured errors), "
+    "--per-channel-groups 1, or --exclude the layers that compute that output"
+)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3}

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.errors import GateFailed
 
 
@@ -93,6 +94,7 @@ def prune_command(
         False, "--overwrite", help="Allow the output to replace the input file."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    target_error: float = target_option(),
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:
@@ -129,6 +131,7 @@ def prune_command(
             storage=storage,
             validate=verify,
             max_drop=max_drop,
+            target_error=target_error,
             runs=runs,
             **options,
         )
@@ -137,11 +140,19 @@ def prune_command(
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
         _print_report(result, model, output)
+        print_target(result.target)
     if result.gate is not None and not result.gate["passed"]:
         raise GateFailed(
             f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
             f"{result.gate['max_drop']:g} (the model was written to {output})"
         )
+    fail_on_target(result.target, output, _ADVICE)
+
+
+_ADVICE = (
+    "try a lower --sparsity, --calib data for the least-squares refit, "
+    "--allocation sensitivity, or --exclude the layers that compute that output"
+)
 
 
 class _null:

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._target import fail_on_target, print_target, target_option
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -125,6 +126,7 @@ def quantize_command(
         "--max-drop",
         help="Accuracy-aware: return the most sensitive layers to float until top-1 drops at most this much (0.01 = 1 pt); exit 1 if not met (best model and OUTPUT.sensitivity.json still written).",
     ),
+    target_error: float = target_option(),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
     if io.same_file(model, output) and not overwrite:
@@ -171,7 +173,14 @@ def quantize_command(
         return
     with _progress() as progress:
         result = api.quantize(
-            model, mode=mode, calib=calib, data=data, validate=verify, progress=progress, **options
+            model,
+            mode=mode,
+            calib=calib,
+            data=data,
+            validate=verify,
+            progress=progress,
+            target_error=target_error,
+            **options,
         )
     if result.bytes_after > result.bytes_before:
         err.print(
@@ -190,8 +199,16 @@ def quantize_command(
                 **result.to_dict(),
             }
         )
-        return
-    _print_report(model, output, result, size_in, size_out)
+    else:
+        _print_report(model, output, result, size_in, size_out)
+        print_target(result.target)
+    fail_on_target(result.target, output, _ADVICE)
+
+
+_ADVICE = (
+    "try --method entropy or percentile, --exclude the layers that compute that output, "
+    "--mode dynamic for transformers and LSTMs, or --max-drop with labelled --eval data"
+)
 
 
 def _print_report(

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
 from onnxslim.errors import UsageError
 from onnxslim.graphs import node_count, tensor_bytes
+from onnxslim.heldout import check_target, split_data
 
 from .dynamic import QuantizeDynamic
 from .static import REPORT_KEY, QuantizeReport, QuantizeStatic
@@ -44,6 +46,7 @@ class QuantizeResult:
     seconds: float
     accuracy: dict[str, float] | None = None  # {"float": .., "quantized": .., "samples": n}
     warnings: list[str] = field(default_factory=list)
+    target: Assessment | None = None  # every output against the accuracy target, held-out feeds
 
     @property
     def size_ratio(self) -> float:
@@ -68,6 +71,7 @@ class QuantizeResult:
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "seconds": self.seconds,
             "warnings": list(self.warnings),
+            "target": self.target.to_dict() if self.target is not None else None,
         }
 
 
@@ -102,16 +106,26 @@ def quantize_model(
     runs: int = 20,
     threads: int = 1,
     progress: StageProgress | None = None,
+    target_error: float | None = DEFAULT_TARGET_ERROR,
     **options: Any,
 ) -> QuantizeResult:
-    """Quantize (a copy of) `model` and validate it; `options` are the pass's fields."""
+    """Quantize (a copy of) `model` and validate it; `options` are the pass's fields.
+
+    With `validate` and a `target_error` (points, onnxslim.agreement), every output is
+    measured against the float model on feeds the calibration never saw (`data`, else
+    the calibration data's last quarter, held back) into `result.target`.
+    """
+    target = Target(target_error) if validate and target_error is not None else None
     if mode == "static":
         if calib is None:
             raise UsageError("static quantization needs calibration data (--calib)")
-        options["calib"] = calib
+        split = split_data(model, calib, data) if target is not None else None
+        options["calib"] = split.fit if split is not None else calib
         options["progress"] = progress
-    elif calib is not None and data is None:
-        data = calib  # dynamic and weight-only need no calibration; use it to validate
+    else:
+        if calib is not None and data is None:
+            data = calib  # dynamic and weight-only need no calibration; use it to validate
+        split = split_data(model, None, data) if target is not None else None
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
@@ -143,6 +157,8 @@ def quantize_model(
         result.validation, result.accuracy = _validate(
             model, quantized, feeds_source, validation_samples, runs, threads, progress
         )
+    if target is not None and split is not None:
+        result.target = check_target(model, quantized, split, target)
     return result
 
 
