@@ -1,4 +1,4 @@
-"""onnxslim.heldout: which feeds the pass fits on and which the target is measured on."""
+"""onnxslim.workflows.heldout: which feeds the pass fits on and which the target is measured on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim import heldout
 from onnxslim.agreement import Target
+from onnxslim.workflows import heldout
 
 
 def _data(path: Path, n: int, seed: int = 0) -> Path:

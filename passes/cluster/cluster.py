@@ -29,6 +29,8 @@ from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
+from onnxslim.passes.prune.storage import UnpackSparseWeights
+from onnxslim.passes.quantize.policy import resolve_target
 from onnxslim.probing import WeightProbe
 
 from . import storage as palette_storage
@@ -375,8 +377,6 @@ class ClusterWeights(ir.passes.InPlacePass):
             return None
         reduce_range = self.reduce_range
         if reduce_range is None:
-            from onnxslim.passes.quantize.policy import resolve_target
-
             reduce_range = resolve_target("auto").reduce_range
         return 64 if reduce_range else 127
 
@@ -451,8 +451,6 @@ def _bytes_with_functions(picked: list[Candidate], function_bytes: dict[str, int
 
 def prepare(model: ir.Model) -> list[str]:
     """Make weights plain initializers: expand earlier palettes and sparse packs, lift Constants."""
-    from onnxslim.passes.prune.storage import UnpackSparseWeights
-
     notes = []
     if RemoveInitializersFromInputsPass()(model).modified:
         notes.append(

@@ -38,9 +38,10 @@ import onnx_ir.passes.common as common
 from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes.prune._common import check_fraction, load_feeds, prepare, store_summary
+from onnxslim.passes.prune._common import check_fraction, load_feeds, store_summary
 from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze, readers
 from onnxslim.passes.prune.layers import find_layers, resolve_initializer
+from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitRequest, reconstruct
 
 

@@ -24,10 +24,11 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes.prune._common import check_fraction, load_feeds, prepare, store_summary
+from onnxslim.passes.prune._common import check_fraction, load_feeds, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
+from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
 
 

@@ -18,9 +18,10 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import option
-from onnxslim.passes.prune._common import load_feeds, prepare, store_summary
+from onnxslim.passes.prune._common import load_feeds, store_summary
 from onnxslim.passes.prune.layers import Skipped, find_layers, sparsity
 from onnxslim.passes.prune.masks import nm_mask
+from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
 
 

@@ -9,7 +9,6 @@ interleaved) and, when the data carries a `labels` array, top-1 accuracy of both
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +18,16 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
+from onnxslim.calibration import FeedSource, open_feeds
 from onnxslim.errors import UsageError
 from onnxslim.graphs import node_count, tensor_bytes
-from onnxslim.heldout import check_target, split_data
+from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
+from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
+from onnxslim.runtime import Session
+from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.heldout import check_target, split_data
 
-from .dynamic import QuantizeDynamic
-from .static import REPORT_KEY, QuantizeReport, QuantizeStatic
-from .weight_only import QuantizeWeightOnly
-
-MODES = ("static", "dynamic", "weight-only")
+MODES = tuple(QUANTIZE_MODES)
 StageProgress = Callable[[str, int, int | None], None]
 LABEL_KEYS = ("labels", "label", "y")
 
@@ -38,7 +38,7 @@ class QuantizeResult:
 
     model: ir.Model
     report: QuantizeReport
-    validation: Any | None  # onnxslim.validation.ValidationReport
+    validation: ValidationReport | None
     bytes_before: int
     bytes_after: int
     nodes_before: int
@@ -75,32 +75,12 @@ class QuantizeResult:
         }
 
 
-def make_quantize_pass(mode: str = "static", **options: Any) -> ir.passes.PassBase:
-    """The pass for `mode` configured with `options` (unknown options are a UsageError)."""
-    classes = {
-        "static": QuantizeStatic,
-        "dynamic": QuantizeDynamic,
-        "weight-only": QuantizeWeightOnly,
-    }
-    if mode not in classes:
-        raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-    cls = classes[mode]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
-    if unknown:
-        raise UsageError(f"--mode {mode} does not take {', '.join(unknown)}")
-    try:
-        return cls(**{k: v for k, v in options.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
-
-
 def quantize_model(
     model: ir.Model,
     *,
     mode: str = "static",
-    calib: Any = None,
-    data: Any = None,
+    calib: FeedSource | None = None,
+    data: FeedSource | None = None,
     validate: bool = True,
     validation_samples: int = 32,
     runs: int = 20,
@@ -165,15 +145,12 @@ def quantize_model(
 def _validate(
     reference: ir.Model,
     candidate: ir.Model,
-    source: Any,
+    source: FeedSource | None,
     count: int,
     runs: int,
     threads: int,
     progress: StageProgress | None,
-) -> tuple[Any, dict[str, float] | None]:
-    from onnxslim.calibration import open_feeds
-    from onnxslim.validation import validate
-
+) -> tuple[ValidationReport, dict[str, float] | None]:
     feeds = None
     has_labels = False
     if source is not None:
@@ -206,16 +183,13 @@ def _validate(
 def accuracy_on(
     reference: ir.Model,
     candidate: ir.Model,
-    source: Any,
+    source: FeedSource,
     *,
     limit: int | None = None,
     progress: StageProgress | None = None,
 ) -> dict[str, float] | None:
     """Top-1 accuracy of both models over labelled data, streamed; None unless the first
     output is a classifier's [batch, classes] scores with one label per sample."""
-    from onnxslim.calibration import open_feeds
-    from onnxslim.runtime import Session
-
     inputs = {v.name for v in reference.graph.inputs}
     sessions = {"float": Session(reference), "quantized": Session(candidate)}
     hits = dict.fromkeys(sessions, 0)
