@@ -37,7 +37,7 @@ def print_target(assessment: Assessment | None) -> None:
     if assessment is None:
         return
     out.print(
-        f"accuracy target: at most {assessment.target.error:g} points lost, measured on "
+        f"accuracy target: at most {assessment.target.error:g} point(s) lost, measured on "
         f"{escape(assessment.feeds)}:"
     )
     for figure in assessment.figures:
