@@ -19,13 +19,28 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _model(op: str, out_shape: list) -> ir.Model:
-    """x -> op -> y, to give detect_roles a producing op."""
+    """x -> op -> y, to give detect_roles a producing op; "head": x @ W + b (constants)."""
     attrs = {"axis": -1} if op in ("Softmax", "LogSoftmax") else {}
+    width = out_shape[-1] if isinstance(out_shape[-1], int) else 4
+    weights = [
+        helper.make_tensor("W", TensorProto.FLOAT, [width, width], [0.0] * width * width),
+        helper.make_tensor("b", TensorProto.FLOAT, [width], [0.0] * width),
+    ]
+    if op == "head":
+        nodes = [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "b"], ["y"]),
+        ]
+    elif op == "state":  # an Add of two activations, as a GRU's update
+        nodes = [helper.make_node("Tanh", ["x"], ["h"]), helper.make_node("Add", ["h", "x"], ["y"])]
+    else:
+        nodes = [helper.make_node(op, ["x"], ["y"], **attrs)]
     graph = helper.make_graph(
-        [helper.make_node(op, ["x"], ["y"], **attrs)],
+        nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, out_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=weights,
     )
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
@@ -58,7 +73,9 @@ def test_roles_from_values_and_producers() -> None:
         agreement.detect_roles(_model("LpNormalization", [4, 64]), pooled)["y"].role == "embedding"
     )
     tags = [{"y": rng.normal(size=(2, 12, 9)).astype(np.float32)}]
-    assert agreement.detect_roles(_model("MatMul", [2, 12, 9]), tags)["y"].role == "tagger"
+    assert agreement.detect_roles(_model("head", [2, 12, 9]), tags)["y"].role == "tagger"
+    assert agreement.detect_roles(_model("state", [2, 12, 9]), tags)["y"].role == "regression"
+    assert agreement.detect_roles(_model("head", [4, 10]), scores)["y"].role == "classifier"
 
 
 def test_ctc_detected_time_major_with_its_blank() -> None:
@@ -66,13 +83,7 @@ def test_ctc_detected_time_major_with_its_blank() -> None:
     rng = np.random.default_rng(1)
     scores = rng.normal(size=(20, 2, 6)).astype(np.float32)
     scores[:, :, 5] += 3.0  # blank
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [20, "batch", 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [20, "batch", 6])],
-    )
-    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    model = _model("head", [20, "batch", 6])
     role = agreement.detect_roles(model, [{"y": scores}])["y"]
     assert (role.role, role.time_axis, role.batch_axis, role.blank) == ("ctc", 0, 1, 5)
 
