@@ -53,7 +53,7 @@ from onnxslim.registry import (
     prune_pass_class,
     quantize_pass_class,
 )
-from onnxslim.targets import TARGET_NAMES
+from onnxslim.targets import EMULATED_TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -440,8 +440,8 @@ def _gates(table: Mapping[str, Any], where: str) -> Gates:
     targets = table.get("targets", [])
     if isinstance(targets, str):
         targets = [targets]
-    if not isinstance(targets, list) or any(t not in TARGET_NAMES for t in targets):
-        _bad(where, "gates.targets", f"a list of {', '.join(TARGET_NAMES)}", targets)
+    if not isinstance(targets, list) or any(t not in EMULATED_TARGETS for t in targets):
+        _bad(where, "gates.targets", f"a list of {', '.join(EMULATED_TARGETS)}", targets)
     values["targets"] = tuple(targets)
     return Gates(**values)
 

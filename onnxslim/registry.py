@@ -219,6 +219,11 @@ def _type_name(annotation: Any) -> str:
     )
 
 
+def pass_fields(cls: PassClass) -> dict[str, dataclasses.Field[Any]]:
+    """A pass class's options (its dataclass fields) by name."""
+    return {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
 def quantize_pass_class(mode: str) -> PassClass:
     if mode not in QUANTIZE_MODES:
         raise UsageError(f"mode {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")

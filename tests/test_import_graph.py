@@ -75,7 +75,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("onnxslim.cli.run", "onnxslim"): "ux",
     ("onnxslim.cli.run", "sys"): "ux",
     ("onnxslim.cli", "onnxruntime"): "ux",
-    ("onnxslim.evaluation", "onnxslim.validation"): "evalcat",
     ("onnxslim.inspection", "onnxslim.feeds"): "robust",
     ("onnxslim.inspection", "onnxslim.runtime"): "robust",
     ("onnxslim.io", "onnxslim.graphs"): "robust",

@@ -19,14 +19,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxslim.activations import coalesce_feeds
-from onnxslim.calibration import FeedSource, open_feeds
+from onnxslim.calibration import FeedSource
 from onnxslim.errors import DataError
+from onnxslim.evaluation import read_labelled, top1_accuracy
 from onnxslim.feeds import Feed
 from onnxslim.io import model_to_bytes
-from onnxslim.runtime import Session
 from onnxslim.validation import resolve_feeds
 
-LABEL_KEYS = ("labels", "label")
 PARITY_FEEDS = 64
 
 
@@ -49,43 +48,19 @@ def labelled(
     source: FeedSource, model: ir.Model, limit: int | None = None
 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray] | None:
     """(feeds, labels) from data carrying a `labels` array, or None when it carries none."""
-    inputs = {v.name for v in model.graph.inputs}
-    feeds, labels = [], []
-    for feed in open_feeds(source, model, limit=limit, extra="keep"):
-        key = next((k for k in LABEL_KEYS if k in feed and k not in inputs), None)
-        if key is None:
-            return None
-        labels.append(np.asarray(feed[key]).reshape(-1))
-        feeds.append({k: v for k, v in feed.items() if k in inputs})
-    if not feeds:
+    data = read_labelled(source, model, limit=limit)
+    if not data.feeds:
         raise DataError("evaluation data holds no samples")
-    return feeds, np.concatenate(labels)
+    return None if data.labels is None else (data.feeds, data.label_array())
 
 
 def top1(
     models: Iterable[ir.Model], feeds: Sequence[dict[str, np.ndarray]], labels: np.ndarray
 ) -> list[float]:
     """Top-1 accuracy of each model's first output over the labelled feeds (batched)."""
-    results = []
-    batches = None
-    for model in models:
-        if batches is None:
-            batches = coalesce_feeds(model, feeds, 256)
-        session = Session(model)
-        predictions = []
-        for batch in batches:
-            out = np.asarray(session.run(batch)[session.output_names[0]])
-            predictions.append(
-                out.reshape(-1, out.shape[-1]).argmax(-1) if out.ndim > 1 else out.reshape(-1)
-            )
-        predicted = np.concatenate(predictions)
-        if len(predicted) != len(labels):
-            raise DataError(
-                f"{len(labels)} labels for {len(predicted)} predictions: "
-                "one label per sample expected"
-            )
-        results.append(float(np.mean(predicted == labels)))
-    return results
+    models = list(models)
+    batches = coalesce_feeds(models[0], feeds, 256) if models else []
+    return [top1_accuracy(model, batches, labels) for model in models]
 
 
 def session_start_ms(model: ir.Model, repeats: int = 3) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
+from onnxslim.calibration import FeedSource, ImagePreprocessing
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.passes.cleanup import StripDebugMetadata
@@ -26,6 +26,7 @@ from onnxslim.passes.fold import (
 )
 from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
+from onnxslim.validation import resolve_feeds
 
 
 @dataclass
@@ -56,13 +57,10 @@ def validation_feeds(
     feed is checked against the model's inputs, and arrays that are not inputs
     (an eval file's `labels`) are dropped.
     """
-    if data is not None:
-        stream = open_feeds(
-            data, model, limit=count, image_preprocessing=image_preprocessing, extra="ignore"
-        )
-        feeds = list(stream)
-        return feeds, f"{stream.description} ({len(feeds)} feeds)"
-    return generate_feeds(input_specs(model), count, seed=seed), f"generated inputs ({count} feeds)"
+    feeds, description, _ = resolve_feeds(
+        model, data, count=count, seed=seed, image_preprocessing=image_preprocessing
+    )
+    return feeds, description
 
 
 def default_optimize_pipeline() -> Pipeline:

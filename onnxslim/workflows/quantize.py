@@ -14,22 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
-from onnxslim.calibration import FeedSource, open_feeds
+from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import UsageError
+from onnxslim.evaluation import model_inputs, read_labelled, top1_by_model
 from onnxslim.graphs import node_count, tensor_bytes
 from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
-from onnxslim.runtime import Session
 from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.heldout import check_target, split_data
 
 MODES = tuple(QUANTIZE_MODES)
 StageProgress = Callable[[str, int, int | None], None]
-LABEL_KEYS = ("labels", "label", "y")
 
 
 @dataclass
@@ -152,13 +150,12 @@ def _validate(
     progress: StageProgress | None,
 ) -> tuple[ValidationReport, dict[str, float] | None]:
     feeds = None
+    stream = None
     has_labels = False
-    if source is not None:
-        inputs = {v.name for v in reference.graph.inputs}
-        feeds = []
-        for feed in open_feeds(source, reference, limit=count, extra="keep"):
-            has_labels = has_labels or any(k in feed and k not in inputs for k in LABEL_KEYS)
-            feeds.append({k: v for k, v in feed.items() if k in inputs})
+    if source is not None:  # opened once: its first `count` feeds validate, all of it scores
+        stream = open_feeds(source, reference, extra="keep")
+        head = read_labelled(stream, reference, limit=count)
+        feeds, has_labels = head.feeds, head.labelled > 0
 
     def notify(stage: str, done: int, total: int) -> None:
         if progress is not None:
@@ -176,40 +173,26 @@ def _validate(
         rtol=1e-2,
         progress=notify,
     )
-    accuracy = accuracy_on(reference, candidate, source, progress=progress) if has_labels else None
+    accuracy = None
+    if has_labels and stream is not None:
+        accuracy = accuracy_on(reference, candidate, stream, progress=progress)
     return report, accuracy
 
 
 def accuracy_on(
     reference: ir.Model,
     candidate: ir.Model,
-    source: FeedSource,
+    source: FeedSource | FeedStream,
     *,
     limit: int | None = None,
     progress: StageProgress | None = None,
 ) -> dict[str, float] | None:
     """Top-1 accuracy of both models over labelled data, streamed; None unless the first
     output is a classifier's [batch, classes] scores with one label per sample."""
-    inputs = {v.name for v in reference.graph.inputs}
-    sessions = {"float": Session(reference), "quantized": Session(candidate)}
-    hits = dict.fromkeys(sessions, 0)
-    total = 0
-    stream = open_feeds(source, reference, limit=limit, extra="keep")
-    expected = getattr(stream, "count", None)
-    for index, feed in enumerate(stream):
-        label = next((feed[k] for k in LABEL_KEYS if k in feed and k not in inputs), None)
-        if label is None:
-            continue
-        truth = np.asarray(label).reshape(-1)
-        feed = {k: v for k, v in feed.items() if k in inputs}
-        for key, session in sessions.items():
-            output = np.asarray(session.run(feed)[session.output_names[0]])
-            if output.ndim != 2 or output.shape[0] != len(truth) or output.shape[1] < 2:
-                return None  # not a classifier's [batch, classes] scores: parity figures only
-            hits[key] += int(np.count_nonzero(output.argmax(-1) == truth))
-        total += len(truth)
-        if progress is not None:
-            progress("accuracy", index + 1, expected)
-    scores = {key: hits[key] / total if total else float("nan") for key in sessions}
-    scores["samples"] = float(total)
-    return scores
+    stream = source if isinstance(source, FeedStream) else None
+    if stream is None or limit is not None:
+        stream = open_feeds(source, reference, limit=limit, extra="keep")
+    models = {"float": reference, "quantized": candidate}
+    return top1_by_model(
+        models, stream, model_inputs(reference), expected=stream.count, progress=progress
+    )

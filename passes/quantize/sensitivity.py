@@ -37,6 +37,7 @@ import onnx_ir as ir
 
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
+from onnxslim.evaluation import Top1, top1_accuracy
 from onnxslim.feeds import input_specs
 from onnxslim.runtime import Session
 
@@ -251,17 +252,10 @@ def top1_metric(
     feeds, labels = load_labelled(path, input_names, limit=limit)
 
     def metric(model: ir.Model) -> float:
-        predictions = [
-            np.argmax(np.asarray(o).reshape(-1, np.asarray(o).shape[-1]), axis=-1)
-            for o in run_outputs(model, feeds, output)
-        ]
-        predicted = np.concatenate(predictions)
-        truth = labels.reshape(-1)
-        if predicted.size != truth.size:
-            raise DataError(
-                f"{path}: model gives {predicted.size} predictions for {truth.size} labels"
-            )
-        return float(np.mean(predicted == truth))
+        try:
+            return top1_accuracy(model, feeds, labels, output=output)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
 
     return metric
 
@@ -274,8 +268,10 @@ def agreement_metric(
 
     def metric(model: ir.Model) -> float:
         got = [np.argmax(np.asarray(o), axis=-1) for o in run_outputs(model, feeds, output)]
-        hits = sum(int(np.count_nonzero(a == b)) for a, b in zip(ref, got, strict=True))
-        return hits / max(1, sum(a.size for a in ref))
+        same = Top1()
+        for expected, predicted in zip(ref, got, strict=True):
+            same.add(predicted, expected)
+        return same.value if same.total else 0.0
 
     return metric
 
@@ -321,7 +317,7 @@ def static_quantizer(
         for n in full.graph
         if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers)
     )
-    trial_options = {"calib": None}
+    trial_options: dict[str, Any] = {"calib": None}
     if "latency_guard" in getattr(options, "__dataclass_fields__", {}):
         trial_options["latency_guard"] = False
 

@@ -28,11 +28,13 @@ import onnx
 import onnx_ir as ir
 
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
-from onnxslim.passes._options import check_choice, option
+from onnxslim.evaluation import latency_ratio
+from onnxslim.passes._options import check_choice, data_field, option
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
 from .policy import (
+    KERNEL_TARGETS,
     PolicyConfig,
     QuantPlan,
     Target,
@@ -98,13 +100,6 @@ class QuantizeReport:
         return dataclasses.asdict(self)
 
 
-def _data_field(help: str) -> Any:
-    """The calibration data: a path in recipes, or any feed source through the API."""
-    return dataclasses.field(
-        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
-    )
-
-
 def _internal(default: Any = None) -> Any:
     return dataclasses.field(
         default=default,
@@ -121,7 +116,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = False
 
-    calib: Any = _data_field(
+    calib: Any = data_field(
         "Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
         "ORT CalibrationDataReader through the API."
     )
@@ -135,7 +130,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     target: str = option(
         "auto",
         "CPU the int8 types are chosen for.",
-        choices=("auto", "x86-avx2", "x86-vnni", "arm64"),
+        choices=KERNEL_TARGETS,
     )
     activation_type: str = option(
         "auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES
@@ -489,39 +484,6 @@ def _sample_feeds(reservoir: _Reservoir | None, source: Any) -> list[dict[str, n
         return list(islice(iter(source), _GUARD_FEEDS))
     except DataError:
         return []
-
-
-def latency_ratio(
-    reference: ir.Model,
-    candidate: ir.Model,
-    feeds: list[dict[str, np.ndarray]],
-    *,
-    min_runs: int = 5,
-    budget_seconds: float = 1.0,
-) -> float:
-    """Median single-thread latency of `candidate` over `reference`, timed interleaved
-    (at least `min_runs` pairs, more while within `budget_seconds`: small models get
-    hundreds, big ones a few, each after one warm-up run)."""
-    from onnxslim.runtime import Session, SessionConfig
-
-    config = SessionConfig(threads=1)
-    sessions = [Session(reference, config), Session(candidate, config)]
-    for session in sessions:
-        session.run(feeds[0])
-    times: list[list[float]] = [[], []]
-    start = time.perf_counter()
-    runs = 0
-    while runs < min_runs or (time.perf_counter() - start < budget_seconds and runs < 200):
-        order = (0, 1) if runs % 2 == 0 else (1, 0)
-        feed = feeds[runs % len(feeds)]
-        for index in order:
-            tick = time.perf_counter()
-            sessions[index].run(feed)
-            times[index].append(time.perf_counter() - tick)
-        runs += 1
-        if runs >= min_runs and time.perf_counter() - start > budget_seconds:
-            break
-    return float(np.median(times[1]) / np.median(times[0]))
 
 
 def node_macs(model: ir.Model, plan: QuantPlan, stats: Mapping[str, TensorStats]) -> dict[str, int]:
