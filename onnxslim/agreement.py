@@ -17,9 +17,11 @@ What a decision is depends on what the output is for, so each output gets a role
                                                              blanks removed)
     map          sigmoid outputs in [0, 1]                   area lost: 1 - IoU of the maps
                                                              thresholded at 0.5
-    embedding    [batch, dim] pooled/normalised vectors      nearest neighbours that differ
+    embedding    [batch, dim] pooled/normalised vectors      expected nearest neighbours lost
                                                              across the held-out batch
-    regression   boxes, offsets, hidden states, the rest     SQNR in dB (no decision to count)
+    regression   boxes, offsets, hidden states, the rest     SQNR in dB (no decision to count);
+                                                             shown, not gated, when another
+                                                             output is computed from it
 
 "Expected decisions lost" weighs each changed decision by how sure the original
 was of it (its probability of its own pick minus that of the new pick): with the
@@ -39,12 +41,26 @@ evaluation layer the workflows and gates share.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxslim.decisions import (
+    MAP_THRESHOLD,
+    classifier_shaped,
+    cosine,
+    ctc_loss,
+    exact_agreement,
+    is_distribution,
+    map_iou,
+    neighbour_loss,
+    sqnr_db,
+    top1_loss,
+)
 
 ROLES = ("exact", "classifier", "tagger", "ctc", "map", "embedding", "regression")
 DEFAULT_TARGET_ERROR = 1.0  # points of task accuracy the result may lose (estimated)
@@ -55,8 +71,6 @@ DEFAULT_TARGET_ERROR = 1.0  # points of task accuracy the result may lose (estim
 # about 0.02 (the tagger crossed near 0.085, the embedding and the classifiers later).
 # An output with no decision to count is held to that: 34 dB SQNR at the default.
 REGRESSION_ERROR_PER_POINT = 0.02
-MAX_CLASSES = 100_000  # a last axis longer than this is not a class axis
-MAP_THRESHOLD = 0.5
 BLANK_SHARE = 0.4  # a CTC blank wins at least this share of the frames
 # Ops that move or reshape values without computing new ones: looked through when
 # asking which op produced an output.
@@ -95,6 +109,7 @@ class Role:
     time_axis: int = 0  # ctc: the axis of frames
     batch_axis: int = 1  # ctc: the axis of sequences
     blank: int = 0  # ctc: the blank class
+    feeds: str = ""  # regression: a decision output computed from this one (it is not gated)
 
 
 @dataclass(frozen=True)
@@ -109,9 +124,12 @@ class OutputFigure:
     unit: str  # "points" (lower is better) or "dB" (higher is better)
     decisions: int  # how many decisions the figure counts (0: a continuous measure)
     detail: dict[str, float] = field(default_factory=dict)
+    feeds: str = ""  # shown, not gated: the decision output computed from it carries the target
 
     @property
     def passed(self) -> bool:
+        if self.feeds:
+            return True
         if self.unit == "dB":
             return self.value >= self.limit - 1e-9
         return self.value <= self.limit + 1e-9
@@ -120,6 +138,8 @@ class OutputFigure:
         """`logits (ctc): 43.75 points of decoded sequences that differ (target <= 1.00)`."""
         if self.unit == "dB":
             shown = "exact" if math.isinf(self.value) else f"{self.value:.1f} dB"
+            if self.feeds:
+                return f"{self.name} ({self.role}): {self.measure} {shown} (feeds {self.feeds})"
             return (
                 f"{self.name} ({self.role}): {self.measure} {shown} (target >= {self.limit:.1f} dB)"
             )
@@ -139,6 +159,7 @@ class OutputFigure:
             "unit": self.unit,
             "decisions": self.decisions,
             "passed": self.passed,
+            "feeds": self.feeds or None,
             "detail": {k: _json(v) for k, v in self.detail.items()},
         }
 
@@ -174,34 +195,6 @@ class Assessment:
 
 
 # --- roles -----------------------------------------------------------------------------
-
-
-def classifier_shaped(array: np.ndarray) -> bool:
-    """Float scores with a class axis last: rank >= 2 and 2..MAX_CLASSES entries on it.
-
-    The shape rule only: it says top-1 can be read, not that the output is a
-    classifier (`detect_roles` adds the evidence of values and producing op).
-    """
-    return (
-        array.dtype.kind == "f"
-        and array.ndim >= 2
-        and 2 <= array.shape[-1] <= MAX_CLASSES
-        and array.size > 0
-    )
-
-
-def is_distribution(array: np.ndarray) -> bool:
-    """Rows of probabilities (in [0, 1], summing to 1) or log-probabilities (logsumexp 0)."""
-    if not classifier_shaped(array) or not np.all(np.isfinite(array)):
-        return False
-    values = array.astype(np.float64)
-    if values.min() >= -1e-6 and values.max() <= 1 + 1e-6:
-        return bool(np.allclose(values.sum(-1), 1.0, atol=1e-3))
-    if values.max() <= 1e-6:
-        top = values.max(-1, keepdims=True)
-        lse = top[..., 0] + np.log(np.exp(values - top).sum(-1))
-        return bool(np.allclose(lse, 0.0, atol=1e-3))
-    return False
 
 
 def ctc_blank(sequences: Sequence[np.ndarray]) -> int | None:
@@ -294,7 +287,35 @@ def detect_roles(
         arrays = [np.asarray(o[name]) for o in outputs]
         producer = producer_op(model, name) if model is not None else None
         roles[name] = _role(model, name, arrays, producer)
+    if model is not None:
+        decided = [n for n, r in roles.items() if r.role != "regression"]
+        for name, role in roles.items():
+            if role.role == "regression":
+                user = next((d for d in decided if _computed_from(model, d, name)), "")
+                roles[name] = dataclasses.replace(role, feeds=user)
     return roles
+
+
+def _computed_from(model: ir.Model, output: str, source: str) -> bool:
+    """Output `output` is computed from output `source` (main graph, producers walked back).
+
+    A hidden state that the pooled embedding is computed from is judged through the
+    embedding's decisions: its own SQNR is shown, not held to the target.
+    """
+    values = {v.name: v for v in model.graph.outputs}
+    start, goal = values.get(output), values.get(source)
+    stack, seen = [start], set()
+    while stack:
+        value = stack.pop()
+        if value is None or id(value) in seen:
+            continue
+        seen.add(id(value))
+        if value is goal and value is not start:
+            return True
+        node = value.producer()
+        if node is not None:
+            stack.extend(node.inputs)
+    return False
 
 
 def _role(
@@ -337,181 +358,6 @@ def _class_scores(model: ir.Model | None, name: str, arrays: list[np.ndarray], w
                 name, "ctc", f"{why}; class {blank} wins most frames (blank)", time, batch, blank
             )
     return Role(name, "tagger", why)
-
-
-# --- measures (pure numpy; each returns (agreeing, total) or a figure) -----------------
-
-
-def probabilities(scores: np.ndarray) -> np.ndarray:
-    """Class probabilities of score rows: as given, exp of log-probabilities, else softmax."""
-    values = np.asarray(scores, dtype=np.float64)
-    if is_distribution(values):
-        return values if values.min() >= -1e-6 else np.exp(values)
-    shifted = values - values.max(-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(-1, keepdims=True)
-
-
-def decision_loss(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row (all leading axes): (changed, loss) where loss = p[a_ref] - p[a_cand].
-
-    p are the original's probabilities for the row, taken as the truth: where both
-    models pick the same class nothing is lost; where the candidate picks another
-    class, the expected accuracy lost is how much more likely the original found its
-    own pick. A flip of a near tie (the original unsure) costs almost nothing, a
-    flip of a confident decision costs up to a whole decision. Without labels this
-    is the expected task-accuracy change, and never more than the disagreement.
-    """
-    p = probabilities(reference)
-    a = np.asarray(reference).argmax(-1)
-    b = np.asarray(candidate).argmax(-1)
-    picked_ref = np.take_along_axis(p, a[..., None], -1)[..., 0]
-    picked_cand = np.take_along_axis(p, b[..., None], -1)[..., 0]
-    return a != b, np.maximum(picked_ref - picked_cand, 0.0)
-
-
-def top1_loss(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
-) -> tuple[float, int, int]:
-    """(expected decisions lost, decisions that changed, decisions) over every row.
-
-    A classifier, tagger or attention row acts on its argmax: only a changed argmax
-    changes what the user gets, weighted by how sure the original was (decision_loss).
-    """
-    lost, changed, total = 0.0, 0, 0
-    for r, c in zip(reference, candidate, strict=True):
-        flips, loss = decision_loss(r, c)
-        lost += float(loss.sum())
-        changed += int(np.count_nonzero(flips))
-        total += flips.size
-    return lost, changed, total
-
-
-def exact_agreement(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
-) -> tuple[int, int]:
-    """Elements equal in both (integer outputs are the decisions: ids, tags, masks)."""
-    same = total = 0
-    for r, c in zip(reference, candidate, strict=True):
-        same += int(np.count_nonzero(np.asarray(r) == np.asarray(c)))
-        total += np.asarray(r).size
-    return same, total
-
-
-def ctc_decode(frames: np.ndarray, blank: int) -> list[tuple[int, ...]]:
-    """Greedy CTC decoding of [T, batch, C] scores: argmax, repeats collapsed, blanks removed."""
-    best = np.asarray(frames).argmax(-1)  # [T, batch]
-    decoded = []
-    for column in best.T:
-        keep = np.ones(column.shape, dtype=bool)
-        keep[1:] = column[1:] != column[:-1]
-        decoded.append(tuple(int(x) for x in column[keep] if x != blank))
-    return decoded
-
-
-def ctc_loss(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], role: Role
-) -> tuple[float, int, int]:
-    """(expected sequences lost, sequences decoded differently, sequences).
-
-    The reader's user sees the decoded text, so the decision is the whole sequence
-    (greedy decoding: argmax per frame, repeats collapsed, blanks removed); a
-    frame-level figure hides a wrong character among many agreeing blanks. A
-    sequence decoded differently costs the largest decision_loss among its changed
-    frames: how sure the original was of the frame that changed the text (a product
-    of frame probabilities would vanish on long sequences and hide a collapse).
-    """
-    lost, changed, total = 0.0, 0, 0
-    axes = (role.time_axis, role.batch_axis)
-    for r, c in zip(reference, candidate, strict=True):
-        ref = np.moveaxis(np.asarray(r), axes, (0, 1))
-        cand = np.moveaxis(np.asarray(c), axes, (0, 1))
-        _, loss = decision_loss(ref, cand)  # [T, batch]
-        decoded = zip(ctc_decode(ref, role.blank), ctc_decode(cand, role.blank), strict=True)
-        for column, (a, b) in zip(loss.T, decoded, strict=True):
-            total += 1
-            if a != b:
-                changed += 1
-                lost += float(column.max(initial=0.0))
-    return lost, changed, total
-
-
-def map_iou(
-    reference: Sequence[np.ndarray],
-    candidate: Sequence[np.ndarray],
-    threshold: float = MAP_THRESHOLD,
-) -> tuple[float, float]:
-    """(IoU of the maps thresholded at `threshold`, share of reference elements above it).
-
-    A probability map is acted on through its thresholded regions (text boxes, faces,
-    voiced frames); IoU counts the area where that decision changed, relative to the
-    area decided positive, so a thin missed region counts as much as a large one.
-    """
-    union = inter = positive = total = 0
-    for r, c in zip(reference, candidate, strict=True):
-        a, b = np.asarray(r) > threshold, np.asarray(c) > threshold
-        inter += int(np.count_nonzero(a & b))
-        union += int(np.count_nonzero(a | b))
-        positive += int(np.count_nonzero(a))
-        total += a.size
-    iou = inter / union if union else 1.0
-    return iou, positive / total if total else 0.0
-
-
-def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, int]:
-    """Rows whose nearest other row (cosine) is the same in both [N, D] sets.
-
-    Embeddings are used for retrieval and clustering: what matters is which
-    vector is nearest, not the vectors' exact values. Each row's nearest
-    neighbour among the other held-out rows is one decision.
-    """
-    ref = _unit_rows(reference)
-    cand = _unit_rows(candidate)
-    if ref.shape[0] < 3:
-        return 0, 0
-    a, b = ref @ ref.T, cand @ cand.T
-    np.fill_diagonal(a, -np.inf)
-    np.fill_diagonal(b, -np.inf)
-    same = int(np.count_nonzero(a.argmax(1) == b.argmax(1)))
-    return same, ref.shape[0]
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    rows = np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
-
-
-def sqnr_db(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
-    """Signal-to-quantization-noise ratio over all feeds: 10 log10(sum ref^2 / sum err^2).
-
-    For regressions (boxes, offsets, hidden states) the relative error is what moves
-    a decoded box or a downstream layer; inf when equal, -inf for NaN/inf results.
-    """
-    signal = noise = 0.0
-    for r, c in zip(reference, candidate, strict=True):
-        a = np.asarray(r, dtype=np.float64)
-        b = np.asarray(c, dtype=np.float64)
-        if not np.all(np.isfinite(b)) and np.all(np.isfinite(a)):
-            return -math.inf
-        signal += float(np.sum(a * a))
-        noise += float(np.sum((a - b) ** 2))
-    if noise == 0:
-        return math.inf
-    return 10 * math.log10(max(signal, 1e-300) / noise)
-
-
-def cosine(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
-    """Cosine similarity of all feeds' values taken as one vector."""
-    dot = ref_sq = cand_sq = 0.0
-    for r, c in zip(reference, candidate, strict=True):
-        a = np.asarray(r, dtype=np.float64).ravel()
-        b = np.asarray(c, dtype=np.float64).ravel()
-        dot += float(a @ b)
-        ref_sq += float(a @ a)
-        cand_sq += float(b @ b)
-    denom = math.sqrt(ref_sq * cand_sq)
-    return dot / denom if denom > 0 else (1.0 if ref_sq == cand_sq else 0.0)
 
 
 # --- assessment -----------------------------------------------------------------------
@@ -558,7 +404,11 @@ def _figure(
         )
     if role.role == "ctc":
         return _points(
-            role, "expected decoded sequences lost", ctc_loss(ref, cand, role), target, detail
+            role,
+            "expected decoded sequences lost",
+            ctc_loss(ref, cand, role.time_axis, role.batch_axis, role.blank),
+            target,
+            detail,
         )
     if role.role == "exact":
         same, total = exact_agreement(ref, cand)
@@ -566,10 +416,9 @@ def _figure(
             role, "elements that differ", (total - same, total - same, total), target, detail
         )
     if role.role == "embedding":
-        same, total = neighbour_agreement(np.concatenate(ref), np.concatenate(cand))
-        if total:
-            counts = (total - same, total - same, total)
-            return _points(role, "nearest neighbours that differ", counts, target, detail)
+        counts = neighbour_loss(np.concatenate(ref), np.concatenate(cand))
+        if counts[2]:
+            return _points(role, "expected nearest neighbours lost", counts, target, detail)
     if role.role == "map":
         iou, positive = map_iou(ref, cand)
         detail["positive_share"] = positive
@@ -582,7 +431,8 @@ def _figure(
             )
         detail["no_decisions_at_threshold"] = 1.0  # the reference is all below or all above
     value = detail.get("sqnr_db", math.inf)
-    return OutputFigure(role.name, role.role, "SQNR", value, target.regression_db, "dB", 0, detail)
+    limit = target.regression_db
+    return OutputFigure(role.name, role.role, "SQNR", value, limit, "dB", 0, detail, role.feeds)
 
 
 def _points(

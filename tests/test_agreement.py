@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from onnxslim import agreement
+from onnxslim import agreement, decisions
 from onnxslim.agreement import Role, Target
 
 
@@ -91,7 +91,7 @@ def test_ctc_detected_time_major_with_its_blank() -> None:
 def test_ctc_decode_collapses_repeats_and_drops_blanks() -> None:
     best = [[0, 0, 3, 1, 1, 3, 1, 2, 2, 3]]  # blank 3
     frames = np.eye(4)[np.array(best).T]  # [T, 1, 4]
-    assert agreement.ctc_decode(frames, blank=3) == [(0, 1, 1, 2)]
+    assert decisions.ctc_decode(frames, blank=3) == [(0, 1, 1, 2)]
 
 
 def test_ctc_agreement_counts_sequences_not_frames() -> None:
@@ -102,8 +102,8 @@ def test_ctc_agreement_counts_sequences_not_frames() -> None:
     changed = best.copy()
     changed[12, 0] = 2
     role = Role("y", "ctc", "", 0, 1, 3)
-    assert agreement.ctc_loss([reference], [np.eye(4)[changed]], role) == (1.0, 1, 1)
-    assert agreement.top1_loss([reference], [np.eye(4)[changed]]) == (1.0, 1, 20)
+    assert decisions.ctc_loss([reference], [np.eye(4)[changed]], 0, 1, 3) == (1.0, 1, 1)
+    assert decisions.top1_loss([reference], [np.eye(4)[changed]]) == (1.0, 1, 20)
     fig = agreement.assess([{"y": reference}], [{"y": np.eye(4)[changed]}], roles={"y": role})
     assert fig.figures[0].value == 100.0 and not fig.passed
 
@@ -112,7 +112,7 @@ def test_decision_loss_weighs_flips_by_the_originals_confidence() -> None:
     """A near tie that flips costs little, a confident decision that flips costs it all."""
     reference = np.log(np.array([[0.51, 0.49], [0.99, 0.01], [0.6, 0.4]]))
     candidate = np.log(np.array([[0.49, 0.51], [0.01, 0.99], [0.7, 0.3]]))
-    changed, loss = agreement.decision_loss(reference, candidate)
+    changed, loss = decisions.decision_loss(reference, candidate)
     assert changed.tolist() == [True, True, False]
     assert loss == pytest.approx([0.02, 0.98, 0.0])
     result = agreement.assess([{"p": reference}], [{"p": candidate}])
@@ -120,7 +120,7 @@ def test_decision_loss_weighs_flips_by_the_originals_confidence() -> None:
     assert fig.role == "classifier" and fig.value == pytest.approx(100 / 3)
     assert fig.detail["disagreement_points"] == pytest.approx(200 / 3)
     # Raw logits go through softmax: a flip between logits 0.0 and 0.1 costs 5 %
-    lost, changed_rows, rows = agreement.top1_loss(
+    lost, changed_rows, rows = decisions.top1_loss(
         [np.array([[0.1, 0.0]])], [np.array([[0.0, 0.1]])]
     )
     assert (changed_rows, rows) == (1, 1) and lost == pytest.approx(0.04996, abs=1e-4)
@@ -131,7 +131,7 @@ def test_map_iou_and_fallback_without_decisions() -> None:
     ref[..., :5, :] = 0.9  # half the map positive
     cand = ref.copy()
     cand[..., 4, :] = 0.1  # one row of ten lost: IoU 40/50
-    iou, positive = agreement.map_iou([ref], [cand])
+    iou, positive = decisions.map_iou([ref], [cand])
     assert iou == pytest.approx(0.8) and positive == pytest.approx(0.5)
     role = Role("m", "map", "")
     fig = agreement.assess([{"m": ref}], [{"m": cand}], roles={"m": role}).figures[0]
@@ -142,12 +142,23 @@ def test_map_iou_and_fallback_without_decisions() -> None:
     assert fig.unit == "dB" and fig.value == pytest.approx(20 * math.log10(2)) and not fig.passed
 
 
-def test_neighbour_agreement() -> None:
+def test_neighbour_loss() -> None:
     rng = np.random.default_rng(2)
     ref = rng.normal(size=(16, 32))
-    assert agreement.neighbour_agreement(ref, ref + 1e-4 * rng.normal(size=ref.shape)) == (16, 16)
-    same, total = agreement.neighbour_agreement(ref, rng.normal(size=ref.shape))
-    assert total == 16 and same < 8
+    assert decisions.neighbour_loss(ref, ref + 1e-4 * rng.normal(size=ref.shape)) == (0.0, 0, 16)
+    lost, changed, total = decisions.neighbour_loss(ref, rng.normal(size=ref.shape))
+    assert total == 16 and changed > 8 and 0 < lost <= changed
+
+    # Two near-equal neighbours swapping costs little; a far one, the whole decision.
+    def at(degrees: list[float]) -> np.ndarray:
+        radians = np.deg2rad(degrees)
+        return np.stack([np.cos(radians), np.sin(radians)], 1)
+
+    ref = at([0, 10, 11, 90, 180])
+    lost, changed, _ = decisions.neighbour_loss(ref, at([0, 12, 11, 90, 180]))
+    assert changed == 2 and lost == pytest.approx(0.1715, abs=1e-3)  # 0 and 3: near ties
+    lost, changed, _ = decisions.neighbour_loss(ref, at([0, 10, 11, 5, 180]))
+    assert changed == 3 and lost == pytest.approx(2.1634, abs=1e-3)  # 90 degrees moved to 5
 
 
 def test_regression_threshold_follows_the_target() -> None:
@@ -187,3 +198,32 @@ def test_nan_candidate_fails() -> None:
     ref = np.ones((2, 3), np.float32)
     role = {"r": Role("r", "regression", "")}
     assert not agreement.assess([{"r": ref}], [{"r": ref * np.nan}], roles=role).passed
+
+
+def test_hidden_state_feeding_a_decision_output_is_shown_not_gated() -> None:
+    """x -> LayerNorm-like Tanh -> h (output) -> ReduceMean -> e (output, an embedding)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Tanh", ["x"], ["h"]),
+            helper.make_node("ReduceMean", ["h"], ["pooled"], axes=[1], keepdims=0),
+            helper.make_node("LpNormalization", ["pooled"], ["e"], axis=-1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 5, 16])],
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, [8, 5, 16]),
+            helper.make_tensor_value_info("e", TensorProto.FLOAT, [8, 16]),
+        ],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    rng = np.random.default_rng(5)
+    h = np.tanh(rng.normal(size=(8, 5, 16))).astype(np.float32)
+    e = h.mean(1) / np.linalg.norm(h.mean(1), axis=-1, keepdims=True)
+    reference = [{"h": h, "e": e}]
+    roles = agreement.detect_roles(model, reference)
+    assert (roles["h"].role, roles["h"].feeds, roles["e"].role) == ("regression", "e", "embedding")
+    noisy = [{"h": h + 0.05 * rng.normal(size=h.shape).astype(np.float32), "e": e}]
+    result = agreement.assess(reference, noisy, roles=roles)
+    figure = result.figures[0]
+    assert figure.value < Target().regression_db and figure.passed and result.passed
+    assert figure.text().endswith("(feeds e)")

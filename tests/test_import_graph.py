@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.parity",
             "onnxslim.evaluation",
             "onnxslim.agreement",
+            "onnxslim.decisions",
             "onnxslim.runtime",
             "onnxslim.targets",
             "onnxslim.cross_target",

@@ -85,6 +85,7 @@ def split_data(model: ir.Model, calib: Any, data: Any, *, hold_back: bool = True
     if not hold_back:
         check = list(islice(iter(stream), CHECK_LIMIT))
         return CheckData(calib, check, f"{stream.description} ({len(check)} calibration feeds)")
+    fit: Any
     if count is None:  # a one-pass reader: read it once, hand the pass a list
         feeds = list(stream)
         kept = len(feeds) - held_out_count(len(feeds))
