@@ -9,6 +9,7 @@ interleaved) and, when the data carries a `labels` array, top-1 accuracy of both
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import UsageError
 from onnxslim.evaluation import model_inputs, read_labelled, top1_by_model
 from onnxslim.graphs import node_count, tensor_bytes
-from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
+from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport, QuantizeStatic
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
 from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.heldout import check_target, split_data
@@ -97,9 +98,12 @@ def quantize_model(
     if mode == "static":
         if calib is None:
             raise UsageError("static quantization needs calibration data (--calib)")
+        if isinstance(calib, (str, os.PathLike)):
+            # A data file is opened once: the pass calibrates on this stream (its labels
+            # ignored) and validation reads it again when no other data is given.
+            calib = open_feeds(calib, model, extra="keep")
         split = split_data(model, calib, data) if target is not None else None
         options["calib"] = split.fit if split is not None else calib
-        options["progress"] = progress
     else:
         if calib is not None and data is None:
             data = calib  # dynamic and weight-only need no calibration; use it to validate
@@ -107,7 +111,10 @@ def quantize_model(
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
-    quantize_pass(quantized)
+    if isinstance(quantize_pass, QuantizeStatic):
+        quantize_pass.run_with(quantized, progress=progress)
+    else:
+        quantize_pass(quantized)
     seconds = time.perf_counter() - start
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
     result = QuantizeResult(
@@ -153,7 +160,10 @@ def _validate(
     stream = None
     has_labels = False
     if source is not None:  # opened once: its first `count` feeds validate, all of it scores
-        stream = open_feeds(source, reference, extra="keep")
+        if isinstance(source, FeedStream):
+            stream = source
+        else:
+            stream = open_feeds(source, reference, extra="keep")
         head = read_labelled(stream, reference, limit=count)
         feeds, has_labels = head.feeds, head.labelled > 0
 

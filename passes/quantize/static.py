@@ -100,16 +100,6 @@ class QuantizeReport:
         return dataclasses.asdict(self)
 
 
-def _internal(default: Any = None) -> Any:
-    return dataclasses.field(
-        default=default,
-        compare=False,
-        hash=False,
-        repr=False,
-        metadata={"internal": True, "help": ""},
-    )
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantizeStatic(ir.passes.InPlacePass):
     """Static int8 quantization (QDQ) calibrated on data, fused by ORT into integer kernels."""
@@ -160,7 +150,6 @@ class QuantizeStatic(ir.passes.InPlacePass):
     )
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
-    progress: Any = _internal()
 
     def __post_init__(self) -> None:
         for name in ("method", "target", "activation_type"):
@@ -171,9 +160,16 @@ class QuantizeStatic(ir.passes.InPlacePass):
             raise ValueError("max_samples must be positive")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return self.run_with(model)
+
+    def run_with(
+        self, model: ir.Model, progress: StageProgress | None = None
+    ) -> ir.passes.PassResult:
+        """The pass's run, with calibration progress reported to `progress` (an argument of
+        the run, not an option: the pass manager's plain call reports none)."""
         if self.calib is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
-        quantized, report = quantize_static(model, self.calib, self, progress=self.progress)
+        quantized, report = quantize_static(model, self.calib, self, progress=progress)
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
         return ir.passes.PassResult(model, modified=bool(report.quantized_nodes))
