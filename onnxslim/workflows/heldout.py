@@ -81,6 +81,8 @@ def split_data(model: ir.Model, calib: Any, data: Any, *, hold_back: bool = True
         check = generate_feeds(input_specs(model), GENERATED, seed=0)
         return CheckData(None, check, f"generated inputs ({GENERATED} feeds): no data given")
     stream = open_feeds(calib, model, extra="ignore")
+    # A stream the workflow opened (FeedStream) names its file, not "given FeedStream".
+    stream.description = getattr(calib, "description", None) or stream.description
     count = stream.count
     if not hold_back:
         check = list(islice(iter(stream), CHECK_LIMIT))
