@@ -45,6 +45,7 @@ WORKFLOW_FLAGS = {
     "overwrite",
     "json_output",
     "max_drop",
+    "target_error",
     "runs",
     "mode",
     "method",

@@ -49,6 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.parity",
             "onnxslim.evaluation",
             "onnxslim.agreement",
+            "onnxslim.decisions",
             "onnxslim.runtime",
             "onnxslim.budget",
             "onnxslim.targets",

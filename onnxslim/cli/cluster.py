@@ -13,6 +13,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.errors import GateFailed, UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
@@ -132,6 +133,7 @@ def cluster_command(
     external_data: bool | None = opt.EXTERNAL_DATA,
     external_threshold: int = opt.EXTERNAL_THRESHOLD,
     json_output: bool = opt.JSON,
+    target_error: float = target_option(),
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -173,6 +175,7 @@ def cluster_command(
             verify=verify,
             runs=runs,
             max_drop=max_drop,
+            target_error=target_error,
             strip_metadata=not keep_metadata,
             optimize=optimize,
             **options,
@@ -189,11 +192,19 @@ def cluster_command(
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
         _print_report(result, model, output)
+        print_target(result.target)
     if result.gate is not None and not result.gate["passed"]:
         raise GateFailed(
             f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
             f"{result.gate['max_drop']:g} (the model was written to {output})"
         )
+    fail_on_target(result.target, output, _ADVICE)
+
+
+_ADVICE = (
+    "try --bits one higher, --mixed (bits chosen per weight from measured errors), "
+    "--per-channel-groups 1, or --exclude the layers that compute that output"
+)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3}

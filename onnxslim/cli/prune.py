@@ -12,6 +12,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.errors import GateFailed, UsageError
 
 
@@ -97,6 +98,7 @@ def prune_command(
     external_data: bool | None = opt.EXTERNAL_DATA,
     external_threshold: int = opt.EXTERNAL_THRESHOLD,
     json_output: bool = opt.JSON,
+    target_error: float = target_option(),
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -132,6 +134,7 @@ def prune_command(
             storage=storage,
             verify=verify,
             max_drop=max_drop,
+            target_error=target_error,
             runs=runs,
             **options,
         )
@@ -147,11 +150,19 @@ def prune_command(
         print_json({"input": str(model), "output": str(output), **result.to_dict()})
     else:
         _print_report(result, model, output)
+        print_target(result.target)
     if result.gate is not None and not result.gate["passed"]:
         raise GateFailed(
             f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
             f"{result.gate['max_drop']:g} (the model was written to {output})"
         )
+    fail_on_target(result.target, output, _ADVICE)
+
+
+_ADVICE = (
+    "try a lower --sparsity, --calib data for the least-squares refit, "
+    "--allocation sensitivity, or --exclude the layers that compute that output"
+)
 
 
 class _null:

@@ -23,6 +23,7 @@ from onnxslim import api, io
 from onnxslim.cli import _accuracy
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json, warn
+from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.errors import UsageError
 from onnxslim.passes.quantize.policy import KERNEL_TARGETS
@@ -136,6 +137,7 @@ def quantize_command(
         "most this many points (1 = one percentage point); exit 1 if not met (best model and "
         "OUTPUT.sensitivity.json still written).",
     ),
+    target_error: float = target_option(),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
     if force:
@@ -181,7 +183,14 @@ def quantize_command(
         return
     with _progress() as progress:
         result = api.quantize(
-            model, mode=mode, calib=calib, data=data, verify=verify, progress=progress, **options
+            model,
+            mode=mode,
+            calib=calib,
+            data=data,
+            verify=verify,
+            progress=progress,
+            target_error=target_error,
+            **options,
         )
     if result.bytes_after > result.bytes_before:
         err.print(
@@ -200,8 +209,16 @@ def quantize_command(
                 **result.to_dict(),
             }
         )
-        return
-    _print_report(model, output, result, size_in, size_out)
+    else:
+        _print_report(model, output, result, size_in, size_out)
+        print_target(result.target)
+    fail_on_target(result.target, output, _ADVICE)
+
+
+_ADVICE = (
+    "try --method entropy or percentile, --exclude the layers that compute that output, "
+    "--mode dynamic for transformers and LSTMs, or --max-drop with labelled --eval data"
+)
 
 
 def _print_report(

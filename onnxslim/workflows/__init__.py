@@ -8,6 +8,7 @@
     run        a recipe's steps, each measured, then its gates (`onnxslim run`)
     search     a recipe's grid of variants on local processes or Ray
     measure    what prune and cluster measure alike (sizes, session start, top-1)
+    heldout    feeds held back from calibration, and the accuracy-target check
 
 A workflow opens the user's data, runs passes through the pass manager
 (onnxslim.pipeline), measures the result and returns a typed result; it never

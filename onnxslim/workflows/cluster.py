@@ -23,8 +23,10 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
+from onnxslim.feeds import Feed
 from onnxslim.graphs import tensor_bytes
 from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
 from onnxslim.passes.cluster.cluster import ClusterWeights, prepare, summary
@@ -34,6 +36,7 @@ from onnxslim.registry import make_cluster_pass
 from onnxslim.runtime import ort_optimized
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
     Sizes,
     labelled,
@@ -73,6 +76,7 @@ class ClusterResult(ModelResult):
     gate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     allocation: dict[str, Any] | None = None  # allocation=mixed: budget, errors, each weight's form
+    target: Assessment | None = None  # every output against the accuracy target, held-out feeds
 
     @property
     def bits(self) -> int:
@@ -131,6 +135,7 @@ class ClusterResult(ModelResult):
             "allocation": self.allocation,
             "seconds": self.seconds,
             "warnings": list(self.warnings),
+            "target": self.target.to_dict() if self.target is not None else None,
         }
 
 
@@ -146,21 +151,33 @@ def cluster_model(
     strip_metadata: bool = True,
     optimize: bool = True,
     max_size: int | None = None,
+    target_error: float | None = DEFAULT_TARGET_ERROR,
     **options: Any,
 ) -> ClusterResult:
     """Cluster `model` (not modified); see the module docstring for what is measured.
 
     `max_size` (bytes): the file the result may take at most; it sets allocation=mixed
     and the weights' budget to what the rest of the file leaves (see `_fit_to_size`).
+    With `validate_result` and a `target_error` (points, onnxslim.agreement), every
+    output is measured against the original on feeds the refits never saw (`eval_data`,
+    else the calibration data's last quarter, held back) into `result.target`.
     """
     start = time.perf_counter()
     if max_size is not None:
         if options.get("allocation", "mixed") != "mixed":
             raise UsageError("cluster: a size target needs allocation=mixed")
         options = dict(options, allocation="mixed")
-    cluster_pass = make_cluster_pass(bits=bits, calib=calib, **options)
+    target = Target(target_error) if validate_result and target_error is not None else None
+    split = split_data(model, calib, eval_data) if target is not None else None
+    cluster_pass = make_cluster_pass(
+        bits=bits, calib=split.fit if split is not None else calib, **options
+    )
     assert isinstance(cluster_pass, ClusterWeights)
-    cleaned, cleanup_notes = _clean_up(model) if optimize else (model, [])
+    # The clean-up's check runs on the user's data when there is some (generated feeds
+    # can take a branch or a shape the user's model never sees).
+    has_data = eval_data is not None or calib is not None
+    user_feeds = parity_feeds(model, eval_data, calib)[:4] if has_data else None
+    cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
     if max_size is not None:
         result = _fit_to_size(cleaned, cluster_pass, max_size, strip_metadata, drop_value_info)
@@ -232,6 +249,8 @@ def cluster_model(
                     "drop_points": 100.0 * (original_acc - clustered_acc),
                     "samples": float(len(data[1])),
                 }
+    if target is not None and split is not None:
+        report.target = check_target(model, clustered, split, target)
     if max_size is not None:
         report.allocation = dict(report.allocation or {}, max_size=max_size)
         if report.size_after.raw > max_size:
@@ -318,7 +337,7 @@ def _fit_to_size(
     return result
 
 
-def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:
+def _clean_up(model: ir.Model, feeds: list[Feed] | None = None) -> tuple[ir.Model, list[str]]:
     """The lossless clean-up of `onnxslim optimize` (guarded on ORT): clustering sees final weights.
 
     Folding BatchNormalization into its Conv first matters twice: the palettes then
@@ -326,7 +345,7 @@ def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:
     anyway), and the BatchNorm parameter vectors leave the file.
     """
     # Metadata is the caller's choice (stripped after clustering), not the clean-up's.
-    cleaned = optimize_model(model, verify=True, keep_metadata=True)
+    cleaned = optimize_model(model, verify=True, keep_metadata=True, feeds=feeds)
     changed = [r.name for r in cleaned.result.records if r.status == "changed"]
     if not cleaned.passed:
         return model, ["lossless clean-up skipped: its result moved the outputs"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
 from onnxslim.passes.prune._common import summary
@@ -27,6 +28,7 @@ from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
     Sizes,
     labelled,
@@ -124,6 +126,7 @@ class PruneResult(ModelResult):
     seconds: float
     gate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    target: Assessment | None = None  # every output against the accuracy target, held-out feeds
 
     @property
     def latency_ratio(self) -> float | None:
@@ -162,6 +165,7 @@ class PruneResult(ModelResult):
             "gate": self.gate,
             "seconds": self.seconds,
             "warnings": list(self.warnings),
+            "target": self.target.to_dict() if self.target is not None else None,
         }
 
 
@@ -174,14 +178,25 @@ def prune_model(
     validate_result: bool = True,
     runs: int = 50,
     max_drop: float | None = None,
+    target_error: float | None = DEFAULT_TARGET_ERROR,
     **options: Any,
 ) -> PruneResult:
-    """Prune `model` (not modified) with `method`; see the module docstring for what is measured."""
+    """Prune `model` (not modified) with `method`; see the module docstring for what is measured.
+
+    With `validate_result` and a `target_error` (points, onnxslim.agreement), every
+    output is measured against the original on feeds the refits never saw (`eval_data`,
+    else the calibration data's last quarter, held back) into `result.target`.
+    """
     if storage not in STORAGE:
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGE)}")
     start = time.perf_counter()
+    target = Target(target_error) if validate_result and target_error is not None else None
+    calib = options.get("calib")
+    split = split_data(model, calib, eval_data) if target is not None else None
+    if split is not None and calib is not None:
+        options["calib"] = split.fit
     prune_pass = make_prune_pass(method, **options)
-    check_feeds = parity_feeds(model, eval_data, options.get("calib"))
+    check_feeds = parity_feeds(model, eval_data, calib)
     guard = Guard(check_feeds) if validate_result else None
     # Two pipelines: each run clones the model, and a clone does not carry model.meta,
     # where a pass leaves its summary.
@@ -235,6 +250,8 @@ def prune_model(
                     "drop_points": 100.0 * (original_acc - pruned_acc),
                     "samples": float(len(data[1])),
                 }
+    if target is not None and split is not None:
+        report.target = check_target(model, pruned, split, target)
     if max_drop is not None:
         drop = report.drop_points
         if drop is None:

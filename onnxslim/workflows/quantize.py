@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
 from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import UsageError
 from onnxslim.evaluation import model_inputs, read_labelled, time_interleaved, top1_by_model
@@ -29,6 +30,7 @@ from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
 from onnxslim.runtime import Session, SessionConfig
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.heldout import check_target, split_data
 
 MODES = tuple(QUANTIZE_MODES)
 StageProgress = Callable[[str, int, int | None], None]
@@ -51,6 +53,7 @@ class QuantizeResult(ModelResult):
     # Median ms of the input, the cleaned-up float model quantization starts from, and int8,
     # timed interleaved on one thread; each step's ratio is against the model before it.
     latency: dict[str, float] | None = None
+    target: Assessment | None = None  # every output against the accuracy target, held-out feeds
 
     @property
     def size_ratio(self) -> float:
@@ -78,6 +81,7 @@ class QuantizeResult(ModelResult):
             "validation": self.validation.to_dict() if self.validation is not None else None,
             "seconds": self.seconds,
             "warnings": list(self.warnings),
+            "target": self.target.to_dict() if self.target is not None else None,
         }
 
 
@@ -92,9 +96,16 @@ def quantize_model(
     runs: int = 20,
     threads: int = 1,
     progress: StageProgress | None = None,
+    target_error: float | None = DEFAULT_TARGET_ERROR,
     **options: Any,
 ) -> QuantizeResult:
-    """Quantize (a copy of) `model` and validate it; `options` are the pass's fields."""
+    """Quantize (a copy of) `model` and validate it; `options` are the pass's fields.
+
+    With `validate` and a `target_error` (points, onnxslim.agreement), every output is
+    measured against the float model on feeds the calibration never saw (`data`, else
+    the calibration data's last quarter, held back) into `result.target`.
+    """
+    target = Target(target_error) if validate and target_error is not None else None
     if mode == "static":
         if calib is None:
             raise UsageError("static quantization needs calibration data (--calib)")
@@ -102,9 +113,12 @@ def quantize_model(
             # A data file is opened once: the pass calibrates on this stream (its labels
             # ignored) and validation reads it again when no other data is given.
             calib = open_feeds(calib, model, extra="keep")
-        options["calib"] = calib
-    elif calib is not None and data is None:
-        data = calib  # dynamic and weight-only need no calibration; use it to validate
+        split = split_data(model, calib, data) if target is not None else None
+        options["calib"] = split.fit if split is not None else calib
+    else:
+        if calib is not None and data is None:
+            data = calib  # dynamic and weight-only need no calibration; use it to validate
+        split = split_data(model, None, data) if target is not None else None
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
@@ -142,6 +156,8 @@ def quantize_model(
         if runs:
             cleaned = prepare(model)[0] if mode == "static" else None
             result.latency = step_latency(model, cleaned, quantized, feeds, runs, threads)
+    if target is not None and split is not None:
+        result.target = check_target(model, quantized, split, target)
     return result
 
 

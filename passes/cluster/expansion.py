@@ -95,9 +95,12 @@ def _function(name: str, input_names: list[str], body: Body, opset: int) -> ir.F
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in constants:
             listed = array.reshape(-1).tolist()
-            if array.dtype == np.int64 and array.ndim <= 1:
+            # value_int(s)/value_float(s) came with opset 12; opset 11 knows only `value`.
+            if opset < 12 or array.ndim > 1:
+                attribute = {"value": ir.Tensor(array)}
+            elif array.dtype == np.int64:
                 attribute = {"value_int": listed[0]} if array.ndim == 0 else {"value_ints": listed}
-            elif array.dtype == np.float32 and array.ndim <= 1:
+            elif array.dtype == np.float32:
                 attribute = (
                     {"value_float": listed[0]} if array.ndim == 0 else {"value_floats": listed}
                 )

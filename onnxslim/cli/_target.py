@@ -1,0 +1,55 @@
+"""The accuracy target on the lossy commands: one option, the per-output lines, exit 1 on a miss.
+
+quantize, prune and cluster share it: `--target-error P` (points of task accuracy the
+result may lose against the original, estimated without labels; onnxslim.agreement),
+each output's figure printed against it, and when one misses, the model is still
+written and the command fails (exit 1) naming the output, its figure, the target
+and what to try next.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+
+from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment
+from onnxslim.cli._app import out
+from onnxslim.errors import GateFailed
+
+TARGET_HELP = (
+    "Accuracy target: the points of task accuracy the result may lose against the "
+    "original, estimated without labels on held-out feeds (the last quarter of --calib, "
+    "or --data/--eval), each output by its role (top-1, decoded sequences, map IoU, "
+    "nearest neighbours, SQNR). Missed: the model is written and the exit code is 1. "
+    "100 turns the check off."
+)
+
+
+def target_option() -> float:
+    """The `--target-error` option (default 1.0 point)."""
+    return typer.Option(
+        DEFAULT_TARGET_ERROR, "--target-error", min=0.0, max=100.0, help=TARGET_HELP
+    )
+
+
+def print_target(assessment: Assessment | None) -> None:
+    """One line per output: its role, figure and target, PASS/MISSED."""
+    if assessment is None:
+        return
+    out.print(
+        f"accuracy target: at most {assessment.target.error:g} point(s) lost, measured on "
+        f"{escape(assessment.feeds)}:"
+    )
+    for figure in assessment.figures:
+        verdict = "[green]ok[/]" if figure.passed else "[red]MISSED[/]"
+        out.print(f"  {verdict} {escape(figure.text())}")
+
+
+def fail_on_target(assessment: Assessment | None, output: object, advice: str) -> None:
+    """GateFailed (exit 1) when an output missed the target; the model is already written."""
+    if assessment is None or assessment.passed:
+        return
+    raise GateFailed(
+        f"accuracy target missed: {assessment.message()}; {advice} "
+        f"(the model was written to {output})"
+    )
