@@ -111,9 +111,7 @@ def run(jobs: list[dict[str, Any]], workers: int, progress: bool = False) -> lis
             if "error" in result:
                 verdict, detail = "worker-error", result["error"]
             else:
-                verdict, detail = judge(
-                    job["expect"], job["command"], result, peer="tool" in job
-                )
+                verdict, detail = judge(job["expect"], job["command"], result, peer="tool" in job)
             records.append({**job, **result, "verdict": verdict, "detail": detail})
             if progress and (verdict not in PASS or done % 50 == 0):
                 print(f"[{done}/{len(jobs)}] {job['id']} {verdict} {detail[:100]}", flush=True)
@@ -155,7 +153,7 @@ def main() -> None:
     parser.add_argument("--case", action="append", help="only these case paths (family/id)")
     parser.add_argument("--sample", type=int, default=0, help="cases per family (0: all)")
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=30.0, help="CPU seconds per run")
     parser.add_argument("--mem-mb", type=int, default=4096)
     parser.add_argument("--peers", action="store_true")
     parser.add_argument("--peers-sample", type=int, default=0, help="peers on N cases per family")
@@ -173,19 +171,28 @@ def main() -> None:
     commands = args.commands.split(",")
     jobs = make_jobs(args.corpus, cases, commands, timeout=args.timeout, mem_mb=args.mem_mb)
     if args.peers:
-        peer_cases = sample(cases, args.peers_sample, seed=1, heavy=True) if args.peers_sample else cases
-        jobs += make_jobs(args.corpus, peer_cases, list(PEERS), timeout=args.timeout, mem_mb=args.mem_mb)
+        peer_cases = (
+            sample(cases, args.peers_sample, seed=1, heavy=True) if args.peers_sample else cases
+        )
+        jobs += make_jobs(
+            args.corpus, peer_cases, list(PEERS), timeout=args.timeout, mem_mb=args.mem_mb
+        )
         commands += list(PEERS)
     print(f"{len(cases)} cases x {len(commands)} commands = {len(jobs)} runs", flush=True)
     start = time.monotonic()
     records = run(jobs, args.jobs, progress=True)
-    print(f"\n{len(records)} runs in {time.monotonic() - start:.0f} s "
-          f"(timeout {args.timeout:.0f} s, cap {args.mem_mb} MB, {args.jobs} workers)\n")
+    print(
+        f"\n{len(records)} runs in {time.monotonic() - start:.0f} s "
+        f"(CPU limit {args.timeout:.0f} s, cap {args.mem_mb} MB, {args.jobs} workers)\n"
+    )
     print(summary(records))
     defects = [r for r in records if r["verdict"] not in PASS]
     print(f"\n{len(defects)} defects:")
     for r in sorted(defects, key=lambda r: (tool_of(r), r["verdict"], r["case"])):
-        print(f"  {tool_of(r):9s} {r['verdict']:16s} {r['case']:34s} [{r['expect']}] {r['detail'][:150]}")
+        print(
+            f"  {tool_of(r):9s} {r['verdict']:16s} {r['case']:34s} [{r['expect']}] "
+            f"{r['detail'][:150]}"
+        )
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
 

@@ -122,7 +122,7 @@ def random_feed(vi: onnx.ValueInfoProto, rng: np.random.Generator, free: int = 2
         return np.asarray(rng.random(dims) > 0.5)
     if np.issubdtype(dtype, np.integer):
         return np.asarray(rng.integers(0, 3, dims), dtype=dtype)
-    if dtype == object:
+    if dtype is np.dtype(object):
         return np.full(dims, "s", dtype=object)
     return np.asarray(rng.standard_normal(dims), dtype=dtype)
 
@@ -138,7 +138,10 @@ def write_calib(model: onnx.ModelProto, path: Path, samples: int = 4, seed: int 
         if not vi.type.HasField("tensor_type"):
             return False
         dims = vi.type.tensor_type.shape.dim
-        if np.prod([d.dim_value if d.HasField("dim_value") else 2 for d in dims], dtype=float) > 1e5:
+        if (
+            np.prod([d.dim_value if d.HasField("dim_value") else 2 for d in dims], dtype=float)
+            > 1e5
+        ):
             return False  # never allocate what a bomb declares
         try:
             arrays[vi.name] = np.stack([random_feed(vi, rng) for _ in range(samples)])

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
-
 from fuzz_build import Case, make_model, save, value, write_calib
+from onnx import TensorProto, helper, numpy_helper
 
 TB = 1 << 40
 I64_MAX = (1 << 63) - 1
@@ -46,7 +45,9 @@ def _case(case_id: str, expect: str, note: str, build: object, heavy: bool = Fal
     return Case(case_id, "bombs", expect, note, heavy=heavy), write
 
 
-def _generator(op: str, inits: list[onnx.TensorProto], inputs: list[str], **attrs: object) -> object:
+def _generator(
+    op: str, inits: list[onnx.TensorProto], inputs: list[str], **attrs: object
+) -> object:
     def build() -> onnx.ModelProto:
         add, ins = _x_plus("big")
         node = helper.make_node(op, inputs, ["big"], **attrs)
@@ -68,7 +69,10 @@ def _chain(length: int, op: str = "Relu", with_init: bool = False) -> object:
                 nodes.append(helper.make_node(op, [prev], [out], name=f"n{i}"))
             prev = out
         return make_model(
-            nodes, [value("x", TensorProto.FLOAT, [1, 4])], [value("y", TensorProto.FLOAT, [1, 4])], inits
+            nodes,
+            [value("x", TensorProto.FLOAT, [1, 4])],
+            [value("y", TensorProto.FLOAT, [1, 4])],
+            inits,
         )
 
     return build
@@ -101,7 +105,9 @@ def _nested_if(depth: int) -> object:
                 [],
                 [value(f"e{level}", TensorProto.FLOAT, [2])],
             )
-            graph_nodes = [helper.make_node("If", ["c"], [out], then_branch=then, else_branch=other)]
+            graph_nodes = [
+                helper.make_node("If", ["c"], [out], then_branch=then, else_branch=other)
+            ]
             inner_out = out
         graph_nodes.append(helper.make_node("Identity", ["o0"], ["y"]))
         return make_model(
@@ -154,7 +160,10 @@ def _loop(trip: int | None, cond: bool, depth: int = 1) -> object:
             "Loop", ["trip" if trip is not None else "", "cond0", "x"], ["y"], body=body(1)
         )
         return make_model(
-            [node], [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])], inits
+            [node],
+            [value("x", TensorProto.FLOAT, [1])],
+            [value("y", TensorProto.FLOAT, [1])],
+            inits,
         )
 
     return build
@@ -185,52 +194,135 @@ def _huge_input(dims: list[int | str]) -> object:
 def cases(rng: np.random.Generator, *, big: bool = True) -> Iterator[tuple]:
     """Generators to terabytes, endless loops, huge graphs."""
     side = 1 << 20
-    yield _case("constantofshape-tb", "either", "ConstantOfShape [2**40]",
-                _generator("ConstantOfShape", [_i64("shape", [TB])], ["shape"]))
-    yield _case("constantofshape-2d", "either", "ConstantOfShape [2**20, 2**20]",
-                _generator("ConstantOfShape", [_i64("shape", [side, side])], ["shape"]))
-    yield _case("constantofshape-neg", "either", "ConstantOfShape [-1]",
-                _generator("ConstantOfShape", [_i64("shape", [-1])], ["shape"]))
-    yield _case("expand-tb", "either", "Expand [1] to [2**20, 2**20]",
-                _generator("Expand", [_f32("one", [1.0]), _i64("shape", [side, side])], ["one", "shape"]))
-    yield _case("range-tb", "either", "Range 0..2**40",
-                _generator("Range", [_f32("a", 0.0), _f32("b", float(TB)), _f32("d", 1.0)], ["a", "b", "d"]))
-    yield _case("range-tiny-step", "either", "Range 0..1 step 1e-12",
-                _generator("Range", [_f32("a", 0.0), _f32("b", 1.0), _f32("d", 1e-12)], ["a", "b", "d"]))
-    yield _case("tile-tb", "either", "Tile [1024] by 2**30",
-                _generator("Tile", [_f32("t", [1.0] * 1024), _i64("r", [1 << 30])], ["t", "r"]))
-    yield _case("pad-tb", "either", "Pad [1] by 2**40",
-                _generator("Pad", [_f32("p", [1.0]), _i64("pads", [0, TB])], ["p", "pads"]))
-    yield _case("resize-1e6", "either", "Resize scales 1e6 x 1e6",
-                _generator("Resize", [_f32("r", [[[[1.0]]]]), _f32("sc", [1, 1, 1e6, 1e6])], ["r", "", "sc"]))
-    yield _case("onehot-tb", "either", "OneHot depth 2**40",
-                _generator("OneHot", [_i64("idx", [1]), _i64("depth", TB), _f32("ov", [0.0, 1.0])], ["idx", "depth", "ov"]))
-    yield _case("init-64gb-nodata", "invalid", "initializer claims 64 GB, carries nothing",
-                _no_data([1 << 34]))
-    yield _case("init-tb-dims", "invalid", "initializer dims [2**20, 2**20, 2**20], no data",
-                _no_data([side, side, side]))
-    yield _case("init-overflow-dims", "invalid", "initializer dims whose product overflows int64",
-                _no_data([1 << 62, 1 << 62]))
+    yield _case(
+        "constantofshape-tb",
+        "either",
+        "ConstantOfShape [2**40]",
+        _generator("ConstantOfShape", [_i64("shape", [TB])], ["shape"]),
+    )
+    yield _case(
+        "constantofshape-2d",
+        "either",
+        "ConstantOfShape [2**20, 2**20]",
+        _generator("ConstantOfShape", [_i64("shape", [side, side])], ["shape"]),
+    )
+    yield _case(
+        "constantofshape-neg",
+        "either",
+        "ConstantOfShape [-1]",
+        _generator("ConstantOfShape", [_i64("shape", [-1])], ["shape"]),
+    )
+    yield _case(
+        "expand-tb",
+        "either",
+        "Expand [1] to [2**20, 2**20]",
+        _generator("Expand", [_f32("one", [1.0]), _i64("shape", [side, side])], ["one", "shape"]),
+    )
+    yield _case(
+        "range-tb",
+        "either",
+        "Range 0..2**40",
+        _generator(
+            "Range", [_f32("a", 0.0), _f32("b", float(TB)), _f32("d", 1.0)], ["a", "b", "d"]
+        ),
+    )
+    yield _case(
+        "range-tiny-step",
+        "either",
+        "Range 0..1 step 1e-12",
+        _generator("Range", [_f32("a", 0.0), _f32("b", 1.0), _f32("d", 1e-12)], ["a", "b", "d"]),
+    )
+    yield _case(
+        "tile-tb",
+        "either",
+        "Tile [1024] by 2**30",
+        _generator("Tile", [_f32("t", [1.0] * 1024), _i64("r", [1 << 30])], ["t", "r"]),
+    )
+    yield _case(
+        "pad-tb",
+        "either",
+        "Pad [1] by 2**40",
+        _generator("Pad", [_f32("p", [1.0]), _i64("pads", [0, TB])], ["p", "pads"]),
+    )
+    yield _case(
+        "resize-1e6",
+        "either",
+        "Resize scales 1e6 x 1e6",
+        _generator(
+            "Resize", [_f32("r", [[[[1.0]]]]), _f32("sc", [1, 1, 1e6, 1e6])], ["r", "", "sc"]
+        ),
+    )
+    yield _case(
+        "onehot-tb",
+        "either",
+        "OneHot depth 2**40",
+        _generator(
+            "OneHot",
+            [_i64("idx", [1]), _i64("depth", TB), _f32("ov", [0.0, 1.0])],
+            ["idx", "depth", "ov"],
+        ),
+    )
+    yield _case(
+        "init-64gb-nodata",
+        "invalid",
+        "initializer claims 64 GB, carries nothing",
+        _no_data([1 << 34]),
+    )
+    yield _case(
+        "init-tb-dims",
+        "invalid",
+        "initializer dims [2**20, 2**20, 2**20], no data",
+        _no_data([side, side, side]),
+    )
+    yield _case(
+        "init-overflow-dims",
+        "invalid",
+        "initializer dims whose product overflows int64",
+        _no_data([1 << 62, 1 << 62]),
+    )
     yield _case("input-2e40", "either", "an input declared [2**40]", _huge_input([TB]))
-    yield _case("input-huge-2d", "either", "an input declared [2**20, 2**20]", _huge_input([side, side]))
-    yield _case("input-huge-sym", "either", "[N, 2**30] with a symbolic batch", _huge_input(["N", 1 << 30]))
-    yield _case("loop-infinite", "either", "Loop with no trip count, cond always true",
-                _loop(None, True))
+    yield _case(
+        "input-huge-2d", "either", "an input declared [2**20, 2**20]", _huge_input([side, side])
+    )
+    yield _case(
+        "input-huge-sym", "either", "[N, 2**30] with a symbolic batch", _huge_input(["N", 1 << 30])
+    )
+    yield _case(
+        "loop-infinite", "either", "Loop with no trip count, cond always true", _loop(None, True)
+    )
     yield _case("loop-huge-trip", "either", "Loop with trip count 2**62", _loop(1 << 62, True))
     yield _case("loop-max-trip", "either", "Loop with trip count INT64_MAX", _loop(I64_MAX, True))
-    yield _case("loop-nested-3", "either", "three nested Loops, outer trip 10**9",
-                _loop(10**9, True, depth=3))
-    yield _case("loop-nested-12", "valid", "12 nested Loops of 2 iterations", _loop(2, True, depth=12))
+    yield _case(
+        "loop-nested-3",
+        "either",
+        "three nested Loops, outer trip 10**9",
+        _loop(10**9, True, depth=3),
+    )
+    yield _case(
+        "loop-nested-12", "valid", "12 nested Loops of 2 iterations", _loop(2, True, depth=12)
+    )
     yield _case("if-nested-30", "valid", "If nested 30 deep", _nested_if(30))
     # protobuf's parser stops at nesting depth 100 (3 messages per If level): 32 is near it
     yield _case("if-nested-32", "valid", "If nested 32 deep", _nested_if(32))
     yield _case("chain-3k", "valid", "3,000-node Relu chain", _chain(3000))
-    yield _case("chain-mul-3k", "valid", "3,000 Mul-by-constant chain", _chain(3000, with_init=True))
+    yield _case(
+        "chain-mul-3k", "valid", "3,000 Mul-by-constant chain", _chain(3000, with_init=True)
+    )
     yield _case("inits-5k", "valid", "Sum of 5,000 small initializers", _many_inits(5000))
     if big:
         yield _case("chain-30k", "valid", "30,000-node Relu chain", _chain(30_000), heavy=True)
         yield _case("chain-300k", "valid", "300,000-node Relu chain", _chain(300_000), heavy=True)
-        yield _case("chain-mul-100k", "valid", "100,000 Mul-by-constant chain",
-                    _chain(100_000, with_init=True), heavy=True)
-        yield _case("inits-100k", "valid", "Sum of 100,000 small initializers",
-                    _many_inits(100_000), heavy=True)
+        yield _case(
+            "chain-mul-100k",
+            "valid",
+            "100,000 Mul-by-constant chain",
+            _chain(100_000, with_init=True),
+            heavy=True,
+        )
+        yield _case(
+            "inits-100k",
+            "valid",
+            "Sum of 100,000 small initializers",
+            _many_inits(100_000),
+            heavy=True,
+        )

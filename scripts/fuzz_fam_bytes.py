@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-
 from fuzz_build import Case, cnn, mlp, write_calib
 
 
@@ -43,9 +42,7 @@ def _bytes_case(case_id: str, data: bytes, note: str, calib_from: onnx.ModelProt
 def cases(rng: np.random.Generator, flips: int = 90, cuts: int = 30) -> Iterator[tuple]:
     """Random blobs, text, gzip, truncations, trailing junk and bit flips."""
     for size in (0, 1, 2, 7, 64, 1000, 65536):
-        yield _bytes_case(
-            f"random-{size}", rng.bytes(size), f"{size} random bytes", None
-        )
+        yield _bytes_case(f"random-{size}", rng.bytes(size), f"{size} random bytes", None)
     yield _bytes_case("text", b"this is not a model\n", "plain text", None)
     yield _bytes_case("zeros-4k", bytes(4096), "4096 zero bytes", None)
     yield _bytes_case("ff-4k", b"\xff" * 4096, "4096 0xff bytes", None)
@@ -53,7 +50,9 @@ def cases(rng: np.random.Generator, flips: int = 90, cuts: int = 30) -> Iterator
     for name, model in bases.items():
         data = model.SerializeToString()
         yield _bytes_case(f"{name}-gzip", gzip.compress(data), "gzip of a valid model", None)
-        yield _bytes_case(f"{name}-junk", data + rng.bytes(33), "valid model + 33 junk bytes", model)
+        yield _bytes_case(
+            f"{name}-junk", data + rng.bytes(33), "valid model + 33 junk bytes", model
+        )
         yield _bytes_case(f"{name}-twice", data + data, "a valid model written twice", model)
         for offset in sorted(set(rng.integers(1, len(data), cuts).tolist())):
             yield _bytes_case(

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
 from fuzz_build import SECRET_NAME, Case, mlp, save, write_calib
 
 # (location, offset, length) per case; None leaves the key out.
 Entry = tuple[str, int | None, int | None]
 
 
-def _external(model: onnx.ModelProto, location: str, offset: int | None, length: int | None) -> None:
+def _external(
+    model: onnx.ModelProto, location: str, offset: int | None, length: int | None
+) -> None:
     """Point initializer w2 (16x4 float, 256 bytes) at external data."""
     t = next(t for t in model.graph.initializer if t.name == "w2")
     t.ClearField("raw_data")
@@ -74,27 +75,99 @@ def cases(rng: np.random.Generator) -> Iterator[tuple]:
     """Escapes, links, bad offsets and lengths, missing files, two valid layouts."""
     listed = [
         ("inside", "valid", "external data beside the model", ("weights.bin", 0, 256), "data"),
-        ("inside-sub", "valid", "external data in a subfolder", ("sub/weights.bin", None, None), "subdir"),
+        (
+            "inside-sub",
+            "valid",
+            "external data in a subfolder",
+            ("sub/weights.bin", None, None),
+            "subdir",
+        ),
         ("dotdot", "invalid", "location ../../secret.bin", ("../../" + SECRET_NAME, 0, 256), ""),
-        ("dotdot-inner", "invalid", "location sub/../../../secret.bin", ("sub/../../../" + SECRET_NAME, 0, 256), "subdir"),
+        (
+            "dotdot-inner",
+            "invalid",
+            "location sub/../../../secret.bin",
+            ("sub/../../../" + SECRET_NAME, 0, 256),
+            "subdir",
+        ),
         ("absolute", "invalid", "absolute location of the secret", ("{SECRET}", 0, 256), ""),
         ("absolute-etc", "invalid", "location /etc/passwd", ("/etc/passwd", 0, 256), ""),
         ("dev-zero", "invalid", "location /dev/zero, 64 GB", ("/dev/zero", 0, 1 << 36), ""),
-        ("proc-environ", "invalid", "location /proc/self/environ", ("/proc/self/environ", 0, 256), ""),
-        ("symlink-file", "invalid", "weights.bin is a link to the secret", ("weights.bin", 0, 256), "link-file"),
-        ("symlink-abs", "invalid", "weights.bin is an absolute link out", ("weights.bin", 0, 256), "link-abs"),
-        ("symlink-dir", "invalid", "up/ is a link to the folder above", ("up/" + SECRET_NAME, 0, 256), "link-dir"),
-        ("offset-past-end", "invalid", "offset past the end of the file", ("weights.bin", 4096, 256), "data"),
-        ("length-past-end", "invalid", "length past the end of the file", ("weights.bin", 0, 100000), "data"),
-        ("file-short", "invalid", "file shorter than the tensor", ("weights.bin", None, None), "short"),
-        ("length-wrong", "invalid", "length not the tensor's size", ("weights.bin", 0, 128), "data"),
+        (
+            "proc-environ",
+            "invalid",
+            "location /proc/self/environ",
+            ("/proc/self/environ", 0, 256),
+            "",
+        ),
+        (
+            "symlink-file",
+            "invalid",
+            "weights.bin is a link to the secret",
+            ("weights.bin", 0, 256),
+            "link-file",
+        ),
+        (
+            "symlink-abs",
+            "invalid",
+            "weights.bin is an absolute link out",
+            ("weights.bin", 0, 256),
+            "link-abs",
+        ),
+        (
+            "symlink-dir",
+            "invalid",
+            "up/ is a link to the folder above",
+            ("up/" + SECRET_NAME, 0, 256),
+            "link-dir",
+        ),
+        (
+            "offset-past-end",
+            "invalid",
+            "offset past the end of the file",
+            ("weights.bin", 4096, 256),
+            "data",
+        ),
+        (
+            "length-past-end",
+            "invalid",
+            "length past the end of the file",
+            ("weights.bin", 0, 100000),
+            "data",
+        ),
+        (
+            "file-short",
+            "invalid",
+            "file shorter than the tensor",
+            ("weights.bin", None, None),
+            "short",
+        ),
+        (
+            "length-wrong",
+            "invalid",
+            "length not the tensor's size",
+            ("weights.bin", 0, 128),
+            "data",
+        ),
         ("offset-negative", "invalid", "negative offset", ("weights.bin", -8, 256), "data"),
         ("offset-text", "invalid", "non-numeric offset", ("weights.bin", None, None), "data-text"),
         ("missing-file", "invalid", "the data file does not exist", ("weights.bin", 0, 256), ""),
         ("no-location", "invalid", "external data without a location", ("", 0, 256), "data"),
         ("location-dir", "invalid", "location is a folder", ("weights.bin", 0, 256), "dir"),
-        ("location-fifo", "invalid", "location is a FIFO (a read blocks)", ("weights.bin", 0, 256), "fifo"),
-        ("location-model", "invalid", "location is the model file itself", ("model.onnx", 0, 256), ""),
+        (
+            "location-fifo",
+            "invalid",
+            "location is a FIFO (a read blocks)",
+            ("weights.bin", 0, 256),
+            "fifo",
+        ),
+        (
+            "location-model",
+            "invalid",
+            "location is the model file itself",
+            ("model.onnx", 0, 256),
+            "",
+        ),
         ("location-nul", "invalid", "location with a NUL byte", ("weights\0.bin", 0, 256), "data"),
         ("location-home", "invalid", "location ~/.bashrc", ("~/.bashrc", 0, 256), ""),
         ("location-url", "invalid", "location is a URL", ("file:///etc/passwd", 0, 256), ""),
@@ -108,7 +181,9 @@ def cases(rng: np.random.Generator) -> Iterator[tuple]:
 
 def _text_offset_case(case_id: str, expect: str, note: str) -> tuple:
     inner_id, inner_expect, inner_note = case_id, expect, note
-    base_case, base_write = _case(inner_id, inner_expect, inner_note, ("weights.bin", 0, 256), "data")
+    base_case, base_write = _case(
+        inner_id, inner_expect, inner_note, ("weights.bin", 0, 256), "data"
+    )
 
     def write(folder: Path) -> bool:
         calib = base_write(folder)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from fuzz_build import Case, mlp, save, value, write_calib
 from onnx import TensorProto, helper, numpy_helper
-
-from fuzz_build import Case, make_model, mlp, save, value, write_calib
 
 Mutation = Callable[[onnx.ModelProto], None]
 
@@ -170,7 +169,9 @@ def structure(rng: np.random.Generator) -> Iterator[tuple]:  # noqa: C901 (a fla
 
     def if_captures_undefined(m: onnx.ModelProto) -> None:
         m.graph.input.append(value("cond", TensorProto.BOOL, []))
-        m.graph.node.insert(3, _if_node([helper.make_node("Relu", ["undefined_outer"], ["t"])], "t"))
+        m.graph.node.insert(
+            3, _if_node([helper.make_node("Relu", ["undefined_outer"], ["t"])], "t")
+        )
         _node(m, "mm2").input[0] = "hif"
 
     def if_no_else(m: onnx.ModelProto) -> None:
@@ -210,7 +211,11 @@ def structure(rng: np.random.Generator) -> Iterator[tuple]:  # noqa: C901 (a fla
 
     def function_recursive(m: onnx.ModelProto) -> None:
         fn = helper.make_function(
-            "local", "F", ["a"], ["b"], [helper.make_node("F", ["a"], ["b"], domain="local")],
+            "local",
+            "F",
+            ["a"],
+            ["b"],
+            [helper.make_node("F", ["a"], ["b"], domain="local")],
             [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
         )
         m.functions.append(fn)

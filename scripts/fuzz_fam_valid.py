@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from fuzz_build import Case, cnn, make_model, mlp, save, value, write_calib
 from onnx import TensorProto, helper, numpy_helper
 
-from fuzz_build import Case, cnn, make_model, mlp, save, value, write_calib
 
-
-def _case(case_id: str, note: str, build: Callable[[], onnx.ModelProto], expect: str = "valid") -> tuple:
+def _case(
+    case_id: str, note: str, build: Callable[[], onnx.ModelProto], expect: str = "valid"
+) -> tuple:
     def write(folder: Path) -> bool:
         model = build()
         save(model, folder)
@@ -26,7 +27,9 @@ def _case(case_id: str, note: str, build: Callable[[], onnx.ModelProto], expect:
     return Case(case_id, "valid", expect, note), write
 
 
-def _unary(op: str, elem: int, shape: list[int | str], **attrs: object) -> Callable[[], onnx.ModelProto]:
+def _unary(
+    op: str, elem: int, shape: list[int | str], **attrs: object
+) -> Callable[[], onnx.ModelProto]:
     def build() -> onnx.ModelProto:
         return make_model(
             [helper.make_node(op, ["x"], ["y"], **attrs)],
@@ -65,7 +68,12 @@ def _dtype_model(elem: int) -> Callable[[], onnx.ModelProto]:
             w = helper.make_tensor("w", elem, [2], [1 + 2j, 3 - 1j])
         else:
             values = np.array([0, 1, 2], dtype=np.float32)
-            w = helper.make_tensor("w", elem, [3], values.astype(np_type) if np_type != object else values)
+            w = helper.make_tensor(
+                "w",
+                elem,
+                [3],
+                values.astype(np_type) if np_type is not np.dtype(object) else values,
+            )
         if elem in _NUMPY_FEEDABLE:
             nodes = [
                 helper.make_node("Identity", ["x"], ["y"]),
@@ -115,10 +123,14 @@ def _names(kind: str) -> Callable[[], onnx.ModelProto]:
 
 def _builders() -> dict[str, tuple[str, Callable[[], onnx.ModelProto]]]:
     def empty() -> onnx.ModelProto:
-        return make_model([], [value("x", TensorProto.FLOAT, [2])], [value("x", TensorProto.FLOAT, [2])])
+        return make_model(
+            [], [value("x", TensorProto.FLOAT, [2])], [value("x", TensorProto.FLOAT, [2])]
+        )
 
     def const_only() -> onnx.ModelProto:
-        node = helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(3, np.float32)))
+        node = helper.make_node(
+            "Constant", [], ["y"], value=numpy_helper.from_array(np.ones(3, np.float32))
+        )
         return make_model([node], [], [value("y", TensorProto.FLOAT, [3])])
 
     def scalar_bool() -> onnx.ModelProto:
@@ -164,8 +176,12 @@ def _builders() -> dict[str, tuple[str, Callable[[], onnx.ModelProto]]]:
         return mlp(9, batch=None)  # type: ignore[arg-type]
 
     def if_const() -> onnx.ModelProto:
-        then = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "t", [], [value("t", TensorProto.FLOAT, [2])])
-        other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "e", [], [value("e", TensorProto.FLOAT, [2])])
+        then = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["t"])], "t", [], [value("t", TensorProto.FLOAT, [2])]
+        )
+        other = helper.make_graph(
+            [helper.make_node("Neg", ["x"], ["e"])], "e", [], [value("e", TensorProto.FLOAT, [2])]
+        )
         cond = numpy_helper.from_array(np.array(True), "c")
         return make_model(
             [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
@@ -176,7 +192,10 @@ def _builders() -> dict[str, tuple[str, Callable[[], onnx.ModelProto]]]:
 
     def local_function() -> onnx.ModelProto:
         fn = helper.make_function(
-            "local", "Twice", ["a"], ["b"],
+            "local",
+            "Twice",
+            ["a"],
+            ["b"],
             [helper.make_node("Add", ["a", "a"], ["b"])],
             [helper.make_opsetid("", 17)],
         )
@@ -198,7 +217,10 @@ def _builders() -> dict[str, tuple[str, Callable[[], onnx.ModelProto]]]:
     def no_inputs_two_consts() -> onnx.ModelProto:
         a = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "a")
         return make_model(
-            [helper.make_node("Relu", ["a"], ["y"])], [], [value("y", TensorProto.FLOAT, [2, 3])], [a]
+            [helper.make_node("Relu", ["a"], ["y"])],
+            [],
+            [value("y", TensorProto.FLOAT, [2, 3])],
+            [a],
         )
 
     def shared_weight() -> onnx.ModelProto:

@@ -8,6 +8,9 @@ Runtime session, under the same cap). The worker kills the group at the timeout 
 compares the case folder before and after. Forking a warm interpreter costs
 milliseconds where a fresh `onnxslim` process costs seconds of imports.
 
+The time limit is CPU seconds (RLIMIT_CPU: a loaded machine does not turn slow runs
+into hangs), with a wall-time backstop (`wall`, default 6x) for runs that block.
+
 Verdicts that pass: `ok` (exit 0, loadable output, input not invalid) and `refused`
 (exit 2, no traceback, nothing written). Everything else is a defect; see `judge`.
 """
@@ -93,6 +96,10 @@ def _child(job: dict[str, Any], run_dir: Path) -> None:
         os.setpgid(0, 0)
         cap = int(job["mem_mb"]) << 20
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        # CPU seconds, not wall time, decide a hang: a loaded machine must not fail a
+        # run. SIGXCPU at the limit, SIGKILL a second later.
+        cpu = int(job["timeout"])
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         os.chdir(run_dir)
         os.environ["TMPDIR"] = str(run_dir / "tmp")
         tempfile.tempdir = None
@@ -134,9 +141,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
-        if time.monotonic() - start > job["timeout"]:
+        if time.monotonic() - start > job.get("wall", 6 * job["timeout"]):
             timed_out = True
-            for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            for target in (
+                lambda: os.killpg(pid, signal.SIGKILL),
+                lambda: os.kill(pid, signal.SIGKILL),
+            ):
                 try:
                     target()
                 except OSError:
@@ -158,6 +168,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "timeout": timed_out,
         "seconds": round(seconds, 2),
         "cpu": round(usage.ru_utime + usage.ru_stime, 2),
+        "cpu_limit": job["timeout"],
         "maxrss_mb": round(usage.ru_maxrss / 1024),
         "stderr": stderr.decode("utf-8", "replace")[-3000:],
         "outputs": outputs,
@@ -176,14 +187,18 @@ def _remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def judge(expect: str, command: str, result: dict[str, Any], *, peer: bool = False) -> tuple[str, str]:
+def judge(
+    expect: str, command: str, result: dict[str, Any], *, peer: bool = False
+) -> tuple[str, str]:
     """(verdict, detail) for one run; see the module docstring for what passes."""
     stderr = result["stderr"]
     lines = [line for line in stderr.splitlines() if line.strip()]
     last = lines[-1][:200] if lines else ""
     code = result["exit"]
     if result["timeout"]:
-        return "hang", f"killed after {result['seconds']} s"
+        return "hang", f"killed after {result['seconds']} s of wall time"
+    if code in (-signal.SIGXCPU, -signal.SIGKILL) and result.get("cpu", 0) >= result["cpu_limit"]:
+        return "hang", f"CPU limit: {result['cpu']} s"
     if result["leaked"]:
         return "escape", "secret bytes outside the model folder reached the output"
     if result["changed"]:
