@@ -1,7 +1,8 @@
-"""onnxslim: compress ONNX models (clean-up, int8, pruning, clustering), validated on ONNX Runtime."""
+"""onnxslim: compress ONNX models (clean-up, int8, pruning, clustering), checked on ONNX Runtime."""
 
 from __future__ import annotations
 
+from onnxslim._version import __version__
 from onnxslim.api import (
     ModelSummary,
     OptimizeResult,
@@ -23,8 +24,6 @@ from onnxslim.errors import (
 )
 from onnxslim.io import load
 from onnxslim.pipeline import Pipeline
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DataError",

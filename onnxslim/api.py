@@ -1,36 +1,49 @@
-"""The Python API: what the CLI does, as functions that return results and never print."""
+"""The Python API: what the CLI does, as functions that return results and never print.
+
+Each function takes a model or a path and hands it to its workflow
+(onnxslim.workflows); the results are the workflows' typed result classes.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
 from onnxslim import io
-from onnxslim.calibration import FeedSource, ImagePreprocessing, open_feeds
-from onnxslim.errors import DataError, PassFailed, UsageError
-from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
+from onnxslim.calibration import FeedSource
+from onnxslim.errors import PassFailed, UsageError
+from onnxslim.feeds import Feed
 from onnxslim.inspection import ModelSummary, inspect_model
-from onnxslim.passes.cleanup import StripDebugMetadata
-from onnxslim.passes.fold import (
-    FixInputShapes,
-    drop_added_annotations,
-    remember_annotations,
-    resolved_input_shapes,
-)
-from onnxslim.pipeline import Guard, Pipeline, PipelineResult, run_pipeline
-from onnxslim.registry import DEFAULT_OPTIMIZE
+from onnxslim.pipeline import Pipeline
+from onnxslim.report import RunReport
 from onnxslim.validation import ValidationReport, run_model, validate
+from onnxslim.workflows import optimize as _optimize
+from onnxslim.workflows.cluster import ClusterResult, cluster_model
+from onnxslim.workflows.optimize import (
+    OptimizeResult,
+    default_optimize_pipeline,
+    validation_feeds,
+)
+from onnxslim.workflows.prune import PruneResult
+from onnxslim.workflows.prune import prune as _prune
+from onnxslim.workflows.quantize import QuantizeResult, StageProgress, quantize_model
+from onnxslim.workflows.run import Progress, RecipeSpec, run_recipe
+from onnxslim.workflows.search import search_recipe
 
 __all__ = [
+    "ClusterResult",
     "ModelSummary",
     "OptimizeResult",
+    "PruneResult",
+    "QuantizeResult",
+    "RunReport",
     "ValidationReport",
     "cluster",
+    "default_optimize_pipeline",
     "inspect",
     "optimize",
     "prune",
@@ -40,56 +53,15 @@ __all__ = [
     "save",
     "search",
     "validate",
+    "validation_feeds",
 ]
 
 ModelSource = ir.Model | str | os.PathLike[str]
 
 
-@dataclass
-class OptimizeResult:
-    model: ir.Model
-    pipeline: Pipeline
-    result: PipelineResult
-    verified_on: str  # "generated inputs", "DATA (N feeds)", or "not verified"
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        """False when the result's outputs moved beyond tolerance from the original's."""
-        return self.result.passed
-
-
 def as_model(source: ModelSource) -> ir.Model:
     """Load `source` if it is a path; models are used as given."""
     return source if isinstance(source, ir.Model) else io.load(source)
-
-
-def validation_feeds(
-    model: ir.Model,
-    data: FeedSource | None,
-    *,
-    count: int = 4,
-    seed: int = 0,
-    image_preprocessing: ImagePreprocessing | str | None = None,
-) -> tuple[list[Feed], str]:
-    """Feeds to check parity on: the user's data when given, generated inputs otherwise.
-
-    `data` is anything `open_feeds` reads (.npz, folder, reader, iterable); each
-    feed is checked against the model's inputs, and arrays that are not inputs
-    (an eval file's `labels`) are dropped.
-    """
-    if data is not None:
-        stream = open_feeds(
-            data, model, limit=count, image_preprocessing=image_preprocessing, extra="ignore"
-        )
-        feeds = list(stream)
-        return feeds, f"{stream.description} ({len(feeds)} feeds)"
-    return generate_feeds(input_specs(model), count, seed=seed), f"generated inputs ({count} feeds)"
-
-
-def default_optimize_pipeline() -> Pipeline:
-    """The lossless clean-up `onnxslim optimize` runs when no recipe is given."""
-    return Pipeline.from_names(DEFAULT_OPTIMIZE)
 
 
 def optimize(
@@ -116,51 +88,18 @@ def optimize(
     `keep_metadata` leaves out strip-debug-metadata (exporter stack traces and scope
     names stay in the file).
     """
-    model = as_model(source)
-    pipeline = pipeline or default_optimize_pipeline()
-    if keep_metadata:
-        pipeline = Pipeline(
-            tuple(p for p in pipeline.passes if not isinstance(p, StripDebugMetadata))
-        )
-    shape_texts = _shape_texts(input_shapes)
-    if shape_texts:
-        pipeline = Pipeline((FixInputShapes(shapes=shape_texts), *pipeline.passes))
-    # Feeds must have the shapes the model will be fixed to, wherever the fix comes from.
-    fixed = [t for p in pipeline.passes if isinstance(p, FixInputShapes) for t in p.shapes]
-    generation_shapes = resolved_input_shapes(model, parse_input_shapes(fixed)) if fixed else None
-    guard = None
-    verified_on = "not verified"
-    if verify:
-        if feeds is not None:
-            feeds = list(feeds)
-            verified_on = f"given feeds ({len(feeds)})"
-        elif data is not None:
-            feeds, verified_on = validation_feeds(model, data, count=feed_count)
-        else:
-            feeds = generate_feeds(input_specs(model), feed_count, shapes=generation_shapes)
-            verified_on = f"generated inputs ({feed_count} feeds)"
-        for feed in feeds if generation_shapes else ():
-            for name, shape in generation_shapes.items():  # type: ignore[union-attr]
-                if name in feed and tuple(feed[name].shape) != tuple(shape):
-                    raise DataError(
-                        f"validation feed {name!r} has shape {list(feed[name].shape)}, "
-                        f"but --input-shape fixes it to {list(shape)}"
-                    )
-        guard = Guard(list(feeds), atol=atol, rtol=rtol)
-    remember_annotations(model)
-    result = run_pipeline(model, pipeline, guard=guard, rollback_failures=verify)
-    drop_added_annotations(result.model)  # inferred value_info would only grow the file
-    return OptimizeResult(result.model, pipeline, result, verified_on)
-
-
-def _shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple[str, ...]:
-    if not shapes:
-        return ()
-    if isinstance(shapes, Mapping):
-        return tuple(
-            f"{name}:{','.join(str(int(d)) for d in dims)}" for name, dims in shapes.items()
-        )
-    return tuple(shapes)
+    return _optimize.optimize(
+        as_model(source),
+        pipeline=pipeline,
+        verify=verify,
+        data=data,
+        feeds=feeds,
+        input_shapes=input_shapes,
+        feed_count=feed_count,
+        atol=atol,
+        rtol=rtol,
+        keep_metadata=keep_metadata,
+    )
 
 
 def save(
@@ -184,12 +123,12 @@ def quantize(
     source: ModelSource,
     *,
     mode: str = "static",
-    calib: Any = None,
-    data: Any = None,
+    calib: FeedSource | None = None,
+    data: FeedSource | None = None,
     validate: bool = True,
-    progress: Any = None,
+    progress: StageProgress | None = None,
     **options: Any,
-) -> Any:
+) -> QuantizeResult:
     """Quantize a float model (static int8 calibrated on `calib`, dynamic, or weight-only).
 
     `calib` / `data`: anything `open_feeds` reads (a path, a folder, an ORT
@@ -198,8 +137,6 @@ def quantize(
     a QuantizeResult: the model, the pass report and the validation against the
     float model (parity, latency ratio, accuracy when `data` carries labels).
     """
-    from onnxslim.passes.quantize.run import quantize_model
-
     return quantize_model(
         as_model(source),
         mode=mode,
@@ -216,14 +153,14 @@ def prune(
     *,
     method: str = "magnitude",
     sparsity: float = 0.5,
-    calib: Any = None,
-    eval_data: Any = None,
+    calib: FeedSource | None = None,
+    eval_data: FeedSource | None = None,
     storage: str = "packed",
     validate: bool = True,
     max_drop: float | None = None,
     runs: int = 50,
     **options: Any,
-) -> Any:
+) -> PruneResult:
     """Prune a trained model with nothing but the model and some data; returns a PruneResult.
 
     `method`: "magnitude" (unstructured; `sparsity` is the fraction zeroed), "nm"
@@ -236,22 +173,16 @@ def prune(
     (MagnitudePruning, NMSparsity, ChannelPruning). `max_drop` (points) fills
     `result.gate`; the API reports it, the CLI exits 1 on failure.
     """
-    from onnxslim.passes.prune.run import prune_model
-
-    if method == "channels":
-        options.setdefault("ratio", sparsity)
-    elif method == "magnitude":
-        options.setdefault("sparsity", sparsity)
-    if calib is not None:
-        options["calib"] = calib
-    return prune_model(
+    return _prune(
         as_model(source),
         method=method,
-        storage=storage,
+        sparsity=sparsity,
+        calib=calib,
         eval_data=eval_data,
-        validate_result=validate,
-        runs=runs,
+        storage=storage,
+        validate=validate,
         max_drop=max_drop,
+        runs=runs,
         **options,
     )
 
@@ -260,15 +191,15 @@ def cluster(
     source: ModelSource,
     *,
     bits: int = 4,
-    calib: Any = None,
-    eval_data: Any = None,
+    calib: FeedSource | None = None,
+    eval_data: FeedSource | None = None,
     validate: bool = True,
     max_drop: float | None = None,
     runs: int = 50,
     strip_metadata: bool = True,
     optimize: bool = True,
     **options: Any,
-) -> Any:
+) -> ClusterResult:
     """Cluster each weight into 2^bits shared values (palettization); returns a ClusterResult.
 
     The result stores packed indices + palettes that ONNX Runtime expands once at
@@ -283,8 +214,6 @@ def cluster(
     clean-up first (BatchNorm folded into Conv). `max_drop` (points) fills
     `result.gate`; the API reports it, the CLI exits 1 on failure.
     """
-    from onnxslim.passes.cluster.run import cluster_model
-
     return cluster_model(
         as_model(source),
         bits=bits,
@@ -300,7 +229,7 @@ def cluster(
 
 
 def run(
-    recipe: Any,
+    recipe: RecipeSpec,
     source: ModelSource,
     *,
     output: str | os.PathLike[str] | None = None,
@@ -308,8 +237,8 @@ def run(
     calib: str | None = None,
     eval_data: str | None = None,
     overwrite: bool = False,
-    progress: Any = None,
-) -> Any:
+    progress: Progress | None = None,
+) -> RunReport:
     """Apply a recipe (file, preset name, dict or Recipe) to a model: `onnxslim run`.
 
     Returns the RunReport the CLI writes as report.json (`report.to_dict()`);
@@ -319,8 +248,6 @@ def run(
     (then PassFailed is raised after writing). Bad recipes raise UsageError before
     any work. `calib` / `eval_data` override the recipe's data.
     """
-    from onnxslim.runner import run_recipe
-
     if (
         output is not None
         and not isinstance(source, ir.Model)
@@ -351,7 +278,7 @@ def run(
 
 
 def search(
-    recipe: Any,
+    recipe: RecipeSpec,
     source: str | os.PathLike[str],
     *,
     output: str | os.PathLike[str] | None = None,
@@ -361,8 +288,8 @@ def search(
     jobs: int | None = None,
     ray_address: str | None = None,
     overwrite: bool = False,
-    progress: Any = None,
-) -> Any:
+    progress: Progress | None = None,
+) -> RunReport:
     """Try the recipe's `[search]` grid and keep the best candidate that passes the gates.
 
     Candidates run in parallel on local processes (`jobs`), or as Ray tasks when
@@ -370,8 +297,6 @@ def search(
     RunReport (its `search` section lists every candidate); with no passing
     candidate, the best one by gates passed is returned, `report.passed` False.
     """
-    from onnxslim.search import search_recipe
-
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output)

@@ -1,27 +1,271 @@
-"""Measure a model against the run's input model on fixed feeds: metric, parity, latency.
+"""How a compressed model is measured against its input: the one implementation.
 
-One Evaluator serves every step of a run and the gates, so all figures in a report
-are on the same feeds: the recipe's eval data (with `labels`: top-1 accuracy),
-else its calibration data, else generated inputs. The input model's outputs are
-computed once; each later model is run once over the feeds.
+Every command and workflow (quantize, prune, cluster, run, validate, the quantizer's
+latency guard and its accuracy-aware loop) measures through these pieces, so the
+same words mean the same figures everywhere:
+
+- labels: a feed's array named one of `LABEL_KEYS` that is not a model input
+  (`split_label`, `read_labelled`: the user's data opened once);
+- top-1: `predicted_classes` of an output (argmax over the last axis; a 1-D output
+  already holds class indices) counted against labels or a reference's predictions
+  by `Top1`; `top1_accuracy` runs a model over labelled feeds;
+- parity: onnxslim.parity's `compare_outputs` (per output: max errors, cosine, SNR);
+- latency: `time_interleaved` alternates the models run by run (and which goes
+  first), so machine noise falls on both alike; validation.validate and
+  `latency_ratio` build on it.
+
+`Evaluator` holds one run's feeds, labels and reference outputs, so all figures in a
+report are on the same feeds: the recipe's eval data (with `labels`: top-1
+accuracy), else its calibration data, else generated inputs. The input model's
+outputs are computed once; each later model is run once over the feeds.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.calibration import open_feeds
+from onnxslim.activations import coalesce_feeds
+from onnxslim.calibration import FeedSource, FeedStream, open_feeds
+from onnxslim.errors import DataError
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.parity import compare_outputs
-from onnxslim.runtime import Session
+from onnxslim.runtime import Session, SessionConfig
 
 LABEL_KEYS = ("labels", "label", "y")
 GENERATED_FEEDS = 8
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def split_label(feed: Mapping[str, Any], inputs: Collection[str]) -> tuple[Feed, np.ndarray | None]:
+    """The model's inputs of `feed`, and its labels (flattened) when it carries them."""
+    label = next((feed[k] for k in LABEL_KEYS if k in feed and k not in inputs), None)
+    arrays = {k: v for k, v in feed.items() if k in inputs}
+    return arrays, None if label is None else np.asarray(label).reshape(-1)
+
+
+@dataclass
+class LabelledFeeds:
+    """The user's data read once: model feeds, and labels when every feed carries them."""
+
+    feeds: list[Feed]
+    labels: list[np.ndarray] | None  # one flat array per feed
+    description: str
+    labelled: int = 0  # feeds that carry labels (labels is None unless all do)
+
+    def label_array(self) -> np.ndarray:
+        """Every label in feed order (empty without labels)."""
+        if not self.labels:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate(self.labels)
+
+
+def read_labelled(
+    source: FeedSource | FeedStream,
+    model: ir.Model,
+    *,
+    limit: int | None = None,
+    **options: Any,
+) -> LabelledFeeds:
+    """Read `source` (checked against the model's inputs) and split off the labels.
+
+    An already opened FeedStream is read from its start (its first `limit` feeds),
+    so a workflow that opened the user's data once can take several looks at it.
+    `options` go to calibration.open_feeds (image preprocessing, ...).
+    """
+    inputs = model_inputs(model)
+    if isinstance(source, FeedStream):
+        stream = source
+        raw: Iterable[Mapping[str, Any]] = islice(stream, limit)
+    else:
+        stream = open_feeds(source, model, limit=limit, extra="keep", **options)
+        raw = stream
+    feeds: list[Feed] = []
+    labels: list[np.ndarray] = []
+    for feed in raw:
+        arrays, label = split_label(feed, inputs)
+        feeds.append(arrays)
+        if label is not None:
+            labels.append(label)
+    complete = bool(labels) and len(labels) == len(feeds)
+    description = f"{stream.description} ({len(feeds)} feeds)"
+    return LabelledFeeds(feeds, labels if complete else None, description, len(labels))
+
+
+def model_inputs(model: ir.Model) -> set[str]:
+    """Names of the model's graph inputs (what a feed keeps; the rest may be labels)."""
+    return {v.name for v in model.graph.inputs if v.name is not None}
+
+
+# --------------------------------------------------------------------------- top-1
+
+
+def predicted_classes(output: np.ndarray) -> np.ndarray:
+    """Class index per sample: argmax over the last axis (a 1-D output already holds them)."""
+    out = np.asarray(output)
+    return out.reshape(-1, out.shape[-1]).argmax(-1) if out.ndim > 1 else out.reshape(-1)
+
+
+def is_class_scores(output: np.ndarray, rows: int | None = None) -> bool:
+    """A classifier's [batch, classes] float scores (with `rows` samples when given)."""
+    out = np.asarray(output)
+    shaped = out.dtype.kind == "f" and out.ndim == 2 and out.shape[1] >= 2
+    return shaped and (rows is None or out.shape[0] == rows)
+
+
+class Top1:
+    """Top-1 hits over samples, added a batch at a time (labels or a reference's classes)."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.total = 0
+
+    def add(self, predicted: np.ndarray, expected: np.ndarray) -> None:
+        """Count one batch; one expected class per prediction, else a DataError."""
+        got, want = np.asarray(predicted).reshape(-1), np.asarray(expected).reshape(-1)
+        if got.size != want.size:
+            raise DataError(
+                f"{want.size} labels for {got.size} predictions: one label per sample expected"
+            )
+        self.hits += int(np.count_nonzero(got == want))
+        self.total += int(got.size)
+
+    @property
+    def value(self) -> float:
+        """Hits over samples (nan before any sample)."""
+        return self.hits / self.total if self.total else math.nan
+
+
+def top1_accuracy(
+    model: ir.Model,
+    feeds: Sequence[Feed],
+    labels: np.ndarray,
+    *,
+    output: int = 0,
+    max_batch: int = 1,
+) -> float:
+    """Top-1 accuracy of the model's `output`-th output over labelled feeds.
+
+    With `max_batch` > 1 the feeds are run concatenated where the model allows it
+    (activations.coalesce_feeds), which is faster and gives the same classes.
+    """
+    batches = coalesce_feeds(model, feeds, max_batch) if max_batch > 1 else list(feeds)
+    session = Session(model)
+    name = session.output_names[output]
+    count = Top1()
+    predicted = [predicted_classes(session.run(batch, [name])[name]) for batch in batches]
+    count.add(np.concatenate(predicted) if predicted else np.zeros(0), labels)
+    return count.value
+
+
+def top1_by_model(
+    models: Mapping[str, ir.Model],
+    feeds: Iterable[Mapping[str, Any]],
+    inputs: Collection[str],
+    *,
+    expected: int | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> dict[str, float] | None:
+    """Top-1 accuracy of each model's first output over labelled feeds, streamed.
+
+    Feeds without labels are passed over. None unless every model's first output is
+    a classifier's [batch, classes] scores with one label per sample (then only
+    parity figures apply). The result also holds "samples": how many were counted.
+    """
+    sessions = {key: Session(model) for key, model in models.items()}
+    counts = {key: Top1() for key in sessions}
+    for index, feed in enumerate(feeds):
+        arrays, truth = split_label(feed, inputs)
+        if truth is None:
+            continue
+        for key, session in sessions.items():
+            output = session.run(arrays)[session.output_names[0]]
+            if not is_class_scores(output, rows=len(truth)):
+                return None
+            counts[key].add(predicted_classes(output), truth)
+        if progress is not None:
+            progress("accuracy", index + 1, expected)
+    scores = {key: count.value for key, count in counts.items()}
+    scores["samples"] = float(next(iter(counts.values())).total if counts else 0)
+    return scores
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def time_interleaved(
+    sessions: Mapping[str, Session],
+    feeds: Sequence[Feed],
+    *,
+    runs: int,
+    warmup: int = 0,
+    budget_seconds: float | None = None,
+    max_runs: int = 200,
+    outputs: Sequence[str] | None = None,
+    notify: Callable[[str, int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per run of each session, the sessions alternated run by run.
+
+    `warmup` untimed rounds come first. With `budget_seconds`, `runs` is a minimum:
+    rounds go on while the budget lasts, up to `max_runs` (small models get
+    hundreds, big ones a few).
+    """
+    order = list(sessions)
+    samples: dict[str, list[float]] = {label: [] for label in order}
+    total = warmup + runs
+    if notify is not None:
+        notify("latency", 0, total)
+    start = time.perf_counter()
+    step = 0
+    while True:
+        timed = step - warmup
+        if timed >= runs and (
+            budget_seconds is None
+            or timed >= max_runs
+            or time.perf_counter() - start >= budget_seconds
+        ):
+            break
+        feed = feeds[step % len(feeds)]
+        for label in order if step % 2 == 0 else order[::-1]:
+            tick = time.perf_counter()
+            sessions[label].run(feed, outputs)
+            if step >= warmup:
+                samples[label].append(time.perf_counter() - tick)
+        step += 1
+        if notify is not None and step <= total:
+            notify("latency", step, total)
+    return samples
+
+
+def latency_ratio(
+    reference: ir.Model,
+    candidate: ir.Model,
+    feeds: Sequence[Feed],
+    *,
+    min_runs: int = 5,
+    budget_seconds: float = 1.0,
+) -> float:
+    """Median single-thread latency of `candidate` over `reference` (below 1: faster),
+    timed interleaved after one warm-up run: at least `min_runs` pairs, more while
+    within `budget_seconds`."""
+    config = SessionConfig(threads=1)
+    sessions = {"reference": Session(reference, config), "candidate": Session(candidate, config)}
+    for session in sessions.values():
+        session.run(feeds[0])
+    times = time_interleaved(sessions, feeds, runs=min_runs, budget_seconds=budget_seconds)
+    return float(np.median(times["candidate"]) / np.median(times["reference"]))
+
+
+# --------------------------------------------------------------------------- one run's figures
 
 
 @dataclass
@@ -51,27 +295,19 @@ class Evaluator:
         self,
         reference: ir.Model,
         *,
-        eval_data: Any = None,
-        calib: Any = None,
+        eval_data: FeedSource | None = None,
+        calib: FeedSource | None = None,
         eval_limit: int | None = None,
         parity_limit: int = 64,
     ) -> None:
         self.reference = reference
         self.labels: list[np.ndarray] | None = None
-        inputs = {v.name for v in reference.graph.inputs}
         source, limit = (eval_data, eval_limit) if eval_data is not None else (calib, parity_limit)
         if source is not None:
-            stream = open_feeds(source, reference, limit=limit, extra="keep")
-            self.feeds: list[Feed] = []
-            labels = []
-            for feed in stream:
-                label = next((feed[k] for k in LABEL_KEYS if k in feed and k not in inputs), None)
-                if label is not None:
-                    labels.append(np.asarray(label).reshape(-1))
-                self.feeds.append({k: v for k, v in feed.items() if k in inputs})
-            if labels and len(labels) == len(self.feeds):
-                self.labels = labels
-            self.description = f"{stream.description} ({len(self.feeds)} feeds)"
+            data = read_labelled(source, reference, limit=limit)
+            self.feeds: list[Feed] = data.feeds
+            self.labels = data.labels
+            self.description = data.description
         else:
             self.feeds = generate_feeds(input_specs(reference), GENERATED_FEEDS, seed=0)
             self.description = f"generated inputs ({GENERATED_FEEDS} feeds)"
@@ -91,19 +327,18 @@ class Evaluator:
         top1 = agreement = None
         if self.classifier:
             first = next(iter(self.reference_outputs[0]))
-            predicted = [np.asarray(o[first]).argmax(-1) for o in outputs]
-            expected = [np.asarray(o[first]).argmax(-1) for o in self.reference_outputs]
-            total = sum(p.size for p in predicted)
-            agreement = (
-                sum(int((p == e).sum()) for p, e in zip(predicted, expected, strict=True)) / total
-            )
+            predicted = [predicted_classes(o[first]) for o in outputs]
+            same = Top1()
+            for got, ref in zip(predicted, self.reference_outputs, strict=True):
+                same.add(got, predicted_classes(ref[first]))
+            agreement = same.value
             if self.labels is not None and all(
                 p.shape == t.shape for p, t in zip(predicted, self.labels, strict=True)
             ):
-                top1 = (
-                    sum(int((p == t).sum()) for p, t in zip(predicted, self.labels, strict=True))
-                    / total
-                )
+                hits = Top1()
+                for got, truth in zip(predicted, self.labels, strict=True):
+                    hits.add(got, truth)
+                top1 = hits.value
         result = Measurement(top1, agreement, error, cosine)
         if latency_runs and model is not self.reference:
             result.latency_ratio = self.latency_ratio(model, latency_runs)
@@ -111,27 +346,20 @@ class Evaluator:
 
     def latency_ratio(self, model: ir.Model, runs: int) -> float | None:
         """Median latency over the input model's, timed interleaved on one thread."""
-        from onnxslim.validation import validate
-
-        report = validate(
-            self.reference,
-            model,
-            feeds=self.feeds[:8],
-            runs=runs,
-            warmup=3,
-            measure_memory=False,
-            atol=1.0,
-            rtol=1.0,
-        )
-        return 1.0 / report.speedup if report.speedup else None
+        config = SessionConfig(threads=1)
+        sessions = {
+            "reference": Session(self.reference, config),
+            "candidate": Session(model, config),
+        }
+        names = list(self.reference_outputs[0]) if self.reference_outputs else None
+        times = time_interleaved(sessions, self.feeds[:8], runs=runs, warmup=3, outputs=names)
+        reference, candidate = np.median(times["reference"]), np.median(times["candidate"])
+        return float(candidate / reference) if candidate > 0 else None
 
 
 def _classifier(outputs: list[dict[str, np.ndarray]]) -> bool:
     """The first output is [batch, classes] scores (what top-1 and agreement read)."""
-    if not outputs:
-        return False
-    first = np.asarray(next(iter(outputs[0].values())))
-    return first.dtype.kind == "f" and first.ndim == 2 and first.shape[1] >= 2
+    return bool(outputs) and is_class_scores(next(iter(outputs[0].values())))
 
 
 def _relative_error(snr_db: float) -> float:

@@ -15,7 +15,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim.evaluation import Evaluator, Measurement
+from onnxslim import targets
+from onnxslim.cross_target import validate_on_targets
+from onnxslim.errors import OnnxSlimError
+from onnxslim.evaluation import Evaluator, Measurement, _relative_error
 from onnxslim.recipe import Gates
 
 # A target passes when the output model computes there what it computes here.
@@ -164,11 +167,6 @@ def target_gates(
     max_parity_error: float | None,
 ) -> list[GateResult]:
     """Run input and output models on each emulated target (onnxslim.cross_target)."""
-    from onnxslim import targets
-    from onnxslim.cross_target import validate_on_targets
-    from onnxslim.errors import OnnxSlimError
-    from onnxslim.evaluation import _relative_error
-
     results = []
     for name in names:
         gate = f"target {name}"

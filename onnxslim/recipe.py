@@ -35,7 +35,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml as pyyaml
+
+from onnxslim import presets
 from onnxslim.errors import UsageError
+from onnxslim.registry import (
+    CLUSTER_PASS,
+    PRUNE_METHODS,
+    PRUNE_STORAGE,
+    QUANTIZE_MODES,
+    available_passes,
+    make_cluster_pass,
+    make_pass,
+    make_prune_pass,
+    make_quantize_pass,
+    pass_class,
+    prune_pass_class,
+    quantize_pass_class,
+)
+from onnxslim.targets import EMULATED_TARGETS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -200,8 +218,6 @@ def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
             base=path.parent,
             yaml=path.suffix.lower() in (".yaml", ".yml"),
         )
-    from onnxslim import presets
-
     if str(spec) in presets.names():
         return parse_text(presets.text(str(spec)), source=f"preset {spec}", base=Path.cwd())
     raise UsageError(f"{spec}: no such recipe file or preset (`onnxslim recipes` lists presets)")
@@ -209,10 +225,6 @@ def load_recipe(spec: str | Path | Mapping[str, Any] | Recipe) -> Recipe:
 
 def parse_text(text: str, *, source: str, base: Path, yaml: bool = False) -> Recipe:
     if yaml:
-        try:
-            import yaml as pyyaml
-        except ImportError as exc:  # pragma: no cover
-            raise UsageError(f"{source}: YAML recipes need PyYAML (pip install pyyaml)") from exc
         try:
             document = pyyaml.safe_load(text) or {}
         except pyyaml.YAMLError as exc:
@@ -316,8 +328,6 @@ def _check_step(step: Step, where: str, index: int) -> None:
         except UsageError as exc:
             raise UsageError(f"{where}: {key} ({step.name}): {exc}") from None
         return
-    from onnxslim.registry import available_passes, make_pass
-
     cls = available_passes().get(step.name)
     if cls is None:
         raise UsageError(
@@ -341,38 +351,17 @@ def _check_step(step: Step, where: str, index: int) -> None:
 def _step_classes(step: Step, where: str, key: str) -> list[type]:
     options = step.options
     if step.name == "quantize":
-        from onnxslim.passes.quantize.run import MODES
-
         mode = options.get("mode", "static")
-        if mode not in MODES:
-            _bad(where, f"{key}.mode", f"one of {', '.join(MODES)}", mode)
-        from onnxslim.passes.quantize.dynamic import QuantizeDynamic
-        from onnxslim.passes.quantize.static import QuantizeStatic
-        from onnxslim.passes.quantize.weight_only import QuantizeWeightOnly
-
-        return [
-            {
-                "static": QuantizeStatic,
-                "dynamic": QuantizeDynamic,
-                "weight-only": QuantizeWeightOnly,
-            }[mode]
-        ]
+        if mode not in QUANTIZE_MODES:
+            _bad(where, f"{key}.mode", f"one of {', '.join(QUANTIZE_MODES)}", mode)
+        return [quantize_pass_class(mode)]
     if step.name == "prune":
-        from onnxslim.passes.prune.channels import ChannelPruning
-        from onnxslim.passes.prune.magnitude import MagnitudePruning
-        from onnxslim.passes.prune.nm import NMSparsity
-        from onnxslim.passes.prune.run import METHODS
-
         method = options.get("method", "magnitude")
-        if method not in METHODS:
-            _bad(where, f"{key}.method", f"one of {', '.join(METHODS)}", method)
-        return [
-            {"magnitude": MagnitudePruning, "nm": NMSparsity, "channels": ChannelPruning}[method]
-        ]
+        if method not in PRUNE_METHODS:
+            _bad(where, f"{key}.method", f"one of {', '.join(PRUNE_METHODS)}", method)
+        return [prune_pass_class(method)]
     if step.name == "cluster":
-        from onnxslim.passes.cluster.cluster import ClusterWeights
-
-        return [ClusterWeights]
+        return [pass_class(CLUSTER_PASS)]
     return []
 
 
@@ -380,19 +369,17 @@ def _build(step: Step) -> None:
     """Construct the step's pass with its options (the pass's own checks run here)."""
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()}
     if step.name == "quantize":
-        from onnxslim.passes.quantize.run import make_quantize_pass
-
         mode = options.pop("mode", "static")
         options.pop("max_drop", None)
         make_quantize_pass(mode, **options)
     elif step.name == "prune":
-        from onnxslim.passes.prune.run import STORAGE, make_prune_pass
-
         method = options.pop("method", "magnitude")
         sparsity = options.pop("sparsity", 0.5)
         storage = options.pop("storage", "packed")
-        if storage not in STORAGE:
-            raise UsageError(f"storage: expected one of {', '.join(STORAGE)}, got {storage!r}")
+        if storage not in PRUNE_STORAGE:
+            raise UsageError(
+                f"storage: expected one of {', '.join(PRUNE_STORAGE)}, got {storage!r}"
+            )
         if not 0 <= sparsity < 1:
             raise UsageError(f"sparsity: expected 0 <= S < 1, got {sparsity}")
         if method == "channels":
@@ -401,8 +388,6 @@ def _build(step: Step) -> None:
             options.setdefault("sparsity", sparsity)
         make_prune_pass(method, **options)
     elif step.name == "cluster":
-        from onnxslim.passes.cluster.run import make_cluster_pass
-
         options.pop("strip_metadata", None)
         make_cluster_pass(**options)
 
@@ -455,10 +440,8 @@ def _gates(table: Mapping[str, Any], where: str) -> Gates:
     targets = table.get("targets", [])
     if isinstance(targets, str):
         targets = [targets]
-    from onnxslim.targets import TARGET_NAMES
-
-    if not isinstance(targets, list) or any(t not in TARGET_NAMES for t in targets):
-        _bad(where, "gates.targets", f"a list of {', '.join(TARGET_NAMES)}", targets)
+    if not isinstance(targets, list) or any(t not in EMULATED_TARGETS for t in targets):
+        _bad(where, "gates.targets", f"a list of {', '.join(EMULATED_TARGETS)}", targets)
     values["targets"] = tuple(targets)
     return Gates(**values)
 

@@ -122,6 +122,17 @@ DEFAULT_OPTIMIZE = (
 )
 
 
+# The variants of the user jobs (CLI commands and recipe steps) -> the pass each runs.
+QUANTIZE_MODES = {
+    "static": "quantize-static",
+    "dynamic": "quantize-dynamic",
+    "weight-only": "quantize-weight-only",
+}
+PRUNE_METHODS = {"magnitude": "prune-magnitude", "nm": "prune-nm", "channels": "prune-channels"}
+PRUNE_STORAGE = ("packed", "dense")
+CLUSTER_PASS = "cluster-weights"
+
+
 @dataclass(frozen=True)
 class OptionInfo:
     name: str
@@ -206,3 +217,65 @@ def _type_name(annotation: Any) -> str:
         if isinstance(annotation, str)
         else getattr(annotation, "__name__", str(annotation))
     )
+
+
+def pass_fields(cls: PassClass) -> dict[str, dataclasses.Field[Any]]:
+    """A pass class's options (its dataclass fields) by name."""
+    return {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+
+def quantize_pass_class(mode: str) -> PassClass:
+    if mode not in QUANTIZE_MODES:
+        raise UsageError(f"mode {mode!r}: expected one of {', '.join(QUANTIZE_MODES)}")
+    return BUILTIN_PASSES[QUANTIZE_MODES[mode]]
+
+
+def prune_pass_class(method: str) -> PassClass:
+    if method not in PRUNE_METHODS:
+        raise UsageError(f"method {method!r}: expected one of {', '.join(PRUNE_METHODS)}")
+    return BUILTIN_PASSES[PRUNE_METHODS[method]]
+
+
+def make_quantize_pass(mode: str = "static", **options: Any) -> ir.passes.PassBase:
+    """The pass for `mode` configured with `options`; options set to None are left out
+    (the CLI passes every flag), any other unknown option is a UsageError."""
+    cls = quantize_pass_class(mode)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
+    if unknown:
+        raise UsageError(f"--mode {mode} does not take {', '.join(unknown)}")
+    try:
+        return cls(**{k: v for k, v in options.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def make_prune_pass(method: str, **options: Any) -> ir.passes.PassBase:
+    """The pass for `method` with `options` (its dataclass fields); unknown ones: UsageError."""
+    cls = prune_pass_class(method)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(
+            f"prune --method {method}: option(s) {', '.join(unknown)} do not apply; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"prune --method {method}: {exc}") from exc
+
+
+def make_cluster_pass(**options: Any) -> ir.passes.PassBase:
+    """ClusterWeights with `options` (its fields); unknown or bad options are a UsageError."""
+    cls = BUILTIN_PASSES[CLUSTER_PASS]
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(
+            f"cluster: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"cluster: {exc}") from exc

@@ -2,19 +2,24 @@
 
 The JSON form is `RunReport.to_dict()`, versioned by SCHEMA_VERSION and documented
 in docs/report-schema.md; the CLI writes exactly that. The Markdown form is a
-compact table for a pull-request comment; the HTML form (onnxslim.report_html)
-adds the plots.
+compact table for a pull-request comment (onnxslim.report_markdown); the HTML
+form (onnxslim.report_html) adds the plots. Both render the dictionary only.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxslim._version import __version__
 from onnxslim.evaluation import Evaluator, Measurement
+from onnxslim.graphs import node_count
+from onnxslim.report_html import html
+from onnxslim.report_markdown import markdown
 
 SCHEMA_VERSION = "1.0"
 
@@ -74,8 +79,6 @@ class RunReport:
     def start(
         cls, recipe: Any, input_path: str | None, input_bytes: bytes, evaluator: Evaluator
     ) -> RunReport:
-        from onnxslim.graphs import node_count
-
         return cls(
             recipe=recipe.to_dict(),
             recipe_source=recipe.source,
@@ -120,8 +123,6 @@ class RunReport:
         return 1.0 - self.output["bytes"] / self.input["bytes"]
 
     def to_dict(self) -> dict[str, Any]:
-        from onnxslim import __version__
-
         return {
             "schema_version": SCHEMA_VERSION,
             "tool": {"name": "onnxslim", "version": __version__},
@@ -154,8 +155,6 @@ class RunReport:
 
     def write(self, folder: str | Path) -> dict[str, Path]:
         """report.json, report.md and report.html into `folder` (created)."""
-        from onnxslim.report_html import html
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = self.to_dict()
@@ -175,86 +174,4 @@ GZIP_LIMIT = 256 << 20
 
 def gzip_size(data: bytes) -> int | None:
     """Zipped size (level 6): what an app store or a zipped download ships; None over 256 MiB."""
-    import gzip
-
     return len(gzip.compress(data, compresslevel=6)) if len(data) <= GZIP_LIMIT else None
-
-
-def markdown(data: dict[str, Any]) -> str:
-    """A pull-request comment: verdict, gates, then one row per step."""
-    verdict = "PASS" if data["passed"] else "FAIL"
-    recipe = data["recipe"]
-    lines = [f"### onnxslim run: **{verdict}** ({recipe['source']})", ""]
-    if data.get("error"):
-        lines += [f"error: {data['error']}", ""]
-    if data["gates"]:
-        lines += ["| gate | threshold | value | result |", "|---|---|---|---|"]
-        for gate in data["gates"]:
-            lines.append(
-                f"| {gate['name']} | {_fmt(gate['threshold'])} | {_fmt(gate['value'])} "
-                f"| {'PASS' if gate['passed'] else 'FAIL'}: {gate['reason']} |"
-            )
-        lines.append("")
-    lines += [
-        "| step | size (bytes) | gzip | nodes | top-1 | agreement | parity error | latency "
-        "| time |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    source = data["input"]
-    lines.append(
-        f"| input | {source['bytes']:,} | {_fmt(source.get('gzip_bytes'))} | {source['nodes']} | "
-        f"{_pct(source['top1'])} | "
-        f"| | 1.00x | |"
-    )
-    for step in data["steps"]:
-        latency = f"{step['latency_ratio']:.2f}x" if step["latency_ratio"] else ""
-        lines.append(
-            f"| {step['index']}: {step['name']} | {step['file_bytes']:,} | "
-            f"{_fmt(step.get('gzip_bytes'))} | {step['nodes']} | {_pct(step['top1'])} | "
-            f"{_pct(step['agreement'])} | "
-            f"{_fmt(step['parity_error'])} | {latency} | {step['seconds']:.1f} s |"
-        )
-    output = data["output"]
-    if output.get("bytes"):
-        lines += [
-            "",
-            f"output: {output['bytes']:,} bytes ({output['size_reduction']:.1%} "
-            f"smaller), sha256 `{output['sha256'][:16]}`; recipe sha256 "
-            f"`{recipe['sha256'][:16]}`; evaluated on {data['data']['feeds']}",
-        ]
-    if data.get("search"):
-        search = data["search"]
-        lines += [
-            "",
-            f"search ({search['objective']}): {len(search['candidates'])} candidates, "
-            f"winner #{search['winner']}"
-            if search.get("winner") is not None
-            else f"search ({search['objective']}): no candidate passed the gates",
-            "",
-            "| # | config | size (bytes) | metric | latency | gates |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in search["candidates"]:
-            config = ", ".join(f"{k}={v}" for k, v in c["config"].items())
-            lines.append(
-                f"| {c['index']} | {config} | {_fmt(c.get('file_bytes'))} | "
-                f"{_fmt(c.get('metric'))} | {_fmt(c.get('latency_ratio'))} | "
-                f"{'PASS' if c['passed'] else 'FAIL: ' + c.get('reason', '')} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{value:.2%}"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
-    return str(value)

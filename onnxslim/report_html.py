@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import html as _html
 import io
+import json
 import re
 from typing import Any
 
-from onnxslim.report import markdown
+from onnxslim.report_markdown import markdown
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # optional and heavy (~0.5 s): only report.html draws plots
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.hashsalt"] = "onnxslim"
     matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: small and searchable
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display backend is probed
 
     return plt
 
@@ -209,8 +210,6 @@ def html(data: dict[str, Any]) -> str:
     for title, svg in histogram_plots(data):
         parts.append(f"<h2>{_html.escape(title)}</h2><figure class='plot histogram'>{svg}</figure>")
     recipe = data["recipe"]["document"]
-    import json
-
     parts.append("<h2>Recipe</h2><pre>" + _html.escape(json.dumps(recipe, indent=2)) + "</pre>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

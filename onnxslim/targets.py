@@ -62,7 +62,9 @@ CPU part\t: 0xd0c
 CPU revision\t: 1
 
 """
-TARGET_NAMES = ("arm64", "x86-avx2")
+# Emulated validation targets (`validate --target`, gates.targets): where a model is run.
+# Not the CPU kernel families quantize picks int8 types for (policy.KERNEL_TARGETS).
+EMULATED_TARGETS = ("arm64", "x86-avx2")
 Progress = Callable[[str], None]
 
 
@@ -173,8 +175,8 @@ def _env(name: str) -> dict[str, str]:
 
 
 def _check_name(name: str) -> None:
-    if name not in TARGET_NAMES:
-        raise UsageError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
+    if name not in EMULATED_TARGETS:
+        raise UsageError(f"unknown target {name!r}; known: {', '.join(EMULATED_TARGETS)}")
 
 
 def _require(tool: str, package: str) -> str:
@@ -246,7 +248,8 @@ def _setup_arm64(folder: Path, say: Progress) -> str:
         wheels.glob(f"numpy-{versions['numpy']}-*.whl")
     ):
         say(
-            f"pip download onnxruntime=={versions['onnxruntime']} numpy=={versions['numpy']} (aarch64)"
+            f"pip download onnxruntime=={versions['onnxruntime']} "
+            f"numpy=={versions['numpy']} (aarch64)"
         )
         _checked(
             [

@@ -22,8 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,16 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxslim import io
-from onnxslim.calibration import check_feed, open_feeds
+from onnxslim.calibration import FeedSource, ImagePreprocessing, check_feed, open_feeds
 from onnxslim.errors import DataError, ModelLoadError, OnnxSlimError, RuntimeFailure, UsageError
+from onnxslim.evaluation import time_interleaved
 from onnxslim.feeds import Feed, InputSpec, generate_feeds, input_specs
 from onnxslim.parity import OutputComparer, OutputParity
 from onnxslim.runtime import Session, SessionConfig
 
 ModelSource = ir.Model | str | os.PathLike[str]
 # None: generated inputs; a path: a data file; else feed dicts (one, a list, or any iterable).
-FeedsArg = (
-    None | str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
-)
+FeedsArg = None | FeedSource | Mapping[str, np.ndarray]
 # progress(stage, done, total); stages are "parity", "latency" and "memory".
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -281,11 +279,13 @@ def resolve_feeds(
     count: int | None = None,
     seed: int = 0,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    image_preprocessing: ImagePreprocessing | str | None = None,
 ) -> tuple[list[Feed], str, bool]:
     """(feeds, description, generated?) for `feeds` as accepted by validate().
 
     Data goes through calibration.open_feeds, which checks every feed against the
-    model's inputs and drops arrays that are not inputs (an eval file's `labels`).
+    model's inputs and drops arrays that are not inputs (an eval file's `labels`);
+    `image_preprocessing` applies to image folders.
     """
     if feeds is None:
         n = count or DEFAULT_GENERATED_FEEDS
@@ -293,7 +293,9 @@ def resolve_feeds(
         return generated, f"generated inputs ({n} feeds)", True
     source = [feeds] if isinstance(feeds, Mapping) else feeds
     try:
-        stream = open_feeds(source, model, limit=count, extra="ignore")
+        stream = open_feeds(
+            source, model, limit=count, image_preprocessing=image_preprocessing, extra="ignore"
+        )
         loaded = list(stream)
     except OnnxSlimError:
         raise
@@ -418,23 +420,13 @@ def _time_interleaved(
     threads: int,
     notify: ProgressCallback,
 ) -> dict[str, LatencyStats]:
-    """Alternate the models run by run (and which goes first), so noise falls on both alike."""
-    order = list(sessions)
-    samples: dict[str, list[float]] = {label: [] for label in order}
-    total = warmup + runs
-    notify("latency", 0, total)
-    for step in range(total):
-        feed = feeds[step % len(feeds)]
-        for label in order if step % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            sessions[label].run(feed, names)
-            elapsed = time.perf_counter() - start
-            if step >= warmup:
-                samples[label].append(elapsed)
-        notify("latency", step + 1, total)
+    """Alternate the models run by run (evaluation.time_interleaved), as LatencyStats."""
+    samples = time_interleaved(
+        sessions, feeds, runs=runs, warmup=warmup, outputs=names, notify=notify
+    )
     return {
-        label: LatencyStats.from_seconds(samples[label], warmup=warmup, threads=threads)
-        for label in order
+        label: LatencyStats.from_seconds(seconds, warmup=warmup, threads=threads)
+        for label, seconds in samples.items()
     }
 
 

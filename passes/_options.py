@@ -12,12 +12,23 @@ from typing import Any
 
 def option(default: Any, help: str, *, choices: tuple[Any, ...] | None = None) -> Any:
     """Declare a pass option with its default and one-line help."""
-    metadata = {"help": help}
+    metadata: dict[str, Any] = {"help": help}
     if choices is not None:
         metadata["choices"] = choices
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or frozenset default: pass configurations are frozen")
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def data_field(help: str) -> Any:
+    """Declare a pass's data input (a path in recipes, any feed source through the API).
+
+    Kept out of equality and hashing: two passes with the same options are the same
+    pass whatever data they were handed.
+    """
+    return dataclasses.field(
+        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
+    )
 
 
 def check_choice(owner: object, name: str) -> None:

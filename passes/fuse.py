@@ -1,10 +1,11 @@
 """Lossless fusions: fewer nodes computing the same outputs (within float rounding).
 
-One pass per family, each a thin shell over a rewrite in a `fuse_*` module, so a
-recipe can run, skip or order them one by one and the pipeline guard checks each
-on its own. Every pass rewrites the main graph, If/Loop/Scan bodies (nested) and
-local functions, repeats until nothing more matches, and refuses any rewrite that
-would change a weight another node also reads (see fuse_common).
+One pass per family, each a `FusionPass` naming its rewrite in a `fuse_*` module
+(the loop, opset gate and clean-up are written once, in the base), so a recipe can
+run, skip or order them one by one and the pipeline guard checks each on its own.
+Every pass rewrites the main graph, If/Loop/Scan bodies (nested) and local
+functions, repeats until nothing more matches, and refuses any rewrite that would
+change a weight another node also reads (see fuse_common).
 """
 
 from __future__ import annotations
@@ -47,60 +48,68 @@ def _unused_initializers(model: ir.Model) -> set[tuple[ir.Graph, str]]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FuseConvBatchNorm(ir.passes.InPlacePass):
+class FusionPass(ir.passes.InPlacePass):
+    """One lossless fusion: its rewrite applied in every scope until it stops matching.
+
+    A fusion declares `rewrite` (a function of fuse_conv/_layout/_linear/_norm) and,
+    where the fused op needs it, the lowest opset (`min_opset`); below it the pass
+    changes nothing. `max_rounds` bounds the repeats (chains may need many).
+    """
+
+    lossless: ClassVar[bool] = True
+    max_rounds: ClassVar[int] = 8
+    min_opset: ClassVar[int] = 0
+
+    # Rewrites every match in one scope and returns how many it rewrote.
+    rewrite: ClassVar[Rewrite]
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if opset_version(model) < self.min_opset:
+            return ir.passes.PassResult(model, False)
+        return run_rewrite(model, type(self).rewrite, max_rounds=self.max_rounds)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FuseConvBatchNorm(FusionPass):
     """Fold BatchNormalization into the Conv or ConvTranspose before it."""
 
-    lossless: ClassVar[bool] = True
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return run_rewrite(model, fuse_conv_batchnorm)
+    rewrite = staticmethod(fuse_conv_batchnorm)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FuseConvAffine(ir.passes.InPlacePass):
+class FuseConvAffine(FusionPass):
     """Fold per-channel Mul/Div/Add/Sub by constants into the Conv before (or after) them."""
 
-    lossless: ClassVar[bool] = True
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return run_rewrite(model, fuse_conv_affine)
+    rewrite = staticmethod(fuse_conv_affine)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FuseMatMulAddGemm(ir.passes.InPlacePass):
+class FuseMatMulAddGemm(FusionPass):
     """Turn MatMul + Add of a constant into Gemm where both operands are matrices."""
 
-    lossless: ClassVar[bool] = True
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return run_rewrite(model, fuse_matmul_add)
+    rewrite = staticmethod(fuse_matmul_add)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FuseLayoutChains(ir.passes.InPlacePass):
+class FuseLayoutChains(FusionPass):
     """Merge or cancel chains of Transpose, Reshape, Squeeze, Unsqueeze and widening Cast."""
 
-    lossless: ClassVar[bool] = True
+    max_rounds: ClassVar[int] = 32
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return run_rewrite(model, fuse_layout_chains, max_rounds=32)
+    rewrite = staticmethod(fuse_layout_chains)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FusePad(ir.passes.InPlacePass):
+class FusePad(FusionPass):
     """Fold a Pad into the pads of the next Conv or pooling (zero; -inf or narrow edge: MaxPool)."""
 
-    lossless: ClassVar[bool] = True
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return run_rewrite(model, fuse_pad)
+    rewrite = staticmethod(fuse_pad)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FuseGelu(ir.passes.InPlacePass):
+class FuseGelu(FusionPass):
     """Replace written-out GELU (erf or tanh form) with the Gelu op (opset 20+)."""
 
-    lossless: ClassVar[bool] = True
     contrib: bool = option(
         False,
         "Below opset 20, emit onnxruntime's com.microsoft Gelu/FastGelu "
@@ -122,12 +131,9 @@ class FuseGelu(ir.passes.InPlacePass):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FuseLayerNorm(ir.passes.InPlacePass):
+class FuseLayerNorm(FusionPass):
     """Replace written-out layer normalization with LayerNormalization (opset 17+)."""
 
-    lossless: ClassVar[bool] = True
+    min_opset: ClassVar[int] = 17
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if opset_version(model) < 17:
-            return ir.passes.PassResult(model, False)
-        return run_rewrite(model, fuse_layernorm)
+    rewrite = staticmethod(fuse_layernorm)

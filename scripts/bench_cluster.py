@@ -162,8 +162,8 @@ def to_bytes(model: Any) -> bytes:
 def bench_example(name: str, bits_list: list[int], runs: int, metrics: Any) -> list[dict[str, Any]]:
     from onnxslim import api, io
     from onnxslim.passes.cleanup import strip_debug_metadata
-    from onnxslim.passes.cluster.run import cluster_model
     from onnxslim.passes.cluster.storage import PackPalette
+    from onnxslim.workflows.cluster import cluster_model
 
     path = MODELS / f"{name}.onnx"
     calib, evaluation = MODELS / f"{name}.calib.npz", MODELS / f"{name}.eval.npz"
@@ -292,7 +292,8 @@ def print_goal(rows: list[dict[str, Any]]) -> None:
         best = min(met, key=lambda r: r["raw"])
         print(
             f"goal (4 bits, within 1 point, file <= 1/6): met by {best['config']!r}: "
-            f"{100 * (best['metric'] - base['metric']):+.2f} points, {best['raw_ratio']:.3f} of float"
+            f"{100 * (best['metric'] - base['metric']):+.2f} points, "
+            f"{best['raw_ratio']:.3f} of float"
         )
     else:
         print("goal (4 bits, within 1 point, file <= 1/6): not met")
@@ -323,7 +324,7 @@ def print_examples(rows: list[dict[str, Any]]) -> None:
 
 def bench_devmodel(entry: dict[str, Any], bits: int, runs: int, **options: Any) -> dict[str, Any]:
     from onnxslim import api, io
-    from onnxslim.passes.cluster.run import cluster_model
+    from onnxslim.workflows.cluster import cluster_model
 
     if str(DEVMODELS_CODE) not in sys.path:
         sys.path.insert(0, str(DEVMODELS_CODE))

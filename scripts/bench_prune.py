@@ -44,9 +44,10 @@ from onnxslim.parity import compare_outputs  # noqa: E402
 from onnxslim.passes.prune import PackSparseWeights  # noqa: E402
 from onnxslim.passes.prune._common import summary  # noqa: E402
 from onnxslim.passes.prune.channels import channel_groups  # noqa: E402
-from onnxslim.passes.prune.report import labelled, layer_table, model_sizes, overall_sparsity, top1  # noqa: E402
-from onnxslim.passes.prune.run import make_prune_pass, session_start_ms  # noqa: E402
+from onnxslim.registry import make_prune_pass  # noqa: E402
 from onnxslim.runtime import Session  # noqa: E402
+from onnxslim.workflows.measure import labelled, model_sizes, session_start_ms, top1  # noqa: E402
+from onnxslim.workflows.prune import layer_table, overall_sparsity  # noqa: E402
 
 MODELS = REPO / "models"
 DEVMODELS = Path(os.environ.get("DEVMODELS_DIR", "~/.cache/devmodels")).expanduser()

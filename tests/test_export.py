@@ -12,7 +12,7 @@ import pytest
 from conftest import MODELS
 
 from onnxslim.cli import main
-from onnxslim.export import ExportOptions, export, sha256
+from onnxslim.workflows.export import ExportOptions, export, sha256
 
 CNN = MODELS / "digits_cnn.onnx"
 TRANSFORMER = MODELS / "digits_transformer.onnx"

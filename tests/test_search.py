@@ -139,7 +139,7 @@ def test_search_through_a_local_ray(tmp_path: Path) -> None:
 
 def test_grid_is_every_combination_with_aliases(tmp_path: Path) -> None:
     from onnxslim.recipe import load_recipe
-    from onnxslim.search import candidates, variant
+    from onnxslim.workflows.search import candidates, variant
 
     recipe = load_recipe(
         {

@@ -59,7 +59,7 @@ def quantized_cnn(tmp_path_factory) -> Path:
 
 @needs_qemu
 def test_quantized_cnn_on_arm64_and_avx2(quantized_cnn: Path, capsys) -> None:
-    for name in targets.TARGET_NAMES:
+    for name in targets.EMULATED_TARGETS:
         if not targets.status(name).ready:
             try:
                 targets.setup(name)

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from onnxslim import api
 from onnxslim.cli._app import app, err, out, print_json
-from onnxslim.export import FP16_SENSITIVE_OPS, ExportOptions, export
 from onnxslim.validation import resolve_feeds
+from onnxslim.workflows.export import FP16_SENSITIVE_OPS, ExportOptions, export
 
 
 @app.command("export")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,9 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli.inspect_cmd import human_bytes
+from onnxslim.passes.quantize.policy import KERNEL_TARGETS
+from onnxslim.registry import pass_fields, quantize_pass_class
 
 _STAGES = {
     "calibrate": "calibrating",
@@ -83,7 +85,9 @@ def quantize_command(
         "--reduce-range/--full-range",
         help="7-bit weights (x86 without VNNI); default from --target.",
     ),
-    target: str = typer.Option("auto", "--target", help="auto, x86-avx2, x86-vnni or arm64."),
+    target: str = typer.Option(
+        "auto", "--target", help=f"CPU kernels int8 is chosen for: {', '.join(KERNEL_TARGETS)}."
+    ),
     exclude: list[str] | None = typer.Option(
         None, "--exclude", help="Keep float: node name, op type or regex (repeatable)."
     ),
@@ -123,7 +127,9 @@ def quantize_command(
     max_drop: float | None = typer.Option(
         None,
         "--max-drop",
-        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops at most this much (0.01 = 1 pt); exit 1 if not met (best model and OUTPUT.sensitivity.json still written).",
+        help="Accuracy-aware: return the most sensitive layers to float until top-1 drops "
+        "at most this much (0.01 = 1 pt); exit 1 if not met (best model and "
+        "OUTPUT.sensitivity.json still written).",
     ),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
@@ -131,27 +137,23 @@ def quantize_command(
         raise typer.BadParameter(
             "output is the input model; pass --overwrite to replace it", param_hint="-o"
         )
-    options: dict[str, object] = {"target": target, "exclude": tuple(exclude or ()), "force": force}
-    if mode == "static":
-        options.update(
-            method=method,
-            percentile=percentile,
-            activation_type=activation_type,
-            per_channel=not per_tensor,
-            reduce_range=reduce_range,
-            keep_float_outputs=keep_float_outputs,
-            max_samples=max_samples,
-            latency_guard=latency_guard,
-        )
-    elif mode == "dynamic":
-        options.update(per_channel=not per_tensor, reduce_range=reduce_range)
-    elif mode == "weight-only":
-        options = {
-            "bits": weight_bits,
-            "per_channel": not per_tensor,
-            "exclude": tuple(exclude or ()),
-            "force": force,
-        }
+    # Every flag under its pass-option name; the mode's pass takes the fields it declares.
+    flags: dict[str, object] = {
+        "target": target,
+        "exclude": tuple(exclude or ()),
+        "force": force,
+        "method": method,
+        "percentile": percentile,
+        "activation_type": activation_type,
+        "per_channel": not per_tensor,
+        "reduce_range": reduce_range,
+        "keep_float_outputs": keep_float_outputs,
+        "max_samples": max_samples,
+        "latency_guard": latency_guard,
+        "bits": weight_bits,
+    }
+    fields = pass_fields(quantize_pass_class(mode))
+    options = {k: v for k, v in flags.items() if k in fields}
     if max_drop is not None:  # accuracy-aware mode: onnxslim/cli/_accuracy.py
         from onnxslim.cli import _accuracy
 
@@ -207,8 +209,8 @@ def _print_report(
     table.add_column("ratio", justify="right")
     table.add_row(
         "file size",
-        _bytes(size_in),
-        _bytes(size_out),
+        human_bytes(size_in),
+        human_bytes(size_out),
         f"{size_out / size_in:.2f}x" if size_in else "",
     )
     table.add_row("nodes", str(result.nodes_before), str(result.nodes_after), "")
@@ -260,11 +262,3 @@ def _print_report(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(f"wrote {escape(str(output))}")
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB" if math.isfinite(n) else str(n)

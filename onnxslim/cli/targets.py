@@ -16,7 +16,9 @@ app.add_typer(targets_app, name="targets")
 
 @targets_app.command("setup")
 def setup_command(
-    name: str = typer.Argument(..., help=f"Target to build: {', '.join(targets.TARGET_NAMES)}."),
+    name: str = typer.Argument(
+        ..., help=f"Target to build: {', '.join(targets.EMULATED_TARGETS)}."
+    ),
 ) -> None:
     """Build a target once into the cache (downloads packages from PyPI and Debian)."""
     state = targets.setup(name, progress=lambda message: err.print(f"[dim]{name}:[/] {message}"))
@@ -26,7 +28,7 @@ def setup_command(
 @targets_app.command("list")
 def list_command(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Show which targets are ready."""
-    states = [targets.status(name) for name in targets.TARGET_NAMES]
+    states = [targets.status(name) for name in targets.EMULATED_TARGETS]
     if json_output:
         print_json(
             [

@@ -6,9 +6,15 @@ data files: calibration and evaluation data come from `--calib` / `--eval`.
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 
 from onnxslim.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 def names() -> list[str]:
@@ -25,10 +31,4 @@ def text(name: str) -> str:
 
 
 def description(name: str) -> str:
-    import sys
-
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     return str(tomllib.loads(text(name)).get("description", ""))

@@ -26,9 +26,11 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from onnxslim.errors import UsageError
-from onnxslim.passes._options import check_choice, option
+from onnxslim.passes._options import check_choice, data_field, option
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
+from onnxslim.passes.prune.storage import UnpackSparseWeights
+from onnxslim.passes.quantize.policy import resolve_target
 from onnxslim.probing import WeightProbe
 
 from . import storage as palette_storage
@@ -50,12 +52,6 @@ _SNAP_ROUNDS = 4
 MIN_VALUES_PER_ENTRY = (
     4  # per-channel-group palettes: channels merge until each group holds this x k
 )
-
-
-def _data_field(help: str) -> Any:
-    return dataclasses.field(
-        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
-    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,7 +109,7 @@ class ClusterWeights(ir.passes.InPlacePass):
     refine: bool | None = option(
         None, "Re-fit palettes by least squares on calib (default: on with calib)."
     )
-    calib: Any = _data_field(
+    calib: Any = data_field(
         "Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")
@@ -295,7 +291,7 @@ class ClusterWeights(ir.passes.InPlacePass):
         for weight in weights:
             dense = weight.value.const_value
             assert dense is not None
-            channels = dense.shape[weight.axis] if weight.axis is not None else None
+            channels = dense.shape.numpy()[weight.axis] if weight.axis is not None else None
             forms = candidate_forms(
                 self.bits,
                 channels=channels,
@@ -375,8 +371,6 @@ class ClusterWeights(ir.passes.InPlacePass):
             return None
         reduce_range = self.reduce_range
         if reduce_range is None:
-            from onnxslim.passes.quantize.policy import resolve_target
-
             reduce_range = resolve_target("auto").reduce_range
         return 64 if reduce_range else 127
 
@@ -451,8 +445,6 @@ def _bytes_with_functions(picked: list[Candidate], function_bytes: dict[str, int
 
 def prepare(model: ir.Model) -> list[str]:
     """Make weights plain initializers: expand earlier palettes and sparse packs, lift Constants."""
-    from onnxslim.passes.prune.storage import UnpackSparseWeights
-
     notes = []
     if RemoveInitializersFromInputsPass()(model).modified:
         notes.append(

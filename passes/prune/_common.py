@@ -30,21 +30,6 @@ def load_feeds(calib: Any, count: int, model: ir.Model) -> list[Feed] | None:
     return read_feeds(calib, model, limit=count, extra="ignore")
 
 
-def prepare(model: ir.Model) -> bool:
-    """What every pruning pass does first; True if it changed the model (losslessly).
-
-    Packed sparse weights are unpacked (a pruned model prunes again), Constant
-    nodes become initializers (their tensors are weights too), and every
-    main-graph node gets a unique name (reconstruction looks layers up by name).
-    """
-    from onnxslim.passes.prune.layers import lift_constants
-    from onnxslim.passes.prune.storage import UnpackSparseWeights
-
-    changed = UnpackSparseWeights()(model).modified
-    changed |= lift_constants(model)
-    return name_nodes(model) or changed
-
-
 def name_nodes(model: ir.Model) -> bool:
     """Give every main-graph node a unique name; True if any node was unnamed."""
     taken = {n.name for n in model.graph if n.name}

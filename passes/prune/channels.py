@@ -38,10 +38,11 @@ import onnx_ir.passes.common as common
 from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes.prune._common import check_fraction, load_feeds, prepare, store_summary
+from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.groups import ChannelGraph, Edit, Layout, analyze, readers
 from onnxslim.passes.prune.layers import find_layers, resolve_initializer
-from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitRequest, reconstruct
+from onnxslim.passes.prune.prepare import prepare
+from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitOptions, RefitRequest, reconstruct
 
 
 def nchwc_block() -> int:
@@ -54,7 +55,7 @@ def nchwc_block() -> int:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ChannelPruning(ir.passes.InPlacePass):
+class ChannelPruning(RefitOptions, ir.passes.InPlacePass):
     """Remove whole output channels of Conv/Gemm/MatMul and rewrite every consumer."""
 
     ratio: float = option(
@@ -73,19 +74,6 @@ class ChannelPruning(ir.passes.InPlacePass):
     exclude: tuple[str, ...] = option(
         (), "Producer node names (fnmatch patterns) whose channels stay."
     )
-    reconstruct: bool | None = option(
-        None, "Refit downstream layers on calib by least squares (default: on with calib)."
-    )
-    calib: Any = option(
-        None, "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
-    )
-    calib_count: int = option(256, "Calibration samples used.")
-    ridge: float | None = option(
-        None,
-        "Ridge strength of the refit relative to the mean input energy "
-        "(None: chosen per layer on held-out calibration samples).",
-    )
-    max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
         check_choice(self, "importance")
@@ -94,8 +82,7 @@ class ChannelPruning(ir.passes.InPlacePass):
             raise ValueError("multiple must be >= 0")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        feeds = load_feeds(self.calib, self.calib_count, model)
-        refit = self.reconstruct if self.reconstruct is not None else feeds is not None
+        feeds, refit = self.refit_data(model)
         if (refit or self.importance == "activation") and feeds is None:
             raise UsageError(
                 "reconstruction and activation importance need calibration data (calib)"

@@ -24,15 +24,16 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes.prune._common import check_fraction, load_feeds, prepare, store_summary
+from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
-from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+from onnxslim.passes.prune.prepare import prepare
+from onnxslim.passes.prune.reconstruct import RefitOptions, RefitRequest, reconstruct
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MagnitudePruning(ir.passes.InPlacePass):
+class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
     """Zero the smallest-magnitude weights of Conv/Gemm/MatMul layers to a target sparsity."""
 
     sparsity: float = option(0.5, "Fraction of eligible weights set to zero.")
@@ -50,19 +51,6 @@ class MagnitudePruning(ir.passes.InPlacePass):
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
-    reconstruct: bool | None = option(
-        None, "Refit kept weights on calib by least squares (default: on with calib)."
-    )
-    calib: Any = option(
-        None, "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
-    )
-    calib_count: int = option(256, "Calibration samples used.")
-    ridge: float | None = option(
-        None,
-        "Ridge strength of the refit relative to the mean input energy "
-        "(None: chosen per layer on held-out calibration samples).",
-    )
-    max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
         check_choice(self, "scope")
@@ -73,8 +61,7 @@ class MagnitudePruning(ir.passes.InPlacePass):
             raise ValueError("allocation=sensitivity applies to scope=per-layer")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        feeds = load_feeds(self.calib, self.calib_count, model)
-        refit = self.reconstruct if self.reconstruct is not None else feeds is not None
+        feeds, refit = self.refit_data(model)
         if refit and feeds is None:
             raise UsageError("reconstruction needs calibration data (calib)")
         if self.allocation == "sensitivity" and feeds is None:

@@ -11,48 +11,34 @@ zeros, so the N:M pattern holds after the refit).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import option
-from onnxslim.passes.prune._common import load_feeds, prepare, store_summary
+from onnxslim.passes.prune._common import store_summary
 from onnxslim.passes.prune.layers import Skipped, find_layers, sparsity
 from onnxslim.passes.prune.masks import nm_mask
-from onnxslim.passes.prune.reconstruct import RefitRequest, reconstruct
+from onnxslim.passes.prune.prepare import prepare
+from onnxslim.passes.prune.reconstruct import RefitOptions, RefitRequest, reconstruct
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NMSparsity(ir.passes.InPlacePass):
+class NMSparsity(RefitOptions, ir.passes.InPlacePass):
     """Keep the N largest of every M consecutive input-channel weights (2:4, 4:8)."""
 
     n: int = option(2, "Weights kept per group.")
     m: int = option(4, "Group length along the input-channel axis.")
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
-    reconstruct: bool | None = option(
-        None, "Refit kept weights on calib by least squares (default: on with calib)."
-    )
-    calib: Any = option(
-        None, "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
-    )
-    calib_count: int = option(256, "Calibration samples used.")
-    ridge: float | None = option(
-        None,
-        "Ridge strength of the refit relative to the mean input energy "
-        "(None: chosen per layer on held-out calibration samples).",
-    )
-    max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
     def __post_init__(self) -> None:
         if not (0 < self.n < self.m):
             raise ValueError(f"n={self.n}, m={self.m}: expected 0 < n < m")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        feeds = load_feeds(self.calib, self.calib_count, model)
-        refit = self.reconstruct if self.reconstruct is not None else feeds is not None
+        feeds, refit = self.refit_data(model)
         if refit and feeds is None:
             raise UsageError("reconstruction needs calibration data (calib)")
         prepared = prepare(model)

@@ -16,9 +16,11 @@ Gemm that had none), which absorbs the mean shift pruning causes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -26,11 +28,43 @@ from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
 from onnxslim.feeds import Feed
+from onnxslim.passes._options import data_field, option
+from onnxslim.passes.prune._common import load_feeds
 from onnxslim.passes.prune.layers import Layer, find_layers
 from onnxslim.passes.prune.lstsq import Stats, solve
 
 REFIT_OPS = ("Conv", "Gemm", "MatMul")
 MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RefitOptions:
+    """The least-squares refit every pruning pass offers, its options declared once.
+
+    A pass that subclasses this reads its calibration feeds with `refit_data`;
+    `reconstruct=None` refits exactly when calibration data is given.
+    """
+
+    reconstruct: bool | None = option(
+        None,
+        "Refit the kept weights (channels: the layers downstream) on calib by least "
+        "squares (default: on with calib).",
+    )
+    calib: Any = data_field(
+        "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
+    )
+    calib_count: int = option(256, "Calibration samples used.")
+    ridge: float | None = option(
+        None,
+        "Ridge strength of the refit relative to the mean input energy "
+        "(None: chosen per layer on held-out calibration samples).",
+    )
+    max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
+
+    def refit_data(self, model: ir.Model) -> tuple[list[Feed] | None, bool]:
+        """(calibration feeds or None, whether to refit)."""
+        feeds = load_feeds(self.calib, self.calib_count, model)
+        return feeds, self.reconstruct if self.reconstruct is not None else feeds is not None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ match are reported as skipped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
@@ -37,6 +38,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.feeds import Feed
+from onnxslim.runtime import Session, SessionConfig
 
 _LAYERS = {"Conv", "Gemm", "MatMul"}
 _PREFIX = "__onnxslim_bc_"
@@ -75,7 +77,7 @@ class _Target:
 
 @dataclass
 class _BiasSlot:
-    """Where the correction goes: a float constant, an integer constant behind DQ, or nowhere yet."""
+    """Where the correction goes: a float constant, an integer constant behind DQ, or nowhere."""
 
     kind: str  # "float", "quantized", "add"
     value: ir.Value | None = None  # the constant holding the bias
@@ -98,8 +100,6 @@ def correct_biases(
     With `final_layers`, layers that produce graph outputs then get a second, end-to-end
     correction (one more run of both models over the same feeds).
     """
-    from onnxslim.runtime import Session
-
     report = BiasCorrectionReport()
     float_names = {v.name for n in float_model.graph for v in n.outputs} | {
         v.name for v in float_model.graph.inputs
@@ -181,8 +181,6 @@ def _correct_final_layers(
 
     Exact for the mean of that output, because nothing nonlinear follows the bias.
     """
-    from onnxslim.runtime import Session
-
     outputs = {v.name: v for v in quantized.graph.outputs}
     finals: list[tuple[_Target, str]] = []
     for t in targets:
@@ -221,9 +219,7 @@ def _correct_final_layers(
             report.final_layers.append(t.node.name or t.node.op_type)
 
 
-def _session_config():  # noqa: ANN202 - avoids importing runtime at module import
-    from onnxslim.runtime import SessionConfig
-
+def _session_config() -> SessionConfig:
     return SessionConfig(threads=1, optimization="all")
 
 
@@ -488,14 +484,12 @@ DEFAULT_SAMPLES = 32
 def static_hook(
     quantized: ir.Model, prepared: ir.Model, feeds: Any, options: Any, report: Any
 ) -> None:
-    """Run bias correction on the static pass's final model, unless `options.bias_correction` is off.
+    """Bias-correct the static pass's final model, unless `options.bias_correction` is off.
 
     `prepared` is the float model the plan was made on (same node names as `quantized`).
     The per-layer figures go to `quantized.meta[REPORT_KEY]` and the time to
     `report.seconds["bias_correction"]`.
     """
-    import time
-
     if not getattr(options, "bias_correction", True) or feeds is None:
         return
     start = time.perf_counter()

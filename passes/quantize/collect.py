@@ -36,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
+from onnxslim import calibration
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed
 from onnxslim.graphs import iter_graphs
@@ -74,8 +76,6 @@ def infer_types(model: ir.Model) -> None:
     Exported models often declare no value_info; without dtypes the quantizer
     cannot tell float tensors from integer ones. Failures leave the model as it was.
     """
-    from onnx_ir.passes.common import ShapeInferencePass
-
     try:
         ShapeInferencePass(strict_mode=False)(model)
     except Exception:  # inference is best effort: unknown types stay unknown
@@ -257,8 +257,6 @@ def _feed_factory(
 
 def open_feed_path(path: Path, model: ir.Model, limit: int | None = None) -> Iterator[Feed]:
     """Feeds from a calibration data path, through the engine's readers."""
-    from onnxslim import calibration
-
     opener = getattr(calibration, "open_feeds", None)
     if opener is not None:
         return iter(opener(path, model, limit=limit))

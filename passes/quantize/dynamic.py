@@ -26,8 +26,8 @@ from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import check_choice, option
 
 from .policy import (
+    KERNEL_TARGETS,
     MIN_EMBEDDING_ELEMENTS,
-    TARGETS,
     const_array,
     constant_source,
     is_constant,
@@ -52,7 +52,7 @@ class QuantizeDynamic(ir.passes.InPlacePass):
     reduce_range: bool | None = option(
         None, "7-bit weights for x86 without VNNI (None: from the target)."
     )
-    target: str = option("auto", "CPU the weight range is chosen for.", choices=TARGETS)
+    target: str = option("auto", "CPU the weight range is chosen for.", choices=KERNEL_TARGETS)
     exclude: tuple[str, ...] = option(
         (), "Keep these float: node names, op types or regular expressions."
     )

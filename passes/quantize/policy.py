@@ -101,7 +101,9 @@ QUANTIZED_OPS = frozenset(
 )
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE)
 MIN_EMBEDDING_ELEMENTS = 4096
-TARGETS = ("auto", "x86-avx2", "x86-vnni", "arm64")
+# The CPU kernel families int8 types are chosen for (`--target` of quantize). Not the
+# emulated validation targets of onnxslim.targets (EMULATED_TARGETS), which reuse two names.
+KERNEL_TARGETS = ("auto", "x86-avx2", "x86-vnni", "arm64")
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,8 @@ def detect_target(flags: set[str] | None = None, machine: str | None = None) -> 
 
 
 def resolve_target(name: str) -> Target:
-    if name not in TARGETS:
-        raise ValueError(f"target {name!r}: expected one of {', '.join(TARGETS)}")
+    if name not in KERNEL_TARGETS:
+        raise ValueError(f"target {name!r}: expected one of {', '.join(KERNEL_TARGETS)}")
     return _TARGETS[detect_target() if name == "auto" else name]
 
 

@@ -20,9 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
+from onnx import version_converter
+from onnx_ir.passes.common import (
+    LiftConstantsToInitializersPass,
+    NameFixPass,
+    RemoveInitializersFromInputsPass,
+)
 
 from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_graphs, tensor_bytes
+from onnxslim.runtime import ort_optimized
 
 from .collect import infer_types
 from .policy import const_array, is_constant
@@ -40,12 +47,6 @@ class PrepareReport:
 
 def prepare(model: ir.Model, *, pre_optimize: bool = True) -> tuple[ir.Model, PrepareReport]:
     """A new model equivalent to `model`, ready for planning; `model` is not modified."""
-    from onnx_ir.passes.common import (
-        LiftConstantsToInitializersPass,
-        NameFixPass,
-        RemoveInitializersFromInputsPass,
-    )
-
     report = PrepareReport()
     work = model.clone()
     if RemoveInitializersFromInputsPass()(work).modified:
@@ -132,16 +133,12 @@ def rewrite_constant_division(model: ir.Model) -> int:
 
 
 def _convert_opset(model: ir.Model, target: int) -> ir.Model:
-    from onnx import version_converter
-
     proto = ir.serde.serialize_model(model)
     converted = version_converter.convert_version(proto, target)
     return ir.serde.deserialize_model(converted)
 
 
 def _ort_basic_optimize(model: ir.Model) -> ir.Model:
-    from onnxslim.runtime import ort_optimized
-
     optimized = ir.serde.deserialize_model(ort_optimized(model, "basic"))
     # ORT writes the opset imports it knows; keep the model's metadata.
     optimized.producer_name = model.producer_name

@@ -23,6 +23,8 @@ writes both and exits 1 (never "ran every trial and saved nothing").
 
 from __future__ import annotations
 
+import dataclasses as _dc
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
+from onnxslim.evaluation import Top1, top1_accuracy
+from onnxslim.feeds import input_specs
+from onnxslim.runtime import Session
+
+from .static import QuantizeStatic, quantize_static
 
 QuantizeFn = Callable[[frozenset[str]], ir.Model]
 MetricFn = Callable[[ir.Model], float]
@@ -104,7 +112,8 @@ class AccuracyAwareResult:
         kept = set(self.excluded)
         for row in self.table:
             lines.append(
-                f"{row.layer:<40} {row.metric:>15.4f} {row.gain:>+8.4f} {'yes' if row.layer in kept else '':>6}"
+                f"{row.layer:<40} {row.metric:>15.4f} {row.gain:>+8.4f} "
+                f"{'yes' if row.layer in kept else '':>6}"
             )
         return "\n".join(lines)
 
@@ -243,17 +252,10 @@ def top1_metric(
     feeds, labels = load_labelled(path, input_names, limit=limit)
 
     def metric(model: ir.Model) -> float:
-        predictions = [
-            np.argmax(np.asarray(o).reshape(-1, np.asarray(o).shape[-1]), axis=-1)
-            for o in run_outputs(model, feeds, output)
-        ]
-        predicted = np.concatenate(predictions)
-        truth = labels.reshape(-1)
-        if predicted.size != truth.size:
-            raise DataError(
-                f"{path}: model gives {predicted.size} predictions for {truth.size} labels"
-            )
-        return float(np.mean(predicted == truth))
+        try:
+            return top1_accuracy(model, feeds, labels, output=output)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
 
     return metric
 
@@ -266,8 +268,10 @@ def agreement_metric(
 
     def metric(model: ir.Model) -> float:
         got = [np.argmax(np.asarray(o), axis=-1) for o in run_outputs(model, feeds, output)]
-        hits = sum(int(np.count_nonzero(a == b)) for a, b in zip(ref, got, strict=True))
-        return hits / max(1, sum(a.size for a in ref))
+        same = Top1()
+        for expected, predicted in zip(ref, got, strict=True):
+            same.add(predicted, expected)
+        return same.value if same.total else 0.0
 
     return metric
 
@@ -276,8 +280,6 @@ def run_outputs(
     model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], output: int = 0
 ) -> list[np.ndarray]:
     """The `output`-th output of `model` on each feed (single-threaded ORT, all optimizations)."""
-    from onnxslim.runtime import Session
-
     session = Session(model)
     name = session.output_names[output]
     return [session.run(feed, outputs=[name])[name] for feed in islice(feeds, None)]
@@ -295,13 +297,6 @@ def static_quantizer(
     The calibration feeds are read once and kept in memory, so trials do not re-read the
     data source (they still re-collect ranges: the static pass owns calibration).
     """
-    import dataclasses as _dc
-    import re
-
-    from onnxslim.calibration import open_feeds
-
-    from .static import QuantizeStatic, quantize_static
-
     options = options or QuantizeStatic()
     limit = options.max_samples
     feeds = [dict(f) for f in islice(iter(open_feeds(calib, model, extra="ignore")), limit)]
@@ -322,7 +317,7 @@ def static_quantizer(
         for n in full.graph
         if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers)
     )
-    trial_options = {"calib": None}
+    trial_options: dict[str, Any] = {"calib": None}
     if "latency_guard" in getattr(options, "__dataclass_fields__", {}):
         trial_options["latency_guard"] = False
 
@@ -382,8 +377,6 @@ def quantize_accuracy_aware(
     if (metric is None) == (eval_data is None):
         raise ValueError("give exactly one of metric= or eval_data=")
     if metric is None:
-        from onnxslim.feeds import input_specs
-
         metric = top1_metric(eval_data, [s.name for s in input_specs(model)], limit=eval_limit)  # type: ignore[arg-type]
     quantize, layers, _ = static_quantizer(model, calib, options)
     return accuracy_aware(

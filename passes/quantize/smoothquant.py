@@ -25,13 +25,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
 
-from onnxslim.feeds import Feed
+from onnxslim.calibration import iter_npz
+from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.passes._options import option
+from onnxslim.passes.quantize.collect import stream_tensors
 
 
 @dataclass
@@ -123,8 +127,6 @@ def channel_absmax(model: ir.Model, feeds: Any, names: list[str]) -> dict[str, n
     `feeds` is anything `collect.stream_tensors` reads (a list, an iterator, a path);
     one feed's tensors are held at a time, so memory does not grow with the samples.
     """
-    from onnxslim.passes.quantize.collect import stream_tensors
-
     if not names:
         return {}
     result: dict[str, np.ndarray] = {}
@@ -145,14 +147,13 @@ def _typed(model: ir.Model, names: list[str]) -> ir.Model:
     wanted = set(names)
     if all(v.dtype is not None for node in model.graph for v in node.outputs if v.name in wanted):
         return model
-    from onnx_ir.passes.common import ShapeInferencePass
 
     return ShapeInferencePass()(model.clone()).model
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SmoothQuant(ir.passes.InPlacePass):
-    """Migrate activation outliers of MatMul/Gemm inputs into the weights (outputs unchanged up to rounding)."""
+    """Migrate MatMul/Gemm input outliers into the weights (outputs unchanged up to rounding)."""
 
     lossless: ClassVar[bool] = True
     alpha: float = option(
@@ -185,10 +186,6 @@ class SmoothQuant(ir.passes.InPlacePass):
 
 
 def _feeds(model: ir.Model, data: str, samples: int) -> Iterable[Feed]:
-    from itertools import islice
-
-    from onnxslim.calibration import iter_npz
-    from onnxslim.feeds import generate_feeds, input_specs
 
     if data:
         return islice(iter_npz(data), samples)

@@ -28,11 +28,13 @@ import onnx
 import onnx_ir as ir
 
 from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
-from onnxslim.passes._options import check_choice, option
+from onnxslim.evaluation import latency_ratio
+from onnxslim.passes._options import check_choice, data_field, option
 
 from .bias_correction import static_hook as bias_correction_hook
 from .collect import CollectConfig, FeedSource, collect_stats
 from .policy import (
+    KERNEL_TARGETS,
     PolicyConfig,
     QuantPlan,
     Target,
@@ -98,30 +100,13 @@ class QuantizeReport:
         return dataclasses.asdict(self)
 
 
-def _data_field(help: str) -> Any:
-    """The calibration data: a path in recipes, or any feed source through the API."""
-    return dataclasses.field(
-        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
-    )
-
-
-def _internal(default: Any = None) -> Any:
-    return dataclasses.field(
-        default=default,
-        compare=False,
-        hash=False,
-        repr=False,
-        metadata={"internal": True, "help": ""},
-    )
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QuantizeStatic(ir.passes.InPlacePass):
     """Static int8 quantization (QDQ) calibrated on data, fused by ORT into integer kernels."""
 
     lossless: ClassVar[bool] = False
 
-    calib: Any = _data_field(
+    calib: Any = data_field(
         "Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
         "ORT CalibrationDataReader through the API."
     )
@@ -135,7 +120,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     target: str = option(
         "auto",
         "CPU the int8 types are chosen for.",
-        choices=("auto", "x86-avx2", "x86-vnni", "arm64"),
+        choices=KERNEL_TARGETS,
     )
     activation_type: str = option(
         "auto", "Activation type (auto: from the target).", choices=ACTIVATION_TYPES
@@ -165,7 +150,6 @@ class QuantizeStatic(ir.passes.InPlacePass):
     )
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
-    progress: Any = _internal()
 
     def __post_init__(self) -> None:
         for name in ("method", "target", "activation_type"):
@@ -176,9 +160,16 @@ class QuantizeStatic(ir.passes.InPlacePass):
             raise ValueError("max_samples must be positive")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return self.run_with(model)
+
+    def run_with(
+        self, model: ir.Model, progress: StageProgress | None = None
+    ) -> ir.passes.PassResult:
+        """The pass's run, with calibration progress reported to `progress` (an argument of
+        the run, not an option: the pass manager's plain call reports none)."""
         if self.calib is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
-        quantized, report = quantize_static(model, self.calib, self, progress=self.progress)
+        quantized, report = quantize_static(model, self.calib, self, progress=progress)
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
         return ir.passes.PassResult(model, modified=bool(report.quantized_nodes))
@@ -489,39 +480,6 @@ def _sample_feeds(reservoir: _Reservoir | None, source: Any) -> list[dict[str, n
         return list(islice(iter(source), _GUARD_FEEDS))
     except DataError:
         return []
-
-
-def latency_ratio(
-    reference: ir.Model,
-    candidate: ir.Model,
-    feeds: list[dict[str, np.ndarray]],
-    *,
-    min_runs: int = 5,
-    budget_seconds: float = 1.0,
-) -> float:
-    """Median single-thread latency of `candidate` over `reference`, timed interleaved
-    (at least `min_runs` pairs, more while within `budget_seconds`: small models get
-    hundreds, big ones a few, each after one warm-up run)."""
-    from onnxslim.runtime import Session, SessionConfig
-
-    config = SessionConfig(threads=1)
-    sessions = [Session(reference, config), Session(candidate, config)]
-    for session in sessions:
-        session.run(feeds[0])
-    times: list[list[float]] = [[], []]
-    start = time.perf_counter()
-    runs = 0
-    while runs < min_runs or (time.perf_counter() - start < budget_seconds and runs < 200):
-        order = (0, 1) if runs % 2 == 0 else (1, 0)
-        feed = feeds[runs % len(feeds)]
-        for index in order:
-            tick = time.perf_counter()
-            sessions[index].run(feed)
-            times[index].append(time.perf_counter() - tick)
-        runs += 1
-        if runs >= min_runs and time.perf_counter() - start > budget_seconds:
-            break
-    return float(np.median(times[1]) / np.median(times[0]))
 
 
 def node_macs(model: ir.Model, plan: QuantPlan, stats: Mapping[str, TensorStats]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
 from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
@@ -142,8 +143,6 @@ def _matmul_nbits(
     node: ir.Node, quantizer: WeightQuantizer, block_size: int, min_elements: int
 ) -> str:
     """MatMul(A, B[K,N]) or Gemm -> MatMulNBits(A, packed B, scales) (+ Add of the Gemm bias)."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
-
     inputs = list(node.inputs) + [None]
     weight = const_array(inputs[1])
     if (

@@ -9,25 +9,24 @@ interleaved) and, when the data carries a `labels` array, top-1 accuracy of both
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
+from onnxslim.calibration import FeedSource, FeedStream, open_feeds
 from onnxslim.errors import UsageError
+from onnxslim.evaluation import model_inputs, read_labelled, top1_by_model
 from onnxslim.graphs import node_count, tensor_bytes
+from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport, QuantizeStatic
+from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
+from onnxslim.validation import ValidationReport, validate
 
-from .dynamic import QuantizeDynamic
-from .static import REPORT_KEY, QuantizeReport, QuantizeStatic
-from .weight_only import QuantizeWeightOnly
-
-MODES = ("static", "dynamic", "weight-only")
+MODES = tuple(QUANTIZE_MODES)
 StageProgress = Callable[[str, int, int | None], None]
-LABEL_KEYS = ("labels", "label", "y")
 
 
 @dataclass
@@ -36,7 +35,7 @@ class QuantizeResult:
 
     model: ir.Model
     report: QuantizeReport
-    validation: Any | None  # onnxslim.validation.ValidationReport
+    validation: ValidationReport | None
     bytes_before: int
     bytes_after: int
     nodes_before: int
@@ -71,32 +70,12 @@ class QuantizeResult:
         }
 
 
-def make_quantize_pass(mode: str = "static", **options: Any) -> ir.passes.PassBase:
-    """The pass for `mode` configured with `options` (unknown options are a UsageError)."""
-    classes = {
-        "static": QuantizeStatic,
-        "dynamic": QuantizeDynamic,
-        "weight-only": QuantizeWeightOnly,
-    }
-    if mode not in classes:
-        raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
-    cls = classes[mode]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k, v in options.items() if k not in known and v is not None)
-    if unknown:
-        raise UsageError(f"--mode {mode} does not take {', '.join(unknown)}")
-    try:
-        return cls(**{k: v for k, v in options.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
-
-
 def quantize_model(
     model: ir.Model,
     *,
     mode: str = "static",
-    calib: Any = None,
-    data: Any = None,
+    calib: FeedSource | None = None,
+    data: FeedSource | None = None,
     validate: bool = True,
     validation_samples: int = 32,
     runs: int = 20,
@@ -108,14 +87,20 @@ def quantize_model(
     if mode == "static":
         if calib is None:
             raise UsageError("static quantization needs calibration data (--calib)")
+        if isinstance(calib, (str, os.PathLike)):
+            # A data file is opened once: the pass calibrates on this stream (its labels
+            # ignored) and validation reads it again when no other data is given.
+            calib = open_feeds(calib, model, extra="keep")
         options["calib"] = calib
-        options["progress"] = progress
     elif calib is not None and data is None:
         data = calib  # dynamic and weight-only need no calibration; use it to validate
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
-    quantize_pass(quantized)
+    if isinstance(quantize_pass, QuantizeStatic):
+        quantize_pass.run_with(quantized, progress=progress)
+    else:
+        quantize_pass(quantized)
     seconds = time.perf_counter() - start
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
     result = QuantizeResult(
@@ -149,23 +134,22 @@ def quantize_model(
 def _validate(
     reference: ir.Model,
     candidate: ir.Model,
-    source: Any,
+    source: FeedSource | None,
     count: int,
     runs: int,
     threads: int,
     progress: StageProgress | None,
-) -> tuple[Any, dict[str, float] | None]:
-    from onnxslim.calibration import open_feeds
-    from onnxslim.validation import validate
-
+) -> tuple[ValidationReport, dict[str, float] | None]:
     feeds = None
+    stream = None
     has_labels = False
-    if source is not None:
-        inputs = {v.name for v in reference.graph.inputs}
-        feeds = []
-        for feed in open_feeds(source, reference, limit=count, extra="keep"):
-            has_labels = has_labels or any(k in feed and k not in inputs for k in LABEL_KEYS)
-            feeds.append({k: v for k, v in feed.items() if k in inputs})
+    if source is not None:  # opened once: its first `count` feeds validate, all of it scores
+        if isinstance(source, FeedStream):
+            stream = source
+        else:
+            stream = open_feeds(source, reference, extra="keep")
+        head = read_labelled(stream, reference, limit=count)
+        feeds, has_labels = head.feeds, head.labelled > 0
 
     def notify(stage: str, done: int, total: int) -> None:
         if progress is not None:
@@ -183,43 +167,26 @@ def _validate(
         rtol=1e-2,
         progress=notify,
     )
-    accuracy = accuracy_on(reference, candidate, source, progress=progress) if has_labels else None
+    accuracy = None
+    if has_labels and stream is not None:
+        accuracy = accuracy_on(reference, candidate, stream, progress=progress)
     return report, accuracy
 
 
 def accuracy_on(
     reference: ir.Model,
     candidate: ir.Model,
-    source: Any,
+    source: FeedSource | FeedStream,
     *,
     limit: int | None = None,
     progress: StageProgress | None = None,
 ) -> dict[str, float] | None:
     """Top-1 accuracy of both models over labelled data, streamed; None unless the first
     output is a classifier's [batch, classes] scores with one label per sample."""
-    from onnxslim.calibration import open_feeds
-    from onnxslim.runtime import Session
-
-    inputs = {v.name for v in reference.graph.inputs}
-    sessions = {"float": Session(reference), "quantized": Session(candidate)}
-    hits = dict.fromkeys(sessions, 0)
-    total = 0
-    stream = open_feeds(source, reference, limit=limit, extra="keep")
-    expected = getattr(stream, "count", None)
-    for index, feed in enumerate(stream):
-        label = next((feed[k] for k in LABEL_KEYS if k in feed and k not in inputs), None)
-        if label is None:
-            continue
-        truth = np.asarray(label).reshape(-1)
-        feed = {k: v for k, v in feed.items() if k in inputs}
-        for key, session in sessions.items():
-            output = np.asarray(session.run(feed)[session.output_names[0]])
-            if output.ndim != 2 or output.shape[0] != len(truth) or output.shape[1] < 2:
-                return None  # not a classifier's [batch, classes] scores: parity figures only
-            hits[key] += int(np.count_nonzero(output.argmax(-1) == truth))
-        total += len(truth)
-        if progress is not None:
-            progress("accuracy", index + 1, expected)
-    scores = {key: hits[key] / total if total else float("nan") for key in sessions}
-    scores["samples"] = float(total)
-    return scores
+    stream = source if isinstance(source, FeedStream) else None
+    if stream is None or limit is not None:
+        stream = open_feeds(source, reference, limit=limit, extra="keep")
+    models = {"float": reference, "quantized": candidate}
+    return top1_by_model(
+        models, stream, model_inputs(reference), expected=stream.count, progress=progress
+    )

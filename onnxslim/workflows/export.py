@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
+import onnxruntime
 
 from onnxslim import io
+from onnxslim._version import __version__
 from onnxslim.errors import GateFailed, PassFailed, UsageError
-from onnxslim.feeds import Feed, input_specs, parse_input_shapes
+from onnxslim.feeds import Feed, generate_feeds, input_specs, parse_input_shapes
 from onnxslim.graphs import iter_graphs, iter_nodes
 from onnxslim.parity import OutputParity, compare_outputs
 from onnxslim.pipeline import Pipeline, run_pipeline
@@ -150,8 +152,6 @@ def export(
     original = io.load(source)
     model, steps = _transform(io.load(source), options)
     if feeds is None:
-        from onnxslim.feeds import generate_feeds
-
         shapes = parse_input_shapes(list(options.input_shapes))
         feeds = generate_feeds(input_specs(original), 4, seed=0, shapes=shapes)
     atol, rtol = options.tolerances()
@@ -249,7 +249,7 @@ def strip_for_inference(model: ir.Model) -> int:
 
 def convert_opset(model: ir.Model, opset: int) -> None:
     """Convert the default-domain opset with onnxscript's IR version converter."""
-    from onnxscript import version_converter
+    from onnxscript import version_converter  # heavy (~1 s to import): only --opset needs it
 
     current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     if current == opset:
@@ -264,6 +264,7 @@ def convert_opset(model: ir.Model, opset: int) -> None:
 
 def to_fp16(model: ir.Model, options: ExportOptions) -> ir.Model:
     """float16 weights and compute, with sensitive ops and (by default) I/O kept float32."""
+    # Deferred: ORT's transformers tools load only for --fp16.
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     proto = ir.serde.serialize_model(model)
@@ -315,7 +316,7 @@ def preflight_check(model: ir.Model, path: Path) -> Preflight:
 
 
 def _usability_checker(path: Path) -> list[str]:
-    from onnxruntime.tools.mobile_helpers import usability_checker
+    from onnxruntime.tools.mobile_helpers import usability_checker  # deferred: export only
 
     records: list[str] = []
 
@@ -339,6 +340,7 @@ def _usability_checker(path: Path) -> list[str]:
 
 
 def _convert_to_ort(onnx_path: Path, staging: Path, style: str) -> tuple[Path, Path]:
+    # Deferred: ORT's converter tools take ~0.1 s to import and only .ort output needs them.
     from onnxruntime.tools.convert_onnx_models_to_ort import (
         OptimizationStyle,
         convert_onnx_models_to_ort,
@@ -366,7 +368,7 @@ def _convert_to_ort(onnx_path: Path, staging: Path, style: str) -> tuple[Path, P
             f"ORT format conversion failed: {str(exc).splitlines()[0] if str(exc) else exc}"
         ) from exc
     finally:
-        for logger, level in zip(quiet, previous_levels):
+        for logger, level in zip(quiet, previous_levels, strict=True):
             logger.setLevel(level)
     ort_files = sorted(out_dir.glob("*.ort"))
     configs = sorted(out_dir.glob("*.config"))
@@ -437,10 +439,6 @@ def write_bundle_metadata(
     bundle: Path, source: Path, result: ExportResult, options: ExportOptions
 ) -> Path:
     """metadata.json and validation.json: hashes, provenance, the checks that were run."""
-    import onnxruntime
-
-    from onnxslim import __version__
-
     validation = bundle / "validation.json"
     validation.write_text(
         json.dumps(

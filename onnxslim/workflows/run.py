@@ -12,23 +12,38 @@ date and no path.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim import io
+from onnxslim._version import __version__
+from onnxslim.calibration import FeedSource
 from onnxslim.errors import OnnxSlimError, PassFailed, RuntimeFailure, UsageError
 from onnxslim.evaluation import Evaluator
 from onnxslim.gates import check_gates
 from onnxslim.graphs import node_count
+from onnxslim.passes.cluster import UnpackPalette
+from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
+from onnxslim.passes.quantize.static import QuantizeStatic
+from onnxslim.pipeline import Guard, Pipeline, run_pipeline
 from onnxslim.recipe import Recipe, Step, load_recipe
+from onnxslim.registry import make_pass, pass_class
 from onnxslim.report import RunReport, StepReport, gzip_size
+from onnxslim.workflows.cluster import cluster_model
+from onnxslim.workflows.optimize import optimize, validation_feeds
+from onnxslim.workflows.prune import prune
+from onnxslim.workflows.quantize import quantize_model
+
+RecipeSpec = Recipe | str | Path | Mapping[str, Any]
 
 Progress = Callable[[str], None]
 HISTOGRAM_BINS = 64
@@ -41,7 +56,7 @@ class RunOutcome:
 
 
 def run_recipe(
-    recipe: Recipe | str | Any,
+    recipe: RecipeSpec,
     source: ir.Model | str,
     *,
     calib: str | None = None,
@@ -55,7 +70,7 @@ def run_recipe(
     """
     say = progress or (lambda _m: None)
     recipe = load_recipe(recipe).with_data(calib, eval_data)
-    _check_data(recipe)
+    check_data(recipe)
     start = time.perf_counter()
     if isinstance(source, ir.Model):
         model, input_path = source, None
@@ -133,14 +148,12 @@ def run_recipe(
 
 def add_provenance(model: ir.Model, recipe: Recipe, input_bytes: bytes) -> None:
     """metadata_props: tool version, recipe hash, input hash (no date: bytes stay identical)."""
-    from onnxslim import __version__
-
     model.metadata_props["onnxslim.version"] = __version__
     model.metadata_props["onnxslim.recipe_sha256"] = recipe.sha256()
     model.metadata_props["onnxslim.input_sha256"] = hashlib.sha256(input_bytes).hexdigest()
 
 
-def _check_data(recipe: Recipe) -> None:
+def check_data(recipe: Recipe) -> None:
     """Steps that need calibration data must have it before anything runs."""
     for index, step in enumerate(recipe.steps):
         needs = step.name == "quantize" and step.options.get("mode", "static") == "static"
@@ -167,12 +180,10 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
 def _run_step(
     step: Step, model: ir.Model, recipe: Recipe, index: int
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
-    from onnxslim import api
-
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()}
     calib = options.pop("calib", None) or recipe.calib
     if step.name == "optimize":
-        result = api.optimize(model, verify=True, data=recipe.calib, feed_count=4)
+        result = optimize(model, verify=True, data=recipe.calib, feed_count=4)
         if not result.passed:
             raise PassFailed(f"pass[{index}] (optimize): the lossless clean-up moved the outputs")
         changed = [r.name for r in result.result.records if r.status == "changed"]
@@ -183,39 +194,42 @@ def _run_step(
     if step.name == "prune":
         if recipe.calib_limit is not None:
             options.setdefault("calib_count", recipe.calib_limit)
-        result = api.prune(model, calib=calib, validate=False, **options)
+        pruned = prune(model, calib=calib, validate=False, **options)
         details = {
-            "sparsity": result.sparsity,
+            "sparsity": pruned.sparsity,
             "layers": [
                 {"layer": r.name, "op": r.op_type, "sparsity": r.sparsity, "reduction": r.reduction}
-                for r in result.layers
+                for r in pruned.layers
             ],
-            "refit": result.details.get("refit", []),
+            "refit": pruned.details.get("refit", []),
         }
-        return result.model, _jsonable(details), list(result.warnings)
+        return pruned.model, _jsonable(details), list(pruned.warnings)
     if step.name == "cluster":
         strip = bool(options.pop("strip_metadata", True))
-        result = api.cluster(
-            model, calib=calib, validate=False, optimize=False, strip_metadata=strip, **options
+        clustered = cluster_model(
+            model,
+            calib=calib,
+            validate_result=False,
+            optimize=False,
+            strip_metadata=strip,
+            **options,
         )
         details = {
-            "bits": result.bits,
-            "weights": result.weights,
-            "layers": result.layers,
-            "skipped": result.skipped,
+            "bits": clustered.bits,
+            "weights": clustered.weights,
+            "layers": clustered.layers,
+            "skipped": clustered.skipped,
             "histogram": weight_histogram(
-                model, result.model, [w["weight"] for w in result.weights]
+                model, clustered.model, [w["weight"] for w in clustered.weights]
             ),
         }
-        return result.model, _jsonable(details), list(result.warnings)
+        return clustered.model, _jsonable(details), list(clustered.warnings)
     return _registry_pass(step, model, options, calib, recipe, index)
 
 
 def _quantize(
-    model: ir.Model, options: dict[str, Any], calib: Any, recipe: Recipe
+    model: ir.Model, options: dict[str, Any], calib: FeedSource | None, recipe: Recipe
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
-    from onnxslim import api
-
     mode = options.pop("mode", "static")
     max_drop = options.pop("max_drop", None)
     warnings = []
@@ -229,9 +243,6 @@ def _quantize(
         if recipe.calib_limit is not None:
             options.setdefault("max_samples", recipe.calib_limit)
     if max_drop is not None:
-        from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
-        from onnxslim.passes.quantize.static import QuantizeStatic
-
         aware = quantize_accuracy_aware(
             model,
             calib,
@@ -247,7 +258,7 @@ def _quantize(
                 f"{max_drop:g} pt even with {len(aware.excluded)} layer(s) float"
             )
         return aware.model, _jsonable(details), warnings
-    result = api.quantize(
+    result = quantize_model(
         model, mode=mode, calib=calib if mode == "static" else None, validate=False, **options
     )
     report = result.report
@@ -266,21 +277,19 @@ def _quantize(
 
 
 def _registry_pass(
-    step: Step, model: ir.Model, options: dict[str, Any], calib: Any, recipe: Recipe, index: int
+    step: Step,
+    model: ir.Model,
+    options: dict[str, Any],
+    calib: FeedSource | None,
+    recipe: Recipe,
+    index: int,
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
-    import dataclasses
-
-    from onnxslim.pipeline import Guard, Pipeline, run_pipeline
-    from onnxslim.registry import make_pass, pass_class
-
-    fields = {f.name for f in dataclasses.fields(pass_class(step.name))}
+    fields = {f.name for f in dataclasses.fields(pass_class(step.name))}  # type: ignore[arg-type]
     if "calib" in fields and calib is not None:
         options["calib"] = calib
     instance = make_pass(step.name, options)
     guard = None
     if getattr(instance, "lossless", False):
-        from onnxslim.api import validation_feeds
-
         feeds, _ = validation_feeds(model, recipe.calib, count=4)
         guard = Guard(feeds)
     result = run_pipeline(model, Pipeline((instance,)), guard=guard)
@@ -292,9 +301,6 @@ def _registry_pass(
 
 def weight_histogram(before: ir.Model, after: ir.Model, names: list[str]) -> dict[str, Any]:
     """Histogram of the clustered weights before and after (palettes expanded), same bins."""
-    from onnxslim.passes.cluster import UnpackPalette
-    from onnxslim.pipeline import Pipeline, run_pipeline
-
     expanded = run_pipeline(after, Pipeline((UnpackPalette(),))).model
     old, new = [], []
     for name in names:

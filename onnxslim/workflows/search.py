@@ -1,7 +1,7 @@
 """`onnxslim search`: run a grid of recipe variants and keep the best one that passes the gates.
 
 Each candidate is the recipe with some step options set (the `[search]` axes,
-every combination), run by onnxslim.runner exactly as `onnxslim run` would: the
+every combination), run by onnxslim.workflows.run exactly as `onnxslim run` would: the
 winner's bytes are what `run` writes for that configuration. Candidates run in
 parallel on local processes (spawned, so ONNX Runtime's thread pools are never
 forked), or as Ray tasks (`ray_address`), for searches that outgrow one machine.
@@ -18,7 +18,9 @@ report says so; the CLI exits 1.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -32,8 +34,11 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from onnxslim.errors import OnnxSlimError, UsageError
+from onnxslim import io
+from onnxslim.errors import OnnxSlimError, PassFailed, UsageError
 from onnxslim.recipe import Recipe, load_recipe
+from onnxslim.report import RunReport
+from onnxslim.workflows.run import RecipeSpec, check_data, run_recipe
 
 Progress = Callable[[str], None]
 MAX_DEFAULT_JOBS = 4
@@ -48,8 +53,6 @@ def candidates(recipe: Recipe) -> list[dict[str, Any]]:
 
 def variant(recipe: Recipe, config: dict[str, Any]) -> Recipe:
     """The recipe with one candidate's options set, and no [search] table."""
-    import dataclasses
-
     assignments = {tuple(key.split(".", 1)): value for key, value in config.items()}
     return dataclasses.replace(recipe.with_options(assignments), search={})  # type: ignore[arg-type]
 
@@ -59,7 +62,7 @@ def default_jobs(count: int) -> int:
 
 
 def search_recipe(
-    recipe: Any,
+    recipe: RecipeSpec,
     source: str | os.PathLike[str],
     *,
     calib: str | None = None,
@@ -67,7 +70,7 @@ def search_recipe(
     jobs: int | None = None,
     ray_address: str | None = None,
     progress: Progress | None = None,
-) -> Any:
+) -> RunReport:
     """Run every candidate; returns the chosen candidate's RunReport with a `search` section."""
     say = progress or (lambda _m: None)
     recipe = load_recipe(recipe).with_data(calib, eval_data)
@@ -76,9 +79,7 @@ def search_recipe(
             f"{recipe.source}: search: the recipe has no [search] table "
             "(for example [search] bits = [2, 4])"
         )
-    from onnxslim.runner import _check_data
-
-    _check_data(recipe)
+    check_data(recipe)
     source = Path(source)
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
@@ -103,9 +104,6 @@ def evaluate_candidate(
     With `blobs` (Ray), the model and data arrive as bytes and are written to a
     private temporary folder first.
     """
-    from onnxslim import io
-    from onnxslim.runner import run_recipe
-
     with tempfile.TemporaryDirectory(prefix="onnxslim-candidate-") as tmp:
         if blobs is not None:
             files = {}
@@ -113,8 +111,6 @@ def evaluate_candidate(
                 path = Path(tmp) / f"{key}{'.onnx' if key == 'model' else '.npz'}"
                 path.write_bytes(data)
                 files[key] = str(path)
-            import dataclasses
-
             recipe = dataclasses.replace(
                 recipe, calib=files.get("calib", recipe.calib), eval=files.get("eval", recipe.eval)
             )
@@ -159,10 +155,9 @@ def _run_ray(
     variants: list[Recipe], source: Path, address: str, jobs: int, say: Progress
 ) -> list[dict[str, Any]]:
     try:
-        import ray
+        import ray  # optional and heavy (~1 s to import): only searches on Ray need it
     except ImportError as exc:
         raise UsageError("--ray needs Ray: pip install 'onnxslim[ray]'") from exc
-    import logging
 
     started = False
     if not ray.is_initialized():
@@ -236,7 +231,7 @@ def _choose(
     results: list[dict[str, Any]],
     source: Path,
     seconds: float,
-) -> Any:
+) -> RunReport:
     objective = recipe.search["objective"]
     rows = []
     for result, config in zip(results, configs, strict=True):
@@ -262,8 +257,6 @@ def _choose(
     usable = [r for r in rows if "file_bytes" in r]
     if not usable:
         reasons = "; ".join(f"#{r['index']}: {r['reason']}" for r in rows[:3])
-        from onnxslim.errors import PassFailed
-
         if all(r.get("exit_code") == 2 for r in results):  # the same bad input everywhere
             raise UsageError(f"search: every candidate failed ({reasons})")
         raise PassFailed(f"search: every candidate failed ({reasons})")

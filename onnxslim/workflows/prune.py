@@ -10,31 +10,96 @@ and top-1 accuracy of both models when the evaluation data carries `labels`.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 
+from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
-from onnxslim.feeds import Feed
-from onnxslim.io import model_to_bytes
+from onnxslim.passes.prune._common import summary
+from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
+from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
 from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
-from onnxslim.validation import resolve_feeds, validate
+from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
+from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.measure import (
+    Sizes,
+    labelled,
+    model_sizes,
+    parity_feeds,
+    session_start_ms,
+    top1,
+)
 
-from ._common import summary
-from .channels import ChannelPruning
-from .magnitude import MagnitudePruning
-from .nm import NMSparsity
-from .report import LayerRow, Sizes, labelled, layer_table, model_sizes, overall_sparsity, top1
-from .storage import PackSparseWeights
+METHODS = tuple(PRUNE_METHODS)
+STORAGE = PRUNE_STORAGE
 
-METHODS = ("magnitude", "nm", "channels")
-STORAGE = ("packed", "dense")
-PARITY_FEEDS = 64
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One weighted layer before and after pruning."""
+
+    name: str
+    op_type: str
+    shape_before: tuple[int, ...]
+    shape_after: tuple[int, ...] | None  # None: the layer is gone
+    elements_before: int
+    nonzero_after: int
+    sparsity: float  # zeros / elements, of the pruned weight
+    reduction: float  # 1 - nonzero_after / elements_before: what the layer lost, channels included
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
+    """Per-layer figures, layers matched by their output value (passes may name unnamed nodes;
+    they never rename values); packed weights are unpacked first."""
+    packed = packed_weights(pruned)
+    after: dict[str, np.ndarray] = {}
+    for node in pruned.graph:
+        if node.op_type in LAYER_OPS and len(node.inputs) > 1 and node.inputs[1] is not None:
+            source = resolve_initializer(node.inputs[1]) or node.inputs[1]
+            if source.name in packed:
+                after[node.outputs[0].name] = packed[source.name]
+            elif source.const_value is not None:
+                after[node.outputs[0].name] = source.const_value.numpy()
+    rows = []
+    for layer in find_layers(original)[0]:
+        before = layer.array()
+        pruned_w = after.get(layer.node.outputs[0].name)
+        if pruned_w is None:
+            rows.append(
+                LayerRow(
+                    layer.name, layer.op_type, tuple(before.shape), None, before.size, 0, 1.0, 1.0
+                )
+            )
+            continue
+        nonzero = int(np.count_nonzero(pruned_w))
+        rows.append(
+            LayerRow(
+                layer.name,
+                layer.op_type,
+                tuple(before.shape),
+                tuple(pruned_w.shape),
+                int(before.size),
+                nonzero,
+                1.0 - nonzero / pruned_w.size if pruned_w.size else 0.0,
+                1.0 - nonzero / before.size if before.size else 0.0,
+            )
+        )
+    return rows
+
+
+def overall_sparsity(rows: Sequence[LayerRow]) -> float:
+    """Weights removed or zeroed over all weighted layers, relative to the original count."""
+    total = sum(r.elements_before for r in rows)
+    kept = sum(r.nonzero_after for r in rows)
+    return 1.0 - kept / total if total else 0.0
 
 
 @dataclass
@@ -50,7 +115,7 @@ class PruneResult:
     size_before: Sizes
     size_after: Sizes
     session_ms: dict[str, float]
-    validation: Any | None  # onnxslim.validation.ValidationReport
+    validation: ValidationReport | None
     accuracy: dict[str, float] | None  # {"original", "pruned", "drop_points", "samples"}
     details: dict[
         str, Any
@@ -99,31 +164,12 @@ class PruneResult:
         }
 
 
-def make_prune_pass(method: str, **options: Any) -> ir.passes.PassBase:
-    """The pass for `method` with `options` (its dataclass fields); unknown ones: UsageError."""
-    classes = {"magnitude": MagnitudePruning, "nm": NMSparsity, "channels": ChannelPruning}
-    if method not in classes:
-        raise UsageError(f"method {method!r}: expected one of {', '.join(METHODS)}")
-    cls = classes[method]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(
-            f"prune --method {method}: option(s) {', '.join(unknown)} do not apply; "
-            f"known: {', '.join(sorted(known))}"
-        )
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"prune --method {method}: {exc}") from exc
-
-
 def prune_model(
     model: ir.Model,
     *,
     method: str = "magnitude",
     storage: str = "packed",
-    eval_data: Any = None,
+    eval_data: FeedSource | None = None,
     validate_result: bool = True,
     runs: int = 50,
     max_drop: float | None = None,
@@ -134,7 +180,7 @@ def prune_model(
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGE)}")
     start = time.perf_counter()
     prune_pass = make_prune_pass(method, **options)
-    check_feeds = _parity_feeds(model, eval_data, options.get("calib"))
+    check_feeds = parity_feeds(model, eval_data, options.get("calib"))
     guard = Guard(check_feeds) if validate_result else None
     # Two pipelines: each run clones the model, and a clone does not carry model.meta,
     # where a pass leaves its summary.
@@ -199,26 +245,34 @@ def prune_model(
     return report
 
 
-def session_start_ms(model: ir.Model, repeats: int = 3) -> float:
-    """Fastest of `repeats` ORT session creations from the serialized model (ORT_ENABLE_ALL), in ms.
-
-    This is where packed sparse weights are expanded, so it is their whole cost.
-    """
-    data = model_to_bytes(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        best = min(best, (time.perf_counter() - t) * 1000)
-    return best
-
-
-def _parity_feeds(model: ir.Model, eval_data: Any, calib: Any) -> list[Feed]:
-    """Feeds for the guard and parity figures: eval data, else calibration data, else generated."""
-    source = eval_data if eval_data is not None else calib
-    feeds, _, _ = resolve_feeds(model, source, count=PARITY_FEEDS if source is not None else 8)
-    return feeds
+def prune(
+    model: ir.Model,
+    *,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    calib: FeedSource | None = None,
+    eval_data: FeedSource | None = None,
+    storage: str = "packed",
+    validate: bool = True,
+    max_drop: float | None = None,
+    runs: int = 50,
+    **options: Any,
+) -> PruneResult:
+    """`onnxslim prune` / `api.prune`: `sparsity` goes to the method's own option
+    (ratio of channels, fraction of weights); `calib` turns on the refit."""
+    if method == "channels":
+        options.setdefault("ratio", sparsity)
+    elif method == "magnitude":
+        options.setdefault("sparsity", sparsity)
+    if calib is not None:
+        options["calib"] = calib
+    return prune_model(
+        model,
+        method=method,
+        storage=storage,
+        eval_data=eval_data,
+        validate_result=validate,
+        runs=runs,
+        max_drop=max_drop,
+        **options,
+    )

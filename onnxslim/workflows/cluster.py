@@ -23,16 +23,26 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
-from onnxslim.feeds import Feed
 from onnxslim.graphs import tensor_bytes
 from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
-from onnxslim.pipeline import PassRecord, Pipeline, run_pipeline
-from onnxslim.validation import resolve_feeds, validate
+from onnxslim.passes.cluster.cluster import ClusterWeights, prepare, summary
+from onnxslim.passes.cluster.weights import find_weights
+from onnxslim.pipeline import PassRecord, Pipeline, PipelineResult, run_pipeline
+from onnxslim.registry import make_cluster_pass
+from onnxslim.runtime import ort_optimized
+from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.measure import (
+    Sizes,
+    labelled,
+    model_sizes,
+    parity_feeds,
+    session_start_ms,
+    top1,
+)
+from onnxslim.workflows.optimize import optimize as optimize_model
 
-from .cluster import ClusterWeights, summary
-
-PARITY_FEEDS = 64
 VALUE_INFO_CHECK_BYTES = 200_000_000
 DOMAIN_IMPORT_BYTES = 24  # the palette domain's opset import, which the pass adds
 CHECKER_LIMIT_BYTES = 1_500_000_000
@@ -51,13 +61,11 @@ class ClusterResult:
     ]  # per layer: output error on calibration rows before/after refinement
     skipped: list[dict[str, str]]
     notes: list[str]
-    size_before: Any  # prune.report.Sizes (raw, gzip)
-    size_after: Any
-    size_before_stripped: (
-        Any | None
-    )  # the original without debug metadata, for a like-for-like ratio
+    size_before: Sizes
+    size_after: Sizes
+    size_before_stripped: Sizes | None  # the original without debug metadata: like for like
     session_ms: dict[str, float]
-    validation: Any | None  # onnxslim.validation.ValidationReport
+    validation: ValidationReport | None
     accuracy: dict[str, float] | None  # {"original", "clustered", "drop_points", "samples"}
     checker: str  # "ok" or onnx.checker's complaint
     seconds: float
@@ -125,26 +133,12 @@ class ClusterResult:
         }
 
 
-def make_cluster_pass(**options: Any) -> ClusterWeights:
-    """ClusterWeights with `options` (its fields); unknown or bad options are a UsageError."""
-    known = {f.name for f in dataclasses.fields(ClusterWeights)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UsageError(
-            f"cluster: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    try:
-        return ClusterWeights(**options)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"cluster: {exc}") from exc
-
-
 def cluster_model(
     model: ir.Model,
     *,
     bits: int = 4,
-    calib: Any = None,
-    eval_data: Any = None,
+    calib: FeedSource | None = None,
+    eval_data: FeedSource | None = None,
     validate_result: bool = True,
     runs: int = 50,
     max_drop: float | None = None,
@@ -158,15 +152,13 @@ def cluster_model(
     `max_size` (bytes): the file the result may take at most; it sets allocation=mixed
     and the weights' budget to what the rest of the file leaves (see `_fit_to_size`).
     """
-    from onnxslim.passes.prune.report import labelled, model_sizes, top1
-    from onnxslim.passes.prune.run import session_start_ms
-
     start = time.perf_counter()
     if max_size is not None:
         if options.get("allocation", "mixed") != "mixed":
             raise UsageError("cluster: a size target needs allocation=mixed")
         options = dict(options, allocation="mixed")
     cluster_pass = make_cluster_pass(bits=bits, calib=calib, **options)
+    assert isinstance(cluster_pass, ClusterWeights)
     cleaned, cleanup_notes = _clean_up(model) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
     if max_size is not None:
@@ -214,7 +206,7 @@ def cluster_model(
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
     if validate_result:
-        feeds = _parity_feeds(model, eval_data, calib)
+        feeds = parity_feeds(model, eval_data, calib)
         report.session_ms = {
             "original": session_start_ms(model),
             "clustered": session_start_ms(clustered),
@@ -282,9 +274,7 @@ def value_info_droppable(model: ir.Model) -> bool:
         return False
 
 
-def _optimized_ops(model: ir.Model) -> Counter:
-    from onnxslim.runtime import ort_optimized
-
+def _optimized_ops(model: ir.Model) -> Counter[tuple[str, str]]:
     graph = ort_optimized(model, load_external_data=False).graph
     return Counter((n.domain, n.op_type) for n in graph.node)
 
@@ -295,7 +285,7 @@ def _fit_to_size(
     max_size: int,
     strip_metadata: bool,
     drop_value_info: bool,
-) -> Any:
+) -> PipelineResult:
     """Run `cluster_pass` with the weights' budget the rest of the file leaves under max_size.
 
     The rest (graph, weights too small to cluster, metadata that stays) is measured on
@@ -303,11 +293,6 @@ def _fit_to_size(
     the remaining bytes on the weights and their expansion functions. Framing bytes
     the estimate misses are taken back in one more run if the file came out over.
     """
-    from onnxslim.passes.prune.report import model_sizes
-
-    from .cluster import prepare
-    from .weights import find_weights
-
     scratch = model.clone()
     prepare(scratch)
     weights, _ = find_weights(
@@ -339,10 +324,8 @@ def _clean_up(model: ir.Model) -> tuple[ir.Model, list[str]]:
     describe the weights ORT actually multiplies with (it folds BatchNorm at load
     anyway), and the BatchNorm parameter vectors leave the file.
     """
-    from onnxslim import api
-
     # Metadata is the caller's choice (stripped after clustering), not the clean-up's.
-    cleaned = api.optimize(model, verify=True, keep_metadata=True)
+    cleaned = optimize_model(model, verify=True, keep_metadata=True)
     changed = [r.name for r in cleaned.result.records if r.status == "changed"]
     if not cleaned.passed:
         return model, ["lossless clean-up skipped: its result moved the outputs"]
@@ -360,10 +343,3 @@ def check(model: ir.Model) -> str:
     except Exception as exc:  # the checker raises several types
         return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return "ok"
-
-
-def _parity_feeds(model: ir.Model, eval_data: Any, calib: Any) -> list[Feed]:
-    """Feeds for the parity figures: eval data, else calibration data, else generated."""
-    source = eval_data if eval_data is not None else calib
-    feeds, _, _ = resolve_feeds(model, source, count=PARITY_FEEDS if source is not None else 8)
-    return feeds
