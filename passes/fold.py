@@ -35,10 +35,28 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from onnxslim.errors import UsageError
-from onnxslim.feeds import parse_input_shapes
 from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
+from onnxslim.passes.fold_shapes import SHAPE_EVALUATORS, Replacement, merge_equal_shape_values
+from onnxslim.passes.input_shapes import (
+    FixInputShapes,
+    check_input_shapes,
+    graph_values,
+    resolved_input_shapes,
+)
+
+# FixInputShapes and friends live in input_shapes.py; importers still find them here.
+__all__ = [
+    "FixInputShapes",
+    "FoldConstants",
+    "check_input_shapes",
+    "drop_added_annotations",
+    "freed_bytes",
+    "predicted_output_bytes",
+    "quiet_onnxscript",
+    "remember_annotations",
+    "resolved_input_shapes",
+]
 
 # Ops whose result is much bigger than their inputs: folded only when the output
 # size is known before evaluation.
@@ -62,108 +80,23 @@ _NEVER_FOLD = frozenset(
     }
 )
 _MAX_SWEEPS = 3
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class FixInputShapes(ir.passes.InPlacePass):
-    """Fix dynamic input dimensions to given sizes so shapes propagate and fold.
-
-    A named dimension fixed on one input is fixed wherever the model uses that name
-    (value shapes of the main graph and subgraphs). A shape that contradicts a fixed
-    dimension, a wrong rank or an unknown input name is a usage error.
-    """
-
-    lossless: ClassVar[bool] = True
-    shapes: tuple[str, ...] = option(
-        (), "Input shapes as NAME:D1,D2,... (what --input-shape takes)."
-    )
-
-    def __post_init__(self) -> None:
-        parse_input_shapes(list(self.shapes))  # raises UsageError on bad text
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        shapes = parse_input_shapes(list(self.shapes))
-        named = check_input_shapes(model, shapes)
-        modified = False
-        inputs = {v.name: v for v in model.graph.inputs}
-        for name, dims in shapes.items():
-            value = inputs[name]
-            if value.shape is None or tuple(value.shape.dims) != dims:
-                value.shape = ir.Shape(dims)
-                modified = True
-        if named:
-            for value in _graph_values(model):
-                if value.shape is None:
-                    continue
-                dims = [
-                    named.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d
-                    for d in value.shape.dims
-                ]
-                if tuple(dims) != tuple(value.shape.dims):
-                    value.shape = ir.Shape(dims)
-                    modified = True
-        return ir.passes.PassResult(model, modified)
-
-
-def check_input_shapes(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Check `shapes` against the model's inputs; return named dimension -> fixed size.
-
-    Raises UsageError for an unknown input, a wrong rank, a size that contradicts a
-    fixed dimension, or one dimension name given two different sizes.
-    """
-    inputs = {v.name: v for v in model.graph.inputs if v.name not in model.graph.initializers}
-    named: dict[str, int] = {}
-    for name, dims in shapes.items():
-        value = inputs.get(name)
-        if value is None:
-            raise UsageError(
-                f"--input-shape {name}: the model has no input {name!r} "
-                f"(inputs: {', '.join(map(str, inputs)) or 'none'})"
-            )
-        if value.shape is None:
-            continue
-        if len(value.shape) != len(dims):
-            raise UsageError(
-                f"--input-shape {name}: rank {len(dims)} given, the model declares "
-                f"rank {len(value.shape)} {_shape_text(value.shape)}"
-            )
-        for axis, (declared, size) in enumerate(zip(value.shape.dims, dims, strict=True)):
-            if isinstance(declared, int):
-                if declared != size:
-                    raise UsageError(
-                        f"--input-shape {name}: dimension {axis} is fixed to {declared} "
-                        f"in the model, {size} given"
-                    )
-            elif declared.value is not None:
-                if named.setdefault(declared.value, size) != size:
-                    raise UsageError(
-                        f"--input-shape: dimension {declared.value!r} given both "
-                        f"{named[declared.value]} and {size}"
-                    )
-    return named
-
-
-def resolved_input_shapes(
-    model: ir.Model, shapes: dict[str, tuple[int, ...]], free_dim: int = 1
-) -> dict[str, tuple[int, ...]]:
-    """Every input's runnable shape once `shapes` are fixed (checked like FixInputShapes does).
-
-    Inputs not named in `shapes` but sharing a named dimension with one that is
-    take its size too; what stays free becomes `free_dim`, as in generated feeds.
-    """
-    named = check_input_shapes(model, shapes)
-    resolved: dict[str, tuple[int, ...]] = {}
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers or value.shape is None:
-            continue
-        if value.name in shapes:
-            resolved[value.name] = tuple(shapes[value.name])
-            continue
-        resolved[value.name] = tuple(
-            d if isinstance(d, int) else named.get(d.value, free_dim) if d.value else free_dim
-            for d in value.shape.dims
-        )
-    return resolved
+# Ops whose output has the type and shape of input 0: typed here, without a round trip
+# through onnx's node-level shape inference (serialize, infer, deserialize: ~0.2 ms a
+# node, most of the pass on a 300k-node chain).
+_SAME_AS_INPUT = frozenset(
+    {
+        "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BitwiseNot", "Ceil",
+        "Celu", "Clip", "Cos", "Cosh", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid",
+        "HardSwish", "Hardmax", "Identity", "LeakyRelu", "Log", "LogSoftmax", "Mish", "Neg",
+        "Not", "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin",
+        "Sinh", "Softmax", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu",
+    }
+)  # fmt: skip
+_ELEMENTWISE_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
+# A node with more inputs than this is detached in one step before it is replaced:
+# onnx_ir's Node.replace_input_with copies the input tuple, so detaching input by
+# input is quadratic (a Sum of 5,000 initializers: 16 s of 21 s).
+_WIDE = 64
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -247,10 +180,27 @@ def _folder_class() -> type:
         def process_node(self, node: ir.Node, is_function: bool) -> Replacement | None:
             replacement = super().process_node(node, is_function)
             if replacement is None and node.domain == "" and node.graph is not None:
-                evaluate = _SHAPE_EVALUATORS.get(node.op_type)
+                evaluate = SHAPE_EVALUATORS.get(node.op_type)
                 if evaluate is not None:
                     replacement = evaluate(node, self._state)
             return replacement
+
+        def _do_inference(self, node: ir.Node) -> None:
+            if not infer_elementwise(node):
+                super()._do_inference(node)
+
+        def replace_node(
+            self, node: ir.Node, replacement: Replacement, root: ir.Graph | ir.Function
+        ) -> None:
+            if len(node.inputs) > _WIDE:
+                inputs = [v for v in node.inputs if v is not None]
+                detach_inputs(node)
+                super().replace_node(node, replacement, root)
+                for value in inputs:  # what the base class would have cleared
+                    if value.is_initializer() and not value.uses() and not value.is_graph_output():
+                        value.graph.initializers.pop(value.name)  # type: ignore[union-attr,arg-type]
+                return
+            super().replace_node(node, replacement, root)
 
         def _prepare_folded_tensor(
             self, node: ir.Node, output_name: str, output_array: np.ndarray | Any
@@ -263,171 +213,51 @@ def _folder_class() -> type:
     return BoundedFolder
 
 
-# ------------------------------------------------ shape computations onnxscript leaves alone
-# The folder tracks, for int64 values holding dimensions, their content as an ir.Shape
-# (numbers and named symbols). These evaluators extend that tracking to the patterns
-# exporters emit around Reshape: Gather of one dimension (a scalar), Unsqueeze of it,
-# Slice of a shape; a fully numeric result becomes a constant, and a Reshape whose
-# target is known gets its output shape, so later Shape ops fold or resolve too.
+def infer_elementwise(node: ir.Node) -> bool:
+    """Type and shape an elementwise node's output from its input; False if not that simple.
 
-State = Any  # onnxscript.optimizer._constant_folding.OptimizerState
-Replacement = Any  # onnxscript.optimizer._constant_folding.Replacement
-
-
-def _int_constant(values: list[int], *, scalar: bool) -> Replacement:
-    from onnxscript.optimizer._constant_folding import Replacement
-
-    array = np.array(values[0] if scalar else values, dtype=np.int64)
-    node = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(array))])
-    return Replacement([node.outputs[0]], [node])
-
-
-def _rank(value: ir.Value | None) -> int | None:
-    return None if value is None or value.shape is None else len(value.shape)
-
-
-def _const_ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
-        return None
-    array = value.const_value.numpy()
-    return [int(v) for v in array.reshape(-1)] if array.dtype.kind in "iu" else None
-
-
-def _gather_dim(node: ir.Node, state: State) -> Replacement | None:
-    """Gather(shape, scalar i): dimension i, a constant when it is a number."""
-    if len(node.inputs) != 2 or node.attributes.get_int("axis", 0) != 0:
-        return None
-    dims, index = state.get_shape_value(node.inputs[0]), _const_ints(node.inputs[1])
-    if dims is None or index is None or len(index) != 1 or _rank(node.inputs[1]) != 0:
-        return None
-    if not -len(dims) <= index[0] < len(dims):
-        return None
-    dim = dims[index[0]]
-    if isinstance(dim, int):
-        return _int_constant([dim], scalar=True)
-    state.set_sym_value(node.outputs[0], ir.Shape([dim]))
-    return None
-
-
-def _unsqueeze_dim(node: ir.Node, state: State) -> Replacement | None:
-    """Unsqueeze(scalar dimension, [0]): the same dimension as a 1-element vector."""
-    axes = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes")
-    dims = state.get_shape_value(node.inputs[0])
-    if dims is None or _rank(node.inputs[0]) != 0 or axes is None or list(axes) not in ([0], [-1]):
-        return None
-    state.set_sym_value(node.outputs[0], dims)
-    return None
-
-
-def _slice_shape(node: ir.Node, state: State) -> Replacement | None:
-    """Slice of a shape vector with constant bounds."""
-    dims = state.get_shape_value(node.inputs[0]) if node.inputs else None
-    if dims is None or _rank(node.inputs[0]) != 1 or len(node.inputs) < 3:
-        return None
-    starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
-    axes = (
-        _const_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else [0]
-    )
-    steps = (
-        _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
-    )
-    if (
-        None in (starts, ends, axes, steps)
-        or not len(starts) == len(ends) == len(axes) == len(steps) == 1
-    ):
-        return None
-    if axes[0] not in (0, -1) or steps[0] == 0:  # type: ignore[index]
-        return None
-    sliced = list(dims.dims)[slice(starts[0], ends[0], steps[0])]  # type: ignore[index]
-    if all(isinstance(d, int) for d in sliced):
-        return _int_constant([int(d) for d in sliced], scalar=False)  # type: ignore[arg-type]
-    state.set_sym_value(node.outputs[0], ir.Shape(sliced))
-    return None
-
-
-def _reshape_output_shape(node: ir.Node, state: State) -> Replacement | None:
-    """Reshape to a known target: give the output that shape (0 copies, -1 stays unknown)."""
-    if len(node.inputs) != 2 or node.inputs[0] is None:
-        return None
-    target = state.get_shape_value(node.inputs[1])
-    source = node.inputs[0].shape
-    if target is None:
-        return None
-    allowzero = node.attributes.get_int("allowzero", 0) == 1
-    dims: list[int | ir.SymbolicDim] = []
-    for axis, dim in enumerate(target.dims):
-        if isinstance(dim, int) and dim == 0 and not allowzero:
-            if source is None or axis >= len(source):
-                return None
-            dims.append(source[axis])
-        elif isinstance(dim, int) and dim == -1:
-            dims.append(ir.SymbolicDim(None))
-        else:
-            dims.append(dim)
-    unknown = [i for i, d in enumerate(dims) if isinstance(d, ir.SymbolicDim) and d.value is None]
-    if len(unknown) == 1 and source is not None and source.is_static():
-        known = math.prod(int(d) for d in dims if isinstance(d, int))  # type: ignore[arg-type]
-        if known and all(isinstance(d, int) for i, d in enumerate(dims) if i != unknown[0]):
-            dims[unknown[0]] = math.prod(int(d) for d in source.dims) // known  # type: ignore[arg-type]
-    output = node.outputs[0]
-    current = output.shape
-    if current is not None and len(current) == len(dims):
-        dims = [_better_dim(c, d) for c, d in zip(current.dims, dims, strict=True)]
-    if current is None or tuple(current.dims) != tuple(dims):
-        output.shape = ir.Shape(dims)
-    return None
-
-
-def _better_dim(
-    current: int | ir.SymbolicDim, computed: int | ir.SymbolicDim
-) -> int | ir.SymbolicDim:
-    """A number beats a name, a name traced from the inputs beats an unknown."""
-    if isinstance(current, int):
-        return current
-    if isinstance(computed, int) or computed.value is not None:
-        return computed
-    return current
-
-
-_SHAPE_EVALUATORS = {
-    "Gather": _gather_dim,
-    "Unsqueeze": _unsqueeze_dim,
-    "Slice": _slice_shape,
-    "Reshape": _reshape_output_shape,
-}
-
-
-def merge_equal_shape_values(model: ir.Model, symbolic: dict[ir.Value, Any]) -> bool:
-    """Let later shape computations reuse an earlier value with the same content.
-
-    Two int64 values whose tracked content is the same list of numbers and named
-    dimensions hold the same data at run time (a named dimension is one unknown
-    size wherever it appears), so each graph keeps the first and the rest read it.
+    Unary ops in _SAME_AS_INPUT take input 0's; Add/Sub/Mul/Div take the shape both
+    operands share, or the tensor operand's when the other is a scalar of the same type.
+    Only missing annotations are filled; the folder's inference handles everything else.
     """
-    modified = False
-    for graph in iter_graphs(model):
-        first: dict[tuple, ir.Value] = {}
-        for node in list(graph):
-            for value in node.outputs:
-                content = symbolic.get(value)
-                if not isinstance(content, ir.Shape) or value.dtype != ir.DataType.INT64:
-                    continue
-                rank = _rank(value)
-                if rank not in (0, 1) or (rank == 0 and len(content) != 1):
-                    continue
-                if any(isinstance(d, ir.SymbolicDim) and d.value is None for d in content.dims):
-                    continue
-                key = (
-                    rank,
-                    tuple(d if isinstance(d, int) else ("sym", d.value) for d in content.dims),
-                )
-                earlier = first.setdefault(key, value)
-                if earlier is value or value.is_graph_output():
-                    continue
-                if value.uses():
-                    value.replace_all_uses_with(earlier)
-                    modified = True
-    return modified
+    if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1 or not node.inputs:
+        return False
+    source = node.inputs[0]
+    if node.op_type in _ELEMENTWISE_BINARY and len(node.inputs) == 2:
+        other = node.inputs[1]
+        if source is None or other is None or source.shape is None or other.shape is None:
+            return False
+        if source.dtype is None or source.dtype != other.dtype:
+            return False
+        if len(source.shape) == 0:
+            source, other = other, source
+        if not (len(other.shape) == 0 or tuple(other.shape.dims) == tuple(source.shape.dims)):
+            return False
+        if not source.shape.is_static() and tuple(other.shape.dims) == tuple(source.shape.dims):
+            if any(isinstance(d, ir.SymbolicDim) and d.value is None for d in source.shape.dims):
+                return False  # two unknown dims need not be equal
+    elif node.op_type not in _SAME_AS_INPUT:
+        return False
+    if source is None or source.dtype is None or source.shape is None:
+        return False
+    output = node.outputs[0]
+    if output.dtype is None:
+        output.dtype = source.dtype
+    if output.shape is None:
+        output.shape = ir.Shape(source.shape.dims)
+    return True
+
+
+def detach_inputs(node: ir.Node) -> None:
+    """Drop every input of `node` in one pass (onnx_ir's per-input way is quadratic).
+
+    Uses onnx_ir internals (Node._inputs, Value._remove_usage); tests/test_fold_contract.py
+    pins them, so an onnx_ir upgrade that changes them fails there first.
+    """
+    for index, value in enumerate(node.inputs):
+        if value is not None:
+            value._remove_usage(node, index)  # noqa: SLF001
+    node._inputs = ()  # noqa: SLF001
 
 
 def freed_bytes(node: ir.Node) -> int:
@@ -525,19 +355,9 @@ def _generator_dims(node: ir.Node) -> list[int] | None:
     return None
 
 
-def _graph_values(model: ir.Model) -> Iterator[ir.Value]:
-    """Every value of the main graph and its subgraphs (functions have their own dim names)."""
-    for graph in iter_graphs(model):
-        if isinstance(graph, ir.Function):
-            continue
-        yield from graph.inputs
-        for node in graph:
-            yield from node.outputs
-
-
 def _drop_folding_metadata(model: ir.Model) -> None:
     """onnxscript records which values a constant was folded from; that is noise in the file."""
-    from onnxscript.optimizer._constant_folding import FOLDED_FROM_KEY as key
+    from onnxscript.optimizer import FOLDED_FROM_KEY as key
 
     for graph in iter_graphs(model):
         values: list[ir.Value] = list(graph.inputs)
@@ -548,12 +368,6 @@ def _drop_folding_metadata(model: ir.Model) -> None:
         for value in values:
             if value._metadata_props and key in value._metadata_props:  # noqa: SLF001 (avoid creating dicts)
                 del value._metadata_props[key]
-
-
-def _shape_text(shape: ir.Shape) -> str:
-    return (
-        "[" + ",".join(str(d) if isinstance(d, int) else (d.value or "?") for d in shape.dims) + "]"
-    )
 
 
 @contextlib.contextmanager
@@ -584,7 +398,7 @@ _ANNOTATED = "onnxslim.annotated_in_input"
 
 def remember_annotations(model: ir.Model) -> None:
     """Mark the values that carry a type or shape in the model as given."""
-    for value in _graph_values(model):
+    for value in graph_values(model):
         if value.type is not None or value.shape is not None:
             value.meta[_ANNOTATED] = True
 
@@ -592,7 +406,7 @@ def remember_annotations(model: ir.Model) -> None:
 def drop_added_annotations(model: ir.Model) -> int:
     """Clear type and shape of intermediate values not marked by remember_annotations."""
     dropped = 0
-    for value in _graph_values(model):
+    for value in graph_values(model):
         if value.is_graph_input() or value.is_graph_output() or value.const_value is not None:
             continue
         if value.meta.get(_ANNOTATED) or (value.type is None and value.shape is None):

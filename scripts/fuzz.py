@@ -1,0 +1,201 @@
+"""Feed every fuzz case to every command that reads a model, and judge each run.
+
+    python scripts/fuzz.py                       # whole corpus, every command, 2 workers
+    python scripts/fuzz.py --commands optimize,inspect --family bombs --jobs 1
+    python scripts/fuzz.py --sample 20 --peers   # 20 cases per family, OnnxSlim and onnxsim too
+
+The corpus is generated first when absent (scripts/fuzz_corpus.py). Each run is a
+child with a memory cap (RLIMIT_AS, --mem-mb) and a timeout, in its own temp
+folder (scripts/fuzz_judge.py); prints a table of command x verdict and every
+defect. `--peers` runs OnnxSlim (PyPI `onnxslim`) and onnx-simplifier on the same
+cases as an `optimize`, each from its own virtual environment (created on first use
+under ~/.cache/onnxslim-bench/venvs, shared with scripts/bench_optimize.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fuzz_corpus  # noqa: E402
+from fuzz_build import Case  # noqa: E402
+from fuzz_judge import COMMANDS, PASS, Pool, command_argv, judge  # noqa: E402
+
+VENVS = Path("~/.cache/onnxslim-bench/venvs").expanduser()
+PEERS = {
+    "OnnxSlim": ("onnxslim-peer", ["onnxslim==0.1.98", "onnxruntime"], "onnxslim"),
+    "onnxsim": ("onnxsim-peer", ["onnxsim==0.8.1", "onnxruntime"], "onnxsim"),
+}
+
+
+def peer_exe(tool: str) -> str:
+    """The peer's console script, its venv created on first use."""
+    folder, requirements, script = PEERS[tool]
+    venv = VENVS / folder
+    exe = venv / "bin" / script
+    if not exe.is_file():
+        print(f"creating {venv} ({' '.join(requirements)}) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *requirements],
+            check=True,
+            timeout=1800,
+        )
+    return str(exe)
+
+
+def sample(cases: list[Case], per_family: int, seed: int = 0, heavy: bool = False) -> list[Case]:
+    """Up to `per_family` cases of each family, seeded; heavy cases only if asked."""
+    rng = np.random.default_rng(seed)
+    chosen: list[Case] = []
+    for family in dict.fromkeys(c.family for c in cases):
+        members = [c for c in cases if c.family == family and (heavy or not c.heavy)]
+        if len(members) > per_family:
+            picks = sorted(rng.choice(len(members), per_family, replace=False).tolist())
+            members = [members[i] for i in picks]
+        chosen.extend(members)
+    return chosen
+
+
+def make_jobs(
+    root: Path,
+    cases: list[Case],
+    commands: list[str],
+    *,
+    timeout: float,
+    mem_mb: int,
+    scratch: str | None = None,
+) -> list[dict[str, Any]]:
+    """One job per case x command (peer names run the peer as an optimizer)."""
+    jobs = []
+    for case in cases:
+        case_dir = root / case.path
+        model = str(case_dir / "model.onnx")
+        for command in commands:
+            job: dict[str, Any] = {
+                "id": f"{case.path}:{command}",
+                "case": case.path,
+                "expect": case.expect,
+                "command": command,
+                "case_dir": str(case_dir),
+                "timeout": timeout,
+                "mem_mb": mem_mb,
+                "scratch": scratch,
+            }
+            if command in PEERS:
+                job["exec"] = [peer_exe(command), model, "out/model.onnx"]
+                job["command"] = "optimize"  # judged as an optimizer
+                job["tool"] = command
+            else:
+                job["argv"] = command_argv(command, model, str(case_dir), case.calib)
+            jobs.append(job)
+    return jobs
+
+
+def run(jobs: list[dict[str, Any]], workers: int, progress: bool = False) -> list[dict[str, Any]]:
+    """Run the jobs; each record has the job, the raw result, verdict and detail."""
+    pool = Pool(workers)
+    records = []
+    try:
+        for done, (job, result) in enumerate(pool.map(jobs), 1):
+            if "error" in result:
+                verdict, detail = "worker-error", result["error"]
+            else:
+                verdict, detail = judge(job["expect"], job["command"], result, peer="tool" in job)
+            records.append({**job, **result, "verdict": verdict, "detail": detail})
+            if progress and (verdict not in PASS or done % 50 == 0):
+                print(f"[{done}/{len(jobs)}] {job['id']} {verdict} {detail[:100]}", flush=True)
+    finally:
+        pool.close()
+    return records
+
+
+def tool_of(record: dict[str, Any]) -> str:
+    return record.get("tool") or record["command"]
+
+
+def summary(records: list[dict[str, Any]]) -> str:
+    """Markdown table: tool/command x verdict counts, passes first."""
+    tools = list(dict.fromkeys(tool_of(r) for r in records))
+    counts = Counter((tool_of(r), r["verdict"]) for r in records)
+    verdicts = list(PASS) + sorted({r["verdict"] for r in records} - set(PASS))
+    head = "| command | runs | pass | " + " | ".join(verdicts) + " | max s | cpu s |"
+    rows = [head, "|" + "---|" * (len(verdicts) + 4)]
+    for tool in tools:
+        mine = [r for r in records if tool_of(r) == tool]
+        passed = sum(r["verdict"] in PASS for r in mine)
+        cells = [str(counts.get((tool, v), 0) or "") for v in verdicts]
+        slowest = max(r.get("seconds", 0) for r in mine)
+        cpu = sum(r.get("cpu", 0) for r in mine)
+        rows.append(
+            f"| {tool} | {len(mine)} | {passed} | "
+            + " | ".join(cells)
+            + f" | {slowest:.0f} | {cpu:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=fuzz_corpus.DEFAULT_ROOT)
+    parser.add_argument("--commands", default=",".join(COMMANDS))
+    parser.add_argument("--family", action="append")
+    parser.add_argument("--case", action="append", help="only these case paths (family/id)")
+    parser.add_argument("--sample", type=int, default=0, help="cases per family (0: all)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=30.0, help="CPU seconds per run")
+    parser.add_argument("--mem-mb", type=int, default=4096)
+    parser.add_argument("--peers", action="store_true")
+    parser.add_argument("--peers-sample", type=int, default=0, help="peers on N cases per family")
+    parser.add_argument("--json", type=Path, help="write every record here")
+    args = parser.parse_args()
+    if not (args.corpus / "manifest.json").is_file():
+        fuzz_corpus.generate(args.corpus)
+    cases = fuzz_corpus.load_manifest(args.corpus)
+    if args.family:
+        cases = [c for c in cases if c.family in args.family]
+    if args.case:
+        cases = [c for c in cases if c.path in args.case]
+    if args.sample:
+        cases = sample(cases, args.sample, heavy=True)
+    commands = args.commands.split(",")
+    jobs = make_jobs(args.corpus, cases, commands, timeout=args.timeout, mem_mb=args.mem_mb)
+    if args.peers:
+        peer_cases = (
+            sample(cases, args.peers_sample, seed=1, heavy=True) if args.peers_sample else cases
+        )
+        jobs += make_jobs(
+            args.corpus, peer_cases, list(PEERS), timeout=args.timeout, mem_mb=args.mem_mb
+        )
+        commands += list(PEERS)
+    print(f"{len(cases)} cases x {len(commands)} commands = {len(jobs)} runs", flush=True)
+    start = time.monotonic()
+    records = run(jobs, args.jobs, progress=True)
+    print(
+        f"\n{len(records)} runs in {time.monotonic() - start:.0f} s "
+        f"(CPU limit {args.timeout:.0f} s, cap {args.mem_mb} MB, {args.jobs} workers)\n"
+    )
+    print(summary(records))
+    defects = [r for r in records if r["verdict"] not in PASS]
+    print(f"\n{len(defects)} defects:")
+    for r in sorted(defects, key=lambda r: (tool_of(r), r["verdict"], r["case"])):
+        print(
+            f"  {tool_of(r):9s} {r['verdict']:16s} {r['case']:34s} [{r['expect']}] "
+            f"{r['detail'][:150]}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()

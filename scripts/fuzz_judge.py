@@ -1,0 +1,302 @@
+"""Run one command on one fuzz case in a capped child, and judge what it did.
+
+A worker (`python scripts/fuzz_judge.py --serve`) imports onnxslim once, then forks
+a child per job: the child sets RLIMIT_AS, runs in its own process group, its own
+working folder and TMPDIR, with stdout/stderr to files, calls the CLI's `main` (or
+execs a peer tool), and on exit 0 checks what it wrote (onnx.checker and an ONNX
+Runtime session, under the same cap). The worker kills the group at the timeout and
+compares the case folder before and after. Forking a warm interpreter costs
+milliseconds where a fresh `onnxslim` process costs seconds of imports.
+
+The time limit is CPU seconds (RLIMIT_CPU: a loaded machine does not turn slow runs
+into hangs), with a wall-time backstop (`wall`, default 6x) for runs that block.
+
+Verdicts that pass: `ok` (exit 0, loadable output, input not invalid) and `refused`
+(exit 2, no traceback, nothing written). Everything else is a defect; see `judge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fuzz_build import SECRET_MARKER
+
+PASS = ("ok", "refused")
+WRITES = {"optimize", "quantize", "prune", "cluster", "export", "run"}
+COMMANDS = ("optimize", "inspect", "validate", "quantize", "prune", "cluster", "export", "run")
+
+
+def command_argv(command: str, model: str, case_dir: str, calib: bool) -> list[str]:
+    """Our CLI's arguments for `command` on `model` (outputs go to ./out)."""
+    if command == "inspect":
+        return ["inspect", model]
+    if command == "validate":
+        return ["validate", model, model, "--runs", "0", "--no-memory", "--count", "2"]
+    if command == "export":
+        return ["export", model, "-o", "out/model.ort"]
+    if command == "run":
+        return ["run", "lossless", model, "-o", "out/model.onnx"]
+    argv = [command, model, "-o", "out/model.onnx"]
+    if command == "quantize" and calib:
+        argv += ["--calib", str(Path(case_dir) / "calib.npz")]
+    return argv
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> content hash (links by target) of everything in a case folder."""
+    state: dict[str, str] = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            rel = str(path.relative_to(folder))
+            if path.is_symlink():
+                state[rel] = "link:" + os.readlink(path)
+            elif path.is_file():
+                state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif not path.is_dir():
+                state[rel] = "special"
+    return state
+
+
+def _check_outputs(out: Path) -> str:
+    """'' when every written model passes onnx.checker and loads in ORT, else why not."""
+    import onnx  # already imported by the CLI in this process
+    import onnxruntime as ort
+
+    models = sorted(p for p in out.rglob("*") if p.suffix in (".onnx", ".ort"))
+    if not models:
+        return "no model written"
+    for path in models:
+        try:
+            if path.suffix == ".onnx":
+                onnx.checker.check_model(str(path))
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # the reason is the verdict's detail
+            text = str(exc).splitlines()[0][:200] if str(exc) else ""
+            return f"{path.name}: {type(exc).__name__}: {text}"
+    return ""
+
+
+def _child(job: dict[str, Any], run_dir: Path) -> None:
+    """In the forked child: cap, isolate, run, check; never returns."""
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        cap = int(job["mem_mb"]) << 20
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        # CPU seconds, not wall time, decide a hang: a loaded machine must not fail a
+        # run. SIGXCPU at the limit, SIGKILL a second later.
+        cpu = int(job["timeout"])
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        os.chdir(run_dir)
+        os.environ["TMPDIR"] = str(run_dir / "tmp")
+        tempfile.tempdir = None
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            handle = os.open(run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(handle, fd)
+            os.close(handle)
+        if job.get("exec"):
+            os.execv(job["exec"][0], job["exec"])
+        from onnxslim.cli import main
+
+        code = main(job["argv"])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if code == 0 and job["command"] in WRITES:
+            (run_dir / "check.txt").write_text(_check_outputs(run_dir / "out") or "ok")
+    except BaseException:  # anything escaping main is a traceback in the verdict
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        code = 1
+    os._exit(code if isinstance(code, int) else 1)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Fork, wait up to the timeout, collect what the verdict needs."""
+    run_dir = Path(tempfile.mkdtemp(prefix="fuzzrun-", dir=job.get("scratch")))
+    (run_dir / "out").mkdir()
+    (run_dir / "tmp").mkdir()
+    case_dir = Path(job["case_dir"])
+    before = snapshot(case_dir)
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _child(job, run_dir)
+    timed_out = False
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() - start > job.get("wall", 6 * job["timeout"]):
+            timed_out = True
+            for target in (
+                lambda: os.killpg(pid, signal.SIGKILL),
+                lambda: os.kill(pid, signal.SIGKILL),
+            ):
+                try:
+                    target()
+                except OSError:
+                    pass
+            _, status, usage = os.wait4(pid, 0)
+            break
+        time.sleep(0.02)
+    seconds = time.monotonic() - start
+    stderr = (run_dir / "stderr").read_bytes() if (run_dir / "stderr").exists() else b""
+    stdout = (run_dir / "stdout").read_bytes() if (run_dir / "stdout").exists() else b""
+    outputs = sorted(str(p.relative_to(run_dir / "out")) for p in (run_dir / "out").rglob("*"))
+    leaked = SECRET_MARKER in stderr or SECRET_MARKER in stdout
+    for path in (run_dir / "out").rglob("*"):
+        if path.is_file() and not path.is_symlink() and SECRET_MARKER in path.read_bytes():
+            leaked = True
+    check = (run_dir / "check.txt").read_text() if (run_dir / "check.txt").exists() else None
+    result = {
+        "exit": os.waitstatus_to_exitcode(status),
+        "timeout": timed_out,
+        "seconds": round(seconds, 2),
+        "cpu": round(usage.ru_utime + usage.ru_stime, 2),
+        "cpu_limit": job["timeout"],
+        "maxrss_mb": round(usage.ru_maxrss / 1024),
+        "stderr": stderr.decode("utf-8", "replace")[-3000:],
+        "outputs": outputs,
+        "check": check,
+        "leaked": leaked,
+        "changed": snapshot(case_dir) != before,
+        "leftover_tmp": sorted(os.listdir(run_dir / "tmp")),
+    }
+    _remove(run_dir)
+    return result
+
+
+def _remove(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def judge(
+    expect: str, command: str, result: dict[str, Any], *, peer: bool = False
+) -> tuple[str, str]:
+    """(verdict, detail) for one run; see the module docstring for what passes."""
+    stderr = result["stderr"]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    last = lines[-1][:200] if lines else ""
+    code = result["exit"]
+    if result["timeout"]:
+        return "hang", f"killed after {result['seconds']} s of wall time"
+    if code in (-signal.SIGXCPU, -signal.SIGKILL) and result.get("cpu", 0) >= result["cpu_limit"]:
+        return "hang", f"CPU limit: {result['cpu']} s"
+    if result["leaked"]:
+        return "escape", "secret bytes outside the model folder reached the output"
+    if result["changed"]:
+        return "input-changed", "the case folder changed"
+    if result["leftover_tmp"]:
+        return "leftover", f"temp files left: {result['leftover_tmp'][:3]}"
+    memory = any(k in stderr for k in ("MemoryError", "bad_alloc", "out of memory"))
+    if code < 0:
+        return ("memory" if memory else "crash"), f"signal {-code}; {last}"
+    if "Traceback (most recent call last)" in stderr and not peer:
+        return "traceback", last
+    if code == 0:
+        if command in WRITES and result["check"] != "ok":
+            return "bad-output", result["check"] or "no output check ran"
+        if expect == "invalid":
+            return "accepted-invalid", "exit 0 on invalid input"
+        return "ok", ""
+    if result["outputs"]:
+        return "partial-write", f"exit {code} but wrote {result['outputs'][:3]}"
+    if memory:
+        return "memory", last
+    if expect == "valid":
+        return "refused-valid", f"exit {code}: {last}"
+    if code == 2 or (peer and code != 0):
+        return "refused", last
+    if code == 3:
+        return "internal-error", last
+    return f"exit-{code}", last
+
+
+def serve() -> None:
+    """Worker loop: one JSON job per stdin line, one JSON result per stdout line."""
+    import onnxslim.cli  # noqa: F401  (warm imports before forking)
+
+    out = sys.stdout
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            result = run_job(job)
+        except Exception as exc:  # a worker-side failure is reported, not fatal
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps({"id": job["id"], **result}) + "\n")
+        out.flush()
+
+
+class Pool:
+    """`size` warm workers; `map` runs jobs on them and yields (job, result) as they finish."""
+
+    def __init__(self, size: int) -> None:
+        import subprocess
+
+        script = str(Path(__file__).resolve())
+        self.workers = [
+            subprocess.Popen(
+                [sys.executable, script, "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+            )
+            for _ in range(size)
+        ]
+
+    def map(self, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        import selectors
+
+        pending = list(reversed(jobs))
+        busy: dict[int, dict[str, Any]] = {}
+        selector = selectors.DefaultSelector()
+        for index, worker in enumerate(self.workers):
+            selector.register(worker.stdout, selectors.EVENT_READ, index)  # type: ignore[arg-type]
+
+        def feed(index: int) -> None:
+            if pending:
+                job = pending.pop()
+                busy[index] = job
+                self.workers[index].stdin.write(json.dumps(job) + "\n")  # type: ignore[union-attr]
+                self.workers[index].stdin.flush()  # type: ignore[union-attr]
+
+        for index in range(len(self.workers)):
+            feed(index)
+        while busy:
+            for key, _ in selector.select():
+                index = key.data
+                line = self.workers[index].stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    raise RuntimeError(f"fuzz worker {index} died")
+                job = busy.pop(index)
+                yield job, json.loads(line)
+                feed(index)
+        selector.close()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stdin.close()  # type: ignore[union-attr]
+            worker.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--serve"]:
+        serve()
