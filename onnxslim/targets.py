@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -133,10 +134,11 @@ def run(
         raise TargetUnavailable(f"target {name}: {state.detail}")
     with tempfile.TemporaryDirectory(prefix="onnxslim-target-") as tmp:
         work = Path(tmp)
-        np.savez(
-            work / "feeds.npz",
-            **{f"{i}\x1f{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()},
-        )
+        # Any: numpy's stub would also match a bool array to savez's keyword allow_pickle.
+        arrays: dict[str, Any] = {
+            f"{i}\x1f{k}": v for i, feed in enumerate(feeds) for k, v in feed.items()
+        }
+        np.savez(work / "feeds.npz", **arrays)
         (work / "runner.py").write_text(_RUNNER)
         job = {"models": [str(Path(p).resolve()) for p in model_paths], "feeds": len(feeds)}
         (work / "job.json").write_text(json.dumps(job))

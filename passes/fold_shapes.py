@@ -79,16 +79,15 @@ def _slice_shape(node: ir.Node, state: State) -> Replacement | None:
     steps = (
         _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
     )
-    if (
-        None in (starts, ends, axes, steps)
-        or not len(starts) == len(ends) == len(axes) == len(steps) == 1
-    ):
+    if starts is None or ends is None or axes is None or steps is None:
         return None
-    if axes[0] not in (0, -1) or steps[0] == 0:  # type: ignore[index]
+    if not len(starts) == len(ends) == len(axes) == len(steps) == 1:
         return None
-    sliced = list(dims.dims)[slice(starts[0], ends[0], steps[0])]  # type: ignore[index]
+    if axes[0] not in (0, -1) or steps[0] == 0:
+        return None
+    sliced = list(dims.dims)[slice(starts[0], ends[0], steps[0])]
     if all(isinstance(d, int) for d in sliced):
-        return _int_constant([int(d) for d in sliced], scalar=False)  # type: ignore[arg-type]
+        return _int_constant([int(d) for d in sliced], scalar=False)
     state.set_sym_value(node.outputs[0], ir.Shape(sliced))
     return None
 
@@ -114,9 +113,9 @@ def _reshape_output_shape(node: ir.Node, state: State) -> Replacement | None:
             dims.append(dim)
     unknown = [i for i, d in enumerate(dims) if isinstance(d, ir.SymbolicDim) and d.value is None]
     if len(unknown) == 1 and source is not None and source.is_static():
-        known = math.prod(int(d) for d in dims if isinstance(d, int))  # type: ignore[arg-type]
+        known = math.prod(d for d in dims if isinstance(d, int))
         if known and all(isinstance(d, int) for i, d in enumerate(dims) if i != unknown[0]):
-            dims[unknown[0]] = math.prod(int(d) for d in source.dims) // known  # type: ignore[arg-type]
+            dims[unknown[0]] = math.prod(int(d) for d in source.dims if isinstance(d, int)) // known
     output = node.outputs[0]
     current = output.shape
     if current is not None and len(current) == len(dims):

@@ -61,7 +61,7 @@ class FusionPass(ir.passes.InPlacePass):
     min_opset: ClassVar[int] = 0
 
     # Rewrites every match in one scope and returns how many it rewrote.
-    rewrite: ClassVar[Rewrite]
+    rewrite: ClassVar[staticmethod[[Scope, Namer], int]]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if opset_version(model) < self.min_opset:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeGuard
 
 import numpy as np
 import onnx_ir as ir
@@ -30,7 +31,7 @@ Scope = ir.Graph | ir.Function
 ONNX_DOMAINS = ("", "ai.onnx")
 
 
-def is_op(node: ir.Node | None, *op_types: str) -> bool:
+def is_op(node: ir.Node | None, *op_types: str) -> TypeGuard[ir.Node]:
     """True for a node of the default ONNX domain whose op type is one of `op_types`."""
     return node is not None and node.domain in ONNX_DOMAINS and node.op_type in op_types
 
@@ -123,7 +124,7 @@ def sole_user(value: ir.Value) -> ir.Node | None:
     uses = value.uses()
     if len(uses) != 1 or value.is_graph_output():
         return None
-    return uses[0].node
+    return next(iter(uses)).node
 
 
 def is_internal(value: ir.Value, consumer: ir.Node) -> bool:

@@ -78,7 +78,7 @@ class _ConvWeights:
 
     def __init__(self, conv: ir.Node):
         self.conv = conv
-        self.weight = owned_constant(conv, 1)
+        self.weight = weight = owned_constant(conv, 1)
         has_bias = len(conv.inputs) > 2 and conv.inputs[2] is not None
         self.bias = owned_constant(conv, 2) if has_bias else None
         self.ok = (
@@ -87,12 +87,18 @@ class _ConvWeights:
             and self.weight.ndim >= 3
             and (not has_bias or self.bias is not None)
         )
-        if self.ok and conv.op_type == "ConvTranspose":
+        if weight is not None and self.ok and conv.op_type == "ConvTranspose":
             group = conv.attributes.get_int("group", 1)
-            self.ok = group > 0 and self.weight.shape[0] % group == 0
-        self.channels = _out_channels(conv, self.weight) if self.ok else 0
+            self.ok = group > 0 and weight.shape[0] % group == 0
+        self.channels = _out_channels(conv, weight) if weight is not None and self.ok else 0
         if self.ok and self.bias is not None:
             self.ok = self.bias.shape == (self.channels,)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The weight's dtype (asked only when `ok`, so there is a weight)."""
+        assert self.weight is not None
+        return self.weight.dtype
 
     def current_bias(self) -> np.ndarray:
         assert self.weight is not None
@@ -105,10 +111,13 @@ class _ConvWeights:
     ) -> None:
         assert self.weight is not None
         dtype = self.weight.dtype
+        weight_value, bias_value = self.conv.inputs[1], _input(self.conv, 2)
         if weight is not None:
-            set_constant(self.conv.inputs[1], weight.astype(dtype))
+            assert weight_value is not None  # owned_constant read the weight there
+            set_constant(weight_value, weight.astype(dtype))
         if self.bias is not None:
-            set_constant(self.conv.inputs[2], bias.astype(dtype))
+            assert bias_value is not None  # and the bias
+            set_constant(bias_value, bias.astype(dtype))
         else:
             name = namer.fresh(f"{self.conv.name or self.conv.op_type}_bias")
             value = add_constant(scope, bias.astype(dtype), name, before=self.conv)
@@ -189,7 +198,8 @@ def fuse_conv_affine(scope: Scope, namer: Namer) -> int:
         for conv_side in (0, 1):
             if conv_side == 1 and node.op_type in ("Div", "Sub"):
                 break
-            conv = node.inputs[conv_side].producer() if node.inputs[conv_side] is not None else None
+            side = node.inputs[conv_side]
+            conv = side.producer() if side is not None else None
             if not is_op(conv, *_CONVS) or not is_internal(conv.outputs[0], node):
                 continue
             if _fold_affine(scope, namer, conv, node, node.inputs[1 - conv_side]):
@@ -215,10 +225,11 @@ def _fold_affine(
     bias = weights.current_bias()
     if node.op_type in ("Mul", "Div"):
         factor = c if node.op_type == "Mul" else 1.0 / c
-        new_weight: np.ndarray | None = _scale_out_channels(conv, weight, factor)
+        scaled = _scale_out_channels(conv, weight, factor)
+        new_weight: np.ndarray | None = scaled
         bias = bias * factor
         if weights.bias is None:  # a zero bias stays zero: do not add one
-            set_constant(conv.inputs[1], new_weight.astype(weights.weight.dtype))  # type: ignore[union-attr]
+            set_constant(_weight_value(conv), scaled.astype(weights.dtype))
             return _bypass(scope, node, conv.outputs[0])
     else:
         new_weight = None
@@ -268,7 +279,7 @@ def _fuse_input_affine(scope: Scope, namer: Namer) -> int:
             ]
             per_weight = c[channel].reshape((cout, cin_g) + (1,) * (weight.ndim - 2))
             if pre.op_type == "Mul":
-                set_constant(conv.inputs[1], (weight * per_weight).astype(weights.weight.dtype))  # type: ignore[union-attr]
+                set_constant(_weight_value(conv), (weight * per_weight).astype(weights.dtype))
             else:
                 if not _unpadded(conv):
                     continue
@@ -278,7 +289,7 @@ def _fuse_input_affine(scope: Scope, namer: Namer) -> int:
             scope.remove(pre, safe=True)
             remove_dead(
                 scope,
-                [v.producer() for v in pre.inputs if v is not None and v.producer() is not None],
+                [p for v in pre.inputs if v is not None and (p := v.producer()) is not None],
             )
             count += 1
             break
@@ -318,9 +329,7 @@ def fuse_pad(scope: Scope, namer: Namer) -> int:
             for attr in attrs:  # type: ignore[union-attr]
                 user.attributes[attr.name] = attr
             user.replace_input_with(0, pad.inputs[0])
-        feeders = [
-            v.producer() for v in pad.inputs[1:] if v is not None and v.producer() is not None
-        ]
+        feeders = [p for v in pad.inputs[1:] if v is not None and (p := v.producer()) is not None]
         scope.remove(pad, safe=True)
         remove_dead(scope, feeders)
         count += 1
@@ -332,7 +341,8 @@ def _pad_spec(pad: ir.Node) -> tuple[list[int], float | str] | None:
     mode = pad.attributes.get_string("mode", "constant")
     if mode not in ("constant", "edge"):
         return None
-    rank = len(pad.inputs[0].shape) if pad.inputs[0].shape is not None else None
+    x = pad.inputs[0]
+    rank = len(x.shape) if x is not None and x.shape is not None else None
     if len(pad.inputs) > 1:  # opset >= 11: pads, constant_value, axes are inputs
         pads = int_list(pad.inputs[1])
         value = 0.0
@@ -417,3 +427,14 @@ def _pad_target(node: ir.Node, amounts: list[int], value: float | str) -> list[i
 
 
 __all__ = ["fuse_conv_affine", "fuse_conv_batchnorm", "fuse_pad", "sole_user"]
+
+
+def _input(node: ir.Node, index: int) -> ir.Value | None:
+    return node.inputs[index] if index < len(node.inputs) else None
+
+
+def _weight_value(conv: ir.Node) -> ir.Value:
+    """The weight input of a conv whose weight `_ConvWeights` found constant."""
+    value = conv.inputs[1]
+    assert value is not None
+    return value

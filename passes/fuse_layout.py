@@ -94,7 +94,7 @@ def _drop(scope: Scope, node: ir.Node, replacement: ir.Value) -> bool:
     if not can_replace(node.outputs[0], replacement, scope):
         if node.op_type == "Identity":
             return False
-        feeders = [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+        feeders = [p for v in node.inputs if v is not None and (p := v.producer()) is not None]
         for name in list(node.attributes):
             del node.attributes[name]
         node.replace_input_with(0, replacement)
@@ -142,13 +142,13 @@ def _transpose(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     if q == list(range(len(q))):
         return _drop(scope, node, node.inputs[0])  # type: ignore[arg-type]
     inner = node.inputs[0].producer()  # type: ignore[union-attr]
-    if not is_op(inner, "Transpose") or inner.inputs[0] is None:  # type: ignore[union-attr]
+    if not is_op(inner, "Transpose") or inner.inputs[0] is None:
         return False
-    p = _perm(inner)  # type: ignore[arg-type]
+    p = _perm(inner)
     if p is None or len(p) != len(q):
         return False
     composed = [p[i] for i in q]
-    x = inner.inputs[0]  # type: ignore[union-attr]
+    x = inner.inputs[0]
     if composed == list(range(len(composed))):
         return _drop(scope, node, x)
     node.attributes["perm"] = ir.AttrInt64s("perm", composed)
@@ -165,12 +165,12 @@ def _reshape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     if _own_dims_shape(scope, namer, node):
         return True
     inner = node.inputs[0].producer()  # type: ignore[union-attr]
-    if not is_op(inner, *_SHAPE_ONLY) or inner.inputs[0] is None:  # type: ignore[union-attr]
+    if not is_op(inner, *_SHAPE_ONLY) or inner.inputs[0] is None:
         return False
     shape = int_list(node.inputs[1])
     if shape is None or (0 in shape and not node.attributes.get_int("allowzero", 0)):
         return False
-    _rewire(scope, node, inner.inputs[0])  # type: ignore[union-attr]
+    _rewire(scope, node, inner.inputs[0])
     return True
 
 
@@ -185,12 +185,12 @@ def _own_dims_shape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     Concat arithmetic goes."""
     x, target = node.inputs[0], node.inputs[1]
     concat = target.producer() if target is not None else None
-    if x is None or not is_op(concat, "Concat") or concat.attributes.get_int("axis", 0) != 0:  # type: ignore[union-attr]
+    if x is None or not is_op(concat, "Concat") or concat.attributes.get_int("axis", 0) != 0:
         return False
     if node.attributes.get_int("allowzero", 0):
         return False
     entries: list[int | tuple[ir.Value, int] | None] = []
-    for part in concat.inputs:  # type: ignore[union-attr]
+    for part in concat.inputs:
         values = int_list(part)
         if values is not None:
             entries.extend(values)
@@ -215,10 +215,13 @@ def _own_dims_shape(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     if unknown:
         new[unknown[0]] = -1
     constant = add_constant(
-        scope, np.array(new, np.int64), namer.fresh(f"{target.name or 'shape'}_const"), before=node
-    )  # type: ignore[union-attr]
+        scope,
+        np.array(new, np.int64),
+        namer.fresh(f"{(target.name if target is not None else None) or 'shape'}_const"),
+        before=node,
+    )
     node.replace_input_with(1, constant)
-    remove_dead(scope, [concat])  # type: ignore[list-item]
+    remove_dead(scope, [concat])
     return True
 
 
@@ -226,30 +229,30 @@ def _dim_of(value: ir.Value | None) -> tuple[ir.Value, int] | None:
     """(x, i) when `value` is the 1-element vector [x.shape[i]] built from Shape(x)."""
     node = value.producer() if value is not None else None
     if is_op(node, "Unsqueeze"):
-        axes = _axes(node)  # type: ignore[arg-type]
-        inner = node.inputs[0].producer() if node.inputs[0] is not None else None  # type: ignore[union-attr]
+        axes = _axes(node)
+        inner = node.inputs[0].producer() if node.inputs[0] is not None else None
         if axes not in ([0], [-1]) or not is_op(inner, "Gather"):
             return None
-        index = const_array(inner.inputs[1])  # type: ignore[union-attr]
+        index = const_array(inner.inputs[1])
         if index is None or index.ndim != 0:
             return None
         node = inner
     elif is_op(node, "Gather"):
-        index = const_array(node.inputs[1])  # type: ignore[union-attr]
+        index = const_array(node.inputs[1])
         if index is None or index.shape != (1,):
             return None
     else:
         return None
-    if node.attributes.get_int("axis", 0) != 0:  # type: ignore[union-attr]
+    if node.attributes.get_int("axis", 0) != 0:
         return None
-    shape = node.inputs[0].producer() if node.inputs[0] is not None else None  # type: ignore[union-attr]
-    if not is_op(shape, "Shape") or shape.inputs[0] is None or "end" in shape.attributes:  # type: ignore[union-attr]
+    shape = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if not is_op(shape, "Shape") or shape.inputs[0] is None or "end" in shape.attributes:
         return None
-    start = shape.attributes.get_int("start", 0)  # type: ignore[union-attr]
+    start = shape.attributes.get_int("start", 0)
     position = int(index.reshape(-1)[0])
     if start < 0 or (start > 0 and position < 0):
         return None
-    return shape.inputs[0], position + start  # type: ignore[union-attr, return-value]
+    return shape.inputs[0], position + start
 
 
 # --------------------------------------------------------------------------- case 3 and 4
@@ -321,7 +324,7 @@ def _unsqueeze(scope: Scope, namer: Namer, node: ir.Node) -> bool:
         return False
     if is_op(inner, "Reshape") and is_internal(node.inputs[0], node):  # type: ignore[arg-type]
         shape = int_list(inner.inputs[1]) if len(inner.inputs) > 1 else None
-        if shape is None or 0 in shape or inner.attributes.get_int("allowzero", 0):
+        if shape is None or 0 in shape or bool(inner.attributes.get_int("allowzero", 0)):
             return False
         b_n = _normalized(b, len(shape) + len(b))
         if b_n is None:
@@ -348,7 +351,7 @@ def _squeeze(scope: Scope, namer: Namer, node: ir.Node) -> bool:
         return False
     if is_op(inner, "Reshape") and is_internal(node.inputs[0], node):  # type: ignore[arg-type]
         shape = int_list(inner.inputs[1]) if len(inner.inputs) > 1 else None
-        if shape is None or 0 in shape or inner.attributes.get_int("allowzero", 0):
+        if shape is None or 0 in shape or bool(inner.attributes.get_int("allowzero", 0)):
             return False
         b_n = _normalized(b, len(shape))
         if b_n is None or any(shape[axis] != 1 for axis in b_n):
@@ -438,15 +441,15 @@ def _cast(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     if x.dtype is not None and x.dtype == target:
         return _drop(scope, node, x)
     inner = x.producer()
-    if not is_op(inner, "Cast") or inner.inputs[0] is None:  # type: ignore[union-attr]
+    if not is_op(inner, "Cast") or inner.inputs[0] is None:
         return False
-    source = inner.inputs[0].dtype  # type: ignore[union-attr]
-    middle = inner.attributes.get_int("to", None)  # type: ignore[union-attr]
+    source = inner.inputs[0].dtype
+    middle = inner.attributes.get_int("to", None)
     if source is None or middle is None or not exact_cast(source, ir.DataType(middle)):
         return False
     if source == target:
-        return _drop(scope, node, inner.inputs[0])  # type: ignore[union-attr, arg-type]
-    _rewire(scope, node, inner.inputs[0])  # type: ignore[union-attr]
+        return _drop(scope, node, inner.inputs[0])
+    _rewire(scope, node, inner.inputs[0])
     return True
 
 
@@ -466,12 +469,11 @@ def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
         inner = value.producer() if value is not None else None
         if (
             is_op(inner, "Concat")
+            and value is not None
             and is_internal(value, node)
-            and _same_axis(  # type: ignore[arg-type]
-                inner.attributes.get_int("axis", None), axis, rank
-            )
-        ):  # type: ignore[union-attr]
-            merged.extend(inner.inputs)  # type: ignore[union-attr]
+            and _same_axis(inner.attributes.get_int("axis", None), axis, rank)
+        ):
+            merged.extend(inner.inputs)
             inner_nodes.append(inner)
         else:
             merged.append(value)
@@ -480,7 +482,7 @@ def _concat(scope: Scope, namer: Namer, node: ir.Node) -> bool:
     node.resize_inputs(len(merged))
     for i, value in enumerate(merged):
         node.replace_input_with(i, value)
-    remove_dead(scope, inner_nodes)  # type: ignore[arg-type]
+    remove_dead(scope, inner_nodes)
     return True
 
 
@@ -493,10 +495,12 @@ def _stack_as_reshape(scope: Scope, namer: Namer, node: ir.Node, axis: int) -> b
         return False
     sources = []
     for value in inputs:
-        inner = value.producer()  # type: ignore[union-attr]
-        if not is_op(inner, "Unsqueeze") or not is_internal(value, node) or inner.inputs[0] is None:  # type: ignore[arg-type, union-attr]
+        if value is None:  # checked above; narrows the type
             return False
-        sources.append((inner, inner.inputs[0]))  # type: ignore[union-attr]
+        inner = value.producer()
+        if not is_op(inner, "Unsqueeze") or not is_internal(value, node) or inner.inputs[0] is None:
+            return False
+        sources.append((inner, inner.inputs[0]))
     shapes = {tuple(src.shape) if src.shape is not None else None for _, src in sources}
     if len(shapes) != 1 or None in shapes:
         return False

@@ -92,12 +92,12 @@ def _dim(value: ir.Value | None, axis: int) -> int | None:
 def _untransposed(value: ir.Value, matmul: ir.Node) -> tuple[ir.Value, int, ir.Node | None]:
     """(input, trans flag, Transpose node absorbed) for a Gemm operand (case 2)."""
     node = value.producer()
-    if is_op(node, "Transpose") and is_internal(value, matmul) and node.inputs[0] is not None:  # type: ignore[union-attr]
-        perm = node.attributes.get_ints("perm", None)  # type: ignore[union-attr]
+    if is_op(node, "Transpose") and is_internal(value, matmul) and node.inputs[0] is not None:
+        perm = node.attributes.get_ints("perm", None)
         if (perm is not None and list(perm) == [1, 0]) or (
             perm is None and rank_of(node.inputs[0]) == 2
-        ):  # type: ignore[union-attr]
-            return node.inputs[0], 1, node  # type: ignore[union-attr, return-value]
+        ):
+            return node.inputs[0], 1, node
     return value, 0, None
 
 
@@ -182,12 +182,14 @@ class _Batched:
             int_list(consumer.inputs[1])
             if is_op(consumer, "Reshape") and len(consumer.inputs) > 1
             else None
-        )  # type: ignore[union-attr]
+        )
         self.consumer = (
             consumer
-            if shape is not None and (0 not in shape or consumer.attributes.get_int("allowzero", 0))
+            if shape is not None
+            and consumer is not None
+            and (0 not in shape or bool(consumer.attributes.get_int("allowzero", 0)))
             else None
-        )  # type: ignore[union-attr]
+        )
         a_shape = static_shape(matmul.inputs[0])
         self.out_shape = None if a_shape is None else [*a_shape[:-1], int(weight.shape[1])]
 
@@ -204,7 +206,7 @@ def _batched_candidate(add: ir.Node) -> _Batched | None:
         matmul = product.producer() if product is not None else None
         if not is_op(matmul, "MatMul") or not is_internal(product, add):  # type: ignore[arg-type]
             continue
-        a, b = matmul.inputs  # type: ignore[union-attr]
+        a, b = matmul.inputs
         weight, c = const_array(b), const_array(bias)
         rank = rank_of(a)
         if weight is None or c is None or weight.ndim != 2 or rank is None or rank < 3:
@@ -212,8 +214,8 @@ def _batched_candidate(add: ir.Node) -> _Batched | None:
         if (
             weight.dtype.kind != "f"
             or c.dtype != weight.dtype
-            or (a.dtype is not None and a.dtype not in _GEMM_TYPES)
-        ):  # type: ignore[union-attr]
+            or (a is not None and a.dtype is not None and a.dtype not in _GEMM_TYPES)
+        ):
             continue
         n = int(weight.shape[1])
         if (
@@ -248,7 +250,7 @@ def _fuse_batched(scope: Scope, namer: Namer) -> int:
             and not a.is_graph_output()
             and readers == {id(c.matmul) for c in group}
             and inner.inputs[0] is not None
-        )  # type: ignore[union-attr]
+        )
         cost = len(group) + (0 if merges_pre else 1) + sum(c.post_cost for c in group)
         if cost >= 2 * len(group):
             continue

@@ -132,24 +132,24 @@ def _polynomial(
     if const_array(value) is not None:
         return None
     node = value.producer()
-    if not is_op(node, "Add", "Sub", "Mul", "Div", "Pow") or len(node.inputs) != 2:  # type: ignore[union-attr]
+    if not is_op(node, "Add", "Sub", "Mul", "Div", "Pow") or len(node.inputs) != 2:
         return None
-    op = node.op_type  # type: ignore[union-attr]
-    left = _polynomial(node.inputs[0], x, depth + 1)  # type: ignore[union-attr]
+    op = node.op_type
+    left = _polynomial(node.inputs[0], x, depth + 1)
     if left is None:
         return None
     if op == "Pow":
-        exponent = scalar(node.inputs[1])  # type: ignore[union-attr]
+        exponent = scalar(node.inputs[1])
         if exponent is None or exponent != int(exponent) or not 1 <= exponent <= 4:
             return None
         terms = {0.0: 1.0}
         for _ in range(int(exponent)):
             terms = _multiply(terms, left[0])
-        return terms, left[1] + [node]  # type: ignore[list-item]
-    right = _polynomial(node.inputs[1], x, depth + 1)  # type: ignore[union-attr]
+        return terms, left[1] + [node]
+    right = _polynomial(node.inputs[1], x, depth + 1)
     if right is None:
         return None
-    nodes = left[1] + right[1] + [node]  # type: ignore[list-item]
+    nodes = left[1] + right[1] + [node]
     if op in ("Add", "Sub"):
         terms = dict(left[0])
         sign = 1.0 if op == "Add" else -1.0
@@ -250,24 +250,24 @@ def _gelu_at(inner: ir.Node) -> tuple[ir.Value, ir.Node, list[ir.Node], bool] | 
         if not ok:
             continue
         one_plus = sole_user(inner.outputs[0])
-        if not is_op(one_plus, "Add") or len(one_plus.inputs) != 2:  # type: ignore[union-attr]
+        if not is_op(one_plus, "Add") or len(one_plus.inputs) != 2:
             continue
-        other = one_plus.inputs[1] if one_plus.inputs[0] is inner.outputs[0] else one_plus.inputs[0]  # type: ignore[union-attr]
+        other = one_plus.inputs[1] if one_plus.inputs[0] is inner.outputs[0] else one_plus.inputs[0]
         if not close(scalar(other), 1.0):
             continue
         # Climb through the Mul/Div chain above (1 + erf) until it reads 0.5 * x * (1 + erf).
-        value = one_plus.outputs[0]  # type: ignore[union-attr]
+        value = one_plus.outputs[0]
         for _ in range(4):
             user = sole_user(value)
             if not is_op(user, "Mul", "Div"):
                 break
-            value = user.outputs[0]  # type: ignore[union-attr]
-            found = _product(value, {0: x, 1: one_plus.outputs[0]})  # type: ignore[union-attr]
+            value = user.outputs[0]
+            found = _product(value, {0: x, 1: one_plus.outputs[0]})
             if found is None or found.coef.size != 1:
                 break
             if found.powers == {0: 1.0, 1: 1.0} and close(float(found.coef.reshape(())), 0.5):
-                nodes = arg_nodes + [inner, one_plus] + found.nodes  # type: ignore[list-item]
-                return x, user, _unique(nodes), tanh  # type: ignore[return-value]
+                nodes = arg_nodes + [inner, one_plus] + found.nodes
+                return x, user, _unique(nodes), tanh
     return None
 
 
@@ -277,21 +277,21 @@ def _candidates(argument: ir.Value | None, tanh: bool) -> list[ir.Value]:
     node = argument.producer() if argument is not None else None
     if not tanh:
         if is_op(node, "Mul", "Div"):
-            return [v for v in node.inputs if v is not None and const_array(v) is None]  # type: ignore[union-attr]
+            return [v for v in node.inputs if v is not None and const_array(v) is None]
         return []
     found: list[ir.Value] = []
     stack = [(argument, 0)]
     while stack:
         value, depth = stack.pop()
         node = value.producer() if value is not None else None
-        if depth > 8 or not is_op(node, "Mul", "Div", "Add", "Sub", "Pow") or len(node.inputs) != 2:  # type: ignore[union-attr]
+        if depth > 8 or not is_op(node, "Mul", "Div", "Add", "Sub", "Pow") or len(node.inputs) != 2:
             continue
-        a, b = node.inputs  # type: ignore[union-attr]
+        a, b = node.inputs
         if (
             (node.op_type == "Pow" or (node.op_type == "Mul" and a is b))
             and a is not None
             and a not in found
-        ):  # type: ignore[union-attr]
+        ):
             found.append(a)
         stack.extend((v, depth + 1) for v in (a, b) if v is not None and const_array(v) is None)
     return found
@@ -333,7 +333,7 @@ def fuse_layernorm(scope: Scope, namer: Namer) -> int:
         if _replace_root(scope, root, fused, nodes):
             count += 1
         else:
-            remove_dead(scope, [v.producer() for v in inputs[1:] if v.producer() is not None])  # type: ignore[misc]
+            remove_dead(scope, [v.producer() for v in inputs[1:] if v.producer() is not None])
     return count
 
 
@@ -408,26 +408,26 @@ def _layernorm_at(mean_node: ir.Node):  # type: ignore[no-untyped-def]
             ):
                 continue
             var_node = sole_user(square.outputs[0])
-            if not is_op(var_node, "ReduceMean") or _reduce_axes(var_node) is None:  # type: ignore[arg-type]
+            if not is_op(var_node, "ReduceMean") or _reduce_axes(var_node) is None:
                 continue
             if _trailing_axis(_reduce_axes(var_node), rank) != axis:  # type: ignore[arg-type]
                 continue
-            add_eps = sole_user(var_node.outputs[0])  # type: ignore[union-attr]
-            if not is_op(add_eps, "Add") or len(add_eps.inputs) != 2:  # type: ignore[union-attr]
+            add_eps = sole_user(var_node.outputs[0])
+            if not is_op(add_eps, "Add") or len(add_eps.inputs) != 2:
                 continue
             eps_value = (
                 add_eps.inputs[1] if add_eps.inputs[0] is var_node.outputs[0] else add_eps.inputs[0]
-            )  # type: ignore[union-attr]
+            )
             eps = scalar(eps_value)
             if eps is None or eps < 0:
                 continue
-            found = _normalized_root(d_values, add_eps.outputs[0])  # type: ignore[union-attr]
+            found = _normalized_root(d_values, add_eps.outputs[0])
             if found is None:
                 continue
             root, product, tail = found
             nodes = _unique(
                 [mean_node, *centered, square, var_node, add_eps, *product.nodes, *tail]
-            )  # type: ignore[list-item]
+            )
             scale_bias = _scale_and_bias(product.coef, tail, x, axis)
             if scale_bias is None:
                 continue
@@ -452,18 +452,19 @@ def _normalized_root(d_values: list[ir.Value], var_eps: ir.Value):  # type: igno
                         and product.powers.get(len(d_values)) == -0.5
                         and len(product.powers) == 2
                     ):
-                        best = (value.producer(), product)
+                        producer = value.producer()
+                        best = (producer, product) if producer is not None else best
                 user = sole_user(value)
                 if not is_op(user, "Mul", "Div", "Sqrt", "Reciprocal"):
                     break
-                value = user.outputs[0]  # type: ignore[union-attr]
+                value = user.outputs[0]
             if best is None:
                 continue
             root, product = best
             tail: list[ir.Node] = []
             add = sole_user(root.outputs[0])
-            if is_op(add, "Add") and len(add.inputs) == 2:  # type: ignore[union-attr]
-                tail = [add]  # type: ignore[list-item]
+            if is_op(add, "Add") and len(add.inputs) == 2:
+                tail = [add]
                 root = add
             return root, product, tail
     return None
@@ -490,7 +491,7 @@ def _scale_and_bias(
         if not full:
             return None
         normalized = tuple(full[0].shape[-k:])
-    out = []
+    out: list[np.ndarray | None] = []
     for array in (coef, bias):
         if array is None:
             out.append(None)
@@ -506,4 +507,6 @@ def _scale_and_bias(
         if any(t not in (1, n) for t, n in zip(tail_shape, normalized, strict=False)):
             return None
         out.append(np.broadcast_to(array.reshape(tail_shape), normalized).copy())
-    return out[0], out[1]
+    scale, shift = out
+    assert scale is not None  # coef is an array
+    return scale, shift

@@ -137,10 +137,10 @@ def _sink_once(scope: Scope, namer: Namer, t: ir.Node) -> ir.Node | bool:
     op = u.op_type
     if op in UNARY and u.inputs[0] is t.outputs[0]:
         if any(
-            const_array(v) is None or const_array(v).size != 1
+            (array := const_array(v)) is None or array.size != 1
             for v in u.inputs[1:]
             if v is not None
-        ):  # type: ignore[union-attr]
+        ):
             return False
         u.replace_input_with(0, x)
         return _move_below(scope, namer, t, u, perm)
@@ -156,10 +156,10 @@ def _sink_once(scope: Scope, namer: Namer, t: ir.Node) -> ir.Node | bool:
             and perm_of(partner) == perm
             and sole_user(other) is u
             and partner.inputs[0] is not None
-        ):  # type: ignore[union-attr]
+        ):
             u.replace_input_with(side, x)
-            u.replace_input_with(1 - side, partner.inputs[0])  # type: ignore[union-attr]
-            scope.remove(partner, safe=True)  # type: ignore[arg-type]
+            u.replace_input_with(1 - side, partner.inputs[0])
+            scope.remove(partner, safe=True)
             return _move_below(scope, namer, t, u, perm)
         c = const_array(other)
         if c is None or c.ndim > len(perm) or (op == "PRelu" and side != 0):
@@ -198,7 +198,7 @@ def _move_below(scope: Scope, namer: Namer, t: ir.Node, u: ir.Node, perm: list[i
     new.type = out_type
     new.shape = shape
     if shape is not None and len(shape) == len(perm):
-        dims = [None] * len(perm)
+        dims: list[int | ir.SymbolicDim | None] = [None] * len(perm)
         for i, p in enumerate(perm):
             dims[p] = shape[i]
         out.shape = ir.Shape(dims)
@@ -256,35 +256,35 @@ def _absorb_into_reduce(
 def _hoist_over_pad(scope: Scope, namer: Namer, t: ir.Node, perm: list[int]) -> bool:
     """Transpose(Pad(x)) -> Pad(Transpose(x)) when a Conv/pool reads the Transpose."""
     pad = t.inputs[0].producer() if t.inputs[0] is not None else None
-    if not is_op(pad, "Pad") or sole_user(pad.outputs[0]) is not t or pad.inputs[0] is None:  # type: ignore[union-attr]
+    if not is_op(pad, "Pad") or sole_user(pad.outputs[0]) is not t or pad.inputs[0] is None:
         return False
     if not is_op(sole_user(t.outputs[0]), "Conv", "AveragePool", "MaxPool"):
         return False
-    if len(pad.inputs) < 2 or (len(pad.inputs) > 3 and pad.inputs[3] is not None):  # type: ignore[union-attr]
+    if len(pad.inputs) < 2 or (len(pad.inputs) > 3 and pad.inputs[3] is not None):
         return False
-    pads = int_list(pad.inputs[1])  # type: ignore[union-attr]
+    pads_value = pad.inputs[1]
+    pads = int_list(pads_value)
     rank = len(perm)
-    if pads is None or len(pads) != 2 * rank:
+    if pads_value is None or pads is None or len(pads) != 2 * rank:
         return False
     begins, ends = pads[:rank], pads[rank:]
     permuted = [begins[p] for p in perm] + [ends[p] for p in perm]
-    x = pad.inputs[0]  # type: ignore[union-attr]
-    pads_value = pad.inputs[1]  # type: ignore[union-attr]
+    x = pad.inputs[0]
     if sole_user(pads_value) is pad:
-        set_constant(pads_value, np.array(permuted, np.int64))  # type: ignore[arg-type]
+        set_constant(pads_value, np.array(permuted, np.int64))
     else:
         pad.replace_input_with(
             1, add_constant(scope, np.array(permuted, np.int64), namer.fresh("pads_t"), pad)
-        )  # type: ignore[union-attr]
+        )
     # Rewire: t reads x, the Pad reads t, the Conv reads the Pad.
     reader_uses = list(t.outputs[0].uses())
     t.replace_input_with(0, x)
-    pad.replace_input_with(0, t.outputs[0])  # type: ignore[union-attr]
+    pad.replace_input_with(0, t.outputs[0])
     for use in reader_uses:
-        use.node.replace_input_with(use.idx, pad.outputs[0])  # type: ignore[union-attr]
+        use.node.replace_input_with(use.idx, pad.outputs[0])
     graph = home(scope)
     graph.remove(t, safe=False)
-    graph.insert_before(pad, t)  # type: ignore[arg-type]
-    pad_out, t_out = pad.outputs[0], t.outputs[0]  # type: ignore[union-attr]
+    graph.insert_before(pad, t)
+    pad_out, t_out = pad.outputs[0], t.outputs[0]
     pad_out.shape, t_out.shape = t_out.shape, None
     return in_scope(t, scope)

@@ -49,12 +49,12 @@ class FixInputShapes(ir.passes.InPlacePass):
             for value in graph_values(model):
                 if value.shape is None:
                     continue
-                dims = [
-                    named.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d
+                renamed = [
+                    named.get(d.value, d) if isinstance(d, ir.SymbolicDim) and d.value else d
                     for d in value.shape.dims
                 ]
-                if tuple(dims) != tuple(value.shape.dims):
-                    value.shape = ir.Shape(dims)
+                if tuple(renamed) != tuple(value.shape.dims):
+                    value.shape = ir.Shape(renamed)
                     modified = True
         return ir.passes.PassResult(model, modified)
 
@@ -108,12 +108,13 @@ def resolved_input_shapes(
     named = check_input_shapes(model, shapes)
     resolved: dict[str, tuple[int, ...]] = {}
     for value in model.graph.inputs:
-        if value.name in model.graph.initializers or value.shape is None:
+        name = value.name or ""
+        if name in model.graph.initializers or value.shape is None:
             continue
-        if value.name in shapes:
-            resolved[value.name] = tuple(shapes[value.name])
+        if name in shapes:
+            resolved[name] = tuple(shapes[name])
             continue
-        resolved[value.name] = tuple(
+        resolved[name] = tuple(
             d if isinstance(d, int) else named.get(d.value, free_dim) if d.value else free_dim
             for d in value.shape.dims
         )

@@ -7,7 +7,7 @@ Covers the main graph, every If / Loop / Scan body (nested) and local functions.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
@@ -214,9 +214,10 @@ def _removable_states(
     return [k for k in candidates if body.inputs[input_offset + k] not in live]
 
 
-def _remove_positions(values: list[ir.Value] | object, positions: list[int]) -> None:
+def _remove_positions(values: Any, positions: list[int]) -> None:
+    """`values`: a graph's inputs or outputs (a list-like of onnx_ir values)."""
     for index in sorted(set(positions), reverse=True):
-        values.pop(index)  # type: ignore[attr-defined]
+        values.pop(index)
 
 
 def _drop_attr_entries(attributes: dict[str, ir.Attr], name: str, positions: list[int]) -> None:

@@ -87,5 +87,5 @@ def parity_feeds(
     """Feeds for the guard and parity figures: eval data, else calibration data, else generated."""
     source = eval_data if eval_data is not None else calib
     count = PARITY_FEEDS if source is not None else 8
-    feeds, _, _ = resolve_feeds(model, source, count=count)  # type: ignore[arg-type]  # open_feeds reads any FeedSource
+    feeds, _, _ = resolve_feeds(model, source, count=count)  # open_feeds reads any FeedSource
     return feeds

@@ -494,4 +494,3 @@ def _value_names(model: ir.Model) -> set[str]:
     for node in model.graph:
         names.update(o.name or "" for o in node.outputs)
     return names
-

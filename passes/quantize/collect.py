@@ -248,7 +248,7 @@ def _feed_factory(
     if isinstance(feeds, Mapping):
         return (lambda: iter([dict(feeds)])), None
     if callable(feeds) and not hasattr(feeds, "__iter__"):
-        return (lambda: _limited(iter(feeds()), limit)), None  # type: ignore[operator]
+        return (lambda: _limited(iter(feeds()), limit)), None
     if isinstance(feeds, Iterator) or getattr(
         feeds, "_once", False
     ):  # a generator, or a FeedStream over one

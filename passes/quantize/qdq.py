@@ -220,9 +220,9 @@ def _prepend(graph: ir.Graph, nodes: list[ir.Node]) -> None:
 def _graph_of(value: ir.Value, model: ir.Model) -> ir.Graph:
     producer = value.producer()
     if producer is not None and producer.graph is not None:
-        return producer.graph  # type: ignore[return-value]
+        return producer.graph
     if value.graph is not None:
-        return value.graph  # type: ignore[return-value]
+        return value.graph
     return model.graph
 
 
