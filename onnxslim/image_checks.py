@@ -50,8 +50,8 @@ def doubts(model: ir.Model | None, input_name: str, dtype: np.dtype) -> list[Dou
             Doubt(
                 ("order",),
                 f"input {input_name!r} is {dtype} (raw pixels 0..255, normalized inside the "
-                "model), so its channel order cannot be guessed",
-                "order=RGB' or 'order=BGR",
+                "model), so its channel order cannot be guessed (order=RGB or order=BGR)",
+                "order=RGB",
             )
         )
     elif model is not None:
@@ -93,9 +93,10 @@ def _first_scaling(model: ir.Model, input_name: str) -> str | None:
             what = f"{'subtracts' if node.op_type == 'Sub' else 'adds'} {_values(magnitude)}"
         else:
             return None
+        named = f"{node.op_type} {node.name!r}" if node.name else node.op_type
         return (
-            f"the model's first op on input {input_name!r} ({node.op_type} {node.name!r}) "
-            f"{what}: it takes pixels 0..255, not the guessed 0..1"
+            f"the model's first op on input {input_name!r} ({named}) {what}: it takes "
+            "pixels 0..255, not the guessed 0..1"
         )
     return None
 
@@ -120,17 +121,21 @@ def _metadata_doubts(model: ir.Model) -> list[Doubt]:
             )
         if key == "Image.NominalPixelRange" and "0_255" in text:
             found.append(Doubt(("scale",), f"metadata {key!r} is {text!r}", "scale=1"))
-        mean = _numbers_after("mean", both)
-        std = _numbers_after("std", both)
-        if mean or std:
+        named = {
+            name: values
+            for name in ("mean", "std")
+            if (values := _numbers_after(name, both)) is not None
+        }
+        if named:
             suggestion = ";".join(
-                f"{name}={','.join(values) if values else '...'}"
-                for name, values in (("mean", mean), ("std", std))
+                f"{name}={','.join(values) if values else '...'}" for name, values in named.items()
             )
+            what = "/".join(named)
+            fields = tuple(named)
+            if any(abs(float(v)) >= 2 for v in named.get("mean") or ()):  # pixel units
+                fields, suggestion = ("scale", *fields), f"scale=1;{suggestion}"
             found.append(
-                Doubt(
-                    ("mean", "std"), f"metadata {key!r} names a mean/std normalization", suggestion
-                )
+                Doubt(fields, f"metadata {key!r} names a {what} normalization", suggestion)
             )
     return found
 

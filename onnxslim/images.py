@@ -302,13 +302,17 @@ def _refuse_doubtful(
     found = doubts(model, spec.name, spec.dtype)
     stated = given.stated()
     open_doubts = [d for d in found if not set(d.fields) <= stated]
-    if open_doubts:
-        first = open_doubts[0]
-        more = f" (and {len(open_doubts) - 1} more)" if len(open_doubts) > 1 else ""
+    if open_doubts:  # every reason and one setting to pass, so one round fixes it
+        reasons = "; ".join(dict.fromkeys(d.reason for d in open_doubts))
+        settings: dict[str, str] = {}
+        for doubt in open_doubts:
+            for item in doubt.suggestion.split(";"):
+                settings.setdefault(item.partition("=")[0], item)
+        suggestion = ";".join(settings.values())
         raise UsageError(
-            f"{folder}: will not guess the image preprocessing: {first.reason}{more}; "
-            f"state it with --image-preprocess '{first.suggestion}' "
-            "(data.image_preprocess in a recipe, image_preprocessing= in Python)"
+            f"{folder}: will not guess the image preprocessing: {reasons}; state it with "
+            f"--image-preprocess '{suggestion}' (data.image_preprocess in a recipe, "
+            "image_preprocessing= in Python)"
         )
 
 
@@ -333,6 +337,16 @@ class ImageFolder:
 
     def describe(self) -> str:
         return f"{self.folder}: {self.preprocessing.describe()}"
+
+    def notice(self, option: str, given: ImagePreprocessing | str | None) -> str:
+        """The one line a command prints: what it applies, and which values were guesses."""
+        if isinstance(given, str):
+            given = ImagePreprocessing.parse(given)
+        p = self.preprocessing
+        taken = {"size", "layout", "channels"} | ({"order"} if p.channels == 1 else set())
+        guessed = sorted(p.stated() - (given.stated() if given else frozenset()) - taken)
+        how = f"; guessed: {', '.join(guessed)}" if guessed else ""
+        return f"{option} {self.folder}: images read as {p.describe()}{how}"
 
 
 def image_files(folder: Path) -> list[str]:
