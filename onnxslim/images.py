@@ -312,7 +312,7 @@ def _refuse_doubtful(
         raise UsageError(
             f"{folder}: will not guess the image preprocessing: {reasons}; state it with "
             f"--image-preprocess '{suggestion}' (data.image_preprocess in a recipe, "
-            "image_preprocessing= in Python)"
+            "onnxslim.ImageFolder(folder, '...') in Python)"
         )
 
 
@@ -323,11 +323,17 @@ class ImageFolder:
     Why a path too (`os.fspath` gives the folder): code that only passes data along,
     or names it in a report, keeps working, while `calibration.open_feeds` reads it
     with this preprocessing. Fields left None are guessed (and checked) against the
-    model the folder is opened with.
+    model the folder is opened with. From Python:
+    `onnxslim.quantize(model, calib=onnxslim.ImageFolder("imgs", "scale=1;order=BGR"))`.
     """
 
     folder: Path
     preprocessing: ImagePreprocessing = field(default_factory=ImagePreprocessing)
+
+    def __post_init__(self) -> None:  # accept a str path and the CLI's text form too
+        object.__setattr__(self, "folder", Path(self.folder))
+        if isinstance(self.preprocessing, str):
+            object.__setattr__(self, "preprocessing", ImagePreprocessing.parse(self.preprocessing))
 
     def __fspath__(self) -> str:
         return str(self.folder)

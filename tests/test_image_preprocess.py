@@ -240,3 +240,15 @@ def test_bad_preprocessing_text_and_misplaced_option_are_one_line_errors(
                "--image-preprocess", "layout=NHCW")  # fmt: skip
     assert done.returncode == 2 and "image layout must be NCHW or NHWC" in done.stderr
     assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "q.onnx").exists()
+
+
+def test_python_api_takes_an_image_folder_with_its_preprocessing(
+    tmp_path: Path, pngs: Path
+) -> None:
+    div = image_model(tmp_path / "div.onnx", first=("Div", 255.0))
+    with pytest.raises(UsageError, match=r"onnxslim.ImageFolder\(folder, '...'\) in Python"):
+        onnxslim.validate(div, div, feeds=pngs, runs=0, measure_memory=False)
+    report = onnxslim.validate(
+        div, div, feeds=onnxslim.ImageFolder(pngs, "scale=1"), runs=0, measure_memory=False
+    )
+    assert report.passed and "scale=1;mean=0;std=1;order=RGB" in report.summary()
