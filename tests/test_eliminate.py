@@ -172,8 +172,12 @@ KEPT = {
         x_shape=["N", 3],
         y_shape=[None, 3],
     ),
+    # seeded: an unseeded mask made both models drop different elements once in ~400 runs
     "dropout-training": lambda: case(
-        "Dropout", ["x", "r", "t"], inits=[init("r", np.float32(0.0001)), init("t", np.array(True))]
+        "Dropout",
+        ["x", "r", "t"],
+        attrs={"seed": 0},
+        inits=[init("r", np.float32(0.0001)), init("t", np.array(True))],
     ),
     "cast-narrowing-roundtrip": lambda: case(
         "Cast",
