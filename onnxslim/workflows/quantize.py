@@ -97,13 +97,16 @@ def quantize_model(
     threads: int = 1,
     progress: StageProgress | None = None,
     target_error: float | None = DEFAULT_TARGET_ERROR,
+    fix: bool = True,
     **options: Any,
 ) -> QuantizeResult:
     """Quantize (a copy of) `model` and validate it; `options` are the pass's fields.
 
     With `validate` and a `target_error` (points, onnxslim.agreement), every output is
     measured against the float model on feeds the calibration never saw (`data`, else
-    the calibration data's last quarter, held back) into `result.target`.
+    the calibration data's last quarter, held back) into `result.target`. Static int8
+    that misses it has the layers responsible fixed (`fix`, passes/quantize/repair.py)
+    on those feeds, so the figure reported is the fixed model's.
     """
     target = Target(target_error) if validate and target_error is not None else None
     if mode == "static":
@@ -115,6 +118,10 @@ def quantize_model(
             calib = open_feeds(calib, model, extra="keep")
         split = split_data(model, calib, data) if target is not None else None
         options["calib"] = split.fit if split is not None else calib
+        if split is not None and target is not None:
+            options.update(fix=fix, check=split.check, target_error=target.error)
+        else:
+            options["fix"] = False
     else:
         if calib is not None and data is None:
             data = calib  # dynamic and weight-only need no calibration; use it to validate
