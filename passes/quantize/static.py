@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.agreement import DEFAULT_TARGET_ERROR
 from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.passes._options import check_choice, data_field, option
@@ -159,7 +160,8 @@ class QuantizeStatic(ir.passes.InPlacePass):
         "layers responsible, cheapest first: other ranges, per-channel weights, float.",
     )
     target_error: float | None = option(
-        None, "Accuracy target in points (onnxslim.agreement); None: no target, no fixing."
+        DEFAULT_TARGET_ERROR,
+        "Accuracy target in points (onnxslim.agreement) the fixes aim at; None: no fixing.",
     )
     check: Any = data_field(
         "Held-out feeds the accuracy target is measured on (the workflow's split of the "
