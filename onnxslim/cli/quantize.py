@@ -202,12 +202,6 @@ def quantize_command(
             fix=fix,
             **options,
         )
-    if result.bytes_after > result.bytes_before:
-        err.print(
-            f"[red]refused:[/] the quantized model would be larger than the input "
-            f"({result.bytes_after} > {result.bytes_before} weight bytes); nothing written"
-        )
-        raise typer.Exit(1)
     opt.save_model(result.model, output, source=model, overwrite=overwrite, **save)
     size_in, size_out = model.stat().st_size, opt.written_bytes(output)
     if json_output:
@@ -308,6 +302,8 @@ def _print_report(
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:6]:
         out.print(f"float x{count}: {escape(reason)}")
     _print_fixes(report)
+    if result.kept_float:
+        out.print(f"[yellow]kept the float model[/] (cleaned up): {escape(result.kept_float)}")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(f"wrote {escape(str(output))}")

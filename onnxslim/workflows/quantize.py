@@ -54,6 +54,8 @@ class QuantizeResult(ModelResult):
     # timed interleaved on one thread; each step's ratio is against the model before it.
     latency: dict[str, float] | None = None
     target: Assessment | None = None  # every output against the accuracy target, held-out feeds
+    # Why the result is the (cleaned) float model: int8 paid nowhere; None when int8 was kept.
+    kept_float: str | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -82,6 +84,7 @@ class QuantizeResult(ModelResult):
             "seconds": self.seconds,
             "warnings": list(self.warnings),
             "target": self.target.to_dict() if self.target is not None else None,
+            "kept_float": self.kept_float,
         }
 
 
@@ -146,15 +149,15 @@ def quantize_model(
         seconds,
         warnings=list(report.warnings),
     )
-    if not report.quantized_nodes and not any(w.startswith("kept float") for w in report.warnings):
-        result.warnings.append(
-            "nothing was quantized: no op of this model has a faster or smaller int8 form here"
-        )
-    if result.bytes_after > result.bytes_before:
-        result.warnings.append(
-            f"the result holds more weight bytes than the input "
-            f"({result.bytes_after} > {result.bytes_before})"
-        )
+    why = _pays_nowhere(report, result.bytes_before, result.bytes_after)
+    if why is not None:
+        # A float model that runs is never refused: the result is the float model after
+        # the clean-up quantization starts from (static), with the reason in one line.
+        quantized = prepare(model)[0] if mode == "static" else model.clone()
+        result.model = quantized
+        result.bytes_after, result.nodes_after = tensor_bytes(quantized), node_count(quantized)
+        result.kept_float = why
+        result.warnings = [w for w in result.warnings if not w.startswith("kept float")]
     if validate:
         feeds_source = data if data is not None else calib
         result.validation, result.accuracy, feeds = _validate(
@@ -166,6 +169,18 @@ def quantize_model(
     if target is not None and split is not None:
         result.target = check_target(model, quantized, split, target)
     return result
+
+
+def _pays_nowhere(report: QuantizeReport, before: int, after: int) -> str | None:
+    """Why int8 pays nowhere for this model (the float model is the result), or None."""
+    if not report.quantized_nodes:
+        guard = next((w for w in report.warnings if w.startswith("kept float")), None)
+        if guard is not None:
+            return guard.removeprefix("kept float: ")
+        return "nothing was quantized: no op of this model has a faster or smaller int8 form here"
+    if after > before:
+        return f"int8 would hold more weight bytes than the float model ({after} > {before})"
+    return None
 
 
 def step_latency(

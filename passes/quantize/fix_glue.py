@@ -27,7 +27,7 @@ from .bias_correction import correct_biases
 from .build import StageProgress, apply_plan, plan_with_ranges
 from .collect import CollectConfig, collect_stats
 from .latency_guard import Configuration, latency_guard
-from .layer_noise import layer_tensors, rank_layers, relative_noise
+from .layer_noise import RANKED_ROLES, layer_tensors, rank_layers, relative_noise
 from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
 from .qdq import InsertReport
@@ -139,13 +139,18 @@ def fix_target(
     noise = relative_noise(context.prepared, start[2], names, feeds[:_RANK_FEEDS])
     ranked = rank_layers(layers, noise)
     report.fix_ranking = [{"layer": n, "noise": round(v, 6)} for n, v in ranked[:12]]
+    order = [n for n, _ in ranked]
+    # Layers inside If / Loop bodies cannot be exposed as outputs: unranked, tried last.
+    order += [
+        n for n, p in start[0].nodes.items() if p.role in RANKED_ROLES and n not in set(order)
+    ]
     outcome = repair(
         evaluate,
         (start, first),
-        [n for n, _ in ranked],
+        order,
         _range_tensors(start[0], layers),
         method=options.method,
-        per_tensor=[] if options.per_channel else [n for n, _ in ranked],
+        per_tensor=[] if options.per_channel else order,
     )
     chosen: Configuration = outcome.built
     assessment = outcome.assessment
