@@ -149,11 +149,15 @@ def quantize_model(
         seconds,
         warnings=list(report.warnings),
     )
-    why = _pays_nowhere(report, result.bytes_before, result.bytes_after)
+    # Static int8 starts from the cleaned float model: its weight bytes are what int8 must
+    # not exceed (a palettized input stores fewer bytes than the dense weights it runs).
+    cleaned = prepare(model)[0] if mode == "static" else None
+    reference_bytes = tensor_bytes(cleaned) if cleaned is not None else result.bytes_before
+    why = _pays_nowhere(report, reference_bytes, result.bytes_after)
     if why is not None:
         # A float model that runs is never refused: the result is the float model after
         # the clean-up quantization starts from (static), with the reason in one line.
-        quantized = prepare(model)[0] if mode == "static" else model.clone()
+        quantized = cleaned.clone() if cleaned is not None else model.clone()
         result.model = quantized
         result.bytes_after, result.nodes_after = tensor_bytes(quantized), node_count(quantized)
         result.kept_float = why
@@ -164,7 +168,6 @@ def quantize_model(
             model, quantized, feeds_source, validation_samples, threads, progress
         )
         if runs:
-            cleaned = prepare(model)[0] if mode == "static" else None
             result.latency = step_latency(model, cleaned, quantized, feeds, runs, threads)
     if target is not None and split is not None:
         result.target = check_target(model, quantized, split, target)
@@ -179,7 +182,9 @@ def _pays_nowhere(report: QuantizeReport, before: int, after: int) -> str | None
             return guard.removeprefix("kept float: ")
         return "nothing was quantized: no op of this model has a faster or smaller int8 form here"
     if after > before:
-        return f"int8 would hold more weight bytes than the float model ({after} > {before})"
+        return (
+            f"int8 would hold more weight bytes than the cleaned float model ({after} > {before})"
+        )
     return None
 
 

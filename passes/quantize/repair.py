@@ -30,7 +30,7 @@ from onnxslim.agreement import Assessment
 
 ALTERNATIVE_METHODS = ("percentile", "mse", "entropy")
 OFFENDERS = 16  # at most this many top-ranked layers get a range or granularity fix
-SHRINK_BUDGET = 12  # measurements spent dropping layers the ranking put in needlessly
+SHRINK_BUDGET = 6  # measurements spent dropping layers the ranking put in needlessly
 _BETTER = 0.98  # a fix is kept when it cuts the excess by at least 2 %
 
 
