@@ -68,6 +68,13 @@ def check_proto(proto: onnx.ModelProto, path: Path) -> None:
     """Our structural checks on every tensor of the model, subgraphs and functions included,
     and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
     _check_order(proto.graph, [], path)
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            if value.type.HasField("tensor_type") and not value.type.tensor_type.elem_type:
+                raise ModelLoadError(
+                    f"{path}: graph {kind} {value.name!r} has element type UNDEFINED "
+                    "(ONNX Runtime cannot load it)"
+                )
     for where, tensor in _tensors(proto):
         name = f"{path}: tensor {tensor.name or where!r}"
         if tensor.HasField("segment"):

@@ -120,6 +120,10 @@ def _undefined_dtype(m: onnx.ModelProto) -> None:
     m.graph.input[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
 
 
+def _undefined_output(m: onnx.ModelProto) -> None:  # onnx.checker lets this one through
+    m.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "duplicate initializer": (_dup_init, "not unique"),
     "duplicate input": (_dup_input, "graph input names multiple times"),
@@ -138,7 +142,8 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "unsorted nodes": (_unsorted, "topologically sorted"),
     "cycle": (_cycle, "topologically sorted"),
     "dangling input": (_dangling, "topologically sorted"),
-    "UNDEFINED dtype": (_undefined_dtype, "unknown"),
+    "UNDEFINED dtype": (_undefined_dtype, "unknown|UNDEFINED"),
+    "UNDEFINED output dtype": (_undefined_output, "UNDEFINED"),
 }
 
 
