@@ -65,7 +65,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEMA_KEYS = ("description", "data", "pass", "gates", "measure", "search")
-DATA_KEYS = ("calib", "eval", "calib_limit", "eval_limit", "image_preprocess")
+DATA_KEYS = ("calib", "eval", "max_samples", "eval_max_samples", "image_preprocess")
+# Old spellings of the sample caps, read (with a deprecation note) for one more release:
+# `max_samples` is the name every command's --max-samples uses.
+OLD_DATA_KEYS = {"calib_limit": "max_samples", "eval_limit": "eval_max_samples"}
 GATE_KEYS = (
     "metric",
     "max_accuracy_drop",
@@ -144,9 +147,10 @@ class Recipe:
     description: str = ""
     calib: str | None = None
     eval: str | None = None
-    calib_limit: int | None = None
-    eval_limit: int | None = None
+    max_samples: int | None = None  # calibration samples read (--max-samples)
+    eval_max_samples: int | None = None  # evaluation samples read
     image_preprocess: str | None = None  # ImagePreprocessing text, for image folders
+    deprecations: tuple[str, ...] = field(default=(), compare=False)  # old keys used
     gates: Gates = field(default_factory=Gates)
     measure: Measure = field(default_factory=Measure)
     search: dict[str, Any] = field(default_factory=dict)
@@ -171,7 +175,7 @@ class Recipe:
         digest = {
             "pass": [s.to_dict() for s in self.steps],
             "calib": file_sha256(self.calib) if self.calib else None,
-            "calib_limit": self.calib_limit,
+            "calib_limit": self.max_samples,  # the key's old name: hashes stay the same
         }
         if self.image_preprocess is not None:  # how images become feeds decides the output
             digest["image_preprocess"] = self.image_preprocess
@@ -294,7 +298,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         attempt(lambda: _bad(where, "description", "a string", description), None)
         description = ""
     data: Mapping[str, Any] = attempt(lambda: _table(document, "data", where), {})
-    attempt(lambda: _unknown(data, DATA_KEYS, where, "data."), None)
+    attempt(lambda: _unknown(data, (*DATA_KEYS, *OLD_DATA_KEYS), where, "data."), None)
     paths = {}
     for key in ("calib", "eval"):
         value = data.get(key)
@@ -307,10 +311,19 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         if not path.exists():
             errors.append(f"data.{key}: {value!r} does not exist (looked in {base})")
         paths[key] = str(path)
-    limits = {
-        k: attempt(partial(_int, data, k, where, "data.", minimum=1), None)
-        for k in ("calib_limit", "eval_limit")
-    }
+    limits: dict[str, int | None] = {}
+    deprecations = []
+    for old, new in OLD_DATA_KEYS.items():
+        key = new
+        if old in data and new in data:
+            errors.append(f"data.{old}: the old name of data.{new}; give only data.{new}")
+        elif old in data:
+            key = old
+            deprecations.append(
+                f"{where}: data.{old} is deprecated and will be removed in the next release; "
+                f"use data.{new}"
+            )
+        limits[new] = attempt(partial(_int, data, key, where, "data.", minimum=1), None)
     image_preprocess = data.get("image_preprocess")
     if image_preprocess is not None:
         if not isinstance(image_preprocess, str):
@@ -367,6 +380,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         calib=paths.get("calib"),
         eval=paths.get("eval"),
         image_preprocess=image_preprocess,
+        deprecations=tuple(deprecations),
         gates=gates,
         measure=measure,
         search=search,

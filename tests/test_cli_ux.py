@@ -3,6 +3,7 @@ per idea, tolerance presets, written sizes, external data, the distribution-name
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -56,6 +57,9 @@ def test_version_and_python_m() -> None:
     done = subprocess_cli("--version", env={})
     assert done.returncode == 0 and done.stdout.startswith(f"onnxslim {__version__} ")
     assert "onnxruntime" in done.stdout and done.stderr == ""
+    # The distribution has its own name; import and command names stay `onnxslim`.
+    assert "distribution onnxslim-edge" in done.stdout
+    assert importlib.metadata.version("onnxslim-edge") == __version__
 
 
 def test_help_text_shows_what_the_user_types(cli: Cli) -> None:
@@ -107,6 +111,9 @@ def test_optimize_reports_the_written_size_and_external_data(tmp_path: Path, cli
     table = cli("optimize", CNN, "-o", inline).stdout
     assert f"-> {inline.stat().st_size}" in table  # the table's last row is the written file
     assert "external data included" not in cli("inspect", inline).stdout
+    # Sizes are binary units, labelled as such (MiB, not "MB").
+    size = CNN.stat().st_size
+    assert f"{size / 1024:.1f} KiB ({size:,} bytes)" in cli("inspect", CNN).stdout
     # A threshold above every tensor keeps them all inside the .onnx file.
     big = tmp_path / "big.onnx"
     assert cli("optimize", CNN, "-o", big, "--external-data", "--external-threshold", 10**9)
@@ -250,3 +257,73 @@ def test_a_failed_gate_names_the_output_and_reports_carry_per_output_parity(
     assert output["top1_agreement"] is not None
     assert "| logits |" in (report / "report.md").read_text()
     assert "<td>logits</td>" in (report / "report.html").read_text()
+
+
+WRITERS = {  # every command that writes a model, with what it needs besides MODEL and -o
+    "optimize": ["optimize"],
+    "quantize": ["quantize", "--calib", CALIB],
+    "prune": ["prune"],
+    "cluster": ["cluster"],
+    "export": ["export"],
+    "run": ["run", "lossless"],
+    "search": ["search", "lossless"],
+}
+
+
+def _writer_args(name: str, model: Path, output: Path) -> list[object]:
+    command = WRITERS[name]
+    if name in ("run", "search"):  # RECIPE comes before MODEL
+        return [*command, model, "-o", output]
+    return [command[0], model, "-o", output, *command[1:]]
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_output_equal_to_the_input_is_one_line_for_every_writer(
+    tmp_path: Path, cli: Cli, name: str
+) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(CNN.read_bytes())
+    done = cli(*_writer_args(name, model, model))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: {model}: output is the input model; pass --overwrite to replace it"
+    ]
+    assert model.read_bytes() == CNN.read_bytes()
+    shown = cli(name, "--help").stdout
+    assert "--external-data" in shown and "--external-threshold" in shown
+
+
+def test_output_folders_are_created_and_a_file_in_the_way_is_one_line(
+    tmp_path: Path, cli: Cli
+) -> None:
+    """Before: `optimize -o newdir/x.onnx` exited 2 (`output folder does not exist`) and
+    `-o` equal to the input printed a Typer box; a shell now sees one line for the latter."""
+    nested = tmp_path / "new" / "deeper" / "x.onnx"
+    done = cli("optimize", CNN, "-o", nested)
+    assert done.returncode == 0 and nested.is_file(), done.stderr
+    (tmp_path / "file").write_text("x")
+    blocked = cli("optimize", CNN, "-o", tmp_path / "file" / "x.onnx")
+    assert blocked.returncode == 2 and len(blocked.stderr.strip().splitlines()) == 1
+    assert "is a file" in blocked.stderr and (tmp_path / "file").read_text() == "x"
+    same = subprocess_cli("optimize", nested, "-o", nested, env={"COLUMNS": "80"})
+    assert same.returncode == 2 and same.stdout == ""
+    assert (
+        same.stderr
+        == f"error: {nested}: output is the input model; pass --overwrite to replace it\n"
+    )
+
+
+def test_recipe_sample_cap_is_max_samples_and_the_old_key_warns(tmp_path: Path, cli: Cli) -> None:
+    """One name per idea: `max_samples` as in --max-samples; `calib_limit` still works this
+    release with a one-line warning naming the new key."""
+    recipe = tmp_path / "r.toml"
+    body = '[[pass]]\nname = "optimize"\n[measure]\nlatency_runs = 0\n'
+    recipe.write_text(f'[data]\ncalib = "{CALIB}"\ncalib_limit = 8\n{body}')
+    old = cli("run", recipe, CNN, "-o", tmp_path / "old.onnx", "--json")
+    assert old.returncode == 0, old.stderr
+    assert "data.calib_limit is deprecated" in old.stderr and "use data.max_samples" in old.stderr
+    assert json.loads(old.stdout)["recipe"]["document"]["data"]["max_samples"] == 8
+    recipe.write_text(f'[data]\ncalib = "{CALIB}"\nmax_samples = 8\n{body}')
+    new = cli("run", recipe, CNN, "-o", tmp_path / "new.onnx")
+    assert new.returncode == 0 and "deprecated" not in new.stderr, new.stderr
+    assert "max_samples = 64" in cli("recipes", "show", "mobile-int8").stdout

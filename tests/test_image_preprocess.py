@@ -178,6 +178,7 @@ STATED = "scale=1/255;mean=0.5;std=0.25;order=RGB"
         (["prune", CNN, "--runs", "0", "--calib"], "--calib"),
         (["cluster", CNN, "--bits", "4", "--calib"], "--calib"),
         (["validate", CNN, CNN, "--runs", "0", "--no-memory", "--data"], "--data"),
+        (["export", CNN, "--data"], "--data"),
     ],
 )
 def test_every_command_that_reads_data_applies_prints_and_records_it(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 from conftest import MODELS
 
@@ -92,11 +93,17 @@ def test_search_with_no_passing_candidate_is_exit_1_and_still_writes(
                 str(report_dir),
                 "--jobs",
                 "1",
+                "--input-shape",  # search runs the model: it takes --input-shape and --data
+                "input:1,1,16,16",
+                "--data",
+                str(MODELS / f"{NAME}.eval.npz"),
             ]
         )
         == 1
     )
     assert out.is_file()
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 16, 16]
     data = json.loads((report_dir / "report.json").read_text())
     assert not data["passed"] and data["search"]["note"].startswith("no candidate passed")
     assert all("min_size_reduction" in c["reason"] for c in data["search"]["candidates"])

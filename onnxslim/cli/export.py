@@ -8,9 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onnxslim import api
+from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json
+from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
+from onnxslim.errors import UsageError
 from onnxslim.validation import resolve_feeds
 from onnxslim.workflows.export import FP16_SENSITIVE_OPS, ExportOptions, export
 
@@ -67,6 +69,7 @@ def export_command(
     overwrite: bool = opt.OVERWRITE,
     write_anyway: bool = opt.WRITE_ANYWAY,
     force: bool = opt.FORCE,
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     external_data: bool | None = opt.EXTERNAL_DATA,
     external_threshold: int = opt.EXTERNAL_THRESHOLD,
     json_output: bool = opt.JSON,
@@ -75,6 +78,11 @@ def export_command(
     if force:
         deprecated("--force", "--write-anyway", "export")
         write_anyway = True
+    if io.same_file(model, output) and not overwrite:  # one line, exit 2, before the work
+        raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
+    sources = DataOptions(model, image_preprocess, input_shape)
+    feeds_source = sources.source(data, "--data")
+    sources.check_used()
     options = ExportOptions(
         input_shapes=tuple(input_shape or ()),
         opset=opset,
@@ -89,8 +97,8 @@ def export_command(
         rtol=rtol,
     )
     feeds = None
-    if data is not None:
-        feeds, _, _ = resolve_feeds(api.as_model(model), data, count=8)
+    if feeds_source is not None:
+        feeds, _, _ = resolve_feeds(api.as_model(model), feeds_source, count=8)
     result = export(
         model,
         output,
@@ -103,7 +111,7 @@ def export_command(
         external_threshold=external_threshold,
     )
     if json_output:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **sources.record()})
         return
     for step in result.steps:
         out.print(f"- {escape(step)}")

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ def run_recipe(
     say = progress or (lambda _m: None)
     recipe = load_recipe(recipe).with_data(calib, eval_data, image_preprocess)
     check_data(recipe)
+    tell_deprecations(recipe, notice)
     start = time.perf_counter()
     if isinstance(source, ir.Model):
         model, input_path = source, None
@@ -102,7 +104,7 @@ def run_recipe(
         model,
         eval_data=sources.eval,
         calib=sources.calib,
-        eval_limit=recipe.eval_limit,
+        eval_limit=recipe.eval_max_samples,
         parity_limit=recipe.measure.parity_feeds,
     )
     report = RunReport.start(recipe, input_path, input_bytes, evaluator)
@@ -213,6 +215,16 @@ def recipe_data(recipe: Recipe, model: ir.Model) -> RecipeData:
     return RecipeData(sources["calib"], sources["eval"], applied, notices)
 
 
+def tell_deprecations(recipe: Recipe, notice: Progress | None) -> None:
+    """Old recipe keys still work this release: one line each to `notice` (the CLI prints
+    it), or a DeprecationWarning for Python callers, who pass no notice."""
+    for note in recipe.deprecations:
+        if notice is not None:
+            notice(f"warning: {note}")
+        else:
+            warnings.warn(note, DeprecationWarning, stacklevel=3)
+
+
 def check_data(recipe: Recipe) -> None:
     """Steps that need calibration data must have it before anything runs."""
     for index, step in enumerate(recipe.steps):
@@ -254,8 +266,8 @@ def _run_step(
     if step.name == "quantize":
         return _quantize(model, options, calib, recipe)
     if step.name == "prune":
-        if recipe.calib_limit is not None:
-            options.setdefault("calib_count", recipe.calib_limit)
+        if recipe.max_samples is not None:
+            options.setdefault("calib_count", recipe.max_samples)
         pruned = prune(model, calib=calib, validate=False, **options)
         details = {
             "sparsity": pruned.sparsity,
@@ -302,15 +314,15 @@ def _quantize(
                 "the output may differ between runs"
             )
         options.setdefault("latency_guard", False)
-        if recipe.calib_limit is not None:
-            options.setdefault("max_samples", recipe.calib_limit)
+        if recipe.max_samples is not None:
+            options.setdefault("max_samples", recipe.max_samples)
     if max_drop is not None:
         aware = quantize_accuracy_aware(
             model,
             calib,
             max_drop=max_drop / 100.0,
             eval_data=recipe.eval,  # labelled .npz: no image folder carries labels
-            eval_limit=recipe.eval_limit,
+            eval_limit=recipe.eval_max_samples,
             options=QuantizeStatic(**options),
         )
         details = {"mode": mode, "accuracy_aware": aware.to_dict()}

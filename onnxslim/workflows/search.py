@@ -39,7 +39,13 @@ from onnxslim.errors import OnnxSlimError, PassFailed, UsageError
 from onnxslim.images import image_files
 from onnxslim.recipe import Recipe, load_recipe
 from onnxslim.report import RunReport
-from onnxslim.workflows.run import RecipeSpec, check_data, recipe_data, run_recipe
+from onnxslim.workflows.run import (
+    RecipeSpec,
+    check_data,
+    recipe_data,
+    run_recipe,
+    tell_deprecations,
+)
 
 Progress = Callable[[str], None]
 MAX_DEFAULT_JOBS = 4
@@ -87,6 +93,7 @@ def search_recipe(
             "(for example [search] bits = [2, 4])"
         )
     check_data(recipe)
+    tell_deprecations(recipe, notice or say)
     source = Path(source)
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
