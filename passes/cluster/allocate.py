@@ -23,7 +23,8 @@ pruning's sparsity allocation, passes/prune/allocation.py).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ FLOAT = 0  # Form.bits of the weight left as it is
 PER_TENSOR = 0  # Form.group_size of one palette per tensor
 GROUP_SIZES = (1, 4, 16)  # output channels per palette probed besides one per tensor
 FEW_MAX_CHANNELS = 4096  # big models: no per-channel forms above this many channels
+PER_CHANNEL_MAX_BITS = 4  # allocation=target: per-channel palettes probed up to this width
 BUDGET_UNITS = 5_000  # resolution of the knapsack: budget / this, in whole bytes
 
 
@@ -62,16 +64,90 @@ class Candidate:
         return {"form": self.form.label(), "bytes": self.cost, "error": self.error}
 
 
+@dataclass
+class Table:
+    """Every weight's candidates (the FLOAT form last), as the allocations choose from them."""
+
+    weights: Sequence[Any]  # cluster.weights.Weight, in row order
+    measure_all: bool  # every form probed (else one probe per weight, scaled)
+    feeds: int  # probe feeds
+    rows: list[list[Candidate]] = field(default_factory=list)
+    uniform: list[int] = field(default_factory=list)  # the uniform `bits` form of each row
+    function_bytes: dict[str, int] = field(default_factory=dict)
+    # each probed form's palettes (cluster.palette.Palettized), reused by trials and the result
+    palettes: dict[tuple[str, Form], Any] = field(default_factory=dict)
+
+    def cost(self, chosen: Sequence[int]) -> int:
+        """Bytes of one candidate per row, the expansion functions they need paid once."""
+        picked = [row[j] for row, j in zip(self.rows, chosen, strict=True)]
+        functions = frozenset().union(*(c.functions for c in picked))
+        return sum(c.cost for c in picked) + sum(self.function_bytes[f] for f in functions)
+
+    @property
+    def uniform_cost(self) -> int:
+        return self.cost(self.uniform)
+
+    @property
+    def dense_cost(self) -> int:
+        return sum(row[-1].cost for row in self.rows)
+
+    def forms(self, chosen: Sequence[int]) -> dict[str, Form]:
+        return {
+            w.name: row[j].form for w, row, j in zip(self.weights, self.rows, chosen, strict=True)
+        }
+
+    def summary(self, chosen: Sequence[int], budget: int) -> dict[str, Any]:
+        """The report's view of an allocation: bytes and summed errors against uniform."""
+        picked = [row[j] for row, j in zip(self.rows, chosen, strict=True)]
+        uniform = [row[j] for row, j in zip(self.rows, self.uniform, strict=True)]
+        elements = sum(w.value.const_value.size for w in self.weights)
+        chosen_bytes = self.cost(chosen)
+        return {
+            "budget_bytes": budget,
+            "chosen_bytes": chosen_bytes,
+            "chosen_error": sum(c.error for c in picked),
+            "uniform_bytes": self.uniform_cost,
+            "uniform_error": sum(c.error for c in uniform),
+            "float_bytes": self.dense_cost,
+            "bits_per_weight": 8.0 * chosen_bytes / elements if elements else 0.0,
+            "probe_feeds": self.feeds,
+            "errors": "measured per form" if self.measure_all else "one probe per weight, scaled",
+            "weights": [
+                {"weight": w.name, "form": c.form.label(), "candidates": [x.to_dict() for x in t]}
+                for w, c, t in zip(self.weights, picked, self.rows, strict=True)
+            ],
+        }
+
+
 def candidate_forms(
-    bits: int, *, channels: int | None, fixed_group: int | None, few: bool = False
+    bits: int,
+    *,
+    channels: int | None,
+    fixed_group: int | None,
+    few: bool = False,
+    widths: Sequence[int] | None = None,
 ) -> list[Form]:
     """Forms to probe around `bits`: B-1 .. B+2 (within 2..8) times one palette per tensor or
     per 1, 4 or 16 output channels (`channels`: the weight's, None without a channel axis;
     `fixed_group`: only that granularity, e.g. per channel for the int8 grid). `few`: for
     big models, where clustering every form dominates: B-1 .. B+1, per tensor or channel,
-    and per tensor only above FEW_MAX_CHANNELS channels (an embedding table's rows)."""
-    top = bits + 1 if few else bits + 2
-    widths = sorted({b for b in range(bits - 1, top + 1) if 2 <= b <= 8} | {bits})
+    and per tensor only above FEW_MAX_CHANNELS channels (an embedding table's rows).
+    `widths`: these bit widths instead, per tensor, and per channel up to
+    PER_CHANNEL_MAX_BITS (allocation=target: wider palettes per channel buy little and
+    cost the most to cluster)."""
+    if widths is not None:
+        few = True
+        forms = candidate_forms(bits, channels=channels, fixed_group=fixed_group, few=True)
+        groups = sorted({f.group_size for f in forms})
+        return [
+            Form(b, g)
+            for b in widths
+            for g in groups
+            if g == PER_TENSOR or fixed_group is not None or b <= PER_CHANNEL_MAX_BITS
+        ]
+    else:
+        top = bits + 1 if few else bits + 2
+        widths = sorted({b for b in range(bits - 1, top + 1) if 2 <= b <= 8} | {bits})
     if fixed_group is not None:
         groups = [fixed_group if channels else PER_TENSOR]
     elif not channels:
