@@ -37,6 +37,7 @@ from onnxslim.workflows.cluster import ClusterResult, cluster_model
 from onnxslim.workflows.optimize import (
     OptimizeResult,
     default_optimize_pipeline,
+    shape_texts,
     validation_feeds,
 )
 from onnxslim.workflows.prune import PruneResult
@@ -189,17 +190,6 @@ def validate(
     tolerances.apply(report, chosen)
     report.notes.append(f"tolerance {chosen.name}: {chosen.rule} ({why})")
     return report
-
-
-def _shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple[str, ...]:
-    """{"x": (1, 3, 8, 8)} or ["x:1,3,8,8"] -> ("x:1,3,8,8",)."""
-    if not shapes:
-        return ()
-    if isinstance(shapes, Mapping):
-        return tuple(
-            f"{name}:{','.join(str(int(d)) for d in dims)}" for name, dims in shapes.items()
-        )
-    return tuple(shapes)
 
 
 def _path_or_model(source: ModelSource) -> ir.Model | str | os.PathLike[str]:
@@ -377,7 +367,7 @@ def run(
             calib=calib,
             eval_data=eval_data,
             progress=progress,
-            input_shapes=_shape_texts(input_shapes),
+            input_shapes=shape_texts(input_shapes),
         )
     except PassFailed as exc:
         partial = getattr(exc, "report", None)
@@ -433,7 +423,7 @@ def search(
         searched: str | os.PathLike[str] = source
         if input_shapes:  # the workers read a file: give them the fixed model
             fixed = as_model(source)
-            FixInputShapes(shapes=_shape_texts(input_shapes))(fixed)
+            FixInputShapes(shapes=shape_texts(input_shapes))(fixed)
             searched = io.save(fixed, Path(folder) / Path(source).name)
         report = search_recipe(
             recipe,

@@ -360,7 +360,7 @@ def _run_checked(
             )
         else:
             record.parity = parity
-            failed = [p for p in parity if not p.passed]
+            failed = [p for p in parity or () if not p.passed]
             if _is_lossless(instance) and failed:
                 record.status = "rolled back"
                 record.reason = "outputs changed beyond tolerance: " + ", ".join(

@@ -32,6 +32,7 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -270,7 +271,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
     if not isinstance(description, str):
         attempt(lambda: _bad(where, "description", "a string", description), None)
         description = ""
-    data = attempt(lambda: _table(document, "data", where), {})
+    data: Mapping[str, Any] = attempt(lambda: _table(document, "data", where), {})
     attempt(lambda: _unknown(data, DATA_KEYS, where, "data."), None)
     paths = {}
     for key in ("calib", "eval"):
@@ -278,14 +279,14 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         if value is None:
             continue
         if not isinstance(value, str):
-            attempt(lambda key=key, value=value: _bad(where, f"data.{key}", "a path", value), None)
+            attempt(partial(_bad, where, f"data.{key}", "a path", value), None)
             continue
         path = (base / value).absolute()
         if not path.exists():
             errors.append(f"data.{key}: {value!r} does not exist (looked in {base})")
         paths[key] = str(path)
     limits = {
-        k: attempt(lambda k=k: _int(data, k, where, "data.", minimum=1), None)
+        k: attempt(partial(_int, data, k, where, "data.", minimum=1), None)
         for k in ("calib_limit", "eval_limit")
     }
     tables = document.get("pass")
@@ -302,10 +303,10 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
                 errors.append(f"pass[{i}].name: every [[pass]] needs a name")
                 continue
             step = Step(name, options)
-            attempt(lambda step=step, i=i: _check_step(step, where, i), None)
+            attempt(partial(_check_step, step, where, i), None)
             steps.append(step)
     gates = attempt(lambda: _gates(_table(document, "gates", where), where), Gates())
-    measure_table = attempt(lambda: _table(document, "measure", where), {})
+    measure_table: Mapping[str, Any] = attempt(lambda: _table(document, "measure", where), {})
     attempt(lambda: _unknown(measure_table, MEASURE_KEYS, where, "measure."), None)
     measure = attempt(
         lambda: Measure(
@@ -317,7 +318,9 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         ),
         Measure(),
     )
-    search = attempt(lambda: _search(_table(document, "search", where), where, steps), {})
+    search: dict[str, Any] = attempt(
+        lambda: _search(_table(document, "search", where), where, steps), {}
+    )
     if errors:
         count = f"{len(errors)} errors: " if len(errors) > 1 else ""
         raise UsageError(f"{where}: {count}{'; '.join(errors)}")

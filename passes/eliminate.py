@@ -150,8 +150,8 @@ def eliminate_identities(model: ir.Model, graphs: list[GraphLike] | None = None)
                 source.is_graph_input()
                 or source.is_graph_output()
                 or source.is_initializer()
-                or source.producer() is None
-                or source.producer().graph is not node.graph
+                or (producer := source.producer()) is None
+                or producer.graph is not node.graph
             ):
                 # The node stays to carry the output's name (an outer-scope value cannot
                 # take it either); the other readers of y can still read x.
@@ -282,8 +282,9 @@ def _flatten(node: ir.Node, version: int) -> bool:  # rule 4
         return True
     if not all(isinstance(d, int) for d in dims):
         return False
-    outer = int(np.prod(dims[:axis], dtype=np.int64))
-    inner = int(np.prod(dims[axis:], dtype=np.int64))
+    sizes = [int(d) for d in dims if isinstance(d, int)]
+    outer = int(np.prod(sizes[:axis], dtype=np.int64))
+    inner = int(np.prod(sizes[axis:], dtype=np.int64))
     return tuple(dims) == (outer, inner)
 
 
@@ -304,6 +305,11 @@ def _slice(node: ir.Node, version: int) -> bool:  # rule 7
     dims = _dims(node.inputs[0])
     if dims is None:
         return False
+    # attribute ints before opset 10, constant inputs (numpy arrays) after
+    starts: Any
+    ends: Any
+    axes: Any
+    steps: Any
     if version < 10:
         starts = node.attributes.get_ints("starts")
         ends = node.attributes.get_ints("ends")
@@ -528,8 +534,8 @@ def _drop_zero_defaults(node: ir.Node) -> bool:
     for index in _RNN_ZERO_DEFAULTS[node.op_type]:
         if (
             index < len(node.inputs)
-            and node.inputs[index] is not None
-            and _all_zeros(node.inputs[index])
+            and (initial := node.inputs[index]) is not None
+            and _all_zeros(initial)
         ):
             node.replace_input_with(index, None)
             changed = True

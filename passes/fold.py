@@ -125,7 +125,7 @@ class FoldConstants(ir.passes.InPlacePass):
         with quiet_onnxscript():
             for _ in range(_MAX_SWEEPS):
                 result = _folder_class()(self.size_limit, self.growth_limit)(model)
-                merged = merge_equal_shape_values(model, result.symbolic_value_map)  # type: ignore[attr-defined]
+                merged = merge_equal_shape_values(model, result.symbolic_value_map)
                 if not (result.modified or merged):
                     break
                 modified = True
@@ -229,12 +229,14 @@ def infer_elementwise(node: ir.Node) -> bool:
             return False
         if source.dtype is None or source.dtype != other.dtype:
             return False
-        if len(source.shape) == 0:
+        source_shape, other_shape = source.shape, other.shape
+        if len(source_shape) == 0:
             source, other = other, source
-        if not (len(other.shape) == 0 or tuple(other.shape.dims) == tuple(source.shape.dims)):
+            source_shape, other_shape = other_shape, source_shape
+        if not (len(other_shape) == 0 or tuple(other_shape.dims) == tuple(source_shape.dims)):
             return False
-        if not source.shape.is_static() and tuple(other.shape.dims) == tuple(source.shape.dims):
-            if any(isinstance(d, ir.SymbolicDim) and d.value is None for d in source.shape.dims):
+        if not source_shape.is_static() and tuple(other_shape.dims) == tuple(source_shape.dims):
+            if any(isinstance(d, ir.SymbolicDim) and d.value is None for d in source_shape.dims):
                 return False  # two unknown dims need not be equal
     elif node.op_type not in _SAME_AS_INPUT:
         return False

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "analyses, data, evaluation",
         (
             "onnxslim.activations",
+            "onnxslim.layer_rows",
             "onnxslim.probing",
             "onnxslim.calibration",
             "onnxslim.feed_checks",

@@ -102,9 +102,9 @@ def optimize(
         pipeline = Pipeline(
             tuple(p for p in pipeline.passes if not isinstance(p, StripDebugMetadata))
         )
-    shape_texts = _shape_texts(input_shapes)
-    if shape_texts:
-        pipeline = Pipeline((FixInputShapes(shapes=shape_texts), *pipeline.passes))
+    fixed_shapes = shape_texts(input_shapes)
+    if fixed_shapes:
+        pipeline = Pipeline((FixInputShapes(shapes=fixed_shapes), *pipeline.passes))
     # Feeds must have the shapes the model will be fixed to, wherever the fix comes from.
     fixed = [t for p in pipeline.passes if isinstance(p, FixInputShapes) for t in p.shapes]
     generation_shapes = resolved_input_shapes(model, parse_input_shapes(fixed)) if fixed else None
@@ -136,7 +136,8 @@ def optimize(
     return OptimizeResult(result.model, pipeline, result, verified_on)
 
 
-def _shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple[str, ...]:
+def shape_texts(shapes: Mapping[str, Sequence[int]] | Sequence[str] | None) -> tuple[str, ...]:
+    """{"x": (1, 3, 8, 8)} or ["x:1,3,8,8"] -> ("x:1,3,8,8",), the --input-shape form."""
     if not shapes:
         return ()
     if isinstance(shapes, Mapping):

@@ -77,7 +77,7 @@ def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
     rows = []
     for layer in find_layers(original)[0]:
         before = layer.array()
-        pruned_w = after.get(layer.node.outputs[0].name)
+        pruned_w = after.get(layer.node.outputs[0].name or "")
         if pruned_w is None:
             rows.append(
                 LayerRow(

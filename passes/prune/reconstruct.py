@@ -26,8 +26,9 @@ import numpy as np
 import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
-from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations, layer_geometry
+from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations
 from onnxslim.feeds import Feed
+from onnxslim.layer_rows import layer_geometry
 from onnxslim.passes._options import data_field, option
 from onnxslim.passes.prune._common import load_feeds
 from onnxslim.passes.prune.layers import Layer, find_layers
