@@ -34,6 +34,9 @@ GROUP_SIZES = (1, 4, 16)  # output channels per palette probed besides one per t
 FEW_MAX_CHANNELS = 4096  # big models: no per-channel forms above this many channels
 PER_CHANNEL_MAX_BITS = 4  # allocation=target: per-channel palettes probed up to this width
 BUDGET_UNITS = 5_000  # resolution of the knapsack: budget / this, in whole bytes
+# Up to this many distinct expansion-function sets every combination is tried; above
+# (2^sets knapsacks would dominate the search), only the sets the solution uses.
+EXACT_FUNCTION_SETS = 6
 
 
 @dataclass(frozen=True)
@@ -167,8 +170,9 @@ def choose(
     """Index of one candidate per weight: least summed error, bytes (functions included) <= budget.
 
     The expansion functions a form needs are paid once per model, which couples the
-    weights; every combination of the candidates' function sets is tried (there are a
-    handful), each a knapsack over the budget left after its functions. `fallback` (the
+    weights; every combination of the candidates' function sets is tried (up to
+    EXACT_FUNCTION_SETS sets; above, all allowed, then only those the solution used, until
+    stable), each a knapsack over the budget left after its functions. `fallback` (the
     uniform choice) is kept unless something better fits; with no fallback and nothing
     fitting, each weight takes its cheapest candidate.
     """
@@ -184,22 +188,41 @@ def choose(
         best = (total(fallback)[1], list(fallback))
     sets = sorted({c.functions for options in candidates for c in options}, key=sorted)
     tried: set[frozenset[str]] = set()
-    for mask in range(1 << len(sets)):
-        allowed = frozenset().union(*(s for i, s in enumerate(sets) if mask >> i & 1))
+
+    def attempt(allowed: frozenset[str]) -> list[int] | None:
+        nonlocal best
         if allowed in tried:
-            continue
+            return None
         tried.add(allowed)
         left = budget - sum(function_bytes.get(f, 0) for f in allowed)
         for _ in range(4):  # rounding to byte units can overshoot by a few units: tighten
             chosen = _knapsack(candidates, left, allowed)
             if chosen is None:
-                break
+                return None
             size, error = total(chosen)
             if size <= budget:
                 if best is None or error < best[0]:
                     best = (error, chosen)
-                break
+                return chosen
             left -= size - budget
+        return None
+
+    if len(sets) <= EXACT_FUNCTION_SETS:
+        for mask in range(1 << len(sets)):
+            attempt(frozenset().union(*(s for i, s in enumerate(sets) if mask >> i & 1)))
+    else:  # 2^sets knapsacks would dominate: pay for what the solution uses, until stable
+        attempt(frozenset())
+        allowed = frozenset().union(*sets)
+        for _ in range(len(sets)):
+            chosen = attempt(allowed)
+            if chosen is None:
+                break
+            used = frozenset().union(
+                *(options[j].functions for options, j in zip(candidates, chosen, strict=True))
+            )
+            if used == allowed:
+                break
+            allowed = used
     if best is None:
         return [min(range(len(o)), key=lambda j: o[j].cost) for o in candidates]
     return best[1]
