@@ -22,6 +22,7 @@ pruning's sparsity allocation, passes/prune/allocation.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +36,8 @@ FEW_MAX_CHANNELS = 4096  # big models: no per-channel forms above this many chan
 PER_CHANNEL_MAX_BITS = 4  # allocation=target: per-channel palettes probed up to this width
 BUDGET_UNITS = 5_000  # resolution of the knapsack: budget / this, in whole bytes
 # Up to this many distinct expansion-function sets every combination is tried; above
-# (2^sets knapsacks would dominate the search), only the sets the solution uses.
-EXACT_FUNCTION_SETS = 6
+# (2^sets knapsacks would dominate the search), functions are dropped one at a time.
+EXACT_FUNCTION_SETS = 8
 
 
 @dataclass(frozen=True)
@@ -171,10 +172,10 @@ def choose(
 
     The expansion functions a form needs are paid once per model, which couples the
     weights; every combination of the candidates' function sets is tried (up to
-    EXACT_FUNCTION_SETS sets; above, all allowed, then only those the solution used, until
-    stable), each a knapsack over the budget left after its functions. `fallback` (the
-    uniform choice) is kept unless something better fits; with no fallback and nothing
-    fitting, each weight takes its cheapest candidate.
+    EXACT_FUNCTION_SETS sets; above, all allowed, then one function dropped at a time while
+    that lowers the error), each a knapsack over the budget left after its functions.
+    `fallback` (the uniform choice) is kept unless something better fits; with no fallback
+    and nothing fitting, each weight takes its cheapest candidate.
     """
 
     def total(chosen: Sequence[int]) -> tuple[int, float]:
@@ -190,6 +191,7 @@ def choose(
     tried: set[frozenset[str]] = set()
 
     def attempt(allowed: frozenset[str]) -> list[int] | None:
+        """Knapsack with `allowed` functions paid up front; the best so far kept in `best`."""
         nonlocal best
         if allowed in tried:
             return None
@@ -210,19 +212,18 @@ def choose(
     if len(sets) <= EXACT_FUNCTION_SETS:
         for mask in range(1 << len(sets)):
             attempt(frozenset().union(*(s for i, s in enumerate(sets) if mask >> i & 1)))
-    else:  # 2^sets knapsacks would dominate: pay for what the solution uses, until stable
-        attempt(frozenset())
+    else:  # 2^sets knapsacks would dominate: drop functions one at a time while it helps
         allowed = frozenset().union(*sets)
-        for _ in range(len(sets)):
-            chosen = attempt(allowed)
-            if chosen is None:
-                break
-            used = frozenset().union(
-                *(options[j].functions for options, j in zip(candidates, chosen, strict=True))
-            )
-            if used == allowed:
-                break
-            allowed = used
+        attempt(allowed)
+        improved = True
+        while improved and allowed:
+            improved = False
+            for name in sorted(allowed):
+                before = best[0] if best is not None else math.inf
+                attempt(allowed - {name})
+                if best is not None and best[0] < before:
+                    allowed, improved = allowed - {name}, True
+                    break
     if best is None:
         return [min(range(len(o)), key=lambda j: o[j].cost) for o in candidates]
     return best[1]
