@@ -391,6 +391,20 @@ def assess(
 def _figure(
     role: Role, ref: list[np.ndarray], cand: list[np.ndarray], target: Target
 ) -> OutputFigure:
+    """The figure of one output; outputs identical to the reference (NaN where it has NaN)
+    lose nothing, even where the measure itself is NaN (a model computing NaN on the data)."""
+    figure = _measured(role, ref, cand, target)
+    if figure.passed or not all(
+        r.shape == c.shape and np.array_equal(r, c, equal_nan=r.dtype.kind in "fc")
+        for r, c in zip(ref, cand, strict=True)
+    ):
+        return figure
+    return dataclasses.replace(figure, value=math.inf if figure.unit == "dB" else 0.0)
+
+
+def _measured(
+    role: Role, ref: list[np.ndarray], cand: list[np.ndarray], target: Target
+) -> OutputFigure:
     floating = ref[0].dtype.kind in "fc"
     detail = {"cosine": cosine(ref, cand), "sqnr_db": sqnr_db(ref, cand)} if floating else {}
     if any(r.shape != c.shape for r, c in zip(ref, cand, strict=True)):

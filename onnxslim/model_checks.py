@@ -8,6 +8,7 @@ silently. So a model is checked once at load and refused with one line (exit 2):
   `FULL_CHECK_BYTES`, which takes under a second on the devmodels (85 MB);
 - our own, on the proto before anything is allocated: segmented tensors, raw_data
   whose length does not match dims and dtype (sizes computed, never allocated),
+  typed value fields (float_data, ...) empty or of the wrong length for the dims,
   string tensors that are not UTF-8.
 """
 
@@ -53,10 +54,27 @@ _BITS: dict[int, int] = {
 }
 
 
+_VALUE_FIELDS = (
+    "float_data",
+    "int32_data",
+    "string_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+)
+
+
 def check_proto(proto: onnx.ModelProto, path: Path) -> None:
     """Our structural checks on every tensor of the model, subgraphs and functions included,
     and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
     _check_order(proto.graph, [], path)
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            if value.type.HasField("tensor_type") and not value.type.tensor_type.elem_type:
+                raise ModelLoadError(
+                    f"{path}: graph {kind} {value.name!r} has element type UNDEFINED "
+                    "(ONNX Runtime cannot load it)"
+                )
     for where, tensor in _tensors(proto):
         name = f"{path}: tensor {tensor.name or where!r}"
         if tensor.HasField("segment"):
@@ -73,12 +91,45 @@ def check_proto(proto: onnx.ModelProto, path: Path) -> None:
                     f"{name}: raw_data holds {len(tensor.raw_data)} bytes but dims "
                     f"{list(tensor.dims)} of its type need {needed}"
                 )
+        problem = _typed_data_problem(tensor, elements)
+        if problem:
+            raise ModelLoadError(f"{name}: {problem}")
         if tensor.data_type == TensorProto.STRING:
             for value in tensor.string_data:
                 try:
                     value.decode("utf-8")
                 except UnicodeDecodeError:
                     raise ModelLoadError(f"{name} holds a string that is not UTF-8") from None
+
+
+def _typed_data_problem(tensor: TensorProto, elements: int) -> str | None:
+    """Why a tensor without raw_data does not hold the values its dims declare, or None.
+
+    A tensor whose dims claim elements but carries no data at all (dims [2**20] * 3, or
+    dims whose product overflows int64) reaches an allocation in whoever reads it."""
+    if tensor.HasField("raw_data") or elements == 0:
+        return None
+    held = sum(len(getattr(tensor, field)) for field in _VALUE_FIELDS)
+    if held == 0:
+        return f"dims {list(tensor.dims)} declare {elements:,} elements but it carries no data"
+    expected = _typed_counts(tensor.data_type, elements)
+    if expected and held not in expected:
+        return f"holds {held:,} values but dims {list(tensor.dims)} declare {elements:,} elements"
+    return None
+
+
+def _typed_counts(data_type: int, elements: int) -> set[int]:
+    """Accepted lengths of the typed value field (empty: not checked). Complex numbers take
+    two values; sub-byte types are packed into int32_data (unpacked also accepted)."""
+    if data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
+        return {2 * elements}
+    bits = _BITS.get(data_type)
+    if bits is None:
+        return set() if data_type != TensorProto.STRING else {elements}
+    if bits < 8:
+        per_value = 8 // bits
+        return {elements, (elements + per_value - 1) // per_value}
+    return {elements}
 
 
 def _check_order(graph: onnx.GraphProto, outer: list[set[str]], path: Path) -> None:

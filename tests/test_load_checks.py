@@ -59,6 +59,24 @@ def _claims_64g(m: onnx.ModelProto) -> None:
     tensor.dims[:] = [4096, 4096, 1024]
 
 
+def _claims_exabytes(m: onnx.ModelProto) -> None:  # onnx.checker lets this one through
+    tensor = m.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.dims[:] = [1 << 20, 1 << 20, 1 << 20]
+
+
+def _overflow_dims(m: onnx.ModelProto) -> None:  # the product overflows int64
+    tensor = m.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.dims[:] = [1 << 62, 1 << 62]
+
+
+def _typed_short(m: onnx.ModelProto) -> None:
+    tensor = m.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.float_data[:] = [1.0, 2.0, 3.0]
+
+
 def _output_shape_lie(m: onnx.ModelProto) -> None:
     m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
 
@@ -102,13 +120,20 @@ def _undefined_dtype(m: onnx.ModelProto) -> None:
     m.graph.input[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
 
 
+def _undefined_output(m: onnx.ModelProto) -> None:  # onnx.checker lets this one through
+    m.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "duplicate initializer": (_dup_init, "not unique"),
     "duplicate input": (_dup_input, "graph input names multiple times"),
     "segmented tensor": (_segment, "segmented"),
     "raw_data too short": (_raw_short, "raw_data holds 8 bytes"),
     "raw_data too long": (_raw_long, "raw_data holds 24 bytes"),
-    "64 GB claimed, no data": (_claims_64g, "one and only one value field"),
+    "64 GB claimed, no data": (_claims_64g, "carries no data"),
+    "2**60 elements claimed, no data": (_claims_exabytes, "carries no data"),
+    "dims overflow int64, no data": (_overflow_dims, "carries no data"),
+    "float_data shorter than dims": (_typed_short, "holds 3 values but dims"),
     "output shape lies": (_output_shape_lie, "Inferred shape and existing shape differ"),
     "output type lies": (_output_type_lie, "elem type differs"),
     "invalid UTF-8": (_bad_utf8, "not UTF-8"),
@@ -117,7 +142,8 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "unsorted nodes": (_unsorted, "topologically sorted"),
     "cycle": (_cycle, "topologically sorted"),
     "dangling input": (_dangling, "topologically sorted"),
-    "UNDEFINED dtype": (_undefined_dtype, "unknown"),
+    "UNDEFINED dtype": (_undefined_dtype, "unknown|UNDEFINED"),
+    "UNDEFINED output dtype": (_undefined_output, "UNDEFINED"),
 }
 
 
@@ -156,6 +182,26 @@ def test_valid_models_pass_the_checks(tmp_path: Path) -> None:
     io.load(path)
     for model in sorted((Path(__file__).parents[1] / "models").glob("*.onnx")):
         io.load(model)
+
+
+def test_typed_value_fields_of_every_kind_pass(tmp_path: Path) -> None:
+    """Values in the typed fields (not raw_data) load: packed int4, complex pairs, float16
+    in int32_data, strings, scalars, zero-size tensors with no data."""
+    model = _base()
+    extra = [
+        helper.make_tensor("i4", TensorProto.INT4, [3], [1, 2, 3]),
+        helper.make_tensor("f16", TensorProto.FLOAT16, [2], np.ones(2, np.float16)),
+        helper.make_tensor("c64", TensorProto.COMPLEX64, [2], [1 + 2j, 3]),
+        helper.make_tensor("s", TensorProto.STRING, [2], [b"a", b"b"]),
+        helper.make_tensor("scalar", TensorProto.INT64, [], [7]),
+        helper.make_tensor("empty", TensorProto.FLOAT, [0, 4], []),
+    ]
+    for tensor in extra:
+        assert not tensor.HasField("raw_data")
+        model.graph.initializer.append(tensor)
+    path = tmp_path / "typed.onnx"
+    onnx.save(model, str(path))
+    io.load(path)
 
 
 def test_initializer_listed_as_output_keeps_its_type(tmp_path: Path) -> None:

@@ -27,12 +27,14 @@ from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.errors import UsageError
 from onnxslim.passes.quantize.policy import KERNEL_TARGETS
+from onnxslim.passes.quantize.static import QuantizeReport
 from onnxslim.registry import pass_fields, quantize_pass_class
 
 _STAGES = {
     "calibrate": "calibrating",
     "parity": "comparing outputs",
     "latency": "timing (interleaved)",
+    "fix": "fixing the layers that miss the target",
     "accuracy": "accuracy",
 }
 
@@ -138,6 +140,13 @@ def quantize_command(
         "OUTPUT.sensitivity.json still written).",
     ),
     target_error: float = target_option(),
+    fix: bool = typer.Option(
+        True,
+        "--fix/--no-fix",
+        help="Static: when the int8 model misses the accuracy target, fix the layers "
+        "responsible on the held-out feeds, cheapest first (other ranges, per-channel "
+        "weights, float); --no-fix reports the miss as it is.",
+    ),
 ) -> None:
     """Quantize MODEL to int8 and write OUTPUT; the report compares it with the float model."""
     if force:
@@ -190,14 +199,9 @@ def quantize_command(
             verify=verify,
             progress=progress,
             target_error=target_error,
+            fix=fix,
             **options,
         )
-    if result.bytes_after > result.bytes_before:
-        err.print(
-            f"[red]refused:[/] the quantized model would be larger than the input "
-            f"({result.bytes_after} > {result.bytes_before} weight bytes); nothing written"
-        )
-        raise typer.Exit(1)
     opt.save_model(result.model, output, source=model, overwrite=overwrite, **save)
     size_in, size_out = model.stat().st_size, opt.written_bytes(output)
     if json_output:
@@ -297,9 +301,36 @@ def _print_report(
         reasons[reason] = reasons.get(reason, 0) + 1
     for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:6]:
         out.print(f"float x{count}: {escape(reason)}")
+    _print_fixes(report)
+    if result.kept_float:
+        out.print(f"[yellow]kept the float model[/] (cleaned up): {escape(result.kept_float)}")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(f"wrote {escape(str(output))}")
+
+
+def _print_fixes(report: QuantizeReport) -> None:
+    """The accuracy-target fix loop: each fix, the output figures before and after."""
+    if not report.fixes:
+        return
+    before = report.target_before.get("outputs", {})
+    out.print(
+        f"accuracy target missed by int8 ({_figures(before)}): "
+        f"{report.fix_evaluations} configurations measured on the held-out feeds"
+    )
+    for fix in report.fixes:
+        verdict = "kept" if fix["kept"] else "not kept"
+        layers = fix["layers"]
+        named = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+        out.print(
+            f"  fix {escape(fix['kind'])}: {escape(fix['detail'])}"
+            f"{' (' + escape(named) + ')' if named else ''}: "
+            f"{_figures(fix['before'])} -> {_figures(fix['after'])} [{verdict}]"
+        )
+
+
+def _figures(values: dict[str, Any]) -> str:
+    return ", ".join(f"{escape(str(k))} {v}" for k, v in values.items())
 
 
 def max_drop_points(value: float | None) -> float | None:

@@ -54,6 +54,8 @@ class QuantizeResult(ModelResult):
     # timed interleaved on one thread; each step's ratio is against the model before it.
     latency: dict[str, float] | None = None
     target: Assessment | None = None  # every output against the accuracy target, held-out feeds
+    # Why the result is the (cleaned) float model: int8 paid nowhere; None when int8 was kept.
+    kept_float: str | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -82,6 +84,7 @@ class QuantizeResult(ModelResult):
             "seconds": self.seconds,
             "warnings": list(self.warnings),
             "target": self.target.to_dict() if self.target is not None else None,
+            "kept_float": self.kept_float,
         }
 
 
@@ -97,13 +100,16 @@ def quantize_model(
     threads: int = 1,
     progress: StageProgress | None = None,
     target_error: float | None = DEFAULT_TARGET_ERROR,
+    fix: bool = True,
     **options: Any,
 ) -> QuantizeResult:
     """Quantize (a copy of) `model` and validate it; `options` are the pass's fields.
 
     With `validate` and a `target_error` (points, onnxslim.agreement), every output is
     measured against the float model on feeds the calibration never saw (`data`, else
-    the calibration data's last quarter, held back) into `result.target`.
+    the calibration data's last quarter, held back) into `result.target`. Static int8
+    that misses it has the layers responsible fixed (`fix`, passes/quantize/repair.py)
+    on those feeds, so the figure reported is the fixed model's.
     """
     target = Target(target_error) if validate and target_error is not None else None
     if mode == "static":
@@ -115,6 +121,10 @@ def quantize_model(
             calib = open_feeds(calib, model, extra="keep")
         split = split_data(model, calib, data) if target is not None else None
         options["calib"] = split.fit if split is not None else calib
+        if split is not None and target is not None:
+            options.update(fix=fix, check=split.check, target_error=target.error)
+        else:
+            options["fix"] = False
     else:
         if calib is not None and data is None:
             data = calib  # dynamic and weight-only need no calibration; use it to validate
@@ -139,26 +149,43 @@ def quantize_model(
         seconds,
         warnings=list(report.warnings),
     )
-    if not report.quantized_nodes and not any(w.startswith("kept float") for w in report.warnings):
-        result.warnings.append(
-            "nothing was quantized: no op of this model has a faster or smaller int8 form here"
-        )
-    if result.bytes_after > result.bytes_before:
-        result.warnings.append(
-            f"the result holds more weight bytes than the input "
-            f"({result.bytes_after} > {result.bytes_before})"
-        )
+    # Static int8 starts from the cleaned float model: its weight bytes are what int8 must
+    # not exceed (a palettized input stores fewer bytes than the dense weights it runs).
+    cleaned = prepare(model)[0] if mode == "static" else None
+    reference_bytes = tensor_bytes(cleaned) if cleaned is not None else result.bytes_before
+    why = _pays_nowhere(report, reference_bytes, result.bytes_after)
+    if why is not None:
+        # A float model that runs is never refused: the result is the float model after
+        # the clean-up quantization starts from (static), with the reason in one line.
+        quantized = cleaned.clone() if cleaned is not None else model.clone()
+        result.model = quantized
+        result.bytes_after, result.nodes_after = tensor_bytes(quantized), node_count(quantized)
+        result.kept_float = why
+        result.warnings = [w for w in result.warnings if not w.startswith("kept float")]
     if validate:
         feeds_source = data if data is not None else calib
         result.validation, result.accuracy, feeds = _validate(
             model, quantized, feeds_source, validation_samples, threads, progress
         )
         if runs:
-            cleaned = prepare(model)[0] if mode == "static" else None
             result.latency = step_latency(model, cleaned, quantized, feeds, runs, threads)
     if target is not None and split is not None:
         result.target = check_target(model, quantized, split, target)
     return result
+
+
+def _pays_nowhere(report: QuantizeReport, before: int, after: int) -> str | None:
+    """Why int8 pays nowhere for this model (the float model is the result), or None."""
+    if not report.quantized_nodes:
+        guard = next((w for w in report.warnings if w.startswith("kept float")), None)
+        if guard is not None:
+            return guard.removeprefix("kept float: ")
+        return "nothing was quantized: no op of this model has a faster or smaller int8 form here"
+    if after > before:
+        return (
+            f"int8 would hold more weight bytes than the cleaned float model ({after} > {before})"
+        )
+    return None
 
 
 def step_latency(

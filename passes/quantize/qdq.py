@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -30,6 +31,7 @@ from .qparams import QParams, activation_qparams, quantize_array, weight_qparams
 from .ranges import Range
 
 _INT32_MAX = 2**31 - 1
+_STORED = -1  # weight-cache key slot of a weight's one int8 copy (graph ids are positive)
 
 
 @dataclass
@@ -102,7 +104,7 @@ def insert_qdq(
         report.removed_activations.append(name)
 
     # 2. Weights, biases, embeddings and constants of quantized nodes.
-    weight_cache: dict[tuple[int, int | None, int], tuple[ir.Value, QParams]] = {}
+    weight_cache: dict[tuple[int, int | None, int], Any] = {}
     embedding_cache: dict = {}
     for name, node_plan in plan.nodes.items():
         node = nodes.get(name)
@@ -309,18 +311,30 @@ def _quantize_weight(
         return None
     graph = node.graph
     assert isinstance(graph, ir.Graph)
-    key = (id(constant_source(weight_value)), axis, id(graph))
+    source = constant_source(weight_value)
+    key = (id(source), axis, id(graph))
     if key in cache:
         dequantized, qp = cache[key]
         node.replace_input_with(index, dequantized)
         return qp
-    qp = weight_qparams(weight, axis, reduce_range=reduce_range)
-    if node_plan.bias is not None:
-        qp = _widen_for_bias(node, node_plan, plan, params, qp)
-    q = quantize_array(weight, qp)
-    base = weight_value.name or "weight"
-    q_value = _initializer(graph, namer(f"{base}_quantized"), q)
-    scale, zero = _scale_zero(graph, base, qp, namer)
+    # One int8 copy per weight (and axis), in the graph that holds the float weight: If and
+    # Loop branches reading an outer weight each get a DQ of it, not a copy of their own.
+    stored = cache.get((id(source), axis, _STORED))
+    if stored is None:
+        qp = weight_qparams(weight, axis, reduce_range=reduce_range)
+        if node_plan.bias is not None:
+            qp = _widen_for_bias(node, node_plan, plan, params, qp)
+        q = quantize_array(weight, qp)
+        base = weight_value.name or "weight"
+        home = _home_graph(source, graph)
+        q_value = _initializer(home, namer(f"{base}_quantized"), q)
+        scale, zero = _scale_zero(home, base, qp, namer)
+        stored = (q_value, scale, zero, qp, base)
+        cache[(id(source), axis, _STORED)] = stored
+        report.weights[q_value.name or ""] = base
+        report.weight_bytes_before += weight.nbytes
+        report.weight_bytes_after += q.nbytes + qp.scale.nbytes + qp.zero_point.nbytes
+    q_value, scale, zero, qp, base = stored
     dq = _dq_node(
         q_value,
         scale,
@@ -333,10 +347,16 @@ def _quantize_weight(
     _prepend(graph, [dq])
     node.replace_input_with(index, dq.outputs[0])
     cache[key] = (dq.outputs[0], qp)
-    report.weights[q_value.name or ""] = base
-    report.weight_bytes_before += weight.nbytes
-    report.weight_bytes_after += q.nbytes + qp.scale.nbytes + qp.zero_point.nbytes
     return qp
+
+
+def _home_graph(source: ir.Value | None, fallback: ir.Graph) -> ir.Graph:
+    """The graph that holds a constant: its initializer's or its Constant node's graph."""
+    if source is None:
+        return fallback
+    producer = source.producer()
+    home = producer.graph if producer is not None else source.graph
+    return home if isinstance(home, ir.Graph) else fallback
 
 
 def _activation_scale(
@@ -526,7 +546,7 @@ class WeightQuantizer:
 
     def __init__(self, model: ir.Model, *, reduce_range: bool = False) -> None:
         self.namer = _Namer(model)
-        self.cache: dict[tuple[int, int | None, int], tuple[ir.Value, QParams]] = {}
+        self.cache: dict[tuple[int, int | None, int], Any] = {}
         self.reduce_range = reduce_range
         self.report = InsertReport()
         self._empty_plan = QuantPlan({}, {}, {})

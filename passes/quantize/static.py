@@ -23,19 +23,24 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.agreement import DEFAULT_TARGET_ERROR
 from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
-from onnxslim.errors import DataError, OnnxSlimError, PassFailed, UsageError
+from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.passes._options import check_choice, data_field, option
 
 from .bias_correction import static_hook as bias_correction_hook
-from .collect import CollectConfig, FeedSource, collect_stats
+from .build import apply_plan as _apply
+from .build import calibrate as _calibrate
+from .build import plan_with_ranges as _plan_with_ranges
+from .collect import FeedSource
+from .fix_glue import FixContext, fix_target
 from .fusion_check import find_unfused
 from .latency_guard import Configuration, latency_guard
 from .plan import QuantPlan
@@ -52,9 +57,8 @@ from .prepare import prepare
 from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
-from .qdq import InsertReport, insert_qdq, tensor_params
-from .qparams import QParams
-from .ranges import METHODS, Range, TensorStats, compute_range
+from .qdq import InsertReport
+from .ranges import METHODS, TensorStats
 from .reservoir import Reservoir, first_feeds, one_shot
 
 REPORT_KEY = "onnxslim.quantize_report"
@@ -89,6 +93,13 @@ class QuantizeReport:
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     latency_checks: list[dict[str, Any]] = field(default_factory=list)
+    # The accuracy-target fix loop (repair.py): each fix tried, the output figures before
+    # the loop and after it, the layers it ranked first, and the builds it measured.
+    fixes: list[dict[str, Any]] = field(default_factory=list)
+    target_before: dict[str, Any] = field(default_factory=dict)
+    target_after: dict[str, Any] = field(default_factory=dict)
+    fix_ranking: list[dict[str, Any]] = field(default_factory=list)
+    fix_evaluations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +154,19 @@ class QuantizeStatic(ir.passes.InPlacePass):
         "layers float (timed interleaved, one thread).",
     )
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
+    fix: bool = option(
+        True,
+        "When the int8 model misses the accuracy target on the held-out feeds, fix the "
+        "layers responsible, cheapest first: other ranges, per-channel weights, float.",
+    )
+    target_error: float | None = option(
+        DEFAULT_TARGET_ERROR,
+        "Accuracy target in points (onnxslim.agreement) the fixes aim at; None: no fixing.",
+    )
+    check: Any = data_field(
+        "Held-out feeds the accuracy target is measured on (the workflow's split of the "
+        "calibration data); without them nothing is fixed."
+    )
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
 
     def __post_init__(self) -> None:
@@ -350,11 +374,31 @@ def quantize_static(
             InsertReport(),
         )
     reusable = reservoir.kept if reservoir is not None else source
+    calib_again = reusable
     if plan.nodes and options.bias_correction:
         # Bias correction averages each layer's output shift: 8 feeds estimate it as
         # well as 64 did on the corpus, at an eighth of its float + int8 passes.
         reusable = first_feeds(reusable, _BIAS_CORRECTION_FEEDS)
         bias_correction_hook(result, prepared, reusable, options, report)  # bias_correction.py
+    if plan.nodes and options.fix and options.check and options.target_error is not None:
+        context = FixContext(
+            model,
+            prepared,
+            policy,
+            plan,
+            stats,
+            float_nodes,
+            float_tensors,
+            calib_again,
+            reusable,
+            options,
+            act_dtype,
+            reduce_range,
+            report,
+            progress,
+            local and options.latency_guard,
+        )
+        plan, result, insert_report = fix_target(context, (plan, {}, result, insert_report))
 
     members = {
         n: p
@@ -367,96 +411,6 @@ def quantize_static(
     report.weight_bytes_before = insert_report.weight_bytes_before
     report.weight_bytes_after = insert_report.weight_bytes_after
     return result, report
-
-
-def _plan_with_ranges(
-    prepared: ir.Model,
-    policy: PolicyConfig,
-    float_nodes: dict[str, str],
-    float_tensors: set[str],
-    stats: dict[str, TensorStats],
-    calib: FeedSource,
-    options: QuantizeStatic,
-    progress: StageProgress | None,
-    report: QuantizeReport,
-) -> tuple[QuantPlan, dict[str, Range]]:
-    """A plan under the current constraints, with a range for each of its tensors.
-
-    A re-plan may need a tensor the first calibration pass did not watch: it is
-    calibrated now, or, when the data can be read only once, kept float.
-    """
-    # Each round either calibrates tensors not yet watched or keeps float those never
-    # seen (a branch no feed took); both sets only grow, so this ends.
-    while True:
-        plan = make_plan(prepared, policy, float_nodes=float_nodes, float_tensors=float_tensors)
-        ranges = _ranges(plan, stats, options)
-        needed = plan.range_tensors()
-        absent = [n for n in needed if n not in stats]
-        if absent:
-            try:
-                more, _ = _calibrate(prepared, calib, absent, options, progress)
-                stats.update(more)
-            except DataError as exc:
-                report.warnings.append(f"{len(absent)} tensor(s) left float: {exc}")
-                float_tensors.update(absent)
-            continue
-        unobserved = [n for n in needed if n not in ranges]
-        if not unobserved:
-            return plan, ranges
-        if set(unobserved) <= float_tensors:
-            raise PassFailed("quantize-static: could not settle on a plan with calibrated ranges")
-        float_tensors.update(unobserved)
-
-
-def _apply(
-    prepared: ir.Model,
-    plan: QuantPlan,
-    ranges: Mapping[str, Range],
-    act_dtype: type,
-    reduce_range: bool,
-) -> tuple[ir.Model, InsertReport]:
-    params: dict[str, QParams] = tensor_params(plan, ranges, act_dtype)
-    trial = prepared.clone()
-    insert_report = insert_qdq(
-        trial, plan, params, reduce_range=reduce_range, activation_dtype=act_dtype
-    )
-    return trial, insert_report
-
-
-def _ranges(
-    plan: QuantPlan, stats: Mapping[str, TensorStats], options: QuantizeStatic
-) -> dict[str, Range]:
-    ranges: dict[str, Range] = {}
-    for name in plan.range_tensors():
-        s = stats.get(name)
-        if s is None or not s.observed:
-            continue
-        ranges[name] = compute_range(s, options.method, percentile=options.percentile)
-    return ranges
-
-
-def _calibrate(
-    model: ir.Model,
-    calib: FeedSource,
-    names: list[str],
-    options: QuantizeStatic,
-    progress: StageProgress | None,
-) -> tuple[dict[str, TensorStats], int]:
-    def report(done: int, total: int | None) -> None:
-        if progress is not None:
-            progress("calibrate", done, total)
-
-    stats, count = collect_stats(
-        model,
-        calib,
-        names,
-        histogram=options.method != "minmax",
-        progress=report,
-        config=CollectConfig(limit=options.max_samples),
-    )
-    if count == 0:
-        raise DataError("calibration data holds no feeds")
-    return stats, count
 
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:
