@@ -30,12 +30,15 @@ from onnxslim.errors import (
     PassFailed,
     UsageError,
 )
+from onnxslim.images import ImageFolder, ImagePreprocessing
 from onnxslim.io import load
 from onnxslim.pipeline import Pipeline
 
 __all__ = [
     "DataError",
     "GateFailed",
+    "ImageFolder",
+    "ImagePreprocessing",
     "ModelLoadError",
     "OnnxSlimError",
     "OptimizeResult",

@@ -345,6 +345,8 @@ def run(
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     external_data: bool | None = None,
     external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
+    image_preprocess: str | None = None,
+    notice: Progress | None = None,
 ) -> RunReport:
     """Apply a recipe (file, preset name, dict or Recipe) to a model: `onnxslim run`.
 
@@ -355,6 +357,9 @@ def run(
     (then PassFailed is raised after writing). Bad recipes raise UsageError before
     any work. `calib` / `eval_data` override the recipe's data. `input_shapes`
     ({"x": (1, 3, 224, 224)} or ["x:1,3,224,224"]) fix dynamic inputs first.
+    `image_preprocess` (`size=224,224;scale=1/255;...`) overrides the recipe's
+    data.image_preprocess for image folders; `notice` gets one line per image folder
+    saying the preprocessing applied (also in report.data["image_preprocessing"]).
     """
     path = os.fspath(source) if is_path(source) else None  # type: ignore[arg-type]
     if output is not None and path is not None and io.same_file(path, output) and not overwrite:
@@ -370,6 +375,8 @@ def run(
             eval_data=eval_data,
             progress=progress,
             input_shapes=shape_texts(input_shapes),
+            image_preprocess=image_preprocess,
+            notice=notice,
         )
     except PassFailed as exc:
         partial = getattr(exc, "report", None)
@@ -407,6 +414,8 @@ def search(
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     external_data: bool | None = None,
     external_threshold: int = io.EXTERNAL_THRESHOLD_BYTES,
+    image_preprocess: str | None = None,
+    notice: Progress | None = None,
 ) -> RunReport:
     """Try the recipe's `[search]` grid and keep the best candidate that passes the gates.
 
@@ -415,6 +424,7 @@ def search(
     RunReport (its `search` section lists every candidate); with no passing
     candidate, the best one by gates passed is returned, `report.passed` False.
     `input_shapes` fix dynamic inputs first (the fixed model goes to the workers).
+    `image_preprocess` and `notice` as in `run`.
     """
     if output is not None and io.same_file(source, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
@@ -435,6 +445,8 @@ def search(
             jobs=jobs,
             ray_address=ray_address,
             progress=progress,
+            image_preprocess=image_preprocess,
+            notice=notice,
         )
     report.input["path"] = str(source)
     if output is not None:

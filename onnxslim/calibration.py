@@ -13,7 +13,8 @@ Everything that feeds a model (calibration, validation, evaluation) reads throug
 - a folder of `.npz` files (one feed each, arrays named after the inputs) or of
   `.npy` files (one feed each, single-input models);
 - a folder of images, with a stated `ImagePreprocessing`, or one inferred from
-  the model's input shape.
+  the model's input shape (refused when the model contradicts the guess), or an
+  `images.ImageFolder` (a folder with its preprocessing, what the CLI passes on).
 
 This module is the stream and the dispatch on the kind of source; the readers it
 dispatches to live in `npz_stream` (stacked arrays) and `images` (picture folders),
@@ -43,7 +44,12 @@ import onnx_ir as ir
 from onnxslim.errors import DataError, UsageError
 from onnxslim.feed_checks import ExtraPolicy, OriginFeed, check_feed
 from onnxslim.feeds import Feed, InputSpec, input_specs
-from onnxslim.images import IMAGE_SUFFIXES, ImagePreprocessing, ImageReader
+from onnxslim.images import (
+    IMAGE_SUFFIXES,
+    ImageFolder,
+    ImagePreprocessing,
+    ImageReader,
+)
 from onnxslim.npz_stream import StackedArrays, read_array_file
 
 
@@ -138,7 +144,9 @@ def open_feeds(
 
     `limit` caps the number of feeds. `image_preprocessing` applies to image
     folders (a dataclass or its `key=value;...` text); unset fields come from
-    the model's input shape. `extra` says what to do with arrays that are not
+    the model's input shape, and a guess the model contradicts is refused
+    (UsageError naming what to state; see `image_checks`). An `images.ImageFolder`
+    source carries its own preprocessing. `extra` says what to do with arrays that are not
     model inputs: "error" (default), "ignore" (drop them, e.g. an eval file's
     `labels`), or "keep" (pass them through unchecked). Nothing heavy is read
     here, only headers and file lists, so errors in them surface at once.
@@ -148,9 +156,12 @@ def open_feeds(
     if extra not in ("error", "ignore", "keep"):
         raise UsageError(f"extra must be 'error', 'ignore' or 'keep', got {extra!r}")
     specs, optional = _specs_of(model_or_specs)
+    model = model_or_specs if isinstance(model_or_specs, ir.Model) else None
     common = dict(specs=specs, optional=optional, extra=extra, limit=limit)
+    if isinstance(source, ImageFolder):  # a folder that carries its preprocessing
+        return _open_folder(source.folder, specs, source.preprocessing, common, model)
     if isinstance(source, (str, os.PathLike)):
-        return _open_path(Path(source), specs, image_preprocessing, common)
+        return _open_path(Path(source), specs, image_preprocessing, common, model)
     if isinstance(source, Mapping):
         raise DataError(
             "a single mapping is ambiguous as a data source: pass a list of feeds ([feed]) "
@@ -246,11 +257,12 @@ def _open_path(
     specs: list[InputSpec] | None,
     image_preprocessing: ImagePreprocessing | str | None,
     common: dict[str, Any],
+    model: ir.Model | None,
 ) -> FeedStream:
     if not path.exists():
         raise DataError(f"{path}: data file or folder not found")
     if path.is_dir():
-        return _open_folder(path, specs, image_preprocessing, common)
+        return _open_folder(path, specs, image_preprocessing, common, model)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
         stacked = StackedArrays(
@@ -272,6 +284,7 @@ def _open_folder(
     specs: list[InputSpec] | None,
     image_preprocessing: ImagePreprocessing | str | None,
     common: dict[str, Any],
+    model: ir.Model | None,
 ) -> FeedStream:
     # File names only (str, not Path: the listing is the one thing that grows with the
     # number of samples), in natural order so sample_2 comes before sample_10.
@@ -297,7 +310,7 @@ def _open_folder(
 
         return FeedStream(read, description=str(folder), count=len(arrays), once=False, **common)
     if images:
-        reader = ImageReader(folder, images, specs, image_preprocessing)
+        reader = ImageReader(folder, images, specs, image_preprocessing, model)
         return FeedStream(
             reader.iterate,
             description=f"{folder} ({reader.preprocessing.describe()})",

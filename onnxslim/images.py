@@ -8,6 +8,7 @@ of images is actually read.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 
 from onnxslim.errors import DataError, UsageError, first_line
 from onnxslim.feed_checks import OriginFeed
-from onnxslim.feeds import InputSpec
+from onnxslim.feeds import InputSpec, input_specs
+from onnxslim.image_checks import doubts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -35,16 +38,17 @@ class ImagePreprocessing:
     after resizing to `size` (height, width): "stretch" resizes directly, "crop"
     scales the shorter side to fit and center-crops. `order` is the channel order
     the model was trained with; one-channel models read images as grayscale.
-    Fields left None come from the model's input shape (size, layout, channels)
-    and dtype (scale: 1/255 for float inputs, 1 for integer inputs).
+    Fields left None are guessed: size, layout and channels from the model's input
+    shape, scale 1/255 (float inputs) or 1 (integer inputs), mean 0, std 1, order RGB;
+    a guess the model contradicts (`image_checks`) is refused, not made.
     """
 
     size: tuple[int, int] | None = None
     layout: str | None = None
     scale: float | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    order: str = "RGB"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    order: str | None = None
     resize: str = "stretch"
     channels: int | None = None
     batch: bool | None = None  # add a leading batch axis of 1; None: when the model's rank says so
@@ -52,7 +56,7 @@ class ImagePreprocessing:
     def __post_init__(self) -> None:
         if self.layout is not None and self.layout not in _LAYOUTS:
             raise UsageError(f"image layout must be NCHW or NHWC, got {self.layout!r}")
-        if self.order not in _ORDERS:
+        if self.order is not None and self.order not in _ORDERS:
             raise UsageError(f"image channel order must be RGB or BGR, got {self.order!r}")
         if self.resize not in _RESIZE:
             raise UsageError(f"image resize must be 'stretch' or 'crop', got {self.resize!r}")
@@ -62,7 +66,7 @@ class ImagePreprocessing:
             )
         if self.scale is not None and not self.scale > 0:
             raise UsageError(f"image scale must be positive, got {self.scale}")
-        if any(s == 0 for s in self.std):
+        if any(s == 0 for s in self.std or ()):
             raise UsageError("image std must not contain 0")
         if self.channels is not None and self.channels not in (1, 3):
             raise UsageError(f"image channels must be 1 or 3, got {self.channels}")
@@ -103,18 +107,31 @@ class ImagePreprocessing:
         return cls(**values)
 
     def describe(self) -> str:
+        """The `--image-preprocess` text of the fields set (parse(describe()) gives it back)."""
         parts = []
         if self.size:
             parts.append(f"size={self.size[0]},{self.size[1]}")
         if self.layout:
             parts.append(f"layout={self.layout}")
         if self.scale is not None:
-            parts.append(f"scale={self.scale:g}")
-        parts.append("mean=" + ",".join(f"{m:g}" for m in self.mean))
-        parts.append("std=" + ",".join(f"{s:g}" for s in self.std))
-        parts.append(f"order={self.order}")
+            inverse = 1 / self.scale
+            exact = abs(inverse - round(inverse)) < 1e-9 * inverse and round(inverse) > 1
+            parts.append(f"scale=1/{round(inverse)}" if exact else f"scale={self.scale:g}")
+        if self.mean is not None:
+            parts.append("mean=" + ",".join(f"{m:g}" for m in self.mean))
+        if self.std is not None:
+            parts.append("std=" + ",".join(f"{s:g}" for s in self.std))
+        if self.order is not None:
+            parts.append(f"order={self.order}")
         parts.append(f"resize={self.resize}")
+        if self.channels is not None:
+            parts.append(f"channels={self.channels}")
         return ";".join(parts)
+
+    def stated(self) -> frozenset[str]:
+        """The fields given (not left to the guess)."""
+        names = ("size", "layout", "scale", "mean", "std", "order", "channels")
+        return frozenset(n for n in names if getattr(self, n) is not None)
 
 
 def parse_image_preprocessing(text: str | None) -> ImagePreprocessing | None:
@@ -141,6 +158,7 @@ class ImageReader:
     files: list[str]  # names inside `folder`
     specs: list[InputSpec] | None
     given: ImagePreprocessing | str | None
+    model: ir.Model | None = None  # for the checks of `image_checks` (None: dtype only)
     preprocessing: ImagePreprocessing = field(init=False)
 
     def __post_init__(self) -> None:
@@ -160,7 +178,9 @@ class ImageReader:
                 f"{count} inputs"
             )
         self.spec = self.specs[0]
-        self.preprocessing = _resolve(given or ImagePreprocessing(), self.spec, self.folder)
+        self.preprocessing = resolve(
+            given or ImagePreprocessing(), self.spec, self.folder, self.model
+        )
 
     def iterate(self) -> Iterator[Mapping[str, np.ndarray]]:
         for name in self.files:
@@ -181,6 +201,7 @@ class ImageReader:
             raise DataError(f"{file}: cannot read as an image ({first_line(exc)})") from exc
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
+        assert p.mean is not None and p.std is not None
         if p.order == "BGR" and pixels.shape[2] == 3:
             pixels = pixels[:, :, ::-1]
         x = pixels * np.float32(p.scale)
@@ -214,8 +235,10 @@ def _resize(image: Any, size: tuple[int, int], mode: str) -> Any:
     return image
 
 
-def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImagePreprocessing:
-    """Fill the fields left None from the model's input."""
+def resolve(
+    given: ImagePreprocessing, spec: InputSpec, folder: Path, model: ir.Model | None = None
+) -> ImagePreprocessing:
+    """Fill the fields left None from the model's input; refuse a guess it contradicts."""
     shape = spec.shape
     if spec.dtype.kind not in "fiu":
         raise DataError(
@@ -253,8 +276,9 @@ def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImageP
         size = (height, width)
     channels = given.channels or (channel if channel in (1, 3) else 3)
     scale = given.scale if given.scale is not None else (1 / 255 if spec.dtype.kind == "f" else 1.0)
+    _refuse_doubtful(given, spec, folder, model)
     for label, values in (("mean", given.mean), ("std", given.std)):
-        if len(values) not in (1, channels):
+        if values is not None and len(values) not in (1, channels):
             raise UsageError(
                 f"image {label} has {len(values)} values; the model takes {channels} channels"
             )
@@ -262,10 +286,104 @@ def _resolve(given: ImagePreprocessing, spec: InputSpec, folder: Path) -> ImageP
         size=size,
         layout=layout,
         scale=scale,
-        mean=given.mean,
-        std=given.std,
-        order=given.order,
+        mean=given.mean if given.mean is not None else (0.0,),
+        std=given.std if given.std is not None else (1.0,),
+        order=given.order or "RGB",
         resize=given.resize,
         channels=channels,
         batch=batch,
     )
+
+
+def _refuse_doubtful(
+    given: ImagePreprocessing, spec: InputSpec, folder: Path, model: ir.Model | None
+) -> None:
+    """One line naming the evidence and what to state, when a needed guess is doubtful."""
+    found = doubts(model, spec.name, spec.dtype)
+    stated = given.stated()
+    open_doubts = [d for d in found if not set(d.fields) <= stated]
+    if open_doubts:  # every reason and one setting to pass, so one round fixes it
+        reasons = "; ".join(dict.fromkeys(d.reason for d in open_doubts))
+        settings: dict[str, str] = {}
+        for doubt in open_doubts:
+            for item in doubt.suggestion.split(";"):
+                settings.setdefault(item.partition("=")[0], item)
+        suggestion = ";".join(settings.values())
+        raise UsageError(
+            f"{folder}: will not guess the image preprocessing: {reasons}; state it with "
+            f"--image-preprocess '{suggestion}' (data.image_preprocess in a recipe, "
+            "onnxslim.ImageFolder(folder, '...') in Python)"
+        )
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of images with the preprocessing to apply: a data source that is also a path.
+
+    Why a path too (`os.fspath` gives the folder): code that only passes data along,
+    or names it in a report, keeps working, while `calibration.open_feeds` reads it
+    with this preprocessing. Fields left None are guessed (and checked) against the
+    model the folder is opened with. From Python:
+    `onnxslim.quantize(model, calib=onnxslim.ImageFolder("imgs", "scale=1;order=BGR"))`.
+    """
+
+    folder: Path
+    preprocessing: ImagePreprocessing = field(default_factory=ImagePreprocessing)
+
+    def __post_init__(self) -> None:  # accept a str path and the CLI's text form too
+        object.__setattr__(self, "folder", Path(self.folder))
+        if isinstance(self.preprocessing, str):
+            object.__setattr__(self, "preprocessing", ImagePreprocessing.parse(self.preprocessing))
+
+    def __fspath__(self) -> str:
+        return str(self.folder)
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def describe(self) -> str:
+        return f"{self.folder}: {self.preprocessing.describe()}"
+
+    def notice(self, option: str, given: ImagePreprocessing | str | None) -> str:
+        """The one line a command prints: what it applies, and which values were guesses."""
+        if isinstance(given, str):
+            given = ImagePreprocessing.parse(given)
+        p = self.preprocessing
+        taken = {"size", "layout", "channels"} | ({"order"} if p.channels == 1 else set())
+        guessed = sorted(p.stated() - (given.stated() if given else frozenset()) - taken)
+        how = f"; guessed: {', '.join(guessed)}" if guessed else ""
+        return f"{option} {self.folder}: images read as {p.describe()}{how}"
+
+
+def image_files(folder: Path) -> list[str]:
+    """Names of the image files directly in `folder` (unsorted; none when not a folder)."""
+    if not folder.is_dir():
+        return []
+    with os.scandir(folder) as entries:
+        return [
+            e.name
+            for e in entries
+            if not e.name.startswith(".")
+            and e.is_file()
+            and e.name.lower().endswith(IMAGE_SUFFIXES)
+        ]
+
+
+def resolve_folder(
+    folder: str | os.PathLike[str],
+    model: ir.Model,
+    given: ImagePreprocessing | str | None = None,
+) -> ImageFolder | None:
+    """The image folder with every preprocessing field fixed for `model` (None: not images).
+
+    What a command prints and records before any work, and what it passes on, so
+    every later reading uses exactly these settings and no later guess can differ.
+    """
+    path = Path(folder)
+    files = image_files(path)
+    if not files:
+        return None
+    if isinstance(given, str):
+        given = ImagePreprocessing.parse(given)
+    reader = ImageReader(path, files, input_specs(model), given, model)
+    return ImageFolder(path, reader.preprocessing)

@@ -7,6 +7,7 @@ and an optional search grid:
     [data]
     calib = "calib.npz"          # paths are relative to the recipe file
     eval = "eval.npz"
+    image_preprocess = "scale=1/255;order=RGB"   # for folders of images (--image-preprocess)
     [[pass]]                     # `onnxslim optimize --recipe` tables, plus the steps
     name = "optimize"            # optimize | quantize | prune | cluster | any registry pass
     [[pass]]
@@ -40,6 +41,7 @@ import yaml as pyyaml
 
 from onnxslim import presets
 from onnxslim.errors import UsageError
+from onnxslim.images import ImagePreprocessing
 from onnxslim.registry import (
     CLUSTER_PASS,
     PRUNE_METHODS,
@@ -63,7 +65,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEMA_KEYS = ("description", "data", "pass", "gates", "measure", "search")
-DATA_KEYS = ("calib", "eval", "calib_limit", "eval_limit")
+DATA_KEYS = ("calib", "eval", "calib_limit", "eval_limit", "image_preprocess")
 GATE_KEYS = (
     "metric",
     "max_accuracy_drop",
@@ -144,6 +146,7 @@ class Recipe:
     eval: str | None = None
     calib_limit: int | None = None
     eval_limit: int | None = None
+    image_preprocess: str | None = None  # ImagePreprocessing text, for image folders
     gates: Gates = field(default_factory=Gates)
     measure: Measure = field(default_factory=Measure)
     search: dict[str, Any] = field(default_factory=dict)
@@ -170,12 +173,22 @@ class Recipe:
             "calib": file_sha256(self.calib) if self.calib else None,
             "calib_limit": self.calib_limit,
         }
+        if self.image_preprocess is not None:  # how images become feeds decides the output
+            digest["image_preprocess"] = self.image_preprocess
         text = json.dumps(digest, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def with_data(self, calib: str | None = None, eval: str | None = None) -> Recipe:
-        """CLI `--calib` / `--eval` override the recipe's data."""
+    def with_data(
+        self,
+        calib: str | None = None,
+        eval: str | None = None,
+        image_preprocess: str | None = None,
+    ) -> Recipe:
+        """CLI `--calib` / `--eval` / `--image-preprocess` override the recipe's data."""
         changes: dict[str, Any] = {}
+        if image_preprocess is not None:
+            ImagePreprocessing.parse(image_preprocess)  # a UsageError before any work
+            changes["image_preprocess"] = image_preprocess
         if calib is not None:
             changes["calib"] = str(Path(calib).absolute())
         if eval is not None:
@@ -198,10 +211,19 @@ class Recipe:
 
 
 def file_sha256(path: str | Path) -> str:
+    """A data file's content hash; a folder (of samples or images): each file's name and
+    content, in name order (the files the readers take: not hidden, not in subfolders)."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    path = Path(path)
+    files = [path]
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+    for file in files:
+        if file is not path:
+            digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -289,6 +311,20 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         k: attempt(partial(_int, data, k, where, "data.", minimum=1), None)
         for k in ("calib_limit", "eval_limit")
     }
+    image_preprocess = data.get("image_preprocess")
+    if image_preprocess is not None:
+        if not isinstance(image_preprocess, str):
+            errors.append(
+                f"data.image_preprocess: expected text such as 'size=224,224;scale=1/255', "
+                f"got {image_preprocess!r}"
+            )
+            image_preprocess = None
+        else:
+            try:
+                ImagePreprocessing.parse(image_preprocess)
+            except UsageError as exc:
+                errors.append(f"data.image_preprocess: {exc}")
+                image_preprocess = None
     tables = document.get("pass")
     steps = []
     if tables is None:
@@ -330,6 +366,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         description=description,
         calib=paths.get("calib"),
         eval=paths.get("eval"),
+        image_preprocess=image_preprocess,
         gates=gates,
         measure=measure,
         search=search,

@@ -59,6 +59,11 @@ def markdown(data: dict[str, Any]) -> str:
             f"smaller), sha256 `{output['sha256'][:16]}`; recipe sha256 "
             f"`{recipe['sha256'][:16]}`; evaluated on {data['data']['feeds']}",
         ]
+    for key, applied in (data["data"].get("image_preprocessing") or {}).items():
+        lines += [
+            "",
+            f"image preprocessing of {key} `{applied['folder']}`: `{applied['preprocessing']}`",
+        ]
     if data.get("search"):
         search = data["search"]
         lines += [

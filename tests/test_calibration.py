@@ -512,7 +512,10 @@ def test_uint8_image_input_gets_raw_pixels(tmp_path: Path) -> None:
     proto.ir_version = 8
     onnx.save(proto, str(tmp_path / "u8.onnx"))
     model = io.load(tmp_path / "u8.onnx")
-    feed = read_feeds(tmp_path / "imgs", model)[0]
+    # Raw uint8 pixels say nothing about the channel order: refused until it is stated.
+    with pytest.raises(UsageError, match=r"is uint8 .* --image-preprocess 'order=RGB'"):
+        read_feeds(tmp_path / "imgs", model)
+    feed = read_feeds(tmp_path / "imgs", model, image_preprocessing="order=RGB")[0]
     np.testing.assert_array_equal(feed["img"][0], images[0])
     np.testing.assert_array_equal(Session(model).run(feed)["f"][0], images[0].astype(np.float32))
 

@@ -59,6 +59,7 @@ WORKFLOW_FLAGS = {
     "keep_metadata",
     "external_data",
     "external_threshold",
+    "image_preprocess",
 }
 # CLI name -> (pass option, how the flag's default maps onto the option's).
 RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.feed_checks",
             "onnxslim.npz_stream",
             "onnxslim.images",
+            "onnxslim.image_checks",
             "onnxslim.feeds",
             "onnxslim.feed_search",
             "onnxslim.validation",

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from onnxslim import api
+from onnxslim.calibration import FeedSource
 from onnxslim.cli._app import err, out, print_json
 from onnxslim.cli._options import save_model
 from onnxslim.errors import GateFailed, UsageError
@@ -30,7 +31,7 @@ def run(
     model: Path,
     output: Path,
     *,
-    calib: str | None,
+    calib: FeedSource | None,
     eval_data: str | None,
     max_drop: float,
     options: dict[str, Any],
@@ -39,9 +40,11 @@ def run(
     progress: Any = None,
     mode: str = "static",
     save: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
 ) -> None:
     """Quantize with fallback to float until the top-1 drop on `eval_data` is at most
-    `max_drop` points; `save` holds the external-data choice for the written model."""
+    `max_drop` points; `save` holds the external-data choice for the written model,
+    `record` what the JSON report adds (the image preprocessing applied)."""
     if mode != "static":
         raise UsageError(f"--max-drop works with --mode static, not {mode}")
     if calib is None:
@@ -82,6 +85,7 @@ def run(
                 "sensitivity_table": str(table_file),
                 **result.to_dict(),
                 "max_drop_points": max_drop,
+                **(record or {}),
             }
         )
     else:

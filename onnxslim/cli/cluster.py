@@ -13,6 +13,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
 from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.errors import GateFailed, UsageError
 
@@ -142,6 +143,7 @@ def cluster_command(
     overwrite: bool = opt.OVERWRITE,
     external_data: bool | None = opt.EXTERNAL_DATA,
     external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     json_output: bool = opt.JSON,
     target_error: float = target_option(),
 ) -> None:
@@ -153,6 +155,10 @@ def cluster_command(
         raise typer.BadParameter(
             f"{allocation!r}: expected target, mixed or uniform", param_hint="--allocation"
         )
+    sources = DataOptions(model, image_preprocess)
+    calib_source = sources.source(calib, "--calib")
+    eval_source = sources.source(eval_data, "--eval")
+    sources.check_used()
     if init not in _INITS:
         raise typer.BadParameter(
             f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init"
@@ -185,8 +191,8 @@ def cluster_command(
         result = api.cluster(
             model,
             bits=bits,
-            calib=calib,
-            eval_data=eval_data,
+            calib=calib_source,
+            eval_data=eval_source,
             verify=verify,
             runs=runs,
             max_drop=max_drop,
@@ -204,7 +210,9 @@ def cluster_command(
         threshold=external_threshold,
     )
     if json_output:
-        print_json({"input": str(model), "output": str(output), **result.to_dict()})
+        print_json(
+            {"input": str(model), "output": str(output), **result.to_dict(), **sources.record()}
+        )
     else:
         _print_report(result, model, output)
         print_target(result.target)

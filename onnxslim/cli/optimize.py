@@ -10,6 +10,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, out, print_json
+from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
 from onnxslim.errors import GateFailed, UsageError
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.pipeline import Pipeline
@@ -39,6 +40,7 @@ def optimize_command(
     data: Path | None = typer.Option(
         None, "--data", help="Validation feeds (.npz or folder); generated inputs otherwise."
     ),
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     atol: float = typer.Option(1e-5, help="Absolute tolerance of the checks."),
     rtol: float = typer.Option(1e-5, help="Relative tolerance of the checks."),
     write_anyway: bool = opt.WRITE_ANYWAY,
@@ -77,11 +79,14 @@ def optimize_command(
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
+    sources = DataOptions(model, image_preprocess, input_shape)
+    feeds = sources.source(data, "--data")
+    sources.check_used()
     result = api.optimize(
         model,
         pipeline=pipeline,
         verify=verify,
-        data=data,
+        data=feeds,
         atol=atol,
         rtol=rtol,
         input_shapes=input_shape or None,
@@ -112,6 +117,7 @@ def optimize_command(
                 "rolled_back": [r.name for r in result.result.rolled_back],
                 "parity": [p.to_dict() for p in final] if final is not None else None,
                 "passes": [r.to_dict() for r in records],
+                **sources.record(),
             }
         )
     else:

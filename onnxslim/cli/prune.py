@@ -12,6 +12,7 @@ from rich.table import Table
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
 from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.errors import GateFailed, UsageError
 
@@ -103,6 +104,7 @@ def prune_command(
     overwrite: bool = opt.OVERWRITE,
     external_data: bool | None = opt.EXTERNAL_DATA,
     external_threshold: int = opt.EXTERNAL_THRESHOLD,
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     json_output: bool = opt.JSON,
     target_error: float = target_option(),
 ) -> None:
@@ -110,6 +112,10 @@ def prune_command(
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
+    sources = DataOptions(model, image_preprocess)
+    calib_source = sources.source(calib, "--calib")
+    eval_source = sources.source(eval_data, "--eval")
+    sources.check_used()
     if sparsity is not None and not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
     options: dict[str, Any] = {"exclude": tuple(exclude or ())}
@@ -137,8 +143,8 @@ def prune_command(
             model,
             method=method,
             sparsity=sparsity,
-            calib=calib,
-            eval_data=eval_data,
+            calib=calib_source,
+            eval_data=eval_source,
             storage=storage,
             verify=verify,
             max_drop=max_drop,
@@ -155,7 +161,9 @@ def prune_command(
         threshold=external_threshold,
     )
     if json_output:
-        print_json({"input": str(model), "output": str(output), **result.to_dict()})
+        print_json(
+            {"input": str(model), "output": str(output), **result.to_dict(), **sources.record()}
+        )
     else:
         _print_report(result, model, output)
         print_target(result.target)

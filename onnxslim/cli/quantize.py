@@ -23,6 +23,7 @@ from onnxslim import api, io
 from onnxslim.cli import _accuracy
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json, warn
+from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
 from onnxslim.cli._target import fail_on_target, print_target, target_option
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.errors import UsageError
@@ -117,6 +118,7 @@ def quantize_command(
     data: str | None = typer.Option(
         None, "--data", help="Validation feeds (with `labels` for accuracy); default: --calib."
     ),
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     verify: bool = opt.VERIFY,
     requantize: bool = typer.Option(
         False, "--requantize", help="Quantize a model that already holds quantized ops."
@@ -157,6 +159,10 @@ def quantize_command(
     if io.same_file(model, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
+    sources = DataOptions(model, image_preprocess)
+    calib_source = sources.source(calib, "--calib")
+    data_source = sources.source(data, "--data")
+    sources.check_used()
     # Every flag under its pass-option name; the mode's pass takes the fields it declares.
     flags: dict[str, Any] = {
         "target": target,
@@ -179,8 +185,8 @@ def quantize_command(
             _accuracy.run(
                 model,
                 output,
-                calib=calib,
-                eval_data=eval_data or data,
+                calib=calib_source,
+                eval_data=eval_data or data,  # labelled .npz (images carry no labels)
                 max_drop=max_drop,
                 options=options,
                 overwrite=overwrite,
@@ -188,14 +194,15 @@ def quantize_command(
                 progress=progress,
                 mode=mode,
                 save=save,
+                record=sources.record(),
             )
         return
     with _progress() as progress:
         result = api.quantize(
             model,
             mode=mode,
-            calib=calib,
-            data=data,
+            calib=calib_source,
+            data=data_source,
             verify=verify,
             progress=progress,
             target_error=target_error,
@@ -211,6 +218,7 @@ def quantize_command(
                 "output": str(output),
                 "file_bytes": [size_in, size_out],
                 **result.to_dict(),
+                **sources.record(),
             }
         )
     else:

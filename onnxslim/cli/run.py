@@ -17,6 +17,7 @@ from rich.table import Table
 from onnxslim import api, io, presets
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._data import IMAGE_PREPROCESS
 from onnxslim.errors import GateFailed, UsageError
 
 recipes_app = typer.Typer(
@@ -33,6 +34,11 @@ _RECIPE_HELP = "Recipe file (.toml, .yaml) or a preset name (`onnxslim recipes`)
 def _progress(message: str) -> None:
     if err.is_terminal:
         err.print(f"[dim]{escape(message)}[/]")
+
+
+def _notice(message: str) -> None:
+    """What the user must see even off a terminal (the preprocessing of image folders)."""
+    err.print(message, markup=False, highlight=False)
 
 
 def _check_output(model: Path, output: Path, overwrite: bool) -> None:
@@ -69,6 +75,7 @@ def run_command(
     eval_data: str | None = _EVAL_OPTION,
     data: str | None = _DATA_OPTION,
     input_shape: list[str] | None = opt.INPUT_SHAPE,
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     overwrite: bool = _OVERWRITE_OPTION,
     external_data: bool | None = opt.EXTERNAL_DATA,
     external_threshold: int = opt.EXTERNAL_THRESHOLD,
@@ -88,6 +95,8 @@ def run_command(
         input_shapes=input_shape or None,
         external_data=external_data,
         external_threshold=external_threshold,
+        image_preprocess=image_preprocess,
+        notice=_notice,
     )
     _finish(result, output, report, json_output)
 
@@ -104,6 +113,7 @@ def search_command(
     eval_data: str | None = _EVAL_OPTION,
     data: str | None = _DATA_OPTION,
     input_shape: list[str] | None = opt.INPUT_SHAPE,
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     jobs: int | None = typer.Option(
         None, "--jobs", "-j", min=1, help="Local worker processes (default: CPUs, at most 4)."
     ),
@@ -131,6 +141,8 @@ def search_command(
         input_shapes=input_shape or None,
         external_data=external_data,
         external_threshold=external_threshold,
+        image_preprocess=image_preprocess,
+        notice=_notice,
     )
     _finish(result, output, report, json_output)
 

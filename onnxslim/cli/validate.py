@@ -23,6 +23,7 @@ from onnxslim import api
 from onnxslim import tolerance as tolerances
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, deprecated, err, out, print_json
+from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
 from onnxslim.cli.inspect_cmd import human_bytes
 from onnxslim.cross_target import TargetReport, validate_on_targets
 from onnxslim.errors import GateFailed
@@ -76,6 +77,7 @@ def validate_command(
         help="Feeds: an .npz of samples stacked on axis 0, an .npy, or a folder of "
         ".npz/.npy files or images; generated inputs when absent.",
     ),
+    image_preprocess: str | None = IMAGE_PREPROCESS,
     max_samples: int | None = opt.MAX_SAMPLES,
     count: int | None = typer.Option(None, "--count", min=1, hidden=True),
     input_shape: list[str] | None = opt.INPUT_SHAPE,
@@ -134,11 +136,14 @@ def validate_command(
     )
     atol = chosen.atol if atol is None else atol
     rtol = chosen.rtol if rtol is None else rtol
+    sources = DataOptions(reference, image_preprocess, input_shape)
+    feeds_source = sources.source(data, "--data")
+    sources.check_used()
     with progress_bar() as progress:
         report = api.validate(
             reference,
             candidate,
-            feeds=data,
+            feeds=feeds_source,
             count=max_samples,
             input_shapes=parse_input_shapes(input_shape),
             runs=runs,
@@ -152,7 +157,7 @@ def validate_command(
     if target:
         feeds, _, _ = resolve_feeds(
             api.as_model(reference),
-            data,
+            feeds_source,
             count=target_feeds,
             seed=0,
             shapes=parse_input_shapes(input_shape),
@@ -168,6 +173,7 @@ def validate_command(
                 **report.to_dict(),
                 "tolerance": described,
                 "targets": [t.to_dict() for t in target_reports],
+                **sources.record(),
             }
         )
     else:

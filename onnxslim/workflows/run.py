@@ -32,6 +32,7 @@ from onnxslim.errors import OnnxSlimError, PassFailed, RuntimeFailure, UsageErro
 from onnxslim.evaluation import Evaluator
 from onnxslim.gates import check_gates
 from onnxslim.graphs import node_count
+from onnxslim.images import resolve_folder
 from onnxslim.passes.cluster import UnpackPalette
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
@@ -65,17 +66,22 @@ def run_recipe(
     eval_data: str | None = None,
     progress: Progress | None = None,
     input_shapes: tuple[str, ...] = (),
+    image_preprocess: str | None = None,
+    notice: Progress | None = None,
 ) -> RunOutcome:
     """Run `recipe` on `source`; the report says whether every gate passed.
 
     `input_shapes` (NAME:D1,D2,...) fix dynamic inputs of the input model before
     anything is measured, so generated feeds and every step see those shapes.
+    `image_preprocess` overrides the recipe's data.image_preprocess; the
+    preprocessing applied to each image folder goes to `notice` (one line each)
+    and into the report.
 
     Raises UsageError for a bad recipe or data (before any step runs) and PassFailed
     when a step fails; a failed gate is not an exception here (see RunReport.passed).
     """
     say = progress or (lambda _m: None)
-    recipe = load_recipe(recipe).with_data(calib, eval_data)
+    recipe = load_recipe(recipe).with_data(calib, eval_data, image_preprocess)
     check_data(recipe)
     start = time.perf_counter()
     if isinstance(source, ir.Model):
@@ -88,22 +94,27 @@ def run_recipe(
     if input_shapes:
         model = model if input_path is not None else model.clone()  # never change the caller's
         FixInputShapes(shapes=tuple(input_shapes))(model)
+    sources = recipe_data(recipe, model)
+    for line in sources.lines():
+        (notice or say)(line)
     say("measuring the input model")
     evaluator = Evaluator(
         model,
-        eval_data=recipe.eval,
-        calib=recipe.calib,
+        eval_data=sources.eval,
+        calib=sources.calib,
         eval_limit=recipe.eval_limit,
         parity_limit=recipe.measure.parity_feeds,
     )
     report = RunReport.start(recipe, input_path, input_bytes, evaluator)
+    if sources.applied:
+        report.data["image_preprocessing"] = dict(sources.applied)
     current = model
     for index, step in enumerate(recipe.steps):
         say(f"step {index + 1}/{len(recipe.steps)}: {step.name}")
         begin = time.perf_counter()
         try:
             try:
-                current, details, warnings = _run_step(step, current, recipe, index)
+                current, details, warnings = _run_step(step, current, recipe, index, sources)
             except (PassFailed, RuntimeFailure) as exc:
                 text = re.sub(r"^pass '[^']*' failed: ", "", str(exc))
                 raise PassFailed(f"pass[{index}] ({step.name}) failed: {text}") from exc
@@ -162,6 +173,46 @@ def add_provenance(model: ir.Model, recipe: Recipe, input_bytes: bytes) -> None:
     model.metadata_props["onnxslim.input_sha256"] = hashlib.sha256(input_bytes).hexdigest()
 
 
+@dataclass(frozen=True)
+class RecipeData:
+    """The recipe's data as the steps read it: image folders carry their preprocessing."""
+
+    calib: str | os.PathLike[str] | None
+    eval: str | os.PathLike[str] | None
+    applied: dict[str, dict[str, str]]  # "data.calib" -> {folder, preprocessing}
+    notices: list[str]  # one line per image folder: what is applied, what was guessed
+
+    def lines(self) -> list[str]:
+        return list(self.notices)
+
+
+def recipe_data(recipe: Recipe, model: ir.Model) -> RecipeData:
+    """Settle each image folder's preprocessing once, against the model it feeds.
+
+    Refused (UsageError, before any work) when the model contradicts a guess; every
+    step, the evaluator and the gates then read the folder with exactly this.
+    """
+    sources: dict[str, str | os.PathLike[str] | None] = {}
+    applied: dict[str, dict[str, str]] = {}
+    notices = []
+    for key in ("calib", "eval"):
+        path = getattr(recipe, key)
+        folder = resolve_folder(path, model, recipe.image_preprocess) if path else None
+        if folder is not None:
+            notices.append(folder.notice(f"data.{key}", recipe.image_preprocess))
+            applied[f"data.{key}"] = {
+                "folder": str(path),
+                "preprocessing": folder.preprocessing.describe(),
+            }
+        sources[key] = folder if folder is not None else path
+    if recipe.image_preprocess is not None and not applied:
+        raise UsageError(
+            f"{recipe.source}: data.image_preprocess (--image-preprocess) applies to folders "
+            "of images; data.calib and data.eval are not"
+        )
+    return RecipeData(sources["calib"], sources["eval"], applied, notices)
+
+
 def check_data(recipe: Recipe) -> None:
     """Steps that need calibration data must have it before anything runs."""
     for index, step in enumerate(recipe.steps):
@@ -187,14 +238,14 @@ def _public(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_step(
-    step: Step, model: ir.Model, recipe: Recipe, index: int
+    step: Step, model: ir.Model, recipe: Recipe, index: int, sources: RecipeData
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
     options: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()
     }
-    calib = options.pop("calib", None) or recipe.calib
+    calib = options.pop("calib", None) or sources.calib
     if step.name == "optimize":
-        result = optimize(model, verify=True, data=recipe.calib, feed_count=4)
+        result = optimize(model, verify=True, data=sources.calib, feed_count=4)
         if not result.passed:
             raise PassFailed(f"pass[{index}] (optimize): the lossless clean-up moved the outputs")
         changed = [r.name for r in result.result.records if r.status == "changed"]
@@ -235,7 +286,7 @@ def _run_step(
             ),
         }
         return clustered.model, _jsonable(details), list(clustered.warnings)
-    return _registry_pass(step, model, options, calib, recipe, index)
+    return _registry_pass(step, model, options, calib, sources.calib)
 
 
 def _quantize(
@@ -258,7 +309,7 @@ def _quantize(
             model,
             calib,
             max_drop=max_drop / 100.0,
-            eval_data=recipe.eval,
+            eval_data=recipe.eval,  # labelled .npz: no image folder carries labels
             eval_limit=recipe.eval_limit,
             options=QuantizeStatic(**options),
         )
@@ -292,8 +343,7 @@ def _registry_pass(
     model: ir.Model,
     options: dict[str, Any],
     calib: FeedSource | None,
-    recipe: Recipe,
-    index: int,
+    check_data: FeedSource | None,
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
     fields = {f.name for f in dataclasses.fields(pass_class(step.name))}  # type: ignore[arg-type]
     if "calib" in fields and calib is not None:
@@ -301,7 +351,7 @@ def _registry_pass(
     instance = make_pass(step.name, options)
     guard = None
     if getattr(instance, "lossless", False):
-        feeds, _ = validation_feeds(model, recipe.calib, count=4)
+        feeds, _ = validation_feeds(model, check_data, count=4)
         guard = Guard(feeds)
     result = run_pipeline(model, Pipeline((instance,)), guard=guard)
     record = result.records[0]

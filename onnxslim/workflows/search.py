@@ -36,9 +36,10 @@ import onnx_ir as ir
 
 from onnxslim import io
 from onnxslim.errors import OnnxSlimError, PassFailed, UsageError
+from onnxslim.images import image_files
 from onnxslim.recipe import Recipe, load_recipe
 from onnxslim.report import RunReport
-from onnxslim.workflows.run import RecipeSpec, check_data, run_recipe
+from onnxslim.workflows.run import RecipeSpec, check_data, recipe_data, run_recipe
 
 Progress = Callable[[str], None]
 MAX_DEFAULT_JOBS = 4
@@ -70,10 +71,16 @@ def search_recipe(
     jobs: int | None = None,
     ray_address: str | None = None,
     progress: Progress | None = None,
+    image_preprocess: str | None = None,
+    notice: Progress | None = None,
 ) -> RunReport:
-    """Run every candidate; returns the chosen candidate's RunReport with a `search` section."""
+    """Run every candidate; returns the chosen candidate's RunReport with a `search` section.
+
+    Image folders are settled here once (refused before any candidate runs when the
+    model contradicts a guess; one `notice` line each); the candidates read them the same.
+    """
     say = progress or (lambda _m: None)
-    recipe = load_recipe(recipe).with_data(calib, eval_data)
+    recipe = load_recipe(recipe).with_data(calib, eval_data, image_preprocess)
     if not recipe.search:
         raise UsageError(
             f"{recipe.source}: search: the recipe has no [search] table "
@@ -83,6 +90,10 @@ def search_recipe(
     source = Path(source)
     if not source.is_file():
         raise UsageError(f"{source}: no such file")
+    folders = [p for p in (recipe.calib, recipe.eval) if p and image_files(Path(p))]
+    if folders or recipe.image_preprocess is not None:
+        for line in recipe_data(recipe, io.load(source)).lines():
+            (notice or say)(line)
     configs = candidates(recipe)
     variants = [variant(recipe, c) for c in configs]  # validates every value up front
     jobs = jobs or default_jobs(len(configs))
