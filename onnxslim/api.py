@@ -246,7 +246,7 @@ def prune(
     source: ModelSource,
     *,
     method: str = "magnitude",
-    sparsity: float = 0.5,
+    sparsity: float | None = None,
     calib: FeedSource | None = None,
     eval_data: FeedSource | None = None,
     storage: str = "packed",
@@ -258,7 +258,9 @@ def prune(
 ) -> PruneResult:
     """Prune a trained model with nothing but the model and some data; returns a PruneResult.
 
-    `method`: "magnitude" (unstructured; `sparsity` is the fraction zeroed), "nm"
+    `method`: "magnitude" (unstructured; by default the most sparsity, up to `sparsity`
+    or 0.9, that meets the accuracy target `target_error`; allocation="uniform" zeroes
+    exactly `sparsity`, default 0.5), "nm"
     (N:M, options `n`, `m`), or "channels" (structured; `sparsity` is the fraction
     of channels removed per group). `calib`: calibration data (anything
     `open_feeds` reads); with it, layers are refit by least squares unless
@@ -285,7 +287,7 @@ def prune(
 def cluster(
     source: ModelSource,
     *,
-    bits: int = 4,
+    bits: int | None = None,
     calib: FeedSource | None = None,
     eval_data: FeedSource | None = None,
     verify: bool = True,
@@ -297,6 +299,12 @@ def cluster(
     **options: Any,
 ) -> ClusterResult:
     """Cluster each weight into 2^bits shared values (palettization); returns a ClusterResult.
+
+    By default the fewest bytes that meet the accuracy target `target_error`: bits
+    (2..8) and palettes chosen per weight from measured sensitivities, each budget checked
+    on held-out feeds; `bits` given is a budget (the bytes uniform `bits` stores) and
+    `result.request` says whether it met the target. allocation="uniform": exactly
+    `bits` (default 4) in every weight.
 
     The result stores packed indices + palettes that ONNX Runtime expands once at
     session start (file about bits/32 of the float weights, float speed). `calib`

@@ -99,6 +99,7 @@ def test_captcha_reader_4_bit_collapse_exits_1(entry, tmp_path: Path, capsys) ->
     out = tmp_path / "c4.onnx"
     code = main(
         ["cluster", str(DEVMODELS_CACHE / "captcha_crnn.onnx"), "-o", str(out), "--bits", "4"]
+        + ["--allocation", "uniform"]  # every weight at 4 bits (by default --bits is a budget)
         + ["--calib", str(calib), "--runs", "0", "--no-optimize", "--no-refine"]
     )
     captured = capsys.readouterr()

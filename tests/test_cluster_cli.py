@@ -81,6 +81,8 @@ def test_table_and_summary_go_to_stdout(tmp_path, capsys):
             str(out),
             "--bits",
             "2",
+            "--allocation",
+            "uniform",  # exactly 2 bits everywhere (by default --bits is a budget)
             "--init",
             "kmeans++",
             "--per-channel-groups",

@@ -209,7 +209,8 @@ def test_devmodel_clusters_or_skips_cleanly(entry):
     from onnxslim import api
 
     feeds = devmodel_feeds(entry["id"], 2)
-    result = api.cluster(DEVMODELS_CACHE / f"{entry['id']}.onnx", bits=8, eval_data=feeds, runs=0)
+    path = DEVMODELS_CACHE / f"{entry['id']}.onnx"
+    result = api.cluster(path, bits=8, allocation="uniform", eval_data=feeds, runs=0)
     assert result.checker == "ok"
     if entry["id"] == "tashkeel_ensemble_int8":
         assert not result.weights
@@ -356,7 +357,7 @@ def test_devmodel_mixed_allocation_is_closer_to_float_at_the_uniform_size(entry)
     path = DEVMODELS_CACHE / f"{entry['id']}.onnx"
     calib, check = devmodel_feeds(entry["id"], 8, seed=0), devmodel_feeds(entry["id"], 8, seed=5)
     common = dict(bits=4, calib=calib, eval_data=check, runs=0, refine=False)
-    uniform = api.cluster(path, **common)
+    uniform = api.cluster(path, allocation="uniform", **common)
     mixed = api.cluster(path, allocation="mixed", **common)
     assert mixed.checker == "ok"
     a = mixed.allocation

@@ -44,6 +44,8 @@ def test_prune_reports_sparsity_sizes_latency_and_accuracy(convnet_files, tmp_pa
             str(out),
             "--sparsity",
             "0.5",
+            "--allocation",
+            "uniform",  # exactly 0.5 in every layer (the default searches up to it)
             "--min-elements",
             "100",
             "--calib",

@@ -27,12 +27,22 @@ _MODEL = opt.model_argument("Trained ONNX model (never modified).")
 def cluster_command(
     model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the clustered model."),
-    bits: int = typer.Option(
-        4,
+    bits: int | None = typer.Option(
+        None,
         "--bits",
         min=1,
         max=8,
-        help="Bits per weight index: 2^B shared values per palette (1-8).",
+        help="Bits per weight index: 2^B shared values per palette (1-8). By default a budget: "
+        "at most the bytes uniform B stores, bits chosen per weight; exit 1 when that misses "
+        "--target-error. Without it, the fewest bytes that meet the target. Exactly B in "
+        "every weight with --allocation uniform (default there: 4).",
+    ),
+    allocation: str = typer.Option(
+        "target",
+        "--allocation",
+        help="target (bits 2-8 and palettes per weight from measured sensitivities, the fewest "
+        "bytes that meet --target-error), mixed (least measured error within the bytes of "
+        "--bits, needs --calib) or uniform (--bits in every weight).",
     ),
     calib: str | None = typer.Option(
         None,
@@ -141,6 +151,10 @@ def cluster_command(
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
+    if allocation not in ("target", "mixed", "uniform"):
+        raise typer.BadParameter(
+            f"{allocation!r}: expected target, mixed or uniform", param_hint="--allocation"
+        )
     sources = DataOptions(model, image_preprocess)
     calib_source = sources.source(calib, "--calib")
     eval_source = sources.source(eval_data, "--eval")
@@ -150,6 +164,7 @@ def cluster_command(
             f"{init!r}: expected one of {', '.join(_INITS)}", param_hint="--init"
         )
     options: dict[str, Any] = {
+        "allocation": allocation,
         "init": init,
         "exclude": tuple(exclude or ()),
         "packing": packing,
@@ -206,7 +221,30 @@ def cluster_command(
             f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
             f"{result.gate['max_drop']:g} (the model was written to {output})"
         )
-    fail_on_target(result.target, output, _ADVICE)
+    fail_on_target(result.target, output, _advice(result.request))
+
+
+def _advice(request: dict[str, Any] | None) -> str:
+    """What to try when the target was missed: with --bits asked for, the weights that broke
+    it and the budget the search found within the target."""
+    if request is None:
+        return _ADVICE
+    blamed = ", ".join(
+        f"{b['weight']} ({b['form']}, {b['error_share']:.0%} of the measured error)"
+        for b in request["blamed"]
+    )
+    reached = request["reached_bytes"]
+    return (
+        f"the budget of --bits {request['bits']} ({request['budget_bytes']:,} bytes of weights) "
+        "breaks it"
+        + (f" at {blamed}" if blamed else "")
+        + (
+            f"; the target held from {reached:,} bytes (leave --bits out to get that)"
+            if reached >= 0
+            else ""
+        )
+        + f"; {_ADVICE}"
+    )
 
 
 _ADVICE = (
@@ -329,6 +367,15 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
             f"budget (uniform {result.bits} bits: {a['uniform_bytes']:,}); output error "
             f"{a['chosen_error']:.2e} (uniform {a['uniform_error']:.2e}); {mean_bits:.2f} bits "
             "per clustered weight on average"
+        )
+    if result.search is not None:
+        tried = ", ".join(
+            f"{t['bits_per_weight']:.2f} {'ok' if t['passed'] else 'missed'}"
+            for t in result.search["trials"]
+        )
+        out.print(
+            f"at the target: {result.bits_per_weight:.2f} bits per clustered weight "
+            f"(tried, in bits per weight: {tried})"
         )
     if result.session_ms:
         out.print(

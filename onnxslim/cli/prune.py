@@ -34,11 +34,13 @@ _MODEL = opt.model_argument("Trained ONNX model (never modified).")
 def prune_command(
     model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the pruned model."),
-    sparsity: float = typer.Option(
-        0.5,
+    sparsity: float | None = typer.Option(
+        None,
         "--sparsity",
-        help="magnitude: fraction of weights zeroed; channels: "
-        "fraction of channels removed per group.",
+        help="magnitude: fraction of weights zeroed, at most (default: the most, up to 0.9, "
+        "that meets --target-error; exit 1 when the target holds only below it; exactly "
+        "with --allocation uniform/sensitivity, default 0.5); channels: fraction of "
+        "channels removed per group (default 0.5).",
     ),
     method: str = typer.Option(
         "magnitude", "--method", help="magnitude (unstructured), nm (N:M) or channels."
@@ -67,7 +69,11 @@ def prune_command(
         "per-layer", "--scope", help="magnitude: per-layer or global threshold."
     ),
     allocation: str = typer.Option(
-        "uniform", "--allocation", help="magnitude: uniform or sensitivity (measured on --calib)."
+        "target",
+        "--allocation",
+        help="magnitude: target (per-layer sparsities from measured sensitivities, the most "
+        "that meets --target-error), uniform, or sensitivity (exactly --sparsity, "
+        "measured on --calib).",
     ),
     importance: str = typer.Option(
         "l2", "--importance", help="channels: l1, l2 or activation (needs --calib)."
@@ -110,12 +116,14 @@ def prune_command(
     calib_source = sources.source(calib, "--calib")
     eval_source = sources.source(eval_data, "--eval")
     sources.check_used()
-    if not 0 <= sparsity < 1:
+    if sparsity is not None and not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
     options: dict[str, Any] = {"exclude": tuple(exclude or ())}
     if reconstruct is not None:
         options["reconstruct"] = reconstruct
     if method == "magnitude":
+        if scope == "global" and allocation == "target":  # one threshold: exactly --sparsity
+            allocation = "uniform"
         options.update(scope=scope, allocation=allocation, min_elements=min_elements)
     elif method == "nm":
         options["n"], options["m"] = _parse_nm(nm)
@@ -164,12 +172,29 @@ def prune_command(
             f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
             f"{result.gate['max_drop']:g} (the model was written to {output})"
         )
-    fail_on_target(result.target, output, _ADVICE)
+    fail_on_target(result.target, output, _advice(result.request))
+
+
+def _advice(request: dict[str, Any] | None) -> str:
+    """What to try when the target was missed: with a --sparsity asked for, the layers that
+    broke it and the most the search found within the target."""
+    if request is None:
+        return _ADVICE
+    blamed = ", ".join(
+        f"{b['layer']} ({b['sparsity']:.0%} sparse, {b['error_share']:.0%} of the measured error)"
+        for b in request["blamed"]
+    )
+    return (
+        f"--sparsity {request['sparsity']:g} breaks it"
+        + (f" at {blamed}" if blamed else "")
+        + f"; {request['reached']:.0%} met it in the search (leave --sparsity out to get the "
+        "most that does), or --exclude those layers"
+    )
 
 
 _ADVICE = (
     "try a lower --sparsity, --calib data for the least-squares refit, "
-    "--allocation sensitivity, or --exclude the layers that compute that output"
+    "--allocation target, or --exclude the layers that compute that output"
 )
 
 
@@ -198,6 +223,15 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
     out.print(table)
     b, a = result.size_before, result.size_after
     out.print(f"weights removed or zeroed: {result.sparsity:.1%} of all layer weights")
+    if result.search is not None:
+        tried = ", ".join(
+            f"{t['sparsity']:.0%} {'ok' if t['passed'] else 'missed'}"
+            for t in result.search["trials"]
+        )
+        out.print(
+            f"at the target: {result.search['reached']:.0%} of the prunable weights (up to "
+            f"{result.search['requested']:.0%}); tried {tried}"
+        )
     out.print(f"size raw  {b.raw:,} -> {a.raw:,} bytes ({a.raw / b.raw:.2f}x)")
     out.print(f"size gzip {b.gzip:,} -> {a.gzip:,} bytes ({a.gzip / b.gzip:.2f}x)")
     if result.session_ms:

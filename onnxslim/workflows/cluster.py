@@ -36,6 +36,7 @@ from onnxslim.registry import make_cluster_pass
 from onnxslim.runtime import ort_optimized
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.at_target import TargetCheck
 from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
     Sizes,
@@ -50,6 +51,8 @@ from onnxslim.workflows.optimize import optimize as optimize_model
 VALUE_INFO_CHECK_BYTES = 200_000_000
 DOMAIN_IMPORT_BYTES = 24  # the palette domain's opset import, which the pass adds
 CHECKER_LIMIT_BYTES = 1_500_000_000
+DEFAULT_BITS = 4  # the palette width of uniform and mixed allocations when none is given
+_INTERNAL = ("accept", "probe_feeds", "requested", "calib")
 
 
 @dataclass
@@ -77,10 +80,24 @@ class ClusterResult(ModelResult):
     warnings: list[str] = field(default_factory=list)
     allocation: dict[str, Any] | None = None  # allocation=mixed: budget, errors, each weight's form
     target: Assessment | None = None  # every output against the accuracy target, held-out feeds
+    # allocation=target with --bits / a budget asked for: {"bits", "passed", "blamed", ...};
+    # not passed when that budget missed the target (exit 1; the model at the request written)
+    request: dict[str, Any] | None = None
 
     @property
     def bits(self) -> int:
         return int(self.options["bits"])
+
+    @property
+    def search(self) -> dict[str, Any] | None:
+        """What the target search tried (allocation=target), else None."""
+        return (self.allocation or {}).get("search")
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per element of the clustered tensors (palettes and framing included)."""
+        elements = sum(w["elements"] for w in self.weights)
+        return 8.0 * sum(w["stored_bytes"] for w in self.weights) / elements if elements else 32.0
 
     @property
     def latency_ratio(self) -> float | None:
@@ -118,7 +135,8 @@ class ClusterResult(ModelResult):
         return {
             "bits": self.bits,
             "palette_size": 1 << self.bits,
-            "options": {k: v for k, v in self.options.items() if k != "calib"},
+            "bits_per_weight": self.bits_per_weight,
+            "options": {k: v for k, v in self.options.items() if k not in _INTERNAL},
             "passes": [r.to_dict() for r in self.records],
             "weights": self.weights,
             "layers": self.layers,
@@ -136,13 +154,15 @@ class ClusterResult(ModelResult):
             "seconds": self.seconds,
             "warnings": list(self.warnings),
             "target": self.target.to_dict() if self.target is not None else None,
+            "search": self.search,
+            "request": self.request,
         }
 
 
 def cluster_model(
     model: ir.Model,
     *,
-    bits: int = 4,
+    bits: int | None = None,
     calib: FeedSource | None = None,
     eval_data: FeedSource | None = None,
     validate_result: bool = True,
@@ -156,6 +176,13 @@ def cluster_model(
 ) -> ClusterResult:
     """Cluster `model` (not modified); see the module docstring for what is measured.
 
+    By default (allocation="target") the fewest bytes that meet the target: bits (2..8)
+    and palettes per weight from measured sensitivities, each budget checked on the
+    held-out feeds (TargetCheck); a `bits` given is a budget (what uniform `bits`
+    stores), and when it misses the target `result.request` names the weights that
+    broke it (the model at the budget is the result). allocation="uniform" / "mixed":
+    exactly `bits` (default DEFAULT_BITS), or within its bytes.
+
     `max_size` (bytes): the file the result may take at most; it sets allocation=mixed
     and the weights' budget to what the rest of the file leaves (see `_fit_to_size`).
     With `validate_result` and a `target_error` (points, onnxslim.agreement), every
@@ -163,12 +190,20 @@ def cluster_model(
     else the calibration data's last quarter, held back) into `result.target`.
     """
     start = time.perf_counter()
+    requested = bits is not None
+    bits = DEFAULT_BITS if bits is None else bits
     if max_size is not None:
-        if options.get("allocation", "mixed") != "mixed":
+        if options.get("allocation", "mixed") not in ("mixed", "target"):
             raise UsageError("cluster: a size target needs allocation=mixed")
         options = dict(options, allocation="mixed")
+    options.setdefault("allocation", "target")
     target = Target(target_error) if validate_result and target_error is not None else None
     split = split_data(model, calib, eval_data) if target is not None else None
+    if options["allocation"] == "target" and target is not None and split is not None:
+        options["accept"] = TargetCheck(model, split, target)
+        options["requested"] = requested or options.get("budget") is not None
+        if calib is None:  # sensitivities on the check's feeds: they only rank the forms
+            options["probe_feeds"] = split.check
     cluster_pass = make_cluster_pass(
         bits=bits, calib=split.fit if split is not None else calib, **options
     )
@@ -251,6 +286,15 @@ def cluster_model(
                 }
     if target is not None and split is not None:
         report.target = check_target(model, clustered, split, target)
+    searched = report.search
+    if searched is not None and searched.get("requested_bytes") is not None:
+        report.request = {
+            "bits": bits,
+            "budget_bytes": searched["requested_bytes"],
+            "reached_bytes": searched["reached_bytes"],
+            "passed": report.target is None or report.target.passed,
+            "blamed": searched.get("blamed", []),
+        }
     if max_size is not None:
         report.allocation = dict(report.allocation or {}, max_size=max_size)
         if report.size_after.raw > max_size:

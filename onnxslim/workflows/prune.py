@@ -28,6 +28,7 @@ from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
+from onnxslim.workflows.at_target import TargetCheck
 from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
     Sizes,
@@ -40,6 +41,8 @@ from onnxslim.workflows.measure import (
 
 METHODS = tuple(PRUNE_METHODS)
 STORAGE = PRUNE_STORAGE
+# The default search's upper bound: no sparsity given, the most that meets the target.
+TARGET_MAX_SPARSITY = 0.9
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,15 @@ class PruneResult(ModelResult):
     gate: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     target: Assessment | None = None  # every output against the accuracy target, held-out feeds
+    # allocation=target with a sparsity the user asked for: {"sparsity", "reached" (the most
+    # that met the target in the search), "passed" (the written model, at the request, met
+    # it), "blamed" (the layers carrying most of the error at the request)}
+    request: dict[str, Any] | None = None
+
+    @property
+    def search(self) -> dict[str, Any] | None:
+        """What the target search tried (allocation=target), else None."""
+        return self.details.get("search")
 
     @property
     def latency_ratio(self) -> float | None:
@@ -166,6 +178,8 @@ class PruneResult(ModelResult):
             "seconds": self.seconds,
             "warnings": list(self.warnings),
             "target": self.target.to_dict() if self.target is not None else None,
+            "search": self.search,
+            "request": self.request,
         }
 
 
@@ -179,9 +193,15 @@ def prune_model(
     runs: int = 50,
     max_drop: float | None = None,
     target_error: float | None = DEFAULT_TARGET_ERROR,
+    requested: bool = False,
     **options: Any,
 ) -> PruneResult:
     """Prune `model` (not modified) with `method`; see the module docstring for what is measured.
+
+    allocation=target (magnitude): the pass searches the most sparsity up to `sparsity`
+    meeting the target, each candidate checked on the held-out feeds (TargetCheck);
+    with `requested` (the user gave the sparsity), reaching less fills `result.request`
+    with the layers that broke the target at the request.
 
     With `validate_result` and a `target_error` (points, onnxslim.agreement), every
     output is measured against the original on feeds the refits never saw (`eval_data`,
@@ -195,6 +215,12 @@ def prune_model(
     split = split_data(model, calib, eval_data) if target is not None else None
     if split is not None and calib is not None:
         options["calib"] = split.fit
+    searching = method == "magnitude" and options.get("allocation") == "target"
+    if searching and target is not None and split is not None:
+        options["accept"] = TargetCheck(model, split, target)
+        options["requested"] = requested
+        if calib is None:  # sensitivities on the check's feeds: they only rank the layers
+            options["probe_feeds"] = split.check
     prune_pass = make_prune_pass(method, **options)
     check_feeds = parity_feeds(model, eval_data, calib)
     guard = Guard(check_feeds) if validate_result else None
@@ -212,7 +238,7 @@ def prune_model(
     report = PruneResult(
         model=pruned,
         method=method,
-        options=dict(options, storage=storage),
+        options={k: v for k, v in dict(options, storage=storage).items() if k not in _INTERNAL},
         records=result.records,
         layers=rows,
         sparsity=overall_sparsity(rows),
@@ -252,6 +278,15 @@ def prune_model(
                 }
     if target is not None and split is not None:
         report.target = check_target(model, pruned, split, target)
+    searched = report.search
+    if requested and searched is not None:
+        reached = float(searched["reached"])
+        report.request = {
+            "sparsity": float(searched["requested"]),
+            "reached": reached,  # the most that met the target
+            "passed": report.target is None or report.target.passed,
+            "blamed": searched.get("blamed", []),
+        }
     if max_drop is not None:
         drop = report.drop_points
         if drop is None:
@@ -263,11 +298,14 @@ def prune_model(
     return report
 
 
+_INTERNAL = ("accept", "probe_feeds", "requested")
+
+
 def prune(
     model: ir.Model,
     *,
     method: str = "magnitude",
-    sparsity: float = 0.5,
+    sparsity: float | None = None,
     calib: FeedSource | None = None,
     eval_data: FeedSource | None = None,
     storage: str = "packed",
@@ -277,11 +315,23 @@ def prune(
     **options: Any,
 ) -> PruneResult:
     """`onnxslim prune` / `api.prune`: `sparsity` goes to the method's own option
-    (ratio of channels, fraction of weights); `calib` turns on the refit."""
-    if method == "channels":
-        options.setdefault("ratio", sparsity)
-    elif method == "magnitude":
-        options.setdefault("sparsity", sparsity)
+    (ratio of channels, fraction of weights); `calib` turns on the refit.
+
+    magnitude prunes at the target by default (allocation="target"): the most sparsity
+    up to `sparsity` (None: TARGET_MAX_SPARSITY) that meets the accuracy target;
+    allocation="uniform" / "sensitivity" prune exactly `sparsity` (None: 0.5).
+    """
+    requested = sparsity is not None
+    if method == "magnitude":
+        options.setdefault("allocation", "target")
+        checked = validate and options.get("target_error", DEFAULT_TARGET_ERROR) is not None
+        searching = (
+            options["allocation"] == "target" and checked and options.get("scope") != "global"
+        )
+        default = TARGET_MAX_SPARSITY if searching else 0.5
+        options.setdefault("sparsity", default if sparsity is None else sparsity)
+    elif method == "channels":
+        options.setdefault("ratio", 0.5 if sparsity is None else sparsity)
     if calib is not None:
         options["calib"] = calib
     return prune_model(
@@ -292,5 +342,6 @@ def prune(
         validate_result=validate,
         runs=runs,
         max_drop=max_drop,
+        requested=requested,
         **options,
     )

@@ -22,8 +22,10 @@ pruning's sparsity allocation, passes/prune/allocation.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +33,11 @@ FLOAT = 0  # Form.bits of the weight left as it is
 PER_TENSOR = 0  # Form.group_size of one palette per tensor
 GROUP_SIZES = (1, 4, 16)  # output channels per palette probed besides one per tensor
 FEW_MAX_CHANNELS = 4096  # big models: no per-channel forms above this many channels
+PER_CHANNEL_MAX_BITS = 4  # allocation=target: per-channel palettes probed up to this width
 BUDGET_UNITS = 5_000  # resolution of the knapsack: budget / this, in whole bytes
+# Up to this many distinct expansion-function sets every combination is tried; above
+# (2^sets knapsacks would dominate the search), functions are dropped one at a time.
+EXACT_FUNCTION_SETS = 8
 
 
 @dataclass(frozen=True)
@@ -62,16 +68,90 @@ class Candidate:
         return {"form": self.form.label(), "bytes": self.cost, "error": self.error}
 
 
+@dataclass
+class Table:
+    """Every weight's candidates (the FLOAT form last), as the allocations choose from them."""
+
+    weights: Sequence[Any]  # cluster.weights.Weight, in row order
+    measure_all: bool  # every form probed (else one probe per weight, scaled)
+    feeds: int  # probe feeds
+    rows: list[list[Candidate]] = field(default_factory=list)
+    uniform: list[int] = field(default_factory=list)  # the uniform `bits` form of each row
+    function_bytes: dict[str, int] = field(default_factory=dict)
+    # each probed form's palettes (cluster.palette.Palettized), reused by trials and the result
+    palettes: dict[tuple[str, Form], Any] = field(default_factory=dict)
+
+    def cost(self, chosen: Sequence[int]) -> int:
+        """Bytes of one candidate per row, the expansion functions they need paid once."""
+        picked = [row[j] for row, j in zip(self.rows, chosen, strict=True)]
+        functions = frozenset().union(*(c.functions for c in picked))
+        return sum(c.cost for c in picked) + sum(self.function_bytes[f] for f in functions)
+
+    @property
+    def uniform_cost(self) -> int:
+        return self.cost(self.uniform)
+
+    @property
+    def dense_cost(self) -> int:
+        return sum(row[-1].cost for row in self.rows)
+
+    def forms(self, chosen: Sequence[int]) -> dict[str, Form]:
+        return {
+            w.name: row[j].form for w, row, j in zip(self.weights, self.rows, chosen, strict=True)
+        }
+
+    def summary(self, chosen: Sequence[int], budget: int) -> dict[str, Any]:
+        """The report's view of an allocation: bytes and summed errors against uniform."""
+        picked = [row[j] for row, j in zip(self.rows, chosen, strict=True)]
+        uniform = [row[j] for row, j in zip(self.rows, self.uniform, strict=True)]
+        elements = sum(w.value.const_value.size for w in self.weights)
+        chosen_bytes = self.cost(chosen)
+        return {
+            "budget_bytes": budget,
+            "chosen_bytes": chosen_bytes,
+            "chosen_error": sum(c.error for c in picked),
+            "uniform_bytes": self.uniform_cost,
+            "uniform_error": sum(c.error for c in uniform),
+            "float_bytes": self.dense_cost,
+            "bits_per_weight": 8.0 * chosen_bytes / elements if elements else 0.0,
+            "probe_feeds": self.feeds,
+            "errors": "measured per form" if self.measure_all else "one probe per weight, scaled",
+            "weights": [
+                {"weight": w.name, "form": c.form.label(), "candidates": [x.to_dict() for x in t]}
+                for w, c, t in zip(self.weights, picked, self.rows, strict=True)
+            ],
+        }
+
+
 def candidate_forms(
-    bits: int, *, channels: int | None, fixed_group: int | None, few: bool = False
+    bits: int,
+    *,
+    channels: int | None,
+    fixed_group: int | None,
+    few: bool = False,
+    widths: Sequence[int] | None = None,
 ) -> list[Form]:
     """Forms to probe around `bits`: B-1 .. B+2 (within 2..8) times one palette per tensor or
     per 1, 4 or 16 output channels (`channels`: the weight's, None without a channel axis;
     `fixed_group`: only that granularity, e.g. per channel for the int8 grid). `few`: for
     big models, where clustering every form dominates: B-1 .. B+1, per tensor or channel,
-    and per tensor only above FEW_MAX_CHANNELS channels (an embedding table's rows)."""
-    top = bits + 1 if few else bits + 2
-    widths = sorted({b for b in range(bits - 1, top + 1) if 2 <= b <= 8} | {bits})
+    and per tensor only above FEW_MAX_CHANNELS channels (an embedding table's rows).
+    `widths`: these bit widths instead, per tensor, and per channel up to
+    PER_CHANNEL_MAX_BITS (allocation=target: wider palettes per channel buy little and
+    cost the most to cluster)."""
+    if widths is not None:
+        few = True
+        forms = candidate_forms(bits, channels=channels, fixed_group=fixed_group, few=True)
+        groups = sorted({f.group_size for f in forms})
+        return [
+            Form(b, g)
+            for b in widths
+            for g in groups
+            if g == PER_TENSOR or fixed_group is not None or b <= PER_CHANNEL_MAX_BITS
+        ]
+    else:
+        top = bits + 1 if few else bits + 2
+        widths = sorted({b for b in range(bits - 1, top + 1) if 2 <= b <= 8} | {bits})
     if fixed_group is not None:
         groups = [fixed_group if channels else PER_TENSOR]
     elif not channels:
@@ -91,10 +171,11 @@ def choose(
     """Index of one candidate per weight: least summed error, bytes (functions included) <= budget.
 
     The expansion functions a form needs are paid once per model, which couples the
-    weights; every combination of the candidates' function sets is tried (there are a
-    handful), each a knapsack over the budget left after its functions. `fallback` (the
-    uniform choice) is kept unless something better fits; with no fallback and nothing
-    fitting, each weight takes its cheapest candidate.
+    weights; every combination of the candidates' function sets is tried (up to
+    EXACT_FUNCTION_SETS sets; above, all allowed, then one function dropped at a time while
+    that lowers the error), each a knapsack over the budget left after its functions.
+    `fallback` (the uniform choice) is kept unless something better fits; with no fallback
+    and nothing fitting, each weight takes its cheapest candidate.
     """
 
     def total(chosen: Sequence[int]) -> tuple[int, float]:
@@ -108,22 +189,41 @@ def choose(
         best = (total(fallback)[1], list(fallback))
     sets = sorted({c.functions for options in candidates for c in options}, key=sorted)
     tried: set[frozenset[str]] = set()
-    for mask in range(1 << len(sets)):
-        allowed = frozenset().union(*(s for i, s in enumerate(sets) if mask >> i & 1))
+
+    def attempt(allowed: frozenset[str]) -> list[int] | None:
+        """Knapsack with `allowed` functions paid up front; the best so far kept in `best`."""
+        nonlocal best
         if allowed in tried:
-            continue
+            return None
         tried.add(allowed)
         left = budget - sum(function_bytes.get(f, 0) for f in allowed)
         for _ in range(4):  # rounding to byte units can overshoot by a few units: tighten
             chosen = _knapsack(candidates, left, allowed)
             if chosen is None:
-                break
+                return None
             size, error = total(chosen)
             if size <= budget:
                 if best is None or error < best[0]:
                     best = (error, chosen)
-                break
+                return chosen
             left -= size - budget
+        return None
+
+    if len(sets) <= EXACT_FUNCTION_SETS:
+        for mask in range(1 << len(sets)):
+            attempt(frozenset().union(*(s for i, s in enumerate(sets) if mask >> i & 1)))
+    else:  # 2^sets knapsacks would dominate: drop functions one at a time while it helps
+        allowed = frozenset().union(*sets)
+        attempt(allowed)
+        improved = True
+        while improved and allowed:
+            improved = False
+            for name in sorted(allowed):
+                before = best[0] if best is not None else math.inf
+                attempt(allowed - {name})
+                if best is not None and best[0] < before:
+                    allowed, improved = allowed - {name}, True
+                    break
     if best is None:
         return [min(range(len(o)), key=lambda j: o[j].cost) for o in candidates]
     return best[1]

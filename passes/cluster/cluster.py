@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +27,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from onnxslim.errors import UsageError
+from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, data_field, option
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
@@ -35,19 +37,26 @@ from onnxslim.probing import WeightProbe
 
 from . import packing as index_packing
 from . import storage as palette_storage
-from .allocate import FLOAT, PER_TENSOR, Candidate, Form, candidate_forms, choose
+from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
 from .palette import Palettized, cluster_tensor, reassign, snap_int8
 from .refine import refine_layers
+from .target import Accept, target_widths
+from .target import search as target_search
 from .weights import Skipped, Weight, find_weights
 
 SUMMARY_KEY = "onnxslim.cluster"
 GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
-ALLOCATIONS = ("uniform", "mixed")
+ALLOCATIONS = ("uniform", "mixed", "target")
 ALLOCATION_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 PROBE_SECONDS = 60.0  # above: one probe per weight, the other forms scaled by weight error
+# Candidate forms are clustered on a histogram of at most this many bins (the DP's cost
+# grows with bins x palette size); the chosen forms are clustered at exact_limit after.
+PROBE_EXACT_LIMIT = 2048
+PROBE_LLOYD_BITS = 5
+UNSEEN_ERROR = 1e-9  # a weight whose every form probes below this: the probe cannot see it
 FULL_SEARCH_ELEMENTS = 250_000  # above: clustering 16 forms per weight dominates; fewer forms
 _SNAP_ROUNDS = 4
 MIN_VALUES_PER_ENTRY = (
@@ -79,10 +88,12 @@ class ClusterWeights(ir.passes.InPlacePass):
         "with fewer than 4 x 2^bits values share with their neighbours (not with int8_grid).",
     )
     allocation: str = option(
-        "uniform",
+        "target",
         "uniform: every weight at `bits`; mixed: bits (bits-1 .. bits+2) and granularity "
         "chosen per weight from its measured effect on the outputs, within the bytes "
-        "uniform `bits` takes (needs calib).",
+        "uniform `bits` takes (needs calib); target: the fewest bytes (2..8 bits per weight, "
+        "or float) that meet the accuracy target the workflow checks (without a check: "
+        "mixed with calib, else uniform).",
         choices=ALLOCATIONS,
     )
     budget: float | None = option(
@@ -150,6 +161,28 @@ class ClusterWeights(ir.passes.InPlacePass):
         "themselves (above: on a histogram of this many bins, then Lloyd).",
     )
     seed: int = option(0, "Seed of k-means++ and row sampling.")
+    # allocation=target: handed in by the workflow, not recipe options.
+    accept: Accept | None = dataclasses.field(
+        default=None,
+        compare=False,
+        hash=False,
+        metadata={"help": "Candidate model -> accuracy-target assessment.", "internal": True},
+    )
+    requested: bool = dataclasses.field(
+        default=False,
+        compare=False,
+        hash=False,
+        metadata={
+            "help": "allocation=target: `bits` was asked for; its budget is the upper bound.",
+            "internal": True,
+        },
+    )
+    probe_feeds: Sequence[Feed] | None = dataclasses.field(
+        default=None,
+        compare=False,
+        hash=False,
+        metadata={"help": "Feeds for the sensitivities when calib is absent.", "internal": True},
+    )
 
     def __post_init__(self) -> None:
         for name in ("init", "granularity", "storage", "packing", "palette_dtype", "allocation"):
@@ -195,10 +228,21 @@ class ClusterWeights(ir.passes.InPlacePass):
         qmax = self._qmax()
         forms: dict[str, Form] = {}
         allocation = None
-        if self.allocation == "mixed":
-            if feeds is None:
-                raise UsageError("allocation=mixed needs calibration data (calib)")
-            forms, allocation = self._allocate(model, weights, feeds, qmax)
+        allocate = self.allocation
+        probe_feeds = feeds if feeds is not None else self.probe_feeds
+        if allocate == "target" and (self.accept is None or not probe_feeds):
+            allocate = "uniform"  # no check handed in (a recipe step): `bits` everywhere
+        if allocate == "target" and _control_flow(model):
+            # Trials on copies of If/Loop models measured even the float copy as changed:
+            # until that is understood, such models get `bits` everywhere, checked as before.
+            allocate = "uniform"
+            notes.append("control flow (If/Loop/Scan): every weight at --bits, no target search")
+        if allocate == "mixed" and feeds is None:
+            raise UsageError("allocation=mixed needs calibration data (calib)")
+        if allocate != "uniform":
+            assert probe_feeds is not None
+            allocator = self._allocate_at_target if allocate == "target" else self._allocate
+            forms, allocation = allocator(model, weights, list(probe_feeds), qmax)
             kept = [w for w in weights if forms[w.name].bits == FLOAT]
             skipped += [Skipped(w.name, "kept float by the bit allocation") for w in kept]
             weights = [w for w in weights if forms[w.name].bits != FLOAT]
@@ -266,25 +310,60 @@ class ClusterWeights(ir.passes.InPlacePass):
     def _allocate(
         self, model: ir.Model, weights: list[Weight], feeds: list, qmax: int | None
     ) -> tuple[dict[str, Form], dict[str, Any]]:
-        """Each weight's form (see allocate.py), from output errors measured on ORT.
+        """Each weight's form (see allocate.py), from output errors measured on ORT, within
+        the byte budget (default: what uniform `bits` stores)."""
+        table = self._candidates(model, weights, feeds, qmax)
+        budget = table.uniform_cost
+        if self.budget is not None:
+            budget = int(self.budget * table.dense_cost)
+        elif self.budget_bytes is not None:
+            budget = self.budget_bytes
+        chosen = choose(table.rows, budget, table.function_bytes, fallback=table.uniform)
+        return table.forms(chosen), table.summary(chosen, budget)
+
+    def _allocate_at_target(
+        self, model: ir.Model, weights: list[Weight], feeds: list, qmax: int | None
+    ) -> tuple[dict[str, Form], dict[str, Any]]:
+        """allocation=target: the fewest bytes whose model meets the target (target.py)."""
+        table = self._candidates(model, weights, feeds, qmax, widths=target_widths(self.bits))
+        upper = table.uniform_cost if self.requested else None
+        assert self.accept is not None
+        found = target_search(model, table, self.accept, upper=upper)
+        summary = table.summary(found.chosen, found.budget)
+        summary["search"] = found.to_dict()
+        return table.forms(found.chosen), summary
+
+    def _candidates(
+        self,
+        model: ir.Model,
+        weights: list[Weight],
+        feeds: list,
+        qmax: int | None,
+        widths: tuple[int, ...] | None = None,
+    ) -> Table:
+        """Every weight's candidate forms with their bytes and measured output errors.
 
         Every candidate is probed when that takes at most PROBE_SECONDS and the weights hold
         at most FULL_SEARCH_ELEMENTS values; on bigger models
         each weight is probed once, in its uniform form, and its other forms' errors are
         that figure scaled by their weight error relative to the uniform form's (output
         error grows about linearly with weight error at these small perturbations), and
-        fewer forms are clustered (B-1 .. B+1, per tensor or per channel)."""
+        fewer forms are clustered (B-1 .. B+1, per tensor or per channel). `widths`: the
+        bit widths to try instead of B-1 .. B+2 (allocation=target)."""
         opset = palette_storage.default_opset(model)
         probe = WeightProbe(model, [w.name for w in weights], feeds[:ALLOCATION_FEEDS])
-        probes = len(weights) * len(candidate_forms(self.bits, channels=64, fixed_group=None))
+        forms_per_weight = len(
+            candidate_forms(self.bits, channels=64, fixed_group=None, widths=widths)
+        )
+        probes = len(weights) * forms_per_weight
         elements = sum(w.value.const_value.size for w in weights if w.value.const_value is not None)
         measure_all = (
             probes * probe.seconds_per_run <= PROBE_SECONDS and elements <= FULL_SEARCH_ELEMENTS
         )
         user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
-        table: list[list[Candidate]] = []
-        uniform: list[int] = []
-        function_bytes: dict[str, int] = {}
+        table = Table(
+            weights=weights, measure_all=measure_all, feeds=min(len(feeds), ALLOCATION_FEEDS)
+        )
         for weight in weights:
             dense = weight.value.const_value
             assert dense is not None
@@ -294,6 +373,7 @@ class ClusterWeights(ir.passes.InPlacePass):
                 channels=channels,
                 fixed_group=user_group if self.int8_grid else None,
                 few=not measure_all,
+                widths=widths,
             )
             uniform_form = Form(self.bits, user_group if channels else PER_TENSOR)
             if uniform_form not in forms:
@@ -301,7 +381,8 @@ class ClusterWeights(ir.passes.InPlacePass):
             candidates = []
             original = dense.numpy()
             palettized = {
-                form: self._narrow(self._cluster(weight, qmax, form)[0]) for form in forms
+                form: self._narrow(self._cluster(weight, qmax, form, probing=True)[0])
+                for form in forms
             }
             if not measure_all:
                 reference = _relative_error(original, palettized[uniform_form].dense())
@@ -315,45 +396,33 @@ class ClusterWeights(ir.passes.InPlacePass):
                 if self.storage == "dense" or stored.bytes >= dense.nbytes:
                     candidates.append(Candidate(form, int(dense.nbytes), error))  # stored dense
                 else:
-                    function_bytes.update(stored.functions)
+                    table.function_bytes.update(stored.functions)
                     candidates.append(
                         Candidate(form, stored.bytes, error, frozenset(stored.functions))
                     )
+                table.palettes[(weight.name, form)] = p
+            if max(c.error for c in candidates) <= UNSEEN_ERROR:
+                # The probe saw no change (a weight read inside an If/Loop body, which ORT
+                # does not let a feed override): its own relative error stands in, so more
+                # bits still rank as safer.
+                candidates = [
+                    dataclasses.replace(
+                        c, error=_relative_error(original, palettized[c.form].dense())
+                    )
+                    for c in candidates
+                ]
             candidates.append(Candidate(Form(FLOAT), int(dense.nbytes), 0.0))
-            uniform.append(forms.index(uniform_form))
-            table.append(candidates)
-        uniform_picks = [c[i] for c, i in zip(table, uniform, strict=True)]
-        uniform_cost = _bytes_with_functions(uniform_picks, function_bytes)
-        dense_cost = sum(c[-1].cost for c in table)
-        budget = uniform_cost
-        if self.budget is not None:
-            budget = int(self.budget * dense_cost)
-        elif self.budget_bytes is not None:
-            budget = self.budget_bytes
-        chosen = choose(table, budget, function_bytes, fallback=uniform)
-        picked = [c[j] for c, j in zip(table, chosen, strict=True)]
-        summary = {
-            "budget_bytes": budget,
-            "chosen_bytes": _bytes_with_functions(picked, function_bytes),
-            "chosen_error": sum(c.error for c in picked),
-            "uniform_bytes": uniform_cost,
-            "uniform_error": sum(c.error for c in uniform_picks),
-            "float_bytes": dense_cost,
-            "probe_feeds": min(len(feeds), ALLOCATION_FEEDS),
-            "errors": "measured per form" if measure_all else "one probe per weight, scaled",
-            "weights": [
-                {"weight": w.name, "form": c.form.label(), "candidates": [x.to_dict() for x in t]}
-                for w, c, t in zip(weights, picked, table, strict=True)
-            ],
-        }
-        return {w.name: c.form for w, c in zip(weights, picked, strict=True)}, summary
+            table.uniform.append(forms.index(uniform_form))
+            table.rows.append(candidates)
+        return table
 
     @property
     def smallest_weight(self) -> int:
         """Elements a weight needs to be clustered (min_elements, or its default)."""
         if self.min_elements is not None:
             return self.min_elements
-        return 16 if self.allocation == "mixed" else 256
+        searching = self.allocation == "target" and self.accept is not None
+        return 16 if self.allocation == "mixed" or searching else 256
 
     def _narrow(self, p: Palettized) -> Palettized:
         """The palette in the storage type `palette_dtype` asks for."""
@@ -372,9 +441,15 @@ class ClusterWeights(ir.passes.InPlacePass):
         return 64 if reduce_range else 127
 
     def _cluster(
-        self, weight: Weight, qmax: int | None, form: Form | None = None
+        self,
+        weight: Weight,
+        qmax: int | None,
+        form: Form | None = None,
+        probing: bool = False,
     ) -> tuple[Palettized, dict[str, Any]]:
-        """Weight clustered at the options' bits and granularity, or at `form`'s."""
+        """Weight clustered at the options' bits and granularity, or at `form`'s. `probing`
+        (many forms per weight): the DP on a coarser histogram, and Lloyd from k-means++
+        from PROBE_LLOYD_BITS up (within a few % of the optimum there, 10x faster)."""
         tensor = weight.value.const_value
         assert tensor is not None
         array = tensor.numpy()
@@ -396,10 +471,10 @@ class ClusterWeights(ir.passes.InPlacePass):
             bits,
             axis=axis,
             group_size=group_size,
-            init=self.init,
+            init="kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
             seed=self.seed,
             keep_zero=self.keep_zero,
-            exact_limit=self.exact_limit,
+            exact_limit=min(self.exact_limit, PROBE_EXACT_LIMIT) if probing else self.exact_limit,
         )
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:
@@ -435,9 +510,13 @@ class ClusterWeights(ir.passes.InPlacePass):
         return p, row
 
 
-def _bytes_with_functions(picked: list[Candidate], function_bytes: dict[str, int]) -> int:
-    functions = frozenset().union(*(c.functions for c in picked))
-    return sum(c.cost for c in picked) + sum(function_bytes[f] for f in functions)
+def _control_flow(model: ir.Model) -> bool:
+    """Whether a main-graph node carries a subgraph (If, Loop, Scan)."""
+    return any(
+        attr.type == ir.AttributeType.GRAPH or attr.type == ir.AttributeType.GRAPHS
+        for node in model.graph
+        for attr in node.attributes.values()
+    )
 
 
 def prepare(model: ir.Model) -> list[str]:

@@ -5,6 +5,10 @@ How much each layer loses:
 - scope "per-layer", allocation "sensitivity": per-layer sparsities measured on
   the calibration data (passes/prune/allocation.py), meeting `sparsity` over all
   eligible weights;
+- scope "per-layer", allocation "target": the most overall sparsity, up to `sparsity`,
+  whose model still meets the accuracy target the workflow checks (`accept`), per-layer
+  sparsities from the measured sensitivities (passes/prune/target.py); without a
+  check (a recipe step) it is "uniform";
 - scope "global": one magnitude threshold over all eligible weights.
 No layer loses more than `max_layer_sparsity`. Layers under `min_elements` or
 matching `exclude` (fnmatch patterns on node or weight names) stay dense.
@@ -17,12 +21,14 @@ least squares so each layer reproduces the original model's outputs
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
+from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
@@ -30,6 +36,7 @@ from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
 from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import RefitOptions, RefitRequest, reconstruct
+from onnxslim.passes.prune.target import Accept, search
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,14 +50,38 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
         choices=("per-layer", "global"),
     )
     allocation: str = option(
-        "uniform",
+        "target",
         "uniform: every layer at `sparsity`; sensitivity: measured per layer "
-        "on calib (needs calib).",
-        choices=("uniform", "sensitivity"),
+        "on calib (needs calib); target: the most sparsity up to `sparsity` that meets "
+        "the accuracy target the workflow checks, allocated by sensitivity (without a "
+        "check, as in a recipe: uniform).",
+        choices=("uniform", "sensitivity", "target"),
     )
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
+    # allocation=target: handed in by the workflow, not recipe options.
+    accept: Accept | None = dataclasses.field(
+        default=None,
+        compare=False,
+        hash=False,
+        metadata={"help": "Candidate model -> accuracy-target assessment.", "internal": True},
+    )
+    requested: bool = dataclasses.field(
+        default=False,
+        compare=False,
+        hash=False,
+        metadata={
+            "help": "allocation=target: `sparsity` was asked for; a miss keeps it (and fails).",
+            "internal": True,
+        },
+    )
+    probe_feeds: Sequence[Feed] | None = dataclasses.field(
+        default=None,
+        compare=False,
+        hash=False,
+        metadata={"help": "Feeds for the sensitivities when calib is absent.", "internal": True},
+    )
 
     def __post_init__(self) -> None:
         check_choice(self, "scope")
@@ -79,7 +110,7 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
             )
             return ir.passes.PassResult(model, prepared)
         original = model.clone() if refit else None
-        masks, sensitivity = self._masks(model, unique, feeds)
+        masks, sensitivity, searched = self._masks(model, unique, feeds)
         for layer, mask in zip(unique, masks, strict=False):
             w = layer.array()
             layer.set_weight(np.where(mask, w, 0))
@@ -94,6 +125,7 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
             method="magnitude",
             targets={layer.name: sparsity(layer.array()) for layer in layers},
             sensitivity=sensitivity,
+            search=searched,
             skipped=[s.__dict__ for s in skipped],
             refit=[r.to_dict() for r in records],
         )
@@ -101,14 +133,36 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
 
     def _masks(
         self, model: ir.Model, layers: list[Layer], feeds: list | None
-    ) -> tuple[list[np.ndarray], dict[str, dict[str, Any]]]:
-        """Keep-mask per unique weight, and the measured sensitivities when allocation used them."""
+    ) -> tuple[list[np.ndarray], dict[str, dict[str, Any]], dict[str, Any] | None]:
+        """Keep-mask per unique weight, the measured sensitivities when allocation used them, and
+        what the target search tried (allocation=target with a check)."""
         arrays = [layer.array() for layer in layers]
         cap = self.max_layer_sparsity
         if self.scope == "global":
             counts = global_counts(arrays, self.sparsity, cap)
-            return [count_mask(w, c) for w, c in zip(arrays, counts, strict=False)], {}
-        if self.allocation == "sensitivity":
+            return [count_mask(w, c) for w, c in zip(arrays, counts, strict=False)], {}, None
+        allocation = self.allocation
+        probe_feeds = feeds if feeds is not None else self.probe_feeds
+        if allocation == "target" and self.accept is not None and probe_feeds:
+            errors = measure_sensitivity(model, layers, probe_feeds)
+            found = search(
+                model,
+                layers,
+                errors,
+                self.accept,
+                upper=self.sparsity,
+                cap=cap,
+                requested=self.requested,
+            )
+            info = {
+                layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
+                for layer, level, row in zip(layers, found.levels, errors, strict=False)
+            }
+            masks = [magnitude_mask(w, s) for w, s in zip(arrays, found.levels, strict=False)]
+            return masks, info, found.to_dict()
+        if allocation == "target":  # no check handed in (a recipe step): `sparsity` everywhere
+            allocation = "uniform"
+        if allocation == "sensitivity":
             assert feeds is not None
             errors = measure_sensitivity(model, layers, feeds)
             levels = allocate([w.size for w in arrays], errors, self.sparsity, cap=cap)
@@ -116,5 +170,5 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
                 layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
                 for layer, level, row in zip(layers, levels, errors, strict=False)
             }
-            return [magnitude_mask(w, s) for w, s in zip(arrays, levels, strict=False)], info
-        return [magnitude_mask(w, min(self.sparsity, cap)) for w in arrays], {}
+            return [magnitude_mask(w, s) for w, s in zip(arrays, levels, strict=False)], info, None
+        return [magnitude_mask(w, min(self.sparsity, cap)) for w in arrays], {}, None

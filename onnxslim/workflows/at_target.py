@@ -1,0 +1,39 @@
+"""The accuracy target as a yes/no a search can ask many times: the original run once.
+
+prune and cluster search for the most compression that meets the target; every
+candidate is judged by the same measure the final report uses (onnxslim.agreement on
+the held-out feeds of workflows/heldout.py), so a search never trusts a proxy. The
+original's outputs and the outputs' roles are computed once; a candidate costs one
+ORT session on the held-out feeds.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from onnxslim.agreement import Assessment, Target, assess, detect_roles
+from onnxslim.runtime import Session
+from onnxslim.workflows.heldout import CheckData
+
+
+class TargetCheck:
+    """`check(candidate)`: the candidate's Assessment against the original on `data.check`."""
+
+    def __init__(self, original: ir.Model, data: CheckData, target: Target) -> None:
+        self.data, self.target = data, target
+        session = Session(original)
+        self.reference = [session.run(feed) for feed in data.check]
+        self.roles = detect_roles(original, self.reference)
+        self.calls = 0
+
+    def __call__(self, candidate: ir.Model) -> Assessment:
+        self.calls += 1
+        session = Session(candidate)
+        outputs = [session.run(feed) for feed in self.data.check]
+        return assess(
+            self.reference,
+            outputs,
+            target=self.target,
+            roles=self.roles,
+            feeds=self.data.description,
+        )

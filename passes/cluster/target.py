@@ -1,0 +1,168 @@
+"""Bits at an accuracy target: the fewest bytes whose palettized model decides like the original.
+
+Uniform 4 bits collapsed a CTC captcha reader (0.89 -> 0.015) while a CNN lost nothing
+at 3. So every weight's candidate forms (2..8 bits, one palette per tensor or per
+channel, or left float) are clustered and probed once (cluster.py `_candidates`, one
+ORT session for every probe), and a byte budget turns into the forms with the least
+summed output error (the knapsack of allocate.py). Which budget still meets the target
+is decided by the target itself: the workflow hands in `accept` (candidate model ->
+onnxslim.agreement.Assessment on held-out feeds) and the ladder of budgets (what
+uniform 2, 2.5, 3 ... 8 bits would store, then everything float) is bisected with it.
+A trial costs one ORT session on the held-out feeds, and no clustering: the candidates'
+values are kept from the probing.
+
+Trials use the k-means palettes without the least-squares refinement, which runs once
+on the chosen forms and only lowers the layers' errors: the search is on the safe side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxslim.agreement import Assessment
+
+from .allocate import FLOAT, PER_TENSOR, Form, Table, choose
+
+# Bit widths every weight is tried at (per tensor and per channel); the request's is added.
+WIDTHS = (2, 3, 4, 5, 6, 8)
+BLAMED = 3  # weights named when the request misses the target
+
+Accept = Callable[[ir.Model], Assessment]
+
+
+def target_widths(bits: int) -> tuple[int, ...]:
+    """WIDTHS, and the requested width when it is another."""
+    return tuple(sorted({*WIDTHS, bits}))
+
+
+@dataclass
+class Found:
+    """Where the search ended and what it tried."""
+
+    chosen: list[int]  # one candidate per table row: the written allocation
+    budget: int  # its byte budget
+    reached: int  # the smallest budget that met the target (-1: none tried did)
+    requested: int | None  # the request's budget (the user's --bits), if any
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    blamed: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget,
+            "reached_bytes": self.reached,
+            "requested_bytes": self.requested,
+            "passed": self.reached >= 0
+            and (self.requested is None or self.reached <= self.requested),
+            "trials": self.trials,
+            "blamed": self.blamed,
+        }
+
+
+def ladder(table: Table, upper: int | None) -> list[int]:
+    """Budgets to try, ascending: uniform 2, 2.5, 3 ... 8 bits per tensor (half widths halfway),
+    every weight float, and `upper` (the request) when given."""
+    by_width = {}
+    for width in WIDTHS:
+        picks = [_index(row, Form(width, PER_TENSOR)) for row in table.rows]
+        if all(j is not None for j in picks):
+            by_width[width] = table.cost([j for j in picks if j is not None])
+    widths = sorted(by_width)
+    rungs = set(by_width.values())
+    for low, high in zip(widths, widths[1:], strict=False):
+        if high - low == 1 and low < 5:
+            rungs.add((by_width[low] + by_width[high]) // 2)
+    rungs.add(table.dense_cost)
+    if upper is not None:
+        rungs.add(upper)
+    return sorted(rungs)
+
+
+def search(model: ir.Model, table: Table, accept: Accept, *, upper: int | None) -> Found:
+    """The smallest budget on the ladder whose allocation meets the target.
+
+    With `upper` (the request's budget) it is tried first and, when it meets the target,
+    kept; when it misses, the written allocation stays the request's (the closest to it)
+    and the budgets above it are bisected for `reached`, what would have met the target.
+    The target is assumed to hold above any budget where it holds.
+    """
+    budgets = ladder(table, upper)
+    found = Found(chosen=list(table.uniform), budget=-1, reached=-1, requested=upper)
+    results: dict[int, tuple[list[int], bool]] = {}
+
+    def trial(index: int) -> bool:
+        budget = budgets[index]
+        chosen = choose(table.rows, budget, table.function_bytes)
+        assessment = accept(_clustered_copy(model, table, chosen))
+        results[index] = (chosen, assessment.passed)
+        found.trials.append(
+            {
+                "budget_bytes": budget,
+                "bits_per_weight": table.summary(chosen, budget)["bits_per_weight"],
+                "passed": assessment.passed,
+                "missed": "" if assessment.passed else assessment.message(),
+            }
+        )
+        if not assessment.passed and budget == upper:
+            found.blamed = blame(table, chosen)
+        return assessment.passed
+
+    low, high = -1, len(budgets)  # budgets[low] misses (-1: none), budgets[high] meets
+    if upper is not None:
+        request = budgets.index(upper)
+        if trial(request):
+            found.chosen, found.budget, found.reached = results[request][0], upper, upper
+            return found
+        low = request
+    while high - low > 1:
+        middle = (low + high) // 2
+        if trial(middle):
+            high = middle
+        else:
+            low = middle
+    if high < len(budgets):
+        found.reached = budgets[high]
+    if upper is not None:  # the request missed: the model closest to it is the request's
+        found.chosen, found.budget = results[budgets.index(upper)][0], upper
+    elif high < len(budgets):
+        found.chosen, found.budget = results[high][0], budgets[high]
+    else:  # nothing met the target, not even every weight float (the check itself is off)
+        found.budget = budgets[-1]
+        found.chosen = results[len(budgets) - 1][0]
+    return found
+
+
+def blame(table: Table, chosen: Sequence[int]) -> list[dict[str, Any]]:
+    """The weights carrying most of the summed measured error of an allocation."""
+    picked = [row[j] for row, j in zip(table.rows, chosen, strict=True)]
+    total = sum(c.error for c in picked)
+    order = sorted(range(len(picked)), key=lambda i: -picked[i].error)[:BLAMED]
+    return [
+        {
+            "weight": table.weights[i].name,
+            "form": picked[i].form.label(),
+            "error_share": picked[i].error / total if total > 0 else 0.0,
+        }
+        for i in order
+        if picked[i].error > 0
+    ]
+
+
+def _index(row: Sequence[Any], form: Form) -> int | None:
+    return next((j for j, c in enumerate(row) if c.form == form), None)
+
+
+def _clustered_copy(model: ir.Model, table: Table, chosen: Sequence[int]) -> ir.Model:
+    """A copy of `model` with each weight's values replaced by its chosen form's (float: kept)."""
+    copy = model.clone()
+    initializers = copy.graph.initializers
+    for weight, row, j in zip(table.weights, table.rows, chosen, strict=True):
+        form = row[j].form
+        value = initializers.get(weight.name)
+        if form.bits == FLOAT or value is None:
+            continue
+        value.const_value = ir.Tensor(table.palettes[(weight.name, form)].dense(), name=weight.name)
+    return copy
