@@ -68,6 +68,10 @@ def check_proto(proto: onnx.ModelProto, path: Path) -> None:
     """Our structural checks on every tensor of the model, subgraphs and functions included,
     and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
     _check_order(proto.graph, [], path)
+    if not proto.graph.output:
+        # onnx.checker and ORT's loader accept it, but ORT cannot run it and every command
+        # would end in "At least one output should be requested" or an empty model.
+        raise ModelLoadError(f"{path}: the graph has no outputs, so it computes nothing")
     for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
         for value in values:
             if value.type.HasField("tensor_type") and not value.type.tensor_type.elem_type:

@@ -124,6 +124,10 @@ def _undefined_output(m: onnx.ModelProto) -> None:  # onnx.checker lets this one
     m.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
 
 
+def _no_outputs(m: onnx.ModelProto) -> None:  # onnx.checker and ORT's loader accept it
+    del m.graph.output[:]
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "duplicate initializer": (_dup_init, "not unique"),
     "duplicate input": (_dup_input, "graph input names multiple times"),
@@ -144,6 +148,7 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "dangling input": (_dangling, "topologically sorted"),
     "UNDEFINED dtype": (_undefined_dtype, "unknown|UNDEFINED"),
     "UNDEFINED output dtype": (_undefined_output, "UNDEFINED"),
+    "no outputs": (_no_outputs, "no outputs"),
 }
 
 
