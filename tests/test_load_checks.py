@@ -128,6 +128,14 @@ def _no_outputs(m: onnx.ModelProto) -> None:  # onnx.checker and ORT's loader ac
     del m.graph.output[:]
 
 
+def _producer_not_utf8(m: onnx.ModelProto) -> None:  # protobuf hands it back as bytes
+    m.producer_name = "onnxslim-fuzz"
+    data = bytearray(m.SerializeToString())
+    at = data.index(b"onnxslim-fuzz")
+    data[at + 2] ^= 0x80
+    m.ParseFromString(bytes(data))
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "duplicate initializer": (_dup_init, "not unique"),
     "duplicate input": (_dup_input, "graph input names multiple times"),
@@ -149,6 +157,7 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "UNDEFINED dtype": (_undefined_dtype, "unknown|UNDEFINED"),
     "UNDEFINED output dtype": (_undefined_output, "UNDEFINED"),
     "no outputs": (_no_outputs, "no outputs"),
+    "producer name not UTF-8": (_producer_not_utf8, "not UTF-8 text"),
 }
 
 
