@@ -67,7 +67,12 @@ _VALUE_FIELDS = (
 def check_proto(proto: onnx.ModelProto, path: Path) -> None:
     """Our structural checks on every tensor of the model, subgraphs and functions included,
     and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
+    _check_text(proto, path)
     _check_order(proto.graph, [], path)
+    if not proto.graph.output:
+        # onnx.checker and ORT's loader accept it, but ORT cannot run it and every command
+        # would end in "At least one output should be requested" or an empty model.
+        raise ModelLoadError(f"{path}: the graph has no outputs, so it computes nothing")
     for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
         for value in values:
             if value.type.HasField("tensor_type") and not value.type.tensor_type.elem_type:
@@ -132,25 +137,50 @@ def _typed_counts(data_type: int, elements: int) -> set[int]:
     return {elements}
 
 
+def _check_text(proto: onnx.ModelProto, path: Path) -> None:
+    """Text fields that are not UTF-8 come back from protobuf as bytes (ONNX is proto2) and
+    fail later in whatever joins or serializes them (inspect exited 3 on a flipped bit in
+    producer_name). Checked: model, graph, function and value names and metadata; node
+    names, op types and outputs in `_check_order` (inputs must match an earlier output)."""
+    texts: list[object] = [proto.producer_name, proto.producer_version, proto.domain]
+    texts += [proto.doc_string, *(o.domain for o in proto.opset_import)]
+    texts += [text for prop in proto.metadata_props for text in (prop.key, prop.value)]
+    for function in proto.functions:
+        texts += [function.name, function.domain, *function.input, *function.output]
+    for graph in _graphs(proto):
+        texts += [graph.name, graph.doc_string]
+        texts += [v.name for v in (*graph.input, *graph.output, *graph.value_info)]
+        texts += [t.name for t in graph.initializer]
+    if not all(isinstance(text, str) for text in texts):
+        raise ModelLoadError(f"{path}: a name or metadata string is not UTF-8 text")
+
+
 def _check_order(graph: onnx.GraphProto, outer: list[set[str]], path: Path) -> None:
     """Every node input is a graph input, an initializer, an outer-scope name or the output
     of an earlier node: one linear sweep, subgraphs seeing the scopes above them."""
     known = {v.name for v in graph.input}
     known.update(t.name for t in graph.initializer)
     known.update(t.values.name for t in graph.sparse_initializer)
-    scopes = [*outer, known]
     for index, node in enumerate(graph.node):
+        if not (isinstance(node.name, str) and isinstance(node.op_type, str)):
+            raise ModelLoadError(f"{path}: a node's name or op type is not UTF-8 text")
         for name in node.input:
-            if name and not any(name in scope for scope in scopes):
+            if name and name not in known and not any(name in scope for scope in outer):
                 raise ModelLoadError(
                     f"{path}: graph {graph.name!r} is not topologically sorted: node "
                     f"{node.name or node.op_type + ' #' + str(index)!r} reads {name!r} before "
                     "any node produces it (out of order, a cycle, or a dangling input)"
                 )
-        for attr in node.attribute:
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                _check_order(sub, scopes, path)
-        known.update(n for n in node.output if n)
+        if node.attribute:
+            scopes = [*outer, known]
+            for attr in node.attribute:
+                for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                    _check_order(sub, scopes, path)
+        for name in node.output:
+            if not isinstance(name, str):
+                raise ModelLoadError(f"{path}: a node output name is not UTF-8 text")
+            if name:
+                known.add(name)
 
 
 def run_checker(path: Path, size: int, proto: onnx.ModelProto) -> None:

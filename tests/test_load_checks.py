@@ -124,6 +124,18 @@ def _undefined_output(m: onnx.ModelProto) -> None:  # onnx.checker lets this one
     m.graph.output[0].type.tensor_type.elem_type = TensorProto.UNDEFINED
 
 
+def _no_outputs(m: onnx.ModelProto) -> None:  # onnx.checker and ORT's loader accept it
+    del m.graph.output[:]
+
+
+def _producer_not_utf8(m: onnx.ModelProto) -> None:  # protobuf hands it back as bytes
+    m.producer_name = "onnxslim-fuzz"
+    data = bytearray(m.SerializeToString())
+    at = data.index(b"onnxslim-fuzz")
+    data[at + 2] ^= 0x80
+    m.ParseFromString(bytes(data))
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "duplicate initializer": (_dup_init, "not unique"),
     "duplicate input": (_dup_input, "graph input names multiple times"),
@@ -144,6 +156,8 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "dangling input": (_dangling, "topologically sorted"),
     "UNDEFINED dtype": (_undefined_dtype, "unknown|UNDEFINED"),
     "UNDEFINED output dtype": (_undefined_output, "UNDEFINED"),
+    "no outputs": (_no_outputs, "no outputs"),
+    "producer name not UTF-8": (_producer_not_utf8, "not UTF-8 text"),
 }
 
 
