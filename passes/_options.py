@@ -31,6 +31,16 @@ def data_field(help: str) -> Any:
     )
 
 
+def internal_field(default: Any, help: str) -> Any:
+    """A value the workflow hands a pass (never a recipe option or CLI flag).
+
+    Kept out of equality, hashing and the catalogue, like data_field.
+    """
+    return dataclasses.field(
+        default=default, compare=False, hash=False, metadata={"help": help, "internal": True}
+    )
+
+
 def check_choice(owner: object, name: str) -> None:
     """Raise ValueError when a field declared with `choices` holds another value."""
     field = next(f for f in dataclasses.fields(owner) if f.name == name)  # type: ignore[arg-type]

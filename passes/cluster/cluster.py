@@ -28,7 +28,7 @@ from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
-from onnxslim.passes._options import check_choice, data_field, option
+from onnxslim.passes._options import check_choice, data_field, internal_field, option
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
 from onnxslim.passes.prune.storage import UnpackSparseWeights
@@ -162,26 +162,12 @@ class ClusterWeights(ir.passes.InPlacePass):
     )
     seed: int = option(0, "Seed of k-means++ and row sampling.")
     # allocation=target: handed in by the workflow, not recipe options.
-    accept: Accept | None = dataclasses.field(
-        default=None,
-        compare=False,
-        hash=False,
-        metadata={"help": "Candidate model -> accuracy-target assessment.", "internal": True},
+    accept: Accept | None = internal_field(None, "Candidate model -> accuracy-target assessment.")
+    requested: bool = internal_field(
+        False, "allocation=target: `bits` was asked for; its budget is the upper bound."
     )
-    requested: bool = dataclasses.field(
-        default=False,
-        compare=False,
-        hash=False,
-        metadata={
-            "help": "allocation=target: `bits` was asked for; its budget is the upper bound.",
-            "internal": True,
-        },
-    )
-    probe_feeds: Sequence[Feed] | None = dataclasses.field(
-        default=None,
-        compare=False,
-        hash=False,
-        metadata={"help": "Feeds for the sensitivities when calib is absent.", "internal": True},
+    probe_feeds: Sequence[Feed] | None = internal_field(
+        None, "Feeds for the sensitivities when calib is absent."
     )
 
     def __post_init__(self) -> None:

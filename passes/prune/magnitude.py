@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
-from onnxslim.passes._options import check_choice, option
+from onnxslim.passes._options import check_choice, internal_field, option
 from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
@@ -61,26 +61,12 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
     # allocation=target: handed in by the workflow, not recipe options.
-    accept: Accept | None = dataclasses.field(
-        default=None,
-        compare=False,
-        hash=False,
-        metadata={"help": "Candidate model -> accuracy-target assessment.", "internal": True},
+    accept: Accept | None = internal_field(None, "Candidate model -> accuracy-target assessment.")
+    requested: bool = internal_field(
+        False, "allocation=target: `sparsity` was asked for; a miss keeps it (and fails)."
     )
-    requested: bool = dataclasses.field(
-        default=False,
-        compare=False,
-        hash=False,
-        metadata={
-            "help": "allocation=target: `sparsity` was asked for; a miss keeps it (and fails).",
-            "internal": True,
-        },
-    )
-    probe_feeds: Sequence[Feed] | None = dataclasses.field(
-        default=None,
-        compare=False,
-        hash=False,
-        metadata={"help": "Feeds for the sensitivities when calib is absent.", "internal": True},
+    probe_feeds: Sequence[Feed] | None = internal_field(
+        None, "Feeds for the sensitivities when calib is absent."
     )
 
     def __post_init__(self) -> None:
