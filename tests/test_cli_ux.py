@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def subprocess_cli(*args: object, env: dict[str, str]) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=300,
+        # Not the checkout: `python -m` puts the working folder first on sys.path, and the
+        # checkout's onnxslim/ lacks its pass library (passes/ installs as onnxslim.passes).
+        cwd=tempfile.gettempdir(),
         env={**os.environ, **env},
     )
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,6 +62,9 @@ def shell(*args: object) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=300,
+        # Not the checkout: `python -m` puts the working folder first on sys.path, and the
+        # checkout's onnxslim/ lacks its pass library (passes/ installs as onnxslim.passes).
+        cwd=tempfile.gettempdir(),
         env={**os.environ, "COLUMNS": "200"},
     )
 
