@@ -61,7 +61,10 @@ def budget_problem(message: str, budget: Budget, what: str) -> str | None:
             "(an endless Loop or an oversized input?); a budget protects every run"
         )
     lowered = message.lower()
-    if "failed to allocate" in lowered or "bad_alloc" in lowered or "memoryerror" in lowered:
+    # ORT's own size checks ("Tile output tensor would require more than 4294967296 bytes")
+    # are the same bomb caught earlier
+    markers = ("failed to allocate", "bad_alloc", "memoryerror", "would require more than")
+    if any(marker in lowered for marker in markers):
         limit = budget.memory_bytes()
         amount = f"{limit / 1e9:.1f} GB" if limit else "the available memory"
         return f"the model needed more than {amount} of memory for {what} (a tensor bomb?)"

@@ -349,7 +349,8 @@ class Evaluator:
             same = Top1()
             for got, ref in zip(predicted, self.reference_outputs, strict=True):
                 same.add(got, predicted_classes(ref[first]))
-            agreement = same.value
+            # zero-size outputs make no decision to disagree on (nan would fail a gate)
+            agreement = same.value if same.total else None
             if self.labels is not None and all(
                 p.shape == t.shape for p, t in zip(predicted, self.labels, strict=True)
             ):

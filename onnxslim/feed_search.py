@@ -127,6 +127,12 @@ def candidate_shapes(
         fills.append(_fill(roles, fixed, spatial, sequence))
     fills.append(_fill(roles, fixed, 1, 1))
     result: list[dict[str, tuple[int, ...]]] = []
+    # A dimension declared 0 is read as free, but ORT holds a model to its declared
+    # sizes: the zero-size shapes as declared come first (valid models of zero-size
+    # inputs were refused: every generated size failed "invalid dimensions").
+    if any(d == 0 for s in specs for d in s.shape or ()):
+        declared = _fill(roles, fixed, 1, 1)
+        result.append({s.name: _shape_of(s, overrides, declared, keep_zero=True) for s in specs})
     for sizes in fills:
         shapes = {s.name: _shape_of(s, overrides, sizes) for s in specs}
         if shapes not in result:
@@ -135,14 +141,20 @@ def candidate_shapes(
 
 
 def _shape_of(
-    spec: InputSpec, overrides: Mapping[str, tuple[int, ...]], sizes: Mapping[DimKey, int]
+    spec: InputSpec,
+    overrides: Mapping[str, tuple[int, ...]],
+    sizes: Mapping[DimKey, int],
+    *,
+    keep_zero: bool = False,
 ) -> tuple[int, ...]:
     if spec.name in overrides:
         return tuple(overrides[spec.name])
     if spec.shape is None:
         return ()  # rank unknown: a scalar is the only guess
     return tuple(
-        d if isinstance(d, int) and d > 0 else sizes[_key(spec, axis, d)]
+        d
+        if isinstance(d, int) and (d > 0 or (keep_zero and d == 0))
+        else sizes[_key(spec, axis, d)]
         for axis, d in enumerate(spec.shape)
     )
 

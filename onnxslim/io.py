@@ -89,7 +89,7 @@ def load(path: PathLike) -> ir.Model:
         # its data would be looked up relative to the current directory.
         if isinstance(tensor, ir.ExternalTensor):
             tensor.base_dir = base_dir
-    check_external_data(model, base_dir)
+    check_external_data(model, base_dir, path)
     check_domains(model, path)
     run_checker(path, size, proto)
     del proto
@@ -97,13 +97,15 @@ def load(path: PathLike) -> ir.Model:
     return model
 
 
-def check_external_data(model: ir.Model, base_dir: Path) -> None:
-    """Refuse external data outside `base_dir`, missing, hard-linked or shorter than declared.
+def check_external_data(model: ir.Model, base_dir: Path, model_file: Path | None = None) -> None:
+    """Refuse external data outside `base_dir`, missing, hard-linked, shorter than declared
+    or the model file itself (ORT refuses that one when it creates a session: exit 3).
 
     onnx_ir makes the same containment checks, but only when a tensor is first
     read, deep inside a pass; checking here turns them into one clear load error.
     """
     root = Path(os.path.realpath(base_dir))
+    itself = Path(os.path.realpath(model_file)) if model_file is not None else None
     for name, tensor in iter_tensors(model):
         if not isinstance(tensor, ir.ExternalTensor):
             continue
@@ -130,6 +132,8 @@ def check_external_data(model: ir.Model, base_dir: Path) -> None:
             raise ModelLoadError(f"{where}: file not found beside the model") from None
         if not target.is_file():
             raise ModelLoadError(f"{where}: not a regular file")
+        if target == itself:
+            raise ModelLoadError(f"{where} is the model file itself, not a data file")
         if info.st_nlink > 1:
             raise ModelLoadError(
                 f"{where}: file has {info.st_nlink} hard links; a hard link can lead outside "

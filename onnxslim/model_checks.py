@@ -68,6 +68,13 @@ def check_proto(proto: onnx.ModelProto, path: Path) -> None:
     """Our structural checks on every tensor of the model, subgraphs and functions included,
     and the order of the nodes (onnx_ir's clone fails on a graph read before it is written)."""
     _check_text(proto, path)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise ModelLoadError(
+                f"{path}: imports ONNX opset {opset.version}; the newest this onnx knows is "
+                f"{newest}, so no operator of the model can be checked or run"
+            )
     _check_order(proto.graph, [], path)
     if not proto.graph.output:
         # onnx.checker and ORT's loader accept it, but ORT cannot run it and every command
@@ -156,8 +163,9 @@ def _check_text(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def _check_order(graph: onnx.GraphProto, outer: list[set[str]], path: Path) -> None:
-    """Every node input is a graph input, an initializer, an outer-scope name or the output
-    of an earlier node: one linear sweep, subgraphs seeing the scopes above them."""
+    """Every node input and graph output is a graph input, an initializer, an outer-scope
+    name or the output of an earlier node: one linear sweep, subgraphs seeing the scopes
+    above them (a Loop body output nobody computes made onnx_ir's clone fail: exit 3)."""
     known = {v.name for v in graph.input}
     known.update(t.name for t in graph.initializer)
     known.update(t.values.name for t in graph.sparse_initializer)
@@ -181,6 +189,12 @@ def _check_order(graph: onnx.GraphProto, outer: list[set[str]], path: Path) -> N
                 raise ModelLoadError(f"{path}: a node output name is not UTF-8 text")
             if name:
                 known.add(name)
+    for value in graph.output:
+        if value.name not in known and not any(value.name in scope for scope in outer):
+            raise ModelLoadError(
+                f"{path}: graph {graph.name!r} output {value.name!r} is computed by no node "
+                "and is no input, initializer or outer-scope value"
+            )
 
 
 def run_checker(path: Path, size: int, proto: onnx.ModelProto) -> None:

@@ -152,9 +152,7 @@ class Session:
         swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
         names: list[str] = []
         values: list[ort.OrtValue] = []
-        folder = _external_data_folder(model)
-        if folder is not None:
-            options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, folder)
+        folder = bind_external_data(model, options)
         try:
             for name, value in model.graph.initializers.items():
                 tensor = value.const_value
@@ -190,6 +188,15 @@ class Session:
             self._keep_alive.extend(values)
             options.add_external_initializers(names, values)
         return proto.SerializeToString()
+
+
+def bind_external_data(model: ir.Model, options: ort.SessionOptions) -> str | None:
+    """Tell ORT where the external data files of `model`, given as bytes, live (it refuses
+    them as escaping its working directory otherwise); returns that folder, if any."""
+    folder = _external_data_folder(model)
+    if folder is not None:
+        options.add_session_config_entry(_EXTERNAL_FOLDER_KEY, folder)
+    return folder
 
 
 def ort_optimized(

@@ -102,9 +102,14 @@ def make_jobs(
     return jobs
 
 
-def run(jobs: list[dict[str, Any]], workers: int, progress: bool = False) -> list[dict[str, Any]]:
-    """Run the jobs; each record has the job, the raw result, verdict and detail."""
+def run(
+    jobs: list[dict[str, Any]], workers: int, progress: bool = False, sink: Path | None = None
+) -> list[dict[str, Any]]:
+    """Run the jobs; each record has the job, the raw result, verdict and detail. With
+    `sink`, each record is also appended there as one JSON line when it finishes, so an
+    interrupted run keeps what it measured (`--resume` skips those runs)."""
     pool = Pool(workers)
+    stream = sink.open("a") if sink else None
     records = []
     try:
         for done, (job, result) in enumerate(pool.map(jobs), 1):
@@ -113,10 +118,15 @@ def run(jobs: list[dict[str, Any]], workers: int, progress: bool = False) -> lis
             else:
                 verdict, detail = judge(job["expect"], job["command"], result, peer="tool" in job)
             records.append({**job, **result, "verdict": verdict, "detail": detail})
+            if stream:
+                stream.write(json.dumps(records[-1]) + "\n")
+                stream.flush()
             if progress and (verdict not in PASS or done % 50 == 0):
                 print(f"[{done}/{len(jobs)}] {job['id']} {verdict} {detail[:100]}", flush=True)
     finally:
         pool.close()
+        if stream:
+            stream.close()
     return records
 
 
@@ -158,6 +168,12 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true")
     parser.add_argument("--peers-sample", type=int, default=0, help="peers on N cases per family")
     parser.add_argument("--json", type=Path, help="write every record here")
+    parser.add_argument(
+        "--jsonl", type=Path, help="append each record here as it finishes (kept on interrupt)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="skip the runs already in --jsonl, report all"
+    )
     args = parser.parse_args()
     if not (args.corpus / "manifest.json").is_file():
         fuzz_corpus.generate(args.corpus)
@@ -179,8 +195,14 @@ def main() -> None:
         )
         commands += list(PEERS)
     print(f"{len(cases)} cases x {len(commands)} commands = {len(jobs)} runs", flush=True)
+    earlier: list[dict[str, Any]] = []
+    if args.resume and args.jsonl and args.jsonl.is_file():
+        earlier = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line]
+        done = {(r["id"], r.get("tool")) for r in earlier}
+        jobs = [j for j in jobs if (j["id"], j.get("tool")) not in done]
+        print(f"resuming: {len(earlier)} runs already measured, {len(jobs)} to go", flush=True)
     start = time.monotonic()
-    records = run(jobs, args.jobs, progress=True)
+    records = earlier + run(jobs, args.jobs, progress=True, sink=args.jsonl)
     print(
         f"\n{len(records)} runs in {time.monotonic() - start:.0f} s "
         f"(CPU limit {args.timeout:.0f} s, cap {args.mem_mb} MB, {args.jobs} workers)\n"

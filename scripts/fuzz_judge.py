@@ -41,7 +41,7 @@ def command_argv(command: str, model: str, case_dir: str, calib: bool) -> list[s
     if command == "inspect":
         return ["inspect", model]
     if command == "validate":
-        return ["validate", model, model, "--runs", "0", "--no-memory", "--count", "2"]
+        return ["validate", model, model, "--runs", "0", "--no-memory", "--max-samples", "2"]
     if command == "export":
         return ["export", model, "-o", "out/model.ort"]
     if command == "run":

@@ -136,6 +136,28 @@ def _producer_not_utf8(m: onnx.ModelProto) -> None:  # protobuf hands it back as
     m.ParseFromString(bytes(data))
 
 
+def _opset_9999(m: onnx.ModelProto) -> None:  # onnx.checker lets this one through
+    m.opset_import[0].version = 9999
+
+
+def _loop_output_from_nowhere(m: onnx.ModelProto) -> None:
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("extra", TensorProto.FLOAT, None),
+        ],
+    )
+    m.graph.initializer.append(helper.make_tensor("trip", TensorProto.INT64, [], [2]))
+    m.graph.node.append(helper.make_node("Loop", ["trip", ""], ["scan"], body=body))
+    m.graph.output.append(helper.make_tensor_value_info("scan", TensorProto.FLOAT, None))
+
+
 BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "duplicate initializer": (_dup_init, "not unique"),
     "duplicate input": (_dup_input, "graph input names multiple times"),
@@ -158,6 +180,8 @@ BROKEN: dict[str, tuple[Callable[[onnx.ModelProto], None], str]] = {
     "UNDEFINED output dtype": (_undefined_output, "UNDEFINED"),
     "no outputs": (_no_outputs, "no outputs"),
     "producer name not UTF-8": (_producer_not_utf8, "not UTF-8 text"),
+    "opset 9999": (_opset_9999, "opset 9999"),
+    "Loop body output from nowhere": (_loop_output_from_nowhere, "computed by no node"),
 }
 
 

@@ -20,7 +20,9 @@ import onnx_ir as ir
 
 from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.calibration import open_feeds
-from onnxslim.feeds import Feed, generate_feeds, input_specs
+from onnxslim.errors import DataError
+from onnxslim.feed_search import plan_feeds
+from onnxslim.feeds import Feed
 from onnxslim.runtime import Session
 
 HELD_OUT_FRACTION = 0.25
@@ -78,8 +80,12 @@ def split_data(model: ir.Model, calib: Any, data: Any, *, hold_back: bool = True
         check = list(stream)
         return CheckData(calib, check, f"{stream.description} ({len(check)} feeds)")
     if calib is None:
-        check = generate_feeds(input_specs(model), GENERATED, seed=0)
-        return CheckData(None, check, f"generated inputs ({GENERATED} feeds): no data given")
+        # sizes the original model runs on (a detector on a 1x1 image, a declared
+        # zero-size input fed 1 row: all-ones feeds made the check itself fail, exit 3)
+        plan = plan_feeds(model, GENERATED, seed=0)
+        if plan.feeds is None:
+            raise DataError(f"cannot measure the target: {plan.problem}")
+        return CheckData(None, plan.feeds, f"{plan.description}: no data given")
     stream = open_feeds(calib, model, extra="ignore")
     # A stream the workflow opened (FeedStream) names its file, not "given FeedStream".
     stream.description = getattr(calib, "description", None) or stream.description
