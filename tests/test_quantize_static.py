@@ -360,3 +360,18 @@ def test_target_presets_decide_types_and_skip_local_checks_for_other_cpus():
     other = "arm64" if detect_target() != "arm64" else "x86-avx2"
     _, report = quantize_static(model, calib, QuantizeStatic(target=other))
     assert any("is not this CPU" in w for w in report.warnings) and not report.int8_kernels
+
+
+def test_input_that_is_also_an_output_keeps_its_name_and_value():
+    """x is read by the MatMul and returned as is (fuzz case valid/input-is-output): the
+    int8 model keeps the input named x (it became x_float) and returns it unchanged."""
+    model = mlp(features=8, hidden=16)
+    x = next(v for v in model.graph.inputs if v.name == "x")
+    model.graph.outputs.append(x)
+    calib = feeds_for(model, 8, seed=1)
+    quantized, _ = quantize_static(model, calib, Static())
+    assert [v.name for v in quantized.graph.inputs] == ["x"]
+    assert [v.name for v in quantized.graph.outputs] == ["y", "x"]
+    (got,) = outputs(quantized, calib[:1])
+    np.testing.assert_array_equal(got["x"], calib[0]["x"])
+    assert "QuantizeLinear" in {node.op_type for node in iter_nodes(quantized)}

@@ -254,7 +254,15 @@ def _insert_pair(
         assert isinstance(graph, ir.Graph)
         readers.setdefault(id(graph), []).append((user, index))
         reader_graphs[id(graph)] = graph
-    output_graphs = [g for g in all_graphs if any(o is value for o in g.outputs)]
+    # A model input that is also a model output stays float there: routing that output
+    # through Q/DQ would rename the input (the output keeps its name), and the model's
+    # callers feed inputs by name (fuzz case valid/input-is-output).
+    passthrough = any(i is value for i in model.graph.inputs)
+    output_graphs = [
+        g
+        for g in all_graphs
+        if any(o is value for o in g.outputs) and not (passthrough and g is model.graph)
+    ]
     for graph in output_graphs:
         reader_graphs.setdefault(id(graph), graph)
         readers.setdefault(id(graph), [])
@@ -285,7 +293,7 @@ def _insert_pair(
         for user, index in readers[gid]:
             user.replace_input_with(index, dequantized)
         for i, out in enumerate(graph.outputs):
-            if out is value:
+            if out is value and not (passthrough and graph is model.graph):
                 graph.outputs[i] = dequantized
                 if graph is model.graph:  # keep the model's output name
                     original = value.name
