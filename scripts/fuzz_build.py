@@ -147,6 +147,8 @@ def write_calib(model: onnx.ModelProto, path: Path, samples: int = 4, seed: int 
             arrays[vi.name] = np.stack([random_feed(vi, rng) for _ in range(samples)])
         except (ValueError, TypeError, KeyError, MemoryError):
             return False
+    if not arrays:
+        return False  # a model without inputs: an empty archive is no calibration data
     np.savez(path, **arrays)  # type: ignore[arg-type]
     return True
 

@@ -375,3 +375,26 @@ def test_input_that_is_also_an_output_keeps_its_name_and_value():
     (got,) = outputs(quantized, calib[:1])
     np.testing.assert_array_equal(got["x"], calib[0]["x"])
     assert "QuantizeLinear" in {node.op_type for node in iter_nodes(quantized)}
+
+
+def test_model_without_inputs_needs_no_calibration_data(tmp_path, capsys):
+    """A Constant-only model (fuzz case valid/constant-only) takes one feed, the empty one:
+    static quantize calibrates on it instead of asking for --calib, exit 0, output valid."""
+    from onnx import TensorProto, helper
+
+    from onnxslim.cli import main
+
+    value = helper.make_tensor("v", TensorProto.FLOAT, [2, 3], [0.5, -1, 2, 3, 4, 5])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value=value)],
+        "constant",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    source = tmp_path / "constant.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), source)
+    out = tmp_path / "out.onnx"
+    assert main(["quantize", str(source), "-o", str(out)]) == 0, capsys.readouterr().err
+    onnx.checker.check_model(str(out))
+    (got,) = outputs(ir.load(str(out)), [{}])
+    np.testing.assert_array_equal(got["y"], np.array([[0.5, -1, 2], [3, 4, 5]], np.float32))

@@ -113,6 +113,8 @@ def quantize_model(
     """
     target = Target(target_error) if validate and target_error is not None else None
     if mode == "static":
+        if calib is None and not input_specs(model):
+            calib = [{}]  # a model without inputs has one possible feed: nothing to ask for
         if calib is None:
             raise UsageError("static quantization needs calibration data (--calib)")
         if isinstance(calib, (str, os.PathLike)):
