@@ -235,6 +235,7 @@ def save(
         _refuse_overwriting_inputs(model, targets, source)
 
     _sort_nodes(model, path)
+    _ir_version_for_initializers(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         staged = staging / path.name
@@ -253,6 +254,15 @@ def save(
     if rebind is not None:
         rebind(path.parent.absolute())
     return path
+
+
+def _ir_version_for_initializers(model: ir.Model) -> None:
+    """Below IR 4 every initializer must be a graph input; a pass that adds a weight (or
+    drops one from the inputs) leaves the file invalid, so such a model is written as
+    IR 4, where that rule ends (fuzz case valid/opset-7, IR 3, through cluster)."""
+    graph = model.graph
+    if model.ir_version < 4 and any(v not in graph.inputs for v in graph.initializers.values()):
+        model.ir_version = 4
 
 
 def _write_external(

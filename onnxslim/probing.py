@@ -29,9 +29,14 @@ class WeightProbe:
         values = [graph.initializers[name] for name in dict.fromkeys(weights)]
         added = [v for v in values if v not in graph.inputs]
         graph.inputs.extend(added)
+        # Below IR 4 ORT lets no initializer be overridden (they are all graph inputs there,
+        # read as constants): the probe session is built as IR 4 (fuzz case valid/opset-7).
+        ir_version = model.ir_version
+        model.ir_version = max(ir_version, 4)
         try:
             session = Session(model, SessionConfig(optimization="basic"))
         finally:
+            model.ir_version = ir_version
             for _ in added:
                 graph.inputs.pop()
         self._session = session.ort_session  # Session.run drops feeds that are not plain inputs

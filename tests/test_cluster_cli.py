@@ -151,3 +151,39 @@ def _tiny_model(path: Path) -> None:
         [numpy_helper.from_array(w, "w")],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_ir3_model_with_weights_as_inputs_is_clustered(tmp_path, capsys):
+    """IR 3 (fuzz case valid/opset-7): every initializer is also a graph input, which ORT
+    reads as constants (the sensitivity probe could not override them), and the written
+    model must pass onnx.checker although clustering adds initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.standard_normal((16, 64)).astype(np.float32),
+        "w2": rng.standard_normal((64, 4)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])]
+        + [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, w.shape) for n, w in weights.items()
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w, n) for n, w in weights.items()],
+    )
+    source = tmp_path / "old.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)], ir_version=3), source
+    )
+    out = tmp_path / "out.onnx"
+    code = main(["cluster", str(source), "-o", str(out), "--bits", "8", "--runs", "0"])
+    assert code == 0, capsys.readouterr().err
+    onnx.checker.check_model(str(out), full_check=True)
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -51,6 +51,9 @@ def prepare(model: ir.Model, *, pre_optimize: bool = True) -> tuple[ir.Model, Pr
     work = model.clone()
     if RemoveInitializersFromInputsPass()(work).modified:
         report.steps.append("weights listed as graph inputs made plain initializers")
+        # Below IR 4 an initializer must be a graph input: the opset converter reads one
+        # that is not as undefined (fuzz case valid/opset-7, IR 3).
+        work.ir_version = max(work.ir_version, 4)
     opset = work.opset_imports.get("", work.opset_imports.get("ai.onnx", MIN_OPSET))
     if opset < MIN_OPSET:
         try:
