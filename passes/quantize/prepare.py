@@ -16,20 +16,21 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
-from onnx import version_converter
+from onnx import TensorProto, helper, version_converter
 from onnx_ir.passes.common import (
     LiftConstantsToInitializersPass,
     NameFixPass,
     RemoveInitializersFromInputsPass,
 )
 
-from onnxslim.errors import UsageError
+from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.graphs import iter_graphs, tensor_bytes
-from onnxslim.runtime import ort_optimized
+from onnxslim.runtime import Session, ort_optimized
 
 from .collect import infer_types
 from .constants import const_array, is_constant
@@ -133,6 +134,39 @@ def rewrite_constant_division(model: ir.Model) -> int:
                 graph.initializers.pop(divisor.name or "", None)
             count += 1
     return count
+
+
+def missing_int8_kernels(model: ir.Model) -> str | None:
+    """Why ONNX Runtime cannot run Q/DQ at this model's opset (None when it can): an opset
+    newer than the installed ORT's kernels (fuzz case valid/opset-28: no QuantizeLinear(28))
+    would turn a float model ORT runs into an int8 one it cannot load."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", MIN_OPSET))
+    return _qdq_refusal(opset, model.ir_version)
+
+
+@functools.cache
+def _qdq_refusal(opset: int, ir_version: int) -> str | None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+            helper.make_tensor("z", TensorProto.INT8, [], [0]),
+        ],
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=max(ir_version, 7)
+    )
+    try:
+        Session(ir.serde.deserialize_model(proto))
+    except OnnxSlimError as exc:
+        return f"ONNX Runtime has no int8 QuantizeLinear/DequantizeLinear at opset {opset} ({exc})"
+    return None
 
 
 def _convert_opset(model: ir.Model, target: int) -> ir.Model:

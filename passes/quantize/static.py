@@ -53,7 +53,7 @@ from .policy import (
     quantized_ops_in,
     resolve_target,
 )
-from .prepare import prepare
+from .prepare import missing_int8_kernels, prepare
 from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
@@ -253,6 +253,10 @@ def quantize_static(
     prepared, prep = prepare(model)
     report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
     report.seconds["prepare"] = time.perf_counter() - clock
+    missing = missing_int8_kernels(prepared)
+    if missing is not None:  # a float model that runs is never refused: it is kept
+        report.warnings.append(f"kept float: {missing}")
+        return model.clone(), report
 
     source = _feeds(calib, prepared)
     reservoir = Reservoir(source, keep=64) if one_shot(source) else None
