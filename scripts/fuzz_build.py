@@ -40,6 +40,9 @@ class Case:
     path: str = ""
     calib: bool = False
     heavy: bool = False  # too slow for the test suite's sample
+    # Commands for which a valid case may also be refused cleanly, with the reason in the
+    # note: the command's output format cannot hold it (ORT format and deep nesting).
+    either_for: list[str] = dataclasses.field(default_factory=list)
 
 
 Writer = Callable[[Path], bool]  # writes the case folder; True when calib.npz was written

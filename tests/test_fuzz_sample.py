@@ -81,3 +81,17 @@ def test_sample_covers_every_family() -> None:
     families = {c.family for c in CASES}
     assert families == set(fuzz_corpus.FAMILIES)
     assert len(CASES) >= PER_FAMILY * (len(families) - 1)
+
+
+def test_labels_follow_what_the_references_do(tmp_path: Path) -> None:
+    """Cases whose first label the whole-corpus run proved wrong: a custom op in an imported
+    domain is legal ONNX (inspect may describe it); 32 nested Ifs pass protobuf's depth
+    limit (onnx.load and ORT refuse it); 30 nested Ifs are valid but the ORT format cannot
+    hold them, so only export may refuse (its jobs alone are judged as "either")."""
+    planned = {case.path: case for case, _ in fuzz_corpus.plan(seed=SEED, big=False)}
+    assert planned["structure/unknown-domain-imported"].expect == "either"
+    assert planned["bombs/if-nested-32"].expect == "invalid"
+    nested = planned["bombs/if-nested-30"]
+    assert nested.expect == "valid" and nested.either_for == ["export"]
+    jobs = fuzz.make_jobs(tmp_path, [nested], ["optimize", "export"], timeout=1, mem_mb=1)
+    assert [job["expect"] for job in jobs] == ["valid", "either"]
