@@ -147,7 +147,10 @@ def write_calib(model: onnx.ModelProto, path: Path, samples: int = 4, seed: int 
         ):
             return False  # never allocate what a bomb declares
         try:
-            arrays[vi.name] = np.stack([random_feed(vi, rng) for _ in range(samples)])
+            stacked = np.stack([random_feed(vi, rng) for _ in range(samples)])
+            # Strings as numpy unicode: an object array needs pickle, which data readers
+            # rightly refuse (np.load allow_pickle=False); ORT takes either for a string input.
+            arrays[vi.name] = stacked.astype(np.str_) if stacked.dtype == object else stacked
         except (ValueError, TypeError, KeyError, MemoryError):
             return False
     if not arrays:
