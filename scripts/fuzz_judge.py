@@ -197,7 +197,11 @@ def judge(
     code = result["exit"]
     if result["timeout"]:
         return "hang", f"killed after {result['seconds']} s of wall time"
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and result.get("cpu", 0) >= result["cpu_limit"]:
+    # Only RLIMIT_CPU sends SIGXCPU (rusage can read a little under the limit when it does);
+    # a SIGKILL is the limit's hard second only when the CPU time reached it.
+    if code == -signal.SIGXCPU or (
+        code == -signal.SIGKILL and result.get("cpu", 0) >= result["cpu_limit"]
+    ):
         return "hang", f"CPU limit: {result['cpu']} s"
     if result["leaked"]:
         return "escape", "secret bytes outside the model folder reached the output"

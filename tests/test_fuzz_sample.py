@@ -117,3 +117,25 @@ def test_generated_string_calibration_is_read_without_pickle(tmp_path: Path) -> 
     assert write_calib(proto, tmp_path / "calib.npz")
     feeds = list(open_feeds(tmp_path / "calib.npz", ir.serde.deserialize_model(proto)))
     assert len(feeds) == 4 and feeds[0]["x"].shape == (2, 3) and feeds[0]["x"].dtype.kind == "U"
+
+
+def test_cpu_limit_signal_is_a_hang_not_a_crash() -> None:
+    """bombs/chain-300k through optimize ended on SIGXCPU with rusage at 29.3 of 30 CPU
+    seconds and was judged a crash: SIGXCPU comes only from the CPU limit."""
+    from fuzz_judge import judge
+
+    result = {
+        "exit": -24,
+        "timeout": False,
+        "seconds": 157.0,
+        "cpu": 29.3,
+        "cpu_limit": 30,
+        "stderr": "",
+        "leaked": False,
+        "changed": False,
+        "leftover_tmp": [],
+        "outputs": [],
+        "check": None,
+    }
+    assert judge("valid", "optimize", result)[0] == "hang"
+    assert judge("valid", "optimize", {**result, "exit": -9, "cpu": 3.0})[0] == "crash"
