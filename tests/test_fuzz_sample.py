@@ -139,3 +139,27 @@ def test_cpu_limit_signal_is_a_hang_not_a_crash() -> None:
     }
     assert judge("valid", "optimize", result)[0] == "hang"
     assert judge("valid", "optimize", {**result, "exit": -9, "cpu": 3.0})[0] == "crash"
+
+
+def test_onnxruntime_state_file_is_not_a_leftover() -> None:
+    """`import onnxruntime` in a fresh process writes TMPDIR/.ses (every peer run left it);
+    any other file left in the temp folder is still a leftover."""
+    from fuzz_judge import judge
+
+    result = {
+        "exit": 0,
+        "timeout": False,
+        "seconds": 1.0,
+        "cpu": 1.0,
+        "cpu_limit": 30,
+        "stderr": "",
+        "leaked": False,
+        "changed": False,
+        "leftover_tmp": [".ses"],
+        "outputs": ["model.onnx"],
+        "check": "ok",
+    }
+    assert judge("valid", "optimize", result, peer=True)[0] == "ok"
+    assert judge("valid", "optimize", {**result, "leftover_tmp": [".ses", "x.onnx"]})[0] == (
+        "leftover"
+    )
