@@ -128,6 +128,27 @@ def _child(job: dict[str, Any], run_dir: Path) -> None:
     os._exit(code if isinstance(code, int) else 1)
 
 
+def _check_peer_output(job: dict[str, Any], run_dir: Path) -> None:
+    """A peer execs its own tool, so no check follows its run in that child: check what it
+    wrote in another capped child (without this every peer exit 0 read 'no output check
+    ran' and was judged bad-output)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setpgid(0, 0)
+            cap = int(job["mem_mb"]) << 20
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+            cpu = int(job["timeout"])
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            (run_dir / "check.txt").write_text(_check_outputs(run_dir / "out") or "ok")
+            code = 0
+        except BaseException:  # no check.txt: judged "no output check ran"
+            pass
+        os._exit(code)
+    os.waitpid(pid, 0)
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Fork, wait up to the timeout, collect what the verdict needs."""
     run_dir = Path(tempfile.mkdtemp(prefix="fuzzrun-", dir=job.get("scratch")))
@@ -158,6 +179,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             break
         time.sleep(0.02)
     seconds = time.monotonic() - start
+    if job.get("exec") and not timed_out and status == 0 and job["command"] in WRITES:
+        _check_peer_output(job, run_dir)
     stderr = (run_dir / "stderr").read_bytes() if (run_dir / "stderr").exists() else b""
     stdout = (run_dir / "stdout").read_bytes() if (run_dir / "stdout").exists() else b""
     outputs = sorted(str(p.relative_to(run_dir / "out")) for p in (run_dir / "out").rglob("*"))

@@ -163,3 +163,33 @@ def test_onnxruntime_state_file_is_not_a_leftover() -> None:
     assert judge("valid", "optimize", {**result, "leftover_tmp": [".ses", "x.onnx"]})[0] == (
         "leftover"
     )
+
+
+def test_peer_output_is_checked(tmp_path: Path) -> None:
+    """A peer execs its own tool; what it writes is checked afterwards (every peer exit 0
+    was judged bad-output, 'no output check ran'): a valid model is ok, a broken one not."""
+    from fuzz_judge import judge, run_job
+
+    case = tmp_path / "case"
+    case.mkdir()
+    writer = (
+        "import onnx, sys; from onnx import TensorProto as T, helper as h; "
+        "g = h.make_graph([h.make_node('Relu', ['x'], ['y'])], 'g', "
+        "[h.make_tensor_value_info('x', T.FLOAT, [2])], "
+        "[h.make_tensor_value_info('y', T.FLOAT, [2])]); "
+        "m = h.make_model(g, opset_imports=[h.make_opsetid('', 17)]); "
+        "onnx.save(m, 'out/model.onnx') if sys.argv[1] == 'good' else "
+        "open('out/model.onnx', 'wb').write(b'not a model')"
+    )
+    verdicts = []
+    for kind in ("good", "bad"):
+        job = {
+            "exec": [sys.executable, "-c", writer, kind],
+            "command": "optimize",
+            "case_dir": str(case),
+            "timeout": 30,
+            "mem_mb": 3072,
+            "scratch": str(tmp_path),
+        }
+        verdicts.append(judge("valid", "optimize", run_job(job), peer=True)[0])
+    assert verdicts == ["ok", "bad-output"]
