@@ -143,7 +143,7 @@ def summary(records: list[dict[str, Any]]) -> str:
     counts = Counter((tool_of(r), r["verdict"]) for r in records)
     verdicts = list(PASS) + sorted({r["verdict"] for r in records} - set(PASS))
     head = "| command | runs | pass | " + " | ".join(verdicts) + " | max s | cpu s |"
-    rows = [head, "|" + "---|" * (len(verdicts) + 4)]
+    rows = [head, "|" + "---|" * (len(verdicts) + 5)]
     for tool in tools:
         mine = [r for r in records if tool_of(r) == tool]
         passed = sum(r["verdict"] in PASS for r in mine)
