@@ -46,6 +46,7 @@ class InsertReport:
     removed_activations: list[str] = field(default_factory=list)
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
+    dynamic_nodes: list[str] = field(default_factory=list)  # activation_mode.apply_dynamic
 
 
 class _Namer:
