@@ -111,6 +111,12 @@ def quantize_command(
         help="Static: MatMul / Gemm / LSTM activations calibrated (static), quantized at run "
         "time (dynamic), or auto: whichever measures faster here within the target.",
     ),
+    weight_rounding: str = typer.Option(
+        "auto",
+        "--weight-rounding",
+        help="Static: nearest, gptq (each layer's output error minimised from its input "
+        "statistics), or auto: gptq only as a fix when the accuracy target is missed.",
+    ),
     weight_bits: int = typer.Option(
         8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."
     ),
@@ -181,6 +187,7 @@ def quantize_command(
         "reduce_range": reduce_range,
         "keep_float_outputs": keep_float_outputs,
         "activations": activations,
+        "weight_rounding": weight_rounding,
         "max_samples": max_samples,
         "latency_guard": latency_guard,
         "bits": weight_bits,

@@ -45,6 +45,7 @@ from .policy import PolicyConfig, matches
 from .qdq import InsertReport, WeightQuantizer
 from .ranges import TensorStats
 from .repair import excess
+from .rounding import WeightRounding
 
 ACTIVATION_MODES = ("auto", "static", "dynamic")
 DYNAMIC_REASON = "int8 with its activations quantized at run time (dynamic)"
@@ -81,6 +82,7 @@ class ModeInputs:
     stats: dict[str, TensorStats]
     bias_feeds: list[Feed]
     act_dtype: type
+    rounding: WeightRounding | None = None  # GPTQ up front (rounding.py)
 
 
 def settle_activation_mode(
@@ -135,7 +137,9 @@ def _mixed_builder(
             None,
             report,
         )
-        model, inserted = apply_plan(inputs.prepared, plan, ranges, inputs.act_dtype, reduce_range)
+        model, inserted = apply_plan(
+            inputs.prepared, plan, ranges, inputs.act_dtype, reduce_range, inputs.rounding
+        )
         if plan.nodes:
             bias_correction_hook(model, inputs.prepared, inputs.bias_feeds, options, report)
         apply_dynamic(

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from .constants import const_array, constant_source, is_constant
 from .policy import MIN_EMBEDDING_ELEMENTS
-from .qdq import WeightQuantizer, replace_node
+from .qdq import WeightQuantizer
 from .qparams import QParams, quantize_array, weight_qparams
 
 MS_DOMAIN = "com.microsoft"
@@ -208,3 +208,18 @@ def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_r
     )
     replace_node(node, [fused], list(fused.outputs))
     return ""
+
+
+def replace_node(old: ir.Node, new_nodes: list[ir.Node], new_outputs: list[ir.Value]) -> None:
+    """Insert `new_nodes` before `old`; `old`'s outputs (uses, names) move to `new_outputs`."""
+    graph = old.graph
+    assert isinstance(graph, ir.Graph)
+    if new_nodes:
+        graph.insert_before(old, new_nodes)
+    for out, new in zip(old.outputs, new_outputs, strict=False):
+        name = out.name
+        new.type, new.shape = out.type, out.shape
+        out.replace_all_uses_with(new, replace_graph_outputs=True)
+        out.name = None
+        new.name = name
+    graph.remove(old, safe=True)

@@ -32,9 +32,11 @@ from .layer_noise import RANKED_ROLES, layer_tensors, rank_layers, relative_nois
 from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
 from .qdq import InsertReport
+from .qparams import qrange
 from .ranges import TensorStats, compute_range
 from .repair import Choice, excess, figures, repair
 from .reservoir import first_feeds
+from .rounding import WeightRounding, layer_statistics
 
 FIX_REASON = "returned to float: the accuracy target was missed with it in int8"
 _RANK_FEEDS = 8  # held-out feeds of the instrumented run that ranks the layers
@@ -62,6 +64,7 @@ class FixContext:
     progress: StageProgress | None
     guard: bool  # re-run the latency guard after a fix (local target, guard on)
     dynamic_nodes: frozenset[str] = frozenset()  # kept dynamic (activation_mode.py)
+    rounding: WeightRounding | None = None  # GPTQ statistics (rounding.py), given or computed
 
 
 def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> Measure:
@@ -128,8 +131,9 @@ def fix_target(
                 ranges[tensor] = compute_range(
                     histograms[tensor], method, percentile=options.percentile
                 )
+        rounding = _rounding(context) if choice.rounding else context.rounding
         model, insert_report = apply_plan(
-            context.prepared, plan, ranges, context.act_dtype, context.reduce_range
+            context.prepared, plan, ranges, context.act_dtype, context.reduce_range, rounding
         )
         if plan.nodes and options.bias_correction and context.bias_feeds is not None:
             samples = min(options.max_samples or _BIAS_FEEDS, _BIAS_FEEDS)
@@ -171,6 +175,7 @@ def fix_target(
         method=options.method,
         per_tensor=[] if options.per_channel else order,
         dynamic=[] if options.activations == "static" else _dynamic_capable(context, order),
+        rounding=options.weight_rounding == "auto" and context.rounding is None,
     )
     chosen: Configuration = outcome.built
     assessment = outcome.assessment
@@ -225,6 +230,18 @@ def _guard(
         }
     )
     return outcome.chosen, after
+
+
+def _rounding(context: FixContext) -> WeightRounding:
+    """GPTQ statistics of every layer the pass planned, computed once (the "rounding" fix)."""
+    if context.rounding is None:
+        qmax = qrange(np.int8, reduce_range=context.reduce_range, symmetric=True)[1]
+        feeds = first_feeds(context.bias_feeds or [], _BIAS_FEEDS)
+        context.rounding = layer_statistics(
+            context.prepared, list(context.plan.nodes), feeds, qmax=qmax
+        )
+        context.report.seconds["rounding_statistics"] = context.rounding.seconds
+    return context.rounding
 
 
 def _dynamic_capable(context: FixContext, order: Sequence[str]) -> list[str]:

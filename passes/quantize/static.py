@@ -59,8 +59,10 @@ from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
 from .qdq import InsertReport
+from .qparams import qrange
 from .ranges import METHODS, TensorStats
 from .reservoir import Reservoir, first_feeds, one_shot
+from .rounding import ROUNDINGS, WeightRounding, layer_statistics
 
 REPORT_KEY = "onnxslim.quantize_report"
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
@@ -69,6 +71,7 @@ StageProgress = Callable[[str, int, int | None], None]
 _NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
 _GUARD_FEEDS = 4  # feeds the latency guard times on
 _BIAS_CORRECTION_FEEDS = 8
+_ROUNDING_FEEDS = 8  # feeds whose layer inputs give GPTQ its statistics (rounding.py)
 
 
 @dataclass
@@ -141,6 +144,12 @@ class QuantizeStatic(ir.passes.InPlacePass):
         (), "Keep these float: node names, op types or regular expressions."
     )
     keep_float_outputs: bool = option(False, "Nodes producing graph outputs stay float.")
+    weight_rounding: str = option(
+        "auto",
+        "Weight rounding: nearest, gptq (each layer's output error minimised with its input "
+        "statistics, rounding.py), or auto: gptq only as a fix when the target is missed.",
+        choices=ROUNDINGS,
+    )
     activations: str = option(
         "auto",
         "MatMul / Gemm / LSTM activations: calibrated (static), quantized at run time "
@@ -179,7 +188,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
 
     def __post_init__(self) -> None:
-        for name in ("method", "target", "activation_type", "activations"):
+        for name in ("method", "target", "activation_type", "activations", "weight_rounding"):
             check_choice(self, name)
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
@@ -289,7 +298,8 @@ def quantize_static(
     plan, ranges = _plan_with_ranges(
         prepared, policy, float_nodes, float_tensors, stats, source, options, progress, report
     )
-    result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
+    rounding = _up_front_rounding(prepared, plan, reservoir, source, options, reduce_range)
+    result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range, rounding)
     report.seconds["insert"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -323,7 +333,9 @@ def quantize_static(
                 progress,
                 report,
             )
-            result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
+            result, insert_report = _apply(
+                prepared, plan, ranges, act_dtype, reduce_range, rounding
+            )
     report.seconds["check"] = time.perf_counter() - clock
 
     guard_warning: str | None = None
@@ -343,7 +355,7 @@ def quantize_static(
                 report,
             )
             trial_model, trial_report = _apply(
-                prepared, trial_plan, trial_ranges, act_dtype, reduce_range
+                prepared, trial_plan, trial_ranges, act_dtype, reduce_range, rounding
             )
             return trial_plan, trial_ranges, trial_model, trial_report
 
@@ -388,7 +400,9 @@ def quantize_static(
         measure = target_measure(model, list(options.check), options.target_error)
     mode = settle_activation_mode(
         (plan, ranges, result, insert_report),
-        ModeInputs(prepared, policy, float_nodes, float_tensors, stats, bias_feeds, act_dtype),
+        ModeInputs(
+            prepared, policy, float_nodes, float_tensors, stats, bias_feeds, act_dtype, rounding
+        ),
         options,
         reduce_range=reduce_range,
         timed=local,
@@ -431,6 +445,7 @@ def quantize_static(
             progress,
             local and options.latency_guard,
             dynamic_nodes=mode.dynamic,
+            rounding=rounding,
         )
         plan, result, insert_report = fix_target(context, (plan, {}, result, insert_report))
         if report.fixes and options.check_fusion and local:
@@ -457,6 +472,23 @@ def quantize_static(
     report.weight_bytes_before = insert_report.weight_bytes_before
     report.weight_bytes_after = insert_report.weight_bytes_after
     return result, report
+
+
+def _up_front_rounding(
+    prepared: ir.Model,
+    plan: QuantPlan,
+    reservoir: Reservoir | None,
+    source: Any,
+    options: QuantizeStatic,
+    reduce_range: bool,
+) -> WeightRounding | None:
+    """GPTQ statistics for every planned layer when `weight_rounding="gptq"` (else the fix
+    loop computes them only if the target is missed)."""
+    if options.weight_rounding != "gptq" or not plan.nodes:
+        return None
+    feeds = first_feeds(reservoir.kept if reservoir is not None else source, _ROUNDING_FEEDS)
+    qmax = qrange(np.int8, reduce_range=reduce_range, symmetric=True)[1]
+    return layer_statistics(prepared, list(plan.nodes), feeds, qmax=qmax)
 
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:
