@@ -239,7 +239,10 @@ def choose_mode(
             if everything != recurrent
             else None,
         )
-    ratios = _ratios(reference, {k: v[0][2] for k, v in options.items()}, feeds)
+    timed_models = {k: v[0][2] for k, v in options.items()}
+    if not any(p.role in ("compute", "embedding") for p in static[0].nodes.values()):
+        del timed_models["static"]  # the float model itself (the latency guard's verdict)
+    ratios = {"static": 1.0, **_ratios(reference, timed_models, feeds)}
     trials: list[dict[str, Any]] = []
     scores: dict[str, Score] = {}
     for name, (configuration, dynamic) in options.items():
@@ -304,7 +307,7 @@ def _ratios(
     sessions.update({name: Session(model, config) for name, model in models.items()})
     for session in sessions.values():
         session.run(feeds[0])
-    times = time_interleaved(sessions, feeds, runs=5, budget_seconds=_TIMING_SECONDS)
+    times = time_interleaved(sessions, feeds, runs=5, warmup=5, budget_seconds=_TIMING_SECONDS)
     base = float(np.median(times["float"]))
     return {name: float(np.median(times[name])) / base for name in models}
 
