@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim import api
 from onnxslim.cli import main
@@ -61,3 +63,49 @@ def test_cluster_by_default_spends_the_fewest_bytes_that_meet_the_target() -> No
     assert search["budget_bytes"] == min(t["budget_bytes"] for t in trials if t["passed"])
     assert 2.0 <= result.bits_per_weight <= 8.0
     assert result.size_after.raw < 0.35 * result.size_before.raw
+
+
+def _shifted_mlp() -> tuple:
+    """x[1,64] -> MatMul -> Relu -> MatMul -> y[1,10], and 32 feeds whose first 24 (the
+    refinement's) excite only two input dims while the held-out 8 excite all 64: the
+    least-squares palettes fit those two dims and move the held-out decisions."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((64, 128)) / 8.0).astype(np.float32)
+    w2 = (rng.standard_normal((128, 10)) / np.sqrt(128)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "shifted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = []
+    for i in range(32):
+        x = rng.standard_normal((1, 64)).astype(np.float32)
+        if i < 24:
+            x[:, 2:] = 0
+        feeds.append({"x": x})
+    return model, feeds
+
+
+def test_cluster_undoes_a_refinement_that_breaks_the_target() -> None:
+    # The captcha CRNN's bug: the search passed on k-means palettes, the refinement run
+    # after it lost 2.25 points, exit 1. The refined model is now checked and undone.
+    model, feeds = _shifted_mlp()
+    result = api.cluster(model, calib=feeds, runs=0)
+    assert result.target is not None and result.target.passed, result.target.message()
+    assert result.allocation is not None
+    refinement = result.allocation["refinement"]
+    assert refinement["refined_passed"] is False and refinement["kept"] == "unrefined"
+    assert any("palette refinement undone" in n for n in result.notes)
+    assert not any(layer["refit"] for layer in result.layers)
+    assert result.bits_per_weight < 8.0  # still clustered: only the refit was undone
+    # without the refinement at all, the same palettes and the same verdict
+    plain = api.cluster(model, calib=feeds, runs=0, refine=False)
+    assert plain.target is not None and plain.target.passed
+    assert plain.bits_per_weight == result.bits_per_weight

@@ -36,6 +36,7 @@ from onnxslim.passes.quantize.policy import resolve_target
 from onnxslim.probing import WeightProbe
 
 from . import packing as index_packing
+from . import refine_guard
 from . import storage as palette_storage
 from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
@@ -241,6 +242,7 @@ class ClusterWeights(ir.passes.InPlacePass):
             rows[weight.name] = row
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
+        before, unrefined = refine_guard.snapshot(model), dict(palettes)
         if feeds is not None and original is not None:
             layers = refine_layers(
                 original,
@@ -254,6 +256,13 @@ class ClusterWeights(ir.passes.InPlacePass):
                 qmax=qmax,
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
             )
+        if self.accept is not None and any(layer.refit for layer in layers):
+            palettes, layers, checked = refine_guard.guard(
+                model, before, unrefined, palettes, layers, self.accept, self._narrow
+            )
+            notes.append(refine_guard.note(checked))
+            if allocation is not None:
+                allocation["refinement"] = checked
         opset = palette_storage.default_opset(model)
         if opset < index_packing.MIN_BITSHIFT_OPSET and self.bits < 8 and self.storage == "palette":
             notes.append(
