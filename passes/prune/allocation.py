@@ -30,6 +30,8 @@ from onnxslim.probing import WeightProbe
 PROBES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 STEP = 0.025
 MAX_FEEDS = 32  # probes need a stable figure, not the whole calibration set
+REFERENCE = 0.7  # quick_sensitivity's one measured sparsity per layer
+QUICK_FEEDS = 8
 
 
 def measure_sensitivity(
@@ -47,6 +49,41 @@ def measure_sensitivity(
             pruned = np.where(magnitude_mask(w, s), w, 0).astype(w.dtype)
             errors[i, j] = probe.pooled_error({layer.weight_name: pruned})
     return errors
+
+
+def quick_sensitivity(
+    model: ir.Model,
+    layers: Sequence[Layer],
+    feeds: Sequence[Feed],
+    probes: Sequence[float] = PROBES,
+) -> np.ndarray:
+    """errors[i, j] as `measure_sensitivity` gives them, from ONE ORT probe per layer.
+
+    Each layer alone is pruned to REFERENCE and the outputs measured on QUICK_FEEDS
+    feeds; its error at the other probe sparsities is that figure scaled by the
+    relative weight error ||W - W_s||^2 / ||W||^2 at s over the one at REFERENCE
+    (output error grows about in step with weight error, as clustering's big-model
+    probes assume). 7 probes x 32 feeds per layer took 80 % of captcha_crnn's 399 s;
+    this is 1 x 8: 28 x less ORT work.
+    """
+    probe = WeightProbe(model, [layer.weight_name for layer in layers], list(feeds)[:QUICK_FEEDS])
+    errors = np.zeros((len(layers), len(probes)))
+    for i, layer in enumerate(layers):
+        w = layer.array()
+        energy = float(np.sum(np.square(w, dtype=np.float64)))
+        if energy <= 0:
+            continue
+        pruned = np.where(magnitude_mask(w, REFERENCE), w, 0).astype(w.dtype)
+        measured = probe.pooled_error({layer.weight_name: pruned})
+        reference = _relative_error(w, pruned, energy)
+        for j, s in enumerate(probes):
+            ratio = _relative_error(w, np.where(magnitude_mask(w, s), w, 0), energy) / reference
+            errors[i, j] = measured * ratio if reference > 0 else 0.0
+    return errors
+
+
+def _relative_error(w: np.ndarray, pruned: np.ndarray, energy: float) -> float:
+    return float(np.sum(np.square(w - pruned, dtype=np.float64))) / energy
 
 
 def allocate(
