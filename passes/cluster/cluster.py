@@ -219,11 +219,6 @@ class ClusterWeights(ir.passes.InPlacePass):
         probe_feeds = feeds if feeds is not None else self.probe_feeds
         if allocate == "target" and (self.accept is None or not probe_feeds):
             allocate = "uniform"  # no check handed in (a recipe step): `bits` everywhere
-        if allocate == "target" and _control_flow(model):
-            # Trials on copies of If/Loop models measured even the float copy as changed:
-            # until that is understood, such models get `bits` everywhere, checked as before.
-            allocate = "uniform"
-            notes.append("control flow (If/Loop/Scan): every weight at --bits, no target search")
         if allocate == "mixed" and feeds is None:
             raise UsageError("allocation=mixed needs calibration data (calib)")
         if allocate != "uniform":
@@ -503,15 +498,6 @@ class ClusterWeights(ir.passes.InPlacePass):
         if qmax is not None and not snapped:
             row["note"] = f"{p.dtype} weight: int8 grid applies to float32 only"
         return p, row
-
-
-def _control_flow(model: ir.Model) -> bool:
-    """Whether a main-graph node carries a subgraph (If, Loop, Scan)."""
-    return any(
-        attr.type == ir.AttributeType.GRAPH or attr.type == ir.AttributeType.GRAPHS
-        for node in model.graph
-        for attr in node.attributes.values()
-    )
 
 
 def prepare(model: ir.Model) -> list[str]:
