@@ -70,20 +70,17 @@ def quick_sensitivity(
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):
         w = layer.array()
-        energy = float(np.sum(np.square(w, dtype=np.float64)))
-        if energy <= 0:
-            continue
         pruned = np.where(magnitude_mask(w, REFERENCE), w, 0).astype(w.dtype)
+        # removed energy at sparsity s: the smallest s of the squared weights, summed
+        removed = np.concatenate([[0.0], np.cumsum(np.sort(np.square(w, dtype=np.float64), None))])
+        if removed[-1] <= 0:
+            continue
+        at = removed[np.round(np.array([REFERENCE, *probes]) * w.size).astype(np.int64)]
+        if at[0] <= 0:
+            continue
         measured = probe.pooled_error({layer.weight_name: pruned})
-        reference = _relative_error(w, pruned, energy)
-        for j, s in enumerate(probes):
-            ratio = _relative_error(w, np.where(magnitude_mask(w, s), w, 0), energy) / reference
-            errors[i, j] = measured * ratio if reference > 0 else 0.0
+        errors[i] = measured * at[1:] / at[0]
     return errors
-
-
-def _relative_error(w: np.ndarray, pruned: np.ndarray, energy: float) -> float:
-    return float(np.sum(np.square(w - pruned, dtype=np.float64))) / energy
 
 
 def allocate(
