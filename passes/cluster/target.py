@@ -100,8 +100,9 @@ def search(model: ir.Model, table: Table, accept: Accept, *, upper: int | None) 
         if budget >= table.dense_cost:  # every weight float fits: the knapsack's byte
             # rounding could miss a choice that fills the budget exactly
             chosen = [len(row) - 1 for row in table.rows]  # float is each row's last candidate
-        else:  # the uniform `bits` forms stay in the running when they fit (the request)
-            chosen = choose(table.rows, budget, table.function_bytes, fallback=table.uniform)
+        else:  # at the request's budget its uniform forms stay in the running
+            uniform = table.uniform if budget == upper else None
+            chosen = choose(table.rows, budget, table.function_bytes, fallback=uniform)
         assessment = accept(_clustered_copy(model, table, chosen))
         results[index] = (chosen, assessment.passed)
         found.trials.append(
