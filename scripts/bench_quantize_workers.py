@@ -32,6 +32,8 @@ def worker(args: argparse.Namespace) -> int:
         note = _onnxslim_quantize(args.model, args.calib_file, args.out, args.extra)
     elif args.worker == "ort":
         note = _ort_quantize(args.model, args.calib_file, args.out)
+    elif args.worker == "ort-dynamic":
+        note = _ort_dynamic(args.model, args.out)
     elif args.worker == "nncf":
         note = _nncf_quantize(args.model, args.calib_file, args.out)
     else:
@@ -132,6 +134,22 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
     return note
 
 
+def _ort_dynamic(model: str, out: str) -> str:
+    """onnxruntime.quantization.quantize_dynamic with its defaults, after quant_pre_process."""
+    from onnxruntime.quantization import quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    note = ""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = str(Path(tmp) / "pre.onnx")
+        try:
+            quant_pre_process(model, pre)
+        except Exception as exc:  # ORT's symbolic shape inference fails on some exports
+            pre, note = model, f"quant_pre_process failed ({type(exc).__name__}); raw model"
+        quantize_dynamic(pre, out)
+    return note
+
+
 def _nncf_quantize(model: str, calib: str, out: str) -> str:
     import nncf  # type: ignore[import-not-found]
     import onnx
@@ -193,7 +211,9 @@ def input_names(path: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("worker", choices=["onnxslim", "onnxslim+acc", "ort", "nncf"])
+    parser.add_argument(
+        "worker", choices=["onnxslim", "onnxslim+acc", "ort", "ort-dynamic", "nncf"]
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--calib-file", required=True)
     parser.add_argument("--out", required=True)
