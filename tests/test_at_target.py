@@ -6,11 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim import api
+from onnxslim.agreement import Assessment, OutputFigure, Target
 from onnxslim.cli import main
+from onnxslim.passes.cluster.cluster import ClusterWeights
+from onnxslim.passes.cluster.cluster import summary as cluster_summary
+from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -110,37 +115,50 @@ def _shifted_mlp() -> tuple:
 
 def test_cluster_undoes_a_refinement_that_breaks_the_target() -> None:
     # The captcha CRNN's bug: the search passed on k-means palettes, the refinement run
-    # after it lost 2.25 points, exit 1. The refined model is now checked and undone.
+    # after it lost 2.25 points, exit 1. The refined model is now checked, and when it
+    # misses every weight and bias goes back to what the unrefined palettes give.
     model, feeds = _shifted_mlp()
-    result = api.cluster(model, calib=feeds, runs=0)
-    assert result.target is not None and result.target.passed, result.target.message()
-    assert result.allocation is not None
-    refinement = result.allocation["refinement"]
-    assert refinement["refined_passed"] is False and refinement["kept"] == "unrefined"
-    assert any("palette refinement undone" in n for n in result.notes)
-    assert not any(layer["refit"] for layer in result.layers)
-    assert result.bits_per_weight < 8.0  # still clustered: only the refit was undone
-    # without the refinement at all, the same palettes and the same verdict
-    plain = api.cluster(model, calib=feeds, runs=0, refine=False)
-    assert plain.target is not None and plain.target.passed
-    assert plain.bits_per_weight == result.bits_per_weight
+    seen: list[str] = []
+
+    def check(candidate: ir.Model) -> Assessment:  # the refined model misses, nothing else
+        seen.append("refined" if not seen else "unrefined")
+        value = 5.0 if len(seen) == 1 else 0.0
+        figure = OutputFigure("y", "classifier", "decisions lost", value, 1.0, "points", 8)
+        return Assessment(Target(1.0), (figure,), "scripted")
+
+    def run(**options: object) -> ir.Model:
+        copy = ir.serde.deserialize_model(model)
+        ClusterWeights(bits=3, allocation="uniform", calib=feeds, **options)(copy)
+        return copy
+
+    guarded = run(accept=check)
+    plain = run(refine=False)
+    refined = run()
+    assert seen == ["refined", "unrefined"]
+    details = cluster_summary(guarded)
+    assert any("palette refinement undone" in n for n in details["notes"])
+    assert not any(layer["refit"] for layer in details["layers"])
+    assert any(layer["refit"] for layer in cluster_summary(refined)["layers"])
+    x = {"x": feeds[-1]["x"]}
+    assert np.array_equal(Session(guarded).run(x)["y"], Session(plain).run(x)["y"])
+    assert not np.array_equal(Session(refined).run(x)["y"], Session(plain).run(x)["y"])
 
 
 def _gated_mlp() -> tuple:
-    """x[1,64] -> MatMul w0 -> If(sum > 0: MatMul w1, else: MatMul w2) -> y[1,64]: the branch
-    taken depends on the input, and the branches read main-graph weights from outer scope."""
+    """x[1,64] -> MatMul w0 -> If(sum > 0: MatMul w1, else: MatMul w2) -> Softmax -> y[1,16]:
+    the branch taken depends on the input; the branches read main-graph weights."""
     rng = np.random.default_rng(1)
     weights = {
         "w0": rng.standard_normal((64, 256)) / 8.0,
-        "w1": rng.standard_normal((256, 64)) / 16.0,
-        "w2": rng.standard_normal((256, 64)) / 16.0,
+        "w1": rng.standard_normal((256, 16)) / 16.0,
+        "w2": rng.standard_normal((256, 16)) / 16.0,
     }
     branch = {
         name: helper.make_graph(
             [helper.make_node("MatMul", ["h", w], [f"y_{w}"])],
             name,
             [],
-            [helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, [1, 64])],
+            [helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, [1, 16])],
         )
         for name, w in (("then", "w1"), ("else", "w2"))
     }
@@ -150,12 +168,13 @@ def _gated_mlp() -> tuple:
             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
             helper.make_node("Greater", ["s", "zero"], ["c"]),
             helper.make_node(
-                "If", ["c"], ["y"], then_branch=branch["then"], else_branch=branch["else"]
+                "If", ["c"], ["z"], then_branch=branch["then"], else_branch=branch["else"]
             ),
+            helper.make_node("Softmax", ["z"], ["y"], axis=-1),
         ],
         "gated",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
         [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()]
         + [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )
@@ -175,4 +194,5 @@ def test_cluster_searches_models_with_if_subgraphs() -> None:
     trials = search["trials"]
     assert trials and any(t["passed"] for t in trials)
     assert search["budget_bytes"] == min(t["budget_bytes"] for t in trials if t["passed"])
-    assert result.weights and result.size_after.raw < 0.8 * result.size_before.raw
+    assert {w["weight"] for w in result.weights} >= {"w0"}
+    assert result.bits_per_weight < 8.0

@@ -232,7 +232,9 @@ class ClusterWeights(ir.passes.InPlacePass):
         palettes: dict[str, Palettized] = {}
         rows: dict[str, dict[str, Any]] = {}
         for weight in weights:
-            p, row = self._cluster(weight, qmax, forms.get(weight.name))
+            # the target search checked the probing palettes: the same ones are written
+            searched = allocate == "target"
+            p, row = self._cluster(weight, qmax, forms.get(weight.name), probing=searched)
             palettes[weight.name] = p
             rows[weight.name] = row
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)

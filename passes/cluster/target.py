@@ -97,7 +97,12 @@ def search(model: ir.Model, table: Table, accept: Accept, *, upper: int | None) 
 
     def trial(index: int) -> bool:
         budget = budgets[index]
-        chosen = choose(table.rows, budget, table.function_bytes)
+        if budget >= table.dense_cost:  # every weight float fits: the knapsack's byte
+            # rounding could miss a choice that fills the budget exactly
+            chosen = [len(row) - 1 for row in table.rows]  # float is each row's last candidate
+        else:  # at the request's budget its uniform forms stay in the running
+            uniform = table.uniform if budget == upper else None
+            chosen = choose(table.rows, budget, table.function_bytes, fallback=uniform)
         assessment = accept(_clustered_copy(model, table, chosen))
         results[index] = (chosen, assessment.passed)
         found.trials.append(

@@ -32,6 +32,8 @@ STEP = 0.025
 MAX_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 REFERENCE = 0.7  # quick_sensitivity's one measured sparsity per layer
 QUICK_FEEDS = 8
+QUICK_SECONDS = 30.0  # above (probe runs x layers): fewer feeds, down to MIN_QUICK_FEEDS
+MIN_QUICK_FEEDS = 2
 
 
 def measure_sensitivity(
@@ -64,9 +66,16 @@ def quick_sensitivity(
     relative weight error ||W - W_s||^2 / ||W||^2 at s over the one at REFERENCE
     (output error grows about in step with weight error, as clustering's big-model
     probes assume). 7 probes x 32 feeds per layer took 80 % of captcha_crnn's 399 s;
-    this is 1 x 8: 28 x less ORT work.
+    this is 1 x 8: 28 x less ORT work. When even that would take over QUICK_SECONDS
+    (open_nsfw_resnet: 54 layers x 4.4 s on a loaded machine), fewer feeds: the figures
+    only rank the layers, the target check on the held-out feeds decides.
     """
-    probe = WeightProbe(model, [layer.weight_name for layer in layers], list(feeds)[:QUICK_FEEDS])
+    names = [layer.weight_name for layer in layers]
+    probe = WeightProbe(model, names, list(feeds)[:QUICK_FEEDS])
+    expected = probe.seconds_per_run * len(layers)
+    if expected > QUICK_SECONDS and len(feeds) > MIN_QUICK_FEEDS:  # a slow model: fewer feeds
+        count = max(MIN_QUICK_FEEDS, int(min(len(feeds), QUICK_FEEDS) * QUICK_SECONDS / expected))
+        probe = WeightProbe(model, names, list(feeds)[:count])
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):
         w = layer.array()
