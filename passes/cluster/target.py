@@ -12,7 +12,9 @@ A trial costs one ORT session on the held-out feeds, and no clustering: the cand
 values are kept from the probing.
 
 Trials use the k-means palettes without the least-squares refinement, which runs once
-on the chosen forms and only lowers the layers' errors: the search is on the safe side.
+on the chosen forms; it lowers each layer's error on the calibration rows but can move
+the model's decisions (captcha_crnn: 2.25 points), so it is checked too and undone
+when it misses (refine_guard.py).
 """
 
 from __future__ import annotations
