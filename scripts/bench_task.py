@@ -298,7 +298,8 @@ def bench_case(
             f"  {case.name} {tool}: {result.metric:.4f} {result.note}", file=sys.stderr, flush=True
         )
     timed = {r.tool: r.path for r in results if r.path is not None}
-    times = time_interleaved(timed, case.timing or case.feeds[0])  # type: ignore[arg-type]
+    feed = case.timing or case.feeds[0]
+    times = time_interleaved(timed, feed, rounds=31, target_seconds=0.05)  # type: ignore[arg-type]
     for r in results:
         if r.tool in times:
             r.ratio = times[r.tool] / times["float"]
@@ -335,6 +336,7 @@ def main() -> int:
                 + " | ".join(cell(r, f) for r in results[1:])
                 + " |"
             )
+            print(rows[-1], flush=True)  # each row as it comes: a long run may be cut short
             notes += [f"{name} {r.tool}: {r.note}" for r in results[1:] if r.note and r.path]
     print(
         "\nscores against the float model (float = 1.000); "
