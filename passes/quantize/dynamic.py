@@ -1,16 +1,11 @@
 """`--mode dynamic`: int8 weights, activations quantized at run time, for weight-heavy models.
 
 On CPU this is the bar for transformer encoders (notes/transformer-int8.md: lossless
-and 1.6x faster than float), and for recurrent layers. It rewrites only the ops
-whose dynamic int8 kernel beats float on ONNX Runtime:
-  MatMul(A, const B)      -> com.microsoft DynamicQuantizeMatMul(A, B_int8, scale, 0[, bias]),
-                             a following Add of a constant [N] vector folded in as bias;
-  Gemm(A, const B[, C])   -> the same, B transposed to [K, N] when transB;
-  LSTM(X, const W, R)     -> com.microsoft DynamicQuantizeLSTM (weights transposed to
-                             [dirs, in, 4H] as that kernel wants);
-  Gather(const table, ids) with a large table -> Gather on the int8 table, then DQ.
-Conv stays float: ConvInteger with run-time activation quantization made conv
-models 1.9-4.6x slower (notes/int8-speed.md). No calibration data is needed.
+and 1.6x faster than float), and for recurrent layers. It rewrites only the ops whose
+dynamic int8 kernel beats float on ONNX Runtime (MatMul, Gemm, LSTM, large Gather
+tables; the rewrites are in dynamic_rewrite.py). Conv stays float: ConvInteger with
+run-time activation quantization made conv models 1.9-4.6x slower
+(notes/int8-speed.md). No calibration data is needed.
 """
 
 from __future__ import annotations

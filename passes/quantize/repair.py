@@ -178,45 +178,27 @@ def repair(
         if best.met:
             return best
 
-    # 2. Per-channel weights where the run chose per-tensor.
+    # 2-4. Per-channel weights where the run chose per-tensor; weights rounded for each
+    # layer's output error (GPTQ), every layer at once; run-time activation ranges for the
+    # offenders the dynamic kernels take. Each is kept when it cuts the excess.
     candidates = [layer for layer in offenders if layer in set(per_tensor)]
-    if candidates:
-        choice = replace(best.choice, per_channel=tuple(candidates))
-        built = attempt(choice)
-        value = excess(built[1])
-        kept = value < score * _BETTER
-        best.steps.append(
-            _step("per-channel", "per-channel weight scales", candidates, best, built, kept)
-        )
-        if kept:
-            best.choice, best.built, best.assessment, score = choice, built[0], built[1], value
-        if best.met:
-            return best
-
-    # 3. Weights rounded for each layer's output error (GPTQ), every layer at once.
-    if rounding:
-        choice = replace(best.choice, rounding=True)
-        built = attempt(choice)
-        value = excess(built[1])
-        kept = value < score * _BETTER
-        best.steps.append(
-            _step("rounding", "GPTQ weight rounding", ["every int8 layer"], best, built, kept)
-        )
-        if kept:
-            best.choice, best.built, best.assessment, score = choice, built[0], built[1], value
-        if best.met:
-            return best
-
-    # 4. Run-time activation ranges for the offenders the dynamic kernels take.
     capable = [layer for layer in offenders if layer in set(dynamic)]
-    if capable:
-        choice = replace(best.choice, dynamic_nodes=tuple(capable))
+    steps: list[tuple[str, str, list[str], Callable[[Choice], Choice]]] = [
+        ("per-channel", "per-channel weight scales", candidates,
+         lambda c: replace(c, per_channel=tuple(candidates))),
+        ("rounding", "GPTQ weight rounding", ["every int8 layer"] if rounding else [],
+         lambda c: replace(c, rounding=True)),
+        ("dynamic", "activations quantized at run time", capable,
+         lambda c: replace(c, dynamic_nodes=tuple(capable))),
+    ]  # fmt: skip
+    for kind, detail, layers, change in steps:
+        if not layers:
+            continue
+        choice = change(best.choice)
         built = attempt(choice)
         value = excess(built[1])
         kept = value < score * _BETTER
-        best.steps.append(
-            _step("dynamic", "activations quantized at run time", capable, best, built, kept)
-        )
+        best.steps.append(_step(kind, detail, layers, best, built, kept))
         if kept:
             best.choice, best.built, best.assessment, score = choice, built[0], built[1], value
         if best.met:
