@@ -99,7 +99,6 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
         QuantFormat,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     names = [
         i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()
@@ -113,16 +112,8 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
-    note = ""
     with tempfile.TemporaryDirectory() as tmp:
-        pre = str(Path(tmp) / "pre.onnx")
-        try:
-            quant_pre_process(model, pre)
-        except Exception as exc:  # ORT's symbolic shape inference fails on some exports
-            pre, note = (
-                model,
-                f"quant_pre_process failed ({type(exc).__name__}); raw model quantized",
-            )
+        pre, note = _pre_processed(model, tmp)
         quantize_static(
             pre,
             out,
@@ -137,17 +128,23 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
 def _ort_dynamic(model: str, out: str) -> str:
     """onnxruntime.quantization.quantize_dynamic with its defaults, after quant_pre_process."""
     from onnxruntime.quantization import quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    note = ""
     with tempfile.TemporaryDirectory() as tmp:
-        pre = str(Path(tmp) / "pre.onnx")
-        try:
-            quant_pre_process(model, pre)
-        except Exception as exc:  # ORT's symbolic shape inference fails on some exports
-            pre, note = model, f"quant_pre_process failed ({type(exc).__name__}); raw model"
+        pre, note = _pre_processed(model, tmp)
         quantize_dynamic(pre, out)
     return note
+
+
+def _pre_processed(model: str, folder: str) -> tuple[str, str]:
+    """ORT's quant_pre_process into `folder`; the raw model and a note when it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = str(Path(folder) / "pre.onnx")
+    try:
+        quant_pre_process(model, pre)
+    except Exception as exc:  # ORT's symbolic shape inference fails on some exports
+        return model, f"quant_pre_process failed ({type(exc).__name__}); raw model quantized"
+    return pre, ""
 
 
 def _nncf_quantize(model: str, calib: str, out: str) -> str:
