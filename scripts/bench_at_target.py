@@ -25,15 +25,22 @@ WORK = Path(tempfile.gettempdir()) / "onnxslim-bench-at-target"
 
 
 def calib_file(model_id: str, n: int = 32) -> Path:
-    """Realistic calibration feeds for a devmodel, written once."""
-    path = WORK / f"{model_id}.calib.npz"
-    if not path.exists():
-        sys.path.insert(0, str(REPO.parent / "shared" / "devmodels"))
-        from inputs import make_feeds  # type: ignore[import-not-found]
+    """Realistic calibration feeds for a devmodel, written once: one stacked .npz, or a
+    folder of one .npz per feed when the feeds' shapes differ (rxnmap's graphs)."""
+    path, folder = WORK / f"{model_id}.calib.npz", WORK / f"{model_id}.calib"
+    if path.exists() or folder.exists():
+        return path if path.exists() else folder
+    sys.path.insert(0, str(REPO.parent / "shared" / "devmodels"))
+    from inputs import make_feeds  # type: ignore[import-not-found]
 
-        feeds = make_feeds(model_id, n, seed=0)
+    feeds = make_feeds(model_id, n, seed=0)
+    if all(f[k].shape == feeds[0][k].shape for f in feeds for k in feeds[0]):
         np.savez(path, **{k: np.stack([f[k] for f in feeds]) for k in feeds[0]})
-    return path
+        return path
+    folder.mkdir()
+    for i, feed in enumerate(feeds):
+        np.savez(folder / f"feed_{i}.npz", **feed)
+    return folder
 
 
 def run(command: str, model: Path, calib: Path, extra: list[str]) -> dict:

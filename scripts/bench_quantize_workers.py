@@ -32,6 +32,8 @@ def worker(args: argparse.Namespace) -> int:
         note = _onnxslim_quantize(args.model, args.calib_file, args.out, args.extra)
     elif args.worker == "ort":
         note = _ort_quantize(args.model, args.calib_file, args.out)
+    elif args.worker == "ort-dynamic":
+        note = _ort_dynamic(args.model, args.out)
     elif args.worker == "nncf":
         note = _nncf_quantize(args.model, args.calib_file, args.out)
     else:
@@ -97,7 +99,6 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
         QuantFormat,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     names = [
         i.name for i in ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()
@@ -111,16 +112,8 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
-    note = ""
     with tempfile.TemporaryDirectory() as tmp:
-        pre = str(Path(tmp) / "pre.onnx")
-        try:
-            quant_pre_process(model, pre)
-        except Exception as exc:  # ORT's symbolic shape inference fails on some exports
-            pre, note = (
-                model,
-                f"quant_pre_process failed ({type(exc).__name__}); raw model quantized",
-            )
+        pre, note = _pre_processed(model, tmp)
         quantize_static(
             pre,
             out,
@@ -130,6 +123,28 @@ def _ort_quantize(model: str, calib: str, out: str) -> str:
             calibrate_method=CalibrationMethod.MinMax,
         )
     return note
+
+
+def _ort_dynamic(model: str, out: str) -> str:
+    """onnxruntime.quantization.quantize_dynamic with its defaults, after quant_pre_process."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, note = _pre_processed(model, tmp)
+        quantize_dynamic(pre, out)
+    return note
+
+
+def _pre_processed(model: str, folder: str) -> tuple[str, str]:
+    """ORT's quant_pre_process into `folder`; the raw model and a note when it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = str(Path(folder) / "pre.onnx")
+    try:
+        quant_pre_process(model, pre)
+    except Exception as exc:  # ORT's symbolic shape inference fails on some exports
+        return model, f"quant_pre_process failed ({type(exc).__name__}); raw model quantized"
+    return pre, ""
 
 
 def _nncf_quantize(model: str, calib: str, out: str) -> str:
@@ -193,7 +208,9 @@ def input_names(path: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("worker", choices=["onnxslim", "onnxslim+acc", "ort", "nncf"])
+    parser.add_argument(
+        "worker", choices=["onnxslim", "onnxslim+acc", "ort", "ort-dynamic", "nncf"]
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--calib-file", required=True)
     parser.add_argument("--out", required=True)

@@ -227,3 +227,48 @@ def test_hidden_state_feeding_a_decision_output_is_shown_not_gated() -> None:
     figure = result.figures[0]
     assert figure.value < Target().regression_db and figure.passed and result.passed
     assert figure.text().endswith("(feeds e)")
+
+
+def _detector_head() -> ir.Model:
+    """boxes = x * 100 (pixels) and scores = Sigmoid(s), concatenated on axis 1, as a
+    YOLOv8-style head writes them into one output [batch, 4 + classes, anchors]."""
+    hundred = helper.make_tensor("hundred", TensorProto.FLOAT, [], [100.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "hundred"], ["boxes"]),
+        helper.make_node("Sigmoid", ["s"], ["scores"]),
+        helper.make_node("Concat", ["boxes", "scores"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "head",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 64]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, ["batch", 3, 64]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7, 64])],
+        [hundred],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph))
+    ir.passes.common.ShapeInferencePass()(model)
+    return model
+
+
+def test_concatenated_boxes_do_not_hide_the_scores_error() -> None:
+    """Noisy scores next to exact boxes: over the whole output the boxes' values hide the
+    error (SQNR far above the target); measured apart, the scores' decisions at 0.5 flip."""
+    model = _detector_head()
+    rng = np.random.default_rng(0)
+    ref, cand = [], []
+    for _ in range(4):
+        boxes = rng.uniform(0, 300, (1, 4, 64)).astype(np.float32)
+        scores = 1 / (1 + np.exp(-rng.normal(-1, 2, (1, 3, 64)))).astype(np.float32)
+        noisy = scores + 0.1 * rng.standard_normal(scores.shape)  # decisions at 0.5 flip
+        ref.append({"y": np.concatenate([boxes, scores], axis=1)})
+        cand.append({"y": np.concatenate([boxes, noisy.astype(np.float32)], axis=1)})
+    whole = decisions.sqnr_db([r["y"] for r in ref], [c["y"] for c in cand])
+    assert whole > Target().regression_db  # one SQNR over both would pass
+    roles = agreement.detect_roles(model, ref)
+    assert [(p.start, p.stop) for p in roles["y"].parts] == [(0, 4), (4, 7)]
+    figure = agreement.assess(ref, cand, roles=roles).figures[0]
+    assert not figure.passed and "parts 4:7" in figure.measure and figure.unit == "points"
+    assert figure.role == "regression" and figure.detail["part_0_4_dB"] == math.inf

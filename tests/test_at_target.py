@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim import api
+from onnxslim.agreement import Assessment, OutputFigure, Target
 from onnxslim.cli import main
+from onnxslim.passes.cluster.cluster import ClusterWeights
+from onnxslim.passes.cluster.cluster import summary as cluster_summary
+from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -22,7 +29,8 @@ def _files(name: str) -> tuple[Path, Path]:
 
 def test_prune_by_default_reaches_the_most_sparsity_the_target_allows() -> None:
     model, calib = _files("digits_cnn")
-    result = api.prune(model, calib=calib, runs=0)
+    # without the refit: with it, the first trial (0.9, the ladder's top) already passes
+    result = api.prune(model, calib=calib, runs=0, reconstruct=False)
     search = result.search
     assert search is not None and result.target is not None and result.target.passed
     assert result.request is None  # nothing was asked for
@@ -32,6 +40,20 @@ def test_prune_by_default_reaches_the_most_sparsity_the_target_allows() -> None:
     assert result.sparsity >= 0.45  # layers under min_elements stay dense
     layers = result.details["sensitivity"]
     assert len({round(v["allocated"], 3) for v in layers.values()}) > 1  # not uniform
+
+
+def test_prune_trials_are_refit_and_the_result_is_the_refit_trial() -> None:
+    # Trials used to skip the least-squares refit: digits_cnn stopped at 0.7 although
+    # 0.9 meets the target refit. Now each trial is refit from statistics taken once.
+    model, calib = _files("digits_cnn")
+    result = api.prune(model, calib=calib, runs=0)
+    search = result.search
+    assert search is not None and result.target is not None and result.target.passed
+    assert search["trials"][0] == {"sparsity": 0.9, "passed": True, "missed": ""}
+    assert search["reached"] == 0.9 and result.sparsity >= 0.85
+    refit = result.details["refit"]
+    assert refit and all(r["error_after"] <= r["error_before"] for r in refit)
+    assert any(r["error_after"] < 0.5 * r["error_before"] for r in refit)
 
 
 def test_prune_request_beyond_the_target_exits_1_and_names_the_layers(
@@ -61,3 +83,116 @@ def test_cluster_by_default_spends_the_fewest_bytes_that_meet_the_target() -> No
     assert search["budget_bytes"] == min(t["budget_bytes"] for t in trials if t["passed"])
     assert 2.0 <= result.bits_per_weight <= 8.0
     assert result.size_after.raw < 0.35 * result.size_before.raw
+
+
+def _shifted_mlp() -> tuple:
+    """x[1,64] -> MatMul -> Relu -> MatMul -> y[1,10], and 32 feeds whose first 24 (the
+    refinement's) excite only two input dims while the held-out 8 excite all 64: the
+    least-squares palettes fit those two dims and move the held-out decisions."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((64, 128)) / 8.0).astype(np.float32)
+    w2 = (rng.standard_normal((128, 10)) / np.sqrt(128)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "shifted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = []
+    for i in range(32):
+        x = rng.standard_normal((1, 64)).astype(np.float32)
+        if i < 24:
+            x[:, 2:] = 0
+        feeds.append({"x": x})
+    return model, feeds
+
+
+def test_cluster_undoes_a_refinement_that_breaks_the_target() -> None:
+    # The captcha CRNN's bug: the search passed on k-means palettes, the refinement run
+    # after it lost 2.25 points, exit 1. The refined model is now checked, and when it
+    # misses every weight and bias goes back to what the unrefined palettes give.
+    model, feeds = _shifted_mlp()
+    seen: list[str] = []
+
+    def check(candidate: ir.Model) -> Assessment:  # the refined model misses, nothing else
+        seen.append("refined" if not seen else "unrefined")
+        value = 5.0 if len(seen) == 1 else 0.0
+        figure = OutputFigure("y", "classifier", "decisions lost", value, 1.0, "points", 8)
+        return Assessment(Target(1.0), (figure,), "scripted")
+
+    def run(**options: object) -> ir.Model:
+        copy = ir.serde.deserialize_model(model)
+        ClusterWeights(bits=3, allocation="uniform", calib=feeds, **options)(copy)
+        return copy
+
+    guarded = run(accept=check)
+    plain = run(refine=False)
+    refined = run()
+    assert seen == ["refined", "unrefined"]
+    details = cluster_summary(guarded)
+    assert any("palette refinement undone" in n for n in details["notes"])
+    assert not any(layer["refit"] for layer in details["layers"])
+    assert any(layer["refit"] for layer in cluster_summary(refined)["layers"])
+    x = {"x": feeds[-1]["x"]}
+    assert np.array_equal(Session(guarded).run(x)["y"], Session(plain).run(x)["y"])
+    assert not np.array_equal(Session(refined).run(x)["y"], Session(plain).run(x)["y"])
+
+
+def _gated_mlp() -> tuple:
+    """x[1,64] -> MatMul w0 -> If(sum > 0: MatMul w1, else: MatMul w2) -> Softmax -> y[1,16]:
+    the branch taken depends on the input; the branches read main-graph weights."""
+    rng = np.random.default_rng(1)
+    weights = {
+        "w0": rng.standard_normal((64, 256)) / 8.0,
+        "w1": rng.standard_normal((256, 16)) / 16.0,
+        "w2": rng.standard_normal((256, 16)) / 16.0,
+    }
+    branch = {
+        name: helper.make_graph(
+            [helper.make_node("MatMul", ["h", w], [f"y_{w}"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"y_{w}", TensorProto.FLOAT, [1, 16])],
+        )
+        for name, w in (("then", "w1"), ("else", "w2"))
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h"]),
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["c"]),
+            helper.make_node(
+                "If", ["c"], ["z"], then_branch=branch["then"], else_branch=branch["else"]
+            ),
+            helper.make_node("Softmax", ["z"], ["y"], axis=-1),
+        ],
+        "gated",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()]
+        + [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = [{"x": rng.standard_normal((1, 64)).astype(np.float32)} for _ in range(32)]
+    return model, feeds
+
+
+def test_cluster_searches_models_with_if_subgraphs() -> None:
+    # If/Loop/Scan models used to get --bits everywhere, no search ("even the float copy
+    # measured as changed"); the float copy and the trials are measured like any model's.
+    model, feeds = _gated_mlp()
+    result = api.cluster(model, calib=feeds, runs=0)
+    search = result.search
+    assert search is not None and result.target is not None and result.target.passed
+    assert not any("control flow" in n for n in result.notes)
+    trials = search["trials"]
+    assert trials and any(t["passed"] for t in trials)
+    assert search["budget_bytes"] == min(t["budget_bytes"] for t in trials if t["passed"])
+    assert {w["weight"] for w in result.weights} >= {"w0"}
+    assert result.bits_per_weight < 8.0

@@ -13,9 +13,10 @@ from onnxslim.passes.quantize.repair import Choice, excess, repair
 MODELS = Path(__file__).resolve().parents[1] / "models"
 DETECTOR = MODELS / "digits_detector.onnx"
 DETECTOR_CALIB = MODELS / "digits_detector.calib.npz"
-# digits_detector's boxes-and-scores output keeps 41-44 dB SQNR in int8: met at the default
-# target (34 dB) and missed at 0.2 points (48 dB), which makes the loop work.
-TIGHT = 0.2
+# digits_detector's output concatenates boxes and sigmoid scores; the scores are measured
+# apart from the boxes as decisions (agreement.py): int8 changes 0.55 points of them, met at
+# the default target and missed at 0.5 points, which makes the loop work.
+TIGHT = 0.5
 
 
 def _assessment(db: float, limit: float = 40.0) -> Assessment:
@@ -62,7 +63,7 @@ def test_cli_lists_the_fixes_and_exits_0_when_they_meet_the_target(tmp_path: Pat
     assert report["target_after"]["passed"] is True
     (figure,) = target["outputs"]
     before = report["target_before"]["outputs"]["detections"]
-    assert figure["value"] >= target["regression_db"] > before
+    assert figure["unit"] == "points" and figure["value"] <= figure["limit"] < before
     assert report["quantized_nodes"]  # still int8: the fix did not give up on the model
     assert main([*args, "--no-fix", "--overwrite"]) == 1 and out.is_file()
     assert "accuracy target missed" in " ".join(capsys.readouterr().err.split())

@@ -104,7 +104,7 @@ def test_same_run_twice_gives_identical_bytes_and_provenance(tmp_path: Path) -> 
     recipe.write_text(f"""
 [data]
 calib = "{MODELS / "digits_cnn.calib.npz"}"
-calib_limit = 32
+max_samples = 32
 [[pass]]
 name = "optimize"
 [[pass]]
@@ -179,8 +179,8 @@ def test_yaml_recipe_and_sensitivity_plot(tmp_path: Path) -> None:
 data:
   calib: {MODELS / "digits_cnn.calib.npz"}
   eval: {MODELS / "digits_cnn.eval.npz"}
-  calib_limit: 16
-  eval_limit: 120
+  max_samples: 16
+  eval_max_samples: 120
 pass:
   - name: optimize
   - name: quantize

@@ -23,8 +23,8 @@ description = "palette bits"
 [data]
 calib = "{MODELS / f"{NAME}.calib.npz"}"
 eval = "{MODELS / f"{NAME}.eval.npz"}"
-calib_limit = 16
-eval_limit = 200
+max_samples = 16
+eval_max_samples = 200
 [[pass]]
 name = "optimize"
 [[pass]]

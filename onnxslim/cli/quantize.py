@@ -105,6 +105,18 @@ def quantize_command(
     keep_float_outputs: bool = typer.Option(
         False, "--keep-float-outputs", help="Nodes producing graph outputs stay float."
     ),
+    activations: str = typer.Option(
+        "auto",
+        "--activations",
+        help="Static: MatMul / Gemm / LSTM activations calibrated (static), quantized at run "
+        "time (dynamic), or auto: whichever measures faster here within the target.",
+    ),
+    weight_rounding: str = typer.Option(
+        "auto",
+        "--weight-rounding",
+        help="Static: nearest, gptq (each layer's output error minimised from its input "
+        "statistics), or auto: gptq only as a fix when the accuracy target is missed.",
+    ),
     weight_bits: int = typer.Option(
         8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."
     ),
@@ -174,6 +186,8 @@ def quantize_command(
         "per_channel": not per_tensor,
         "reduce_range": reduce_range,
         "keep_float_outputs": keep_float_outputs,
+        "activations": activations,
+        "weight_rounding": weight_rounding,
         "max_samples": max_samples,
         "latency_guard": latency_guard,
         "bits": weight_bits,
@@ -302,6 +316,7 @@ def _print_report(
                 f"; ORT runs {', '.join(f'{k} x{v}' for k, v in report.int8_kernels.items())}"
             )
     out.print(details)
+    _print_activation_mode(report)
     for p in report.protections[:8]:
         out.print(f"[yellow]kept float[/] {escape(p['tensor'])}: {escape(p['reason'])}")
     reasons: dict[str, int] = {}
@@ -315,6 +330,21 @@ def _print_report(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     out.print(f"wrote {escape(str(output))}")
+
+
+def _print_activation_mode(report: QuantizeReport) -> None:
+    """Static or run-time activations for MatMul / Gemm / LSTM: each mode timed, the kept one."""
+    mode = report.activation_mode
+    trials = mode.get("trials") or []
+    if not trials:
+        if mode.get("dynamic_nodes"):
+            out.print(f"activations: {mode['chosen']} ({mode['dynamic_nodes']} layers at run time)")
+        return
+    tried = []
+    for trial in trials:
+        verdict = {True: ", target met", False: ", target missed"}.get(trial.get("passed"), "")
+        tried.append(f"{trial['mode']} {trial['latency_ratio']:.2f}x float{verdict}")
+    out.print(f"activations: {'; '.join(tried)} -> kept {mode['chosen']}")
 
 
 def _print_fixes(report: QuantizeReport) -> None:

@@ -36,6 +36,7 @@ from onnxslim.passes.quantize.policy import resolve_target
 from onnxslim.probing import WeightProbe
 
 from . import packing as index_packing
+from . import refine_guard
 from . import storage as palette_storage
 from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
@@ -218,11 +219,6 @@ class ClusterWeights(ir.passes.InPlacePass):
         probe_feeds = feeds if feeds is not None else self.probe_feeds
         if allocate == "target" and (self.accept is None or not probe_feeds):
             allocate = "uniform"  # no check handed in (a recipe step): `bits` everywhere
-        if allocate == "target" and _control_flow(model):
-            # Trials on copies of If/Loop models measured even the float copy as changed:
-            # until that is understood, such models get `bits` everywhere, checked as before.
-            allocate = "uniform"
-            notes.append("control flow (If/Loop/Scan): every weight at --bits, no target search")
         if allocate == "mixed" and feeds is None:
             raise UsageError("allocation=mixed needs calibration data (calib)")
         if allocate != "uniform":
@@ -236,11 +232,14 @@ class ClusterWeights(ir.passes.InPlacePass):
         palettes: dict[str, Palettized] = {}
         rows: dict[str, dict[str, Any]] = {}
         for weight in weights:
-            p, row = self._cluster(weight, qmax, forms.get(weight.name))
+            # the target search checked the probing palettes: the same ones are written
+            searched = allocate == "target"
+            p, row = self._cluster(weight, qmax, forms.get(weight.name), probing=searched)
             palettes[weight.name] = p
             rows[weight.name] = row
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
+        before, unrefined = refine_guard.snapshot(model), dict(palettes)
         if feeds is not None and original is not None:
             layers = refine_layers(
                 original,
@@ -254,6 +253,13 @@ class ClusterWeights(ir.passes.InPlacePass):
                 qmax=qmax,
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
             )
+        if self.accept is not None and any(layer.refit for layer in layers):
+            palettes, layers, checked = refine_guard.guard(
+                model, before, unrefined, palettes, layers, self.accept, self._narrow
+            )
+            notes.append(refine_guard.note(checked))
+            if allocation is not None:
+                allocation["refinement"] = checked
         opset = palette_storage.default_opset(model)
         if opset < index_packing.MIN_BITSHIFT_OPSET and self.bits < 8 and self.storage == "palette":
             notes.append(
@@ -494,15 +500,6 @@ class ClusterWeights(ir.passes.InPlacePass):
         if qmax is not None and not snapped:
             row["note"] = f"{p.dtype} weight: int8 grid applies to float32 only"
         return p, row
-
-
-def _control_flow(model: ir.Model) -> bool:
-    """Whether a main-graph node carries a subgraph (If, Loop, Scan)."""
-    return any(
-        attr.type == ir.AttributeType.GRAPH or attr.type == ir.AttributeType.GRAPHS
-        for node in model.graph
-        for attr in node.attributes.values()
-    )
 
 
 def prepare(model: ir.Model) -> list[str]:

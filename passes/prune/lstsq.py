@@ -73,6 +73,8 @@ def solve(
     *,
     ridge: float | None,
     intercept: bool,
+    iterations: int = PCG_ITERATIONS,
+    direct_flops: float = DIRECT_FLOPS,
 ) -> Fit:
     """Refit one group: w0 [O, K], b0 [O] or None, mask [O, K] (None: all weights free)."""
     K = w0.shape[1]
@@ -88,7 +90,7 @@ def solve(
     masked = not full.all()
     if ridge is None:
         ridge = _choose_ridge(total, holdout, start, full, K, intercept, masked)
-    W = _solve(total, start, full, K, intercept, ridge, masked)
+    W = _solve(total, start, full, K, intercept, ridge, masked, iterations, direct_flops)
     before = _error(total, start, K, intercept)
     after = _error(total, W, K, intercept)
     if after > before:  # never hand back something worse on the rows we fitted
@@ -117,11 +119,13 @@ def _solve(
     intercept: bool,
     ridge: float,
     masked: bool,
+    iterations: int = PCG_ITERATIONS,
+    direct_flops: float = DIRECT_FLOPS,
 ) -> np.ndarray:
     A, B = _system(stats, start, K, intercept, ridge)
     if not masked:
         return np.linalg.solve(A, B).T
-    return _masked(A, B, mask, start)
+    return _masked(A, B, mask, start, iterations, direct_flops)
 
 
 def _choose_ridge(
@@ -157,11 +161,18 @@ def _direct_cost(mask: np.ndarray) -> float:
     return len(mask) * float(mask.sum(axis=1).max()) ** 3 / 3
 
 
-def _masked(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -> np.ndarray:
+def _masked(
+    A: np.ndarray,
+    B: np.ndarray,
+    mask: np.ndarray,
+    start: np.ndarray,
+    iterations: int = PCG_ITERATIONS,
+    direct_flops: float = DIRECT_FLOPS,
+) -> np.ndarray:
     """Exact solves on each column's support (one batched call) when cheap, else batched PCG."""
     width = int(mask.sum(axis=1).max())
-    if _direct_cost(mask) > DIRECT_FLOPS:
-        return _pcg(A, B, mask, start)
+    if _direct_cost(mask) > direct_flops:
+        return _pcg(A, B, mask, start, iterations)
     W = np.zeros_like(start)
     chunk = max(1, int(BATCH_BYTES // (8 * width * width)))
     for first in range(0, len(mask), chunk):
@@ -182,7 +193,13 @@ def _masked(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -
     return W
 
 
-def _pcg(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -> np.ndarray:
+def _pcg(
+    A: np.ndarray,
+    B: np.ndarray,
+    mask: np.ndarray,
+    start: np.ndarray,
+    iterations: int = PCG_ITERATIONS,
+) -> np.ndarray:
     """Jacobi-preconditioned CG on every column's restricted system at once."""
     M = mask.T.astype(np.float64)  # [K+1, O]
     X = start.T * M
@@ -195,7 +212,7 @@ def _pcg(A: np.ndarray, B: np.ndarray, mask: np.ndarray, start: np.ndarray) -> n
     A32 = A.astype(
         np.float32
     )  # the G @ P products dominate; float32 halves them, sums stay float64
-    for _ in range(PCG_ITERATIONS):
+    for _ in range(iterations):
         AP = M * (A32 @ P.astype(np.float32)).astype(np.float64)
         denom = np.sum(P * AP, axis=0)
         alpha = np.where(denom > 0, rz / np.where(denom > 0, denom, 1), 0.0)

@@ -31,12 +31,13 @@ from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, internal_field, option
 from onnxslim.passes.prune._common import check_fraction, store_summary
-from onnxslim.passes.prune.allocation import allocate, measure_sensitivity
+from onnxslim.passes.prune.allocation import allocate, measure_sensitivity, quick_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
 from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import RefitOptions, RefitRequest, reconstruct
 from onnxslim.passes.prune.target import Accept, search
+from onnxslim.passes.prune.trial_refit import TrialRefit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,12 +97,20 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
             )
             return ir.passes.PassResult(model, prepared)
         original = model.clone() if refit else None
-        masks, sensitivity, searched = self._masks(model, unique, feeds)
-        for layer, mask in zip(unique, masks, strict=False):
-            w = layer.array()
-            layer.set_weight(np.where(mask, w, 0))
+        trial = (
+            TrialRefit(model, unique, feeds, max_rows=self.max_rows, ridge=self.ridge)
+            if refit and feeds is not None and self._searching(feeds)
+            else None
+        )
+        masks, sensitivity, searched, levels = self._masks(model, unique, feeds, trial)
         records = []
-        if refit and original is not None and feeds is not None:
+        if trial is not None and levels is not None:  # the refit the search's trials had
+            records = trial.apply(model, unique, levels)
+        else:
+            for layer, mask in zip(unique, masks, strict=False):
+                w = layer.array()
+                layer.set_weight(np.where(mask, w, 0))
+        if trial is None and refit and original is not None and feeds is not None:
             requests = [RefitRequest(layer.name, keep_zeros=True) for layer in layers]
             records = reconstruct(
                 original, model, requests, feeds, ridge=self.ridge, max_rows=self.max_rows
@@ -117,20 +126,38 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
         )
         return ir.passes.PassResult(model, True)
 
+    def _searching(self, feeds: list | None) -> bool:
+        """Whether the target search runs (allocation=target, a check handed in, feeds)."""
+        probe_feeds = feeds if feeds is not None else self.probe_feeds
+        return (
+            self.scope == "per-layer"
+            and self.allocation == "target"
+            and self.accept is not None
+            and bool(probe_feeds)
+        )
+
     def _masks(
-        self, model: ir.Model, layers: list[Layer], feeds: list | None
-    ) -> tuple[list[np.ndarray], dict[str, dict[str, Any]], dict[str, Any] | None]:
-        """Keep-mask per unique weight, the measured sensitivities when allocation used them, and
-        what the target search tried (allocation=target with a check)."""
+        self,
+        model: ir.Model,
+        layers: list[Layer],
+        feeds: list | None,
+        trial: TrialRefit | None = None,
+    ) -> tuple[
+        list[np.ndarray], dict[str, dict[str, Any]], dict[str, Any] | None, list[float] | None
+    ]:
+        """Keep-mask per unique weight, the measured sensitivities when allocation used them,
+        what the target search tried (allocation=target with a check) and its levels."""
         arrays = [layer.array() for layer in layers]
         cap = self.max_layer_sparsity
         if self.scope == "global":
             counts = global_counts(arrays, self.sparsity, cap)
-            return [count_mask(w, c) for w, c in zip(arrays, counts, strict=False)], {}, None
+            masks = [count_mask(w, c) for w, c in zip(arrays, counts, strict=False)]
+            return masks, {}, None, None
         allocation = self.allocation
         probe_feeds = feeds if feeds is not None else self.probe_feeds
-        if allocation == "target" and self.accept is not None and probe_feeds:
-            errors = measure_sensitivity(model, layers, probe_feeds)
+        if self._searching(feeds):
+            assert self.accept is not None and probe_feeds is not None
+            errors = quick_sensitivity(model, layers, probe_feeds)
             found = search(
                 model,
                 layers,
@@ -139,13 +166,14 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
                 upper=self.sparsity,
                 cap=cap,
                 requested=self.requested,
+                refit=trial,
             )
             info = {
                 layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
                 for layer, level, row in zip(layers, found.levels, errors, strict=False)
             }
             masks = [magnitude_mask(w, s) for w, s in zip(arrays, found.levels, strict=False)]
-            return masks, info, found.to_dict()
+            return masks, info, found.to_dict(), found.levels
         if allocation == "target":  # no check handed in (a recipe step): `sparsity` everywhere
             allocation = "uniform"
         if allocation == "sensitivity":
@@ -156,5 +184,6 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
                 layer.name: {"allocated": level, "probe_errors": [float(e) for e in row]}
                 for layer, level, row in zip(layers, levels, errors, strict=False)
             }
-            return [magnitude_mask(w, s) for w, s in zip(arrays, levels, strict=False)], info, None
-        return [magnitude_mask(w, min(self.sparsity, cap)) for w in arrays], {}, None
+            masks = [magnitude_mask(w, s) for w, s in zip(arrays, levels, strict=False)]
+            return masks, info, None, None
+        return [magnitude_mask(w, min(self.sparsity, cap)) for w in arrays], {}, None, None

@@ -32,7 +32,7 @@ from onnxslim.layer_rows import layer_geometry
 from onnxslim.passes._options import data_field, option
 from onnxslim.passes.prune._common import load_feeds
 from onnxslim.passes.prune.layers import Layer, find_layers
-from onnxslim.passes.prune.lstsq import Stats, solve
+from onnxslim.passes.prune.lstsq import DIRECT_FLOPS, PCG_ITERATIONS, Stats, solve
 
 REFIT_OPS = ("Conv", "Gemm", "MatMul")
 MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB
@@ -141,7 +141,7 @@ def _reconstruct(
     for request in requests:
         layer = layers.get(request.node_name)
         reason = (
-            _cannot_refit(layer, original)
+            cannot_refit(layer, original)
             if layer is not None
             else "not a Conv/Gemm/MatMul with constant weight"
         )
@@ -179,11 +179,11 @@ def _reconstruct(
             target_columns={n: columns[n] for n in level if n in columns},
         )
         for name in level:
-            records.append(_refit(layers[name], sums[name], ready[name], ridge))
+            records.append(refit_layer(layers[name], sums[name], ready[name], ridge))
     return records
 
 
-def _cannot_refit(layer: Layer, original: ir.Model) -> str:
+def cannot_refit(layer: Layer, original: ir.Model) -> str:
     if layer.op_type not in REFIT_OPS:
         return f"{layer.op_type} is not refit"
     if layer.shared:
@@ -212,8 +212,13 @@ def _cannot_refit(layer: Layer, original: ir.Model) -> str:
     return ""
 
 
-def _refit(
-    layer: Layer, sums: NormalEquations, request: RefitRequest, ridge: float | None
+def refit_layer(
+    layer: Layer,
+    sums: NormalEquations,
+    request: RefitRequest,
+    ridge: float | None,
+    iterations: int = PCG_ITERATIONS,
+    direct_flops: float = DIRECT_FLOPS,
 ) -> RefitRecord:
     start = time.perf_counter()
     if sums.total is None or sums.rows == 0:
@@ -247,6 +252,8 @@ def _refit(
             (w0 != 0) if request.keep_zeros else None,
             ridge=ridge,
             intercept=b is not None,
+            iterations=iterations,
+            direct_flops=direct_flops,
         )
         new_w[rows] = fit.weight
         if new_b is not None and fit.bias is not None:

@@ -12,8 +12,9 @@ the ladder of overall sparsities is bisected with it, the request (the user's
 held-out feeds; the sensitivities cost one session and layers x probes runs, so the
 work grows with the number of weights, not with weights x candidates x feeds.
 
-Trials prune without the least-squares refit (the refit runs once, on the chosen
-allocation, and only lowers the error), so the search is on the safe side.
+With calibration data every trial is refit by least squares from statistics collected
+once (trial_refit.py: a numpy solve per layer, no ORT run), and the written model is
+the refit trial itself; without, trials and result are pruned only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from onnxslim.agreement import Assessment
 from onnxslim.passes.prune.allocation import PROBES, allocate
 from onnxslim.passes.prune.layers import Layer, find_layers
 from onnxslim.passes.prune.masks import magnitude_mask
+from onnxslim.passes.prune.trial_refit import TrialRefit
 
 # Overall sparsities tried below the request; the request itself is always tried first.
 LADDER = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -75,6 +77,7 @@ def search(
     upper: float,
     cap: float,
     requested: bool = False,
+    refit: TrialRefit | None = None,
 ) -> Search:
     """The largest overall sparsity <= `upper` (on LADDER, or `upper` itself) meeting the target.
 
@@ -83,7 +86,8 @@ def search(
     pruning never helps), so the ladder is bisected: about log2(len(LADDER)) trials.
     `requested` (the user asked for `upper`): when it misses, `levels` stay the
     request's (the result closest to it; the caller fails the run), and `reached`
-    says how far the target would have allowed.
+    says how far the target would have allowed. With `refit`, every trial is refit
+    (trial_refit.py), as the written model will be.
     """
     sizes = [layer.array().size for layer in layers]
     ladder = [s for s in LADDER if s < upper - 1e-9] + [upper]
@@ -92,7 +96,11 @@ def search(
     def trial(index: int) -> bool:
         s = ladder[index]
         levels = allocate(sizes, errors, s, cap=cap)
-        assessment = accept(_pruned_copy(model, layers, levels))
+        if refit is not None:
+            candidate = refit.pruned(model, layers, levels)[0]
+        else:
+            candidate = _pruned_copy(model, layers, levels)
+        assessment = accept(candidate)
         missed = "" if assessment.passed else assessment.message()
         found.trials.append(Trial(s, assessment.passed, missed))
         if assessment.passed and s > found.reached:

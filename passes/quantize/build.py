@@ -22,6 +22,7 @@ from .policy import PolicyConfig, make_plan
 from .qdq import InsertReport, insert_qdq, tensor_params
 from .qparams import QParams
 from .ranges import Range, TensorStats, compute_range
+from .rounding import WeightRounding
 
 StageProgress = Callable[[str, int, int | None], None]
 
@@ -71,11 +72,17 @@ def apply_plan(
     ranges: Mapping[str, Range],
     act_dtype: type,
     reduce_range: bool,
+    rounding: WeightRounding | None = None,
 ) -> tuple[ir.Model, InsertReport]:
     params: dict[str, QParams] = tensor_params(plan, ranges, act_dtype)
     trial = prepared.clone()
     insert_report = insert_qdq(
-        trial, plan, params, reduce_range=reduce_range, activation_dtype=act_dtype
+        trial,
+        plan,
+        params,
+        reduce_range=reduce_range,
+        activation_dtype=act_dtype,
+        rounding=rounding,
     )
     return trial, insert_report
 

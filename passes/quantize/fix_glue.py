@@ -23,6 +23,7 @@ from onnxslim.agreement import Assessment, Target, assess, detect_roles
 from onnxslim.feeds import Feed
 from onnxslim.runtime import Session
 
+from .activation_mode import DYNAMIC_REASON, Measure, apply_dynamic, dynamic_candidates
 from .bias_correction import correct_biases
 from .build import StageProgress, apply_plan, plan_with_ranges
 from .collect import CollectConfig, collect_stats
@@ -31,9 +32,11 @@ from .layer_noise import RANKED_ROLES, layer_tensors, rank_layers, relative_nois
 from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
 from .qdq import InsertReport
+from .qparams import qrange
 from .ranges import TensorStats, compute_range
 from .repair import Choice, excess, figures, repair
 from .reservoir import first_feeds
+from .rounding import WeightRounding, layer_statistics
 
 FIX_REASON = "returned to float: the accuracy target was missed with it in int8"
 _RANK_FEEDS = 8  # held-out feeds of the instrumented run that ranks the layers
@@ -60,6 +63,21 @@ class FixContext:
     report: Any  # QuantizeReport
     progress: StageProgress | None
     guard: bool  # re-run the latency guard after a fix (local target, guard on)
+    dynamic_nodes: frozenset[str] = frozenset()  # kept dynamic (activation_mode.py)
+    rounding: WeightRounding | None = None  # GPTQ statistics (rounding.py), given or computed
+
+
+def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> Measure:
+    """The accuracy target's measure of a candidate against `original` on `feeds`: the
+    figure the user is shown (the reference runs once)."""
+    reference = _run(original, list(feeds))
+    roles = detect_roles(original, reference)
+    target = Target(error)
+
+    def measure(model: ir.Model) -> Assessment:
+        return assess(reference, _run(model, list(feeds)), target=target, roles=roles)
+
+    return measure
 
 
 def fix_target(
@@ -69,16 +87,11 @@ def fix_target(
     clock = time.perf_counter()
     options, report = context.options, context.report
     feeds = list(options.check)
-    reference = _run(context.original, feeds)
-    roles = detect_roles(context.original, reference)
-    target = Target(options.target_error)
+    measure = target_measure(context.original, feeds, options.target_error)
     # The pass's own decisions stay: layers it kept float (guard, fusion check) stay float.
     base_float = {**context.plan.skipped, **context.float_nodes}
     histograms: dict[str, TensorStats] = {}
     evaluations = 0
-
-    def measure(model: ir.Model) -> Assessment:
-        return assess(reference, _run(model, feeds), target=target, roles=roles)
 
     def build(choice: Choice) -> Configuration:
         nonlocal evaluations
@@ -86,6 +99,8 @@ def fix_target(
         if context.progress is not None:
             context.progress("fix", evaluations, None)
         floats = dict(base_float)
+        dynamic = (context.dynamic_nodes | set(choice.dynamic_nodes)) - set(choice.float_nodes)
+        floats.update(dict.fromkeys(dynamic, DYNAMIC_REASON))
         floats.update(dict.fromkeys(choice.float_nodes, FIX_REASON))
         plan, ranges = plan_with_ranges(
             context.prepared,
@@ -116,12 +131,20 @@ def fix_target(
                 ranges[tensor] = compute_range(
                     histograms[tensor], method, percentile=options.percentile
                 )
+        rounding = _rounding(context) if choice.rounding else context.rounding
         model, insert_report = apply_plan(
-            context.prepared, plan, ranges, context.act_dtype, context.reduce_range
+            context.prepared, plan, ranges, context.act_dtype, context.reduce_range, rounding
         )
         if plan.nodes and options.bias_correction and context.bias_feeds is not None:
             samples = min(options.max_samples or _BIAS_FEEDS, _BIAS_FEEDS)
             correct_biases(model, context.prepared, context.bias_feeds, samples=samples)
+        apply_dynamic(
+            model,
+            frozenset(dynamic),
+            per_channel=options.per_channel,
+            reduce_range=context.reduce_range,
+            into=insert_report,
+        )
         return plan, ranges, model, insert_report
 
     def evaluate(choice: Choice) -> tuple[Configuration, Assessment]:
@@ -151,6 +174,8 @@ def fix_target(
         _range_tensors(start[0], layers),
         method=options.method,
         per_tensor=[] if options.per_channel else order,
+        dynamic=[] if options.activations == "static" else _dynamic_capable(context, order),
+        rounding=options.weight_rounding == "auto" and context.rounding is None,
     )
     chosen: Configuration = outcome.built
     assessment = outcome.assessment
@@ -205,6 +230,24 @@ def _guard(
         }
     )
     return outcome.chosen, after
+
+
+def _rounding(context: FixContext) -> WeightRounding:
+    """GPTQ statistics of every layer the pass planned, computed once (the "rounding" fix)."""
+    if context.rounding is None:
+        qmax = qrange(np.int8, reduce_range=context.reduce_range, symmetric=True)[1]
+        feeds = first_feeds(context.bias_feeds or [], _BIAS_FEEDS)
+        context.rounding = layer_statistics(
+            context.prepared, list(context.plan.nodes), feeds, qmax=qmax
+        )
+        context.report.seconds["rounding_statistics"] = context.rounding.seconds
+    return context.rounding
+
+
+def _dynamic_capable(context: FixContext, order: Sequence[str]) -> list[str]:
+    """The ranked layers still static that ORT's dynamic int8 kernels can take."""
+    capable = dynamic_candidates(context.prepared, context.options.exclude)
+    return [n for n in order if n in capable and n not in context.dynamic_nodes]
 
 
 def _per_channel(

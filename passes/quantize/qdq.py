@@ -29,6 +29,7 @@ from .constants import const_array, constant_source
 from .plan import NodePlan, QuantPlan, TensorPlan
 from .qparams import QParams, activation_qparams, quantize_array, weight_qparams
 from .ranges import Range
+from .rounding import WeightRounding
 
 _INT32_MAX = 2**31 - 1
 _STORED = -1  # weight-cache key slot of a weight's one int8 copy (graph ids are positive)
@@ -46,6 +47,7 @@ class InsertReport:
     removed_activations: list[str] = field(default_factory=list)
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
+    dynamic_nodes: list[str] = field(default_factory=list)  # activation_mode.apply_dynamic
 
 
 class _Namer:
@@ -78,11 +80,13 @@ def insert_qdq(
     *,
     reduce_range: bool = False,
     activation_dtype: np.dtype | type = np.uint8,
+    rounding: WeightRounding | None = None,
 ) -> InsertReport:
     """Rewrite `model` in place so the plan's nodes run on int8.
 
     `params` maps every non-shared tensor of the plan to its QParams (shared tensors
     reuse their root's). Nodes are found by name, so the plan may come from a clone.
+    `rounding` rounds the weights of the layers it has statistics for (rounding.py).
     """
     report = InsertReport()
     namer = _Namer(model)
@@ -127,6 +131,7 @@ def insert_qdq(
                 namer,
                 reduce_range,
                 report,
+                rounding,
             )
         if node_plan.bias is not None and weight_params is not None:
             _quantize_bias(node, node_plan, plan, params, weight_params, namer)
@@ -312,6 +317,7 @@ def _quantize_weight(
     namer: _Namer,
     reduce_range: bool,
     report: InsertReport,
+    rounding: WeightRounding | None = None,
 ) -> QParams | None:
     weight_value = node.inputs[index]
     weight = const_array(weight_value)
@@ -332,7 +338,8 @@ def _quantize_weight(
         qp = weight_qparams(weight, axis, reduce_range=reduce_range)
         if node_plan.bias is not None:
             qp = _widen_for_bias(node, node_plan, plan, params, qp)
-        q = quantize_array(weight, qp)
+        rounded = rounding.round(node, weight, qp) if rounding is not None else None
+        q = quantize_array(weight, qp) if rounded is None else rounded
         base = weight_value.name or "weight"
         home = _home_graph(source, graph)
         q_value = _initializer(home, namer(f"{base}_quantized"), q)
@@ -588,18 +595,3 @@ class WeightQuantizer:
 
     def finish(self, model: ir.Model) -> None:
         _remove_unused_constants(model)
-
-
-def replace_node(old: ir.Node, new_nodes: list[ir.Node], new_outputs: list[ir.Value]) -> None:
-    """Insert `new_nodes` before `old`; `old`'s outputs (uses, names) move to `new_outputs`."""
-    graph = old.graph
-    assert isinstance(graph, ir.Graph)
-    if new_nodes:
-        graph.insert_before(old, new_nodes)
-    for out, new in zip(old.outputs, new_outputs, strict=False):
-        name = out.name
-        new.type, new.shape = out.type, out.shape
-        out.replace_all_uses_with(new, replace_graph_outputs=True)
-        out.name = None
-        new.name = name
-    graph.remove(old, safe=True)

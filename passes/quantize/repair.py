@@ -8,7 +8,11 @@ instrumented run, layer_noise.py) and fixed in order of what a fix costs at run 
                (percentile, mse, entropy: each tried on all of them, the one with
                the smallest measured output error kept); free at run time;
   2. channels  per-channel weight scales where the run chose per-tensor; free on ORT;
-  3. float     the fewest top-ranked layers returned to float: sets of 1, 2, 4, ...
+  3. rounding  every planned layer's weights rounded to minimise its output error (GPTQ,
+               rounding.py): free at run time, seconds of numpy;
+  4. dynamic   MatMul / Gemm / LSTM offenders take their activation range from each run
+               (ORT's dynamic int8 kernels): int8 weights kept, a little time per run;
+  5. float     the fewest top-ranked layers returned to float: sets of 1, 2, 4, ...
                of the ranking (galloping) until one meets the target, then a
                bisection to the smallest such prefix; then halves, quarters, ... of
                it are dropped again while the target holds without them (the
@@ -41,6 +45,8 @@ class Choice:
     float_nodes: tuple[str, ...] = ()
     methods: tuple[tuple[str, str], ...] = ()  # (range tensor, calibration method)
     per_channel: tuple[str, ...] = ()  # layers whose weights get per-channel scales
+    dynamic_nodes: tuple[str, ...] = ()  # layers whose activations are quantized at run time
+    rounding: bool = False  # weights rounded by GPTQ (rounding.py) instead of to nearest
 
     def method_map(self) -> dict[str, str]:
         return dict(self.methods)
@@ -50,7 +56,7 @@ class Choice:
 class FixStep:
     """One fix tried: what, on which layers, and the output error before and after."""
 
-    kind: str  # "range", "per-channel" or "float"
+    kind: str  # "range", "per-channel", "rounding", "dynamic" or "float"
     detail: str
     layers: list[str]
     before: dict[str, float]  # output -> figure (points, or dB for SQNR)
@@ -123,12 +129,15 @@ def repair(
     *,
     method: str,
     per_tensor: Sequence[str] = (),
+    dynamic: Sequence[str] = (),
+    rounding: bool = False,
 ) -> RepairOutcome:
     """Fix the top of `ranked` (layers, most suspect first) until the target is met.
 
     `tensors[layer]` are the range tensors a range fix changes; `per_tensor` the
-    layers whose weights could take per-channel scales; `method` the run's own
-    calibration method (not tried again).
+    layers whose weights could take per-channel scales; `dynamic` the layers ORT's
+    dynamic int8 kernels can take; `rounding` whether GPTQ rounding may be tried;
+    `method` the run's own calibration method (not tried again).
     """
     best = RepairOutcome(Choice(), start[0], start[1])
     if best.met or not ranked:
@@ -169,22 +178,33 @@ def repair(
         if best.met:
             return best
 
-    # 2. Per-channel weights where the run chose per-tensor.
+    # 2-4. Per-channel weights where the run chose per-tensor; weights rounded for each
+    # layer's output error (GPTQ), every layer at once; run-time activation ranges for the
+    # offenders the dynamic kernels take. Each is kept when it cuts the excess.
     candidates = [layer for layer in offenders if layer in set(per_tensor)]
-    if candidates:
-        choice = replace(best.choice, per_channel=tuple(candidates))
+    capable = [layer for layer in offenders if layer in set(dynamic)]
+    steps: list[tuple[str, str, list[str], Callable[[Choice], Choice]]] = [
+        ("per-channel", "per-channel weight scales", candidates,
+         lambda c: replace(c, per_channel=tuple(candidates))),
+        ("rounding", "GPTQ weight rounding", ["every int8 layer"] if rounding else [],
+         lambda c: replace(c, rounding=True)),
+        ("dynamic", "activations quantized at run time", capable,
+         lambda c: replace(c, dynamic_nodes=tuple(capable))),
+    ]  # fmt: skip
+    for kind, detail, layers, change in steps:
+        if not layers:
+            continue
+        choice = change(best.choice)
         built = attempt(choice)
         value = excess(built[1])
         kept = value < score * _BETTER
-        best.steps.append(
-            _step("per-channel", "per-channel weight scales", candidates, best, built, kept)
-        )
+        best.steps.append(_step(kind, detail, layers, best, built, kept))
         if kept:
             best.choice, best.built, best.assessment, score = choice, built[0], built[1], value
         if best.met:
             return best
 
-    # 3. Float: the shortest prefix of the ranking that meets the target.
+    # 5. Float: the shortest prefix of the ranking that meets the target.
     base = best.choice
     measured: dict[int, tuple[Any, Assessment]] = {}
 

@@ -35,12 +35,13 @@ from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.passes._options import check_choice, data_field, option
 
+from .activation_mode import ACTIVATION_MODES, ModeInputs, settle_activation_mode
 from .bias_correction import static_hook as bias_correction_hook
 from .build import apply_plan as _apply
 from .build import calibrate as _calibrate
 from .build import plan_with_ranges as _plan_with_ranges
 from .collect import FeedSource
-from .fix_glue import FixContext, fix_target
+from .fix_glue import FixContext, fix_target, target_measure
 from .fusion_check import find_unfused
 from .latency_guard import Configuration, latency_guard
 from .plan import QuantPlan
@@ -58,8 +59,10 @@ from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
 from .qdq import InsertReport
+from .qparams import qrange
 from .ranges import METHODS, TensorStats
 from .reservoir import Reservoir, first_feeds, one_shot
+from .rounding import ROUNDINGS, WeightRounding, layer_statistics
 
 REPORT_KEY = "onnxslim.quantize_report"
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
@@ -68,6 +71,7 @@ StageProgress = Callable[[str, int, int | None], None]
 _NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
 _GUARD_FEEDS = 4  # feeds the latency guard times on
 _BIAS_CORRECTION_FEEDS = 8
+_ROUNDING_FEEDS = 8  # feeds whose layer inputs give GPTQ its statistics (rounding.py)
 
 
 @dataclass
@@ -100,6 +104,8 @@ class QuantizeReport:
     target_after: dict[str, Any] = field(default_factory=dict)
     fix_ranking: list[dict[str, Any]] = field(default_factory=list)
     fix_evaluations: int = 0
+    # Calibrated or run-time activation ranges for MatMul / Gemm / LSTM (activation_mode.py).
+    activation_mode: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,6 +144,18 @@ class QuantizeStatic(ir.passes.InPlacePass):
         (), "Keep these float: node names, op types or regular expressions."
     )
     keep_float_outputs: bool = option(False, "Nodes producing graph outputs stay float.")
+    weight_rounding: str = option(
+        "auto",
+        "Weight rounding: nearest, gptq (each layer's output error minimised with its input "
+        "statistics, rounding.py), or auto: gptq only as a fix when the target is missed.",
+        choices=ROUNDINGS,
+    )
+    activations: str = option(
+        "auto",
+        "MatMul / Gemm / LSTM activations: calibrated (static), quantized at run time "
+        "(dynamic), or auto: whichever measures faster here within the accuracy target.",
+        choices=ACTIVATION_MODES,
+    )
     quantize_depthwise: bool = option(
         False, "Quantize depthwise Conv too (slower than float on ORT CPU)."
     )
@@ -170,7 +188,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
 
     def __post_init__(self) -> None:
-        for name in ("method", "target", "activation_type"):
+        for name in ("method", "target", "activation_type", "activations", "weight_rounding"):
             check_choice(self, name)
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
@@ -284,7 +302,8 @@ def quantize_static(
     plan, ranges = _plan_with_ranges(
         prepared, policy, float_nodes, float_tensors, stats, source, options, progress, report
     )
-    result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
+    rounding = _up_front_rounding(prepared, plan, reservoir, source, options, reduce_range)
+    result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range, rounding)
     report.seconds["insert"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -318,9 +337,12 @@ def quantize_static(
                 progress,
                 report,
             )
-            result, insert_report = _apply(prepared, plan, ranges, act_dtype, reduce_range)
+            result, insert_report = _apply(
+                prepared, plan, ranges, act_dtype, reduce_range, rounding
+            )
     report.seconds["check"] = time.perf_counter() - clock
 
+    guard_warning: str | None = None
     if options.latency_guard and plan.nodes and local:
         clock = time.perf_counter()
 
@@ -337,7 +359,7 @@ def quantize_static(
                 report,
             )
             trial_model, trial_report = _apply(
-                prepared, trial_plan, trial_ranges, act_dtype, reduce_range
+                prepared, trial_plan, trial_ranges, act_dtype, reduce_range, rounding
             )
             return trial_plan, trial_ranges, trial_model, trial_report
 
@@ -356,6 +378,7 @@ def quantize_static(
             step_done,
         )
         report.latency_checks = outcome.checks
+        guard_warning = outcome.warning
         if outcome.warning is not None:
             report.warnings.append(outcome.warning)
         guarded = outcome.chosen
@@ -369,22 +392,46 @@ def quantize_static(
             elif not plan.nodes:
                 report.int8_kernels = {}
         report.seconds["latency_guard"] = time.perf_counter() - clock
-    # One-shot sources (generators, readers) cannot be read again: reuse the first feeds kept.
-    if not any(p.role in ("compute", "embedding", "island") for p in plan.nodes.values()):
+    reusable = reservoir.kept if reservoir is not None else source
+    calib_again = reusable
+    # Bias correction averages each layer's output shift: 8 feeds estimate it as well
+    # as 64 did on the corpus, at an eighth of its float + int8 passes.
+    bias_feeds = first_feeds(reusable, _BIAS_CORRECTION_FEEDS)
+    if plan.nodes and options.bias_correction:
+        bias_correction_hook(result, prepared, bias_feeds, options, report)  # bias_correction.py
+    measure = None
+    if options.check and options.target_error is not None:
+        measure = target_measure(model, list(options.check), options.target_error)
+    mode = settle_activation_mode(
+        (plan, ranges, result, insert_report),
+        ModeInputs(
+            prepared, policy, float_nodes, float_tensors, stats, bias_feeds, act_dtype, rounding
+        ),
+        options,
+        reduce_range=reduce_range,
+        timed=local,
+        timing_feeds=first_feeds(reusable, _GUARD_FEEDS),
+        measure=measure,
+        report=report,
+    )
+    plan, ranges, result, insert_report = mode.configuration
+    if mode.dynamic and options.check_fusion and local:
+        try:  # what ORT runs now: the static kernels left and the dynamic ones
+            report.int8_kernels = find_unfused(result, plan, insert_report)[1]
+        except OnnxSlimError:
+            report.int8_kernels = {}
+    if mode.dynamic and guard_warning in report.warnings:
+        report.warnings.remove(guard_warning)  # "kept float": the dynamic layers pay
+    if not mode.dynamic and not any(
+        p.role in ("compute", "embedding", "island") for p in plan.nodes.values()
+    ):
         # Nothing pays in int8 here: hand back the model as it came, not its prepared form.
         plan, result, insert_report = (
             QuantPlan({}, {}, dict(plan.skipped)),
             model.clone(),
             InsertReport(),
         )
-    reusable = reservoir.kept if reservoir is not None else source
-    calib_again = reusable
-    if plan.nodes and options.bias_correction:
-        # Bias correction averages each layer's output shift: 8 feeds estimate it as
-        # well as 64 did on the corpus, at an eighth of its float + int8 passes.
-        reusable = first_feeds(reusable, _BIAS_CORRECTION_FEEDS)
-        bias_correction_hook(result, prepared, reusable, options, report)  # bias_correction.py
-    if plan.nodes and options.fix and options.check and options.target_error is not None:
+    if (plan.nodes or mode.dynamic) and options.fix and measure is not None:
         context = FixContext(
             model,
             prepared,
@@ -394,27 +441,58 @@ def quantize_static(
             float_nodes,
             float_tensors,
             calib_again,
-            reusable,
+            bias_feeds,
             options,
             act_dtype,
             reduce_range,
             report,
             progress,
             local and options.latency_guard,
+            dynamic_nodes=mode.dynamic,
+            rounding=rounding,
         )
         plan, result, insert_report = fix_target(context, (plan, {}, result, insert_report))
+        if report.fixes and options.check_fusion and local:
+            try:  # what ORT runs after the fixes
+                report.int8_kernels = find_unfused(result, plan, insert_report)[1]
+            except OnnxSlimError:
+                report.int8_kernels = {}
 
     members = {
         n: p
         for n, p in plan.nodes.items()
         if p.role in ("compute", "island", "embedding", "shared")
     }
-    report.quantized_nodes = sorted(members)
-    report.quantized_ops = dict(Counter(p.op_type for p in members.values()))
-    report.skipped = dict(sorted(plan.skipped.items()))
+    dynamic_ops = {  # the mode's and the fix loop's (activation_mode.py, repair.py)
+        n.name or "": n.op_type
+        for n in prepared.graph.all_nodes()
+        if n.name in set(insert_report.dynamic_nodes)
+    }
+    report.quantized_nodes = sorted([*members, *dynamic_ops])
+    report.quantized_ops = dict(
+        Counter([*(p.op_type for p in members.values()), *dynamic_ops.values()])
+    )
+    report.skipped = {n: why for n, why in sorted(plan.skipped.items()) if n not in dynamic_ops}
     report.weight_bytes_before = insert_report.weight_bytes_before
     report.weight_bytes_after = insert_report.weight_bytes_after
     return result, report
+
+
+def _up_front_rounding(
+    prepared: ir.Model,
+    plan: QuantPlan,
+    reservoir: Reservoir | None,
+    source: Any,
+    options: QuantizeStatic,
+    reduce_range: bool,
+) -> WeightRounding | None:
+    """GPTQ statistics for every planned layer when `weight_rounding="gptq"` (else the fix
+    loop computes them only if the target is missed)."""
+    if options.weight_rounding != "gptq" or not plan.nodes:
+        return None
+    feeds = first_feeds(reservoir.kept if reservoir is not None else source, _ROUNDING_FEEDS)
+    qmax = qrange(np.int8, reduce_range=reduce_range, symmetric=True)[1]
+    return layer_statistics(prepared, list(plan.nodes), feeds, qmax=qmax)
 
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:

@@ -23,9 +23,9 @@ from onnxslim.graphs import iter_graphs
 from onnxslim.passes._options import option
 
 from .constants import const_array, constant_source, is_constant
-from .dynamic import MS_DOMAIN, NOT_A_CANDIDATE
+from .dynamic_rewrite import MS_DOMAIN, NOT_A_CANDIDATE, replace_node
 from .policy import MIN_EMBEDDING_ELEMENTS, matches
-from .qdq import WeightQuantizer, replace_node
+from .qdq import WeightQuantizer
 from .static import REPORT_KEY, QuantizeReport, refuse_quantized
 
 # Input index and per-channel axis of the weight of each op.
