@@ -58,7 +58,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_cnn_runs_on_qlinearconv_and_qgemm_with_parity():
     model = cnn()
     calib = feeds_for(model, 16, seed=1)
-    quantized, report = quantize_static(model, calib, Static())
+    quantized, report = quantize_static(model, calib, Static(activations="static"))
     ops = optimized_ops(quantized)
     assert ops.count("QLinearConv") == 2 and ops.count("QGemm") == 1, ops
     assert "QLinearGlobalAveragePool" in ops
@@ -268,7 +268,7 @@ def test_loop_body_is_calibrated_and_quantized_inside():
 
     model = matmul_in_loop()
     calib = feeds_for(model, 6, seed=11)
-    quantized, report = quantize_static(model, calib, Static())
+    quantized, report = quantize_static(model, calib, Static(activations="static"))
     assert "body_matmul" in report.quantized_nodes
     body = (
         next(n for n in iter_nodes(quantized) if n.op_type == "Loop").attributes["body"].as_graph()
