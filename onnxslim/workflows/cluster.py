@@ -252,9 +252,12 @@ def cluster_model(
     if report.checker not in ("ok", "skipped (over the 2 GB protobuf limit)"):
         report.warnings.append(f"onnx.checker: {report.checker}")
     if not report.weights:
-        report.warnings.append(
-            "nothing was clustered: no float layer weight of at least min_elements"
-        )
+        allocated = report.allocation or {}
+        if allocated.get("weights"):  # candidates were weighed: float won on bytes and error
+            why = "every weight is smaller or as small in float than in a palette form that fits"
+        else:
+            why = "no float layer weight of at least min_elements"
+        report.warnings.append(f"nothing was clustered: {why}")
     for row in report.weights:
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
