@@ -113,3 +113,19 @@ def test_checks_run_on_the_users_data(tmp_path: Path, capsys) -> None:
     assert code == 0, captured.err
     assert "ok y (regression): SQNR" in captured.out
     assert "last 8 of 32 feeds, held back" in captured.out
+
+
+def test_too_few_held_out_decisions_are_said_to_be_too_few() -> None:
+    """One decision worth more than the target: the figure cannot vouch for it."""
+    from onnxslim.agreement import Assessment, OutputFigure, Target
+    from onnxslim.cli._target import resolution_note
+
+    def assessment(decisions: int) -> Assessment:
+        figure = OutputFigure("logits", "ctc", "decoded", 0.0, 1.0, "points", decisions)
+        return Assessment(Target(), (figure,), "held-out feeds")
+
+    note = resolution_note(assessment(16))
+    assert "16 decisions, one is 6.2 points" in note and "at least 100 decisions" in note
+    assert resolution_note(assessment(200)) == ""
+    sqnr = OutputFigure("y", "regression", "SQNR", 40.0, 34.0, "dB", 0)
+    assert resolution_note(Assessment(Target(), (sqnr,), "feeds")) == ""

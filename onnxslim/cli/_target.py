@@ -43,6 +43,30 @@ def print_target(assessment: Assessment | None) -> None:
     for figure in assessment.figures:
         verdict = "[green]ok[/]" if figure.passed else "[red]MISSED[/]"
         out.print(f"  {verdict} {escape(figure.text())}")
+    note = resolution_note(assessment)
+    if note:
+        out.print(f"  [yellow]note[/] {escape(note)}")
+
+
+def resolution_note(assessment: Assessment) -> str:
+    """Say so when one decision is worth more than the target: with 16 held-out decisions
+    one changed decoded string is 6.25 points, so "0.00 points" cannot vouch for one point
+    (captcha_crnn: 0.00 on its held-out feeds, 3.1 points lost on 64 others)."""
+    target = assessment.target.error
+    coarse = [
+        f
+        for f in assessment.figures
+        if f.unit == "points" and f.decisions and not f.feeds and 100.0 / f.decisions > target
+    ]
+    if not coarse or target <= 0:
+        return ""
+    fewest = min(coarse, key=lambda f: f.decisions)
+    needed = int(-(-100 // target))
+    return (
+        f"{fewest.name}: {fewest.decisions} decisions, one is {100.0 / fewest.decisions:.1f} "
+        f"points: the figure cannot resolve the {target:g}-point target; --data with feeds "
+        f"giving at least {needed} decisions checks it"
+    )
 
 
 def fail_on_target(assessment: Assessment | None, output: object, advice: str) -> None:
