@@ -92,17 +92,22 @@ def _check_outputs(out: Path) -> str:
     return ""
 
 
+def _cap(job: dict[str, Any]) -> None:
+    """In a forked child: its own process group, the memory cap and the CPU-second cap.
+    CPU seconds, not wall time, decide a hang: a loaded machine must not fail a run.
+    SIGXCPU at the limit, SIGKILL a second later."""
+    os.setpgid(0, 0)
+    cap = int(job["mem_mb"]) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    cpu = int(job["timeout"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+
+
 def _child(job: dict[str, Any], run_dir: Path) -> None:
     """In the forked child: cap, isolate, run, check; never returns."""
     code = 1
     try:
-        os.setpgid(0, 0)
-        cap = int(job["mem_mb"]) << 20
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        # CPU seconds, not wall time, decide a hang: a loaded machine must not fail a
-        # run. SIGXCPU at the limit, SIGKILL a second later.
-        cpu = int(job["timeout"])
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        _cap(job)
         os.chdir(run_dir)
         os.environ["TMPDIR"] = str(run_dir / "tmp")
         tempfile.tempdir = None
@@ -136,11 +141,7 @@ def _check_peer_output(job: dict[str, Any], run_dir: Path) -> None:
     if pid == 0:
         code = 1
         try:
-            os.setpgid(0, 0)
-            cap = int(job["mem_mb"]) << 20
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-            cpu = int(job["timeout"])
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            _cap(job)
             (run_dir / "check.txt").write_text(_check_outputs(run_dir / "out") or "ok")
             code = 0
         except BaseException:  # no check.txt: judged "no output check ran"
