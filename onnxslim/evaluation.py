@@ -260,12 +260,33 @@ def latency_ratio(
     """Median single-thread latency of `candidate` over `reference` (below 1: faster),
     timed interleaved after one warm-up run: at least `min_runs` pairs, more while
     within `budget_seconds`."""
+    ratios = latency_ratios(
+        reference, {"candidate": candidate}, feeds, min_runs=min_runs, budget_seconds=budget_seconds
+    )
+    return ratios["candidate"]
+
+
+def latency_ratios(
+    reference: ir.Model,
+    candidates: Mapping[str, ir.Model],
+    feeds: Sequence[Feed],
+    *,
+    min_runs: int = 5,
+    budget_seconds: float = 1.0,
+    warmup: int = 0,
+) -> dict[str, float]:
+    """`latency_ratio` of several candidates at once, all timed in one interleaved run
+    (after one warm-up run each and `warmup` untimed rounds)."""
     config = SessionConfig(threads=1)
-    sessions = {"reference": Session(reference, config), "candidate": Session(candidate, config)}
+    sessions = {"reference": Session(reference, config)}
+    sessions.update({f"candidate {name}": Session(m, config) for name, m in candidates.items()})
     for session in sessions.values():
         session.run(feeds[0])
-    times = time_interleaved(sessions, feeds, runs=min_runs, budget_seconds=budget_seconds)
-    return float(np.median(times["candidate"]) / np.median(times["reference"]))
+    times = time_interleaved(
+        sessions, feeds, runs=min_runs, warmup=warmup, budget_seconds=budget_seconds
+    )
+    base = float(np.median(times["reference"]))
+    return {name: float(np.median(times[f"candidate {name}"])) / base for name in candidates}
 
 
 # --------------------------------------------------------------------------- one run's figures

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,22 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
 MODELS = REPO / "models"
 DEVMODELS_CACHE = Path(os.environ.get("DEVMODELS_DIR", "~/.cache/devmodels")).expanduser()
 DEVMODELS_CODE = REPO.parent / "shared" / "devmodels"
+
+
+def python_m_onnxslim(
+    *args: object, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m onnxslim ARGS` in a fresh interpreter, the way a shell runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "onnxslim", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # Not the checkout: `python -m` puts the working folder first on sys.path, and the
+        # checkout's onnxslim/ lacks its pass library (passes/ installs as onnxslim.passes).
+        cwd=tempfile.gettempdir(),
+        env={**os.environ, **(env or {})},
+    )
 
 
 def devmodels() -> list[dict]:

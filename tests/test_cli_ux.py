@@ -7,15 +7,13 @@ import importlib.metadata
 import json
 import os
 import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, make_mlp
+from conftest import MODELS, make_mlp, python_m_onnxslim
 
 from onnxslim.cli import main
 from onnxslim.cli._app import clashing_distribution
@@ -28,16 +26,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 def subprocess_cli(*args: object, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`python -m onnxslim ARGS` in a fresh interpreter, the way a shell runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "onnxslim", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # Not the checkout: `python -m` puts the working folder first on sys.path, and the
-        # checkout's onnxslim/ lacks its pass library (passes/ installs as onnxslim.passes).
-        cwd=tempfile.gettempdir(),
-        env={**os.environ, **env},
-    )
+    return python_m_onnxslim(*args, env=env)
 
 
 @pytest.fixture

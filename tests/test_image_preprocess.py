@@ -10,17 +10,14 @@ exit code, stdout and stderr) elsewhere, since a fresh interpreter costs ~4 s of
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS
+from conftest import MODELS, python_m_onnxslim
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
@@ -57,16 +54,7 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def shell(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "onnxslim", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # Not the checkout: `python -m` puts the working folder first on sys.path, and the
-        # checkout's onnxslim/ lacks its pass library (passes/ installs as onnxslim.passes).
-        cwd=tempfile.gettempdir(),
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    return python_m_onnxslim(*args, env={"COLUMNS": "200"})
 
 
 def image_model(

@@ -28,19 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxslim.agreement import Assessment
-from onnxslim.evaluation import time_interleaved
+from onnxslim.evaluation import latency_ratios
 from onnxslim.feeds import Feed
 from onnxslim.graphs import iter_graphs
-from onnxslim.runtime import Session, SessionConfig
 
 from .bias_correction import static_hook as bias_correction_hook
 from .build import apply_plan, plan_with_ranges
-from .constants import const_array
-from .dynamic_rewrite import MS_DOMAIN, rewrite_dynamic
+from .dynamic_rewrite import MS_DOMAIN, rewrite_dynamic, why_not_dynamic
 from .latency_guard import Configuration
 from .policy import PolicyConfig, matches
 from .qdq import InsertReport, WeightQuantizer
@@ -164,10 +161,8 @@ def dynamic_candidates(model: ir.Model, exclude: Sequence[str] = ()) -> dict[str
                 continue
             if exclude and matches(node, exclude):
                 continue
-            if node.op_type == "LSTM" and _lstm_weights(node):
-                found[node.name] = "recurrent"
-            elif node.op_type in ("MatMul", "Gemm") and _matmul_weight(node):
-                found[node.name] = "matmul"
+            if node.op_type in ("LSTM", "MatMul", "Gemm") and not why_not_dynamic(node):
+                found[node.name] = "recurrent" if node.op_type == "LSTM" else "matmul"
     return found
 
 
@@ -244,7 +239,10 @@ def choose_mode(
     timed_models = {k: v[0][2] for k, v in options.items()}
     if not any(p.role in ("compute", "embedding") for p in static[0].nodes.values()):
         del timed_models["static"]  # the float model itself (the latency guard's verdict)
-    ratios = {"static": 1.0, **_ratios(reference, timed_models, feeds)}
+    timed_ratios = latency_ratios(
+        reference, timed_models, feeds, budget_seconds=_TIMING_SECONDS, warmup=5
+    )
+    ratios = {"static": 1.0, **timed_ratios}
     trials: list[dict[str, Any]] = []
     scores: dict[str, Score] = {}
     for name, (configuration, dynamic) in options.items():
@@ -304,33 +302,3 @@ def _worst_sqnr(assessment: Assessment) -> float:
         if isinstance(f.detail, dict) and isinstance(f.detail.get("sqnr_db"), (int, float))
     ]
     return min((-math.inf if math.isnan(v) else v for v in values), default=math.inf)
-
-
-def _ratios(
-    reference: ir.Model, models: dict[str, ir.Model], feeds: Sequence[Feed]
-) -> dict[str, float]:
-    """Each model's median latency over the float model's, all timed interleaved."""
-    config = SessionConfig(threads=1)
-    sessions = {"float": Session(reference, config)}
-    sessions.update({name: Session(model, config) for name, model in models.items()})
-    for session in sessions.values():
-        session.run(feeds[0])
-    times = time_interleaved(sessions, feeds, runs=5, warmup=5, budget_seconds=_TIMING_SECONDS)
-    base = float(np.median(times["float"]))
-    return {name: float(np.median(times[name])) / base for name in models}
-
-
-def _matmul_weight(node: ir.Node) -> bool:
-    if len(node.inputs) < 2 or node.inputs[0] is None:
-        return False
-    if node.inputs[0].dtype not in (ir.DataType.FLOAT, None):
-        return False
-    weight = const_array(node.inputs[1])
-    return weight is not None and weight.dtype == np.float32 and weight.ndim == 2
-
-
-def _lstm_weights(node: ir.Node) -> bool:
-    if node.attributes.get_int("layout", 0) != 0 or len(node.inputs) < 3:
-        return False
-    arrays = [const_array(node.inputs[i]) for i in (1, 2)]
-    return all(a is not None and a.dtype == np.float32 and a.ndim == 3 for a in arrays)

@@ -46,6 +46,40 @@ def rewrite_dynamic(
     return _matmul(node, quantizer, per_channel, reduce_range)
 
 
+def why_not_dynamic(node: ir.Node) -> str:
+    """Why ORT's dynamic kernel cannot take this MatMul / Gemm / LSTM ("" when it can): the
+    one test the rewrites and the static pass's candidates (activation_mode.py) share."""
+    inputs = list(node.inputs) + [None] * 3
+    if node.op_type == "LSTM":
+        if node.attributes.get_int("layout", 0) != 0:
+            return "LSTM with layout=1"
+        arrays = [const_array(inputs[1]), const_array(inputs[2])]
+        if any(a is None or a.ndim != 3 or a.dtype != np.float32 for a in arrays):
+            return "weights are not constant float32"
+        return ""
+    if node.op_type not in ("MatMul", "Gemm"):
+        return NOT_A_CANDIDATE
+    if inputs[0] is None or inputs[0].dtype not in (ir.DataType.FLOAT, None):
+        return "input is not float32"
+    weight = const_array(inputs[1])
+    if weight is None or weight.dtype != np.float32 or weight.ndim != 2:
+        return "weight is not a constant float32 matrix"
+    if node.op_type == "Gemm":
+        if node.attributes.get_int("transA", 0):
+            return "Gemm with transA"
+        if (
+            node.attributes.get_float("alpha", 1.0) != 1.0
+            or node.attributes.get_float("beta", 1.0) != 1.0
+        ):
+            return "Gemm with alpha or beta other than 1"
+        columns = weight.shape[0 if node.attributes.get_int("transB", 0) else 1]
+        if inputs[2] is not None:
+            c = const_array(inputs[2])
+            if c is None or c.size not in (1, columns) or (c.ndim == 2 and c.shape[0] != 1):
+                return "bias is not a constant vector"
+    return ""
+
+
 def _weight_and_params(
     weight: np.ndarray, axis: int | None, reduce_range: bool
 ) -> tuple[np.ndarray, QParams]:
@@ -56,29 +90,21 @@ def _weight_and_params(
 def _matmul(
     node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_range: bool
 ) -> str:
+    why = why_not_dynamic(node)
+    if why:
+        return why
     inputs = list(node.inputs) + [None]
     a, b = inputs[0], inputs[1]
-    if a is None or a.dtype not in (ir.DataType.FLOAT, None):
-        return "input is not float32"
     weight = const_array(b)
-    if weight is None or weight.dtype != np.float32 or weight.ndim != 2:
-        return "weight is not a constant float32 matrix"
+    assert weight is not None
     bias: np.ndarray | None = None
     absorbed: ir.Node | None = None
     if node.op_type == "Gemm":
-        if node.attributes.get_int("transA", 0):
-            return "Gemm with transA"
-        if (
-            node.attributes.get_float("alpha", 1.0) != 1.0
-            or node.attributes.get_float("beta", 1.0) != 1.0
-        ):
-            return "Gemm with alpha or beta other than 1"
         if node.attributes.get_int("transB", 0):
             weight = np.ascontiguousarray(weight.T)
         if inputs[2] is not None:
             c = const_array(inputs[2])
-            if c is None or c.size not in (1, weight.shape[1]) or (c.ndim == 2 and c.shape[0] != 1):
-                return "bias is not a constant vector"
+            assert c is not None
             bias = np.broadcast_to(c.reshape(-1), (weight.shape[1],)).astype(np.float32)
     else:
         absorbed, bias = _bias_add(node, weight.shape[1])
@@ -147,19 +173,12 @@ def _bias_add(node: ir.Node, columns: int) -> tuple[ir.Node | None, np.ndarray |
 
 
 def _lstm(node: ir.Node, quantizer: WeightQuantizer, per_channel: bool, reduce_range: bool) -> str:
+    why = why_not_dynamic(node)
+    if why:
+        return why
     inputs = list(node.inputs) + [None] * 8
-    if node.attributes.get_int("layout", 0) != 0:
-        return "LSTM with layout=1"
     w, r = const_array(inputs[1]), const_array(inputs[2])
-    if (
-        w is None
-        or r is None
-        or w.ndim != 3
-        or r.ndim != 3
-        or w.dtype != np.float32
-        or r.dtype != np.float32
-    ):
-        return "weights are not constant float32"
+    assert w is not None and r is not None
     graph = node.graph
     assert isinstance(graph, ir.Graph)
     operands: list[ir.Value | None] = [inputs[0]]

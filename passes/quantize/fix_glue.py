@@ -32,7 +32,6 @@ from .layer_noise import RANKED_ROLES, layer_tensors, rank_layers, relative_nois
 from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
 from .qdq import InsertReport
-from .qparams import qrange
 from .ranges import TensorStats, compute_range
 from .repair import Choice, excess, figures, repair
 from .reservoir import first_feeds
@@ -235,10 +234,9 @@ def _guard(
 def _rounding(context: FixContext) -> WeightRounding:
     """GPTQ statistics of every layer the pass planned, computed once (the "rounding" fix)."""
     if context.rounding is None:
-        qmax = qrange(np.int8, reduce_range=context.reduce_range, symmetric=True)[1]
         feeds = first_feeds(context.bias_feeds or [], _BIAS_FEEDS)
         context.rounding = layer_statistics(
-            context.prepared, list(context.plan.nodes), feeds, qmax=qmax
+            context.prepared, list(context.plan.nodes), feeds, reduce_range=context.reduce_range
         )
         context.report.seconds["rounding_statistics"] = context.rounding.seconds
     return context.rounding

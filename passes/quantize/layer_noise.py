@@ -52,8 +52,8 @@ def relative_noise(
     noise: dict[str, float] = {}
     for start in range(0, len(common), _GROUP):
         group = common[start : start + _GROUP]
-        ref_session = Session(_exposing(reference, group, ref_values))
-        cand_session = Session(_exposing(candidate, group, cand_values))
+        ref_session = Session(exposing(reference, group, ref_values))
+        cand_session = Session(exposing(candidate, group, cand_values))
         signal = dict.fromkeys(group, 0.0)
         error = dict.fromkeys(group, 0.0)
         for feed in feeds:
@@ -98,12 +98,16 @@ def _float_values(model: ir.Model) -> dict[str, ir.Value]:
     return values
 
 
-def _exposing(model: ir.Model, names: list[str], values: Mapping[str, ir.Value]) -> ir.Model:
-    """A clone of `model` with `names` added to its graph outputs."""
+def exposing(
+    model: ir.Model, names: Iterable[str], values: Mapping[str, ir.Value] | None = None
+) -> ir.Model:
+    """A clone of `model` with the float tensors `names` (computed in its main graph, and in
+    `values` when given) added to its graph outputs."""
     clone = model.clone()
     by_name = _float_values(clone)
     present = {v.name for v in clone.graph.outputs}
-    for name in names:
-        if name not in present and name in by_name and name in values:
+    for name in dict.fromkeys(names):
+        if name not in present and name in by_name and (values is None or name in values):
             clone.graph.outputs.append(by_name[name])
+            present.add(name)
     return clone

@@ -18,7 +18,7 @@ a Cholesky factor of H^-1 and a blocked column loop.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +29,8 @@ from onnxslim.feeds import Feed
 from onnxslim.runtime import Session
 
 from .constants import const_array
-from .qparams import QParams
+from .layer_noise import exposing
+from .qparams import QParams, qrange
 
 ROUNDINGS = ("auto", "nearest", "gptq")
 ROWS_PER_FEED = 1024  # patch rows sampled per feed and layer: H needs a few times K rows
@@ -64,12 +65,18 @@ class WeightRounding:
 
 
 def layer_statistics(
-    model: ir.Model, names: Sequence[str], feeds: Sequence[Feed], *, qmax: int, seed: int = 0
+    model: ir.Model,
+    names: Sequence[str],
+    feeds: Sequence[Feed],
+    *,
+    reduce_range: bool,
+    seed: int = 0,
 ) -> WeightRounding:
     """H = X^T X of the weight-side input of each named Conv / MatMul / Gemm of `model`'s main
-    graph, from `feeds` run through the float model (layers ORT cannot expose are left out)."""
+    graph, from `feeds` run through the float model (layers ORT cannot expose are left out);
+    the integers stay within the plain quantizer's int8 bound (`reduce_range`: 7 bits)."""
     start = time.perf_counter()
-    rounding = WeightRounding(qmax)
+    rounding = WeightRounding(qrange(np.int8, reduce_range=reduce_range, symmetric=True)[1])
     layers = [n for n in model.graph if n.name in set(names) and _layout(n) is not None]
     rng = np.random.default_rng(seed)
     chunks: list[list[ir.Node]] = [[]]
@@ -164,7 +171,7 @@ def _hessians(
     model: ir.Model, layers: list[ir.Node], feeds: Sequence[Feed], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     inputs = {n.name or "": n.inputs[0].name or "" for n in layers if n.inputs[0] is not None}
-    exposed = _exposing(model, set(inputs.values()))
+    exposed = exposing(model, inputs.values())
     session = Session(exposed)
     sums: dict[str, np.ndarray] = {}
     for feed in feeds:
@@ -198,20 +205,3 @@ def _rows(node: ir.Node, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rows.shape[0] > ROWS_PER_FEED:
         rows = rows[rng.choice(rows.shape[0], ROWS_PER_FEED, replace=False)]
     return rows
-
-
-def _exposing(model: ir.Model, names: set[str]) -> ir.Model:
-    """A clone of `model` whose graph outputs also give these (non-input) tensors."""
-    clone = model.clone()
-    present = {v.name for v in clone.graph.outputs} | {v.name for v in clone.graph.inputs}
-    for node in clone.graph:
-        for value in node.outputs:
-            if value.name in names and value.name not in present:
-                clone.graph.outputs.append(value)
-                present.add(value.name)
-    return clone
-
-
-def rounded_layers(rounding: WeightRounding | None) -> Mapping[str, str]:
-    """Layer -> layout of the layers that get GPTQ rounding (for the report)."""
-    return {} if rounding is None else dict(rounding.layouts)

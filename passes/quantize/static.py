@@ -59,7 +59,6 @@ from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
 from .qdq import InsertReport
-from .qparams import qrange
 from .ranges import METHODS, TensorStats
 from .reservoir import Reservoir, first_feeds, one_shot
 from .rounding import ROUNDINGS, WeightRounding, layer_statistics
@@ -385,10 +384,7 @@ def quantize_static(
         if guarded is not None:
             plan, ranges, result, insert_report = guarded
             if plan.nodes and options.check_fusion:
-                try:
-                    report.int8_kernels = find_unfused(result, plan, insert_report)[1]
-                except OnnxSlimError:
-                    report.int8_kernels = {}
+                report.int8_kernels = _ort_kernels(result, plan, insert_report)
             elif not plan.nodes:
                 report.int8_kernels = {}
         report.seconds["latency_guard"] = time.perf_counter() - clock
@@ -415,11 +411,8 @@ def quantize_static(
         report=report,
     )
     plan, ranges, result, insert_report = mode.configuration
-    if mode.dynamic and options.check_fusion and local:
-        try:  # what ORT runs now: the static kernels left and the dynamic ones
-            report.int8_kernels = find_unfused(result, plan, insert_report)[1]
-        except OnnxSlimError:
-            report.int8_kernels = {}
+    if mode.dynamic and options.check_fusion and local:  # the static kernels and the dynamic
+        report.int8_kernels = _ort_kernels(result, plan, insert_report)
     if mode.dynamic and guard_warning in report.warnings:
         report.warnings.remove(guard_warning)  # "kept float": the dynamic layers pay
     if not mode.dynamic and not any(
@@ -452,11 +445,8 @@ def quantize_static(
             rounding=rounding,
         )
         plan, result, insert_report = fix_target(context, (plan, {}, result, insert_report))
-        if report.fixes and options.check_fusion and local:
-            try:  # what ORT runs after the fixes
-                report.int8_kernels = find_unfused(result, plan, insert_report)[1]
-            except OnnxSlimError:
-                report.int8_kernels = {}
+        if report.fixes and options.check_fusion and local:  # what ORT runs after the fixes
+            report.int8_kernels = _ort_kernels(result, plan, insert_report)
 
     members = {
         n: p
@@ -478,6 +468,14 @@ def quantize_static(
     return result, report
 
 
+def _ort_kernels(model: ir.Model, plan: QuantPlan, inserted: InsertReport) -> dict[str, int]:
+    """The int8 kernels in ORT's optimized graph of `model` ({} when ORT cannot write it)."""
+    try:
+        return find_unfused(model, plan, inserted)[1]
+    except OnnxSlimError:
+        return {}
+
+
 def _up_front_rounding(
     prepared: ir.Model,
     plan: QuantPlan,
@@ -491,8 +489,7 @@ def _up_front_rounding(
     if options.weight_rounding != "gptq" or not plan.nodes:
         return None
     feeds = first_feeds(reservoir.kept if reservoir is not None else source, _ROUNDING_FEEDS)
-    qmax = qrange(np.int8, reduce_range=reduce_range, symmetric=True)[1]
-    return layer_statistics(prepared, list(plan.nodes), feeds, qmax=qmax)
+    return layer_statistics(prepared, list(plan.nodes), feeds, reduce_range=reduce_range)
 
 
 def _feeds(calib: FeedSource, model: ir.Model) -> Any:
