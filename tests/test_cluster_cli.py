@@ -59,8 +59,12 @@ def test_digits_cnn_4_bits_within_one_point(tmp_path, capsys):
         report["size"]["raw_ratio"] <= 1 / 6 and report["size"]["gzip_ratio"] < 0.2
     )  # the 4-bit goal
     assert "lossless clean-up first: fuse-conv-bn" in report["notes"]
-    assert report["layers"] and all(
-        r["refit"] and r["error_after"] < r["error_before"] for r in report["layers"]
+    # Every layer the palette changed is refit and ends closer to float; a layer whose weights
+    # fit its palette exactly (error 0: the stem and depthwise kernels on some CPUs, where the
+    # measured sensitivities give them more entries) has nothing to refit.
+    changed = [r for r in report["layers"] if r["error_before"] > 1e-9]
+    assert len(changed) >= 4 and all(
+        r["refit"] and r["error_after"] < r["error_before"] for r in changed
     )
     assert {w["weight"] for w in report["weights"]} >= {"res1.weight", "res2.weight", "fc1.weight"}
     assert report["session_ms"]["clustered"] > 0 and report["latency_ratio"] > 0

@@ -15,8 +15,11 @@ DETECTOR = MODELS / "digits_detector.onnx"
 DETECTOR_CALIB = MODELS / "digits_detector.calib.npz"
 # digits_detector's output concatenates boxes and sigmoid scores; the scores are measured
 # apart from the boxes as decisions (agreement.py): int8 changes 0.55 points of them, met at
-# the default target and missed at 0.5 points, which makes the loop work.
+# the default target and missed at 0.5 points, which makes the loop work. Measured with the
+# x86-avx2 kernel target (7-bit weights), pinned so the case is the same on every CPU: with
+# a VNNI CPU's full-range weights int8 meets 0.5 points at once and there is nothing to fix.
 TIGHT = 0.5
+KERNELS = ["--target", "x86-avx2"]
 
 
 def _assessment(db: float, limit: float = 40.0) -> Assessment:
@@ -54,7 +57,7 @@ def test_excess_is_one_at_the_limit() -> None:
 def test_cli_lists_the_fixes_and_exits_0_when_they_meet_the_target(tmp_path: Path, capsys) -> None:
     out = tmp_path / "q.onnx"
     args = ["quantize", str(DETECTOR), "-o", str(out), "--calib", str(DETECTOR_CALIB)]
-    args += ["--target-error", str(TIGHT), "--no-latency-guard"]
+    args += ["--target-error", str(TIGHT), "--no-latency-guard", *KERNELS]
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     report, target = result["report"], result["target"]

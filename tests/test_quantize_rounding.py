@@ -85,6 +85,7 @@ def test_static_int8_with_gptq_rounding_is_closer_to_float_at_the_same_scales() 
             latency_guard=False,
             bias_correction=False,
             verify=False,
+            target="x86-avx2",  # 7-bit weights: the same int8 results on every x86 CPU
         )
         runs[rounding] = result.model
     nearest, rounded = int8_weights(runs["nearest"]), int8_weights(runs["gptq"])
@@ -97,4 +98,6 @@ def test_static_int8_with_gptq_rounding_is_closer_to_float_at_the_same_scales() 
         got = np.concatenate([Session(quantized).run(f)["y"] for f in test])
         return float(np.sum((got - ref) ** 2) / np.sum(ref**2))
 
-    assert error(runs["gptq"]) < 0.75 * error(runs["nearest"])  # measured: 0.53
+    # measured: 0.53 with 7-bit weights; 0.84 with the full-range 8-bit weights of x86-vnni
+    # and arm64 (rounding matters less where the grid is twice as fine)
+    assert error(runs["gptq"]) < 0.75 * error(runs["nearest"])

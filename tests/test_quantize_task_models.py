@@ -21,11 +21,13 @@ from onnxslim import api
 # Points of the task metric static int8 may lose against float on the committed eval set.
 # The goal (issue 14) is 1 point everywhere; two models miss it today, so their bound is
 # the measured loss plus a margin, to catch a regression (docs/benchmarks.md, "Task-level
-# int8 benchmark"). Measured on x86-64 AVX2 (no VNNI), onnxruntime 1.32:
-# task_yolov8 2.3 points (box F1 0.977), task_crnn 1.2 (5 of 256 strings read differently),
+# int8 benchmark"). Measured with the x86-avx2 kernel target, onnxruntime 1.32: on an AVX2
+# CPU task_yolov8 2.3 points (box F1 0.977), on an AVX-512 VNNI CPU 3.5 (the float
+# reference and the calibration ranges move with the CPU's float kernels, and one box of
+# the 48 images is 0.3-0.6 points), task_crnn 1.2 (5 of 256 strings read differently),
 # task_dbnet and task_mobilenetv3 0.0. Lower a bound when the quantizer gets there.
 TOLERANCE_POINTS = {
-    "task_yolov8": 3.5,
+    "task_yolov8": 4.5,
     "task_dbnet": 1.0,
     "task_crnn": 2.5,
     "task_mobilenetv3": 1.0,
@@ -43,6 +45,8 @@ def test_default_quantize_keeps_the_task_metric(name):
         calib=MODELS / f"{name}.calib.npz",
         latency_guard=False,
         verify=False,
+        target="x86-avx2",  # the bounds below were measured with it; 7-bit weights give the
+        # same int8 results on every x86 CPU (full-range weights saturate on AVX2 without VNNI)
     )
     assert result.report.quantized_nodes, "nothing was quantized"
     got = tm.decode(task, run(result.model_bytes(), inputs))
