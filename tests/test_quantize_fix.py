@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 from onnxslim.agreement import Assessment, OutputFigure, Target
 from onnxslim.cli import main
+from onnxslim.cli.quantize import _print_fixes
 from onnxslim.passes.quantize.repair import Choice, excess, repair
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -68,5 +70,17 @@ def test_cli_lists_the_fixes_and_exits_0_when_they_meet_the_target(tmp_path: Pat
     before = report["target_before"]["outputs"]["detections"]
     assert figure["unit"] == "points" and figure["value"] <= figure["limit"] < before
     assert report["quantized_nodes"]  # still int8: the fix did not give up on the model
+    # every figure carries its unit (a concatenated output's worst part can switch units)
+    assert report["target_before"]["units"] == {"detections": "points"}
+    assert all(set(f["units_before"]) == set(f["before"]) for f in report["fixes"])
+    # the text names each figure's unit and whether the fix was kept ("[kept]" is not markup)
+    _print_fixes(
+        SimpleNamespace(
+            **{k: report[k] for k in ("fixes", "fix_evaluations")},
+            target_before=report["target_before"],
+        )
+    )  # type: ignore[arg-type]
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"detections {before:.2f} points" in text and "[kept]" in text
     assert main([*args, "--no-fix", "--overwrite"]) == 1 and out.is_file()
     assert "accuracy target missed" in " ".join(capsys.readouterr().err.split())

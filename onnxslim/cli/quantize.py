@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,9 +352,9 @@ def _print_fixes(report: QuantizeReport) -> None:
     """The accuracy-target fix loop: each fix, the output figures before and after."""
     if not report.fixes:
         return
-    before = report.target_before.get("outputs", {})
+    before = _figures(report.target_before.get("outputs", {}), report.target_before.get("units"))
     out.print(
-        f"accuracy target missed by int8 ({_figures(before)}): "
+        f"accuracy target missed by int8 ({before}): "
         f"{report.fix_evaluations} configurations measured on the held-out feeds"
     )
     for fix in report.fixes:
@@ -363,12 +364,23 @@ def _print_fixes(report: QuantizeReport) -> None:
         out.print(
             f"  fix {escape(fix['kind'])}: {escape(fix['detail'])}"
             f"{' (' + escape(named) + ')' if named else ''}: "
-            f"{_figures(fix['before'])} -> {_figures(fix['after'])} [{verdict}]"
+            f"{_figures(fix['before'], fix.get('units_before'))} -> "
+            f"{_figures(fix['after'], fix.get('units_after'))} {escape(f'[{verdict}]')}"
         )
 
 
-def _figures(values: dict[str, Any]) -> str:
-    return ", ".join(f"{escape(str(k))} {v}" for k, v in values.items())
+def _figures(values: dict[str, Any], units: dict[str, str] | None = None) -> str:
+    """`output0 2.00 points`: each figure with its unit (one output's worst part can be
+    counted in points before a fix and in dB after it)."""
+    shown = []
+    for name, value in values.items():
+        unit = (units or {}).get(name, "")
+        number = f"{value:.2f}" if isinstance(value, float) and unit == "points" else value
+        number = f"{value:.1f}" if isinstance(value, float) and unit == "dB" else number
+        if unit == "dB" and value in (math.inf, "inf"):
+            number, unit = "exact", ""  # identical to the original (the float model)
+        shown.append(f"{escape(str(name))} {number}{' ' + unit if unit else ''}")
+    return ", ".join(shown)
 
 
 def max_drop_points(value: float | None) -> float | None:

@@ -33,7 +33,7 @@ from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
 from .qdq import InsertReport
 from .ranges import TensorStats, compute_range
-from .repair import Choice, excess, figures, repair
+from .repair import Choice, excess, figures, repair, units
 from .reservoir import first_feeds
 from .rounding import WeightRounding, layer_statistics
 
@@ -151,7 +151,11 @@ def fix_target(
         return built, measure(built[2])
 
     first = measure(start[2])
-    report.target_before = {"passed": first.passed, "outputs": figures(first)}
+    report.target_before = {
+        "passed": first.passed,
+        "outputs": figures(first),
+        "units": units(first),
+    }
     if first.passed:
         report.target_after = dict(report.target_before)
         report.seconds["fix"] = time.perf_counter() - clock
@@ -181,7 +185,11 @@ def fix_target(
     report.fixes = [step.to_dict() for step in outcome.steps]
     if context.guard and outcome.choice != Choice() and chosen[0].nodes:
         chosen, assessment = _guard(context, chosen, assessment, outcome.choice, build, measure)
-    report.target_after = {"passed": assessment.passed, "outputs": figures(assessment)}
+    report.target_after = {
+        "passed": assessment.passed,
+        "outputs": figures(assessment),
+        "units": units(assessment),
+    }
     report.fix_evaluations = evaluations
     report.seconds["fix"] = time.perf_counter() - clock
     return chosen[0], chosen[2], chosen[3]
@@ -224,6 +232,8 @@ def _guard(
             "layers": [],
             "before": figures(assessment),
             "after": figures(after),
+            "units_before": units(assessment),
+            "units_after": units(after),
             "met": after.passed,
             "kept": True,
         }

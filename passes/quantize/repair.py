@@ -63,6 +63,10 @@ class FixStep:
     after: dict[str, float]
     met: bool
     kept: bool
+    # Each figure's unit: one output's worst part can change between before and after
+    # (the scores in points, then the boxes in dB), so both are recorded.
+    units_before: dict[str, str] = field(default_factory=dict)
+    units_after: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +75,8 @@ class FixStep:
             "layers": list(self.layers),
             "before": {k: _json(v) for k, v in self.before.items()},
             "after": {k: _json(v) for k, v in self.after.items()},
+            "units_before": dict(self.units_before),
+            "units_after": dict(self.units_after),
             "met": self.met,
             "kept": self.kept,
         }
@@ -119,6 +125,11 @@ def excess(assessment: Assessment) -> float:
 def figures(assessment: Assessment) -> dict[str, float]:
     """Each gated output's figure, for the report."""
     return {f.name: round(f.value, 3) for f in assessment.figures if not f.feeds}
+
+
+def units(assessment: Assessment) -> dict[str, str]:
+    """The unit of each figure of `figures`: "points" (lower is better) or "dB" (higher)."""
+    return {f.name: f.unit for f in assessment.figures if not f.feeds}
 
 
 def repair(
@@ -312,6 +323,8 @@ def _step(
         figures(built[1]),
         built[1].passed,
         kept,
+        units(best.assessment),
+        units(built[1]),
     )
 
 
