@@ -15,6 +15,7 @@ import onnx
 import pytest
 from conftest import MODELS, make_mlp, python_m_onnxslim
 
+from onnxslim.cli import _app as cli_app
 from onnxslim.cli import main
 from onnxslim.cli._app import clashing_distribution
 
@@ -34,6 +35,10 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     """The CLI's main() in this process (a fresh interpreter costs ~3 s of CPU per call),
     with the same exit code, stdout and stderr a shell would see, on a wide terminal."""
     monkeypatch.setenv("COLUMNS", "200")
+    # The consoles read COLUMNS once, when created: under pytest-xdist another test file may
+    # have imported the CLI first, so their width is set here too (a row label wrapped at 80).
+    for console in (cli_app.out, cli_app.err):
+        monkeypatch.setattr(console, "_width", 200)
 
     def run(*args: object) -> subprocess.CompletedProcess[str]:
         capsys.readouterr()
