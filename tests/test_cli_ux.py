@@ -79,6 +79,7 @@ def test_validate_tolerance_presets_and_the_hint(tmp_path: Path, cli: Cli) -> No
     report = json.loads(auto.stdout)
     assert auto.returncode == 0 and report["tolerance"]["preset"] == "int8", auto.stderr
     assert "QuantizeLinear" in report["tolerance"]["why"] or "holds" in report["tolerance"]["why"]
+    assert report["notes"][-1].endswith(f"({report['tolerance']['why']})")  # not "(given)"
     strict = cli("validate", CNN, int8, *common, "--tolerance", "float")
     lines = strict.stderr.strip().splitlines()
     assert strict.returncode == 1 and len(lines) == 1
@@ -195,6 +196,48 @@ def test_run_takes_input_shape_and_data(tmp_path: Path, cli: Cli) -> None:
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 1, 16, 16]
     both = cli("run", "lossless", CNN, "-o", out, "--overwrite", "--data", EVAL, "--eval", CALIB)
+    assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+def test_every_command_that_runs_the_model_takes_input_shape_and_data(
+    tmp_path: Path, cli: Cli
+) -> None:
+    """Before: quantize, prune and cluster had no --input-shape, prune and cluster no --data.
+    A failed --max-drop names the output the drop was measured on and what to try next."""
+    for command in ("optimize", "quantize", "prune", "cluster", "export", "validate", "run"):
+        shown = cli(command, "--help").stdout
+        assert "--input-shape" in shown and "--data" in shown, command
+    out = tmp_path / "p.onnx"
+    done = cli(
+        "prune",
+        CNN,
+        "-o",
+        out,
+        "--sparsity",
+        "0.9",
+        "--allocation",
+        "uniform",
+        "--data",
+        EVAL,
+        "--input-shape",
+        "input:1,1,16,16",
+        "--max-drop",
+        "0.5",
+        "--runs",
+        "0",
+        "--target-error",
+        "100",
+        "--json",
+    )
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["accuracy"]["samples"] == 540 and report["gate"]["output"] == "logits"
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "on output 'logits' > --max-drop 0.5; next: a lower --sparsity" in line
+    assert "a looser --max-drop" in line
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 16, 16]
+    both = cli("cluster", CNN, "-o", tmp_path / "c.onnx", "--data", EVAL, "--eval", CALIB)
     assert both.returncode == 2 and "give one of them" in both.stderr
 
 

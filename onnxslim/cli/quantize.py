@@ -121,6 +121,7 @@ def quantize_command(
         8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."
     ),
     max_samples: int | None = opt.MAX_SAMPLES,
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
     latency_guard: bool = typer.Option(
         True,
         "--latency-guard/--no-latency-guard",
@@ -171,7 +172,7 @@ def quantize_command(
     if io.same_file(model, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
-    sources = DataOptions(model, image_preprocess)
+    sources = DataOptions(model, image_preprocess, input_shape)
     calib_source = sources.source(calib, "--calib")
     data_source = sources.source(data, "--data")
     sources.check_used()
@@ -209,6 +210,7 @@ def quantize_command(
                 mode=mode,
                 save=save,
                 record=sources.record(),
+                input_shapes=input_shape or None,
             )
         return
     with _progress() as progress:
@@ -221,6 +223,7 @@ def quantize_command(
             progress=progress,
             target_error=target_error,
             fix=fix,
+            input_shapes=input_shape or None,
             **options,
         )
     opt.save_model(result.model, output, source=model, overwrite=overwrite, **save)

@@ -144,7 +144,7 @@ def validate_command(
             reference,
             candidate,
             feeds=feeds_source,
-            count=max_samples,
+            max_samples=max_samples,
             input_shapes=parse_input_shapes(input_shape),
             runs=runs,
             warmup=warmup,
@@ -153,6 +153,7 @@ def validate_command(
             tolerance=chosen,
             progress=progress,
         )
+    report.notes[-1] = tolerances.note(chosen, why)  # the API saw a preset "given"
     target_reports = []
     if target:
         feeds, _, _ = resolve_feeds(
