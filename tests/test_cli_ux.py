@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,15 @@ def test_help_text_shows_what_the_user_types(cli: Cli) -> None:
         if "Usage:" in line
     ]
     assert len(usages) == 6 and all("MODEL" in u and "{model}" not in u for u in usages), usages
+    commands = ("optimize", "quantize", "prune", "cluster", "export", "validate", "inspect", "run")
+    for command in (*commands, "search"):  # placeholders a user can read, one per idea
+        shown = cli(command, "--help").stdout
+        assert "<list[" not in shown and "<bool>" not in shown, command
+        for line in shown.splitlines():
+            if re.match(r"\W*--(calib|eval|data) ", line):
+                assert " PATH " in line, line
+            if "--input-shape " in line:
+                assert "NAME:D1,D2,..." in line, line
     cluster = cli("cluster", "--help").stdout
     assert "1<=x<=8" in cluster and "(1-8)" in cluster and "(2-8)" not in cluster
 

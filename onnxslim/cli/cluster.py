@@ -47,12 +47,14 @@ def cluster_command(
     calib: str | None = typer.Option(
         None,
         "--calib",
+        metavar="PATH",
         help="Calibration data (.npz of stacked samples, folder): "
         "turns on least-squares palette refinement.",
     ),
     eval_data: str | None = typer.Option(
         None,
         "--eval",
+        metavar="PATH",
         help="Evaluation data; with a `labels` array the report gives top-1 accuracy, else parity.",
     ),
     init: str = typer.Option(
@@ -103,7 +105,10 @@ def cluster_command(
         help="Leave smaller weights as they are (default 256; 16 with --mixed).",
     ),
     exclude: list[str] | None = typer.Option(
-        None, "--exclude", help="Node or weight name pattern to leave unclustered (repeatable)."
+        None,
+        "--exclude",
+        metavar="PATTERN",
+        help="Node or weight name pattern to leave unclustered (repeatable).",
     ),
     packing: str = typer.Option(
         "auto",

@@ -49,12 +49,14 @@ def prune_command(
     calib: str | None = typer.Option(
         None,
         "--calib",
+        metavar="PATH",
         help="Calibration data (.npz of stacked samples, folder): "
         "turns on least-squares reconstruction.",
     ),
     eval_data: str | None = typer.Option(
         None,
         "--eval",
+        metavar="PATH",
         help="Evaluation data; with a `labels` array the report gives top-1 accuracy, else parity.",
     ),
     reconstruct: bool | None = typer.Option(
@@ -63,7 +65,10 @@ def prune_command(
         help="Refit kept weights on --calib (default: on with --calib).",
     ),
     exclude: list[str] | None = typer.Option(
-        None, "--exclude", help="Node or weight name pattern to leave unpruned (repeatable)."
+        None,
+        "--exclude",
+        metavar="PATTERN",
+        help="Node or weight name pattern to leave unpruned (repeatable).",
     ),
     scope: str = typer.Option(
         "per-layer", "--scope", help="magnitude: per-layer or global threshold."

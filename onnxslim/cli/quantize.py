@@ -71,7 +71,10 @@ def quantize_command(
     model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the quantized model."),
     calib: str | None = typer.Option(
-        None, "--calib", help="Calibration data: .npz/.npy file, folder of samples or images."
+        None,
+        "--calib",
+        metavar="PATH",
+        help="Calibration data: .npz/.npy file, folder of samples or images.",
     ),
     mode: str = typer.Option(
         "static",
@@ -100,7 +103,10 @@ def quantize_command(
         "auto", "--target", help=f"CPU kernels int8 is chosen for: {', '.join(KERNEL_TARGETS)}."
     ),
     exclude: list[str] | None = typer.Option(
-        None, "--exclude", help="Keep float: node name, op type or regex (repeatable)."
+        None,
+        "--exclude",
+        metavar="PATTERN",
+        help="Keep float: node name, op type or regex (repeatable).",
     ),
     keep_float_outputs: bool = typer.Option(
         False, "--keep-float-outputs", help="Nodes producing graph outputs stay float."
@@ -129,7 +135,10 @@ def quantize_command(
         "float here (--no-latency-guard forces int8 for size).",
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Validation feeds (with `labels` for accuracy); default: --calib."
+        None,
+        "--data",
+        metavar="PATH",
+        help="Validation feeds (with `labels` for accuracy); default: --calib.",
     ),
     image_preprocess: str | None = IMAGE_PREPROCESS,
     verify: bool = opt.VERIFY,
@@ -144,6 +153,7 @@ def quantize_command(
     eval_data: str | None = typer.Option(
         None,
         "--eval",
+        metavar="PATH",
         help="Labelled .npz (model inputs + `labels`) that --max-drop measures top-1 on.",
     ),
     max_drop: float | None = typer.Option(

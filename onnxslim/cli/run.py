@@ -51,9 +51,14 @@ def _check_output(model: Path, output: Path, overwrite: bool) -> None:
 _REPORT_OPTION = typer.Option(
     None, "--report", help="Folder for report.json, report.md and report.html."
 )
-_CALIB_OPTION = typer.Option(None, "--calib", help="Calibration data (overrides the recipe's).")
+_CALIB_OPTION = typer.Option(
+    None, "--calib", metavar="PATH", help="Calibration data (overrides the recipe's)."
+)
 _EVAL_OPTION = typer.Option(
-    None, "--eval", help="Evaluation data, `labels` for top-1 (overrides the recipe's)."
+    None,
+    "--eval",
+    metavar="PATH",
+    help="Evaluation data, `labels` for top-1 (overrides the recipe's).",
 )
 _OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Allow OUTPUT to replace MODEL.")
 _JSON_OPTION = typer.Option(False, "--json", help="Print report.json on stdout.")

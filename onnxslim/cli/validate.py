@@ -74,6 +74,7 @@ def validate_command(
     data: Path | None = typer.Option(
         None,
         "--data",
+        metavar="PATH",
         help="Feeds: an .npz of samples stacked on axis 0, an .npy, or a folder of "
         ".npz/.npy files or images; generated inputs when absent.",
     ),
@@ -114,6 +115,7 @@ def validate_command(
     target: list[str] | None = typer.Option(
         None,
         "--target",
+        metavar="CPU",
         help="Also run both models on an emulated CPU (arm64, x86-avx2; repeatable); "
         "see `onnxslim targets setup`.",
     ),
