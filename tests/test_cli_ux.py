@@ -351,6 +351,17 @@ def test_output_folders_are_created_and_a_file_in_the_way_is_one_line(
     blocked = cli("optimize", CNN, "-o", tmp_path / "file" / "x.onnx")
     assert blocked.returncode == 2 and len(blocked.stderr.strip().splitlines()) == 1
     assert "is a file" in blocked.stderr and (tmp_path / "file").read_text() == "x"
+    # Usage errors Typer finds (a value out of range, a misspelled option or command) are one
+    # line too, with the help to read, exit 2; they were a multi-line box.
+    for args, says in (
+        (("cluster", CNN, "-o", nested, "--bits", "0"), "Invalid value for '--bits'"),
+        (("quantize", CNN, "-o", nested, "--max-sample", "3"), "--max-samples"),
+        (("quantise", CNN), "Did you mean 'quantize'?"),
+        (("optimize", CNN), "Missing option '-o'"),
+    ):
+        bad = cli(*args)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("error: ") and says in bad.stderr and "--help`)" in bad.stderr
     same = subprocess_cli("optimize", nested, "-o", nested, env={"COLUMNS": "80"})
     assert same.returncode == 2 and same.stdout == ""
     assert (
