@@ -70,7 +70,7 @@ def test_help_text_shows_what_the_user_types(cli: Cli) -> None:
     commands = ("optimize", "quantize", "prune", "cluster", "export", "validate", "inspect", "run")
     for command in (*commands, "search"):  # placeholders a user can read, one per idea
         shown = cli(command, "--help").stdout
-        assert "<list[" not in shown and "<bool>" not in shown, command
+        assert not re.search(r"<[a-z][^>]*>", shown), command  # no <bool>, <str>, <list[str]>
         for line in shown.splitlines():
             if re.match(r"\W*--(calib|eval|data) ", line):
                 assert " PATH " in line, line
@@ -137,6 +137,10 @@ def test_old_force_spelling_still_works_with_a_warning(tmp_path: Path, cli: Cli)
     assert "deprecated" in old.stderr and "--requantize" in old.stderr
     new = cli("quantize", int8, "-o", again, *common, "--requantize", "--overwrite")
     assert new.returncode == old.returncode and "deprecated" not in new.stderr
+    # In optimize and export --force meant "write despite a failed check": --write-anyway.
+    done = cli("optimize", model, "-o", tmp_path / "o.onnx", "--force")
+    assert done.returncode == 0 and "`optimize --force` is deprecated" in done.stderr
+    assert "use --write-anyway" in done.stderr
 
 
 def test_quantize_max_drop_is_in_points(tmp_path: Path, cli: Cli) -> None:
@@ -166,6 +170,8 @@ def test_clash_with_pypi_onnxslim_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 0 and len(warnings) == 1
     assert "0.1.98" in warnings[0] and "separate virtual environments" in warnings[0]
     assert clashing_distribution() is None  # this environment: no clash
+    readme = " ".join((MODELS.parent / "README.md").read_text().split())
+    assert "distribution is `onnxslim-edge`" in readme and "separate virtual environments" in readme
 
 
 def test_did_you_mean_and_every_recipe_error_at_once(tmp_path: Path, cli: Cli) -> None:
@@ -292,7 +298,7 @@ def test_a_failed_gate_names_the_output_and_reports_carry_per_output_parity(
         '[[pass]]\nname = "cluster"\nbits = 2\n[gates]\nmax_parity_error = 1e-6\n'
         "[measure]\nlatency_runs = 0\n"
     )
-    report = tmp_path / "report"
+    report = tmp_path / "dist" / "report"  # created, parents included
     done = cli("run", recipe, CNN, "-o", tmp_path / "c.onnx", "--report", report)
     assert done.returncode == 1
     line = done.stderr.strip().splitlines()[-1]
@@ -347,6 +353,10 @@ def test_output_folders_are_created_and_a_file_in_the_way_is_one_line(
     nested = tmp_path / "new" / "deeper" / "x.onnx"
     done = cli("optimize", CNN, "-o", nested)
     assert done.returncode == 0 and nested.is_file(), done.stderr
+    # README's `run ... -o dist/model.onnx` on a fresh checkout (--report dist/report: the
+    # failed-gate test below writes its report into a folder that did not exist)
+    done = cli("run", "lossless", CNN, "-o", tmp_path / "dist" / "model.onnx")
+    assert done.returncode == 0 and (tmp_path / "dist" / "model.onnx").is_file(), done.stderr
     (tmp_path / "file").write_text("x")
     blocked = cli("optimize", CNN, "-o", tmp_path / "file" / "x.onnx")
     assert blocked.returncode == 2 and len(blocked.stderr.strip().splitlines()) == 1
