@@ -129,4 +129,4 @@ def _argument_type(self: TyperArgument, ctx: Any) -> str | None:
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 _arg_type = TyperArgument.display_type_rich
-TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign, assignment, unused-ignore]
