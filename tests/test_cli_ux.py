@@ -189,6 +189,7 @@ def test_did_you_mean_and_every_recipe_error_at_once(tmp_path: Path, cli: Cli) -
     assert done.returncode == 2 and len(lines) == 1 and "5 errors" in lines[0]
     for hint in ("'description'", "'calib'", "'quantize'", "'sparsity'", "'max_accuracy_drop'"):
         assert f"did you mean {hint}?" in lines[0]
+    assert "calib_limit" not in lines[0]  # old names still read, never offered
     assert not (tmp_path / "x.onnx").exists()
 
 
