@@ -346,6 +346,26 @@ def test_output_equal_to_the_input_is_one_line_for_every_writer(
     assert "--external-data" in shown and "--external-threshold" in shown
 
 
+FAST = {  # the cheapest run of each writer that still writes its model
+    "quantize": ["--no-latency-guard", "--no-verify", "--max-samples", "8",
+                 "--target-error", "100"],
+    "prune": ["--runs", "0", "--no-verify", "--target-error", "100", "--allocation", "uniform"],
+    "cluster": ["--runs", "0", "--no-verify", "--target-error", "100", "--bits", "4",
+                "--allocation", "uniform", "--no-optimize"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["quantize", "prune", "cluster", "export", "run"])
+def test_every_writer_writes_external_data_on_request(tmp_path: Path, cli: Cli, name: str) -> None:
+    out = tmp_path / "m.onnx"
+    args = [*_writer_args(name, CNN, out), *FAST.get(name, [])]
+    done = cli(*args, "--external-data", "--external-threshold", "0")
+    assert done.returncode == 0, done.stderr
+    proto = onnx.load(str(out), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert out.with_name("m.onnx.data").stat().st_size > 0
+
+
 def test_output_folders_are_created_and_a_file_in_the_way_is_one_line(
     tmp_path: Path, cli: Cli
 ) -> None:
