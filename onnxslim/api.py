@@ -79,14 +79,16 @@ def optimize(
     data: str | os.PathLike[str] | None = None,
     feeds: Sequence[Feed] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
-    feed_count: int = 4,
+    max_samples: int | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-5,
     keep_metadata: bool = False,
+    feed_count: int | None = None,
 ) -> OptimizeResult:
     """Run the lossless clean-up (or `pipeline`) with each pass guarded on ORT.
 
-    Validation feeds are `feeds` when given, else the first `feed_count` of `data`,
+    Validation feeds are `feeds` when given, else the first `max_samples` (default 4) of
+    `data` (`feed_count=` is its old name),
     else generated. `input_shapes` ({"x": (1, 3, 224, 224)} or ["x:1,3,224,224"])
     fixes dynamic input dimensions first (the fix-input-shapes pass) so shapes
     propagate and fold; generated feeds then take those shapes, and given feeds
@@ -102,7 +104,7 @@ def optimize(
         data=data,
         feeds=feeds,
         input_shapes=input_shapes,
-        feed_count=feed_count,
+        feed_count=_renamed(max_samples, feed_count, "optimize", "feed_count", "max_samples") or 4,
         atol=atol,
         rtol=rtol,
         keep_metadata=keep_metadata,
@@ -146,7 +148,7 @@ def validate(
     candidate: ModelSource,
     *,
     feeds: Any = None,
-    count: int | None = None,
+    max_samples: int | None = None,
     seed: int = 0,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     tolerance: str | Tolerance = "auto",
@@ -157,6 +159,7 @@ def validate(
     threads: int = 1,
     measure_memory: bool = True,
     progress: ProgressCallback | None = None,
+    count: int | None = None,
 ) -> ValidationReport:
     """`onnxslim validate`: both models on ORT CPU on the same feeds; parity, latency, memory.
 
@@ -164,8 +167,9 @@ def validate(
     largest error against its own scale; see onnxslim.tolerance) or "auto" (by what
     `candidate` holds); `atol`/`rtol` replace it with numpy's allclose rule. The
     preset used is named in `report.notes`. A failed comparison is `report.passed`
-    False, not an exception.
+    False, not an exception. `max_samples` caps the feeds read (`count=` is its old name).
     """
+    max_samples = _renamed(max_samples, count, "validate", "count", "max_samples")
     reference, candidate = _path_or_model(reference), _path_or_model(candidate)
     if isinstance(tolerance, Tolerance):
         chosen, why = tolerance, "given"
@@ -176,7 +180,7 @@ def validate(
         reference,
         candidate,
         feeds=feeds,
-        count=count,
+        count=max_samples,
         seed=seed,
         input_shapes=input_shapes,
         atol=chosen.atol if atol is None else atol,
@@ -188,7 +192,7 @@ def validate(
         progress=progress,
     )
     tolerances.apply(report, chosen)
-    report.notes.append(f"tolerance {chosen.name}: {chosen.rule} ({why})")
+    report.notes.append(tolerances.note(chosen, why))
     return report
 
 
@@ -199,14 +203,35 @@ def _path_or_model(source: ModelSource) -> ir.Model | str | os.PathLike[str]:
 
 def _verify(verify: bool, validate: bool | None, function: str) -> bool:
     """`validate=` was the old name of `verify=` in quantize, prune and cluster."""
-    if validate is None:
-        return verify
+    old = _renamed(None, validate, function, "validate", "verify", stacklevel=4)
+    return verify if old is None else old
+
+
+def _renamed(
+    new: Any, old: Any, function: str, old_name: str, new_name: str, stacklevel: int = 3
+) -> Any:
+    """An argument's old name still works this release, with a DeprecationWarning."""
+    if old is None:
+        return new
     warnings.warn(
-        f"onnxslim.{function}(validate=...) is deprecated; use verify=...",
+        f"onnxslim.{function}({old_name}=...) is deprecated; use {new_name}=...",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
-    return validate
+    return old if new is None else new
+
+
+def _shaped(
+    source: ModelSource, input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None
+) -> ir.Model:
+    """The model as an onnx_ir.Model, dynamic inputs fixed to `input_shapes` first (on a copy
+    when the caller handed in an onnx_ir.Model: theirs is never changed)."""
+    model = as_model(source)
+    texts = shape_texts(input_shapes)
+    if texts:
+        model = model.clone() if model is source else model
+        FixInputShapes(shapes=texts)(model)
+    return model
 
 
 def quantize(
@@ -217,6 +242,7 @@ def quantize(
     data: FeedSource | None = None,
     verify: bool = True,
     progress: StageProgress | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     validate: bool | None = None,
     **options: Any,
 ) -> QuantizeResult:
@@ -230,9 +256,11 @@ def quantize(
     `verify=False` skips that check (`validate=` is its old name). Static int8 that
     misses the accuracy target (`target_error`) has the layers responsible fixed on
     the held-out feeds unless `fix=False` (the steps are in `result.report.fixes`).
+    `input_shapes` ({"x": (1, 3, 224, 224)} or ["x:1,3,224,224"]) fix dynamic inputs first,
+    as in every function that runs the model.
     """
     return quantize_model(
-        as_model(source),
+        _shaped(source, input_shapes),
         mode=mode,
         calib=calib,
         data=data,
@@ -253,6 +281,7 @@ def prune(
     verify: bool = True,
     max_drop: float | None = None,
     runs: int = 50,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     validate: bool | None = None,
     **options: Any,
 ) -> PruneResult:
@@ -268,10 +297,11 @@ def prune(
     `storage="packed"` writes sparse weights as values + bitmask so the file
     shrinks without zip. `options` are the fields of the method's pass
     (MagnitudePruning, NMSparsity, ChannelPruning). `max_drop` (points) fills
-    `result.gate`; the API reports it, the CLI exits 1 on failure.
+    `result.gate`; the API reports it, the CLI exits 1 on failure. `input_shapes` fix
+    dynamic inputs first.
     """
     return _prune(
-        as_model(source),
+        _shaped(source, input_shapes),
         method=method,
         sparsity=sparsity,
         calib=calib,
@@ -295,6 +325,7 @@ def cluster(
     runs: int = 50,
     strip_metadata: bool = True,
     optimize: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     validate: bool | None = None,
     **options: Any,
 ) -> ClusterResult:
@@ -316,10 +347,11 @@ def cluster(
     weight so that the file fits (allocation="mixed"). `strip_metadata`
     drops exporter debug metadata (node stack traces); `optimize` runs the lossless
     clean-up first (BatchNorm folded into Conv). `max_drop` (points) fills
-    `result.gate`; the API reports it, the CLI exits 1 on failure.
+    `result.gate`; the API reports it, the CLI exits 1 on failure. `input_shapes` fix
+    dynamic inputs first.
     """
     return cluster_model(
-        as_model(source),
+        _shaped(source, input_shapes),
         bits=bits,
         calib=calib,
         eval_data=eval_data,
@@ -401,7 +433,7 @@ def run(
 
 def search(
     recipe: RecipeSpec,
-    source: str | os.PathLike[str],
+    source: ModelSource,
     *,
     output: str | os.PathLike[str] | None = None,
     report_dir: str | os.PathLike[str] | None = None,
@@ -424,19 +456,21 @@ def search(
     RunReport (its `search` section lists every candidate); with no passing
     candidate, the best one by gates passed is returned, `report.passed` False.
     `input_shapes` fix dynamic inputs first (the fixed model goes to the workers).
-    `image_preprocess` and `notice` as in `run`.
+    `image_preprocess` and `notice` as in `run`. The model may be any form `run` takes
+    (the workers read a file: an in-memory model is saved to a temporary folder first).
     """
-    if output is not None and io.same_file(source, output) and not overwrite:
+    path = os.fspath(source) if is_path(source) else None  # type: ignore[arg-type]
+    if output is not None and path is not None and io.same_file(path, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     _check_output_folder(output, report_dir)
     if report_dir is not None:
         require_matplotlib()
     with tempfile.TemporaryDirectory(prefix="onnxslim-search-") as folder:
-        searched: str | os.PathLike[str] = source
-        if input_shapes:  # the workers read a file: give them the fixed model
-            fixed = as_model(source)
-            FixInputShapes(shapes=shape_texts(input_shapes))(fixed)
-            searched = io.save(fixed, Path(folder) / Path(source).name)
+        searched: str | os.PathLike[str] = path if path is not None else ""
+        if input_shapes or path is None:  # the workers read a file: give them the model
+            fixed = _shaped(source, input_shapes)
+            name = Path(path).name if path is not None else "model.onnx"
+            searched = io.save(fixed, Path(folder) / name)
         report = search_recipe(
             recipe,
             searched,
@@ -448,12 +482,12 @@ def search(
             image_preprocess=image_preprocess,
             notice=notice,
         )
-    report.input["path"] = str(source)
+    report.input["path"] = path  # None for an in-memory model, as in `run`
     if output is not None:
         save(
             report.model,
             output,
-            source=source,
+            source=path,
             overwrite=overwrite,
             external_data=external_data,
             external_threshold=external_threshold,

@@ -117,11 +117,20 @@ def predicted_classes(output: np.ndarray) -> np.ndarray:
     return out.reshape(-1, out.shape[-1]).argmax(-1) if out.ndim > 1 else out.reshape(-1)
 
 
-def is_class_scores(output: np.ndarray, rows: int | None = None) -> bool:
+def is_class_scores(output: np.ndarray, rows: int | None = None, name: str = "") -> bool:
     """A classifier's [batch, classes] float scores (with `rows` samples when given)."""
     out = np.asarray(output)
-    shaped = out.ndim == 2 and is_classifier_output("", out.shape, out.dtype)
+    shaped = out.ndim == 2 and is_classifier_output(name, out.shape, out.dtype)
     return shaped and (rows is None or out.shape[0] == rows)
+
+
+def scored_output(outputs: Mapping[str, np.ndarray], rows: int | None = None) -> str | None:
+    """The output labelled top-1 reads: the first classifier-shaped one (onnxslim.outputs'
+    rule, the one agreement reads too), with `rows` samples when given; None if none is."""
+    for name, value in outputs.items():
+        if is_class_scores(value, rows, name):
+            return name
+    return None
 
 
 class Top1:
@@ -152,17 +161,22 @@ def top1_accuracy(
     feeds: Sequence[Feed],
     labels: np.ndarray,
     *,
-    output: int = 0,
+    output: int | None = None,
     max_batch: int = 1,
 ) -> float:
-    """Top-1 accuracy of the model's `output`-th output over labelled feeds.
+    """Top-1 accuracy of the model's `output`-th output over labelled feeds (None: the first
+    classifier-shaped output, as agreement reads; the first output when none is).
 
     With `max_batch` > 1 the feeds are run concatenated where the model allows it
     (activations.coalesce_feeds), which is faster and gives the same classes.
     """
     batches = coalesce_feeds(model, feeds, max_batch) if max_batch > 1 else list(feeds)
     session = Session(model)
-    name = session.output_names[output]
+    if output is None:  # the first classifier-shaped output, else the first output
+        first = session.run(batches[0]) if batches else {}
+        name = scored_output(first) or session.output_names[0]
+    else:
+        name = session.output_names[output]
     count = Top1()
     predicted = [predicted_classes(session.run(batch, [name])[name]) for batch in batches]
     count.add(np.concatenate(predicted) if predicted else np.zeros(0), labels)
@@ -177,20 +191,28 @@ def top1_by_model(
     expected: int | None = None,
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> dict[str, float] | None:
-    """Top-1 accuracy of each model's first output over labelled feeds, streamed.
+    """Top-1 accuracy of each model's first classifier-shaped output over labelled feeds,
+    streamed (the output agreement reads: onnxslim.outputs' rule).
 
-    Feeds without labels are passed over. None unless every model's first output is
-    a classifier's [batch, classes] scores with one label per sample (then only
-    parity figures apply). The result also holds "samples": how many were counted.
+    Feeds without labels are passed over. None unless every model has a classifier's
+    [batch, classes] scores with one label per sample (then only parity figures
+    apply). The result also holds "samples": how many were counted.
     """
     sessions = {key: Session(model) for key, model in models.items()}
     counts = {key: Top1() for key in sessions}
+    scored: dict[str, str] = {}
     for index, feed in enumerate(feeds):
         arrays, truth = split_label(feed, inputs)
         if truth is None:
             continue
         for key, session in sessions.items():
-            output = session.run(arrays)[session.output_names[0]]
+            outputs = session.run(arrays)
+            if key not in scored:
+                name = scored_output(outputs, rows=len(truth))
+                if name is None:
+                    return None
+                scored[key] = name
+            output = outputs[scored[key]]
             if not is_class_scores(output, rows=len(truth)):
                 return None
             counts[key].add(predicted_classes(output), truth)

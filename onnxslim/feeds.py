@@ -159,10 +159,11 @@ def _random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Genera
 
 
 def _human(size: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if size < 1000 or unit == "PB":
+    """Binary units, labelled as such (MiB, not "MB"), as inspect and validate print them."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
+        size /= 1024
     return f"{size} bytes"
 
 

@@ -298,7 +298,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
         attempt(lambda: _bad(where, "description", "a string", description), None)
         description = ""
     data: Mapping[str, Any] = attempt(lambda: _table(document, "data", where), {})
-    attempt(lambda: _unknown(data, (*DATA_KEYS, *OLD_DATA_KEYS), where, "data."), None)
+    attempt(lambda: _unknown(data, DATA_KEYS, where, "data.", old=OLD_DATA_KEYS), None)
     paths = {}
     for key in ("calib", "eval"):
         value = data.get(key)
@@ -595,14 +595,20 @@ def _int(table: Mapping[str, Any], key: str, where: str, prefix: str, minimum: i
 
 
 def _unknown(
-    table: Mapping[str, Any], known: Any, where: str, prefix: str, what: str = "key"
+    table: Mapping[str, Any],
+    known: Any,
+    where: str,
+    prefix: str,
+    what: str = "key",
+    old: Any = (),
 ) -> None:
-    """Every unknown key of `table` at once, each with its closest known key."""
+    """Every unknown key of `table` at once, each with its closest known key; `old` names
+    are accepted (they warn elsewhere) but neither listed nor suggested."""
     known = list(known)
     bad = [
         f"{prefix}{key}: unknown {what}{did_you_mean(str(key), known)}"
         for key in table
-        if key not in known
+        if key not in known and key not in old
     ]
     if bad:
         raise UsageError(f"{where}: {'; '.join(bad)} (expected one of {', '.join(known)})")

@@ -122,6 +122,11 @@ def resolve(
     return PRESETS[name], f"--tolerance {name}"
 
 
+def note(tolerance: Tolerance, why: str) -> str:
+    """The report's note naming the preset in force and why it was chosen."""
+    return f"tolerance {tolerance.name}: {tolerance.rule} ({why})"
+
+
 def apply(report: ValidationReport, tolerance: Tolerance) -> None:
     """Scale-relative presets (fp16, int8) and exact decide each output's verdict."""
     if tolerance.scaled is not None or tolerance.name == "exact":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,15 @@ def test_help_text_shows_what_the_user_types(cli: Cli) -> None:
         if "Usage:" in line
     ]
     assert len(usages) == 6 and all("MODEL" in u and "{model}" not in u for u in usages), usages
+    commands = ("optimize", "quantize", "prune", "cluster", "export", "validate", "inspect", "run")
+    for command in (*commands, "search"):  # placeholders a user can read, one per idea
+        shown = cli(command, "--help").stdout
+        assert not re.search(r"<[a-z][^>]*>", shown), command  # no <bool>, <str>, <list[str]>
+        for line in shown.splitlines():
+            if re.match(r"\W*--(calib|eval|data) ", line):
+                assert " PATH " in line, line
+            if "--input-shape " in line:
+                assert "NAME:D1,D2,..." in line, line
     cluster = cli("cluster", "--help").stdout
     assert "1<=x<=8" in cluster and "(1-8)" in cluster and "(2-8)" not in cluster
 
@@ -84,6 +94,7 @@ def test_validate_tolerance_presets_and_the_hint(tmp_path: Path, cli: Cli) -> No
     report = json.loads(auto.stdout)
     assert auto.returncode == 0 and report["tolerance"]["preset"] == "int8", auto.stderr
     assert "QuantizeLinear" in report["tolerance"]["why"] or "holds" in report["tolerance"]["why"]
+    assert report["notes"][-1].endswith(f"({report['tolerance']['why']})")  # not "(given)"
     strict = cli("validate", CNN, int8, *common, "--tolerance", "float")
     lines = strict.stderr.strip().splitlines()
     assert strict.returncode == 1 and len(lines) == 1
@@ -131,6 +142,10 @@ def test_old_force_spelling_still_works_with_a_warning(tmp_path: Path, cli: Cli)
     assert "deprecated" in old.stderr and "--requantize" in old.stderr
     new = cli("quantize", int8, "-o", again, *common, "--requantize", "--overwrite")
     assert new.returncode == old.returncode and "deprecated" not in new.stderr
+    # In optimize and export --force meant "write despite a failed check": --write-anyway.
+    done = cli("optimize", model, "-o", tmp_path / "o.onnx", "--force")
+    assert done.returncode == 0 and "`optimize --force` is deprecated" in done.stderr
+    assert "use --write-anyway" in done.stderr
 
 
 def test_quantize_max_drop_is_in_points(tmp_path: Path, cli: Cli) -> None:
@@ -160,6 +175,8 @@ def test_clash_with_pypi_onnxslim_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 0 and len(warnings) == 1
     assert "0.1.98" in warnings[0] and "separate virtual environments" in warnings[0]
     assert clashing_distribution() is None  # this environment: no clash
+    readme = " ".join((MODELS.parent / "README.md").read_text().split())
+    assert "distribution is `onnxslim-edge`" in readme and "separate virtual environments" in readme
 
 
 def test_did_you_mean_and_every_recipe_error_at_once(tmp_path: Path, cli: Cli) -> None:
@@ -177,6 +194,7 @@ def test_did_you_mean_and_every_recipe_error_at_once(tmp_path: Path, cli: Cli) -
     assert done.returncode == 2 and len(lines) == 1 and "5 errors" in lines[0]
     for hint in ("'description'", "'calib'", "'quantize'", "'sparsity'", "'max_accuracy_drop'"):
         assert f"did you mean {hint}?" in lines[0]
+    assert "calib_limit" not in lines[0]  # old names still read, never offered
     assert not (tmp_path / "x.onnx").exists()
 
 
@@ -200,6 +218,48 @@ def test_run_takes_input_shape_and_data(tmp_path: Path, cli: Cli) -> None:
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 1, 16, 16]
     both = cli("run", "lossless", CNN, "-o", out, "--overwrite", "--data", EVAL, "--eval", CALIB)
+    assert both.returncode == 2 and "give one of them" in both.stderr
+
+
+def test_every_command_that_runs_the_model_takes_input_shape_and_data(
+    tmp_path: Path, cli: Cli
+) -> None:
+    """Before: quantize, prune and cluster had no --input-shape, prune and cluster no --data.
+    A failed --max-drop names the output the drop was measured on and what to try next."""
+    for command in ("optimize", "quantize", "prune", "cluster", "export", "validate", "run"):
+        shown = cli(command, "--help").stdout
+        assert "--input-shape" in shown and "--data" in shown, command
+    out = tmp_path / "p.onnx"
+    done = cli(
+        "prune",
+        CNN,
+        "-o",
+        out,
+        "--sparsity",
+        "0.9",
+        "--allocation",
+        "uniform",
+        "--data",
+        EVAL,
+        "--input-shape",
+        "input:1,1,16,16",
+        "--max-drop",
+        "0.5",
+        "--runs",
+        "0",
+        "--target-error",
+        "100",
+        "--json",
+    )
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    assert report["accuracy"]["samples"] == 540 and report["gate"]["output"] == "logits"
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "on output 'logits' > --max-drop 0.5; next: a lower --sparsity" in line
+    assert "a looser --max-drop" in line
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 16, 16]
+    both = cli("cluster", CNN, "-o", tmp_path / "c.onnx", "--data", EVAL, "--eval", CALIB)
     assert both.returncode == 2 and "give one of them" in both.stderr
 
 
@@ -244,7 +304,7 @@ def test_a_failed_gate_names_the_output_and_reports_carry_per_output_parity(
         '[[pass]]\nname = "cluster"\nbits = 2\n[gates]\nmax_parity_error = 1e-6\n'
         "[measure]\nlatency_runs = 0\n"
     )
-    report = tmp_path / "report"
+    report = tmp_path / "dist" / "report"  # created, parents included
     done = cli("run", recipe, CNN, "-o", tmp_path / "c.onnx", "--report", report)
     assert done.returncode == 1
     line = done.stderr.strip().splitlines()[-1]
@@ -291,6 +351,26 @@ def test_output_equal_to_the_input_is_one_line_for_every_writer(
     assert "--external-data" in shown and "--external-threshold" in shown
 
 
+FAST = {  # the cheapest run of each writer that still writes its model
+    "quantize": ["--no-latency-guard", "--no-verify", "--max-samples", "8",
+                 "--target-error", "100"],
+    "prune": ["--runs", "0", "--no-verify", "--target-error", "100", "--allocation", "uniform"],
+    "cluster": ["--runs", "0", "--no-verify", "--target-error", "100", "--bits", "4",
+                "--allocation", "uniform", "--no-optimize"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["quantize", "prune", "cluster", "export", "run"])
+def test_every_writer_writes_external_data_on_request(tmp_path: Path, cli: Cli, name: str) -> None:
+    out = tmp_path / "m.onnx"
+    args = [*_writer_args(name, CNN, out), *FAST.get(name, [])]
+    done = cli(*args, "--external-data", "--external-threshold", "0")
+    assert done.returncode == 0, done.stderr
+    proto = onnx.load(str(out), load_external_data=False)
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    assert out.with_name("m.onnx.data").stat().st_size > 0
+
+
 def test_output_folders_are_created_and_a_file_in_the_way_is_one_line(
     tmp_path: Path, cli: Cli
 ) -> None:
@@ -299,10 +379,25 @@ def test_output_folders_are_created_and_a_file_in_the_way_is_one_line(
     nested = tmp_path / "new" / "deeper" / "x.onnx"
     done = cli("optimize", CNN, "-o", nested)
     assert done.returncode == 0 and nested.is_file(), done.stderr
+    # README's `run ... -o dist/model.onnx` on a fresh checkout (--report dist/report: the
+    # failed-gate test below writes its report into a folder that did not exist)
+    done = cli("run", "lossless", CNN, "-o", tmp_path / "dist" / "model.onnx")
+    assert done.returncode == 0 and (tmp_path / "dist" / "model.onnx").is_file(), done.stderr
     (tmp_path / "file").write_text("x")
     blocked = cli("optimize", CNN, "-o", tmp_path / "file" / "x.onnx")
     assert blocked.returncode == 2 and len(blocked.stderr.strip().splitlines()) == 1
     assert "is a file" in blocked.stderr and (tmp_path / "file").read_text() == "x"
+    # Usage errors Typer finds (a value out of range, a misspelled option or command) are one
+    # line too, with the help to read, exit 2; they were a multi-line box.
+    for args, says in (
+        (("cluster", CNN, "-o", nested, "--bits", "0"), "Invalid value for '--bits'"),
+        (("quantize", CNN, "-o", nested, "--max-sample", "3"), "--max-samples"),
+        (("quantise", CNN), "Did you mean 'quantize'?"),
+        (("optimize", CNN), "Missing option '-o'"),
+    ):
+        bad = cli(*args)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad.stderr.startswith("error: ") and says in bad.stderr and "--help`)" in bad.stderr
     same = subprocess_cli("optimize", nested, "-o", nested, env={"COLUMNS": "80"})
     assert same.returncode == 2 and same.stdout == ""
     assert (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from conftest import make_mlp
@@ -107,6 +108,26 @@ def test_top1_by_model_streams_and_defers_to_parity_when_labels_do_not_fit(mlp) 
     assert seen == [("accuracy", 1, 3), ("accuracy", 2, 3), ("accuracy", 3, 3)]
     misfit = [{"x": x[:4], "labels": classes[:3]}]  # three labels for four rows
     assert top1_by_model({"a": model}, misfit, {"x"}) is None
+
+
+def test_labelled_top1_reads_the_first_classifier_shaped_output(mlp, tmp_path: Path) -> None:
+    """A recurrent state listed first ([N,16] `hidden_state`) is not argmax-ed against the
+    labels: top-1 reads `y`, the output agreement reads (onnxslim.outputs' rule)."""
+    path, x, classes = mlp
+    proto = onnx.load(str(path))
+    proto.graph.node.append(onnx.helper.make_node("Identity", ["h0"], ["hidden_state"]))
+    state = onnx.helper.make_tensor_value_info("hidden_state", onnx.TensorProto.FLOAT, ["N", 16])
+    proto.graph.output.insert(0, state)
+    model = io.load(_saved(proto, tmp_path / "state_first.onnx"))
+    feeds = [{"x": x[i : i + 1]} for i in range(len(x))]
+    assert top1_accuracy(model, feeds, classes) == 1.0
+    labelled = [{"x": x, "labels": classes}]
+    assert top1_by_model({"a": model}, labelled, {"x"}) == {"a": 1.0, "samples": 12.0}
+
+
+def _saved(proto: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(proto, str(path))
+    return path
 
 
 def test_time_interleaved_runs_what_it_is_asked(mlp) -> None:

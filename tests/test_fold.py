@@ -483,7 +483,7 @@ def test_generated_feeds_take_the_fixed_shapes() -> None:
         [vi("a", ["B", "S"]), vi("b", ["B", "S"])],
         [vi("y", ["B", "S"])],
     )
-    result = api.optimize(m, pipeline=api.Pipeline(()), input_shapes={"a": (2, 5)}, feed_count=2)
+    result = api.optimize(m, pipeline=api.Pipeline(()), input_shapes={"a": (2, 5)}, max_samples=2)
     assert result.passed
     record = result.result.records[0]
     assert record.name == "fix-input-shapes" and record.status == "changed", record.reason

@@ -68,7 +68,7 @@ def test_broken_pass_is_rolled_back_named_and_logged(caplog: pytest.LogCaptureFi
     m = _model()
     pipeline = Pipeline((EliminateNoOps(), ScaleConstant(), RemoveUnused()))
     with caplog.at_level(logging.WARNING, logger="onnxslim"):
-        result = api.optimize(m, pipeline=pipeline, feed_count=2)
+        result = api.optimize(m, pipeline=pipeline, max_samples=2)
     statuses = {r.name: r.status for r in result.result.records}
     assert statuses == {
         "eliminate-no-ops": "changed",

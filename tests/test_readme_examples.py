@@ -141,7 +141,8 @@ def test_readme_example_runs(block: Block, workdir: Path) -> None:
         pytest.skip(f"README.md line {block.line} is marked: {block.skip}")
     env = _env()
     if block.kind == "python":
-        steps = [[sys.executable, "-c", block.text]]
+        # A deprecated name in README's own code is an error: the README shows the new ones.
+        steps = [[sys.executable, "-W", "error::DeprecationWarning:__main__", "-c", block.text]]
     else:
         steps = [["bash", "-c", command] for command in onnxslim_commands(block.text)]
     for step in steps:
@@ -152,3 +153,4 @@ def test_readme_example_runs(block: Block, workdir: Path) -> None:
         assert done.returncode == 0, (
             f"README.md line {block.line}: `{step[-1][:200]}` exited {done.returncode}:\n{tail}"
         )
+        assert "is deprecated" not in done.stderr, f"README.md line {block.line}: {tail}"

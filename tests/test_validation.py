@@ -224,7 +224,7 @@ def test_data_file_feeds_and_extra_arrays(mlp_path: Path, tmp_path: Path) -> Non
     assert report.passed and not report.generated_inputs
     assert report.feed_count == 3 and str(data) in report.feeds
     assert report.outputs[0].elements == 3 * 2 * 4
-    capped = validate(mlp_path, mlp_path, feeds=data, count=2, **FAST)
+    capped = validate(mlp_path, mlp_path, feeds=data, max_samples=2, **FAST)
     assert capped.feed_count == 2
 
 

@@ -11,8 +11,11 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import click
 import onnxruntime
+import typer
 
 from onnxslim.cli import cluster as _cluster  # noqa: F401
 from onnxslim.cli import export as _export  # noqa: F401
@@ -27,6 +30,14 @@ from onnxslim.cli import validate as _validate  # noqa: F401
 from onnxslim.cli._app import app, clashing_distribution, err
 from onnxslim.errors import OnnxSlimError
 
+_USAGE_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException,)
+try:  # recent Typer carries its own copy of click: its usage errors are these
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    _USAGE_ERRORS += (_TyperClickException,)
+except ImportError:  # older Typer raises click's own
+    pass
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and exits with) the exit code."""
@@ -38,12 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     if clash:
         sys.stderr.write(f"warning: {clash}\n")
     try:
-        # Standalone mode: Typer itself prints usage errors (exit 2) and --help, then exits.
+        # Not standalone: usage errors (a bad option value, an unknown option) come back
+        # here to be printed as one line like every other error, not as a Typer box.
         with cli_logging(debug):
-            app(args=args, prog_name="onnxslim")
-        code = 0
+            returned = app(args=args, prog_name="onnxslim", standalone_mode=False)
+        code = returned if isinstance(returned, int) else 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except _USAGE_ERRORS as exc:
+        code = int(getattr(exc, "exit_code", 2))
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
+            _report(_usage_line(exc), debug)
+    except (click.exceptions.Abort, typer.Abort):
+        err.print("aborted")
+        code = 1
     except OnnxSlimError as exc:
         code = exc.exit_code
         _report(f"error: {exc}", debug)
@@ -63,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _usage_line(exc: Any) -> str:
+    """`error: Invalid value for '--bits': ... (onnxslim cluster --help)` in one line."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"error: {message}{where}"
 
 
 def _report(message: str, debug: bool) -> None:

@@ -19,6 +19,8 @@ from onnxslim.calibration import FeedSource
 from onnxslim.cli._app import err, out, print_json
 from onnxslim.cli._options import save_model
 from onnxslim.errors import GateFailed, UsageError
+from onnxslim.outputs import is_classifier_output
+from onnxslim.passes.fold import FixInputShapes
 from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 from onnxslim.passes.quantize.static import QuantizeStatic
 
@@ -41,6 +43,7 @@ def run(
     mode: str = "static",
     save: dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    input_shapes: list[str] | None = None,
 ) -> None:
     """Quantize with fallback to float until the top-1 drop on `eval_data` is at most
     `max_drop` points; `save` holds the external-data choice for the written model,
@@ -66,6 +69,8 @@ def run(
             progress("sensitivity", index + 1, total)
 
     float_model = api.as_model(model)
+    if input_shapes:
+        FixInputShapes(shapes=tuple(input_shapes))(float_model)
     result = quantize_accuracy_aware(
         float_model,
         calib,
@@ -91,12 +96,26 @@ def run(
     else:
         _print(result, output, table_file)
     if not result.met:
+        scored = _scored_output(float_model)
         raise GateFailed(
-            f"top-1 drop {result.drop * 100:.2f} pt exceeds --max-drop {max_drop:.2f} pt "
-            f"even with {len(result.excluded)} layer(s) float; best model written to {output}, "
-            f"table to {table_file}",
+            f"top-1 drop {result.drop * 100:.2f} pt"
+            + (f" on output {scored!r}" if scored else "")
+            + f" exceeds --max-drop {max_drop:.2f} pt even with {len(result.excluded)} layer(s) "
+            "float; next: --method entropy or percentile, --mode dynamic for transformers and "
+            f"LSTMs, or a looser --max-drop; best model written to {output}, table to "
+            f"{table_file}",
             report=result.to_dict(),
         )
+
+
+def _scored_output(model: Any) -> str | None:
+    """The output top-1 is read on (the first classifier-shaped one), from declared shapes."""
+    for value in model.graph.outputs:
+        dims = None if value.shape is None else list(value.shape.dims)
+        dtype = None if value.dtype is None else value.dtype.name
+        if is_classifier_output(value.name or "", dims, dtype):
+            return value.name
+    return None
 
 
 def _print(result: Any, output: Path, table_file: Path) -> None:

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime
 import typer
 from rich.console import Console
-from typer.core import TyperOption
+from typer.core import TyperArgument, TyperOption
 
 from onnxslim._version import __version__
 
@@ -96,10 +96,37 @@ def root(
     """onnxslim command line."""
 
 
+# Recent Typer shows Python types as placeholders (`<str>`, `<int range>`, `<list[str]>`);
+# --help reads better with one convention, the upper-case words our own metavars use
+# (PATH, N, POINTS, BYTES, NAME:D1,D2,...).
+_PLACEHOLDERS = {
+    "str": "TEXT",
+    "path": "PATH",
+    "int": "INTEGER",
+    "int range": "INTEGER",
+    "float": "FLOAT",
+    "float range": "FLOAT",
+    "list[str]": "TEXT",
+}
+
+
+def _placeholder(shown: str | None) -> str | None:
+    if shown and shown.startswith("<") and shown.endswith(">"):
+        inner = shown[1:-1]
+        return _PLACEHOLDERS.get(inner, inner.upper())
+    return shown
+
+
 def _flag_type(self: TyperOption, ctx: Any) -> str | None:
     """Flags take no value: show no `<bool>` placeholder in --help (Typer >= 0.16 does)."""
-    return None if self.is_flag else _option_type(self, ctx)
+    return None if self.is_flag else _placeholder(_option_type(self, ctx))
+
+
+def _argument_type(self: TyperArgument, ctx: Any) -> str | None:
+    return _placeholder(_arg_type(self, ctx))
 
 
 _option_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+_arg_type = TyperArgument.display_type_rich
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign, assignment, unused-ignore]

@@ -9,6 +9,7 @@ import onnx_ir as ir
 import typer
 
 from onnxslim import io
+from onnxslim.errors import UsageError
 
 EXTERNAL_DATA = typer.Option(
     None,
@@ -42,6 +43,22 @@ WRITE_ANYWAY = typer.Option(
     "--write-anyway",
     help="Write the result even when the final check fails (the exit code is still 1).",
 )
+DATA_AS_EVAL = typer.Option(
+    None,
+    "--data",
+    metavar="PATH",
+    help="Feeds the measurements run on (.npz or folder; with `labels`: top-1), as in the "
+    "other commands: the same as --eval, give one of them.",
+)
+
+
+def eval_or_data(eval_data: str | None, data: str | None) -> str | None:
+    """--data is --eval under the name the other commands use."""
+    if eval_data is not None and data is not None and eval_data != data:
+        raise UsageError("--data and --eval name the same feeds: give one of them")
+    return eval_data if eval_data is not None else data
+
+
 # The old spelling of --write-anyway (optimize, export) and --requantize (quantize).
 FORCE = typer.Option(False, "--force", hidden=True)
 

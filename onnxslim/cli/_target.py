@@ -9,6 +9,8 @@ and what to try next.
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.markup import escape
 
@@ -75,5 +77,18 @@ def fail_on_target(assessment: Assessment | None, output: object, advice: str) -
         return
     raise GateFailed(
         f"accuracy target missed: {assessment.message()}; {advice} "
+        f"(the model was written to {output})"
+    )
+
+
+def fail_on_max_drop(gate: dict[str, Any] | None, output: object, advice: str) -> None:
+    """GateFailed (exit 1) when --max-drop failed, naming the output the drop was measured on
+    and what to try next; the model is already written."""
+    if gate is None or gate["passed"]:
+        return
+    on = f" on output {gate['output']!r}" if gate.get("output") else ""
+    raise GateFailed(
+        f"accuracy dropped {gate['drop_points']:.2f} points{on} > --max-drop "
+        f"{gate['max_drop']:g}; next: {advice}; or a looser --max-drop "
         f"(the model was written to {output})"
     )

@@ -14,8 +14,8 @@ from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import fail_on_target, print_target, target_option
-from onnxslim.errors import GateFailed, UsageError
+from onnxslim.cli._target import fail_on_max_drop, fail_on_target, print_target, target_option
+from onnxslim.errors import UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
 
@@ -47,12 +47,14 @@ def cluster_command(
     calib: str | None = typer.Option(
         None,
         "--calib",
+        metavar="PATH",
         help="Calibration data (.npz of stacked samples, folder): "
         "turns on least-squares palette refinement.",
     ),
     eval_data: str | None = typer.Option(
         None,
         "--eval",
+        metavar="PATH",
         help="Evaluation data; with a `labels` array the report gives top-1 accuracy, else parity.",
     ),
     init: str = typer.Option(
@@ -103,7 +105,10 @@ def cluster_command(
         help="Leave smaller weights as they are (default 256; 16 with --mixed).",
     ),
     exclude: list[str] | None = typer.Option(
-        None, "--exclude", help="Node or weight name pattern to leave unclustered (repeatable)."
+        None,
+        "--exclude",
+        metavar="PATTERN",
+        help="Node or weight name pattern to leave unclustered (repeatable).",
     ),
     packing: str = typer.Option(
         "auto",
@@ -146,6 +151,8 @@ def cluster_command(
     image_preprocess: str | None = IMAGE_PREPROCESS,
     json_output: bool = opt.JSON,
     target_error: float = target_option(),
+    data: str | None = opt.DATA_AS_EVAL,
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -155,9 +162,10 @@ def cluster_command(
         raise typer.BadParameter(
             f"{allocation!r}: expected target, mixed or uniform", param_hint="--allocation"
         )
-    sources = DataOptions(model, image_preprocess)
+    sources = DataOptions(model, image_preprocess, input_shape)
     calib_source = sources.source(calib, "--calib")
-    eval_source = sources.source(eval_data, "--eval")
+    eval_data = opt.eval_or_data(eval_data, data)
+    eval_source = sources.source(eval_data, "--eval" if data is None else "--data")
     sources.check_used()
     if init not in _INITS:
         raise typer.BadParameter(
@@ -197,6 +205,7 @@ def cluster_command(
             runs=runs,
             max_drop=max_drop,
             target_error=target_error,
+            input_shapes=input_shape or None,
             strip_metadata=not keep_metadata,
             optimize=optimize,
             **options,
@@ -216,11 +225,7 @@ def cluster_command(
     else:
         _print_report(result, model, output)
         print_target(result.target)
-    if result.gate is not None and not result.gate["passed"]:
-        raise GateFailed(
-            f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
-            f"{result.gate['max_drop']:g} (the model was written to {output})"
-        )
+    fail_on_max_drop(result.gate, output, _ADVICE.removeprefix("try "))
     fail_on_target(result.target, output, _advice(result.request))
 
 

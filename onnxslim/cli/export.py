@@ -33,7 +33,7 @@ def export_command(
         False, "--fp16", help="Convert weights and compute to float16 (sensitive ops stay float32)."
     ),
     fp16_block: list[str] | None = typer.Option(
-        None, "--fp16-block", help="Extra op types to keep float32 (repeatable)."
+        None, "--fp16-block", metavar="OP", help="Extra op types to keep float32 (repeatable)."
     ),
     fp16_io: bool = typer.Option(
         False, "--fp16-io", help="Also make the model's inputs and outputs float16."
@@ -58,6 +58,7 @@ def export_command(
     data: Path | None = typer.Option(
         None,
         "--data",
+        metavar="PATH",
         help="Feeds to check the export on (.npz or folder); generated inputs otherwise.",
     ),
     atol: float | None = typer.Option(

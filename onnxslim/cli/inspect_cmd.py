@@ -25,7 +25,8 @@ def inspect_command(
     input_shape: list[str] | None = typer.Option(
         None,
         "--input-shape",
-        help="NAME:D1,D2,... to pin free input dimensions for the MAC estimate (repeatable); "
+        metavar="NAME:D1,D2,...",
+        help="Pin free input dimensions for the MAC estimate, e.g. x:1,3,224,224 (repeatable); "
         "free dimensions count as 1 otherwise.",
     ),
     top: int = typer.Option(

@@ -38,7 +38,10 @@ def optimize_command(
         "the result against the input model.",
     ),
     data: Path | None = typer.Option(
-        None, "--data", help="Validation feeds (.npz or folder); generated inputs otherwise."
+        None,
+        "--data",
+        metavar="PATH",
+        help="Validation feeds (.npz or folder); generated inputs otherwise.",
     ),
     image_preprocess: str | None = IMAGE_PREPROCESS,
     atol: float = typer.Option(1e-5, help="Absolute tolerance of the checks."),

@@ -13,8 +13,8 @@ from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import fail_on_target, print_target, target_option
-from onnxslim.errors import GateFailed, UsageError
+from onnxslim.cli._target import fail_on_max_drop, fail_on_target, print_target, target_option
+from onnxslim.errors import UsageError
 
 
 def _parse_nm(text: str) -> tuple[int, int]:
@@ -49,12 +49,14 @@ def prune_command(
     calib: str | None = typer.Option(
         None,
         "--calib",
+        metavar="PATH",
         help="Calibration data (.npz of stacked samples, folder): "
         "turns on least-squares reconstruction.",
     ),
     eval_data: str | None = typer.Option(
         None,
         "--eval",
+        metavar="PATH",
         help="Evaluation data; with a `labels` array the report gives top-1 accuracy, else parity.",
     ),
     reconstruct: bool | None = typer.Option(
@@ -63,7 +65,10 @@ def prune_command(
         help="Refit kept weights on --calib (default: on with --calib).",
     ),
     exclude: list[str] | None = typer.Option(
-        None, "--exclude", help="Node or weight name pattern to leave unpruned (repeatable)."
+        None,
+        "--exclude",
+        metavar="PATTERN",
+        help="Node or weight name pattern to leave unpruned (repeatable).",
     ),
     scope: str = typer.Option(
         "per-layer", "--scope", help="magnitude: per-layer or global threshold."
@@ -107,14 +112,17 @@ def prune_command(
     image_preprocess: str | None = IMAGE_PREPROCESS,
     json_output: bool = opt.JSON,
     target_error: float = target_option(),
+    data: str | None = opt.DATA_AS_EVAL,
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
-    sources = DataOptions(model, image_preprocess)
+    sources = DataOptions(model, image_preprocess, input_shape)
     calib_source = sources.source(calib, "--calib")
-    eval_source = sources.source(eval_data, "--eval")
+    eval_data = opt.eval_or_data(eval_data, data)
+    eval_source = sources.source(eval_data, "--eval" if data is None else "--data")
     sources.check_used()
     if sparsity is not None and not 0 <= sparsity < 1:
         raise typer.BadParameter(f"{sparsity}: expected 0 <= S < 1", param_hint="--sparsity")
@@ -149,6 +157,7 @@ def prune_command(
             verify=verify,
             max_drop=max_drop,
             target_error=target_error,
+            input_shapes=input_shape or None,
             runs=runs,
             **options,
         )
@@ -167,11 +176,7 @@ def prune_command(
     else:
         _print_report(result, model, output)
         print_target(result.target)
-    if result.gate is not None and not result.gate["passed"]:
-        raise GateFailed(
-            f"accuracy dropped {result.gate['drop_points']:.2f} points > --max-drop "
-            f"{result.gate['max_drop']:g} (the model was written to {output})"
-        )
+    fail_on_max_drop(result.gate, output, _ADVICE.removeprefix("try "))
     fail_on_target(result.target, output, _advice(result.request))
 
 

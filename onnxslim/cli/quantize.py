@@ -72,7 +72,10 @@ def quantize_command(
     model: Path = _MODEL,
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the quantized model."),
     calib: str | None = typer.Option(
-        None, "--calib", help="Calibration data: .npz/.npy file, folder of samples or images."
+        None,
+        "--calib",
+        metavar="PATH",
+        help="Calibration data: .npz/.npy file, folder of samples or images.",
     ),
     mode: str = typer.Option(
         "static",
@@ -101,7 +104,10 @@ def quantize_command(
         "auto", "--target", help=f"CPU kernels int8 is chosen for: {', '.join(KERNEL_TARGETS)}."
     ),
     exclude: list[str] | None = typer.Option(
-        None, "--exclude", help="Keep float: node name, op type or regex (repeatable)."
+        None,
+        "--exclude",
+        metavar="PATTERN",
+        help="Keep float: node name, op type or regex (repeatable).",
     ),
     keep_float_outputs: bool = typer.Option(
         False, "--keep-float-outputs", help="Nodes producing graph outputs stay float."
@@ -122,6 +128,7 @@ def quantize_command(
         8, "--weight-bits", help="Weight-only mode: 8, or 4 (MatMulNBits)."
     ),
     max_samples: int | None = opt.MAX_SAMPLES,
+    input_shape: list[str] | None = opt.INPUT_SHAPE,
     latency_guard: bool = typer.Option(
         True,
         "--latency-guard/--no-latency-guard",
@@ -129,7 +136,10 @@ def quantize_command(
         "float here (--no-latency-guard forces int8 for size).",
     ),
     data: str | None = typer.Option(
-        None, "--data", help="Validation feeds (with `labels` for accuracy); default: --calib."
+        None,
+        "--data",
+        metavar="PATH",
+        help="Validation feeds (with `labels` for accuracy); default: --calib.",
     ),
     image_preprocess: str | None = IMAGE_PREPROCESS,
     verify: bool = opt.VERIFY,
@@ -144,6 +154,7 @@ def quantize_command(
     eval_data: str | None = typer.Option(
         None,
         "--eval",
+        metavar="PATH",
         help="Labelled .npz (model inputs + `labels`) that --max-drop measures top-1 on.",
     ),
     max_drop: float | None = typer.Option(
@@ -172,7 +183,7 @@ def quantize_command(
     if io.same_file(model, output) and not overwrite:
         raise UsageError(f"{output}: output is the input model; pass --overwrite to replace it")
     io.check_output_folder(output.absolute().parent)  # before the work; created on save
-    sources = DataOptions(model, image_preprocess)
+    sources = DataOptions(model, image_preprocess, input_shape)
     calib_source = sources.source(calib, "--calib")
     data_source = sources.source(data, "--data")
     sources.check_used()
@@ -210,6 +221,7 @@ def quantize_command(
                 mode=mode,
                 save=save,
                 record=sources.record(),
+                input_shapes=input_shape or None,
             )
         return
     with _progress() as progress:
@@ -222,6 +234,7 @@ def quantize_command(
             progress=progress,
             target_error=target_error,
             fix=fix,
+            input_shapes=input_shape or None,
             **options,
         )
     opt.save_model(result.model, output, source=model, overwrite=overwrite, **save)

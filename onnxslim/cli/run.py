@@ -51,15 +51,14 @@ def _check_output(model: Path, output: Path, overwrite: bool) -> None:
 _REPORT_OPTION = typer.Option(
     None, "--report", help="Folder for report.json, report.md and report.html."
 )
-_CALIB_OPTION = typer.Option(None, "--calib", help="Calibration data (overrides the recipe's).")
-_EVAL_OPTION = typer.Option(
-    None, "--eval", help="Evaluation data, `labels` for top-1 (overrides the recipe's)."
+_CALIB_OPTION = typer.Option(
+    None, "--calib", metavar="PATH", help="Calibration data (overrides the recipe's)."
 )
-_DATA_OPTION = typer.Option(
+_EVAL_OPTION = typer.Option(
     None,
-    "--data",
-    help="Feeds the measurements run on (.npz or folder; with `labels`: top-1), as in the "
-    "other commands: the same as --eval, give one of them.",
+    "--eval",
+    metavar="PATH",
+    help="Evaluation data, `labels` for top-1 (overrides the recipe's).",
 )
 _OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Allow OUTPUT to replace MODEL.")
 _JSON_OPTION = typer.Option(False, "--json", help="Print report.json on stdout.")
@@ -73,7 +72,7 @@ def run_command(
     report: Path | None = _REPORT_OPTION,
     calib: str | None = _CALIB_OPTION,
     eval_data: str | None = _EVAL_OPTION,
-    data: str | None = _DATA_OPTION,
+    data: str | None = opt.DATA_AS_EVAL,
     input_shape: list[str] | None = opt.INPUT_SHAPE,
     image_preprocess: str | None = IMAGE_PREPROCESS,
     overwrite: bool = _OVERWRITE_OPTION,
@@ -89,7 +88,7 @@ def run_command(
         output=output,
         report_dir=report,
         calib=calib,
-        eval_data=_eval(eval_data, data),
+        eval_data=opt.eval_or_data(eval_data, data),
         overwrite=overwrite,
         progress=_progress,
         input_shapes=input_shape or None,
@@ -111,7 +110,7 @@ def search_command(
     report: Path | None = _REPORT_OPTION,
     calib: str | None = _CALIB_OPTION,
     eval_data: str | None = _EVAL_OPTION,
-    data: str | None = _DATA_OPTION,
+    data: str | None = opt.DATA_AS_EVAL,
     input_shape: list[str] | None = opt.INPUT_SHAPE,
     image_preprocess: str | None = IMAGE_PREPROCESS,
     jobs: int | None = typer.Option(
@@ -133,7 +132,7 @@ def search_command(
         output=output,
         report_dir=report,
         calib=calib,
-        eval_data=_eval(eval_data, data),
+        eval_data=opt.eval_or_data(eval_data, data),
         jobs=jobs,
         ray_address=ray,
         overwrite=overwrite,
@@ -145,13 +144,6 @@ def search_command(
         notice=_notice,
     )
     _finish(result, output, report, json_output)
-
-
-def _eval(eval_data: str | None, data: str | None) -> str | None:
-    """--data is --eval under the name the other commands use."""
-    if eval_data is not None and data is not None and eval_data != data:
-        raise UsageError("--data and --eval name the same feeds: give one of them")
-    return eval_data if eval_data is not None else data
 
 
 def _finish(result, output: Path, report: Path | None, json_output: bool) -> None:  # type: ignore[no-untyped-def]

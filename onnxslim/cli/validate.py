@@ -74,6 +74,7 @@ def validate_command(
     data: Path | None = typer.Option(
         None,
         "--data",
+        metavar="PATH",
         help="Feeds: an .npz of samples stacked on axis 0, an .npy, or a folder of "
         ".npz/.npy files or images; generated inputs when absent.",
     ),
@@ -114,6 +115,7 @@ def validate_command(
     target: list[str] | None = typer.Option(
         None,
         "--target",
+        metavar="CPU",
         help="Also run both models on an emulated CPU (arm64, x86-avx2; repeatable); "
         "see `onnxslim targets setup`.",
     ),
@@ -144,7 +146,7 @@ def validate_command(
             reference,
             candidate,
             feeds=feeds_source,
-            count=max_samples,
+            max_samples=max_samples,
             input_shapes=parse_input_shapes(input_shape),
             runs=runs,
             warmup=warmup,
@@ -153,6 +155,7 @@ def validate_command(
             tolerance=chosen,
             progress=progress,
         )
+    report.notes[-1] = tolerances.note(chosen, why)  # the API saw a preset "given"
     target_reports = []
     if target:
         feeds, _, _ = resolve_feeds(

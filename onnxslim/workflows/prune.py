@@ -150,10 +150,21 @@ class PruneResult(ModelResult):
         """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
         if self.accuracy is not None:
             return self.accuracy["drop_points"]
-        if self.validation is not None and self.validation.outputs:
-            agreement = self.validation.outputs[0].top1_agreement
-            return None if agreement is None else 100.0 * (1.0 - agreement)
-        return None
+        scored = self._scored()
+        return None if scored is None else 100.0 * (1.0 - scored[1])
+
+    @property
+    def drop_output(self) -> str | None:
+        """The output `drop_points` is measured on: the first classifier-shaped one."""
+        scored = self._scored()
+        return None if scored is None else scored[0]
+
+    def _scored(self) -> tuple[str, float] | None:
+        """The first output with top-1 agreement (onnxslim.outputs' rule) and its figure."""
+        outputs = self.validation.outputs if self.validation is not None else []
+        return next(
+            ((o.name, o.top1_agreement) for o in outputs if o.top1_agreement is not None), None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -290,10 +301,13 @@ def prune_model(
     if max_drop is not None:
         drop = report.drop_points
         if drop is None:
-            raise UsageError(
-                "--max-drop needs labelled --eval data or a classifier-shaped first output"
-            )
-        report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
+            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped output")
+        report.gate = {
+            "max_drop": max_drop,
+            "drop_points": drop,
+            "output": report.drop_output,
+            "passed": drop <= max_drop + 1e-9,
+        }
     report.seconds = time.perf_counter() - start
     return report
 

@@ -246,9 +246,14 @@ def load_labelled(
 
 
 def top1_metric(
-    path: str | Path, input_names: Iterable[str], *, limit: int | None = None, output: int = 0
+    path: str | Path,
+    input_names: Iterable[str],
+    *,
+    limit: int | None = None,
+    output: int | None = None,
 ) -> MetricFn:
-    """Top-1 accuracy of the model's `output`-th output against the .npz's `labels`."""
+    """Top-1 accuracy of the model's `output`-th output against the .npz's `labels` (None: the
+    first classifier-shaped output, onnxslim.outputs' rule, as every command reads)."""
     feeds, labels = load_labelled(path, input_names, limit=limit)
 
     def metric(model: ir.Model) -> float:
