@@ -1,6 +1,7 @@
 """Task-level int8 benchmark: the metric each model's users see, int8 against float.
 
     python scripts/bench_task.py [--models task_yolov8,captcha_crnn,...] [--tools ...] [--timeout S]
+    python scripts/bench_task.py --work DIR [--reuse]   (keep the models; re-score and re-time them)
 
 Per model, each tool quantizes the float model from the same calibration data, in its
 own process; then every model runs on realistic evaluation inputs and is scored
@@ -37,6 +38,7 @@ is inputs.make_feeds(id, 32, seed=0) to calibrate and seed=1 to evaluate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -240,8 +242,12 @@ class Result:
     ratio: float = float("nan")
 
 
-def quantize(tool: str, case: Case, work: Path, nncf: Path | str, timeout: float) -> Result:
+def quantize(
+    tool: str, case: Case, work: Path, nncf: Path | str, timeout: float, reuse: bool = False
+) -> Result:
     out = work / f"{case.name}.{tool}.onnx"
+    if reuse and out.is_file():  # --reuse: score and time the model an earlier run wrote
+        return Result(tool, out, "reused")
     if tool.startswith("onnxslim"):
         command = [sys.executable, "-m", "onnxslim", "quantize", str(case.path), "-o", str(out)]
         command += ["--calib", str(case.calib)]
@@ -280,13 +286,13 @@ def quantize(tool: str, case: Case, work: Path, nncf: Path | str, timeout: float
 
 
 def bench_case(
-    case: Case, tools: list[str], work: Path, nncf: Path | str, timeout: float
+    case: Case, tools: list[str], work: Path, nncf: Path | str, timeout: float, reuse: bool
 ) -> list[Result]:
     float_outputs = run_outputs(case, case.path)
     reference = decide(case, float_outputs, case.feeds)
     results = [Result("float", case.path, metric=score(case, reference, reference), ratio=1.0)]
     for tool in tools:
-        result = quantize(tool, case, work, nncf, timeout)
+        result = quantize(tool, case, work, nncf, timeout, reuse)
         if result.path is not None:
             try:
                 got = decide(case, run_outputs(case, result.path), case.feeds)
@@ -317,19 +323,31 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(TASK_MODELS + tuple(DEVMODEL_TASKS)))
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per tool and model")
+    parser.add_argument("--work", type=Path, help="keep the models in this folder (default: temp)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --work: score and time the models a run left there, quantize only the missing"
+        " (re-time on a quiet machine without re-quantizing)",
+    )
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     nncf = nncf_python() if "nncf" in tools else "not run"
     print(cpu_line())
     print(f"tools: {', '.join(tools)}; nncf: {nncf}")
     rows, notes = [], []
-    with tempfile.TemporaryDirectory(prefix="bench_task_") as tmp:
+    with contextlib.ExitStack() as stack:
+        if args.work is not None:
+            args.work.mkdir(parents=True, exist_ok=True)
+            tmp = str(args.work)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_task_"))
         for name in [m for m in args.models.split(",") if m]:
             case = task_case(name) if name in TASK_MODELS else devmodel_case(name, Path(tmp))
             if isinstance(case, str):
                 notes.append(f"{name}: skipped, {case}")
                 continue
-            results = bench_case(case, tools, Path(tmp), nncf, args.timeout)
+            results = bench_case(case, tools, Path(tmp), nncf, args.timeout, args.reuse)
             f = results[0].metric
             rows.append(
                 f"| {name} | {METRICS[case.task]} | {case.source} | "
