@@ -31,7 +31,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "pass manager and catalogue",
-        ("onnxslim.pipeline", "onnxslim.registry", "onnxslim.recipe", "onnxslim.presets"),
+        (
+            "onnxslim.pipeline",
+            "onnxslim.registry",
+            "onnxslim.recipe",
+            "onnxslim.recipe_steps",
+            "onnxslim.presets",
+        ),
     ),
     ("passes", ("onnxslim.passes",)),
     (
