@@ -15,6 +15,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim.errors import DataError
 from onnxslim.passes.quantize import static
 from onnxslim.passes.quantize.bias_correction import REPORT_KEY, correct_biases
 from onnxslim.passes.quantize.collect import collect_stats, float_values
@@ -327,3 +328,33 @@ def test_cli_missed_target_writes_model_and_table_and_exits_1(
     table = json.loads((tmp_path / "int8.onnx.sensitivity.json").read_text())
     assert table["met"] is False and table["sensitivity"]
     assert Session(ir.load(out)).run(evals[0])  # the best model found runs
+
+
+def test_top1_metric_reads_every_label_key(tmp_path: Path) -> None:
+    # The accuracy-aware loop reads labels through evaluation.read_labelled, like every other
+    # command: a `y` array is a label (its own .npz reader knew only `labels`).
+    from onnxslim.evaluation import LABEL_KEYS
+    from onnxslim.passes.quantize.sensitivity import top1_metric
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"])],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    x = rng.standard_normal((12, 1, 4)).astype(np.float32)
+    truth = (x[:, 0] @ w).argmax(-1)
+    labels = truth.copy()
+    labels[:3] = (labels[:3] + 1) % 3  # three of twelve wrong: accuracy 0.75
+    assert "y" in LABEL_KEYS
+    np.savez(tmp_path / "eval.npz", x=x, y=labels)
+    assert top1_metric(tmp_path / "eval.npz", model)(model) == pytest.approx(0.75)
+    np.savez(tmp_path / "unlabelled.npz", x=x)
+    with pytest.raises(DataError, match="no labels"):
+        top1_metric(tmp_path / "unlabelled.npz", model)
