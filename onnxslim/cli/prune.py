@@ -241,8 +241,8 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         )
     if result.latency_ratio:
         out.print(
-            f"latency: pruned is {result.latency_ratio:.2f}x the speed of the original "
-            "(1 thread, interleaved, ORT_ENABLE_ALL)"
+            f"latency: pruned / original = {result.latency_ratio:.2f} (1 thread, interleaved, "
+            "ORT_ENABLE_ALL)"
         )
     if result.accuracy is not None:
         acc = result.accuracy

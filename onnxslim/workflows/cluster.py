@@ -35,16 +35,15 @@ from onnxslim.pipeline import PassRecord, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import make_cluster_pass
 from onnxslim.runtime import ort_optimized
 from onnxslim.sources import ModelResult
-from onnxslim.validation import ValidationReport, validate
+from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck
 from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
+    Compared,
     Sizes,
-    labelled,
+    compare,
     model_sizes,
     parity_feeds,
-    session_start_ms,
-    top1,
 )
 from onnxslim.workflows.optimize import optimize as optimize_model
 
@@ -56,7 +55,7 @@ _INTERNAL = ("accept", "probe_feeds", "requested", "calib")
 
 
 @dataclass
-class ClusterResult(ModelResult):
+class ClusterResult(Compared, ModelResult):
     """The clustered model and its report."""
 
     model: ir.Model
@@ -100,26 +99,10 @@ class ClusterResult(ModelResult):
         return 8.0 * sum(w["stored_bytes"] for w in self.weights) / elements if elements else 32.0
 
     @property
-    def latency_ratio(self) -> float | None:
-        """Clustered median latency over the original's (1.0: same speed)."""
-        speedup = self.validation.speedup if self.validation is not None else None
-        return 1.0 / speedup if speedup else None
-
-    @property
     def weight_ratio(self) -> float:
         """Stored bytes of the clustered tensors over their float bytes."""
         dense = sum(w["dense_bytes"] for w in self.weights)
         return sum(w["stored_bytes"] for w in self.weights) / dense if dense else 1.0
-
-    @property
-    def drop_points(self) -> float | None:
-        """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
-        if self.accuracy is not None:
-            return self.accuracy["drop_points"]
-        if self.validation is not None and self.validation.outputs:
-            agreement = self.validation.outputs[0].top1_agreement
-            return None if agreement is None else 100.0 * (1.0 - agreement)
-        return None
 
     def to_dict(self) -> dict[str, Any]:
         sizes = {
@@ -263,30 +246,11 @@ def cluster_model(
             report.warnings.append(f"{row['weight']}: {row['note']}")
     if validate_result:
         feeds = parity_feeds(model, eval_data, calib)
-        report.session_ms = {
-            "original": session_start_ms(model),
-            "clustered": session_start_ms(clustered),
-        }
-        report.validation = validate(
-            model,
-            clustered,
-            feeds=feeds,
-            runs=runs,
-            warmup=5,
-            measure_memory=False,
-            atol=1e-3,
-            rtol=1e-3,
+        measured = compare(
+            model, clustered, "clustered", feeds=feeds, eval_data=eval_data, runs=runs
         )
-        if eval_data is not None:
-            data = labelled(eval_data, model)
-            if data is not None:
-                original_acc, clustered_acc = top1([model, clustered], *data)
-                report.accuracy = {
-                    "original": original_acc,
-                    "clustered": clustered_acc,
-                    "drop_points": 100.0 * (original_acc - clustered_acc),
-                    "samples": float(len(data[1])),
-                }
+        report.session_ms, report.validation = measured.session_ms, measured.validation
+        report.accuracy = measured.accuracy
     if target is not None and split is not None:
         report.target = check_target(model, clustered, split, target)
     searched = report.search
@@ -306,12 +270,7 @@ def cluster_model(
                 "(even the cheapest form of every weight does not fit)"
             )
     if max_drop is not None:
-        drop = report.drop_points
-        if drop is None:
-            raise UsageError(
-                "--max-drop needs labelled --eval data or a classifier-shaped first output"
-            )
-        report.gate = {"max_drop": max_drop, "drop_points": drop, "passed": drop <= max_drop + 1e-9}
+        report.gate = report.drop_gate(max_drop)
     report.seconds = time.perf_counter() - start
     return report
 
