@@ -263,17 +263,6 @@ def test_accuracy_aware_miss_returns_best_model_and_table() -> None:
     assert all(row.layer in text for row in result.table)
 
 
-def _cli_has_max_drop() -> bool:
-    try:
-        from onnxslim.cli import quantize as quantize_cli
-    except ImportError:
-        return False
-    import inspect
-
-    return "max_drop" in inspect.signature(quantize_cli.quantize_command).parameters
-
-
-@pytest.mark.skipif(not _cli_has_max_drop(), reason="`onnxslim quantize --max-drop` not wired yet")
 def test_cli_missed_target_writes_model_and_table_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
