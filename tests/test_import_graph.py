@@ -341,3 +341,20 @@ def test_every_function_level_import_says_why() -> None:
         "a function-level import needs a one-line reason (a comment on its line or the "
         "line above):\n" + "\n".join(silent)
     )
+
+
+def test_readme_layout_names_every_engine_module() -> None:
+    # README's Layout section is the newcomer's map: a module it does not name is unplaced there.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout") :]
+    layout = layout[: layout.index("\n## ")] if "\n## " in layout else layout
+    words = set(re.findall(r"[A-Za-z_]+", layout))
+    engine = [
+        m
+        for m in KNOWN
+        if m.count(".") == 1 or _is(m, "onnxslim.workflows")
+        if not _is(m, "onnxslim.passes", "onnxslim.cli") and m != "onnxslim.__main__"
+    ]
+    missing = sorted(m for m in engine if m.rpartition(".")[2] not in words)
+    assert len(engine) > 40
+    assert not missing, f"README.md's Layout section does not name: {missing}"
