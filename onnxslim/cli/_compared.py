@@ -11,13 +11,12 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from onnxslim.api import ClusterResult, PruneResult
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import err, out, print_json
 from onnxslim.cli._data import DataOptions
 from onnxslim.cli._target import fail_on_target, print_target
 from onnxslim.errors import GateFailed
-from onnxslim.workflows.cluster import ClusterResult
-from onnxslim.workflows.prune import PruneResult
 
 Result = PruneResult | ClusterResult
 
