@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
+from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, data_field, internal_field, option
@@ -122,7 +123,7 @@ class ClusterWeights(ir.passes.InPlacePass):
     refine: bool | None = option(
         None, "Re-fit palettes by least squares on calib (default: on with calib)."
     )
-    calib: Any = data_field(
+    calib: FeedSource | None = data_field(
         "Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")

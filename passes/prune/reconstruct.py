@@ -20,13 +20,13 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations
+from onnxslim.calibration import FeedSource
 from onnxslim.feeds import Feed
 from onnxslim.passes._options import data_field, option
 from onnxslim.passes.prune._common import load_feeds
@@ -50,7 +50,7 @@ class RefitOptions:
         "Refit the kept weights (channels: the layers downstream) on calib by least "
         "squares (default: on with calib).",
     )
-    calib: Any = data_field(
+    calib: FeedSource | None = data_field(
         "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")
