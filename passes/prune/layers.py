@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from onnxslim.graphs import fresh_name
 from onnxslim.layer_rows import layer_geometry
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
@@ -133,7 +134,7 @@ class Layer:
             if self.weight.const_value is not None
             else np.dtype(np.float32)
         )
-        name = _fresh_name(graph, f"{self.weight.name}_bias")
+        name = fresh_name(graph, f"{self.weight.name}_bias")
         value = ir.Value(
             name=name,
             shape=ir.Shape(b.shape),
@@ -277,18 +278,6 @@ def _bias_of(node: ir.Node) -> tuple[ir.Value | None, ir.Node | None, ir.Value]:
             ):
                 return other, add, add.outputs[0]
     return None, None, out
-
-
-def _fresh_name(graph: ir.Graph, base: str) -> str:
-    taken = (
-        set(graph.initializers)
-        | {v.name for v in graph.inputs}
-        | {o.name for n in graph for o in n.outputs}
-    )
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
 
 
 def sparsity(w: np.ndarray) -> float:
