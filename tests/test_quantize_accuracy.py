@@ -20,12 +20,12 @@ from onnxslim.passes.quantize import static
 from onnxslim.passes.quantize.bias_correction import REPORT_KEY, correct_biases
 from onnxslim.passes.quantize.collect import collect_stats, float_values
 from onnxslim.passes.quantize.protect import find_protections
-from onnxslim.passes.quantize.sensitivity import (
+from onnxslim.runtime import Session
+from onnxslim.workflows.accuracy_aware import (
     accuracy_aware,
     quantize_accuracy_aware,
     static_quantizer,
 )
-from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 # These tests are about accuracy mechanics, so every layer is quantized: the latency guard
@@ -267,7 +267,7 @@ def test_cli_missed_target_writes_model_and_table_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from onnxslim.cli import main
-    from onnxslim.passes.quantize import sensitivity
+    from onnxslim.workflows import accuracy_aware as sensitivity
 
     # The small built CNN (4 layers) keeps the full ranking + every fallback trial quick.
     model = _built_cnn()
@@ -323,7 +323,7 @@ def test_top1_metric_reads_every_label_key(tmp_path: Path) -> None:
     # The accuracy-aware loop reads labels through evaluation.read_labelled, like every other
     # command: a `y` array is a label (its own .npz reader knew only `labels`).
     from onnxslim.evaluation import LABEL_KEYS
-    from onnxslim.passes.quantize.sensitivity import top1_metric
+    from onnxslim.workflows.accuracy_aware import top1_metric
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3)).astype(np.float32)

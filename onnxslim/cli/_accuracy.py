@@ -19,8 +19,8 @@ from onnxslim.calibration import FeedSource
 from onnxslim.cli._app import err, out, print_json
 from onnxslim.cli._options import save_model
 from onnxslim.errors import GateFailed, UsageError
-from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 from onnxslim.passes.quantize.static import QuantizeStatic
+from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 
 
 def table_path(output: Path) -> Path:

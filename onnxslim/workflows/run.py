@@ -36,12 +36,12 @@ from onnxslim.graphs import node_count
 from onnxslim.images import resolve_folder
 from onnxslim.passes.cluster import UnpackPalette
 from onnxslim.passes.fold import FixInputShapes
-from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 from onnxslim.passes.quantize.static import QuantizeStatic
 from onnxslim.pipeline import Guard, Pipeline, run_pipeline
 from onnxslim.recipe import Recipe, Step, load_recipe
 from onnxslim.registry import make_pass, pass_class
 from onnxslim.report import RunReport, StepReport, gzip_size
+from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 from onnxslim.workflows.cluster import cluster_model
 from onnxslim.workflows.optimize import optimize, validation_feeds
 from onnxslim.workflows.prune import prune

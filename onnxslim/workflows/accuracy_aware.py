@@ -38,9 +38,8 @@ import onnx_ir as ir
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.evaluation import LABEL_KEYS, Top1, read_labelled, top1_accuracy
+from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
 from onnxslim.runtime import Session
-
-from .static import QuantizeStatic, quantize_static
 
 QuantizeFn = Callable[[frozenset[str]], ir.Model]
 MetricFn = Callable[[ir.Model], float]
