@@ -194,7 +194,9 @@ def cluster_model(
     # The clean-up's check runs on the user's data when there is some (generated feeds
     # can take a branch or a shape the user's model never sees).
     has_data = eval_data is not None or calib is not None
-    user_feeds = parity_feeds(model, eval_data, calib)[:4] if has_data else None
+    # Read once: the clean-up's check takes the first 4, the final comparison all of them.
+    check_feeds = parity_feeds(model, eval_data, calib) if has_data or validate_result else None
+    user_feeds = check_feeds[:4] if has_data and check_feeds is not None else None
     cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
     if max_size is not None:
@@ -245,9 +247,9 @@ def cluster_model(
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
     if validate_result:
-        feeds = parity_feeds(model, eval_data, calib)
+        assert check_feeds is not None
         measured = compare(
-            model, clustered, "clustered", feeds=feeds, eval_data=eval_data, runs=runs
+            model, clustered, "clustered", feeds=check_feeds, eval_data=eval_data, runs=runs
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
