@@ -314,6 +314,13 @@ def _quantize(
                 "the output may differ between runs"
             )
         options.setdefault("latency_guard", False)
+        # The same for the activation mode: `auto` times static against run-time int8.
+        if options.get("activations") == "auto":
+            warnings.append(
+                "activations = auto: timing decides which int8 kernels run, so the output "
+                "may differ between runs"
+            )
+        options.setdefault("activations", "static")
         if recipe.max_samples is not None:
             options.setdefault("max_samples", recipe.max_samples)
     if max_drop is not None:
