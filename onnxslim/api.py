@@ -30,7 +30,7 @@ from onnxslim.report import RunReport
 from onnxslim.report_html import require_matplotlib
 from onnxslim.sources import ModelResult, ModelSource, as_model, is_path
 from onnxslim.tolerance import Tolerance
-from onnxslim.validation import ProgressCallback, ValidationReport, run_model
+from onnxslim.validation import FeedsArg, ProgressCallback, ValidationReport, run_model
 from onnxslim.validation import validate as _validate
 from onnxslim.workflows import optimize as _optimize
 from onnxslim.workflows.cluster import ClusterResult, cluster_model
@@ -147,7 +147,7 @@ def validate(
     reference: ModelSource,
     candidate: ModelSource,
     *,
-    feeds: Any = None,
+    feeds: FeedsArg = None,
     max_samples: int | None = None,
     seed: int = 0,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,

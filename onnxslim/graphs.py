@@ -50,3 +50,17 @@ def tensor_bytes(model: ir.Model) -> int:
 def node_count(model: ir.Model) -> int:
     """Number of nodes, subgraphs and functions included."""
     return sum(1 for _ in iter_nodes(model))
+
+
+def fresh_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_1`, `base_2`, ...: the first name no initializer, input or node
+    output of `graph` holds."""
+    taken = (
+        set(graph.initializers)
+        | {v.name for v in graph.inputs}
+        | {o.name for n in graph for o in n.outputs}
+    )
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name

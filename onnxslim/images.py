@@ -163,7 +163,7 @@ class ImageReader:
 
     def __post_init__(self) -> None:
         try:
-            import PIL.Image  # noqa: F401
+            import PIL.Image  # noqa: F401  (optional extra [images]: only image folders)
         except ImportError as exc:
             raise DataError(
                 f"{self.folder}: reading images needs Pillow (pip install 'onnxslim[images]')"
@@ -188,7 +188,7 @@ class ImageReader:
             yield OriginFeed({self.spec.name: self.load(file)}, str(file))
 
     def load(self, file: Path) -> np.ndarray:
-        import PIL.Image
+        import PIL.Image  # optional extra [images], checked in __post_init__
 
         p = self.preprocessing
         assert p.size is not None and p.layout is not None and p.scale is not None
@@ -218,7 +218,7 @@ class ImageReader:
 
 
 def _resize(image: Any, size: tuple[int, int], mode: str) -> Any:
-    import PIL.Image
+    import PIL.Image  # optional extra [images]: only image folders need it
 
     height, width = size
     if mode == "crop":

@@ -42,20 +42,7 @@ import yaml as pyyaml
 from onnxslim import presets
 from onnxslim.errors import UsageError
 from onnxslim.images import ImagePreprocessing
-from onnxslim.registry import (
-    CLUSTER_PASS,
-    PRUNE_METHODS,
-    PRUNE_STORAGE,
-    QUANTIZE_MODES,
-    available_passes,
-    make_cluster_pass,
-    make_pass,
-    make_prune_pass,
-    make_quantize_pass,
-    pass_class,
-    prune_pass_class,
-    quantize_pass_class,
-)
+from onnxslim.recipe_steps import Step, bad_value, check_step, unknown_keys
 from onnxslim.suggest import did_you_mean
 from onnxslim.targets import EMULATED_TARGETS
 
@@ -79,7 +66,6 @@ GATE_KEYS = (
 )
 MEASURE_KEYS = ("latency_runs", "parity_feeds", "target_feeds")
 METRICS = ("auto", "top1", "agreement")
-STEPS = ("optimize", "quantize", "prune", "cluster")
 OBJECTIVES = ("smallest", "fastest")
 # Search axes that need no step prefix: alias -> (step, option).
 SEARCH_ALIASES = {
@@ -89,29 +75,6 @@ SEARCH_ALIASES = {
     "keep_float": ("quantize", "exclude"),
     "calibration": ("quantize", "method"),
 }
-# Options of the high-level steps that are not fields of their pass classes.
-_STEP_EXTRAS: dict[str, dict[str, Any]] = {
-    "quantize": {"mode": "static", "max_drop": None},
-    "prune": {"method": "magnitude", "sparsity": 0.5, "storage": "packed"},
-    "cluster": {"bits": 4, "strip_metadata": True},
-    "optimize": {},
-}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One entry of the recipe's `[[pass]]` list: a name and its options (JSON values)."""
-
-    name: str
-    options: dict[str, Any]
-
-    @property
-    def kind(self) -> str:
-        return self.name if self.name in STEPS else "pass"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.options}
-
 
 _T = TypeVar("_T")
 
@@ -210,7 +173,7 @@ class Recipe:
             steps.append(Step(step.name, options))
         recipe = dataclasses.replace(self, steps=tuple(steps))
         for step in recipe.steps:
-            _check_step(step, f"{self.source}: search", len(steps))
+            check_step(step, f"{self.source}: search", len(steps))
         return recipe
 
 
@@ -292,20 +255,20 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
             )
             return default
 
-    attempt(lambda: _unknown(document, SCHEMA_KEYS, where, ""), None)
+    attempt(lambda: unknown_keys(document, SCHEMA_KEYS, where, ""), None)
     description = document.get("description", "")
     if not isinstance(description, str):
-        attempt(lambda: _bad(where, "description", "a string", description), None)
+        attempt(lambda: bad_value(where, "description", "a string", description), None)
         description = ""
     data: Mapping[str, Any] = attempt(lambda: _table(document, "data", where), {})
-    attempt(lambda: _unknown(data, DATA_KEYS, where, "data.", old=OLD_DATA_KEYS), None)
+    attempt(lambda: unknown_keys(data, DATA_KEYS, where, "data.", old=OLD_DATA_KEYS), None)
     paths = {}
     for key in ("calib", "eval"):
         value = data.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
-            attempt(partial(_bad, where, f"data.{key}", "a path", value), None)
+            attempt(partial(bad_value, where, f"data.{key}", "a path", value), None)
             continue
         path = (base / value).absolute()
         if not path.exists():
@@ -343,7 +306,7 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
     if tables is None:
         errors.append("pass: a recipe needs at least one [[pass]] table")
     elif not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
-        attempt(lambda: _bad(where, "pass", "a list of [[pass]] tables", tables), None)
+        attempt(lambda: bad_value(where, "pass", "a list of [[pass]] tables", tables), None)
     else:
         for i, table in enumerate(tables):
             options = {k: v for k, v in table.items() if k != "name"}
@@ -352,11 +315,11 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
                 errors.append(f"pass[{i}].name: every [[pass]] needs a name")
                 continue
             step = Step(name, options)
-            attempt(partial(_check_step, step, where, i), None)
+            attempt(partial(check_step, step, where, i), None)
             steps.append(step)
     gates = attempt(lambda: _gates(_table(document, "gates", where), where), Gates())
     measure_table: Mapping[str, Any] = attempt(lambda: _table(document, "measure", where), {})
-    attempt(lambda: _unknown(measure_table, MEASURE_KEYS, where, "measure."), None)
+    attempt(lambda: unknown_keys(measure_table, MEASURE_KEYS, where, "measure."), None)
     measure = attempt(
         lambda: Measure(
             **{
@@ -388,142 +351,20 @@ def parse_document(document: Mapping[str, Any], *, source: str, base: Path) -> R
     )
 
 
-def _check_step(step: Step, where: str, index: int) -> None:
-    """Build the step's pass once (without data) so bad options fail before any work."""
-    key = f"pass[{index}]"
-    options = step.options
-    if step.name in STEPS:
-        extras = _STEP_EXTRAS[step.name]
-        classes = _step_classes(step, where, key)
-        known = set(extras) | {
-            f.name
-            for cls in classes
-            for f in dataclasses.fields(cls)
-            if f.init and not f.metadata.get("internal")
-        }
-        _unknown(options, sorted(known), where, f"{key}.", what=f"option of {step.name}")
-        for name, default in extras.items():
-            if name in options:
-                _check_value(options[name], default, None, where, f"{key}.{name}")
-        fields = {f.name: f for cls in classes for f in dataclasses.fields(cls)}
-        for name, value in options.items():
-            if name in fields and name not in extras:
-                f = fields[name]
-                _check_value(value, f.default, f.metadata.get("choices"), where, f"{key}.{name}")
-        if step.name == "quantize" and options.get("max_drop") is not None:
-            if options.get("mode", "static") != "static":
-                raise UsageError(f"{where}: {key}.max_drop: accuracy-aware mode needs mode static")
-        try:
-            _build(step)
-        except UsageError as exc:
-            raise UsageError(f"{where}: {key} ({step.name}): {exc}") from None
-        return
-    cls = available_passes().get(step.name)
-    if cls is None:
-        raise UsageError(
-            f"{where}: {key}.name: unknown pass {step.name!r}; expected one of "
-            f"{', '.join(STEPS)} or a pass `onnxslim passes` lists"
-            f"{did_you_mean(step.name, [*STEPS, *available_passes()])}"
-        )
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    _unknown(options, sorted(fields), where, f"{key}.", what=f"option of {step.name}")
-    for name, value in options.items():
-        f = fields[name]
-        if not f.metadata.get("data"):
-            _check_value(value, f.default, f.metadata.get("choices"), where, f"{key}.{name}")
-    try:
-        make_pass(
-            step.name, {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        )
-    except UsageError as exc:
-        raise UsageError(f"{where}: {key} ({step.name}): {exc}") from None
-
-
-def _step_classes(step: Step, where: str, key: str) -> list[type]:
-    options = step.options
-    if step.name == "quantize":
-        mode = options.get("mode", "static")
-        if mode not in QUANTIZE_MODES:
-            _bad(where, f"{key}.mode", f"one of {', '.join(QUANTIZE_MODES)}", mode)
-        return [quantize_pass_class(mode)]
-    if step.name == "prune":
-        method = options.get("method", "magnitude")
-        if method not in PRUNE_METHODS:
-            _bad(where, f"{key}.method", f"one of {', '.join(PRUNE_METHODS)}", method)
-        return [prune_pass_class(method)]
-    if step.name == "cluster":
-        return [pass_class(CLUSTER_PASS)]
-    return []
-
-
-def _build(step: Step) -> None:
-    """Construct the step's pass with its options (the pass's own checks run here)."""
-    options: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()
-    }
-    if step.name == "quantize":
-        mode = options.pop("mode", "static")
-        options.pop("max_drop", None)
-        make_quantize_pass(mode, **options)
-    elif step.name == "prune":
-        method = options.pop("method", "magnitude")
-        sparsity = options.pop("sparsity", 0.5)
-        storage = options.pop("storage", "packed")
-        if storage not in PRUNE_STORAGE:
-            raise UsageError(
-                f"storage: expected one of {', '.join(PRUNE_STORAGE)}, got {storage!r}"
-            )
-        if not 0 <= sparsity < 1:
-            raise UsageError(f"sparsity: expected 0 <= S < 1, got {sparsity}")
-        if method == "channels":
-            options.setdefault("ratio", sparsity)
-        elif method == "magnitude":
-            options.setdefault("sparsity", sparsity)
-        make_prune_pass(method, **options)
-    elif step.name == "cluster":
-        options.pop("strip_metadata", None)
-        make_cluster_pass(**options)
-
-
-def _check_value(value: Any, default: Any, choices: Any, where: str, key: str) -> None:
-    """The value's JSON type must match the option's default (bool, number, string, list)."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            _bad(where, key, "true or false", value)
-    elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _bad(where, key, "a number", value)
-        if (
-            isinstance(default, int)
-            and not isinstance(default, bool)
-            and isinstance(value, float)
-            and not value.is_integer()
-        ):
-            _bad(where, key, "an integer", value)
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            _bad(where, key, "a string", value)
-    elif isinstance(default, (tuple, frozenset)):
-        if not isinstance(value, list):
-            _bad(where, key, "a list", value)
-    if choices is not None and value not in choices:
-        _bad(where, key, f"one of {', '.join(map(str, choices))}", value)
-
-
 def _gates(table: Mapping[str, Any], where: str) -> Gates:
-    _unknown(table, GATE_KEYS, where, "gates.")
+    unknown_keys(table, GATE_KEYS, where, "gates.")
     metric = table.get("metric", "auto")
     if metric not in METRICS:
-        _bad(where, "gates.metric", f"one of {', '.join(METRICS)}", metric)
+        bad_value(where, "gates.metric", f"one of {', '.join(METRICS)}", metric)
     values: dict[str, Any] = {"metric": metric}
     for key in GATE_KEYS[1:5]:
         value = table.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _bad(where, f"gates.{key}", "a number", value)
+            bad_value(where, f"gates.{key}", "a number", value)
         if value < 0 or (key == "min_size_reduction" and value >= 1):
-            _bad(
+            bad_value(
                 where,
                 f"gates.{key}",
                 "a number >= 0" + (" and < 1" if key.startswith("min") else ""),
@@ -534,7 +375,7 @@ def _gates(table: Mapping[str, Any], where: str) -> Gates:
     if isinstance(targets, str):
         targets = [targets]
     if not isinstance(targets, list) or any(t not in EMULATED_TARGETS for t in targets):
-        _bad(where, "gates.targets", f"a list of {', '.join(EMULATED_TARGETS)}", targets)
+        bad_value(where, "gates.targets", f"a list of {', '.join(EMULATED_TARGETS)}", targets)
     values["targets"] = tuple(targets)
     return Gates(**values)
 
@@ -545,7 +386,7 @@ def _search(table: Mapping[str, Any], where: str, steps: list[Step]) -> dict[str
         return {}
     objective = table.get("objective", "smallest")
     if objective not in OBJECTIVES:
-        _bad(where, "search.objective", f"one of {', '.join(OBJECTIVES)}", objective)
+        bad_value(where, "search.objective", f"one of {', '.join(OBJECTIVES)}", objective)
     names = {s.name for s in steps}
     axes: dict[str, list[Any]] = {}
     for key, values in table.items():
@@ -562,14 +403,14 @@ def _search(table: Mapping[str, Any], where: str, steps: list[Step]) -> dict[str
         if step not in names:
             raise UsageError(f"{where}: search.{key}: the recipe has no {step!r} step to vary")
         if not isinstance(values, list) or not values:
-            _bad(where, f"search.{key}", "a non-empty list of values", values)
+            bad_value(where, f"search.{key}", "a non-empty list of values", values)
         for value in values:
             trial = [
                 Step(s.name, {**s.options, option: value}) if s.name == step else s for s in steps
             ]
             index = next(i for i, s in enumerate(trial) if s.name == step)
             try:
-                _check_step(trial[index], where, index)
+                check_step(trial[index], where, index)
             except UsageError as exc:
                 raise UsageError(f"search.{key} = {value!r}: {exc}") from None
         axes[f"{step}.{option}"] = values
@@ -581,7 +422,7 @@ def _search(table: Mapping[str, Any], where: str, steps: list[Step]) -> dict[str
 def _table(document: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
     value = document.get(key, {})
     if not isinstance(value, Mapping):
-        _bad(where, key, "a table", value)
+        bad_value(where, key, "a table", value)
     return value
 
 
@@ -590,29 +431,5 @@ def _int(table: Mapping[str, Any], key: str, where: str, prefix: str, minimum: i
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _bad(where, prefix + key, f"an integer >= {minimum}", value)
+        bad_value(where, prefix + key, f"an integer >= {minimum}", value)
     return int(value)
-
-
-def _unknown(
-    table: Mapping[str, Any],
-    known: Any,
-    where: str,
-    prefix: str,
-    what: str = "key",
-    old: Any = (),
-) -> None:
-    """Every unknown key of `table` at once, each with its closest known key; `old` names
-    are accepted (they warn elsewhere) but neither listed nor suggested."""
-    known = list(known)
-    bad = [
-        f"{prefix}{key}: unknown {what}{did_you_mean(str(key), known)}"
-        for key in table
-        if key not in known and key not in old
-    ]
-    if bad:
-        raise UsageError(f"{where}: {'; '.join(bad)} (expected one of {', '.join(known)})")
-
-
-def _bad(where: str, key: str, expected: str, value: Any) -> None:
-    raise UsageError(f"{where}: {key}: expected {expected}, got {json.dumps(value, default=str)}")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 
 from onnxslim.errors import OnnxSlimError, RuntimeFailure, UsageError
 from onnxslim.feeds import Feed
@@ -309,8 +310,6 @@ def _setup_arm64(folder: Path, say: Progress) -> str:
 
 
 def _host_versions() -> dict[str, str]:
-    import onnxruntime
-
     return {"onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 

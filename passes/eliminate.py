@@ -76,6 +76,7 @@ _CHAIN_ROOTS = frozenset({"Reshape", "Transpose", "Unsqueeze"})
 @functools.cache
 def _chain_rules() -> Any:
     """onnxscript's chain rules (imported on first use: onnxscript takes a while to import)."""
+    # onnxscript takes ~1 s to import; only graphs with layout chains reach the rules.
     from onnxscript.rewriter import RewriteRuleSet
     from onnxscript.rewriter.rules import common as rules
 
@@ -221,7 +222,7 @@ def _dims(value: ir.Value | None) -> tuple[int | ir.SymbolicDim, ...] | None:
 
 def _propagate_constants(graph: GraphLike) -> None:
     """Give Constant node outputs their const_value (onnxscript's rules read it)."""
-    from onnxscript.optimizer import basic_constant_propagation
+    from onnxscript.optimizer import basic_constant_propagation  # ~1 s import, deferred
 
     basic_constant_propagation(graph)
 

@@ -23,6 +23,7 @@ Replacement = Any  # onnxscript.optimizer._constant_folding.Replacement
 
 
 def _int_constant(values: list[int], *, scalar: bool) -> Replacement:
+    # onnxscript takes ~1 s to import; the folder that calls this has loaded it already.
     from onnxscript.optimizer._constant_folding import Replacement
 
     array = np.array(values[0] if scalar else values, dtype=np.int64)

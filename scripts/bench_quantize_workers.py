@@ -51,7 +51,7 @@ def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) 
 
     model = io.load(model_path)
     if extra:
-        from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
+        from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 
         options = dict(zip(extra[::2], extra[1::2], strict=True))
         metric = _eval_metric(Path(model_path).stem, options["--eval"])
@@ -70,7 +70,7 @@ def _onnxslim_quantize(model_path: str, calib: str, out: str, extra: list[str]) 
 
 def _eval_metric(name: str, eval_path: str) -> Any:
     """The model's own metric (scripts/model_metrics.py) on its eval set, as an API callable."""
-    from onnxslim.passes.quantize.sensitivity import run_outputs
+    from onnxslim.workflows.accuracy_aware import run_outputs
 
     metrics = metrics_module()
     with np.load(eval_path) as data:

@@ -15,16 +15,17 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxslim.errors import DataError
 from onnxslim.passes.quantize import static
 from onnxslim.passes.quantize.bias_correction import REPORT_KEY, correct_biases
 from onnxslim.passes.quantize.collect import collect_stats, float_values
 from onnxslim.passes.quantize.protect import find_protections
-from onnxslim.passes.quantize.sensitivity import (
+from onnxslim.runtime import Session
+from onnxslim.workflows.accuracy_aware import (
     accuracy_aware,
     quantize_accuracy_aware,
     static_quantizer,
 )
-from onnxslim.runtime import Session
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 # These tests are about accuracy mechanics, so every layer is quantized: the latency guard
@@ -262,22 +263,11 @@ def test_accuracy_aware_miss_returns_best_model_and_table() -> None:
     assert all(row.layer in text for row in result.table)
 
 
-def _cli_has_max_drop() -> bool:
-    try:
-        from onnxslim.cli import quantize as quantize_cli
-    except ImportError:
-        return False
-    import inspect
-
-    return "max_drop" in inspect.signature(quantize_cli.quantize_command).parameters
-
-
-@pytest.mark.skipif(not _cli_has_max_drop(), reason="`onnxslim quantize --max-drop` not wired yet")
 def test_cli_missed_target_writes_model_and_table_and_exits_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from onnxslim.cli import main
-    from onnxslim.passes.quantize import sensitivity
+    from onnxslim.workflows import accuracy_aware as sensitivity
 
     # The small built CNN (4 layers) keeps the full ranking + every fallback trial quick.
     model = _built_cnn()
@@ -327,3 +317,33 @@ def test_cli_missed_target_writes_model_and_table_and_exits_1(
     table = json.loads((tmp_path / "int8.onnx.sensitivity.json").read_text())
     assert table["met"] is False and table["sensitivity"]
     assert Session(ir.load(out)).run(evals[0])  # the best model found runs
+
+
+def test_top1_metric_reads_every_label_key(tmp_path: Path) -> None:
+    # The accuracy-aware loop reads labels through evaluation.read_labelled, like every other
+    # command: a `y` array is a label (its own .npz reader knew only `labels`).
+    from onnxslim.evaluation import LABEL_KEYS
+    from onnxslim.workflows.accuracy_aware import top1_metric
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"])],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    x = rng.standard_normal((12, 1, 4)).astype(np.float32)
+    truth = (x[:, 0] @ w).argmax(-1)
+    labels = truth.copy()
+    labels[:3] = (labels[:3] + 1) % 3  # three of twelve wrong: accuracy 0.75
+    assert "y" in LABEL_KEYS
+    np.savez(tmp_path / "eval.npz", x=x, y=labels)
+    assert top1_metric(tmp_path / "eval.npz", model)(model) == pytest.approx(0.75)
+    np.savez(tmp_path / "unlabelled.npz", x=x)
+    with pytest.raises(DataError, match="no labels"):
+        top1_metric(tmp_path / "unlabelled.npz", model)

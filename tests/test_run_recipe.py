@@ -376,3 +376,20 @@ def test_unmeasurable_metric_fails_its_gate(tmp_path: Path, capsys) -> None:
         == 1
     )
     assert "not measurable" in capsys.readouterr().err
+
+
+def test_run_never_times_the_activation_mode(tmp_path: Path, monkeypatch) -> None:
+    # README "Reproducible": timing never decides what `run` writes. The quantizer's
+    # activations = auto times static against run-time int8 (an LSTM has both), and on a
+    # loaded machine the README row of digits_lstm mobile-int8-pruned flipped between them.
+    from onnxslim.passes.quantize import activation_mode
+
+    def timed(*args: object, **kwargs: object) -> None:
+        raise AssertionError("run timed the activation mode")
+
+    monkeypatch.setattr(activation_mode, "latency_ratios", timed)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\nmax_samples = 8\n[[pass]]\nname = "quantize"\n' + FAST)
+    out = tmp_path / "lstm.onnx"
+    args = ["run", str(recipe), str(MODELS / "digits_lstm.onnx"), "-o", str(out)]
+    assert main([*args, "--calib", str(MODELS / "digits_lstm.calib.npz")]) == 0

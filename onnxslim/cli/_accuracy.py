@@ -21,8 +21,8 @@ from onnxslim.cli._options import save_model
 from onnxslim.errors import GateFailed, UsageError
 from onnxslim.outputs import is_classifier_output
 from onnxslim.passes.fold import FixInputShapes
-from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 from onnxslim.passes.quantize.static import QuantizeStatic
+from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 
 
 def table_path(output: Path) -> Path:

@@ -12,9 +12,17 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._app import app, err, out
+from onnxslim.cli._compared import (
+    MAX_DROP,
+    RUNS,
+    print_comparison,
+    print_gate,
+    working,
+    write_and_report,
+)
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import fail_on_max_drop, fail_on_target, print_target, target_option
+from onnxslim.cli._target import target_option
 from onnxslim.errors import UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
@@ -134,16 +142,8 @@ def cluster_command(
         help="Keep exporter debug metadata (node "
         "stack traces, doc strings); by default it is dropped.",
     ),
-    max_drop: float | None = typer.Option(
-        None,
-        "--max-drop",
-        metavar="POINTS",
-        help="Fail (exit 1) if accuracy drops by more than "
-        "this many points (top-1 disagreement without labels).",
-    ),
-    runs: int = typer.Option(
-        50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."
-    ),
+    max_drop: float | None = MAX_DROP,
+    runs: int = RUNS,
     verify: bool = opt.VERIFY,
     overwrite: bool = opt.OVERWRITE,
     external_data: bool | None = opt.EXTERNAL_DATA,
@@ -191,11 +191,7 @@ def cluster_command(
         options["budget"] = budget
     if max_size is not None:
         options["max_size"] = parse_size(max_size, model.stat().st_size if model.is_file() else 0)
-    with (
-        err.status("clustering and validating on ONNX Runtime", spinner="dots")
-        if err.is_terminal
-        else _null()
-    ):
+    with working("clustering and validating on ONNX Runtime"):
         result = api.cluster(
             model,
             bits=bits,
@@ -210,23 +206,19 @@ def cluster_command(
             optimize=optimize,
             **options,
         )
-    opt.save_model(
-        result.model,
-        output,
-        source=model,
+    write_and_report(
+        result,
+        model=model,
+        output=output,
         overwrite=overwrite,
         external_data=external_data,
         threshold=external_threshold,
+        json_output=json_output,
+        sources=sources,
+        print_report=_print_report,
+        advice=_advice(result.request),
+        max_drop_advice=_ADVICE.removeprefix("try "),
     )
-    if json_output:
-        print_json(
-            {"input": str(model), "output": str(output), **result.to_dict(), **sources.record()}
-        )
-    else:
-        _print_report(result, model, output)
-        print_target(result.target)
-    fail_on_max_drop(result.gate, output, _ADVICE.removeprefix("try "))
-    fail_on_target(result.target, output, _advice(result.request))
 
 
 def _advice(request: dict[str, Any] | None) -> str:
@@ -286,14 +278,6 @@ def parse_size(text: str, reference: int) -> int:
     if not 0 < fraction <= 1:
         raise typer.BadParameter(f"{text!r}: a fraction must be in (0, 1]", param_hint="--max-size")
     return int(fraction * reference)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _db(relative_error: float) -> str:
@@ -382,31 +366,7 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
             f"at the target: {result.bits_per_weight:.2f} bits per clustered weight "
             f"(tried, in bits per weight: {tried})"
         )
-    if result.session_ms:
-        out.print(
-            f"session start {result.session_ms['original']:.1f} -> "
-            f"{result.session_ms['clustered']:.1f} ms "
-            "(palettes expand here)"
-        )
-    if result.latency_ratio:
-        out.print(
-            f"latency: clustered / original = {result.latency_ratio:.2f} (1 thread, interleaved, "
-            "ORT_ENABLE_ALL)"
-        )
-    if result.accuracy is not None:
-        acc = result.accuracy
-        out.print(
-            f"top-1 accuracy {acc['original']:.2%} -> {acc['clustered']:.2%} "
-            f"({-acc['drop_points']:+.2f} points, {int(acc['samples'])} samples)"
-        )
-    if result.validation is not None:
-        for o in result.validation.outputs:
-            agreement = (
-                f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
-            )
-            out.print(
-                f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}"
-            )
+    print_comparison(result, "clustered", " (palettes expand here)")
     out.print(f"onnx.checker: {escape(result.checker)}")
     by_reason: dict[str, list[str]] = {}
     for entry in result.skipped:
@@ -418,10 +378,4 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         err.print(f"[dim]{escape(note)}[/]")
     for warning in result.warnings:
         err.print(f"[yellow]warning[/] {escape(warning)}")
-    if result.gate is not None:
-        verdict = "passed" if result.gate["passed"] else "FAILED"
-        out.print(
-            f"gate --max-drop {result.gate['max_drop']:g}: {verdict} "
-            f"({result.gate['drop_points']:.2f} points)"
-        )
-    out.print(f"wrote {escape(str(output))}")
+    print_gate(result, output)

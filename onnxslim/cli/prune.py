@@ -11,9 +11,17 @@ from rich.table import Table
 
 from onnxslim import api, io
 from onnxslim.cli import _options as opt
-from onnxslim.cli._app import app, err, out, print_json
+from onnxslim.cli._app import app, err, out
+from onnxslim.cli._compared import (
+    MAX_DROP,
+    RUNS,
+    print_comparison,
+    print_gate,
+    working,
+    write_and_report,
+)
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import fail_on_max_drop, fail_on_target, print_target, target_option
+from onnxslim.cli._target import target_option
 from onnxslim.errors import UsageError
 
 
@@ -95,16 +103,8 @@ def prune_command(
         help="packed: sparse weights as values + bitmask (smaller "
         "file, ORT expands them at load); dense: plain initializers.",
     ),
-    max_drop: float | None = typer.Option(
-        None,
-        "--max-drop",
-        metavar="POINTS",
-        help="Fail (exit 1) if accuracy drops by more than "
-        "this many points (top-1 disagreement without labels).",
-    ),
-    runs: int = typer.Option(
-        50, "--runs", min=0, help="Timed runs per model for the latency ratio (0: skip)."
-    ),
+    max_drop: float | None = MAX_DROP,
+    runs: int = RUNS,
     verify: bool = opt.VERIFY,
     overwrite: bool = opt.OVERWRITE,
     external_data: bool | None = opt.EXTERNAL_DATA,
@@ -142,11 +142,7 @@ def prune_command(
         raise typer.BadParameter(
             f"{method!r}: expected magnitude, nm or channels", param_hint="--method"
         )
-    with (
-        err.status("pruning and validating on ONNX Runtime", spinner="dots")
-        if err.is_terminal
-        else _null()
-    ):
+    with working("pruning and validating on ONNX Runtime"):
         result = api.prune(
             model,
             method=method,
@@ -161,23 +157,19 @@ def prune_command(
             runs=runs,
             **options,
         )
-    opt.save_model(
-        result.model,
-        output,
-        source=model,
+    write_and_report(
+        result,
+        model=model,
+        output=output,
         overwrite=overwrite,
         external_data=external_data,
         threshold=external_threshold,
+        json_output=json_output,
+        sources=sources,
+        print_report=_print_report,
+        advice=_advice(result.request),
+        max_drop_advice=_ADVICE.removeprefix("try "),
     )
-    if json_output:
-        print_json(
-            {"input": str(model), "output": str(output), **result.to_dict(), **sources.record()}
-        )
-    else:
-        _print_report(result, model, output)
-        print_target(result.target)
-    fail_on_max_drop(result.gate, output, _ADVICE.removeprefix("try "))
-    fail_on_target(result.target, output, _advice(result.request))
 
 
 def _advice(request: dict[str, Any] | None) -> str:
@@ -201,14 +193,6 @@ _ADVICE = (
     "try a lower --sparsity, --calib data for the least-squares refit, "
     "--allocation target, or --exclude the layers that compute that output"
 )
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no-untyped-def]
@@ -239,30 +223,7 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
         )
     out.print(f"size raw  {b.raw:,} -> {a.raw:,} bytes ({a.raw / b.raw:.2f}x)")
     out.print(f"size gzip {b.gzip:,} -> {a.gzip:,} bytes ({a.gzip / b.gzip:.2f}x)")
-    if result.session_ms:
-        out.print(
-            f"session start {result.session_ms['original']:.1f} -> "
-            f"{result.session_ms['pruned']:.1f} ms"
-        )
-    if result.latency_ratio:
-        out.print(
-            f"latency: pruned is {result.latency_ratio:.2f}x the speed of the original "
-            "(1 thread, interleaved, ORT_ENABLE_ALL)"
-        )
-    if result.accuracy is not None:
-        acc = result.accuracy
-        out.print(
-            f"top-1 accuracy {acc['original']:.2%} -> {acc['pruned']:.2%} "
-            f"({-acc['drop_points']:+.2f} points, {int(acc['samples'])} samples)"
-        )
-    if result.validation is not None:
-        for o in result.validation.outputs:
-            agreement = (
-                f", top-1 agreement {o.top1_agreement:.2%}" if o.top1_agreement is not None else ""
-            )
-            out.print(
-                f"parity {escape(o.name)}: cosine {o.cosine:.5f}, SNR {o.snr_db:.1f} dB{agreement}"
-            )
+    print_comparison(result, "pruned")
     refit = [r for r in result.details.get("refit", []) if not r["skipped"]]
     if refit:
         before = sum(r["error_before"] for r in refit) / len(refit)
@@ -279,10 +240,4 @@ def _print_report(result, model: Path, output: Path) -> None:  # type: ignore[no
             )
     for warning in result.warnings:
         err.print(f"[yellow]warning[/] {escape(warning)}")
-    if result.gate is not None:
-        verdict = "passed" if result.gate["passed"] else "FAILED"
-        out.print(
-            f"gate --max-drop {result.gate['max_drop']:g}: {verdict} "
-            f"({result.gate['drop_points']:.2f} points)"
-        )
-    out.print(f"wrote {escape(str(output))}")
+    print_gate(result, output)

@@ -35,16 +35,15 @@ from onnxslim.pipeline import PassRecord, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import make_cluster_pass
 from onnxslim.runtime import ort_optimized
 from onnxslim.sources import ModelResult
-from onnxslim.validation import ValidationReport, validate
+from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck
 from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
+    Compared,
     Sizes,
-    labelled,
+    compare,
     model_sizes,
     parity_feeds,
-    session_start_ms,
-    top1,
 )
 from onnxslim.workflows.optimize import optimize as optimize_model
 
@@ -56,7 +55,7 @@ _INTERNAL = ("accept", "probe_feeds", "requested", "calib")
 
 
 @dataclass
-class ClusterResult(ModelResult):
+class ClusterResult(Compared, ModelResult):
     """The clustered model and its report."""
 
     model: ir.Model
@@ -100,37 +99,10 @@ class ClusterResult(ModelResult):
         return 8.0 * sum(w["stored_bytes"] for w in self.weights) / elements if elements else 32.0
 
     @property
-    def latency_ratio(self) -> float | None:
-        """Clustered median latency over the original's (1.0: same speed)."""
-        speedup = self.validation.speedup if self.validation is not None else None
-        return 1.0 / speedup if speedup else None
-
-    @property
     def weight_ratio(self) -> float:
         """Stored bytes of the clustered tensors over their float bytes."""
         dense = sum(w["dense_bytes"] for w in self.weights)
         return sum(w["stored_bytes"] for w in self.weights) / dense if dense else 1.0
-
-    @property
-    def drop_points(self) -> float | None:
-        """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
-        if self.accuracy is not None:
-            return self.accuracy["drop_points"]
-        scored = self._scored()
-        return None if scored is None else 100.0 * (1.0 - scored[1])
-
-    @property
-    def drop_output(self) -> str | None:
-        """The output `drop_points` is measured on: the first classifier-shaped one."""
-        scored = self._scored()
-        return None if scored is None else scored[0]
-
-    def _scored(self) -> tuple[str, float] | None:
-        """The first output with top-1 agreement (onnxslim.outputs' rule) and its figure."""
-        outputs = self.validation.outputs if self.validation is not None else []
-        return next(
-            ((o.name, o.top1_agreement) for o in outputs if o.top1_agreement is not None), None
-        )
 
     def to_dict(self) -> dict[str, Any]:
         sizes = {
@@ -222,7 +194,9 @@ def cluster_model(
     # The clean-up's check runs on the user's data when there is some (generated feeds
     # can take a branch or a shape the user's model never sees).
     has_data = eval_data is not None or calib is not None
-    user_feeds = parity_feeds(model, eval_data, calib)[:4] if has_data else None
+    # Read once: the clean-up's check takes the first 4, the final comparison all of them.
+    check_feeds = parity_feeds(model, eval_data, calib) if has_data or validate_result else None
+    user_feeds = check_feeds[:4] if has_data and check_feeds is not None else None
     cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
     if max_size is not None:
@@ -273,31 +247,12 @@ def cluster_model(
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
     if validate_result:
-        feeds = parity_feeds(model, eval_data, calib)
-        report.session_ms = {
-            "original": session_start_ms(model),
-            "clustered": session_start_ms(clustered),
-        }
-        report.validation = validate(
-            model,
-            clustered,
-            feeds=feeds,
-            runs=runs,
-            warmup=5,
-            measure_memory=False,
-            atol=1e-3,
-            rtol=1e-3,
+        assert check_feeds is not None
+        measured = compare(
+            model, clustered, "clustered", feeds=check_feeds, eval_data=eval_data, runs=runs
         )
-        if eval_data is not None:
-            data = labelled(eval_data, model)
-            if data is not None:
-                original_acc, clustered_acc = top1([model, clustered], *data)
-                report.accuracy = {
-                    "original": original_acc,
-                    "clustered": clustered_acc,
-                    "drop_points": 100.0 * (original_acc - clustered_acc),
-                    "samples": float(len(data[1])),
-                }
+        report.session_ms, report.validation = measured.session_ms, measured.validation
+        report.accuracy = measured.accuracy
     if target is not None and split is not None:
         report.target = check_target(model, clustered, split, target)
     searched = report.search
@@ -317,15 +272,7 @@ def cluster_model(
                 "(even the cheapest form of every weight does not fit)"
             )
     if max_drop is not None:
-        drop = report.drop_points
-        if drop is None:
-            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped output")
-        report.gate = {
-            "max_drop": max_drop,
-            "drop_points": drop,
-            "output": report.drop_output,
-            "passed": drop <= max_drop + 1e-9,
-        }
+        report.gate = report.drop_gate(max_drop)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -1,6 +1,7 @@
 """What the prune and cluster workflows measure alike: file size raw and gzipped,
-session start, parity feeds, top-1 accuracy on labelled data. Latency and parity
-come from onnxslim.validation.
+session start, parity feeds, top-1 accuracy on labelled data, and the comparison of
+the result with the original they both report (`compare`, `Compared`). Latency and
+parity come from onnxslim.validation, top-1 from onnxslim.evaluation.
 
 Everything is measured on the models themselves, so the figures are true whatever
 passes produced them.
@@ -13,6 +14,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -20,12 +22,12 @@ import onnxruntime as ort
 
 from onnxslim.activations import coalesce_feeds
 from onnxslim.calibration import FeedSource
-from onnxslim.errors import DataError
+from onnxslim.errors import DataError, UsageError
 from onnxslim.evaluation import read_labelled, top1_accuracy
 from onnxslim.feeds import Feed
 from onnxslim.io import model_to_bytes
 from onnxslim.runtime import bind_external_data
-from onnxslim.validation import resolve_feeds
+from onnxslim.validation import ValidationReport, resolve_feeds, validate
 
 PARITY_FEEDS = 64
 
@@ -91,3 +93,94 @@ def parity_feeds(
     count = PARITY_FEEDS if source is not None else 8
     feeds, _, _ = resolve_feeds(model, source, count=count)  # open_feeds reads any FeedSource
     return feeds
+
+
+@dataclass
+class Comparison:
+    """The result against the original: session start (ms), parity and latency, and top-1
+    accuracy of both when the evaluation data carries labels."""
+
+    session_ms: dict[str, float]
+    validation: ValidationReport
+    accuracy: dict[str, float] | None  # {"original", label, "drop_points", "samples"}
+
+
+def compare(
+    model: ir.Model,
+    result: ir.Model,
+    label: str,
+    *,
+    feeds: Sequence[Feed],
+    eval_data: FeedSource | None,
+    runs: int,
+) -> Comparison:
+    """Measure `result` (called `label` in the figures) against the original `model`."""
+    session_ms = {"original": session_start_ms(model), label: session_start_ms(result)}
+    validation = validate(
+        model,
+        result,
+        feeds=feeds,
+        runs=runs,
+        warmup=5,
+        measure_memory=False,
+        atol=1e-3,
+        rtol=1e-3,
+    )
+    accuracy = None
+    data = labelled(eval_data, model) if eval_data is not None else None
+    if data is not None:
+        before, after = top1([model, result], *data)
+        accuracy = {
+            "original": before,
+            label: after,
+            "drop_points": 100.0 * (before - after),
+            "samples": float(len(data[1])),
+        }
+    return Comparison(session_ms, validation, accuracy)
+
+
+class Compared:
+    """The figures a prune or cluster result derives from its comparison with the original
+    (a base of their result dataclasses, which hold `validation` and `accuracy`)."""
+
+    validation: ValidationReport | None
+    accuracy: dict[str, float] | None
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """The result's median latency over the original's (1.0: same speed, below: faster)."""
+        speedup = self.validation.speedup if self.validation is not None else None
+        return 1.0 / speedup if speedup else None
+
+    @property
+    def drop_points(self) -> float | None:
+        """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
+        if self.accuracy is not None:
+            return self.accuracy["drop_points"]
+        scored = self._scored()
+        return None if scored is None else 100.0 * (1.0 - scored[1])
+
+    @property
+    def drop_output(self) -> str | None:
+        """The output `drop_points` is measured on: the first classifier-shaped one."""
+        scored = self._scored()
+        return None if scored is None else scored[0]
+
+    def _scored(self) -> tuple[str, float] | None:
+        """The first output with top-1 agreement (onnxslim.outputs' rule) and its figure."""
+        outputs = self.validation.outputs if self.validation is not None else []
+        return next(
+            ((o.name, o.top1_agreement) for o in outputs if o.top1_agreement is not None), None
+        )
+
+    def drop_gate(self, max_drop: float) -> dict[str, Any]:
+        """The --max-drop gate on drop_points; a UsageError when there is nothing to judge."""
+        drop = self.drop_points
+        if drop is None:
+            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped output")
+        return {
+            "max_drop": max_drop,
+            "drop_points": drop,
+            "output": self.drop_output,
+            "passed": drop <= max_drop + 1e-9,
+        }

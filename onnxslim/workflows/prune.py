@@ -27,16 +27,15 @@ from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
 from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
 from onnxslim.sources import ModelResult
-from onnxslim.validation import ValidationReport, validate
+from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck
 from onnxslim.workflows.heldout import check_target, split_data
 from onnxslim.workflows.measure import (
+    Compared,
     Sizes,
-    labelled,
+    compare,
     model_sizes,
     parity_feeds,
-    session_start_ms,
-    top1,
 )
 
 METHODS = tuple(PRUNE_METHODS)
@@ -109,7 +108,7 @@ def overall_sparsity(rows: Sequence[LayerRow]) -> float:
 
 
 @dataclass
-class PruneResult(ModelResult):
+class PruneResult(Compared, ModelResult):
     """The pruned model and its report."""
 
     model: ir.Model
@@ -139,32 +138,6 @@ class PruneResult(ModelResult):
     def search(self) -> dict[str, Any] | None:
         """What the target search tried (allocation=target), else None."""
         return self.details.get("search")
-
-    @property
-    def latency_ratio(self) -> float | None:
-        """Original median latency over the pruned model's (above 1: pruned is faster)."""
-        return self.validation.speedup if self.validation is not None else None
-
-    @property
-    def drop_points(self) -> float | None:
-        """Accuracy lost in points (labels), else top-1 disagreement with the original in points."""
-        if self.accuracy is not None:
-            return self.accuracy["drop_points"]
-        scored = self._scored()
-        return None if scored is None else 100.0 * (1.0 - scored[1])
-
-    @property
-    def drop_output(self) -> str | None:
-        """The output `drop_points` is measured on: the first classifier-shaped one."""
-        scored = self._scored()
-        return None if scored is None else scored[0]
-
-    def _scored(self) -> tuple[str, float] | None:
-        """The first output with top-1 agreement (onnxslim.outputs' rule) and its figure."""
-        outputs = self.validation.outputs if self.validation is not None else []
-        return next(
-            ((o.name, o.top1_agreement) for o in outputs if o.top1_agreement is not None), None
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -263,30 +236,11 @@ def prune_model(
     )
     report.warnings += [f"{r.name}: {r.status} ({r.reason})" for r in result.rolled_back]
     if validate_result:
-        report.session_ms = {
-            "original": session_start_ms(model),
-            "pruned": session_start_ms(pruned),
-        }
-        report.validation = validate(
-            model,
-            pruned,
-            feeds=check_feeds,
-            runs=runs,
-            warmup=5,
-            measure_memory=False,
-            atol=1e-3,
-            rtol=1e-3,
+        measured = compare(
+            model, pruned, "pruned", feeds=check_feeds, eval_data=eval_data, runs=runs
         )
-        if eval_data is not None:
-            data = labelled(eval_data, model)
-            if data is not None:
-                original_acc, pruned_acc = top1([model, pruned], *data)
-                report.accuracy = {
-                    "original": original_acc,
-                    "pruned": pruned_acc,
-                    "drop_points": 100.0 * (original_acc - pruned_acc),
-                    "samples": float(len(data[1])),
-                }
+        report.session_ms, report.validation = measured.session_ms, measured.validation
+        report.accuracy = measured.accuracy
     if target is not None and split is not None:
         report.target = check_target(model, pruned, split, target)
     searched = report.search
@@ -299,15 +253,7 @@ def prune_model(
             "blamed": searched.get("blamed", []),
         }
     if max_drop is not None:
-        drop = report.drop_points
-        if drop is None:
-            raise UsageError("--max-drop needs labelled --eval data or a classifier-shaped output")
-        report.gate = {
-            "max_drop": max_drop,
-            "drop_points": drop,
-            "output": report.drop_output,
-            "passed": drop <= max_drop + 1e-9,
-        }
+        report.gate = report.drop_gate(max_drop)
     report.seconds = time.perf_counter() - start
     return report
 

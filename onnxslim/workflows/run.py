@@ -36,12 +36,12 @@ from onnxslim.graphs import node_count
 from onnxslim.images import resolve_folder
 from onnxslim.passes.cluster import UnpackPalette
 from onnxslim.passes.fold import FixInputShapes
-from onnxslim.passes.quantize.sensitivity import quantize_accuracy_aware
 from onnxslim.passes.quantize.static import QuantizeStatic
 from onnxslim.pipeline import Guard, Pipeline, run_pipeline
 from onnxslim.recipe import Recipe, Step, load_recipe
 from onnxslim.registry import make_pass, pass_class
 from onnxslim.report import RunReport, StepReport, gzip_size
+from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 from onnxslim.workflows.cluster import cluster_model
 from onnxslim.workflows.optimize import optimize, validation_feeds
 from onnxslim.workflows.prune import prune
@@ -314,6 +314,13 @@ def _quantize(
                 "the output may differ between runs"
             )
         options.setdefault("latency_guard", False)
+        # The same for the activation mode: `auto` times static against run-time int8.
+        if options.get("activations") == "auto":
+            warnings.append(
+                "activations = auto: timing decides which int8 kernels run, so the output "
+                "may differ between runs"
+            )
+        options.setdefault("activations", "static")
         if recipe.max_samples is not None:
             options.setdefault("max_samples", recipe.max_samples)
     if max_drop is not None:

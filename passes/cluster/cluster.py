@@ -19,16 +19,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
+from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
-from onnxslim.feeds import Feed
-from onnxslim.passes._options import check_choice, data_field, internal_field, option
+from onnxslim.passes._options import check_choice, data_field, option
+from onnxslim.passes._target_inputs import TargetInputs
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
 from onnxslim.passes.prune.storage import UnpackSparseWeights
@@ -42,8 +42,8 @@ from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms
 from .kmeans import EXACT_LIMIT, INITS
 from .palette import Palettized, cluster_tensor, reassign, snap_int8
 from .refine import refine_layers
-from .target import Accept, target_widths
 from .target import search as target_search
+from .target import target_widths
 from .weights import Skipped, Weight, find_weights
 
 SUMMARY_KEY = "onnxslim.cluster"
@@ -66,7 +66,7 @@ MIN_VALUES_PER_ENTRY = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ClusterWeights(ir.passes.InPlacePass):
+class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
     """Cluster each layer weight into 2^bits shared values, stored as packed indices + palette."""
 
     lossless: ClassVar[bool] = False
@@ -122,7 +122,7 @@ class ClusterWeights(ir.passes.InPlacePass):
     refine: bool | None = option(
         None, "Re-fit palettes by least squares on calib (default: on with calib)."
     )
-    calib: Any = data_field(
+    calib: FeedSource | None = data_field(
         "Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")
@@ -162,14 +162,6 @@ class ClusterWeights(ir.passes.InPlacePass):
         "themselves (above: on a histogram of this many bins, then Lloyd).",
     )
     seed: int = option(0, "Seed of k-means++ and row sampling.")
-    # allocation=target: handed in by the workflow, not recipe options.
-    accept: Accept | None = internal_field(None, "Candidate model -> accuracy-target assessment.")
-    requested: bool = internal_field(
-        False, "allocation=target: `bits` was asked for; its budget is the upper bound."
-    )
-    probe_feeds: Sequence[Feed] | None = internal_field(
-        None, "Feeds for the sensitivities when calib is absent."
-    )
 
     def __post_init__(self) -> None:
         for name in ("init", "granularity", "storage", "packing", "palette_dtype", "allocation"):

@@ -36,8 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations
 from onnxslim.feeds import Feed
-from onnxslim.layer_rows import layer_geometry
-from onnxslim.passes.prune.layers import Layer, find_layers
+from onnxslim.passes.prune.layers import Layer, find_layers, refit_levels, refit_refusal
 
 from .palette import Palettized, snap_int8
 
@@ -259,7 +258,7 @@ def _refine(
                 layer.set_bias(np.zeros(layer.out_channels, dtype=np.float32))
     outputs = {name: layer.output.name or "" for name, layer in ready.items()}
     target = Tap(original, list(dict.fromkeys(outputs.values())))
-    levels = _levels(current, list(ready)) if refit else [list(ready)]
+    levels = refit_levels(current, list(ready)) if refit else [list(ready)]
     for level in levels:
         sums = accumulate_normal_equations(
             current,
@@ -358,10 +357,13 @@ def _refit_layer(
 
 
 def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
-    if layer.shared:
-        return f"weight shared by {layer.uses} nodes"
-    if layer_geometry(layer.node) is None:
-        return "no static weight shape"
+    why = refit_refusal(layer, original, MAX_COLUMNS)
+    if why:
+        return why
+    if layer.op_type == "Gemm":
+        attrs = layer.node.attributes
+        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
+            return "Gemm with alpha or beta other than 1"
     w = layer.weight.const_value
     assert w is not None
     columns = (
@@ -369,19 +371,6 @@ def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
         if layer.op_type != "Conv"
         else int(np.prod(w.shape.numpy()[1:]))
     )
-    if columns + 1 > MAX_COLUMNS:
-        return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
-    if layer.op_type == "Gemm":
-        attrs = layer.node.attributes
-        if attrs.get_float("alpha", 1.0) != 1.0 or attrs.get_float("beta", 1.0) != 1.0:
-            return "Gemm with alpha or beta other than 1"
-        c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
-        if c is not None and (
-            layer.bias is None
-            or layer.bias.const_value is None
-            or layer.bias.const_value.size != layer.out_channels
-        ):
-            return "Gemm C is not a per-output bias"
     if p.axis is not None:
         expected = {"Conv": 0, "MatMul": len(w.shape) - 1, "Gemm": 0 if layer.trans_b else 1}[
             layer.op_type
@@ -391,8 +380,6 @@ def _cannot_refit(layer: Layer, p: Palettized, original: ir.Model) -> str:
     k = p.k
     if p.groups * 2 * columns * columns * k > 8 * REFINE_FLOPS:
         return f"one row per palette group already costs more than {8 * REFINE_FLOPS:.0e} flops"
-    if (layer.output.name or "") not in _value_names(original):
-        return f"output {layer.output.name!r} not in the original model"
     return ""
 
 
@@ -470,28 +457,3 @@ def _error(
         total += e
         energy += e
     return max(total, 0.0) / energy if energy > 0 else 0.0
-
-
-def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
-    """Layers grouped so none depends on another of its group; groups in dependency order."""
-    wanted = set(names)
-    depth: dict[str, int] = {}
-    level_of: dict[str, int] = {}
-    for node in model.graph:
-        d = max((depth.get(v.name or "", 0) for v in node.inputs if v is not None), default=0)
-        if node.name in wanted:
-            d += 1
-            level_of[node.name or ""] = d
-        for out in node.outputs:
-            depth[out.name or ""] = d
-    levels: dict[int, list[str]] = {}
-    for name in names:
-        levels.setdefault(level_of[name], []).append(name)
-    return [levels[k] for k in sorted(levels)]
-
-
-def _value_names(model: ir.Model) -> set[str]:
-    names = {v.name or "" for v in model.graph.inputs}
-    for node in model.graph:
-        names.update(o.name or "" for o in node.outputs)
-    return names

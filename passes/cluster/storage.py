@@ -53,6 +53,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.graphs import fresh_name
 from onnxslim.passes._options import check_choice, option
 
 from .expansion import DOMAIN, ensure_function, unpack_name
@@ -117,7 +118,7 @@ def write(
         )
         unpack.outputs[0].dtype = ir.DataType.INT32
         unpack.outputs[0].shape = ir.Shape(p.shape)
-        unpack.outputs[0].name = _fresh(graph, f"{name}.indices")
+        unpack.outputs[0].name = fresh_name(graph, f"{name}.indices")
         nodes.append(unpack)
         indices = unpack.outputs[0]
     elif kind == "uint8":
@@ -152,7 +153,7 @@ def _palette_value(graph: ir.Graph, name: str, p: Palettized, nodes: list[ir.Nod
         return _initializer(graph, f"{name}.palette", flat)
     helper.outputs[0].dtype = ir.DataType.FLOAT
     helper.outputs[0].shape = ir.Shape([p.palette.size])
-    helper.outputs[0].name = _fresh(graph, f"{name}.palette")
+    helper.outputs[0].name = fresh_name(graph, f"{name}.palette")
     nodes.append(helper)
     return helper.outputs[0]
 
@@ -439,22 +440,10 @@ def _const(value: ir.Value | None) -> np.ndarray | None:
     return value.const_value.numpy()
 
 
-def _fresh(graph: ir.Graph, base: str) -> str:
-    taken = (
-        set(graph.initializers)
-        | {v.name for v in graph.inputs}
-        | {o.name for n in graph for o in n.outputs}
-    )
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def _initializer(
     graph: ir.Graph, base: str, array: np.ndarray, dtype: ir.DataType | None = None
 ) -> ir.Value:
-    name = _fresh(graph, base)
+    name = fresh_name(graph, base)
     tensor = (
         ir.Tensor(array, dtype=dtype, name=name)
         if dtype is not None

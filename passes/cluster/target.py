@@ -19,21 +19,19 @@ when it misses (refine_guard.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim.agreement import Assessment
+from onnxslim.passes._target_inputs import Accept
 
 from .allocate import FLOAT, PER_TENSOR, Form, Table, choose
 
 # Bit widths every weight is tried at (per tensor and per channel); the request's is added.
 WIDTHS = (2, 3, 4, 5, 6, 8)
 BLAMED = 3  # weights named when the request misses the target
-
-Accept = Callable[[ir.Model], Assessment]
 
 
 def target_widths(bits: int) -> tuple[int, ...]:

@@ -10,12 +10,15 @@ speak one layout. Every layer that is skipped gets a reason.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
+
+from onnxslim.graphs import fresh_name
+from onnxslim.layer_rows import layer_geometry
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -131,7 +134,7 @@ class Layer:
             if self.weight.const_value is not None
             else np.dtype(np.float32)
         )
-        name = _fresh_name(graph, f"{self.weight.name}_bias")
+        name = fresh_name(graph, f"{self.weight.name}_bias")
         value = ir.Value(
             name=name,
             shape=ir.Shape(b.shape),
@@ -277,17 +280,65 @@ def _bias_of(node: ir.Node) -> tuple[ir.Value | None, ir.Node | None, ir.Value]:
     return None, None, out
 
 
-def _fresh_name(graph: ir.Graph, base: str) -> str:
-    taken = (
-        set(graph.initializers)
-        | {v.name for v in graph.inputs}
-        | {o.name for n in graph for o in n.outputs}
-    )
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
 def sparsity(w: np.ndarray) -> float:
     return float(np.count_nonzero(w == 0) / w.size) if w.size else 0.0
+
+
+# --- refits: what prune's reconstruction and cluster's refinement share -------------------
+
+
+def refit_refusal(layer: Layer, original: ir.Model, max_columns: int) -> str:
+    """Why `layer` cannot be refit by least squares on the original's activations, or ""
+    (a shared weight, no static shape, normal equations over `max_columns`, a Gemm C that
+    is no per-output bias, an output the original does not compute)."""
+    if layer.shared:
+        return f"weight shared by {layer.uses} nodes"
+    if layer_geometry(layer.node) is None:
+        return "no static weight shape"
+    w = layer.weight.const_value
+    assert w is not None
+    columns = (
+        int(np.prod(w.shape.numpy()[1:]))
+        if layer.op_type == "Conv"
+        else int(w.size // layer.out_channels)
+    )
+    if columns + 1 > max_columns:
+        return f"{columns} input columns > {max_columns - 1} (normal equations too large)"
+    if layer.op_type == "Gemm":
+        c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
+        if c is not None and (
+            layer.bias is None
+            or layer.bias.const_value is None
+            or layer.bias.const_value.size != layer.out_channels
+        ):
+            return "Gemm C is not a per-output bias"
+    if layer.output.name not in value_names(original):
+        return f"output {layer.output.name!r} not in the original model"
+    return ""
+
+
+def refit_levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
+    """Layers grouped so none depends on another of its group; groups in dependency order
+    (a group's inputs are final once the groups before it are refit)."""
+    wanted = set(names)
+    depth: dict[str, int] = {}
+    level_of: dict[str, int] = {}
+    for node in model.graph:
+        d = max((depth.get(v.name or "", 0) for v in node.inputs if v is not None), default=0)
+        if node.name in wanted:
+            d += 1
+            level_of[node.name or ""] = d
+        for out in node.outputs:
+            depth[out.name or ""] = d
+    levels: dict[int, list[str]] = {}
+    for name in names:
+        levels.setdefault(level_of[name], []).append(name)
+    return [levels[k] for k in sorted(levels)]
+
+
+def value_names(model: ir.Model) -> set[str]:
+    """Names of the main graph's inputs and node outputs."""
+    names = {v.name for v in model.graph.inputs if v.name is not None}
+    for node in model.graph:
+        names.update(o.name for o in node.outputs if o.name is not None)
+    return names

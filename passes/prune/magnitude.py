@@ -21,27 +21,26 @@ least squares so each layer reproduces the original model's outputs
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
-from onnxslim.feeds import Feed
-from onnxslim.passes._options import check_choice, internal_field, option
+from onnxslim.passes._options import check_choice, option
+from onnxslim.passes._target_inputs import TargetInputs
 from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity, quick_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
 from onnxslim.passes.prune.masks import count_mask, global_counts, magnitude_mask
 from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import RefitOptions, RefitRequest, reconstruct
-from onnxslim.passes.prune.target import Accept, search
+from onnxslim.passes.prune.target import search
 from onnxslim.passes.prune.trial_refit import TrialRefit
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
+class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
     """Zero the smallest-magnitude weights of Conv/Gemm/MatMul layers to a target sparsity."""
 
     sparsity: float = option(0.5, "Fraction of eligible weights set to zero.")
@@ -61,14 +60,6 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
-    # allocation=target: handed in by the workflow, not recipe options.
-    accept: Accept | None = internal_field(None, "Candidate model -> accuracy-target assessment.")
-    requested: bool = internal_field(
-        False, "allocation=target: `sparsity` was asked for; a miss keeps it (and fails)."
-    )
-    probe_feeds: Sequence[Feed] | None = internal_field(
-        None, "Feeds for the sensitivities when calib is absent."
-    )
 
     def __post_init__(self) -> None:
         check_choice(self, "scope")

@@ -20,18 +20,17 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations
+from onnxslim.calibration import FeedSource
 from onnxslim.feeds import Feed
-from onnxslim.layer_rows import layer_geometry
 from onnxslim.passes._options import data_field, option
 from onnxslim.passes.prune._common import load_feeds
-from onnxslim.passes.prune.layers import Layer, find_layers
+from onnxslim.passes.prune.layers import Layer, find_layers, refit_levels, refit_refusal
 from onnxslim.passes.prune.lstsq import DIRECT_FLOPS, PCG_ITERATIONS, Stats, solve
 
 REFIT_OPS = ("Conv", "Gemm", "MatMul")
@@ -51,7 +50,7 @@ class RefitOptions:
         "Refit the kept weights (channels: the layers downstream) on calib by least "
         "squares (default: on with calib).",
     )
-    calib: Any = data_field(
+    calib: FeedSource | None = data_field(
         "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")
@@ -167,7 +166,7 @@ def _reconstruct(
     outputs = {name: layers[name].output.name or "" for name in ready}
     target = Tap(original, list(dict.fromkeys(outputs.values())))
     columns = {n: r.out_index for n, r in ready.items() if r.out_index is not None}
-    for level in _levels(pruned, list(ready)):
+    for level in refit_levels(pruned, list(ready)):
         sums = accumulate_normal_equations(
             pruned,
             level,
@@ -186,30 +185,7 @@ def _reconstruct(
 def cannot_refit(layer: Layer, original: ir.Model) -> str:
     if layer.op_type not in REFIT_OPS:
         return f"{layer.op_type} is not refit"
-    if layer.shared:
-        return f"weight shared by {layer.uses} nodes"
-    if layer_geometry(layer.node) is None:
-        return "no static weight shape"
-    w = layer.weight.const_value
-    assert w is not None
-    columns = (
-        int(np.prod(w.shape.numpy()[1:]))
-        if layer.op_type == "Conv"
-        else int(w.size // layer.out_channels)
-    )
-    if columns + 1 > MAX_COLUMNS:
-        return f"{columns} input columns > {MAX_COLUMNS - 1} (normal equations too large)"
-    if layer.op_type == "Gemm":
-        c = layer.node.inputs[2] if len(layer.node.inputs) > 2 else None
-        if c is not None and (
-            layer.bias is None
-            or layer.bias.const_value is None
-            or layer.bias.const_value.size != layer.out_channels
-        ):
-            return "Gemm C is not a per-output bias"
-    if layer.output.name not in _value_names(original):
-        return f"output {layer.output.name!r} not in the original model"
-    return ""
+    return refit_refusal(layer, original, MAX_COLUMNS)
 
 
 def refit_layer(
@@ -274,28 +250,3 @@ def refit_layer(
         ridge=float(np.median(ridges)),
         seconds=time.perf_counter() - start,
     )
-
-
-def _levels(model: ir.Model, names: Sequence[str]) -> list[list[str]]:
-    """Group layers so none depends on another of the same group; groups in graph order."""
-    wanted = set(names)
-    depth: dict[str, int] = {}
-    level_of: dict[str, int] = {}
-    for node in model.graph:
-        d = max((depth.get(v.name or "", 0) for v in node.inputs if v is not None), default=0)
-        if node.name in wanted:
-            d += 1
-            level_of[node.name] = d
-        for out in node.outputs:
-            depth[out.name or ""] = d
-    levels: dict[int, list[str]] = {}
-    for name in names:
-        levels.setdefault(level_of[name], []).append(name)
-    return [levels[k] for k in sorted(levels)]
-
-
-def _value_names(model: ir.Model) -> set[str]:
-    names = {v.name for v in model.graph.inputs if v.name is not None}
-    for node in model.graph:
-        names.update(o.name for o in node.outputs if o.name is not None)
-    return names

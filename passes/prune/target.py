@@ -19,14 +19,14 @@ the refit trial itself; without, trials and result are pruned only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.agreement import Assessment
+from onnxslim.passes._target_inputs import Accept
 from onnxslim.passes.prune.allocation import PROBES, allocate
 from onnxslim.passes.prune.layers import Layer, find_layers
 from onnxslim.passes.prune.masks import magnitude_mask
@@ -35,8 +35,6 @@ from onnxslim.passes.prune.trial_refit import TrialRefit
 # Overall sparsities tried below the request; the request itself is always tried first.
 LADDER = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 BLAMED = 3  # layers named when the request misses the target
-
-Accept = Callable[[ir.Model], Assessment]
 
 
 @dataclass

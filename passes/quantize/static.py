@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ import onnx_ir as ir
 from onnxslim.agreement import DEFAULT_TARGET_ERROR
 from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import OnnxSlimError, UsageError
+from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, data_field, option
 
 from .activation_mode import ACTIVATION_MODES, ModeInputs, settle_activation_mode
@@ -116,7 +117,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
 
     lossless: ClassVar[bool] = False
 
-    calib: Any = data_field(
+    calib: FeedSource | None = data_field(
         "Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
         "ORT CalibrationDataReader through the API."
     )
@@ -180,7 +181,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
         DEFAULT_TARGET_ERROR,
         "Accuracy target in points (onnxslim.agreement) the fixes aim at; None: no fixing.",
     )
-    check: Any = data_field(
+    check: Sequence[Feed] | None = data_field(
         "Held-out feeds the accuracy target is measured on (the workflow's split of the "
         "calibration data); without them nothing is fixed."
     )

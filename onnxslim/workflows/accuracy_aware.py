@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses as _dc
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -37,11 +37,9 @@ import onnx_ir as ir
 
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
-from onnxslim.evaluation import Top1, top1_accuracy
-from onnxslim.feeds import input_specs
+from onnxslim.evaluation import LABEL_KEYS, Top1, read_labelled, top1_accuracy
+from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
 from onnxslim.runtime import Session
-
-from .static import QuantizeStatic, quantize_static
 
 QuantizeFn = Callable[[frozenset[str]], ir.Model]
 MetricFn = Callable[[ir.Model], float]
@@ -218,43 +216,17 @@ def _finish(result: AccuracyAwareResult, evaluations: int, start: float) -> Accu
 # --- metrics ---------------------------------------------------------------------------------
 
 
-def load_labelled(
-    path: str | Path, input_names: Iterable[str], *, limit: int | None = None
-) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    """Feeds and labels from an .npz holding the model inputs (stacked) and a `labels` array."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: evaluation file not found")
-    names = list(input_names)
-    try:
-        archive = np.load(path)
-    except Exception as exc:
-        raise DataError(f"{path}: not a readable .npz ({exc})") from exc
-    with archive:
-        if "labels" not in archive.files:
-            raise DataError(f"{path}: no `labels` array (found {', '.join(archive.files)})")
-        missing = [n for n in names if n not in archive.files]
-        if missing:
-            raise DataError(f"{path}: no array for model input(s) {', '.join(missing)}")
-        labels = np.asarray(archive["labels"])
-        arrays = {n: archive[n] for n in names}
-    count = len(labels) if limit is None else min(limit, len(labels))
-    if any(len(a) < count for a in arrays.values()):
-        raise DataError(f"{path}: input arrays hold fewer samples than `labels`")
-    feeds = [{n: arrays[n][i] for n in names} for i in range(count)]
-    return feeds, labels[:count]
-
-
 def top1_metric(
-    path: str | Path,
-    input_names: Iterable[str],
-    *,
-    limit: int | None = None,
-    output: int | None = None,
+    path: str | Path, model: ir.Model, *, limit: int | None = None, output: int | None = None
 ) -> MetricFn:
-    """Top-1 accuracy of the model's `output`-th output against the .npz's `labels` (None: the
-    first classifier-shaped output, onnxslim.outputs' rule, as every command reads)."""
-    feeds, labels = load_labelled(path, input_names, limit=limit)
+    """Top-1 accuracy of the model's `output`-th output (None: the first classifier-shaped
+    output, onnxslim.outputs' rule, as every command reads) against the labels of `path`
+    (read once by evaluation.read_labelled: any label key of LABEL_KEYS, any data form)."""
+    data = read_labelled(path, model, limit=limit)
+    if data.labels is None:
+        keys = ", ".join(f"`{k}`" for k in LABEL_KEYS)
+        raise DataError(f"{path}: no labels ({keys} array) for every sample")
+    feeds, labels = data.feeds, data.label_array()
 
     def metric(model: ir.Model) -> float:
         try:
@@ -382,7 +354,7 @@ def quantize_accuracy_aware(
     if (metric is None) == (eval_data is None):
         raise ValueError("give exactly one of metric= or eval_data=")
     if metric is None:
-        metric = top1_metric(eval_data, [s.name for s in input_specs(model)], limit=eval_limit)  # type: ignore[arg-type]
+        metric = top1_metric(eval_data, model, limit=eval_limit)  # type: ignore[arg-type]
     quantize, layers, _ = static_quantizer(model, calib, options)
     return accuracy_aware(
         quantize,
