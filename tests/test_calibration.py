@@ -198,20 +198,15 @@ def test_api_validation_feeds_reads_every_source(mlp, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_transformer"])
 def test_example_models_calibration_files(name: str) -> None:
     model_path, calib = MODELS / f"{name}.onnx", MODELS / f"{name}.calib.npz"
-    if not (model_path.is_file() and calib.is_file()):
-        pytest.skip(
-            f"models/{name}.onnx and its .calib.npz not produced yet (scripts/make_models.py)"
-        )
     model = io.load(model_path)
     stream = open_feeds(calib, model, limit=8)
     outputs = run_all_outputs(model, stream)
     assert len(outputs) == min(8, stream.count or 8)
     evaluation = MODELS / f"{name}.eval.npz"
-    if evaluation.is_file():
-        with_labels = list(open_feeds(evaluation, model, limit=2, extra="keep"))
-        assert "labels" in with_labels[0]
-        with pytest.raises(DataError, match="'labels' is not an input"):
-            open_feeds(evaluation, model)
+    with_labels = list(open_feeds(evaluation, model, limit=2, extra="keep"))
+    assert "labels" in with_labels[0]
+    with pytest.raises(DataError, match="'labels' is not an input"):
+        open_feeds(evaluation, model)
 
 
 def run_all_outputs(model, stream) -> list[dict[str, np.ndarray]]:

@@ -23,13 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 
 
-def needs(name: str):  # type: ignore[no-untyped-def]
-    files = [MODELS / f"{name}{suffix}" for suffix in (".onnx", ".calib.npz", ".eval.npz")]
-    return pytest.mark.skipif(
-        not all(f.is_file() for f in files), reason=f"models/{name}* not built (scripts/)"
-    )
-
-
 def metric(name: str, model: ir.Model | Path) -> float:
     """The model's figure on its evaluation set (scripts/model_metrics.py), run one sample at
     a time: digits_gated routes each sample only with batch 1."""
@@ -140,7 +133,6 @@ def test_a_byte_straddling_two_groups_falls_back_to_bit_planes():
 # --- batching ----------------------------------------------------------------------------------
 
 
-@needs("digits_gated")
 def test_control_flow_on_input_values_is_not_batched():
     assert batch_coupled(ir.load(MODELS / "digits_gated.onnx"))
     assert not batch_coupled(ir.load(MODELS / "digits_cnn.onnx"))
@@ -149,7 +141,6 @@ def test_control_flow_on_input_values_is_not_batched():
 # --- end to end --------------------------------------------------------------------------------
 
 
-@needs("digits_detector")
 def test_mixed_at_the_uniform_budget_is_no_bigger_and_no_worse_on_the_outputs():
     path = MODELS / "digits_detector.onnx"
     calib = str(MODELS / "digits_detector.calib.npz")
@@ -162,7 +153,6 @@ def test_mixed_at_the_uniform_budget_is_no_bigger_and_no_worse_on_the_outputs():
     assert mixed.size_after.raw <= uniform.size_after.raw + 600
 
 
-@needs("digits_detector")
 def test_size_target_meets_the_issue_goal_on_the_detector(tmp_path, capsys):
     """4 bits within 1 point of float, file at most 1/6 of the float file: uniform 4-bit
     per-tensor palettes lose 1.3 points here; the allocation gives the first conv and the
@@ -205,7 +195,6 @@ def test_size_target_meets_the_issue_goal_on_the_detector(tmp_path, capsys):
     assert not any(n.domain == expansion.DOMAIN for n in onnx.load(optimized).graph.node)
 
 
-@needs("digits_detector")
 @pytest.mark.parametrize(
     "arguments,message",
     [

@@ -14,17 +14,8 @@ from onnxslim.cli import main
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CNN = MODELS / "digits_cnn.onnx"
-needs_cnn = pytest.mark.skipif(
-    not (
-        CNN.is_file()
-        and (MODELS / "digits_cnn.calib.npz").is_file()
-        and (MODELS / "digits_cnn.eval.npz").is_file()
-    ),
-    reason="models/digits_cnn* not built yet (scripts/make_models.py)",
-)
 
 
-@needs_cnn
 def test_digits_cnn_4_bits_within_one_point(tmp_path, capsys):
     before = CNN.read_bytes()
     out = tmp_path / "cnn4.onnx"
@@ -74,7 +65,6 @@ def test_digits_cnn_4_bits_within_one_point(tmp_path, capsys):
     assert session.run(None, {session.get_inputs()[0].name: x})[0].shape[-1] == 10
 
 
-@needs_cnn
 def test_table_and_summary_go_to_stdout(tmp_path, capsys):
     out = tmp_path / "cnn2.onnx"
     code = main(

@@ -16,9 +16,6 @@ from onnxslim.workflows.export import ExportOptions, export, sha256
 
 CNN = MODELS / "digits_cnn.onnx"
 TRANSFORMER = MODELS / "digits_transformer.onnx"
-pytestmark = pytest.mark.skipif(
-    not CNN.is_file(), reason="models/ not generated (scripts/make_models.py)"
-)
 
 
 def eval_inputs(name: str, n: int = 16) -> dict[str, np.ndarray]:

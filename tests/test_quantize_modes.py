@@ -145,8 +145,6 @@ def test_trained_example_models_keep_accuracy(name):
         MODELS / f"{name}.calib.npz",
         MODELS / f"{name}.eval.npz",
     )
-    if not (path.is_file() and calib.is_file() and evaluation.is_file()):
-        pytest.skip(f"models/{name} not produced yet")
     # The accuracy of the int8 model itself: no latency guard (these models are too small
     # for int8 kernels to pay on every CPU, and the guard would keep them float).
     result = api.quantize(path, calib=calib, data=evaluation, max_samples=128, latency_guard=False)

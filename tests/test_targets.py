@@ -36,8 +36,6 @@ def test_missing_qemu_is_clear_error(monkeypatch, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def quantized_cnn(tmp_path_factory) -> Path:
-    if not CNN.is_file():
-        pytest.skip("models/ not generated")
     from onnxslim import api
 
     out = tmp_path_factory.mktemp("q") / "cnn_int8.onnx"
