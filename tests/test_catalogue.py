@@ -60,6 +60,7 @@ WORKFLOW_FLAGS = {
     "external_data",
     "external_threshold",
     "image_preprocess",
+    "input_shape",  # fixes symbolic dims before any pass (FixInputShapes), like optimize's
 }
 # CLI name -> (pass option, how the flag's default maps onto the option's).
 RENAMED: dict[str, tuple[str, Callable[[Any], Any]]] = {
