@@ -1,0 +1,210 @@
+"""A recipe held to the accuracy target: measured once at the end, the step that broke it
+backed off (`gates.target_error`, the `mobile-int8-pruned` and `palettized-4bit` presets).
+
+Each lossy step of a recipe (prune, cluster, quantize) runs without a check of its
+own; the composed result is what the user ships, so the target (onnxslim.agreement,
+the measure `prune` / `cluster` / `quantize` use) is measured once, on the final model
+against the input, on held-out feeds (workflows/heldout.py: the steps never see them).
+When it misses:
+
+1. Blame. The output of every lossy step is measured against the input, in order
+   (one ORT session each on the held-out feeds): the first that misses broke the
+   target. When each step alone is within it, the last one did (the sum broke it).
+2. Back off that step one rung, gentlest first, and run it and the steps after it again:
+   prune: sparsity x 0.75, x 0.5, x 0.25, then not pruned; cluster: one more bit per
+   rung up to 8, then float; quantize (static): its own fix loop (passes/quantize/
+   repair.py: ranges, per-channel, layers back to float) held to half the target, then
+   to a quarter, then float. A step whose rungs are spent passes the blame to the
+   lossy step before it.
+3. Measure the final model again; repeat until it meets the target or every rung is
+   spent (at most MAX_TRIALS runs). A miss keeps the trial closest to the target (by
+   the fix loop's `excess`) and the `target_error` gate fails: exit 1, the model written.
+
+The report's `data.backoff` lists every trial: the options changed, the blamed step, the
+final figure, met or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxslim.agreement import Assessment, Target
+from onnxslim.gates import GateResult
+from onnxslim.passes.quantize.repair import excess
+from onnxslim.recipe import Step
+
+LOSSY = ("prune", "cluster", "quantize")
+MAX_TRIALS = 8
+PRUNE_FACTORS = (0.75, 0.5, 0.25)
+MAX_BITS = 8
+# `skip`: the step does not run (the model passes through unchanged).
+SKIP = "skip"
+
+# What a step runs: its options, or SKIP. Runs steps[start:] from `model`; returns the
+# model after each of them (None for a skipped step: its input passes through).
+Execute = Callable[[int, ir.Model, list[Step | None]], list[tuple[ir.Model, Any]]]
+Check = Callable[[ir.Model], Assessment]
+
+
+def ladder(step: Step, target: Target) -> list[Step | None]:
+    """The gentler forms of a lossy step, least back-off first; None: the step skipped."""
+    options = dict(step.options)
+    rungs: list[Step | None] = []
+    if step.name == "prune":
+        sparsity = float(options.get("sparsity", 0.5))
+        key = "ratio" if options.get("method") == "channels" else "sparsity"
+        sparsity = float(options.get(key, sparsity))
+        for factor in PRUNE_FACTORS:
+            value = round(sparsity * factor, 4)
+            if value >= 0.01:
+                rungs.append(Step(step.name, dict(options, **{key: value})))
+    elif step.name == "cluster":
+        bits = int(options.get("bits", 4))
+        for more in sorted({b for b in (bits + 1, 6, MAX_BITS) if bits < b <= MAX_BITS}):
+            rungs.append(Step(step.name, dict(options, bits=more)))
+    elif step.name == "quantize" and options.get("mode", "static") == "static":
+        for share in (0.5, 0.25):
+            rungs.append(Step(step.name, dict(options, fix=True, fix_target=target.error * share)))
+    rungs.append(None)
+    return rungs
+
+
+def describe(step: Step | None, original: Step) -> str:
+    """`prune sparsity=0.375`, `cluster bits=5`, `quantize fix loop at 0.5 pt`, `prune skipped`."""
+    if step is None:
+        return f"{original.name} skipped"
+    changed = {
+        k: v
+        for k, v in step.options.items()
+        if original.options.get(k) != v and k not in ("fix", "fix_target")
+    }
+    text = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())
+    if "fix_target" in step.options:
+        text = (text + " " if text else "") + f"fix loop at {step.options['fix_target']:g} pt"
+    return f"{step.name} {text}".strip()
+
+
+@dataclass
+class Trial:
+    changed: str  # what this trial backed off ("as written" for the first)
+    blamed: str | None  # the step the previous trial blamed
+    assessment: Assessment
+    excess: float
+    kept: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "blamed": self.blamed,
+            "passed": self.assessment.passed,
+            "excess": round(self.excess, 4),
+            "kept": self.kept,
+            "figures": [f.text() for f in self.assessment.figures],
+        }
+
+
+@dataclass
+class Backoff:
+    """The steps as finally run (None: skipped), their outputs, and every trial."""
+
+    steps: list[Step | None]
+    outputs: list[tuple[ir.Model, Any]]
+    assessment: Assessment
+    trials: list[Trial] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.assessment.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target_error": self.assessment.target.error,
+            "feeds": self.assessment.feeds,
+            "passed": self.passed,
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+def back_off(
+    model: ir.Model,
+    steps: list[Step],
+    check: Check,
+    target: Target,
+    execute: Execute,
+) -> Backoff:
+    """Run `steps` on `model`, then back off until the final model meets `target`.
+
+    `check(candidate)` measures a candidate against `model` (workflows/at_target.py
+    TargetCheck on the held-out feeds).
+    """
+    current: list[Step | None] = list(steps)
+    ladders = {i: ladder(s, target) for i, s in enumerate(steps) if s.name in LOSSY}
+    outputs = execute(0, model, current)
+    final = check(outputs[-1][0]) if outputs else check(model)
+    trials = [Trial("as written", None, final, excess(final))]
+    best = Backoff(list(current), outputs, final, trials)
+    blamed: str | None = None
+    while not final.passed and len(trials) < MAX_TRIALS:
+        index = _blame(outputs, current, check, final)
+        if index is None:
+            break
+        index = _with_rungs(index, ladders)
+        if index is None:
+            break
+        current[index] = ladders[index].pop(0)
+        blamed = steps[index].name
+        start_model = outputs[index - 1][0] if index > 0 else model
+        outputs = outputs[:index] + execute(index, start_model, current)
+        final = check(outputs[-1][0])
+        trials.append(Trial(describe(current[index], steps[index]), blamed, final, excess(final)))
+        if final.passed or trials[-1].excess < excess(best.assessment):
+            best = Backoff(list(current), list(outputs), final, trials)
+    for trial in trials:
+        trial.kept = trial.assessment is best.assessment
+    best.trials = trials
+    return best
+
+
+def _blame(
+    outputs: list[tuple[ir.Model, Any]],
+    current: list[Step | None],
+    check: Check,
+    final: Assessment,
+) -> int | None:
+    """The first lossy step whose output misses the target; else the last lossy step."""
+    lossy = [i for i, s in enumerate(current) if s is not None and s.name in LOSSY]
+    for i in lossy[:-1]:
+        if not check(outputs[i][0]).passed:
+            return i
+    return lossy[-1] if lossy else None
+
+
+def _with_rungs(index: int, ladders: dict[int, list[Step | None]]) -> int | None:
+    """`index` when its ladder has a rung left, else the nearest lossy step before it,
+    else the nearest after it."""
+    order = list(range(index, -1, -1)) + sorted(i for i in ladders if i > index)
+    return next((i for i in order if ladders.get(i)), None)
+
+
+def target_gate(assessment: Assessment, backoff: dict[str, Any]) -> GateResult:
+    """The `target_error` gate: the final model's worst output against the target."""
+    trials = backoff.get("trials", [])
+    changed = [t["changed"] for t in trials[1:]]
+    kept = next((t["changed"] for t in trials if t.get("kept")), None)
+    how = ""
+    if changed:
+        how = f"; backed off in {len(changed)} trial(s) ({', '.join(changed)})"
+        if kept:
+            how += f", kept: {kept}"
+    return GateResult(
+        "target_error",
+        1.0,
+        round(excess(assessment), 4),  # the worst output over its limit: <= 1 meets it
+        assessment.passed,
+        f"target {assessment.target.error:g} point(s): {assessment.message()} "
+        f"(on {assessment.feeds}){how}",
+    )
