@@ -14,7 +14,13 @@ from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import fail_on_target, print_target, target_option
+from onnxslim.cli._target import (
+    check_effort,
+    effort_option,
+    fail_on_target,
+    print_target,
+    target_option,
+)
 from onnxslim.errors import GateFailed, UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
@@ -146,6 +152,7 @@ def cluster_command(
     image_preprocess: str | None = IMAGE_PREPROCESS,
     json_output: bool = opt.JSON,
     target_error: float = target_option(),
+    effort: str = effort_option(),
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -170,6 +177,7 @@ def cluster_command(
         "packing": packing,
         "storage": storage,
         "int8_grid": int8,
+        "effort": check_effort(effort),
     }
     if per_channel_groups is not None or int8:
         options.update(granularity="per-channel-group", group_size=per_channel_groups or 1)

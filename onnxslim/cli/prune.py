@@ -13,7 +13,13 @@ from onnxslim import api, io
 from onnxslim.cli import _options as opt
 from onnxslim.cli._app import app, err, out, print_json
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import fail_on_target, print_target, target_option
+from onnxslim.cli._target import (
+    check_effort,
+    effort_option,
+    fail_on_target,
+    print_target,
+    target_option,
+)
 from onnxslim.errors import GateFailed, UsageError
 
 
@@ -107,6 +113,7 @@ def prune_command(
     image_preprocess: str | None = IMAGE_PREPROCESS,
     json_output: bool = opt.JSON,
     target_error: float = target_option(),
+    effort: str = effort_option(),
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -124,7 +131,12 @@ def prune_command(
     if method == "magnitude":
         if scope == "global" and allocation == "target":  # one threshold: exactly --sparsity
             allocation = "uniform"
-        options.update(scope=scope, allocation=allocation, min_elements=min_elements)
+        options.update(
+            scope=scope,
+            allocation=allocation,
+            min_elements=min_elements,
+            effort=check_effort(effort),
+        )
     elif method == "nm":
         options["n"], options["m"] = _parse_nm(nm)
         options["min_elements"] = min_elements

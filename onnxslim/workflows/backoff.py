@@ -82,7 +82,9 @@ def describe(step: Step | None, original: Step) -> str:
         for k, v in step.options.items()
         if original.options.get(k) != v and k not in ("fix", "fix_target")
     }
-    text = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())
+    text = " ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()
+    )
     if "fix_target" in step.options:
         text = (text + " " if text else "") + f"fix loop at {step.options['fix_target']:g} pt"
     return f"{step.name} {text}".strip()

@@ -287,7 +287,10 @@ def cluster_model(
                     "drop_points": 100.0 * (original_acc - clustered_acc),
                     "samples": float(len(data[1])),
                 }
-    if target is not None and split is not None:
+    accept = options.get("accept")
+    if isinstance(accept, TargetCheck):  # the search's check: the original's outputs kept
+        report.target = accept(clustered)
+    elif target is not None and split is not None:
         report.target = check_target(model, clustered, split, target)
     searched = report.search
     if searched is not None and searched.get("requested_bytes") is not None:

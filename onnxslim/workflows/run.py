@@ -180,8 +180,9 @@ def _step_reports(
 ) -> list[StepReport]:
     """Each step's output measured (size, nodes, parity, metric, latency)."""
     reports = []
-    for index, (current, (details, warnings, seconds)) in enumerate(outputs):
-        step = ran[index] if ran and ran[index] is not None else recipe.steps[index]
+    for index, (current, (details, notes, seconds)) in enumerate(outputs):
+        backed = ran[index] if ran else None
+        step = backed if backed is not None else recipe.steps[index]
         data = io.model_to_bytes(current)
         measured = evaluator.measure(current, latency_runs=recipe.measure.latency_runs)
         reports.append(
@@ -195,7 +196,7 @@ def _step_reports(
                 node_count(current),
                 measured,
                 details,
-                warnings,
+                notes,
                 gzip_size(data),
             )
         )

@@ -28,7 +28,13 @@ from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
-from onnxslim.passes._options import check_choice, data_field, internal_field, option
+from onnxslim.passes._options import (
+    check_choice,
+    data_field,
+    effort_option,
+    internal_field,
+    option,
+)
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
 from onnxslim.passes.prune.storage import UnpackSparseWeights
@@ -42,7 +48,7 @@ from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms
 from .kmeans import EXACT_LIMIT, INITS
 from .palette import Palettized, cluster_tensor, reassign, snap_int8
 from .refine import refine_layers
-from .target import Accept, target_widths
+from .target import EFFORT, Accept, target_widths
 from .target import search as target_search
 from .weights import Skipped, Weight, find_weights
 
@@ -97,6 +103,7 @@ class ClusterWeights(ir.passes.InPlacePass):
         "mixed with calib, else uniform).",
         choices=ALLOCATIONS,
     )
+    effort: str = effort_option()
     budget: float | None = option(
         None,
         "With allocation=mixed: stored bytes of the clustered weights as a fraction of their "
@@ -172,7 +179,15 @@ class ClusterWeights(ir.passes.InPlacePass):
     )
 
     def __post_init__(self) -> None:
-        for name in ("init", "granularity", "storage", "packing", "palette_dtype", "allocation"):
+        for name in (
+            "init",
+            "granularity",
+            "storage",
+            "packing",
+            "palette_dtype",
+            "allocation",
+            "effort",
+        ):
             check_choice(self, name)
         if not 1 <= self.bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {self.bits}")
@@ -240,12 +255,17 @@ class ClusterWeights(ir.passes.InPlacePass):
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
         before, unrefined = refine_guard.snapshot(model), dict(palettes)
-        if feeds is not None and original is not None:
+        refine_feeds = feeds
+        if feeds is not None and allocation is not None and allocate == "target":
+            searched = allocation.get("search", {})
+            if searched.get("passed"):  # the target is met: refining only adds margin
+                refine_feeds = feeds[: EFFORT[self.effort].refine_feeds]
+        if refine_feeds and original is not None:
             layers = refine_layers(
                 original,
                 model,
                 palettes,
-                feeds,
+                refine_feeds,
                 ridge=self.ridge,
                 max_rows=self.max_rows,
                 seed=self.seed,
@@ -343,19 +363,18 @@ class ClusterWeights(ir.passes.InPlacePass):
         fewer forms are clustered (B-1 .. B+1, per tensor or per channel). `widths`: the
         bit widths to try instead of B-1 .. B+2 (allocation=target)."""
         opset = palette_storage.default_opset(model)
-        probe = WeightProbe(model, [w.name for w in weights], feeds[:ALLOCATION_FEEDS])
+        effort = EFFORT[self.effort] if self.allocation == "target" else None
+        count = effort.probe_feeds if effort is not None else ALLOCATION_FEEDS
+        probe = WeightProbe(model, [w.name for w in weights], feeds[:count])
         forms_per_weight = len(
             candidate_forms(self.bits, channels=64, fixed_group=None, widths=widths)
         )
         probes = len(weights) * forms_per_weight
         elements = sum(w.value.const_value.size for w in weights if w.value.const_value is not None)
-        measure_all = (
-            probes * probe.seconds_per_run <= PROBE_SECONDS and elements <= FULL_SEARCH_ELEMENTS
-        )
+        seconds = effort.probe_seconds if effort is not None else PROBE_SECONDS
+        measure_all = probes * probe.seconds_per_run <= seconds and elements <= FULL_SEARCH_ELEMENTS
         user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
-        table = Table(
-            weights=weights, measure_all=measure_all, feeds=min(len(feeds), ALLOCATION_FEEDS)
-        )
+        table = Table(weights=weights, measure_all=measure_all, feeds=min(len(feeds), count))
         for weight in weights:
             dense = weight.value.const_value
             assert dense is not None

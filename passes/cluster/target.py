@@ -36,6 +36,25 @@ BLAMED = 3  # weights named when the request misses the target
 Accept = Callable[[ir.Model], Assessment]
 
 
+@dataclass(frozen=True)
+class Effort:
+    """What the target search measures at one `effort` (the option of ClusterWeights)."""
+
+    probe_seconds: float  # every form probed when that takes at most this long
+    probe_feeds: int  # the probes' feeds
+    refine_feeds: int | None  # the refinement after a search that met the target (0: none)
+
+
+# captcha_crnn (2 cores, loaded): 255 s, of which 141 s refining 23 layers level by level
+# (one ORT pass over 24 feeds each) and 35 s probing on 24 feeds; the target was met
+# before the refinement, which only adds margin.
+EFFORT = {
+    "fast": Effort(20.0, 8, 0),
+    "default": Effort(40.0, 16, 8),
+    "thorough": Effort(240.0, 32, None),
+}
+
+
 def target_widths(bits: int) -> tuple[int, ...]:
     """WIDTHS, and the requested width when it is another."""
     return tuple(sorted({*WIDTHS, bits}))
