@@ -11,11 +11,15 @@ When it misses:
    (one ORT session each on the held-out feeds): the first that misses broke the
    target. When each step alone is within it, the last one did (the sum broke it).
 2. Back off that step one rung, gentlest first, and run it and the steps after it again:
-   prune: sparsity x 0.75, x 0.5, x 0.25, then not pruned; cluster: one more bit per
-   rung up to 8, then float; quantize (static): its own fix loop (passes/quantize/
-   repair.py: ranges, per-channel, layers back to float) held to half the target, then
-   to a quarter, then float. A step whose rungs are spent passes the blame to the
-   lossy step before it.
+   prune (magnitude) and cluster: their own search at the target (the most sparsity up
+   to the step's, the fewest bytes at 2..8 bits per weight or float, that meets the
+   target against the step's input: `prune` / `cluster` by default), at the whole
+   target, then half, then a quarter of it, then the step skipped; other prune methods:
+   sparsity x 0.75, x 0.5, x 0.25, then skipped; quantize (static): its own fix loop
+   (passes/quantize/repair.py: ranges, per-channel, layers back to float) held to half
+   the target, then a quarter, then float. A step whose rungs are spent passes the
+   blame to the lossy step before it (then after it); no step is skipped while
+   another can still give ground.
 3. Measure the final model again; repeat until it meets the target or every rung is
    spent (at most MAX_TRIALS runs). A miss keeps the trial closest to the target (by
    the fix loop's `excess`) and the `target_error` gate fails: exit 1, the model written.
@@ -40,7 +44,6 @@ from onnxslim.recipe import Step
 LOSSY = ("prune", "cluster", "quantize")
 MAX_TRIALS = 8
 PRUNE_FACTORS = (0.75, 0.5, 0.25)
-MAX_BITS = 8
 # `skip`: the step does not run (the model passes through unchanged).
 SKIP = "skip"
 
@@ -51,42 +54,45 @@ Check = Callable[[ir.Model], Assessment]
 
 
 def ladder(step: Step, target: Target) -> list[Step | None]:
-    """The gentler forms of a lossy step, least back-off first; None: the step skipped."""
+    """The gentler forms of a lossy step, least back-off first; None: the step skipped.
+
+    prune (magnitude) and cluster first run their own search at the target (the most
+    compression whose output meets it against the step's input, `at_target` points;
+    the step's sparsity is its upper bound, its bits are not a budget), at the whole
+    target, then half and a quarter of it: what is left for the steps after them.
+    """
     options = dict(step.options)
     rungs: list[Step | None] = []
-    if step.name == "prune":
-        sparsity = float(options.get("sparsity", 0.5))
+    shares = (1.0, 0.5, 0.25)
+    if step.name == "prune" and options.get("method", "magnitude") == "magnitude":
+        rungs += [Step(step.name, dict(options, at_target=target.error * x)) for x in shares]
+    elif step.name == "prune":
         key = "ratio" if options.get("method") == "channels" else "sparsity"
-        sparsity = float(options.get(key, sparsity))
+        value = float(options.get(key, 0.5))
         for factor in PRUNE_FACTORS:
-            value = round(sparsity * factor, 4)
-            if value >= 0.01:
-                rungs.append(Step(step.name, dict(options, **{key: value})))
+            if round(value * factor, 4) >= 0.01:
+                rungs.append(Step(step.name, dict(options, **{key: round(value * factor, 4)})))
     elif step.name == "cluster":
-        bits = int(options.get("bits", 4))
-        for more in sorted({b for b in (bits + 1, 6, MAX_BITS) if bits < b <= MAX_BITS}):
-            rungs.append(Step(step.name, dict(options, bits=more)))
+        rungs += [Step(step.name, dict(options, at_target=target.error * x)) for x in shares]
     elif step.name == "quantize" and options.get("mode", "static") == "static":
-        for share in (0.5, 0.25):
-            rungs.append(Step(step.name, dict(options, fix=True, fix_target=target.error * share)))
+        for share in shares[1:]:
+            rungs.append(Step(step.name, dict(options, fix_target=target.error * share)))
     rungs.append(None)
     return rungs
 
 
 def describe(step: Step | None, original: Step) -> str:
-    """`prune sparsity=0.375`, `cluster bits=5`, `quantize fix loop at 0.5 pt`, `prune skipped`."""
+    """`prune at the target (1 pt)`, `quantize fix loop at 0.5 pt`, `prune skipped`, ..."""
     if step is None:
         return f"{original.name} skipped"
-    changed = {
-        k: v
-        for k, v in step.options.items()
-        if original.options.get(k) != v and k not in ("fix", "fix_target")
-    }
+    if "at_target" in step.options:
+        return f"{step.name} at the target ({step.options['at_target']:g} pt)"
+    if "fix_target" in step.options:
+        return f"{step.name} fix loop at {step.options['fix_target']:g} pt"
+    changed = {k: v for k, v in step.options.items() if original.options.get(k) != v}
     text = " ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items()
     )
-    if "fix_target" in step.options:
-        text = (text + " " if text else "") + f"fix loop at {step.options['fix_target']:g} pt"
     return f"{step.name} {text}".strip()
 
 
@@ -186,10 +192,12 @@ def _blame(
 
 
 def _with_rungs(index: int, ladders: dict[int, list[Step | None]]) -> int | None:
-    """`index` when its ladder has a rung left, else the nearest lossy step before it,
-    else the nearest after it."""
+    """Whose rung comes next: `index` when it has one that keeps the step; else the nearest
+    lossy step before it, then after it, with such a rung; only then a step skipped
+    (`index` first), so no step is dropped while another can still give ground."""
     order = list(range(index, -1, -1)) + sorted(i for i in ladders if i > index)
-    return next((i for i in order if ladders.get(i)), None)
+    keeps = next((i for i in order if ladders.get(i) and ladders[i][0] is not None), None)
+    return keeps if keeps is not None else next((i for i in order if ladders.get(i)), None)
 
 
 def target_gate(assessment: Assessment, backoff: dict[str, Any]) -> GateResult:

@@ -48,7 +48,7 @@ from onnxslim.workflows.backoff import back_off, target_gate
 from onnxslim.workflows.cluster import cluster_model
 from onnxslim.workflows.heldout import split_data
 from onnxslim.workflows.optimize import optimize, validation_feeds
-from onnxslim.workflows.prune import prune
+from onnxslim.workflows.prune import prune, prune_model
 from onnxslim.workflows.quantize import quantize_model
 
 RecipeSpec = Recipe | str | Path | Mapping[str, Any]
@@ -331,7 +331,19 @@ def _run_step(
     if step.name == "prune":
         if recipe.max_samples is not None:
             options.setdefault("calib_count", recipe.max_samples)
-        pruned = prune(model, calib=calib, validate=False, **options)
+        at_target = options.pop("at_target", None)  # a back-off rung (workflows/backoff.py)
+        if at_target is not None and check is not None:
+            pruned = prune_model(
+                model,
+                method=options.pop("method", "magnitude"),
+                storage=options.pop("storage", "packed"),
+                eval_data=check,
+                runs=0,
+                target_error=at_target,
+                **dict(options, allocation="target", calib=calib),
+            )
+        else:
+            pruned = prune(model, calib=calib, validate=False, **options)
         details = {
             "sparsity": pruned.sparsity,
             "layers": [
@@ -343,14 +355,28 @@ def _run_step(
         return pruned.model, _jsonable(details), list(pruned.warnings)
     if step.name == "cluster":
         strip = bool(options.pop("strip_metadata", True))
-        clustered = cluster_model(
-            model,
-            calib=calib,
-            validate_result=False,
-            optimize=False,
-            strip_metadata=strip,
-            **options,
-        )
+        at_target = options.pop("at_target", None)  # a back-off rung (workflows/backoff.py)
+        if at_target is not None and check is not None:
+            options.pop("bits", None)  # the fewest bytes meeting the target, not a budget
+            clustered = cluster_model(
+                model,
+                calib=calib,
+                eval_data=check,
+                runs=0,
+                target_error=at_target,
+                optimize=False,
+                strip_metadata=strip,
+                **dict(options, allocation="target"),
+            )
+        else:
+            clustered = cluster_model(
+                model,
+                calib=calib,
+                validate_result=False,
+                optimize=False,
+                strip_metadata=strip,
+                **options,
+            )
         details = {
             "bits": clustered.bits,
             "weights": clustered.weights,
