@@ -70,7 +70,7 @@ def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
     after: dict[str, np.ndarray] = {}
     for node in pruned.graph:
         if node.op_type in LAYER_OPS and len(node.inputs) > 1 and node.inputs[1] is not None:
-            source = resolve_initializer(node.inputs[1]) or node.inputs[1]
+            source = resolve_initializer(node.inputs[1]) or _through_identity(node.inputs[1])
             if source.name is not None and source.name in packed:
                 after[node.outputs[0].name or ""] = packed[source.name]
             elif source.const_value is not None:
@@ -100,6 +100,18 @@ def layer_table(original: ir.Model, pruned: ir.Model) -> list[LayerRow]:
             )
         )
     return rows
+
+
+def _through_identity(value: ir.Value) -> ir.Value:
+    """The value an Identity chain starts from: a weight shared through Identity nodes and
+    packed is the unpacking's output (rxnmap's 8 uses of one block: 53 of 61 layers were
+    counted as removed, 93 % "sparsity" reported where the search reached 50 %)."""
+    for _ in range(16):
+        producer = value.producer()
+        if producer is None or producer.op_type != "Identity" or producer.inputs[0] is None:
+            break
+        value = producer.inputs[0]
+    return value
 
 
 def overall_sparsity(rows: Sequence[LayerRow]) -> float:
