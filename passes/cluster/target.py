@@ -84,7 +84,8 @@ class Found:
 
 
 def ladder(table: Table, upper: int | None) -> list[int]:
-    """Budgets to try, ascending: uniform 2, 2.5, 3 ... 8 bits per tensor (half widths halfway),
+    """Budgets to try, ascending: uniform 2, 2.5, 3 ... 8 bits per tensor (and halfway between
+    neighbours: name_romanizer met the target at 6 bits, missed at 5, nothing between),
     every weight float, and `upper` (the request) when given."""
     by_width = {}
     for width in WIDTHS:
@@ -93,9 +94,8 @@ def ladder(table: Table, upper: int | None) -> list[int]:
             by_width[width] = table.cost([j for j in picks if j is not None])
     widths = sorted(by_width)
     rungs = set(by_width.values())
-    for low, high in zip(widths, widths[1:], strict=False):
-        if high - low == 1 and low < 5:
-            rungs.add((by_width[low] + by_width[high]) // 2)
+    for low, high in zip(widths, widths[1:], strict=False):  # halfway: 2.5 .. 5.5, and 7
+        rungs.add((by_width[low] + by_width[high]) // 2)
     rungs.add(table.dense_cost)
     if upper is not None:
         rungs.add(upper)
