@@ -86,6 +86,7 @@ class Found:
 def ladder(table: Table, upper: int | None) -> list[int]:
     """Budgets to try, ascending: uniform 2, 2.5, 3 ... 8 bits per tensor (and halfway between
     neighbours: name_romanizer met the target at 6 bits, missed at 5, nothing between),
+    10, 12, 16 and 24 bits' worth (8-bit forms and some weights float),
     every weight float, and `upper` (the request) when given."""
     by_width = {}
     for width in WIDTHS:
@@ -96,6 +97,10 @@ def ladder(table: Table, upper: int | None) -> list[int]:
     rungs = set(by_width.values())
     for low, high in zip(widths, widths[1:], strict=False):  # halfway: 2.5 .. 5.5, and 7
         rungs.add((by_width[low] + by_width[high]) // 2)
+    if widths:  # between every weight at the widest and all float: the knapsack keeps the
+        # most sensitive weights float (centerface's 34 dB heads missed at 8 bits everywhere)
+        top = by_width[widths[-1]]
+        rungs.update(int(top * f) for f in (1.25, 1.5, 2.0, 3.0) if top * f < table.dense_cost)
     rungs.add(table.dense_cost)
     if upper is not None:
         rungs.add(upper)
