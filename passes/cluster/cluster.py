@@ -435,6 +435,13 @@ class ClusterWeights(ir.passes.InPlacePass):
         searching = self.allocation == "target" and self.accept is not None
         return 16 if self.allocation == "mixed" or searching else 256
 
+    def _probe_exact_limit(self, bits: int) -> int:
+        """The k-means DP's value limit for a candidate form (at least 4 bins per entry)."""
+        limit = PROBE_EXACT_LIMIT
+        if self.allocation == "target":
+            limit = max(EFFORT[self.effort].exact_limit, 4 << bits)
+        return min(self.exact_limit, limit)
+
     def _narrow(self, p: Palettized) -> Palettized:
         """The palette in the storage type `palette_dtype` asks for."""
         if self.palette_dtype == "float16" or (
@@ -485,7 +492,7 @@ class ClusterWeights(ir.passes.InPlacePass):
             init="kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
             seed=self.seed,
             keep_zero=self.keep_zero,
-            exact_limit=min(self.exact_limit, PROBE_EXACT_LIMIT) if probing else self.exact_limit,
+            exact_limit=self._probe_exact_limit(bits) if probing else self.exact_limit,
         )
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:
