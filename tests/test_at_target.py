@@ -208,6 +208,8 @@ def test_effort_orders_the_search_and_a_bad_value_is_usage(tmp_path: Path) -> No
         fast, default, thorough = (table[name] for name in ("fast", "default", "thorough"))
         assert fast.probe_seconds < default.probe_seconds < thorough.probe_seconds
         assert fast.probe_feeds < default.probe_feeds <= thorough.probe_feeds
+    limits = [CLUSTER_EFFORT[n].exact_limit for n in ("fast", "default", "thorough")]
+    assert limits == sorted(limits)
     assert (
         CLUSTER_EFFORT["fast"].refine_feeds == 0 and CLUSTER_EFFORT["thorough"].refine_feeds is None
     )
