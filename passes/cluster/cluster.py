@@ -255,11 +255,11 @@ class ClusterWeights(ir.passes.InPlacePass):
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
         before, unrefined = refine_guard.snapshot(model), dict(palettes)
-        refine_feeds = feeds
+        refine_feeds, refine_seconds = feeds, None
         if feeds is not None and allocation is not None and allocate == "target":
-            searched = allocation.get("search", {})
-            if searched.get("passed"):  # the target is met: refining only adds margin
+            if allocation.get("search", {}).get("passed"):  # refining only adds margin
                 refine_feeds = feeds[: EFFORT[self.effort].refine_feeds]
+                refine_seconds = EFFORT[self.effort].refine_seconds
         if refine_feeds and original is not None:
             layers = refine_layers(
                 original,
@@ -272,6 +272,7 @@ class ClusterWeights(ir.passes.InPlacePass):
                 refit=refine,
                 qmax=qmax,
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
+                seconds=refine_seconds,
             )
         if self.accept is not None and any(layer.refit for layer in layers):
             palettes, layers, checked = refine_guard.guard(

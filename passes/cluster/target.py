@@ -44,6 +44,7 @@ class Effort:
     probe_feeds: int  # the probes' feeds
     refine_feeds: int | None  # the refinement after a search that met the target (0: none)
     exact_limit: int  # candidate forms: values (else histogram bins) of the k-means DP
+    refine_seconds: float | None  # ... and no refinement level starts after this long
 
 
 # captcha_crnn (2 cores, loaded): 255 s, of which 141 s refining 23 layers level by level
@@ -51,10 +52,11 @@ class Effort:
 # before the refinement, which only adds margin. minilm_l3_paraphrase: 380 of 444 s
 # clustering candidate forms, most in the exact DP of per-channel rows (384 values each);
 # on 128 bins it is 3x faster at 4 bits, relative weight error 0.00711 for 0.00709.
+# open_nsfw_resnet met the target at 2 bits: its refinement has 50+ levels.
 EFFORT = {
-    "fast": Effort(20.0, 8, 0, 64),
-    "default": Effort(40.0, 16, 8, 128),
-    "thorough": Effort(240.0, 32, None, 2048),
+    "fast": Effort(20.0, 8, 0, 64, 0.0),
+    "default": Effort(40.0, 16, 8, 128, 30.0),
+    "thorough": Effort(240.0, 32, None, 2048, None),
 }
 
 
