@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.parity",
             "onnxslim.evaluation",
             "onnxslim.agreement",
+            "onnxslim.blindness",
             "onnxslim.decisions",
             "onnxslim.runtime",
             "onnxslim.budget",
