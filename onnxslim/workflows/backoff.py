@@ -44,11 +44,9 @@ from onnxslim.recipe import Step
 LOSSY = ("prune", "cluster", "quantize")
 MAX_TRIALS = 8
 PRUNE_FACTORS = (0.75, 0.5, 0.25)
-# `skip`: the step does not run (the model passes through unchanged).
-SKIP = "skip"
 
-# What a step runs: its options, or SKIP. Runs steps[start:] from `model`; returns the
-# model after each of them (None for a skipped step: its input passes through).
+# Runs steps[start:] from `model` (a None step is skipped: its input passes through) and
+# returns each one's model and what the caller keeps for its report.
 Execute = Callable[[int, ir.Model, list[Step | None]], list[tuple[ir.Model, Any]]]
 Check = Callable[[ir.Model], Assessment]
 
