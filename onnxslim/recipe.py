@@ -124,9 +124,7 @@ class Gates:
     max_parity_error: float | None = None  # relative RMS error of the worst output
     min_size_reduction: float | None = None  # fraction of the input file's bytes
     max_latency_ratio: float | None = None  # output median latency / input median latency
-    # points the final model may lose against the input (onnxslim.agreement, held-out
-    # feeds); set: the step that broke it is backed off (workflows/backoff.py)
-    target_error: float | None = None
+    target_error: float | None = None  # points lost at most (workflows/backoff.py)
     targets: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
