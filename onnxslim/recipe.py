@@ -62,6 +62,7 @@ GATE_KEYS = (
     "max_parity_error",
     "min_size_reduction",
     "max_latency_ratio",
+    "target_error",
     "targets",
 )
 MEASURE_KEYS = ("latency_runs", "parity_feeds", "target_feeds")
@@ -86,6 +87,7 @@ class Gates:
     max_parity_error: float | None = None  # relative RMS error of the worst output
     min_size_reduction: float | None = None  # fraction of the input file's bytes
     max_latency_ratio: float | None = None  # output median latency / input median latency
+    target_error: float | None = None  # points lost at most (workflows/backoff.py)
     targets: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -357,7 +359,7 @@ def _gates(table: Mapping[str, Any], where: str) -> Gates:
     if metric not in METRICS:
         bad_value(where, "gates.metric", f"one of {', '.join(METRICS)}", metric)
     values: dict[str, Any] = {"metric": metric}
-    for key in GATE_KEYS[1:5]:
+    for key in GATE_KEYS[1:6]:
         value = table.get(key)
         if value is None:
             continue

@@ -20,6 +20,19 @@ def option(default: Any, help: str, *, choices: tuple[Any, ...] | None = None) -
     return dataclasses.field(default=default, metadata=metadata)
 
 
+EFFORTS = ("fast", "default", "thorough")
+
+
+def effort_option() -> Any:
+    """The `effort` option of the searches at the accuracy target (prune, cluster)."""
+    return option(
+        "default",
+        "allocation=target: how much the search measures (probe feeds, forms, refit rows): "
+        "fast, default (minutes on a devmodel), thorough; the target check decides either way.",
+        choices=EFFORTS,
+    )
+
+
 def data_field(help: str) -> Any:
     """Declare a pass's data input (a path in recipes, any feed source through the API).
 

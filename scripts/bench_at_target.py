@@ -4,13 +4,15 @@
 
 MODEL is models/<name> (digits_*) or a devmodel id (~/.cache/devmodels; 32 realistic
 calibration feeds from ../shared/devmodels/inputs.make_feeds, seed 0). Prints one JSON
-line: exit code, wall time of the whole command, the target figures, and the sparsity or
-bits per weight reached with the search's trials.
+line: exit code, wall time and CPU time of the whole command, the target figures, and the
+sparsity or bits per weight reached with the search's trials.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,7 @@ def calib_file(model_id: str, n: int = 32) -> Path:
 def run(command: str, model: Path, calib: Path, extra: list[str]) -> dict:
     out = WORK / f"{model.stem}.{command}.onnx"
     started = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.run(
         ["onnxslim", command, str(model), "-o", str(out), "--calib", str(calib)]
         + ["--runs", "0", "--json", "--overwrite", *extra],
@@ -53,14 +56,25 @@ def run(command: str, model: Path, calib: Path, extra: list[str]) -> dict:
         text=True,
     )
     seconds = round(time.time() - started, 1)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the command (user + system): less at the mercy of other jobs than wall
+    cpu = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    load = round(os.getloadavg()[0], 1)
     try:
         report = json.loads(process.stdout)
     except json.JSONDecodeError:
-        return {"exit": process.returncode, "seconds": seconds, "err": process.stderr[-400:]}
+        return {
+            "exit": process.returncode,
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "err": process.stderr[-400:],
+        }
     outputs = (report.get("target") or {}).get("outputs", [])
     row = {
         "exit": process.returncode,
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "load_after": load,
         "target": [(o["name"], o["role"], o["value"], o["unit"], o["passed"]) for o in outputs],
         "raw_ratio": report["size"]["raw_ratio"],
         "err": process.stderr.strip().splitlines()[-1][:300] if process.returncode else "",

@@ -272,3 +272,19 @@ def test_concatenated_boxes_do_not_hide_the_scores_error() -> None:
     figure = agreement.assess(ref, cand, roles=roles).figures[0]
     assert not figure.passed and "parts 4:7" in figure.measure and figure.unit == "points"
     assert figure.role == "regression" and figure.detail["part_0_4_dB"] == math.inf
+
+
+def test_decisions_kept_by_scores_that_moved_far_do_not_vouch() -> None:
+    """Issue 16 (d): rxnmap's attention rows kept 98.5 % of their argmaxes with every MatMul
+    weight zeroed (0.05 points): rows that keep their decision but not their scores miss."""
+    rng = np.random.default_rng(5)
+    attention = rng.dirichlet(np.full(12, 0.3), size=40).astype(np.float32)
+    flat = 0.2 * attention + 0.8 / 12  # same argmax, most of each row's mass moved
+    result = agreement.assess([{"attention": attention}], [{"attention": flat}])
+    fig = result.figures[0]
+    assert fig.role == "classifier" and fig.unit == "dB" and not result.passed
+    assert fig.detail["disagreement_points"] == 0.0 and fig.value < agreement.SCORES_FLOOR_DB
+    # the same rows a little off still pass on their decisions
+    near = attention + 0.01 * rng.random(attention.shape).astype(np.float32)
+    near /= near.sum(-1, keepdims=True)
+    assert agreement.assess([{"attention": attention}], [{"attention": near}]).passed

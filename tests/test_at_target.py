@@ -196,3 +196,29 @@ def test_cluster_searches_models_with_if_subgraphs() -> None:
     assert search["budget_bytes"] == min(t["budget_bytes"] for t in trials if t["passed"])
     assert {w["weight"] for w in result.weights} >= {"w0"}
     assert result.bits_per_weight < 8.0
+
+
+def test_effort_orders_the_search_and_a_bad_value_is_usage(tmp_path: Path) -> None:
+    """--effort fast|default|thorough: more effort measures more, never less; exit 2 else."""
+    from onnxslim.passes.cluster.target import EFFORT as CLUSTER_EFFORT
+    from onnxslim.passes.prune.magnitude import EFFORT as PRUNE_EFFORT
+    from onnxslim.passes.prune.magnitude import MagnitudePruning
+
+    for table in (PRUNE_EFFORT, CLUSTER_EFFORT):
+        fast, default, thorough = (table[name] for name in ("fast", "default", "thorough"))
+        assert fast.probe_seconds < default.probe_seconds < thorough.probe_seconds
+        assert fast.probe_feeds < default.probe_feeds <= thorough.probe_feeds
+    limits = [CLUSTER_EFFORT[n].exact_limit for n in ("fast", "default", "thorough")]
+    assert limits == sorted(limits)
+    assert (
+        CLUSTER_EFFORT["fast"].refine_feeds == 0 and CLUSTER_EFFORT["thorough"].refine_feeds is None
+    )
+    with pytest.raises(ValueError, match="effort"):
+        MagnitudePruning(effort="slow")
+    with pytest.raises(ValueError, match="effort"):
+        ClusterWeights(effort="slow")
+    model, calib = _files("digits_cnn")
+    for command in ("prune", "cluster"):
+        out = tmp_path / f"{command}.onnx"
+        args = [command, str(model), "-o", str(out), "--effort", "slow", "--calib", str(calib)]
+        assert main(args) == 2 and not out.exists()

@@ -143,3 +143,22 @@ def test_refinement_needs_calibration_data():
 
     with pytest.raises(UsageError, match="calibration"):
         ClusterWeights(refine=True)(grouped_conv_model())
+
+
+def test_refinement_stops_starting_levels_when_its_time_is_spent():
+    """--effort: no level starts after `seconds`; the layers after keep their palettes."""
+    from onnxslim.passes.cluster.palette import cluster_tensor
+    from onnxslim.passes.cluster.refine import refine_layers
+
+    original = grouped_conv_model()
+    current = original.clone()
+    palettes = {}
+    for name in ("w1", "w2", "w3"):
+        value = current.graph.initializers[name]
+        p, _ = cluster_tensor(value.const_value.numpy(), 2, axis=None, group_size=1)
+        palettes[name] = p
+        value.const_value = ir.Tensor(p.dense(), name=name)
+    feeds = [{"x": np.ones((2, 4, 8, 8), np.float32)}]
+    records = refine_layers(original, current, palettes, feeds, ridge=1e-3, max_rows=256, seconds=0)
+    assert len(records) == 3 and not any(r.refit for r in records)
+    assert all("time budget" in r.skipped for r in records)

@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.parity",
             "onnxslim.evaluation",
             "onnxslim.agreement",
+            "onnxslim.blindness",
             "onnxslim.decisions",
             "onnxslim.runtime",
             "onnxslim.budget",

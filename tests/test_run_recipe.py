@@ -68,6 +68,9 @@ def test_preset_passes_and_an_impossible_gate_fails(tmp_path: Path, name: str) -
         t["name"] for t in data["recipe"]["document"]["pass"]
     ]
     assert data["output"]["bytes"] == out.stat().st_size
+    if preset in ("mobile-int8-pruned", "palettized-4bit"):  # measured once at the end
+        assert "target_error" in [g["name"] for g in data["gates"]]
+        assert data["data"]["backoff"]["trials"][0]["changed"] == "as written"
     html = (report / "report.html").read_text()
     assert html.count("<svg") >= 1 and "id='steps'" in html
     assert "PASS" in (report / "report.md").read_text()

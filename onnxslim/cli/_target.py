@@ -17,6 +17,7 @@ from rich.markup import escape
 from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment
 from onnxslim.cli._app import out
 from onnxslim.errors import GateFailed
+from onnxslim.passes._options import EFFORTS
 
 TARGET_HELP = (
     "Accuracy target: the points of task accuracy the result may lose against the "
@@ -32,6 +33,25 @@ def target_option() -> float:
     return typer.Option(
         DEFAULT_TARGET_ERROR, "--target-error", min=0.0, max=100.0, help=TARGET_HELP
     )
+
+
+def effort_option() -> str:
+    """The `--effort` option of prune and cluster (the target search's measuring)."""
+    return typer.Option(
+        "default",
+        "--effort",
+        help="How much the search at the target measures: fast (fewer probe feeds, forms and "
+        "refit rows), default (about 2 minutes on a 2-core machine for a devmodel), thorough; "
+        "the target check on held-out feeds decides the result either way.",
+    )
+
+
+def check_effort(effort: str) -> str:
+    if effort not in EFFORTS:
+        raise typer.BadParameter(
+            f"{effort!r}: expected one of {', '.join(EFFORTS)}", param_hint="--effort"
+        )
+    return effort
 
 
 def print_target(assessment: Assessment | None) -> None:

@@ -22,7 +22,7 @@ from onnxslim.cli._compared import (
     write_and_report,
 )
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import target_option
+from onnxslim.cli._target import check_effort, effort_option, target_option
 from onnxslim.errors import UsageError
 
 _INITS = ("optimal", "kmeans++", "density", "linear")
@@ -153,6 +153,7 @@ def cluster_command(
     target_error: float = target_option(),
     data: str | None = opt.DATA_AS_EVAL,
     input_shape: list[str] | None = opt.INPUT_SHAPE,
+    effort: str = effort_option(),
 ) -> None:
     """Cluster the weights of MODEL into 2^B shared values each and write OUTPUT (palettized)."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -178,6 +179,7 @@ def cluster_command(
         "packing": packing,
         "storage": storage,
         "int8_grid": int8,
+        "effort": check_effort(effort),
     }
     if per_channel_groups is not None or int8:
         options.update(granularity="per-channel-group", group_size=per_channel_groups or 1)

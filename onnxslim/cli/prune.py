@@ -21,7 +21,7 @@ from onnxslim.cli._compared import (
     write_and_report,
 )
 from onnxslim.cli._data import IMAGE_PREPROCESS, DataOptions
-from onnxslim.cli._target import target_option
+from onnxslim.cli._target import check_effort, effort_option, target_option
 from onnxslim.errors import UsageError
 
 
@@ -114,6 +114,7 @@ def prune_command(
     target_error: float = target_option(),
     data: str | None = opt.DATA_AS_EVAL,
     input_shape: list[str] | None = opt.INPUT_SHAPE,
+    effort: str = effort_option(),
 ) -> None:
     """Prune MODEL and write OUTPUT; the report compares it with the original on ONNX Runtime."""
     if io.same_file(model, output) and not overwrite:  # one line, exit 2 (not a usage box)
@@ -132,7 +133,12 @@ def prune_command(
     if method == "magnitude":
         if scope == "global" and allocation == "target":  # one threshold: exactly --sparsity
             allocation = "uniform"
-        options.update(scope=scope, allocation=allocation, min_elements=min_elements)
+        options.update(
+            scope=scope,
+            allocation=allocation,
+            min_elements=min_elements,
+            effort=check_effort(effort),
+        )
     elif method == "nm":
         options["n"], options["m"] = _parse_nm(nm)
         options["min_elements"] = min_elements

@@ -4,7 +4,8 @@ prune and cluster search for the most compression that meets the target; every
 candidate is judged by the same measure the final report uses (onnxslim.agreement on
 the held-out feeds of workflows/heldout.py), so a search never trusts a proxy. The
 original's outputs and the outputs' roles are computed once; a candidate costs one
-ORT session on the held-out feeds.
+ORT session on the held-out feeds. Decision outputs a model without weights still gets
+right are held to SQNR instead (onnxslim.blindness).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from onnxslim.agreement import Assessment, Target, assess, detect_roles
+from onnxslim.blindness import unblind
 from onnxslim.runtime import Session
 from onnxslim.workflows.heldout import CheckData
 
@@ -23,7 +25,8 @@ class TargetCheck:
         self.data, self.target = data, target
         session = Session(original)
         self.reference = [session.run(feed) for feed in data.check]
-        self.roles = detect_roles(original, self.reference)
+        roles = detect_roles(original, self.reference)
+        self.roles = unblind(original, data.check, self.reference, roles, target)
         self.calls = 0
 
     def __call__(self, candidate: ir.Model) -> Assessment:

@@ -253,7 +253,10 @@ def cluster_model(
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
-    if target is not None and split is not None:
+    accept = options.get("accept")
+    if isinstance(accept, TargetCheck):  # the search's check: the original's outputs kept
+        report.target = accept(clustered)
+    elif target is not None and split is not None:
         report.target = check_target(model, clustered, split, target)
     searched = report.search
     if searched is not None and searched.get("requested_bytes") is not None:

@@ -125,6 +125,9 @@ def quantize_model(
         options["calib"] = split.fit if split is not None else calib
         if split is not None and target is not None:
             options.update(fix=fix, check=split.check, target_error=target.error)
+        elif options.get("check") is not None and target_error is not None:
+            # the caller holds the feeds and measures the result (a recipe's back-off)
+            options.update(fix=fix, target_error=target_error)
         else:
             options["fix"] = False
     else:

@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from onnxslim import io
 from onnxslim._version import __version__
+from onnxslim.agreement import Target
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import OnnxSlimError, PassFailed, RuntimeFailure, UsageError
 from onnxslim.evaluation import Evaluator
@@ -42,9 +43,12 @@ from onnxslim.recipe import Recipe, Step, load_recipe
 from onnxslim.registry import make_pass, pass_class
 from onnxslim.report import RunReport, StepReport, gzip_size
 from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
+from onnxslim.workflows.at_target import TargetCheck
+from onnxslim.workflows.backoff import back_off, target_gate
 from onnxslim.workflows.cluster import cluster_model
+from onnxslim.workflows.heldout import split_data
 from onnxslim.workflows.optimize import optimize, validation_feeds
-from onnxslim.workflows.prune import prune
+from onnxslim.workflows.prune import prune, prune_model
 from onnxslim.workflows.quantize import quantize_model
 
 RecipeSpec = Recipe | str | Path | Mapping[str, Any]
@@ -110,46 +114,47 @@ def run_recipe(
     report = RunReport.start(recipe, input_path, input_bytes, evaluator)
     if sources.applied:
         report.data["image_preprocessing"] = dict(sources.applied)
-    current = model
-    for index, step in enumerate(recipe.steps):
-        say(f"step {index + 1}/{len(recipe.steps)}: {step.name}")
-        begin = time.perf_counter()
-        try:
-            try:
-                current, details, warnings = _run_step(step, current, recipe, index, sources)
-            except (PassFailed, RuntimeFailure) as exc:
-                text = re.sub(r"^pass '[^']*' failed: ", "", str(exc))
-                raise PassFailed(f"pass[{index}] ({step.name}) failed: {text}") from exc
-            except OnnxSlimError:
-                raise
-            except Exception as exc:  # a bug in a pass: exit 3 with the step named
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise PassFailed(
-                    f"pass[{index}] ({step.name}) failed: {type(exc).__name__}: {text}"
-                ) from exc
-        except PassFailed as exc:
-            report.status, report.error = "pass failed", str(exc)
-            report.seconds = time.perf_counter() - start
-            exc.report = report  # type: ignore[attr-defined]
-            raise
-        seconds = time.perf_counter() - begin
-        data = io.model_to_bytes(current)
-        measured = evaluator.measure(current, latency_runs=recipe.measure.latency_runs)
-        report.steps.append(
-            StepReport(
-                index,
-                step.name,
-                step.kind,
-                _public(step.options),
-                seconds,
-                len(data),
-                node_count(current),
-                measured,
-                details,
-                warnings,
-                gzip_size(data),
-            )
-        )
+    target = Target(recipe.gates.target_error) if recipe.gates.target_error is not None else None
+    split = split_data(model, sources.calib, sources.eval) if target is not None else None
+    if split is not None:  # the steps never see the feeds the target is measured on
+        sources = dataclasses.replace(sources, calib=split.fit)
+    check = split.check if split is not None else None
+
+    partial: list[Any] = []  # the outputs so far from step 0, for a failure's report
+
+    def execute(first: int, start: ir.Model, steps: list[Step | None]) -> list[Any]:
+        outputs: list[Any] = []
+        del partial[first:]
+        current = start
+        for index in range(first, len(steps)):
+            step = steps[index]
+            say(f"step {index + 1}/{len(steps)}: {recipe.steps[index].name}")
+            if step is None:  # backed off entirely: the model passes through
+                outputs.append((current, ({"skipped": "backed off (gates.target_error)"}, [], 0.0)))
+                partial.append(outputs[-1])
+                continue
+            begin = time.perf_counter()
+            current, details, warnings = _guarded_step(step, current, recipe, index, sources, check)
+            outputs.append((current, (details, warnings, time.perf_counter() - begin)))
+            partial.append(outputs[-1])
+        return outputs
+
+    try:
+        if target is not None and split is not None:
+            check_target = TargetCheck(model, split, target)
+            backed = back_off(model, list(recipe.steps), check_target, target, execute)
+            outputs, ran, assessment = backed.outputs, backed.steps, backed.assessment
+            report.data["backoff"] = backed.to_dict()
+        else:
+            outputs, ran, assessment = execute(0, model, list(recipe.steps)), [], None
+    except PassFailed as exc:
+        report.steps += _step_reports(evaluator, recipe, partial, [])
+        report.status, report.error = "pass failed", str(exc)
+        report.seconds = time.perf_counter() - start
+        exc.report = report  # type: ignore[attr-defined]
+        raise
+    report.steps += _step_reports(evaluator, recipe, outputs, ran)
+    current = outputs[-1][0] if outputs else model
     add_provenance(current, recipe, input_bytes)
     final_bytes = io.model_to_bytes(current)
     final = report.steps[-1].measurement if report.steps else evaluator.baseline
@@ -163,9 +168,62 @@ def run_recipe(
         model=current,
         target_feeds=recipe.measure.target_feeds,
     )
+    if assessment is not None:
+        report.gates.append(target_gate(assessment, report.data.get("backoff", {})))
     report.finish(final_bytes, final, time.perf_counter() - start)
     report.model = current
     return RunOutcome(current, report)
+
+
+def _step_reports(
+    evaluator: Evaluator, recipe: Recipe, outputs: list[Any], ran: list[Step | None]
+) -> list[StepReport]:
+    """Each step's output measured (size, nodes, parity, metric, latency)."""
+    reports = []
+    for index, (current, (details, notes, seconds)) in enumerate(outputs):
+        backed = ran[index] if ran else None
+        step = backed if backed is not None else recipe.steps[index]
+        data = io.model_to_bytes(current)
+        measured = evaluator.measure(current, latency_runs=recipe.measure.latency_runs)
+        reports.append(
+            StepReport(
+                index,
+                step.name,
+                step.kind,
+                _public(step.options),
+                seconds,
+                len(data),
+                node_count(current),
+                measured,
+                details,
+                notes,
+                gzip_size(data),
+            )
+        )
+    return reports
+
+
+def _guarded_step(
+    step: Step,
+    model: ir.Model,
+    recipe: Recipe,
+    index: int,
+    sources: RecipeData,
+    check: list[Any] | None,
+) -> tuple[ir.Model, dict[str, Any], list[str]]:
+    """One step; any failure a PassFailed naming the step (exit 3)."""
+    try:
+        return _run_step(step, model, recipe, index, sources, check)
+    except (PassFailed, RuntimeFailure) as exc:
+        text = re.sub(r"^pass '[^']*' failed: ", "", str(exc))
+        raise PassFailed(f"pass[{index}] ({step.name}) failed: {text}") from exc
+    except OnnxSlimError:
+        raise
+    except Exception as exc:  # a bug in a pass: exit 3 with the step named
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PassFailed(
+            f"pass[{index}] ({step.name}) failed: {type(exc).__name__}: {text}"
+        ) from exc
 
 
 def add_provenance(model: ir.Model, recipe: Recipe, input_bytes: bytes) -> None:
@@ -246,11 +304,16 @@ def check_data(recipe: Recipe) -> None:
 
 
 def _public(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k != "calib"}
+    return {k: v for k, v in options.items() if k not in ("calib", "check")}
 
 
 def _run_step(
-    step: Step, model: ir.Model, recipe: Recipe, index: int, sources: RecipeData
+    step: Step,
+    model: ir.Model,
+    recipe: Recipe,
+    index: int,
+    sources: RecipeData,
+    check: list[Any] | None = None,
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
     options: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()
@@ -264,11 +327,23 @@ def _run_step(
         warnings = [f"{r.name}: {r.status} ({r.reason})" for r in result.result.rolled_back]
         return result.model, {"changed": changed}, warnings
     if step.name == "quantize":
-        return _quantize(model, options, calib, recipe)
+        return _quantize(model, options, calib, recipe, check)
     if step.name == "prune":
         if recipe.max_samples is not None:
             options.setdefault("calib_count", recipe.max_samples)
-        pruned = prune(model, calib=calib, validate=False, **options)
+        at_target = options.pop("at_target", None)  # a back-off rung (workflows/backoff.py)
+        if at_target is not None and check is not None:
+            pruned = prune_model(
+                model,
+                method=options.pop("method", "magnitude"),
+                storage=options.pop("storage", "packed"),
+                eval_data=check,
+                runs=0,
+                target_error=at_target,
+                **dict(options, allocation="target", calib=calib),
+            )
+        else:
+            pruned = prune(model, calib=calib, validate=False, **options)
         details = {
             "sparsity": pruned.sparsity,
             "layers": [
@@ -280,14 +355,28 @@ def _run_step(
         return pruned.model, _jsonable(details), list(pruned.warnings)
     if step.name == "cluster":
         strip = bool(options.pop("strip_metadata", True))
-        clustered = cluster_model(
-            model,
-            calib=calib,
-            validate_result=False,
-            optimize=False,
-            strip_metadata=strip,
-            **options,
-        )
+        at_target = options.pop("at_target", None)  # a back-off rung (workflows/backoff.py)
+        if at_target is not None and check is not None:
+            options.pop("bits", None)  # the fewest bytes meeting the target, not a budget
+            clustered = cluster_model(
+                model,
+                calib=calib,
+                eval_data=check,
+                runs=0,
+                target_error=at_target,
+                optimize=False,
+                strip_metadata=strip,
+                **dict(options, allocation="target"),
+            )
+        else:
+            clustered = cluster_model(
+                model,
+                calib=calib,
+                validate_result=False,
+                optimize=False,
+                strip_metadata=strip,
+                **options,
+            )
         details = {
             "bits": clustered.bits,
             "weights": clustered.weights,
@@ -302,10 +391,20 @@ def _run_step(
 
 
 def _quantize(
-    model: ir.Model, options: dict[str, Any], calib: FeedSource | None, recipe: Recipe
+    model: ir.Model,
+    options: dict[str, Any],
+    calib: FeedSource | None,
+    recipe: Recipe,
+    check: list[Any] | None = None,
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
     mode = options.pop("mode", "static")
     max_drop = options.pop("max_drop", None)
+    fix_target = options.pop("fix_target", None)  # a back-off rung (workflows/backoff.py)
+    fixing: dict[str, Any] = {}
+    if fix_target is not None and check is not None and mode == "static":
+        fixing = {"fix": True, "target_error": fix_target}
+        options["check"] = check
+    options.pop("fix", None)
     warnings = []
     if mode == "static":
         if options.get("latency_guard"):
@@ -340,7 +439,12 @@ def _quantize(
             )
         return aware.model, _jsonable(details), warnings
     result = quantize_model(
-        model, mode=mode, calib=calib if mode == "static" else None, validate=False, **options
+        model,
+        mode=mode,
+        calib=calib if mode == "static" else None,
+        validate=False,
+        **fixing,
+        **options,
     )
     report = result.report
     details = {

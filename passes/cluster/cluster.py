@@ -27,7 +27,7 @@ from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
-from onnxslim.passes._options import check_choice, data_field, option
+from onnxslim.passes._options import check_choice, data_field, effort_option, option
 from onnxslim.passes._target_inputs import TargetInputs
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
@@ -42,8 +42,8 @@ from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms
 from .kmeans import EXACT_LIMIT, INITS
 from .palette import Palettized, cluster_tensor, reassign, snap_int8
 from .refine import refine_layers
+from .target import EFFORT, target_widths
 from .target import search as target_search
-from .target import target_widths
 from .weights import Skipped, Weight, find_weights
 
 SUMMARY_KEY = "onnxslim.cluster"
@@ -97,6 +97,7 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
         "mixed with calib, else uniform).",
         choices=ALLOCATIONS,
     )
+    effort: str = effort_option()
     budget: float | None = option(
         None,
         "With allocation=mixed: stored bytes of the clustered weights as a fraction of their "
@@ -164,7 +165,15 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
     seed: int = option(0, "Seed of k-means++ and row sampling.")
 
     def __post_init__(self) -> None:
-        for name in ("init", "granularity", "storage", "packing", "palette_dtype", "allocation"):
+        for name in (
+            "init",
+            "granularity",
+            "storage",
+            "packing",
+            "palette_dtype",
+            "allocation",
+            "effort",
+        ):
             check_choice(self, name)
         if not 1 <= self.bits <= 8:
             raise ValueError(f"bits must be in 1..8, got {self.bits}")
@@ -232,18 +241,24 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
         layers = []
         before, unrefined = refine_guard.snapshot(model), dict(palettes)
-        if feeds is not None and original is not None:
+        refine_feeds, refine_seconds = feeds, None
+        if feeds is not None and allocation is not None and allocate == "target":
+            if allocation.get("search", {}).get("passed"):  # refining only adds margin
+                refine_feeds = feeds[: EFFORT[self.effort].refine_feeds]
+                refine_seconds = EFFORT[self.effort].refine_seconds
+        if refine_feeds and original is not None:
             layers = refine_layers(
                 original,
                 model,
                 palettes,
-                feeds,
+                refine_feeds,
                 ridge=self.ridge,
                 max_rows=self.max_rows,
                 seed=self.seed,
                 refit=refine,
                 qmax=qmax,
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
+                seconds=refine_seconds,
             )
         if self.accept is not None and any(layer.refit for layer in layers):
             palettes, layers, checked = refine_guard.guard(
@@ -335,19 +350,18 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
         fewer forms are clustered (B-1 .. B+1, per tensor or per channel). `widths`: the
         bit widths to try instead of B-1 .. B+2 (allocation=target)."""
         opset = palette_storage.default_opset(model)
-        probe = WeightProbe(model, [w.name for w in weights], feeds[:ALLOCATION_FEEDS])
+        effort = EFFORT[self.effort] if self.allocation == "target" else None
+        count = effort.probe_feeds if effort is not None else ALLOCATION_FEEDS
+        probe = WeightProbe(model, [w.name for w in weights], feeds[:count])
         forms_per_weight = len(
             candidate_forms(self.bits, channels=64, fixed_group=None, widths=widths)
         )
         probes = len(weights) * forms_per_weight
         elements = sum(w.value.const_value.size for w in weights if w.value.const_value is not None)
-        measure_all = (
-            probes * probe.seconds_per_run <= PROBE_SECONDS and elements <= FULL_SEARCH_ELEMENTS
-        )
+        seconds = effort.probe_seconds if effort is not None else PROBE_SECONDS
+        measure_all = probes * probe.seconds_per_run <= seconds and elements <= FULL_SEARCH_ELEMENTS
         user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
-        table = Table(
-            weights=weights, measure_all=measure_all, feeds=min(len(feeds), ALLOCATION_FEEDS)
-        )
+        table = Table(weights=weights, measure_all=measure_all, feeds=min(len(feeds), count))
         for weight in weights:
             dense = weight.value.const_value
             assert dense is not None
@@ -408,6 +422,13 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
         searching = self.allocation == "target" and self.accept is not None
         return 16 if self.allocation == "mixed" or searching else 256
 
+    def _probe_exact_limit(self, bits: int) -> int:
+        """The k-means DP's value limit for a candidate form (at least 4 bins per entry)."""
+        limit = PROBE_EXACT_LIMIT
+        if self.allocation == "target":
+            limit = max(EFFORT[self.effort].exact_limit, 4 << bits)
+        return min(self.exact_limit, limit)
+
     def _narrow(self, p: Palettized) -> Palettized:
         """The palette in the storage type `palette_dtype` asks for."""
         if self.palette_dtype == "float16" or (
@@ -458,7 +479,7 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
             init="kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
             seed=self.seed,
             keep_zero=self.keep_zero,
-            exact_limit=min(self.exact_limit, PROBE_EXACT_LIMIT) if probing else self.exact_limit,
+            exact_limit=self._probe_exact_limit(bits) if probing else self.exact_limit,
         )
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:

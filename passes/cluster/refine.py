@@ -27,6 +27,7 @@ lower the layer's error on the calibration rows is discarded.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -181,13 +182,15 @@ def refine_layers(
     qmax: int | None = None,
     pinned_zero: frozenset[str] = frozenset(),
     blas_threads: int = 1,
+    seconds: float | None = None,
 ) -> list[LayerError]:
     """Refit (or, with refit False, only measure) the palettes of `palettes` in `current`.
 
     `palettes` maps weight names to their Palettized form and is updated in place;
     the dense weights (and biases) of `current` are rewritten to match. Weights in
     `pinned_zero` keep their zero palette entries at zero (pruned weights stay sparse).
-    Returns the per-layer errors (skipped layers with their reason).
+    Returns the per-layer errors (skipped layers with their reason). `seconds`: no level
+    starts after that long (the layers after it keep their palettes).
     """
     with threadpool_limits(limits=blas_threads, user_api="blas"):
         return _refine(
@@ -201,6 +204,7 @@ def refine_layers(
             refit=refit,
             qmax=qmax,
             pinned_zero=pinned_zero,
+            deadline=None if seconds is None else time.perf_counter() + seconds,
         )
 
 
@@ -216,6 +220,7 @@ def _refine(
     refit: bool,
     qmax: int | None,
     pinned_zero: frozenset[str],
+    deadline: float | None = None,
 ) -> list[LayerError]:
     records: list[LayerError] = []
     ready: dict[str, Layer] = {}
@@ -259,7 +264,17 @@ def _refine(
     outputs = {name: layer.output.name or "" for name, layer in ready.items()}
     target = Tap(original, list(dict.fromkeys(outputs.values())))
     levels = refit_levels(current, list(ready)) if refit else [list(ready)]
-    for level in levels:
+    for done, level in enumerate(levels):
+        if deadline is not None and time.perf_counter() > deadline:
+            for name in (n for rest in levels[done:] for n in rest):
+                layer, why = ready[name], "time budget of the refinement spent (--effort)"
+                nan = float("nan")
+                records.append(
+                    LayerError(
+                        name, layer.weight.name or "", layer.op_type, 0, nan, nan, False, why
+                    )
+                )
+            break
         sums = accumulate_normal_equations(
             current,
             level,

@@ -34,6 +34,30 @@ WIDTHS = (2, 3, 4, 5, 6, 8)
 BLAMED = 3  # weights named when the request misses the target
 
 
+@dataclass(frozen=True)
+class Effort:
+    """What the target search measures at one `effort` (the option of ClusterWeights)."""
+
+    probe_seconds: float  # every form probed when that takes at most this long
+    probe_feeds: int  # the probes' feeds
+    refine_feeds: int | None  # the refinement after a search that met the target (0: none)
+    exact_limit: int  # candidate forms: values (else histogram bins) of the k-means DP
+    refine_seconds: float | None  # ... and no refinement level starts after this long
+
+
+# captcha_crnn (2 cores, loaded): 255 s, of which 141 s refining 23 layers level by level
+# (one ORT pass over 24 feeds each) and 35 s probing on 24 feeds; the target was met
+# before the refinement, which only adds margin. minilm_l3_paraphrase: 380 of 444 s
+# clustering candidate forms, most in the exact DP of per-channel rows (384 values each);
+# on 128 bins it is 3x faster at 4 bits, relative weight error 0.00711 for 0.00709.
+# open_nsfw_resnet met the target at 2 bits: its refinement has 50+ levels.
+EFFORT = {
+    "fast": Effort(20.0, 8, 0, 64, 0.0),
+    "default": Effort(40.0, 16, 8, 128, 30.0),
+    "thorough": Effort(240.0, 32, None, 2048, None),
+}
+
+
 def target_widths(bits: int) -> tuple[int, ...]:
     """WIDTHS, and the requested width when it is another."""
     return tuple(sorted({*WIDTHS, bits}))
@@ -63,7 +87,9 @@ class Found:
 
 
 def ladder(table: Table, upper: int | None) -> list[int]:
-    """Budgets to try, ascending: uniform 2, 2.5, 3 ... 8 bits per tensor (half widths halfway),
+    """Budgets to try, ascending: uniform 2, 2.5, 3 ... 8 bits per tensor (and halfway between
+    neighbours: name_romanizer met the target at 6 bits, missed at 5, nothing between),
+    10, 12, 16 and 24 bits' worth (8-bit forms and some weights float),
     every weight float, and `upper` (the request) when given."""
     by_width = {}
     for width in WIDTHS:
@@ -72,9 +98,12 @@ def ladder(table: Table, upper: int | None) -> list[int]:
             by_width[width] = table.cost([j for j in picks if j is not None])
     widths = sorted(by_width)
     rungs = set(by_width.values())
-    for low, high in zip(widths, widths[1:], strict=False):
-        if high - low == 1 and low < 5:
-            rungs.add((by_width[low] + by_width[high]) // 2)
+    for low, high in zip(widths, widths[1:], strict=False):  # halfway: 2.5 .. 5.5, and 7
+        rungs.add((by_width[low] + by_width[high]) // 2)
+    if widths:  # between every weight at the widest and all float: the knapsack keeps the
+        # most sensitive weights float (centerface's 34 dB heads missed at 8 bits everywhere)
+        top = by_width[widths[-1]]
+        rungs.update(int(top * f) for f in (1.25, 1.5, 2.0, 3.0) if top * f < table.dense_cost)
     rungs.add(table.dense_cost)
     if upper is not None:
         rungs.add(upper)

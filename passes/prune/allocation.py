@@ -58,6 +58,9 @@ def quick_sensitivity(
     layers: Sequence[Layer],
     feeds: Sequence[Feed],
     probes: Sequence[float] = PROBES,
+    *,
+    seconds: float = QUICK_SECONDS,
+    max_feeds: int = QUICK_FEEDS,
 ) -> np.ndarray:
     """errors[i, j] as `measure_sensitivity` gives them, from ONE ORT probe per layer.
 
@@ -71,10 +74,10 @@ def quick_sensitivity(
     only rank the layers, the target check on the held-out feeds decides.
     """
     names = [layer.weight_name for layer in layers]
-    probe = WeightProbe(model, names, list(feeds)[:QUICK_FEEDS])
+    probe = WeightProbe(model, names, list(feeds)[:max_feeds])
     expected = probe.seconds_per_run * len(layers)
-    if expected > QUICK_SECONDS and len(feeds) > MIN_QUICK_FEEDS:  # a slow model: fewer feeds
-        count = max(MIN_QUICK_FEEDS, int(min(len(feeds), QUICK_FEEDS) * QUICK_SECONDS / expected))
+    if expected > seconds and len(feeds) > MIN_QUICK_FEEDS:  # a slow model: fewer feeds
+        count = max(MIN_QUICK_FEEDS, int(min(len(feeds), max_feeds) * seconds / expected))
         probe = WeightProbe(model, names, list(feeds)[:count])
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):

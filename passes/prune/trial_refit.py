@@ -86,7 +86,7 @@ class TrialRefit:
                     model,
                     refittable,
                     feeds,
-                    max_rows=min(max_rows, TRIAL_ROWS),
+                    max_rows=max_rows,
                     seed=seed,
                     outputs={n: outputs[n] for n in refittable},
                 )
