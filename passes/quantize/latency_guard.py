@@ -121,7 +121,10 @@ def latency_guard(
             break
     first = outcome.checks[0]["ratio"]
     chosen = best[1]
-    if best[0] > 1.0:  # nothing tried is as fast as float: keep it all float
+    # Nothing tried is clearly faster than float: keep it all float. A ratio within the
+    # noise (0.97-1.0) is no gain worth int8's error: centerface kept 2 of its 63 convs int8
+    # after the fix loop at a measured 0.98-0.99, and re-timed at 1.16x float.
+    if best[0] > _GUARD_TARGET:
         skipped = dict(plan.skipped)
         skipped.update({name: "int8 model was slower than float here" for name in plan.nodes})
         chosen = (QuantPlan({}, {}, skipped), {}, prepared.clone(), InsertReport())
