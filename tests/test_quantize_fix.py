@@ -10,7 +10,8 @@ from types import SimpleNamespace
 from onnxslim.agreement import Assessment, OutputFigure, Target
 from onnxslim.cli import main
 from onnxslim.cli.quantize import _print_fixes
-from onnxslim.passes.quantize.repair import Choice, excess, repair
+from onnxslim.passes.quantize import fix_glue
+from onnxslim.passes.quantize.repair import Choice, RepairOutcome, excess, repair
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 DETECTOR = MODELS / "digits_detector.onnx"
@@ -84,3 +85,24 @@ def test_cli_lists_the_fixes_and_exits_0_when_they_meet_the_target(tmp_path: Pat
     assert f"detections {before:.2f} points" in text and "[kept]" in text
     assert main([*args, "--no-fix", "--overwrite"]) == 1 and out.is_file()
     assert "accuracy target missed" in " ".join(capsys.readouterr().err.split())
+
+
+def test_int8_that_misses_after_every_fix_gives_the_float_model_exit_0(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """When no fix meets the target, the float model (cleaned up) is the result, exit 0, and
+    the reason is one line: never an int8 model that misses it shipped as a success."""
+
+    def nothing_helps(evaluate, start, ranked, tensors, **_):  # every fix tried, none met
+        return RepairOutcome(Choice(), start[0], start[1])
+
+    monkeypatch.setattr(fix_glue, "repair", nothing_helps)
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(DETECTOR), "-o", str(out), "--calib", str(DETECTOR_CALIB)]
+    args += ["--target-error", str(TIGHT), "--no-latency-guard", *KERNELS, "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    report = result["report"]
+    assert report["target_before"]["passed"] is False and result["target"]["passed"]
+    assert report["quantized_nodes"] == [] and report["fixes"][-1]["kind"] == "float model"
+    assert "missed the accuracy target after every fix" in result["kept_float"]

@@ -182,7 +182,9 @@ def quantize_model(
 def _pays_nowhere(report: QuantizeReport, before: int, after: int) -> str | None:
     """Why int8 pays nowhere for this model (the float model is the result), or None."""
     if not report.quantized_nodes:
-        guard = next((w for w in report.warnings if w.startswith("kept float")), None)
+        # the last decision that kept the whole model float (the latency guard's, or the
+        # fix loop's when int8 missed the target after every fix)
+        guard = next((w for w in reversed(report.warnings) if w.startswith("kept float: ")), None)
         if guard is not None:
             return guard.removeprefix("kept float: ")
         return "nothing was quantized: no op of this model has a faster or smaller int8 form here"

@@ -185,6 +185,16 @@ def fix_target(
     report.fixes = [step.to_dict() for step in outcome.steps]
     if context.guard and outcome.choice != Choice() and chosen[0].nodes:
         chosen, assessment = _guard(context, chosen, assessment, outcome.choice, build, measure)
+    if not assessment.passed:
+        chosen, assessment = _float_model(context, chosen, assessment, measure)
+    elif not any(p.role in ("compute", "embedding") for p in chosen[0].nodes.values()) and not any(
+        w.startswith("kept float: ") for w in report.warnings
+    ):
+        report.warnings.append(
+            "kept float: the accuracy target was met only with every layer returned to float "
+            f"({len(report.fixes)} fixes tried; --target-error with more points accepts more "
+            "loss)"
+        )
     report.target_after = {
         "passed": assessment.passed,
         "outputs": figures(assessment),
@@ -193,6 +203,42 @@ def fix_target(
     report.fix_evaluations = evaluations
     report.seconds["fix"] = time.perf_counter() - clock
     return chosen[0], chosen[2], chosen[3]
+
+
+def _float_model(
+    context: FixContext, chosen: Configuration, assessment: Assessment, measure: Any
+) -> tuple[Configuration, Assessment]:
+    """Every fix tried and the target still missed: the float model (after the clean-up) is
+    the result, exit 0, with the reason. A float model that runs is never refused, and an
+    int8 model that misses the target is never shipped without saying so: the user who
+    wants it anyway asks with --no-fix (exit 1, the model written) or a looser target."""
+    skipped = dict(context.plan.skipped)
+    skipped.update(dict.fromkeys(chosen[0].nodes, FIX_REASON))
+    floated: Configuration = (
+        QuantPlan({}, {}, skipped),
+        {},
+        context.prepared.clone(),
+        InsertReport(),
+    )
+    after = measure(floated[2])
+    context.report.fixes.append(
+        {
+            "kind": "float model",
+            "detail": "int8 missed the target after every fix: the float model is the result",
+            "layers": [],
+            "before": figures(assessment),
+            "after": figures(after),
+            "units_before": units(assessment),
+            "units_after": units(after),
+            "met": after.passed,
+            "kept": True,
+        }
+    )
+    context.report.warnings.append(
+        f"kept float: int8 missed the accuracy target after every fix ({assessment.message()}); "
+        "--target-error with more points accepts more loss, --no-fix keeps int8 and exits 1"
+    )
+    return floated, after
 
 
 def _guard(
@@ -221,6 +267,12 @@ def _guard(
         trial,
     )
     context.report.latency_checks.extend({**c, "after_fix": True} for c in outcome.checks)
+    if outcome.warning:  # the whole model kept float: say why (the fix made int8 slower)
+        context.report.warnings.append(
+            "kept float: the fixed int8 model ran slower than float on this CPU "
+            f"({outcome.checks[0]['ratio']:.2f}x) and none with more layers float was clearly "
+            "faster (--no-latency-guard keeps int8, for size)"
+        )
     if outcome.chosen is None:
         return chosen, assessment
     after = measure(outcome.chosen[2])
