@@ -15,7 +15,7 @@ import onnx_ir as ir
 from onnxslim.agreement import Assessment, Target, assess, detect_roles
 from onnxslim.blindness import unblind
 from onnxslim.runtime import Session
-from onnxslim.workflows.heldout import CheckData
+from onnxslim.workflows.heldout import CheckData, check_target
 
 
 class TargetCheck:
@@ -40,3 +40,21 @@ class TargetCheck:
             roles=self.roles,
             feeds=self.data.description,
         )
+
+
+def final_target(
+    options: dict[str, object],
+    original: ir.Model,
+    result: ir.Model,
+    split: CheckData | None,
+    target: Target | None,
+) -> Assessment | None:
+    """The result's figure against the target for the report: through the search's own
+    TargetCheck when there was a search (the original's outputs already computed), else
+    both models run on the held-out feeds; None without a target or feeds."""
+    accept = options.get("accept")
+    if isinstance(accept, TargetCheck):
+        return accept(result)
+    if target is not None and split is not None:
+        return check_target(original, result, split, target)
+    return None

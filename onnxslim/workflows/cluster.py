@@ -36,8 +36,8 @@ from onnxslim.registry import make_cluster_pass
 from onnxslim.runtime import ort_optimized
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport
-from onnxslim.workflows.at_target import TargetCheck
-from onnxslim.workflows.heldout import check_target, split_data
+from onnxslim.workflows.at_target import TargetCheck, final_target
+from onnxslim.workflows.heldout import split_data
 from onnxslim.workflows.measure import (
     Compared,
     Sizes,
@@ -253,11 +253,7 @@ def cluster_model(
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
-    accept = options.get("accept")
-    if isinstance(accept, TargetCheck):  # the search's check: the original's outputs kept
-        report.target = accept(clustered)
-    elif target is not None and split is not None:
-        report.target = check_target(model, clustered, split, target)
+    report.target = final_target(options, model, clustered, split, target)
     searched = report.search
     if searched is not None and searched.get("requested_bytes") is not None:
         report.request = {

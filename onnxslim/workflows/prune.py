@@ -28,8 +28,8 @@ from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport
-from onnxslim.workflows.at_target import TargetCheck
-from onnxslim.workflows.heldout import check_target, split_data
+from onnxslim.workflows.at_target import TargetCheck, final_target
+from onnxslim.workflows.heldout import split_data
 from onnxslim.workflows.measure import (
     Compared,
     Sizes,
@@ -257,11 +257,7 @@ def prune_model(
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
-    accept = options.get("accept")
-    if isinstance(accept, TargetCheck):  # the search's check: the original's outputs kept
-        report.target = accept(pruned)
-    elif target is not None and split is not None:
-        report.target = check_target(model, pruned, split, target)
+    report.target = final_target(options, model, pruned, split, target)
     searched = report.search
     if requested and searched is not None:
         reached = float(searched["reached"])

@@ -205,6 +205,21 @@ def fix_target(
     return chosen[0], chosen[2], chosen[3]
 
 
+def _kept_step(kind: str, detail: str, before: Assessment, after: Assessment) -> dict[str, Any]:
+    """A fix applied after the loop (the report's form of repair.FixStep, always kept)."""
+    return {
+        "kind": kind,
+        "detail": detail,
+        "layers": [],
+        "before": figures(before),
+        "after": figures(after),
+        "units_before": units(before),
+        "units_after": units(after),
+        "met": after.passed,
+        "kept": True,
+    }
+
+
 def _float_model(
     context: FixContext, chosen: Configuration, assessment: Assessment, measure: Any
 ) -> tuple[Configuration, Assessment]:
@@ -222,17 +237,12 @@ def _float_model(
     )
     after = measure(floated[2])
     context.report.fixes.append(
-        {
-            "kind": "float model",
-            "detail": "int8 missed the target after every fix: the float model is the result",
-            "layers": [],
-            "before": figures(assessment),
-            "after": figures(after),
-            "units_before": units(assessment),
-            "units_after": units(after),
-            "met": after.passed,
-            "kept": True,
-        }
+        _kept_step(
+            "float model",
+            "int8 missed the target after every fix: the float model is the result",
+            assessment,
+            after,
+        )
     )
     context.report.warnings.append(
         f"kept float: int8 missed the accuracy target after every fix ({assessment.message()}); "
@@ -277,18 +287,12 @@ def _guard(
         return chosen, assessment
     after = measure(outcome.chosen[2])
     context.report.fixes.append(
-        {
-            "kind": "latency",
-            "detail": "the fixed model ran slower than float: the latency guard kept more "
-            "layers float",
-            "layers": [],
-            "before": figures(assessment),
-            "after": figures(after),
-            "units_before": units(assessment),
-            "units_after": units(after),
-            "met": after.passed,
-            "kept": True,
-        }
+        _kept_step(
+            "latency",
+            "the fixed model ran slower than float: the latency guard kept more layers float",
+            assessment,
+            after,
+        )
     )
     return outcome.chosen, after
 
