@@ -194,7 +194,7 @@ def describe(name: str, cls: PassClass) -> PassInfo:
     options = tuple(
         OptionInfo(f.name, _type_name(f.type), f.default, f.metadata.get("help", ""))
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.init and not f.metadata.get("internal")
+        if f.init
     )
     return PassInfo(name, summary, bool(getattr(cls, "lossless", False)), options)
 

@@ -10,6 +10,7 @@ and top-1 accuracy of both models when the evaluation data carries `labels`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import onnx_ir as ir
 from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune._common import summary
 from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
 from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
@@ -195,22 +197,25 @@ def prune_model(
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGE)}")
     start = time.perf_counter()
     target = Target(target_error) if validate_result and target_error is not None else None
-    calib = options.get("calib")
+    given = calib = options.pop("calib", None)
     split = split_data(model, calib, eval_data) if target is not None else None
-    if split is not None and calib is not None:
-        options["calib"] = split.fit
+    data = RunData(feeds=split.fit if split is not None and calib is not None else calib)
     searching = method == "magnitude" and options.get("allocation") == "target"
     if searching and target is not None and split is not None:
-        options["accept"] = TargetCheck(model, split, target)
-        options["requested"] = requested
-        if calib is None:  # sensitivities on the check's feeds: they only rank the layers
-            options["probe_feeds"] = split.check
+        data = dataclasses.replace(
+            data,
+            accept=TargetCheck(model, split, target),
+            requested=requested,
+            # without calibration data the sensitivities run on the check's feeds: they
+            # only rank the layers
+            probe_feeds=split.check if calib is None else None,
+        )
     prune_pass = make_prune_pass(method, **options)
     check_feeds = parity_feeds(model, eval_data, calib)
     guard = Guard(check_feeds) if validate_result else None
     # Two pipelines: each run clones the model, and a clone does not carry model.meta,
     # where a pass leaves its summary.
-    result = run_pipeline(model, Pipeline((prune_pass,)), guard=guard)
+    result = run_pipeline(model, Pipeline((prune_pass,)), guard=guard, data=data)
     details = summary(result.model)
     if storage == "packed":
         packing = run_pipeline(result.model, Pipeline((PackSparseWeights(),)), guard=guard)
@@ -222,7 +227,9 @@ def prune_model(
     report = PruneResult(
         model=pruned,
         method=method,
-        options={k: v for k, v in dict(options, storage=storage).items() if k not in _INTERNAL},
+        options=dict(options, storage=storage, calib=given)
+        if given is not None
+        else dict(options, storage=storage),
         records=result.records,
         layers=rows,
         sparsity=overall_sparsity(rows),
@@ -256,9 +263,6 @@ def prune_model(
         report.gate = report.drop_gate(max_drop)
     report.seconds = time.perf_counter() - start
     return report
-
-
-_INTERNAL = ("accept", "probe_feeds", "requested")
 
 
 def prune(

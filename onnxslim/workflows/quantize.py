@@ -9,6 +9,7 @@ interleaved) and, when the data carries a `labels` array, top-1 accuracy of both
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +25,9 @@ from onnxslim.errors import UsageError
 from onnxslim.evaluation import model_inputs, read_labelled, time_interleaved, top1_by_model
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.graphs import node_count, tensor_bytes
+from onnxslim.passes._run_data import NO_DATA, RunData, run_pass
 from onnxslim.passes.quantize.prepare import prepare
-from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport, QuantizeStatic
+from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
 from onnxslim.runtime import Session, SessionConfig
 from onnxslim.sources import ModelResult
@@ -122,22 +124,21 @@ def quantize_model(
             # ignored) and validation reads it again when no other data is given.
             calib = open_feeds(calib, model, extra="keep")
         split = split_data(model, calib, data) if target is not None else None
-        options["calib"] = split.fit if split is not None else calib
+        run_data = RunData(feeds=split.fit if split is not None else calib, progress=progress)
         if split is not None and target is not None:
-            options.update(fix=fix, check=split.check, target_error=target.error)
+            options.update(fix=fix, target_error=target.error)
+            run_data = dataclasses.replace(run_data, check=split.check)
         else:
             options["fix"] = False
     else:
+        run_data = NO_DATA
         if calib is not None and data is None:
             data = calib  # dynamic and weight-only need no calibration; use it to validate
         split = split_data(model, None, data) if target is not None else None
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
-    if isinstance(quantize_pass, QuantizeStatic):
-        quantize_pass.run_with(quantized, progress=progress)
-    else:
-        quantize_pass(quantized)
+    run_pass(quantize_pass, quantized, run_data)
     seconds = time.perf_counter() - start
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
     result = QuantizeResult(

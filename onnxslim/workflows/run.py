@@ -12,7 +12,6 @@ date and no path.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -34,12 +33,13 @@ from onnxslim.evaluation import Evaluator
 from onnxslim.gates import check_gates
 from onnxslim.graphs import node_count
 from onnxslim.images import resolve_folder
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.cluster import UnpackPalette
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.passes.quantize.static import QuantizeStatic
 from onnxslim.pipeline import Guard, Pipeline, run_pipeline
 from onnxslim.recipe import Recipe, Step, load_recipe
-from onnxslim.registry import make_pass, pass_class
+from onnxslim.registry import make_pass
 from onnxslim.report import RunReport, StepReport, gzip_size
 from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 from onnxslim.workflows.cluster import cluster_model
@@ -364,15 +364,12 @@ def _registry_pass(
     calib: FeedSource | None,
     check_data: FeedSource | None,
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
-    fields = {f.name for f in dataclasses.fields(pass_class(step.name))}  # type: ignore[arg-type]
-    if "calib" in fields and calib is not None:
-        options["calib"] = calib
     instance = make_pass(step.name, options)
     guard = None
     if getattr(instance, "lossless", False):
         feeds, _ = validation_feeds(model, check_data, count=4)
         guard = Guard(feeds)
-    result = run_pipeline(model, Pipeline((instance,)), guard=guard)
+    result = run_pipeline(model, Pipeline((instance,)), guard=guard, data=RunData(feeds=calib))
     record = result.records[0]
     if record.status == "rolled back":
         return result.model, record.to_dict(), [f"{step.name}: rolled back ({record.reason})"]
