@@ -44,7 +44,9 @@ from onnxslim.workflows.measure import (
     Sizes,
     compare,
     model_sizes,
+    open_once,
     parity_feeds,
+    read_evaluation,
 )
 from onnxslim.workflows.optimize import optimize as optimize_model
 
@@ -183,7 +185,11 @@ def cluster_model(
     options.setdefault("allocation", "target")
     target = Target(target_error) if validate_result and target_error is not None else None
     given = calib
-    split = split_data(model, calib, eval_data) if target is not None else None
+    # The user's data is opened once: the pass, the held-out split and the parity
+    # feeds read the calibration stream; the check, parity and top-1 the evaluation data.
+    calib = open_once(model, given)
+    evaluation = read_evaluation(model, eval_data, whole=validate_result)
+    split = split_data(model, calib, evaluation) if target is not None else None
     data = RunData(feeds=split.fit if split is not None else calib)
     if options["allocation"] == "target" and target is not None and split is not None:
         data = dataclasses.replace(
@@ -200,7 +206,7 @@ def cluster_model(
     # can take a branch or a shape the user's model never sees).
     has_data = eval_data is not None or calib is not None
     # Read once: the clean-up's check takes the first 4, the final comparison all of them.
-    check_feeds = parity_feeds(model, eval_data, calib) if has_data or validate_result else None
+    check_feeds = parity_feeds(model, evaluation, calib) if has_data or validate_result else None
     user_feeds = check_feeds[:4] if has_data and check_feeds is not None else None
     cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
@@ -256,7 +262,7 @@ def cluster_model(
     if validate_result:
         assert check_feeds is not None
         measured = compare(
-            model, clustered, "clustered", feeds=check_feeds, eval_data=eval_data, runs=runs
+            model, clustered, "clustered", feeds=check_feeds, eval_data=evaluation, runs=runs
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy

@@ -37,7 +37,9 @@ from onnxslim.workflows.measure import (
     Sizes,
     compare,
     model_sizes,
+    open_once,
     parity_feeds,
+    read_evaluation,
 )
 
 METHODS = tuple(PRUNE_METHODS)
@@ -197,8 +199,12 @@ def prune_model(
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGE)}")
     start = time.perf_counter()
     target = Target(target_error) if validate_result and target_error is not None else None
-    given = calib = options.pop("calib", None)
-    split = split_data(model, calib, eval_data) if target is not None else None
+    given = options.pop("calib", None)
+    # The user's data is opened once: the pass, the held-out split and the parity
+    # feeds read the calibration stream; the check, parity and top-1 the evaluation data.
+    calib = open_once(model, given)
+    evaluation = read_evaluation(model, eval_data, whole=validate_result)
+    split = split_data(model, calib, evaluation) if target is not None else None
     data = RunData(feeds=split.fit if split is not None and calib is not None else calib)
     searching = method == "magnitude" and options.get("allocation") == "target"
     if searching and target is not None and split is not None:
@@ -211,7 +217,7 @@ def prune_model(
             probe_feeds=split.check if calib is None else None,
         )
     prune_pass = make_prune_pass(method, **options)
-    check_feeds = parity_feeds(model, eval_data, calib)
+    check_feeds = parity_feeds(model, evaluation, calib)
     guard = Guard(check_feeds) if validate_result else None
     # Two pipelines: each run clones the model, and a clone does not carry model.meta,
     # where a pass leaves its summary.
@@ -244,7 +250,7 @@ def prune_model(
     report.warnings += [f"{r.name}: {r.status} ({r.reason})" for r in result.rolled_back]
     if validate_result:
         measured = compare(
-            model, pruned, "pruned", feeds=check_feeds, eval_data=eval_data, runs=runs
+            model, pruned, "pruned", feeds=check_feeds, eval_data=evaluation, runs=runs
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
