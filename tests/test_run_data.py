@@ -115,3 +115,26 @@ def test_prune_and_cluster_open_each_data_file_once(
     result = run(ir.serde.deserialize_model(ffn()), runs=0, **{k: files[k] for k in given})
     assert result.target is not None and result.validation is not None
     assert opened == {files[k].name: 1 for k in given}
+
+
+def test_run_opens_the_recipes_calibration_data_once(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluator and every step re-read one stream (before: once per step and the
+    evaluator, 4 openings for this recipe)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'[data]\ncalib = "{files["calib"]}"\n[[pass]]\nname = "optimize"\n'
+        '[[pass]]\nname = "prune"\nallocation = "uniform"\nsparsity = 0.3\n'
+    )
+    opened: collections.Counter[str] = collections.Counter()
+    real = calibration._open_path
+
+    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
+        opened[path.name] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(calibration, "_open_path", counting)
+    outcome = api.run(recipe, ir.serde.deserialize_model(ffn()))
+    assert [s.name for s in outcome.steps] == ["optimize", "prune"]
+    assert opened == {"calib.npz": 1}

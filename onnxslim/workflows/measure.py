@@ -26,6 +26,7 @@ from onnxslim.calibration import FeedSource, open_feeds
 from onnxslim.errors import DataError, UsageError
 from onnxslim.evaluation import LabelledFeeds, read_labelled, top1_accuracy
 from onnxslim.feeds import Feed
+from onnxslim.images import ImageFolder
 from onnxslim.io import model_to_bytes
 from onnxslim.runtime import bind_external_data
 from onnxslim.validation import ValidationReport, resolve_feeds, validate
@@ -93,7 +94,7 @@ def session_start_ms(model: ir.Model, repeats: int = 3) -> float:
 def open_once(model: ir.Model, source: FeedSource | None) -> FeedSource | None:
     """A data file or folder opened once (calibration.open_feeds): whoever reads the
     stream re-reads it from its start, nobody opens the path again. Anything else as given."""
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike, ImageFolder)):
         return open_feeds(source, model, extra="keep")
     return source
 

@@ -12,6 +12,7 @@ date and no path.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -43,6 +44,7 @@ from onnxslim.registry import make_pass
 from onnxslim.report import RunReport, StepReport, gzip_size
 from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 from onnxslim.workflows.cluster import cluster_model
+from onnxslim.workflows.measure import open_once
 from onnxslim.workflows.optimize import optimize, validation_feeds
 from onnxslim.workflows.prune import prune
 from onnxslim.workflows.quantize import quantize_model
@@ -97,6 +99,8 @@ def run_recipe(
         model = model if input_path is not None else model.clone()  # never change the caller's
         FixInputShapes(shapes=tuple(input_shapes))(model)
     sources = recipe_data(recipe, model)
+    # The calibration data is opened once: every step and the evaluator re-read this stream.
+    sources = dataclasses.replace(sources, calib=open_once(model, sources.calib))
     for line in sources.lines():
         (notice or say)(line)
     say("measuring the input model")
@@ -179,8 +183,8 @@ def add_provenance(model: ir.Model, recipe: Recipe, input_bytes: bytes) -> None:
 class RecipeData:
     """The recipe's data as the steps read it: image folders carry their preprocessing."""
 
-    calib: str | os.PathLike[str] | None
-    eval: str | os.PathLike[str] | None
+    calib: FeedSource | None
+    eval: FeedSource | None
     applied: dict[str, dict[str, str]]  # "data.calib" -> {folder, preprocessing}
     notices: list[str]  # one line per image folder: what is applied, what was guessed
 
