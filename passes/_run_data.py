@@ -24,8 +24,9 @@ from onnxslim.feeds import Feed
 
 # A candidate model -> its assessment against the accuracy target (the workflow's check).
 Accept = Callable[[ir.Model], Assessment]
-# Calibration data as a pass reads it: a path, a reader, an iterable of feeds, or a
-# factory that returns a fresh iterator each time it is called.
+# Calibration data as a pass reads it: anything open_feeds reads (a path to a data file or
+# folder, an ORT reader, a list or iterable of feeds), or a zero-argument factory returning
+# a fresh iterator each time it is called (re-iterable without a list).
 FeedSource = DataSource | Callable[[], Iterator[Feed]]
 # A stage's progress: (stage, done, total or None).
 StageProgress = Callable[[str, int, int | None], None]
