@@ -28,7 +28,8 @@ Accept = Callable[[ir.Model], Assessment]
 # folder, an ORT reader, a list or iterable of feeds), or a zero-argument factory returning
 # a fresh iterator each time it is called (re-iterable without a list).
 FeedSource = DataSource | Callable[[], Iterator[Feed]]
-# A stage's progress: (stage, done, total or None).
+# A stage's progress: (stage, done, total or None); quantize-static's stages are
+# "calibrate" (runs over the data), "latency" (the guard) and "fix".
 StageProgress = Callable[[str, int, int | None], None]
 
 

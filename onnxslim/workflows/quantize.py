@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from onnxslim.errors import UsageError
 from onnxslim.evaluation import model_inputs, read_labelled, time_interleaved, top1_by_model
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.graphs import node_count, tensor_bytes
-from onnxslim.passes._run_data import NO_DATA, RunData, run_pass
+from onnxslim.passes._run_data import NO_DATA, RunData, StageProgress, run_pass
 from onnxslim.passes.quantize.prepare import prepare
 from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
@@ -35,7 +35,6 @@ from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.heldout import check_target, split_data
 
 MODES = tuple(QUANTIZE_MODES)
-StageProgress = Callable[[str, int, int | None], None]
 
 
 @dataclass

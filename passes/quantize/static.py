@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,7 +35,7 @@ from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, option
-from onnxslim.passes._run_data import RunData, TakesData
+from onnxslim.passes._run_data import RunData, StageProgress, TakesData
 
 from .activation_mode import ACTIVATION_MODES, ModeInputs, settle_activation_mode
 from .bias_correction import static_hook as bias_correction_hook
@@ -67,8 +67,6 @@ from .rounding import ROUNDINGS, WeightRounding, layer_statistics
 
 REPORT_KEY = "onnxslim.quantize_report"
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
-# progress(stage, done, total): stage is "calibrate" (runs over the data) or "check".
-StageProgress = Callable[[str, int, int | None], None]
 _NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
 _GUARD_FEEDS = 4  # feeds the latency guard times on
 _BIAS_CORRECTION_FEEDS = 8
