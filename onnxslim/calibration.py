@@ -244,6 +244,8 @@ def _open_iterable(items: Iterable[Mapping[str, Any]], common: dict[str, Any]) -
     once = iter(items) is items  # an iterator or generator: consumed by reading
     count = len(items) if isinstance(items, Sized) else None  # Sized: anything with __len__
     description = "given feeds" if isinstance(items, Sequence) else f"given {type(items).__name__}"
+    if isinstance(items, FeedStream):  # a stream the workflow opened names its file
+        description = items.description
     return FeedStream(
         lambda: iter(items), description=description, count=count, once=once, **common
     )

@@ -63,6 +63,7 @@ class LabelledFeeds:
     labels: list[np.ndarray] | None  # one flat array per feed
     description: str
     labelled: int = 0  # feeds that carry labels (labels is None unless all do)
+    source: str = ""  # where they come from (the stream's description: the file, the folder)
 
     def label_array(self) -> np.ndarray:
         """Every label in feed order (empty without labels)."""
@@ -100,7 +101,9 @@ def read_labelled(
             labels.append(label)
     complete = bool(labels) and len(labels) == len(feeds)
     description = f"{stream.description} ({len(feeds)} feeds)"
-    return LabelledFeeds(feeds, labels if complete else None, description, len(labels))
+    return LabelledFeeds(
+        feeds, labels if complete else None, description, len(labels), stream.description
+    )
 
 
 def model_inputs(model: ir.Model) -> set[str]:

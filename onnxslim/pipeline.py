@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from onnxslim.errors import OnnxSlimError, PassFailed, UsageError
 from onnxslim.feeds import Feed
 from onnxslim.graphs import node_count, tensor_bytes
 from onnxslim.parity import OutputParity, compare_outputs
+from onnxslim.passes._run_data import RunData, run_pass
 from onnxslim.registry import make_pass, pass_name
 from onnxslim.runtime import Session, SessionConfig
 
@@ -88,14 +88,8 @@ def pass_table(instance: ir.passes.PassBase) -> dict[str, Any]:
     if dataclasses.is_dataclass(instance):
         for f in dataclasses.fields(instance):
             value = getattr(instance, f.name)
-            if not f.init or f.metadata.get("internal") or value is f.default or value == f.default:
+            if not f.init or value is f.default or value == f.default:
                 continue
-            if f.metadata.get(
-                "data"
-            ):  # data options: a path has a recipe form, feeds in memory do not
-                if not isinstance(value, (str, os.PathLike)):
-                    continue
-                value = os.fspath(value)
             table[f.name] = list(value) if isinstance(value, (tuple, frozenset)) else value
     return table
 
@@ -172,8 +166,13 @@ def run_pipeline(
     guard: Guard | None = None,
     rollback_failures: bool = False,
     on_pass: ProgressCallback | None = None,
+    data: RunData | None = None,
 ) -> PipelineResult:
     """Run each pass on a clone of the current model, keeping it only if it holds up.
+
+    `data` is the workflow's data for this run (the user's feeds, opened once, and the
+    run's progress): every pass that reads data gets it as an argument of its run
+    (passes/_run_data.py); the others never see it.
 
     A pass that raises is rolled back and recorded when `rollback_failures` is set,
     and raised as PassFailed otherwise. With a `guard`, a lossless pass whose
@@ -198,12 +197,20 @@ def run_pipeline(
             while end < total and _is_lossless(passes[end]):
                 end += 1
             reference = _run_lossless_run(
-                result, passes, index, end, guard, reference, rollback_failures, on_pass
+                result, passes, index, end, guard, reference, rollback_failures, on_pass, data
             )
             index = end
         else:
             reference = _run_checked(
-                result, passes[index], index, total, guard, reference, rollback_failures, on_pass
+                result,
+                passes[index],
+                index,
+                total,
+                guard,
+                reference,
+                rollback_failures,
+                on_pass,
+                data,
             )
             index += 1
     if guard is not None and original is not None and reference is not None:
@@ -224,9 +231,12 @@ def _run_lossless_run(
     reference: list[dict[str, Any]] | None,
     rollback_failures: bool,
     on_pass: ProgressCallback | None,
+    data: RunData | None,
 ) -> list[dict[str, Any]] | None:
     """passes[begin:end] unchecked, one check at the end; one check per pass if that fails."""
-    trial, records = _try_in_place(result.model, passes[begin:end], begin, len(passes), on_pass)
+    trial, records = _try_in_place(
+        result.model, passes[begin:end], begin, len(passes), on_pass, data
+    )
     if trial is not None:
         modified = [r for r in records if r.status == "changed"]
         if not modified or reference is None:
@@ -249,7 +259,15 @@ def _run_lossless_run(
         )
     for index in range(begin, end):
         reference = _run_checked(
-            result, passes[index], index, len(passes), guard, reference, rollback_failures, on_pass
+            result,
+            passes[index],
+            index,
+            len(passes),
+            guard,
+            reference,
+            rollback_failures,
+            on_pass,
+            data,
         )
     return reference
 
@@ -260,6 +278,7 @@ def _try_in_place(
     offset: int,
     total: int,
     on_pass: ProgressCallback | None,
+    data: RunData | None,
 ) -> tuple[ir.Model | None, list[PassRecord]]:
     """Run `passes` one after the other on one clone; (None, []) if any of them raises."""
     candidate = model.clone()
@@ -271,7 +290,7 @@ def _try_in_place(
             on_pass(name, index, total)
         start = time.perf_counter()
         try:
-            modified = instance(candidate).modified
+            modified = run_pass(instance, candidate, data).modified
         except Exception:  # the one-by-one run reports (or raises) it properly
             return None, []
         seconds = time.perf_counter() - start
@@ -303,6 +322,7 @@ def _run_checked(
     reference: list[dict[str, Any]] | None,
     rollback_failures: bool,
     on_pass: ProgressCallback | None,
+    data: RunData | None,
 ) -> list[dict[str, Any]] | None:
     """Run one pass on a clone of result.model; with a guard, check it against `reference`."""
     name = pass_name(instance)
@@ -313,7 +333,7 @@ def _run_checked(
     candidate = current.clone()
     start = time.perf_counter()
     try:
-        modified = instance(candidate).modified
+        modified = run_pass(instance, candidate, data).modified
     except OnnxSlimError:
         raise
     except Exception as exc:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnxslim.errors import UsageError
+from onnxslim.passes._run_data import TakesData
 from onnxslim.registry import (
     CLUSTER_PASS,
     PRUNE_METHODS,
@@ -36,6 +37,9 @@ from onnxslim.registry import (
 from onnxslim.suggest import did_you_mean
 
 STEPS = ("optimize", "quantize", "prune", "cluster")
+# A step's own data (a path read in place of the recipe's [data]): not an option of its
+# pass, which takes data as an argument of its run (passes/_run_data.py).
+DATA_KEYS = ("calib",)
 # Options of the high-level steps that are not fields of their pass classes.
 STEP_EXTRAS: dict[str, dict[str, Any]] = {
     "quantize": {"mode": "static", "max_drop": None},
@@ -67,12 +71,9 @@ def check_step(step: Step, where: str, index: int) -> None:
     if step.name in STEPS:
         extras = STEP_EXTRAS[step.name]
         classes = _step_classes(step, where, key)
-        known = set(extras) | {
-            f.name
-            for cls in classes
-            for f in dataclasses.fields(cls)
-            if f.init and not f.metadata.get("internal")
-        }
+        known = set(extras) | {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+        if any(issubclass(cls, TakesData) for cls in classes):
+            known |= set(DATA_KEYS)
         unknown_keys(options, sorted(known), where, f"{key}.", what=f"option of {step.name}")
         for name, default in extras.items():
             if name in options:
@@ -98,14 +99,22 @@ def check_step(step: Step, where: str, index: int) -> None:
             f"{did_you_mean(step.name, [*STEPS, *available_passes()])}"
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown_keys(options, sorted(fields), where, f"{key}.", what=f"option of {step.name}")
+    data_keys = DATA_KEYS if issubclass(cls, TakesData) else ()
+    unknown_keys(
+        options, sorted([*fields, *data_keys]), where, f"{key}.", what=f"option of {step.name}"
+    )
     for name, value in options.items():
-        f = fields[name]
-        if not f.metadata.get("data"):
-            _check_value(value, f.default, f.metadata.get("choices"), where, f"{key}.{name}")
+        spec = fields.get(name)
+        if spec is not None:
+            _check_value(value, spec.default, spec.metadata.get("choices"), where, f"{key}.{name}")
     try:
         make_pass(
-            step.name, {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+            step.name,
+            {
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in options.items()
+                if k not in data_keys
+            },
         )
     except UsageError as exc:
         raise UsageError(f"{where}: {key} ({step.name}): {exc}") from None
@@ -133,6 +142,10 @@ def _build(step: Step) -> None:
     options: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items()
     }
+    classes = _step_classes(step, "", "")
+    if classes and issubclass(classes[0], TakesData):  # data: the run hands it to the pass
+        for name in DATA_KEYS:
+            options.pop(name, None)
     if step.name == "quantize":
         mode = options.pop("mode", "static")
         options.pop("max_drop", None)

@@ -17,6 +17,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxslim.errors import UsageError
+from onnxslim.passes._run_data import TakesData
 from onnxslim.suggest import did_you_mean
 
 PassClass = type[ir.passes.PassBase]
@@ -194,7 +195,7 @@ def describe(name: str, cls: PassClass) -> PassInfo:
     options = tuple(
         OptionInfo(f.name, _type_name(f.type), f.default, f.metadata.get("help", ""))
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.init and not f.metadata.get("internal")
+        if f.init
     )
     return PassInfo(name, summary, bool(getattr(cls, "lossless", False)), options)
 
@@ -205,9 +206,15 @@ def make_pass(name: str, options: dict[str, Any]) -> ir.passes.PassBase:
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(options) - known)
     if unknown:
+        data = (
+            "; its data is not an option: a recipe's [data] table (`onnxslim run`) hands it "
+            "to the run"
+            if issubclass(cls, TakesData) and "calib" in unknown
+            else ""
+        )
         raise UsageError(
             f"pass {name!r}: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known)) or 'none'}"
+            f"known: {', '.join(sorted(known)) or 'none'}{data}"
         )
     try:
         return cls(**options)

@@ -33,27 +33,6 @@ def effort_option() -> Any:
     )
 
 
-def data_field(help: str) -> Any:
-    """Declare a pass's data input (a path in recipes, any feed source through the API).
-
-    Kept out of equality and hashing: two passes with the same options are the same
-    pass whatever data they were handed.
-    """
-    return dataclasses.field(
-        default=None, compare=False, hash=False, metadata={"help": help, "data": True}
-    )
-
-
-def internal_field(default: Any, help: str) -> Any:
-    """A value the workflow hands a pass (never a recipe option or CLI flag).
-
-    Kept out of equality, hashing and the catalogue, like data_field.
-    """
-    return dataclasses.field(
-        default=default, compare=False, hash=False, metadata={"help": help, "internal": True}
-    )
-
-
 def check_choice(owner: object, name: str) -> None:
     """Raise ValueError when a field declared with `choices` holds another value."""
     field = next(f for f in dataclasses.fields(owner) if f.name == name)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from onnxslim import io  # noqa: E402
 from onnxslim.activations import coalesce_feeds  # noqa: E402
 from onnxslim.parity import compare_outputs  # noqa: E402
+from onnxslim.passes._run_data import RunData, run_pass  # noqa: E402
 from onnxslim.passes.prune import PackSparseWeights  # noqa: E402
 from onnxslim.passes.prune._common import summary  # noqa: E402
 from onnxslim.passes.prune.channels import channel_groups  # noqa: E402
@@ -83,10 +84,10 @@ def cpu_line() -> str:
     )
 
 
-def prune(model, method: str, **options):
+def prune(model, method: str, calib=None, **options):
     pruned = model.clone()
     start = time.perf_counter()
-    make_prune_pass(method, **options)(pruned)
+    run_pass(make_prune_pass(method, **options), pruned, RunData(feeds=calib))
     seconds = time.perf_counter() - start
     details = summary(pruned)
     packed = pruned.clone()

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxslim import api
 from onnxslim.agreement import Assessment, OutputFigure, Target
 from onnxslim.cli import main
+from onnxslim.passes._run_data import Accept, RunData
 from onnxslim.passes.cluster.cluster import ClusterWeights
 from onnxslim.passes.cluster.cluster import summary as cluster_summary
 from onnxslim.runtime import Session
@@ -126,9 +127,11 @@ def test_cluster_undoes_a_refinement_that_breaks_the_target() -> None:
         figure = OutputFigure("y", "classifier", "decisions lost", value, 1.0, "points", 8)
         return Assessment(Target(1.0), (figure,), "scripted")
 
-    def run(**options: object) -> ir.Model:
+    def run(accept: Accept | None = None, **options: object) -> ir.Model:
         copy = ir.serde.deserialize_model(model)
-        ClusterWeights(bits=3, allocation="uniform", calib=feeds, **options)(copy)
+        ClusterWeights(bits=3, allocation="uniform", **options).run(  # type: ignore[arg-type]
+            copy, RunData(feeds=feeds, accept=accept)
+        )
         return copy
 
     guarded = run(accept=check)

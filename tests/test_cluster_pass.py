@@ -10,6 +10,7 @@ from conftest import DEVMODELS_CACHE, devmodel_feeds, devmodel_params
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim.io import model_to_bytes
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.cluster import storage
 from onnxslim.passes.cluster.cluster import ClusterWeights, summary
 from onnxslim.registry import make_pass
@@ -134,7 +135,7 @@ def test_pruned_and_sparse_packed_model_keeps_its_zeros(refine):
     calib = (
         [{"x": rng.normal(size=(8, 64)).astype(np.float32)} for _ in range(4)] if refine else None
     )
-    ClusterWeights(bits=3, min_elements=1024, calib=calib)(model)
+    ClusterWeights(bits=3, min_elements=1024).run(model, RunData(feeds=calib))
     info = summary(model)
     assert "sparse-packed weights expanded (zeros are kept as a palette entry)" in info["notes"]
     assert [layer["refit"] for layer in info["layers"]] == [True, True] * refine
@@ -157,8 +158,7 @@ def test_int8_grid_survives_quantize_exactly_and_repacks():
         group_size=1,
         int8_grid=True,
         min_elements=1024,
-        calib=calib,
-    )(clustered)
+    ).run(clustered, RunData(feeds=calib))
     dense = storage.packed_weights(clustered)
     # static QDQ's weights are the subject (auto may time run-time activations faster)
     result = api.quantize(
@@ -329,7 +329,9 @@ def test_weights_read_in_if_branches_and_through_slices_are_clustered():
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     )
     calib = [{"x": rng.normal(size=(4, 16)).astype(np.float32)} for _ in range(4)]
-    ClusterWeights(bits=2, granularity="per-channel-group", min_elements=64, calib=calib)(model)
+    ClusterWeights(bits=2, granularity="per-channel-group", min_elements=64).run(
+        model, RunData(feeds=calib)
+    )
     layers = {row["weight"]: row for row in summary(model)["layers"]}
     assert layers["w"]["skipped"].startswith(
         "inside an If/Loop body"

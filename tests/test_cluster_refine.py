@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim.activations import NormalEquations
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.cluster.cluster import ClusterWeights, summary
 from onnxslim.passes.cluster.palette import cluster_tensor
 from onnxslim.passes.cluster.refine import fit_palette, layer_error
@@ -116,10 +117,10 @@ def test_refinement_lowers_layer_and_model_error(granularity):
     rng = np.random.default_rng(3)
     calib = [{"x": rng.normal(size=(4, 4, 8, 8)).astype(np.float32)} for _ in range(16)]
     held_out = [{"x": rng.normal(size=(4, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
-    options = dict(bits=2, granularity=granularity, group_size=4, min_elements=64, calib=calib)
+    options = dict(bits=2, granularity=granularity, group_size=4, min_elements=64)
     plain, refined = original.clone(), original.clone()
-    ClusterWeights(refine=False, **options)(plain)
-    ClusterWeights(**options)(refined)
+    ClusterWeights(refine=False, **options).run(plain, RunData(feeds=calib))
+    ClusterWeights(**options).run(refined, RunData(feeds=calib))
     measured = {row["name"]: row for row in summary(plain)["layers"]}
     layers = {row["name"]: row for row in summary(refined)["layers"]}
     assert set(layers) == {"conv1", "conv2", "fc"} and set(measured) == set(layers)

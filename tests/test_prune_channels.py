@@ -11,6 +11,7 @@ from prune_fixtures import convnet, feeds, ffn
 
 from onnxslim import io
 from onnxslim.parity import compare_outputs
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune import ChannelPruning
 from onnxslim.passes.prune._common import summary
 from onnxslim.passes.prune.channels import channel_groups
@@ -115,7 +116,7 @@ def test_refit_recovers_live_channels() -> None:
     calib = feeds((3, 16, 16), 48, seed=1)
     plain, refit = base.clone(), base.clone()
     ChannelPruning(ratio=0.5, multiple=8)(plain)
-    ChannelPruning(ratio=0.5, multiple=8, calib=calib, importance="activation")(refit)
+    ChannelPruning(ratio=0.5, multiple=8, importance="activation").run(refit, RunData(feeds=calib))
     reference = _outputs(base)
     snr_plain = compare_outputs(reference, _outputs(plain))[0].snr_db
     snr_refit = compare_outputs(reference, _outputs(refit))[0].snr_db

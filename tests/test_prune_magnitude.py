@@ -9,6 +9,7 @@ from prune_fixtures import convnet, feeds, ffn
 
 from onnxslim.errors import UsageError
 from onnxslim.parity import compare_outputs
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune import MagnitudePruning, NMSparsity
 from onnxslim.passes.prune._common import summary
 from onnxslim.passes.prune.masks import satisfies_nm
@@ -68,10 +69,12 @@ def test_global_threshold_meets_the_budget_and_caps_layers(base) -> None:
 
 def test_sensitivity_allocation_meets_the_budget_and_beats_uniform(base) -> None:
     uniform, sensitive = base.clone(), base.clone()
-    MagnitudePruning(sparsity=0.5, min_elements=100, calib=CALIB, reconstruct=False)(uniform)
+    MagnitudePruning(sparsity=0.5, min_elements=100, reconstruct=False).run(
+        uniform, RunData(feeds=CALIB)
+    )
     MagnitudePruning(
-        sparsity=0.5, min_elements=100, calib=CALIB, reconstruct=False, allocation="sensitivity"
-    )(sensitive)
+        sparsity=0.5, min_elements=100, reconstruct=False, allocation="sensitivity"
+    ).run(sensitive, RunData(feeds=CALIB))
     weights = _weights(sensitive)
     total = sum(w.size for w in weights.values())
     zeros = sum(np.count_nonzero(w == 0) for w in weights.values())
@@ -84,8 +87,8 @@ def test_sensitivity_allocation_meets_the_budget_and_beats_uniform(base) -> None
 def test_reconstruction_improves_parity_and_keeps_zeros(base) -> None:
     plain, refit = base.clone(), base.clone()
     MagnitudePruning(sparsity=0.5, min_elements=100)(plain)
-    MagnitudePruning(sparsity=0.5, min_elements=100, calib=CALIB)(
-        refit
+    MagnitudePruning(sparsity=0.5, min_elements=100).run(
+        refit, RunData(feeds=CALIB)
     )  # refit: on by default with calib
     for name, w in _weights(plain).items():
         np.testing.assert_array_equal(
@@ -98,7 +101,7 @@ def test_reconstruction_improves_parity_and_keeps_zeros(base) -> None:
 
 def test_nm_pattern_holds_after_refit_and_unfit_layers_are_reported(base) -> None:
     model = base.clone()
-    NMSparsity(n=2, m=4, min_elements=100, calib=CALIB)(model)
+    NMSparsity(n=2, m=4, min_elements=100).run(model, RunData(feeds=CALIB))
     skipped = {s["name"]: s["reason"] for s in summary(model)["skipped"]}
     assert "not a multiple of 4" in skipped["stem"] and "depthwise" in skipped["dw"]
     for node in model.graph:
@@ -115,7 +118,7 @@ def test_transformer_ffn_matmuls_with_their_add_bias() -> None:
     calib, check = feeds((6, 32), 48, seed=1), feeds((6, 32), 16, seed=2)
     plain, refit = base.clone(), base.clone()
     MagnitudePruning(sparsity=0.5, min_elements=100)(plain)
-    MagnitudePruning(sparsity=0.5, min_elements=100, calib=calib)(refit)
+    MagnitudePruning(sparsity=0.5, min_elements=100).run(refit, RunData(feeds=calib))
     assert {r["name"] for r in summary(refit)["refit"]} == {"fc1", "fc2", "head"}
     assert _snr(base, refit, check) > _snr(base, plain, check)
 

@@ -17,6 +17,7 @@ from quantize_fixtures import cnn, conv_in_if, feeds_for, masked_attention, mlp
 
 from onnxslim.errors import UsageError
 from onnxslim.graphs import iter_nodes, tensor_bytes
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.quantize.collect import collect_stats
 from onnxslim.passes.quantize.static import QuantizeStatic, quantize_static
 from onnxslim.runtime import Session, SessionConfig
@@ -174,7 +175,7 @@ def test_pass_in_place_and_missing_data():
     with pytest.raises(UsageError):
         QuantizeStatic()(model.clone())
     target = model.clone()
-    result = Static(calib=feeds_for(model, 4))(target)
+    result = Static().run(target, RunData(feeds=feeds_for(model, 4)))
     assert result.modified and any(n.op_type == "QuantizeLinear" for n in iter_nodes(target))
 
 
@@ -235,16 +236,20 @@ def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch
     assert not report.warnings
 
 
-def test_recipe_carries_the_calibration_path_but_not_feeds_in_memory():
-    from onnxslim.pipeline import Pipeline
+def test_recipe_carries_the_options_and_the_run_carries_the_data():
+    """The pass holds options only: its recipe form has no data, and the pass manager
+    hands the calibration feeds to its run (was: a `calib` field the recipe carried)."""
+    from onnxslim.pipeline import Pipeline, run_pipeline
 
-    recipe = Pipeline(
-        (QuantizeStatic(calib="data/calib.npz", method="entropy", exclude=("conv1",)),)
-    ).to_toml()
+    recipe = Pipeline((QuantizeStatic(method="entropy", exclude=("conv1",)),)).to_toml()
     again = Pipeline.from_toml(recipe).passes[0]
-    assert (again.calib, again.method, again.exclude) == ("data/calib.npz", "entropy", ("conv1",))
-    in_memory = Pipeline((QuantizeStatic(calib=[{"x": np.zeros(3, np.float32)}]),)).to_toml()
-    assert "calib" not in in_memory and 'name = "quantize-static"' in in_memory
+    assert (again.method, again.exclude) == ("entropy", ("conv1",))
+    assert "calib" not in recipe and 'name = "quantize-static"' in recipe
+    with pytest.raises(UsageError, match="calib"):
+        Pipeline.from_toml('[[pass]]\nname = "quantize-static"\ncalib = "data/calib.npz"\n')
+    model = cnn()
+    result = run_pipeline(model, Pipeline((Static(),)), data=RunData(feeds=feeds_for(model, 4)))
+    assert any(n.op_type == "QuantizeLinear" for n in iter_nodes(result.model))
 
 
 def test_ort_calibration_data_reader_through_the_api():

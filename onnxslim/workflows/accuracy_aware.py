@@ -280,7 +280,7 @@ def static_quantizer(
     if not feeds:
         raise DataError("calibration data holds no feeds")
     cache: dict[frozenset[str], ir.Model] = {}
-    full = quantize_static(model, feeds, _dc.replace(options, calib=None))[0]
+    full = quantize_static(model, feeds, options)[0]
     layers = [
         n.name
         for n in full.graph
@@ -294,7 +294,7 @@ def static_quantizer(
         for n in full.graph
         if n.name and n.op_type in _LAYER_OPS and n.name not in set(layers)
     )
-    trial_options: dict[str, Any] = {"calib": None}
+    trial_options: dict[str, Any] = {}
     if "latency_guard" in getattr(options, "__dataclass_fields__", {}):
         trial_options["latency_guard"] = False
 

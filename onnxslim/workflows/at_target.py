@@ -43,16 +43,16 @@ class TargetCheck:
 
 
 def final_target(
-    options: dict[str, object],
+    accept: object,
     original: ir.Model,
     result: ir.Model,
     split: CheckData | None,
     target: Target | None,
 ) -> Assessment | None:
     """The result's figure against the target for the report: through the search's own
-    TargetCheck when there was a search (the original's outputs already computed), else
-    both models run on the held-out feeds; None without a target or feeds."""
-    accept = options.get("accept")
+    TargetCheck (`accept`, the run data's) when there was a search (the original's outputs
+    already computed), else both models run on the held-out feeds; None without a target
+    or feeds."""
     if isinstance(accept, TargetCheck):
         return accept(result)
     if target is not None and split is not None:

@@ -28,6 +28,7 @@ from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
 from onnxslim.feeds import Feed
 from onnxslim.graphs import tensor_bytes
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.cleanup import drop_shape_annotations, strip_debug_metadata
 from onnxslim.passes.cluster.cluster import ClusterWeights, prepare, summary
 from onnxslim.passes.cluster.weights import find_weights
@@ -43,7 +44,9 @@ from onnxslim.workflows.measure import (
     Sizes,
     compare,
     model_sizes,
+    open_once,
     parity_feeds,
+    read_evaluation,
 )
 from onnxslim.workflows.optimize import optimize as optimize_model
 
@@ -181,28 +184,38 @@ def cluster_model(
         options = dict(options, allocation="mixed")
     options.setdefault("allocation", "target")
     target = Target(target_error) if validate_result and target_error is not None else None
-    split = split_data(model, calib, eval_data) if target is not None else None
+    given = calib
+    # The user's data is opened once: the pass, the held-out split and the parity
+    # feeds read the calibration stream; the check, parity and top-1 the evaluation data.
+    calib = open_once(model, given)
+    evaluation = read_evaluation(model, eval_data, whole=validate_result)
+    split = split_data(model, calib, evaluation) if target is not None else None
+    data = RunData(feeds=split.fit if split is not None else calib)
     if options["allocation"] == "target" and target is not None and split is not None:
-        options["accept"] = TargetCheck(model, split, target)
-        options["requested"] = requested or options.get("budget") is not None
-        if calib is None:  # sensitivities on the check's feeds: they only rank the forms
-            options["probe_feeds"] = split.check
-    cluster_pass = make_cluster_pass(
-        bits=bits, calib=split.fit if split is not None else calib, **options
-    )
+        data = dataclasses.replace(
+            data,
+            accept=TargetCheck(model, split, target),
+            requested=requested or options.get("budget") is not None,
+            # without calibration data the sensitivities run on the check's feeds: they
+            # only rank the forms
+            probe_feeds=split.check if calib is None else None,
+        )
+    cluster_pass = make_cluster_pass(bits=bits, **options)
     assert isinstance(cluster_pass, ClusterWeights)
     # The clean-up's check runs on the user's data when there is some (generated feeds
     # can take a branch or a shape the user's model never sees).
     has_data = eval_data is not None or calib is not None
     # Read once: the clean-up's check takes the first 4, the final comparison all of them.
-    check_feeds = parity_feeds(model, eval_data, calib) if has_data or validate_result else None
+    check_feeds = parity_feeds(model, evaluation, calib) if has_data or validate_result else None
     user_feeds = check_feeds[:4] if has_data and check_feeds is not None else None
     cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
     if max_size is not None:
-        result = _fit_to_size(cleaned, cluster_pass, max_size, strip_metadata, drop_value_info)
+        result = _fit_to_size(
+            cleaned, cluster_pass, data, max_size, strip_metadata, drop_value_info
+        )
     else:
-        result = run_pipeline(cleaned, Pipeline((cluster_pass,)))
+        result = run_pipeline(cleaned, Pipeline((cluster_pass,)), data=data)
     clustered = result.model
     details = summary(clustered)
     details["notes"] = cleanup_notes + list(details.get("notes", []))
@@ -217,7 +230,7 @@ def cluster_model(
     report = ClusterResult(
         model=clustered,
         options=dict(
-            options, bits=bits, calib=calib, strip_metadata=strip_metadata, optimize=optimize
+            options, bits=bits, calib=given, strip_metadata=strip_metadata, optimize=optimize
         ),
         records=result.records,
         weights=details.get("weights", []),
@@ -249,11 +262,11 @@ def cluster_model(
     if validate_result:
         assert check_feeds is not None
         measured = compare(
-            model, clustered, "clustered", feeds=check_feeds, eval_data=eval_data, runs=runs
+            model, clustered, "clustered", feeds=check_feeds, eval_data=evaluation, runs=runs
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
-    report.target = final_target(options, model, clustered, split, target)
+    report.target = final_target(data.accept, model, clustered, split, target)
     searched = report.search
     if searched is not None and searched.get("requested_bytes") is not None:
         report.request = {
@@ -309,6 +322,7 @@ def _optimized_ops(model: ir.Model) -> Counter[tuple[str, str]]:
 def _fit_to_size(
     model: ir.Model,
     cluster_pass: ClusterWeights,
+    data: RunData,
     max_size: int,
     strip_metadata: bool,
     drop_value_info: bool,
@@ -323,7 +337,9 @@ def _fit_to_size(
     scratch = model.clone()
     prepare(scratch)
     weights, _ = find_weights(
-        scratch, min_elements=cluster_pass.smallest_weight, exclude=cluster_pass.exclude
+        scratch,
+        min_elements=cluster_pass.smallest_weight(searching=data.accept is not None),
+        exclude=cluster_pass.exclude,
     )
     for weight in weights:
         scratch.graph.initializers.pop(weight.name, None)
@@ -332,7 +348,7 @@ def _fit_to_size(
     budget = max(0, max_size - model_sizes(scratch).raw - DOMAIN_IMPORT_BYTES)
     for _ in range(2):
         result = run_pipeline(
-            model, Pipeline((dataclasses.replace(cluster_pass, budget_bytes=budget),))
+            model, Pipeline((dataclasses.replace(cluster_pass, budget_bytes=budget),)), data=data
         )
         final = result.model.clone()
         if strip_metadata:

@@ -21,6 +21,7 @@ import onnx_ir as ir
 from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
+from onnxslim.evaluation import LabelledFeeds
 from onnxslim.feed_search import plan_feeds
 from onnxslim.feeds import Feed
 from onnxslim.runtime import Session
@@ -70,11 +71,15 @@ class CheckData:
 
 
 def split_data(model: ir.Model, calib: Any, data: Any, *, hold_back: bool = True) -> CheckData:
-    """Evaluation data as given; else the last quarter of `calib` held back; else generated.
+    """Evaluation data as given (a LabelledFeeds the workflow read: its first CHECK_LIMIT
+    feeds); else the last quarter of `calib` held back; else generated.
 
     With fewer than 2 x HELD_OUT_MINIMUM calibration feeds nothing can be spared:
     the check runs on the calibration feeds themselves and says so.
     """
+    if isinstance(data, LabelledFeeds):  # the workflow read it once: its first feeds
+        check = data.feeds[:CHECK_LIMIT]
+        return CheckData(calib, check, f"{data.source} ({len(check)} feeds)")
     if data is not None:
         stream = open_feeds(data, model, limit=CHECK_LIMIT, extra="ignore")
         check = list(stream)

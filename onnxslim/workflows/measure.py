@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,13 +22,15 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxslim.activations import coalesce_feeds
-from onnxslim.calibration import FeedSource
+from onnxslim.calibration import FeedSource, open_feeds
 from onnxslim.errors import DataError, UsageError
-from onnxslim.evaluation import read_labelled, top1_accuracy
+from onnxslim.evaluation import LabelledFeeds, read_labelled, top1_accuracy
 from onnxslim.feeds import Feed
+from onnxslim.images import ImageFolder
 from onnxslim.io import model_to_bytes
 from onnxslim.runtime import bind_external_data
 from onnxslim.validation import ValidationReport, resolve_feeds, validate
+from onnxslim.workflows.heldout import CHECK_LIMIT
 
 PARITY_FEEDS = 64
 
@@ -48,10 +51,13 @@ def model_sizes(model: ir.Model) -> Sizes:
 
 
 def labelled(
-    source: FeedSource, model: ir.Model, limit: int | None = None
+    source: LabelledFeeds | FeedSource, model: ir.Model, limit: int | None = None
 ) -> tuple[list[dict[str, np.ndarray]], np.ndarray] | None:
-    """(feeds, labels) from data carrying a `labels` array, or None when it carries none."""
-    data = read_labelled(source, model, limit=limit)
+    """(feeds, labels) from data carrying a `labels` array, or None when it carries none;
+    data the workflow read already (LabelledFeeds) is taken as it is."""
+    data = (
+        source if isinstance(source, LabelledFeeds) else read_labelled(source, model, limit=limit)
+    )
     if not data.feeds:
         raise DataError("evaluation data holds no samples")
     return None if data.labels is None else (data.feeds, data.label_array())
@@ -85,10 +91,32 @@ def session_start_ms(model: ir.Model, repeats: int = 3) -> float:
     return best
 
 
+def open_once(model: ir.Model, source: FeedSource | None) -> FeedSource | None:
+    """A data file or folder opened once (calibration.open_feeds): whoever reads the
+    stream re-reads it from its start, nobody opens the path again. Anything else as given."""
+    if isinstance(source, (str, os.PathLike, ImageFolder)):
+        return open_feeds(source, model, extra="keep")
+    return source
+
+
+def read_evaluation(
+    model: ir.Model, eval_data: FeedSource | None, *, whole: bool
+) -> LabelledFeeds | None:
+    """The user's evaluation data, read once (None without any): the held-out check
+    (heldout.split_data), the parity feeds and top-1 all take from it. `whole`: all of
+    it (top-1 scores every sample), else only what the check and the parity figures use."""
+    if eval_data is None:
+        return None
+    return read_labelled(eval_data, model, limit=None if whole else max(CHECK_LIMIT, PARITY_FEEDS))
+
+
 def parity_feeds(
-    model: ir.Model, eval_data: FeedSource | None, calib: FeedSource | None
+    model: ir.Model, eval_data: LabelledFeeds | FeedSource | None, calib: FeedSource | None
 ) -> list[Feed]:
-    """Feeds for the guard and parity figures: eval data, else calibration data, else generated."""
+    """Feeds for the guard and parity figures: eval data (read once: its first
+    PARITY_FEEDS), else calibration data, else generated."""
+    if isinstance(eval_data, LabelledFeeds):
+        return eval_data.feeds[:PARITY_FEEDS]
     source = eval_data if eval_data is not None else calib
     count = PARITY_FEEDS if source is not None else 8
     feeds, _, _ = resolve_feeds(model, source, count=count)  # open_feeds reads any FeedSource
@@ -111,7 +139,7 @@ def compare(
     label: str,
     *,
     feeds: Sequence[Feed],
-    eval_data: FeedSource | None,
+    eval_data: LabelledFeeds | FeedSource | None,
     runs: int,
 ) -> Comparison:
     """Measure `result` (called `label` in the figures) against the original `model`."""

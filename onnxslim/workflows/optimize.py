@@ -8,7 +8,6 @@ inputs with the fixed shapes), and the passes at fault are rolled back.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +77,7 @@ def optimize(
     *,
     pipeline: Pipeline | None = None,
     verify: bool = True,
-    data: str | os.PathLike[str] | None = None,
+    data: FeedSource | None = None,
     feeds: Sequence[Feed] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | Sequence[str] | None = None,
     feed_count: int = 4,

@@ -10,6 +10,7 @@ and top-1 accuracy of both models when the evaluation data carries `labels`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import onnx_ir as ir
 from onnxslim.agreement import DEFAULT_TARGET_ERROR, Assessment, Target
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune._common import summary
 from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initializer
 from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
@@ -35,7 +37,9 @@ from onnxslim.workflows.measure import (
     Sizes,
     compare,
     model_sizes,
+    open_once,
     parity_feeds,
+    read_evaluation,
 )
 
 METHODS = tuple(PRUNE_METHODS)
@@ -208,25 +212,32 @@ def prune_model(
         raise UsageError(f"storage {storage!r}: expected one of {', '.join(STORAGE)}")
     start = time.perf_counter()
     target = Target(target_error) if validate_result and target_error is not None else None
-    calib = options.get("calib")
-    split = split_data(model, calib, eval_data) if target is not None else None
-    if split is not None and calib is not None:
-        options["calib"] = split.fit
+    given = options.pop("calib", None)
+    # The user's data is opened once: the pass, the held-out split and the parity
+    # feeds read the calibration stream; the check, parity and top-1 the evaluation data.
+    calib = open_once(model, given)
+    evaluation = read_evaluation(model, eval_data, whole=validate_result)
+    split = split_data(model, calib, evaluation) if target is not None else None
+    data = RunData(feeds=split.fit if split is not None and calib is not None else calib)
     searching = method == "magnitude" and options.get("allocation") == "target"
     if searching and target is not None and split is not None:
-        options["accept"] = TargetCheck(model, split, target)
-        options["requested"] = requested
-        if calib is None:  # sensitivities on the check's feeds: they only rank the layers
-            options["probe_feeds"] = split.check
+        data = dataclasses.replace(
+            data,
+            accept=TargetCheck(model, split, target),
+            requested=requested,
+            # without calibration data the sensitivities run on the check's feeds: they
+            # only rank the layers
+            probe_feeds=split.check if calib is None else None,
+        )
     prune_pass = make_prune_pass(method, **options)
-    check_feeds = parity_feeds(model, eval_data, calib)
+    check_feeds = parity_feeds(model, evaluation, calib)
     # The lossy pass runs unguarded: validate() below measures its parity on these feeds
     # (a guard ran both models on them once more, 20 s of open_nsfw_resnet's 137 s); the
     # lossless packing is checked on a few of them.
     guard = Guard(check_feeds[:LOSSLESS_FEEDS]) if validate_result else None
     # Two pipelines: each run clones the model, and a clone does not carry model.meta,
     # where a pass leaves its summary.
-    result = run_pipeline(model, Pipeline((prune_pass,)))
+    result = run_pipeline(model, Pipeline((prune_pass,)), data=data)
     details = summary(result.model)
     if storage == "packed":
         packing = run_pipeline(result.model, Pipeline((PackSparseWeights(),)), guard=guard)
@@ -238,7 +249,9 @@ def prune_model(
     report = PruneResult(
         model=pruned,
         method=method,
-        options={k: v for k, v in dict(options, storage=storage).items() if k not in _INTERNAL},
+        options=dict(options, storage=storage, calib=given)
+        if given is not None
+        else dict(options, storage=storage),
         records=result.records,
         layers=rows,
         sparsity=overall_sparsity(rows),
@@ -253,11 +266,11 @@ def prune_model(
     report.warnings += [f"{r.name}: {r.status} ({r.reason})" for r in result.rolled_back]
     if validate_result:
         measured = compare(
-            model, pruned, "pruned", feeds=check_feeds, eval_data=eval_data, runs=runs
+            model, pruned, "pruned", feeds=check_feeds, eval_data=evaluation, runs=runs
         )
         report.session_ms, report.validation = measured.session_ms, measured.validation
         report.accuracy = measured.accuracy
-    report.target = final_target(options, model, pruned, split, target)
+    report.target = final_target(data.accept, model, pruned, split, target)
     searched = report.search
     if requested and searched is not None:
         reached = float(searched["reached"])
@@ -271,9 +284,6 @@ def prune_model(
         report.gate = report.drop_gate(max_drop)
     report.seconds = time.perf_counter() - start
     return report
-
-
-_INTERNAL = ("accept", "probe_feeds", "requested")
 
 
 def prune(

@@ -9,9 +9,10 @@ interleaved) and, when the data carries a `labels` array, top-1 accuracy of both
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,9 @@ from onnxslim.errors import UsageError
 from onnxslim.evaluation import model_inputs, read_labelled, time_interleaved, top1_by_model
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.graphs import node_count, tensor_bytes
+from onnxslim.passes._run_data import NO_DATA, RunData, StageProgress, run_pass
 from onnxslim.passes.quantize.prepare import prepare
-from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport, QuantizeStatic
+from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
 from onnxslim.runtime import Session, SessionConfig
 from onnxslim.sources import ModelResult
@@ -33,7 +35,6 @@ from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.heldout import check_target, split_data
 
 MODES = tuple(QUANTIZE_MODES)
-StageProgress = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -101,6 +102,7 @@ def quantize_model(
     progress: StageProgress | None = None,
     target_error: float | None = DEFAULT_TARGET_ERROR,
     fix: bool = True,
+    check: Sequence[Feed] | None = None,
     **options: Any,
 ) -> QuantizeResult:
     """Quantize (a copy of) `model` and validate it; `options` are the pass's fields.
@@ -109,7 +111,9 @@ def quantize_model(
     measured against the float model on feeds the calibration never saw (`data`, else
     the calibration data's last quarter, held back) into `result.target`. Static int8
     that misses it has the layers responsible fixed (`fix`, passes/quantize/repair.py)
-    on those feeds, so the figure reported is the fixed model's.
+    on those feeds, so the figure reported is the fixed model's. `check`: held-out feeds
+    the caller holds (a recipe's back-off, which measures the result itself), fixed on
+    with `target_error` and no validation.
     """
     target = Target(target_error) if validate and target_error is not None else None
     if mode == "static":
@@ -122,25 +126,25 @@ def quantize_model(
             # ignored) and validation reads it again when no other data is given.
             calib = open_feeds(calib, model, extra="keep")
         split = split_data(model, calib, data) if target is not None else None
-        options["calib"] = split.fit if split is not None else calib
+        run_data = RunData(feeds=split.fit if split is not None else calib, progress=progress)
         if split is not None and target is not None:
-            options.update(fix=fix, check=split.check, target_error=target.error)
-        elif options.get("check") is not None and target_error is not None:
-            # the caller holds the feeds and measures the result (a recipe's back-off)
+            options.update(fix=fix, target_error=target.error)
+            run_data = dataclasses.replace(run_data, check=split.check)
+        elif check is not None and target_error is not None:
+            # the caller holds the held-out feeds and measures the result (a recipe's back-off)
             options.update(fix=fix, target_error=target_error)
+            run_data = dataclasses.replace(run_data, check=check)
         else:
             options["fix"] = False
     else:
+        run_data = NO_DATA
         if calib is not None and data is None:
             data = calib  # dynamic and weight-only need no calibration; use it to validate
         split = split_data(model, None, data) if target is not None else None
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
-    if isinstance(quantize_pass, QuantizeStatic):
-        quantize_pass.run_with(quantized, progress=progress)
-    else:
-        quantize_pass(quantized)
+    run_pass(quantize_pass, quantized, run_data)
     seconds = time.perf_counter() - start
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
     result = QuantizeResult(

@@ -35,18 +35,20 @@ from onnxslim.evaluation import Evaluator
 from onnxslim.gates import check_gates
 from onnxslim.graphs import node_count
 from onnxslim.images import resolve_folder
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.cluster import UnpackPalette
 from onnxslim.passes.fold import FixInputShapes
 from onnxslim.passes.quantize.static import QuantizeStatic
 from onnxslim.pipeline import Guard, Pipeline, run_pipeline
 from onnxslim.recipe import Recipe, Step, load_recipe
-from onnxslim.registry import make_pass, pass_class
+from onnxslim.registry import make_pass
 from onnxslim.report import RunReport, StepReport, gzip_size
 from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 from onnxslim.workflows.at_target import TargetCheck
 from onnxslim.workflows.backoff import back_off, target_gate
 from onnxslim.workflows.cluster import cluster_model
 from onnxslim.workflows.heldout import split_data
+from onnxslim.workflows.measure import open_once
 from onnxslim.workflows.optimize import optimize, validation_feeds
 from onnxslim.workflows.prune import prune, prune_model
 from onnxslim.workflows.quantize import quantize_model
@@ -101,6 +103,8 @@ def run_recipe(
         model = model if input_path is not None else model.clone()  # never change the caller's
         FixInputShapes(shapes=tuple(input_shapes))(model)
     sources = recipe_data(recipe, model)
+    # The calibration data is opened once: every step and the evaluator re-read this stream.
+    sources = dataclasses.replace(sources, calib=open_once(model, sources.calib))
     for line in sources.lines():
         (notice or say)(line)
     say("measuring the input model")
@@ -237,8 +241,8 @@ def add_provenance(model: ir.Model, recipe: Recipe, input_bytes: bytes) -> None:
 class RecipeData:
     """The recipe's data as the steps read it: image folders carry their preprocessing."""
 
-    calib: str | os.PathLike[str] | None
-    eval: str | os.PathLike[str] | None
+    calib: FeedSource | None
+    eval: FeedSource | None
     applied: dict[str, dict[str, str]]  # "data.calib" -> {folder, preprocessing}
     notices: list[str]  # one line per image folder: what is applied, what was guessed
 
@@ -402,8 +406,7 @@ def _quantize(
     fix_target = options.pop("fix_target", None)  # a back-off rung (workflows/backoff.py)
     fixing: dict[str, Any] = {}
     if fix_target is not None and check is not None and mode == "static":
-        fixing = {"fix": True, "target_error": fix_target}
-        options["check"] = check
+        fixing = {"fix": True, "target_error": fix_target, "check": check}
     options.pop("fix", None)
     warnings = []
     if mode == "static":
@@ -468,15 +471,12 @@ def _registry_pass(
     calib: FeedSource | None,
     check_data: FeedSource | None,
 ) -> tuple[ir.Model, dict[str, Any], list[str]]:
-    fields = {f.name for f in dataclasses.fields(pass_class(step.name))}  # type: ignore[arg-type]
-    if "calib" in fields and calib is not None:
-        options["calib"] = calib
     instance = make_pass(step.name, options)
     guard = None
     if getattr(instance, "lossless", False):
         feeds, _ = validation_feeds(model, check_data, count=4)
         guard = Guard(feeds)
-    result = run_pipeline(model, Pipeline((instance,)), guard=guard)
+    result = run_pipeline(model, Pipeline((instance,)), guard=guard, data=RunData(feeds=calib))
     record = result.records[0]
     if record.status == "rolled back":
         return result.model, record.to_dict(), [f"{step.name}: rolled back ({record.reason})"]

@@ -25,10 +25,9 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
-from onnxslim.calibration import FeedSource
 from onnxslim.errors import UsageError
-from onnxslim.passes._options import check_choice, data_field, effort_option, option
-from onnxslim.passes._target_inputs import TargetInputs
+from onnxslim.passes._options import check_choice, effort_option, option
+from onnxslim.passes._run_data import RunData, TakesData
 from onnxslim.passes.prune._common import load_feeds, name_nodes
 from onnxslim.passes.prune.layers import lift_constants
 from onnxslim.passes.prune.storage import UnpackSparseWeights
@@ -66,8 +65,13 @@ MIN_VALUES_PER_ENTRY = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
-    """Cluster each layer weight into 2^bits shared values, stored as packed indices + palette."""
+class ClusterWeights(TakesData, ir.passes.InPlacePass):
+    """Cluster each layer weight into 2^bits shared values, stored as packed indices + palette.
+
+    Its run takes the data (RunData): `feeds`, calibration data (an .npz of stacked
+    samples, a folder; API: also a list of feeds) for refinement and the bit
+    allocation; for allocation=target, `accept`, `requested` and `probe_feeds`.
+    """
 
     lossless: ClassVar[bool] = False
 
@@ -122,9 +126,6 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
     )
     refine: bool | None = option(
         None, "Re-fit palettes by least squares on calib (default: on with calib)."
-    )
-    calib: FeedSource | None = data_field(
-        "Calibration data: an .npz of stacked samples, a folder (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")
     max_rows: int = option(8192, "Calibration rows sampled per layer for refinement.")
@@ -192,15 +193,17 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
         if self.budget is not None and self.budget_bytes is not None:
             raise ValueError("give budget or budget_bytes, not both")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def run(self, model: ir.Model, data: RunData) -> ir.passes.PassResult:
         started = time.perf_counter()
-        feeds = load_feeds(self.calib, self.calib_count, model)
+        feeds = load_feeds(data.feeds, self.calib_count, model)
         refine = self.refine if self.refine is not None else feeds is not None
         if refine and feeds is None:
             raise UsageError("palette refinement needs calibration data (calib)")
         notes = prepare(model)
         weights, skipped = find_weights(
-            model, min_elements=self.smallest_weight, exclude=self.exclude
+            model,
+            min_elements=self.smallest_weight(searching=data.accept is not None),
+            exclude=self.exclude,
         )
         if not weights:
             _store(
@@ -217,15 +220,19 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
         forms: dict[str, Form] = {}
         allocation = None
         allocate = self.allocation
-        probe_feeds = feeds if feeds is not None else self.probe_feeds
-        if allocate == "target" and (self.accept is None or not probe_feeds):
+        probe_feeds = feeds if feeds is not None else data.probe_feeds
+        if allocate == "target" and (data.accept is None or not probe_feeds):
             allocate = "uniform"  # no check handed in (a recipe step): `bits` everywhere
         if allocate == "mixed" and feeds is None:
             raise UsageError("allocation=mixed needs calibration data (calib)")
         if allocate != "uniform":
             assert probe_feeds is not None
-            allocator = self._allocate_at_target if allocate == "target" else self._allocate
-            forms, allocation = allocator(model, weights, list(probe_feeds), qmax)
+            if allocate == "target":
+                forms, allocation = self._allocate_at_target(
+                    model, weights, list(probe_feeds), qmax, data
+                )
+            else:
+                forms, allocation = self._allocate(model, weights, list(probe_feeds), qmax)
             kept = [w for w in weights if forms[w.name].bits == FLOAT]
             skipped += [Skipped(w.name, "kept float by the bit allocation") for w in kept]
             weights = [w for w in weights if forms[w.name].bits != FLOAT]
@@ -260,9 +267,9 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
                 pinned_zero=frozenset(name for name, row in rows.items() if row["zero_kept"]),
                 seconds=refine_seconds,
             )
-        if self.accept is not None and any(layer.refit for layer in layers):
+        if data.accept is not None and any(layer.refit for layer in layers):
             palettes, layers, checked = refine_guard.guard(
-                model, before, unrefined, palettes, layers, self.accept, self._narrow
+                model, before, unrefined, palettes, layers, data.accept, self._narrow
             )
             notes.append(refine_guard.note(checked))
             if allocation is not None:
@@ -321,13 +328,18 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
         return table.forms(chosen), table.summary(chosen, budget)
 
     def _allocate_at_target(
-        self, model: ir.Model, weights: list[Weight], feeds: list, qmax: int | None
+        self,
+        model: ir.Model,
+        weights: list[Weight],
+        feeds: list,
+        qmax: int | None,
+        data: RunData,
     ) -> tuple[dict[str, Form], dict[str, Any]]:
         """allocation=target: the fewest bytes whose model meets the target (target.py)."""
         table = self._candidates(model, weights, feeds, qmax, widths=target_widths(self.bits))
-        upper = table.uniform_cost if self.requested else None
-        assert self.accept is not None
-        found = target_search(model, table, self.accept, upper=upper)
+        upper = table.uniform_cost if data.requested else None
+        assert data.accept is not None
+        found = target_search(model, table, data.accept, upper=upper)
         summary = table.summary(found.chosen, found.budget)
         summary["search"] = found.to_dict()
         return table.forms(found.chosen), summary
@@ -414,12 +426,12 @@ class ClusterWeights(TargetInputs, ir.passes.InPlacePass):
             table.rows.append(candidates)
         return table
 
-    @property
-    def smallest_weight(self) -> int:
-        """Elements a weight needs to be clustered (min_elements, or its default)."""
+    def smallest_weight(self, *, searching: bool) -> int:
+        """Elements a weight needs to be clustered (min_elements, or its default);
+        `searching`: the run has an accuracy target to meet (data.accept)."""
         if self.min_elements is not None:
             return self.min_elements
-        searching = self.allocation == "target" and self.accept is not None
+        searching = self.allocation == "target" and searching
         return 16 if self.allocation == "mixed" or searching else 256
 
     def _probe_exact_limit(self, bits: int) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim.passes._target_inputs import Accept
+from onnxslim.passes._run_data import Accept
 
 from .allocate import FLOAT, PER_TENSOR, Form, Table, choose
 

@@ -38,6 +38,7 @@ import onnx_ir.passes.common as common
 from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, option
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.channel_graph import ChannelGraph, Edit, Layout, readers
 from onnxslim.passes.prune.groups import analyze
@@ -82,8 +83,8 @@ class ChannelPruning(RefitOptions, ir.passes.InPlacePass):
         if self.multiple < 0:
             raise ValueError("multiple must be >= 0")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        feeds, refit = self.refit_data(model)
+    def run(self, model: ir.Model, data: RunData) -> ir.passes.PassResult:
+        feeds, refit = self.refit_data(model, data)
         if (refit or self.importance == "activation") and feeds is None:
             raise UsageError(
                 "reconstruction and activation importance need calibration data (calib)"

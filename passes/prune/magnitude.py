@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import check_choice, effort_option, option
-from onnxslim.passes._target_inputs import TargetInputs
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune._common import check_fraction, store_summary
 from onnxslim.passes.prune.allocation import allocate, measure_sensitivity, quick_sensitivity
 from onnxslim.passes.prune.layers import Layer, find_layers, sparsity
@@ -60,7 +60,7 @@ EFFORT = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
+class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
     """Zero the smallest-magnitude weights of Conv/Gemm/MatMul layers to a target sparsity."""
 
     sparsity: float = option(0.5, "Fraction of eligible weights set to zero.")
@@ -91,8 +91,10 @@ class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
         if self.scope == "global" and self.allocation == "sensitivity":
             raise ValueError("allocation=sensitivity applies to scope=per-layer")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        feeds, refit = self.refit_data(model)
+    def run(self, model: ir.Model, data: RunData) -> ir.passes.PassResult:
+        """Prune on the run's data: `feeds` (refit, sensitivities) and, for allocation=target,
+        `accept`, `requested` and `probe_feeds` (passes/_run_data.py)."""
+        feeds, refit = self.refit_data(model, data)
         if refit and feeds is None:
             raise UsageError("reconstruction needs calibration data (calib)")
         if self.allocation == "sensitivity" and feeds is None:
@@ -119,10 +121,10 @@ class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
                 max_rows=min(self.max_rows, effort.refit_rows),
                 ridge=self.ridge,
             )
-            if refit and feeds is not None and self._searching(feeds)
+            if refit and feeds is not None and self._searching(feeds, data)
             else None
         )
-        masks, sensitivity, searched, levels = self._masks(model, unique, feeds, trial)
+        masks, sensitivity, searched, levels = self._masks(model, unique, feeds, data, trial)
         records = []
         if trial is not None and levels is not None:  # the refit the search's trials had
             records = trial.apply(model, unique, levels)
@@ -146,13 +148,13 @@ class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
         )
         return ir.passes.PassResult(model, True)
 
-    def _searching(self, feeds: list | None) -> bool:
+    def _searching(self, feeds: list | None, data: RunData) -> bool:
         """Whether the target search runs (allocation=target, a check handed in, feeds)."""
-        probe_feeds = feeds if feeds is not None else self.probe_feeds
+        probe_feeds = feeds if feeds is not None else data.probe_feeds
         return (
             self.scope == "per-layer"
             and self.allocation == "target"
-            and self.accept is not None
+            and data.accept is not None
             and bool(probe_feeds)
         )
 
@@ -161,6 +163,7 @@ class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
         model: ir.Model,
         layers: list[Layer],
         feeds: list | None,
+        data: RunData,
         trial: TrialRefit | None = None,
     ) -> tuple[
         list[np.ndarray], dict[str, dict[str, Any]], dict[str, Any] | None, list[float] | None
@@ -174,9 +177,9 @@ class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
             masks = [count_mask(w, c) for w, c in zip(arrays, counts, strict=False)]
             return masks, {}, None, None
         allocation = self.allocation
-        probe_feeds = feeds if feeds is not None else self.probe_feeds
-        if self._searching(feeds):
-            assert self.accept is not None and probe_feeds is not None
+        probe_feeds = feeds if feeds is not None else data.probe_feeds
+        if self._searching(feeds, data):
+            assert data.accept is not None and probe_feeds is not None
             effort = EFFORT[self.effort]
             errors = quick_sensitivity(
                 model,
@@ -189,10 +192,10 @@ class MagnitudePruning(TargetInputs, RefitOptions, ir.passes.InPlacePass):
                 model,
                 layers,
                 errors,
-                self.accept,
+                data.accept,
                 upper=self.sparsity,
                 cap=cap,
-                requested=self.requested,
+                requested=data.requested,
                 refit=trial,
             )
             info = {

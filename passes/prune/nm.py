@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from onnxslim.errors import UsageError
 from onnxslim.passes._options import option
+from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune._common import store_summary
 from onnxslim.passes.prune.layers import Skipped, find_layers, sparsity
 from onnxslim.passes.prune.masks import nm_mask
@@ -37,8 +38,8 @@ class NMSparsity(RefitOptions, ir.passes.InPlacePass):
         if not (0 < self.n < self.m):
             raise ValueError(f"n={self.n}, m={self.m}: expected 0 < n < m")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        feeds, refit = self.refit_data(model)
+    def run(self, model: ir.Model, data: RunData) -> ir.passes.PassResult:
+        feeds, refit = self.refit_data(model, data)
         if refit and feeds is None:
             raise UsageError("reconstruction needs calibration data (calib)")
         prepared = prepare(model)

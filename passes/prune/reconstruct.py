@@ -26,9 +26,9 @@ import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import NormalEquations, Tap, accumulate_normal_equations
-from onnxslim.calibration import FeedSource
 from onnxslim.feeds import Feed
-from onnxslim.passes._options import data_field, option
+from onnxslim.passes._options import option
+from onnxslim.passes._run_data import RunData, TakesData
 from onnxslim.passes.prune._common import load_feeds
 from onnxslim.passes.prune.layers import Layer, find_layers, refit_levels, refit_refusal
 from onnxslim.passes.prune.lstsq import DIRECT_FLOPS, PCG_ITERATIONS, Stats, solve
@@ -38,10 +38,11 @@ MAX_COLUMNS = 8192  # (K+1)^2 float64 per group: 8192 columns is 512 MiB
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RefitOptions:
+class RefitOptions(TakesData):
     """The least-squares refit every pruning pass offers, its options declared once.
 
-    A pass that subclasses this reads its calibration feeds with `refit_data`;
+    A pass that subclasses this takes data (its run's `data.feeds`: an .npz of stacked
+    samples, or a list of feeds through the API) and reads it with `refit_data`;
     `reconstruct=None` refits exactly when calibration data is given.
     """
 
@@ -49,9 +50,6 @@ class RefitOptions:
         None,
         "Refit the kept weights (channels: the layers downstream) on calib by least "
         "squares (default: on with calib).",
-    )
-    calib: FeedSource | None = data_field(
-        "Calibration data: an .npz of stacked samples (API: also a list of feeds)."
     )
     calib_count: int = option(256, "Calibration samples used.")
     ridge: float | None = option(
@@ -61,9 +59,9 @@ class RefitOptions:
     )
     max_rows: int = option(16384, "Calibration rows sampled per layer for the refit.")
 
-    def refit_data(self, model: ir.Model) -> tuple[list[Feed] | None, bool]:
+    def refit_data(self, model: ir.Model, data: RunData) -> tuple[list[Feed] | None, bool]:
         """(calibration feeds or None, whether to refit)."""
-        feeds = load_feeds(self.calib, self.calib_count, model)
+        feeds = load_feeds(data.feeds, self.calib_count, model)
         return feeds, self.reconstruct if self.reconstruct is not None else feeds is not None
 
 

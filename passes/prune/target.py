@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.passes._target_inputs import Accept
+from onnxslim.passes._run_data import Accept
 from onnxslim.passes.prune.allocation import PROBES, allocate
 from onnxslim.passes.prune.layers import Layer, find_layers
 from onnxslim.passes.prune.masks import magnitude_mask

@@ -9,12 +9,13 @@ the pass. `options` is the pass's QuantizeStatic (method, percentile, max_sample
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import onnx_ir as ir
 
 from onnxslim.errors import DataError, PassFailed
+from onnxslim.passes._run_data import StageProgress
 
 from .collect import CollectConfig, FeedSource, collect_stats
 from .plan import QuantPlan
@@ -23,8 +24,6 @@ from .qdq import InsertReport, insert_qdq, tensor_params
 from .qparams import QParams
 from .ranges import Range, TensorStats, compute_range
 from .rounding import WeightRounding
-
-StageProgress = Callable[[str, int, int | None], None]
 
 
 def plan_with_ranges(

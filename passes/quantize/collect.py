@@ -38,11 +38,11 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
-from onnxslim.calibration import FeedSource as DataSource
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.feeds import Feed
 from onnxslim.graphs import iter_graphs
+from onnxslim.passes._run_data import FeedSource  # what the quantizer reads
 from onnxslim.runtime import Session, SessionConfig
 
 from .ranges import DEFAULT_BINS, Summary, TensorStats
@@ -52,10 +52,6 @@ ProgressFn = Callable[[int, int | None], None]
 # consume(feed_index, {name: array}) for each feed (and each group of tensors); names asked
 # for in `summarize` arrive as a ranges.Summary.
 ConsumeFn = Callable[[int, dict[str, np.ndarray | Summary]], None]
-# What the quantizer reads: anything open_feeds reads (a path to a data file or folder, an
-# ORT reader, a list or iterable of feeds), or a zero-argument factory returning a fresh
-# iterator (re-iterable without a list).
-FeedSource = DataSource | Callable[[], Iterator[Feed]]
 
 DEFAULT_GROUP_BYTES = 1 << 30
 _FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)

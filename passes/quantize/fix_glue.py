@@ -64,6 +64,7 @@ class FixContext:
     guard: bool  # re-run the latency guard after a fix (local target, guard on)
     dynamic_nodes: frozenset[str] = frozenset()  # kept dynamic (activation_mode.py)
     rounding: WeightRounding | None = None  # GPTQ statistics (rounding.py), given or computed
+    check: Sequence[Feed] = ()  # the held-out feeds the accuracy target is measured on
 
 
 def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> Measure:
@@ -85,7 +86,7 @@ def fix_target(
     """The configuration that meets the target (or the closest found), and the report."""
     clock = time.perf_counter()
     options, report = context.options, context.report
-    feeds = list(options.check)
+    feeds = list(context.check)
     measure = target_measure(context.original, feeds, options.target_error)
     # The pass's own decisions stay: layers it kept float (guard, fusion check) stay float.
     base_float = {**context.plan.skipped, **context.float_nodes}

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -34,7 +34,8 @@ from onnxslim.agreement import DEFAULT_TARGET_ERROR
 from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.feeds import Feed
-from onnxslim.passes._options import check_choice, data_field, option
+from onnxslim.passes._options import check_choice, option
+from onnxslim.passes._run_data import RunData, StageProgress, TakesData
 
 from .activation_mode import ACTIVATION_MODES, ModeInputs, settle_activation_mode
 from .bias_correction import static_hook as bias_correction_hook
@@ -66,8 +67,6 @@ from .rounding import ROUNDINGS, WeightRounding, layer_statistics
 
 REPORT_KEY = "onnxslim.quantize_report"
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
-# progress(stage, done, total): stage is "calibrate" (runs over the data) or "check".
-StageProgress = Callable[[str, int, int | None], None]
 _NOT_FUSED = "ORT did not fuse it into an int8 kernel (its Q/DQ would only add time)"
 _GUARD_FEEDS = 4  # feeds the latency guard times on
 _BIAS_CORRECTION_FEEDS = 8
@@ -112,15 +111,16 @@ class QuantizeReport:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class QuantizeStatic(ir.passes.InPlacePass):
-    """Static int8 quantization (QDQ) calibrated on data, fused by ORT into integer kernels."""
+class QuantizeStatic(TakesData, ir.passes.InPlacePass):
+    """Static int8 quantization (QDQ) calibrated on data, fused by ORT into integer kernels.
+
+    Its run takes the data (RunData): `feeds`, the calibration data (.npz/.npy file,
+    folder, images, or any feed iterable / ORT CalibrationDataReader); `check`, held-out
+    feeds the accuracy target is measured on (without them nothing is fixed); `progress`.
+    """
 
     lossless: ClassVar[bool] = False
 
-    calib: FeedSource | None = data_field(
-        "Calibration data: .npz/.npy file, folder, images (path), or any feed iterable / "
-        "ORT CalibrationDataReader through the API."
-    )
     method: str = option(
         "minmax",
         "Calibration method: minmax keeps outliers (transformer activations need "
@@ -181,10 +181,6 @@ class QuantizeStatic(ir.passes.InPlacePass):
         DEFAULT_TARGET_ERROR,
         "Accuracy target in points (onnxslim.agreement) the fixes aim at; None: no fixing.",
     )
-    check: Sequence[Feed] | None = data_field(
-        "Held-out feeds the accuracy target is measured on (the workflow's split of the "
-        "calibration data); without them nothing is fixed."
-    )
     force: bool = option(False, "Quantize even if the model already holds quantized ops.")
 
     def __post_init__(self) -> None:
@@ -195,17 +191,14 @@ class QuantizeStatic(ir.passes.InPlacePass):
         if self.max_samples is not None and self.max_samples <= 0:
             raise ValueError("max_samples must be positive")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return self.run_with(model)
-
-    def run_with(
-        self, model: ir.Model, progress: StageProgress | None = None
-    ) -> ir.passes.PassResult:
-        """The pass's run, with calibration progress reported to `progress` (an argument of
-        the run, not an option: the pass manager's plain call reports none)."""
-        if self.calib is None:
+    def run(self, model: ir.Model, data: RunData) -> ir.passes.PassResult:
+        """The pass's run on the workflow's data (calibration feeds, held-out check feeds,
+        progress: arguments of the run, not options)."""
+        if data.feeds is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
-        quantized, report = quantize_static(model, self.calib, self, progress=progress)
+        quantized, report = quantize_static(
+            model, data.feeds, self, check=data.check, progress=data.progress
+        )
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
         return ir.passes.PassResult(model, modified=bool(report.quantized_nodes))
@@ -244,9 +237,11 @@ def quantize_static(
     calib: FeedSource,
     options: QuantizeStatic | None = None,
     *,
+    check: Sequence[Feed] | None = None,
     progress: StageProgress | None = None,
 ) -> tuple[ir.Model, QuantizeReport]:
-    """A new static-int8 model of `model` (left untouched), and the report."""
+    """A new static-int8 model of `model` (left untouched), and the report; `check`: the
+    held-out feeds the accuracy target is measured on (without them nothing is fixed)."""
     options = options or QuantizeStatic()
     refuse_quantized(model, options.force)
     target, activation, reduce_range = resolve_types(options)
@@ -397,8 +392,8 @@ def quantize_static(
     if plan.nodes and options.bias_correction:
         bias_correction_hook(result, prepared, bias_feeds, options, report)  # bias_correction.py
     measure = None
-    if options.check and options.target_error is not None:
-        measure = target_measure(model, list(options.check), options.target_error)
+    if check and options.target_error is not None:
+        measure = target_measure(model, list(check), options.target_error)
     mode = settle_activation_mode(
         (plan, ranges, result, insert_report),
         ModeInputs(
@@ -444,6 +439,7 @@ def quantize_static(
             local and options.latency_guard,
             dynamic_nodes=mode.dynamic,
             rounding=rounding,
+            check=tuple(check or ()),
         )
         plan, result, insert_report = fix_target(context, (plan, {}, result, insert_report))
         if report.fixes and options.check_fusion and local:  # what ORT runs after the fixes
