@@ -46,7 +46,10 @@ class RunData:
                 accuracy target (the workflow's check);
     requested   allocation=target: the amount (sparsity, bits) was asked for: it bounds
                 the search, and a miss writes the model at the request (and fails);
-    probe_feeds allocation=target: feeds for the sensitivities when `feeds` is absent.
+    probe_feeds allocation=target: feeds for the sensitivities when `feeds` is absent;
+    caller_measures  the caller measures the result itself (a recipe's back-off): when
+                quantize's fixes miss the target on `check`, the closest int8 model is the
+                result for the caller to judge, not the float model.
     """
 
     feeds: FeedSource | None = None
@@ -55,6 +58,7 @@ class RunData:
     accept: Accept | None = None
     requested: bool = False
     probe_feeds: Sequence[Feed] | None = None
+    caller_measures: bool = False
 
 
 NO_DATA = RunData()

@@ -133,7 +133,7 @@ def quantize_model(
         elif check is not None and target_error is not None:
             # the caller holds the held-out feeds and measures the result (a recipe's back-off)
             options.update(fix=fix, target_error=target_error)
-            run_data = dataclasses.replace(run_data, check=check)
+            run_data = dataclasses.replace(run_data, check=check, caller_measures=True)
         else:
             options["fix"] = False
     else:

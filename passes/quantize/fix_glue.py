@@ -65,6 +65,8 @@ class FixContext:
     dynamic_nodes: frozenset[str] = frozenset()  # kept dynamic (activation_mode.py)
     rounding: WeightRounding | None = None  # GPTQ statistics (rounding.py), given or computed
     check: Sequence[Feed] = ()  # the held-out feeds the accuracy target is measured on
+    float_on_miss: bool = True  # every fix missed: the float model is the result (False: the
+    # closest int8 model, for a caller that judges the result itself: a recipe's back-off)
 
 
 def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> Measure:
@@ -186,7 +188,7 @@ def fix_target(
     report.fixes = [step.to_dict() for step in outcome.steps]
     if context.guard and outcome.choice != Choice() and chosen[0].nodes:
         chosen, assessment = _guard(context, chosen, assessment, outcome.choice, build, measure)
-    if not assessment.passed:
+    if not assessment.passed and context.float_on_miss:
         chosen, assessment = _float_model(context, chosen, assessment, measure)
     elif not any(p.role in ("compute", "embedding") for p in chosen[0].nodes.values()) and not any(
         w.startswith("kept float: ") for w in report.warnings

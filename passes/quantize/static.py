@@ -197,7 +197,12 @@ class QuantizeStatic(TakesData, ir.passes.InPlacePass):
         if data.feeds is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
         quantized, report = quantize_static(
-            model, data.feeds, self, check=data.check, progress=data.progress
+            model,
+            data.feeds,
+            self,
+            check=data.check,
+            progress=data.progress,
+            float_on_miss=not data.caller_measures,
         )
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
@@ -239,9 +244,12 @@ def quantize_static(
     *,
     check: Sequence[Feed] | None = None,
     progress: StageProgress | None = None,
+    float_on_miss: bool = True,
 ) -> tuple[ir.Model, QuantizeReport]:
     """A new static-int8 model of `model` (left untouched), and the report; `check`: the
-    held-out feeds the accuracy target is measured on (without them nothing is fixed)."""
+    held-out feeds the accuracy target is measured on (without them nothing is fixed);
+    `float_on_miss`: when the fixes cannot meet the target the float model is the result
+    (False: the closest int8 model, for a caller that judges the result itself)."""
     options = options or QuantizeStatic()
     refuse_quantized(model, options.force)
     target, activation, reduce_range = resolve_types(options)
@@ -440,6 +448,7 @@ def quantize_static(
             dynamic_nodes=mode.dynamic,
             rounding=rounding,
             check=tuple(check or ()),
+            float_on_miss=float_on_miss,
         )
         plan, result, insert_report = fix_target(context, (plan, {}, result, insert_report))
         if report.fixes and options.check_fusion and local:  # what ORT runs after the fixes
