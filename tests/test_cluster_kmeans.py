@@ -150,3 +150,21 @@ def test_distinct_is_lossless_and_minimal():
         p.dense().view(np.uint32), w.view(np.uint32)
     )  # -0.0 kept bit for bit
     assert distinct(rng.normal(size=600).astype(np.float32), None, 1, max_bits=8) is None
+
+
+def test_palette_fitted_on_a_sample_assigns_every_value_to_its_nearest_entry() -> None:
+    """--effort: a big group's palette is fitted on a sample (10x faster on minilm's
+    embedding table, error within a few %)."""
+    from onnxslim.passes.cluster.palette import cluster_tensor
+
+    w = np.random.default_rng(4).normal(size=(200, 64)).astype(np.float32)
+    full, _ = cluster_tensor(w, 3)
+    sampled, exact = cluster_tensor(w, 3, sample=2048)
+    assert not exact
+    values = sampled.values()[0]
+    assert np.all(np.diff(values) >= 0)
+    dense = sampled.dense()
+    nearest_by_hand = values[np.abs(w[..., None] - values).argmin(-1)]
+    np.testing.assert_allclose(dense, nearest_by_hand, rtol=0, atol=1e-6)
+    error = lambda d: float(np.sum((d - w) ** 2))  # noqa: E731
+    assert error(dense) <= 1.05 * error(full.dense())

@@ -492,6 +492,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             seed=self.seed,
             keep_zero=self.keep_zero,
             exact_limit=self._probe_exact_limit(bits) if probing else self.exact_limit,
+            sample=EFFORT[self.effort].sample if probing and self.allocation == "target" else None,
         )
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .kmeans import EXACT_LIMIT, cluster_many
+from .kmeans import EXACT_LIMIT, cluster_many, nearest
 
 
 @dataclass(frozen=True)
@@ -120,24 +120,37 @@ def cluster_tensor(
     seed: int = 0,
     keep_zero: bool | None = None,
     exact_limit: int = EXACT_LIMIT,
+    sample: int | None = None,
 ) -> tuple[Palettized, bool]:
-    """Cluster `array` into 2^bits values per group; (palettized, every group solved exactly)."""
+    """Cluster `array` into 2^bits values per group; (palettized, every group solved exactly).
+
+    `sample`: a group of more values has its palette fitted on that many of them (drawn
+    with `seed`), then every value goes to its nearest entry (minilm's 11.7 M-value
+    embedding table, clustered at every candidate width, took most of its search).
+    """
     k = 1 << bits
     indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
     slices = channel_slices(array.shape, axis, group_size)
     palette = np.zeros((len(slices), k), dtype=np.float64)
+    groups = [array[where] for where in slices]
+    rng = np.random.default_rng(seed)
+    fitted = [
+        g.reshape(-1)[rng.choice(g.size, sample, replace=False)]
+        if sample is not None and g.size > sample
+        else g
+        for g in groups
+    ]
     results = cluster_many(
-        [array[where] for where in slices],
-        k,
-        init=init,
-        seed=seed,
-        exact_limit=exact_limit,
-        keep_zero=keep_zero,
+        fitted, k, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero
     )
     for g, (where, result) in enumerate(zip(slices, results, strict=True)):
-        palette[g] = result.palette
-        indices[where] = result.indices
-    exact = all(result.exact for result in results)
+        if fitted[g] is groups[g]:
+            palette[g] = result.palette
+            indices[where] = result.indices
+        else:  # fitted on a sample: every value to its nearest entry
+            palette[g] = np.sort(result.palette)
+            indices[where] = nearest(palette[g], groups[g]).reshape(groups[g].shape)
+    exact = all(r.exact and f is a for r, f, a in zip(results, fitted, groups, strict=True))
     dtype = np.dtype(array.dtype)
     return Palettized(indices, palette.astype(dtype), bits, axis, group_size, dtype=dtype), exact
 

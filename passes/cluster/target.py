@@ -43,6 +43,7 @@ class Effort:
     refine_feeds: int | None  # the refinement after a search that met the target (0: none)
     exact_limit: int  # candidate forms: values (else histogram bins) of the k-means DP
     refine_seconds: float | None  # ... and no refinement level starts after this long
+    sample: int | None  # candidate forms: palettes of bigger groups fitted on this many values
 
 
 # captcha_crnn (2 cores, loaded): 255 s, of which 141 s refining 23 layers level by level
@@ -52,9 +53,9 @@ class Effort:
 # on 128 bins it is 3x faster at 4 bits, relative weight error 0.00711 for 0.00709.
 # open_nsfw_resnet met the target at 2 bits: its refinement has 50+ levels.
 EFFORT = {
-    "fast": Effort(20.0, 8, 0, 64, 0.0),
-    "default": Effort(40.0, 16, 8, 128, 30.0),
-    "thorough": Effort(240.0, 32, None, 2048, None),
+    "fast": Effort(20.0, 8, 0, 64, 0.0, 1 << 16),
+    "default": Effort(40.0, 16, 8, 128, 30.0, 1 << 18),
+    "thorough": Effort(240.0, 32, None, 2048, None, None),
 }
 
 
