@@ -55,7 +55,7 @@ from .policy import (
     quantized_ops_in,
     resolve_target,
 )
-from .prepare import missing_int8_kernels, prepare
+from .prepare import PrepareReport, missing_int8_kernels, prepare
 from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
@@ -199,13 +199,20 @@ class QuantizeStatic(ir.passes.InPlacePass):
         return self.run_with(model)
 
     def run_with(
-        self, model: ir.Model, progress: StageProgress | None = None
+        self,
+        model: ir.Model,
+        progress: StageProgress | None = None,
+        prepared: tuple[ir.Model, PrepareReport] | None = None,
     ) -> ir.passes.PassResult:
         """The pass's run, with calibration progress reported to `progress` (an argument of
-        the run, not an option: the pass manager's plain call reports none)."""
+        the run, not an option: the pass manager's plain call reports none). `prepared`:
+        `prepare(model)` already computed by the caller (a model of its own, which this
+        run may modify), so a huge graph is not prepared twice."""
         if self.calib is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
-        quantized, report = quantize_static(model, self.calib, self, progress=progress)
+        quantized, report = quantize_static(
+            model, self.calib, self, progress=progress, prepared=prepared
+        )
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
         return ir.passes.PassResult(model, modified=bool(report.quantized_nodes))
@@ -245,8 +252,10 @@ def quantize_static(
     options: QuantizeStatic | None = None,
     *,
     progress: StageProgress | None = None,
+    prepared: tuple[ir.Model, PrepareReport] | None = None,
 ) -> tuple[ir.Model, QuantizeReport]:
-    """A new static-int8 model of `model` (left untouched), and the report."""
+    """A new static-int8 model of `model` (left untouched), and the report; `prepared` is
+    `prepare(model)` when the caller has it already."""
     options = options or QuantizeStatic()
     refuse_quantized(model, options.force)
     target, activation, reduce_range = resolve_types(options)
@@ -268,7 +277,7 @@ def quantize_static(
         quantize_depthwise=options.quantize_depthwise,
     )
     clock = time.perf_counter()
-    prepared, prep = prepare(model)
+    prepared, prep = prepare(model) if prepared is None else prepared
     report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
     report.seconds["prepare"] = time.perf_counter() - clock
     missing = missing_int8_kernels(prepared)
