@@ -24,6 +24,7 @@ import onnxruntime as ort
 from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
 from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
 from onnxslim.io import as_saved
+from onnxslim.loop_bounds import endless_loop
 
 # Tensors at least this large go to ORT as in-memory external initializers.
 _OFFLOAD_BYTES = 1024
@@ -103,7 +104,7 @@ class Session:
                 other._budget,
                 other._memory,
             )
-            self._session = other._session
+            self._session, self._endless = other._session, other._endless
             self.input_names, self.output_names = other.input_names, other.output_names
             return
         self._create(model, config)
@@ -123,6 +124,10 @@ class Session:
         self._keep_alive: list[object] = []
         self._budget = config.budget
         self._memory = config.budget.memory_bytes()
+        # A Loop that cannot end within the run's time budget fails its runs at once.
+        self._endless = (
+            endless_loop(model, config.budget.seconds) if isinstance(model, ir.Model) else None
+        )
         try:
             source = self._serialize(model, options) if isinstance(model, ir.Model) else model
             with address_space_ceiling(self._memory):
@@ -161,6 +166,8 @@ class Session:
             feed = {k: feeds[k] for k in self.input_names}
         except KeyError as exc:
             raise ModelLoadError(f"feed is missing model input {exc.args[0]!r}") from exc
+        if budgeted and self._endless is not None:
+            raise BudgetExceeded(self._endless)
         run_options = ort.RunOptions()
         run_options.log_severity_level = 4  # the error comes back as our one-line message
         try:

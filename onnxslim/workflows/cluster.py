@@ -33,7 +33,7 @@ from onnxslim.passes.cluster.cluster import ClusterWeights, prepare, summary
 from onnxslim.passes.cluster.weights import find_weights
 from onnxslim.pipeline import PassRecord, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import make_cluster_pass
-from onnxslim.runtime import ort_optimized
+from onnxslim.runtime import ort_optimized, shared_sessions
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck
@@ -181,21 +181,22 @@ def cluster_model(
         options = dict(options, allocation="mixed")
     options.setdefault("allocation", "target")
     target = Target(target_error) if validate_result and target_error is not None else None
-    split = split_data(model, calib, eval_data) if target is not None else None
-    if options["allocation"] == "target" and target is not None and split is not None:
-        options["accept"] = TargetCheck(model, split, target)
-        options["requested"] = requested or options.get("budget") is not None
-        if calib is None:  # sensitivities on the check's feeds: they only rank the forms
-            options["probe_feeds"] = split.check
-    cluster_pass = make_cluster_pass(
-        bits=bits, calib=split.fit if split is not None else calib, **options
-    )
-    assert isinstance(cluster_pass, ClusterWeights)
-    # The clean-up's check runs on the user's data when there is some (generated feeds
-    # can take a branch or a shape the user's model never sees).
-    has_data = eval_data is not None or calib is not None
-    # Read once: the clean-up's check takes the first 4, the final comparison all of them.
-    check_feeds = parity_feeds(model, eval_data, calib) if has_data or validate_result else None
+    with shared_sessions():  # both feed plans probe the same model: one session
+        split = split_data(model, calib, eval_data) if target is not None else None
+        if options["allocation"] == "target" and target is not None and split is not None:
+            options["accept"] = TargetCheck(model, split, target)
+            options["requested"] = requested or options.get("budget") is not None
+            if calib is None:  # sensitivities on the check's feeds: they only rank the forms
+                options["probe_feeds"] = split.check
+        cluster_pass = make_cluster_pass(
+            bits=bits, calib=split.fit if split is not None else calib, **options
+        )
+        assert isinstance(cluster_pass, ClusterWeights)
+        # The clean-up's check runs on the user's data when there is some (generated feeds
+        # can take a branch or a shape the user's model never sees).
+        has_data = eval_data is not None or calib is not None
+        # Read once: the clean-up's check takes the first 4, the final comparison all of them.
+        check_feeds = parity_feeds(model, eval_data, calib) if has_data or validate_result else None
     user_feeds = check_feeds[:4] if has_data and check_feeds is not None else None
     cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
@@ -246,15 +247,16 @@ def cluster_model(
     for row in report.weights:
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
-    if validate_result:
-        assert check_feeds is not None
-        measured = compare(
-            model, clustered, "clustered", feeds=check_feeds, eval_data=eval_data, runs=runs
-        )
-        report.session_ms, report.validation = measured.session_ms, measured.validation
-        report.accuracy = measured.accuracy
-    if target is not None and split is not None:
-        report.target = check_target(model, clustered, split, target)
+    with shared_sessions():  # one session per model for parity and the target check
+        if validate_result:
+            assert check_feeds is not None
+            measured = compare(
+                model, clustered, "clustered", feeds=check_feeds, eval_data=eval_data, runs=runs
+            )
+            report.session_ms, report.validation = measured.session_ms, measured.validation
+            report.accuracy = measured.accuracy
+        if target is not None and split is not None:
+            report.target = check_target(model, clustered, split, target)
     searched = report.search
     if searched is not None and searched.get("requested_bytes") is not None:
         report.request = {

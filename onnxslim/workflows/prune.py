@@ -26,6 +26,7 @@ from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initial
 from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
 from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
+from onnxslim.runtime import shared_sessions
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck
@@ -196,7 +197,9 @@ def prune_model(
     start = time.perf_counter()
     target = Target(target_error) if validate_result and target_error is not None else None
     calib = options.get("calib")
-    split = split_data(model, calib, eval_data) if target is not None else None
+    with shared_sessions():  # both feed plans probe the same model: one session
+        split = split_data(model, calib, eval_data) if target is not None else None
+        check_feeds = parity_feeds(model, eval_data, calib)
     if split is not None and calib is not None:
         options["calib"] = split.fit
     searching = method == "magnitude" and options.get("allocation") == "target"
@@ -206,7 +209,6 @@ def prune_model(
         if calib is None:  # sensitivities on the check's feeds: they only rank the layers
             options["probe_feeds"] = split.check
     prune_pass = make_prune_pass(method, **options)
-    check_feeds = parity_feeds(model, eval_data, calib)
     guard = Guard(check_feeds) if validate_result else None
     # Two pipelines: each run clones the model, and a clone does not carry model.meta,
     # where a pass leaves its summary.
@@ -235,14 +237,15 @@ def prune_model(
         seconds=0.0,
     )
     report.warnings += [f"{r.name}: {r.status} ({r.reason})" for r in result.rolled_back]
-    if validate_result:
-        measured = compare(
-            model, pruned, "pruned", feeds=check_feeds, eval_data=eval_data, runs=runs
-        )
-        report.session_ms, report.validation = measured.session_ms, measured.validation
-        report.accuracy = measured.accuracy
-    if target is not None and split is not None:
-        report.target = check_target(model, pruned, split, target)
+    with shared_sessions():  # one session per model for parity and the target check
+        if validate_result:
+            measured = compare(
+                model, pruned, "pruned", feeds=check_feeds, eval_data=eval_data, runs=runs
+            )
+            report.session_ms, report.validation = measured.session_ms, measured.validation
+            report.accuracy = measured.accuracy
+        if target is not None and split is not None:
+            report.target = check_target(model, pruned, split, target)
     searched = report.search
     if requested and searched is not None:
         reached = float(searched["reached"])
