@@ -40,7 +40,7 @@ def endless_loop(model: ir.Model, seconds: float | None) -> str | None:
     name, iterations = found
     count = "never ends" if math.isinf(iterations) else f"runs {iterations:.3g} iterations"
     return (
-        f"Loop {name!r} {count} (a constant trip count and a condition that stays true): "
+        f"{name} {count} (its trip count is constant or absent and its condition stays true): "
         f"one run would not finish within {seconds:g} s; a budget protects every run"
     )
 
@@ -58,7 +58,7 @@ def _worst(graph: ir.Graph, outer: float, limit: float) -> tuple[str, float] | N
                 continue  # decided by data: left to the time budget
             times = outer * count
             if times > limit:
-                return node.name or "<unnamed>", times
+                return (f"Loop {node.name!r}" if node.name else "a Loop"), times
         for attribute in node.attributes.values():
             if attribute.type == ir.AttributeType.GRAPH:
                 found = _worst(attribute.as_graph(), times, limit)

@@ -125,7 +125,7 @@ def test_a_loop_that_cannot_end_fails_its_run_at_once(tmp_path: Path) -> None:
     model = io.load(endless_loop(tmp_path / "loop.onnx"))
     session = Session(model)  # the default 120 s budget is not waited for
     start = time.monotonic()
-    with pytest.raises(BudgetExceeded, match=r"Loop .* never ends.*within 120 s"):
+    with pytest.raises(BudgetExceeded, match=r"a Loop never ends.*within 120 s"):
         session.run({"x": np.zeros(1, np.float32)})
     assert time.monotonic() - start < 1
 
