@@ -89,6 +89,14 @@ def shared_sessions() -> Iterator[None]:
 class Session:
     """An ORT CPU session over an ir.Model or a model file."""
 
+    _keep_alive: list[object]
+    _budget: Budget
+    _memory: int | None
+    _session: ort.InferenceSession
+    _endless: str | None  # why every budgeted run fails at once (onnxslim.loop_bounds)
+    input_names: list[str]
+    output_names: list[str]
+
     def __init__(
         self, model: ir.Model | str | os.PathLike[str], config: SessionConfig | None = None
     ):
@@ -121,7 +129,7 @@ class Session:
             options.optimized_model_filepath = config.optimized_model_path
         if config.profile:
             options.enable_profiling = True
-        self._keep_alive: list[object] = []
+        self._keep_alive = []
         self._budget = config.budget
         self._memory = config.budget.memory_bytes()
         # A Loop that cannot end within the run's time budget fails its runs at once.

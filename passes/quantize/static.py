@@ -211,7 +211,7 @@ class QuantizeStatic(ir.passes.InPlacePass):
         if self.calib is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
         quantized, report = quantize_static(
-            model, self.calib, self, progress=progress, prepared=prepared
+            model, self.calib, self, progress=progress, ready=prepared
         )
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
@@ -252,9 +252,9 @@ def quantize_static(
     options: QuantizeStatic | None = None,
     *,
     progress: StageProgress | None = None,
-    prepared: tuple[ir.Model, PrepareReport] | None = None,
+    ready: tuple[ir.Model, PrepareReport] | None = None,
 ) -> tuple[ir.Model, QuantizeReport]:
-    """A new static-int8 model of `model` (left untouched), and the report; `prepared` is
+    """A new static-int8 model of `model` (left untouched), and the report; `ready` is
     `prepare(model)` when the caller has it already."""
     options = options or QuantizeStatic()
     refuse_quantized(model, options.force)
@@ -277,7 +277,7 @@ def quantize_static(
         quantize_depthwise=options.quantize_depthwise,
     )
     clock = time.perf_counter()
-    prepared, prep = prepare(model) if prepared is None else prepared
+    prepared, prep = prepare(model) if ready is None else ready
     report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
     report.seconds["prepare"] = time.perf_counter() - clock
     missing = missing_int8_kernels(prepared)
