@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxslim import api
-from onnxslim.graphs import node_count
+from onnxslim.graphs import node_count, subgraphs
 from onnxslim.passes.quantize import static as static_module
 from onnxslim.pipeline import Pipeline, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
@@ -93,3 +93,32 @@ def test_unguarded_lossless_clean_up_clones_the_model_once(monkeypatch: pytest.M
     assert clones == 1
     assert len(result.records) == len(pipeline.passes)
     assert node_count(result.model) == 50
+
+
+def test_subgraphs_in_onnx_ir_order() -> None:
+    """graphs.subgraphs is ir.Graph.subgraphs() (nested Ifs, pre-order), without its
+    per-node generators."""
+    branch = None
+    for level in range(3):
+        nodes = [helper.make_node("Identity", ["x"], ["out"])]
+        if branch is not None:
+            nodes = [helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)]
+        branch = helper.make_graph(
+            nodes, f"g{level}", [], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])]
+        )
+    assert branch is not None
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)],
+        "main",
+        [
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    expected = list(model.graph.subgraphs())
+    assert len(expected) == 2 + 4 + 8  # then and else of each If, deserialized apart
+    assert subgraphs(model.graph) == expected
