@@ -14,10 +14,40 @@ import onnx_ir as ir
 def iter_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     """The main graph, every subgraph (If/Loop/Scan bodies, nested) and local functions."""
     yield model.graph
-    yield from model.graph.subgraphs()
+    yield from subgraphs(model.graph)
     for function in model.functions.values():
         yield function
-        yield from function.subgraphs()
+        yield from subgraphs(function)
+
+
+def subgraphs(graph: ir.Graph | ir.Function) -> list[ir.Graph]:
+    """Every subgraph of `graph`, nested ones after their parent: `ir.Graph.subgraphs()`'s
+    order, in a plain loop over the nodes (its recursive iterator costs a generator per
+    node: 0.6 s per call on a 30,000-node chain, and a command calls this dozens of
+    times through tensor_bytes and node_count)."""
+    found: dict[ir.Graph, None] = {}
+    _collect(graph, found)
+    return list(found)
+
+
+def _collect(graph: ir.Graph | ir.Function, found: dict[ir.Graph, None]) -> None:
+    for node in graph:
+        attributes = node.attributes
+        if not attributes:
+            continue
+        for attr in attributes.values():
+            if not isinstance(attr, ir.Attr):
+                continue
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs = [attr.value]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                graphs = list(attr.value)
+            else:
+                continue
+            for sub in graphs:
+                if sub not in found:
+                    found[sub] = None
+                    _collect(sub, found)
 
 
 def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:

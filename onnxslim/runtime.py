@@ -8,9 +8,11 @@ holding every weight twice.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import onnxruntime as ort
 from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
 from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
 from onnxslim.io import as_saved
+from onnxslim.loop_bounds import endless_loop
 
 # Tensors at least this large go to ORT as in-memory external initializers.
 _OFFLOAD_BYTES = 1024
@@ -63,13 +66,60 @@ class SessionConfig:
     budget: Budget = Budget()
 
 
+# (id(model), config) -> (model, session): see shared_sessions.
+_SHARED: contextvars.ContextVar[dict[tuple[int, SessionConfig], tuple[object, Session]] | None] = (
+    contextvars.ContextVar("onnxslim_shared_sessions", default=None)
+)
+
+
+@contextlib.contextmanager
+def shared_sessions() -> Iterator[None]:
+    """Within this block, a Session over the same in-memory model object with the same
+    config is created once and shared: a workflow's validation, held-out check and
+    latency timing each open the reference model, which on a 30,000-node graph costs
+    seconds of serialization and session creation every time. Only for models no longer
+    modified inside the block (the cache is keyed by object identity)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 class Session:
     """An ORT CPU session over an ir.Model or a model file."""
+
+    _keep_alive: list[object]
+    _budget: Budget
+    _memory: int | None
+    _session: ort.InferenceSession
+    _endless: str | None  # why every budgeted run fails at once (onnxslim.loop_bounds)
+    input_names: list[str]
+    output_names: list[str]
 
     def __init__(
         self, model: ir.Model | str | os.PathLike[str], config: SessionConfig | None = None
     ):
         config = config or SessionConfig()
+        shared = _SHARED.get()
+        if not isinstance(model, ir.Model) or config.optimized_model_path or config.profile:
+            shared = None  # a session made for its side effect (a file) is never shared
+        key = (id(model), config)
+        if shared is not None and key in shared:
+            other = shared[key][1]
+            self._keep_alive, self._budget, self._memory = (
+                other._keep_alive,
+                other._budget,
+                other._memory,
+            )
+            self._session, self._endless = other._session, other._endless
+            self.input_names, self.output_names = other.input_names, other.output_names
+            return
+        self._create(model, config)
+        if shared is not None:
+            shared[key] = (model, self)  # the model is kept: its id is not reused meanwhile
+
+    def _create(self, model: ir.Model | str | os.PathLike[str], config: SessionConfig) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
@@ -79,9 +129,13 @@ class Session:
             options.optimized_model_filepath = config.optimized_model_path
         if config.profile:
             options.enable_profiling = True
-        self._keep_alive: list[object] = []
+        self._keep_alive = []
         self._budget = config.budget
         self._memory = config.budget.memory_bytes()
+        # A Loop that cannot end within the run's time budget fails its runs at once.
+        self._endless = (
+            endless_loop(model, config.budget.seconds) if isinstance(model, ir.Model) else None
+        )
         try:
             source = self._serialize(model, options) if isinstance(model, ir.Model) else model
             with address_space_ceiling(self._memory):
@@ -120,6 +174,8 @@ class Session:
             feed = {k: feeds[k] for k in self.input_names}
         except KeyError as exc:
             raise ModelLoadError(f"feed is missing model input {exc.args[0]!r}") from exc
+        if budgeted and self._endless is not None:
+            raise BudgetExceeded(self._endless)
         run_options = ort.RunOptions()
         run_options.log_severity_level = 4  # the error comes back as our one-line message
         try:

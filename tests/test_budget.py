@@ -9,21 +9,35 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
 from onnxslim import api, feed_search, io
 from onnxslim.budget import Budget
 from onnxslim.errors import BudgetExceeded
+from onnxslim.loop_bounds import endless_loop as endless_loop_reason
 from onnxslim.runtime import Session, SessionConfig
 
 
-def endless_loop(path: Path) -> Path:
-    """A Loop with no trip count whose condition stays true: runs forever."""
+def endless_loop(path: Path, *, visible: bool = True) -> Path:
+    """A Loop with no trip count whose condition stays true: runs forever. `visible`: the
+    body passes its condition through (onnxslim.loop_bounds sees it before running);
+    else the condition is computed from the data (not NaN), known only by running."""
+    cond = (
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"])]
+        if visible
+        else [
+            helper.make_node("IsNaN", ["v_out"], ["nan"]),
+            helper.make_node("Cast", ["nan"], ["nan_f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMax", ["nan_f"], ["nan_any"], keepdims=0),
+            helper.make_node("Equal", ["nan_any", "zero"], ["cond_out"]),
+        ]
+    )
     body = helper.make_graph(
         [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
             helper.make_node("Add", ["v_in", "one"], ["v_out"]),
+            *cond,
         ],
         "body",
         [
@@ -35,7 +49,10 @@ def endless_loop(path: Path) -> Path:
             helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [1]),
         ],
-        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])],
+        initializer=[
+            helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        ],
     )
     graph = helper.make_graph(
         [helper.make_node("Loop", ["", "go", "x"], ["y"], body=body)],
@@ -69,7 +86,7 @@ def constant_bomb(path: Path) -> Path:
 
 
 def test_endless_loop_is_stopped_at_the_time_budget(tmp_path: Path) -> None:
-    model = io.load(endless_loop(tmp_path / "loop.onnx"))
+    model = io.load(endless_loop(tmp_path / "loop.onnx", visible=False))
     session = Session(model, SessionConfig(budget=Budget(seconds=0.5)))
     start = time.monotonic()
     with pytest.raises(BudgetExceeded, match=r"within 0.5 s") as info:
@@ -94,10 +111,76 @@ def test_optimize_on_an_endless_loop_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The probe run hits the budget: the lossless run goes on unchecked, it does not hang."""
-    path = endless_loop(tmp_path / "loop.onnx")
+    path = endless_loop(tmp_path / "loop.onnx", visible=False)
     config = SessionConfig(optimization="basic", budget=Budget(seconds=0.5))
     monkeypatch.setattr(feed_search, "_PROBE_CONFIG", config)
     start = time.monotonic()
     result = api.optimize(path)
     assert time.monotonic() - start < 30
     assert result.verified_on.startswith("not verified")
+
+
+def test_a_loop_that_cannot_end_fails_its_run_at_once(tmp_path: Path) -> None:
+    """onnxslim.loop_bounds: no trip count and a condition passed through unchanged."""
+    model = io.load(endless_loop(tmp_path / "loop.onnx"))
+    session = Session(model)  # the default 120 s budget is not waited for
+    start = time.monotonic()
+    with pytest.raises(BudgetExceeded, match=r"a Loop never ends.*within 120 s"):
+        session.run({"x": np.zeros(1, np.float32)})
+    assert time.monotonic() - start < 1
+
+
+def test_quantize_on_an_endless_loop_refuses_without_waiting_the_budget(tmp_path: Path) -> None:
+    path = endless_loop(tmp_path / "loop.onnx")
+    calib = [{"x": np.zeros(1, np.float32)}]
+    start = time.monotonic()
+    with pytest.raises(BudgetExceeded, match="never ends") as info:
+        api.quantize(path, calib=calib)
+    assert time.monotonic() - start < 20  # was the full 120 s run budget
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("trip", "depth", "endless"),
+    [(1 << 62, 1, True), (10**9, 3, True), (2, 12, False), (1000, 2, False), (None, 1, True)],
+)
+def test_loop_iterations_known_from_the_graph(trip: int | None, depth: int, endless: bool) -> None:
+    """Nested Loops multiply (fuzz cases loop-huge-trip, loop-nested-3, loop-nested-12)."""
+
+    def body(level: int) -> onnx.GraphProto:
+        inner = (
+            helper.make_node("Loop", ["two", "true", "s_in"], ["s_out"], body=body(level + 1))
+            if level < depth
+            else helper.make_node("Add", ["s_in", "one"], ["s_out"])
+        )
+        return helper.make_graph(
+            [inner, helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+            f"body{level}",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1]),
+            ],
+            [
+                helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1]),
+            ],
+        )
+
+    inits = [
+        helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]),
+        helper.make_tensor("two", TensorProto.INT64, [], [2]),
+        helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+        helper.make_tensor("trip", TensorProto.INT64, [], [trip or 0]),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trip" if trip else "", "true", "x"], ["y"], body=body(1))],
+        "loops",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=inits,
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+    assert (endless_loop_reason(model, 120.0) is not None) is endless

@@ -34,7 +34,7 @@ from onnxslim.passes.cluster.cluster import ClusterWeights, prepare, summary
 from onnxslim.passes.cluster.weights import find_weights
 from onnxslim.pipeline import PassRecord, Pipeline, PipelineResult, run_pipeline
 from onnxslim.registry import make_cluster_pass
-from onnxslim.runtime import ort_optimized
+from onnxslim.runtime import ort_optimized, shared_sessions
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck, final_target
@@ -189,7 +189,14 @@ def cluster_model(
     # feeds read the calibration stream; the check, parity and top-1 the evaluation data.
     calib = open_once(model, given)
     evaluation = read_evaluation(model, eval_data, whole=validate_result)
-    split = split_data(model, calib, evaluation) if target is not None else None
+    # The clean-up's check runs on the user's data when there is some (generated feeds
+    # can take a branch or a shape the user's model never sees).
+    has_data = eval_data is not None or calib is not None
+    with shared_sessions():  # both feed plans probe the same model: one session
+        split = split_data(model, calib, evaluation) if target is not None else None
+        # Read once: the clean-up's check takes the first 4, the final comparison all.
+        wanted = has_data or validate_result
+        check_feeds = parity_feeds(model, evaluation, calib) if wanted else None
     data = RunData(feeds=split.fit if split is not None else calib)
     if options["allocation"] == "target" and target is not None and split is not None:
         data = dataclasses.replace(
@@ -202,11 +209,6 @@ def cluster_model(
         )
     cluster_pass = make_cluster_pass(bits=bits, **options)
     assert isinstance(cluster_pass, ClusterWeights)
-    # The clean-up's check runs on the user's data when there is some (generated feeds
-    # can take a branch or a shape the user's model never sees).
-    has_data = eval_data is not None or calib is not None
-    # Read once: the clean-up's check takes the first 4, the final comparison all of them.
-    check_feeds = parity_feeds(model, evaluation, calib) if has_data or validate_result else None
     user_feeds = check_feeds[:4] if has_data and check_feeds is not None else None
     cleaned, cleanup_notes = _clean_up(model, user_feeds) if optimize else (model, [])
     drop_value_info = strip_metadata and value_info_droppable(cleaned)
@@ -259,14 +261,15 @@ def cluster_model(
     for row in report.weights:
         if row.get("note"):
             report.warnings.append(f"{row['weight']}: {row['note']}")
-    if validate_result:
-        assert check_feeds is not None
-        measured = compare(
-            model, clustered, "clustered", feeds=check_feeds, eval_data=evaluation, runs=runs
-        )
-        report.session_ms, report.validation = measured.session_ms, measured.validation
-        report.accuracy = measured.accuracy
-    report.target = final_target(data.accept, model, clustered, split, target)
+    with shared_sessions():  # one session per model for parity and the target check
+        if validate_result:
+            assert check_feeds is not None
+            measured = compare(
+                model, clustered, "clustered", feeds=check_feeds, eval_data=evaluation, runs=runs
+            )
+            report.session_ms, report.validation = measured.session_ms, measured.validation
+            report.accuracy = measured.accuracy
+        report.target = final_target(data.accept, model, clustered, split, target)
     searched = report.search
     if searched is not None and searched.get("requested_bytes") is not None:
         report.request = {

@@ -72,6 +72,10 @@ def top1(
     return [top1_accuracy(model, batches, labels) for model in models]
 
 
+# Session creations are repeated (the fastest is kept) until this many seconds were spent.
+_START_SECONDS = 1.0
+
+
 def session_start_ms(model: ir.Model, repeats: int = 3) -> float:
     """Fastest of `repeats` ORT session creations from the serialized model (ORT_ENABLE_ALL), in ms.
 
@@ -84,10 +88,14 @@ def session_start_ms(model: ir.Model, repeats: int = 3) -> float:
     options.log_severity_level = 3
     bind_external_data(model, options)  # weights left in the input's data file
     best = math.inf
+    spent = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
         ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        spent += time.perf_counter() - t
         best = min(best, (time.perf_counter() - t) * 1000)
+        if spent > _START_SECONDS:  # a session this slow to start is timed well enough once
+            break  # (a 30,000-node graph: seconds per repeat for a figure in the report)
     return best
 
 

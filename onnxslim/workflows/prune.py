@@ -28,6 +28,7 @@ from onnxslim.passes.prune.layers import LAYER_OPS, find_layers, resolve_initial
 from onnxslim.passes.prune.storage import PackSparseWeights, packed_weights
 from onnxslim.pipeline import Guard, PassRecord, Pipeline, run_pipeline
 from onnxslim.registry import PRUNE_METHODS, PRUNE_STORAGE, make_prune_pass
+from onnxslim.runtime import shared_sessions
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport
 from onnxslim.workflows.at_target import TargetCheck, final_target
@@ -217,7 +218,9 @@ def prune_model(
     # feeds read the calibration stream; the check, parity and top-1 the evaluation data.
     calib = open_once(model, given)
     evaluation = read_evaluation(model, eval_data, whole=validate_result)
-    split = split_data(model, calib, evaluation) if target is not None else None
+    with shared_sessions():  # both feed plans probe the same model: one session
+        split = split_data(model, calib, evaluation) if target is not None else None
+        check_feeds = parity_feeds(model, evaluation, calib)
     data = RunData(feeds=split.fit if split is not None and calib is not None else calib)
     searching = method == "magnitude" and options.get("allocation") == "target"
     if searching and target is not None and split is not None:
@@ -230,7 +233,6 @@ def prune_model(
             probe_feeds=split.check if calib is None else None,
         )
     prune_pass = make_prune_pass(method, **options)
-    check_feeds = parity_feeds(model, evaluation, calib)
     # The lossy pass runs unguarded: validate() below measures its parity on these feeds
     # (a guard ran both models on them once more, 20 s of open_nsfw_resnet's 137 s); the
     # lossless packing is checked on a few of them.
@@ -264,13 +266,14 @@ def prune_model(
         seconds=0.0,
     )
     report.warnings += [f"{r.name}: {r.status} ({r.reason})" for r in result.rolled_back]
-    if validate_result:
-        measured = compare(
-            model, pruned, "pruned", feeds=check_feeds, eval_data=evaluation, runs=runs
-        )
-        report.session_ms, report.validation = measured.session_ms, measured.validation
-        report.accuracy = measured.accuracy
-    report.target = final_target(data.accept, model, pruned, split, target)
+    with shared_sessions():  # one session per model for parity and the target check
+        if validate_result:
+            measured = compare(
+                model, pruned, "pruned", feeds=check_feeds, eval_data=evaluation, runs=runs
+            )
+            report.session_ms, report.validation = measured.session_ms, measured.validation
+            report.accuracy = measured.accuracy
+        report.target = final_target(data.accept, model, pruned, split, target)
     searched = report.search
     if requested and searched is not None:
         reached = float(searched["reached"])

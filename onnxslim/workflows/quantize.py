@@ -27,9 +27,14 @@ from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.graphs import node_count, tensor_bytes
 from onnxslim.passes._run_data import NO_DATA, RunData, StageProgress, run_pass
 from onnxslim.passes.quantize.prepare import prepare
-from onnxslim.passes.quantize.static import REPORT_KEY, QuantizeReport
+from onnxslim.passes.quantize.static import (
+    REPORT_KEY,
+    QuantizeReport,
+    QuantizeStatic,
+    refuse_quantized,
+)
 from onnxslim.registry import QUANTIZE_MODES, make_quantize_pass
-from onnxslim.runtime import Session, SessionConfig
+from onnxslim.runtime import Session, SessionConfig, shared_sessions
 from onnxslim.sources import ModelResult
 from onnxslim.validation import ValidationReport, validate
 from onnxslim.workflows.heldout import check_target, split_data
@@ -144,7 +149,15 @@ def quantize_model(
     quantize_pass = make_quantize_pass(mode, **options)
     start = time.perf_counter()
     quantized = model.clone()
-    run_pass(quantize_pass, quantized, run_data)
+    # Static int8 starts from the cleaned float model, prepared once here (a clone of it
+    # costs less than preparing again: ORT's optimizer and shape inference on a huge graph).
+    cleaned = None
+    if isinstance(quantize_pass, QuantizeStatic):
+        refuse_quantized(model, quantize_pass.force)
+        cleaned, steps = prepare(model)
+        quantize_pass.run_prepared(quantized, run_data, (cleaned.clone(), steps))
+    else:
+        run_pass(quantize_pass, quantized, run_data)
     seconds = time.perf_counter() - start
     report: QuantizeReport = quantized.meta.get(REPORT_KEY) or QuantizeReport(mode)
     result = QuantizeResult(
@@ -158,28 +171,28 @@ def quantize_model(
         seconds,
         warnings=list(report.warnings),
     )
-    # Static int8 starts from the cleaned float model: its weight bytes are what int8 must
-    # not exceed (a palettized input stores fewer bytes than the dense weights it runs).
-    cleaned = prepare(model)[0] if mode == "static" else None
+    # The cleaned float model's weight bytes are what int8 must not exceed (a palettized
+    # input stores fewer bytes than the dense weights it runs).
     reference_bytes = tensor_bytes(cleaned) if cleaned is not None else result.bytes_before
     why = _pays_nowhere(report, reference_bytes, result.bytes_after)
     if why is not None:
         # A float model that runs is never refused: the result is the float model after
         # the clean-up quantization starts from (static), with the reason in one line.
-        quantized = cleaned.clone() if cleaned is not None else model.clone()
+        quantized = cleaned if cleaned is not None else model.clone()
         result.model = quantized
         result.bytes_after, result.nodes_after = tensor_bytes(quantized), node_count(quantized)
         result.kept_float = why
         result.warnings = [w for w in result.warnings if not w.startswith("kept float")]
-    if validate:
-        feeds_source = data if data is not None else calib
-        result.validation, result.accuracy, feeds = _validate(
-            model, quantized, feeds_source, validation_samples, threads, progress
-        )
-        if runs:
-            result.latency = step_latency(model, cleaned, quantized, feeds, runs, threads)
-    if target is not None and split is not None:
-        result.target = check_target(model, quantized, split, target)
+    with shared_sessions():  # each model gets one session for all the checks below
+        if validate:
+            feeds_source = data if data is not None else calib
+            result.validation, result.accuracy, feeds = _validate(
+                model, quantized, feeds_source, validation_samples, threads, progress
+            )
+            if runs:
+                result.latency = step_latency(model, cleaned, quantized, feeds, runs, threads)
+        if target is not None and split is not None:
+            result.target = check_target(model, quantized, split, target)
     return result
 
 

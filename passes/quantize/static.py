@@ -56,7 +56,7 @@ from .policy import (
     quantized_ops_in,
     resolve_target,
 )
-from .prepare import missing_int8_kernels, prepare
+from .prepare import PrepareReport, missing_int8_kernels, prepare
 from .protect import find_protections
 from .protect import float_nodes as protected_nodes
 from .protect import float_tensors as protected_tensors
@@ -194,6 +194,16 @@ class QuantizeStatic(TakesData, ir.passes.InPlacePass):
     def run(self, model: ir.Model, data: RunData) -> ir.passes.PassResult:
         """The pass's run on the workflow's data (calibration feeds, held-out check feeds,
         progress: arguments of the run, not options)."""
+        return self.run_prepared(model, data)
+
+    def run_prepared(
+        self,
+        model: ir.Model,
+        data: RunData,
+        prepared: tuple[ir.Model, PrepareReport] | None = None,
+    ) -> ir.passes.PassResult:
+        """`run`, with `prepare(model)` already computed by the caller (a model of its own,
+        which this run may modify), so a huge graph is not prepared twice."""
         if data.feeds is None:
             raise UsageError("quantize-static needs calibration data (calib = path or feeds)")
         quantized, report = quantize_static(
@@ -203,6 +213,7 @@ class QuantizeStatic(TakesData, ir.passes.InPlacePass):
             check=data.check,
             progress=data.progress,
             float_on_miss=not data.caller_measures,
+            ready=prepared,
         )
         replace_contents(model, quantized)
         model.meta[REPORT_KEY] = report
@@ -245,11 +256,13 @@ def quantize_static(
     check: Sequence[Feed] | None = None,
     progress: StageProgress | None = None,
     float_on_miss: bool = True,
+    ready: tuple[ir.Model, PrepareReport] | None = None,
 ) -> tuple[ir.Model, QuantizeReport]:
     """A new static-int8 model of `model` (left untouched), and the report; `check`: the
     held-out feeds the accuracy target is measured on (without them nothing is fixed);
     `float_on_miss`: when the fixes cannot meet the target the float model is the result
-    (False: the closest int8 model, for a caller that judges the result itself)."""
+    (False: the closest int8 model, for a caller that judges the result itself); `ready`
+    is `prepare(model)` when the caller has it already."""
     options = options or QuantizeStatic()
     refuse_quantized(model, options.force)
     target, activation, reduce_range = resolve_types(options)
@@ -271,7 +284,7 @@ def quantize_static(
         quantize_depthwise=options.quantize_depthwise,
     )
     clock = time.perf_counter()
-    prepared, prep = prepare(model)
+    prepared, prep = prepare(model) if ready is None else ready
     report.prepare_steps, report.warnings = prep.steps, list(prep.warnings)
     report.seconds["prepare"] = time.perf_counter() - clock
     missing = missing_int8_kernels(prepared)
