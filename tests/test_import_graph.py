@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.decisions",
             "onnxslim.runtime",
             "onnxslim.budget",
+            "onnxslim.loop_bounds",
             "onnxslim.targets",
             "onnxslim.cross_target",
             "onnxslim.inspection",
