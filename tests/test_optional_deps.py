@@ -3,7 +3,9 @@ naming the extra, exit 2, before any work and with nothing written."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,23 @@ def test_search_on_ray_without_ray_is_exit_2(
     err = capsys.readouterr().err
     assert "pip install 'onnxslim[ray]'" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_cli_runs_without_click() -> None:
+    """Recent Typer carries its own copy of click and does not install click: a fresh
+    `pip install .` has none (ray, in the test extra, brings it). The CLI must not need it,
+    and a usage error stays one line, exit 2."""
+    code = (
+        "import sys; sys.modules['click'] = None\n"
+        "from onnxslim.cli import main\n"
+        "raise SystemExit(main(['cluster', 'm.onnx', '-o', 'x.onnx', '--bits', '0']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tempfile.gettempdir(),  # not the checkout (its onnxslim/ lacks onnxslim.passes)
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--bits" in lines[0], done.stderr

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import click
 import onnxruntime
 import typer
 
@@ -30,13 +29,23 @@ from onnxslim.cli import validate as _validate  # noqa: F401
 from onnxslim.cli._app import app, clashing_distribution, err
 from onnxslim.errors import OnnxSlimError
 
-_USAGE_ERRORS: tuple[type[Exception], ...] = (click.exceptions.ClickException,)
-try:  # recent Typer carries its own copy of click: its usage errors are these
-    from typer._click.exceptions import ClickException as _TyperClickException
+# Usage errors and aborts as Typer raises them: recent Typer carries its own copy of click
+# (and does not install click), older Typer raises click's own.
+_USAGE_ERRORS: tuple[type[Exception], ...] = ()
+_ABORTS: tuple[type[BaseException], ...] = (typer.Abort,)
+try:
+    from typer._click import exceptions as _typer_click
 
-    _USAGE_ERRORS += (_TyperClickException,)
-except ImportError:  # older Typer raises click's own
+    _USAGE_ERRORS += (_typer_click.ClickException,)  # its Abort is typer.Abort
+except ImportError:
     pass
+try:
+    from click import exceptions as _click
+except ImportError:  # not installed with recent Typer
+    pass
+else:
+    _USAGE_ERRORS += (_click.ClickException,)
+    _ABORTS += (_click.Abort,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         code = int(getattr(exc, "exit_code", 2))
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help
             _report(_usage_line(exc), debug)
-    except (click.exceptions.Abort, typer.Abort):
+    except _ABORTS:
         err.print("aborted")
         code = 1
     except OnnxSlimError as exc:
