@@ -23,6 +23,7 @@ writes both and exits 1 (never "ran every trial and saved nothing").
 
 from __future__ import annotations
 
+import dataclasses
 import dataclasses as _dc
 import re
 import time
@@ -275,6 +276,11 @@ def static_quantizer(
     data source (they still re-collect ranges: the static pass owns calibration).
     """
     options = options or QuantizeStatic()
+    if options.activations == "auto":
+        # `auto` times static against run-time int8 on every run: a trial could then differ
+        # from the full model in what timing decided, not only in `excluded` (a Gemm static
+        # in one run, run-time in the next). Calibrated activations, the same in every run.
+        options = dataclasses.replace(options, activations="static")
     limit = options.max_samples
     feeds = [dict(f) for f in islice(iter(open_feeds(calib, model, extra="ignore")), limit)]
     if not feeds:
