@@ -28,9 +28,8 @@ import onnx_ir as ir
 
 from onnxslim.passes._run_data import Accept
 from onnxslim.passes.prune.allocation import PROBES, allocate
-from onnxslim.passes.prune.layers import Layer, find_layers
-from onnxslim.passes.prune.masks import magnitude_mask
-from onnxslim.passes.prune.trial_refit import TrialRefit
+from onnxslim.passes.prune.layers import Layer
+from onnxslim.passes.prune.trial_refit import TrialRefit, prune_twins
 
 # Overall sparsities tried below the request; the request itself is always tried first.
 LADDER = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
@@ -147,11 +146,6 @@ def blame(
 def _pruned_copy(model: ir.Model, layers: Sequence[Layer], levels: Sequence[float]) -> ir.Model:
     """A copy of `model` with each layer's weight magnitude-pruned to its level (no refit)."""
     copy = model.clone()
-    by_weight = {layer.weight_name: layer for layer in find_layers(copy)[0]}
-    for layer, level in zip(layers, levels, strict=True):
-        twin = by_weight.get(layer.weight_name)
-        if twin is None or level <= 0:
-            continue
-        w = layer.array()
-        twin.set_weight(np.where(magnitude_mask(w, level), w, 0))
+    for _ in prune_twins(copy, layers, levels):  # pruned as they are yielded
+        pass
     return copy

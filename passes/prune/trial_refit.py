@@ -25,7 +25,7 @@ statistics and 70 s per trial (loaded machine). A layer refit at a level is kept
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -49,6 +49,22 @@ TRIAL_ITERATIONS = 10
 TRIAL_DIRECT_FLOPS = 1e8  # above: conjugate gradients (10 x K^2 x O) beat exact solves
 TRIAL_COLUMNS = 2304  # wider layers (a 512-channel 3x3 conv: 4608) are pruned without refit
 ROWS_PER_COLUMN = 4  # more rows per input column: FALLBACK_RIDGE, no ridge grid
+
+
+def prune_twins(
+    model: ir.Model, originals: Sequence[Layer], levels: Sequence[float]
+) -> Iterator[tuple[Layer, Layer, float]]:
+    """Magnitude-prune `model`'s twins of `originals` (same weight names) to `levels`, each
+    from the original's weights; yields (original, twin, level) for every twin pruned
+    (layers at level 0 and layers `model` lacks are left as they are)."""
+    twins = {layer.weight_name: layer for layer in find_layers(model)[0]}
+    for layer, level in zip(originals, levels, strict=True):
+        twin = twins.get(layer.weight_name)
+        if twin is None or level <= 0:
+            continue
+        w = layer.array()
+        twin.set_weight(np.where(magnitude_mask(w, level), w, 0))
+        yield layer, twin, level
 
 
 class TrialRefit:
@@ -106,15 +122,10 @@ class TrialRefit:
 
         Layers at level 0 stay as they are (the original reproduces itself).
         """
-        twins = {layer.weight_name: layer for layer in find_layers(model)[0]}
         records = []
         with threadpool_limits(limits=1, user_api="blas"):
-            for layer, level in zip(originals, levels, strict=True):
-                twin = twins.get(layer.weight_name)
-                if twin is None or level <= 0:
-                    continue
+            for layer, twin, level in prune_twins(model, originals, levels):
                 w = layer.array()
-                twin.set_weight(np.where(magnitude_mask(w, level), w, 0))
                 sums = self.sums.get(layer.name)
                 if sums is None:
                     continue

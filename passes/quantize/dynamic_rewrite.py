@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .constants import const_array, constant_source, is_constant
-from .policy import MIN_EMBEDDING_ELEMENTS
+from .policy import MIN_EMBEDDING_ELEMENTS, gemm_refusal
 from .qdq import WeightQuantizer
 from .qparams import QParams, quantize_array, weight_qparams
 
@@ -65,13 +65,8 @@ def why_not_dynamic(node: ir.Node) -> str:
     if weight is None or weight.dtype != np.float32 or weight.ndim != 2:
         return "weight is not a constant float32 matrix"
     if node.op_type == "Gemm":
-        if node.attributes.get_int("transA", 0):
-            return "Gemm with transA"
-        if (
-            node.attributes.get_float("alpha", 1.0) != 1.0
-            or node.attributes.get_float("beta", 1.0) != 1.0
-        ):
-            return "Gemm with alpha or beta other than 1"
+        if refusal := gemm_refusal(node):
+            return refusal
         columns = weight.shape[0 if node.attributes.get_int("transB", 0) else 1]
         if inputs[2] is not None:
             c = const_array(inputs[2])

@@ -379,13 +379,8 @@ def _compute_candidate(
         weight = const_array(w)
         if weight is None or weight.dtype != np.float32 or weight.ndim != 2:
             return "weight is not a float32 constant matrix"
-        if node.attributes.get_int("transA", 0):
-            return "Gemm with transA"
-        if (
-            node.attributes.get_float("alpha", 1.0) != 1.0
-            or node.attributes.get_float("beta", 1.0) != 1.0
-        ):
-            return "Gemm with alpha or beta other than 1"
+        if refusal := gemm_refusal(node):
+            return refusal
         trans_b = node.attributes.get_int("transB", 0)
         plan = NodePlan(
             name,
@@ -407,3 +402,16 @@ def _compute_candidate(
                 return "bias is not a vector"
         return plan
     return None
+
+
+def gemm_refusal(node: ir.Node) -> str:
+    """Why int8 kernels cannot take this Gemm as X @ W (+ bias), or "" when they can: the
+    quantized forms have no transposed input A and no alpha / beta scaling."""
+    if node.attributes.get_int("transA", 0):
+        return "Gemm with transA"
+    if (
+        node.attributes.get_float("alpha", 1.0) != 1.0
+        or node.attributes.get_float("beta", 1.0) != 1.0
+    ):
+        return "Gemm with alpha or beta other than 1"
+    return ""
