@@ -237,7 +237,7 @@ def choose_mode(
             else None,
         )
     timed_models = {k: v[0][2] for k, v in options.items()}
-    if not any(p.role in ("compute", "embedding") for p in static[0].nodes.values()):
+    if not static[0].computes_int8:
         del timed_models["static"]  # the float model itself (the latency guard's verdict)
     timed_ratios = latency_ratios(
         reference, timed_models, feeds, budget_seconds=_TIMING_SECONDS, warmup=5

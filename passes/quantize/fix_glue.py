@@ -27,7 +27,7 @@ from .activation_mode import DYNAMIC_REASON, Measure, apply_dynamic, dynamic_can
 from .bias_correction import correct_biases
 from .build import StageProgress, apply_plan, plan_with_ranges
 from .collect import CollectConfig, collect_stats
-from .latency_guard import Configuration, latency_guard
+from .latency_guard import Configuration, float_configuration, latency_guard
 from .layer_noise import RANKED_ROLES, layer_tensors, rank_layers, relative_noise
 from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
@@ -190,7 +190,7 @@ def fix_target(
         chosen, assessment = _guard(context, chosen, assessment, outcome.choice, build, measure)
     if not assessment.passed and context.float_on_miss:
         chosen, assessment = _float_model(context, chosen, assessment, measure)
-    elif not any(p.role in ("compute", "embedding") for p in chosen[0].nodes.values()) and not any(
+    elif not chosen[0].computes_int8 and not any(
         w.startswith("kept float: ") for w in report.warnings
     ):
         report.warnings.append(
@@ -230,14 +230,8 @@ def _float_model(
     the result, exit 0, with the reason. A float model that runs is never refused, and an
     int8 model that misses the target is never shipped without saying so: the user who
     wants it anyway asks with --no-fix (exit 1, the model written) or a looser target."""
-    skipped = dict(context.plan.skipped)
-    skipped.update(dict.fromkeys(chosen[0].nodes, FIX_REASON))
-    floated: Configuration = (
-        QuantPlan({}, {}, skipped),
-        {},
-        context.prepared.clone(),
-        InsertReport(),
-    )
+    plan = QuantPlan(chosen[0].nodes, {}, context.plan.skipped)
+    floated = float_configuration(context.prepared, plan, FIX_REASON)
     after = measure(floated[2])
     context.report.fixes.append(
         _kept_step(

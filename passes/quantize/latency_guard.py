@@ -26,6 +26,14 @@ from .ranges import Range, TensorStats
 Configuration = tuple[QuantPlan, dict[str, Range], ir.Model, InsertReport]
 """A plan, its ranges, the int8 model it gives and what inserting Q/DQ did."""
 
+
+def float_configuration(prepared: ir.Model, plan: QuantPlan, reason: str) -> Configuration:
+    """The float model as a configuration: every node of `plan` kept float for `reason`,
+    beside the ones the plan had already skipped."""
+    skipped = {**plan.skipped, **dict.fromkeys(plan.nodes, reason)}
+    return (QuantPlan({}, {}, skipped), {}, prepared.clone(), InsertReport())
+
+
 Trial = Callable[[dict[str, str]], Configuration]
 """Quantize again with these nodes kept float (name -> reason)."""
 
@@ -125,12 +133,8 @@ def latency_guard(
     # noise (0.97-1.0) is no gain worth int8's error: centerface kept 2 of its 63 convs int8
     # after the fix loop at a measured 0.98-0.99, and re-timed at 1.16x float.
     if best[0] > _GUARD_TARGET:
-        skipped = dict(plan.skipped)
-        skipped.update({name: "int8 model was slower than float here" for name in plan.nodes})
-        chosen = (QuantPlan({}, {}, skipped), {}, prepared.clone(), InsertReport())
-    if chosen is not None and not any(
-        p.role in ("compute", "embedding") for p in chosen[0].nodes.values()
-    ):
+        chosen = float_configuration(prepared, plan, "int8 model was slower than float here")
+    if chosen is not None and not chosen[0].computes_int8:
         outcome.warning = (
             f"kept float: int8 ran {first:.2f}x the float time on this CPU, its layers are too "
             "small for int8 kernels to pay for their overheads (--no-latency-guard quantizes "

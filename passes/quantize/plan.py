@@ -45,6 +45,11 @@ class QuantPlan:
     tensors: dict[str, TensorPlan]
     skipped: dict[str, str]  # candidate node name -> why it stays float
 
+    @property
+    def computes_int8(self) -> bool:
+        """Some compute layer (or embedding gather) runs in int8: not the float model."""
+        return any(p.role in ("compute", "embedding") for p in self.nodes.values())
+
     def range_tensors(self) -> list[str]:
         """Tensors whose calibrated range the plan needs."""
         return sorted({t.range_of for t in self.tensors.values() if t.shares is None})
