@@ -28,11 +28,14 @@ same with --no-latency-guard (int8 even where this CPU runs it slower than float
 show int8's accuracy where the default keeps float); ort-static =
 quantize_static QDQ per-channel MinMax after quant_pre_process; ort-dynamic =
 quantize_dynamic defaults; nncf = nncf.quantize in its own venv
-(~/.cache/onnxslim-bench/venvs/nncf, see bench_quantize.py). Latency: one intra-op
-thread, ORT_ENABLE_ALL, the models of a row timed interleaved, median, as a ratio to
-the float model, on one image (task models) or one feed (devmodels). The task models'
-data is models/task_*.{calib,eval}.npz (scripts/make_task_models.py); the devmodels'
-is inputs.make_feeds(id, 32, seed=0) to calibrate and seed=1 to evaluate.
+(~/.cache/onnxslim-bench/venvs/nncf, see bench_quantize.py). Asked for by name:
+onnxslim-prune / onnxslim-cluster = `onnxslim prune|cluster M -o O --calib C --runs 0`,
+defaults (the most sparsity / fewest bits that meet the accuracy target), scored alike.
+Latency: one intra-op thread, ORT_ENABLE_ALL, the models of a row timed interleaved,
+median, as a ratio to the float model, on one image (task models) or one feed
+(devmodels). The task models' data is models/task_*.{calib,eval}.npz
+(scripts/make_task_models.py); the devmodels' is inputs.make_feeds(id, 32, seed=0) to
+calibrate and seed=1 to evaluate.
 """
 
 from __future__ import annotations
@@ -64,6 +67,14 @@ DEVMODEL_TASKS = {
     "minilm_l3_paraphrase": "embedding",
 }
 TOOLS = ("onnxslim", "onnxslim-int8", "ort-static", "ort-dynamic", "nncf")
+# onnxslim's command per tool: prune and cluster at their defaults (the most compression
+# that meets the accuracy target), scored on the same task as int8 (not in the default tools)
+ONNXSLIM_COMMANDS = {
+    "onnxslim": "quantize",
+    "onnxslim-int8": "quantize",
+    "onnxslim-prune": "prune",
+    "onnxslim-cluster": "cluster",
+}
 METRICS = {
     **tm.METRIC_NAMES,
     "ctc-tbc": "exact string",
@@ -249,8 +260,10 @@ def quantize(
     if reuse and out.is_file():  # --reuse: score and time the model an earlier run wrote
         return Result(tool, out, "reused")
     if tool.startswith("onnxslim"):
-        command = [sys.executable, "-m", "onnxslim", "quantize", str(case.path), "-o", str(out)]
+        verb = ONNXSLIM_COMMANDS[tool]
+        command = [sys.executable, "-m", "onnxslim", verb, str(case.path), "-o", str(out)]
         command += ["--calib", str(case.calib)]
+        command += ["--runs", "0"] if verb != "quantize" else []
         command += ["--no-latency-guard"] if tool == "onnxslim-int8" else []
     else:
         python = nncf if tool == "nncf" else sys.executable
@@ -278,7 +291,11 @@ def quantize(
         return Result(tool, note=f"exit {done.returncode}: {(lines or ['?'])[-1][:120]}")
     note = f"exit {done.returncode}" if tool.startswith("onnxslim") else ""
     if tool.startswith("onnxslim"):
-        flagged = [ln for ln in lines if "kept the float" in ln or "MISSED" in ln or "error:" in ln]
+        flagged = [
+            ln
+            for ln in lines
+            if "kept the float" in ln or "MISSED" in ln or "error:" in ln or "at the target:" in ln
+        ]
         counted = [ln.split(" (")[0] for ln in lines if "nodes quantized" in ln]
         note += f"; {counted[0]}" if counted else ""
         note += f"; {flagged[0][:110]}" if flagged else ""
