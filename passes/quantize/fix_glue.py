@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from onnxslim.agreement import Assessment, Target, assess, detect_roles
 from onnxslim.feeds import Feed
+from onnxslim.resolution import resolve_coarse
 from onnxslim.runtime import Session
 
 from .activation_mode import DYNAMIC_REASON, Measure, apply_dynamic, dynamic_candidates
@@ -73,8 +74,8 @@ def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> M
     """The accuracy target's measure of a candidate against `original` on `feeds`: the
     figure the user is shown (the reference runs once)."""
     reference = _run(original, list(feeds))
-    roles = detect_roles(original, reference)
     target = Target(error)
+    roles = resolve_coarse(detect_roles(original, reference), reference, target)
 
     def measure(model: ir.Model) -> Assessment:
         return assess(reference, _run(model, list(feeds)), target=target, roles=roles)
