@@ -226,7 +226,7 @@ def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch
     monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: next(ratios))
     model = cnn()
     quantized, report = quantize_static(
-        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=False)
     )
     assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95]
     # MACs per feed (batch 2): fc 640, conv1 221k, conv2 590k; the 2^18 step keeps conv2 only.
@@ -338,7 +338,7 @@ def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch
     monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: 1.3)
     model = cnn()
     quantized, report = quantize_static(
-        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=False)
     )
     assert not report.quantized_nodes and report.warnings[0].startswith("kept float")
     assert not any(
