@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,9 @@ from .ranges import TensorStats
 
 # Kernel op names ORT's profiler gives a convolution, float (NCHWc or not) and int8.
 CONV_KERNELS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "QLinearConv", "NhwcQLinearConv"})
-_RUNS = 40  # profiled runs per lone model (after _WARMUP)
+_RUNS = 40  # profiled runs per lone model (after _WARMUP), fewer for big layers:
+_MIN_RUNS = 8
+_BUDGET_S = 0.05
 _WARMUP = 3
 # A layer goes float only when its int8 kernel is clearly slower: a near-even one would
 # still cost a Q/DQ pair between int8 neighbours, and small kernels time to about 1 us.
@@ -113,7 +116,14 @@ def profiled_kernel_seconds(model: ir.Model, feed: dict[str, np.ndarray]) -> flo
     with tempfile.TemporaryDirectory(prefix="onnxslim-kernels-") as folder:
         config = SessionConfig(threads=1, profile=True, profile_prefix=os.path.join(folder, "p"))
         session = Session(model, config)
-        for _ in range(_WARMUP + _RUNS):
+        session.run(feed)  # within the run budget once; the repeats below are the same run
+        start = time.perf_counter()
+        for _ in range(_WARMUP - 1):
+            session.run(feed, budgeted=False)
+        each = (time.perf_counter() - start) / max(_WARMUP - 1, 1)
+        # A big layer needs fewer runs to be timed well: at most about _BUDGET_S a model.
+        runs = int(min(_RUNS, max(_MIN_RUNS, _BUDGET_S / max(each, 1e-9))))
+        for _ in range(runs):
             session.run(feed, budgeted=False)
         path = session.end_profiling()
         with open(path, encoding="utf-8") as handle:
