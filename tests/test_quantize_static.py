@@ -222,13 +222,14 @@ def test_whole_pass_streams_a_one_shot_generator():
 def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch):
     import onnxslim.passes.quantize.latency_guard as latency_guard
 
-    ratios = iter([1.4, 1.2, 0.95])  # all int8, then each step of the ladder
+    ratios = iter([1.4, 1.2, 0.95, 0.96])  # all int8, each step of the ladder, confirmation
     monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: next(ratios))
     model = cnn()
     quantized, report = quantize_static(
         model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=False)
     )
-    assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95]
+    assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95, 0.96]
+    assert report.latency_checks[-1]["confirmation"]
     # MACs per feed (batch 2): fc 640, conv1 221k, conv2 590k; the 2^18 step keeps conv2 only.
     assert "conv2" in report.quantized_nodes
     assert "fc" not in report.quantized_nodes and "conv1" not in report.quantized_nodes
@@ -347,6 +348,20 @@ def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch
     test = feeds_for(model, 2, seed=3)
     for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
         np.testing.assert_allclose(g["y"], r["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_latency_guard_keeps_float_when_a_second_timing_does_not_confirm_the_gain(monkeypatch):
+    import onnxslim.passes.quantize.latency_guard as latency_guard
+
+    ratios = iter([0.95, 1.02])  # accepted at once, then not confirmed
+    monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: next(ratios))
+    model = cnn()
+    options = QuantizeStatic(check_fusion=False, kernel_check=False, activations="static")
+    quantized, report = quantize_static(model, feeds_for(model, 4), options)
+    assert [c["ratio"] for c in report.latency_checks] == [0.95, 1.02]
+    assert not report.quantized_nodes
+    assert "timed 0.95x then 1.02x" in report.warnings[0]
+    assert not any(n.op_type == "QuantizeLinear" for n in iter_nodes(quantized))
 
 
 def test_target_presets_decide_types_and_skip_local_checks_for_other_cpus():

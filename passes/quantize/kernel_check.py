@@ -16,7 +16,6 @@ pair) is the caller's timed decision.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -43,8 +42,8 @@ _WARMUP = 3
 # still cost a Q/DQ pair between int8 neighbours, and small kernels time to about 1 us.
 _SLOWER = 1.1
 
-KernelTimer = Callable[[ir.Model, dict[str, np.ndarray]], float]
-"""Seconds per run of a model's convolution kernel on this machine (a robust mean)."""
+KernelTimer = Callable[[ir.Model, ir.Model, dict[str, np.ndarray]], tuple[float, float]]
+"""Seconds per run of the convolution kernel of a float and an int8 model, on this machine."""
 
 
 @dataclass(frozen=True)
@@ -91,9 +90,9 @@ def kernel_timings(
             continue
         float_model, int8_model, feed = lone[0], _quantized(lone[0], act_dtype), lone[1]
         try:
-            float_s, int8_s = timer(float_model, feed), timer(int8_model, feed)
-        except OnnxSlimError:
-            continue  # ORT cannot run the lone layer (odd attributes): no verdict
+            float_s, int8_s = timer(float_model, int8_model, feed)
+        except (OnnxSlimError, OSError, ValueError):
+            continue  # ORT cannot run the lone layer, or no profile to read: no verdict
         timings.append(KernelTiming(node.name or "", float_s * 1e6, int8_s * 1e6))
     return timings
 
@@ -110,25 +109,34 @@ def slow_layers(timings: list[KernelTiming], limit: float = _SLOWER) -> dict[str
     }
 
 
-def profiled_kernel_seconds(model: ir.Model, feed: dict[str, np.ndarray]) -> float:
-    """Time of the convolution kernel per run, from ORT's profiler (one thread,
-    ORT_ENABLE_ALL): the run's other nodes (layout changes, Q/DQ) are not counted."""
+def profiled_kernel_seconds(
+    float_model: ir.Model, int8_model: ir.Model, feed: dict[str, np.ndarray]
+) -> tuple[float, float]:
+    """The conv kernel's time per run in each model, from ORT's profiler (one thread,
+    ORT_ENABLE_ALL), the two models' runs alternated so a busy spell of the machine
+    falls on both: the runs' other nodes (layout changes, Q/DQ) are not counted."""
     with tempfile.TemporaryDirectory(prefix="onnxslim-kernels-") as folder:
-        config = SessionConfig(threads=1, profile=True, profile_prefix=os.path.join(folder, "p"))
-        session = Session(model, config)
-        session.run(feed)  # within the run budget once; the repeats below are the same run
+        sessions = [
+            Session(m, SessionConfig(threads=1, profile=True, profile_prefix=f"{folder}/{i}"))
+            for i, m in enumerate((float_model, int8_model))
+        ]
+        for session in sessions:
+            session.run(feed)  # within the run budget once; the repeats are the same run
         start = time.perf_counter()
         for _ in range(_WARMUP - 1):
-            session.run(feed, budgeted=False)
+            for session in sessions:
+                session.run(feed, budgeted=False)
         each = (time.perf_counter() - start) / max(_WARMUP - 1, 1)
-        # A big layer needs fewer runs to be timed well: at most about _BUDGET_S a model.
+        # A big layer needs fewer runs to be timed well: about _BUDGET_S a layer.
         runs = int(min(_RUNS, max(_MIN_RUNS, _BUDGET_S / max(each, 1e-9))))
         for _ in range(runs):
-            session.run(feed, budgeted=False)
-        path = session.end_profiling()
-        with open(path, encoding="utf-8") as handle:
-            events = json.load(handle)
-    return conv_kernel_median(events, skip=_WARMUP)
+            for session in sessions:
+                session.run(feed, budgeted=False)
+        seconds = []
+        for session in sessions:
+            with open(session.end_profiling(), encoding="utf-8") as handle:
+                seconds.append(conv_kernel_median(json.load(handle), skip=_WARMUP))
+    return seconds[0], seconds[1]
 
 
 def conv_kernel_median(events: list[dict[str, Any]], skip: int = 0) -> float:
