@@ -473,3 +473,19 @@ def test_opset_past_ort_int8_kernels_keeps_the_float_model():
     Session(quantized)  # was: NOT_IMPLEMENTED QuantizeLinear(28) when ORT lacks it
     if "QuantizeLinear" not in {node.op_type for node in iter_nodes(quantized)}:
         assert any("no int8 QuantizeLinear" in w for w in report.warnings), report.warnings
+
+
+def test_the_fix_loops_kept_float_line_says_which_timing_failed():
+    from onnxslim.passes.quantize.fix_glue import kept_float_warning
+    from onnxslim.passes.quantize.latency_guard import GuardOutcome
+
+    slower = GuardOutcome(None, [{"threshold_macs": 0, "ratio": 1.31}], warning="kept float: x")
+    assert "ran slower than float on this CPU (1.31x)" in kept_float_warning(slower)
+    unconfirmed = GuardOutcome(
+        None,
+        [{"threshold_macs": 0, "ratio": 0.93}, {"confirmation": True, "ratio": 1.01}],
+        warning="kept float: int8 timed 0.93x then 1.01x the float time on this CPU, not",
+    )
+    assert kept_float_warning(unconfirmed).startswith(
+        "kept float: the fixed int8 model timed 0.93x then 1.01x"
+    )
