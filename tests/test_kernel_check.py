@@ -125,7 +125,7 @@ def test_a_slow_kernel_goes_float_when_the_whole_model_gains(monkeypatch):
     _patched(monkeypatch, {"all": 0.9, "slow float": 0.7})
     model = _stem_model()
     _, report = quantize_static(
-        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, target="auto")
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=True)
     )
     assert "stem" not in report.quantized_nodes and "body" in report.quantized_nodes
     assert report.skipped["stem"].startswith("its int8 kernel ran 3.00x")
@@ -136,15 +136,14 @@ def test_a_slow_kernel_goes_float_when_the_whole_model_gains(monkeypatch):
 def test_a_slow_kernel_stays_int8_when_its_float_boundary_costs_more(monkeypatch):
     _patched(monkeypatch, {"all": 0.8, "slow float": 0.85})
     model = _stem_model()
-    _, report = quantize_static(model, feeds_for(model, 4), QuantizeStatic(check_fusion=False))
+    options = QuantizeStatic(check_fusion=False, kernel_check=True)
+    _, report = quantize_static(model, feeds_for(model, 4), options)
     assert {"stem", "body"} <= set(report.quantized_nodes)
     assert report.latency_checks[0]["ratio_slow_float"] == 0.85
 
 
-def test_no_kernel_check_without_the_option(monkeypatch):
+def test_no_kernel_check_by_default(monkeypatch):
     _patched(monkeypatch, {"all": 0.9, "slow float": 0.7})
     model = _stem_model()
-    _, report = quantize_static(
-        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=False)
-    )
+    _, report = quantize_static(model, feeds_for(model, 4), QuantizeStatic(check_fusion=False))
     assert not report.kernel_checks and "stem" in report.quantized_nodes
