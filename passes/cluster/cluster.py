@@ -46,6 +46,8 @@ from .target import search as target_search
 from .weights import Skipped, Weight, find_weights
 
 SUMMARY_KEY = "onnxslim.cluster"
+# (weight, form, probing) -> its clustering and report row (ClusterWeights._cluster)
+Clustered = dict[tuple[str, Form | None, bool], tuple[Palettized, dict[str, Any]]]
 GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
@@ -225,11 +227,14 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             allocate = "uniform"  # no check handed in (a recipe step): `bits` everywhere
         if allocate == "mixed" and feeds is None:
             raise UsageError("allocation=mixed needs calibration data (calib)")
+        # the candidate forms' clusterings: the searched forms are written as they were
+        # probed and checked, without clustering them again (Clustered)
+        clustered: Clustered = {}
         if allocate != "uniform":
             assert probe_feeds is not None
             if allocate == "target":
                 forms, allocation = self._allocate_at_target(
-                    model, weights, list(probe_feeds), qmax, data
+                    model, weights, list(probe_feeds), qmax, data, clustered
                 )
             else:
                 forms, allocation = self._allocate(model, weights, list(probe_feeds), qmax)
@@ -242,7 +247,9 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         for weight in weights:
             # the target search checked the probing palettes: the same ones are written
             searched = allocate == "target"
-            p, row = self._cluster(weight, qmax, forms.get(weight.name), probing=searched)
+            p, row = self._cluster(
+                weight, qmax, forms.get(weight.name), probing=searched, memo=clustered
+            )
             palettes[weight.name] = p
             rows[weight.name] = row
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
@@ -334,9 +341,13 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         feeds: list,
         qmax: int | None,
         data: RunData,
+        memo: Clustered | None = None,
     ) -> tuple[dict[str, Form], dict[str, Any]]:
-        """allocation=target: the fewest bytes whose model meets the target (target.py)."""
-        table = self._candidates(model, weights, feeds, qmax, widths=target_widths(self.bits))
+        """allocation=target: the fewest bytes whose model meets the target (target.py);
+        `memo` keeps the candidate forms' clusterings (see _cluster)."""
+        table = self._candidates(
+            model, weights, feeds, qmax, widths=target_widths(self.bits), memo=memo
+        )
         upper = table.uniform_cost if data.requested else None
         assert data.accept is not None
         found = target_search(model, table, data.accept, upper=upper)
@@ -351,6 +362,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         feeds: list,
         qmax: int | None,
         widths: tuple[int, ...] | None = None,
+        memo: Clustered | None = None,
     ) -> Table:
         """Every weight's candidate forms with their bytes and measured output errors.
 
@@ -391,7 +403,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             candidates = []
             original = dense.numpy()
             palettized = {
-                form: self._narrow(self._cluster(weight, qmax, form, probing=True)[0])
+                form: self._narrow(self._cluster(weight, qmax, form, probing=True, memo=memo)[0])
                 for form in forms
             }
             if not measure_all:
@@ -463,10 +475,29 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         qmax: int | None,
         form: Form | None = None,
         probing: bool = False,
+        memo: Clustered | None = None,
     ) -> tuple[Palettized, dict[str, Any]]:
         """Weight clustered at the options' bits and granularity, or at `form`'s. `probing`
         (many forms per weight): the DP on a coarser histogram, and Lloyd from k-means++
-        from PROBE_LLOYD_BITS up (within a few % of the optimum there, 10x faster)."""
+        from PROBE_LLOYD_BITS up (within a few % of the optimum there, 10x faster).
+
+        `memo`: a clustering at a `form` is kept there and handed back when the same
+        weight, form and `probing` come again (the search's chosen forms, written after
+        the probes clustered them: minilm_l3_paraphrase clustered 21 of its 206 forms twice).
+        """
+        key = (weight.name, form, probing)
+        if memo is not None and form is not None and key in memo:
+            p, row = memo[key]
+            return p, dict(row)
+        p, row = self._clustered(weight, qmax, form, probing)
+        if memo is not None and form is not None:
+            memo[key] = (p, dict(row))
+        return p, row
+
+    def _clustered(
+        self, weight: Weight, qmax: int | None, form: Form | None, probing: bool
+    ) -> tuple[Palettized, dict[str, Any]]:
+        """_cluster's work: the clustering and its report row."""
         tensor = weight.value.const_value
         assert tensor is not None
         array = tensor.numpy()
