@@ -168,3 +168,16 @@ def test_palette_fitted_on_a_sample_assigns_every_value_to_its_nearest_entry() -
     np.testing.assert_allclose(dense, nearest_by_hand, rtol=0, atol=1e-6)
     error = lambda d: float(np.sum((d - w) ** 2))  # noqa: E731
     assert error(dense) <= 1.05 * error(full.dense())
+
+
+def test_segment_mean_is_numpy_average_to_the_bit() -> None:
+    """The DP's cluster means skip np.average's checks, not its arithmetic: palettes stay
+    exactly what they were."""
+    from onnxslim.passes.cluster.kmeans import _mean
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 4000))
+        points = rng.standard_normal(n) * 10.0 ** float(rng.integers(-3, 3))
+        weights = rng.integers(1, 50, n).astype(np.float64)
+        assert _mean(points, weights) == np.average(points, weights=weights)

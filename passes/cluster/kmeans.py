@@ -311,7 +311,7 @@ def _dp(
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     ends = starts + lengths  # exclusive
     pairs = zip(point_sets, weight_sets, strict=True)
-    x = np.concatenate([p - np.average(p, weights=w) for p, w in pairs])
+    x = np.concatenate([p - _mean(p, w) for p, w in pairs])
     w = np.concatenate(weight_sets).astype(np.float64)
     N = len(x)
     W = np.concatenate([[0.0], np.cumsum(w)])
@@ -338,9 +338,16 @@ def _dp(
             bounds.append((j - start, i - start))
             i = j - 1
         bounds.append((0, i - start))
-        centers = [np.average(points[a : b + 1], weights=weights[a : b + 1]) for a, b in bounds]
+        centers = [_mean(points[a : b + 1], weights[a : b + 1]) for a, b in bounds]
         result.append(np.sort(np.array(centers)))
     return result
+
+
+def _mean(points: np.ndarray, weights: np.ndarray) -> float:
+    """np.average(points, weights=weights) of float64 arrays, the same operations without its
+    checks: called once per cluster of every palette group (rxnmap: 512k calls, 6 % of its
+    cluster command in np.average's overhead)."""
+    return float(np.multiply(points, weights).sum() / weights.sum())
 
 
 def _row(
