@@ -90,14 +90,20 @@ def test_cluster_writes_the_searched_forms_without_clustering_them_again(monkeyp
     # model used to cluster them again (21 of minilm's 206 clusterings).
     import onnxslim.passes.cluster.cluster as cluster_module
 
-    real = cluster_module.cluster_tensor
+    real, real_widths = cluster_module.cluster_tensor, cluster_module.cluster_tensor_widths
     calls: list[tuple] = []
 
     def counted(array: np.ndarray, bits: int, **options: object):  # type: ignore[no-untyped-def]
         calls.append((array.tobytes(), bits, options.get("axis"), options.get("group_size")))
         return real(array, bits, **options)
 
+    def counted_widths(array: np.ndarray, widths: list[int], **options: object):  # type: ignore[no-untyped-def]
+        for bits in widths:
+            calls.append((array.tobytes(), bits, options.get("axis"), options.get("group_size")))
+        return real_widths(array, widths, **options)
+
     monkeypatch.setattr(cluster_module, "cluster_tensor", counted)
+    monkeypatch.setattr(cluster_module, "cluster_tensor_widths", counted_widths)
     model, calib = _files("digits_lstm")
     result = api.cluster(model, calib=calib, runs=0)
     assert result.target is not None and result.target.passed and result.weights

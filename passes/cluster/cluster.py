@@ -39,7 +39,7 @@ from . import refine_guard
 from . import storage as palette_storage
 from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
-from .palette import Palettized, cluster_tensor, reassign, snap_int8
+from .palette import Palettized, cluster_tensor, cluster_tensor_widths, reassign, snap_int8
 from .refine import refine_layers
 from .target import EFFORT, target_widths
 from .target import search as target_search
@@ -407,6 +407,8 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             if uniform_form not in forms:
                 forms.append(uniform_form)
             candidates = []
+            if memo is not None:  # forms differing only in bits: one shared DP
+                self._cluster_widths(weight, qmax, forms, memo)
             palettized = {
                 form: self._narrow(self._cluster(weight, qmax, form, probing=True, memo=memo)[0])
                 for form in forms
@@ -509,6 +511,59 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         tensor = weight.value.const_value
         assert tensor is not None
         array = tensor.numpy()
+        bits, axis, group_size, init, exact_limit, sample = self._settings(
+            weight, array, qmax, form, probing
+        )
+        p, exact = cluster_tensor(
+            array,
+            bits,
+            axis=axis,
+            group_size=group_size,
+            init=init,
+            seed=self.seed,
+            keep_zero=self.keep_zero,
+            exact_limit=exact_limit,
+            sample=sample,
+        )
+        return self._finished(weight, array, p, exact, axis, qmax)
+
+    def _cluster_widths(
+        self, weight: Weight, qmax: int | None, forms: list[Form], memo: Clustered
+    ) -> None:
+        """The probing clusterings of `forms` into `memo`, forms that differ only in their
+        bits (the optimal DP, the same groups, histogram and sample) clustered together
+        (palette.cluster_tensor_widths): the same palettes as one by one, a shared DP."""
+        tensor = weight.value.const_value
+        assert tensor is not None
+        array = tensor.numpy()
+        together: dict[tuple[Any, ...], list[Form]] = {}
+        for form in forms:
+            if (weight.name, form, True) in memo:
+                continue
+            bits, *rest = self._settings(weight, array, qmax, form, True)
+            if rest[2] == "optimal":
+                together.setdefault(tuple(rest), []).append(form)
+        for (axis, group_size, _, exact_limit, sample), shared in together.items():
+            if len(shared) < 2:
+                continue
+            solved = cluster_tensor_widths(
+                array,
+                [form.bits for form in shared],
+                axis=axis,
+                group_size=group_size,
+                seed=self.seed,
+                keep_zero=self.keep_zero,
+                exact_limit=exact_limit,
+                sample=sample,
+            )
+            for form in shared:
+                p, row = self._finished(weight, array, *solved[form.bits], axis, qmax)
+                memo[(weight.name, form, True)] = (p, dict(row))
+
+    def _settings(
+        self, weight: Weight, array: np.ndarray, qmax: int | None, form: Form | None, probing: bool
+    ) -> tuple[int, int | None, int, str, int, int | None]:
+        """bits, axis, group size, init, exact_limit and sample of one clustering."""
         bits = form.bits if form is not None else self.bits
         if form is not None:
             axis = weight.axis if form.group_size != PER_TENSOR else None
@@ -522,17 +577,26 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             per_channel_size = array.size // max(array.shape[axis], 1)
             needed = math.ceil(MIN_VALUES_PER_ENTRY * (1 << bits) / max(per_channel_size, 1))
             group_size = min(max(group_size, needed), array.shape[axis])
-        p, exact = cluster_tensor(
-            array,
+        return (
             bits,
-            axis=axis,
-            group_size=group_size,
-            init="kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
-            seed=self.seed,
-            keep_zero=self.keep_zero,
-            exact_limit=self._probe_exact_limit(bits) if probing else self.exact_limit,
-            sample=EFFORT[self.effort].sample if probing and self.allocation == "target" else None,
+            axis,
+            group_size,
+            "kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
+            self._probe_exact_limit(bits) if probing else self.exact_limit,
+            EFFORT[self.effort].sample if probing and self.allocation == "target" else None,
         )
+
+    def _finished(
+        self,
+        weight: Weight,
+        array: np.ndarray,
+        p: Palettized,
+        exact: bool,
+        axis: int | None,
+        qmax: int | None,
+    ) -> tuple[Palettized, dict[str, Any]]:
+        """The clustering snapped onto the int8 grid (qmax), and its report row."""
+        bits = p.bits
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:
             assert qmax is not None
