@@ -24,7 +24,8 @@ class WeightProbe:
     """The model's float outputs on fixed feeds, with any of `weights` overridden per call."""
 
     def __init__(self, model: ir.Model, weights: Sequence[str], feeds: Sequence[Feed]):
-        self._batches = iter_batches(model, list(feeds))
+        self._model, self._feeds = model, list(feeds)
+        self._batches = iter_batches(model, self._feeds)
         graph = model.graph
         values = [graph.initializers[name] for name in dict.fromkeys(weights)]
         added = [v for v in values if v not in graph.inputs]
@@ -53,6 +54,28 @@ class WeightProbe:
         started = time.perf_counter()
         self._references = [self._run(batch) for batch in self._batches]
         self.seconds_per_run = time.perf_counter() - started  # one probe: all feeds once
+
+    @property
+    def feed_count(self) -> int:
+        return len(self._feeds)
+
+    def fit(self, probes: int, seconds: float, minimum: int) -> None:
+        """Probe on fewer feeds (not below `minimum`) when `probes` probes on all of them
+        would take over `seconds`: the first ones, in the same session (a second probe
+        session cost a session start and the original's outputs on every feed again)."""
+        expected = self.seconds_per_run * probes
+        if expected > seconds and len(self._feeds) > minimum:
+            self.restrict(max(minimum, int(len(self._feeds) * seconds / expected)))
+
+    def restrict(self, count: int) -> None:
+        """Probe on the first `count` feeds from now on (same session)."""
+        if count >= len(self._feeds):
+            return
+        self._feeds = self._feeds[: max(count, 1)]
+        self._batches = iter_batches(self._model, self._feeds)
+        started = time.perf_counter()
+        self._references = [self._run(batch) for batch in self._batches]
+        self.seconds_per_run = time.perf_counter() - started
 
     @property
     def output_names(self) -> list[str]:

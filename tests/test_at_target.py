@@ -85,6 +85,50 @@ def test_cluster_by_default_spends_the_fewest_bytes_that_meet_the_target() -> No
     assert result.size_after.raw < 0.35 * result.size_before.raw
 
 
+def test_cluster_writes_the_searched_forms_without_clustering_them_again(monkeypatch) -> None:
+    # The chosen forms were clustered once for the probes and the trials; the written
+    # model used to cluster them again (21 of minilm's 206 clusterings).
+    import onnxslim.passes.cluster.cluster as cluster_module
+
+    real, real_widths = cluster_module.cluster_tensor, cluster_module.cluster_tensor_widths
+    calls: list[tuple] = []
+
+    def counted(array: np.ndarray, bits: int, **options: object):  # type: ignore[no-untyped-def]
+        calls.append((array.tobytes(), bits, options.get("axis"), options.get("group_size")))
+        return real(array, bits, **options)
+
+    def counted_widths(array: np.ndarray, widths: list[int], **options: object):  # type: ignore[no-untyped-def]
+        for bits in widths:
+            calls.append((array.tobytes(), bits, options.get("axis"), options.get("group_size")))
+        return real_widths(array, widths, **options)
+
+    monkeypatch.setattr(cluster_module, "cluster_tensor", counted)
+    monkeypatch.setattr(cluster_module, "cluster_tensor_widths", counted_widths)
+    model, calib = _files("digits_lstm")
+    result = api.cluster(model, calib=calib, runs=0)
+    assert result.target is not None and result.target.passed and result.weights
+    assert len(calls) == len(set(calls))  # no weight clustered twice in the same form
+    probed = sum(len(w["candidates"]) - 1 for w in result.allocation["weights"])  # not float
+    assert len(calls) == probed
+
+
+def test_cluster_probes_within_the_effort_on_fewer_feeds(monkeypatch) -> None:
+    # One probe per weight ran on every probe feed whatever it cost (open_nsfw_resnet: 54
+    # probes on 16 feeds, 43 % of its time); now it fits the effort's seconds with fewer.
+    import dataclasses
+
+    import onnxslim.passes.cluster.cluster as cluster_module
+
+    tight = dataclasses.replace(cluster_module.EFFORT["default"], probe_seconds=1e-6)
+    monkeypatch.setitem(cluster_module.EFFORT, "default", tight)
+    model, calib = _files("digits_lstm")
+    result = api.cluster(model, calib=calib, runs=0)
+    allocation = result.allocation
+    assert allocation is not None and allocation["errors"] == "one probe per weight, scaled"
+    assert allocation["probe_feeds"] == cluster_module.MIN_PROBE_FEEDS
+    assert result.target is not None and result.target.passed  # the check still decides
+
+
 def _shifted_mlp() -> tuple:
     """x[1,64] -> MatMul -> Relu -> MatMul -> y[1,10], and 32 feeds whose first 24 (the
     refinement's) excite only two input dims while the held-out 8 excite all 64: the

@@ -168,3 +168,40 @@ def test_palette_fitted_on_a_sample_assigns_every_value_to_its_nearest_entry() -
     np.testing.assert_allclose(dense, nearest_by_hand, rtol=0, atol=1e-6)
     error = lambda d: float(np.sum((d - w) ** 2))  # noqa: E731
     assert error(dense) <= 1.05 * error(full.dense())
+
+
+def test_segment_mean_is_numpy_average_to_the_bit() -> None:
+    """The DP's cluster means skip np.average's checks, not its arithmetic: palettes stay
+    exactly what they were."""
+    from onnxslim.passes.cluster.kmeans import _mean
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(rng.integers(1, 4000))
+        points = rng.standard_normal(n) * 10.0 ** float(rng.integers(-3, 3))
+        weights = rng.integers(1, 50, n).astype(np.float64)
+        assert _mean(points, weights) == np.average(points, weights=weights)
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_widths_clustered_together_are_the_ones_clustered_one_by_one(axis: int | None) -> None:
+    """One DP to the largest palette, backtracked for each width, with the groups' unique
+    values and histograms shared: the same palettes and indices as one width at a time
+    (pruned zeros kept as their own entry, a sample for the big group, exact and binned)."""
+    from onnxslim.passes.cluster.palette import cluster_tensor_widths
+
+    rng = np.random.default_rng(11)
+    array = rng.standard_normal((24, 300)).astype(np.float32)
+    array[:, :90] = 0.0  # 30 % zeros: keep_zero splits them off
+    array[3] = 0.5  # a channel of one value: fewer unique values than clusters
+    for exact_limit, sample in ((128, None), (4096, None), (128, 1000)):
+        together = cluster_tensor_widths(
+            array, [2, 3, 4], axis=axis, exact_limit=exact_limit, sample=sample
+        )
+        for bits in (2, 3, 4):
+            alone, exact = cluster_tensor(
+                array, bits, axis=axis, exact_limit=exact_limit, sample=sample
+            )
+            shared, shared_exact = together[bits]
+            assert np.array_equal(shared.palette, alone.palette)
+            assert np.array_equal(shared.indices, alone.indices) and shared_exact == exact

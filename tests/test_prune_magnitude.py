@@ -12,7 +12,7 @@ from onnxslim.parity import compare_outputs
 from onnxslim.passes._run_data import RunData
 from onnxslim.passes.prune import MagnitudePruning, NMSparsity
 from onnxslim.passes.prune._common import summary
-from onnxslim.passes.prune.masks import satisfies_nm
+from onnxslim.passes.prune.masks import magnitude_mask, satisfies_nm
 from onnxslim.runtime import Session
 
 CALIB = feeds((3, 16, 16), 48, seed=1)
@@ -35,6 +35,27 @@ def _snr(reference: ir.Model, candidate: ir.Model, data=CHECK) -> float:
 @pytest.fixture(scope="module")
 def base() -> ir.Model:
     return ir.serde.deserialize_model(convnet())
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan"])
+def test_magnitude_mask_drops_what_a_stable_sort_drops(kind: str) -> None:
+    """The linear-time mask (a selection, not a sort) drops exactly the smallest |w|, ties
+    in position order, NaN last: what the stable argsort it replaced dropped."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n = int(rng.integers(1, 300))
+        w = rng.standard_normal(n).astype(np.float32)
+        if kind != "normal":  # few distinct magnitudes: the threshold is tied many times
+            w = rng.integers(-3, 4, n).astype(np.float32)
+        if kind == "nan":
+            w[rng.integers(0, n, 2)] = np.nan
+        for sparsity in (0.0, 0.25, 0.5, 0.8, 1.0, float(rng.random())):
+            drop = round(sparsity * n)
+            expected = np.ones(n, dtype=bool)
+            expected[np.argsort(np.abs(w), kind="stable")[:drop]] = False
+            mask = magnitude_mask(w.reshape(1, n), sparsity)
+            assert mask.shape == (1, n) and int((~mask).sum()) == drop
+            assert np.array_equal(mask.ravel(), expected)
 
 
 def test_per_layer_sparsity_is_exact_and_small_or_excluded_layers_stay_dense(base) -> None:

@@ -39,19 +39,22 @@ from . import refine_guard
 from . import storage as palette_storage
 from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms, choose
 from .kmeans import EXACT_LIMIT, INITS
-from .palette import Palettized, cluster_tensor, reassign, snap_int8
+from .palette import Palettized, cluster_tensor, cluster_tensor_widths, reassign, snap_int8
 from .refine import refine_layers
 from .target import EFFORT, target_widths
 from .target import search as target_search
 from .weights import Skipped, Weight, find_weights
 
 SUMMARY_KEY = "onnxslim.cluster"
+# (weight, form, probing) -> its clustering and report row (ClusterWeights._cluster)
+Clustered = dict[tuple[str, Form | None, bool], tuple[Palettized, dict[str, Any]]]
 GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
 ALLOCATIONS = ("uniform", "mixed", "target")
 ALLOCATION_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 PROBE_SECONDS = 60.0  # above: one probe per weight, the other forms scaled by weight error
+MIN_PROBE_FEEDS = 2  # allocation=target: one probe per weight on no fewer feeds
 # Candidate forms are clustered on a histogram of at most this many bins (the DP's cost
 # grows with bins x palette size); the chosen forms are clustered at exact_limit after.
 PROBE_EXACT_LIMIT = 2048
@@ -225,11 +228,14 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             allocate = "uniform"  # no check handed in (a recipe step): `bits` everywhere
         if allocate == "mixed" and feeds is None:
             raise UsageError("allocation=mixed needs calibration data (calib)")
+        # the candidate forms' clusterings: the searched forms are written as they were
+        # probed and checked, without clustering them again (Clustered)
+        clustered: Clustered = {}
         if allocate != "uniform":
             assert probe_feeds is not None
             if allocate == "target":
                 forms, allocation = self._allocate_at_target(
-                    model, weights, list(probe_feeds), qmax, data
+                    model, weights, list(probe_feeds), qmax, data, clustered
                 )
             else:
                 forms, allocation = self._allocate(model, weights, list(probe_feeds), qmax)
@@ -242,7 +248,9 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         for weight in weights:
             # the target search checked the probing palettes: the same ones are written
             searched = allocate == "target"
-            p, row = self._cluster(weight, qmax, forms.get(weight.name), probing=searched)
+            p, row = self._cluster(
+                weight, qmax, forms.get(weight.name), probing=searched, memo=clustered
+            )
             palettes[weight.name] = p
             rows[weight.name] = row
             weight.value.const_value = ir.Tensor(p.dense(), name=weight.name)
@@ -334,9 +342,13 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         feeds: list,
         qmax: int | None,
         data: RunData,
+        memo: Clustered | None = None,
     ) -> tuple[dict[str, Form], dict[str, Any]]:
-        """allocation=target: the fewest bytes whose model meets the target (target.py)."""
-        table = self._candidates(model, weights, feeds, qmax, widths=target_widths(self.bits))
+        """allocation=target: the fewest bytes whose model meets the target (target.py);
+        `memo` keeps the candidate forms' clusterings (see _cluster)."""
+        table = self._candidates(
+            model, weights, feeds, qmax, widths=target_widths(self.bits), memo=memo
+        )
         upper = table.uniform_cost if data.requested else None
         assert data.accept is not None
         found = target_search(model, table, data.accept, upper=upper)
@@ -351,6 +363,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         feeds: list,
         qmax: int | None,
         widths: tuple[int, ...] | None = None,
+        memo: Clustered | None = None,
     ) -> Table:
         """Every weight's candidate forms with their bytes and measured output errors.
 
@@ -372,8 +385,13 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         elements = sum(w.value.const_value.size for w in weights if w.value.const_value is not None)
         seconds = effort.probe_seconds if effort is not None else PROBE_SECONDS
         measure_all = probes * probe.seconds_per_run <= seconds and elements <= FULL_SEARCH_ELEMENTS
+        if not measure_all and effort is not None:
+            # one probe per weight is bounded by the effort's seconds too, with fewer feeds:
+            # open_nsfw_resnet's 54 probes on 16 feeds were 43 % of its cluster time; the
+            # figures only rank the forms, the target check decides
+            probe.fit(len(weights), seconds, MIN_PROBE_FEEDS)
         user_group = self.group_size if self.granularity == "per-channel-group" else PER_TENSOR
-        table = Table(weights=weights, measure_all=measure_all, feeds=min(len(feeds), count))
+        table = Table(weights=weights, measure_all=measure_all, feeds=probe.feed_count)
         for weight in weights:
             dense = weight.value.const_value
             assert dense is not None
@@ -389,19 +407,25 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             if uniform_form not in forms:
                 forms.append(uniform_form)
             candidates = []
-            original = dense.numpy()
+            if memo is not None:  # forms differing only in bits: one shared DP
+                self._cluster_widths(weight, qmax, forms, memo)
             palettized = {
-                form: self._narrow(self._cluster(weight, qmax, form, probing=True)[0])
+                form: self._narrow(self._cluster(weight, qmax, form, probing=True, memo=memo)[0])
                 for form in forms
             }
+            # each form's dense values once, the original's float64 copy once per weight
+            # (minilm: 435 dense() and 227 copies of the original for 206 forms)
+            weight_error = _RelativeError(dense.numpy())
+            uniform_values = palettized[uniform_form].dense()
             if not measure_all:
-                reference = _relative_error(original, palettized[uniform_form].dense())
-                measured = probe.mean_error({weight.name: palettized[uniform_form].dense()})
+                reference = weight_error(uniform_values)
+                measured = probe.mean_error({weight.name: uniform_values})
             for form, p in palettized.items():
+                values = uniform_values if form == uniform_form else p.dense()
                 if measure_all or reference <= 0:
-                    error = probe.mean_error({weight.name: p.dense()})
+                    error = probe.mean_error({weight.name: values})
                 else:
-                    error = measured * _relative_error(original, p.dense()) / reference
+                    error = measured * weight_error(values) / reference
                 stored = palette_storage.footprint(p, weight.name, opset, self.packing)
                 if self.storage == "dense" or stored.bytes >= dense.nbytes:
                     candidates.append(Candidate(form, int(dense.nbytes), error))  # stored dense
@@ -416,9 +440,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
                 # does not let a feed override): its own relative error stands in, so more
                 # bits still rank as safer.
                 candidates = [
-                    dataclasses.replace(
-                        c, error=_relative_error(original, palettized[c.form].dense())
-                    )
+                    dataclasses.replace(c, error=weight_error(palettized[c.form].dense()))
                     for c in candidates
                 ]
             candidates.append(Candidate(Form(FLOAT), int(dense.nbytes), 0.0))
@@ -463,13 +485,85 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         qmax: int | None,
         form: Form | None = None,
         probing: bool = False,
+        memo: Clustered | None = None,
     ) -> tuple[Palettized, dict[str, Any]]:
         """Weight clustered at the options' bits and granularity, or at `form`'s. `probing`
         (many forms per weight): the DP on a coarser histogram, and Lloyd from k-means++
-        from PROBE_LLOYD_BITS up (within a few % of the optimum there, 10x faster)."""
+        from PROBE_LLOYD_BITS up (within a few % of the optimum there, 10x faster).
+
+        `memo`: a clustering at a `form` is kept there and handed back when the same
+        weight, form and `probing` come again (the search's chosen forms, written after
+        the probes clustered them: minilm_l3_paraphrase clustered 21 of its 206 forms twice).
+        """
+        key = (weight.name, form, probing)
+        if memo is not None and form is not None and key in memo:
+            p, row = memo[key]
+            return p, dict(row)
+        p, row = self._clustered(weight, qmax, form, probing)
+        if memo is not None and form is not None:
+            memo[key] = (p, dict(row))
+        return p, row
+
+    def _clustered(
+        self, weight: Weight, qmax: int | None, form: Form | None, probing: bool
+    ) -> tuple[Palettized, dict[str, Any]]:
+        """_cluster's work: the clustering and its report row."""
         tensor = weight.value.const_value
         assert tensor is not None
         array = tensor.numpy()
+        bits, axis, group_size, init, exact_limit, sample = self._settings(
+            weight, array, qmax, form, probing
+        )
+        p, exact = cluster_tensor(
+            array,
+            bits,
+            axis=axis,
+            group_size=group_size,
+            init=init,
+            seed=self.seed,
+            keep_zero=self.keep_zero,
+            exact_limit=exact_limit,
+            sample=sample,
+        )
+        return self._finished(weight, array, p, exact, axis, qmax)
+
+    def _cluster_widths(
+        self, weight: Weight, qmax: int | None, forms: list[Form], memo: Clustered
+    ) -> None:
+        """The probing clusterings of `forms` into `memo`, forms that differ only in their
+        bits (the optimal DP, the same groups, histogram and sample) clustered together
+        (palette.cluster_tensor_widths): the same palettes as one by one, a shared DP."""
+        tensor = weight.value.const_value
+        assert tensor is not None
+        array = tensor.numpy()
+        together: dict[tuple[Any, ...], list[Form]] = {}
+        for form in forms:
+            if (weight.name, form, True) in memo:
+                continue
+            bits, *rest = self._settings(weight, array, qmax, form, True)
+            if rest[2] == "optimal":
+                together.setdefault(tuple(rest), []).append(form)
+        for (axis, group_size, _, exact_limit, sample), shared in together.items():
+            if len(shared) < 2:
+                continue
+            solved = cluster_tensor_widths(
+                array,
+                [form.bits for form in shared],
+                axis=axis,
+                group_size=group_size,
+                seed=self.seed,
+                keep_zero=self.keep_zero,
+                exact_limit=exact_limit,
+                sample=sample,
+            )
+            for form in shared:
+                p, row = self._finished(weight, array, *solved[form.bits], axis, qmax)
+                memo[(weight.name, form, True)] = (p, dict(row))
+
+    def _settings(
+        self, weight: Weight, array: np.ndarray, qmax: int | None, form: Form | None, probing: bool
+    ) -> tuple[int, int | None, int, str, int, int | None]:
+        """bits, axis, group size, init, exact_limit and sample of one clustering."""
         bits = form.bits if form is not None else self.bits
         if form is not None:
             axis = weight.axis if form.group_size != PER_TENSOR else None
@@ -483,17 +577,26 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             per_channel_size = array.size // max(array.shape[axis], 1)
             needed = math.ceil(MIN_VALUES_PER_ENTRY * (1 << bits) / max(per_channel_size, 1))
             group_size = min(max(group_size, needed), array.shape[axis])
-        p, exact = cluster_tensor(
-            array,
+        return (
             bits,
-            axis=axis,
-            group_size=group_size,
-            init="kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
-            seed=self.seed,
-            keep_zero=self.keep_zero,
-            exact_limit=self._probe_exact_limit(bits) if probing else self.exact_limit,
-            sample=EFFORT[self.effort].sample if probing and self.allocation == "target" else None,
+            axis,
+            group_size,
+            "kmeans++" if probing and bits >= PROBE_LLOYD_BITS else self.init,
+            self._probe_exact_limit(bits) if probing else self.exact_limit,
+            EFFORT[self.effort].sample if probing and self.allocation == "target" else None,
         )
+
+    def _finished(
+        self,
+        weight: Weight,
+        array: np.ndarray,
+        p: Palettized,
+        exact: bool,
+        axis: int | None,
+        qmax: int | None,
+    ) -> tuple[Palettized, dict[str, Any]]:
+        """The clustering snapped onto the int8 grid (qmax), and its report row."""
+        bits = p.bits
         snapped = qmax is not None and p.dtype == np.float32
         if snapped:
             assert qmax is not None
@@ -547,9 +650,20 @@ def prepare(model: ir.Model) -> list[str]:
 
 def _relative_error(original: np.ndarray, clustered: np.ndarray) -> float:
     """||W - Wc||^2 / ||W||^2."""
-    a = original.astype(np.float64)
-    energy = float(np.sum(a * a))
-    return float(np.sum((a - clustered.astype(np.float64)) ** 2) / energy) if energy > 0 else 0.0
+    return _RelativeError(original)(clustered)
+
+
+class _RelativeError:
+    """||W - Wc||^2 / ||W||^2 of many Wc against one W (its float64 copy and energy kept)."""
+
+    def __init__(self, original: np.ndarray) -> None:
+        self.original = original.astype(np.float64)
+        self.energy = float(np.sum(self.original * self.original))
+
+    def __call__(self, clustered: np.ndarray) -> float:
+        if self.energy <= 0:
+            return 0.0
+        return float(np.sum((self.original - clustered.astype(np.float64)) ** 2) / self.energy)
 
 
 def _store(

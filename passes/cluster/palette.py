@@ -17,11 +17,12 @@ max|w| / qmax per channel recovers the same integers exactly (see `snap_int8`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .kmeans import EXACT_LIMIT, cluster_many, nearest
+from .kmeans import EXACT_LIMIT, Clustering, cluster_many, nearest, optimal_many_widths
 
 
 @dataclass(frozen=True)
@@ -128,10 +129,41 @@ def cluster_tensor(
     with `seed`), then every value goes to its nearest entry (minilm's 11.7 M-value
     embedding table, clustered at every candidate width, took most of its search).
     """
-    k = 1 << bits
-    indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
+    slices, groups, fitted = _fitted_groups(array, axis, group_size, seed, sample)
+    results = cluster_many(
+        fitted, 1 << bits, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero
+    )
+    return _assemble(array, bits, axis, group_size, slices, groups, fitted, results)
+
+
+def cluster_tensor_widths(
+    array: np.ndarray,
+    widths: Sequence[int],
+    *,
+    axis: int | None = None,
+    group_size: int = 1,
+    seed: int = 0,
+    keep_zero: bool | None = None,
+    exact_limit: int = EXACT_LIMIT,
+    sample: int | None = None,
+) -> dict[int, tuple[Palettized, bool]]:
+    """`cluster_tensor(array, bits, init="optimal", ...)` for each bits of `widths`, the same
+    results, with the groups, their samples and the DP shared (kmeans.optimal_many_widths)."""
+    slices, groups, fitted = _fitted_groups(array, axis, group_size, seed, sample)
+    solved = optimal_many_widths(
+        fitted, [1 << b for b in widths], exact_limit=exact_limit, keep_zero=keep_zero
+    )
+    return {
+        b: _assemble(array, b, axis, group_size, slices, groups, fitted, solved[1 << b])
+        for b in widths
+    }
+
+
+def _fitted_groups(
+    array: np.ndarray, axis: int | None, group_size: int, seed: int, sample: int | None
+) -> tuple[list[tuple[slice, ...]], list[np.ndarray], list[np.ndarray]]:
+    """Each group's slice, values, and the values its palette is fitted on (a sample)."""
     slices = channel_slices(array.shape, axis, group_size)
-    palette = np.zeros((len(slices), k), dtype=np.float64)
     groups = [array[where] for where in slices]
     rng = np.random.default_rng(seed)
     fitted = [
@@ -140,9 +172,22 @@ def cluster_tensor(
         else g
         for g in groups
     ]
-    results = cluster_many(
-        fitted, k, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero
-    )
+    return slices, groups, fitted
+
+
+def _assemble(
+    array: np.ndarray,
+    bits: int,
+    axis: int | None,
+    group_size: int,
+    slices: list[tuple[slice, ...]],
+    groups: list[np.ndarray],
+    fitted: list[np.ndarray],
+    results: list[Clustering],
+) -> tuple[Palettized, bool]:
+    """The Palettized of the groups' clusterings (and whether each was solved exactly)."""
+    indices = np.zeros(array.shape, np.uint8 if bits <= 8 else np.uint16)
+    palette = np.zeros((len(slices), 1 << bits), dtype=np.float64)
     for g, (where, result) in enumerate(zip(slices, results, strict=True)):
         if fitted[g] is groups[g]:
             palette[g] = result.palette

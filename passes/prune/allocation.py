@@ -75,10 +75,7 @@ def quick_sensitivity(
     """
     names = [layer.weight_name for layer in layers]
     probe = WeightProbe(model, names, list(feeds)[:max_feeds])
-    expected = probe.seconds_per_run * len(layers)
-    if expected > seconds and len(feeds) > MIN_QUICK_FEEDS:  # a slow model: fewer feeds
-        count = max(MIN_QUICK_FEEDS, int(min(len(feeds), max_feeds) * seconds / expected))
-        probe = WeightProbe(model, names, list(feeds)[:count])
+    probe.fit(len(layers), seconds, MIN_QUICK_FEEDS)  # a slow model: fewer feeds
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):
         w = layer.array()
