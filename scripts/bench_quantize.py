@@ -50,7 +50,7 @@ from peak_rss import run_measured
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 DEVMODELS = Path(os.environ.get("DEVMODELS_DIR", "~/.cache/devmodels")).expanduser()
-DEVMODELS_CODE = REPO.parent / "shared" / "devmodels"
+DEVMODELS_CODE = Path(os.environ.get("DEVMODELS_CODE", REPO.parent / "shared" / "devmodels"))
 PEER_VENVS = Path("~/.cache/onnxslim-bench/venvs").expanduser()
 NNCF_VENV = PEER_VENVS / "nncf"
 DEFAULT_DEVMODELS = ("captcha_crnn", "open_nsfw_resnet")
