@@ -54,17 +54,11 @@ def accuracy_drop(
     return None, None
 
 
-def check_gates(
-    gates: Gates,
-    evaluator: Evaluator,
-    final: Measurement,
-    *,
-    size_in: int,
-    size_out: int,
-    model: ir.Model | None = None,
-    target_feeds: int = 4,
-) -> list[GateResult]:
-    results = []
+def quality_gates(gates: Gates, evaluator: Evaluator, final: Measurement) -> list[GateResult]:
+    """The gates on what the model computes (max_accuracy_drop, max_parity_error): cheap to
+    measure (no latency, no target device), so a recipe's back-off holds every trial to
+    them as well as to its accuracy target."""
+    results: list[GateResult] = []
     if gates.max_accuracy_drop is not None:
         used, drop = accuracy_drop(gates.metric, evaluator.baseline, final)
         limit = gates.max_accuracy_drop
@@ -131,6 +125,20 @@ def check_gates(
                 f"{'<=' if error <= limit else '>'} {limit:g}{hint}",
             )
         )
+    return results
+
+
+def check_gates(
+    gates: Gates,
+    evaluator: Evaluator,
+    final: Measurement,
+    *,
+    size_in: int,
+    size_out: int,
+    model: ir.Model | None = None,
+    target_feeds: int = 4,
+) -> list[GateResult]:
+    results = quality_gates(gates, evaluator, final)
     if gates.min_size_reduction is not None:
         reduction = 1.0 - size_out / size_in if size_in else 0.0
         limit = gates.min_size_reduction

@@ -61,6 +61,7 @@ class SessionConfig:
     optimization: str = "all"
     optimized_model_path: str | None = None
     profile: bool = False
+    profile_prefix: str | None = None  # where the profile file goes (ORT's default: the cwd)
     # Time per run and memory per run or session creation: a hostile model (an endless
     # Loop, a ConstantOfShape to terabytes) fails with BudgetExceeded instead of hanging.
     budget: Budget = Budget()
@@ -129,6 +130,8 @@ class Session:
             options.optimized_model_filepath = config.optimized_model_path
         if config.profile:
             options.enable_profiling = True
+            if config.profile_prefix:
+                options.profile_file_prefix = config.profile_prefix
         self._keep_alive = []
         self._budget = config.budget
         self._memory = config.budget.memory_bytes()

@@ -30,15 +30,17 @@ quantize_static QDQ per-channel MinMax after quant_pre_process; ort-dynamic =
 quantize_dynamic defaults; nncf = nncf.quantize; quark = AMD Quark's ModelQuantizer with
 its preset for general CPU int8, A8W8 (int8 symmetric, per tensor, percentile, QDQ);
 aimet = Qualcomm AIMET-ONNX's QuantizationSimModel with its defaults (batch norms folded,
-int8, min-max, per-channel weights), compute_encodings, to_onnx_qdq; quark-adaround and
-aimet-adaround (only when asked: slow) add their AdaRound. NNCF, Quark and AIMET each run
-in their own venv, created by pip when absent (~/.cache/onnxslim-bench/venvs/PEER, see
-bench_quantize.peer_python); a peer that cannot be installed or crashes shows why in
-its cells. Latency: one intra-op
-thread, ORT_ENABLE_ALL, the models of a row timed interleaved, median, as a ratio to
-the float model, on one image (task models) or one feed (devmodels). The task models'
-data is models/task_*.{calib,eval}.npz (scripts/make_task_models.py); the devmodels'
-is inputs.make_feeds(id, 32, seed=0) to calibrate and seed=1 to evaluate.
+int8, min-max, per-channel weights), compute_encodings, to_onnx_qdq. NNCF, Quark and
+AIMET each run in their own venv, created by pip when absent
+(~/.cache/onnxslim-bench/venvs/PEER, see bench_quantize.peer_python); a peer that cannot
+be installed or crashes shows why in its cells. Asked for by name: quark-adaround and
+aimet-adaround (slow) add their AdaRound; onnxslim-prune / onnxslim-cluster = `onnxslim
+prune|cluster M -o O --calib C --runs 0`, defaults (the most sparsity / fewest bits that
+meet the accuracy target), scored alike. Latency: one intra-op thread, ORT_ENABLE_ALL,
+the models of a row timed interleaved, median, as a ratio to the float model, on one
+image (task models) or one feed (devmodels). The task models' data is
+models/task_*.{calib,eval}.npz (scripts/make_task_models.py); the devmodels' is
+inputs.make_feeds(id, 32, seed=0) to calibrate and seed=1 to evaluate.
 """
 
 from __future__ import annotations
@@ -70,8 +72,17 @@ DEVMODEL_TASKS = {
     "minilm_l3_paraphrase": "embedding",
 }
 TOOLS = ("onnxslim", "onnxslim-int8", "ort-static", "ort-dynamic", "nncf", "quark", "aimet")
-SLOW_TOOLS = ("quark-adaround", "aimet-adaround")  # only when asked: --tools ...,quark-adaround
+# not in the default tools: the peers' AdaRound (slow), onnxslim's prune and cluster
+NAMED_TOOLS = ("quark-adaround", "aimet-adaround", "onnxslim-prune", "onnxslim-cluster")
 PEERS = ("nncf", "quark", "aimet")  # each in its own venv (bench_quantize.peer_python)
+# onnxslim's command per tool: prune and cluster at their defaults (the most compression
+# that meets the accuracy target), scored on the same task as int8
+ONNXSLIM_COMMANDS = {
+    "onnxslim": "quantize",
+    "onnxslim-int8": "quantize",
+    "onnxslim-prune": "prune",
+    "onnxslim-cluster": "cluster",
+}
 METRICS = {
     **tm.METRIC_NAMES,
     "ctc-tbc": "exact string",
@@ -268,8 +279,10 @@ def quantize(
     if reuse and out.is_file():  # --reuse: score and time the model an earlier run wrote
         return Result(tool, out, "reused")
     if tool.startswith("onnxslim"):
-        command = [sys.executable, "-m", "onnxslim", "quantize", str(case.path), "-o", str(out)]
+        verb = ONNXSLIM_COMMANDS[tool]
+        command = [sys.executable, "-m", "onnxslim", verb, str(case.path), "-o", str(out)]
         command += ["--calib", str(case.calib)]
+        command += ["--runs", "0"] if verb != "quantize" else []
         command += ["--no-latency-guard"] if tool == "onnxslim-int8" else []
     else:
         python = pythons[peer_of(tool)] if peer_of(tool) else sys.executable
@@ -297,7 +310,11 @@ def quantize(
         return Result(tool, note=f"exit {done.returncode}: {(lines or ['?'])[-1][:120]}")
     note = f"exit {done.returncode}" if tool.startswith("onnxslim") else ""
     if tool.startswith("onnxslim"):
-        flagged = [ln for ln in lines if "kept the float" in ln or "MISSED" in ln or "error:" in ln]
+        flagged = [
+            ln
+            for ln in lines
+            if "kept the float" in ln or "MISSED" in ln or "error:" in ln or "at the target:" in ln
+        ]
         counted = [ln.split(" (")[0] for ln in lines if "nodes quantized" in ln]
         note += f"; {counted[0]}" if counted else ""
         note += f"; {flagged[0][:110]}" if flagged else ""
@@ -348,7 +365,7 @@ def main() -> int:
     parser.add_argument(
         "--tools",
         default=",".join(TOOLS),
-        help=f"comma-separated, of {', '.join(TOOLS + SLOW_TOOLS)} (default: all but the last two)",
+        help=f"comma-separated, of {', '.join(TOOLS + NAMED_TOOLS)} (default: the first 7)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per tool and model")
     parser.add_argument("--work", type=Path, help="keep the models in this folder (default: temp)")
@@ -360,9 +377,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
-    unknown = [t for t in tools if t not in TOOLS + SLOW_TOOLS]
+    unknown = [t for t in tools if t not in TOOLS + NAMED_TOOLS]
     if unknown:
-        print(f"error: unknown tool {unknown[0]} (one of {', '.join(TOOLS + SLOW_TOOLS)})")
+        known = ", ".join(TOOLS + NAMED_TOOLS)
+        print(f"error: unknown tool {unknown[0]} (one of {known})", file=sys.stderr)
         return 2
     pythons = {peer: peer_python(peer) for peer in sorted({peer_of(t) for t in tools} - {""})}
     print(cpu_line())

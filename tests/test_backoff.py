@@ -85,13 +85,38 @@ def test_a_target_nothing_meets_fails_with_the_closest_trial() -> None:
     assert not target_gate(result.assessment, result.to_dict()).passed
 
 
+def test_a_trial_that_meets_the_target_but_fails_a_quality_gate_is_backed_off() -> None:
+    """`holds`: the recipe's max_parity_error here stands in as "sparsity at most 0.4"."""
+
+    def holds(model: tuple) -> str | None:
+        prune = next(s for s in model if s is not None and s.name == "prune")
+        sparsity = prune.options.get("sparsity", 0.8) if "at_target" not in prune.options else 0.8
+        return None if sparsity <= 0.4 else f"max_parity_error: sparsity {sparsity} too far"
+
+    result = back_off((), STEPS, check, TARGET, execute, holds)
+    assert result.passed and result.trials[-1].kept
+    misses = [t for t in result.trials if t.assessment.passed and not t.passed]
+    assert misses and all(t.gate_miss for t in misses)  # met the target, failed the gate
+    assert result.steps[1] is not None and result.steps[1].options["sparsity"] == 0.4
+    listed = result.to_dict()["trials"]
+    assert listed[-1]["passed"] and "gate_miss" not in listed[-1]
+    assert any(t.get("gate_miss", "").startswith("max_parity_error") for t in listed)
+
+
 def test_ladders() -> None:
     cluster = ladder(Step("cluster", {"bits": 4}), TARGET)
     assert [r and r.options["at_target"] for r in cluster] == [1.0, 0.5, 0.25, None]
-    assert [r and r.options["at_target"] for r in ladder(STEPS[1], TARGET)] == [
+    # magnitude prune: its search at the target, then fixed shares of its sparsity (for a
+    # recipe's max_parity_error, which can ask for less than the target does)
+    assert [
+        r and r.options.get("at_target", r.options["sparsity"]) for r in ladder(STEPS[1], TARGET)
+    ] == [
         1.0,
         0.5,
         0.25,
+        0.6,
+        0.4,
+        0.2,
         None,
     ]
     channels = Step("prune", {"method": "channels", "ratio": 0.8})
@@ -136,3 +161,34 @@ def test_a_recipe_at_the_target_backs_off_a_real_prune(tmp_path) -> None:
     assert not trials[0]["passed"] and trials[1]["changed"] == "prune at the target (1 pt)"
     assert trials[-1]["passed"] and result.passed
     assert [g.name for g in result.gates] == ["target_error"]
+
+
+def test_the_preset_backs_off_until_its_parity_gate_holds_too(tmp_path) -> None:
+    """mobile-int8-pruned asked for 95 % sparsity on digits_cnn: prune at the target keeps
+    every decision (0.00 points) with logits 0.37 relative RMS off, over the preset's
+    max_parity_error 0.2; the back-off goes on to a sparsity that holds both (exit 0)."""
+    import dataclasses
+    from pathlib import Path
+
+    from onnxslim import api
+    from onnxslim.recipe import load_recipe
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    recipe = load_recipe("mobile-int8-pruned")
+    prune = next(s for s in recipe.steps if s.name == "prune")
+    prune.options["sparsity"] = 0.95
+    recipe = dataclasses.replace(
+        recipe, measure=dataclasses.replace(recipe.measure, latency_runs=0)
+    )
+    result = api.run(
+        recipe,
+        models / "digits_cnn.onnx",
+        output=tmp_path / "out.onnx",
+        calib=str(models / "digits_cnn.calib.npz"),
+    )
+    gates = {g.name: g for g in result.gates}
+    assert gates["max_parity_error"].passed and gates["target_error"].passed, gates
+    trials = result.data["backoff"]["trials"]
+    assert any(t.get("gate_miss", "").startswith("max_parity_error") for t in trials)
+    kept = next(t for t in trials if t["kept"])
+    assert kept["passed"] and "gate_miss" not in kept

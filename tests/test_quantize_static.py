@@ -222,13 +222,14 @@ def test_whole_pass_streams_a_one_shot_generator():
 def test_latency_guard_keeps_small_layers_float_while_int8_is_slower(monkeypatch):
     import onnxslim.passes.quantize.latency_guard as latency_guard
 
-    ratios = iter([1.4, 1.2, 0.95])  # all int8, then each step of the ladder
+    ratios = iter([1.4, 1.2, 0.95, 0.96])  # all int8, each step of the ladder, confirmation
     monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: next(ratios))
     model = cnn()
     quantized, report = quantize_static(
-        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=False)
     )
-    assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95]
+    assert [c["ratio"] for c in report.latency_checks] == [1.4, 1.2, 0.95, 0.96]
+    assert report.latency_checks[-1]["confirmation"]
     # MACs per feed (batch 2): fc 640, conv1 221k, conv2 590k; the 2^18 step keeps conv2 only.
     assert "conv2" in report.quantized_nodes
     assert "fc" not in report.quantized_nodes and "conv1" not in report.quantized_nodes
@@ -338,7 +339,7 @@ def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch
     monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: 1.3)
     model = cnn()
     quantized, report = quantize_static(
-        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False)
+        model, feeds_for(model, 4), QuantizeStatic(check_fusion=False, kernel_check=False)
     )
     assert not report.quantized_nodes and report.warnings[0].startswith("kept float")
     assert not any(
@@ -347,6 +348,20 @@ def test_latency_guard_keeps_everything_float_when_nothing_is_faster(monkeypatch
     test = feeds_for(model, 2, seed=3)
     for r, g in zip(outputs(model, test), outputs(quantized, test), strict=True):
         np.testing.assert_allclose(g["y"], r["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_latency_guard_keeps_float_when_a_second_timing_does_not_confirm_the_gain(monkeypatch):
+    import onnxslim.passes.quantize.latency_guard as latency_guard
+
+    ratios = iter([0.95, 1.02])  # accepted at once, then not confirmed
+    monkeypatch.setattr(latency_guard, "latency_ratio", lambda *args, **kwargs: next(ratios))
+    model = cnn()
+    options = QuantizeStatic(check_fusion=False, kernel_check=False, activations="static")
+    quantized, report = quantize_static(model, feeds_for(model, 4), options)
+    assert [c["ratio"] for c in report.latency_checks] == [0.95, 1.02]
+    assert not report.quantized_nodes
+    assert "timed 0.95x then 1.02x" in report.warnings[0]
+    assert not any(n.op_type == "QuantizeLinear" for n in iter_nodes(quantized))
 
 
 def test_target_presets_decide_types_and_skip_local_checks_for_other_cpus():
@@ -458,3 +473,19 @@ def test_opset_past_ort_int8_kernels_keeps_the_float_model():
     Session(quantized)  # was: NOT_IMPLEMENTED QuantizeLinear(28) when ORT lacks it
     if "QuantizeLinear" not in {node.op_type for node in iter_nodes(quantized)}:
         assert any("no int8 QuantizeLinear" in w for w in report.warnings), report.warnings
+
+
+def test_the_fix_loops_kept_float_line_says_which_timing_failed():
+    from onnxslim.passes.quantize.fix_glue import kept_float_warning
+    from onnxslim.passes.quantize.latency_guard import GuardOutcome
+
+    slower = GuardOutcome(None, [{"threshold_macs": 0, "ratio": 1.31}], warning="kept float: x")
+    assert "ran slower than float on this CPU (1.31x)" in kept_float_warning(slower)
+    unconfirmed = GuardOutcome(
+        None,
+        [{"threshold_macs": 0, "ratio": 0.93}, {"confirmation": True, "ratio": 1.01}],
+        warning="kept float: int8 timed 0.93x then 1.01x the float time on this CPU, not",
+    )
+    assert kept_float_warning(unconfirmed).startswith(
+        "kept float: the fixed int8 model timed 0.93x then 1.01x"
+    )

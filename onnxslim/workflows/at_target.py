@@ -5,7 +5,8 @@ candidate is judged by the same measure the final report uses (onnxslim.agreemen
 the held-out feeds of workflows/heldout.py), so a search never trusts a proxy. The
 original's outputs and the outputs' roles are computed once; a candidate costs one
 ORT session on the held-out feeds. Decision outputs a model without weights still gets
-right are held to SQNR instead (onnxslim.blindness).
+right (onnxslim.blindness), and CTC outputs whose held-out strings are too few to resolve
+the target (onnxslim.resolution), are held to SQNR instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import onnx_ir as ir
 
 from onnxslim.agreement import Assessment, Target, assess, detect_roles
 from onnxslim.blindness import unblind
+from onnxslim.resolution import resolve_coarse
 from onnxslim.runtime import Session
 from onnxslim.workflows.heldout import CheckData, check_target
 
@@ -26,7 +28,8 @@ class TargetCheck:
         session = Session(original)
         self.reference = [session.run(feed) for feed in data.check]
         roles = detect_roles(original, self.reference)
-        self.roles = unblind(original, data.check, self.reference, roles, target)
+        roles = unblind(original, data.check, self.reference, roles, target)
+        self.roles = resolve_coarse(roles, self.reference, target)
         self.calls = 0
 
     def __call__(self, candidate: ir.Model) -> Assessment:

@@ -14,13 +14,16 @@ When it misses:
    prune (magnitude) and cluster: their own search at the target (the most sparsity up
    to the step's, the fewest bytes at 2..8 bits per weight or float, that meets the
    target against the step's input: `prune` / `cluster` by default), at the whole
-   target, then half, then a quarter of it, then the step skipped; other prune methods:
-   sparsity x 0.75, x 0.5, x 0.25, then skipped; quantize (static): its own fix loop
+   target, then half, then a quarter of it, then (prune) the step's sparsity x 0.75,
+   x 0.5, x 0.25, then the step skipped; other prune methods: sparsity x 0.75, x 0.5,
+   x 0.25, then skipped; quantize (static): its own fix loop
    (passes/quantize/repair.py: ranges, per-channel, layers back to float) held to half
    the target, then a quarter, then float. A step whose rungs are spent passes the
    blame to the lossy step before it (then after it); no step is skipped while
    another can still give ground.
-3. Measure the final model again; repeat until it meets the target or every rung is
+3. Measure the final model again; repeat until it meets the target, and the recipe's
+   other quality gates (max_parity_error, max_accuracy_drop: a trial meeting the target
+   but failing one is blamed and backed off the same way), or every rung is
    spent (at most MAX_TRIALS runs). A miss keeps the trial closest to the target (by
    the fix loop's `excess`) and the `target_error` gate fails: exit 1, the model written.
 
@@ -49,6 +52,9 @@ PRUNE_FACTORS = (0.75, 0.5, 0.25)
 # returns each one's model and what the caller keeps for its report.
 Execute = Callable[[int, ir.Model, list[Step | None]], list[tuple[ir.Model, Any]]]
 Check = Callable[[ir.Model], Assessment]
+# Why a candidate fails the recipe's other quality gates (max_parity_error, ...), None when
+# it holds them: a trial that meets the target but not these is backed off further.
+Holds = Callable[[ir.Model], str | None]
 
 
 def ladder(step: Step, target: Target) -> list[Step | None]:
@@ -57,14 +63,16 @@ def ladder(step: Step, target: Target) -> list[Step | None]:
     prune (magnitude) and cluster first run their own search at the target (the most
     compression whose output meets it against the step's input, `at_target` points;
     the step's sparsity is its upper bound, its bits are not a budget), at the whole
-    target, then half and a quarter of it: what is left for the steps after them.
+    target, then half and a quarter of it: what is left for the steps after them;
+    prune then gives up sparsity by fixed factors (a recipe's max_parity_error can ask
+    for less than the target does).
     """
     options = dict(step.options)
     rungs: list[Step | None] = []
     shares = (1.0, 0.5, 0.25)
     if step.name == "prune" and options.get("method", "magnitude") == "magnitude":
         rungs += [Step(step.name, dict(options, at_target=target.error * x)) for x in shares]
-    elif step.name == "prune":
+    if step.name == "prune":
         key = "ratio" if options.get("method") == "channels" else "sparsity"
         value = float(options.get(key, 0.5))
         for factor in PRUNE_FACTORS:
@@ -101,15 +109,21 @@ class Trial:
     assessment: Assessment
     excess: float
     kept: bool = False
+    gate_miss: str | None = None  # the recipe's other quality gate this trial failed
+
+    @property
+    def passed(self) -> bool:
+        return self.assessment.passed and self.gate_miss is None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "changed": self.changed,
             "blamed": self.blamed,
-            "passed": self.assessment.passed,
+            "passed": self.passed,
             "excess": round(self.excess, 4),
             "kept": self.kept,
             "figures": [f.text() for f in self.assessment.figures],
+            **({"gate_miss": self.gate_miss} if self.gate_miss else {}),
         }
 
 
@@ -119,12 +133,16 @@ class Backoff:
 
     steps: list[Step | None]
     outputs: list[tuple[ir.Model, Any]]
-    assessment: Assessment
+    kept: Trial
     trials: list[Trial] = field(default_factory=list)
 
     @property
+    def assessment(self) -> Assessment:
+        return self.kept.assessment
+
+    @property
     def passed(self) -> bool:
-        return self.assessment.passed
+        return self.kept.passed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,50 +159,60 @@ def back_off(
     check: Check,
     target: Target,
     execute: Execute,
+    holds: Holds | None = None,
 ) -> Backoff:
-    """Run `steps` on `model`, then back off until the final model meets `target`.
+    """Run `steps` on `model`, then back off until the final model meets `target` (and
+    the recipe's other quality gates, `holds`).
 
     `check(candidate)` measures a candidate against `model` (workflows/at_target.py
     TargetCheck on the held-out feeds).
     """
+
+    def trial(changed: str, blamed: str | None, candidate: ir.Model) -> Trial:
+        assessment = check(candidate)
+        miss = holds(candidate) if holds is not None and assessment.passed else None
+        return Trial(changed, blamed, assessment, excess(assessment), gate_miss=miss)
+
     current: list[Step | None] = list(steps)
     ladders = {i: ladder(s, target) for i, s in enumerate(steps) if s.name in LOSSY}
     outputs = execute(0, model, current)
-    final = check(outputs[-1][0]) if outputs else check(model)
-    trials = [Trial("as written", None, final, excess(final))]
-    best = Backoff(list(current), outputs, final, trials)
-    blamed: str | None = None
-    while not final.passed and len(trials) < MAX_TRIALS:
-        index = _blame(outputs, current, check, final)
+    trials = [trial("as written", None, outputs[-1][0] if outputs else model)]
+    best = Backoff(list(current), outputs, trials[0])
+    while not trials[-1].passed and len(trials) < MAX_TRIALS:
+        index = _blame(outputs, current, lambda m: not trial("", None, m).passed)
         if index is None:
             break
         index = _with_rungs(index, ladders)
         if index is None:
             break
         current[index] = ladders[index].pop(0)
-        blamed = steps[index].name
         start_model = outputs[index - 1][0] if index > 0 else model
         outputs = outputs[:index] + execute(index, start_model, current)
-        final = check(outputs[-1][0])
-        trials.append(Trial(describe(current[index], steps[index]), blamed, final, excess(final)))
-        if final.passed or trials[-1].excess < excess(best.assessment):
-            best = Backoff(list(current), list(outputs), final, trials)
-    for trial in trials:
-        trial.kept = trial.assessment is best.assessment
+        latest = trial(describe(current[index], steps[index]), steps[index].name, outputs[-1][0])
+        trials.append(latest)
+        if latest.passed or (not best.passed and _closer(latest, best.kept)):
+            best = Backoff(list(current), list(outputs), latest)
+    for each in trials:
+        each.kept = each is best.kept
     best.trials = trials
     return best
+
+
+def _closer(trial: Trial, than: Trial) -> bool:
+    """A trial that meets the target beats one that does not; then the smaller excess."""
+    return (trial.assessment.passed, -trial.excess) > (than.assessment.passed, -than.excess)
 
 
 def _blame(
     outputs: list[tuple[ir.Model, Any]],
     current: list[Step | None],
-    check: Check,
-    final: Assessment,
+    fails: Callable[[ir.Model], bool],
 ) -> int | None:
-    """The first lossy step whose output misses the target; else the last lossy step."""
+    """The first lossy step whose output misses the target (or a quality gate); else the
+    last lossy step."""
     lossy = [i for i, s in enumerate(current) if s is not None and s.name in LOSSY]
     for i in lossy[:-1]:
-        if not check(outputs[i][0]).passed:
+        if fails(outputs[i][0]):
             return i
     return lossy[-1] if lossy else None
 

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.agreement import Assessment, Target, assess
+from onnxslim.agreement import Assessment, Target, assess, detect_roles
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.evaluation import LabelledFeeds
 from onnxslim.feed_search import plan_feeds
 from onnxslim.feeds import Feed
+from onnxslim.resolution import resolve_coarse
 from onnxslim.runtime import Session
 
 HELD_OUT_FRACTION = 0.25
@@ -131,12 +132,14 @@ def check_target(
     target: Target,
     roles: Mapping[str, Any] | None = None,
 ) -> Assessment:
-    """Both models on `data.check` (ONNX Runtime), every output held to `target`."""
+    """Both models on `data.check` (ONNX Runtime), every output held to `target`; CTC
+    outputs whose strings there cannot resolve the target are held to SQNR
+    (onnxslim.resolution)."""
     reference = _run(original, data.check)
     result = _run(candidate, data.check)
-    return assess(
-        reference, result, target=target, roles=roles, model=original, feeds=data.description
-    )
+    if roles is None:
+        roles = resolve_coarse(detect_roles(original, reference), reference, target)
+    return assess(reference, result, target=target, roles=roles, feeds=data.description)
 
 
 def _run(model: ir.Model, feeds: list[Feed]) -> list[dict[str, np.ndarray]]:

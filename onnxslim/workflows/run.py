@@ -32,7 +32,7 @@ from onnxslim.agreement import Target
 from onnxslim.calibration import FeedSource
 from onnxslim.errors import OnnxSlimError, PassFailed, RuntimeFailure, UsageError
 from onnxslim.evaluation import Evaluator
-from onnxslim.gates import check_gates
+from onnxslim.gates import check_gates, quality_gates
 from onnxslim.graphs import node_count
 from onnxslim.images import resolve_folder
 from onnxslim.passes._run_data import RunData
@@ -45,7 +45,7 @@ from onnxslim.registry import make_pass
 from onnxslim.report import RunReport, StepReport, gzip_size
 from onnxslim.workflows.accuracy_aware import quantize_accuracy_aware
 from onnxslim.workflows.at_target import TargetCheck
-from onnxslim.workflows.backoff import back_off, target_gate
+from onnxslim.workflows.backoff import Holds, back_off, target_gate
 from onnxslim.workflows.cluster import cluster_model
 from onnxslim.workflows.heldout import split_data
 from onnxslim.workflows.measure import open_once
@@ -146,7 +146,9 @@ def run_recipe(
     try:
         if target is not None and split is not None:
             check_target = TargetCheck(model, split, target)
-            backed = back_off(model, list(recipe.steps), check_target, target, execute)
+            backed = back_off(
+                model, list(recipe.steps), check_target, target, execute, _holds(recipe, evaluator)
+            )
             outputs, ran, assessment = backed.outputs, backed.steps, backed.assessment
             report.data["backoff"] = backed.to_dict()
         else:
@@ -177,6 +179,20 @@ def run_recipe(
     report.finish(final_bytes, final, time.perf_counter() - start)
     report.model = current
     return RunOutcome(current, report)
+
+
+def _holds(recipe: Recipe, evaluator: Evaluator) -> Holds | None:
+    """The recipe's quality gates (max_parity_error, max_accuracy_drop) as a back-off
+    check: the failed gates' reasons, None when a candidate holds them all."""
+    if recipe.gates.max_parity_error is None and recipe.gates.max_accuracy_drop is None:
+        return None
+
+    def holds(candidate: ir.Model) -> str | None:
+        measured = evaluator.measure(candidate, latency_runs=0)
+        missed = [g for g in quality_gates(recipe.gates, evaluator, measured) if not g.passed]
+        return "; ".join(f"{g.name}: {g.reason}" for g in missed) or None
+
+    return holds
 
 
 def _step_reports(

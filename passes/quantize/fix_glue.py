@@ -21,13 +21,14 @@ import onnx_ir as ir
 
 from onnxslim.agreement import Assessment, Target, assess, detect_roles
 from onnxslim.feeds import Feed
+from onnxslim.resolution import resolve_coarse
 from onnxslim.runtime import Session
 
 from .activation_mode import DYNAMIC_REASON, Measure, apply_dynamic, dynamic_candidates
 from .bias_correction import correct_biases
 from .build import StageProgress, apply_plan, plan_with_ranges
 from .collect import CollectConfig, collect_stats
-from .latency_guard import Configuration, float_configuration, latency_guard
+from .latency_guard import Configuration, GuardOutcome, float_configuration, latency_guard
 from .layer_noise import RANKED_ROLES, layer_tensors, rank_layers, relative_noise
 from .plan import QuantPlan
 from .policy import PolicyConfig, make_plan
@@ -73,8 +74,8 @@ def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> M
     """The accuracy target's measure of a candidate against `original` on `feeds`: the
     figure the user is shown (the reference runs once)."""
     reference = _run(original, list(feeds))
-    roles = detect_roles(original, reference)
     target = Target(error)
+    roles = resolve_coarse(detect_roles(original, reference), reference, target)
 
     def measure(model: ir.Model) -> Assessment:
         return assess(reference, _run(model, list(feeds)), target=target, roles=roles)
@@ -274,12 +275,8 @@ def _guard(
         trial,
     )
     context.report.latency_checks.extend({**c, "after_fix": True} for c in outcome.checks)
-    if outcome.warning:  # the whole model kept float: say why (the fix made int8 slower)
-        context.report.warnings.append(
-            "kept float: the fixed int8 model ran slower than float on this CPU "
-            f"({outcome.checks[0]['ratio']:.2f}x) and none with more layers float was clearly "
-            "faster (--no-latency-guard keeps int8, for size)"
-        )
+    if outcome.warning:  # the whole model kept float: say why
+        context.report.warnings.append(kept_float_warning(outcome))
     if outcome.chosen is None:
         return chosen, assessment
     after = measure(outcome.chosen[2])
@@ -346,3 +343,15 @@ def _run(model: ir.Model, feeds: list[Feed]) -> list[dict[str, np.ndarray]]:
 
 
 __all__ = ["FixContext", "excess", "fix_target"]
+
+
+def kept_float_warning(outcome: GuardOutcome) -> str:
+    """Why the guard kept the fixed model float: not confirmed faster by a second timing,
+    or slower at every step of its ladder."""
+    if outcome.checks and outcome.checks[-1].get("confirmation") and outcome.warning:
+        return outcome.warning.replace("int8 timed", "the fixed int8 model timed")
+    return (
+        "kept float: the fixed int8 model ran slower than float on this CPU "
+        f"({outcome.checks[0]['ratio']:.2f}x) and none with more layers float was clearly "
+        "faster (--no-latency-guard keeps int8, for size)"
+    )

@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,6 +33,7 @@ import onnx_ir as ir
 from onnxslim.agreement import DEFAULT_TARGET_ERROR
 from onnxslim.calibration import CalibrationDataReaderLike, open_feeds
 from onnxslim.errors import OnnxSlimError, UsageError
+from onnxslim.evaluation import latency_ratios
 from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes._run_data import RunData, StageProgress, TakesData
@@ -45,6 +46,7 @@ from .build import plan_with_ranges as _plan_with_ranges
 from .collect import FeedSource
 from .fix_glue import FixContext, fix_target, target_measure
 from .fusion_check import find_unfused
+from .kernel_check import kernel_timings, slow_layers
 from .latency_guard import Configuration, latency_guard
 from .plan import QuantPlan
 from .policy import (
@@ -96,6 +98,8 @@ class QuantizeReport:
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     latency_checks: list[dict[str, Any]] = field(default_factory=list)
+    # Each planned conv's kernel alone, float and int8, on this CPU (kernel_check.py).
+    kernel_checks: list[dict[str, Any]] = field(default_factory=list)
     # The accuracy-target fix loop (repair.py): each fix tried, the output figures before
     # the loop and after it, the layers it ranked first, and the builds it measured.
     fixes: list[dict[str, Any]] = field(default_factory=list)
@@ -172,6 +176,13 @@ class QuantizeStatic(TakesData, ir.passes.InPlacePass):
         "layers float (timed interleaved, one thread).",
     )
     check_fusion: bool = option(True, "Put back to float what ORT does not fuse into int8 kernels.")
+    kernel_check: bool = option(
+        False,
+        "With the latency guard: time each Conv alone in float and int8 here and keep float "
+        "those whose int8 kernel is slower, when the whole model then runs faster. Off by "
+        "default: on task_yolov8 it makes int8 pay, and the 8-feed held-out check then lets "
+        "through models that lose 2-3 points (docs/benchmarks.md).",
+    )
     fix: bool = option(
         True,
         "When the int8 model misses the accuracy target on the held-out feeds, fix the "
@@ -361,6 +372,7 @@ def quantize_static(
     guard_warning: str | None = None
     if options.latency_guard and plan.nodes and local:
         clock = time.perf_counter()
+        guard_feeds = first_feeds(reservoir.kept if reservoir is not None else source, _GUARD_FEEDS)
 
         def trial(trial_float: dict[str, str]) -> Configuration:
             trial_plan, trial_ranges = _plan_with_ranges(
@@ -379,6 +391,23 @@ def quantize_static(
             )
             return trial_plan, trial_ranges, trial_model, trial_report
 
+        checked: Configuration | None = None
+        if options.kernel_check:
+            checked = _kernel_check(
+                prepared,
+                (plan, ranges, result, insert_report),
+                stats,
+                act_dtype,
+                float_nodes,
+                trial,
+                guard_feeds,
+                report,
+            )
+        if checked is not None:
+            plan, ranges, result, insert_report = checked
+            if options.check_fusion:
+                report.int8_kernels = _ort_kernels(result, plan, insert_report)
+
         def step_done(done: int, total: int) -> None:
             if progress is not None:
                 progress("latency", done, total)
@@ -388,12 +417,12 @@ def quantize_static(
             result,
             plan,
             stats,
-            first_feeds(reservoir.kept if reservoir is not None else source, _GUARD_FEEDS),
+            guard_feeds,
             float_nodes,
             trial,
             step_done,
         )
-        report.latency_checks = outcome.checks
+        report.latency_checks.extend(outcome.checks)
         guard_warning = outcome.warning
         if outcome.warning is not None:
             report.warnings.append(outcome.warning)
@@ -485,6 +514,42 @@ def quantize_static(
     report.weight_bytes_before = insert_report.weight_bytes_before
     report.weight_bytes_after = insert_report.weight_bytes_after
     return result, report
+
+
+def _kernel_check(
+    prepared: ir.Model,
+    current: Configuration,
+    stats: dict[str, TensorStats],
+    act_dtype: type[np.integer],
+    float_nodes: dict[str, str],
+    trial: Callable[[dict[str, str]], Configuration],
+    feeds: list[Feed],
+    report: QuantizeReport,
+) -> Configuration | None:
+    """The configuration with the convs whose int8 kernel is slower than float here kept
+    float (kernel_check.py), when the whole model then runs faster (a float layer between
+    int8 ones costs a Q/DQ pair; both timed interleaved); None: keep `current`. Updates
+    `float_nodes` with the layers it kept float."""
+    if not feeds:
+        return None
+    timings = kernel_timings(prepared, current[0], stats, act_dtype)
+    report.kernel_checks = [t.to_dict() for t in timings]
+    slow = {n: why for n, why in slow_layers(timings).items() if n not in float_nodes}
+    if not slow:
+        return None
+    candidate = trial({**float_nodes, **slow})
+    ratios = latency_ratios(prepared, {"all": current[2], "slow float": candidate[2]}, feeds)
+    report.latency_checks.append(
+        {
+            "kernel_check": sorted(slow),
+            "ratio": round(ratios["all"], 3),
+            "ratio_slow_float": round(ratios["slow float"], 3),
+        }
+    )
+    if ratios["slow float"] >= ratios["all"]:
+        return None
+    float_nodes.update(slow)
+    return candidate
 
 
 def _ort_kernels(model: ir.Model, plan: QuantPlan, inserted: InsertReport) -> dict[str, int]:

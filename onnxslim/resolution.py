@@ -1,0 +1,55 @@
+"""Decoded sequences too few to resolve the target, in a search: held to SQNR instead.
+
+A CTC figure counts decoded strings. On the held-out quarter of 32 calibration feeds
+that is 8 strings, one of them 12.5 points: "0.00 points lost" then says only that none
+of 8 changed. A search for the most compression stops where that check still passes,
+and a check that coarse passes far too late: `prune` on task_crnn reached 80 % with
+0 of 8 held-out strings changed, and read 15.2 % of 256 other rendered strings
+differently (exit 0); its logits were at 13 dB SQNR. The SQNR that costs one point was
+calibrated on CTC logits (REGRESSION_ERROR_PER_POINT, the captcha reader's: 36 dB for
+0.67 points, 24 dB for 5.8), so a CTC output whose strings cannot resolve the target is
+held to that SQNR, like an output without decisions: in the searches of prune and
+cluster, run's back-off, and quantize's fix loop and final figure (int8 is well above it
+where measured: captcha_crnn 35.9 dB, task_crnn 39.3 dB on their held-out feeds; the
+captcha reader pruned 50 % was at 20.3 dB and read 9.4 % of 64 captchas differently).
+
+Classifiers are left to their decisions: their logits keep the decisions at low SQNR
+(task_mobilenetv3 clustered: 7.9 dB, 0.8 points), so SQNR would refuse what they can bear.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from onnxslim.agreement import Role, Target
+
+
+def sequences(role: Role, reference: Sequence[Mapping[str, np.ndarray]]) -> int:
+    """How many decoded strings a CTC output gives on the check feeds."""
+    return sum(int(np.asarray(o[role.name]).shape[role.batch_axis]) for o in reference)
+
+
+def resolve_coarse(
+    roles: Mapping[str, Role],
+    reference: Sequence[Mapping[str, np.ndarray]],
+    target: Target,
+) -> dict[str, Role]:
+    """`roles`, with each CTC output whose strings cannot resolve `target` (one string is
+    worth more than the target's points) turned into a regression held to SQNR."""
+    result = dict(roles)
+    if target.error <= 0:
+        return result
+    for name, role in roles.items():
+        if role.role != "ctc" or not reference or name not in reference[0]:
+            continue
+        count = sequences(role, reference)
+        if count and 100.0 / count > target.error:
+            why = (
+                f"ctc over {count} strings, one is {100.0 / count:.1f} points: too coarse for "
+                f"the {target.error:g}-point target, held to SQNR"
+            )
+            result[name] = dataclasses.replace(role, role="regression", reason=why)
+    return result
