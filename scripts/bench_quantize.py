@@ -50,8 +50,9 @@ from peak_rss import run_measured
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
 DEVMODELS = Path(os.environ.get("DEVMODELS_DIR", "~/.cache/devmodels")).expanduser()
-DEVMODELS_CODE = REPO.parent / "shared" / "devmodels"
-NNCF_VENV = Path("~/.cache/onnxslim-bench/venvs/nncf").expanduser()
+DEVMODELS_CODE = Path(os.environ.get("DEVMODELS_CODE", REPO.parent / "shared" / "devmodels"))
+PEER_VENVS = Path("~/.cache/onnxslim-bench/venvs").expanduser()
+NNCF_VENV = PEER_VENVS / "nncf"
 DEFAULT_DEVMODELS = ("captcha_crnn", "open_nsfw_resnet")
 TOOLS = ("onnxslim", "onnxslim+acc", "ort", "nncf")
 TUNE_SHARE = 3  # labelled sets: 1/TUNE_SHARE tunes onnxslim+acc, the rest scores every tool
@@ -193,29 +194,73 @@ def int8_node_count(path: Path) -> int:
     return count(model.graph) + sum(count(f) for f in model.functions)
 
 
-def nncf_python() -> Path | str:
-    """The NNCF venv's python, creating the venv with pip when absent; or why it is unavailable."""
-    python = NNCF_VENV / "bin" / "python"
+# What pip installs in each peer's own venv. Each peer picks its own onnx / onnxruntime (they
+# run there, not in ours: amd-quark 0.13 requires onnx<=1.22, and with this project's onnx
+# 1.23 pip fell back to amd-quark 0.1.0, which has no `quark` module); the peers are pinned
+# to their newest release that installs here (Python 3.11, x86_64), from wheels only (a
+# source build can run for hours). "torch" becomes a CPU-only build when pip has one.
+PEERS: dict[str, tuple[list[str], str]] = {  # peer: (requirements, the import that proves it)
+    "nncf": (["nncf", "onnx", "onnxruntime"], "import nncf, onnx, onnxruntime"),
+    "quark": (
+        ["amd-quark==0.13", "onnxruntime>=1.22.2,<=1.28.0", "torch"],  # 0.13's cli extra's ORT
+        "import quark.onnx, onnxruntime",
+    ),
+    "aimet": (["aimet-onnx==2.42.0", "torch"], "import aimet_onnx, onnxruntime"),
+}
+
+
+def peer_python(peer: str, timeout: float = 1800) -> Path | str:
+    """The python of `peer`'s own venv (~/.cache/onnxslim-bench/venvs/PEER), created with pip
+    when absent; or one line saying why the peer is unavailable (pip's or Python's last word)."""
+    requirements, probe_code = PEERS[peer]
+    venv = PEER_VENVS / peer
+    python = venv / "bin" / "python"
     if not python.is_file():
+        requirements = [torch_requirement() if r == "torch" else r for r in requirements]
+        command = [str(python), "-m", "pip", "install", "-q", *requirements]
+        command += [] if peer == "nncf" else ["--only-binary", ":all:"]
         try:
-            subprocess.run(
-                [sys.executable, "-m", "venv", str(NNCF_VENV)], check=True, capture_output=True
-            )
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "nncf", "onnx", "onnxruntime"],
-                check=True,
-                capture_output=True,
-                timeout=1800,
-            )
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         except Exception as exc:
-            return f"unavailable: cannot install nncf ({type(exc).__name__})"
-    probe = subprocess.run(
-        [str(python), "-c", "import nncf, onnx, onnxruntime"], capture_output=True, text=True
-    )
+            shutil.rmtree(venv, ignore_errors=True)  # the next run tries again
+            return f"unavailable: cannot install {peer} ({type(exc).__name__})"
+        if done.returncode != 0:
+            shutil.rmtree(venv, ignore_errors=True)
+            return f"unavailable: pip install {' '.join(requirements)}: {_last_line(done.stderr)}"
+    probe = subprocess.run([str(python), "-c", probe_code], capture_output=True, text=True)
     if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1][:120]
-        return f"unavailable: nncf does not import ({last})"
+        return f"unavailable: {peer} does not import ({_last_line(probe.stderr)})"
     return python
+
+
+def nncf_python() -> Path | str:
+    """The NNCF venv's python (peer_python), kept for bench_quantize's callers."""
+    return peer_python("nncf")
+
+
+def torch_requirement() -> str:
+    """An exact CPU-only torch build when pip's --find-links folders hold one, else "torch":
+    PyPI's Linux torch wheels pull gigabytes of CUDA libraries a CPU benchmark never uses."""
+    found = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True
+    )
+    folders = [
+        folder
+        for line in found.stdout.splitlines()
+        if line.partition("=")[0].endswith("find-links")
+        for folder in line.partition("=")[2].strip("'\" ").split()
+    ]
+    wheels = [w for folder in folders for w in Path(folder).glob("torch-*+cpu-*.whl")]
+    versions = [w.name.split("-")[1] for w in wheels]  # 2.13.0+cpu
+    newest = max(versions, key=lambda v: [int(p) for p in v.split("+")[0].split(".")], default="")
+    return f"torch=={newest}" if newest else "torch"
+
+
+def _last_line(text: str) -> str:
+    """The last line that is not a warning (pip warns about every find-links folder)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("WARN")]
+    return (lines or ["?"])[-1][:160]
 
 
 def run_tool(

@@ -3,7 +3,8 @@
     python scripts/bench_quantize_workers.py TOOL --model M --calib-file C --out O --result R
 
 Run by bench_quantize.py under scripts/peak_rss.py's launcher, so wall time and peak
-RSS are the tool's alone; the NNCF worker runs in NNCF's own virtual environment.
+RSS are the tool's alone; the NNCF, Quark and AIMET workers run in their own virtual
+environments (bench_quantize.peer_python).
 Writes the quantized model and {"seconds": ..., "note": ...} as JSON to `--result`.
 """
 
@@ -36,6 +37,10 @@ def worker(args: argparse.Namespace) -> int:
         note = _ort_dynamic(args.model, args.out)
     elif args.worker == "nncf":
         note = _nncf_quantize(args.model, args.calib_file, args.out)
+    elif args.worker in ("quark", "quark-adaround"):
+        note = _quark_quantize(args.model, args.calib_file, args.out, args.worker.endswith("round"))
+    elif args.worker in ("aimet", "aimet-adaround"):
+        note = _aimet_quantize(args.model, args.calib_file, args.out, args.worker.endswith("round"))
     else:
         raise SystemExit(f"unknown worker {args.worker}")
     seconds = time.perf_counter() - start
@@ -168,6 +173,73 @@ def _nncf_quantize(model: str, calib: str, out: str) -> str:
     return note
 
 
+def _graph_inputs(proto: Any) -> list[str]:
+    initializers = {i.name for i in proto.graph.initializer}
+    return [i.name for i in proto.graph.input if i.name not in initializers]
+
+
+def _quark_quantize(model: str, calib: str, out: str, adaround: bool) -> str:
+    """AMD Quark's ONNX quantizer with its preset for general CPU int8, A8W8 (int8 symmetric
+    activations and weights, per tensor, percentile calibration, QDQ), or A8W8_ADAROUND
+    (the same plus AdaRound, Quark's defaults: 1000 iterations per layer, on the CPU)."""
+    import copy
+
+    import onnx
+    from quark.onnx import ModelQuantizer  # type: ignore[import-not-found]
+    from quark.onnx.quantization.config.custom_config import (  # type: ignore[import-not-found]
+        A8W8_ADAROUND_QCONFIG,
+        A8W8_QCONFIG,
+    )
+
+    feeds = stacked_feeds(calib, _graph_inputs(onnx.load(model, load_external_data=False)))
+    config = copy.deepcopy(A8W8_ADAROUND_QCONFIG if adaround else A8W8_QCONFIG)
+    ModelQuantizer(config).quantize_model(model, out, _Reader(feeds))
+    return "A8W8_ADAROUND" if adaround else "A8W8"
+
+
+class _Reader:
+    """An onnxruntime CalibrationDataReader over in-memory feeds, rewindable (AdaRound re-reads)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.feeds, self.it = feeds, iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+    def rewind(self) -> None:
+        self.it = iter(self.feeds)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+AIMET_ADAROUND_ITERATIONS = 2000  # AIMET recommends 10,000 per layer for 8-bit weights (hours here)
+
+
+def _aimet_quantize(model: str, calib: str, out: str, adaround: bool) -> str:
+    """Qualcomm AIMET-ONNX's post-training flow: batch norms folded into the weights,
+    QuantizationSimModel with its defaults (int8 weights and activations, min-max, the
+    default per-channel config), compute_encodings on the calibration feeds, exported as
+    ONNX QDQ (to_onnx_qdq); with AdaRound applied to the weights before the encodings."""
+    import onnx
+    from aimet_onnx import QuantizationSimModel, apply_adaround  # type: ignore[import-not-found]
+    from aimet_onnx.batch_norm_fold import (  # type: ignore[import-not-found]
+        fold_all_batch_norms_to_weight,
+    )
+
+    proto = onnx.load(model)
+    feeds = stacked_feeds(calib, _graph_inputs(proto))
+    folded = fold_all_batch_norms_to_weight(proto)
+    sim = QuantizationSimModel(proto)
+    note = f"{sum(len(pairs) for pairs in folded)} batch norms folded"
+    if adaround:
+        apply_adaround(sim, feeds, num_iterations=AIMET_ADAROUND_ITERATIONS)
+        note += f"; AdaRound {AIMET_ADAROUND_ITERATIONS} iterations per layer"
+    sim.compute_encodings(feeds)
+    onnx.save(sim.to_onnx_qdq(), out)
+    return note
+
+
 def _lift_constants(proto: Any) -> Any:
     """Main-graph Constant nodes holding a tensor become initializers (what a user would do)."""
     from onnx import helper, numpy_helper
@@ -209,7 +281,9 @@ def input_names(path: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "worker", choices=["onnxslim", "onnxslim+acc", "ort", "ort-dynamic", "nncf"]
+        "worker",
+        choices=["onnxslim", "onnxslim+acc", "ort", "ort-dynamic", "nncf"]
+        + ["quark", "quark-adaround", "aimet", "aimet-adaround"],
     )
     parser.add_argument("--model", required=True)
     parser.add_argument("--calib-file", required=True)

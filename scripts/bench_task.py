@@ -27,15 +27,20 @@ accuracy target missed, the model is still written and scored); onnxslim-int8 = 
 same with --no-latency-guard (int8 even where this CPU runs it slower than float, to
 show int8's accuracy where the default keeps float); ort-static =
 quantize_static QDQ per-channel MinMax after quant_pre_process; ort-dynamic =
-quantize_dynamic defaults; nncf = nncf.quantize in its own venv
-(~/.cache/onnxslim-bench/venvs/nncf, see bench_quantize.py). Asked for by name:
-onnxslim-prune / onnxslim-cluster = `onnxslim prune|cluster M -o O --calib C --runs 0`,
-defaults (the most sparsity / fewest bits that meet the accuracy target), scored alike.
-Latency: one intra-op thread, ORT_ENABLE_ALL, the models of a row timed interleaved,
-median, as a ratio to the float model, on one image (task models) or one feed
-(devmodels). The task models' data is models/task_*.{calib,eval}.npz
-(scripts/make_task_models.py); the devmodels' is inputs.make_feeds(id, 32, seed=0) to
-calibrate and seed=1 to evaluate.
+quantize_dynamic defaults; nncf = nncf.quantize; quark = AMD Quark's ModelQuantizer with
+its preset for general CPU int8, A8W8 (int8 symmetric, per tensor, percentile, QDQ);
+aimet = Qualcomm AIMET-ONNX's QuantizationSimModel with its defaults (batch norms folded,
+int8, min-max, per-channel weights), compute_encodings, to_onnx_qdq. NNCF, Quark and
+AIMET each run in their own venv, created by pip when absent
+(~/.cache/onnxslim-bench/venvs/PEER, see bench_quantize.peer_python); a peer that cannot
+be installed or crashes shows why in its cells. Asked for by name: quark-adaround and
+aimet-adaround (slow) add their AdaRound; onnxslim-prune / onnxslim-cluster = `onnxslim
+prune|cluster M -o O --calib C --runs 0`, defaults (the most sparsity / fewest bits that
+meet the accuracy target), scored alike. Latency: one intra-op thread, ORT_ENABLE_ALL,
+the models of a row timed interleaved, median, as a ratio to the float model, on one
+image (task models) or one feed (devmodels). The task models' data is
+models/task_*.{calib,eval}.npz (scripts/make_task_models.py); the devmodels' is
+inputs.make_feeds(id, 32, seed=0) to calibrate and seed=1 to evaluate.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from typing import Any
 
 import numpy as np
 import task_metrics as tm
-from bench_quantize import DEVMODELS, DEVMODELS_CODE, cpu_line, nncf_python, time_interleaved
+from bench_quantize import DEVMODELS, DEVMODELS_CODE, cpu_line, peer_python, time_interleaved
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -66,9 +71,12 @@ DEVMODEL_TASKS = {
     "name_romanizer_decoder": "classify-last",
     "minilm_l3_paraphrase": "embedding",
 }
-TOOLS = ("onnxslim", "onnxslim-int8", "ort-static", "ort-dynamic", "nncf")
+TOOLS = ("onnxslim", "onnxslim-int8", "ort-static", "ort-dynamic", "nncf", "quark", "aimet")
+# not in the default tools: the peers' AdaRound (slow), onnxslim's prune and cluster
+NAMED_TOOLS = ("quark-adaround", "aimet-adaround", "onnxslim-prune", "onnxslim-cluster")
+PEERS = ("nncf", "quark", "aimet")  # each in its own venv (bench_quantize.peer_python)
 # onnxslim's command per tool: prune and cluster at their defaults (the most compression
-# that meets the accuracy target), scored on the same task as int8 (not in the default tools)
+# that meets the accuracy target), scored on the same task as int8
 ONNXSLIM_COMMANDS = {
     "onnxslim": "quantize",
     "onnxslim-int8": "quantize",
@@ -253,8 +261,19 @@ class Result:
     ratio: float = float("nan")
 
 
+def peer_of(tool: str) -> str:
+    """The venv a tool runs in: its peer's ("quark-adaround" -> "quark"), or ours ("")."""
+    peer = tool.split("-")[0]
+    return peer if peer in PEERS else ""
+
+
 def quantize(
-    tool: str, case: Case, work: Path, nncf: Path | str, timeout: float, reuse: bool = False
+    tool: str,
+    case: Case,
+    work: Path,
+    pythons: dict[str, Path | str],
+    timeout: float,
+    reuse: bool = False,
 ) -> Result:
     out = work / f"{case.name}.{tool}.onnx"
     if reuse and out.is_file():  # --reuse: score and time the model an earlier run wrote
@@ -266,8 +285,8 @@ def quantize(
         command += ["--runs", "0"] if verb != "quantize" else []
         command += ["--no-latency-guard"] if tool == "onnxslim-int8" else []
     else:
-        python = nncf if tool == "nncf" else sys.executable
-        if isinstance(python, str) and tool == "nncf":
+        python = pythons[peer_of(tool)] if peer_of(tool) else sys.executable
+        if isinstance(python, str):  # the peer could not be installed: its reason
             return Result(tool, note=python)
         worker = {"ort-static": "ort"}.get(tool, tool)
         command = [str(python), str(Path(__file__).with_name("bench_quantize_workers.py")), worker]
@@ -280,7 +299,7 @@ def quantize(
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=work,  # quant_pre_process and NNCF leave temporary files in the working folder
+            cwd=work,  # quant_pre_process, NNCF and Quark leave temporary files in the cwd
             env=dict(os.environ, OMP_NUM_THREADS="1"),
         )
     except subprocess.TimeoutExpired:
@@ -303,13 +322,18 @@ def quantize(
 
 
 def bench_case(
-    case: Case, tools: list[str], work: Path, nncf: Path | str, timeout: float, reuse: bool
+    case: Case,
+    tools: list[str],
+    work: Path,
+    pythons: dict[str, Path | str],
+    timeout: float,
+    reuse: bool,
 ) -> list[Result]:
     float_outputs = run_outputs(case, case.path)
     reference = decide(case, float_outputs, case.feeds)
     results = [Result("float", case.path, metric=score(case, reference, reference), ratio=1.0)]
     for tool in tools:
-        result = quantize(tool, case, work, nncf, timeout, reuse)
+        result = quantize(tool, case, work, pythons, timeout, reuse)
         if result.path is not None:
             try:
                 got = decide(case, run_outputs(case, result.path), case.feeds)
@@ -338,7 +362,11 @@ def cell(r: Result, float_metric: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(TASK_MODELS + tuple(DEVMODEL_TASKS)))
-    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument(
+        "--tools",
+        default=",".join(TOOLS),
+        help=f"comma-separated, of {', '.join(TOOLS + NAMED_TOOLS)} (default: the first 7)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per tool and model")
     parser.add_argument("--work", type=Path, help="keep the models in this folder (default: temp)")
     parser.add_argument(
@@ -349,9 +377,16 @@ def main() -> int:
     )
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
-    nncf = nncf_python() if "nncf" in tools else "not run"
+    unknown = [t for t in tools if t not in TOOLS + NAMED_TOOLS]
+    if unknown:
+        known = ", ".join(TOOLS + NAMED_TOOLS)
+        print(f"error: unknown tool {unknown[0]} (one of {known})", file=sys.stderr)
+        return 2
+    pythons = {peer: peer_python(peer) for peer in sorted({peer_of(t) for t in tools} - {""})}
     print(cpu_line())
-    print(f"tools: {', '.join(tools)}; nncf: {nncf}")
+    print(f"tools: {', '.join(tools)}; load average {os.getloadavg()[0]:.1f}")
+    for peer, python in pythons.items():
+        print(f"{peer}: {python}")
     rows, notes = [], []
     with contextlib.ExitStack() as stack:
         if args.work is not None:
@@ -364,7 +399,7 @@ def main() -> int:
             if isinstance(case, str):
                 notes.append(f"{name}: skipped, {case}")
                 continue
-            results = bench_case(case, tools, Path(tmp), nncf, args.timeout, args.reuse)
+            results = bench_case(case, tools, Path(tmp), pythons, args.timeout, args.reuse)
             f = results[0].metric
             rows.append(
                 f"| {name} | {METRICS[case.task]} | {case.source} | "
@@ -381,6 +416,7 @@ def main() -> int:
     print("|---|---|---|" + "---|" * len(tools))
     print("\n".join(rows))
     print("\n".join(f"- {n}" for n in notes))
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
 
