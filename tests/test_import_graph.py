@@ -59,6 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.evaluation",
             "onnxslim.agreement",
             "onnxslim.blindness",
+            "onnxslim.resolution",
             "onnxslim.decisions",
             "onnxslim.runtime",
             "onnxslim.budget",
