@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 from onnxslim import api, runtime
 from onnxslim.graphs import node_count, subgraphs
 from onnxslim.passes.quantize import static as static_module
+from onnxslim.passes.quantize.prepare import prepare
 from onnxslim.pipeline import Pipeline, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.runtime import Session, SessionConfig, shared_sessions
@@ -165,3 +166,17 @@ def test_heavy_graph_session_runs_unoptimized_keeps_initializers_and_cleans_up(
     assert runtime.heavy_graph(model) is None
     options = Session(model).ort_session.get_session_options()
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_quantize_prepare_skips_ort_pre_optimization_on_a_heavy_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bombs/inits-100k: ORT's basic optimizations fold the Sum of 100,000 initializers,
+    dropping them one by one (quantize hit the 30 CPU s cap there)."""
+    model = relu_chain(12)
+    _, report = prepare(model)
+    assert any("ORT basic" in step for step in report.steps)
+    monkeypatch.setattr(runtime, "HEAVY_NODES", 10)
+    _, report = prepare(model)
+    assert not any("ORT basic" in step for step in report.steps)
+    assert report.warnings == ["ORT pre-optimization skipped: 12 nodes, past its linear range"]
