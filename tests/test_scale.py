@@ -20,6 +20,7 @@ from onnxslim.passes.quantize.prepare import prepare
 from onnxslim.pipeline import Pipeline, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.runtime import Session, SessionConfig, shared_sessions
+from onnxslim.workflows import measure
 from onnxslim.workflows import quantize as quantize_workflow
 
 
@@ -180,3 +181,16 @@ def test_quantize_prepare_skips_ort_pre_optimization_on_a_heavy_graph(
     _, report = prepare(model)
     assert not any("ORT basic" in step for step in report.steps)
     assert report.warnings == ["ORT pre-optimization skipped: 12 nodes, past its linear range"]
+
+
+def test_session_start_is_not_timed_on_a_heavy_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prune and cluster time ORT_ENABLE_ALL session starts for their report: 44 CPU s a
+    session on bombs/inits-100k, for a figure."""
+    model = relu_chain(12)
+    feeds = [{"x": np.ones((1, 4), np.float32)}]
+    timed = measure.compare(model, model.clone(), "pruned", feeds=feeds, eval_data=None, runs=0)
+    assert set(timed.session_ms) == {"original", "pruned"}
+    monkeypatch.setattr(runtime, "HEAVY_NODES", 10)
+    heavy = measure.compare(model, model.clone(), "pruned", feeds=feeds, eval_data=None, runs=0)
+    assert heavy.session_ms == {}
+    assert heavy.validation is not None
