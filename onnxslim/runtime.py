@@ -45,6 +45,15 @@ _OFFLOADABLE = {
     ir.DataType.UINT64,
     ir.DataType.BOOL,
 }
+# Past these sizes ONNX Runtime's own session creation turns super-linear (ORT 1.32):
+# every initializer it drops from its graph (after copying it out, and in each graph
+# optimization that folds or shares constants) is a linear search of the graph's list,
+# so 100,000 initializers took 44 CPU s to open and 100,000 Relu nodes 3 s. A session over
+# such a model runs it unoptimized, and ORT keeps its initializers when they are small
+# enough to write once into a scratch file (its only switch for that): 44 -> 2.2 CPU s.
+HEAVY_INITIALIZERS = 20_000
+HEAVY_NODES = 100_000
+_KEEP_INITIALIZER_BYTES = 256 << 20
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -126,12 +135,30 @@ class Session:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = _OPTIMIZATION[config.optimization]
         options.log_severity_level = 3
+        scratch = None
         if config.optimized_model_path:
             options.optimized_model_filepath = config.optimized_model_path
+        elif isinstance(model, ir.Model) and not config.profile and heavy_graph(model):
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if _initializer_bytes(model) <= _KEEP_INITIALIZER_BYTES:
+                scratch = tempfile.TemporaryDirectory(prefix="onnxslim-ort-")
+                options.optimized_model_filepath = str(Path(scratch.name) / "unused.onnx")
         if config.profile:
             options.enable_profiling = True
             if config.profile_prefix:
                 options.profile_file_prefix = config.profile_prefix
+        try:
+            self._open(model, config, options)
+        finally:
+            if scratch is not None:
+                scratch.cleanup()
+
+    def _open(
+        self,
+        model: ir.Model | str | os.PathLike[str],
+        config: SessionConfig,
+        options: ort.SessionOptions,
+    ) -> None:
         self._keep_alive = []
         self._budget = config.budget
         self._memory = config.budget.memory_bytes()
@@ -247,6 +274,22 @@ class Session:
             self._keep_alive.extend(values)
             options.add_external_initializers(names, values)
         return proto.SerializeToString()
+
+
+def heavy_graph(model: ir.Model) -> str | None:
+    """Why ORT's session creation on `model` is past its linear range, or None."""
+    graph = model.graph
+    if len(graph.initializers) >= HEAVY_INITIALIZERS:
+        return f"{len(graph.initializers):,} initializers"
+    if len(graph) >= HEAVY_NODES:
+        return f"{len(graph):,} nodes"
+    return None
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    return sum(
+        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
+    )
 
 
 def bind_external_data(model: ir.Model, options: ort.SessionOptions) -> str | None:

@@ -81,6 +81,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.outputs",
             "onnxslim.suggest",
             "onnxslim.model_checks",
+            "onnxslim.shapes",
         ),
     ),
 ]

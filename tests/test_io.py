@@ -527,3 +527,38 @@ def test_constant_attribute_with_external_data_survives_a_move(tmp_path: Path) -
     x = np.ones(600, np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], x + value)
+
+
+def _relu_pair(*, reversed_order: bool) -> ir.Model:
+    """x -> Relu -> Relu -> y, the nodes held in order or reversed in memory."""
+    x = ir.Value(name="x", shape=ir.Shape([2]), type=ir.TensorType(ir.DataType.FLOAT))
+    first = ir.node("Relu", [x], num_outputs=1)
+    first.outputs[0].name = "h"
+    second = ir.node("Relu", [first.outputs[0]], num_outputs=1)
+    second.outputs[0].name = "y"
+    second.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    second.outputs[0].shape = ir.Shape([2])
+    nodes = [second, first] if reversed_order else [first, second]
+    graph = ir.Graph([x], [second.outputs[0]], nodes=nodes, opset_imports={"": 17}, name="g")
+    return ir.Model(graph, ir_version=8)
+
+
+def test_save_sorts_only_a_graph_out_of_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_sort = ir.Graph.sort
+
+    def counting_sort(self: ir.Graph) -> None:
+        calls.append(len(self))
+        real_sort(self)
+
+    monkeypatch.setattr(ir.Graph, "sort", counting_sort)
+    io.save(_relu_pair(reversed_order=False), tmp_path / "sorted.onnx")
+    assert calls == []  # in order already: no rebuild of the node list
+    io.save(_relu_pair(reversed_order=True), tmp_path / "unsorted.onnx")
+    assert calls == [2]
+    for name in ("sorted.onnx", "unsorted.onnx"):
+        proto = onnx.load(str(tmp_path / name))
+        onnx.checker.check_model(proto, full_check=True)
+        assert [n.output[0] for n in proto.graph.node] == ["h", "y"]

@@ -4,17 +4,23 @@ quantization), so a 30,000-node chain stays within the fuzz runner's 30 CPU seco
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from onnxslim import api
+from onnxslim import api, runtime
 from onnxslim.graphs import node_count, subgraphs
 from onnxslim.passes.quantize import static as static_module
+from onnxslim.passes.quantize.prepare import prepare
 from onnxslim.pipeline import Pipeline, run_pipeline
 from onnxslim.registry import DEFAULT_OPTIMIZE
 from onnxslim.runtime import Session, SessionConfig, shared_sessions
+from onnxslim.workflows import measure
 from onnxslim.workflows import quantize as quantize_workflow
 
 
@@ -122,3 +128,69 @@ def test_subgraphs_in_onnx_ir_order() -> None:
     expected = list(model.graph.subgraphs())
     assert len(expected) == 2 + 4 + 8  # then and else of each If, deserialized apart
     assert subgraphs(model.graph) == expected
+
+
+def test_heavy_graph_session_runs_unoptimized_keeps_initializers_and_cleans_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Past runtime.HEAVY_INITIALIZERS ORT drops each initializer with a linear search
+    (bombs/inits-100k: 44 CPU s to open, 2.2 s unoptimized with its initializers kept)."""
+    monkeypatch.setattr(runtime, "HEAVY_INITIALIZERS", 8)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    count = 10
+    inits = [
+        helper.make_tensor(f"w{i}", TensorProto.FLOAT, [4], [float(i)] * 4) for i in range(count)
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sum", [f"w{i}" for i in range(count)], ["s"]),
+            helper.make_node("Add", ["x", "s"], ["y"]),
+        ],
+        "inits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    model = ir.serde.deserialize_model(proto)
+    assert runtime.heavy_graph(model) == "10 initializers"
+    session = Session(model)
+    options = session.ort_session.get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    assert options.optimized_model_filepath  # ORT keeps its initializers...
+    assert not list(tmp_path.iterdir())  # ...and the scratch file it wrote is gone
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_array_equal(session.run({"x": x})["y"], x + sum(range(count)))
+    monkeypatch.setattr(runtime, "HEAVY_INITIALIZERS", 11)
+    assert runtime.heavy_graph(model) is None
+    options = Session(model).ort_session.get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_quantize_prepare_skips_ort_pre_optimization_on_a_heavy_graph(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bombs/inits-100k: ORT's basic optimizations fold the Sum of 100,000 initializers,
+    dropping them one by one (quantize hit the 30 CPU s cap there)."""
+    model = relu_chain(12)
+    _, report = prepare(model)
+    assert any("ORT basic" in step for step in report.steps)
+    monkeypatch.setattr(runtime, "HEAVY_NODES", 10)
+    _, report = prepare(model)
+    assert not any("ORT basic" in step for step in report.steps)
+    assert report.warnings == ["ORT pre-optimization skipped: 12 nodes, past its linear range"]
+
+
+def test_session_start_is_not_timed_on_a_heavy_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prune and cluster time ORT_ENABLE_ALL session starts for their report: 44 CPU s a
+    session on bombs/inits-100k, for a figure."""
+    model = relu_chain(12)
+    feeds = [{"x": np.ones((1, 4), np.float32)}]
+    timed = measure.compare(model, model.clone(), "pruned", feeds=feeds, eval_data=None, runs=0)
+    assert set(timed.session_ms) == {"original", "pruned"}
+    monkeypatch.setattr(runtime, "HEAVY_NODES", 10)
+    heavy = measure.compare(model, model.clone(), "pruned", feeds=feeds, eval_data=None, runs=0)
+    assert heavy.session_ms == {}
+    assert heavy.validation is not None

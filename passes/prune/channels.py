@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
 from onnxslim.activations import channel_mean_squares
 from onnxslim.errors import UsageError
@@ -45,6 +44,7 @@ from onnxslim.passes.prune.groups import analyze
 from onnxslim.passes.prune.layers import find_layers, resolve_initializer
 from onnxslim.passes.prune.prepare import prepare
 from onnxslim.passes.prune.reconstruct import REFIT_OPS, RefitOptions, RefitRequest, reconstruct
+from onnxslim.shapes import infer_shapes
 
 
 def nchwc_block() -> int:
@@ -392,7 +392,7 @@ def _clear_shapes(model: ir.Model) -> None:
 
 def _infer_shapes(model: ir.Model) -> None:
     try:
-        common.ShapeInferencePass(strict_mode=False)(model)
+        infer_shapes(model, check_type=True, strict_mode=False)
     except Exception:  # shapes are a help to the analysis, never a requirement
         pass
 

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
@@ -44,6 +43,7 @@ from onnxslim.feeds import Feed
 from onnxslim.graphs import iter_graphs
 from onnxslim.passes._run_data import FeedSource  # what the quantizer reads
 from onnxslim.runtime import Session, SessionConfig
+from onnxslim.shapes import infer_shapes
 
 from .ranges import DEFAULT_BINS, Summary, TensorStats
 
@@ -74,7 +74,7 @@ def infer_types(model: ir.Model) -> None:
     cannot tell float tensors from integer ones. Failures leave the model as it was.
     """
     try:
-        ShapeInferencePass(strict_mode=False)(model)
+        infer_shapes(model, check_type=True, strict_mode=False)
     except Exception:  # inference is best effort: unknown types stay unknown
         pass
 

@@ -28,6 +28,7 @@ from onnx_ir.passes.common import (
     RemoveInitializersFromInputsPass,
 )
 
+from onnxslim import runtime
 from onnxslim.errors import OnnxSlimError, UsageError
 from onnxslim.graphs import iter_graphs, tensor_bytes
 from onnxslim.runtime import Session, ort_optimized
@@ -66,8 +67,11 @@ def prepare(model: ir.Model, *, pre_optimize: bool = True) -> tuple[ir.Model, Pr
             ) from exc
         report.steps.append(f"opset {opset} converted to {MIN_OPSET}")
     if pre_optimize:
+        heavy = runtime.heavy_graph(work)
         if tensor_bytes(work) > _PREOPTIMIZE_LIMIT_BYTES:
             report.warnings.append("model too large for ORT's in-memory pre-optimization; skipped")
+        elif heavy:  # ORT's folding drops initializers one by one, each a linear search
+            report.warnings.append(f"ORT pre-optimization skipped: {heavy}, past its linear range")
         else:
             try:
                 work = _ort_basic_optimize(work)

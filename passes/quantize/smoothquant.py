@@ -30,13 +30,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from onnxslim.calibration import iter_npz
 from onnxslim.feeds import Feed, generate_feeds, input_specs
 from onnxslim.passes._options import option
 from onnxslim.passes.quantize.collect import stream_tensors
 from onnxslim.passes.quantize.ranges import Summary
+from onnxslim.shapes import infer_shapes
 
 
 @dataclass
@@ -150,7 +150,12 @@ def _typed(model: ir.Model, names: list[str]) -> ir.Model:
     if all(v.dtype is not None for node in model.graph for v in node.outputs if v.name in wanted):
         return model
 
-    return ShapeInferencePass()(model.clone()).model
+    clone = model.clone()
+    try:
+        infer_shapes(clone, check_type=True, strict_mode=True)
+    except Exception:  # best effort, as before: untyped tensors stay unfetched
+        pass
+    return clone
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
