@@ -23,8 +23,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import onnx_ir as ir
 
-from onnxslim.agreement import Role, Target
+from onnxslim.agreement import Role, Target, detect_roles
 
 
 def sequences(role: Role, reference: Sequence[Mapping[str, np.ndarray]]) -> int:
@@ -53,3 +54,11 @@ def resolve_coarse(
             )
             result[name] = dataclasses.replace(role, role="regression", reason=why)
     return result
+
+
+def target_roles(
+    model: ir.Model, reference: Sequence[Mapping[str, np.ndarray]], target: Target
+) -> dict[str, Role]:
+    """The roles the accuracy target holds `model`'s outputs to: detected on the original's
+    outputs `reference`, CTC outputs too coarse to resolve `target` held to SQNR."""
+    return resolve_coarse(detect_roles(model, reference), reference, target)

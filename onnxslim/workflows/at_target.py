@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from onnxslim.agreement import Assessment, Target, assess, detect_roles
+from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.blindness import unblind
-from onnxslim.resolution import resolve_coarse
+from onnxslim.resolution import target_roles
 from onnxslim.runtime import Session
 from onnxslim.workflows.heldout import CheckData, check_target
 
@@ -27,9 +27,8 @@ class TargetCheck:
         self.data, self.target = data, target
         session = Session(original)
         self.reference = [session.run(feed) for feed in data.check]
-        roles = detect_roles(original, self.reference)
-        roles = unblind(original, data.check, self.reference, roles, target)
-        self.roles = resolve_coarse(roles, self.reference, target)
+        roles = target_roles(original, self.reference, target)
+        self.roles = unblind(original, data.check, self.reference, roles, target)
         self.calls = 0
 
     def __call__(self, candidate: ir.Model) -> Assessment:

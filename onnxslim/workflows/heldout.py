@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.agreement import Assessment, Target, assess, detect_roles
+from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.calibration import open_feeds
 from onnxslim.errors import DataError
 from onnxslim.evaluation import LabelledFeeds
 from onnxslim.feed_search import plan_feeds
 from onnxslim.feeds import Feed
-from onnxslim.resolution import resolve_coarse
+from onnxslim.resolution import target_roles
 from onnxslim.runtime import Session
 
 HELD_OUT_FRACTION = 0.25
@@ -138,7 +138,7 @@ def check_target(
     reference = _run(original, data.check)
     result = _run(candidate, data.check)
     if roles is None:
-        roles = resolve_coarse(detect_roles(original, reference), reference, target)
+        roles = target_roles(original, reference, target)
     return assess(reference, result, target=target, roles=roles, feeds=data.description)
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.agreement import Assessment, Target, assess, detect_roles
+from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.feeds import Feed
-from onnxslim.resolution import resolve_coarse
+from onnxslim.resolution import target_roles
 from onnxslim.runtime import Session
 
 from .activation_mode import DYNAMIC_REASON, Measure, apply_dynamic, dynamic_candidates
@@ -75,7 +75,7 @@ def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> M
     figure the user is shown (the reference runs once)."""
     reference = _run(original, list(feeds))
     target = Target(error)
-    roles = resolve_coarse(detect_roles(original, reference), reference, target)
+    roles = target_roles(original, reference, target)
 
     def measure(model: ir.Model) -> Assessment:
         return assess(reference, _run(model, list(feeds)), target=target, roles=roles)
