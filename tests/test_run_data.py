@@ -96,21 +96,27 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"calib": folder / "calib.npz", "eval_data": folder / "eval.npz"}
 
 
-@pytest.mark.parametrize("job", ["prune", "cluster"])
-@pytest.mark.parametrize("given", [("calib", "eval_data"), ("calib",)])
-def test_prune_and_cluster_open_each_data_file_once(
-    job: str, given: tuple[str, ...], files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The held-out check, the pass, the parity feeds and top-1 take from one opening of
-    each file (before: the evaluation data 3 times, calibration data alone 4 times)."""
-    opened: collections.Counter[str] = collections.Counter()
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
+    """How many times each data file is opened (by name) during the test."""
+    counts: collections.Counter[str] = collections.Counter()
     real = calibration._open_path
 
     def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        opened[path.name] += 1
+        counts[path.name] += 1
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(calibration, "_open_path", counting)
+    return counts
+
+
+@pytest.mark.parametrize("job", ["prune", "cluster"])
+@pytest.mark.parametrize("given", [("calib", "eval_data"), ("calib",)])
+def test_prune_and_cluster_open_each_data_file_once(
+    job: str, given: tuple[str, ...], files: dict[str, Path], opened: collections.Counter[str]
+) -> None:
+    """The held-out check, the pass, the parity feeds and top-1 take from one opening of
+    each file (before: the evaluation data 3 times, calibration data alone 4 times)."""
     run = api.prune if job == "prune" else api.cluster
     result = run(ir.serde.deserialize_model(ffn()), runs=0, **{k: files[k] for k in given})
     assert result.target is not None and result.validation is not None
@@ -118,7 +124,7 @@ def test_prune_and_cluster_open_each_data_file_once(
 
 
 def test_run_opens_the_recipes_calibration_data_once(
-    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    files: dict[str, Path], tmp_path: Path, opened: collections.Counter[str]
 ) -> None:
     """The evaluator and every step re-read one stream (before: once per step and the
     evaluator, 4 openings for this recipe)."""
@@ -127,14 +133,6 @@ def test_run_opens_the_recipes_calibration_data_once(
         f'[data]\ncalib = "{files["calib"]}"\n[[pass]]\nname = "optimize"\n'
         '[[pass]]\nname = "prune"\nallocation = "uniform"\nsparsity = 0.3\n'
     )
-    opened: collections.Counter[str] = collections.Counter()
-    real = calibration._open_path
-
-    def counting(path: Path, *args: Any, **kwargs: Any) -> Any:
-        opened[path.name] += 1
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(calibration, "_open_path", counting)
     outcome = api.run(recipe, ir.serde.deserialize_model(ffn()))
     assert [s.name for s in outcome.steps] == ["optimize", "prune"]
     assert opened == {"calib.npz": 1}
