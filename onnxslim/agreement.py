@@ -62,6 +62,7 @@ from onnxslim.decisions import (
     sqnr_db,
     top1_loss,
 )
+from onnxslim.margins import RowEvidence, estimated_flips, rows_of
 
 ROLES = ("exact", "classifier", "tagger", "ctc", "map", "embedding", "regression")
 DEFAULT_TARGET_ERROR = 1.0  # points of task accuracy the result may lose (estimated)
@@ -120,6 +121,10 @@ class Role:
     # each part is measured on its own along `part_axis`, the output's figure is the worst.
     parts: tuple[Part, ...] = ()
     part_axis: int = 0
+    # classifier, tagger: the original's margins on every calibration row and the check
+    # feeds' real positions (onnxslim.margins); without it the figure is the older one,
+    # expected decisions lost on the check rows
+    rows: RowEvidence | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -420,6 +425,7 @@ def _class_scores(model: ir.Model | None, name: str, arrays: list[np.ndarray], w
             return Role(
                 name, "ctc", f"{why}; class {blank} wins most frames (blank)", time, batch, blank
             )
+        return Role(name, "tagger", why, time, batch)
     return Role(name, "tagger", why)
 
 
@@ -538,6 +544,8 @@ def _decided(
         return OutputFigure(
             role.name, role.role, "outputs of another shape", 100.0, target.error, "points", 0
         )
+    if role.role in ("classifier", "tagger") and role.rows is not None:
+        return _estimated(role, role.rows, ref, cand, target, detail)
     if role.role in ("classifier", "tagger"):
         where = " per position" if role.role == "tagger" else ""
         return _points(
@@ -574,6 +582,41 @@ def _decided(
     value = detail.get("sqnr_db", math.inf)
     limit = target.regression_db
     return OutputFigure(role.name, role.role, "SQNR", value, limit, "dB", 0, detail, role.feeds)
+
+
+def _estimated(
+    role: Role,
+    evidence: RowEvidence,
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    target: Target,
+    detail: dict[str, float],
+) -> OutputFigure:
+    """Top-1 decisions changed on the check's real rows, or the margin estimate over every
+    calibration row when that is larger (onnxslim.margins): with 8 check rows one flip is
+    12.5 points and none says little."""
+    masks = evidence.real if len(evidence.real) == len(ref) else (None,) * len(ref)
+    a = np.concatenate([rows_of(r, m) for r, m in zip(ref, masks, strict=True)])
+    b = np.concatenate([rows_of(c, m) for c, m in zip(cand, masks, strict=True)])
+    total = len(a)
+    changed = int(np.count_nonzero(a.argmax(-1) != b.argmax(-1))) if total else 0
+    counted = 100.0 * changed / total if total else 0.0
+    estimate, mean, spread = estimated_flips(a, b, evidence.margins)
+    lost, _, _ = top1_loss([a], [b]) if total else (0.0, 0, 0)
+    detail = dict(
+        detail,
+        changed=float(changed),
+        disagreement_points=counted,
+        estimated_points=estimate,
+        expected_points=100.0 * lost / total if total else 0.0,
+        margin_rows=float(len(evidence.margins)),
+        margin_shift=mean,
+        margin_spread=spread,
+    )
+    where = " per real position" if role.role == "tagger" else ""
+    measure = f"top-1 decisions changed{where} (counted, or estimated from margins if more)"
+    value = max(counted, estimate)
+    return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
 
 
 def _points(

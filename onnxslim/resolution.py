@@ -15,17 +15,25 @@ captcha reader pruned 50 % was at 20.3 dB and read 9.4 % of 64 captchas differen
 
 Classifiers are left to their decisions: their logits keep the decisions at low SQNR
 (task_mobilenetv3 clustered: 7.9 dB, 0.8 points), so SQNR would refuse what they can bear.
+Their few check rows are resolved instead by the original's margins on every calibration
+feed (onnxslim.margins), which `target_roles` attaches to classifier and tagger roles.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim.agreement import Role, Target, detect_roles
+from onnxslim.feeds import Feed
+from onnxslim.margins import MARGIN_ROWS, RowEvidence, padding_masks, rows_of, top_margin
+from onnxslim.runtime import Session
+
+FIT_FEEDS = 64  # calibration feeds the original runs on for its margins (besides the check)
 
 
 def sequences(role: Role, reference: Sequence[Mapping[str, np.ndarray]]) -> int:
@@ -57,8 +65,61 @@ def resolve_coarse(
 
 
 def target_roles(
-    model: ir.Model, reference: Sequence[Mapping[str, np.ndarray]], target: Target
+    model: ir.Model,
+    reference: Sequence[Mapping[str, np.ndarray]],
+    target: Target,
+    *,
+    feeds: Sequence[Feed] | None = None,
+    fit: Iterable[Feed] | None = None,
 ) -> dict[str, Role]:
     """The roles the accuracy target holds `model`'s outputs to: detected on the original's
-    outputs `reference`, CTC outputs too coarse to resolve `target` held to SQNR."""
-    return resolve_coarse(detect_roles(model, reference), reference, target)
+    outputs `reference` (on the check `feeds`), CTC outputs too coarse to resolve `target`
+    held to SQNR, classifiers and taggers given the margins of the original on the check
+    and the first FIT_FEEDS `fit` feeds (onnxslim.margins)."""
+    roles = resolve_coarse(detect_roles(model, reference), reference, target)
+    return with_margins(model, roles, reference, feeds, fit)
+
+
+def with_margins(
+    model: ir.Model,
+    roles: Mapping[str, Role],
+    reference: Sequence[Mapping[str, np.ndarray]],
+    feeds: Sequence[Feed] | None,
+    fit: Iterable[Feed] | None,
+) -> dict[str, Role]:
+    """`roles`, each classifier and tagger with its RowEvidence: the original's top-1
+    margins on the check rows and on `fit`'s (the original runs once on those), only real
+    positions of a tagger (padding_masks)."""
+    result = dict(roles)
+    decided = [n for n, r in roles.items() if r.role in ("classifier", "tagger")]
+    if not decided or not reference:
+        return result
+    fit_feeds = list(islice(iter(fit), FIT_FEEDS)) if fit is not None else []
+    fit_outputs: list[dict[str, np.ndarray]] = []
+    if fit_feeds:
+        session = Session(model)
+        fit_outputs = [session.run(feed) for feed in fit_feeds]
+    for name in decided:
+        role = roles[name]
+        real = _real(role, feeds, reference)
+        fit_real = _real(role, fit_feeds, fit_outputs)
+        rows = [rows_of(o[name], m) for o, m in zip(reference, real, strict=True)]
+        rows += [rows_of(o[name], m) for o, m in zip(fit_outputs, fit_real, strict=True)]
+        margins = np.concatenate([top_margin(r) for r in rows if r.size])
+        if len(margins) > MARGIN_ROWS:
+            margins = margins[np.linspace(0, len(margins) - 1, MARGIN_ROWS).astype(int)]
+        evidence = RowEvidence(margins, real, role.time_axis)
+        result[name] = dataclasses.replace(role, rows=evidence)
+    return result
+
+
+def _real(
+    role: Role,
+    feeds: Sequence[Feed] | None,
+    outputs: Sequence[Mapping[str, np.ndarray]],
+) -> tuple[np.ndarray | None, ...]:
+    """Per feed, the real positions of a tagger's output (None: every row counts)."""
+    arrays = [np.asarray(o[role.name]) for o in outputs]
+    if role.role != "tagger" or not feeds or len(feeds) != len(arrays):
+        return tuple(None for _ in arrays)
+    return padding_masks(feeds, arrays, role.time_axis)
