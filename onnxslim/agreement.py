@@ -9,9 +9,12 @@ What a decision is depends on what the output is for, so each output gets a role
 (`detect_roles`) and the measure that fits it:
 
     exact        integer/bool outputs (ids, tags, masks)    elements that differ
-    classifier   [batch, classes] scores, probabilities,    expected top-1 decisions lost
-                 log-probabilities, attention rows          per row (decision_loss)
-    tagger       [batch, positions, classes] scores          the same, per position
+    classifier   [batch, classes] scores, probabilities,    top-1 decisions changed, or the
+                 log-probabilities, attention rows          estimate from the original's
+                                                            margins if larger (onnxslim.margins;
+                                                            without them: expected top-1
+                                                            decisions lost, decision_loss)
+    tagger       [batch, positions, classes] scores          the same, per real position
     ctc          [T, batch, C] / [batch, T, C] class-score   expected decoded sequences lost
                  sequences with a dominant blank class       (argmax, repeats collapsed,
                                                              blanks removed)
@@ -62,7 +65,7 @@ from onnxslim.decisions import (
     sqnr_db,
     top1_loss,
 )
-from onnxslim.margins import RowEvidence, estimated_flips, rows_of
+from onnxslim.margins import RowEvidence, estimated_flips, margin_moves, rows_of
 
 ROLES = ("exact", "classifier", "tagger", "ctc", "map", "embedding", "regression")
 DEFAULT_TARGET_ERROR = 1.0  # points of task accuracy the result may lose (estimated)
@@ -596,13 +599,19 @@ def _estimated(
     calibration row when that is larger (onnxslim.margins): with 8 check rows one flip is
     12.5 points and none says little."""
     masks = evidence.real if len(evidence.real) == len(ref) else (None,) * len(ref)
-    a = np.concatenate([rows_of(r, m) for r, m in zip(ref, masks, strict=True)])
-    b = np.concatenate([rows_of(c, m) for c, m in zip(cand, masks, strict=True)])
-    total = len(a)
-    changed = int(np.count_nonzero(a.argmax(-1) != b.argmax(-1))) if total else 0
+    # per feed: rows of attention over a feed's own tokens differ in length between feeds
+    a = [rows_of(r, m) for r, m in zip(ref, masks, strict=True)]
+    b = [rows_of(c, m) for c, m in zip(cand, masks, strict=True)]
+    total = sum(len(x) for x in a)
+    changed = sum(
+        int(np.count_nonzero(x.argmax(-1) != y.argmax(-1))) for x, y in zip(a, b, strict=True)
+    )
     counted = 100.0 * changed / total if total else 0.0
-    estimate, mean, spread = estimated_flips(a, b, evidence.margins)
-    lost, _, _ = top1_loss([a], [b]) if total else (0.0, 0, 0)
+    moves = [margin_moves(x, y) for x, y in zip(a, b, strict=True) if len(x)]
+    estimate, mean, spread = estimated_flips(
+        np.concatenate(moves) if moves else np.zeros(0), evidence.margins
+    )
+    lost, _, _ = top1_loss(a, b) if total else (0.0, 0, 0)
     detail = dict(
         detail,
         changed=float(changed),

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MARGIN_ROWS = 8192  # calibration rows whose margins are kept (evenly spaced beyond this)
+MARGIN_ROWS = 4096  # calibration rows whose margins are kept (evenly spaced beyond this)
 _LOG_FLOOR = 1e-30  # probabilities of 0 as log(1e-30)
-_GRID = 2048  # points of the margin density's integration grid
+_GRID = 1024  # cells of the margin density's integration grid
 
 
 @dataclass(frozen=True)
@@ -83,21 +83,21 @@ def rows_of(scores: np.ndarray, real: np.ndarray | None) -> np.ndarray:
     return logits.reshape(-1, logits.shape[-1])
 
 
-def estimated_flips(
-    reference: np.ndarray, candidate: np.ndarray, margins: np.ndarray
-) -> tuple[float, float, float]:
-    """(points of top-1 decisions expected to change over rows with `margins`, mean and
-    spread of d): d is how the check rows' margins for the original's pick moved from
-    `reference` to `candidate` ([rows, C] logits each)."""
-    if not len(reference) or not len(margins):
-        return 0.0, 0.0, 0.0
+def margin_moves(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """d per row of [rows, C] logits: how the margin of the original's pick moved from
+    `reference` to `candidate` (finite rows only)."""
     picks = reference.argmax(-1)
     moved = top_margin(candidate, picks) - top_margin(reference, picks)
-    moved = moved[np.isfinite(moved)]
-    if not len(moved):
-        return 100.0, math.nan, math.nan
-    mean = float(moved.mean())
-    spread = float(moved.std(ddof=1)) if len(moved) > 1 else abs(mean)
+    return np.asarray(moved[np.isfinite(moved)])
+
+
+def estimated_flips(moves: np.ndarray, margins: np.ndarray) -> tuple[float, float, float]:
+    """(points of top-1 decisions expected to change over rows with `margins`, mean and
+    spread of the check rows' margin `moves`)."""
+    if not len(moves) or not len(margins):
+        return 0.0, 0.0, 0.0
+    mean = float(moves.mean())
+    spread = float(moves.std(ddof=1)) if len(moves) > 1 else abs(mean)
     return 100.0 * flip_share(np.asarray(margins, dtype=np.float64), mean, spread), mean, spread
 
 
@@ -108,7 +108,7 @@ def flip_share(margins: np.ndarray, mean: float, spread: float) -> float:
     small against the margins' spacing, ruled by whether one row happens to be a near tie
     (one of 32 rows at a tie is 1.6 points by itself). So the margins' density is a
     Gaussian kernel estimate reflected at 0 (margins are >= 0; Silverman's bandwidth),
-    integrated on a grid against the normal tail.
+    integrated cell by cell against the normal tail.
     """
     margins = margins[np.isfinite(margins)]
     if not len(margins):
@@ -120,16 +120,26 @@ def flip_share(margins: np.ndarray, mean: float, spread: float) -> float:
     width = 0.9 * scale * len(margins) ** -0.2
     if width <= 0.0:
         return float(np.mean(_normal_cdf((-margins - mean) / spread)))
-    grid = np.linspace(0.0, float(margins.max()) + 4 * width, _GRID)
-    tail = _normal_cdf((-grid - mean) / spread)
-    density = np.zeros_like(grid)
+    # only where the tail is not negligible (8 spreads past the mean shift): cells of
+    # piecewise constant density, the normal tail integrated exactly over each
+    top = min(float(margins.max()) + 4 * width, -mean + 8 * spread)
+    if top <= 0.0:
+        return 0.0
+    edges = np.linspace(0.0, top, _GRID + 1)
+    middle = 0.5 * (edges[1:] + edges[:-1])
+    density = np.zeros_like(middle)
     for start in range(0, len(margins), 1024):
         chunk = margins[start : start + 1024, None]
-        density += np.exp(-0.5 * ((grid - chunk) / width) ** 2).sum(0)
-        density += np.exp(-0.5 * ((grid + chunk) / width) ** 2).sum(0)
+        density += np.exp(-0.5 * ((middle - chunk) / width) ** 2).sum(0)
+        density += np.exp(-0.5 * ((middle + chunk) / width) ** 2).sum(0)
     density /= len(margins) * width * math.sqrt(2 * math.pi)
-    step = grid[1] - grid[0]
-    return float(min(1.0, np.sum(density * tail) * step))
+    held = _tail_integral((edges + mean) / spread) * spread  # integral of Phi(-u) from u on
+    return float(min(1.0, np.sum(density * (held[:-1] - held[1:]))))
+
+
+def _tail_integral(u: np.ndarray) -> np.ndarray:
+    """The integral of Phi(-t) dt from u to infinity: phi(u) - u Phi(-u)."""
+    return np.exp(-0.5 * u * u) / math.sqrt(2 * math.pi) - u * _normal_cdf(-u)
 
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:
