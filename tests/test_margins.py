@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import pytest
+from conftest import DEVMODELS_CACHE, devmodel_feeds
 
 from onnxslim import api
 from onnxslim.agreement import Target, assess
@@ -78,3 +80,24 @@ def test_a_pruned_classifier_the_held_out_count_passed_misses_and_it_did_lose() 
         [[s.run({name: image[None]})[figure.name].argmax() for image in images] for s in sessions]
     )
     assert 100.0 * np.mean(picks[0] != picks[1]) > 2.0
+
+
+def test_the_tagger_counts_the_real_positions_its_length_input_names() -> None:
+    """lac_bigru pads its token ids with trailing 0s and says how many are real in `length`:
+    the padding rule, which reads no input by name, finds the same positions."""
+    path = DEVMODELS_CACHE / "lac_bigru.onnx"
+    if not path.is_file():
+        pytest.skip("lac_bigru not fetched; run ../shared/devmodels/fetch.py")
+    model = ir.load(path)
+    feeds = devmodel_feeds("lac_bigru", 12, seed=1)
+    reference = [Session(model).run(feed) for feed in feeds[8:]]  # the check feeds'
+    roles = target_roles(model, reference, Target(), feeds=feeds[8:], fit=feeds[:8])
+    tagger = roles["fetch_name_0"]
+    assert tagger.role == "tagger" and tagger.rows is not None
+    real = tagger.rows.real
+    assert len(real) == 4 and all(m is not None for m in real)
+    for feed, mask in zip(feeds[8:], real, strict=True):
+        assert mask is not None
+        assert mask.sum(axis=1).tolist() == feed["length"].tolist()
+    # every real position of all 12 feeds gave a margin
+    assert len(tagger.rows.margins) == sum(int(f["length"].sum()) for f in feeds)
