@@ -147,6 +147,46 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
     return np.asarray(0.5 * erfc(-z / math.sqrt(2.0)), dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Padding:
+    """Which input marks a tagger's padding, and with what value."""
+
+    input: str
+    pad: int
+
+
+def find_padding(
+    feeds: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[np.ndarray], time_axis: int
+) -> Padding | None:
+    """The input that marks padding in `feeds` (see padding_masks), or None."""
+    if not feeds or len(feeds) != len(outputs) or any(np.ndim(o) != 3 for o in outputs):
+        return None
+    for name in feeds[0]:
+        sequences = [_laid(f.get(name), o, time_axis) for f, o in zip(feeds, outputs, strict=True)]
+        if any(s is None for s in sequences):
+            continue
+        pad = _pad_value([s for s in sequences if s is not None])
+        if pad is not None:
+            return Padding(name, pad)
+    return None
+
+
+def real_positions(
+    padding: Padding | None, feed: Mapping[str, np.ndarray], output: np.ndarray, time_axis: int
+) -> np.ndarray | None:
+    """The output's real positions in one feed (its leading axes' layout), None: all."""
+    seq = _laid(feed.get(padding.input), output, time_axis) if padding is not None else None
+    if seq is None or padding is None:
+        return None
+    real = np.ones(seq.shape, dtype=bool)
+    for row, values in enumerate(seq):
+        end = len(values)
+        while end > 0 and values[end - 1] == padding.pad:
+            end -= 1
+        real[row, end:] = False
+    return real if time_axis == 1 else real.T
+
+
 def padding_masks(
     feeds: Sequence[Mapping[str, np.ndarray]],
     outputs: Sequence[np.ndarray],
@@ -159,35 +199,24 @@ def padding_masks(
     (or its transpose) in every feed, and rows ending in one value (the pad) end in a run
     of it: that value ends at least a quarter of the rows and a run of two somewhere.
     """
-    none: tuple[np.ndarray | None, ...] = tuple(None for _ in outputs)
-    if not feeds or len(feeds) != len(outputs) or any(np.ndim(o) != 3 for o in outputs):
-        return none
-    for name in feeds[0]:
-        layouts = [
-            _aligned(np.asarray(f.get(name)), o.shape[:2])
-            for f, o in zip(feeds, outputs, strict=True)
-        ]
-        if any(layout is None for layout in layouts):
-            continue
-        # sequences along the output's position axis, each [rows, positions]
-        sequences = [
-            _sequences(np.asarray(f[name]), bool(t), time_axis)
-            for f, t in zip(feeds, layouts, strict=True)
-        ]
-        pad = _pad_value(sequences)
-        if pad is None:
-            continue
-        masks = []
-        for seq in sequences:
-            real = np.ones(seq.shape, dtype=bool)
-            for row, values in enumerate(seq):
-                end = len(values)
-                while end > 0 and values[end - 1] == pad:
-                    end -= 1
-                real[row, end:] = False
-            masks.append(real if time_axis == 1 else real.T)
-        return tuple(masks)
-    return none
+    padding = find_padding(feeds, outputs, time_axis)
+    if padding is None:
+        return tuple(None for _ in outputs)
+    return tuple(
+        real_positions(padding, f, o, time_axis) for f, o in zip(feeds, outputs, strict=True)
+    )
+
+
+def _laid(values: np.ndarray | None, output: np.ndarray, time_axis: int) -> np.ndarray | None:
+    """An integer input of the output's leading shape (or its transpose) as [rows, positions]
+    along the output's position axis; None when it is not one."""
+    if values is None or np.ndim(output) != 3:
+        return None
+    transposed = _aligned(np.asarray(values), np.shape(output)[:2])
+    if transposed is None:
+        return None
+    laid = np.asarray(values).T if transposed else np.asarray(values)
+    return laid if time_axis == 1 else laid.T
 
 
 def _aligned(values: np.ndarray, shape: tuple[int, ...]) -> bool | None:
@@ -199,12 +228,6 @@ def _aligned(values: np.ndarray, shape: tuple[int, ...]) -> bool | None:
     if values.shape == tuple(shape)[::-1]:
         return True
     return None
-
-
-def _sequences(values: np.ndarray, transposed: bool, time_axis: int) -> np.ndarray:
-    """The input laid out as the output's leading axes, then as [rows, positions]."""
-    laid = values.T if transposed else values
-    return laid if time_axis == 1 else laid.T
 
 
 def _pad_value(sequences: Sequence[np.ndarray]) -> int | None:

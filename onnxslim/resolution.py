@@ -30,7 +30,15 @@ import onnx_ir as ir
 
 from onnxslim.agreement import Role, Target, detect_roles
 from onnxslim.feeds import Feed
-from onnxslim.margins import MARGIN_ROWS, RowEvidence, padding_masks, rows_of, top_margin
+from onnxslim.margins import (
+    MARGIN_ROWS,
+    Padding,
+    RowEvidence,
+    find_padding,
+    real_positions,
+    rows_of,
+    top_margin,
+)
 from onnxslim.runtime import Session
 
 FIT_FEEDS = 64  # calibration feeds the original runs on for its margins (besides the check)
@@ -94,32 +102,40 @@ def with_margins(
     decided = [n for n, r in roles.items() if r.role in ("classifier", "tagger")]
     if not decided or not reference:
         return result
-    fit_feeds = list(islice(iter(fit), FIT_FEEDS)) if fit is not None else []
-    fit_outputs: list[dict[str, np.ndarray]] = []
-    if fit_feeds:
-        session = Session(model)
-        fit_outputs = [session.run(feed) for feed in fit_feeds]
+    margins: dict[str, list[np.ndarray]] = {name: [] for name in decided}
+    checks: dict[str, tuple[np.ndarray | None, ...]] = {}
+    paddings: dict[str, Padding | None] = {}
     for name in decided:
-        role = roles[name]
-        real = _real(role, feeds, reference)
-        fit_real = _real(role, fit_feeds, fit_outputs)
-        rows = [rows_of(o[name], m) for o, m in zip(reference, real, strict=True)]
-        rows += [rows_of(o[name], m) for o, m in zip(fit_outputs, fit_real, strict=True)]
-        margins = np.concatenate([top_margin(r) for r in rows if r.size])
-        if len(margins) > MARGIN_ROWS:
-            margins = margins[np.linspace(0, len(margins) - 1, MARGIN_ROWS).astype(int)]
-        evidence = RowEvidence(margins, real, role.time_axis)
-        result[name] = dataclasses.replace(role, rows=evidence)
+        paddings[name] = _padding(roles[name], feeds, reference)
+        given = feeds if feeds is not None and len(feeds) == len(reference) else None
+        checks[name] = tuple(
+            real_positions(paddings[name], f, o[name], roles[name].time_axis)
+            for f, o in zip(given or [{}] * len(reference), reference, strict=True)
+        )
+        for output, mask in zip(reference, checks[name], strict=True):
+            margins[name].append(top_margin(rows_of(output[name], mask)))
+    if fit is not None:  # one feed at a time: a model's outputs over 64 feeds can be large
+        session = Session(model)
+        for feed in islice(iter(fit), FIT_FEEDS):
+            output = session.run(feed)
+            for name in decided:
+                mask = real_positions(paddings[name], feed, output[name], roles[name].time_axis)
+                margins[name].append(top_margin(rows_of(output[name], mask)))
+    for name in decided:
+        values = np.concatenate([m for m in margins[name] if m.size] or [np.zeros(0)])
+        if len(values) > MARGIN_ROWS:
+            values = values[np.linspace(0, len(values) - 1, MARGIN_ROWS).astype(int)]
+        evidence = RowEvidence(values, checks[name], roles[name].time_axis)
+        result[name] = dataclasses.replace(roles[name], rows=evidence)
     return result
 
 
-def _real(
+def _padding(
     role: Role,
     feeds: Sequence[Feed] | None,
     outputs: Sequence[Mapping[str, np.ndarray]],
-) -> tuple[np.ndarray | None, ...]:
-    """Per feed, the real positions of a tagger's output (None: every row counts)."""
-    arrays = [np.asarray(o[role.name]) for o in outputs]
-    if role.role != "tagger" or not feeds or len(feeds) != len(arrays):
-        return tuple(None for _ in arrays)
-    return padding_masks(feeds, arrays, role.time_axis)
+) -> Padding | None:
+    """The input marking a tagger's padding on the check feeds (None: every row counts)."""
+    if role.role != "tagger" or not feeds or len(feeds) != len(outputs):
+        return None
+    return find_padding(feeds, [np.asarray(o[role.name]) for o in outputs], role.time_axis)
