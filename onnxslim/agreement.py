@@ -15,9 +15,11 @@ What a decision is depends on what the output is for, so each output gets a role
                                                             without them: expected top-1
                                                             decisions lost, decision_loss)
     tagger       [batch, positions, classes] scores          the same, per real position
-    ctc          [T, batch, C] / [batch, T, C] class-score   expected decoded sequences lost
+    ctc          [T, batch, C] / [batch, T, C] class-score   decoded sequences changed
                  sequences with a dominant blank class       (argmax, repeats collapsed,
-                                                             blanks removed)
+                                                             blanks removed), or the estimate
+                                                             from the original's frame margins
+                                                             if larger (onnxslim.margins)
     map          sigmoid outputs in [0, 1]                   area lost: 1 - IoU of the maps
                                                              thresholded at 0.5
     embedding    [batch, dim] pooled/normalised vectors      expected nearest neighbours lost
@@ -65,7 +67,14 @@ from onnxslim.decisions import (
     sqnr_db,
     top1_loss,
 )
-from onnxslim.margins import RowEvidence, estimated_flips, margin_moves, rows_of
+from onnxslim.margins import (
+    RowEvidence,
+    estimated_flips,
+    estimated_string_changes,
+    margin_moves,
+    rows_of,
+    string_frames,
+)
 
 ROLES = ("exact", "classifier", "tagger", "ctc", "map", "embedding", "regression")
 DEFAULT_TARGET_ERROR = 1.0  # points of task accuracy the result may lose (estimated)
@@ -554,6 +563,8 @@ def _decided(
         return _points(
             role, f"expected top-1 decisions lost{where}", top1_loss(ref, cand), target, detail
         )
+    if role.role == "ctc" and role.rows is not None:
+        return _estimated_strings(role, role.rows, ref, cand, target, detail)
     if role.role == "ctc":
         return _points(
             role,
@@ -624,6 +635,46 @@ def _estimated(
     )
     where = " per real position" if role.role == "tagger" else ""
     measure = f"top-1 decisions changed{where} (counted, or estimated from margins if more)"
+    value = max(counted, estimate)
+    return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
+
+
+def _estimated_strings(
+    role: Role,
+    evidence: RowEvidence,
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    target: Target,
+    detail: dict[str, float],
+) -> OutputFigure:
+    """Decoded strings changed on the check feeds, or the estimate from the original's
+    frame margins on every calibration string when that is larger (onnxslim.margins)."""
+    lost, changed, total = ctc_loss(ref, cand, role.time_axis, role.batch_axis, role.blank)
+    counted = 100.0 * changed / total if total else 0.0
+    frames = [
+        (
+            string_frames(r, role.time_axis, role.batch_axis),
+            string_frames(c, role.time_axis, role.batch_axis),
+        )
+        for r, c in zip(ref, cand, strict=True)
+    ]
+    moves = [
+        margin_moves(r.reshape(-1, r.shape[-1]), c.reshape(-1, c.shape[-1])) for r, c in frames
+    ]
+    estimate, mean, spread = estimated_string_changes(
+        np.concatenate(moves) if moves else np.zeros(0), evidence.margins
+    )
+    detail = dict(
+        detail,
+        changed=float(changed),
+        disagreement_points=counted,
+        estimated_points=estimate,
+        expected_points=100.0 * lost / total if total else 0.0,
+        margin_strings=float(len(evidence.margins)),
+        margin_shift=mean,
+        margin_spread=spread,
+    )
+    measure = "decoded sequences changed (counted, or estimated from frame margins if more)"
     value = max(counted, estimate)
     return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
 
