@@ -150,7 +150,7 @@ def photo_feeds() -> list[dict[str, np.ndarray]] | None:
     return [{"input_0": batch[i : i + 2]} for i in range(0, len(batch) - 1, 2)]
 
 
-def devmodel_case(name: str, work: Path) -> Case | str:
+def devmodel_case(name: str, work: Path, eval_feeds: int = 32) -> Case | str:
     path = DEVMODELS / f"{name}.onnx"
     if not path.is_file():
         return "not fetched (../shared/devmodels/fetch.py)"
@@ -160,13 +160,15 @@ def devmodel_case(name: str, work: Path) -> Case | str:
     calib_feeds = make_feeds(name, 32, seed=0)
     calib = work / f"{name}.calib.npz"
     np.savez(calib, **{k: np.stack([f[k] for f in calib_feeds]) for k in calib_feeds[0]})
-    feeds, source = make_feeds(name, 32, seed=1), "inputs.make_feeds(id, 32, seed=1)"
+    feeds = make_feeds(name, eval_feeds, seed=1)
+    source = f"inputs.make_feeds(id, {eval_feeds}, seed=1)"
     if name == "open_nsfw_resnet":
         photos = photo_feeds()
         if photos:
             feeds, source = photos, f"{2 * len(photos)} crops of skimage.data photos"
     if name == "minilm_l3_paraphrase":
-        feeds, source = paraphrase_pairs(feeds), "64 sentence pairs from make_feeds(seed=1)"
+        feeds = paraphrase_pairs(feeds)
+        source = f"{len(feeds)} sentence pairs from make_feeds(seed=1)"
     output = {"minilm_l3_paraphrase": "461"}.get(name, "")
     return Case(name, path, DEVMODEL_TASKS[name], calib, feeds, output, source)
 
@@ -368,6 +370,13 @@ def main() -> int:
         help=f"comma-separated, of {', '.join(TOOLS + NAMED_TOOLS)} (default: the first 7)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per tool and model")
+    parser.add_argument(
+        "--eval-feeds",
+        type=int,
+        default=32,
+        help="devmodels: evaluation feeds from make_feeds(seed=1) (default 32; more resolve finer"
+        " changes: one of 64 captchas is 1.6 points)",
+    )
     parser.add_argument("--work", type=Path, help="keep the models in this folder (default: temp)")
     parser.add_argument(
         "--reuse",
@@ -395,7 +404,11 @@ def main() -> int:
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_task_"))
         for name in [m for m in args.models.split(",") if m]:
-            case = task_case(name) if name in TASK_MODELS else devmodel_case(name, Path(tmp))
+            case = (
+                task_case(name)
+                if name in TASK_MODELS
+                else devmodel_case(name, Path(tmp), args.eval_feeds)
+            )
             if isinstance(case, str):
                 notes.append(f"{name}: skipped, {case}")
                 continue
