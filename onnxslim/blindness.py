@@ -52,7 +52,11 @@ def unblind(
     target: Target,
 ) -> dict[str, Role]:
     """`roles`, with each blind decision output turned into a regression (see the module doc)."""
-    decisions = {n: r for n, r in roles.items() if r.role in DECISION_ROLES}
+    # the null model's decisions are counted as they are (no margin estimate: its errors
+    # are as large as the logits, so any estimate would call every output informative)
+    decisions = {
+        n: dataclasses.replace(r, rows=None) for n, r in roles.items() if r.role in DECISION_ROLES
+    }
     if not decisions or not feeds:
         return dict(roles)
     try:

@@ -93,7 +93,7 @@ def test_default_flags_3_bit_rounding_and_passes_8_bit(entry) -> None:
 def test_captcha_reader_4_bit_collapse_exits_1(entry, tmp_path: Path, capsys) -> None:
     """Issue 16: 4-bit clustering took a CRNN+LSTM reader from 0.89 to 0.015 exact match and
     exited 0. Now exit 1: its 8 held-out captchas cannot resolve one point (one is 12.5),
-    so the logits are held to SQNR (onnxslim.resolution), far below the target's 34 dB."""
+    so the strings changed are estimated from the frame margins (onnxslim.resolution)."""
     feeds = devmodel_feeds(entry["id"], 16, seed=0)
     calib = tmp_path / "calib.npz"
     np.savez(calib, image=np.stack([f["image"] for f in feeds]))
@@ -105,4 +105,4 @@ def test_captcha_reader_4_bit_collapse_exits_1(entry, tmp_path: Path, capsys) ->
     )
     captured = capsys.readouterr()
     assert code == 1 and out.is_file()
-    assert "accuracy target missed: logits (regression): SQNR" in " ".join(captured.err.split())
+    assert "accuracy target missed: logits (ctc)" in " ".join(captured.err.split())

@@ -44,13 +44,15 @@ def test_prune_by_default_reaches_the_most_sparsity_the_target_allows() -> None:
 
 def test_prune_trials_are_refit_and_the_result_is_the_refit_trial() -> None:
     # Trials used to skip the least-squares refit: digits_cnn stopped at 0.7 although
-    # 0.9 meets the target refit. Now each trial is refit from statistics taken once.
+    # 0.85 meets the target refit. Now each trial is refit from statistics taken once.
+    # (0.9 refit kept all 64 held-out decisions and changed 1.3 % of the 540 evaluation
+    # ones: the margin estimate, 2.3 points, turns it down; 0.85 changed 0.56 %.)
     model, calib = _files("digits_cnn")
     result = api.prune(model, calib=calib, runs=0)
     search = result.search
     assert search is not None and result.target is not None and result.target.passed
-    assert search["trials"][0] == {"sparsity": 0.9, "passed": True, "missed": ""}
-    assert search["reached"] == 0.9 and result.sparsity >= 0.85
+    assert search["trials"][0]["sparsity"] == 0.9 and not search["trials"][0]["passed"]
+    assert search["reached"] >= 0.8 and result.sparsity >= 0.75
     refit = result.details["refit"]
     assert refit and all(r["error_after"] <= r["error_before"] for r in refit)
     assert any(r["error_after"] < 0.5 * r["error_before"] for r in refit)
@@ -233,7 +235,11 @@ def test_cluster_searches_models_with_if_subgraphs() -> None:
     # If/Loop/Scan models used to get --bits everywhere, no search ("even the float copy
     # measured as changed"); the float copy and the trials are measured like any model's.
     model, feeds = _gated_mlp()
-    result = api.cluster(model, calib=feeds, runs=0)
+    # Its random weights leave small top-1 margins (median 0.37 logits): clustered to 6.3
+    # bits it changed 3.25 % of 4000 new inputs' top-1 and 0.8 % at 8 bits, so at the
+    # 1-point target nothing under 8 bits is right (the margin estimate says so); at 5
+    # points the search has room to show it clusters an If model.
+    result = api.cluster(model, calib=feeds, runs=0, target_error=5.0)
     search = result.search
     assert search is not None and result.target is not None and result.target.passed
     assert not any("control flow" in n for n in result.notes)

@@ -61,6 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "onnxslim.blindness",
             "onnxslim.resolution",
             "onnxslim.decisions",
+            "onnxslim.margins",
             "onnxslim.runtime",
             "onnxslim.budget",
             "onnxslim.loop_bounds",

@@ -55,6 +55,11 @@ def test_prune_reports_sparsity_sizes_latency_and_accuracy(convnet_files, tmp_pa
             "--runs",
             "5",
             "--json",
+            # 50 % in every layer of this random-weight CNN changed 0.47 % of 1500 new
+            # inputs' top-1 and none of the 48 checked; the margin estimate says 1.11 points
+            # (it over-counts a little here), so the report is checked at a 2-point target
+            "--target-error",
+            "2",
         ]
     )
     assert code == 0

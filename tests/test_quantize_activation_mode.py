@@ -195,6 +195,10 @@ def test_cli_takes_the_mode(tmp_path, capsys, flag: str) -> None:
     np.savez(data, x=np.stack([f["x"] for f in feeds(32)]))
     out = tmp_path / "q.onnx"
     args = ["quantize", str(path), "-o", str(out), "--calib", str(data), "--activations", flag]
+    # the random weights leave near ties: dynamic int8 changes 2 of the 128 held-out tags
+    # (1.56 points counted, 1.53 estimated), so at the 1-point target the fix loop would
+    # return the float model; the flag is what is tested here
+    args += ["--target-error", "3"]
     assert main([*args, "--no-latency-guard"]) == 0
     printed = capsys.readouterr().out
     assert out.is_file()

@@ -78,7 +78,11 @@ def resolution_note(assessment: Assessment) -> str:
     coarse = [
         f
         for f in assessment.figures
-        if f.unit == "points" and f.decisions and not f.feeds and 100.0 / f.decisions > target
+        if f.unit == "points"
+        and f.decisions
+        and not f.feeds
+        and 100.0 / f.decisions > target
+        and "estimated_points" not in f.detail  # resolved by the margins (onnxslim.margins)
     ]
     if not coarse or target <= 0:
         return ""

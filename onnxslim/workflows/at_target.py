@@ -17,7 +17,7 @@ from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.blindness import unblind
 from onnxslim.resolution import target_roles
 from onnxslim.runtime import Session
-from onnxslim.workflows.heldout import CheckData, check_target
+from onnxslim.workflows.heldout import CheckData, check_target, fit_feeds
 
 
 class TargetCheck:
@@ -27,7 +27,9 @@ class TargetCheck:
         self.data, self.target = data, target
         session = Session(original)
         self.reference = [session.run(feed) for feed in data.check]
-        roles = target_roles(original, self.reference, target)
+        roles = target_roles(
+            original, self.reference, target, feeds=data.check, fit=fit_feeds(original, data)
+        )
         self.roles = unblind(original, data.check, self.reference, roles, target)
         self.calls = 0
 

@@ -133,13 +133,23 @@ def check_target(
     roles: Mapping[str, Any] | None = None,
 ) -> Assessment:
     """Both models on `data.check` (ONNX Runtime), every output held to `target`; CTC
-    outputs whose strings there cannot resolve the target are held to SQNR
+    outputs whose strings there cannot resolve the target are held to SQNR, classifiers
+    and taggers also judged by the original's margins on the fit feeds
     (onnxslim.resolution)."""
     reference = _run(original, data.check)
     result = _run(candidate, data.check)
     if roles is None:
-        roles = target_roles(original, reference, target)
+        roles = target_roles(
+            original, reference, target, feeds=data.check, fit=fit_feeds(original, data)
+        )
     return assess(reference, result, target=target, roles=roles, feeds=data.description)
+
+
+def fit_feeds(model: ir.Model, data: CheckData) -> Iterator[Feed] | None:
+    """The feeds the pass fitted on, for the original's margins (None: generated feeds)."""
+    if data.fit is None or data.fit is data.check:
+        return None
+    return iter(open_feeds(data.fit, model, extra="ignore"))
 
 
 def _run(model: ir.Model, feeds: list[Feed]) -> list[dict[str, np.ndarray]]:

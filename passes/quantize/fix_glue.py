@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from onnxslim.agreement import Assessment, Target, assess
 from onnxslim.feeds import Feed
-from onnxslim.resolution import target_roles
+from onnxslim.resolution import FIT_FEEDS, target_roles
 from onnxslim.runtime import Session
 
 from .activation_mode import DYNAMIC_REASON, Measure, apply_dynamic, dynamic_candidates
@@ -70,12 +70,15 @@ class FixContext:
     # closest int8 model, for a caller that judges the result itself: a recipe's back-off)
 
 
-def target_measure(original: ir.Model, feeds: Sequence[Feed], error: float) -> Measure:
+def target_measure(
+    original: ir.Model, feeds: Sequence[Feed], error: float, fit: Sequence[Feed] = ()
+) -> Measure:
     """The accuracy target's measure of a candidate against `original` on `feeds`: the
-    figure the user is shown (the reference runs once)."""
+    figure the user is shown (the reference runs once; classifiers' margins also on `fit`,
+    the calibration feeds)."""
     reference = _run(original, list(feeds))
     target = Target(error)
-    roles = target_roles(original, reference, target)
+    roles = target_roles(original, reference, target, feeds=list(feeds), fit=fit)
 
     def measure(model: ir.Model) -> Assessment:
         return assess(reference, _run(model, list(feeds)), target=target, roles=roles)
@@ -90,7 +93,8 @@ def fix_target(
     clock = time.perf_counter()
     options, report = context.options, context.report
     feeds = list(context.check)
-    measure = target_measure(context.original, feeds, options.target_error)
+    fit = first_feeds(context.calib, FIT_FEEDS)
+    measure = target_measure(context.original, feeds, options.target_error, fit)
     # The pass's own decisions stay: layers it kept float (guard, fusion check) stay float.
     base_float = {**context.plan.skipped, **context.float_nodes}
     histograms: dict[str, TensorStats] = {}

@@ -37,6 +37,7 @@ from onnxslim.evaluation import latency_ratios
 from onnxslim.feeds import Feed
 from onnxslim.passes._options import check_choice, option
 from onnxslim.passes._run_data import RunData, StageProgress, TakesData
+from onnxslim.resolution import FIT_FEEDS
 
 from .activation_mode import ACTIVATION_MODES, ModeInputs, settle_activation_mode
 from .bias_correction import static_hook as bias_correction_hook
@@ -443,7 +444,8 @@ def quantize_static(
         bias_correction_hook(result, prepared, bias_feeds, options, report)  # bias_correction.py
     measure = None
     if check and options.target_error is not None:
-        measure = target_measure(model, list(check), options.target_error)
+        fit = first_feeds(reusable, FIT_FEEDS)
+        measure = target_measure(model, list(check), options.target_error, fit)
     mode = settle_activation_mode(
         (plan, ranges, result, insert_report),
         ModeInputs(
