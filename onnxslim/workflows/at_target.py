@@ -5,8 +5,9 @@ candidate is judged by the same measure the final report uses (onnxslim.agreemen
 the held-out feeds of workflows/heldout.py), so a search never trusts a proxy. The
 original's outputs and the outputs' roles are computed once; a candidate costs one
 ORT session on the held-out feeds. Decision outputs a model without weights still gets
-right (onnxslim.blindness), and CTC outputs whose held-out strings are too few to resolve
-the target (onnxslim.resolution), are held to SQNR instead.
+right (onnxslim.blindness) are held to SQNR instead; classifiers, taggers and CTC outputs,
+whose held-out decisions are too few to resolve the target, are also judged by the
+original's margins on the fit feeds (onnxslim.resolution).
 """
 
 from __future__ import annotations

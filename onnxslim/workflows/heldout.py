@@ -132,10 +132,9 @@ def check_target(
     target: Target,
     roles: Mapping[str, Any] | None = None,
 ) -> Assessment:
-    """Both models on `data.check` (ONNX Runtime), every output held to `target`; CTC
-    outputs whose strings there cannot resolve the target are held to SQNR, classifiers
-    and taggers also judged by the original's margins on the fit feeds
-    (onnxslim.resolution)."""
+    """Both models on `data.check` (ONNX Runtime), every output held to `target`;
+    classifiers, taggers and CTC outputs also judged by the original's margins on the fit
+    feeds (onnxslim.resolution)."""
     reference = _run(original, data.check)
     result = _run(candidate, data.check)
     if roles is None:
