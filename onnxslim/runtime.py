@@ -217,7 +217,7 @@ class Session:
         digest = hashlib.sha256(source)
         for kept in self._keep_alive:
             if isinstance(kept, np.ndarray):
-                digest.update(memoryview(kept).cast("B"))
+                digest.update(kept.data)
         folder = _config_entry(options, _EXTERNAL_FOLDER_KEY)
         digest.update(f"|{options.intra_op_num_threads}|{folder}".encode())
         return digest.digest()
