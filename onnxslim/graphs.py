@@ -6,6 +6,7 @@ not just the main graph; this module is the one place that knows how to reach it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import onnx_ir as ir
@@ -74,7 +75,17 @@ def iter_tensors(model: ir.Model) -> Iterator[tuple[str, ir.TensorProtocol]]:
 
 def tensor_bytes(model: ir.Model) -> int:
     """Bytes held by initializers and constant attributes: what dominates a model file."""
-    return sum(tensor.nbytes for _, tensor in iter_tensors(model))
+    return sum(nbytes(tensor) for _, tensor in iter_tensors(model))
+
+
+def nbytes(tensor: ir.TensorProtocol) -> int:
+    """`tensor.nbytes`, read from the proto's dims for a tensor still in its TensorProto:
+    onnx_ir builds a frozen Shape on every `.shape`, 3.3 us a tensor, which on 100,000
+    initializers cost 0.33 s per sum, and a command sums them a dozen times."""
+    if isinstance(tensor, ir.serde.TensorProtoTensor):
+        proto = tensor.raw
+        return math.ceil(ir.DataType(proto.data_type).itemsize * math.prod(proto.dims))
+    return tensor.nbytes
 
 
 def node_count(model: ir.Model) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import onnxruntime as ort
 
 from onnxslim.budget import Budget, address_space_ceiling, budget_problem, watchdog
 from onnxslim.errors import BudgetExceeded, ModelLoadError, RuntimeFailure
+from onnxslim.graphs import nbytes
 from onnxslim.io import as_saved
 from onnxslim.loop_bounds import endless_loop
 
@@ -54,6 +57,9 @@ _OFFLOADABLE = {
 HEAVY_INITIALIZERS = 20_000
 HEAVY_NODES = 100_000
 _KEEP_INITIALIZER_BYTES = 256 << 20
+# The last ORT sessions over heavy graphs, by content: see Session._reuse_heavy.
+_HEAVY_SESSIONS: OrderedDict[bytes, tuple[ort.InferenceSession, list[object]]] = OrderedDict()
+_HEAVY_KEPT = 2
 _OPTIMIZATION = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -136,9 +142,11 @@ class Session:
         options.graph_optimization_level = _OPTIMIZATION[config.optimization]
         options.log_severity_level = 3
         scratch = None
+        heavy = False
         if config.optimized_model_path:
             options.optimized_model_filepath = config.optimized_model_path
         elif isinstance(model, ir.Model) and not config.profile and heavy_graph(model):
+            heavy = True
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             if _initializer_bytes(model) <= _KEEP_INITIALIZER_BYTES:
                 scratch = tempfile.TemporaryDirectory(prefix="onnxslim-ort-")
@@ -148,7 +156,7 @@ class Session:
             if config.profile_prefix:
                 options.profile_file_prefix = config.profile_prefix
         try:
-            self._open(model, config, options)
+            self._open(model, config, options, heavy=heavy)
         finally:
             if scratch is not None:
                 scratch.cleanup()
@@ -158,6 +166,8 @@ class Session:
         model: ir.Model | str | os.PathLike[str],
         config: SessionConfig,
         options: ort.SessionOptions,
+        *,
+        heavy: bool = False,
     ) -> None:
         self._keep_alive = []
         self._budget = config.budget
@@ -168,12 +178,21 @@ class Session:
         )
         try:
             source = self._serialize(model, options) if isinstance(model, ir.Model) else model
-            with address_space_ceiling(self._memory):
-                self._session = ort.InferenceSession(
-                    source if isinstance(source, bytes) else str(Path(source)),
-                    options,
-                    providers=["CPUExecutionProvider"],
-                )
+            key = self._heavy_key(source, options) if heavy and isinstance(source, bytes) else None
+            if key is not None and key in _HEAVY_SESSIONS:
+                _HEAVY_SESSIONS.move_to_end(key)
+                self._session, self._keep_alive = _HEAVY_SESSIONS[key]
+            else:
+                with address_space_ceiling(self._memory):
+                    self._session = ort.InferenceSession(
+                        source if isinstance(source, bytes) else str(Path(source)),
+                        options,
+                        providers=["CPUExecutionProvider"],
+                    )
+                if key is not None:
+                    _HEAVY_SESSIONS[key] = (self._session, self._keep_alive)
+                    while len(_HEAVY_SESSIONS) > _HEAVY_KEPT:
+                        _HEAVY_SESSIONS.popitem(last=False)
         except Exception as exc:
             message = _first_line(exc)
             problem = budget_problem(message, self._budget, "creating the session")
@@ -184,6 +203,24 @@ class Session:
             raise RuntimeFailure(f"ONNX Runtime session failed: {message}") from exc
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def _heavy_key(self, source: bytes, options: ort.SessionOptions) -> bytes:
+        """What makes two sessions over a heavy graph the same session: the serialized
+        graph, the weights handed over apart from it, the threads and the external data
+        folder. A heavy graph's session is always unoptimized (its config's optimization
+        level does not apply), so the feed search's probe, a guard's reference, the
+        held-out check and the parity check each opened the same session again: 4 of them
+        on bombs/inits-100k in `cluster`, 3.4-3.9 CPU s each; on bombs/chain-300k ORT
+        alone takes 19 s a session. Keyed by content, not by object, so a model changed
+        in place (or another object holding the same graph) can never get a stale one;
+        hashing costs a fraction of serializing, which is still done every time."""
+        digest = hashlib.sha256(source)
+        for kept in self._keep_alive:
+            if isinstance(kept, np.ndarray):
+                digest.update(kept.data)
+        folder = _config_entry(options, _EXTERNAL_FOLDER_KEY)
+        digest.update(f"|{options.intra_op_num_threads}|{folder}".encode())
+        return digest.digest()
 
     @property
     def ort_session(self) -> ort.InferenceSession:
@@ -244,7 +281,7 @@ class Session:
                 tensor = value.const_value
                 if (
                     tensor is None
-                    or tensor.nbytes < _OFFLOAD_BYTES
+                    or nbytes(tensor) < _OFFLOAD_BYTES
                     or tensor.dtype not in _OFFLOADABLE
                 ):
                     continue
@@ -276,6 +313,13 @@ class Session:
         return proto.SerializeToString()
 
 
+def _config_entry(options: ort.SessionOptions, key: str) -> str:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # ORT raises when the entry was never set
+        return ""
+
+
 def heavy_graph(model: ir.Model) -> str | None:
     """Why ORT's session creation on `model` is past its linear range, or None."""
     graph = model.graph
@@ -287,9 +331,8 @@ def heavy_graph(model: ir.Model) -> str | None:
 
 
 def _initializer_bytes(model: ir.Model) -> int:
-    return sum(
-        v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None
-    )
+    tensors = (v.const_value for v in model.graph.initializers.values())
+    return sum(nbytes(tensor) for tensor in tensors if tensor is not None)
 
 
 def bind_external_data(model: ir.Model, options: ort.SessionOptions) -> str | None:

@@ -29,7 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fuzz_corpus  # noqa: E402
 from fuzz_build import Case  # noqa: E402
-from fuzz_judge import COMMANDS, PASS, Pool, command_argv, judge  # noqa: E402
+from fuzz_judge import (  # noqa: E402
+    COMMANDS,
+    PASS,
+    SESSIONS,
+    Pool,
+    command_argv,
+    fixed_verdict,
+    judge,
+)
 
 VENVS = Path("~/.cache/onnxslim-bench/venvs").expanduser()
 PEERS = {
@@ -76,8 +84,11 @@ def make_jobs(
     mem_mb: int,
     scratch: str | None = None,
     wall: float | None = None,
+    ort_share: bool = True,
 ) -> list[dict[str, Any]]:
-    """One job per case x command (peer names run the peer as an optimizer)."""
+    """One job per case x command (peer names run the peer as an optimizer). With
+    `ort_share`, a valid case's CPU limit adds ORT's own cost of the sessions the command
+    must open (fuzz_judge.SESSIONS); `verdict_fixed` keeps the verdict without it."""
     jobs = []
     for case in cases:
         case_dir = root / case.path
@@ -95,6 +106,8 @@ def make_jobs(
             }
             if wall:
                 job["wall"] = wall
+            if ort_share and job["expect"] == "valid":
+                job["ort_sessions"] = SESSIONS.get(command, SESSIONS["optimize"])
             if command in PEERS:
                 job["exec"] = [peer_exe(command), model, "out/model.onnx"]
                 job["command"] = "optimize"  # judged as an optimizer
@@ -120,7 +133,10 @@ def run(
                 verdict, detail = "worker-error", result["error"]
             else:
                 verdict, detail = judge(job["expect"], job["command"], result, peer="tool" in job)
-            records.append({**job, **result, "verdict": verdict, "detail": detail})
+            fixed = verdict if "error" in result else fixed_verdict(verdict, result)
+            records.append(
+                {**job, **result, "verdict": verdict, "verdict_fixed": fixed, "detail": detail}
+            )
             if stream:
                 stream.write(json.dumps(records[-1]) + "\n")
                 stream.flush()
@@ -142,18 +158,24 @@ def summary(records: list[dict[str, Any]]) -> str:
     tools = list(dict.fromkeys(tool_of(r) for r in records))
     counts = Counter((tool_of(r), r["verdict"]) for r in records)
     verdicts = list(PASS) + sorted({r["verdict"] for r in records} - set(PASS))
-    head = "| command | runs | pass | " + " | ".join(verdicts) + " | max s | cpu s |"
-    rows = [head, "|" + "---|" * (len(verdicts) + 5)]
+    head = (
+        "| command | runs | pass | "
+        + " | ".join(verdicts)
+        + " | pass, fixed cap | max s | cpu s | max ORT s |"
+    )
+    rows = [head, "|" + "---|" * (len(verdicts) + 7)]
     for tool in tools:
         mine = [r for r in records if tool_of(r) == tool]
         passed = sum(r["verdict"] in PASS for r in mine)
         cells = [str(counts.get((tool, v), 0) or "") for v in verdicts]
+        passed_fixed = sum(r.get("verdict_fixed", r["verdict"]) in PASS for r in mine)
         slowest = max(r.get("seconds", 0) for r in mine)
         cpu = sum(r.get("cpu", 0) for r in mine)
+        ort = max((r.get("ort_cpu") or 0 for r in mine), default=0)
         rows.append(
             f"| {tool} | {len(mine)} | {passed} | "
             + " | ".join(cells)
-            + f" | {slowest:.0f} | {cpu:.0f} |"
+            + f" | {passed_fixed} | {slowest:.0f} | {cpu:.0f} | {ort:.1f} |"
         )
     return "\n".join(rows)
 
@@ -167,6 +189,12 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=0, help="cases per family (0: all)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=30.0, help="CPU seconds per run")
+    parser.add_argument(
+        "--no-ort-share",
+        action="store_true",
+        help="the CPU limit is --timeout alone, also on valid cases whose ORT sessions cost "
+        "most of it (default: plus k x ORT's own CPU to open and run the case, see fuzz_judge)",
+    )
     parser.add_argument("--mem-mb", type=int, default=4096)
     parser.add_argument(
         "--wall",
@@ -194,7 +222,12 @@ def main() -> None:
     if args.sample:
         cases = sample(cases, args.sample, heavy=True)
     commands = args.commands.split(",")
-    limits: dict[str, Any] = {"timeout": args.timeout, "mem_mb": args.mem_mb, "wall": args.wall}
+    limits: dict[str, Any] = {
+        "timeout": args.timeout,
+        "mem_mb": args.mem_mb,
+        "wall": args.wall,
+        "ort_share": not args.no_ort_share,
+    }
     jobs = make_jobs(args.corpus, cases, commands, **limits)
     if args.peers:
         peer_cases = (
@@ -223,6 +256,17 @@ def main() -> None:
             f"  {tool_of(r):9s} {r['verdict']:16s} {r['case']:34s} [{r['expect']}] "
             f"{r['detail'][:150]}"
         )
+    shared = [
+        r for r in records if r["verdict"] in PASS and r.get("verdict_fixed", "hang") not in PASS
+    ]
+    if shared:
+        print(f"\n{len(shared)} runs pass only with ORT's share of the CPU limit:")
+        for r in shared:
+            print(
+                f"  {tool_of(r):9s} {r['case']:34s} {r['cpu']:.1f} CPU s, limit "
+                f"{r['cpu_limit']:.1f} = {r['cpu_limit_fixed']:.0f} + "
+                f"{r.get('ort_sessions', 0)} x ORT {r.get('ort_cpu') or 0:.1f}"
+            )
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
 

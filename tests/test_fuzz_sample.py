@@ -193,3 +193,48 @@ def test_peer_output_is_checked(tmp_path: Path) -> None:
         }
         verdicts.append(judge("valid", "optimize", run_job(job), peer=True)[0])
     assert verdicts == ["ok", "bad-output"]
+
+
+def test_cpu_limit_adds_ort_share_on_valid_cases_only(tmp_path: Path) -> None:
+    """A valid graph ORT itself needs most of the 30 CPU s to open (bombs/chain-300k: 19 s a
+    session) gets k x ORT's measured cost on top; a model ORT refuses gets nothing, and a run
+    that passed only thanks to the share is still a hang under the fixed limit."""
+    import onnx
+    from fuzz_judge import SESSIONS, cpu_limit, fixed_verdict, judge
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    for name, write in (
+        ("good", lambda p: onnx.save(helper.make_model(graph), p)),
+        ("bad", lambda p: p.write_bytes(b"not a model")),
+    ):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / "model.onnx")
+    job = {"timeout": 30, "mem_mb": 3072, "scratch": str(tmp_path), "ort_sessions": 2}
+    limit, share = cpu_limit({**job, "case_dir": str(tmp_path / "good")})
+    assert share is not None and limit == 30 + 2 * share
+    assert cpu_limit({**job, "case_dir": str(tmp_path / "bad")}) == (30.0, None)
+    assert cpu_limit({**job, "case_dir": str(tmp_path / "good"), "ort_sessions": 0})[0] == 30
+    assert SESSIONS["inspect"] == 0 and SESSIONS["optimize"] == 2
+    result = {
+        "exit": 0,
+        "timeout": False,
+        "seconds": 90.0,
+        "cpu": 45.0,
+        "cpu_limit": 70.0,
+        "cpu_limit_fixed": 30,
+        "stderr": "",
+        "leaked": False,
+        "changed": False,
+        "leftover_tmp": [],
+        "outputs": ["model.onnx"],
+        "check": "ok",
+    }
+    verdict = judge("valid", "optimize", result)[0]
+    assert (verdict, fixed_verdict(verdict, result)) == ("ok", "hang")
+    assert fixed_verdict("ok", {**result, "cpu": 12.0}) == "ok"

@@ -318,7 +318,9 @@ def _print_report(
         f"{len(report.quantized_nodes)} nodes quantized "
         f"({', '.join(f'{k} {v}' for k, v in sorted(report.quantized_ops.items()))})"
     )
-    if report.mode == "static":
+    if report.mode == "static" and not report.samples:
+        details += "; not calibrated: no layer of this model could be int8"
+    elif report.mode == "static":
         details += (
             f"; {report.activation_type} activations, int8 weights"
             f"{' (7-bit, reduce_range)' if report.reduce_range else ''}, "
