@@ -33,8 +33,11 @@ aimet = Qualcomm AIMET-ONNX's QuantizationSimModel with its defaults (batch norm
 int8, min-max, per-channel weights), compute_encodings, to_onnx_qdq. NNCF, Quark and
 AIMET each run in their own venv, created by pip when absent
 (~/.cache/onnxslim-bench/venvs/PEER, see bench_quantize.peer_python); a peer that cannot
-be installed or crashes shows why in its cells. Asked for by name: quark-adaround and
-aimet-adaround (slow) add their AdaRound; onnxslim-prune / onnxslim-cluster = `onnxslim
+be installed or crashes shows why in its cells. Asked for by name (slow): quark-adaround
+and aimet-adaround add their AdaRound, quark-adaquant Quark's AdaQuant (A8W8_ADAQUANT, 1000
+iterations per layer) and aimet-seqmse AIMET's sequential MSE (apply_seq_mse, 20
+candidates per layer), the weight-rounding family of issue 14 item 3 (the iterations:
+scripts/bench_quantize_workers.py); onnxslim-prune / onnxslim-cluster = `onnxslim
 prune|cluster M -o O --calib C --runs 0`, defaults (the most sparsity / fewest bits that
 meet the accuracy target), scored alike. Latency: one intra-op thread, ORT_ENABLE_ALL,
 the models of a row timed interleaved, median, as a ratio to the float model, on one
@@ -72,8 +75,16 @@ DEVMODEL_TASKS = {
     "minilm_l3_paraphrase": "embedding",
 }
 TOOLS = ("onnxslim", "onnxslim-int8", "ort-static", "ort-dynamic", "nncf", "quark", "aimet")
-# not in the default tools: the peers' AdaRound (slow), onnxslim's prune and cluster
-NAMED_TOOLS = ("quark-adaround", "aimet-adaround", "onnxslim-prune", "onnxslim-cluster")
+# not in the default tools: the peers' weight-rounding optimisations (slow: minutes per
+# layer-wise model), onnxslim's prune and cluster
+NAMED_TOOLS = (
+    "quark-adaround",
+    "aimet-adaround",
+    "quark-adaquant",
+    "aimet-seqmse",
+    "onnxslim-prune",
+    "onnxslim-cluster",
+)
 PEERS = ("nncf", "quark", "aimet")  # each in its own venv (bench_quantize.peer_python)
 # onnxslim's command per tool: prune and cluster at their defaults (the most compression
 # that meets the accuracy target), scored on the same task as int8
@@ -269,6 +280,11 @@ def peer_of(tool: str) -> str:
     return peer if peer in PEERS else ""
 
 
+def worker_of(tool: str) -> str:
+    """The bench_quantize_workers.py worker that runs a peer tool (ort-static -> ort)."""
+    return {"ort-static": "ort"}.get(tool, tool)
+
+
 def quantize(
     tool: str,
     case: Case,
@@ -290,7 +306,7 @@ def quantize(
         python = pythons[peer_of(tool)] if peer_of(tool) else sys.executable
         if isinstance(python, str):  # the peer could not be installed: its reason
             return Result(tool, note=python)
-        worker = {"ort-static": "ort"}.get(tool, tool)
+        worker = worker_of(tool)
         command = [str(python), str(Path(__file__).with_name("bench_quantize_workers.py")), worker]
         command += ["--model", str(case.path), "--calib-file", str(case.calib), "--out", str(out)]
         command += ["--result", str(out.with_suffix(".json"))]
