@@ -2,6 +2,8 @@
 
     python scripts/bench_task.py [--models task_yolov8,captcha_crnn,...] [--tools ...] [--timeout S]
     python scripts/bench_task.py --work DIR [--reuse]   (keep the models; re-score and re-time them)
+    python scripts/bench_task.py --work DIR --reuse-only  (and quantize nothing: the slow tools'
+                                                          missing models stay missing)
 
 Per model, each tool quantizes the float model from the same calibration data, in its
 own process; then every model runs on realistic evaluation inputs and is scored
@@ -291,11 +293,15 @@ def quantize(
     work: Path,
     pythons: dict[str, Path | str],
     timeout: float,
-    reuse: bool = False,
+    reuse: str = "",
 ) -> Result:
+    """Quantize `case` with `tool` in its own process; with `reuse` ("missing" or "only"),
+    take the model an earlier run left in `work`, and with "only" never quantize."""
     out = work / f"{case.name}.{tool}.onnx"
     if reuse and out.is_file():  # --reuse: score and time the model an earlier run wrote
         return Result(tool, out, "reused")
+    if reuse == "only":
+        return Result(tool, note=f"not in {work} (--reuse-only)")
     if tool.startswith("onnxslim"):
         verb = ONNXSLIM_COMMANDS[tool]
         command = [sys.executable, "-m", "onnxslim", verb, str(case.path), "-o", str(out)]
@@ -345,7 +351,7 @@ def bench_case(
     work: Path,
     pythons: dict[str, Path | str],
     timeout: float,
-    reuse: bool,
+    reuse: str,
 ) -> list[Result]:
     float_outputs = run_outputs(case, case.path)
     reference = decide(case, float_outputs, case.feeds)
@@ -400,6 +406,12 @@ def main() -> int:
         help="with --work: score and time the models a run left there, quantize only the missing"
         " (re-time on a quiet machine without re-quantizing)",
     )
+    parser.add_argument(
+        "--reuse-only",
+        action="store_true",
+        help="with --work: as --reuse, but quantize nothing: a missing model (a tool that failed"
+        " or timed out there) is a cell saying so, not a new run of a slow tool",
+    )
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     unknown = [t for t in tools if t not in TOOLS + NAMED_TOOLS]
@@ -407,7 +419,14 @@ def main() -> int:
         known = ", ".join(TOOLS + NAMED_TOOLS)
         print(f"error: unknown tool {unknown[0]} (one of {known})", file=sys.stderr)
         return 2
-    pythons = {peer: peer_python(peer) for peer in sorted({peer_of(t) for t in tools} - {""})}
+    if args.reuse_only and args.work is None:
+        print(
+            "error: --reuse-only needs --work DIR (the folder of an earlier run)", file=sys.stderr
+        )
+        return 2
+    peers = sorted({peer_of(t) for t in tools} - {""})
+    # --reuse-only runs no peer: their venvs are neither built nor probed
+    pythons = {} if args.reuse_only else {peer: peer_python(peer) for peer in peers}
     print(cpu_line())
     print(f"tools: {', '.join(tools)}; load average {os.getloadavg()[0]:.1f}")
     for peer, python in pythons.items():
@@ -428,7 +447,8 @@ def main() -> int:
             if isinstance(case, str):
                 notes.append(f"{name}: skipped, {case}")
                 continue
-            results = bench_case(case, tools, Path(tmp), pythons, args.timeout, args.reuse)
+            reuse = "only" if args.reuse_only else "missing" if args.reuse else ""
+            results = bench_case(case, tools, Path(tmp), pythons, args.timeout, reuse)
             f = results[0].metric
             rows.append(
                 f"| {name} | {METRICS[case.task]} | {case.source} | "

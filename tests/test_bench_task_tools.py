@@ -93,3 +93,27 @@ def test_an_unknown_tool_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown tool quark-adaqant" in lines[0]
     assert "quark-adaquant" in lines[0] and "aimet-seqmse" in lines[0]  # the known ones listed
+
+
+def test_reuse_only_scores_what_is_there_and_runs_nothing(
+    bench_task: ModuleType, tmp_path: Path
+) -> None:
+    """--reuse-only: a slow tool that timed out in the folder is not run again."""
+    case = bench_task.Case("m", tmp_path / "m.onnx", "classify", tmp_path / "c.npz", [], "", "")
+    (tmp_path / "m.aimet-seqmse.onnx").write_bytes(b"")
+    kept = bench_task.quantize("aimet-seqmse", case, tmp_path, {}, 1.0, reuse="only")
+    assert kept.path == tmp_path / "m.aimet-seqmse.onnx" and kept.note == "reused"
+    for tool in ("quark-adaquant", "onnxslim"):  # no venv given, no model: nothing may run
+        missing = bench_task.quantize(tool, case, tmp_path, {}, 1.0, reuse="only")
+        assert missing.path is None and "--reuse-only" in missing.note
+
+
+def test_reuse_only_needs_a_folder(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_task.py"), "--reuse-only"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--reuse-only needs --work" in done.stderr
