@@ -253,9 +253,15 @@ def _aimet_quantize(model: str, calib: str, out: str, worker: str) -> str:
 
     proto = onnx.load(model)
     feeds = stacked_feeds(calib, _graph_inputs(proto))
+    note = ""
+    if worker == "aimet-seqmse":  # what AIMET's warning asks for weights shared by several
+        # nodes; SeqMSE fails without it (captcha_crnn's LSTM biases: "Invalid input name")
+        from aimet_onnx.utils import duplicate_shared_initializers  # type: ignore[import-not-found]
+
+        note = f"{duplicate_shared_initializers(proto.graph)} shared weights duplicated; "
     folded = fold_all_batch_norms_to_weight(proto)
     sim = QuantizationSimModel(proto)
-    note = f"{sum(len(pairs) for pairs in folded)} batch norms folded"
+    note += f"{sum(len(pairs) for pairs in folded)} batch norms folded"
     if worker == "aimet-adaround":
         apply_adaround(sim, feeds, num_iterations=AIMET_ADAROUND_ITERATIONS)
         note += f"; AdaRound {AIMET_ADAROUND_ITERATIONS} iterations per layer"
