@@ -37,10 +37,10 @@ def worker(args: argparse.Namespace) -> int:
         note = _ort_dynamic(args.model, args.out)
     elif args.worker == "nncf":
         note = _nncf_quantize(args.model, args.calib_file, args.out)
-    elif args.worker in ("quark", "quark-adaround"):
-        note = _quark_quantize(args.model, args.calib_file, args.out, args.worker.endswith("round"))
-    elif args.worker in ("aimet", "aimet-adaround"):
-        note = _aimet_quantize(args.model, args.calib_file, args.out, args.worker.endswith("round"))
+    elif args.worker in QUARK_CONFIGS:
+        note = _quark_quantize(args.model, args.calib_file, args.out, args.worker)
+    elif args.worker in AIMET_WORKERS:
+        note = _aimet_quantize(args.model, args.calib_file, args.out, args.worker)
     else:
         raise SystemExit(f"unknown worker {args.worker}")
     seconds = time.perf_counter() - start
@@ -178,23 +178,39 @@ def _graph_inputs(proto: Any) -> list[str]:
     return [i.name for i in proto.graph.input if i.name not in initializers]
 
 
-def _quark_quantize(model: str, calib: str, out: str, adaround: bool) -> str:
+# Quark's presets per worker: its general CPU int8 (A8W8) alone, with AdaRound, with AdaQuant
+QUARK_CONFIGS = {
+    "quark": "A8W8_QCONFIG",
+    "quark-adaround": "A8W8_ADAROUND_QCONFIG",
+    "quark-adaquant": "A8W8_ADAQUANT_QCONFIG",
+}
+# A8W8_ADAQUANT_QCONFIG's AdaQuantConfig asks 3000 iterations per layer (lr 1e-5); Quark's
+# legacy AdaQuant preset (DEFAULT_ADAQUANT_PARAMS) and its AdaRound preset use 1000: 1000
+# keeps AdaQuant's cost that of the quark-adaround column (2-20 minutes per small model here)
+QUARK_ADAQUANT_ITERATIONS = 1000
+
+
+def _quark_quantize(model: str, calib: str, out: str, worker: str) -> str:
     """AMD Quark's ONNX quantizer with its preset for general CPU int8, A8W8 (int8 symmetric
-    activations and weights, per tensor, percentile calibration, QDQ), or A8W8_ADAROUND
-    (the same plus AdaRound, Quark's defaults: 1000 iterations per layer, on the CPU)."""
+    activations and weights, per tensor, percentile calibration, QDQ); A8W8_ADAROUND (the
+    same plus AdaRound, Quark's defaults: 1000 iterations per layer, on the CPU) or
+    A8W8_ADAQUANT (plus AdaQuant, its defaults but QUARK_ADAQUANT_ITERATIONS)."""
     import copy
 
     import onnx
     from quark.onnx import ModelQuantizer  # type: ignore[import-not-found]
-    from quark.onnx.quantization.config.custom_config import (  # type: ignore[import-not-found]
-        A8W8_ADAROUND_QCONFIG,
-        A8W8_QCONFIG,
-    )
+    from quark.onnx.quantization.config import custom_config  # type: ignore[import-not-found]
 
     feeds = stacked_feeds(calib, _graph_inputs(onnx.load(model, load_external_data=False)))
-    config = copy.deepcopy(A8W8_ADAROUND_QCONFIG if adaround else A8W8_QCONFIG)
+    preset = QUARK_CONFIGS[worker]
+    config = copy.deepcopy(getattr(custom_config, preset))
+    note = preset.removesuffix("_QCONFIG")
+    if worker == "quark-adaquant":
+        (algo,) = [a for a in config.algo_config if a.name == "adaquant"]
+        algo.num_iterations = QUARK_ADAQUANT_ITERATIONS
+        note += f"; {algo.num_iterations} iterations per layer, lr {algo.learning_rate:g}"
     ModelQuantizer(config).quantize_model(model, out, _Reader(feeds))
-    return "A8W8_ADAROUND" if adaround else "A8W8"
+    return note
 
 
 class _Reader:
@@ -213,28 +229,45 @@ class _Reader:
         return len(self.feeds)
 
 
+AIMET_WORKERS = ("aimet", "aimet-adaround", "aimet-seqmse")
 AIMET_ADAROUND_ITERATIONS = 2000  # AIMET recommends 10,000 per layer for 8-bit weights (hours here)
+AIMET_SEQMSE_CANDIDATES = 20  # apply_seq_mse's default: weight ranges tried per layer
 
 
-def _aimet_quantize(model: str, calib: str, out: str, adaround: bool) -> str:
+def _aimet_quantize(model: str, calib: str, out: str, worker: str) -> str:
     """Qualcomm AIMET-ONNX's post-training flow: batch norms folded into the weights,
     QuantizationSimModel with its defaults (int8 weights and activations, min-max, the
     default per-channel config), compute_encodings on the calibration feeds, exported as
-    ONNX QDQ (to_onnx_qdq); with AdaRound applied to the weights before the encodings."""
+    ONNX QDQ (to_onnx_qdq); aimet-adaround applies AdaRound to the weights before the
+    encodings, aimet-seqmse sequential MSE (apply_seq_mse: each layer's weight encodings
+    chosen, in order, by the MSE of its output against float on the calibration feeds)."""
     import onnx
-    from aimet_onnx import QuantizationSimModel, apply_adaround  # type: ignore[import-not-found]
+    from aimet_onnx import (  # type: ignore[import-not-found]
+        QuantizationSimModel,
+        apply_adaround,
+        apply_seq_mse,
+    )
     from aimet_onnx.batch_norm_fold import (  # type: ignore[import-not-found]
         fold_all_batch_norms_to_weight,
     )
 
     proto = onnx.load(model)
     feeds = stacked_feeds(calib, _graph_inputs(proto))
+    note = ""
+    if worker == "aimet-seqmse":  # what AIMET's warning asks for weights shared by several
+        # nodes; SeqMSE fails without it (captcha_crnn's LSTM biases: "Invalid input name")
+        from aimet_onnx.utils import duplicate_shared_initializers  # type: ignore[import-not-found]
+
+        note = f"{duplicate_shared_initializers(proto.graph)} shared weights duplicated; "
     folded = fold_all_batch_norms_to_weight(proto)
     sim = QuantizationSimModel(proto)
-    note = f"{sum(len(pairs) for pairs in folded)} batch norms folded"
-    if adaround:
+    note += f"{sum(len(pairs) for pairs in folded)} batch norms folded"
+    if worker == "aimet-adaround":
         apply_adaround(sim, feeds, num_iterations=AIMET_ADAROUND_ITERATIONS)
         note += f"; AdaRound {AIMET_ADAROUND_ITERATIONS} iterations per layer"
+    elif worker == "aimet-seqmse":  # sets and freezes the weight encodings
+        apply_seq_mse(sim, feeds, num_candidates=AIMET_SEQMSE_CANDIDATES)
+        note += f"; SeqMSE {AIMET_SEQMSE_CANDIDATES} candidates per layer"
     sim.compute_encodings(feeds)
     onnx.save(sim.to_onnx_qdq(), out)
     return note
@@ -278,19 +311,23 @@ def input_names(path: Path) -> list[str]:
     ]
 
 
+WORKERS = ("onnxslim", "onnxslim+acc", "ort", "ort-dynamic", "nncf", *QUARK_CONFIGS, *AIMET_WORKERS)
+
+
 def main() -> int:
+    return worker(make_parser().parse_args())
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line: a worker of WORKERS and its files."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "worker",
-        choices=["onnxslim", "onnxslim+acc", "ort", "ort-dynamic", "nncf"]
-        + ["quark", "quark-adaround", "aimet", "aimet-adaround"],
-    )
+    parser.add_argument("worker", choices=WORKERS)
     parser.add_argument("--model", required=True)
     parser.add_argument("--calib-file", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--result", required=True)
     parser.add_argument("--extra", action="append", default=[])
-    return worker(parser.parse_args())
+    return parser
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python scripts/bench_task.py [--models task_yolov8,captcha_crnn,...] [--tools ...] [--timeout S]
     python scripts/bench_task.py --work DIR [--reuse]   (keep the models; re-score and re-time them)
+    python scripts/bench_task.py --work DIR --reuse-only  (and quantize nothing: the slow tools'
+                                                          missing models stay missing)
 
 Per model, each tool quantizes the float model from the same calibration data, in its
 own process; then every model runs on realistic evaluation inputs and is scored
@@ -33,8 +35,11 @@ aimet = Qualcomm AIMET-ONNX's QuantizationSimModel with its defaults (batch norm
 int8, min-max, per-channel weights), compute_encodings, to_onnx_qdq. NNCF, Quark and
 AIMET each run in their own venv, created by pip when absent
 (~/.cache/onnxslim-bench/venvs/PEER, see bench_quantize.peer_python); a peer that cannot
-be installed or crashes shows why in its cells. Asked for by name: quark-adaround and
-aimet-adaround (slow) add their AdaRound; onnxslim-prune / onnxslim-cluster = `onnxslim
+be installed or crashes shows why in its cells. Asked for by name (slow): quark-adaround
+and aimet-adaround add their AdaRound, quark-adaquant Quark's AdaQuant (A8W8_ADAQUANT, 1000
+iterations per layer) and aimet-seqmse AIMET's sequential MSE (apply_seq_mse, 20
+candidates per layer), the weight-rounding family of issue 14 item 3 (the iterations:
+scripts/bench_quantize_workers.py); onnxslim-prune / onnxslim-cluster = `onnxslim
 prune|cluster M -o O --calib C --runs 0`, defaults (the most sparsity / fewest bits that
 meet the accuracy target), scored alike. Latency: one intra-op thread, ORT_ENABLE_ALL,
 the models of a row timed interleaved, median, as a ratio to the float model, on one
@@ -72,8 +77,16 @@ DEVMODEL_TASKS = {
     "minilm_l3_paraphrase": "embedding",
 }
 TOOLS = ("onnxslim", "onnxslim-int8", "ort-static", "ort-dynamic", "nncf", "quark", "aimet")
-# not in the default tools: the peers' AdaRound (slow), onnxslim's prune and cluster
-NAMED_TOOLS = ("quark-adaround", "aimet-adaround", "onnxslim-prune", "onnxslim-cluster")
+# not in the default tools: the peers' weight-rounding optimisations (slow: minutes per
+# layer-wise model), onnxslim's prune and cluster
+NAMED_TOOLS = (
+    "quark-adaround",
+    "aimet-adaround",
+    "quark-adaquant",
+    "aimet-seqmse",
+    "onnxslim-prune",
+    "onnxslim-cluster",
+)
 PEERS = ("nncf", "quark", "aimet")  # each in its own venv (bench_quantize.peer_python)
 # onnxslim's command per tool: prune and cluster at their defaults (the most compression
 # that meets the accuracy target), scored on the same task as int8
@@ -269,17 +282,26 @@ def peer_of(tool: str) -> str:
     return peer if peer in PEERS else ""
 
 
+def worker_of(tool: str) -> str:
+    """The bench_quantize_workers.py worker that runs a peer tool (ort-static -> ort)."""
+    return {"ort-static": "ort"}.get(tool, tool)
+
+
 def quantize(
     tool: str,
     case: Case,
     work: Path,
     pythons: dict[str, Path | str],
     timeout: float,
-    reuse: bool = False,
+    reuse: str = "",
 ) -> Result:
+    """Quantize `case` with `tool` in its own process; with `reuse` ("missing" or "only"),
+    take the model an earlier run left in `work`, and with "only" never quantize."""
     out = work / f"{case.name}.{tool}.onnx"
     if reuse and out.is_file():  # --reuse: score and time the model an earlier run wrote
         return Result(tool, out, "reused")
+    if reuse == "only":
+        return Result(tool, note=f"not in {work} (--reuse-only)")
     if tool.startswith("onnxslim"):
         verb = ONNXSLIM_COMMANDS[tool]
         command = [sys.executable, "-m", "onnxslim", verb, str(case.path), "-o", str(out)]
@@ -290,7 +312,7 @@ def quantize(
         python = pythons[peer_of(tool)] if peer_of(tool) else sys.executable
         if isinstance(python, str):  # the peer could not be installed: its reason
             return Result(tool, note=python)
-        worker = {"ort-static": "ort"}.get(tool, tool)
+        worker = worker_of(tool)
         command = [str(python), str(Path(__file__).with_name("bench_quantize_workers.py")), worker]
         command += ["--model", str(case.path), "--calib-file", str(case.calib), "--out", str(out)]
         command += ["--result", str(out.with_suffix(".json"))]
@@ -329,7 +351,7 @@ def bench_case(
     work: Path,
     pythons: dict[str, Path | str],
     timeout: float,
-    reuse: bool,
+    reuse: str,
 ) -> list[Result]:
     float_outputs = run_outputs(case, case.path)
     reference = decide(case, float_outputs, case.feeds)
@@ -384,6 +406,12 @@ def main() -> int:
         help="with --work: score and time the models a run left there, quantize only the missing"
         " (re-time on a quiet machine without re-quantizing)",
     )
+    parser.add_argument(
+        "--reuse-only",
+        action="store_true",
+        help="with --work: as --reuse, but quantize nothing: a missing model (a tool that failed"
+        " or timed out there) is a cell saying so, not a new run of a slow tool",
+    )
     args = parser.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     unknown = [t for t in tools if t not in TOOLS + NAMED_TOOLS]
@@ -391,7 +419,14 @@ def main() -> int:
         known = ", ".join(TOOLS + NAMED_TOOLS)
         print(f"error: unknown tool {unknown[0]} (one of {known})", file=sys.stderr)
         return 2
-    pythons = {peer: peer_python(peer) for peer in sorted({peer_of(t) for t in tools} - {""})}
+    if args.reuse_only and args.work is None:
+        print(
+            "error: --reuse-only needs --work DIR (the folder of an earlier run)", file=sys.stderr
+        )
+        return 2
+    peers = sorted({peer_of(t) for t in tools} - {""})
+    # --reuse-only runs no peer: their venvs are neither built nor probed
+    pythons = {} if args.reuse_only else {peer: peer_python(peer) for peer in peers}
     print(cpu_line())
     print(f"tools: {', '.join(tools)}; load average {os.getloadavg()[0]:.1f}")
     for peer, python in pythons.items():
@@ -412,7 +447,8 @@ def main() -> int:
             if isinstance(case, str):
                 notes.append(f"{name}: skipped, {case}")
                 continue
-            results = bench_case(case, tools, Path(tmp), pythons, args.timeout, args.reuse)
+            reuse = "only" if args.reuse_only else "missing" if args.reuse else ""
+            results = bench_case(case, tools, Path(tmp), pythons, args.timeout, reuse)
             f = results[0].metric
             rows.append(
                 f"| {name} | {METRICS[case.task]} | {case.source} | "
