@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxslim import api
 from onnxslim.column_energy import ColumnEnergy, column_energy
 from onnxslim.io import load
 from onnxslim.passes.prune._common import load_feeds
@@ -81,3 +82,12 @@ def test_without_scores_the_mask_is_magnitude() -> None:
     np.testing.assert_array_equal(
         magnitude_mask(score_of(layer, None), 0.5), magnitude_mask(layer.array(), 0.5)
     )
+
+
+def test_the_search_reaches_further_with_activations() -> None:
+    path, calib = MODELS / "digits_transformer.onnx", MODELS / "digits_transformer.calib.npz"
+    magnitude = api.prune(path, calib=calib, importance="magnitude")
+    aware = api.prune(path, calib=calib)
+    assert magnitude.search is not None and aware.search is not None
+    # measured: 50 % by magnitude, 60 % by activation (both meet the target)
+    assert aware.search["reached"] >= 0.6 > magnitude.search["reached"]
