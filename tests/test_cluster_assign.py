@@ -12,7 +12,7 @@ from onnxslim import api
 from onnxslim.io import load
 from onnxslim.passes.cluster.assign import assign, hessians
 from onnxslim.passes.cluster.cluster import prepare
-from onnxslim.passes.cluster.importance import weight_importance
+from onnxslim.passes.cluster.importance import readers_of, weight_importance
 from onnxslim.passes.cluster.kmeans import cluster_1d
 from onnxslim.passes.cluster.palette import cluster_tensor
 from onnxslim.passes.cluster.weights import find_weights
@@ -50,7 +50,7 @@ def test_importance_moves_the_palette_towards_the_heavy_values() -> None:
 def test_weighted_kmeans_and_assignment_lower_the_layer_output_error() -> None:
     model, weights, feeds = _digits()
     importance = weight_importance(model, weights, feeds[:16])
-    found = hessians(model, weights, feeds[:16])
+    found = hessians(model, readers_of(model, weights), feeds[:16])
     assert set(found) <= set(importance) and len(found) >= 3
     totals = np.zeros(3)
     for weight in weights:
@@ -82,7 +82,7 @@ def test_weighted_kmeans_and_assignment_lower_the_layer_output_error() -> None:
 
 def test_assignment_holds_on_feeds_it_never_saw() -> None:
     model, weights, feeds = _digits()
-    found = hessians(model, weights, feeds[:16])
+    found = hessians(model, readers_of(model, weights), feeds[:16])
     held = load_feeds(MODELS / "digits_cnn.eval.npz", 64, model)
     assert held is not None
 
@@ -112,3 +112,21 @@ def test_the_search_reaches_fewer_bits_with_activations() -> None:
     aware = api.cluster(path, calib=calib)
     # measured: 7.77 bits per weight plain, 6.19 with both
     assert aware.bits_per_weight < uniform.bits_per_weight - 0.5
+
+
+def test_a_pruned_weight_keeps_its_zeros_through_the_assignment() -> None:
+    model, weights, feeds = _digits()
+    found = hessians(model, readers_of(model, weights), feeds[:16])
+    name = max(found, key=lambda n: found[n].layer.array().size)
+    hessian = found[name]
+    w = hessian.layer.array()
+    pruned = np.where(np.abs(w) > np.median(np.abs(w)), w, 0).astype(w.dtype)
+    nearest, _ = cluster_tensor(pruned, 3)  # zero keeps an entry of its own (kmeans keep_zero)
+    chosen = assign(nearest, pruned, hessian)
+    assert np.array_equal(chosen.dense() == 0, pruned == 0)
+
+    def output_error(clustered: np.ndarray) -> float:
+        e = hessian.layer.to_matrix(pruned - clustered).astype(np.float64)
+        return float(np.einsum("oi,ij,oj->", e, hessian.gram[0], e))
+
+    assert output_error(chosen.dense()) < 0.8 * output_error(nearest.dense())

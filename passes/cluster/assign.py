@@ -8,10 +8,11 @@ assigned, weighted by the Cholesky factor of H^-1 (GPTQ, Frantar et al. 2022, wi
 palette as the grid: GPTVQ, van Baalen et al. 2024, in one dimension). The palette stays
 (the refinement refits it afterwards), only the indices change.
 
+A pruned weight's zeros stay zeros (its palette keeps a zero entry that only they take).
 Cost: X^T X per layer (R x K^2, one ORT pass for all layers) and K^3 for its inverse, then
 N x K^2 per candidate form: layers over MAX_COLUMNS input columns keep nearest assignment.
-Only weights with one Conv / Gemm / MatMul reader whose palette groups run along its output
-channels, not pruned ones (zeros kept as zeros) and not on the int8 grid.
+Only weights read by Conv / Gemm / MatMul nodes alone (X^T X summed over them) whose palette
+groups run along the output channels, and not on the int8 grid.
 """
 
 from __future__ import annotations
@@ -24,18 +25,16 @@ import onnx_ir as ir
 from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import accumulate_normal_equations
-from onnxslim.column_energy import measurable
 from onnxslim.feeds import Feed
-from onnxslim.passes.prune.layers import Layer, find_layers
+from onnxslim.passes.prune.layers import Layer
 
 from .palette import Palettized
-from .weights import Weight
 
 MAX_COLUMNS = 1152  # 128 channels x 3x3: above, X^T X and the N x K^2 loop per form cost seconds
 MAX_ROWS = 2048
+MIN_READER_ROWS = 256  # rows per reader of a weight read by many nodes (summed)
 DAMP = 0.01  # of the mean diagonal: H stays invertible where inputs are constant
 BLOCK = 128
-SPARSE = 0.01  # a weight with more exact zeros than this was pruned: zeros must stay
 
 
 @dataclass(frozen=True)
@@ -47,32 +46,35 @@ class Hessian:
 
 
 def hessians(
-    model: ir.Model, weights: Sequence[Weight], feeds: Sequence[Feed], *, max_rows: int = MAX_ROWS
+    model: ir.Model,
+    readers: dict[str, list[Layer]],
+    feeds: Sequence[Feed],
+    *,
+    max_rows: int = MAX_ROWS,
 ) -> dict[str, Hessian]:
-    """Per clustered weight name: its reader's X^T X, for the weights `assign` can take."""
-    readers: dict[str, list[Layer]] = {}
-    for layer in find_layers(model, ops=("Conv", "Gemm", "MatMul"))[0]:
-        readers.setdefault(layer.weight_name, []).append(layer)
-    chosen: dict[str, Layer] = {}
-    for weight in weights:
-        found = readers.get(weight.name, [])
-        if len(found) != 1 or found[0].shared:
-            continue
-        layer = found[0]
-        w = layer.array()
-        columns = w.size // max(layer.out_channels, 1)
-        if columns <= MAX_COLUMNS and np.count_nonzero(w == 0) <= SPARSE * w.size:
-            chosen[layer.name] = layer
-    names = measurable(model, list(chosen))
+    """Per clustered weight name: X^T X summed over its readers (importance.readers_of), for
+    the weights `assign` can take (not pruned, at most MAX_COLUMNS input columns)."""
+    chosen: dict[str, list[Layer]] = {}
+    for name, found in readers.items():
+        w = found[0].array()
+        columns = w.size // max(found[0].out_channels, 1)
+        if columns <= MAX_COLUMNS:
+            chosen[name] = found
+    names = [layer.name for found in chosen.values() for layer in found]
     if not names or not feeds:
         return {}
+    per_reader = max(MIN_READER_ROWS, max_rows // max(len(found) for found in chosen.values()))
     with threadpool_limits(limits=1, user_api="blas"):
-        sums = accumulate_normal_equations(model, names, feeds, max_rows=max_rows, holdout_every=0)
+        sums = accumulate_normal_equations(
+            model, names, feeds, max_rows=per_reader, holdout_every=0
+        )
     result = {}
-    for name in names:
-        total = sums[name].total
-        if total is not None and total.rows:
-            result[chosen[name].weight_name] = Hessian(chosen[name], total.gram[:, :-1, :-1])
+    for name, found in chosen.items():
+        totals = [sums[layer.name].total for layer in found]
+        if any(total is None or not total.rows for total in totals):
+            continue
+        gram = sum(total.gram[:, :-1, :-1] for total in totals if total is not None)
+        result[name] = Hessian(found[0], np.asarray(gram))
     return result
 
 
@@ -89,29 +91,47 @@ def assign(p: Palettized, weight: np.ndarray, hessian: Hessian) -> Palettized:
     matrix = layer.to_matrix(weight).astype(np.float64)
     if matrix.shape[0] % hessian.gram.shape[0] or matrix.shape[1] != hessian.gram.shape[1]:
         return p
+    # a pruned weight's palettes keep zero as an entry of its own (kmeans keep_zero): in
+    # the rows whose palette has it, the zeros stay zeros and nothing else becomes zero
+    kept = np.any(palettes == 0, axis=1)
+    zeros = (matrix == 0) & kept[:, None] if kept.any() else None
     per_group = matrix.shape[0] // hessian.gram.shape[0]
     indices = np.empty(matrix.shape, np.int64)
     with threadpool_limits(limits=1, user_api="blas"):
         for g, h in enumerate(hessian.gram):
             rows = slice(g * per_group, (g + 1) * per_group)
-            indices[rows] = sequential_indices(matrix[rows], h, palettes[rows])
+            pinned = zeros[rows] if zeros is not None else None
+            indices[rows] = sequential_indices(matrix[rows], h, palettes[rows], pinned)
     chosen = layer.from_matrix(indices, weight.shape).astype(p.indices.dtype)
     return replace(p, indices=np.ascontiguousarray(chosen))
 
 
-def sequential_indices(weight: np.ndarray, hessian: np.ndarray, palettes: np.ndarray) -> np.ndarray:
+def sequential_indices(
+    weight: np.ndarray, hessian: np.ndarray, palettes: np.ndarray, zeros: np.ndarray | None = None
+) -> np.ndarray:
     """Palette indices [N, K] for weight [N, K] (row n choosing from palettes[n]), minimising
-    sum over rows of (w - p[idx])^T H (w - p[idx]) greedily, column by column (GPTQ)."""
+    sum over rows of (w - p[idx])^T H (w - p[idx]) greedily, column by column (GPTQ).
+
+    `zeros` [N, K]: elements that must take their row's zero entry (a pruned weight's
+    zeros), which no other element of a row that has one may take: the pattern survives,
+    the error of forcing them is pushed on like any other."""
     w = weight.copy()
     h = hessian.astype(np.float64).copy()
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
     rows = np.arange(len(w))
+    distance_to = palettes
+    zero_entry = np.argmax(palettes == 0, axis=1)  # [N]: each row's zero entry, if it has one
+    if zeros is not None:
+        kept = np.any(palettes == 0, axis=1)
+        distance_to = palettes.copy()
+        distance_to[rows[kept], zero_entry[kept]] = np.inf  # only the pinned zeros take it
     try:
         upper = np.linalg.cholesky(np.linalg.inv(h)).T
     except np.linalg.LinAlgError:
-        return np.abs(w[:, :, None] - palettes[:, None, :]).argmin(axis=2)
+        nearest = np.abs(w[:, :, None] - distance_to[:, None, :]).argmin(axis=2)
+        return np.where(zeros, zero_entry[:, None], nearest) if zeros is not None else nearest
     chosen = np.zeros(w.shape, np.int64)
     columns = w.shape[1]
     for first in range(0, columns, BLOCK):
@@ -121,7 +141,9 @@ def sequential_indices(weight: np.ndarray, hessian: np.ndarray, palettes: np.nda
         inverse = upper[first:last, first:last]
         for i in range(last - first):
             column = block[:, i]
-            pick = np.abs(column[:, None] - palettes).argmin(axis=1)
+            pick = np.abs(column[:, None] - distance_to).argmin(axis=1)
+            if zeros is not None:
+                pick = np.where(zeros[:, first + i], zero_entry, pick)
             chosen[:, first + i] = pick
             error = (column - palettes[rows, pick]) / inverse[i, i]
             block[:, i:] -= np.outer(error, inverse[i, i:])

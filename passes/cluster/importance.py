@@ -10,9 +10,10 @@ search's trials keep the biases as they are (the refinement after it refits them
 
 Read in one ORT pass over the probe feeds (onnxslim.column_energy: R x K per layer).
 `weight_stats` adds each weight's X^T X where the indices are then chosen with error
-feedback (assign.py). Weights without them (embedding tables, recurrent weights, a
-tensor read by several nodes, layers whose input rows cannot be read) are clustered as
-before, every value weighing the same.
+feedback (assign.py). A weight read by several such nodes (an unrolled LSTM's
+Gemm, one per time step) sums its readers' statistics. Weights without them (embedding
+tables, ONNX LSTM / GRU weights, a tensor also read by other ops, layers whose input rows
+cannot be read) are clustered as before, every value weighing the same.
 """
 
 from __future__ import annotations
@@ -31,36 +32,60 @@ from .assign import Hessian, hessians
 from .weights import Weight
 
 MAX_ROWS = 4096  # rows per layer: a diagonal settles from far fewer than a refit needs
+MIN_READER_ROWS = 256  # rows per reader of a weight read by many nodes
 
 
-def weight_importance(
-    model: ir.Model, weights: Sequence[Weight], feeds: Sequence[Feed], *, max_rows: int = MAX_ROWS
-) -> dict[str, np.ndarray]:
-    """Per clustered weight name: each value's input energy (the weight's shape); weights
-    with one Conv / Gemm / MatMul reader whose input rows can be read."""
+def readers_of(model: ir.Model, weights: Sequence[Weight]) -> dict[str, list[Layer]]:
+    """Per clustered weight name: the Conv / Gemm / MatMul nodes reading it, when every node
+    that reads it is one of those, with the same matrix view (an unrolled LSTM's Gemms, one
+    per time step, share one weight: its output error is summed over them all)."""
     readers: dict[str, list[Layer]] = {}
     for layer in find_layers(model, ops=("Conv", "Gemm", "MatMul"))[0]:
         readers.setdefault(layer.weight_name, []).append(layer)
-    chosen: dict[str, Layer] = {}
+    result = {}
     for weight in weights:
         found = readers.get(weight.name, [])
-        if len(found) == 1 and not found[0].shared:
-            chosen[found[0].name] = found[0]
-    names = measurable(model, list(chosen))
+        if not found or len(found) != found[0].uses:
+            continue
+        views = {(layer.op_type, layer.trans_b, layer.groups) for layer in found}
+        if len(views) == 1 and len(measurable(model, [layer.name for layer in found])) == len(
+            found
+        ):
+            result[weight.name] = found
+    return result
+
+
+def weight_importance(
+    model: ir.Model,
+    weights: Sequence[Weight],
+    feeds: Sequence[Feed],
+    *,
+    max_rows: int = MAX_ROWS,
+    readers: dict[str, list[Layer]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per clustered weight name: each value's input energy (the weight's shape), summed over
+    the weight's readers (`readers_of`)."""
+    readers = readers_of(model, weights) if readers is None else readers
+    names = [layer.name for found in readers.values() for layer in found]
     if not names or not feeds:
         return {}
-    groups = {name: chosen[name].groups for name in names}
-    energies = column_energy(model, names, feeds, max_rows=max_rows, groups=groups)
+    groups = {layer.name: layer.groups for found in readers.values() for layer in found}
+    per_reader = max(MIN_READER_ROWS, max_rows // max(len(found) for found in readers.values()))
+    energies = column_energy(model, names, feeds, max_rows=per_reader, groups=groups)
     result = {}
-    for name, energy in energies.items():
-        layer = chosen[name]
-        w = layer.array()
-        matrix_rows = layer.to_matrix(w).shape[0]
-        square = energy.square / max(energy.rows, 1)  # [g, K]
-        if matrix_rows % square.shape[0] or layer.to_matrix(w).shape[1] != square.shape[1]:
+    for weight_name, found in readers.items():
+        measured = [energies[layer.name] for layer in found if layer.name in energies]
+        if len(measured) != len(found):
             continue
-        per_group = matrix_rows // square.shape[0]
-        result[layer.weight_name] = layer.from_matrix(np.repeat(square, per_group, axis=0), w.shape)
+        layer = found[0]
+        w = layer.array()
+        rows = sum(energy.rows for energy in measured)
+        square = np.sum([energy.square for energy in measured], axis=0) / max(rows, 1)  # [g, K]
+        matrix = layer.to_matrix(w)
+        if matrix.shape[0] % square.shape[0] or matrix.shape[1] != square.shape[1]:
+            continue
+        per_group = matrix.shape[0] // square.shape[0]
+        result[weight_name] = layer.from_matrix(np.repeat(square, per_group, axis=0), w.shape)
     return result
 
 
@@ -76,8 +101,9 @@ def weight_stats(
     model: ir.Model, weights: Sequence[Weight], feeds: Sequence[Feed]
 ) -> dict[str, WeightStats]:
     """WeightStats per clustered weight name (weights the data says nothing about: absent)."""
-    importances = weight_importance(model, weights, feeds)
-    found = hessians(model, weights, feeds)
+    readers = readers_of(model, weights)
+    importances = weight_importance(model, weights, feeds, readers=readers)
+    found = hessians(model, readers, feeds)
     return {
         name: WeightStats(importances.get(name), found.get(name))
         for name in sorted(set(importances) | set(found))
