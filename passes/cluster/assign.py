@@ -39,10 +39,32 @@ BLOCK = 128
 
 @dataclass(frozen=True)
 class Hessian:
-    """A weight's only reader and its input statistics X^T X per conv group [g, K, K]."""
+    """A weight's reader (the first, when several share it), its input statistics X^T X per
+    conv group [g, K, K] (summed over the readers), and the upper Cholesky factor of each
+    damped inverse (computed once here: every candidate form of the weight reuses it; None
+    where H could not be inverted)."""
 
     layer: Layer
     gram: np.ndarray
+    factors: tuple[np.ndarray | None, ...] = ()
+
+    @classmethod
+    def of(cls, layer: Layer, gram: np.ndarray) -> Hessian:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return cls(layer, gram, tuple(_factor(h) for h in gram))
+
+
+def _factor(hessian: np.ndarray) -> np.ndarray | None:
+    """Upper Cholesky factor of (H + damping)^-1, dead columns (no input energy) made
+    harmless; None when H cannot be inverted."""
+    h = hessian.astype(np.float64).copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
+    try:
+        return np.linalg.cholesky(np.linalg.inv(h)).T
+    except np.linalg.LinAlgError:
+        return None
 
 
 def hessians(
@@ -74,7 +96,7 @@ def hessians(
         if any(total is None or not total.rows for total in totals):
             continue
         gram = sum(total.gram[:, :-1, :-1] for total in totals if total is not None)
-        result[name] = Hessian(found[0], np.asarray(gram))
+        result[name] = Hessian.of(found[0], np.asarray(gram))
     return result
 
 
@@ -98,28 +120,28 @@ def assign(p: Palettized, weight: np.ndarray, hessian: Hessian) -> Palettized:
     per_group = matrix.shape[0] // hessian.gram.shape[0]
     indices = np.empty(matrix.shape, np.int64)
     with threadpool_limits(limits=1, user_api="blas"):
-        for g, h in enumerate(hessian.gram):
+        for g, upper in enumerate(hessian.factors):
             rows = slice(g * per_group, (g + 1) * per_group)
             pinned = zeros[rows] if zeros is not None else None
-            indices[rows] = sequential_indices(matrix[rows], h, palettes[rows], pinned)
+            indices[rows] = sequential_indices(matrix[rows], upper, palettes[rows], pinned)
     chosen = layer.from_matrix(indices, weight.shape).astype(p.indices.dtype)
     return replace(p, indices=np.ascontiguousarray(chosen))
 
 
 def sequential_indices(
-    weight: np.ndarray, hessian: np.ndarray, palettes: np.ndarray, zeros: np.ndarray | None = None
+    weight: np.ndarray,
+    upper: np.ndarray | None,
+    palettes: np.ndarray,
+    zeros: np.ndarray | None = None,
 ) -> np.ndarray:
     """Palette indices [N, K] for weight [N, K] (row n choosing from palettes[n]), minimising
-    sum over rows of (w - p[idx])^T H (w - p[idx]) greedily, column by column (GPTQ).
+    sum over rows of (w - p[idx])^T H (w - p[idx]) greedily, column by column (GPTQ);
+    `upper`: the Cholesky factor of H's damped inverse (`_factor`; None: nearest entries).
 
     `zeros` [N, K]: elements that must take their row's zero entry (a pruned weight's
     zeros), which no other element of a row that has one may take: the pattern survives,
     the error of forcing them is pushed on like any other."""
     w = weight.copy()
-    h = hessian.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
     rows = np.arange(len(w))
     distance_to = palettes
     zero_entry = np.argmax(palettes == 0, axis=1)  # [N]: each row's zero entry, if it has one
@@ -127,9 +149,7 @@ def sequential_indices(
         kept = np.any(palettes == 0, axis=1)
         distance_to = palettes.copy()
         distance_to[rows[kept], zero_entry[kept]] = np.inf  # only the pinned zeros take it
-    try:
-        upper = np.linalg.cholesky(np.linalg.inv(h)).T
-    except np.linalg.LinAlgError:
+    if upper is None:
         nearest = np.abs(w[:, :, None] - distance_to[:, None, :]).argmin(axis=2)
         return np.where(zeros, zero_entry[:, None], nearest) if zeros is not None else nearest
     chosen = np.zeros(w.shape, np.int64)

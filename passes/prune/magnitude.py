@@ -82,10 +82,11 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
     importance: str = option(
-        "activation",
-        "Which weights a layer loses, in the target search with calib: activation (least "
-        "|W| times its input's spread on calib, Wanda) or magnitude (least |W|); without "
-        "calib, magnitude.",
+        "magnitude",
+        "Which weights a layer loses, in the target search with calib: magnitude (least "
+        "|W|) or activation (least |W| times its input's spread on calib, Wanda; lower "
+        "layer errors, but reached no further on the task benchmark); without calib, "
+        "magnitude.",
         choices=("activation", "magnitude"),
     )
     effort: str = effort_option()
