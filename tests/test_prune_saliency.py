@@ -87,7 +87,7 @@ def test_without_scores_the_mask_is_magnitude() -> None:
 def test_the_search_reaches_further_with_activations() -> None:
     path, calib = MODELS / "digits_transformer.onnx", MODELS / "digits_transformer.calib.npz"
     magnitude = api.prune(path, calib=calib)  # the default
-    aware = api.prune(path, calib=calib, importance="activation")
+    aware = api.prune(path, calib=calib, saliency="activation")
     assert magnitude.search is not None and aware.search is not None
     # measured: 50 % by magnitude, 60 % by activation (both meet the target)
     assert aware.search["reached"] >= 0.6 > magnitude.search["reached"]

@@ -81,7 +81,7 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
     min_elements: int = option(1024, "Leave weights with fewer elements dense.")
     exclude: tuple[str, ...] = option((), "Node or weight names (fnmatch patterns) to leave dense.")
     max_layer_sparsity: float = option(0.95, "No layer loses more than this fraction.")
-    importance: str = option(
+    saliency: str = option(
         "magnitude",
         "Which weights a layer loses, in the target search with calib: magnitude (least "
         "|W|) or activation (least |W| times its input's spread on calib, Wanda; lower "
@@ -95,7 +95,7 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
         check_choice(self, "scope")
         check_choice(self, "allocation")
         check_choice(self, "effort")
-        check_choice(self, "importance")
+        check_choice(self, "saliency")
         check_fraction("sparsity", self.sparsity)
         check_fraction("max_layer_sparsity", self.max_layer_sparsity, high=1.0 + 1e-12)
         if self.scope == "global" and self.allocation == "sensitivity":
@@ -130,7 +130,7 @@ class MagnitudePruning(RefitOptions, ir.passes.InPlacePass):
                 feeds[: effort.refit_feeds],
                 max_rows=min(self.max_rows, effort.refit_rows),
                 ridge=self.ridge,
-                scored=self.importance == "activation",
+                scored=self.saliency == "activation",
             )
             if refit and feeds is not None and self._searching(feeds, data)
             else None

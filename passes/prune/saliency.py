@@ -17,7 +17,7 @@ evaluation images) but at 70 % 0.48 instead of 0.43; digits_transformer's search
 reached 60 % instead of 50 %; on the task benchmark's nine models the search reached
 further on one (task_dbnet 75 -> 80 %) and less far on three (task_mobilenetv3 70 -> 60 %,
 lac_bigru 85 -> 80 %, minilm 40 -> 20 %), so magnitude stays the default (MagnitudePruning
-option `importance`). The OBS / SparseGPT saliency W_oj^2 / [(G + lam I)^-1]_jj
+option `saliency`). The OBS / SparseGPT saliency W_oj^2 / [(G + lam I)^-1]_jj
 was no better after the refit (which already does the compensation OBS models) and
 costs a K^3 inverse per layer, so it is not used.
 
