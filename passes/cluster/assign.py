@@ -35,6 +35,7 @@ from .palette import Palettized
 MAX_COLUMNS = 1152  # 128 channels x 3x3: above, X^T X and the N x K^2 loop per form cost seconds
 MAX_ROWS = 2048
 MIN_READER_ROWS = 256  # rows per reader of a weight read by many nodes (summed)
+MAX_BITS = 6  # wider palettes: nearest is within a few % of the feedback's error, at 4x its cost
 ROWS_PER_COLUMN = 4  # fewer input rows per column: X^T X is a poor estimate, the feedback
 # fits the probe feeds, not the data (minilm's attention, 16 feeds of ~20 tokens for 384
 # columns, reached 5.0 bits per weight with it where nearest reached 4.0)
@@ -111,7 +112,7 @@ def hessians(
 def assign(p: Palettized, weight: np.ndarray, hessian: Hessian) -> Palettized:
     """`p` with its indices chosen by error feedback on `weight` (the float values); `p`
     itself when its palette groups do not follow the reader's output channels."""
-    if p.scale is not None:
+    if p.scale is not None or p.bits > MAX_BITS:
         return p
     layer = hessian.layer
     group_of = layer.to_matrix(np.broadcast_to(p.group_of_element(), p.shape))
@@ -162,6 +163,12 @@ def sequential_indices(
         return np.where(zeros, zero_entry[:, None], nearest) if zeros is not None else nearest
     chosen = np.zeros(w.shape, np.int64)
     columns = w.shape[1]
+    shared = (  # one ascending palette for every row: the nearest entry by bisection
+        zeros is None
+        and bool(np.all(palettes == palettes[:1]))
+        and bool(np.all(np.diff(palettes[0]) >= 0))
+    )
+    bounds = (palettes[0, 1:] + palettes[0, :-1]) / 2 if shared else None
     for first in range(0, columns, BLOCK):
         last = min(first + BLOCK, columns)
         block = w[:, first:last].copy()
@@ -169,7 +176,10 @@ def sequential_indices(
         inverse = upper[first:last, first:last]
         for i in range(last - first):
             column = block[:, i]
-            pick = np.abs(column[:, None] - distance_to).argmin(axis=1)
+            if bounds is not None:
+                pick = np.searchsorted(bounds, column)
+            else:
+                pick = np.abs(column[:, None] - distance_to).argmin(axis=1)
             if zeros is not None:
                 pick = np.where(zeros[:, first + i], zero_entry, pick)
             chosen[:, first + i] = pick
