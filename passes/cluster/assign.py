@@ -79,13 +79,18 @@ def hessians(
     feeds: Sequence[Feed],
     *,
     max_rows: int = MAX_ROWS,
+    rows: dict[str, int] | None = None,
 ) -> dict[str, Hessian]:
     """Per clustered weight name: X^T X summed over its readers (importance.readers_of), for
-    the weights `assign` can take (not pruned, at most MAX_COLUMNS input columns)."""
+    the weights `assign` can take (at most MAX_COLUMNS input columns; `rows`, the rows each
+    weight's inputs showed in an earlier pass: too few for ROWS_PER_COLUMN are not read)."""
     chosen: dict[str, list[Layer]] = {}
     for name, found in readers.items():
         w = found[0].array()
         columns = w.size // max(found[0].out_channels, 1)
+        seen = (rows or {}).get(name)
+        if seen is not None and min(seen, max_rows * len(found)) < ROWS_PER_COLUMN * columns:
+            continue
         if columns <= MAX_COLUMNS:
             chosen[name] = found
     names = [layer.name for found in chosen.values() for layer in found]
@@ -101,8 +106,8 @@ def hessians(
         totals = [sums[layer.name].total for layer in found]
         if any(total is None or not total.rows for total in totals):
             continue
-        rows = sum(total.rows for total in totals if total is not None)
-        if rows < ROWS_PER_COLUMN * (totals[0].gram.shape[1] - 1):  # type: ignore[union-attr]
+        counted = sum(total.rows for total in totals if total is not None)
+        if counted < ROWS_PER_COLUMN * (totals[0].gram.shape[1] - 1):  # type: ignore[union-attr]
             continue
         gram = sum(total.gram[:, :-1, :-1] for total in totals if total is not None)
         result[name] = Hessian.of(found[0], np.asarray(gram))

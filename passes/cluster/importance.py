@@ -62,9 +62,10 @@ def weight_importance(
     *,
     max_rows: int = MAX_ROWS,
     readers: dict[str, list[Layer]] | None = None,
+    rows_seen: dict[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per clustered weight name: each value's input energy (the weight's shape), summed over
-    the weight's readers (`readers_of`)."""
+    the weight's readers (`readers_of`); `rows_seen` gets the rows each weight had."""
     readers = readers_of(model, weights) if readers is None else readers
     names = [layer.name for found in readers.values() for layer in found]
     if not names or not feeds:
@@ -80,6 +81,8 @@ def weight_importance(
         layer = found[0]
         w = layer.array()
         rows = sum(energy.rows for energy in measured)
+        if rows_seen is not None:
+            rows_seen[weight_name] = rows
         square = np.sum([energy.square for energy in measured], axis=0) / max(rows, 1)  # [g, K]
         matrix = layer.to_matrix(w)
         if matrix.shape[0] % square.shape[0] or matrix.shape[1] != square.shape[1]:
@@ -102,8 +105,9 @@ def weight_stats(
 ) -> dict[str, WeightStats]:
     """WeightStats per clustered weight name (weights the data says nothing about: absent)."""
     readers = readers_of(model, weights)
-    importances = weight_importance(model, weights, feeds, readers=readers)
-    found = hessians(model, readers, feeds)
+    rows: dict[str, int] = {}
+    importances = weight_importance(model, weights, feeds, readers=readers, rows_seen=rows)
+    found = hessians(model, readers, feeds, rows=rows)
     return {
         name: WeightStats(importances.get(name), found.get(name))
         for name in sorted(set(importances) | set(found))
