@@ -317,7 +317,7 @@ def capture_layer_io(
     channels a pruned layer still produces). Rows are spread evenly over batches.
     """
     result: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {n: ([], []) for n in node_names}
-    for name, X, Y, _ in _iter_rows(
+    for name, X, Y, _ in iter_layer_rows(
         model,
         node_names,
         feeds,
@@ -363,7 +363,7 @@ def accumulate_normal_equations(
         n: NormalEquations(groups=layers[n].groups if layers[n].op_type == "Conv" else 1)
         for n in node_names
     }
-    for name, X, Y, samples in _iter_rows(
+    for name, X, Y, samples in iter_layer_rows(
         model,
         node_names,
         feeds,
@@ -380,7 +380,7 @@ def accumulate_normal_equations(
     return sums
 
 
-def _iter_rows(
+def iter_layer_rows(
     model: ir.Model,
     node_names: Sequence[str],
     feeds: Sequence[Feed],

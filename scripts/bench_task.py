@@ -54,6 +54,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -317,6 +318,7 @@ def quantize(
         command += ["--model", str(case.path), "--calib-file", str(case.calib), "--out", str(out)]
         command += ["--result", str(out.with_suffix(".json"))]
     start = time.perf_counter()
+    cpu_start = _children_cpu()
     try:
         done = subprocess.run(
             command,
@@ -329,6 +331,7 @@ def quantize(
     except subprocess.TimeoutExpired:
         return Result(tool, note=f"timed out after {timeout:.0f} s")
     seconds = time.perf_counter() - start
+    cpu = _children_cpu() - cpu_start
     lines = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
     if not out.is_file():
         return Result(tool, note=f"exit {done.returncode}: {(lines or ['?'])[-1][:120]}")
@@ -342,7 +345,15 @@ def quantize(
         counted = [ln.split(" (")[0] for ln in lines if "nodes quantized" in ln]
         note += f"; {counted[0]}" if counted else ""
         note += f"; {flagged[0][:110]}" if flagged else ""
+        note += f"; {seconds:.0f} s wall, {cpu:.0f} CPU s"
     return Result(tool, out, note, seconds)
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (the tool's own work: the
+    machine is shared, so wall time says more about the other jobs than about the tool)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_case(

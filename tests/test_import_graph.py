@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "onnxslim.activations",
             "onnxslim.layer_rows",
+            "onnxslim.column_energy",
             "onnxslim.probing",
             "onnxslim.calibration",
             "onnxslim.feed_checks",

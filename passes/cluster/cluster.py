@@ -38,6 +38,8 @@ from . import packing as index_packing
 from . import refine_guard
 from . import storage as palette_storage
 from .allocate import FLOAT, PER_TENSOR, Candidate, Form, Table, candidate_forms, choose
+from .assign import assign
+from .importance import WeightStats, weight_stats
 from .kmeans import EXACT_LIMIT, INITS
 from .palette import Palettized, cluster_tensor, cluster_tensor_widths, reassign, snap_int8
 from .refine import refine_layers
@@ -52,6 +54,7 @@ GRANULARITIES = ("per-tensor", "per-channel-group")
 STORAGES = ("palette", "dense")
 PALETTE_DTYPES = ("auto", "float32", "float16")
 ALLOCATIONS = ("uniform", "mixed", "target")
+IMPORTANCES = ("activation", "uniform")
 ALLOCATION_FEEDS = 32  # probes need a stable figure, not the whole calibration set
 PROBE_SECONDS = 60.0  # above: one probe per weight, the other forms scaled by weight error
 MIN_PROBE_FEEDS = 2  # allocation=target: one probe per weight on no fewer feeds
@@ -167,6 +170,12 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         "themselves (above: on a histogram of this many bins, then Lloyd).",
     )
     seed: int = option(0, "Seed of k-means++ and row sampling.")
+    importance: str = option(
+        "activation",
+        "How the target search's k-means weighs each value: activation (by the energy of "
+        "the input it multiplies on calib, SqueezeLLM) or uniform (every value alike).",
+        choices=IMPORTANCES,
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -177,6 +186,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             "palette_dtype",
             "allocation",
             "effort",
+            "importance",
         ):
             check_choice(self, name)
         if not 1 <= self.bits <= 8:
@@ -231,11 +241,15 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         # the candidate forms' clusterings: the searched forms are written as they were
         # probed and checked, without clustering them again (Clustered)
         clustered: Clustered = {}
+        stats: dict[str, WeightStats] = {}
         if allocate != "uniform":
             assert probe_feeds is not None
             if allocate == "target":
+                if self.importance == "activation":
+                    feed_count = EFFORT[self.effort].probe_feeds
+                    stats = weight_stats(model, weights, list(probe_feeds)[:feed_count])
                 forms, allocation = self._allocate_at_target(
-                    model, weights, list(probe_feeds), qmax, data, clustered
+                    model, weights, list(probe_feeds), qmax, data, clustered, stats
                 )
             else:
                 forms, allocation = self._allocate(model, weights, list(probe_feeds), qmax)
@@ -249,7 +263,12 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             # the target search checked the probing palettes: the same ones are written
             searched = allocate == "target"
             p, row = self._cluster(
-                weight, qmax, forms.get(weight.name), probing=searched, memo=clustered
+                weight,
+                qmax,
+                forms.get(weight.name),
+                probing=searched,
+                memo=clustered,
+                stats=stats.get(weight.name),
             )
             palettes[weight.name] = p
             rows[weight.name] = row
@@ -343,11 +362,19 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         qmax: int | None,
         data: RunData,
         memo: Clustered | None = None,
+        stats: dict[str, WeightStats] | None = None,
     ) -> tuple[dict[str, Form], dict[str, Any]]:
         """allocation=target: the fewest bytes whose model meets the target (target.py);
-        `memo` keeps the candidate forms' clusterings (see _cluster)."""
+        `memo` keeps the candidate forms' clusterings (see _cluster); `stats`: what the data
+        says about each weight (importance.py: k-means weights, X^T X for the assignment)."""
         table = self._candidates(
-            model, weights, feeds, qmax, widths=target_widths(self.bits), memo=memo
+            model,
+            weights,
+            feeds,
+            qmax,
+            widths=target_widths(self.bits),
+            memo=memo,
+            stats=stats,
         )
         upper = table.uniform_cost if data.requested else None
         assert data.accept is not None
@@ -364,6 +391,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         qmax: int | None,
         widths: tuple[int, ...] | None = None,
         memo: Clustered | None = None,
+        stats: dict[str, WeightStats] | None = None,
     ) -> Table:
         """Every weight's candidate forms with their bytes and measured output errors.
 
@@ -407,15 +435,19 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             if uniform_form not in forms:
                 forms.append(uniform_form)
             candidates = []
+            known = (stats or {}).get(weight.name)
             if memo is not None:  # forms differing only in bits: one shared DP
-                self._cluster_widths(weight, qmax, forms, memo)
+                self._cluster_widths(weight, qmax, forms, memo, known)
             palettized = {
-                form: self._narrow(self._cluster(weight, qmax, form, probing=True, memo=memo)[0])
+                form: self._narrow(
+                    self._cluster(weight, qmax, form, probing=True, memo=memo, stats=known)[0]
+                )
                 for form in forms
             }
             # each form's dense values once, the original's float64 copy once per weight
-            # (minilm: 435 dense() and 227 copies of the original for 206 forms)
-            weight_error = _RelativeError(dense.numpy())
+            # (minilm: 435 dense() and 227 copies of the original for 206 forms); with an
+            # importance, the error scaling the unprobed forms is weighted by it too
+            weight_error = _RelativeError(dense.numpy(), known.importance if known else None)
             uniform_values = palettized[uniform_form].dense()
             if not measure_all:
                 reference = weight_error(uniform_values)
@@ -486,6 +518,7 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         form: Form | None = None,
         probing: bool = False,
         memo: Clustered | None = None,
+        stats: WeightStats | None = None,
     ) -> tuple[Palettized, dict[str, Any]]:
         """Weight clustered at the options' bits and granularity, or at `form`'s. `probing`
         (many forms per weight): the DP on a coarser histogram, and Lloyd from k-means++
@@ -494,18 +527,25 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
         `memo`: a clustering at a `form` is kept there and handed back when the same
         weight, form and `probing` come again (the search's chosen forms, written after
         the probes clustered them: minilm_l3_paraphrase clustered 21 of its 206 forms twice).
+        `stats`: the weight's k-means weights and X^T X (importance.py; one per weight a run):
+        with X^T X the indices are chosen with error feedback (assign.py).
         """
         key = (weight.name, form, probing)
         if memo is not None and form is not None and key in memo:
             p, row = memo[key]
             return p, dict(row)
-        p, row = self._clustered(weight, qmax, form, probing)
+        p, row = self._clustered(weight, qmax, form, probing, stats)
         if memo is not None and form is not None:
             memo[key] = (p, dict(row))
         return p, row
 
     def _clustered(
-        self, weight: Weight, qmax: int | None, form: Form | None, probing: bool
+        self,
+        weight: Weight,
+        qmax: int | None,
+        form: Form | None,
+        probing: bool,
+        stats: WeightStats | None = None,
     ) -> tuple[Palettized, dict[str, Any]]:
         """_cluster's work: the clustering and its report row."""
         tensor = weight.value.const_value
@@ -524,11 +564,17 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             keep_zero=self.keep_zero,
             exact_limit=exact_limit,
             sample=sample,
+            importance=stats.importance if stats else None,
         )
-        return self._finished(weight, array, p, exact, axis, qmax)
+        return self._assigned(*self._finished(weight, array, p, exact, axis, qmax), array, stats)
 
     def _cluster_widths(
-        self, weight: Weight, qmax: int | None, forms: list[Form], memo: Clustered
+        self,
+        weight: Weight,
+        qmax: int | None,
+        forms: list[Form],
+        memo: Clustered,
+        stats: WeightStats | None = None,
     ) -> None:
         """The probing clusterings of `forms` into `memo`, forms that differ only in their
         bits (the optimal DP, the same groups, histogram and sample) clustered together
@@ -555,9 +601,12 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
                 keep_zero=self.keep_zero,
                 exact_limit=exact_limit,
                 sample=sample,
+                importance=stats.importance if stats else None,
             )
             for form in shared:
-                p, row = self._finished(weight, array, *solved[form.bits], axis, qmax)
+                p, row = self._assigned(
+                    *self._finished(weight, array, *solved[form.bits], axis, qmax), array, stats
+                )
                 memo[(weight.name, form, True)] = (p, dict(row))
 
     def _settings(
@@ -585,6 +634,15 @@ class ClusterWeights(TakesData, ir.passes.InPlacePass):
             self._probe_exact_limit(bits) if probing else self.exact_limit,
             EFFORT[self.effort].sample if probing and self.allocation == "target" else None,
         )
+
+    @staticmethod
+    def _assigned(
+        p: Palettized, row: dict[str, Any], array: np.ndarray, stats: WeightStats | None
+    ) -> tuple[Palettized, dict[str, Any]]:
+        """The indices chosen with error feedback where the weight has X^T X (assign.py)."""
+        if stats is None or stats.hessian is None:
+            return p, row
+        return assign(p, array, stats.hessian), row
 
     def _finished(
         self,
@@ -654,16 +712,23 @@ def _relative_error(original: np.ndarray, clustered: np.ndarray) -> float:
 
 
 class _RelativeError:
-    """||W - Wc||^2 / ||W||^2 of many Wc against one W (its float64 copy and energy kept)."""
+    """||W - Wc||^2 / ||W||^2 of many Wc against one W (its float64 copy and energy kept);
+    with `importance`, every square weighted by it (the output error's diagonal estimate)."""
 
-    def __init__(self, original: np.ndarray) -> None:
+    def __init__(self, original: np.ndarray, importance: np.ndarray | None = None) -> None:
         self.original = original.astype(np.float64)
-        self.energy = float(np.sum(self.original * self.original))
+        self.importance = importance
+        self.energy = self._sum(self.original * self.original)
+
+    def _sum(self, squares: np.ndarray) -> float:
+        if self.importance is None:
+            return float(np.sum(squares))
+        return float(np.sum(squares * self.importance))
 
     def __call__(self, clustered: np.ndarray) -> float:
         if self.energy <= 0:
             return 0.0
-        return float(np.sum((self.original - clustered.astype(np.float64)) ** 2) / self.energy)
+        return self._sum((self.original - clustered.astype(np.float64)) ** 2) / self.energy
 
 
 def _store(

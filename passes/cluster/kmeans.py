@@ -48,6 +48,7 @@ SPARSE_FRACTION = 0.01  # zeros above this fraction get their own palette entry
 LLOYD_ITERATIONS = 100
 POLISH_ITERATIONS = 20  # Lloyd steps on the real values after clustering a histogram
 DP_TABLE_BYTES = 64 << 20  # argmin table of one batched DP (int32, k x points)
+IMPORTANCE_FLOOR = 1e-3  # of the mean importance, added to every value's: none weighs nothing
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,23 @@ def cluster_1d(
     seed: int = 0,
     exact_limit: int = EXACT_LIMIT,
     keep_zero: bool | None = None,
+    importance: np.ndarray | None = None,
 ) -> Clustering:
     """Cluster `values` (any shape) into `k` shared values.
 
     `keep_zero`: zero as its own entry (None: when more than 1 % of the values are
     exactly zero). The palette always has k entries; when there are fewer distinct
-    values than k, the extra entries repeat the last one and stay unused.
+    values than k, the extra entries repeat the last one and stay unused. `importance`:
+    each value's weight in the squared error (see cluster_many).
     """
     return cluster_many(
-        [values], k, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero
+        [values],
+        k,
+        init=init,
+        seed=seed,
+        exact_limit=exact_limit,
+        keep_zero=keep_zero,
+        importances=[importance],
     )[0]
 
 
@@ -90,13 +99,24 @@ def cluster_many(
     seed: int = 0,
     exact_limit: int = EXACT_LIMIT,
     keep_zero: bool | None = None,
+    importances: Sequence[np.ndarray | None] | None = None,
 ) -> list[Clustering]:
-    """`cluster_1d` on each array (the palette groups of one tensor); the DPs run batched."""
+    """`cluster_1d` on each array (the palette groups of one tensor); the DPs run batched.
+
+    `importances[i]` (the array's shape, >= 0): each value weighs that much in its
+    cluster's squared error (sensitivity-weighted k-means, SqueezeLLM): the palette moves
+    towards the values whose error costs most. Assignment stays to the nearest entry,
+    which minimises each value's own weighted error whatever its weight.
+    """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if init not in INITS:
         raise ValueError(f"init {init!r}: expected one of {', '.join(INITS)}")
-    jobs = [_job(np.asarray(a), k, init, exact_limit, keep_zero) for a in arrays]
+    importance_of = importances if importances is not None else [None] * len(arrays)
+    jobs = [
+        _job(np.asarray(a), k, init, exact_limit, keep_zero, w)
+        for a, w in zip(arrays, importance_of, strict=True)
+    ]
     pending = [j for j in jobs if j.centers is None]
     if init == "optimal":
         for size in sorted({j.k for j in pending}):
@@ -121,6 +141,7 @@ def optimal_many_widths(
     *,
     exact_limit: int = EXACT_LIMIT,
     keep_zero: bool | None = None,
+    importances: Sequence[np.ndarray | None] | None = None,
 ) -> dict[int, list[Clustering]]:
     """`cluster_many(arrays, k, init="optimal", ...)` for every k of `ks`, the same results,
     sharing what does not depend on k: each array's unique values (and its histogram when
@@ -130,18 +151,22 @@ def optimal_many_widths(
     The same optimum; bit for bit in the tests and on the devmodels compared (digits_lstm,
     captcha_crnn, open_nsfw_resnet). The sets batched into one DP can differ from one k at
     a time (chunks cut for the largest k, arrays that need fewer ks batched apart), which
-    moves a set's prefix sums by float rounding only."""
+    moves a set's prefix sums by float rounding only. `importances`: as in cluster_many."""
     ks = sorted(set(ks))
     if not ks or ks[0] < 2:
         raise ValueError(f"optimal_many_widths needs k >= 2, got {ks}")
     limits = {dp_points(k - 1, exact_limit) for k in ks} | {dp_points(k, exact_limit) for k in ks}
     if len(limits) > 1:  # the DP takes a different histogram at some k: each k on its own
         return {
-            k: cluster_many(arrays, k, exact_limit=exact_limit, keep_zero=keep_zero) for k in ks
+            k: cluster_many(
+                arrays, k, exact_limit=exact_limit, keep_zero=keep_zero, importances=importances
+            )
+            for k in ks
         }
     jobs: dict[int, list[_Job]] = {k: [] for k in ks}
-    for a in arrays:
-        first = _job(np.asarray(a), ks[0], "optimal", exact_limit, keep_zero)
+    importance_of = importances if importances is not None else [None] * len(arrays)
+    for a, w in zip(arrays, importance_of, strict=True):
+        first = _job(np.asarray(a), ks[0], "optimal", exact_limit, keep_zero, w)
         jobs[ks[0]].append(first)
         for k in ks[1:]:
             jobs[k].append(_job_like(first, k))
@@ -225,7 +250,14 @@ class _Job:
     centers: np.ndarray | None = None
 
 
-def _job(values: np.ndarray, k: int, init: str, exact_limit: int, keep_zero: bool | None) -> _Job:
+def _job(
+    values: np.ndarray,
+    k: int,
+    init: str,
+    exact_limit: int,
+    keep_zero: bool | None,
+    importance: np.ndarray | None = None,
+) -> _Job:
     flat = values.astype(np.float64).reshape(-1)
     if flat.size and not np.all(np.isfinite(flat)):
         raise ValueError("values hold NaN or infinity")
@@ -235,8 +267,17 @@ def _job(values: np.ndarray, k: int, init: str, exact_limit: int, keep_zero: boo
     split = bool(keep_zero and k >= 2 and zeros.any() and not zeros.all())
     data = flat[~zeros] if split else flat
     size = k - 1 if split else k
-    unique, counts = np.unique(data, return_counts=True)
-    counts = counts.astype(np.float64)
+    if importance is None:
+        unique, counts = np.unique(data, return_counts=True)
+        counts = counts.astype(np.float64)
+    else:  # each unique value weighs its elements' importance (floored: none weighs nothing)
+        weight = np.asarray(importance, dtype=np.float64).reshape(-1)
+        weight = weight[~zeros] if split else weight
+        floor = IMPORTANCE_FLOOR * float(np.mean(weight)) if weight.size else 0.0
+        unique, inverse = np.unique(data, return_inverse=True)
+        counts = np.bincount(inverse.reshape(-1), np.maximum(weight, 0.0) + floor, len(unique))
+        if not np.all(counts > 0):  # every importance zero: plain counts
+            counts = np.bincount(inverse.reshape(-1), minlength=len(unique)).astype(np.float64)
     job = _Job(flat, zeros if split else None, size, unique, counts, unique, counts)
     if len(unique) <= size:
         job.centers = _pad(unique, size) if len(unique) else np.zeros(size)

@@ -122,16 +122,26 @@ def cluster_tensor(
     keep_zero: bool | None = None,
     exact_limit: int = EXACT_LIMIT,
     sample: int | None = None,
+    importance: np.ndarray | None = None,
 ) -> tuple[Palettized, bool]:
     """Cluster `array` into 2^bits values per group; (palettized, every group solved exactly).
 
     `sample`: a group of more values has its palette fitted on that many of them (drawn
     with `seed`), then every value goes to its nearest entry (minilm's 11.7 M-value
     embedding table, clustered at every candidate width, took most of its search).
+    `importance` (the array's shape): how much each value's error costs (kmeans.cluster_many).
     """
-    slices, groups, fitted = _fitted_groups(array, axis, group_size, seed, sample)
+    slices, groups, fitted, weights = _fitted_groups(
+        array, axis, group_size, seed, sample, importance
+    )
     results = cluster_many(
-        fitted, 1 << bits, init=init, seed=seed, exact_limit=exact_limit, keep_zero=keep_zero
+        fitted,
+        1 << bits,
+        init=init,
+        seed=seed,
+        exact_limit=exact_limit,
+        keep_zero=keep_zero,
+        importances=weights,
     )
     return _assemble(array, bits, axis, group_size, slices, groups, fitted, results)
 
@@ -146,12 +156,19 @@ def cluster_tensor_widths(
     keep_zero: bool | None = None,
     exact_limit: int = EXACT_LIMIT,
     sample: int | None = None,
+    importance: np.ndarray | None = None,
 ) -> dict[int, tuple[Palettized, bool]]:
     """`cluster_tensor(array, bits, init="optimal", ...)` for each bits of `widths`, the same
     results, with the groups, their samples and the DP shared (kmeans.optimal_many_widths)."""
-    slices, groups, fitted = _fitted_groups(array, axis, group_size, seed, sample)
+    slices, groups, fitted, weights = _fitted_groups(
+        array, axis, group_size, seed, sample, importance
+    )
     solved = optimal_many_widths(
-        fitted, [1 << b for b in widths], exact_limit=exact_limit, keep_zero=keep_zero
+        fitted,
+        [1 << b for b in widths],
+        exact_limit=exact_limit,
+        keep_zero=keep_zero,
+        importances=weights,
     )
     return {
         b: _assemble(array, b, axis, group_size, slices, groups, fitted, solved[1 << b])
@@ -160,19 +177,31 @@ def cluster_tensor_widths(
 
 
 def _fitted_groups(
-    array: np.ndarray, axis: int | None, group_size: int, seed: int, sample: int | None
-) -> tuple[list[tuple[slice, ...]], list[np.ndarray], list[np.ndarray]]:
-    """Each group's slice, values, and the values its palette is fitted on (a sample)."""
+    array: np.ndarray,
+    axis: int | None,
+    group_size: int,
+    seed: int,
+    sample: int | None,
+    importance: np.ndarray | None = None,
+) -> tuple[
+    list[tuple[slice, ...]], list[np.ndarray], list[np.ndarray], list[np.ndarray | None] | None
+]:
+    """Each group's slice, values, the values its palette is fitted on (a sample), and
+    their importances (None without)."""
     slices = channel_slices(array.shape, axis, group_size)
     groups = [array[where] for where in slices]
     rng = np.random.default_rng(seed)
-    fitted = [
-        g.reshape(-1)[rng.choice(g.size, sample, replace=False)]
-        if sample is not None and g.size > sample
-        else g
-        for g in groups
-    ]
-    return slices, groups, fitted
+    fitted, weights = [], []
+    for where, g in zip(slices, groups, strict=True):
+        weight = importance[where] if importance is not None else None
+        if sample is not None and g.size > sample:
+            chosen = rng.choice(g.size, sample, replace=False)
+            fitted.append(g.reshape(-1)[chosen])
+            weights.append(weight.reshape(-1)[chosen] if weight is not None else None)
+        else:
+            fitted.append(g)
+            weights.append(weight)
+    return slices, groups, fitted, (weights if importance is not None else None)
 
 
 def _assemble(

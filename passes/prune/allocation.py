@@ -25,6 +25,7 @@ import onnx_ir as ir
 from onnxslim.feeds import Feed
 from onnxslim.passes.prune.layers import Layer
 from onnxslim.passes.prune.masks import magnitude_mask
+from onnxslim.passes.prune.saliency import Scores, score_of
 from onnxslim.probing import WeightProbe
 
 PROBES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -61,6 +62,7 @@ def quick_sensitivity(
     *,
     seconds: float = QUICK_SECONDS,
     max_feeds: int = QUICK_FEEDS,
+    scores: Scores | None = None,
 ) -> np.ndarray:
     """errors[i, j] as `measure_sensitivity` gives them, from ONE ORT probe per layer.
 
@@ -72,6 +74,10 @@ def quick_sensitivity(
     this is 1 x 8: 28 x less ORT work. When even that would take over QUICK_SECONDS
     (open_nsfw_resnet: 54 layers x 4.4 s on a loaded machine), fewer feeds: the figures
     only rank the layers, the target check on the held-out feeds decides.
+
+    `scores` (saliency.py): the weights each layer drops are its lowest scores, as the
+    trials will drop them, and the removed energy is the sum of their squares (a score is
+    the output change's norm); |W| where a layer has none.
     """
     names = [layer.weight_name for layer in layers]
     probe = WeightProbe(model, names, list(feeds)[:max_feeds])
@@ -79,9 +85,11 @@ def quick_sensitivity(
     errors = np.zeros((len(layers), len(probes)))
     for i, layer in enumerate(layers):
         w = layer.array()
-        pruned = np.where(magnitude_mask(w, REFERENCE), w, 0).astype(w.dtype)
-        # removed energy at sparsity s: the smallest s of the squared weights, summed
-        removed = np.concatenate([[0.0], np.cumsum(np.sort(np.square(w, dtype=np.float64), None))])
+        score = score_of(layer, scores)
+        pruned = np.where(magnitude_mask(score, REFERENCE), w, 0).astype(w.dtype)
+        # removed energy at sparsity s: the smallest s of the squared scores, summed
+        squares = np.square(score, dtype=np.float64)
+        removed = np.concatenate([[0.0], np.cumsum(np.sort(squares, None))])
         if removed[-1] <= 0:
             continue
         at = removed[np.round(np.array([REFERENCE, *probes]) * w.size).astype(np.int64)]

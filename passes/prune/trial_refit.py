@@ -43,6 +43,7 @@ from onnxslim.passes.prune.reconstruct import (
     cannot_refit,
     refit_layer,
 )
+from onnxslim.passes.prune.saliency import Scores, layer_scores, score_of
 
 TRIAL_ROWS = 4096
 TRIAL_ITERATIONS = 10
@@ -52,18 +53,22 @@ ROWS_PER_COLUMN = 4  # more rows per input column: FALLBACK_RIDGE, no ridge grid
 
 
 def prune_twins(
-    model: ir.Model, originals: Sequence[Layer], levels: Sequence[float]
+    model: ir.Model,
+    originals: Sequence[Layer],
+    levels: Sequence[float],
+    scores: Scores | None = None,
 ) -> Iterator[tuple[Layer, Layer, float]]:
-    """Magnitude-prune `model`'s twins of `originals` (same weight names) to `levels`, each
-    from the original's weights; yields (original, twin, level) for every twin pruned
-    (layers at level 0 and layers `model` lacks are left as they are)."""
+    """Prune `model`'s twins of `originals` (same weight names) to `levels`, each from the
+    original's weights, dropping the lowest `scores` (saliency.py; |W| where a layer has
+    none); yields (original, twin, level) for every twin pruned (layers at level 0 and
+    layers `model` lacks are left as they are)."""
     twins = {layer.weight_name: layer for layer in find_layers(model)[0]}
     for layer, level in zip(originals, levels, strict=True):
         twin = twins.get(layer.weight_name)
         if twin is None or level <= 0:
             continue
         w = layer.array()
-        twin.set_weight(np.where(magnitude_mask(w, level), w, 0))
+        twin.set_weight(np.where(magnitude_mask(score_of(layer, scores), level), w, 0))
         yield layer, twin, level
 
 
@@ -79,7 +84,9 @@ class TrialRefit:
         max_rows: int,
         ridge: float | None,
         seed: int = 0,
+        scored: bool = True,
     ) -> None:
+        """`scored`: choose the pruned weights by activation scores (False: by magnitude)."""
         self.ridge = ridge
         self.ridges: dict[str, float] = {}
         self.solved: dict[tuple[str, float], tuple[np.ndarray, np.ndarray | None, RefitRecord]] = {}
@@ -106,11 +113,18 @@ class TrialRefit:
                     seed=seed,
                     outputs={n: outputs[n] for n in refittable},
                 )
+        # which weights go: by their output energy on these feeds (saliency.py), the refit's
+        # own statistics reused; only the layers too wide to refit cost a pass of their own
+        self.scores: Scores = (
+            layer_scores(model, layers, feeds, self.sums, max_rows=max_rows, seed=seed)
+            if scored
+            else {}
+        )
 
     def pruned(
         self, model: ir.Model, originals: Sequence[Layer], levels: Sequence[float]
     ) -> tuple[ir.Model, list[RefitRecord]]:
-        """A copy of `model` with each layer magnitude-pruned to its level and refit."""
+        """A copy of `model` with each layer pruned to its level (by `scores`) and refit."""
         copy = model.clone()
         records = self.apply(copy, originals, levels)
         return copy, records
@@ -124,7 +138,7 @@ class TrialRefit:
         """
         records = []
         with threadpool_limits(limits=1, user_api="blas"):
-            for layer, twin, level in prune_twins(model, originals, levels):
+            for layer, twin, level in prune_twins(model, originals, levels, self.scores):
                 w = layer.array()
                 sums = self.sums.get(layer.name)
                 if sums is None:
