@@ -617,26 +617,17 @@ def _estimated(
     changed = sum(
         int(np.count_nonzero(x.argmax(-1) != y.argmax(-1))) for x, y in zip(a, b, strict=True)
     )
-    counted = 100.0 * changed / total if total else 0.0
     moves = [margin_moves(x, y) for x, y in zip(a, b, strict=True) if len(x)]
     estimate, mean, spread = estimated_flips(
         np.concatenate(moves) if moves else np.zeros(0), evidence.margins
     )
     lost, _, _ = top1_loss(a, b) if total else (0.0, 0, 0)
-    detail = dict(
-        detail,
-        changed=float(changed),
-        disagreement_points=counted,
-        estimated_points=estimate,
-        expected_points=100.0 * lost / total if total else 0.0,
-        margin_rows=float(len(evidence.margins)),
-        margin_shift=mean,
-        margin_spread=spread,
-    )
     where = " per real position" if role.role == "tagger" else ""
     measure = f"top-1 decisions changed{where} (counted, or estimated from margins if more)"
-    value = max(counted, estimate)
-    return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
+    detail = dict(detail, margin_rows=float(len(evidence.margins)))
+    return _counted_or_estimated(
+        role, measure, (lost, changed, total), (estimate, mean, spread), target, detail
+    )
 
 
 def _estimated_strings(
@@ -649,8 +640,7 @@ def _estimated_strings(
 ) -> OutputFigure:
     """Decoded strings changed on the check feeds, or the estimate from the original's
     frame margins on every calibration string when that is larger (onnxslim.margins)."""
-    lost, changed, total = ctc_loss(ref, cand, role.time_axis, role.batch_axis, role.blank)
-    counted = 100.0 * changed / total if total else 0.0
+    counts = ctc_loss(ref, cand, role.time_axis, role.batch_axis, role.blank)
     frames = [
         (
             string_frames(r, role.time_axis, role.batch_axis),
@@ -661,21 +651,38 @@ def _estimated_strings(
     moves = [
         margin_moves(r.reshape(-1, r.shape[-1]), c.reshape(-1, c.shape[-1])) for r, c in frames
     ]
-    estimate, mean, spread = estimated_string_changes(
+    estimate = estimated_string_changes(
         np.concatenate(moves) if moves else np.zeros(0), evidence.margins
     )
+    measure = "decoded sequences changed (counted, or estimated from frame margins if more)"
+    detail = dict(detail, margin_strings=float(len(evidence.margins)))
+    return _counted_or_estimated(role, measure, counts, estimate, target, detail)
+
+
+def _counted_or_estimated(
+    role: Role,
+    measure: str,
+    counts: tuple[float, int, int],
+    estimate: tuple[float, float, float],
+    target: Target,
+    detail: dict[str, float],
+) -> OutputFigure:
+    """The figure of decisions changed: counted on the check (`counts`: expected lost,
+    changed, total) or `estimate`d from the margins (points, mean and spread of the margin
+    moves), the larger."""
+    lost, changed, total = counts
+    counted = 100.0 * changed / total if total else 0.0
+    points, mean, spread = estimate
     detail = dict(
         detail,
         changed=float(changed),
         disagreement_points=counted,
-        estimated_points=estimate,
+        estimated_points=points,
         expected_points=100.0 * lost / total if total else 0.0,
-        margin_strings=float(len(evidence.margins)),
         margin_shift=mean,
         margin_spread=spread,
     )
-    measure = "decoded sequences changed (counted, or estimated from frame margins if more)"
-    value = max(counted, estimate)
+    value = max(counted, points)
     return OutputFigure(role.name, role.role, measure, value, target.error, "points", total, detail)
 
 
