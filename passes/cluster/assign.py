@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from onnxslim.activations import accumulate_normal_equations
 from onnxslim.feeds import Feed
+from onnxslim.passes._gptq import feed_back_errors, inverse_factor
 from onnxslim.passes.prune.layers import Layer
 
 from .palette import Palettized
@@ -39,8 +40,6 @@ MAX_BITS = 6  # wider palettes: nearest is within a few % of the feedback's erro
 ROWS_PER_COLUMN = 4  # fewer input rows per column: X^T X is a poor estimate, the feedback
 # fits the probe feeds, not the data (minilm's attention, 16 feeds of ~20 tokens for 384
 # columns, reached 5.0 bits per weight with it where nearest reached 4.0)
-DAMP = 0.01  # of the mean diagonal: H stays invertible where inputs are constant
-BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -57,20 +56,7 @@ class Hessian:
     @classmethod
     def of(cls, layer: Layer, gram: np.ndarray) -> Hessian:
         with threadpool_limits(limits=1, user_api="blas"):
-            return cls(layer, gram, tuple(_factor(h) for h in gram))
-
-
-def _factor(hessian: np.ndarray) -> np.ndarray | None:
-    """Upper Cholesky factor of (H + damping)^-1, dead columns (no input energy) made
-    harmless; None when H cannot be inverted."""
-    h = hessian.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
-    try:
-        return np.linalg.cholesky(np.linalg.inv(h)).T
-    except np.linalg.LinAlgError:
-        return None
+            return cls(layer, gram, tuple(inverse_factor(h) for h in gram))
 
 
 def hessians(
@@ -150,7 +136,8 @@ def sequential_indices(
 ) -> np.ndarray:
     """Palette indices [N, K] for weight [N, K] (row n choosing from palettes[n]), minimising
     sum over rows of (w - p[idx])^T H (w - p[idx]) greedily, column by column (GPTQ);
-    `upper`: the Cholesky factor of H's damped inverse (`_factor`; None: nearest entries).
+    `upper`: the Cholesky factor of H's damped inverse (`inverse_factor`; None: nearest
+    entries).
 
     `zeros` [N, K]: elements that must take their row's zero entry (a pruned weight's
     zeros), which no other element of a row that has one may take: the pattern survives,
@@ -167,29 +154,22 @@ def sequential_indices(
         nearest = np.abs(w[:, :, None] - distance_to[:, None, :]).argmin(axis=2)
         return np.where(zeros, zero_entry[:, None], nearest) if zeros is not None else nearest
     chosen = np.zeros(w.shape, np.int64)
-    columns = w.shape[1]
     shared = (  # one ascending palette for every row: the nearest entry by bisection
         zeros is None
         and bool(np.all(palettes == palettes[:1]))
         and bool(np.all(np.diff(palettes[0]) >= 0))
     )
     bounds = (palettes[0, 1:] + palettes[0, :-1]) / 2 if shared else None
-    for first in range(0, columns, BLOCK):
-        last = min(first + BLOCK, columns)
-        block = w[:, first:last].copy()
-        errors = np.zeros_like(block)
-        inverse = upper[first:last, first:last]
-        for i in range(last - first):
-            column = block[:, i]
-            if bounds is not None:
-                pick = np.searchsorted(bounds, column)
-            else:
-                pick = np.abs(column[:, None] - distance_to).argmin(axis=1)
-            if zeros is not None:
-                pick = np.where(zeros[:, first + i], zero_entry, pick)
-            chosen[:, first + i] = pick
-            error = (column - palettes[rows, pick]) / inverse[i, i]
-            block[:, i:] -= np.outer(error, inverse[i, i:])
-            errors[:, i] = error
-        w[:, last:] -= errors @ upper[first:last, last:]
+
+    def to_palette(k: int, column: np.ndarray) -> np.ndarray:
+        if bounds is not None:
+            pick = np.searchsorted(bounds, column)
+        else:
+            pick = np.abs(column[:, None] - distance_to).argmin(axis=1)
+        if zeros is not None:
+            pick = np.where(zeros[:, k], zero_entry, pick)
+        chosen[:, k] = pick
+        return np.asarray(palettes[rows, pick])
+
+    feed_back_errors(w, upper, to_palette)
     return chosen

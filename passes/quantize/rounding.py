@@ -26,6 +26,7 @@ import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxslim.feeds import Feed
+from onnxslim.passes._gptq import feed_back_errors, inverse_factor
 from onnxslim.runtime import Session
 
 from .constants import const_array
@@ -36,8 +37,6 @@ ROUNDINGS = ("auto", "nearest", "gptq")
 ROWS_PER_FEED = 1024  # patch rows sampled per feed and layer: H needs a few times K rows
 MAX_COLUMNS = 4608  # K above this (512 channels x 3x3) costs more than it gains here
 _CHUNK_BYTES = 256 << 20  # H matrices held at once (float64)
-_BLOCK = 128
-_DAMP = 0.01  # of the mean diagonal: keeps H invertible where inputs are constant
 
 
 @dataclass
@@ -102,31 +101,19 @@ def gptq(weight: np.ndarray, hessian: np.ndarray, scale: np.ndarray, qmax: int) 
     """Integers q (rows = output channels, columns = inputs) for weight [N, K] with per-row
     `scale`, minimising sum over rows of (w - q s)^T H (w - q s), greedily column by column."""
     w = weight.astype(np.float64).copy()
-    h = hessian.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h[np.diag_indices_from(h)] += _DAMP * float(np.mean(np.diag(h)))
-    try:
-        upper = np.linalg.cholesky(np.linalg.inv(h)).T
-    except np.linalg.LinAlgError:
+    w[:, np.diag(hessian) == 0] = 0.0
+    upper = inverse_factor(hessian)
+    if upper is None:
         return np.clip(np.rint(weight / scale[:, None]), -qmax, qmax)
-    s = scale.astype(np.float64)[:, None]
+    s = scale.astype(np.float64)
     q = np.zeros_like(w)
-    columns = w.shape[1]
-    for first in range(0, columns, _BLOCK):
-        last = min(first + _BLOCK, columns)
-        block = w[:, first:last].copy()
-        errors = np.zeros_like(block)
-        inverse = upper[first:last, first:last]
-        for i in range(last - first):
-            column = block[:, i : i + 1]
-            rounded = np.clip(np.rint(column / s), -qmax, qmax)
-            q[:, first + i] = rounded[:, 0]
-            error = (column - rounded * s) / inverse[i, i]
-            block[:, i:] -= error @ inverse[i : i + 1, i:]
-            errors[:, i] = error[:, 0]
-        w[:, last:] -= errors @ upper[first:last, last:]
+
+    def to_grid(k: int, column: np.ndarray) -> np.ndarray:
+        rounded = np.clip(np.rint(column / s), -qmax, qmax)
+        q[:, k] = rounded
+        return np.asarray(rounded * s)
+
+    feed_back_errors(w, upper, to_grid)
     return q
 
 
